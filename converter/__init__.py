@@ -1,0 +1,1 @@
+"""Native model -> ONNX (torch.onnx, tf2onnx, MXNet's exporter), one module per framework, imported lazily."""

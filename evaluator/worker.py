@@ -1,0 +1,123 @@
+"""One framework per process: the parent writes a job file, a worker runs it, results come back as files.
+
+Parent side: :func:`run_worker`. Worker side: ``python -m xfverify.evaluator.worker JOB.json``.
+The worker imports exactly one back-end module (see :mod:`xfverify.evaluator.frameworks`).
+Progress comes back as JSON lines on stdout prefixed with ``@xfverify``; a user error
+(missing weights, no GPU, ...) comes back as ``error.json`` and exit code 2; any other
+failure is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from xfverify.models.errors import UserError
+
+EVENT_PREFIX = "@xfverify "
+USER_ERROR_EXIT = 2
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker process died of a bug (not a user error); carries its stderr."""
+
+
+def _python_for(framework: str) -> str:
+    """The interpreter for a framework: ``XFVERIFY_PYTHON_<FRAMEWORK>`` if set, else this one."""
+    return os.environ.get(f"XFVERIFY_PYTHON_{framework.upper()}", sys.executable)
+
+
+def run_worker(
+    framework: str,
+    task: str,
+    job: dict[str, Any],
+    *,
+    workdir: str | os.PathLike | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``task`` of ``framework``'s back-end in a fresh process; return its result dict."""
+    from xfverify.evaluator.frameworks import BACKENDS
+
+    if framework not in BACKENDS:
+        raise UserError(f"no back-end for framework {framework!r}")
+    own_tmp = None
+    if workdir is None:
+        own_tmp = tempfile.TemporaryDirectory(prefix=f"xfverify-{framework}-")
+        workdir = own_tmp.name
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    job_path = workdir / f"{task}.job.json"
+    result_path = workdir / f"{task}.result.json"
+    error_path = workdir / f"{task}.error.json"
+    for stale in (result_path, error_path):
+        stale.unlink(missing_ok=True)
+    job_path.write_text(
+        json.dumps({"backend": BACKENDS[framework], "task": task, "workdir": str(workdir), "job": job}, indent=1)
+    )
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    command = [_python_for(framework), "-m", "xfverify.evaluator.worker", str(job_path)]
+    stderr_path = workdir / f"{task}.stderr.txt"
+    try:
+        with open(stderr_path, "w") as stderr_file:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr_file, text=True, env=env)
+            assert process.stdout is not None
+            try:
+                for line in process.stdout:
+                    if line.startswith(EVENT_PREFIX):
+                        if on_event:
+                            on_event(json.loads(line[len(EVENT_PREFIX) :]))
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+            code = process.wait()
+        if code == 0 and result_path.exists():
+            return json.loads(result_path.read_text())
+        if code == USER_ERROR_EXIT and error_path.exists():
+            raise UserError(json.loads(error_path.read_text())["message"])
+        stderr_tail = stderr_path.read_text(errors="replace")[-6000:]
+        raise WorkerCrashed(
+            f"the {framework} worker ({task}) exited with code {code}; its stderr ends:\n{stderr_tail}"
+        )
+    finally:
+        if own_tmp is not None:
+            own_tmp.cleanup()
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Worker side: send a progress event to the parent."""
+    print(EVENT_PREFIX + json.dumps({"event": event, **fields}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Worker entry point: run one job file."""
+    argv = sys.argv[1:] if argv is None else argv
+    job_path = Path(argv[0])
+    spec = json.loads(job_path.read_text())
+    workdir = Path(spec["workdir"])
+    task = spec["task"]
+    try:
+        backend = importlib.import_module(spec["backend"])
+        result = getattr(backend, task)(spec["job"], workdir)
+    except UserError as exc:
+        (workdir / f"{task}.error.json").write_text(json.dumps({"message": str(exc)}))
+        return USER_ERROR_EXIT
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        return 1
+    (workdir / f"{task}.result.json").write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

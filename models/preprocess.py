@@ -1,0 +1,416 @@
+"""Preprocessing as data: a frozen, fully explicit spec, named presets and one resolver.
+
+A spec has two halves:
+
+* the *geometry* (decoder, resize, crop) turns a file into a uint8 RGB image of
+  ``crop_size x crop_size``; it is what the tensor cache is keyed on;
+* the *normalisation* (scale, mean, std, channel order, layout, dtype) turns that
+  uint8 image into the float tensor the model is fed.
+
+Normalisation is ``((x / scale) - mean[c]) / std[c]`` in float32, one operation at a
+time, the order in which torchvision, Keras and GluonCV all compute it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, get_args
+
+from xfverify.models.errors import UserError
+
+Decoder = Literal["pil", "opencv"]
+ResizeMode = Literal["shorter_side", "squash", "none"]
+Interpolation = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
+ResizeLibrary = Literal["pil", "opencv"]
+CropRounding = Literal["round_half_even", "floor"]
+ChannelOrder = Literal["RGB", "BGR"]
+Layout = Literal["NCHW", "NHWC"]
+DType = Literal["float32"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+GEOMETRY_FIELDS = (
+    "decoder",
+    "resize_mode",
+    "resize_size",
+    "interpolation",
+    "resize_library",
+    "antialias",
+    "crop_size",
+    "crop_rounding",
+)
+NORMALISATION_FIELDS = ("scale", "mean", "std", "channel_order", "layout", "dtype")
+
+# Which interpolations each library offers, and whether it filters when it shrinks.
+_LIBRARY_INTERPOLATIONS: dict[str, tuple[str, ...]] = {
+    "pil": ("nearest", "bilinear", "bicubic", "area", "lanczos"),
+    "opencv": ("nearest", "bilinear", "bicubic", "area", "lanczos"),
+}
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Every step from an image file to the float tensor a model is fed, explicit.
+
+    Attributes:
+        name: preset name, or a description of how it was derived.
+        decoder: library that decodes the file to RGB (``pil``: ``Image.open().convert("RGB")``
+            as torchvision and Keras load images; ``opencv``: ``cv2.imdecode`` + BGR->RGB as
+            OpenCV-based pipelines and MXNet do).
+        resize_mode: ``shorter_side`` keeps the aspect ratio (longer side =
+            floor(resize_size * long / short)); ``squash`` resizes to resize_size x resize_size;
+            ``none`` skips resizing.
+        resize_size: target of the resize (see resize_mode).
+        interpolation: resampling filter.
+        resize_library: library that resizes (its filters differ even for the same name).
+        antialias: whether the filter widens when shrinking (PIL always does; OpenCV never
+            does, except ``area``).
+        crop_size: side of the centre crop; 0 means no crop.
+        crop_rounding: how the crop offset (size - crop) / 2 is rounded: torchvision uses
+            Python's round() (half to even), MXNet int() (floor).
+        scale: divisor applied to the uint8 values first.
+        mean: per-channel value subtracted after scaling, in the output channel order.
+        std: per-channel divisor applied last, in the output channel order.
+        channel_order: order of channels in the tensor.
+        layout: NCHW (torch, MXNet, ONNX exports of them) or NHWC (Keras).
+        dtype: element type of the tensor.
+        source: where this recipe is documented.
+    """
+
+    name: str
+    decoder: Decoder
+    resize_mode: ResizeMode
+    resize_size: int
+    interpolation: Interpolation
+    resize_library: ResizeLibrary
+    antialias: bool
+    crop_size: int
+    crop_rounding: CropRounding
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: ChannelOrder
+    layout: Layout
+    dtype: DType = "float32"
+    source: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        problems = spec_problems(self)
+        if problems:
+            raise UserError(f"invalid preprocessing spec {self.name!r}: " + "; ".join(problems))
+
+    # --- derived views -------------------------------------------------------------------
+    @property
+    def output_hw(self) -> tuple[int, int] | None:
+        """Height and width of every output image, or None when they vary (no crop, no squash)."""
+        if self.crop_size:
+            return (self.crop_size, self.crop_size)
+        if self.resize_mode == "squash":
+            return (self.resize_size, self.resize_size)
+        return None
+
+    def geometry(self) -> dict[str, Any]:
+        """The fields that decide the uint8 image (the tensor cache's key)."""
+        return {name: getattr(self, name) for name in GEOMETRY_FIELDS}
+
+    def geometry_key(self) -> str:
+        """A short stable hash of the geometry."""
+        blob = json.dumps(self.geometry(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["mean"] = list(self.mean)
+        out["std"] = list(self.std)
+        return out
+
+    def replace(self, **changes: Any) -> "PreprocessSpec":
+        """A copy with some fields changed (validated like any spec)."""
+        return dataclasses.replace(self, **changes)
+
+
+def spec_problems(spec: PreprocessSpec) -> list[str]:
+    """Everything wrong with a spec, as sentences (empty when it is valid)."""
+    problems: list[str] = []
+    for f in dataclasses.fields(PreprocessSpec):
+        allowed = _literal_values(f.type)
+        value = getattr(spec, f.name)
+        if allowed and value not in allowed:
+            problems.append(f"{f.name}={value!r} is not one of {', '.join(map(str, allowed))}")
+    if problems:
+        return problems
+    if spec.resize_mode != "none" and spec.resize_size <= 0:
+        problems.append("resize_size must be positive")
+    if spec.crop_size < 0:
+        problems.append("crop_size must be 0 (no crop) or positive")
+    if spec.interpolation not in _LIBRARY_INTERPOLATIONS[spec.resize_library]:
+        problems.append(f"{spec.resize_library} has no {spec.interpolation} interpolation")
+    if spec.resize_library == "pil" and not spec.antialias and spec.interpolation != "nearest":
+        problems.append("PIL always antialiases when it shrinks: antialias must be true for resize_library=pil")
+    if spec.resize_library == "opencv" and spec.antialias and spec.interpolation != "area":
+        problems.append("OpenCV does not antialias except with interpolation=area: set antialias=false")
+    if spec.scale <= 0 or not math.isfinite(spec.scale):
+        problems.append("scale must be a positive number")
+    for name in ("mean", "std"):
+        values = getattr(spec, name)
+        if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            problems.append(f"{name} must be three finite numbers")
+    if len(spec.std) == 3 and any(v == 0 for v in spec.std):
+        problems.append("std must not contain 0")
+    return problems
+
+
+def _literal_values(annotation: Any) -> tuple[Any, ...]:
+    if isinstance(annotation, str):
+        annotation = globals().get(annotation, None)
+    return tuple(get_args(annotation)) if annotation is not None and get_args(annotation) else ()
+
+
+def shorter_side_size(height: int, width: int, target: int) -> tuple[int, int]:
+    """(new_h, new_w) when the shorter side becomes ``target`` (longer = floor(target*long/short))."""
+    if height <= width:
+        return target, target * width // height
+    return target * height // width, target
+
+
+def crop_offset(size: int, crop: int, rounding: CropRounding) -> int:
+    """Offset of a centre crop of ``crop`` out of ``size`` (negative when the crop pads)."""
+    if rounding == "round_half_even":
+        return int(round((size - crop) / 2.0))
+    return int((size - crop) / 2)
+
+
+def resize_for_crop_pct(crop_size: int, crop_pct: float) -> int:
+    """timm's rule: the shorter side is resized to floor(crop_size / crop_pct)."""
+    return int(math.floor(crop_size / crop_pct))
+
+
+# --- presets -----------------------------------------------------------------------------
+
+
+def _torchvision(name: str, resize: int, source: str) -> PreprocessSpec:
+    return PreprocessSpec(
+        name=name,
+        decoder="pil",
+        resize_mode="shorter_side",
+        resize_size=resize,
+        interpolation="bilinear",
+        resize_library="pil",
+        antialias=True,
+        crop_size=224,
+        crop_rounding="round_half_even",
+        scale=255.0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        channel_order="RGB",
+        layout="NCHW",
+        source=source,
+    )
+
+
+def _keras(name: str, mode: str, **geometry: Any) -> PreprocessSpec:
+    norm = {
+        "caffe": dict(scale=1.0, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0), channel_order="BGR"),
+        "tf": dict(scale=127.5, mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0), channel_order="RGB"),
+        "torch": dict(scale=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order="RGB"),
+    }[mode]
+    base: dict[str, Any] = dict(
+        decoder="opencv",
+        resize_mode="shorter_side",
+        resize_size=256,
+        interpolation="bicubic",
+        resize_library="opencv",
+        antialias=False,
+        crop_size=224,
+        crop_rounding="floor",
+        layout="NHWC",
+        source=(
+            "keras.applications preprocess_input(mode=%r); geometry from the Keras maintainers' "
+            "recipe (keras-applications #88): shorter side 256 with cv2.INTER_CUBIC, centre crop 224" % mode
+        ),
+    )
+    base.update(geometry)
+    return PreprocessSpec(name=name, **base, **norm)
+
+
+def _gluoncv(name: str, resize: int = 256) -> PreprocessSpec:
+    return PreprocessSpec(
+        name=name,
+        decoder="opencv",
+        resize_mode="shorter_side",
+        resize_size=resize,
+        interpolation="bilinear",
+        resize_library="opencv",
+        antialias=False,
+        crop_size=224,
+        crop_rounding="floor",
+        scale=255.0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        channel_order="RGB",
+        layout="NCHW",
+        source=(
+            "gluoncv.data.transforms.presets.imagenet.transform_eval: mx.image.imread, "
+            "gluon Resize(256, keep_ratio=True, interpolation=1 bilinear), CenterCrop(224), ToTensor, Normalize"
+        ),
+    )
+
+
+def _build_presets() -> dict[str, PreprocessSpec]:
+    tv = "torchvision weights.transforms() (ImageClassification): Resize(%d) bilinear antialias, CenterCrop(224)"
+    presets = [
+        _torchvision("torchvision-256", 256, tv % 256 + "; V1 weights"),
+        _torchvision("torchvision-232", 232, tv % 232 + "; most V2 weights"),
+        _keras("keras-caffe", "caffe"),
+        _keras("keras-tf", "tf"),
+        _keras("keras-torch", "torch"),
+        # The traps people fall into with Keras utilities (diagnosis variants).
+        _keras(
+            "keras-caffe-load-img-nearest",
+            "caffe",
+            decoder="pil",
+            resize_mode="squash",
+            resize_size=224,
+            interpolation="nearest",
+            resize_library="pil",
+            antialias=True,
+            crop_size=0,
+            source="keras.utils.load_img(target_size=(224, 224)): squashes with PIL NEAREST; then preprocess_input",
+        ),
+        _keras(
+            "keras-caffe-pil-bilinear",
+            "caffe",
+            decoder="pil",
+            interpolation="bilinear",
+            resize_library="pil",
+            antialias=True,
+            crop_rounding="round_half_even",
+            source="hand-made Keras pipeline: PIL bilinear shorter side 256, centre crop 224, preprocess_input",
+        ),
+        _gluoncv("gluoncv"),
+        _torchvision("lite-bicubic", resize_for_crop_pct(224, 0.875), "").replace(
+            interpolation="bicubic",
+            source=(
+                "EfficientNet-Lite (PyTorch port, efficientnet-lite-pytorch): PIL bicubic shorter side "
+                "floor(224 / 0.875) = 256, centre crop 224, ImageNet mean/std (the efficientnet_pytorch recipe)"
+            ),
+        ),
+    ]
+    presets.append(
+        presets[-1].replace(
+            name="lite-bilinear",
+            interpolation="bilinear",
+            source="lite-bicubic with a bilinear resize (a diagnosis variant)",
+        )
+    )
+    return {p.name: p for p in presets}
+
+
+PRESETS: Mapping[str, PreprocessSpec] = _build_presets()
+
+
+def _coerce(field_name: str, raw: Any) -> Any:
+    """Turn a command-line or file value into the type the field wants."""
+    if field_name in ("mean", "std"):
+        if isinstance(raw, str):
+            raw = [part for part in raw.replace(",", " ").split() if part]
+        try:
+            values = tuple(float(v) for v in raw)
+        except (TypeError, ValueError):
+            raise UserError(f"{field_name} must be three numbers, got {raw!r}") from None
+        return values
+    if field_name in ("resize_size", "crop_size"):
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise UserError(f"{field_name} must be a whole number, got {raw!r}") from None
+    if field_name == "scale":
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise UserError(f"scale must be a number, got {raw!r}") from None
+    if field_name == "antialias":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"antialias must be true or false, got {raw!r}")
+    return raw
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Parse ``field=value`` strings (from ``--set``) into a dict; unknown fields are an error."""
+    known = {f.name for f in dataclasses.fields(PreprocessSpec)} - {"name", "source"}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise UserError(f"--set expects field=value, got {item!r}")
+        if key == "crop_pct":
+            out[key] = value
+            continue
+        if key not in known:
+            raise UserError(f"unknown preprocessing field {key!r}; fields are: {', '.join(sorted(known))}, crop_pct")
+        out[key] = value
+    return out
+
+
+def resolve_preprocess(
+    preset: str | PreprocessSpec | None = None,
+    *,
+    default: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> PreprocessSpec:
+    """The one place a spec is decided.
+
+    Precedence, highest first: ``overrides`` (field=value), then ``preset`` (a preset
+    name or a spec), then ``default`` (the model card's reference preset).
+    ``crop_pct`` in the overrides sets resize_size = floor(crop_size / crop_pct).
+    """
+    chosen = preset if preset is not None else default
+    if chosen is None:
+        raise UserError("no preprocessing given: name a preset (--preprocess) or a model whose card has one")
+    if isinstance(chosen, PreprocessSpec):
+        spec = chosen
+    elif chosen in PRESETS:
+        spec = PRESETS[chosen]
+    else:
+        raise UserError(f"unknown preprocessing preset {chosen!r}; presets are: {', '.join(sorted(PRESETS))}")
+    if not overrides:
+        return spec
+    changes = {key: _coerce(key, value) for key, value in overrides.items() if key != "crop_pct"}
+    if "crop_pct" in overrides:
+        try:
+            crop_pct = float(overrides["crop_pct"])
+        except (TypeError, ValueError):
+            raise UserError(f"crop_pct must be a number, got {overrides['crop_pct']!r}") from None
+        if not 0 < crop_pct <= 1:
+            raise UserError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        crop = changes.get("crop_size", spec.crop_size)
+        changes["resize_size"] = resize_for_crop_pct(crop, crop_pct)
+    described = ",".join(f"{k}={overrides[k]}" for k in sorted(overrides))
+    return spec.replace(name=f"{spec.name}+{described}", **changes)
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> PreprocessSpec:
+    """Rebuild a spec from ``to_dict()`` output (a report, a worker's job file)."""
+    known = {f.name for f in dataclasses.fields(PreprocessSpec)}
+    unknown = set(data) - known
+    if unknown:
+        raise UserError(f"unknown preprocessing fields: {', '.join(sorted(unknown))}")
+    values = dict(data)
+    for key in ("mean", "std"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return PreprocessSpec(**values)
