@@ -168,7 +168,7 @@ def _decode_chunk(tmp_path: str, row: int, paths: Sequence[str]) -> list[tuple[i
 class TensorCache:
     """Cache of uint8 images for one preprocessing geometry."""
 
-    def __init__(self, root: str | os.PathLike, spec: PreprocessSpec):
+    def __init__(self, root: str | os.PathLike, spec: PreprocessSpec, shard_size: int = SHARD_SIZE):
         from xfverify.evaluator.imaging import library_versions
 
         if spec.output_hw is None:
@@ -177,6 +177,7 @@ class TensorCache:
                 "set crop_size or resize_mode=squash to evaluate in batches"
             )
         self.spec = spec
+        self.shard_size = shard_size
         self.hw = spec.output_hw
         versions = library_versions()
         ident = {"geometry": spec.geometry(), "libraries": versions, "format": FORMAT_VERSION}
@@ -189,8 +190,8 @@ class TensorCache:
     def plan(self, records: Sequence[ImageRecord]) -> list[ShardPlan]:
         """Split ``records`` into shards of consecutive images, each with a content key."""
         plans = []
-        for start in range(0, len(records), SHARD_SIZE):
-            block = tuple(records[start : start + SHARD_SIZE])
+        for start in range(0, len(records), self.shard_size):
+            block = tuple(records[start : start + self.shard_size])
             digest = hashlib.sha256(self._ident_digest.encode())
             for record in block:
                 try:

@@ -1,0 +1,104 @@
+"""Helpers for the tests: generated images and datasets, the shipped sample, framework availability."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xfverify.models.imagenet import class_table
+
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "evaluator" / "sample"
+PHOTOS = ["grace_hopper.jpg", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png"]
+
+
+def framework_available(name: str) -> bool:
+    """Whether a framework is installed, found without importing it (the test process stays framework-free)."""
+    modules = {"torch": ["torch", "torchvision", "timm"], "tensorflow": ["tensorflow", "keras"], "mxnet": ["mxnet", "gluoncv"]}
+    return all(importlib.util.find_spec(m) is not None for m in modules[name])
+
+
+needs_torch = pytest.mark.skipif(not framework_available("torch"), reason="torch/torchvision/timm not installed")
+needs_tensorflow = pytest.mark.skipif(not framework_available("tensorflow"), reason="tensorflow not installed")
+needs_mxnet = pytest.mark.skipif(not framework_available("mxnet"), reason="mxnet/gluoncv not installed")
+
+
+def synthetic_image(seed: int, width: int, height: int) -> Image.Image:
+    """A smooth-plus-noise RGB picture (compresses like a photo, unlike pure noise)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack(
+        [
+            128 + 100 * np.sin(x / (7 + seed % 5) + seed),
+            128 + 100 * np.cos(y / (11 + seed % 3)),
+            128 + 100 * np.sin((x + y) / 17.0),
+        ],
+        axis=-1,
+    )
+    noisy = base + rng.normal(0, 12, base.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def write_jpeg(path: Path, seed: int, width: int = 120, height: int = 90, quality: int = 90) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    synthetic_image(seed, width, height).save(path, format="JPEG", quality=quality)
+    return path
+
+
+VAL_SIZES = [(120, 90), (90, 120), (100, 100), (131, 77), (64, 200), (300, 240)]
+
+
+def imagenet_val_files(n: int) -> list[tuple[str, int]]:
+    """(file name, class index) for n fake validation images; classes are spread over 0..999."""
+    return [(f"ILSVRC2012_val_{i:08d}.JPEG", (i * 137) % 1000) for i in range(1, n + 1)]
+
+
+def odd_images(folder: Path) -> dict[str, Path]:
+    """Real ImageNet oddities made from a real photo: CMYK JPEG, grayscale JPEG, PNG named .JPEG, EXIF-rotated."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = Image.open(SAMPLE_DIR / "coffee.png").convert("RGB").resize((300, 200))
+    made = {}
+    made["cmyk"] = folder / "cmyk.JPEG"
+    photo.convert("CMYK").save(made["cmyk"], format="JPEG", quality=92)
+    made["gray"] = folder / "gray.JPEG"
+    photo.convert("L").save(made["gray"], format="JPEG", quality=92)
+    made["png_named_jpeg"] = folder / "png_inside.JPEG"
+    photo.save(made["png_named_jpeg"], format="PNG")
+    made["exif_rotated"] = folder / "exif_rotated.JPEG"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW on display
+    photo.save(made["exif_rotated"], format="JPEG", quality=92, exif=exif.tobytes())
+    return made
+
+
+def broken_images(folder: Path) -> dict[str, Path]:
+    """Files that are not decodable images: truncated JPEG, empty file, text named .JPEG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    synthetic_image(7, 200, 150).save(buffer, format="JPEG", quality=90)
+    made = {"truncated": folder / "truncated.JPEG", "empty": folder / "empty.JPEG", "text": folder / "text.JPEG"}
+    made["truncated"].write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    made["empty"].write_bytes(b"")
+    made["text"].write_text("this is not an image\n")
+    return made
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m xfverify ARGS`` in a subprocess, capturing output."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env.setdefault("COLUMNS", "200")
+    return subprocess.run(
+        [sys.executable, "-m", "xfverify", *args], capture_output=True, text=True, env=full_env, timeout=timeout
+    )
+
+
+def wnid(index: int) -> str:
+    return class_table()[index][0]

@@ -1,0 +1,151 @@
+"""The tensor cache: decode once, verify always, resume after a kill, rebuild what is damaged, share safely."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import broken_images, write_jpeg
+from xfverify.evaluator.cache import TensorCache
+from xfverify.evaluator.data import load_dataset
+from xfverify.evaluator.imaging import BadImageError, load_geometry
+from xfverify.models.preprocess import PRESETS
+
+SPEC = PRESETS["torchvision-256"]
+
+
+def make_images(root: Path, n: int, size=(160, 120)) -> Path:
+    for i in range(n):
+        write_jpeg(root / f"im_{i:03d}.jpg", seed=i, width=size[0] + i % 7, height=size[1])
+    return root
+
+
+def read_all(cached) -> np.ndarray:
+    return np.concatenate([batch for _, batch in cached.batches(5)])
+
+
+def test_build_then_reuse_matches_direct_decoding(tmp_path):
+    dataset = load_dataset(make_images(tmp_path / "d", 11))
+    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
+    cached, stats = cache.ensure(dataset.records, workers=2)
+    assert (stats.decoded, stats.built_shards, stats.reused_shards) == (11, 3, 0)
+    expected = np.stack([load_geometry(r.path, SPEC) for r in dataset.records])
+    assert np.array_equal(read_all(cached), expected)
+    again, stats2 = cache.ensure(dataset.records, workers=2)
+    assert (stats2.decoded, stats2.reused_shards) == (0, 3)
+    assert np.array_equal(read_all(again), expected)
+    assert [start for start, _ in again.batches(4)] == [0, 4, 8]
+
+
+def test_corrupted_shard_is_detected_and_rebuilt(tmp_path):
+    dataset = load_dataset(make_images(tmp_path / "d", 8))
+    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
+    cached, _ = cache.ensure(dataset.records, workers=1)
+    good = read_all(cached)
+    victim = Path(cached.shard_paths[1])
+    raw = bytearray(victim.read_bytes())
+    raw[-1000] ^= 0xFF  # one flipped byte inside the pixel data
+    victim.write_bytes(bytes(raw))
+    messages = []
+    rebuilt, stats = cache.ensure(dataset.records, workers=1, log=messages.append)
+    assert stats.rebuilt_corrupt == 1 and stats.decoded == 4 and stats.reused_shards == 1
+    assert any("checksum mismatch" in m for m in messages)
+    assert np.array_equal(read_all(rebuilt), good)
+
+
+def test_changed_source_file_invalidates_only_its_shard(tmp_path):
+    root = make_images(tmp_path / "d", 8)
+    dataset = load_dataset(root)
+    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
+    cache.ensure(dataset.records, workers=1)
+    write_jpeg(root / "im_006.jpg", seed=99, width=200, height=150)
+    _, stats = cache.ensure(load_dataset(root).records, workers=1)
+    assert (stats.decoded, stats.reused_shards) == (4, 1)
+
+
+BUILD_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from xfverify.evaluator.cache import TensorCache
+    from xfverify.evaluator.data import load_dataset
+    from xfverify.models.preprocess import PRESETS
+    data, cache_dir, shard_size, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    cache = TensorCache(cache_dir, PRESETS["torchvision-256"], shard_size=shard_size)
+    _, stats = cache.ensure(load_dataset(data).records, workers=workers)
+    print(json.dumps({"decoded": stats.decoded, "reused": stats.reused_shards}))
+    """
+)
+
+
+def start_build(data: Path, cache_dir: Path, shard_size: int, workers: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", BUILD_SCRIPT, str(data), str(cache_dir), str(shard_size), str(workers)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_where_it_stopped(tmp_path):
+    data = make_images(tmp_path / "d", 60, size=(900, 700))
+    cache_dir = tmp_path / "cache"
+    process = start_build(data, cache_dir, shard_size=5, workers=1)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(cache_dir.glob("*/shards/*.json")):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    committed = len(list(cache_dir.glob("*/shards/*.json")))
+    assert 1 <= committed < 12, "the run should have been killed part-way"
+    dataset = load_dataset(data)
+    cache = TensorCache(cache_dir, SPEC, shard_size=5)
+    cached, stats = cache.ensure(dataset.records, workers=2)
+    assert stats.reused_shards >= committed and stats.decoded == 60 - 5 * stats.reused_shards
+    assert not list(cache_dir.glob("*/shards/*.tmp-*")), "temporaries of the dead run are removed"
+    some = [0, 17, 59]
+    full = read_all(cached)
+    for i in some:
+        assert np.array_equal(full[i], load_geometry(dataset.records[i].path, SPEC))
+
+
+@pytest.mark.slow
+def test_two_runs_sharing_a_cache_do_not_duplicate_or_corrupt(tmp_path):
+    data = make_images(tmp_path / "d", 24, size=(500, 400))
+    cache_dir = tmp_path / "cache"
+    runs = [start_build(data, cache_dir, shard_size=4, workers=1) for _ in range(2)]
+    outputs = []
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        outputs.append(json.loads(out.strip().splitlines()[-1]))
+    assert sum(o["decoded"] for o in outputs) == 24  # every shard decoded exactly once
+    cache = TensorCache(cache_dir, SPEC, shard_size=4)
+    dataset = load_dataset(data)
+    for plan in cache.plan(dataset.records):
+        meta, why = cache.load_valid(plan)
+        assert meta is not None, why
+
+
+def test_bad_image_stops_the_build_after_saving_its_shard(tmp_path):
+    root = make_images(tmp_path / "d", 6)
+    bad = broken_images(tmp_path / "d")["empty"]  # the first broken file in image-id order
+    dataset = load_dataset(root)
+    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
+    with pytest.raises(BadImageError) as info:
+        cache.ensure(dataset.records, workers=1, stop_on_bad=True)
+    assert str(bad) in str(info.value)
+    cached, stats = cache.ensure(dataset.records, workers=1, stop_on_bad=False)
+    assert stats.reused_shards >= 1  # the work done before stopping was kept
+    names = sorted(Path(b.path).name for b in cached.bad)
+    assert names == ["empty.JPEG", "text.JPEG", "truncated.JPEG"]
+    rows = read_all(cached)
+    assert all(not rows[b.index].any() for b in cached.bad)
+    assert all(b.reason for b in cached.bad)

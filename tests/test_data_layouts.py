@@ -1,0 +1,168 @@
+"""Every ImageNet layout gives the same (image id, labels) manifest; the devkit ID trap is avoided."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.io import savemat
+
+from helpers import imagenet_val_files, wnid, write_jpeg
+from xfverify.evaluator.data import load_dataset
+from xfverify.models.errors import UserError
+from xfverify.models.imagenet import class_table
+
+TRUTH = dict(imagenet_val_files(10))  # file name -> class index
+
+
+def make_kaggle(root: Path, images: dict[str, Path]) -> Path:
+    val = root / "ILSVRC" / "Data" / "CLS-LOC" / "val"
+    val.mkdir(parents=True)
+    rows = []
+    for name, path in images.items():
+        shutil.copy(path, val / name)
+        w = wnid(TRUTH[name])
+        rows.append(f"{Path(name).stem},{w} 10 20 30 40 {w} 1 2 3 4")
+    random.Random(0).shuffle(rows)
+    (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def devkit_permutation() -> list[int]:
+    """ILSVRC2012_ID - 1 -> sorted-wnid class index: a fixed shuffle, like the real devkit's own order."""
+    order = list(range(1000))
+    random.Random(2012).shuffle(order)
+    return order
+
+
+def write_meta_mat(path: Path, id_to_class: list[int]) -> None:
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height", "num_train_images"]
+    synsets = np.zeros((1002, 1), dtype=[(f, "O") for f in fields])
+    table = class_table()
+    for ilsvrc_id in range(1, 1001):
+        wn, words = table[id_to_class[ilsvrc_id - 1]]
+        synsets[ilsvrc_id - 1, 0] = (ilsvrc_id, wn, words, "", 0, np.zeros((0,)), 0, 1300)
+    # Two inner (non-leaf) synsets, as the real meta.mat has 860 of them after the leaves.
+    synsets[1000, 0] = (1001, "n00001740", "entity", "", 2, np.array([1, 2]), 18, 0)
+    synsets[1001, 0] = (1002, "n00002684", "object", "", 1, np.array([3]), 17, 0)
+    savemat(path, {"synsets": synsets})
+
+
+def make_devkit(root: Path, images: dict[str, Path], with_meta: bool = True) -> Path:
+    root.mkdir(parents=True)
+    for name, path in images.items():
+        shutil.copy(path, root / name)
+    data = root.parent / "ILSVRC2012_devkit_t12" / "data"
+    data.mkdir(parents=True)
+    id_to_class = devkit_permutation()
+    class_to_id = {c: i + 1 for i, c in enumerate(id_to_class)}
+    lines = [str(class_to_id[TRUTH[name]]) for name, _ in sorted(TRUTH.items())]
+    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(lines) + "\n")
+    if with_meta:
+        write_meta_mat(data / "meta.mat", id_to_class)
+    return root
+
+
+def make_class_folders(root: Path, images: dict[str, Path]) -> Path:
+    for name, path in images.items():
+        folder = root / wnid(TRUTH[name])
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / name)
+    return root
+
+
+def make_own_folder(root: Path, images: dict[str, Path]) -> Path:
+    root.mkdir(parents=True)
+    rows = ["image,labels"]
+    for i, (name, path) in enumerate(sorted(images.items())):
+        shutil.copy(path, root / name)
+        label = wnid(TRUTH[name]) if i % 2 else str(TRUTH[name])  # both spellings are accepted
+        rows.append(f"{name},{label}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def manifest(dataset) -> list[tuple[str, tuple[int, ...]]]:
+    return [(r.image_id, r.labels) for r in dataset.records]
+
+
+def test_all_layouts_give_the_same_manifest(tmp_path, val_images):
+    expected = [(Path(name).stem, (cls,)) for name, cls in sorted(TRUTH.items())]
+    datasets = {
+        "kaggle": load_dataset(make_kaggle(tmp_path / "kaggle", val_images)),
+        "devkit": load_dataset(make_devkit(tmp_path / "official" / "val", val_images)),
+        "class-folders": load_dataset(make_class_folders(tmp_path / "folders", val_images)),
+        "folder": load_dataset(make_own_folder(tmp_path / "own", val_images)),
+    }
+    for layout, dataset in datasets.items():
+        assert dataset.layout == layout
+        assert manifest(dataset) == expected, layout
+    hashes = {d.manifest_sha256() for d in datasets.values()}
+    assert len(hashes) == 1
+
+
+def test_devkit_ids_are_mapped_through_meta_mat_not_used_as_indices(tmp_path, val_images):
+    dataset = load_dataset(make_devkit(tmp_path / "official" / "val", val_images))
+    ground_truth = (tmp_path / "official" / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt")
+    naive = [int(line) - 1 for line in ground_truth.read_text().split()]  # the classic 99 %-error mistake
+    mapped = [r.labels[0] for r in dataset.records]
+    assert mapped == [TRUTH[n] for n in sorted(TRUTH)]
+    assert sum(a == b for a, b in zip(naive, mapped)) < len(mapped)  # the trap would have changed labels
+    assert any("meta.mat" in note for note in dataset.notes)
+
+
+def test_devkit_without_meta_mat_is_a_clear_error(tmp_path, val_images):
+    root = make_devkit(tmp_path / "official" / "val", val_images, with_meta=False)
+    with pytest.raises(UserError, match="meta.mat"):
+        load_dataset(root)
+
+
+def test_own_folder_multi_labels_and_unlabelled_images(tmp_path):
+    root = tmp_path / "mine"
+    for i in range(3):
+        write_jpeg(root / "sub" / f"p{i}.png", seed=i)
+    (root / "labels.csv").write_text("image,labels\nsub/p0.png,1 n01443537 7\np1.png,\n")
+    dataset = load_dataset(root)
+    by_id = {r.image_id: r.labels for r in dataset.records}
+    assert by_id == {"p0": (1, 7), "p1": (), "p2": ()}
+    assert dataset.n_labelled == 1
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [("nope.jpg,3", "no image"), ("a.jpg,1000", "outside 0-999"), ("a.jpg,n99999999", "not one of the 1000"), ("a.jpg,cat", "neither")],
+)
+def test_bad_labels_csv_rows_name_the_line(tmp_path, row, message):
+    write_jpeg(tmp_path / "d" / "a.jpg", seed=1)
+    (tmp_path / "d" / "labels.csv").write_text("image,labels\n" + row + "\n")
+    with pytest.raises(UserError, match=message) as info:
+        load_dataset(tmp_path / "d")
+    assert "labels.csv:2" in str(info.value)
+
+
+def test_missing_path_and_empty_folder(tmp_path):
+    with pytest.raises(UserError, match="no such file or folder"):
+        load_dataset(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no images found"):
+        load_dataset(tmp_path / "empty")
+
+
+def test_limit_and_class_balanced_subset_are_deterministic(tmp_path):
+    root = tmp_path / "folders"
+    for i in range(12):
+        write_jpeg(root / wnid(i % 3) / f"ILSVRC2012_val_{i + 1:08d}.JPEG", seed=i, width=40, height=30)
+    dataset = load_dataset(root)
+    assert [r.image_id for r in dataset.select(limit=4).records] == [f"ILSVRC2012_val_{i:08d}" for i in range(1, 5)]
+    balanced = dataset.select(per_class=2)
+    counts = {}
+    for r in balanced.records:
+        counts[r.labels[0]] = counts.get(r.labels[0], 0) + 1
+    assert counts == {0: 2, 1: 2, 2: 2}
+    assert [r.image_id for r in balanced.records] == sorted(r.image_id for r in balanced.records)
+    assert dataset.select(per_class=2).manifest_sha256() == balanced.manifest_sha256()
+    with pytest.raises(UserError):
+        dataset.select(limit=0)

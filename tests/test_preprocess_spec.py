@@ -1,0 +1,86 @@
+"""Preprocessing specs: validation, presets, the resolver's precedence, and the normalisation table."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from xfverify.evaluator.normalise import normalisation_lut, normalise
+from xfverify.models.cards import load_cards
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import PRESETS, PreprocessSpec, parse_overrides, resolve_preprocess, spec_from_dict
+
+
+def test_every_field_is_explicit_and_specs_are_frozen():
+    spec = PRESETS["torchvision-256"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.resize_size = 300  # type: ignore[misc]
+    required = [f.name for f in dataclasses.fields(PreprocessSpec) if f.default is dataclasses.MISSING]
+    assert {"decoder", "interpolation", "resize_library", "antialias", "mean", "std", "layout"} <= set(required)
+
+
+def test_round_trip_through_dict():
+    for spec in PRESETS.values():
+        assert spec_from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"interpolation": "cubic"}, "interpolation='cubic'"),
+        ({"antialias": False}, "PIL always antialiases"),
+        ({"resize_library": "opencv", "antialias": True}, "OpenCV does not antialias"),
+        ({"std": (0.2, 0.0, 0.2)}, "std must not contain 0"),
+        ({"layout": "CHW"}, "layout='CHW'"),
+    ],
+)
+def test_invalid_specs_are_refused(changes, message):
+    with pytest.raises(UserError, match=message):
+        PRESETS["torchvision-256"].replace(**changes)
+
+
+def test_resolver_precedence_and_overrides():
+    assert resolve_preprocess(None, default="torchvision-232") is PRESETS["torchvision-232"]
+    assert resolve_preprocess("torchvision-256", default="torchvision-232") is PRESETS["torchvision-256"]
+    spec = resolve_preprocess("torchvision-256", overrides=parse_overrides(["interpolation=bicubic", "crop_pct=0.95"]))
+    assert spec.interpolation == "bicubic" and spec.resize_size == 235 and spec.crop_size == 224
+    assert "interpolation=bicubic" in spec.name
+    assert spec.geometry_key() != PRESETS["torchvision-256"].geometry_key()
+    normalisation_only = resolve_preprocess("torchvision-256", overrides={"mean": "0.5 0.5 0.5"})
+    assert normalisation_only.geometry_key() == PRESETS["torchvision-256"].geometry_key()
+
+
+@pytest.mark.parametrize("items, message", [(["colour=red"], "unknown preprocessing field"), (["resize_size"], "field=value"),
+                                            (["resize_size=big"], "whole number")])
+def test_override_errors(items, message):
+    with pytest.raises(UserError, match=message):
+        resolve_preprocess("torchvision-256", overrides=parse_overrides(items))
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(UserError, match="torchvision-256"):
+        resolve_preprocess("torchvision-999")
+
+
+def test_every_card_names_a_known_preset_with_its_layout():
+    for card in load_cards():
+        assert PRESETS[card.preprocess].layout == card.input_layout
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_lookup_table_equals_direct_float32_arithmetic(preset):
+    spec = PRESETS[preset]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 8, 9, 3), dtype=np.uint8)
+    tensors = normalise(images, spec)
+    x = images.astype(np.float32)
+    if spec.channel_order == "BGR":
+        x = x[..., ::-1]
+    direct = ((x / np.float32(spec.scale)) - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
+    if spec.layout == "NCHW":
+        direct = direct.transpose(0, 3, 1, 2)
+    assert tensors.dtype == np.float32 and tensors.flags.c_contiguous
+    assert tensors.tobytes() == np.ascontiguousarray(direct).tobytes()
+    assert normalisation_lut(spec).shape == (3, 256)
