@@ -291,6 +291,7 @@ class TensorCache:
     ) -> dict[str, dict]:
         stats.workers = max(1, workers or os.cpu_count() or 1)
         counter = _Progress(total, progress)
+        counter.advance(0)
         results: dict[str, dict] = {}
         with contextlib.ExitStack() as stack:
             mine, theirs = [], []

@@ -147,6 +147,8 @@ def run_loop(
         if progress:
             progress(done, n_images)
 
+    if progress:
+        progress(0, n_images)
     started = time.perf_counter()
     batches = _Prefetcher(prepared_batches(shard_paths, batch_size, spec, threads))
     while True:

@@ -23,16 +23,21 @@ def info(message: str) -> None:
 @contextlib.contextmanager
 def progress_bar(description: str, unit: str = "img") -> Iterator[Callable[[int, int], None]]:
     """A progress bar showing done/total and rate; a no-op (plus one summary line) when stderr is not a terminal."""
-    started = time.perf_counter()
-    state = {"done": 0, "total": 0}
+    # The clock starts at the first update (done=0 is sent when work begins), so process start-up
+    # and model building do not count against the rate.
+    state = {"done": 0, "total": 0, "started": None}
+
+    def mark(done: int, total: int) -> float:
+        now = time.perf_counter()
+        if state["started"] is None:
+            state["started"] = now
+        state["done"], state["total"] = done, total
+        return now - state["started"]
+
     if not err_console.is_terminal:
-
-        def update(done: int, total: int) -> None:
-            state["done"], state["total"] = done, total
-
-        yield update
-        if state["done"]:
-            elapsed = time.perf_counter() - started
+        yield mark
+        if state["done"] and state["started"] is not None:
+            elapsed = time.perf_counter() - state["started"]
             info(f"{description}: {state['done']} {unit} in {elapsed:.1f} s ({state['done'] / max(elapsed, 1e-9):.0f} {unit}/s)")
         return
     columns = [
@@ -47,7 +52,7 @@ def progress_bar(description: str, unit: str = "img") -> Iterator[Callable[[int,
         task = progress.add_task(description, total=None, rate="")
 
         def update(done: int, total: int) -> None:
-            elapsed = time.perf_counter() - started
+            elapsed = mark(done, total)
             rate = f"{done / elapsed:,.0f} {unit}/s" if elapsed > 0 else ""
             progress.update(task, completed=done, total=total, rate=rate)
 

@@ -8,6 +8,7 @@ Model ids are ``<source>/<name>[:<weights>]``; without ``:<weights>`` the card m
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import tomllib
 from functools import lru_cache
@@ -158,6 +159,8 @@ def get_card(model_id: str) -> ModelCard:
         for card in cards:
             if card.id.split(":")[0].lower() == base and card.default:
                 return card
-    close = [c.id for c in cards if base.split("/")[-1] in c.id.lower()][:6]
+    bases = sorted({c.id.split(":")[0] for c in cards})
+    close = difflib.get_close_matches(base, [b.lower() for b in bases], n=4, cutoff=0.6)
+    close = [b for b in bases if b.lower() in close] or [c.id for c in cards if base.split("/")[-1] in c.id.lower()][:6]
     hint = f"; did you mean {', '.join(close)}?" if close else "; `xfverify models` lists them"
     raise UserError(f"unknown model {model_id!r}{hint}")

@@ -1,0 +1,189 @@
+"""`xfverify native`: each framework in its worker, real predictions offline, honest reports, clear failures."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import SAMPLE_DIR, broken_images, needs_mxnet, needs_tensorflow, needs_torch, run_cli
+from xfverify.evaluator.cache import TensorCache
+from xfverify.evaluator.data import load_dataset
+from xfverify.evaluator.native import NativeOptions, run_native
+from xfverify.evaluator.normalise import image_digests, normalise
+from xfverify.evaluator.report import NativeReport
+from xfverify.models.preprocess import PRESETS
+
+
+def predictions(out: Path) -> dict[str, dict]:
+    with open(out / "predictions.csv") as handle:
+        return {row["image_id"]: row for row in csv.DictReader(handle)}
+
+
+def expected_tensor_hash(data: Path, preset: str, cache_dir: str) -> str:
+    """Recompute the fingerprint from xfverify's own cache + normalisation, independently of the worker."""
+    spec = PRESETS[preset]
+    cached, _ = TensorCache(cache_dir, spec).ensure(load_dataset(data).records, workers=1)
+    total = hashlib.sha256()
+    for _, batch in cached.batches(3):
+        for digest in image_digests(normalise(batch, spec)):
+            total.update(digest)
+    return total.hexdigest()
+
+
+@needs_torch
+def test_real_weights_predict_the_sample_offline(tmp_path):
+    report = run_native(NativeOptions(out=str(tmp_path / "r"), batch_size=2))
+    preds = predictions(tmp_path / "r")
+    assert preds["grace_hopper"]["top5"].split()[0] == "652"  # military uniform (bicubic, the reference)
+    assert preds["coffee"]["top5"].split()[0] == "967"  # espresso
+    assert preds["camera"]["status"] == "unlabelled"
+    assert report["n_scored"] == 4 and report["top1_error"] == 0.0
+    assert report["weights"]["sha256"].startswith("57934424")
+    assert report["random_weights"] is False
+    logits = np.load(tmp_path / "r" / "logits.npy")
+    assert logits.shape == (5, 1000) and logits.dtype == np.float32
+
+
+@needs_torch
+def test_bilinear_resize_changes_the_grace_hopper_prediction(tmp_path):
+    run_native(NativeOptions(out=str(tmp_path / "r"), overrides=("interpolation=bilinear",), limit=4))
+    assert predictions(tmp_path / "r")["grace_hopper"]["top5"].split()[0] == "667"  # mortarboard
+
+
+@needs_torch
+def test_torch_random_weights_report(tmp_path, generated_folder):
+    out = tmp_path / "r"
+    report = run_native(
+        NativeOptions(model="torchvision/mobilenet_v3_large:IMAGENET1K_V1", data=str(generated_folder),
+                      out=str(out), random_weights=True, batch_size=3, workers=1)
+    )
+    NativeReport.model_validate({k: v for k, v in report.items() if not k.startswith("_")})
+    assert report["random_weights"] and report["weights"]["sha256"] == "random"
+    assert "RANDOM WEIGHTS" in (out / "report.md").read_text()
+    assert report["dataset"]["n_images"] == 7 and report["n_scored"] == 7
+    assert report["preprocess"] == PRESETS["torchvision-256"].to_dict()
+    assert report["published"]["top1_error"] == pytest.approx(25.958)
+    assert report["timing"]["batch_ms_mean"] > 0 and report["timing"]["wall_s"] > 0
+    assert report["tensors_sha256"] == expected_tensor_hash(generated_folder, "torchvision-256", report["cache"]["directory"].rsplit("/", 1)[0])
+    logits = np.load(out / "logits.npy")
+    assert logits.shape == (7, 1000) and 0.2 < float(logits.std()) < 5  # a well-scaled random model
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["tensors_sha256"] == report["tensors_sha256"]
+
+
+@needs_tensorflow
+def test_keras_random_weights_report(tmp_path, generated_folder):
+    report = run_native(
+        NativeOptions(model="keras/MobileNet", data=str(generated_folder), out=str(tmp_path / "r"),
+                      random_weights=True, batch_size=4, workers=1, limit=5)
+    )
+    assert report["framework"]["name"] == "tensorflow" and report["output"] == "softmax"
+    assert report["preprocess"]["layout"] == "NHWC" and report["n_scored"] == 5
+    probs = np.load(tmp_path / "r" / "logits.npy")
+    assert probs.shape == (5, 1000) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+
+@needs_mxnet
+def test_mxnet_random_weights_report(tmp_path, generated_folder):
+    report = run_native(
+        NativeOptions(model="gluoncv/mobilenet1.0", data=str(generated_folder), out=str(tmp_path / "r"),
+                      random_weights=True, batch_size=4, workers=1, limit=5)
+    )
+    assert report["framework"]["name"] == "mxnet" and report["device"]["type"] == "cpu"
+    logits = np.load(tmp_path / "r" / "logits.npy")
+    assert logits.shape == (5, 1000) and np.isfinite(logits).all()
+
+
+@needs_torch
+def test_the_same_images_give_the_same_tensor_hash_across_layouts_and_batch_sizes(tmp_path, generated_folder):
+    a = run_native(NativeOptions(model="torchvision/resnet50:IMAGENET1K_V1", data=str(generated_folder),
+                                 out=str(tmp_path / "a"), random_weights=True, batch_size=2, limit=4))
+    b = run_native(NativeOptions(model="torchvision/resnet101:IMAGENET1K_V1", data=str(generated_folder),
+                                 out=str(tmp_path / "b"), random_weights=True, batch_size=3, limit=4))
+    assert a["tensors_sha256"] == b["tensors_sha256"]  # same spec, same images, other model and batching
+    assert b["cache"]["decoded"] == 0  # and the second run decoded nothing
+
+
+# --- user errors: one line, exit code 2 ---------------------------------------------------------
+
+
+def assert_user_error(result, *fragments):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    error_lines = [line for line in lines if "error:" in line]
+    assert len(error_lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    text = " ".join(result.stderr.split())
+    for fragment in fragments:
+        assert fragment in text, (fragment, result.stderr)
+
+
+@needs_torch
+def test_cuda_requested_without_gpu_fails_clearly(tmp_path):
+    result = run_cli("native", "--device", "cuda", "--limit", "1", "--out", str(tmp_path / "r"),
+                     env={"CUDA_VISIBLE_DEVICES": ""})
+    assert_user_error(result, "--device cuda", "no usable CUDA GPU")
+
+
+@needs_torch
+def test_missing_torchvision_weights_offline(tmp_path):
+    result = run_cli("native", "torchvision/resnet50", "--limit", "1", "--out", str(tmp_path / "r"),
+                     env={"TORCH_HOME": str(tmp_path / "torch-home")})
+    assert_user_error(result, "resnet50-11ad3fa6.pth", str(tmp_path / "torch-home"), "--weights FILE")
+
+
+@needs_tensorflow
+def test_missing_keras_weights_offline(tmp_path):
+    result = run_cli("native", "keras/ResNet50", "--limit", "1", "--out", str(tmp_path / "r"),
+                     env={"KERAS_HOME": str(tmp_path / "keras-home")})
+    assert_user_error(result, "resnet50_weights_tf_dim_ordering_tf_kernels.h5", "keras-home")
+
+
+@needs_mxnet
+def test_missing_gluoncv_weights_offline(tmp_path):
+    result = run_cli("native", "gluoncv/resnet50_v1b", "--limit", "1", "--out", str(tmp_path / "r"),
+                     env={"MXNET_HOME": str(tmp_path / "mx-home")})
+    assert_user_error(result, "resnet50_v1b-0ecdba34.params", "mx-home")
+
+
+@needs_torch
+def test_weights_file_with_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"fc.weight": Evil()}))
+    result = run_cli("native", "torchvision/resnet50", "--weights", str(evil), "--limit", "1", "--out", str(tmp_path / "r"))
+    assert_user_error(result, "weights_only=True")
+    assert "this must never run" not in result.stdout + result.stderr
+
+
+def test_unknown_model_and_bad_data_path(tmp_path):
+    assert_user_error(run_cli("native", "torchvision/resnet5000"), "unknown model", "torchvision/resnet5000")
+    assert_user_error(run_cli("native", "--data", str(tmp_path / "nowhere")), "no such file or folder")
+    assert_user_error(run_cli("native", "--preprocess", "keras-caffe"), "NHWC", "layout=NCHW")
+
+
+@needs_torch
+def test_bad_image_stops_then_skip_lists_it(tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    for name in ("coffee.png", "grace_hopper.jpg"):
+        (data / name).write_bytes((SAMPLE_DIR / name).read_bytes())
+    bad = broken_images(data)["truncated"]
+    (data / "empty.JPEG").unlink()
+    (data / "text.JPEG").unlink()
+    (data / "labels.csv").write_text("image,labels\ncoffee.png,967\ngrace_hopper.jpg,652\ntruncated.JPEG,1\n")
+    stopped = run_cli("native", "--data", str(data), "--out", str(tmp_path / "r1"))
+    assert_user_error(stopped, str(bad), "--on-bad-image skip")
+    report = run_native(NativeOptions(data=str(data), out=str(tmp_path / "r2"), on_bad_image="skip"))
+    assert [s["image_id"] for s in report["skipped_images"]] == ["truncated"]
+    assert report["n_scored"] == 2 and report["cache"]["decoded"] == 0  # the stopped run's work was kept
+    assert predictions(tmp_path / "r2")["truncated"]["status"] == "skipped"
+    assert np.isnan(np.load(tmp_path / "r2" / "logits.npy")[2]).all()
