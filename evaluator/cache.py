@@ -9,9 +9,10 @@ Layout under the cache root::
 
 A shard's key hashes the geometry and, for each of its images, the id, path, size and
 mtime, so a changed file or spec makes a new shard and never reuses a stale one.
-Writes go to a temporary file that is fsynced and renamed, the sidecar last, so a
+Writes go to a temporary file that is renamed into place, the sidecar last, so a
 killed run leaves only complete shards (resumed next time) or temporary files (removed).
-Every shard's checksum is verified before use; a mismatch is reported and rebuilt.
+Every shard's checksum is verified before use, so a shard torn by a crash of the
+machine itself (no fsync is spent on that) or damaged later is reported and rebuilt.
 Builders hold an advisory lock per shard, so two runs sharing a cache do not duplicate
 work, and if they race, both renames install identical bytes.
 """
@@ -23,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -106,7 +108,11 @@ class CachedImages:
 
 
 def iter_shard_batches(shard_paths: Sequence[str], batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Read consecutive batches across shard files (each a .npy of uint8 NHWC images)."""
+    """Read consecutive batches across shard files (each a .npy of uint8 NHWC images).
+
+    A batch inside one shard is a read-only view of its memory map (no copy); a batch across
+    two shards is a copy.
+    """
     pending: list[np.ndarray] = []
     pending_n = 0
     start = 0
@@ -119,11 +125,11 @@ def iter_shard_batches(shard_paths: Sequence[str], batch_size: int) -> Iterator[
             pending_n += take
             offset += take
             if pending_n == batch_size:
-                yield start, np.concatenate(pending) if len(pending) > 1 else np.array(pending[0])
+                yield start, np.concatenate(pending) if len(pending) > 1 else pending[0]
                 start += pending_n
                 pending, pending_n = [], 0
     if pending_n:
-        yield start, np.concatenate(pending) if len(pending) > 1 else np.array(pending[0])
+        yield start, np.concatenate(pending) if len(pending) > 1 else pending[0]
 
 
 # --- worker-process side -----------------------------------------------------------------
@@ -325,7 +331,7 @@ class TensorCache:
         futures: dict[Future, tuple[str, int]] = {}
         pool = ProcessPoolExecutor(
             max_workers=min(stats.workers, sum(len(p.records) for p in plans)),
-            mp_context=get_context("spawn"),
+            mp_context=_pool_context(),
             initializer=_init_worker,
             initargs=(self.spec.to_dict(),),
         )
@@ -373,8 +379,6 @@ class TensorCache:
             "xxh3_128": checksum(data),
         }
         del data
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
         data_path, meta_path = self._paths(plan.key)
         os.replace(tmp, data_path)
         _atomic_write_text(meta_path, json.dumps(meta))
@@ -388,6 +392,11 @@ class TensorCache:
                 continue
             if not _pid_alive(pid):
                 tmp.unlink(missing_ok=True)
+
+
+def _pool_context():
+    """fork when this process runs no other thread (cheapest start), else forkserver (fork is unsafe then)."""
+    return get_context("fork" if threading.active_count() == 1 else "forkserver")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -404,10 +413,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

@@ -161,6 +161,7 @@ def get_card(model_id: str) -> ModelCard:
                 return card
     bases = sorted({c.id.split(":")[0] for c in cards})
     close = difflib.get_close_matches(base, [b.lower() for b in bases], n=4, cutoff=0.6)
-    close = [b for b in bases if b.lower() in close] or [c.id for c in cards if base.split("/")[-1] in c.id.lower()][:6]
+    by_lower = {b.lower(): b for b in bases}
+    close = [by_lower[c] for c in close] or [c.id for c in cards if base.split("/")[-1] in c.id.lower()][:6]
     hint = f"; did you mean {', '.join(close)}?" if close else "; `xfverify models` lists them"
     raise UserError(f"unknown model {model_id!r}{hint}")
