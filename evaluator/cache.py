@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -81,6 +81,20 @@ class BuildStats:
         return self.decoded / self.seconds if self.seconds > 0 else 0.0
 
 
+class BuildCancelled(Exception):
+    """The cache build was asked to stop (finished shards are kept)."""
+
+
+@dataclass
+class CachePlan:
+    """What :meth:`TensorCache.survey` found: every shard planned, the intact ones, the ones to build."""
+
+    plans: list[ShardPlan]
+    todo: list[ShardPlan] = field(default_factory=list)
+    sidecars: dict[str, dict] = field(default_factory=dict)
+    stats: BuildStats = field(default_factory=BuildStats)
+
+
 @dataclass(frozen=True)
 class BadImage:
     index: int
@@ -107,16 +121,30 @@ class CachedImages:
         yield from iter_shard_batches(self.shard_paths, batch_size)
 
 
-def iter_shard_batches(shard_paths: Sequence[str], batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+def _wait_for_shard(path: str, poll_s: float = 0.01) -> None:
+    """Block until a shard's sidecar exists (it is written last, after the data is in place)."""
+    sidecar = Path(path).with_suffix(".json")
+    parent = os.getppid()
+    while not sidecar.exists():
+        if os.getppid() != parent:
+            raise RuntimeError(f"the process building {path} went away")
+        time.sleep(poll_s)
+
+
+def iter_shard_batches(
+    shard_paths: Sequence[str], batch_size: int, wait: bool = False
+) -> Iterator[tuple[int, np.ndarray]]:
     """Read consecutive batches across shard files (each a .npy of uint8 NHWC images).
 
     A batch inside one shard is a read-only view of its memory map (no copy); a batch across
-    two shards is a copy.
+    two shards is a copy. With ``wait``, each shard is read once it is complete.
     """
     pending: list[np.ndarray] = []
     pending_n = 0
     start = 0
     for path in shard_paths:
+        if wait:
+            _wait_for_shard(path)
         data = np.load(path, mmap_mode="r")
         offset = 0
         while offset < len(data):
@@ -234,6 +262,71 @@ class TensorCache:
         return meta, ""
 
     # -- building
+    def survey(self, records: Sequence[ImageRecord], log: Callable[[str], None] | None = None) -> "CachePlan":
+        """Plan the shards of ``records`` and verify the ones on disk; damaged ones are unpublished.
+
+        After this, a shard's sidecar exists only if its data is intact, so a reader that waits
+        for sidecars (a worker started while the cache builds) never reads damaged data.
+        """
+        log = log or (lambda message: None)
+        (self.directory / "shards").mkdir(parents=True, exist_ok=True)
+        spec_file = self.directory / "spec.json"
+        if not spec_file.exists():
+            _atomic_write_text(spec_file, json.dumps(self._ident, indent=2, sort_keys=True))
+        self._remove_stale_temporaries()
+        survey = CachePlan(plans=self.plan(records))
+        for plan in survey.plans:
+            meta, why = self.load_valid(plan)
+            if meta is not None:
+                survey.sidecars[plan.key] = meta
+                survey.stats.reused_shards += 1
+                continue
+            if why != "missing":
+                log(f"cache shard {plan.key} is damaged ({why}): rebuilding it")
+                self._paths(plan.key)[1].unlink(missing_ok=True)
+                survey.stats.rebuilt_corrupt += 1
+            survey.todo.append(plan)
+        return survey
+
+    def shard_paths(self, survey: "CachePlan") -> list[str]:
+        """Data files of every planned shard, in manifest order (some may still be being built)."""
+        return [str(self._paths(plan.key)[0]) for plan in survey.plans]
+
+    def complete(
+        self,
+        survey: "CachePlan",
+        *,
+        workers: int | None = None,
+        stop_on_bad: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[CachedImages, BuildStats]:
+        """Decode the shards the survey found missing, in parallel; return the whole cached manifest.
+
+        With ``stop_on_bad`` the build stops after the shard holding the first bad image is
+        written (so nothing decoded is lost) and :class:`BadImageError` names that file.
+        ``progress(done, total)`` is called as images are decoded. Setting ``cancel`` stops the
+        build after the shards under way (finished shards are kept) and raises :class:`BuildCancelled`.
+        """
+        from xfverify.evaluator.imaging import BadImageError
+
+        started = time.perf_counter()
+        stats = survey.stats
+        sidecars = dict(survey.sidecars)
+        if survey.todo:
+            total = sum(len(p.records) for p in survey.todo)
+            sidecars.update(self._build(survey.todo, workers, stop_on_bad, progress, total, stats, cancel))
+        stats.seconds = time.perf_counter() - started
+        bad = []
+        for plan in survey.plans:
+            for row, reason in sorted(sidecars[plan.key]["bad"].items(), key=lambda kv: int(kv[0])):
+                record = plan.records[int(row)]
+                bad.append(BadImage(plan.start + int(row), record.image_id, record.path, reason))
+        if stop_on_bad and bad:
+            raise BadImageError(bad[0].path, bad[0].reason)
+        shards = [(plan, self._paths(plan.key)[0]) for plan in survey.plans]
+        return CachedImages(shards, bad, self.hw), stats
+
     def ensure(
         self,
         records: Sequence[ImageRecord],
@@ -243,48 +336,11 @@ class TensorCache:
         progress: Callable[[int, int], None] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> tuple[CachedImages, BuildStats]:
-        """Make sure every image of ``records`` is cached; decode what is missing, in parallel.
-
-        With ``stop_on_bad`` the build stops after the shard holding the first bad image is
-        written (so nothing decoded is lost) and :class:`BadImageError` names that file.
-        ``progress(done, total)`` is called as images are decoded.
-        """
-        from xfverify.evaluator.imaging import BadImageError
-
+        """Make sure every image of ``records`` is cached (:meth:`survey`, then :meth:`complete`)."""
         started = time.perf_counter()
-        log = log or (lambda message: None)
-        (self.directory / "shards").mkdir(parents=True, exist_ok=True)
-        spec_file = self.directory / "spec.json"
-        if not spec_file.exists():
-            _atomic_write_text(spec_file, json.dumps(self._ident, indent=2, sort_keys=True))
-        self._remove_stale_temporaries()
-        stats = BuildStats()
-        plans = self.plan(records)
-        sidecars: dict[str, dict] = {}
-        todo: list[ShardPlan] = []
-        for plan in plans:
-            meta, why = self.load_valid(plan)
-            if meta is not None:
-                sidecars[plan.key] = meta
-                stats.reused_shards += 1
-            else:
-                if why != "missing":
-                    log(f"cache shard {plan.key} is damaged ({why}): rebuilding it")
-                    stats.rebuilt_corrupt += 1
-                todo.append(plan)
-        if todo:
-            total = sum(len(p.records) for p in todo)
-            sidecars.update(self._build(todo, workers, stop_on_bad, progress, total, stats))
+        cached, stats = self.complete(self.survey(records, log), workers=workers, stop_on_bad=stop_on_bad, progress=progress)
         stats.seconds = time.perf_counter() - started
-        bad = []
-        for plan in plans:
-            for row, reason in sorted(sidecars[plan.key]["bad"].items(), key=lambda kv: int(kv[0])):
-                record = plan.records[int(row)]
-                bad.append(BadImage(plan.start + int(row), record.image_id, record.path, reason))
-        if stop_on_bad and bad:
-            raise BadImageError(bad[0].path, bad[0].reason)
-        shards = [(plan, self._paths(plan.key)[0]) for plan in plans]
-        return CachedImages(shards, bad, self.hw), stats
+        return cached, stats
 
     def _build(
         self,
@@ -294,6 +350,7 @@ class TensorCache:
         progress: Callable[[int, int], None] | None,
         total: int,
         stats: BuildStats,
+        cancel: threading.Event | None = None,
     ) -> dict[str, dict]:
         stats.workers = max(1, workers or os.cpu_count() or 1)
         counter = _Progress(total, progress)
@@ -304,12 +361,12 @@ class TensorCache:
             for plan in todo:
                 lock = stack.enter_context(_ShardLock(self.directory / "shards" / f"{plan.key}.lock"))
                 (mine if lock.acquired else theirs).append((plan, lock))
-            self._decode_shards([plan for plan, _ in mine], stats, stop_on_bad, counter, results)
+            self._decode_shards([plan for plan, _ in mine], stats, stop_on_bad, counter, results, cancel)
             for plan, lock in theirs:  # another run is building these: wait, then check its work
                 lock.wait()
                 meta, _ = self.load_valid(plan)
                 if meta is None:  # that run died or stopped: build it here (we hold its lock now)
-                    self._decode_shards([plan], stats, stop_on_bad, counter, results)
+                    self._decode_shards([plan], stats, stop_on_bad, counter, results, cancel)
                 else:
                     results[plan.key] = meta
                     stats.reused_shards += 1
@@ -322,6 +379,7 @@ class TensorCache:
         stop_on_bad: bool,
         counter: "_Progress",
         results: dict[str, dict],
+        cancel: threading.Event | None = None,
     ) -> None:
         from xfverify.evaluator.imaging import BadImageError
 
@@ -363,6 +421,8 @@ class TensorCache:
                         if stop_on_bad and shard["bad"]:
                             row, reason = min(shard["bad"].items(), key=lambda kv: int(kv[0]))
                             raise BadImageError(shard["plan"].records[int(row)].path, reason)
+                if cancel is not None and cancel.is_set():
+                    raise BuildCancelled("the cache build was cancelled; finished shards are kept")
         finally:
             # Finished shards are committed; unfinished ones are dropped (a rerun resumes).
             pool.shutdown(wait=True, cancel_futures=True)

@@ -6,6 +6,8 @@ import datetime as _dt
 import os
 import re
 import shutil
+import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import numpy as np
 
 from xfverify import __version__
 from xfverify.evaluator import ui
-from xfverify.evaluator.cache import TensorCache, default_cache_root
+from xfverify.evaluator.cache import BuildCancelled, TensorCache, default_cache_root
 from xfverify.evaluator.data import Dataset, load_dataset
 from xfverify.evaluator.metrics import compare_to_published, error_stats, real_error, top_k, wilson_interval
 from xfverify.evaluator.report import write_markdown, write_predictions, write_report
@@ -86,45 +88,34 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
     ui.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; preprocessing {spec.name}")
 
     cache = TensorCache(options.cache_dir or default_cache_root(), spec)
-    with ui.progress_bar("decode + resize + crop") as progress:
-        cached, build = cache.ensure(
-            dataset.records,
-            workers=options.workers,
-            stop_on_bad=options.on_bad_image == "error",
-            progress=progress,
-            log=ui.info,
-        )
-
+    survey = cache.survey(dataset.records, log=ui.info)
     job = {
         "model": card.id,
         "preprocess": spec.to_dict(),
         "device": options.device,
         "precision": options.precision,
         "batch_size": options.batch_size,
-        "shard_paths": cached.shard_paths,
-        "n_images": cached.n_images,
-        "hw": list(cached.hw),
+        "shard_paths": cache.shard_paths(survey),
+        "n_images": len(dataset),
+        "hw": list(cache.hw),
+        "wait_for_shards": bool(survey.todo),
         "weights_file": os.path.abspath(options.weights) if options.weights else None,
         "random_weights": options.random_weights,
         "seed": options.seed,
     }
-    workdir = out_dir / ".work"
-    with ui.progress_bar(f"{card.framework} inference") as progress:
-
-        def on_event(event: dict) -> None:
-            if event.get("event") == "progress":
-                progress(event["done"], event["total"])
-            elif event.get("event") == "status":
-                ui.info(event["message"])
-
-        result = run_worker(card.framework, "evaluate", job, workdir=workdir, on_event=on_event)
+    with ui.progress_group() as group:
+        decode_progress = group.task("decode + resize + crop")
+        infer_progress = group.task(f"{card.framework} inference")
+        cached, build, result = _decode_and_infer(
+            cache, survey, card.framework, job, out_dir / ".work", options, decode_progress, infer_progress
+        )
 
     logits = np.load(result["logits_path"])
     skipped = {bad.index for bad in cached.bad}
     if skipped:
         logits[sorted(skipped)] = np.nan
     np.save(out_dir / "logits.npy", logits)
-    shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(out_dir / ".work", ignore_errors=True)
 
     report = assemble_report(card, spec, dataset, cached, build, result, logits, options)
     topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)
@@ -141,6 +132,56 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
     write_markdown(out_dir / "report.md", report, preview)
     report["_out_dir"] = str(out_dir)
     return report
+
+
+def _decode_and_infer(cache, survey, framework, job, workdir, options, decode_progress, infer_progress):
+    """Build the missing cache shards while the framework worker already consumes finished ones.
+
+    The worker reads shards in manifest order as their sidecars appear, so decoding and inference
+    overlap on a cold run. If the build fails (a bad image), the worker is stopped and the build's
+    error is raised; if the worker fails, the build is cancelled after the shards under way.
+    """
+    state: dict[str, Any] = {}
+    cancel = threading.Event()
+    worker_process: list[subprocess.Popen] = []
+
+    def build() -> None:
+        try:
+            state["cache"] = cache.complete(
+                survey, workers=options.workers, stop_on_bad=options.on_bad_image == "error",
+                progress=decode_progress, cancel=cancel,
+            )
+        except BaseException as exc:  # re-raised in the main thread
+            state["error"] = exc
+            for process in worker_process:
+                process.kill()
+
+    def on_event(event: dict) -> None:
+        if event.get("event") == "progress":
+            infer_progress(event["done"], event["total"])
+        elif event.get("event") == "status":
+            ui.info(event["message"])
+
+    def on_start(process: subprocess.Popen) -> None:
+        worker_process.append(process)
+        if "error" in state:  # the build failed before the worker started
+            process.kill()
+
+    builder = threading.Thread(target=build, name="xfverify-cache-build", daemon=True)
+    builder.start()
+    try:
+        result = run_worker(framework, "evaluate", job, workdir=workdir, on_event=on_event, on_start=on_start)
+    except BaseException:
+        cancel.set()
+        builder.join()
+        if "error" in state and not isinstance(state["error"], BuildCancelled):
+            raise state["error"] from None
+        raise
+    builder.join()
+    if "error" in state:
+        raise state["error"]
+    cached, stats = state["cache"]
+    return cached, stats, result
 
 
 def assemble_report(card, spec, dataset, cached, build, result, logits, options) -> dict[str, Any]:

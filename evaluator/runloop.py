@@ -1,10 +1,16 @@
 """The framework-independent part of an evaluation inside a worker: feed cached batches, time, fingerprint.
 
-A back-end supplies ``step(uint8_batch, float_batch) -> handle`` that starts the model on
-one batch and returns either ``(logits, batch_ms)`` or an object whose ``result()`` gives
-that pair later (so a GPU back-end can launch batch i+1 before batch i's logits arrive).
-Data loading (reading the memory-mapped cache, normalising, hashing) runs in threads
-and overlaps compute; the time the loop waits for data is measured apart from compute.
+A back-end supplies a *step* and says how it wants its data:
+
+* ``host`` steps (CPU back-ends) get ``step(uint8_batch, float_batch)``: the float32 batch, exactly
+  as fed, is normalised and hashed here, in loader threads that overlap compute;
+* ``device`` steps (GPU back-ends) get ``step(uint8_batch, None)``, normalise on the device with the
+  same table, and hand back a host copy of the tensors they fed, which is hashed here.
+
+A step returns ``(logits, batch_ms)`` or an object whose ``result()`` returns
+``(logits, batch_ms, fed_tensors, release)`` later, so a GPU back-end can launch batch i+1 before
+batch i's results arrive; ``release()`` is called once ``fed_tensors`` have been hashed.
+Time the loop spends waiting for data is measured apart from compute.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ class LoopResult:
     tensors_sha256: str
 
     def timing(self) -> dict[str, Any]:
-        """The report's ``timing`` block (warm-up batches are excluded from mean/std)."""
+        """The report's ``timing`` block (the first batch, which pays for warm-up, is left out of mean/std)."""
         steady = self.batch_ms[1:] if len(self.batch_ms) > 2 else self.batch_ms
         return {
             "wall_s": round(self.wall_s, 4),
@@ -59,16 +65,15 @@ def _prepare(u8: np.ndarray, spec: PreprocessSpec, lut: np.ndarray) -> tuple[np.
 
 
 def prepared_batches(
-    shard_paths: Sequence[str], batch_size: int, spec: PreprocessSpec, threads: int
+    shard_paths: Sequence[str], batch_size: int, spec: PreprocessSpec, threads: int, wait_for_shards: bool = False
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[bytes]]]:
     """(first index, uint8 batch, float32 batch as fed, per-image digests), read ahead in threads."""
     lut = normalisation_lut(spec)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xfverify-load")
     queue: deque[tuple[int, Future]] = deque()
-    source = iter_shard_batches(shard_paths, batch_size)
     depth = threads + 2
     try:
-        for start, u8 in source:
+        for start, u8 in iter_shard_batches(shard_paths, batch_size, wait=wait_for_shards):
             queue.append((start, pool.submit(_prepare, u8, spec, lut)))
             if len(queue) >= depth:
                 first, future = queue.popleft()
@@ -116,22 +121,39 @@ class _Prefetcher:
         return item
 
 
+def _hash_and_release(tensors: np.ndarray, release: Callable[[], None] | None) -> list[bytes]:
+    try:
+        return image_digests(tensors)
+    finally:
+        if release is not None:
+            release()
+
+
 def run_loop(
     shard_paths: Sequence[str],
     n_images: int,
     spec: PreprocessSpec,
     batch_size: int,
-    step: Callable[[np.ndarray, np.ndarray], Any],
+    step: Callable[[np.ndarray, np.ndarray | None], Any],
     logits_path: str | os.PathLike,
     *,
+    feed: str = "host",
     num_classes: int = 1000,
     threads: int | None = None,
+    wait_for_shards: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> LoopResult:
-    """Feed every cached image through ``step`` and store logits (float32, N x classes) in manifest order."""
+    """Feed every cached image through ``step``; store logits (float32, N x classes) in manifest order.
+
+    ``wait_for_shards`` lets the loop start while the cache is still being built: each shard is
+    read once its sidecar appears.
+    """
+    if feed not in ("host", "device"):
+        raise ValueError(f"feed must be host or device, got {feed!r}")
     threads = threads or max(1, min(8, (os.cpu_count() or 2) - 1))
     logits = np.lib.format.open_memmap(Path(logits_path), mode="w+", dtype=np.float32, shape=(n_images, num_classes))
-    total_digest = hashlib.sha256()
+    digests: deque[Future | list[bytes]] = deque()
+    hasher = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xfverify-hash") if feed == "device" else None
     batch_ms: list[float] = []
     data_wait = 0.0
     done = 0
@@ -140,32 +162,49 @@ def run_loop(
     def collect(item: tuple[int, int, Any]) -> None:
         nonlocal done
         first, count, handle = item
-        out, ms = handle.result() if hasattr(handle, "result") else handle
+        if hasattr(handle, "result"):
+            out, ms, fed, release = handle.result()
+            if hasher is not None:
+                digests.append(hasher.submit(_hash_and_release, fed, release))
+        else:
+            out, ms = handle
         logits[first : first + count] = out
         batch_ms.append(ms)
         done += count
         if progress:
             progress(done, n_images)
 
+    if feed == "host":
+        source: Iterator = prepared_batches(shard_paths, batch_size, spec, threads, wait_for_shards)
+    else:
+        source = ((start, u8, None, None) for start, u8 in iter_shard_batches(shard_paths, batch_size, wait=wait_for_shards))
     if progress:
         progress(0, n_images)
     started = time.perf_counter()
-    batches = _Prefetcher(prepared_batches(shard_paths, batch_size, spec, threads))
-    while True:
-        wait_start = time.perf_counter()
-        try:
-            first, u8, tensors, digests = next(batches)
-        except StopIteration:
-            break
-        data_wait += time.perf_counter() - wait_start
-        for digest in digests:
-            total_digest.update(digest)
-        inflight.append((first, len(u8), step(u8, tensors)))
-        if len(inflight) > 1:
+    batches = _Prefetcher(source, depth=2 if feed == "host" else 3)
+    try:
+        while True:
+            wait_start = time.perf_counter()
+            try:
+                first, u8, tensors, batch_digests = next(batches)
+            except StopIteration:
+                break
+            data_wait += time.perf_counter() - wait_start
+            if batch_digests is not None:
+                digests.append(batch_digests)
+            inflight.append((first, len(u8), step(u8, tensors)))
+            if len(inflight) > 1:
+                collect(inflight.popleft())
+        while inflight:
             collect(inflight.popleft())
-    while inflight:
-        collect(inflight.popleft())
-    wall = time.perf_counter() - started
+        total = hashlib.sha256()
+        for entry in digests:
+            for digest in entry.result() if isinstance(entry, Future) else entry:
+                total.update(digest)
+        wall = time.perf_counter() - started
+    finally:
+        if hasher is not None:
+            hasher.shutdown(wait=True)
     logits.flush()
     del logits
     return LoopResult(
@@ -174,5 +213,5 @@ def run_loop(
         data_wait_s=data_wait,
         compute_s=sum(batch_ms) / 1000.0,
         batch_ms=batch_ms,
-        tensors_sha256=total_digest.hexdigest(),
+        tensors_sha256=total.hexdigest(),
     )

@@ -20,25 +20,66 @@ def info(message: str) -> None:
     err_console.print(f"[dim]xfverify:[/dim] {message}", highlight=False)
 
 
-@contextlib.contextmanager
-def progress_bar(description: str, unit: str = "img") -> Iterator[Callable[[int, int], None]]:
-    """A progress bar showing done/total and rate; a no-op (plus one summary line) when stderr is not a terminal."""
-    # The clock starts at the first update (done=0 is sent when work begins), so process start-up
-    # and model building do not count against the rate.
-    state = {"done": 0, "total": 0, "started": None}
+class _Tracker:
+    """One task's counters; its clock starts at the first update (done=0 is sent when work begins),
+    so process start-up and model building do not count against the rate."""
 
-    def mark(done: int, total: int) -> float:
+    def __init__(self, description: str, unit: str):
+        self.description, self.unit = description, unit
+        self.done = self.total = 0
+        self.started: float | None = None
+        self.last: float | None = None
+
+    def mark(self, done: int, total: int) -> float:
         now = time.perf_counter()
-        if state["started"] is None:
-            state["started"] = now
-        state["done"], state["total"] = done, total
-        return now - state["started"]
+        if self.started is None:
+            self.started = now
+        self.done, self.total, self.last = done, total, now
+        return now - self.started
 
+    def summary(self) -> str | None:
+        if not self.done or self.started is None or self.last is None:
+            return None
+        elapsed = max(self.last - self.started, 1e-9)
+        return f"{self.description}: {self.done} {self.unit} in {elapsed:.1f} s ({self.done / elapsed:.0f} {self.unit}/s)"
+
+
+class ProgressGroup:
+    """Several progress bars at once (decoding and inference overlap); plain summary lines off a terminal."""
+
+    def __init__(self, progress: Progress | None):
+        self._progress = progress
+        self._trackers: list[_Tracker] = []
+
+    def task(self, description: str, unit: str = "img") -> Callable[[int, int], None]:
+        tracker = _Tracker(description, unit)
+        self._trackers.append(tracker)
+        if self._progress is None:
+            return tracker.mark
+        progress = self._progress
+        task_id = progress.add_task(description, total=None, rate="")
+
+        def update(done: int, total: int) -> None:
+            elapsed = tracker.mark(done, total)
+            rate = f"{done / elapsed:,.0f} {unit}/s" if elapsed > 0 else ""
+            progress.update(task_id, completed=done, total=total, rate=rate)
+
+        return update
+
+    def summaries(self) -> list[str]:
+        return [line for line in (t.summary() for t in self._trackers) if line]
+
+
+@contextlib.contextmanager
+def progress_group() -> Iterator[ProgressGroup]:
+    """A group of progress bars showing done/total and rate, on stderr."""
     if not err_console.is_terminal:
-        yield mark
-        if state["done"] and state["started"] is not None:
-            elapsed = time.perf_counter() - state["started"]
-            info(f"{description}: {state['done']} {unit} in {elapsed:.1f} s ({state['done'] / max(elapsed, 1e-9):.0f} {unit}/s)")
+        group = ProgressGroup(None)
+        try:
+            yield group
+        finally:
+            for line in group.summaries():
+                info(line)
         return
     columns = [
         TextColumn("[bold]{task.description}"),
@@ -49,14 +90,14 @@ def progress_bar(description: str, unit: str = "img") -> Iterator[Callable[[int,
         TimeRemainingColumn(),
     ]
     with Progress(*columns, console=err_console, transient=False) as progress:
-        task = progress.add_task(description, total=None, rate="")
+        yield ProgressGroup(progress)
 
-        def update(done: int, total: int) -> None:
-            elapsed = mark(done, total)
-            rate = f"{done / elapsed:,.0f} {unit}/s" if elapsed > 0 else ""
-            progress.update(task, completed=done, total=total, rate=rate)
 
-        yield update
+@contextlib.contextmanager
+def progress_bar(description: str, unit: str = "img") -> Iterator[Callable[[int, int], None]]:
+    """One progress bar (see :func:`progress_group`)."""
+    with progress_group() as group:
+        yield group.task(description, unit)
 
 
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:

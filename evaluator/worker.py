@@ -41,8 +41,12 @@ def run_worker(
     *,
     workdir: str | os.PathLike | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> dict[str, Any]:
-    """Run ``task`` of ``framework``'s back-end in a fresh process; return its result dict."""
+    """Run ``task`` of ``framework``'s back-end in a fresh process; return its result dict.
+
+    ``on_start`` receives the process (so another thread can stop it); ``on_event`` each progress event.
+    """
     from xfverify.evaluator.frameworks import BACKENDS
 
     if framework not in BACKENDS:
@@ -69,7 +73,8 @@ def run_worker(
     try:
         with open(stderr_path, "w") as stderr_file:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr_file, text=True, env=env)
-            assert process.stdout is not None
+            if on_start:
+                on_start(process)
             try:
                 for line in process.stdout:
                     if line.startswith(EVENT_PREFIX):

@@ -157,7 +157,8 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
     result = runloop.run_loop(
         job["shard_paths"], job["n_images"], spec, job["batch_size"], step, workdir / "logits.npy",
-        threads=job.get("loader_threads"), progress=progress_emitter(),
+        threads=job.get("loader_threads"), wait_for_shards=job.get("wait_for_shards", False),
+        progress=progress_emitter(),
     )
     return {
         "framework": {"name": "tensorflow", "version": tf.__version__, "libraries": {"keras": keras.__version__}},
