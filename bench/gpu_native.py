@@ -177,6 +177,9 @@ def main() -> None:
                 "precision": precision, "batch": batch,
                 "raw_images_per_s": round(raw["images_per_s"], 1), "raw_batch_ms": round(raw["batch_ms_median"], 3),
                 "fed_images_per_s": timing["images_per_s"], "fed_over_raw": round(timing["images_per_s"] / raw["images_per_s"], 3),
+                "fed_steady_images_per_s": timing["steady_images_per_s"],
+                "fed_steady_over_raw": round(timing["steady_images_per_s"] / raw["images_per_s"], 3),
+                "warmup_s": timing.get("warmup_s"),
                 "fed_batch_ms_mean": timing["batch_ms_mean"], "fed_batch_ms_std": timing["batch_ms_std"],
                 "data_wait_s": timing["data_wait_s"], "wall_s": timing["wall_s"],
                 "decoded_in_this_run": report["cache"]["decoded"], "tensors_sha256": report["tensors_sha256"][:16],
@@ -184,7 +187,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     results["warm"] = rows
-    results["warm_target"] = "fed_over_raw >= 0.90"
+    results["warm_target"] = "fed_over_raw >= 0.90 (fed_* include the first real batch and the bit-identity check of the GPU normalisation; warm-up of cuDNN is outside, reported as warmup_s)"
     hashes = {r["tensors_sha256"] for r in rows} | {cold_report["tensors_sha256"][:16]}
     results["same_tensors_in_every_run"] = len(hashes) == 1
     args.out.write_text(json.dumps(results, indent=2) + "\n")

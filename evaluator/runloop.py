@@ -43,6 +43,7 @@ class LoopResult:
     compute_s: float
     batch_ms: list[float]
     tensors_sha256: str
+    steady_images_per_s: float | None = None
 
     def timing(self) -> dict[str, Any]:
         """The report's ``timing`` block (the first batch, which pays for warm-up, is left out of mean/std)."""
@@ -52,6 +53,7 @@ class LoopResult:
             "data_wait_s": round(self.data_wait_s, 4),
             "compute_s": round(self.compute_s, 4),
             "images_per_s": round(self.n_images / self.wall_s, 2) if self.wall_s > 0 else None,
+            "steady_images_per_s": round(self.steady_images_per_s, 2) if self.steady_images_per_s else None,
             "batch_ms_mean": round(statistics.fmean(steady), 3) if steady else None,
             "batch_ms_std": round(statistics.pstdev(steady), 3) if len(steady) > 1 else 0.0,
             "n_batches": len(self.batch_ms),
@@ -121,12 +123,39 @@ class _Prefetcher:
         return item
 
 
-def _hash_and_release(tensors: np.ndarray, release: Callable[[], None] | None) -> list[bytes]:
-    try:
-        return image_digests(tensors)
-    finally:
-        if release is not None:
-            release()
+HASH_CHUNK = 32  # images per hashing task, so one batch is hashed by several threads at once
+
+
+class _BatchHasher:
+    """Hashes fed tensors in chunks on a thread pool, in order, with a bound on batches in flight."""
+
+    def __init__(self, threads: int, max_batches: int = 4):
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xfverify-hash")
+        self._slots = threading.BoundedSemaphore(max_batches)
+        self.futures: list[Future] = []
+
+    def submit(self, tensors: np.ndarray, release: Callable[[], None] | None) -> None:
+        self._slots.acquire()  # back-pressure: compute waits when hashing falls behind
+        chunks = [tensors[i : i + HASH_CHUNK] for i in range(0, len(tensors), HASH_CHUNK)]
+        left = [len(chunks)]
+        lock = threading.Lock()
+
+        def done(_future: Future) -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self._slots.release()
+                if release is not None:
+                    release()
+
+        for chunk in chunks:
+            future = self._pool.submit(image_digests, chunk)
+            future.add_done_callback(done)
+            self.futures.append(future)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def run_loop(
@@ -141,23 +170,26 @@ def run_loop(
     num_classes: int = 1000,
     threads: int | None = None,
     wait_for_shards: bool = False,
+    stage: Callable[[np.ndarray], Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> LoopResult:
     """Feed every cached image through ``step``; store logits (float32, N x classes) in manifest order.
 
     ``wait_for_shards`` lets the loop start while the cache is still being built: each shard is
-    read once its sidecar appears.
+    read once its sidecar appears. ``stage`` (device feeding) runs in the loader thread on each uint8
+    batch, e.g. to copy it into pinned memory; the step then receives what it returns.
     """
     if feed not in ("host", "device"):
         raise ValueError(f"feed must be host or device, got {feed!r}")
     threads = threads or max(1, min(8, (os.cpu_count() or 2) - 1))
     logits = np.lib.format.open_memmap(Path(logits_path), mode="w+", dtype=np.float32, shape=(n_images, num_classes))
     digests: deque[Future | list[bytes]] = deque()
-    hasher = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xfverify-hash") if feed == "device" else None
+    hasher = _BatchHasher(threads) if feed == "device" else None
     batch_ms: list[float] = []
     data_wait = 0.0
     done = 0
     inflight: deque[tuple[int, int, Any]] = deque()
+    first_done: list[tuple[float, int]] = []  # when the first batch finished, and its size
 
     def collect(item: tuple[int, int, Any]) -> None:
         nonlocal done
@@ -165,19 +197,27 @@ def run_loop(
         if hasattr(handle, "result"):
             out, ms, fed, release = handle.result()
             if hasher is not None:
-                digests.append(hasher.submit(_hash_and_release, fed, release))
+                start_index = len(hasher.futures)
+                hasher.submit(fed, release)
+                digests.extend(hasher.futures[start_index:])
         else:
             out, ms = handle
         logits[first : first + count] = out
         batch_ms.append(ms)
         done += count
+        if not first_done:
+            first_done.append((time.perf_counter(), done))
         if progress:
             progress(done, n_images)
 
     if feed == "host":
         source: Iterator = prepared_batches(shard_paths, batch_size, spec, threads, wait_for_shards)
     else:
-        source = ((start, u8, None, None) for start, u8 in iter_shard_batches(shard_paths, batch_size, wait=wait_for_shards))
+        staged = stage or (lambda u8: u8)
+        source = (
+            (start, staged(u8), None, None)
+            for start, u8 in iter_shard_batches(shard_paths, batch_size, wait=wait_for_shards)
+        )
     if progress:
         progress(0, n_images)
     started = time.perf_counter()
@@ -204,10 +244,14 @@ def run_loop(
         wall = time.perf_counter() - started
     finally:
         if hasher is not None:
-            hasher.shutdown(wait=True)
+            hasher.shutdown()
     logits.flush()
     del logits
+    steady = None
+    if first_done and done > first_done[0][1]:
+        steady = (done - first_done[0][1]) / max(started + wall - first_done[0][0], 1e-9)
     return LoopResult(
+        steady_images_per_s=steady,
         n_images=done,
         wall_s=wall,
         data_wait_s=data_wait,
