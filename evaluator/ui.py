@@ -110,6 +110,24 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     console.print(table)
 
 
+def print_predictions(predictions_csv) -> None:
+    """The per-image predictions of a small run as a table on stdout."""
+    import csv
+
+    from xfverify.models.imagenet import class_name
+
+    table = Table(title="predictions", title_justify="left")
+    for column in ("image", "labels", "top-1", "top-5", "status"):
+        table.add_column(column)
+    with open(predictions_csv) as handle:
+        for row in csv.DictReader(handle):
+            labels = ", ".join(f"{int(v)} {class_name(int(v))}" for v in row["labels"].split()) or "-"
+            top1 = f"{row['top5'].split()[0]} {row['top1_name']}" if row["top5"] else "-"
+            style = {"correct": "green", "wrong": "red"}.get(row["status"], "dim")
+            table.add_row(row["image_id"], labels, top1, row["top5"], f"[{style}]{row['status']}[/{style}]")
+    console.print(table)
+
+
 def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
     """Print one error line and exit."""
     err_console.print(f"[bold red]xfverify: error:[/bold red] {message}", highlight=False, soft_wrap=True)

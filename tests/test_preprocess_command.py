@@ -1,0 +1,38 @@
+"""`xfverify preprocess`: writes exactly the tensor the model is fed; --verify compares with the framework."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from helpers import SAMPLE_DIR, needs_tensorflow, run_cli
+from xfverify.evaluator.preprocess_cli import preprocess_files
+from xfverify.models.preprocess import PRESETS
+
+
+def test_writes_the_model_input_in_its_layout(tmp_path):
+    images = [str(SAMPLE_DIR / "coffee.png"), str(SAMPLE_DIR / "camera.png")]
+    out = tmp_path / "x.npy"
+    result = run_cli("preprocess", "keras/ResNet50", *images, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    tensor = np.load(out)
+    assert tensor.dtype == np.float32 and tensor.shape == (2, 224, 224, 3)  # Keras: NHWC, caffe mode (BGR)
+    assert tensor.tobytes() == preprocess_files(images, PRESETS["keras-caffe"]).tobytes()
+    assert "NHWC" in result.stderr
+
+
+def test_overrides_and_missing_image(tmp_path):
+    out = tmp_path / "x.npy"
+    result = run_cli("preprocess", "torchvision/resnet50", str(SAMPLE_DIR / "rocket.jpg"), "--out", str(out),
+                     "--set", "crop_size=160", "--set", "layout=NHWC")
+    assert result.returncode == 0, result.stderr
+    assert np.load(out).shape == (1, 160, 160, 3)
+    missing = run_cli("preprocess", "torchvision/resnet50", str(tmp_path / "nope.jpg"), "--out", str(out))
+    assert missing.returncode == 2 and "no such image file" in missing.stderr
+
+
+@needs_tensorflow
+def test_verify_reports_bit_identity(tmp_path):
+    result = run_cli("preprocess", "keras/MobileNet", str(SAMPLE_DIR / "grace_hopper.jpg"), "--out",
+                     str(tmp_path / "x.npy"), "--verify")
+    assert result.returncode == 0, result.stderr
+    assert "bit-identical" in result.stderr
