@@ -361,7 +361,16 @@ class TensorCache:
             for plan in todo:
                 lock = stack.enter_context(_ShardLock(self.directory / "shards" / f"{plan.key}.lock"))
                 (mine if lock.acquired else theirs).append((plan, lock))
-            self._decode_shards([plan for plan, _ in mine], stats, stop_on_bad, counter, results, cancel)
+            to_decode = []
+            for plan, _ in mine:  # another run may have finished it between our survey and our lock
+                meta, _why = self.load_valid(plan)
+                if meta is None:
+                    to_decode.append(plan)
+                else:
+                    results[plan.key] = meta
+                    stats.reused_shards += 1
+                    counter.advance(len(plan.records))
+            self._decode_shards(to_decode, stats, stop_on_bad, counter, results, cancel)
             for plan, lock in theirs:  # another run is building these: wait, then check its work
                 lock.wait()
                 meta, _ = self.load_valid(plan)

@@ -10,9 +10,6 @@ device, so the CPU, a GPU and ONNX Runtime all receive the same bytes.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
-
 import numpy as np
 
 from xfverify.models.preprocess import PreprocessSpec
@@ -54,35 +51,3 @@ def normalise(images: np.ndarray, spec: PreprocessSpec, lut: np.ndarray | None =
 def image_digests(tensors: np.ndarray) -> list[bytes]:
     """sha256 of each image's float32 tensor (C order), independent of how images were batched."""
     return [hashlib.sha256(np.ascontiguousarray(t).data).digest() for t in tensors]
-
-
-class TensorFingerprint:
-    """sha256 over the per-image sha256 digests of every tensor fed, in manifest order.
-
-    Hashing runs in a thread pool (hashlib releases the GIL), so it overlaps compute.
-    """
-
-    def __init__(self, threads: int = 2):
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="xfverify-hash")
-        self._pending: list = []
-
-    def add(self, tensors: np.ndarray) -> None:
-        """Queue a batch (float32, the exact array fed) for hashing; keep it unmodified until done."""
-        self._pending.append(self._pool.submit(image_digests, tensors))
-
-    def hexdigest(self) -> str:
-        """Wait for every queued batch and return the combined digest."""
-        total = hashlib.sha256()
-        for future in self._pending:
-            for digest in future.result():
-                total.update(digest)
-        self._pool.shutdown()
-        return total.hexdigest()
-
-
-def fingerprint(batches: Iterable[np.ndarray]) -> str:
-    """Combined digest of a sequence of float32 batches (see :class:`TensorFingerprint`)."""
-    fp = TensorFingerprint(threads=1)
-    for batch in batches:
-        fp.add(batch)
-    return fp.hexdigest()

@@ -246,7 +246,6 @@ def run_loop(
         if hasher is not None:
             hasher.shutdown()
     logits.flush()
-    del logits
     steady = None
     if first_done and done > first_done[0][1]:
         steady = (done - first_done[0][1]) / max(started + wall - first_done[0][0], 1e-9)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -128,7 +128,7 @@ def print_predictions(predictions_csv) -> None:
     console.print(table)
 
 
-def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
+def fail(message: str, code: int = 2) -> NoReturn:
     """Print one error line and exit."""
     err_console.print(f"[bold red]xfverify: error:[/bold red] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)

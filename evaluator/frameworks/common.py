@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +42,30 @@ def progress_emitter(min_interval_s: float = 0.25) -> Callable[[int, int], None]
             emit("progress", done=done, total=total)
 
     return report
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def evaluation_result(framework: dict, device: dict, precision: dict, weights: dict, loop, workdir: Path,
+                      timing: dict | None = None) -> dict[str, Any]:
+    """The dict every back-end's ``evaluate`` returns to the parent."""
+    return {
+        "framework": framework,
+        "device": device,
+        "precision": precision,
+        "weights": weights,
+        "timing": timing or loop.timing(),
+        "tensors_sha256": loop.tensors_sha256,
+        "logits_path": str(workdir / "logits.npy"),
+        "n_images": loop.n_images,
+    }
 
 
 def calibration_batch(seed: int, n: int, layout: str, size: int = 224) -> np.ndarray:

