@@ -130,6 +130,26 @@ def test_cuda_requested_without_gpu_fails_clearly(tmp_path):
     assert_user_error(result, "--device cuda", "no usable CUDA GPU")
 
 
+@needs_tensorflow
+def test_keras_cuda_requested_without_gpu_fails_clearly(tmp_path):
+    result = run_cli("native", "keras/MobileNet", "--random-weights", "--device", "cuda", "--limit", "1",
+                     "--out", str(tmp_path / "r"), env={"CUDA_VISIBLE_DEVICES": ""})
+    assert_user_error(result, "--device cuda", "TensorFlow", "sees no GPU")
+
+
+@needs_mxnet
+def test_mxnet_cuda_requested_without_gpu_names_the_hopper_limit(tmp_path):
+    result = run_cli("native", "gluoncv/mobilenet1.0", "--random-weights", "--device", "cuda", "--limit", "1",
+                     "--out", str(tmp_path / "r"))
+    assert_user_error(result, "--device cuda", "sm_89/sm_90", "--device cpu")
+
+
+@needs_torch
+def test_tf32_on_cpu_is_refused(tmp_path):
+    result = run_cli("native", "--device", "cpu", "--precision", "tf32", "--limit", "1", "--out", str(tmp_path / "r"))
+    assert_user_error(result, "--precision tf32", "CUDA GPUs only")
+
+
 @needs_torch
 def test_missing_torchvision_weights_offline(tmp_path):
     result = run_cli("native", "torchvision/resnet50", "--limit", "1", "--out", str(tmp_path / "r"),

@@ -1,0 +1,56 @@
+"""GPU checks: run only where torch sees a CUDA GPU (skipped elsewhere, e.g. in CI)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+from helpers import needs_torch
+from xfverify.evaluator.native import NativeOptions, run_native
+
+
+@lru_cache(maxsize=1)
+def cuda_available() -> bool:
+    """Asked in a subprocess, so this test process never imports torch."""
+    try:
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                             capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.stdout.strip().endswith("True")
+
+
+pytestmark = [pytest.mark.gpu, needs_torch]
+
+
+@pytest.fixture(autouse=True)
+def _skip_without_gpu():
+    if not cuda_available():
+        pytest.skip("no CUDA GPU")
+
+
+@pytest.mark.parametrize("batch_size", [3, 4])
+def test_gpu_run_is_fed_the_cpu_runs_bytes_and_agrees(tmp_path, generated_folder, batch_size):
+    common = dict(model="torchvision/resnet50:IMAGENET1K_V1", data=str(generated_folder), random_weights=True,
+                  batch_size=batch_size, workers=1)
+    cpu = run_native(NativeOptions(out=str(tmp_path / "cpu"), device="cpu", **common))
+    gpu = run_native(NativeOptions(out=str(tmp_path / "gpu"), device="cuda", **common))
+    assert gpu["device"]["type"] == "cuda" and gpu["precision"]["tf32"] is False
+    assert gpu["tensors_sha256"] == cpu["tensors_sha256"]
+    a, b = np.load(tmp_path / "cpu" / "logits.npy"), np.load(tmp_path / "gpu" / "logits.npy")
+    assert np.abs(a - b).max() < 1e-3 * max(1.0, np.abs(a).max())
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 6 / 7
+
+
+def test_bf16_changes_results_only_slightly(tmp_path):
+    common = dict(model="pypi/efficientnet_lite0", device="cuda", batch_size=4)
+    fp32 = run_native(NativeOptions(out=str(tmp_path / "fp32"), precision="fp32", **common))
+    bf16 = run_native(NativeOptions(out=str(tmp_path / "bf16"), precision="bf16", **common))
+    assert fp32["tensors_sha256"] == bf16["tensors_sha256"]
+    assert bf16["precision"]["autocast"] == "bfloat16"
+    a, b = np.load(tmp_path / "fp32" / "logits.npy"), np.load(tmp_path / "bf16" / "logits.npy")
+    assert (a.argmax(1) == b.argmax(1)).all()
