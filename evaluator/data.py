@@ -292,6 +292,15 @@ def _unlabelled_note(ids: dict[str, Path], labels: dict[str, tuple[int, ...]], s
     return (f"{missing} image(s) have no entry in {source} and are unlabelled",) if missing else ()
 
 
+def _kaggle_root_of(root: Path) -> Path | None:
+    """The Kaggle root when ``root`` is it, or is its ILSVRC/Data/CLS-LOC/val folder."""
+    if (root / KAGGLE_SOLUTION).is_file():
+        return root
+    if root.parts[-4:] == KAGGLE_VAL_DIR.parts and (root.parents[3] / KAGGLE_SOLUTION).is_file():
+        return root.parents[3]
+    return None
+
+
 def load_dataset(path: str | os.PathLike, devkit: str | os.PathLike | None = None) -> Dataset:
     """Detect the layout of ``path`` and return its manifest (records sorted by image id)."""
     root = Path(path).expanduser()
@@ -300,8 +309,9 @@ def load_dataset(path: str | os.PathLike, devkit: str | os.PathLike | None = Non
     if not root.is_dir():
         raise UserError(f"--data {root}: expected a folder of images (an ImageNet layout or your own)")
     root = root.resolve()
-    if (root / KAGGLE_SOLUTION).is_file():
-        dataset = _load_kaggle(root)
+    kaggle_root = _kaggle_root_of(root)
+    if kaggle_root is not None:
+        dataset = _load_kaggle(kaggle_root)
     else:
         flat = _images_in(root)
         devkit_dir = _find_devkit(root, Path(devkit) if devkit else None)

@@ -104,6 +104,13 @@ def test_all_layouts_give_the_same_manifest(tmp_path, val_images):
     assert len(hashes) == 1
 
 
+def test_kaggle_val_folder_given_directly_finds_its_solution_file(tmp_path, val_images):
+    root = make_kaggle(tmp_path / "kaggle", val_images)
+    direct = load_dataset(root / "ILSVRC" / "Data" / "CLS-LOC" / "val")
+    assert direct.layout == "kaggle"
+    assert manifest(direct) == manifest(load_dataset(root))
+
+
 def test_devkit_ids_are_mapped_through_meta_mat_not_used_as_indices(tmp_path, val_images):
     dataset = load_dataset(make_devkit(tmp_path / "official" / "val", val_images))
     ground_truth = (tmp_path / "official" / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt")

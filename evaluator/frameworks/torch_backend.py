@@ -363,13 +363,12 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 def _library_versions() -> dict[str, str]:
-    import torchvision
+    from importlib import metadata
 
-    versions = {"torchvision": torchvision.__version__}
-    try:
-        import timm
-
-        versions["timm"] = timm.__version__
-    except ImportError:
-        pass
+    versions = {}
+    for package in ("torchvision", "timm"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
     return versions
