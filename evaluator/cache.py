@@ -168,7 +168,11 @@ _worker_maps: dict[str, np.memmap] = {}
 
 def _init_worker(spec_dict: dict) -> None:
     global _worker_spec
+    import signal
+
     from xfverify.models.preprocess import spec_from_dict
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
 
     _worker_spec = spec_from_dict(spec_dict)
 

@@ -171,12 +171,15 @@ def _decode_and_infer(cache, survey, framework, job, workdir, options, decode_pr
     builder.start()
     try:
         result = run_worker(framework, "evaluate", job, workdir=workdir, on_event=on_event, on_start=on_start)
-    except BaseException:
+    except BaseException as exc:
         cancel.set()
         builder.join()
-        if "error" in state and not isinstance(state["error"], BuildCancelled):
-            raise state["error"] from None
-        raise
+        build_error = state.get("error")
+        # Ctrl-C breaks the decode pool too: report the interrupt, not its consequence. Otherwise a
+        # failed build (a bad image) is why the worker was stopped, so it is the error to show.
+        if isinstance(exc, KeyboardInterrupt) or build_error is None or isinstance(build_error, BuildCancelled):
+            raise
+        raise build_error from None
     builder.join()
     if "error" in state:
         raise state["error"]

@@ -105,6 +105,9 @@ def emit(event: str, **fields: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Worker entry point: run one job file."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this process
     argv = sys.argv[1:] if argv is None else argv
     job_path = Path(argv[0])
     spec = json.loads(job_path.read_text())

@@ -207,3 +207,34 @@ def test_bad_image_stops_then_skip_lists_it(tmp_path):
     assert report["n_scored"] == 2 and report["cache"]["decoded"] == 0  # the stopped run's work was kept
     assert predictions(tmp_path / "r2")["truncated"]["status"] == "skipped"
     assert np.isnan(np.load(tmp_path / "r2" / "logits.npy")[2]).all()
+
+
+@needs_torch
+@pytest.mark.slow
+def test_ctrl_c_gives_one_line_and_keeps_finished_shards(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import write_jpeg
+
+    data = tmp_path / "d"
+    for i in range(300):
+        write_jpeg(data / f"im_{i:03d}.jpg", seed=i, width=320, height=240)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "XFVERIFY_CACHE": str(cache)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xfverify", "native", "torchvision/resnet101:IMAGENET1K_V1", "--random-weights",
+         "--data", str(data), "--batch-size", "4", "--out", str(tmp_path / "r")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(cache.glob("*/shards/*.json")):
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does in a terminal: the whole process group
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].endswith("a rerun resumes")
+    assert list(cache.glob("*/shards/*.json")), "the finished shard is kept"
