@@ -56,6 +56,7 @@ def models_command(pattern: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([c.model_dump(mode="json") for c in cards], indent=2))
         return
+    from rich.markup import escape
     from rich.table import Table
 
     from xfverify.evaluator.ui import console
@@ -65,7 +66,7 @@ def models_command(pattern: str | None, as_json: bool) -> None:
         table.add_column(column, overflow="fold")
     for card in cards:
         number = card.primary_published
-        table.add_row(
+        cells = (
             card.id + (" (default)" if card.default else ""),
             card.framework,
             card.preprocess,
@@ -73,6 +74,7 @@ def models_command(pattern: str | None, as_json: bool) -> None:
             f"{number.top5_error:.3f}" if number and number.top5_error is not None else "n/a",
             number.source if number else "",
         )
+        table.add_row(*(escape(c) for c in cells))
     console.print(table)
 
 
@@ -85,6 +87,7 @@ def presets_command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({name: spec.to_dict() for name, spec in PRESETS.items()}, indent=2))
         return
+    from rich.markup import escape
     from rich.table import Table
 
     from xfverify.evaluator.ui import console
@@ -95,7 +98,8 @@ def presets_command(as_json: bool) -> None:
     for name, s in PRESETS.items():
         resize = f"{s.resize_mode} {s.resize_size} {s.resize_library} {s.interpolation}" + (" aa" if s.antialias else "")
         norm = f"/{s.scale:g} -{list(s.mean)} /{list(s.std)} {s.channel_order}"
-        table.add_row(name, s.decoder, resize, str(s.crop_size or "none"), norm, s.layout, s.source)
+        cells = (name, s.decoder, resize, str(s.crop_size or "none"), norm, s.layout, s.source)
+        table.add_row(*(escape(c) for c in cells))
     console.print(table)
 
 

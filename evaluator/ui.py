@@ -8,6 +8,7 @@ import time
 from typing import Callable, Iterator, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -17,7 +18,7 @@ err_console = Console(stderr=True)
 
 def info(message: str) -> None:
     """A status line on stderr."""
-    err_console.print(f"[dim]xfverify:[/dim] {message}", highlight=False)
+    err_console.print(f"[dim]xfverify:[/dim] {escape(message)}", highlight=False)
 
 
 class _Tracker:
@@ -106,7 +107,7 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(escape(key), escape(value))
     console.print(table)
 
 
@@ -124,11 +125,12 @@ def print_predictions(predictions_csv) -> None:
             labels = ", ".join(f"{int(v)} {class_name(int(v))}" for v in row["labels"].split()) or "-"
             top1 = f"{row['top5'].split()[0]} {row['top1_name']}" if row["top5"] else "-"
             style = {"correct": "green", "wrong": "red"}.get(row["status"], "dim")
-            table.add_row(row["image_id"], labels, top1, row["top5"], f"[{style}]{row['status']}[/{style}]")
+            cells = [escape(v) for v in (row["image_id"], labels, top1, row["top5"])]
+            table.add_row(*cells, f"[{style}]{row['status']}[/{style}]")
     console.print(table)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one error line and exit."""
-    err_console.print(f"[bold red]xfverify: error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]xfverify: error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)

@@ -22,6 +22,11 @@ from typing import Any, Callable
 from xfverify.models.errors import UserError
 
 EVENT_PREFIX = "@xfverify "
+_EXTRA = {
+    "xfverify.evaluator.frameworks.torch_backend": "torch",
+    "xfverify.evaluator.frameworks.keras_backend": "tensorflow",
+    "xfverify.evaluator.frameworks.mxnet_backend": "mxnet",
+}
 USER_ERROR_EXIT = 2
 
 
@@ -72,7 +77,13 @@ def run_worker(
     stderr_path = workdir / f"{task}.stderr.txt"
     try:
         with open(stderr_path, "w") as stderr_file:
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr_file, text=True, env=env)
+            try:
+                process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr_file, text=True, env=env)
+            except OSError as exc:
+                raise UserError(
+                    f"cannot start the {framework} worker with {command[0]} ({exc.strerror or exc}): "
+                    f"check XFVERIFY_PYTHON_{framework.upper()}"
+                ) from None
             if on_start:
                 on_start(process)
             try:
@@ -90,6 +101,11 @@ def run_worker(
         if code == USER_ERROR_EXIT and error_path.exists():
             raise UserError(json.loads(error_path.read_text())["message"])
         stderr_tail = stderr_path.read_text(errors="replace")[-6000:]
+        if "No module named 'xfverify'" in stderr_tail:
+            raise UserError(
+                f"{command[0]} cannot import xfverify: install it there (pip install 'xfverify[{framework}]') "
+                f"or unset XFVERIFY_PYTHON_{framework.upper()}"
+            )
         raise WorkerCrashed(
             f"the {framework} worker ({task}) exited with code {code}; its stderr ends:\n{stderr_tail}"
         )
@@ -114,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(spec["workdir"])
     task = spec["task"]
     try:
-        backend = importlib.import_module(spec["backend"])
+        try:
+            backend = importlib.import_module(spec["backend"])
+        except ImportError as exc:
+            missing = exc.name or str(exc)
+            raise UserError(
+                f"the {spec['backend'].rsplit('.', 1)[-1].replace('_backend', '')} back-end cannot import "
+                f"{missing} in {sys.executable}: pip install 'xfverify[{_EXTRA.get(spec['backend'], 'all')}]' there"
+            ) from None
         result = getattr(backend, task)(spec["job"], workdir)
     except UserError as exc:
         (workdir / f"{task}.error.json").write_text(json.dumps({"message": str(exc)}))

@@ -238,3 +238,49 @@ def test_ctrl_c_gives_one_line_and_keeps_finished_shards(tmp_path):
     assert process.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].endswith("a rerun resumes")
     assert list(cache.glob("*/shards/*.json")), "the finished shard is kept"
+
+
+WRAPPER = """#!{python}
+import importlib.abc, runpy, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+sys.meta_path.insert(0, Block())
+module = sys.argv[2]
+sys.argv = [module] + sys.argv[3:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def test_framework_missing_in_the_worker_interpreter_is_a_user_error(tmp_path):
+    import sys
+
+    wrapper = tmp_path / "python-without-torch"
+    wrapper.write_text(WRAPPER.format(python=sys.executable))
+    wrapper.chmod(0o755)
+    result = run_cli("native", "--limit", "1", "--out", str(tmp_path / "r"), env={"XFVERIFY_PYTHON_TORCH": str(wrapper)})
+    assert_user_error(result, "cannot import torch", "pip install 'xfverify[torch]'")
+    missing = run_cli("native", "--limit", "1", "--out", str(tmp_path / "r2"),
+                      env={"XFVERIFY_PYTHON_TORCH": str(tmp_path / "no-such-python")})
+    assert_user_error(missing, "XFVERIFY_PYTHON_TORCH")
+
+
+@needs_torch
+def test_local_weights_file_is_loaded_and_fingerprinted(tmp_path, generated_folder):
+    import subprocess
+    import sys
+
+    good, wrong = tmp_path / "mnv2.pth", tmp_path / "other.pth"
+    subprocess.run([sys.executable, "-c", (
+        "import sys, torch, torchvision; torch.manual_seed(1);"
+        "torch.save(torchvision.models.mobilenet_v2().state_dict(), sys.argv[1]);"
+        "torch.save({'state_dict': torchvision.models.squeezenet1_0().state_dict()}, sys.argv[2])"
+    ), str(good), str(wrong)], check=True, timeout=300)
+    report = run_native(NativeOptions(model="torchvision/mobilenet_v2:IMAGENET1K_V1", data=str(generated_folder),
+                                      out=str(tmp_path / "r"), weights=str(good), limit=2, workers=1))
+    assert report["weights"]["source"] == str(good)
+    assert report["weights"]["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
+    result = run_cli("native", "torchvision/mobilenet_v2:IMAGENET1K_V1", "--weights", str(wrong), "--data",
+                     str(generated_folder), "--limit", "1", "--out", str(tmp_path / "r2"))
+    assert_user_error(result, "does not fit this architecture")

@@ -88,7 +88,11 @@ def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
 
 
 def _apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = " ".join(str(exc).split())[:300]
+        raise UserError(f"{origin} does not fit this architecture: {detail}") from None
     if result.missing_keys or result.unexpected_keys:
         raise UserError(
             f"{origin} does not fit this architecture: missing {result.missing_keys[:3]}, "
