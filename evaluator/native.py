@@ -117,8 +117,8 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
     np.save(out_dir / "logits.npy", logits)
     shutil.rmtree(out_dir / ".work", ignore_errors=True)
 
-    report = assemble_report(card, spec, dataset, cached, build, result, logits, options)
-    topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)
+    topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)  # skipped images' NaN rows rank nothing
+    report = assemble_report(card, spec, dataset, cached, build, result, topk, options)
     image_ids = [r.image_id for r in dataset.records]
     labels = [r.labels for r in dataset.records]
     write_predictions(out_dir / "predictions.csv", image_ids, labels, topk, skipped)
@@ -187,12 +187,11 @@ def _decode_and_infer(cache, survey, framework, job, workdir, options, decode_pr
     return cached, stats, result
 
 
-def assemble_report(card, spec, dataset, cached, build, result, logits, options) -> dict[str, Any]:
+def assemble_report(card, spec, dataset, cached, build, result, topk, options) -> dict[str, Any]:
     """The report.json dict (validated by :class:`xfverify.evaluator.report.NativeReport` when written)."""
     skipped = {bad.index for bad in cached.bad}
     include = np.ones(len(dataset), dtype=bool)
     include[sorted(skipped)] = False
-    topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)
     labels = [r.labels for r in dataset.records]
     stats = error_stats(topk, labels, include)
     top1_ci = wilson_interval(stats.top1_errors, stats.n) if stats.n else None
