@@ -8,8 +8,8 @@ A back-end supplies a *step* and says how it wants its data:
   same table, and hand back a host copy of the tensors they fed, which is hashed here.
 
 A step returns ``(logits, batch_ms)`` or an object whose ``result()`` returns
-``(logits, batch_ms, fed_tensors, release)`` later, so a GPU back-end can launch batch i+1 before
-batch i's results arrive; ``release()`` is called once ``fed_tensors`` have been hashed.
+``(logits, batch_ms, fed_tensors)`` later, so a GPU back-end can launch batch i+1 before
+batch i's results arrive.
 Time the loop spends waiting for data is measured apart from compute.
 """
 
@@ -132,9 +132,9 @@ class _BatchHasher:
     def __init__(self, threads: int, max_batches: int = 4):
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xfverify-hash")
         self._slots = threading.BoundedSemaphore(max_batches)
-        self.futures: list[Future] = []
 
-    def submit(self, tensors: np.ndarray, release: Callable[[], None] | None) -> None:
+    def submit(self, tensors: np.ndarray) -> list[Future]:
+        """Queue one batch; returns one future per chunk, each giving that chunk's per-image digests."""
         self._slots.acquire()  # back-pressure: compute waits when hashing falls behind
         chunks = [tensors[i : i + HASH_CHUNK] for i in range(0, len(tensors), HASH_CHUNK)]
         left = [len(chunks)]
@@ -146,13 +146,11 @@ class _BatchHasher:
                 last = left[0] == 0
             if last:
                 self._slots.release()
-                if release is not None:
-                    release()
 
-        for chunk in chunks:
-            future = self._pool.submit(image_digests, chunk)
+        futures = [self._pool.submit(image_digests, chunk) for chunk in chunks]
+        for future in futures:
             future.add_done_callback(done)
-            self.futures.append(future)
+        return futures
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
@@ -195,11 +193,9 @@ def run_loop(
         nonlocal done
         first, count, handle = item
         if hasattr(handle, "result"):
-            out, ms, fed, release = handle.result()
+            out, ms, fed = handle.result()
             if hasher is not None:
-                start_index = len(hasher.futures)
-                hasher.submit(fed, release)
-                digests.extend(hasher.futures[start_index:])
+                digests.extend(hasher.submit(fed))
         else:
             out, ms = handle
         logits[first : first + count] = out

@@ -293,7 +293,7 @@ class _CudaHandle:
     def result(self):
         self.end.synchronize()
         self.keep_alive = None
-        return self.out_host.numpy(), self.start.elapsed_time(self.end), self.fed.numpy(), None
+        return self.out_host.numpy(), self.start.elapsed_time(self.end), self.fed.numpy()
 
 
 class _CpuStep:

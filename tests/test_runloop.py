@@ -1,0 +1,43 @@
+"""The worker loop: host and device feeding give the same fingerprint and logits order."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xfverify.evaluator import runloop
+from xfverify.evaluator.normalise import normalise
+from xfverify.models.preprocess import PRESETS
+
+SPEC = PRESETS["torchvision-256"]
+
+
+class _LateResult:
+    """Stands in for a GPU handle: results (and the fed tensors) arrive after the next launch."""
+
+    def __init__(self, u8):
+        self.u8 = u8
+
+    def result(self):
+        fed = normalise(np.ascontiguousarray(self.u8), SPEC)
+        return fed.reshape(len(fed), -1)[:, :1000].copy(), 1.0, fed
+
+
+def test_device_feeding_hashes_what_host_feeding_hashes(tmp_path):
+    rng = np.random.default_rng(0)
+    shards = []
+    for i, n in enumerate((70, 45)):  # batches of 32 straddle the shard boundary
+        path = tmp_path / f"s{i}.npy"
+        np.save(path, rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8))
+        path.with_suffix(".json").write_text("{}")
+        shards.append(str(path))
+
+    def host_step(u8, tensors):
+        return tensors.reshape(len(tensors), -1)[:, :1000].copy(), 1.0
+
+    device = runloop.run_loop(shards, 115, SPEC, 32, lambda u8, _: _LateResult(u8), tmp_path / "d.npy",
+                              feed="device", threads=3, wait_for_shards=True)
+    host = runloop.run_loop(shards, 115, SPEC, 32, host_step, tmp_path / "h.npy", feed="host", threads=3)
+    assert device.n_images == host.n_images == 115
+    assert device.tensors_sha256 == host.tensors_sha256
+    assert np.array_equal(np.load(tmp_path / "d.npy"), np.load(tmp_path / "h.npy"))
+    assert len(device.batch_ms) == 4
