@@ -135,6 +135,7 @@ def preprocess_command(model, images, out, preprocess, overrides, verify) -> Non
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
 @click.option("--weights", type=click.Path(), help="A local weights file (torch: a state_dict, loaded with weights_only=True).")
 @click.option("--random-weights", is_flag=True, help="A seeded, well-scaled random model (smoke tests, speed runs).")
+@click.option("--cuda-graphs", is_flag=True, help="torch on a GPU: capture the forward pass of full batches in a CUDA graph and replay it (same kernels, checked bit-identical to eager; removes Python launch overhead at small batches).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True, help="skip: leave undecodable files out and list them in the report.")
 def native_command(model, **kwargs) -> None:

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class NativeOptions:
     cache_dir: str | None = None
     weights: str | None = None
     random_weights: bool = False
+    cuda_graphs: bool = False
     seed: int = 0
     on_bad_image: str = "error"
     extra_notes: list[str] = field(default_factory=list)
@@ -69,6 +71,8 @@ def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]
     if options.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {options.batch_size}")
     card = get_card(options.model)
+    if options.cuda_graphs and card.framework != "torch":
+        raise UserError(f"--cuda-graphs applies to torch models; {card.id} runs in {card.framework}")
     spec = resolve_preprocess(options.preprocess, default=card.preprocess, overrides=parse_overrides(options.overrides))
     if spec.layout != card.input_layout:
         raise UserError(
@@ -82,13 +86,16 @@ def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]
 
 def run_native(options: NativeOptions) -> dict[str, Any]:
     """Evaluate one model natively; write report.json, report.md, logits.npy, predictions.csv; return the report."""
+    timeline = {"started": time.time()}
     card, spec, dataset = prepare(options)
+    timeline["dataset_listed"] = time.time()
     out_dir = Path(options.out) if options.out else default_out_dir(card.id)
     out_dir.mkdir(parents=True, exist_ok=True)
     ui.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; preprocessing {spec.name}")
 
     cache = TensorCache(options.cache_dir or default_cache_root(), spec)
     survey = cache.survey(dataset.records, log=ui.info)
+    timeline["cache_surveyed"] = time.time()
     job = {
         "model": card.id,
         "preprocess": spec.to_dict(),
@@ -101,13 +108,14 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
         "wait_for_shards": bool(survey.todo),
         "weights_file": os.path.abspath(options.weights) if options.weights else None,
         "random_weights": options.random_weights,
+        "cuda_graphs": options.cuda_graphs,
         "seed": options.seed,
     }
     with ui.progress_group() as group:
         decode_progress = group.task("decode + resize + crop")
         infer_progress = group.task(f"{card.framework} inference")
         cached, build, result = _decode_and_infer(
-            cache, survey, card.framework, job, out_dir / ".work", options, decode_progress, infer_progress
+            cache, survey, card.framework, job, out_dir / ".work", options, decode_progress, infer_progress, timeline
         )
 
     logits = np.load(result["logits_path"])
@@ -116,6 +124,8 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
         logits[sorted(skipped)] = np.nan
     np.save(out_dir / "logits.npy", logits)
     shutil.rmtree(out_dir / ".work", ignore_errors=True)
+    timeline["logits_saved"] = time.time()
+    result["timing"]["timeline_s"] = relative_timeline(timeline, result.get("milestones", {}))
 
     topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)  # skipped images' NaN rows rank nothing
     report = assemble_report(card, spec, dataset, cached, build, result, topk, options)
@@ -134,7 +144,14 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
     return report
 
 
-def _decode_and_infer(cache, survey, framework, job, workdir, options, decode_progress, infer_progress):
+def relative_timeline(parent: dict[str, float], worker: dict[str, float]) -> dict[str, float]:
+    """When each phase of a run ended, in seconds since it began, in order (parent and worker together)."""
+    started = parent["started"]
+    merged = {**{k: v for k, v in parent.items() if k != "started"}, **worker}
+    return {name: round(at - started, 3) for name, at in sorted(merged.items(), key=lambda item: item[1])}
+
+
+def _decode_and_infer(cache, survey, framework, job, workdir, options, decode_progress, infer_progress, timeline):
     """Build the missing cache shards while the framework worker already consumes finished ones.
 
     The worker reads shards in manifest order as their sidecars appear, so decoding and inference
@@ -151,6 +168,7 @@ def _decode_and_infer(cache, survey, framework, job, workdir, options, decode_pr
                 survey, workers=options.workers, stop_on_bad=options.on_bad_image == "error",
                 progress=decode_progress, cancel=cancel,
             )
+            timeline["decode_done"] = time.time()
         except BaseException as exc:  # re-raised in the main thread
             state["error"] = exc
             for process in worker_process:
@@ -171,6 +189,7 @@ def _decode_and_infer(cache, survey, framework, job, workdir, options, decode_pr
     builder.start()
     try:
         result = run_worker(framework, "evaluate", job, workdir=workdir, on_event=on_event, on_start=on_start)
+        timeline["worker_finished"] = time.time()
     except BaseException as exc:
         cancel.set()
         builder.join()

@@ -55,6 +55,7 @@ class TimingInfo(_Open):
     images_per_s: Optional[float]
     batch_ms_mean: Optional[float]
     batch_ms_std: Optional[float]
+    timeline_s: Optional[dict[str, float]] = None
 
 
 class SkippedImage(_Open):
@@ -142,6 +143,13 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("throughput", f"{_fmt(timing['images_per_s'], 1)} img/s; wall {timing['wall_s']:.2f} s"),
         ("data wait / compute", f"{timing['data_wait_s']:.2f} s / {timing['compute_s']:.2f} s"),
         ("batch latency", f"{_fmt(timing['batch_ms_mean'])} ± {_fmt(timing['batch_ms_std'])} ms"),
+    ]
+    timeline = timing.get("timeline_s") or {}
+    if timeline:
+        last = max(timeline.values())
+        ready = timeline.get("warmed_up", timeline.get("model_ready"))
+        rows.append(("whole run", f"{last:.2f} s" + (f" (model ready after {ready:.2f} s)" if ready is not None else "")))
+    rows += [
         ("decode (cache)", f"{report['cache']['decoded']} decoded, {report['cache']['reused_shards']} shard(s) reused"),
         ("tensors sha256", report["tensors_sha256"][:16] + "…"),
     ]
@@ -157,6 +165,11 @@ def write_markdown(path: Path, report: dict[str, Any], predictions_preview: list
     lines += ["| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary_rows(report)]
     lines += ["", "## Preprocessing (resolved)", "", "```json", json.dumps(report["preprocess"], indent=2), "```"]
+    timeline = report["timing"].get("timeline_s") or {}
+    if timeline:
+        lines += ["", "## Where the time went", "", "Seconds since the run began when each phase ended "
+                  "(decoding and the framework worker run side by side):", ""]
+        lines += [f"- {at:8.3f} s  {name.replace('_', ' ')}" for name, at in timeline.items()]
     if report["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     if report["skipped_images"]:

@@ -30,6 +30,7 @@ import numpy as np
 
 from xfverify.evaluator.cache import iter_shard_batches
 from xfverify.evaluator.normalise import image_digests, normalisation_lut, normalise
+from xfverify.evaluator.worker import milestone
 from xfverify.models.preprocess import PreprocessSpec
 
 
@@ -186,12 +187,12 @@ def run_loop(
     batch_ms: list[float] = []
     data_wait = 0.0
     done = 0
-    inflight: deque[tuple[int, int, Any]] = deque()
-    first_done: list[tuple[float, int]] = []  # when the first batch finished, and its size
+    inflight: deque[tuple[int, int, Any, float | None]] = deque()
+    finished: list[tuple[float, int]] = []  # when each batch's results were in, and its size (steady rate)
 
-    def collect(item: tuple[int, int, Any]) -> None:
+    def collect(item: tuple[int, int, Any, float | None]) -> None:
         nonlocal done
-        first, count, handle = item
+        first, count, handle, returned_at = item
         if hasattr(handle, "result"):
             out, ms, fed = handle.result()
             if hasher is not None:
@@ -201,8 +202,9 @@ def run_loop(
         logits[first : first + count] = out
         batch_ms.append(ms)
         done += count
-        if not first_done:
-            first_done.append((time.perf_counter(), done))
+        finished.append((returned_at or time.perf_counter(), count))  # a synchronous step ended when it returned
+        if len(finished) == 1:
+            milestone("first_batch_done")
         if progress:
             progress(done, n_images)
 
@@ -228,7 +230,8 @@ def run_loop(
             data_wait += time.perf_counter() - wait_start
             if batch_digests is not None:
                 digests.append(batch_digests)
-            inflight.append((first, len(u8), step(u8, tensors)))
+            handle = step(u8, tensors)
+            inflight.append((first, len(u8), handle, None if hasattr(handle, "result") else time.perf_counter()))
             if len(inflight) > 1:
                 collect(inflight.popleft())
         while inflight:
@@ -238,13 +241,14 @@ def run_loop(
             for digest in entry.result() if isinstance(entry, Future) else entry:
                 total.update(digest)
         wall = time.perf_counter() - started
+        milestone("last_batch_done")
     finally:
         if hasher is not None:
             hasher.shutdown()
     logits.flush()
     steady = None
-    if first_done and done > first_done[0][1]:
-        steady = (done - first_done[0][1]) / max(started + wall - first_done[0][0], 1e-9)
+    if len(finished) >= 3:  # images after the first batch (which pays for warm-up) over the time they took
+        steady = (done - finished[0][1]) / max(finished[-1][0] - finished[0][0], 1e-9)
     return LoopResult(
         steady_images_per_s=steady,
         n_images=done,

@@ -114,6 +114,21 @@ def run_worker(
             own_tmp.cleanup()
 
 
+_MILESTONES: dict[str, float] = {}
+
+
+def milestone(name: str) -> None:
+    """Worker side: note when a phase ended (wall-clock seconds since the epoch; the first call per name wins)."""
+    import time
+
+    _MILESTONES.setdefault(name, time.time())
+
+
+def milestones() -> dict[str, float]:
+    """The phases noted so far in this process."""
+    return dict(_MILESTONES)
+
+
 def emit(event: str, **fields: Any) -> None:
     """Worker side: send a progress event to the parent."""
     print(EVENT_PREFIX + json.dumps({"event": event, **fields}), flush=True)
@@ -123,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     """Worker entry point: run one job file."""
     import signal
 
+    # Run as ``python -m``, this file is ``__main__``; the back-ends record into the importable module.
+    from xfverify.evaluator.worker import milestone
+
+    milestone("worker_started")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this process
     argv = sys.argv[1:] if argv is None else argv
     job_path = Path(argv[0])
@@ -138,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"the {spec['backend'].rsplit('.', 1)[-1].replace('_backend', '')} back-end cannot import "
                 f"{missing} in {sys.executable}: pip install 'xfverify[{_EXTRA.get(spec['backend'], 'all')}]' there"
             ) from None
+        milestone("framework_imported")
         result = getattr(backend, task)(spec["job"], workdir)
     except UserError as exc:
         (workdir / f"{task}.error.json").write_text(json.dumps({"message": str(exc)}))
@@ -151,4 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)  # skip interpreter teardown: torch's takes ~2 s, and every result is on disk

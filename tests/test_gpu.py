@@ -54,3 +54,13 @@ def test_bf16_changes_results_only_slightly(tmp_path):
     assert bf16["precision"]["autocast"] == "bfloat16"
     a, b = np.load(tmp_path / "fp32" / "logits.npy"), np.load(tmp_path / "bf16" / "logits.npy")
     assert (a.argmax(1) == b.argmax(1)).all()
+
+
+def test_cuda_graphs_replay_gives_the_eager_logits(tmp_path, generated_folder):
+    common = dict(model="pypi/efficientnet_lite0", data=str(generated_folder), device="cuda", batch_size=2, workers=1)
+    eager = run_native(NativeOptions(out=str(tmp_path / "eager"), **common))
+    graphs = run_native(NativeOptions(out=str(tmp_path / "graphs"), cuda_graphs=True, **common))
+    assert eager["precision"]["cuda_graphs"] == "off"
+    assert graphs["precision"]["cuda_graphs"].startswith("on for batches of 2"), graphs["precision"]
+    assert graphs["tensors_sha256"] == eager["tensors_sha256"]
+    assert np.array_equal(np.load(tmp_path / "eager" / "logits.npy"), np.load(tmp_path / "graphs" / "logits.npy"))

@@ -75,6 +75,13 @@ def test_torch_random_weights_report(tmp_path, generated_folder):
     assert logits.shape == (7, 1000) and 0.2 < float(logits.std()) < 5  # a well-scaled random model
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["tensors_sha256"] == report["tensors_sha256"]
+    timeline = report["timing"]["timeline_s"]  # parent and worker phases, in the order they ended
+    assert list(timeline.values()) == sorted(timeline.values())
+    for phase in ("dataset_listed", "worker_started", "framework_imported", "model_ready", "first_batch_done",
+                  "last_batch_done", "decode_done", "logits_saved"):
+        assert phase in timeline, phase
+    assert timeline["worker_started"] < timeline["model_ready"] < timeline["last_batch_done"] < timeline["logits_saved"]
+    assert "Where the time went" in (out / "report.md").read_text()
 
 
 @needs_tensorflow
@@ -142,6 +149,15 @@ def test_mxnet_cuda_requested_without_gpu_names_the_hopper_limit(tmp_path):
     result = run_cli("native", "gluoncv/mobilenet1.0", "--random-weights", "--device", "cuda", "--limit", "1",
                      "--out", str(tmp_path / "r"))
     assert_user_error(result, "--device cuda", "sm_89/sm_90", "--device cpu")
+
+
+@needs_torch
+def test_cuda_graphs_need_a_gpu_and_torch(tmp_path):
+    result = run_cli("native", "--device", "cpu", "--cuda-graphs", "--limit", "1", "--out", str(tmp_path / "r"))
+    assert_user_error(result, "--cuda-graphs", "needs a CUDA GPU")
+    result = run_cli("native", "keras/MobileNet", "--random-weights", "--cuda-graphs", "--limit", "1",
+                     "--out", str(tmp_path / "k"))
+    assert_user_error(result, "--cuda-graphs", "torch models", "tensorflow")
 
 
 @needs_torch

@@ -41,3 +41,18 @@ def test_device_feeding_hashes_what_host_feeding_hashes(tmp_path):
     assert device.tensors_sha256 == host.tensors_sha256
     assert np.array_equal(np.load(tmp_path / "d.npy"), np.load(tmp_path / "h.npy"))
     assert len(device.batch_ms) == 4
+
+
+def test_steady_rate_of_a_synchronous_step_counts_each_batch_once(tmp_path):
+    import time
+
+    path = tmp_path / "s.npy"
+    np.save(path, np.zeros((24, 8, 8, 3), dtype=np.uint8))
+
+    def slow_step(u8, tensors):
+        time.sleep(0.02)  # sleeps never end early, so the true rate is at most 4 / 0.02 = 200 images/s
+        return np.zeros((len(u8), 1000), dtype=np.float32), 20.0
+
+    result = runloop.run_loop([str(path)], 24, SPEC, 4, slow_step, tmp_path / "l.npy", feed="host", threads=2)
+    assert len(result.batch_ms) == 6
+    assert 50 < result.steady_images_per_s <= 200 * 1.02  # counting a batch twice would give ~250

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from xfverify.evaluator.worker import emit
+from xfverify.evaluator.worker import emit, milestones
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
@@ -65,6 +65,7 @@ def evaluation_result(framework: dict, device: dict, precision: dict, weights: d
         "tensors_sha256": loop.tensors_sha256,
         "logits_path": str(workdir / "logits.npy"),
         "n_images": loop.n_images,
+        "milestones": milestones(),
     }
 
 

@@ -22,7 +22,7 @@ from xfverify.evaluator.frameworks.common import (  # noqa: E402
     progress_emitter,
     sha256_file,
 )
-from xfverify.evaluator.worker import emit  # noqa: E402
+from xfverify.evaluator.worker import emit, milestone  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
 from xfverify.models.errors import UserError  # noqa: E402
 from xfverify.models.preprocess import PRESETS, crop_offset, shorter_side_size  # noqa: E402
@@ -144,6 +144,7 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     device_type, device_name = _configure(job["device"], job["precision"])
     emit("status", message=f"building {card.id} on {device_type}")
     model, weights = build_model(card, job.get("weights_file"), job.get("random_weights", False), job.get("seed", 0))
+    milestone("model_ready")
     infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def step(u8: np.ndarray, tensors: np.ndarray):

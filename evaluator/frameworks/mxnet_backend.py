@@ -25,7 +25,7 @@ from xfverify.evaluator.frameworks.common import (  # noqa: E402
     progress_emitter,
     sha256_file,
 )
-from xfverify.evaluator.worker import emit  # noqa: E402
+from xfverify.evaluator.worker import emit, milestone  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
 from xfverify.models.errors import UserError  # noqa: E402
 
@@ -131,6 +131,7 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     ctx = _context(job["device"])
     emit("status", message=f"building {card.id} on {ctx}")
     net, weights = build_model(card, job.get("weights_file"), job.get("random_weights", False), job.get("seed", 0), ctx)
+    milestone("model_ready")
     net.hybridize(static_alloc=True, static_shape=True)
 
     def step(u8: np.ndarray, tensors: np.ndarray):

@@ -20,7 +20,7 @@ from xfverify.evaluator.frameworks.common import (
     sha256_file,
 )
 from xfverify.evaluator.normalise import normalisation_lut, source_channels
-from xfverify.evaluator.worker import emit
+from xfverify.evaluator.worker import emit, milestone
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS, PreprocessSpec
@@ -212,86 +212,213 @@ def configure_precision(precision: str, device: torch.device) -> dict:
 # --- evaluation ----------------------------------------------------------------------------
 
 
-class _CudaStep:
-    """Upload uint8 (pinned by the loader thread), normalise on the GPU with the CPU's table, run, and
-    copy back the logits and the fed tensors (for the fingerprint) without blocking.
+def normalisation_table(spec: PreprocessSpec) -> torch.Tensor:
+    """The (768,) float32 table ``normalise_uint8`` gathers from: output channel c's 256 values at c*256."""
+    return torch.from_numpy(normalisation_lut(spec).reshape(-1).copy())
 
-    The first batch's GPU tensors are compared bit for bit with the CPU normalisation.
+
+def normalise_uint8(u8: torch.Tensor, table: torch.Tensor, spec: PreprocessSpec, out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 NHWC RGB batch -> the float32 tensors the model is fed, on the tensors' device, in four kernels.
+
+    A pure gather from the table that :func:`xfverify.evaluator.normalise.normalise` uses on the CPU,
+    so the bytes are the same on every device. ``out`` (contiguous, the result's shape) receives them.
+    """
+    sources = list(source_channels(spec))
+    if spec.layout == "NCHW":
+        index = u8.permute(0, 3, 1, 2)[:, sources]
+        offsets = torch.arange(0, 768, 256, dtype=torch.int32, device=u8.device).view(1, 3, 1, 1)
+    else:
+        index = u8[..., sources]
+        offsets = torch.arange(0, 768, 256, dtype=torch.int32, device=u8.device)
+    index = index.to(torch.int32).add_(offsets)
+    if out is None:
+        out = torch.empty(index.shape, dtype=torch.float32, device=u8.device)
+    torch.index_select(table, 0, index.view(-1), out=out.view(-1))
+    return out
+
+
+class _CudaApi:
+    """The torch.cuda calls the GPU step makes, in one place, so a test can run the step's logic on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def new_stream(self):
+        return torch.cuda.Stream(self.device)
+
+    def current_stream(self):
+        return torch.cuda.current_stream(self.device)
+
+    def use(self, stream):
+        return torch.cuda.stream(stream)
+
+    def event(self, timing: bool = False):
+        return torch.cuda.Event(enable_timing=timing)
+
+    @staticmethod
+    def pinned(shape, dtype) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+    @staticmethod
+    def record_stream(tensor: torch.Tensor, stream) -> None:
+        tensor.record_stream(stream)
+
+    def capture(self, body):
+        """Capture ``body()`` in a CUDA graph; returns (replay, the tensors body returned, now static)."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # the warm-up torch asks for before a capture
+            for _ in range(2):
+                body()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the loader thread may allocate pinned memory meanwhile; that must not fail.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            outputs = body()
+        return graph.replay, outputs
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+
+class _CudaStep:
+    """Feed a GPU: upload, normalise, run, download, with copies overlapping compute.
+
+    Per batch, on three streams:
+
+    * upload stream: the pinned uint8 batch goes to the GPU (4x fewer bytes than float32);
+    * compute stream: gather-normalise with the CPU's table, then the forward pass, timed by events;
+    * download stream: the fed float32 tensors (for the fingerprint) come back while the forward pass
+      runs, then the logits.
+
+    The first batch's GPU tensors are compared bit for bit with the CPU normalisation. With
+    ``cuda_graphs`` the forward pass of full batches is captured once and replayed (one launch instead of
+    hundreds: what removes Python overhead at small batches); the first replay must give the eager
+    forward pass's logits bit for bit, else the run goes on eagerly and says why.
     """
 
-    def __init__(self, model, spec: PreprocessSpec, device, settings: dict):
+    def __init__(self, model, spec: PreprocessSpec, device, settings: dict, *, cuda_graphs: bool = False, api=None):
         self.model = model
         self.spec = spec
         self.device = device
         self.settings = settings
-        self.lut = torch.from_numpy(normalisation_lut(spec)).to(device)
-        self.sources = source_channels(spec)
+        self.api = api or _CudaApi(device)
+        self.table = normalisation_table(spec).to(device)
+        self.compute = self.api.current_stream()
+        self.upload = self.api.new_stream()
+        self.download = self.api.new_stream()
+        self.previous_download = None
         self.checked = False
-
-    @staticmethod
-    def stage(u8: np.ndarray) -> torch.Tensor:
-        """Loader thread: copy a uint8 batch into pinned memory (torch caches pinned blocks)."""
-        pinned = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
-        pinned.numpy()[...] = u8
-        return pinned
-
-    def normalise(self, u8: torch.Tensor) -> torch.Tensor:
-        n, h, w, _ = u8.shape
-        shape = (n, 3, h, w) if self.spec.layout == "NCHW" else (n, h, w, 3)
-        out = torch.empty(shape, dtype=torch.float32, device=self.device)
-        for channel, src in enumerate(self.sources):
-            values = self.lut[channel][u8[..., src].long()]
-            if self.spec.layout == "NCHW":
-                out[:, channel] = values
-            else:
-                out[..., channel] = values
-        return out
+        self.cuda_graphs = cuda_graphs
+        self.graph: dict[str, Any] | None = None
+        self.graph_status = "off" if not cuda_graphs else "not captured (no full batch)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.settings["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = self.settings["autocast"]
-        with torch.inference_mode(), torch.autocast("cuda", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-            return self.model(x)
+        # No autocast weight cache: it is freed when the context exits, which a captured graph would outlive.
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=autocast or torch.bfloat16,
+                                                    enabled=autocast is not None, cache_enabled=False):
+            return self.model(x).float()
+
+    def stage(self, u8: np.ndarray) -> torch.Tensor:
+        """Loader thread: copy a uint8 batch into pinned memory (torch caches pinned blocks)."""
+        pinned = self.api.pinned(u8.shape, torch.uint8)
+        pinned.numpy()[...] = u8
+        return pinned
 
     def warm_up(self, batch_sizes: set[int], hw: tuple[int, int]) -> float:
-        """Run each batch shape once (cuDNN autotuning, lazy init) before the timed loop; returns seconds."""
+        """Run each batch shape twice (cuDNN autotuning, lazy init) and capture the graph if asked,
+        before the timed loop and its threads start; returns seconds."""
         import time
 
         started = time.perf_counter()
-        for n in sorted(b for b in batch_sizes if b > 0):
+        sizes = sorted(b for b in batch_sizes if b > 0)
+        for n in sizes:
             dummy = torch.zeros((n, *hw, 3), dtype=torch.uint8, device=self.device)
             for _ in range(2):
-                self.forward(self.normalise(dummy))
-        torch.cuda.synchronize(self.device)
+                self.forward(normalise_uint8(dummy, self.table, self.spec))
+        if self.cuda_graphs and sizes:
+            self._capture(max(sizes), hw)
+        self.api.synchronize()
         return time.perf_counter() - started
 
+    def _capture(self, n: int, hw: tuple[int, int]) -> None:
+        """Capture the forward pass of full batches; keep it only if its replay equals eager bit for bit."""
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        probe = torch.randint(0, 256, (n, *hw, 3), dtype=torch.uint8, generator=generator).to(self.device)
+        x = normalise_uint8(probe, self.table, self.spec)
+        static_x = x.clone()
+        try:
+            replay, static_out = self.api.capture(lambda: self.forward(static_x))
+            replay()
+            eager = self.forward(x)
+            same = torch.equal(static_out, eager)
+        except RuntimeError as exc:  # a model that cannot be captured (host syncs, dynamic control flow)
+            self.graph_status = f"eager: capture failed ({str(exc).splitlines()[0][:160]})"
+            return
+        if not same:
+            diff = float((static_out - eager).abs().max())
+            self.graph_status = f"eager: the graph's logits differed from eager ones (max |diff| {diff:.3g})"
+            return
+        self.graph = {"n": n, "x": static_x, "out": static_out, "replay": replay}
+        self.graph_status = f"on for batches of {n}: replay bit-identical to eager on a probe batch"
+
     def __call__(self, pinned_u8: torch.Tensor, _unused: np.ndarray | None):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        x = self.normalise(pinned_u8.to(self.device, non_blocking=True))
+        api = self.api
+        with api.use(self.upload):
+            u8 = pinned_u8.to(self.device, non_blocking=True)
+        uploaded = api.event()
+        uploaded.record(self.upload)
+        self.compute.wait_event(uploaded)
+        api.record_stream(u8, self.compute)
+        use_graph = self.graph is not None and self.graph["n"] == len(pinned_u8)
+        if use_graph and self.previous_download is not None:  # the graph's static tensors: downloaded yet?
+            self.compute.wait_event(self.previous_download)
+        start, end = api.event(timing=True), api.event(timing=True)
+        start.record(self.compute)
+        x = normalise_uint8(u8, self.table, self.spec, out=self.graph["x"] if use_graph else None)
         if not self.checked:
             from xfverify.evaluator.normalise import normalise
 
             if not torch.equal(x.cpu(), torch.from_numpy(normalise(pinned_u8.numpy(), self.spec))):
                 raise RuntimeError("GPU normalisation differs from the CPU reference tensors: a bug")
             self.checked = True
-        fed = torch.empty(x.shape, dtype=torch.float32, pin_memory=True)
-        fed.copy_(x, non_blocking=True)
-        out = self.forward(x)
-        out_host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
-        out_host.copy_(out.float(), non_blocking=True)
-        end.record()
-        return _CudaHandle(out_host, fed, start, end, pinned_u8)
+        normalised = api.event()
+        normalised.record(self.compute)
+        self.download.wait_event(normalised)
+        with api.use(self.download):
+            fed = api.pinned(x.shape, torch.float32)
+            fed.copy_(x, non_blocking=True)
+        if not use_graph:
+            api.record_stream(x, self.download)
+
+        if use_graph:
+            self.graph["replay"]()
+            out = self.graph["out"]
+        else:
+            out = self.forward(x)
+        end.record(self.compute)
+        self.download.wait_event(end)
+        with api.use(self.download):
+            out_host = api.pinned(out.shape, torch.float32)
+            out_host.copy_(out, non_blocking=True)
+        if not use_graph:
+            api.record_stream(out, self.download)
+        downloaded = api.event()
+        downloaded.record(self.download)
+        self.previous_download = downloaded
+        return _CudaHandle(out_host, fed, start, end, downloaded, pinned_u8)
 
 
 class _CudaHandle:
-    def __init__(self, out_host, fed, start, end, keep_alive):
-        self.out_host, self.fed, self.start, self.end, self.keep_alive = out_host, fed, start, end, keep_alive
+    def __init__(self, out_host, fed, start, end, downloaded, keep_alive):
+        self.out_host, self.fed, self.start, self.end = out_host, fed, start, end
+        self.downloaded, self.keep_alive = downloaded, keep_alive
 
     def result(self):
-        self.end.synchronize()
+        self.downloaded.synchronize()
         self.keep_alive = None
         return self.out_host.numpy(), self.start.elapsed_time(self.end), self.fed.numpy()
 
@@ -324,12 +451,21 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     model = model.to(device)
     if settings["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
+    milestone("model_ready")
     warmup_s = 0.0
     stage = None
+    graphs = job.get("cuda_graphs", False)
+    if graphs and device.type != "cuda":
+        raise UserError("--cuda-graphs needs a CUDA GPU (--device cuda or auto on a machine with one)")
     if device.type == "cuda":
-        step = _CudaStep(model, spec, device, settings)
+        n, batch = job["n_images"], job["batch_size"]
+        full_batches = n // batch
+        step = _CudaStep(model, spec, device, settings, cuda_graphs=graphs and full_batches >= 2)
+        if graphs and full_batches < 2:
+            step.graph_status = "not used: fewer than two full batches"
         stage = step.stage
-        warmup_s = step.warm_up({job["batch_size"], job["n_images"] % job["batch_size"]}, tuple(job["hw"]))
+        warmup_s = step.warm_up({min(batch, n), n % batch if n > batch else 0}, tuple(job["hw"]))
+        milestone("warmed_up")
         device_name = torch.cuda.get_device_name(device)
     else:
         step = _CpuStep(model, settings)
@@ -358,6 +494,7 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
             "autocast": str(settings["autocast"]).replace("torch.", "") if settings["autocast"] else None,
             "channels_last": settings["channels_last"],
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None,
+            "cuda_graphs": step.graph_status if device.type == "cuda" else "off",
         },
         weights,
         result,

@@ -1,0 +1,175 @@
+"""Runs the torch back-end's GPU step on the CPU with a stand-in for torch.cuda (streams, events, pinned
+memory and graph capture become synchronous no-ops), so its data flow is checked where there is no GPU.
+
+Run in its own process by tests/test_torch_gpu_step.py (the test process never imports torch).
+Usage: python torch_gpu_step_checks.py WORKDIR; exits non-zero with a message when a check fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xfverify.evaluator import runloop
+from xfverify.evaluator.frameworks.torch_backend import _CpuStep, _CudaStep, normalisation_table, normalise_uint8
+from xfverify.evaluator.normalise import normalise
+from xfverify.models.preprocess import PRESETS
+
+
+class FakeStream:
+    def __init__(self):
+        self.waited = 0
+
+    def wait_event(self, event) -> None:
+        self.waited += 1
+
+
+class FakeEvent:
+    def __init__(self):
+        self.at = None
+
+    def record(self, stream=None) -> None:
+        self.at = time.perf_counter()
+
+    def synchronize(self) -> None:
+        if self.at is None:
+            raise RuntimeError("synchronised on an event never recorded")
+
+    def elapsed_time(self, other: "FakeEvent") -> float:
+        return (other.at - self.at) * 1000.0
+
+
+class FakeCuda:
+    """Synchronous stand-in for the torch.cuda calls the step makes; ``replay_noise`` breaks graph replay."""
+
+    def __init__(self, replay_noise: float = 0.0, capture_error: str | None = None):
+        self.device = torch.device("cpu")
+        self.replay_noise = replay_noise
+        self.capture_error = capture_error
+        self.captures = 0
+        self.replays = 0
+        self.recorded_streams = 0
+
+    def new_stream(self):
+        return FakeStream()
+
+    def current_stream(self):
+        return FakeStream()
+
+    def use(self, stream):
+        return contextlib.nullcontext()
+
+    def event(self, timing: bool = False):
+        return FakeEvent()
+
+    @staticmethod
+    def pinned(shape, dtype):
+        return torch.empty(shape, dtype=dtype)
+
+    def record_stream(self, tensor, stream) -> None:
+        self.recorded_streams += 1
+
+    def capture(self, body):
+        if self.capture_error:
+            raise RuntimeError(self.capture_error)
+        self.captures += 1
+        outputs = body()
+
+        def replay():
+            self.replays += 1
+            with torch.inference_mode():  # a real replay rewrites the static output in place, too
+                outputs.copy_(body() + self.replay_noise)
+
+        return replay, outputs
+
+    def synchronize(self) -> None:
+        pass
+
+
+class ChannelsFirst(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+def tiny_model() -> torch.nn.Module:
+    """A small NHWC model (the spec used here is Keras's: BGR, NHWC)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        ChannelsFirst(), torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(8, 1000),
+    ).eval()
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        sys.exit(f"FAILED: {message}")
+
+
+def normalisation_is_exact() -> None:
+    rng = np.random.default_rng(1)
+    u8 = rng.integers(0, 256, (3, 17, 13, 3), dtype=np.uint8)
+    for name, spec in PRESETS.items():
+        expected = normalise(u8, spec)
+        got = normalise_uint8(torch.from_numpy(u8), normalisation_table(spec), spec).numpy()
+        check(got.shape == expected.shape, f"{name}: shape {got.shape} != {expected.shape}")
+        check(got.tobytes() == expected.tobytes(), f"{name}: gather-normalisation is not bit-identical")
+
+
+def write_shards(workdir: Path) -> list[str]:
+    rng = np.random.default_rng(2)
+    paths = []
+    for i, n in enumerate((23, 18)):  # batches of 8 straddle the shard boundary; the last batch is partial
+        path = workdir / f"shard{i}.npy"
+        np.save(path, rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+        path.with_suffix(".json").write_text("{}")
+        paths.append(str(path))
+    return paths
+
+
+def run(step, shards: list[str], workdir: Path, name: str, feed: str) -> tuple[runloop.LoopResult, np.ndarray]:
+    spec = PRESETS["keras-caffe"]  # BGR: the channel reordering is exercised too
+    stage = getattr(step, "stage", None)
+    result = runloop.run_loop(shards, 41, spec, 8, step, workdir / f"{name}.npy", feed=feed, threads=2, stage=stage)
+    return result, np.load(workdir / f"{name}.npy")
+
+
+def main() -> None:
+    workdir = Path(sys.argv[1])
+    normalisation_is_exact()
+    shards = write_shards(workdir)
+    spec = PRESETS["keras-caffe"]
+    settings = {"autocast": None, "channels_last": False}
+    model = tiny_model()
+    reference, reference_logits = run(_CpuStep(model, settings), shards, workdir, "cpu", "host")
+    outcomes = {}
+    for label, fake, graphs in (
+        ("eager", FakeCuda(), False),
+        ("graphs", FakeCuda(), True),
+        ("graphs_differ", FakeCuda(replay_noise=1e-3), True),
+        ("graphs_fail", FakeCuda(capture_error="operation not permitted when stream is capturing"), True),
+    ):
+        step = _CudaStep(model, spec, fake.device, settings, cuda_graphs=graphs, api=fake)
+        step.warm_up({8, 41 % 8}, (32, 32))
+        result, logits = run(step, shards, workdir, label, "device")
+        check(result.tensors_sha256 == reference.tensors_sha256, f"{label}: fed tensors differ from host feeding")
+        check(np.array_equal(logits, reference_logits), f"{label}: logits differ from the CPU step's")
+        check(len(result.batch_ms) == 6, f"{label}: {len(result.batch_ms)} batches, expected 6")
+        outcomes[label] = {"status": step.graph_status, "captures": fake.captures, "replays": fake.replays,
+                           "recorded_streams": fake.recorded_streams}
+    check(outcomes["eager"]["status"] == "off" and outcomes["eager"]["captures"] == 0, f"eager: {outcomes['eager']}")
+    check(outcomes["graphs"]["status"].startswith("on for batches of 8"), f"graphs: {outcomes['graphs']}")
+    # one replay checks the capture, then one per full batch (5 of 8 images; the last 1 runs eagerly)
+    check(outcomes["graphs"]["replays"] == 1 + 5, f"graphs: {outcomes['graphs']}")
+    check(outcomes["graphs_differ"]["status"].startswith("eager: the graph's logits differed"), str(outcomes))
+    check(outcomes["graphs_fail"]["status"].startswith("eager: capture failed (operation not permitted"), str(outcomes))
+    print(json.dumps(outcomes))
+
+
+if __name__ == "__main__":
+    main()
