@@ -27,7 +27,7 @@ import os
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -279,8 +279,10 @@ class TensorCache:
             _atomic_write_text(spec_file, json.dumps(self._ident, indent=2, sort_keys=True))
         self._remove_stale_temporaries()
         survey = CachePlan(plans=self.plan(records))
-        for plan in survey.plans:
-            meta, why = self.load_valid(plan)
+        threads = max(1, min(8, os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xfverify-verify") as pool:
+            verdicts = list(pool.map(self.load_valid, survey.plans))  # xxh3 releases the GIL: shards in parallel
+        for plan, (meta, why) in zip(survey.plans, verdicts):
             if meta is not None:
                 survey.sidecars[plan.key] = meta
                 survey.stats.reused_shards += 1
@@ -398,6 +400,8 @@ class TensorCache:
 
         if not plans:
             return
+        if cancel is not None and cancel.is_set():  # e.g. the worker failed during the survey
+            raise BuildCancelled("the cache build was cancelled; finished shards are kept")
         pending: dict[str, dict] = {}
         futures: dict[Future, tuple[str, int]] = {}
         pool = ProcessPoolExecutor(

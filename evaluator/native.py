@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import re
 import shutil
@@ -94,18 +95,16 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
     ui.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; preprocessing {spec.name}")
 
     cache = TensorCache(options.cache_dir or default_cache_root(), spec)
-    survey = cache.survey(dataset.records, log=ui.info)
-    timeline["cache_surveyed"] = time.time()
+    workdir = out_dir / ".work"
     job = {
         "model": card.id,
         "preprocess": spec.to_dict(),
         "device": options.device,
         "precision": options.precision,
         "batch_size": options.batch_size,
-        "shard_paths": cache.shard_paths(survey),
         "n_images": len(dataset),
         "hw": list(cache.hw),
-        "wait_for_shards": bool(survey.todo),
+        "data_file": str(workdir / "data.json"),  # shard paths: written once the cache is surveyed
         "weights_file": os.path.abspath(options.weights) if options.weights else None,
         "random_weights": options.random_weights,
         "cuda_graphs": options.cuda_graphs,
@@ -115,7 +114,7 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
         decode_progress = group.task("decode + resize + crop")
         infer_progress = group.task(f"{card.framework} inference")
         cached, build, result = _decode_and_infer(
-            cache, survey, card.framework, job, out_dir / ".work", options, decode_progress, infer_progress, timeline
+            cache, dataset, card.framework, job, workdir, options, decode_progress, infer_progress, timeline
         )
 
     logits = np.load(result["logits_path"])
@@ -151,19 +150,29 @@ def relative_timeline(parent: dict[str, float], worker: dict[str, float]) -> dic
     return {name: round(at - started, 3) for name, at in sorted(merged.items(), key=lambda item: item[1])}
 
 
-def _decode_and_infer(cache, survey, framework, job, workdir, options, decode_progress, infer_progress, timeline):
-    """Build the missing cache shards while the framework worker already consumes finished ones.
+def _decode_and_infer(cache, dataset, framework, job, workdir, options, decode_progress, infer_progress, timeline):
+    """Survey and build the cache while the framework worker starts and then consumes finished shards.
 
-    The worker reads shards in manifest order as their sidecars appear, so decoding and inference
-    overlap on a cold run. If the build fails (a bad image), the worker is stopped and the build's
-    error is raised; if the worker fails, the build is cancelled after the shards under way.
+    The worker is started first: its imports, model building and warm-up overlap the survey. It
+    receives the shard paths in a data file once the survey is done, and reads shards in manifest
+    order as their sidecars appear, so decoding and inference overlap on a cold run. If the survey
+    or build fails (a bad image), the worker is stopped and that error is raised; if the worker fails,
+    the build is cancelled after the shards under way.
     """
     state: dict[str, Any] = {}
     cancel = threading.Event()
     worker_process: list[subprocess.Popen] = []
+    workdir.mkdir(parents=True, exist_ok=True)
+    Path(job["data_file"]).unlink(missing_ok=True)  # a stale one, from a run that was stopped, must not be read
 
     def build() -> None:
         try:
+            survey = cache.survey(dataset.records, log=ui.info)
+            timeline["cache_surveyed"] = time.time()
+            data = {"shard_paths": cache.shard_paths(survey), "wait_for_shards": bool(survey.todo)}
+            staged = Path(job["data_file"] + ".tmp")
+            staged.write_text(json.dumps(data))
+            os.replace(staged, job["data_file"])
             state["cache"] = cache.complete(
                 survey, workers=options.workers, stop_on_bad=options.on_bad_image == "error",
                 progress=decode_progress, cancel=cancel,

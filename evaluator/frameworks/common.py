@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from xfverify.evaluator.worker import emit, milestones
+from xfverify.evaluator.worker import emit, milestone, milestones
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
@@ -42,6 +43,37 @@ def progress_emitter(min_interval_s: float = 0.25) -> Callable[[int, int], None]
             emit("progress", done=done, total=total)
 
     return report
+
+
+def warm_up_sizes(n_images: int, batch_size: int) -> list[int]:
+    """The batch shapes a run will see: full batches and the last, partial one."""
+    full = min(batch_size, n_images)
+    partial = n_images % batch_size if n_images > batch_size else 0
+    return sorted({size for size in (full, partial) if size > 0})
+
+
+def warm_up(run: Callable[[np.ndarray], Any], sizes: list[int], hw: tuple[int, int], layout: str) -> float:
+    """Run each batch shape once on zeros before the timed loop (graph tracing, autotuning); returns seconds."""
+    started = time.perf_counter()
+    for n in sizes:
+        run(np.zeros((n, 3, *hw) if layout == "NCHW" else (n, *hw, 3), dtype=np.float32))
+    milestone("warmed_up")
+    return time.perf_counter() - started
+
+
+def receive_data(job: dict[str, Any], poll_s: float = 0.005) -> dict[str, Any]:
+    """The job with its data part (shard paths; whether to wait for shards) once the parent has surveyed
+    the cache: the worker starts before that, so imports, model building and warm-up overlap the survey."""
+    if "data_file" not in job:
+        return job
+    path = Path(job["data_file"])
+    parent = os.getppid()
+    while not path.exists():
+        if os.getppid() != parent:
+            raise RuntimeError("the parent process ended before sending the data part of the job")
+        time.sleep(poll_s)
+    milestone("data_received")
+    return {**job, **json.loads(path.read_text())}
 
 
 def sha256_file(path: str | os.PathLike) -> str:

