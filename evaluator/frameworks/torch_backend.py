@@ -214,29 +214,32 @@ def configure_precision(precision: str, device: torch.device) -> dict:
 # --- evaluation ----------------------------------------------------------------------------
 
 
-def normalisation_table(spec: PreprocessSpec) -> torch.Tensor:
-    """The (768,) float32 table ``normalise_uint8`` gathers from: output channel c's 256 values at c*256."""
-    return torch.from_numpy(normalisation_lut(spec).reshape(-1).copy())
-
-
-def normalise_uint8(u8: torch.Tensor, table: torch.Tensor, spec: PreprocessSpec, out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 NHWC RGB batch -> the float32 tensors the model is fed, on the tensors' device, in four kernels.
+class GatherNormaliser:
+    """uint8 NHWC RGB batch -> the float32 tensors the model is fed, on the batch's device, in four kernels.
 
     A pure gather from the table that :func:`xfverify.evaluator.normalise.normalise` uses on the CPU,
-    so the bytes are the same on every device. ``out`` (contiguous, the result's shape) receives them.
+    so the bytes are the same on every device. Its index tensors live on the device already: indexing a
+    CUDA tensor with a Python list would copy the list from pageable memory, which waits for the stream.
     """
-    sources = list(source_channels(spec))
-    if spec.layout == "NCHW":
-        index = u8.permute(0, 3, 1, 2)[:, sources]
-        offsets = torch.arange(0, 768, 256, dtype=torch.int32, device=u8.device).view(1, 3, 1, 1)
-    else:
-        index = u8[..., sources]
-        offsets = torch.arange(0, 768, 256, dtype=torch.int32, device=u8.device)
-    index = index.to(torch.int32).add_(offsets)
-    if out is None:
-        out = torch.empty(index.shape, dtype=torch.float32, device=u8.device)
-    torch.index_select(table, 0, index.view(-1), out=out.view(-1))
-    return out
+
+    def __init__(self, spec: PreprocessSpec, device: torch.device):
+        self.layout = spec.layout
+        self.table = torch.from_numpy(normalisation_lut(spec).reshape(-1).copy()).to(device)  # channel c at c*256
+        self.sources = torch.tensor(source_channels(spec), dtype=torch.int64).to(device)
+        offsets = torch.arange(0, 768, 256, dtype=torch.int32)
+        self.offsets = (offsets.view(1, 3, 1, 1) if spec.layout == "NCHW" else offsets).to(device)
+
+    def __call__(self, u8: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out`` (contiguous, the result's shape) receives the tensors when given."""
+        if self.layout == "NCHW":
+            index = u8.permute(0, 3, 1, 2).index_select(1, self.sources)
+        else:
+            index = u8.index_select(3, self.sources)
+        index = index.to(torch.int32).add_(self.offsets)
+        if out is None:
+            out = torch.empty(index.shape, dtype=torch.float32, device=u8.device)
+        torch.index_select(self.table, 0, index.view(-1), out=out.view(-1))
+        return out
 
 
 class _CudaApi:
@@ -305,7 +308,7 @@ class _CudaStep:
         self.device = device
         self.settings = settings
         self.api = api or _CudaApi(device)
-        self.table = normalisation_table(spec).to(device)
+        self.normalise = GatherNormaliser(spec, device)
         self.compute = self.api.current_stream()
         self.upload = self.api.new_stream()
         self.download = self.api.new_stream()
@@ -340,7 +343,7 @@ class _CudaStep:
         for n in sizes:
             dummy = torch.zeros((n, *hw, 3), dtype=torch.uint8, device=self.device)
             for _ in range(2):
-                self.forward(normalise_uint8(dummy, self.table, self.spec))
+                self.forward(self.normalise(dummy))
         if self.cuda_graphs and sizes:
             self._capture(max(sizes), hw)
         self.api.synchronize()
@@ -350,7 +353,7 @@ class _CudaStep:
         """Capture the forward pass of full batches; keep it only if its replay equals eager bit for bit."""
         generator = torch.Generator(device="cpu").manual_seed(0)
         probe = torch.randint(0, 256, (n, *hw, 3), dtype=torch.uint8, generator=generator).to(self.device)
-        x = normalise_uint8(probe, self.table, self.spec)
+        x = self.normalise(probe)
         static_x = x.clone()
         try:
             replay, static_out = self.api.capture(lambda: self.forward(static_x))
@@ -380,7 +383,7 @@ class _CudaStep:
             self.compute.wait_event(self.previous_download)
         start, end = api.event(timing=True), api.event(timing=True)
         start.record(self.compute)
-        x = normalise_uint8(u8, self.table, self.spec, out=self.graph["x"] if use_graph else None)
+        x = self.normalise(u8, out=self.graph["x"] if use_graph else None)
         if not self.checked:
             from xfverify.evaluator.normalise import normalise
 
