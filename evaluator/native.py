@@ -20,6 +20,7 @@ from xfverify import __version__
 from xfverify.evaluator import ui
 from xfverify.evaluator.cache import BuildCancelled, TensorCache, default_cache_root
 from xfverify.evaluator.data import Dataset, load_dataset
+from xfverify.evaluator.folders import writable_folder
 from xfverify.evaluator.metrics import compare_to_published, error_stats, real_error, top_k, wilson_interval
 from xfverify.evaluator.report import write_markdown, write_predictions, write_report
 from xfverify.evaluator.worker import run_worker
@@ -91,10 +92,12 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
     card, spec, dataset = prepare(options)
     timeline["dataset_listed"] = time.time()
     out_dir = Path(options.out) if options.out else default_out_dir(card.id)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    writable_folder(out_dir, "--out")
     ui.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; preprocessing {spec.name}")
 
-    cache = TensorCache(options.cache_dir or default_cache_root(), spec)
+    cache_root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_root()
+    writable_folder(cache_root, "--cache-dir" if options.cache_dir else "the tensor cache ($XFVERIFY_CACHE or ~/.cache/xfverify)")
+    cache = TensorCache(cache_root, spec)
     workdir = out_dir / ".work"
     job = {
         "model": card.id,

@@ -9,6 +9,7 @@ import numpy as np
 
 from xfverify.evaluator import ui
 from xfverify.evaluator.data import records_from_paths
+from xfverify.evaluator.folders import writable_folder
 from xfverify.evaluator.imaging import load_geometry
 from xfverify.evaluator.normalise import normalise
 from xfverify.evaluator.worker import run_worker
@@ -57,8 +58,11 @@ def run_preprocess(model: str, images: list[str], out: str, preset: str | None, 
     paths = [r.path for r in dataset.records]
     tensors = preprocess_files(paths, spec)
     out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out_path, tensors)
+    writable_folder(out_path.parent, "--out's folder")
+    try:
+        np.save(out_path, tensors)
+    except OSError as exc:
+        raise UserError(f"--out {out_path}: cannot write it ({exc.strerror or exc})") from None
     ui.info(f"wrote {out_path}: float32 {spec.layout} {tuple(tensors.shape)} ({spec.name}, {spec.channel_order})")
     if not verify:
         return

@@ -206,6 +206,16 @@ def test_unknown_model_and_bad_data_path(tmp_path):
     assert_user_error(run_cli("native", "--preprocess", "keras-caffe"), "NHWC", "layout=NCHW")
 
 
+def test_folders_that_cannot_be_created_are_named(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert_user_error(run_cli("native", "--out", str(blocker / "out")), "--out", "cannot create this folder")
+    assert_user_error(run_cli("native", "--cache-dir", str(blocker / "cache"), "--out", str(tmp_path / "o")),
+                      "--cache-dir", "cannot create this folder")
+    assert_user_error(run_cli("native", "--out", str(tmp_path / "o"), env={"XFVERIFY_CACHE": str(blocker / "c")}),
+                      "$XFVERIFY_CACHE", "cannot create this folder")
+
+
 @needs_torch
 def test_bad_image_stops_then_skip_lists_it(tmp_path):
     data = tmp_path / "d"

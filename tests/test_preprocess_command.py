@@ -28,6 +28,12 @@ def test_overrides_and_missing_image(tmp_path):
     assert np.load(out).shape == (1, 160, 160, 3)
     missing = run_cli("preprocess", "torchvision/resnet50", str(tmp_path / "nope.jpg"), "--out", str(out))
     assert missing.returncode == 2 and "no such image file" in missing.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unwritable = run_cli("preprocess", "torchvision/resnet50", str(SAMPLE_DIR / "rocket.jpg"), "--out",
+                         str(blocker / "x.npy"))
+    assert unwritable.returncode == 2 and "cannot create this folder" in unwritable.stderr
+    assert "Traceback" not in unwritable.stderr
 
 
 @needs_tensorflow
