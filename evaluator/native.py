@@ -72,6 +72,11 @@ def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]
         raise UserError(f"--on-bad-image must be error or skip, got {options.on_bad_image!r}")
     if options.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {options.batch_size}")
+    if options.weights and not os.path.isfile(options.weights):
+        what = "a folder, not a weights file" if os.path.isdir(options.weights) else "no such file"
+        raise UserError(f"--weights {options.weights}: {what}")
+    if options.workers is not None and options.workers <= 0:
+        raise UserError(f"--workers must be positive, got {options.workers} (leave it out to use every core)")
     card = get_card(options.model)
     if options.cuda_graphs and card.framework != "torch":
         raise UserError(f"--cuda-graphs applies to torch models; {card.id} runs in {card.framework}")

@@ -204,6 +204,8 @@ def test_unknown_model_and_bad_data_path(tmp_path):
     assert_user_error(run_cli("native", "torchvision/resnet5000"), "unknown model", "torchvision/resnet5000")
     assert_user_error(run_cli("native", "--data", str(tmp_path / "nowhere")), "no such file or folder")
     assert_user_error(run_cli("native", "--preprocess", "keras-caffe"), "NHWC", "layout=NCHW")
+    assert_user_error(run_cli("native", "--workers", "0"), "--workers must be positive")
+    assert_user_error(run_cli("native", "--weights", str(tmp_path)), "--weights", "a folder, not a weights file")
 
 
 def test_folders_that_cannot_be_created_are_named(tmp_path):
