@@ -130,7 +130,7 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
     if skipped:
         logits[sorted(skipped)] = np.nan
     np.save(out_dir / "logits.npy", logits)
-    shutil.rmtree(out_dir / ".work", ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)
     timeline["logits_saved"] = time.time()
     result["timing"]["timeline_s"] = relative_timeline(timeline, result.get("milestones", {}))
 

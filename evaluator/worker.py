@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -119,8 +120,6 @@ _MILESTONES: dict[str, float] = {}
 
 def milestone(name: str) -> None:
     """Worker side: note when a phase ended (wall-clock seconds since the epoch; the first call per name wins)."""
-    import time
-
     _MILESTONES.setdefault(name, time.time())
 
 

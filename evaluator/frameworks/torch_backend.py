@@ -316,7 +316,7 @@ class _CudaStep:
         self.checked = False
         self.cuda_graphs = cuda_graphs
         self.graph: dict[str, Any] | None = None
-        self.graph_status = "off" if not cuda_graphs else "not captured (no full batch)"
+        self.graph_status = "off" if not cuda_graphs else "pending"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.settings["channels_last"]:
@@ -333,9 +333,9 @@ class _CudaStep:
         pinned.numpy()[...] = u8
         return pinned
 
-    def warm_up(self, batch_sizes: set[int], hw: tuple[int, int]) -> float:
-        """Run each batch shape twice (cuDNN autotuning, lazy init) and capture the graph if asked,
-        before the timed loop and its threads start; returns seconds."""
+    def warm_up(self, batch_sizes: set[int], hw: tuple[int, int], full_batches: int) -> float:
+        """Run each batch shape twice (cuDNN autotuning, lazy init) and capture the graph if asked and
+        worth it (two full batches or more), before the timed loop and its threads start; returns seconds."""
         import time
 
         started = time.perf_counter()
@@ -344,8 +344,10 @@ class _CudaStep:
             dummy = torch.zeros((n, *hw, 3), dtype=torch.uint8, device=self.device)
             for _ in range(2):
                 self.forward(self.normalise(dummy))
-        if self.cuda_graphs and sizes:
+        if self.cuda_graphs and full_batches >= 2:
             self._capture(max(sizes), hw)
+        elif self.cuda_graphs:
+            self.graph_status = "not used: fewer than two full batches"
         self.api.synchronize()
         return time.perf_counter() - started
 
@@ -451,6 +453,9 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     settings = configure_precision(job["precision"], device)
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
+    graphs = job.get("cuda_graphs", False)
+    if graphs and device.type != "cuda":
+        raise UserError("--cuda-graphs needs a CUDA GPU (--device cuda or auto on a machine with one)")
     emit("status", message=f"building {card.id} on {device.type}")
     model, weights = build_model(card, job.get("weights_file"), job.get("random_weights", False), job.get("seed", 0))
     model = model.to(device)
@@ -459,17 +464,11 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     milestone("model_ready")
     warmup_s = 0.0
     stage = None
-    graphs = job.get("cuda_graphs", False)
-    if graphs and device.type != "cuda":
-        raise UserError("--cuda-graphs needs a CUDA GPU (--device cuda or auto on a machine with one)")
     if device.type == "cuda":
         n, batch = job["n_images"], job["batch_size"]
-        full_batches = n // batch
-        step = _CudaStep(model, spec, device, settings, cuda_graphs=graphs and full_batches >= 2)
-        if graphs and full_batches < 2:
-            step.graph_status = "not used: fewer than two full batches"
+        step = _CudaStep(model, spec, device, settings, cuda_graphs=graphs)
         stage = step.stage
-        warmup_s = step.warm_up(set(warm_up_sizes(n, batch)), tuple(job["hw"]))
+        warmup_s = step.warm_up(set(warm_up_sizes(n, batch)), tuple(job["hw"]), full_batches=n // batch)
         milestone("warmed_up")
         device_name = torch.cuda.get_device_name(device)
     else:
