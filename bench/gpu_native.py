@@ -134,7 +134,10 @@ def make_dataset(folder: Path, n: int, unique: int) -> None:
     unique = min(unique, n)
     with Pool(os.cpu_count()) as pool:
         pool.map(_make_one, [(folder, i, wnids[i % 10]) for i in range(unique)], chunksize=64)
-        name = lambda i: folder / wnids[i % 10] / f"ILSVRC2012_val_{i + 1:08d}.JPEG"  # noqa: E731
+
+        def name(i: int) -> Path:
+            return folder / wnids[i % 10] / f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+
         pool.map(_copy_one, [(name(i % unique), name(i)) for i in range(unique, n)], chunksize=256)
 
 
