@@ -56,3 +56,25 @@ def test_steady_rate_of_a_synchronous_step_counts_each_batch_once(tmp_path):
     result = runloop.run_loop([str(path)], 24, SPEC, 4, slow_step, tmp_path / "l.npy", feed="host", threads=2)
     assert len(result.batch_ms) == 6
     assert 50 < result.steady_images_per_s <= 200 * 1.02  # counting a batch twice would give ~250
+
+
+def test_the_worker_takes_the_data_part_of_its_job_once_the_parent_writes_it(tmp_path):
+    import json
+    import threading
+
+    from xfverify.evaluator.frameworks.common import receive_data
+
+    job = {"model": "m", "n_images": 3}
+    assert receive_data(job) is job  # a job that came whole
+    data_file = tmp_path / "data.json"
+    staged = tmp_path / "data.json.tmp"
+
+    def parent_finishes_its_survey():
+        staged.write_text(json.dumps({"shard_paths": ["a.npy"], "wait_for_shards": True}))
+        staged.replace(data_file)
+
+    timer = threading.Timer(0.05, parent_finishes_its_survey)
+    timer.start()
+    merged = receive_data({**job, "data_file": str(data_file)})
+    timer.join()
+    assert merged["shard_paths"] == ["a.npy"] and merged["wait_for_shards"] is True and merged["n_images"] == 3
