@@ -243,7 +243,7 @@ def assemble_report(card, spec, dataset, cached, build, result, topk, options) -
         for p in card.published
         if p is not primary
     ]
-    notes = list(dataset.notes) + list(options.extra_notes)
+    notes = list(dataset.notes) + list(result.get("notes", [])) + list(options.extra_notes)
     if options.random_weights:
         notes.insert(0, "RANDOM WEIGHTS: a seeded random model; the error rates say nothing about the pretrained model")
     if card.notes:

@@ -86,7 +86,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def evaluation_result(framework: dict, device: dict, precision: dict, weights: dict, loop, workdir: Path,
-                      timing: dict | None = None) -> dict[str, Any]:
+                      timing: dict | None = None, notes: list[str] | None = None) -> dict[str, Any]:
     """The dict every back-end's ``evaluate`` returns to the parent."""
     return {
         "framework": framework,
@@ -98,6 +98,7 @@ def evaluation_result(framework: dict, device: dict, precision: dict, weights: d
         "logits_path": str(workdir / "logits.npy"),
         "n_images": loop.n_images,
         "milestones": milestones(),
+        "notes": list(notes or []),
     }
 
 

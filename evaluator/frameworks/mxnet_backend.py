@@ -64,15 +64,35 @@ def reference_preprocess(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return {"path": str(out), "layout": "NCHW", "framework": f"gluoncv {gluoncv.__version__} (mxnet {mx.__version__})"}
 
 
-def _context(device: str) -> mx.Context:
-    gpus = mx.context.num_gpus()
-    if device == "cuda" and gpus == 0:
-        raise UserError(
-            f"--device cuda: this MXNet build ({mx.__version__}) has no usable GPU. The mxnet-cu101 build has no "
-            "code for Ada or Hopper GPUs (sm_89/sm_90) and no PTX, so on those cards MXNet runs on the CPU: "
-            "use --device cpu or auto"
-        )
-    return mx.gpu(0) if device != "cpu" and gpus > 0 else mx.cpu()
+_NO_HOPPER = ("the mxnet-cu101 build has no code for Ada or Hopper GPUs (sm_89/sm_90) and no PTX, so on those "
+              "cards MXNet runs on the CPU")
+
+
+def _gpu_problem() -> str | None:
+    """Why MXNet cannot compute on GPU 0, or None when it can (a small kernel is run to find out)."""
+    if mx.context.num_gpus() == 0:
+        return f"this MXNet build ({mx.__version__}) sees no GPU"
+    try:
+        (mx.nd.ones((2, 2), ctx=mx.gpu(0)) * 2).asnumpy()  # a build without this card's code fails here
+    except mx.base.MXNetError as exc:
+        return f"MXNet {mx.__version__} cannot run on GPU 0 ({str(exc).strip().splitlines()[0][:160]})"
+    return None
+
+
+def _context(device: str) -> tuple[mx.Context, list[str]]:
+    """The context to run on, and notes for the report (a GPU that is there but cannot be used)."""
+    if device == "cpu":
+        return mx.cpu(), []
+    problem = _gpu_problem()
+    if problem is None:
+        return mx.gpu(0), []
+    if device == "cuda":
+        raise UserError(f"--device cuda: {problem}; {_NO_HOPPER}: use --device cpu or auto")
+    if mx.context.num_gpus() == 0:
+        return mx.cpu(), []
+    note = f"MXNet ran on the CPU: {problem}; {_NO_HOPPER}"
+    emit("status", message=note)
+    return mx.cpu(), [note]
 
 
 def _weights_path(card: ModelCard) -> Path:
@@ -131,7 +151,7 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     card, spec = load_card_and_spec(job)
     if job["precision"] != "fp32":
         raise UserError(f"--precision {job['precision']}: the MXNet back-end runs fp32 only")
-    ctx = _context(job["device"])
+    ctx, notes = _context(job["device"])
     emit("status", message=f"building {card.id} on {ctx}")
     net, weights = build_model(card, job.get("weights_file"), job.get("random_weights", False), job.get("seed", 0), ctx)
     milestone("model_ready")
@@ -161,4 +181,5 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         result,
         workdir,
         timing,
+        notes=notes,
     )
