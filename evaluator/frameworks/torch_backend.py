@@ -185,17 +185,34 @@ def build_model(card: ModelCard, weights_file: str | None, random_weights: bool,
 # --- devices and precision -----------------------------------------------------------------
 
 
-def resolve_device(requested: str) -> torch.device:
+def _cuda_problem() -> str | None:
+    """Why torch cannot compute on the GPU, or None when it can (a small kernel is run to find out)."""
+    if not torch.cuda.is_available():
+        return f"torch sees no usable CUDA GPU (torch {torch.__version__}, CUDA build {torch.version.cuda})"
+    try:
+        (torch.ones(2, device="cuda") * 2).cpu()  # a build without this card's code fails here
+    except RuntimeError as exc:
+        capability = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        return (f"torch {torch.__version__} cannot run on {torch.cuda.get_device_name(0)} (compute capability "
+                f"{capability}; this build has {' '.join(torch.cuda.get_arch_list())}): "
+                f"{str(exc).strip().splitlines()[0][:120]}")
+    return None
+
+
+def resolve_device(requested: str) -> tuple[torch.device, list[str]]:
+    """The device to run on, and notes for the report (a GPU that is there but cannot be used)."""
     if requested == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cpu"), []
+    problem = _cuda_problem()
+    if problem is None:
+        return torch.device("cuda"), []
     if requested == "cuda":
-        raise UserError(
-            "--device cuda: torch sees no usable CUDA GPU "
-            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu or auto"
-        )
-    return torch.device("cpu")
+        raise UserError(f"--device cuda: {problem}; use --device cpu or auto")
+    if not torch.cuda.is_available():
+        return torch.device("cpu"), []
+    note = f"torch ran on the CPU: {problem}"
+    emit("status", message=note)
+    return torch.device("cpu"), [note]
 
 
 def configure_precision(precision: str, device: torch.device) -> dict:
@@ -449,7 +466,7 @@ class _CpuStep:
 def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Run a card's model over cached images; write logits.npy; return framework, device, weights, timing."""
     card, spec = load_card_and_spec(job)
-    device = resolve_device(job["device"])
+    device, notes = resolve_device(job["device"])
     settings = configure_precision(job["precision"], device)
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
@@ -505,6 +522,7 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         result,
         workdir,
         timing,
+        notes=notes,
     )
 
 
