@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from xfverify.evaluator import runloop
-from xfverify.evaluator.frameworks.torch_backend import GatherNormaliser, _CpuStep, _CudaStep
+from xfverify.evaluator.frameworks.common import out_of_memory_is_a_user_error
+from xfverify.evaluator.frameworks.torch_backend import GatherNormaliser, _CpuStep, _CudaStep, _is_out_of_memory
 from xfverify.evaluator.normalise import normalise
+from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
 
 
@@ -172,6 +174,17 @@ def main() -> None:
     step = _CudaStep(model, spec, few.device, settings, cuda_graphs=True, api=few)
     step.warm_up({8}, (32, 32), full_batches=1)
     check(step.graph_status == "not used: fewer than two full batches" and few.captures == 0, step.graph_status)
+    try:
+        with out_of_memory_is_a_user_error("NVIDIA H100", 4096, _is_out_of_memory):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+        check(False, "a CUDA out-of-memory error went through")
+    except UserError as exc:
+        check("--batch-size 4096" in str(exc) and "smaller --batch-size" in str(exc), str(exc))
+    try:
+        with out_of_memory_is_a_user_error("NVIDIA H100", 4096, _is_out_of_memory):
+            raise RuntimeError("an unrelated bug")
+    except RuntimeError as exc:  # anything else keeps its traceback
+        check(str(exc) == "an unrelated bug", str(exc))
     print(json.dumps(outcomes))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -43,6 +44,19 @@ def progress_emitter(min_interval_s: float = 0.25) -> Callable[[int, int], None]
             emit("progress", done=done, total=total)
 
     return report
+
+
+@contextlib.contextmanager
+def out_of_memory_is_a_user_error(device_name: str, batch_size: int, is_out_of_memory: Callable[[BaseException], bool]):
+    """A batch that does not fit the device is the user's to change: one line, not a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise UserError(
+            f"{device_name} ran out of memory at --batch-size {batch_size}: use a smaller --batch-size"
+        ) from None
 
 
 def warm_up_sizes(n_images: int, batch_size: int) -> list[int]:

@@ -19,11 +19,12 @@ from xfverify.evaluator.frameworks.common import (  # noqa: E402
     evaluation_result,
     load_card_and_spec,
     missing_weights_error,
+    out_of_memory_is_a_user_error,
     progress_emitter,
     receive_data,
+    sha256_file,
     warm_up,
     warm_up_sizes,
-    sha256_file,
 )
 from xfverify.evaluator.worker import emit, milestone  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
@@ -141,6 +142,10 @@ def build_model(card: ModelCard, weights_file: str | None, random_weights: bool,
     return model, {"source": "keras:imagenet", "file": str(expected), "sha256": sha256_file(expected)}
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, tf.errors.ResourceExhaustedError)
+
+
 def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Run a Keras application over cached images; write logits.npy (softmax outputs); report timing."""
     card, spec = load_card_and_spec(job)
@@ -155,14 +160,15 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         out = infer(tf.constant(tensors)).numpy().astype(np.float32, copy=False)
         return out, (time.perf_counter() - started) * 1000.0
 
-    warmup_s = warm_up(lambda x: step(None, x), warm_up_sizes(job["n_images"], job["batch_size"]), tuple(job["hw"]),
-                       spec.layout)
-    job = receive_data(job)
-    result = runloop.run_loop(
-        job["shard_paths"], job["n_images"], spec, job["batch_size"], step, workdir / "logits.npy",
-        threads=job.get("loader_threads"), wait_for_shards=job.get("wait_for_shards", False),
-        progress=progress_emitter(),
-    )
+    with out_of_memory_is_a_user_error(device_name, job["batch_size"], _is_out_of_memory):
+        warmup_s = warm_up(lambda x: step(None, x), warm_up_sizes(job["n_images"], job["batch_size"]),
+                           tuple(job["hw"]), spec.layout)
+        job = receive_data(job)
+        result = runloop.run_loop(
+            job["shard_paths"], job["n_images"], spec, job["batch_size"], step, workdir / "logits.npy",
+            threads=job.get("loader_threads"), wait_for_shards=job.get("wait_for_shards", False),
+            progress=progress_emitter(),
+        )
     timing = {**result.timing(), "warmup_s": round(warmup_s, 3)}
     return evaluation_result(
         {"name": "tensorflow", "version": tf.__version__, "libraries": {"keras": keras.__version__}},

@@ -22,11 +22,12 @@ from xfverify.evaluator.frameworks.common import (  # noqa: E402
     evaluation_result,
     load_card_and_spec,
     missing_weights_error,
+    out_of_memory_is_a_user_error,
     progress_emitter,
     receive_data,
+    sha256_file,
     warm_up,
     warm_up_sizes,
-    sha256_file,
 )
 from xfverify.evaluator.worker import emit, milestone  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
@@ -146,6 +147,10 @@ def _blocks(block):
         yield from _blocks(child)
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, mx.base.MXNetError) and "out of memory" in str(exc).lower()
+
+
 def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Run a GluonCV model over cached images; write logits.npy; report timing."""
     card, spec = load_card_and_spec(job)
@@ -162,14 +167,15 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         out = net(mx.nd.array(tensors, ctx=ctx)).asnumpy().astype(np.float32, copy=False)
         return out, (time.perf_counter() - started) * 1000.0
 
-    warmup_s = warm_up(lambda x: step(None, x), warm_up_sizes(job["n_images"], job["batch_size"]), tuple(job["hw"]),
-                       spec.layout)
-    job = receive_data(job)
-    result = runloop.run_loop(
-        job["shard_paths"], job["n_images"], spec, job["batch_size"], step, workdir / "logits.npy",
-        threads=job.get("loader_threads"), wait_for_shards=job.get("wait_for_shards", False),
-        progress=progress_emitter(),
-    )
+    with out_of_memory_is_a_user_error(str(ctx), job["batch_size"], _is_out_of_memory):
+        warmup_s = warm_up(lambda x: step(None, x), warm_up_sizes(job["n_images"], job["batch_size"]),
+                           tuple(job["hw"]), spec.layout)
+        job = receive_data(job)
+        result = runloop.run_loop(
+            job["shard_paths"], job["n_images"], spec, job["batch_size"], step, workdir / "logits.npy",
+            threads=job.get("loader_threads"), wait_for_shards=job.get("wait_for_shards", False),
+            progress=progress_emitter(),
+        )
     timing = {**result.timing(), "warmup_s": round(warmup_s, 3)}
     gluoncv = import_gluoncv()
     on_gpu = ctx.device_type == "gpu"

@@ -16,10 +16,11 @@ from xfverify.evaluator.frameworks.common import (
     evaluation_result,
     load_card_and_spec,
     missing_weights_error,
+    out_of_memory_is_a_user_error,
     progress_emitter,
     receive_data,
-    warm_up_sizes,
     sha256_file,
+    warm_up_sizes,
 )
 from xfverify.evaluator.normalise import normalisation_lut, source_channels
 from xfverify.evaluator.worker import emit, milestone
@@ -463,6 +464,10 @@ class _CpuStep:
         return out, (time.perf_counter() - started) * 1000.0
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
 def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Run a card's model over cached images; write logits.npy; return framework, device, weights, timing."""
     card, spec = load_card_and_spec(job)
@@ -481,30 +486,30 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     milestone("model_ready")
     warmup_s = 0.0
     stage = None
-    if device.type == "cuda":
-        n, batch = job["n_images"], job["batch_size"]
-        step = _CudaStep(model, spec, device, settings, cuda_graphs=graphs)
-        stage = step.stage
-        warmup_s = step.warm_up(set(warm_up_sizes(n, batch)), tuple(job["hw"]), full_batches=n // batch)
-        milestone("warmed_up")
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        step = _CpuStep(model, settings)
-        device_name = platform.processor() or platform.machine()
-    job = receive_data(job)
-    result = runloop.run_loop(
-        job["shard_paths"],
-        job["n_images"],
-        spec,
-        job["batch_size"],
-        step,
-        workdir / "logits.npy",
-        feed="device" if device.type == "cuda" else "host",
-        threads=job.get("loader_threads"),
-        wait_for_shards=job.get("wait_for_shards", False),
-        stage=stage,
-        progress=progress_emitter(),
-    )
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    with out_of_memory_is_a_user_error(device_name, job["batch_size"], _is_out_of_memory):
+        if device.type == "cuda":
+            n, batch = job["n_images"], job["batch_size"]
+            step = _CudaStep(model, spec, device, settings, cuda_graphs=graphs)
+            stage = step.stage
+            warmup_s = step.warm_up(set(warm_up_sizes(n, batch)), tuple(job["hw"]), full_batches=n // batch)
+            milestone("warmed_up")
+        else:
+            step = _CpuStep(model, settings)
+        job = receive_data(job)
+        result = runloop.run_loop(
+            job["shard_paths"],
+            job["n_images"],
+            spec,
+            job["batch_size"],
+            step,
+            workdir / "logits.npy",
+            feed="device" if device.type == "cuda" else "host",
+            threads=job.get("loader_threads"),
+            wait_for_shards=job.get("wait_for_shards", False),
+            stage=stage,
+            progress=progress_emitter(),
+        )
     timing = result.timing()
     timing["warmup_s"] = round(warmup_s, 3)
     return evaluation_result(
