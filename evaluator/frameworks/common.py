@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from xfverify.evaluator import runloop
 from xfverify.evaluator.worker import emit, milestone, milestones
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.errors import UserError
@@ -73,6 +74,22 @@ def warm_up(run: Callable[[np.ndarray], Any], sizes: list[int], hw: tuple[int, i
         run(np.zeros((n, 3, *hw) if layout == "NCHW" else (n, *hw, 3), dtype=np.float32))
     milestone("warmed_up")
     return time.perf_counter() - started
+
+
+def run_host_fed(job: dict[str, Any], spec: PreprocessSpec, step: Callable, workdir: Path, device_name: str,
+                 is_out_of_memory: Callable[[BaseException], bool]) -> tuple[Any, dict[str, Any]]:
+    """Warm up, take the data part of the job, and run the loop on CPU-normalised batches (host feeding);
+    returns the loop's result and the report's timing block."""
+    with out_of_memory_is_a_user_error(device_name, job["batch_size"], is_out_of_memory):
+        warmup_s = warm_up(lambda x: step(None, x), warm_up_sizes(job["n_images"], job["batch_size"]),
+                           tuple(job["hw"]), spec.layout)
+        job = receive_data(job)
+        result = runloop.run_loop(
+            job["shard_paths"], job["n_images"], spec, job["batch_size"], step, workdir / "logits.npy",
+            threads=job.get("loader_threads"), wait_for_shards=job.get("wait_for_shards", False),
+            progress=progress_emitter(),
+        )
+    return result, {**result.timing(), "warmup_s": round(warmup_s, 3)}
 
 
 def receive_data(job: dict[str, Any], poll_s: float = 0.005) -> dict[str, Any]:

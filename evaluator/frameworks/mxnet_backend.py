@@ -16,18 +16,13 @@ if not hasattr(np, "bool"):  # MXNet 1.9.1 still uses the alias numpy 1.24 remov
 
 import mxnet as mx  # noqa: E402
 
-from xfverify.evaluator import runloop  # noqa: E402
 from xfverify.evaluator.frameworks.common import (  # noqa: E402
     calibration_batch,
     evaluation_result,
     load_card_and_spec,
     missing_weights_error,
-    out_of_memory_is_a_user_error,
-    progress_emitter,
-    receive_data,
+    run_host_fed,
     sha256_file,
-    warm_up,
-    warm_up_sizes,
 )
 from xfverify.evaluator.worker import emit, milestone  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
@@ -167,16 +162,7 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         out = net(mx.nd.array(tensors, ctx=ctx)).asnumpy().astype(np.float32, copy=False)
         return out, (time.perf_counter() - started) * 1000.0
 
-    with out_of_memory_is_a_user_error(str(ctx), job["batch_size"], _is_out_of_memory):
-        warmup_s = warm_up(lambda x: step(None, x), warm_up_sizes(job["n_images"], job["batch_size"]),
-                           tuple(job["hw"]), spec.layout)
-        job = receive_data(job)
-        result = runloop.run_loop(
-            job["shard_paths"], job["n_images"], spec, job["batch_size"], step, workdir / "logits.npy",
-            threads=job.get("loader_threads"), wait_for_shards=job.get("wait_for_shards", False),
-            progress=progress_emitter(),
-        )
-    timing = {**result.timing(), "warmup_s": round(warmup_s, 3)}
+    result, timing = run_host_fed(job, spec, step, workdir, str(ctx), _is_out_of_memory)
     gluoncv = import_gluoncv()
     on_gpu = ctx.device_type == "gpu"
     return evaluation_result(

@@ -390,6 +390,17 @@ class _CudaStep:
         self.graph = {"n": n, "x": static_x, "out": static_out, "replay": replay}
         self.graph_status = f"on for batches of {n}: replay bit-identical to eager on a probe batch"
 
+    def _download(self, tensor: torch.Tensor, after, static: bool) -> torch.Tensor:
+        """Copy a float32 device tensor into pinned host memory on the download stream once ``after`` has
+        happened; a tensor that is not a graph's static one is handed to that stream's care."""
+        self.download.wait_event(after)
+        with self.api.use(self.download):
+            host = self.api.pinned(tensor.shape, torch.float32)
+            host.copy_(tensor, non_blocking=True)
+        if not static:
+            self.api.record_stream(tensor, self.download)
+        return host
+
     def __call__(self, pinned_u8: torch.Tensor, _unused: np.ndarray | None):
         api = self.api
         with api.use(self.upload):
@@ -412,25 +423,14 @@ class _CudaStep:
             self.checked = True
         normalised = api.event()
         normalised.record(self.compute)
-        self.download.wait_event(normalised)
-        with api.use(self.download):
-            fed = api.pinned(x.shape, torch.float32)
-            fed.copy_(x, non_blocking=True)
-        if not use_graph:
-            api.record_stream(x, self.download)
-
+        fed = self._download(x, normalised, static=use_graph)
         if use_graph:
             self.graph["replay"]()
             out = self.graph["out"]
         else:
             out = self.forward(x)
         end.record(self.compute)
-        self.download.wait_event(end)
-        with api.use(self.download):
-            out_host = api.pinned(out.shape, torch.float32)
-            out_host.copy_(out, non_blocking=True)
-        if not use_graph:
-            api.record_stream(out, self.download)
+        out_host = self._download(out, end, static=use_graph)
         downloaded = api.event()
         downloaded.record(self.download)
         self.previous_download = downloaded
