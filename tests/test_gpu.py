@@ -53,7 +53,10 @@ def test_bf16_changes_results_only_slightly(tmp_path):
     assert fp32["tensors_sha256"] == bf16["tensors_sha256"]
     assert bf16["precision"]["autocast"] == "bfloat16"
     a, b = np.load(tmp_path / "fp32" / "logits.npy"), np.load(tmp_path / "bf16" / "logits.npy")
-    assert (a.argmax(1) == b.argmax(1)).all()
+    assert 0 < np.abs(a - b).max() < 0.1 * np.abs(a).max()  # bf16 moves logits, a little
+    ranked = np.sort(a, axis=1)
+    clear = ranked[:, -1] - ranked[:, -2] > 1.0  # grace_hopper's call is a near tie (0.03): bf16 may flip it
+    assert clear.sum() >= 2 and (a.argmax(1)[clear] == b.argmax(1)[clear]).all()
 
 
 def test_cuda_graphs_replay_gives_the_eager_logits(tmp_path, generated_folder):
