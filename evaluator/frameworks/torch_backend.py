@@ -295,7 +295,7 @@ class _CudaApi:
                 body()
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: the loader thread may allocate pinned memory meanwhile; that must not fail.
+        # thread_local: only this thread's CUDA calls are policed during the capture, not other threads'.
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             outputs = body()
         return graph.replay, outputs
@@ -315,9 +315,9 @@ class _CudaStep:
       runs, then the logits.
 
     The first batch's GPU tensors are compared bit for bit with the CPU normalisation. With
-    ``cuda_graphs`` the forward pass of full batches is captured once and replayed (one launch instead of
-    hundreds: what removes Python overhead at small batches); the first replay must give the eager
-    forward pass's logits bit for bit, else the run goes on eagerly and says why.
+    ``cuda_graphs`` the forward pass of full batches is captured once during warm-up and replayed (one
+    launch instead of hundreds: what removes Python overhead at small batches); its replay on a probe
+    batch must give the eager forward pass's logits bit for bit, else the run stays eager and says why.
     """
 
     def __init__(self, model, spec: PreprocessSpec, device, settings: dict, *, cuda_graphs: bool = False, api=None):
