@@ -157,7 +157,7 @@ def main() -> None:
         ("graphs_fail", FakeCuda(capture_error="operation not permitted when stream is capturing"), True),
     ):
         step = _CudaStep(model, spec, fake.device, settings, cuda_graphs=graphs, api=fake)
-        step.warm_up({8, 41 % 8}, (32, 32), full_batches=41 // 8)
+        step.warm_up([41 % 8, 8], (32, 32), full_batches=41 // 8)
         result, logits = run(step, shards, workdir, label, "device")
         check(result.tensors_sha256 == reference.tensors_sha256, f"{label}: fed tensors differ from host feeding")
         check(np.array_equal(logits, reference_logits), f"{label}: logits differ from the CPU step's")
@@ -172,7 +172,7 @@ def main() -> None:
     check(outcomes["graphs_fail"]["status"].startswith("eager: capture failed (operation not permitted"), str(outcomes))
     few = FakeCuda()
     step = _CudaStep(model, spec, few.device, settings, cuda_graphs=True, api=few)
-    step.warm_up({8}, (32, 32), full_batches=1)
+    step.warm_up([8], (32, 32), full_batches=1)
     check(step.graph_status == "not used: fewer than two full batches" and few.captures == 0, step.graph_status)
     try:
         with out_of_memory_is_a_user_error("NVIDIA H100", 4096, _is_out_of_memory):

@@ -351,13 +351,12 @@ class _CudaStep:
         pinned.numpy()[...] = u8
         return pinned
 
-    def warm_up(self, batch_sizes: set[int], hw: tuple[int, int], full_batches: int) -> float:
+    def warm_up(self, sizes: list[int], hw: tuple[int, int], full_batches: int) -> float:
         """Run each batch shape twice (cuDNN autotuning, lazy init) and capture the graph if asked and
         worth it (two full batches or more), before the timed loop and its threads start; returns seconds."""
         import time
 
         started = time.perf_counter()
-        sizes = sorted(b for b in batch_sizes if b > 0)
         for n in sizes:
             dummy = torch.zeros((n, *hw, 3), dtype=torch.uint8, device=self.device)
             for _ in range(2):
@@ -492,7 +491,7 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
             n, batch = job["n_images"], job["batch_size"]
             step = _CudaStep(model, spec, device, settings, cuda_graphs=graphs)
             stage = step.stage
-            warmup_s = step.warm_up(set(warm_up_sizes(n, batch)), tuple(job["hw"]), full_batches=n // batch)
+            warmup_s = step.warm_up(warm_up_sizes(n, batch), tuple(job["hw"]), full_batches=n // batch)
             milestone("warmed_up")
         else:
             step = _CpuStep(model, settings)
