@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -354,8 +355,6 @@ class _CudaStep:
     def warm_up(self, sizes: list[int], hw: tuple[int, int], full_batches: int) -> float:
         """Run each batch shape twice (cuDNN autotuning, lazy init) and capture the graph if asked and
         worth it (two full batches or more), before the timed loop and its threads start; returns seconds."""
-        import time
-
         started = time.perf_counter()
         for n in sizes:
             dummy = torch.zeros((n, *hw, 3), dtype=torch.uint8, device=self.device)
@@ -453,8 +452,6 @@ class _CpuStep:
         self.settings = settings
 
     def __call__(self, u8: np.ndarray, tensors: np.ndarray):
-        import time
-
         started = time.perf_counter()
         x = torch.from_numpy(tensors)
         with torch.inference_mode(), torch.autocast("cpu", dtype=self.settings["autocast"] or torch.bfloat16,
