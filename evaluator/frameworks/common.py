@@ -107,6 +107,19 @@ def receive_data(job: dict[str, Any], poll_s: float = 0.005) -> dict[str, Any]:
     return {**job, **json.loads(path.read_text())}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (what a speed number on the CPU depends on), with the core count."""
+    import platform
+
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{name or platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()

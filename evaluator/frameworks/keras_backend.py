@@ -15,6 +15,7 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 from xfverify.evaluator.frameworks.common import (  # noqa: E402
+    cpu_name,
     evaluation_result,
     load_card_and_spec,
     missing_weights_error,
@@ -101,9 +102,7 @@ def _configure(device: str, precision: str) -> tuple[str, str]:
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return "cuda", details.get("device_name", "GPU")
-    import platform
-
-    return "cpu", platform.processor() or platform.machine()
+    return "cpu", cpu_name()
 
 
 def _weights_path(card: ModelCard) -> Path:

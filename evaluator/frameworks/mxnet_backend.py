@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import mxnet as mx  # noqa: E402
 
 from xfverify.evaluator.frameworks.common import (  # noqa: E402
     calibration_batch,
+    cpu_name,
     evaluation_result,
     load_card_and_spec,
     missing_weights_error,
@@ -167,7 +167,7 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     on_gpu = ctx.device_type == "gpu"
     return evaluation_result(
         {"name": "mxnet", "version": mx.__version__, "libraries": {"gluoncv": gluoncv.__version__}},
-        {"type": "cuda" if on_gpu else "cpu", "name": str(ctx) if on_gpu else (platform.processor() or platform.machine())},
+        {"type": "cuda" if on_gpu else "cpu", "name": str(ctx) if on_gpu else cpu_name()},
         {"requested": "fp32", "tf32": False},
         weights,
         result,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 from xfverify.evaluator import runloop
 from xfverify.evaluator.frameworks.common import (
     calibration_batch,
+    cpu_name,
     evaluation_result,
     load_card_and_spec,
     missing_weights_error,
@@ -482,7 +482,7 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     milestone("model_ready")
     warmup_s = 0.0
     stage = None
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     with out_of_memory_is_a_user_error(device_name, job["batch_size"], _is_out_of_memory):
         if device.type == "cuda":
             n, batch = job["n_images"], job["batch_size"]
