@@ -377,6 +377,10 @@ class TensorCache:
                     stats.reused_shards += 1
                     counter.advance(len(plan.records))
             self._decode_shards(to_decode, stats, stop_on_bad, counter, results, cancel)
+            # Release ours before waiting for theirs: two runs that each hold a shard the other waits
+            # for would otherwise wait forever. Theirs are then taken one at a time, in plan order.
+            for _, lock in mine:
+                lock.release()
             for plan, lock in theirs:  # another run is building these: wait, then check its work
                 lock.wait()
                 meta, _ = self.load_valid(plan)
@@ -385,6 +389,7 @@ class TensorCache:
                 else:
                     results[plan.key] = meta
                     stats.reused_shards += 1
+                lock.release()
         return results
 
     def _decode_shards(
@@ -526,6 +531,11 @@ class _ShardLock:
     def wait(self) -> None:
         fcntl.flock(self._handle, fcntl.LOCK_EX)
         self.acquired = True
+
+    def release(self) -> None:
+        if self.acquired:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self.acquired = False
 
     def __exit__(self, *exc) -> None:
         if self._handle is not None:

@@ -134,6 +134,43 @@ def test_two_runs_sharing_a_cache_do_not_duplicate_or_corrupt(tmp_path):
         assert meta is not None, why
 
 
+def test_a_run_lets_go_of_its_shards_before_waiting_for_another_runs(tmp_path):
+    """Two runs that each hold a shard the other waits for would wait forever (seen once in CI)."""
+    import fcntl
+    import threading
+
+    data = make_images(tmp_path / "d", 8)
+    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
+    records = load_dataset(data).records
+    first, second = cache.plan(records)
+    shards = cache.directory / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    other_run = open(shards / f"{second.key}.lock", "a+")
+    fcntl.flock(other_run, fcntl.LOCK_EX)  # another run is building the second shard
+    done: dict = {}
+    run = threading.Thread(target=lambda: done.update(stats=cache.ensure(records, workers=1)[1]), daemon=True)
+    run.start()
+    wanted = open(shards / f"{first.key}.lock", "a+")
+    try:
+        deadline = time.monotonic() + 120
+        while not (shards / f"{first.key}.json").exists():  # this run has built the first shard
+            assert time.monotonic() < deadline and run.is_alive(), "the first shard was never built"
+            time.sleep(0.02)
+        while True:  # the other run now waits for the first shard: it must be free
+            try:
+                fcntl.flock(wanted, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the run kept its shard locked while waiting for another"
+                time.sleep(0.02)
+    finally:
+        fcntl.flock(wanted, fcntl.LOCK_UN)
+        fcntl.flock(other_run, fcntl.LOCK_UN)  # the other run "died" without building its shard
+    run.join(timeout=120)
+    assert not run.is_alive()
+    assert done["stats"].decoded == 8  # so this run built the second shard itself
+
+
 def test_bad_image_stops_the_build_after_saving_its_shard(tmp_path):
     root = make_images(tmp_path / "d", 6)
     bad = broken_images(tmp_path / "d")["empty"]  # the first broken file in image-id order
