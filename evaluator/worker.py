@@ -133,6 +133,22 @@ def emit(event: str, **fields: Any) -> None:
     print(EVENT_PREFIX + json.dumps({"event": event, **fields}), flush=True)
 
 
+ORPHANED_EXIT = 3
+
+
+def _exit_when_orphaned(parent: int, poll_s: float = 0.5) -> None:
+    """A worker whose parent died (killed, crashed) must not wait for shards or data forever, nor keep
+    holding a GPU: a watcher thread ends the process once it has been re-parented."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(ORPHANED_EXIT)
+
+    threading.Thread(target=watch, name="xfverify-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Worker entry point: run one job file."""
     import signal
@@ -142,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     milestone("worker_started")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this process
+    _exit_when_orphaned(os.getppid())
     argv = sys.argv[1:] if argv is None else argv
     job_path = Path(argv[0])
     spec = json.loads(job_path.read_text())

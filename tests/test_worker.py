@@ -1,0 +1,41 @@
+"""The worker process protocol: what happens around a back-end's task."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie nobody has reaped yet (both mean the process ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_a_worker_whose_parent_dies_ends_itself(tmp_path):
+    job = tmp_path / "wait_forever.job.json"
+    job.write_text(json.dumps({"backend": "sleeping_backend", "task": "wait_forever", "workdir": str(tmp_path), "job": {}}))
+    pid_file = tmp_path / "worker.pid"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+    parent = subprocess.Popen(
+        ["bash", "-c", f'"{sys.executable}" -m xfverify.evaluator.worker "{job}" & echo $! > "{pid_file}"; wait'], env=env
+    )
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    time.sleep(1.0)  # the worker is up and waiting in its task
+    assert not _ended(worker)
+    parent.kill()
+    parent.wait()
+    while not _ended(worker):
+        assert time.monotonic() < deadline, "the orphaned worker kept running"
+        time.sleep(0.1)
