@@ -31,6 +31,9 @@ class FakeStream:
     def wait_event(self, event) -> None:
         self.waited += 1
 
+    def wait_stream(self, stream) -> None:
+        self.waited += 1
+
 
 class FakeEvent:
     def __init__(self):

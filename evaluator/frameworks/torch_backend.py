@@ -388,10 +388,11 @@ class _CudaStep:
         self.graph = {"n": n, "x": static_x, "out": static_out, "replay": replay}
         self.graph_status = f"on for batches of {n}: replay bit-identical to eager on a probe batch"
 
-    def _download(self, tensor: torch.Tensor, after, static: bool) -> torch.Tensor:
-        """Copy a float32 device tensor into pinned host memory on the download stream once ``after`` has
-        happened; a tensor that is not a graph's static one is handed to that stream's care."""
-        self.download.wait_event(after)
+    def _download(self, tensor: torch.Tensor, static: bool) -> torch.Tensor:
+        """Copy a float32 device tensor into pinned host memory on the download stream once the work
+        queued on the compute stream so far is done; a tensor that is not a graph's static one is handed
+        to the download stream's care."""
+        self.download.wait_stream(self.compute)
         with self.api.use(self.download):
             host = self.api.pinned(tensor.shape, torch.float32)
             host.copy_(tensor, non_blocking=True)
@@ -403,9 +404,7 @@ class _CudaStep:
         api = self.api
         with api.use(self.upload):
             u8 = pinned_u8.to(self.device, non_blocking=True)
-        uploaded = api.event()
-        uploaded.record(self.upload)
-        self.compute.wait_event(uploaded)
+        self.compute.wait_stream(self.upload)
         api.record_stream(u8, self.compute)
         use_graph = self.graph is not None and self.graph["n"] == len(pinned_u8)
         if use_graph and self.previous_download is not None:  # the graph's static tensors: downloaded yet?
@@ -419,16 +418,14 @@ class _CudaStep:
             if not torch.equal(x.cpu(), torch.from_numpy(normalise(pinned_u8.numpy(), self.spec))):
                 raise RuntimeError("GPU normalisation differs from the CPU reference tensors: a bug")
             self.checked = True
-        normalised = api.event()
-        normalised.record(self.compute)
-        fed = self._download(x, normalised, static=use_graph)
+        fed = self._download(x, static=use_graph)
         if use_graph:
             self.graph["replay"]()
             out = self.graph["out"]
         else:
             out = self.forward(x)
         end.record(self.compute)
-        out_host = self._download(out, end, static=use_graph)
+        out_host = self._download(out, static=use_graph)
         downloaded = api.event()
         downloaded.record(self.download)
         self.previous_download = downloaded
