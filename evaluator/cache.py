@@ -276,7 +276,7 @@ class TensorCache:
         (self.directory / "shards").mkdir(parents=True, exist_ok=True)
         spec_file = self.directory / "spec.json"
         if not spec_file.exists():
-            _atomic_write_text(spec_file, json.dumps(self._ident, indent=2, sort_keys=True))
+            atomic_write_text(spec_file, json.dumps(self._ident, indent=2, sort_keys=True))
         self._remove_stale_temporaries()
         survey = CachePlan(plans=self.plan(records))
         threads = max(1, min(8, os.cpu_count() or 1))
@@ -463,7 +463,7 @@ class TensorCache:
         del data
         data_path, meta_path = self._paths(plan.key)
         os.replace(tmp, data_path)
-        _atomic_write_text(meta_path, json.dumps(meta))
+        atomic_write_text(meta_path, json.dumps(meta))
         return meta
 
     def _remove_stale_temporaries(self) -> None:
@@ -493,7 +493,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see the old one or the whole new one, never part of it."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -18,7 +18,7 @@ import numpy as np
 
 from xfverify import __version__
 from xfverify.evaluator import ui
-from xfverify.evaluator.cache import BuildCancelled, TensorCache, default_cache_root
+from xfverify.evaluator.cache import BuildCancelled, TensorCache, atomic_write_text, default_cache_root
 from xfverify.evaluator.data import Dataset, load_dataset
 from xfverify.evaluator.folders import writable_folder
 from xfverify.evaluator.metrics import compare_to_published, error_stats, real_error, top_k, wilson_interval
@@ -178,9 +178,7 @@ def _decode_and_infer(cache, dataset, framework, job, workdir, options, decode_p
             survey = cache.survey(dataset.records, log=ui.info)
             timeline["cache_surveyed"] = time.time()
             data = {"shard_paths": cache.shard_paths(survey), "wait_for_shards": bool(survey.todo)}
-            staged = Path(job["data_file"] + ".tmp")
-            staged.write_text(json.dumps(data))
-            os.replace(staged, job["data_file"])
+            atomic_write_text(Path(job["data_file"]), json.dumps(data))
             state["cache"] = cache.complete(
                 survey, workers=options.workers, stop_on_bad=options.on_bad_image == "error",
                 progress=decode_progress, cancel=cancel,
