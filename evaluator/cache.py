@@ -37,10 +37,12 @@ import numpy as np
 import xxhash
 
 from xfverify.evaluator.data import ImageRecord
+from xfverify.evaluator.folders import allocated_npy, ensure_room
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 
 SHARD_SIZE = 512
+_NO_ROOM_FIX = "free space there, or put the cache on a larger disk (--cache-dir or $XFVERIFY_CACHE); finished shards are kept"
 CHUNK_SIZE = 16
 FORMAT_VERSION = 1
 
@@ -407,6 +409,7 @@ class TensorCache:
             return
         if cancel is not None and cancel.is_set():  # e.g. the worker failed during the survey
             raise BuildCancelled("the cache build was cancelled; finished shards are kept")
+        ensure_room(self.directory / "shards", sum(len(p.records) for p in plans) * self.hw[0] * self.hw[1] * 3, _NO_ROOM_FIX)
         pending: dict[str, dict] = {}
         futures: dict[Future, tuple[str, int]] = {}
         pool = ProcessPoolExecutor(
@@ -419,7 +422,7 @@ class TensorCache:
             for plan in plans:
                 data_path, _ = self._paths(plan.key)
                 tmp = data_path.with_name(f"{plan.key}.npy.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(plan.records), *self.hw, 3))
+                allocated_npy(tmp, np.uint8, (len(plan.records), *self.hw, 3), _NO_ROOM_FIX)
                 pending[plan.key] = {"plan": plan, "tmp": tmp, "left": 0, "bad": {}}
                 for row in range(0, len(plan.records), CHUNK_SIZE):
                     paths = [r.path for r in plan.records[row : row + CHUNK_SIZE]]

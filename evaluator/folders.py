@@ -1,9 +1,14 @@
-"""Folders the user names (--out, --cache-dir): created on demand, or one clear line saying why not."""
+"""Folders the user names (--out, --cache-dir): created on demand, files given their disk space up front,
+or one clear line saying why not."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
+
+import numpy as np
 
 from xfverify.models.errors import UserError
 
@@ -17,3 +22,44 @@ def writable_folder(path: Path, what: str) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path}: this folder is not writable; choose another")
     return path
+
+
+def _megabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:,.0f} MB" if n_bytes >= 10e6 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def no_space_error(folder: Path, needed: int, fix: str) -> UserError:
+    """One line: how much room ``folder``'s disk lacks, and what to do about it."""
+    try:
+        free = _megabytes(shutil.disk_usage(folder).free)
+    except OSError:
+        free = "unknown"
+    return UserError(f"no room for {_megabytes(needed)} in {folder} (free: {free}): {fix}")
+
+
+def ensure_room(folder: Path, needed: int, fix: str) -> None:
+    """Fail before any work when ``folder``'s disk cannot hold ``needed`` more bytes."""
+    if needed > shutil.disk_usage(folder).free:
+        raise no_space_error(folder, needed, fix)
+
+
+def allocated_npy(path: Path, dtype, shape: tuple[int, ...], fix: str) -> np.memmap:
+    """A new ``.npy`` file as a writable memory map whose disk blocks are reserved before anything is written.
+
+    Pages of a sparse file get their blocks when first written; on a full disk that write kills the
+    process with SIGBUS. Reserving them here turns a full disk into one line naming the folder.
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if not hasattr(os, "posix_fallocate"):  # not Linux: the file stays sparse
+        return array
+    try:
+        with open(path, "rb+") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # a file system that cannot reserve: stays sparse
+            return array
+        path.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise no_space_error(path.parent, array.nbytes, fix) from None
+        raise
+    return array

@@ -125,11 +125,12 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
             cache, dataset, card.framework, job, workdir, options, decode_progress, infer_progress, timeline
         )
 
-    logits = np.load(result["logits_path"])
+    logits = np.load(result["logits_path"], mmap_mode="r+")  # the worker's file becomes the report's
     skipped = {bad.index for bad in cached.bad}
     if skipped:
         logits[sorted(skipped)] = np.nan
-    np.save(out_dir / "logits.npy", logits)
+        logits.flush()
+    os.replace(result["logits_path"], out_dir / "logits.npy")
     shutil.rmtree(workdir, ignore_errors=True)
     timeline["logits_saved"] = time.time()
     result["timing"]["timeline_s"] = relative_timeline(timeline, result.get("milestones", {}))

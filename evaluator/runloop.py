@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from xfverify.evaluator.cache import iter_shard_batches
+from xfverify.evaluator.folders import allocated_npy
 from xfverify.evaluator.normalise import image_digests, normalisation_lut, normalise
 from xfverify.evaluator.worker import milestone
 from xfverify.models.preprocess import PreprocessSpec
@@ -181,7 +182,7 @@ def run_loop(
     if feed not in ("host", "device"):
         raise ValueError(f"feed must be host or device, got {feed!r}")
     threads = threads or max(1, min(8, (os.cpu_count() or 2) - 1))
-    logits = np.lib.format.open_memmap(Path(logits_path), mode="w+", dtype=np.float32, shape=(n_images, num_classes))
+    logits = allocated_npy(Path(logits_path), np.float32, (n_images, num_classes), "free space there, or choose another --out")
     digests: deque[Future | list[bytes]] = deque()
     # sha256 runs at ~1.4 GB/s per core and a fast GPU is fed ~10 GB/s: hashing gets most cores
     hasher = _BatchHasher(max(threads, min(12, (os.cpu_count() or 2) - 2))) if feed == "device" else None

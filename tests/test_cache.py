@@ -18,6 +18,7 @@ from helpers import broken_images, write_jpeg
 from xfverify.evaluator.cache import TensorCache
 from xfverify.evaluator.data import load_dataset
 from xfverify.evaluator.imaging import BadImageError, load_geometry
+from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
 
 SPEC = PRESETS["torchvision-256"]
@@ -186,3 +187,58 @@ def test_bad_image_stops_the_build_after_saving_its_shard(tmp_path):
     rows = read_all(cached)
     assert all(not rows[b.index].any() for b in cached.bad)
     assert all(b.reason for b in cached.bad)
+
+
+def _disk_with_free_bytes(free: int):
+    import shutil
+
+    real = shutil.disk_usage
+
+    def disk_usage(path):
+        return real(path)._replace(free=free)
+
+    return disk_usage
+
+
+def test_a_disk_too_small_for_the_cache_is_named_before_decoding(tmp_path, monkeypatch):
+    import xfverify.evaluator.folders as folders
+
+    dataset = load_dataset(make_images(tmp_path / "d", 8))
+    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
+    monkeypatch.setattr(folders.shutil, "disk_usage", _disk_with_free_bytes(1_000_000))
+    with pytest.raises(UserError) as info:
+        cache.ensure(dataset.records, workers=1)
+    message = str(info.value)
+    assert f"no room for 1.2 MB in {cache.directory / 'shards'} (free: 1.0 MB)" in message  # 8 x 224 x 224 x 3 bytes
+    assert "--cache-dir" in message and "\n" not in message
+    assert not list(cache.directory.glob("shards/*.npy*")), "no shard was started"
+
+
+def test_a_disk_that_fills_during_the_build_keeps_finished_shards(tmp_path, monkeypatch):
+    import errno
+
+    dataset = load_dataset(make_images(tmp_path / "d", 8))
+    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
+    cache.ensure(dataset.records[:4], workers=1)  # the first shard of the full run, finished earlier
+
+    def full_disk(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "posix_fallocate", full_disk)
+        with pytest.raises(UserError, match="no room for 0.6 MB in .*shards"):
+            cache.ensure(dataset.records, workers=1)
+    assert not list(cache.directory.glob("shards/*.tmp-*")), "the half-made shard is removed"
+    cached, stats = cache.ensure(dataset.records, workers=1)
+    assert (stats.reused_shards, stats.decoded) == (1, 4)
+    assert np.array_equal(read_all(cached)[7], load_geometry(dataset.records[7].path, SPEC))
+
+
+def test_memory_mapped_outputs_have_their_disk_blocks_before_writing(tmp_path):
+    from xfverify.evaluator.folders import allocated_npy
+
+    array = allocated_npy(tmp_path / "x.npy", np.float32, (300, 1000), "fix")
+    assert os.stat(tmp_path / "x.npy").st_blocks * 512 >= array.nbytes  # not sparse: no SIGBUS on a full disk
+    array[:] = 1.5
+    array.flush()
+    assert np.load(tmp_path / "x.npy").sum() == 1.5 * 300 * 1000

@@ -77,10 +77,12 @@ def test_torch_random_weights_report(tmp_path, generated_folder):
     assert on_disk["tensors_sha256"] == report["tensors_sha256"]
     timeline = report["timing"]["timeline_s"]  # parent and worker phases, in the order they ended
     assert list(timeline.values()) == sorted(timeline.values())
-    for phase in ("dataset_listed", "worker_started", "framework_imported", "model_ready", "first_batch_done",
-                  "last_batch_done", "decode_done", "logits_saved"):
+    for phase in ("dataset_listed", "worker_started", "framework_imported", "model_ready", "warmed_up",
+                  "first_batch_done", "last_batch_done", "decode_done", "logits_saved"):
         assert phase in timeline, phase
     assert timeline["worker_started"] < timeline["model_ready"] < timeline["last_batch_done"] < timeline["logits_saved"]
+    assert timeline["model_ready"] < timeline["warmed_up"] < timeline["first_batch_done"]  # set-up is not timed
+    assert report["timing"]["warmup_s"] > 0
     assert "Where the time went" in (out / "report.md").read_text()
 
 

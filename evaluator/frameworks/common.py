@@ -72,22 +72,33 @@ def warm_up(run: Callable[[np.ndarray], Any], sizes: list[int], hw: tuple[int, i
     started = time.perf_counter()
     for n in sizes:
         run(np.zeros((n, 3, *hw) if layout == "NCHW" else (n, *hw, 3), dtype=np.float32))
-    milestone("warmed_up")
     return time.perf_counter() - started
 
 
-def run_host_fed(job: dict[str, Any], spec: PreprocessSpec, step: Callable, workdir: Path, device_name: str,
-                 is_out_of_memory: Callable[[BaseException], bool]) -> tuple[Any, dict[str, Any]]:
-    """Warm up, take the data part of the job, and run the loop on CPU-normalised batches (host feeding);
-    returns the loop's result and the report's timing block."""
-    with out_of_memory_is_a_user_error(device_name, job["batch_size"], is_out_of_memory):
-        warmup_s = warm_up(lambda x: step(None, x), warm_up_sizes(job["n_images"], job["batch_size"]),
-                           tuple(job["hw"]), spec.layout)
+def run_fed(job: dict[str, Any], spec: PreprocessSpec, step: Callable, workdir: Path, device_name: str,
+            is_out_of_memory: Callable[[BaseException], bool], *, feed: str = "host",
+            warm: Callable[[list[int], tuple[int, int], int], float] | None = None,
+            stage: Callable[[np.ndarray], Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Warm up, take the data part of the job, run the loop; returns the loop's result and the report's
+    timing block.
+
+    Host feeding: the step gets CPU-normalised batches and is warmed up on zeros of each batch shape.
+    Device feeding: ``warm(sizes, hw, full_batches)`` warms the step up and returns its seconds, and the
+    step gets what ``stage`` makes of each uint8 batch.
+    """
+    n, batch, hw = job["n_images"], job["batch_size"], tuple(job["hw"])
+    sizes = warm_up_sizes(n, batch)
+    with out_of_memory_is_a_user_error(device_name, batch, is_out_of_memory):
+        if warm is None:
+            warmup_s = warm_up(lambda x: step(None, x), sizes, hw, spec.layout)
+        else:
+            warmup_s = warm(sizes, hw, n // batch)
+        milestone("warmed_up")
         job = receive_data(job)
         result = runloop.run_loop(
-            job["shard_paths"], job["n_images"], spec, job["batch_size"], step, workdir / "logits.npy",
+            job["shard_paths"], n, spec, batch, step, workdir / "logits.npy", feed=feed,
             threads=job.get("loader_threads"), wait_for_shards=job.get("wait_for_shards", False),
-            progress=progress_emitter(),
+            stage=stage, progress=progress_emitter(),
         )
     return result, {**result.timing(), "warmup_s": round(warmup_s, 3)}
 

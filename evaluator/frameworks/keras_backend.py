@@ -19,7 +19,7 @@ from xfverify.evaluator.frameworks.common import (  # noqa: E402
     evaluation_result,
     load_card_and_spec,
     missing_weights_error,
-    run_host_fed,
+    run_fed,
     sha256_file,
 )
 from xfverify.evaluator.worker import emit, milestone  # noqa: E402
@@ -154,7 +154,7 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         out = infer(tf.constant(tensors)).numpy().astype(np.float32, copy=False)
         return out, (time.perf_counter() - started) * 1000.0
 
-    result, timing = run_host_fed(job, spec, step, workdir, device_name, _is_out_of_memory)
+    result, timing = run_fed(job, spec, step, workdir, device_name, _is_out_of_memory)
     return evaluation_result(
         {"name": "tensorflow", "version": tf.__version__, "libraries": {"keras": keras.__version__}},
         {"type": device_type, "name": device_name},

@@ -21,7 +21,7 @@ from xfverify.evaluator.frameworks.common import (  # noqa: E402
     evaluation_result,
     load_card_and_spec,
     missing_weights_error,
-    run_host_fed,
+    run_fed,
     sha256_file,
 )
 from xfverify.evaluator.worker import emit, milestone  # noqa: E402
@@ -162,7 +162,7 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         out = net(mx.nd.array(tensors, ctx=ctx)).asnumpy().astype(np.float32, copy=False)
         return out, (time.perf_counter() - started) * 1000.0
 
-    result, timing = run_host_fed(job, spec, step, workdir, str(ctx), _is_out_of_memory)
+    result, timing = run_fed(job, spec, step, workdir, str(ctx), _is_out_of_memory)
     gluoncv = import_gluoncv()
     on_gpu = ctx.device_type == "gpu"
     return evaluation_result(

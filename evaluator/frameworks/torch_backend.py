@@ -10,18 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from xfverify.evaluator import runloop
 from xfverify.evaluator.frameworks.common import (
     calibration_batch,
     cpu_name,
     evaluation_result,
     load_card_and_spec,
     missing_weights_error,
-    out_of_memory_is_a_user_error,
-    progress_emitter,
-    receive_data,
+    run_fed,
     sha256_file,
-    warm_up_sizes,
 )
 from xfverify.evaluator.normalise import normalisation_lut, source_channels
 from xfverify.evaluator.worker import emit, milestone
@@ -477,34 +473,14 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     if settings["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     milestone("model_ready")
-    warmup_s = 0.0
-    stage = None
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    with out_of_memory_is_a_user_error(device_name, job["batch_size"], _is_out_of_memory):
-        if device.type == "cuda":
-            n, batch = job["n_images"], job["batch_size"]
-            step = _CudaStep(model, spec, device, settings, cuda_graphs=graphs)
-            stage = step.stage
-            warmup_s = step.warm_up(warm_up_sizes(n, batch), tuple(job["hw"]), full_batches=n // batch)
-            milestone("warmed_up")
-        else:
-            step = _CpuStep(model, settings)
-        job = receive_data(job)
-        result = runloop.run_loop(
-            job["shard_paths"],
-            job["n_images"],
-            spec,
-            job["batch_size"],
-            step,
-            workdir / "logits.npy",
-            feed="device" if device.type == "cuda" else "host",
-            threads=job.get("loader_threads"),
-            wait_for_shards=job.get("wait_for_shards", False),
-            stage=stage,
-            progress=progress_emitter(),
-        )
-    timing = result.timing()
-    timing["warmup_s"] = round(warmup_s, 3)
+    if device.type == "cuda":
+        step = _CudaStep(model, spec, device, settings, cuda_graphs=graphs)
+        result, timing = run_fed(job, spec, step, workdir, device_name, _is_out_of_memory, feed="device",
+                                 warm=step.warm_up, stage=step.stage)
+    else:
+        step = _CpuStep(model, settings)
+        result, timing = run_fed(job, spec, step, workdir, device_name, _is_out_of_memory)
     return evaluation_result(
         {"name": "torch", "version": torch.__version__, "libraries": _library_versions()},
         {"type": device.type, "name": device_name},
