@@ -17,6 +17,7 @@ import keras  # noqa: E402
 from xfverify.evaluator.frameworks.common import (  # noqa: E402
     cpu_name,
     evaluation_result,
+    gpu_left_unused_note,
     load_card_and_spec,
     missing_weights_error,
     run_fed,
@@ -84,16 +85,22 @@ def reference_preprocess(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
 # --- evaluation ----------------------------------------------------------------------------
 
 
-def _configure(device: str, precision: str) -> tuple[str, str]:
+def _configure(device: str, precision: str) -> tuple[str, str, list[str]]:
+    """Device type and name to run on, and notes for the report; sets TF32 and the mixed-precision policy."""
     gpus = tf.config.list_physical_devices("GPU")
-    if device == "cuda" and not gpus:
-        raise UserError(
-            f"--device cuda: TensorFlow {tf.__version__} sees no GPU (a CPU-only build, or no CUDA driver); "
-            "use --device cpu or auto"
-        )
+    notes: list[str] = []
+    if not gpus and device != "cpu":
+        why = f"TensorFlow {tf.__version__} sees no GPU"
+        fix = (f"pip install 'tensorflow[and-cuda]=={tf.__version__}' brings the CUDA libraries it loads"
+               if tf.test.is_built_with_cuda() else "this TensorFlow build has no CUDA support")
+        if device == "cuda":
+            raise UserError(f"--device cuda: {why}: {fix}; or use --device cpu or auto")
+        notes = gpu_left_unused_note("TensorFlow", why, fix)
     if device == "cpu" and gpus:
         tf.config.set_visible_devices([], "GPU")
         gpus = []
+    for gpu in gpus:  # take GPU memory as needed, not all of it at start-up
+        tf.config.experimental.set_memory_growth(gpu, True)
     if precision == "tf32" and not gpus:
         raise UserError("--precision tf32 applies to CUDA GPUs only; use fp32 on the CPU")
     tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
@@ -101,8 +108,8 @@ def _configure(device: str, precision: str) -> tuple[str, str]:
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "mixed_float16")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
-        return "cuda", details.get("device_name", "GPU")
-    return "cpu", cpu_name()
+        return "cuda", details.get("device_name", "GPU"), notes
+    return "cpu", cpu_name(), notes
 
 
 def _weights_path(card: ModelCard) -> Path:
@@ -143,7 +150,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Run a Keras application over cached images; write logits.npy (softmax outputs); report timing."""
     card, spec = load_card_and_spec(job)
-    device_type, device_name = _configure(job["device"], job["precision"])
+    device_type, device_name, notes = _configure(job["device"], job["precision"])
     emit("status", message=f"building {card.id} on {device_type}")
     model, weights = build_model(card, job.get("weights_file"), job.get("random_weights", False), job.get("seed", 0))
     milestone("model_ready")
@@ -167,4 +174,5 @@ def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         result,
         workdir,
         timing,
+        notes=notes,
     )

@@ -19,6 +19,7 @@ from xfverify.evaluator.frameworks.common import (  # noqa: E402
     calibration_batch,
     cpu_name,
     evaluation_result,
+    gpu_left_unused_note,
     load_card_and_spec,
     missing_weights_error,
     run_fed,
@@ -85,7 +86,7 @@ def _context(device: str) -> tuple[mx.Context, list[str]]:
     if device == "cuda":
         raise UserError(f"--device cuda: {problem}; {_NO_HOPPER}: use --device cpu or auto")
     if mx.context.num_gpus() == 0:
-        return mx.cpu(), []
+        return mx.cpu(), gpu_left_unused_note("MXNet", problem, f"it needs a CUDA build (mxnet-cu101 where CUDA 10.1 is installed); {_NO_HOPPER}")
     note = f"MXNet ran on the CPU: {problem}; {_NO_HOPPER}"
     emit("status", message=note)
     return mx.cpu(), [note]

@@ -14,6 +14,7 @@ from xfverify.evaluator.frameworks.common import (
     calibration_batch,
     cpu_name,
     evaluation_result,
+    gpu_left_unused_note,
     load_card_and_spec,
     missing_weights_error,
     run_fed,
@@ -207,7 +208,9 @@ def resolve_device(requested: str) -> tuple[torch.device, list[str]]:
     if requested == "cuda":
         raise UserError(f"--device cuda: {problem}; use --device cpu or auto")
     if not torch.cuda.is_available():
-        return torch.device("cpu"), []
+        fix = ("install a CUDA build of torch (pytorch.org/get-started/locally)" if torch.version.cuda is None
+               else "check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES")
+        return torch.device("cpu"), gpu_left_unused_note("torch", problem, fix)
     note = f"torch ran on the CPU: {problem}"
     emit("status", message=note)
     return torch.device("cpu"), [note]
