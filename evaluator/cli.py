@@ -61,20 +61,21 @@ def models_command(pattern: str | None, as_json: bool) -> None:
 
     from xfverify.evaluator.ui import console
 
-    table = Table(title="xfverify model cards", title_justify="left")
-    for column in ("id", "framework", "preprocess", "top-1 err %", "top-5 err %", "source of the number"):
-        table.add_column(column, overflow="fold")
+    table = Table(title="xfverify model cards", title_justify="left", caption="* the default weights of its "
+                  "architecture; the source of each number in grey", caption_justify="left")
+    table.add_column("id (source/name:weights)", overflow="fold", min_width=30)
+    table.add_column("preprocess", no_wrap=True)
+    for column in ("top-1 err %", "top-5 err %"):
+        table.add_column(column, justify="right", no_wrap=True)
     for card in cards:
         number = card.primary_published
-        cells = (
-            card.id + (" (default)" if card.default else ""),
-            card.framework,
-            card.preprocess,
+        source = f"\n[dim]{escape(number.source)}[/dim]" if number else ""
+        table.add_row(
+            escape(card.id + (" *" if card.default else "")) + source,
+            escape(card.preprocess),
             f"{number.top1_error:.3f}" if number else "n/a",
             f"{number.top5_error:.3f}" if number and number.top5_error is not None else "n/a",
-            number.source if number else "",
         )
-        table.add_row(*(escape(c) for c in cells))
     console.print(table)
 
 

@@ -55,3 +55,13 @@ def test_models_command_lists_and_filters():
     assert "keras/ResNet101:imagenet" in ids and "gluoncv/resnet101_v1b:imagenet" in ids
     assert all("resnet101" in i.lower() for i in ids)
     assert len(load_cards()) >= 20
+
+
+def test_models_table_names_each_number_and_its_source():
+    result = run_cli("models", "resnet50", env={"COLUMNS": "120"})
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    row = next(i for i, line in enumerate(lines) if "torchvision/resnet50:IMAGENET1K_V2 *" in line)
+    assert "19.142" in lines[row] and "4.566" in lines[row] and "torchvision-232" in lines[row]
+    assert "torchvision weights.meta" in lines[row + 1]  # its source, right under it
+    assert "gluoncv/resnet101" not in result.stdout
