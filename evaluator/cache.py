@@ -42,7 +42,8 @@ from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 
 SHARD_SIZE = 512
-_NO_ROOM_FIX = "free space there, or put the cache on a larger disk (--cache-dir or $XFVERIFY_CACHE); finished shards are kept"
+_NO_ROOM_FIX = ("free space there, or put the cache on a larger disk (--cache-dir or $XFVERIFY_CACHE); "
+                "finished shards are kept")
 CHUNK_SIZE = 16
 FORMAT_VERSION = 1
 
@@ -409,7 +410,8 @@ class TensorCache:
             return
         if cancel is not None and cancel.is_set():  # e.g. the worker failed during the survey
             raise BuildCancelled("the cache build was cancelled; finished shards are kept")
-        ensure_room(self.directory / "shards", sum(len(p.records) for p in plans) * self.hw[0] * self.hw[1] * 3, _NO_ROOM_FIX)
+        image_bytes = self.hw[0] * self.hw[1] * 3
+        ensure_room(self.directory / "shards", sum(len(p.records) for p in plans) * image_bytes, _NO_ROOM_FIX)
         pending: dict[str, dict] = {}
         futures: dict[Future, tuple[str, int]] = {}
         pool = ProcessPoolExecutor(

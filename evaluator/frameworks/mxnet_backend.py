@@ -86,7 +86,8 @@ def _context(device: str) -> tuple[mx.Context, list[str]]:
     if device == "cuda":
         raise UserError(f"--device cuda: {problem}; {_NO_HOPPER}: use --device cpu or auto")
     if mx.context.num_gpus() == 0:
-        return mx.cpu(), gpu_left_unused_note("MXNet", problem, f"it needs a CUDA build (mxnet-cu101 where CUDA 10.1 is installed); {_NO_HOPPER}")
+        fix = f"it needs a CUDA build (mxnet-cu101 where CUDA 10.1 is installed); {_NO_HOPPER}"
+        return mx.cpu(), gpu_left_unused_note("MXNet", problem, fix)
     note = f"MXNet ran on the CPU: {problem}; {_NO_HOPPER}"
     emit("status", message=note)
     return mx.cpu(), [note]
