@@ -28,19 +28,22 @@ def _megabytes(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:,.0f} MB" if n_bytes >= 10e6 else f"{n_bytes / 1e6:.1f} MB"
 
 
-def no_space_error(folder: Path, needed: int, fix: str) -> UserError:
+def no_space_error(folder: Path, needed: int, fix: str, free: int | None = None) -> UserError:
     """One line: how much room ``folder``'s disk lacks, and what to do about it."""
-    try:
-        free = _megabytes(shutil.disk_usage(folder).free)
-    except OSError:
-        free = "unknown"
-    return UserError(f"no room for {_megabytes(needed)} in {folder} (free: {free}): {fix}")
+    if free is None:
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            pass
+    shown = "unknown" if free is None else _megabytes(free)
+    return UserError(f"no room for {_megabytes(needed)} in {folder} (free: {shown}): {fix}")
 
 
 def ensure_room(folder: Path, needed: int, fix: str) -> None:
     """Fail before any work when ``folder``'s disk cannot hold ``needed`` more bytes."""
-    if needed > shutil.disk_usage(folder).free:
-        raise no_space_error(folder, needed, fix)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise no_space_error(folder, needed, fix, free)
 
 
 def allocated_npy(path: Path, dtype, shape: tuple[int, ...], fix: str) -> np.memmap:
