@@ -152,6 +152,7 @@ def native_command(model, **kwargs) -> None:
     if report["random_weights"]:
         title += "   *** RANDOM WEIGHTS ***"
     ui.print_table(title, summary_rows(report))
+    ui.print_notes(report["notes"])
     if report["dataset"]["n_images"] <= 20:
         ui.print_predictions(Path(report["_out_dir"]) / "predictions.csv")
     ui.info(f"report: {report['_out_dir']}/report.json, report.md, logits.npy, predictions.csv")

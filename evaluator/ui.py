@@ -113,6 +113,12 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     console.print(table)
 
 
+def print_notes(notes: list[str]) -> None:
+    """The report's notes (why a GPU went unused, a weights caveat, a small sample) under its table."""
+    for note in notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
+
+
 def print_predictions(predictions_csv) -> None:
     """The per-image predictions of a small run as a table on stdout."""
     import csv

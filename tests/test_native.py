@@ -52,8 +52,10 @@ def test_real_weights_predict_the_sample_offline(tmp_path):
 
 @needs_torch
 def test_bilinear_resize_changes_the_grace_hopper_prediction(tmp_path):
-    run_native(NativeOptions(out=str(tmp_path / "r"), overrides=("interpolation=bilinear",), limit=4))
+    result = run_cli("native", "--set", "interpolation=bilinear", "--limit", "4", "--out", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
     assert predictions(tmp_path / "r")["grace_hopper"]["top5"].split()[0] == "667"  # mortarboard
+    assert "note: only 3 labelled images scored" in result.stdout  # the report's notes close the summary
 
 
 @needs_torch
