@@ -23,11 +23,6 @@ from typing import Any, Callable
 from xfverify.models.errors import UserError
 
 EVENT_PREFIX = "@xfverify "
-_EXTRA = {
-    "xfverify.evaluator.frameworks.torch_backend": "torch",
-    "xfverify.evaluator.frameworks.keras_backend": "tensorflow",
-    "xfverify.evaluator.frameworks.mxnet_backend": "mxnet",
-}
 USER_ERROR_EXIT = 2
 
 
@@ -69,7 +64,8 @@ def run_worker(
     for stale in (result_path, error_path):
         stale.unlink(missing_ok=True)
     job_path.write_text(
-        json.dumps({"backend": BACKENDS[framework], "task": task, "workdir": str(workdir), "job": job}, indent=1)
+        json.dumps({"framework": framework, "backend": BACKENDS[framework], "task": task, "workdir": str(workdir),
+                    "job": job}, indent=1)
     )
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -169,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
             backend = importlib.import_module(spec["backend"])
         except ImportError as exc:
             missing = exc.name or str(exc)
+            framework = spec["framework"]  # the package's extras are named after the frameworks
             raise UserError(
-                f"the {spec['backend'].rsplit('.', 1)[-1].replace('_backend', '')} back-end cannot import "
-                f"{missing} in {sys.executable}: pip install 'xfverify[{_EXTRA.get(spec['backend'], 'all')}]' there"
+                f"the {framework} back-end cannot import {missing} in {sys.executable}: "
+                f"pip install 'xfverify[{framework}]' there"
             ) from None
         milestone("framework_imported")
         result = getattr(backend, task)(spec["job"], workdir)

@@ -21,7 +21,7 @@ def _ended(pid: int) -> bool:
 
 def test_a_worker_whose_parent_dies_ends_itself(tmp_path):
     job = tmp_path / "wait_forever.job.json"
-    job.write_text(json.dumps({"backend": "sleeping_backend", "task": "wait_forever", "workdir": str(tmp_path), "job": {}}))
+    job.write_text(json.dumps({"framework": "test", "backend": "sleeping_backend", "task": "wait_forever", "workdir": str(tmp_path), "job": {}}))
     pid_file = tmp_path / "worker.pid"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
     parent = subprocess.Popen(
