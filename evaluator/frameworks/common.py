@@ -162,14 +162,14 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def evaluation_result(framework: dict, device: dict, precision: dict, weights: dict, loop, workdir: Path,
-                      timing: dict | None = None, notes: list[str] | None = None) -> dict[str, Any]:
-    """The dict every back-end's ``evaluate`` returns to the parent."""
+                      timing: dict, notes: list[str] | None = None) -> dict[str, Any]:
+    """The dict every back-end's ``evaluate`` returns to the parent (``timing`` as :func:`run_fed` gives it)."""
     return {
         "framework": framework,
         "device": device,
         "precision": precision,
         "weights": weights,
-        "timing": timing or loop.timing(),
+        "timing": timing,
         "tensors_sha256": loop.tensors_sha256,
         "logits_path": str(workdir / "logits.npy"),
         "n_images": loop.n_images,
