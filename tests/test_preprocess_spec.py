@@ -34,6 +34,9 @@ def test_round_trip_through_dict():
         ({"resize_library": "opencv", "antialias": True}, "OpenCV does not antialias"),
         ({"std": (0.2, 0.0, 0.2)}, "std must not contain 0"),
         ({"layout": "CHW"}, "layout='CHW'"),
+        ({"order": "crop_then_resize"}, "resize_mode=squash, resize_size=crop_size"),
+        ({"crop_padding": 32}, "only with order=crop_then_resize"),
+        ({"resize_library": "tf1", "antialias": False, "interpolation": "bicubic"}, "tf1 has no bicubic"),
     ],
 )
 def test_invalid_specs_are_refused(changes, message):
@@ -84,3 +87,13 @@ def test_lookup_table_equals_direct_float32_arithmetic(preset):
     assert tensors.dtype == np.float32 and tensors.flags.c_contiguous
     assert tensors.tobytes() == np.ascontiguousarray(direct).tobytes()
     assert normalisation_lut(spec).shape == (3, 256)
+
+
+def test_tf1_resize_refuses_antialias():
+    with pytest.raises(UserError, match="does not antialias"):
+        PRESETS["lite-tf-224"].replace(antialias=True)
+
+
+def test_crop_padding_can_be_set_from_the_command_line():
+    spec = resolve_preprocess("lite-tf-240", overrides=parse_overrides(["crop_padding=34"]))
+    assert spec.crop_padding == 34 and spec.geometry_key() != PRESETS["lite-tf-240"].geometry_key()

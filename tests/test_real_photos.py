@@ -1,0 +1,49 @@
+"""Every model with real weights, on 500 real labelled ImageNet photographs, held to a stated error band.
+
+Why these bands (top-1 error, %):
+* The photos (../shared/data/imagenet-sample-500, one per even class) come from a collection that does not
+  say which split they are from; every model scores far below its published validation error on them
+  (Lite0: about 10 % against 24.9 %), so they are most likely training images. The published number is
+  therefore no centre for a band, and not even a useful ceiling: the defect this test exists for, the Lite
+  weights fed ImageNet mean/std instead of their own normalisation, measured 22.4 % here, under 24.9 %.
+* The same 500 images are scored on every run, so there is no sampling noise between runs. A band of
+  +-3 points (15 images) around the reference measurement (bench/results/imagenet_sample_500.json) absorbs
+  library drift; preprocessing defects move the error by 10 points and more (the last test shows one).
+* Two independent sources must agree: timm's own pipeline for these weights lands within 2 points of the
+  TensorFlow original's (measured: 1.2, 0.0 and 1.0 points).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import imagenet_sample_500, needs_torch
+from xfverify.evaluator.native import NativeOptions, run_native
+
+REFERENCE_ERROR = {"pypi/efficientnet_lite0": 10.4, "pypi/efficientnet_lite1": 11.8, "pypi/efficientnet_lite2": 8.6}
+TIMM_PRESET = {"pypi/efficientnet_lite0": "lite-timm-224", "pypi/efficientnet_lite1": "lite-timm-240",
+               "pypi/efficientnet_lite2": "lite-timm-260"}
+BAND = 3.0
+SOURCES_AGREE = 2.0
+
+pytestmark = [needs_torch, pytest.mark.slow]
+
+
+def _top1_error(model: str, out, preset: str | None = None) -> float:
+    report = run_native(NativeOptions(model=model, data=str(imagenet_sample_500()), preprocess=preset, out=str(out),
+                                      batch_size=16))
+    assert report["n_scored"] == 500
+    return report["top1_error"]
+
+
+@pytest.mark.parametrize("model", sorted(REFERENCE_ERROR))
+def test_reference_error_is_in_its_band_and_timm_agrees(model, tmp_path):
+    reference = _top1_error(model, tmp_path / "reference")
+    assert abs(reference - REFERENCE_ERROR[model]) <= BAND, reference
+    timm = _top1_error(model, tmp_path / "timm", TIMM_PRESET[model])
+    assert abs(timm - reference) <= SOURCES_AGREE, (reference, timm)
+
+
+def test_the_band_catches_the_imagenet_normalisation_defect(tmp_path):
+    wrong = _top1_error("pypi/efficientnet_lite0", tmp_path / "trap", "lite-imagenet-norm-224")
+    assert wrong > REFERENCE_ERROR["pypi/efficientnet_lite0"] + BAND, wrong
