@@ -5,10 +5,12 @@ Layout under the cache root::
     <geometry hash>-<library versions hash>/
         spec.json                 the geometry and library versions, for people
         shards/<key>.npy          (n, H, W, 3) uint8 RGB, one block of consecutive images
-        shards/<key>.json         n, image ids, bad images, xxh3-128 of the .npy data
+        shards/<key>.json         n, image ids, bad images, decode caveats, xxh3-128 of the .npy data
 
-A shard's key hashes the geometry and, for each of its images, the id, path, size and
-mtime, so a changed file or spec makes a new shard and never reuses a stale one.
+A shard's key hashes the geometry and, for each of its images, the id, path, size,
+mtime, change time and inode, so a changed file or spec makes a new shard and never
+reuses a stale one (a file replaced by one of the same size with its mtime set back
+still has a new change time, which no user tool can set).
 Writes go to a temporary file that is renamed into place, the sidecar last, so a
 killed run leaves only complete shards (resumed next time) or temporary files (removed).
 Every shard's checksum is verified before use, so a shard torn by a crash of the
@@ -45,7 +47,7 @@ SHARD_SIZE = 512
 _NO_ROOM_FIX = ("free space there, or put the cache on a larger disk (--cache-dir or $XFVERIFY_CACHE); "
                 "finished shards are kept")
 CHUNK_SIZE = 16
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sidecars list decode caveats
 
 
 def default_cache_root() -> Path:
@@ -99,7 +101,9 @@ class CachePlan:
 
 
 @dataclass(frozen=True)
-class BadImage:
+class ImageIssue:
+    """An image that could not be decoded (skipped), or whose faithful decode has a caveat for the report."""
+
     index: int
     image_id: str
     path: str
@@ -109,9 +113,11 @@ class BadImage:
 class CachedImages:
     """The cached uint8 images of a manifest, in manifest order, read through memory maps."""
 
-    def __init__(self, shards: Sequence[tuple[ShardPlan, Path]], bad: Sequence[BadImage], hw: tuple[int, int]):
+    def __init__(self, shards: Sequence[tuple[ShardPlan, Path]], bad: Sequence[ImageIssue], hw: tuple[int, int],
+                 caveats: Sequence[ImageIssue] = ()):
         self._shards = list(shards)
         self.bad = list(bad)
+        self.caveats = list(caveats)
         self.hw = hw
         self.n_images = sum(len(plan.records) for plan, _ in self._shards)
 
@@ -170,30 +176,33 @@ _worker_spec: PreprocessSpec | None = None
 _worker_maps: dict[str, np.memmap] = {}
 
 
-def _init_worker(spec_dict: dict) -> None:
+def _init_worker(spec_dict: dict, run_pid: int) -> None:
     global _worker_spec
     import signal
 
+    from xfverify.evaluator.worker import exit_when_orphaned
     from xfverify.models.preprocess import spec_from_dict
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    exit_when_orphaned(run_pid)  # a killed run must not leave its decode pool (and the terminal) behind
 
     _worker_spec = spec_from_dict(spec_dict)
 
 
-def _decode_chunk(tmp_path: str, row: int, paths: Sequence[str]) -> list[tuple[int, str]]:
-    """Decode ``paths`` into rows ``row..`` of the shard being written; returns (row, reason) for bad files."""
-    from xfverify.evaluator.imaging import BadImageError, load_geometry
+def _decode_chunk(tmp_path: str, row: int, paths: Sequence[str]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """Decode ``paths`` into rows ``row..`` of the shard being written; returns (row, reason) for bad files
+    and (row, caveat) for images whose faithful decode deserves a note."""
+    from xfverify.evaluator.imaging import BadImageError, load_geometry_noting
 
     if tmp_path not in _worker_maps:
         if len(_worker_maps) > 4:
             _worker_maps.clear()
         _worker_maps[tmp_path] = np.load(tmp_path, mmap_mode="r+")
     target = _worker_maps[tmp_path]
-    bad = []
+    bad, caveats = [], []
     for i, path in enumerate(paths):
         try:
-            image = load_geometry(path, _worker_spec)
+            image, caveat = load_geometry_noting(path, _worker_spec)
         except BadImageError as exc:
             target[row + i] = 0
             bad.append((row + i, exc.reason))
@@ -201,7 +210,9 @@ def _decode_chunk(tmp_path: str, row: int, paths: Sequence[str]) -> list[tuple[i
         if image.shape != target.shape[1:]:
             raise RuntimeError(f"{path}: geometry produced {image.shape}, expected {target.shape[1:]}")
         target[row + i] = image
-    return bad
+        if caveat:
+            caveats.append((row + i, caveat))
+    return bad, caveats
 
 
 # --- the cache ---------------------------------------------------------------------------
@@ -238,7 +249,7 @@ class TensorCache:
             for record in block:
                 try:
                     stat = os.stat(record.path)
-                    identity = f"{stat.st_size}:{stat.st_mtime_ns}"
+                    identity = f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
                 except OSError:
                     identity = "missing"
                 digest.update(f"{record.image_id}\0{record.path}\0{identity}\n".encode())
@@ -327,15 +338,11 @@ class TensorCache:
             total = sum(len(p.records) for p in survey.todo)
             sidecars.update(self._build(survey.todo, workers, stop_on_bad, progress, total, stats, cancel))
         stats.seconds = time.perf_counter() - started
-        bad = []
-        for plan in survey.plans:
-            for row, reason in sorted(sidecars[plan.key]["bad"].items(), key=lambda kv: int(kv[0])):
-                record = plan.records[int(row)]
-                bad.append(BadImage(plan.start + int(row), record.image_id, record.path, reason))
+        bad, caveats = _issues(survey.plans, sidecars, "bad"), _issues(survey.plans, sidecars, "caveats")
         if stop_on_bad and bad:
             raise BadImageError(bad[0].path, bad[0].reason)
         shards = [(plan, self._paths(plan.key)[0]) for plan in survey.plans]
-        return CachedImages(shards, bad, self.hw), stats
+        return CachedImages(shards, bad, self.hw, caveats), stats
 
     def ensure(
         self,
@@ -419,14 +426,14 @@ class TensorCache:
             max_workers=min(stats.workers, sum(len(p.records) for p in plans)),
             mp_context=_pool_context(),
             initializer=_init_worker,
-            initargs=(self.spec.to_dict(),),
+            initargs=(self.spec.to_dict(), os.getpid()),
         )
         try:
             for plan in plans:
                 data_path, _ = self._paths(plan.key)
                 tmp = data_path.with_name(f"{plan.key}.npy.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
                 allocated_npy(tmp, np.uint8, (len(plan.records), *self.hw, 3), _NO_ROOM_FIX)
-                pending[plan.key] = {"plan": plan, "tmp": tmp, "left": 0, "bad": {}}
+                pending[plan.key] = {"plan": plan, "tmp": tmp, "left": 0, "bad": {}, "caveats": {}}
                 for row in range(0, len(plan.records), CHUNK_SIZE):
                     paths = [r.path for r in plan.records[row : row + CHUNK_SIZE]]
                     futures[pool.submit(_decode_chunk, str(tmp), row, paths)] = (plan.key, len(paths))
@@ -436,14 +443,14 @@ class TensorCache:
                 for future in finished:
                     key, count = futures.pop(future)
                     shard = pending[key]
-                    bad = future.result()
-                    for row, reason in bad:
-                        shard["bad"][str(row)] = reason
+                    bad, caveats = future.result()
+                    shard["bad"].update((str(row), reason) for row, reason in bad)
+                    shard["caveats"].update((str(row), caveat) for row, caveat in caveats)
                     shard["left"] -= 1
                     counter.advance(count)
                     if shard["left"] == 0:
                         del pending[key]
-                        results[key] = self._commit(shard["plan"], shard["tmp"], shard["bad"])
+                        results[key] = self._commit(shard["plan"], shard["tmp"], shard["bad"], shard["caveats"])
                         stats.built_shards += 1
                         stats.decoded += len(shard["plan"].records)
                         if stop_on_bad and shard["bad"]:
@@ -457,13 +464,14 @@ class TensorCache:
             for shard in pending.values():
                 shard["tmp"].unlink(missing_ok=True)
 
-    def _commit(self, plan: ShardPlan, tmp: Path, bad: dict[str, str]) -> dict:
+    def _commit(self, plan: ShardPlan, tmp: Path, bad: dict[str, str], caveats: dict[str, str]) -> dict:
         data = np.load(tmp, mmap_mode="r")
         meta = {
             "format": FORMAT_VERSION,
             "n": len(plan.records),
             "image_ids": [r.image_id for r in plan.records],
             "bad": bad,
+            "caveats": caveats,
             "xxh3_128": checksum(data),
         }
         del data
@@ -480,6 +488,16 @@ class TensorCache:
                 continue
             if not _pid_alive(pid):
                 tmp.unlink(missing_ok=True)
+
+
+def _issues(plans: Sequence[ShardPlan], sidecars: dict[str, dict], kind: str) -> list[ImageIssue]:
+    """The ``kind`` ("bad" or "caveats") entries of the shards' sidecars, in manifest order."""
+    issues = []
+    for plan in plans:
+        for row, reason in sorted(sidecars[plan.key][kind].items(), key=lambda kv: int(kv[0])):
+            record = plan.records[int(row)]
+            issues.append(ImageIssue(plan.start + int(row), record.image_id, record.path, reason))
+    return issues
 
 
 def _pool_context():

@@ -28,6 +28,13 @@ def _preprocess_options(func):
     return func
 
 
+def _model_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An empty MODEL ('') is a mistake, not a request for the default model."""
+    if value is not None and not value.strip():
+        raise UserError("MODEL is empty: give a model id (`xfverify models` lists them), or leave it out for the default")
+    return value
+
+
 @click.group(context_settings=_CONTEXT)
 @click.version_option(__version__, prog_name="xfverify")
 def cli() -> None:
@@ -105,7 +112,7 @@ def presets_command(as_json: bool) -> None:
 
 
 @cli.command("preprocess", context_settings=_CONTEXT)
-@click.argument("model")
+@click.argument("model", callback=_model_id)
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the float32 tensor (.npy).")
 @_preprocess_options
@@ -122,7 +129,7 @@ def preprocess_command(model, images, out, preprocess, overrides, verify) -> Non
 
 
 @cli.command("native", context_settings=_CONTEXT)
-@click.argument("model", required=False, default=None)
+@click.argument("model", required=False, default=None, callback=_model_id)
 @click.option("--data", type=click.Path(), help="Images: an ImageNet validation layout (Kaggle, devkit, class folders) or any folder with an optional labels.csv. Default: the embedded sample.")
 @click.option("--devkit", type=click.Path(), help="Folder holding ILSVRC2012_validation_ground_truth.txt and meta.mat (default: looked for beside --data).")
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: ./xfverify-out/native-<model>-<time>).")
@@ -137,7 +144,7 @@ def preprocess_command(model, images, out, preprocess, overrides, verify) -> Non
 @click.option("--weights", type=click.Path(), help="A local weights file (torch: a state_dict, loaded with weights_only=True).")
 @click.option("--random-weights", is_flag=True, help="A seeded, well-scaled random model (smoke tests, speed runs).")
 @click.option("--cuda-graphs", is_flag=True, help="torch on a GPU: capture the forward pass of full batches in a CUDA graph and replay it (same kernels, checked bit-identical to eager; removes Python launch overhead at small batches).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds random weights (0 to 2**32-1).")
 @click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True, help="skip: leave undecodable files out and list them in the report.")
 def native_command(model, **kwargs) -> None:
     """Evaluate MODEL in its own framework with its reference preprocessing (default: pypi/efficientnet_lite0 on the embedded sample)."""
@@ -146,7 +153,7 @@ def native_command(model, **kwargs) -> None:
     from xfverify.evaluator.report import summary_rows
 
     kwargs["overrides"] = tuple(kwargs["overrides"])
-    options = NativeOptions(model=model or DEFAULT_MODEL, **kwargs)
+    options = NativeOptions(model=DEFAULT_MODEL if model is None else model, **kwargs)
     report = run_native(options)
     title = f"xfverify native: {report['model']}"
     if report["random_weights"]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -87,6 +88,11 @@ class Dataset:
                 if taken.get(first, 0) < per_class:
                     taken[first] = taken.get(first, 0) + 1
                     chosen.append(record)
+            if not chosen:
+                raise UserError(
+                    f"--per-class {per_class}: none of the {len(records)} images in {self.root} has a label, "
+                    "so there are no classes to balance: leave --per-class out, or give labels (see --data)"
+                )
             records = tuple(chosen)
             notes.append(f"class-balanced subset: at most {per_class} image(s) per class, first by image id")
         if limit is not None:
@@ -124,6 +130,48 @@ def parse_labels(text: str, where: str) -> tuple[int, ...]:
     return tuple(sorted({parse_label_token(t, where) for t in tokens}))
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file (a byte-order mark is allowed); anything else is the user's to re-save."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def read_labels_csv(path: Path) -> list[tuple[int, str, tuple[int, ...]]]:
+    """(line, image name, class indices) for each row of a labels.csv with columns ``image`` and ``labels``.
+
+    Several labels go in one field separated by spaces (or commas inside quotes); unquoted commas,
+    which a spreadsheet writes as extra columns, are read as more labels when ``labels`` is the last column.
+    """
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    rows = []
+    try:
+        header = [name.strip() for name in reader.fieldnames or []]
+        if not {"image", "labels"} <= set(header):
+            raise UserError(f"{path}: expected a header with columns image,labels")
+        reader.fieldnames = header
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            extra = row.pop(None, None) or []
+            if extra and header[-1] != "labels":
+                raise UserError(
+                    f"{where}: {len(header) + len(extra)} fields under a header of {len(header)}: "
+                    "put several labels in the labels field, separated by spaces"
+                )
+            name = (row["image"] or "").strip()
+            if not name:
+                raise UserError(f"{where}: no image name")
+            rows.append((reader.line_num, name, parse_labels(" ".join([row["labels"] or "", *extra]), where)))
+    except csv.Error as exc:
+        raise UserError(f"{path}:{reader.line_num}: not a readable CSV file ({exc})") from None
+    return rows
+
+
 # --- file walking ------------------------------------------------------------------------
 
 
@@ -132,8 +180,20 @@ def _is_image(name: str) -> bool:
 
 
 def _images_in(directory: Path) -> list[Path]:
+    """Image files directly in ``directory``; a name that cannot be followed (a link loop) is kept, so
+    decoding reports it as a bad image like any other unreadable file."""
+    images = []
     with os.scandir(directory) as entries:
-        return [Path(e.path) for e in entries if e.is_file() and _is_image(e.name)]
+        for entry in entries:
+            if not _is_image(entry.name):
+                continue
+            try:
+                if not entry.is_file():
+                    continue
+            except OSError:
+                pass
+            images.append(Path(entry.path))
+    return images
 
 
 def _walk_images(root: Path) -> list[Path]:
@@ -145,16 +205,23 @@ def _walk_images(root: Path) -> list[Path]:
 
 
 def _assign_ids(paths: Iterable[Path], root: Path) -> dict[str, Path]:
-    """Image id = file stem where stems are unique, else the relative path without suffix."""
+    """Image id = the file stem where it is unique, else the relative path without suffix, else with it
+    (``cat.jpg`` beside ``cat.png``), so no two files ever share an id."""
     paths = list(paths)
-    stems: dict[str, int] = {}
+    names = []
     for path in paths:
-        stems[path.stem] = stems.get(path.stem, 0) + 1
-    ids: dict[str, Path] = {}
-    for path in paths:
-        image_id = path.stem if stems[path.stem] == 1 else path.relative_to(root).with_suffix("").as_posix()
-        ids[image_id] = path
-    return ids
+        relative = path.relative_to(root)
+        names.append((path.stem, relative.with_suffix("").as_posix(), relative.as_posix()))
+    level = [0] * len(paths)
+    while True:
+        holders: dict[str, list[int]] = {}
+        for i, candidates in enumerate(names):
+            holders.setdefault(candidates[level[i]], []).append(i)
+        clashing = [i for group in holders.values() if len(group) > 1 for i in group if level[i] < 2]
+        if not clashing:
+            return {names[i][level[i]]: path for i, path in enumerate(paths)}
+        for i in clashing:
+            level[i] += 1
 
 
 def _records(ids: dict[str, Path], labels: dict[str, tuple[int, ...]]) -> tuple[ImageRecord, ...]:
@@ -171,27 +238,26 @@ def _load_kaggle(root: Path) -> Dataset:
         raise UserError(f"{root / KAGGLE_SOLUTION} found but not the images in {val_dir} (Kaggle's layout)")
     ids = _assign_ids(_images_in(val_dir), val_dir)
     labels: dict[str, tuple[int, ...]] = {}
-    with open(root / KAGGLE_SOLUTION, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
-            raise UserError(f"{root / KAGGLE_SOLUTION}: expected columns ImageId,PredictionString")
-        for line, row in enumerate(reader, start=2):
-            tokens = row["PredictionString"].split()
-            if not tokens:
-                raise UserError(f"{root / KAGGLE_SOLUTION}:{line}: empty PredictionString")
-            # Every box of a validation image carries the image's class; the first names it.
-            labels[row["ImageId"]] = (parse_label_token(tokens[0], f"{root / KAGGLE_SOLUTION}:{line}"),)
+    reader = csv.DictReader(io.StringIO(read_text(root / KAGGLE_SOLUTION), newline=""))
+    if not reader.fieldnames or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
+        raise UserError(f"{root / KAGGLE_SOLUTION}: expected columns ImageId,PredictionString")
+    for line, row in enumerate(reader, start=2):
+        tokens = (row["PredictionString"] or "").split()
+        if not tokens:
+            raise UserError(f"{root / KAGGLE_SOLUTION}:{line}: empty PredictionString")
+        # Every box of a validation image carries the image's class; the first names it.
+        labels[row["ImageId"]] = (parse_label_token(tokens[0], f"{root / KAGGLE_SOLUTION}:{line}"),)
     notes = _unlabelled_note(ids, labels, KAGGLE_SOLUTION)
     return Dataset(str(root), "kaggle", _records(ids, labels), notes)
 
 
 def _find_devkit(root: Path, devkit: Path | None) -> Path | None:
-    candidates = [devkit] if devkit else []
-    candidates += [root, root / "ILSVRC2012_devkit_t12" / "data", root.parent / "ILSVRC2012_devkit_t12" / "data"]
-    candidates += [root / "data", root.parent / "data"]
+    """The folder holding the devkit's ground truth: the one given (only that), else one beside ``root``."""
+    candidates = [devkit] if devkit else [
+        root, root / "ILSVRC2012_devkit_t12" / "data", root.parent / "ILSVRC2012_devkit_t12" / "data",
+        root / "data", root.parent / "data",
+    ]
     for candidate in candidates:
-        if candidate is None:
-            continue
         for folder in (candidate, candidate / "data"):
             if (folder / DEVKIT_GROUND_TRUTH).is_file():
                 return folder
@@ -229,15 +295,17 @@ def _load_devkit(root: Path, images: list[Path], devkit_dir: Path) -> Dataset:
     index_of = wnid_to_index()
     ids = _assign_ids(images, root)
     labels: dict[str, tuple[int, ...]] = {}
-    with open(ground_truth) as handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text:
-                continue
+    for number, line in enumerate(read_text(ground_truth).splitlines(), start=1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
             ilsvrc_id = int(text)
-            if ilsvrc_id not in id_to_wnid:
-                raise UserError(f"{ground_truth}:{number}: ILSVRC2012_ID {ilsvrc_id} is not a leaf class in {meta}")
-            labels[f"ILSVRC2012_val_{number:08d}"] = (index_of[id_to_wnid[ilsvrc_id]],)
+        except ValueError:
+            raise UserError(f"{ground_truth}:{number}: {text[:40]!r} is not an ILSVRC2012_ID (a whole number)") from None
+        if ilsvrc_id not in id_to_wnid:
+            raise UserError(f"{ground_truth}:{number}: ILSVRC2012_ID {ilsvrc_id} is not a leaf class in {meta}")
+        labels[f"ILSVRC2012_val_{number:08d}"] = (index_of[id_to_wnid[ilsvrc_id]],)
     notes = (f"labels: {ground_truth.name} mapped through {meta} (ILSVRC2012_ID -> WordNet id -> class index)",)
     notes += _unlabelled_note(ids, labels, DEVKIT_GROUND_TRUTH)
     return Dataset(str(root), "devkit", _records(ids, labels), notes)
@@ -258,37 +326,66 @@ def _load_class_folders(root: Path, class_dirs: list[Path]) -> Dataset:
     return Dataset(str(root), "class-folders", _records(ids, labels))
 
 
-def _load_folder(root: Path) -> Dataset:
+def _load_folder(root: Path, notes: tuple[str, ...] = ()) -> Dataset:
     ids = _assign_ids(_walk_images(root), root)
     labels: dict[str, tuple[int, ...]] = {}
     labels_csv = root / LABELS_CSV
-    notes: tuple[str, ...] = ()
     if labels_csv.is_file():
-        by_relpath = {p.relative_to(root).as_posix(): i for i, p in ids.items()}
-        by_name: dict[str, str] = {}
-        for i, p in ids.items():
-            by_name.setdefault(p.name, i)
-        with open(labels_csv, newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or not {"image", "labels"} <= set(reader.fieldnames):
-                raise UserError(f"{labels_csv}: expected a header with columns image,labels")
-            for line, row in enumerate(reader, start=2):
-                name = row["image"].strip()
-                image_id = by_relpath.get(name) or by_name.get(name) or (name if name in ids else None)
-                if image_id is None:
-                    raise UserError(f"{labels_csv}:{line}: no image {name!r} under {root}")
-                labels[image_id] = parse_labels(row["labels"] or "", f"{labels_csv}:{line}")
+        labels = _labels_by_id(labels_csv, ids, root)
     elif any(n.startswith("ILSVRC2012_val_") for n in ids):
-        notes = (
+        notes += (
             "ImageNet validation files without labels: give the devkit (ILSVRC2012_validation_ground_truth.txt "
             "and meta.mat) or a labels.csv to get error rates",
         )
     return Dataset(str(root), "folder", _records(ids, labels), notes)
 
 
+def _labels_by_id(labels_csv: Path, ids: dict[str, Path], root: Path) -> dict[str, tuple[int, ...]]:
+    """labels.csv's rows by image id; a name that fits several images, or two rows that disagree, is refused."""
+    by_relpath = {p.relative_to(root).as_posix(): i for i, p in ids.items()}
+    by_name: dict[str, list[str]] = {}
+    for i, p in ids.items():
+        by_name.setdefault(p.name, []).append(i)
+    labels: dict[str, tuple[int, ...]] = {}
+    line_of: dict[str, int] = {}
+    for line, name, row_labels in read_labels_csv(labels_csv):
+        where = f"{labels_csv}:{line}"
+        same_name = by_name.get(name, [])
+        if len(same_name) > 1 and name not in by_relpath:
+            places = ", ".join(sorted(ids[i].relative_to(root).as_posix() for i in same_name))
+            raise UserError(f"{where}: {name!r} fits several images ({places}): give its path relative to {root}")
+        image_id = by_relpath.get(name) or (same_name[0] if same_name else None) or (name if name in ids else None)
+        if image_id is None:
+            raise UserError(f"{where}: no image {name!r} under {root}")
+        if image_id in labels and labels[image_id] != row_labels:
+            raise UserError(
+                f"{labels_csv}: two rows for image {name!r} disagree: line {line_of[image_id]} gives labels "
+                f"{list(labels[image_id])}, line {line} gives {list(row_labels)}; keep one"
+            )
+        labels[image_id] = row_labels
+        line_of.setdefault(image_id, line)
+    return labels
+
+
 def _unlabelled_note(ids: dict[str, Path], labels: dict[str, tuple[int, ...]], source: str) -> tuple[str, ...]:
     missing = sum(1 for i in ids if i not in labels)
     return (f"{missing} image(s) have no entry in {source} and are unlabelled",) if missing else ()
+
+
+def _not_class_folders_note(root: Path, class_dirs: list[Path], subdirs: list[Path], flat: list[Path]) -> tuple[str, ...]:
+    """Why folders named by WordNet id were not read as class folders (then their images are unlabelled)."""
+    if not class_dirs or (root / LABELS_CSV).is_file():
+        return ()
+    strays = [p.name for p in subdirs if p not in class_dirs]
+    why = []
+    if strays:
+        why.append(f"{len(strays)} folder(s) are not named by an ImageNet WordNet id ({', '.join(strays[:3])})")
+    if flat:
+        why.append(f"{len(flat)} image(s) lie directly in it")
+    return (
+        f"{len(class_dirs)} folder(s) in {root} are named by WordNet id, but {' and '.join(why)}: read as a folder "
+        "of unlabelled images; for class folders move those out, or give a labels.csv",
+    )
 
 
 def _kaggle_root_of(root: Path) -> Path | None:
@@ -316,14 +413,17 @@ def load_dataset(path: str | os.PathLike, devkit: str | os.PathLike | None = Non
         devkit_dir = _find_devkit(root, Path(devkit) if devkit else None)
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         class_dirs = [p for p in subdirs if WNID_PATTERN.match(p.name)]
+        validation_files = any(p.name.startswith("ILSVRC2012_val_") for p in flat)
         if devkit is not None and devkit_dir is None:
             raise UserError(f"--devkit {devkit}: no {DEVKIT_GROUND_TRUTH} there or in its data/ folder")
-        if flat and devkit_dir is not None and any(p.name.startswith("ILSVRC2012_val_") for p in flat):
+        if devkit is not None and not validation_files:
+            raise UserError(f"--devkit {devkit}: --data {root} holds no ILSVRC2012_val_* images directly to label")
+        if devkit_dir is not None and validation_files:
             dataset = _load_devkit(root, flat, devkit_dir)
         elif class_dirs and not flat and len(class_dirs) == len(subdirs):
             dataset = _load_class_folders(root, class_dirs)
         else:
-            dataset = _load_folder(root)
+            dataset = _load_folder(root, _not_class_folders_note(root, class_dirs, subdirs, flat))
     if not dataset.records:
         raise UserError(f"--data {root}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return dataset

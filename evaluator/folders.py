@@ -3,10 +3,13 @@ or one clear line saying why not."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -22,6 +25,46 @@ def writable_folder(path: Path, what: str) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path}: this folder is not writable; choose another")
     return path
+
+
+RUN_LOCK = ".xfverify-run.lock"
+
+
+@contextlib.contextmanager
+def owned_folder(folder: Path, what: str) -> Iterator[None]:
+    """Hold ``folder`` for this run: another run given the same folder is refused, naming this one's pid.
+
+    The lock file (holding the pid) is removed when the run ends; a run that finds the file it locked
+    already replaced by a newer one locks that one instead, so two runs never both think they own it.
+    """
+    path = folder / RUN_LOCK
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise UserError(
+                f"{what} {folder} is in use by another xfverify run (pid {owner}): wait for it to end, "
+                f"or choose another {what}"
+            ) from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
 
 
 def _megabytes(n_bytes: int) -> str:

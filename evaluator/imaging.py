@@ -69,15 +69,34 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
 
 def decode_pil(path: str | os.PathLike) -> Image.Image:
     """Decode like torchvision's ``default_loader`` and ``keras.utils.load_img``: PIL, then RGB."""
+    return decode_pil_noting(path)[0]
+
+
+# Modes whose values go beyond 0-255: ``convert("RGB")`` clips them (a 16-bit PNG turns nearly white).
+_WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def decode_pil_noting(path: str | os.PathLike) -> tuple[Image.Image, str | None]:
+    """:func:`decode_pil`, and a caveat for the report when the faithful decode loses the picture (or None)."""
     data = _read_bytes(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about odd EXIF; we only want pixels
             with Image.open(io.BytesIO(data)) as img:
                 img.load()  # raises on a truncated file instead of returning grey rows
-                return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                mode = img.mode
+                rgb = img.convert("RGB")
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not an image PIL can read (an unknown format, or a damaged header)") from None
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(path, str(exc)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(path, str(exc) or type(exc).__name__) from None
+    caveat = None
+    if mode in _WIDE_MODES:
+        caveat = (f"PIL mode {mode} (more than 8 bits per value): converted to RGB as torchvision's and Keras's "
+                  "loaders do, which clips values above 255, so it looks nearly white to the model")
+    return rgb, caveat
 
 
 def decode_opencv(path: str | os.PathLike) -> np.ndarray:
@@ -198,8 +217,13 @@ def apply_geometry(image: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.
 
 def load_geometry(path: str | os.PathLike, spec: PreprocessSpec) -> np.ndarray:
     """File -> uint8 RGB HWC image after decode, resize and crop (what the tensor cache stores)."""
-    image = decode_pil(path) if spec.decoder == "pil" else decode(path, spec.decoder)
-    return apply_geometry(image, spec)
+    return load_geometry_noting(path, spec)[0]
+
+
+def load_geometry_noting(path: str | os.PathLike, spec: PreprocessSpec) -> tuple[np.ndarray, str | None]:
+    """:func:`load_geometry`, and the decode's caveat for the report (see :func:`decode_pil_noting`)."""
+    image, caveat = decode_pil_noting(path) if spec.decoder == "pil" else (decode(path, spec.decoder), None)
+    return apply_geometry(image, spec), caveat
 
 
 def library_versions() -> dict[str, str]:

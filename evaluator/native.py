@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -20,7 +21,7 @@ from xfverify import __version__
 from xfverify.evaluator import ui
 from xfverify.evaluator.cache import BuildCancelled, TensorCache, atomic_write_text, default_cache_root
 from xfverify.evaluator.data import Dataset, load_dataset
-from xfverify.evaluator.folders import writable_folder
+from xfverify.evaluator.folders import owned_folder, writable_folder
 from xfverify.evaluator.metrics import compare_to_published, error_stats, real_error, top_k, wilson_interval
 from xfverify.evaluator.report import write_markdown, write_predictions, write_report
 from xfverify.evaluator.worker import run_worker
@@ -30,6 +31,9 @@ from xfverify.models.imagenet import class_name
 from xfverify.models.preprocess import PreprocessSpec, parse_overrides, resolve_preprocess
 
 DEFAULT_MODEL = "pypi/efficientnet_lite0"
+# Moved from the run's work folder into --out together once all are written, report.json last.
+OUTPUTS = ("logits.npy", "predictions.csv", "report.md", "report.json")
+MAX_SEED = 2**32 - 1  # the largest seed every framework takes (numpy, Keras)
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 
 
@@ -75,6 +79,10 @@ def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]
     if options.weights and not os.path.isfile(options.weights):
         what = "a folder, not a weights file" if os.path.isdir(options.weights) else "no such file"
         raise UserError(f"--weights {options.weights}: {what}")
+    if options.weights and os.path.getsize(options.weights) == 0:
+        raise UserError(f"--weights {options.weights}: the file is empty")
+    if not 0 <= options.seed <= MAX_SEED:
+        raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {options.seed}")
     if options.workers is not None and options.workers <= 0:
         raise UserError(f"--workers must be positive, got {options.workers} (leave it out to use every core)")
     card = get_card(options.model)
@@ -92,18 +100,50 @@ def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]
 
 
 def run_native(options: NativeOptions) -> dict[str, Any]:
-    """Evaluate one model natively; write report.json, report.md, logits.npy, predictions.csv; return the report."""
+    """Evaluate one model natively; write report.json, report.md, logits.npy, predictions.csv; return the report.
+
+    The run owns its --out folder while it works (a second run there is refused) and leaves nothing of
+    its own behind when it fails: no work folder, no half set of outputs, no folder it created.
+    """
     timeline = {"started": time.time()}
     card, spec, dataset = prepare(options)
     timeline["dataset_listed"] = time.time()
     out_dir = Path(options.out) if options.out else default_out_dir(card.id)
+    created = not out_dir.exists()
     writable_folder(out_dir, "--out")
+    try:
+        with owned_folder(out_dir, "--out"):
+            try:
+                report = _run_in(out_dir, out_dir / ".work", card, spec, dataset, options, timeline)
+            finally:
+                shutil.rmtree(out_dir / ".work", ignore_errors=True)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only if empty
+        raise
+    report["_out_dir"] = str(out_dir)
+    return report
+
+
+def _earlier_outputs_note(out_dir: Path) -> list[str]:
+    """Refuse outputs that cannot be replaced; say so when an earlier report will be."""
+    for name in OUTPUTS:
+        if (out_dir / name).is_dir():
+            raise UserError(f"--out {out_dir}: {name} there is a folder; move it away or choose another --out")
+    if not (out_dir / "report.json").exists():
+        return []
+    ui.info(f"--out {out_dir} holds an earlier report: this run replaces it when it finishes")
+    return [f"this report replaced an earlier one in {out_dir}"]
+
+
+def _run_in(out_dir, workdir, card, spec, dataset, options, timeline) -> dict[str, Any]:
+    notes = _earlier_outputs_note(out_dir)
     ui.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; preprocessing {spec.name}")
 
     cache_root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_root()
     writable_folder(cache_root, "--cache-dir" if options.cache_dir else "the tensor cache ($XFVERIFY_CACHE or ~/.cache/xfverify)")
     cache = TensorCache(cache_root, spec)
-    workdir = out_dir / ".work"
     job = {
         "model": card.id,
         "preprocess": spec.to_dict(),
@@ -130,25 +170,31 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
     if skipped:
         logits[sorted(skipped)] = np.nan
         logits.flush()
-    os.replace(result["logits_path"], out_dir / "logits.npy")
-    shutil.rmtree(workdir, ignore_errors=True)
     timeline["logits_saved"] = time.time()
     result["timing"]["timeline_s"] = relative_timeline(timeline, result.get("milestones", {}))
 
     topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)  # skipped images' NaN rows rank nothing
-    report = assemble_report(card, spec, dataset, cached, build, result, topk, options)
+    report = assemble_report(card, spec, dataset, cached, build, result, topk, options, notes)
+    if skipped and report["n_scored"] == 0 and (len(skipped) == len(dataset) or dataset.n_labelled):
+        first = cached.bad[0]
+        raise UserError(
+            f"nothing was scored: {len(skipped)} of {len(dataset)} images were skipped as undecodable "
+            f"(the first, {first.path}: {first.reason}); no report was written"
+        )
     image_ids = [r.image_id for r in dataset.records]
     labels = [r.labels for r in dataset.records]
-    write_predictions(out_dir / "predictions.csv", image_ids, labels, topk, skipped)
-    report = write_report(out_dir, report)
+    write_predictions(workdir / "predictions.csv", image_ids, labels, topk, skipped)
+    report = write_report(workdir, report)
     preview = [
         f"- `{image_ids[i]}`: {class_name(int(topk[i, 0]))} ({int(topk[i, 0])})"
         + (f", labels {list(labels[i])}" if labels[i] else "")
         for i in range(min(10, len(image_ids)))
         if i not in skipped
     ]
-    write_markdown(out_dir / "report.md", report, preview)
-    report["_out_dir"] = str(out_dir)
+    write_markdown(workdir / "report.md", report, preview)
+    del logits
+    for name in OUTPUTS:
+        os.replace(workdir / name, out_dir / name)
     return report
 
 
@@ -222,7 +268,7 @@ def _decode_and_infer(cache, dataset, framework, job, workdir, options, decode_p
     return cached, stats, result
 
 
-def assemble_report(card, spec, dataset, cached, build, result, topk, options) -> dict[str, Any]:
+def assemble_report(card, spec, dataset, cached, build, result, topk, options, run_notes=()) -> dict[str, Any]:
     """The report.json dict (validated by :class:`xfverify.evaluator.report.NativeReport` when written)."""
     skipped = {bad.index for bad in cached.bad}
     include = np.ones(len(dataset), dtype=bool)
@@ -242,7 +288,11 @@ def assemble_report(card, spec, dataset, cached, build, result, topk, options) -
         for p in card.published
         if p is not primary
     ]
-    notes = list(dataset.notes) + list(result.get("notes", [])) + list(options.extra_notes)
+    notes = list(dataset.notes) + list(result.get("notes", [])) + list(options.extra_notes) + list(run_notes)
+    notes += _caveat_notes(cached.caveats)
+    if not dataset.n_labelled:
+        notes.append("no image has a label, so nothing was scored: these are predictions only "
+                     "(labels come from an ImageNet layout or a labels.csv)")
     if options.random_weights:
         notes.insert(0, "RANDOM WEIGHTS: a seeded random model; the error rates say nothing about the pretrained model")
     if card.notes:
@@ -293,6 +343,14 @@ def assemble_report(card, spec, dataset, cached, build, result, topk, options) -
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "xfverify_version": __version__,
     }
+
+
+def _caveat_notes(caveats) -> list[str]:
+    """One note per kind of decode caveat, naming how many images it concerns and the first of them."""
+    by_text: dict[str, list[str]] = {}
+    for caveat in caveats:
+        by_text.setdefault(caveat.reason, []).append(caveat.path)
+    return [f"{len(paths)} image(s), the first {paths[0]}: {text}" for text, paths in by_text.items()]
 
 
 def _round(value: float | None) -> float | None:

@@ -11,7 +11,7 @@ import numpy as np
 from xfverify.evaluator import ui
 from xfverify.evaluator.data import records_from_paths
 from xfverify.evaluator.folders import writable_folder
-from xfverify.evaluator.imaging import load_geometry
+from xfverify.evaluator.imaging import BadImageError, load_geometry
 from xfverify.evaluator.normalise import normalise
 from xfverify.evaluator.references import REFERENCES, Reference
 from xfverify.evaluator.worker import run_worker
@@ -21,7 +21,10 @@ from xfverify.models.preprocess import PRESETS, PreprocessSpec, parse_overrides,
 
 def preprocess_files(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
     """The float32 batch (layout ``spec.layout``) xfverify feeds for these image files."""
-    images = [load_geometry(path, spec) for path in paths]
+    try:
+        images = [load_geometry(path, spec) for path in paths]
+    except BadImageError as exc:
+        raise UserError(f"cannot decode image {exc.path}: {exc.reason} (fix the file, or leave it out)") from None
     shapes = {image.shape for image in images}
     if len(shapes) > 1:
         raise UserError(f"preprocessing {spec.name} gives images of different sizes {sorted(shapes)}: add a crop")
@@ -92,6 +95,8 @@ def run_preprocess(model: str, images: list[str], out: str, preset: str | None, 
     paths = [r.path for r in dataset.records]
     tensors = preprocess_files(paths, spec)
     out_path = Path(out)
+    if out_path.suffix != ".npy":  # np.save adds it
+        out_path = out_path.with_name(out_path.name + ".npy")
     writable_folder(out_path.parent, "--out's folder")
     try:
         np.save(out_path, tensors)

@@ -132,14 +132,23 @@ def emit(event: str, **fields: Any) -> None:
 ORPHANED_EXIT = 3
 
 
-def _exit_when_orphaned(parent: int, poll_s: float = 0.5) -> None:
-    """A worker whose parent died (killed, crashed) must not wait for shards or data forever, nor keep
-    holding a GPU: a watcher thread ends the process once it has been re-parented."""
+def exit_when_orphaned(parent: int, poll_s: float = 0.5) -> None:
+    """A process whose run died (killed, crashed) must not wait for shards or data forever, nor keep a GPU or
+    the terminal's output: a watcher thread ends it once ``parent`` has exited. ``parent`` is the process's
+    own parent (a framework worker), or the run that started it through a fork server (a decode process)."""
+    import select
     import threading
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
+        try:
+            handle = os.pidfd_open(parent)  # readable once that process has exited, even before it is reaped
+        except ProcessLookupError:
+            os._exit(ORPHANED_EXIT)
+        except (AttributeError, OSError):  # no pidfd (not Linux): notice being re-parented instead
+            while os.getppid() == parent:
+                time.sleep(poll_s)
+            os._exit(ORPHANED_EXIT)
+        select.select([handle], [], [])
         os._exit(ORPHANED_EXIT)
 
     threading.Thread(target=watch, name="xfverify-parent-watch", daemon=True).start()
@@ -154,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     milestone("worker_started")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this process
-    _exit_when_orphaned(os.getppid())
+    exit_when_orphaned(os.getppid())
     argv = sys.argv[1:] if argv is None else argv
     job_path = Path(argv[0])
     spec = json.loads(job_path.read_text())

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +106,21 @@ def broken_images(folder: Path) -> dict[str, Path]:
     made["empty"].write_bytes(b"")
     made["text"].write_text("this is not an image\n")
     return made
+
+
+def decompression_bomb(path: Path, side: int = 20000) -> Path:
+    """A real, valid 1-bit PNG of side x side pixels (past PIL's bomb limit) that takes a few kB on disk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = bytes(1 + (side + 7) // 8)  # filter byte, then the row's bits: all black
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1 bit per pixel, grayscale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

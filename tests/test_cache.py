@@ -242,3 +242,63 @@ def test_memory_mapped_outputs_have_their_disk_blocks_before_writing(tmp_path):
     array[:] = 1.5
     array.flush()
     assert np.load(tmp_path / "x.npy").sum() == 1.5 * 300 * 1000
+
+
+def write_ppm(path: Path, seed: int, width: int = 90, height: int = 70) -> Path:
+    """A raw PPM: every picture of one size is a file of one size."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    path.write_bytes(f"P6 {width} {height} 255\n".encode() + pixels.tobytes())
+    return path
+
+
+def test_a_file_replaced_by_one_of_the_same_size_and_mtime_is_decoded_again(tmp_path):
+    root = tmp_path / "d"
+    root.mkdir()
+    for i in range(8):
+        write_ppm(root / f"im_{i}.ppm", seed=i)
+    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
+    cache.ensure(load_dataset(root).records, workers=1)
+    victim = root / "im_6.ppm"
+    before = victim.stat()
+    write_ppm(victim, seed=99)  # rewritten in place: same inode, same size
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))  # what `touch -r` does
+    assert (victim.stat().st_size, victim.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    records = load_dataset(root).records
+    cached, stats = cache.ensure(records, workers=1)
+    assert (stats.decoded, stats.reused_shards) == (4, 1)
+    assert np.array_equal(read_all(cached)[6], load_geometry(victim, SPEC))
+
+
+def running_in_session(session: int) -> list[int]:
+    """Processes of a session that have not exited (zombies have)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
+def test_kill_9_of_the_run_ends_its_decode_pool(tmp_path, start):
+    data = make_images(tmp_path / "d", 60, size=(900, 700))
+    cache_dir = tmp_path / "cache"
+    script = BUILD_SCRIPT
+    if start == "forkserver":  # a second thread makes the cache start its pool through a fork server
+        script = "import threading, time; threading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n" + script
+    process = subprocess.Popen([sys.executable, "-c", script, str(data), str(cache_dir), "5", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(cache_dir.glob("*/shards/*.json")):
+        time.sleep(0.05)
+    assert len(running_in_session(process.pid)) > 2, "the decode pool is running"
+    process.kill()  # the run only: its decode processes are left to notice
+    process.wait()
+    deadline = time.time() + 30
+    while running_in_session(process.pid):
+        assert time.time() < deadline, f"left running: {running_in_session(process.pid)}"
+        time.sleep(0.1)

@@ -173,3 +173,104 @@ def test_limit_and_class_balanced_subset_are_deterministic(tmp_path):
     assert dataset.select(per_class=2).manifest_sha256() == balanced.manifest_sha256()
     with pytest.raises(UserError):
         dataset.select(limit=0)
+
+
+# --- hostile and mistaken inputs: a clear error or the right labels, never a silent guess --------------------
+
+
+def test_same_stem_with_other_extensions_gets_an_id_each(tmp_path):
+    root = tmp_path / "d"
+    write_jpeg(root / "cat.jpg", seed=1)
+    write_jpeg(root / "sub" / "cat.jpg", seed=2)
+    (root / "cat.png").write_bytes((root / "cat.jpg").read_bytes())
+    (root / "labels.csv").write_text("image,labels\ncat.png,5\ncat.jpg,7\nsub/cat.jpg,9\n")
+    dataset = load_dataset(root)
+    by_id = {r.image_id: (Path(r.path).relative_to(root).as_posix(), r.labels) for r in dataset.records}
+    assert by_id == {"cat.jpg": ("cat.jpg", (7,)), "cat.png": ("cat.png", (5,)), "sub/cat": ("sub/cat.jpg", (9,))}
+
+
+def test_unquoted_extra_label_columns_are_more_labels(tmp_path):
+    write_jpeg(tmp_path / "d" / "grace_hopper.jpg", seed=1)
+    (tmp_path / "d" / "labels.csv").write_text("image,labels\ngrace_hopper.jpg,667,652\n")
+    assert load_dataset(tmp_path / "d").records[0].labels == (652, 667)
+    (tmp_path / "d" / "labels.csv").write_text("labels,image\n667,grace_hopper.jpg,652\n")
+    with pytest.raises(UserError, match="labels.csv:2: 3 fields under a header of 2"):
+        load_dataset(tmp_path / "d")
+
+
+def test_conflicting_duplicate_rows_are_refused_naming_both(tmp_path):
+    write_jpeg(tmp_path / "d" / "a.jpg", seed=1)
+    (tmp_path / "d" / "labels.csv").write_text("image,labels\na.jpg,3\na.jpg,3\n")
+    assert load_dataset(tmp_path / "d").records[0].labels == (3,)  # the same row twice says one thing
+    (tmp_path / "d" / "labels.csv").write_text("image,labels\na.jpg,3\na.jpg,4\n")
+    with pytest.raises(UserError, match=r"two rows for image 'a.jpg' disagree: line 2 gives labels \[3\], line 3 gives \[4\]"):
+        load_dataset(tmp_path / "d")
+
+
+def test_a_name_that_fits_two_images_is_refused(tmp_path):
+    write_jpeg(tmp_path / "d" / "x" / "a.jpg", seed=1)
+    write_jpeg(tmp_path / "d" / "y" / "a.jpg", seed=2)
+    (tmp_path / "d" / "labels.csv").write_text("image,labels\na.jpg,3\n")
+    with pytest.raises(UserError, match=r"'a.jpg' fits several images \(x/a.jpg, y/a.jpg\)"):
+        load_dataset(tmp_path / "d")
+
+
+def test_labels_csv_with_a_bom_is_read_and_one_not_in_utf8_is_refused(tmp_path):
+    write_jpeg(tmp_path / "d" / "café.jpg", seed=1)
+    (tmp_path / "d" / "labels.csv").write_bytes("\ufeffimage,labels\r\ncafé.jpg,967\r\n".encode())
+    assert load_dataset(tmp_path / "d").records[0].labels == (967,)
+    (tmp_path / "d" / "labels.csv").write_bytes("image,labels\ncafé.jpg,967\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8 text.*save it as UTF-8"):
+        load_dataset(tmp_path / "d")
+
+
+@pytest.mark.parametrize("line, message", [("12x", "'12x' is not an ILSVRC2012_ID"), ("\ufeff490", None)])
+def test_devkit_ground_truth_with_a_bad_line_or_a_bom(tmp_path, val_images, line, message):
+    root = make_devkit(tmp_path / "official" / "val", val_images)
+    truth = tmp_path / "official" / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt"
+    lines = truth.read_text().splitlines()
+    first = lines[0]
+    truth.write_text("\n".join([line.replace("490", first)] + lines[1:]) + "\n", encoding="utf-8")
+    if message:
+        with pytest.raises(UserError, match=message):
+            load_dataset(root)
+    else:
+        assert [r.labels[0] for r in load_dataset(root).records] == [TRUTH[n] for n in sorted(TRUTH)]
+
+
+def test_an_explicit_devkit_is_used_or_refused(tmp_path, val_images):
+    root = make_devkit(tmp_path / "official" / "val", val_images)  # a devkit beside --data would be found
+    with pytest.raises(UserError, match="--devkit .*nonexistent: no ILSVRC2012_validation_ground_truth.txt"):
+        load_dataset(root, devkit=tmp_path / "nonexistent")
+    folders = make_class_folders(tmp_path / "folders", val_images)
+    devkit = tmp_path / "official" / "ILSVRC2012_devkit_t12"
+    with pytest.raises(UserError, match="holds no ILSVRC2012_val_\\* images directly"):
+        load_dataset(folders, devkit=devkit)
+
+
+def test_class_folders_with_a_stray_folder_say_why_they_are_unlabelled(tmp_path, val_images):
+    root = make_class_folders(tmp_path / "folders", val_images)
+    write_jpeg(root / "holiday" / "beach.jpg", seed=1)
+    dataset = load_dataset(root)
+    assert dataset.layout == "folder" and dataset.n_labelled == 0
+    assert any("not named by an ImageNet WordNet id (holiday)" in note for note in dataset.notes), dataset.notes
+
+
+def test_a_self_referencing_link_is_kept_as_an_image_for_decoding_to_report(tmp_path, val_images):
+    root = make_own_folder(tmp_path / "own", val_images)
+    (root / "loop.jpg").symlink_to(root / "loop.jpg")
+    (root / "deeper").mkdir()
+    (root / "deeper" / "loop2.jpg").symlink_to(root / "deeper" / "loop2.jpg")
+    ids = {r.image_id for r in load_dataset(root).records}
+    assert {"loop", "loop2"} <= ids
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    write_jpeg(flat / "a.jpg", seed=1)
+    (flat / "loop.jpg").symlink_to(flat / "loop.jpg")
+    assert [r.image_id for r in load_dataset(flat).records] == ["a", "loop"]
+
+
+def test_per_class_on_unlabelled_images_is_refused(tmp_path):
+    write_jpeg(tmp_path / "d" / "a.jpg", seed=1)
+    with pytest.raises(UserError, match="--per-class 1: none of the 1 images .* has a label"):
+        load_dataset(tmp_path / "d").select(per_class=1)

@@ -81,3 +81,37 @@ def test_small_images_are_padded_like_torchvision(tmp_path):
     image = load_geometry(path, spec)
     assert image.shape == (224, 224, 3)
     assert image.sum() == 200 * 10 * 6 + 10 * 10 * 6 * 2  # the picture, zeros around it
+
+
+def test_garbage_bytes_name_the_file_not_a_buffer(tmp_path):
+    path = tmp_path / "garbage.jpg"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(BadImageError) as info:
+        decode(path, "pil")
+    assert str(path) in str(info.value) and "BytesIO" not in str(info.value)
+
+
+def test_a_decompression_bomb_is_a_bad_image(tmp_path):
+    import struct
+
+    from helpers import decompression_bomb
+
+    bomb = decompression_bomb(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 200_000
+    assert struct.unpack(">II", bomb.read_bytes()[16:24]) == (20000, 20000)  # its header's width and height
+    with pytest.raises(BadImageError, match="bomb.png: .*exceeds limit"):
+        load_geometry(bomb, PRESETS["torchvision-256"])
+
+
+def test_a_16_bit_grayscale_png_decodes_as_torchvision_does_with_a_caveat(tmp_path):
+    from PIL import Image
+
+    from xfverify.evaluator.imaging import load_geometry_noting
+
+    path = tmp_path / "depth.png"
+    Image.fromarray(np.full((40, 50), 1000, dtype=np.uint16)).save(path)
+    assert Image.open(path).mode == "I;16"
+    image, caveat = load_geometry_noting(path, PRESETS["torchvision-256"])
+    assert (image == 255).all()  # PIL's convert("RGB"), torchvision's loader, clips: parity kept
+    assert "I;16" in caveat and "nearly white" in caveat
+    assert load_geometry_noting(path, PRESETS["gluoncv"])[1] is None  # OpenCV scales 16 bits down: no caveat

@@ -323,3 +323,143 @@ def test_local_weights_file_is_loaded_and_fingerprinted(tmp_path, generated_fold
     result = run_cli("native", "torchvision/mobilenet_v2:IMAGENET1K_V1", "--weights", str(wrong), "--data",
                      str(generated_folder), "--limit", "1", "--out", str(tmp_path / "r2"))
     assert_user_error(result, "does not fit this architecture")
+
+
+# --- hostile and mistaken runs: one line and exit 2, or a whole report; never a silent or empty score --------
+
+
+def test_a_second_run_in_the_same_out_is_refused_naming_the_first(tmp_path):
+    import os
+
+    from xfverify.evaluator.folders import RUN_LOCK, owned_folder
+
+    out = tmp_path / "r"
+    out.mkdir()
+    with owned_folder(out, "--out"):
+        result = run_cli("native", "--random-weights", "--limit", "1", "--out", str(out))
+    assert_user_error(result, f"--out {out} is in use by another xfverify run (pid {os.getpid()})")
+    assert not (out / RUN_LOCK).exists() and not (out / ".work").exists()
+
+
+def test_numbers_and_names_a_worker_would_choke_on_are_refused_first(tmp_path):
+    for seed in ("-5", str(2**32)):
+        assert_user_error(run_cli("native", "--seed", seed, "--out", str(tmp_path / "r")), "--seed must be between 0 and 4294967295")
+    assert_user_error(run_cli("native", "", "--out", str(tmp_path / "r")), "MODEL is empty")
+    assert_user_error(run_cli("preprocess", "", str(SAMPLE_DIR / "coffee.png"), "--out", str(tmp_path / "x")), "MODEL is empty")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    assert_user_error(run_cli("native", "--weights", str(tmp_path / "empty.pth"), "--out", str(tmp_path / "r")),
+                      "empty.pth: the file is empty")
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    (unlabelled / "coffee.png").write_bytes((SAMPLE_DIR / "coffee.png").read_bytes())
+    assert_user_error(run_cli("native", "--data", str(unlabelled), "--per-class", "1", "--out", str(tmp_path / "r")),
+                      "--per-class 1: none of the 1 images", "has a label")
+    assert not (tmp_path / "r").exists()  # no run started, nothing left
+
+
+def test_preprocess_names_the_bad_file_without_a_native_option_and_says_where_it_wrote(tmp_path):
+    from helpers import decompression_bomb
+
+    bomb = decompression_bomb(tmp_path / "bomb.png")
+    result = run_cli("preprocess", "torchvision/resnet50", str(bomb), "--out", str(tmp_path / "x"))
+    assert_user_error(result, f"cannot decode image {bomb}", "exceeds limit", "leave it out")
+    assert "--on-bad-image" not in result.stderr
+    result = run_cli("preprocess", "torchvision/resnet50", str(SAMPLE_DIR / "coffee.png"), "--out", str(tmp_path / "x"))
+    assert result.returncode == 0 and f"wrote {tmp_path / 'x.npy'}:" in result.stderr
+    assert np.load(tmp_path / "x.npy").shape == (1, 3, 224, 224)
+
+
+def hostile_folder(root: Path) -> Path:
+    """A photo, a 16-bit grayscale PNG, a decompression bomb and a link to itself; no labels."""
+    from PIL import Image
+
+    from helpers import decompression_bomb
+
+    root.mkdir()
+    (root / "coffee.png").write_bytes((SAMPLE_DIR / "coffee.png").read_bytes())
+    Image.fromarray(np.full((60, 80), 40000, dtype=np.uint16)).save(root / "depth.png")
+    decompression_bomb(root / "bomb.png")
+    (root / "loop.jpg").symlink_to(root / "loop.jpg")
+    return root
+
+
+@needs_torch
+def test_bombs_and_link_loops_are_bad_images_and_a_16_bit_png_gets_a_note(tmp_path):
+    data = hostile_folder(tmp_path / "d")
+    stopped = run_cli("native", "--random-weights", "--data", str(data), "--out", str(tmp_path / "r1"))
+    assert_user_error(stopped, f"cannot decode image {data / 'bomb.png'}", "exceeds limit", "--on-bad-image skip")
+    assert not (tmp_path / "r1").exists(), "a failed run leaves no folder it made, nor .work"
+    report = run_native(NativeOptions(data=str(data), out=str(tmp_path / "r2"), random_weights=True, on_bad_image="skip"))
+    skipped = {s["image_id"]: s["reason"] for s in report["skipped_images"]}
+    assert set(skipped) == {"bomb", "loop"} and "symbolic links" in skipped["loop"]
+    notes = " ".join(report["notes"])
+    assert f"the first {data / 'depth.png'}: PIL mode I;16" in notes
+    assert "nothing was scored: these are predictions only" in notes
+    assert sorted(p.name for p in (tmp_path / "r2").iterdir()) == ["logits.npy", "predictions.csv", "report.json", "report.md"]
+
+
+@needs_torch
+def test_every_image_skipped_is_an_error_not_an_empty_report(tmp_path):
+    data = tmp_path / "d"
+    broken_images(data)
+    out = tmp_path / "r"
+    out.mkdir()
+    result = run_cli("native", "--random-weights", "--data", str(data), "--on-bad-image", "skip", "--out", str(out))
+    assert_user_error(result, "nothing was scored: 3 of 3 images were skipped as undecodable")
+    assert list(out.iterdir()) == [], "no report, no .work"
+
+
+@needs_torch
+def test_earlier_outputs_are_replaced_as_a_set_and_said(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    (out / "report.json").chmod(0o444)
+    (out / "predictions.csv").write_text("old")
+    result = run_cli("native", "--random-weights", "--limit", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"--out {out} holds an earlier report: this run replaces it" in " ".join(result.stderr.split())
+    report = json.loads((out / "report.json").read_text())
+    assert f"this report replaced an earlier one in {out}" in report["notes"]
+    assert (out / "predictions.csv").read_text().startswith("image_id")
+    assert sorted(p.name for p in out.iterdir()) == ["logits.npy", "predictions.csv", "report.json", "report.md"]
+    (out / "report.json").unlink()
+    (out / "report.json").mkdir()  # cannot be replaced: refused before any work
+    (out / "logits.npy").unlink()
+    refused = run_cli("native", "--random-weights", "--limit", "1", "--out", str(out))
+    assert_user_error(refused, "report.json there is a folder")
+    assert not (out / "logits.npy").exists() and not (out / ".work").exists()
+
+
+@needs_torch
+def test_weights_files_that_are_not_state_dicts_give_one_clean_line(tmp_path):
+    import subprocess
+    import sys
+
+    whole = tmp_path / "whole.pth"
+    subprocess.run([sys.executable, "-c", "import sys, torch, torchvision; torch.save(torchvision.models.mobilenet_v2(), sys.argv[1])",
+                    str(whole)], check=True, timeout=300)
+    result = run_cli("native", "torchvision/mobilenet_v2:IMAGENET1K_V1", "--weights", str(whole), "--limit", "1",
+                     "--out", str(tmp_path / "r"))
+    assert_user_error(result, "holds Python objects (torchvision.models.mobilenetv2.MobileNetV2)", "state_dict()")
+    assert "\x1b[" not in result.stderr
+
+
+@needs_mxnet
+def test_mxnet_weights_file_that_is_not_params_gives_one_clean_line(tmp_path):
+    bad = tmp_path / "bad.params"
+    bad.write_bytes(bytes(range(256)) * 4)
+    result = run_cli("native", "gluoncv/mobilenet1.0", "--weights", str(bad), "--limit", "1", "--out", str(tmp_path / "r"))
+    assert_user_error(result, "cannot be loaded into mobilenet1.0", "Invalid NDArray file format")
+    assert ".cc" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_framework_error_text_fits_one_line():
+    from xfverify.evaluator.frameworks.common import exception_text
+
+    assert exception_text(EOFError()) == "EOFError"  # torch's text for an empty file is empty
+    mxnet = 'Traceback (most recent call last):\n  File "../src/ndarray/ndarray.cc", line 1858\nMXNetError: Check failed: header == kMagic: Invalid NDArray file format'
+    assert exception_text(RuntimeError(mxnet)) == "Invalid NDArray file format"
+    torch = "Weights only load failed. You have \x1b[1mtwo options\x1b[0m. \n\t(1) " + "Long advice. " * 30
+    text = exception_text(RuntimeError(torch))
+    assert text == "Weights only load failed. You have two options. (1) Long advice." + " Long advice." * 10

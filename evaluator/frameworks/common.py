@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -39,10 +40,33 @@ def reference_preprocess(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return {"path": str(out), "layout": module.LAYOUT, "framework": module.describe()}
 
 
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def exception_text(exc: BaseException, limit: int = 200) -> str:
+    """A framework's error message, fit for one line of a user error: without terminal colour codes or
+    MXNet's C++ frames, whole sentences up to about ``limit`` characters, and the exception's type when
+    it says nothing."""
+    lines = [line.strip() for line in _TERMINAL_CODES.sub("", str(exc)).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback"):  # MXNet: C++ frames, then "MXNetError: Check failed: x: why"
+        lines = [re.sub(r"^\w+: (Check failed: .*?: )?", "", lines[-1])]
+    text = " ".join(lines)
+    if not text:
+        return type(exc).__name__
+    sentences = _SENTENCE_END.split(text)
+    kept = sentences[0]
+    for sentence in sentences[1:]:
+        if len(kept) + 1 + len(sentence) > limit:
+            break
+        kept += " " + sentence
+    return kept
+
+
 def missing_weights_error(card: ModelCard, expected: Path, cause: BaseException) -> UserError:
     """One line naming the weights file expected, where, and how to get it there."""
     where = f"download {card.weights.url} into {expected.parent}" if card.weights.url else f"put it in {expected.parent}"
-    reason = str(cause).splitlines()[0][:160] if str(cause) else type(cause).__name__
+    reason = exception_text(cause, 160)
     return UserError(
         f"pretrained weights for {card.id} are not available offline: expected {expected} "
         f"and the download failed ({reason}); {where}, or pass --weights FILE or --random-weights"

@@ -17,6 +17,7 @@ from xfverify.evaluator.frameworks.common import (  # noqa: E402
     checked_weights,
     cpu_name,
     evaluation_result,
+    exception_text,
     gpu_left_unused_note,
     load_card_and_spec,
     missing_weights_error,
@@ -77,7 +78,7 @@ def build_model(card: ModelCard, weights_file: str | None, random_weights: bool,
         try:
             model.load_weights(weights_file)
         except (ValueError, OSError) as exc:
-            raise UserError(f"--weights {weights_file}: cannot be loaded into {card.name} ({str(exc)[:200]})") from None
+            raise UserError(f"--weights {weights_file}: cannot be loaded into {card.name} ({exception_text(exc)})") from None
         return model, {"source": weights_file, "sha256": sha256_file(weights_file)}
     expected = _weights_path(card)
     if expected.exists():

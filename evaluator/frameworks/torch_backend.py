@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from xfverify.evaluator.frameworks.common import (
     checked_weights,
     cpu_name,
     evaluation_result,
+    exception_text,
     gpu_left_unused_note,
     load_card_and_spec,
     missing_weights_error,
@@ -42,9 +44,16 @@ def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad or unsafe file
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found:
+            raise UserError(
+                f"--weights {path}: holds Python objects ({found.group(1)}), not only tensors: a whole pickled "
+                "model? Save its state_dict() and pass that file; xfverify loads with weights_only=True, which "
+                "never runs code from a file"
+            ) from None
         raise UserError(
-            f"--weights {path}: not a plain torch state_dict loadable with weights_only=True ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]})"
+            f"--weights {path}: not a plain torch state_dict loadable with weights_only=True "
+            f"({type(exc).__name__}: {exception_text(exc)})"
         ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
