@@ -69,7 +69,8 @@ def models_command(pattern: str | None, as_json: bool) -> None:
     from xfverify.evaluator.ui import console
 
     table = Table(title="xfverify model cards", title_justify="left", caption="* the default weights of its "
-                  "architecture; the source of each number in grey", caption_justify="left")
+                  "architecture; the source of each number in grey; under a reference preset, the other sources' "
+                  "presets (diagnosis variants)", caption_justify="left")
     table.add_column("id (source/name:weights)", overflow="fold", min_width=30)
     table.add_column("preprocess", no_wrap=True)
     for column in ("top-1 err %", "top-5 err %"):
@@ -79,7 +80,7 @@ def models_command(pattern: str | None, as_json: bool) -> None:
         source = f"\n[dim]{escape(number.source)}[/dim]" if number else ""
         table.add_row(
             escape(card.id + (" *" if card.default else "")) + source,
-            escape(card.preprocess),
+            escape(card.preprocess) + "".join(f"\n[dim]{escape(a.preset)}[/dim]" for a in card.alternatives),
             f"{number.top1_error:.3f}" if number else "n/a",
             f"{number.top5_error:.3f}" if number and number.top5_error is not None else "n/a",
         )

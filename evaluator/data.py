@@ -7,7 +7,10 @@ Layouts, detected in this order:
 * ``kaggle``: ``LOC_val_solution.csv`` + ``ILSVRC/Data/CLS-LOC/val/*.JPEG``;
 * ``devkit``: flat ``ILSVRC2012_val_*.JPEG`` + the devkit's
   ``ILSVRC2012_validation_ground_truth.txt``, whose ILSVRC2012_IDs are mapped to WordNet
-  ids through the devkit's ``meta.mat`` (they are *not* class indices);
+  ids through the devkit's ``meta.mat`` (they are *not* class indices); the devkit may be its
+  extracted folder or ``ILSVRC2012_devkit_t12.tar.gz`` itself (as torchvision takes it), and
+  ``--data`` may be the folder the two official tarballs were extracted in, side by side
+  (``val/`` + ``ILSVRC2012_devkit_t12/``);
 * ``class-folders``: ``<root>/<wnid>/*.JPEG``;
 * ``folder``: any folder of images, with an optional ``labels.csv`` (columns ``image``,
   ``labels``; labels are class indices or WordNet ids, several separated by spaces).
@@ -20,8 +23,10 @@ import csv
 import hashlib
 import io
 import os
+import tarfile
+import zlib
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 from xfverify.models.errors import UserError
@@ -32,6 +37,8 @@ KAGGLE_SOLUTION = "LOC_val_solution.csv"
 KAGGLE_VAL_DIR = Path("ILSVRC", "Data", "CLS-LOC", "val")
 DEVKIT_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 DEVKIT_META = "meta.mat"
+DEVKIT_FOLDER = "ILSVRC2012_devkit_t12"
+DEVKIT_TARBALL = "ILSVRC2012_devkit_t12.tar.gz"
 LABELS_CSV = "labels.csv"
 
 
@@ -133,13 +140,20 @@ def parse_labels(text: str, where: str) -> tuple[int, ...]:
 def read_text(path: Path) -> str:
     """A UTF-8 text file (a byte-order mark is allowed); anything else is the user's to re-save."""
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UserError(
-            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): save it as UTF-8"
-        ) from None
+        data = path.read_bytes()
     except OSError as exc:
         raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    return decode_text(data, str(path))
+
+
+def decode_text(data: bytes, where: str) -> str:
+    """UTF-8 bytes (a byte-order mark is allowed) as text; anything else is the user's to re-save."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{where}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): save it as UTF-8"
+        ) from None
 
 
 def read_labels_csv(path: Path) -> list[tuple[int, str, tuple[int, ...]]]:
@@ -251,62 +265,111 @@ def _load_kaggle(root: Path) -> Dataset:
     return Dataset(str(root), "kaggle", _records(ids, labels), notes)
 
 
-def _find_devkit(root: Path, devkit: Path | None) -> Path | None:
-    """The folder holding the devkit's ground truth: the one given (only that), else one beside ``root``."""
-    candidates = [devkit] if devkit else [
-        root, root / "ILSVRC2012_devkit_t12" / "data", root.parent / "ILSVRC2012_devkit_t12" / "data",
-        root / "data", root.parent / "data",
-    ]
-    for candidate in candidates:
-        for folder in (candidate, candidate / "data"):
-            if (folder / DEVKIT_GROUND_TRUTH).is_file():
-                return folder
+@dataclass(frozen=True)
+class Devkit:
+    """The devkit's ground truth and meta.mat: in a folder (its ``data/``), or inside the devkit tarball."""
+
+    location: Path
+
+    @property
+    def is_tarball(self) -> bool:
+        return self.location.is_file()
+
+    def where(self, name: str) -> str:
+        return f"{self.location}:data/{name}" if self.is_tarball else str(self.location / name)
+
+    def has(self, name: str) -> bool:
+        if self.is_tarball:
+            return self._from_tarball(name) is not None
+        return (self.location / name).is_file()
+
+    def read(self, name: str) -> bytes:
+        if self.is_tarball:
+            data = self._from_tarball(name)
+            if data is None:
+                raise UserError(f"{self.location}: no data/{name} inside; is it {DEVKIT_TARBALL}?")
+            return data
+        try:
+            return (self.location / name).read_bytes()
+        except OSError as exc:
+            raise UserError(f"{self.location / name}: cannot read it ({exc.strerror or exc})") from None
+
+    def _from_tarball(self, name: str) -> bytes | None:
+        try:
+            with tarfile.open(self.location, "r:*") as tar:
+                for member in tar:
+                    if member.isfile() and PurePosixPath(member.name).parts[-2:] == ("data", name):
+                        return tar.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise UserError(
+                f"{self.location}: not a readable devkit tarball ({exc}); download {DEVKIT_TARBALL} again"
+            ) from None
+        return None
+
+
+def _devkit_at(candidate: Path) -> Devkit | None:
+    """The devkit a path holds: a tarball, a folder with the ground truth, or one whose data/ has it."""
+    if candidate.is_file() and (candidate.name.endswith((".tar", ".tar.gz", ".tgz")) or tarfile.is_tarfile(candidate)):
+        return Devkit(candidate)
+    for folder in (candidate, candidate / "data"):
+        if (folder / DEVKIT_GROUND_TRUTH).is_file():
+            return Devkit(folder)
     return None
 
 
-def read_devkit_meta(meta_path: Path) -> dict[int, str]:
+def _find_devkit(root: Path, devkit: Path | None) -> Devkit | None:
+    """The devkit: the one given (only that), else one beside ``root`` (extracted, or still the tarball)."""
+    if devkit is not None:
+        return _devkit_at(devkit)
+    for base in (root, root.parent):
+        for candidate in (base, base / DEVKIT_FOLDER, base / "data", base / DEVKIT_TARBALL):
+            found = _devkit_at(candidate)
+            if found is not None and found.has(DEVKIT_GROUND_TRUTH):
+                return found
+    return None
+
+
+def read_devkit_meta(data: bytes, where: str) -> dict[int, str]:
     """ILSVRC2012_ID -> WordNet id, for the 1000 leaf classes, from the devkit's meta.mat."""
+    from scipy.io import loadmat
+
     try:
-        from scipy.io import loadmat
-    except ImportError:  # pragma: no cover - scipy is a dependency
-        raise UserError("reading the devkit's meta.mat needs scipy: pip install scipy") from None
-    try:
-        synsets = loadmat(str(meta_path), squeeze_me=True)["synsets"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise UserError(f"{meta_path}: not a readable ImageNet devkit meta.mat ({exc})") from None
+        synsets = loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{where}: not a readable ImageNet devkit meta.mat ({exc})") from None
     mapping = {}
     for entry in synsets:
         if int(entry["num_children"]) == 0:
             mapping[int(entry["ILSVRC2012_ID"])] = str(entry["WNID"])
     if len(mapping) != NUM_CLASSES:
-        raise UserError(f"{meta_path}: expected 1000 leaf synsets, found {len(mapping)}")
+        raise UserError(f"{where}: expected 1000 leaf synsets, found {len(mapping)}")
     return mapping
 
 
-def _load_devkit(root: Path, images: list[Path], devkit_dir: Path) -> Dataset:
-    ground_truth = devkit_dir / DEVKIT_GROUND_TRUTH
-    meta = devkit_dir / DEVKIT_META
-    if not meta.is_file():
+def _load_devkit(root: Path, images: list[Path], devkit: Devkit) -> Dataset:
+    ground_truth = devkit.where(DEVKIT_GROUND_TRUTH)
+    meta = devkit.where(DEVKIT_META)
+    if not devkit.has(DEVKIT_META):
         raise UserError(
             f"{ground_truth} holds ILSVRC2012_IDs, which are not class indices, and meta.mat is not beside it "
-            f"to map them to WordNet ids: put the devkit's data/meta.mat in {devkit_dir}"
+            f"to map them to WordNet ids: put the devkit's data/meta.mat in {devkit.location}"
         )
-    id_to_wnid = read_devkit_meta(meta)
+    id_to_wnid = read_devkit_meta(devkit.read(DEVKIT_META), meta)
     index_of = wnid_to_index()
     ids = _assign_ids(images, root)
     labels: dict[str, tuple[int, ...]] = {}
-    for number, line in enumerate(read_text(ground_truth).splitlines(), start=1):
+    for number, line in enumerate(decode_text(devkit.read(DEVKIT_GROUND_TRUTH), ground_truth).splitlines(), start=1):
         text = line.strip()
         if not text:
             continue
         try:
             ilsvrc_id = int(text)
         except ValueError:
-            raise UserError(f"{ground_truth}:{number}: {text[:40]!r} is not an ILSVRC2012_ID (a whole number)") from None
+            raise UserError(f"{ground_truth}:{number}: {text[:40]!r} is not an ILSVRC2012_ID (a whole number)") from None  # noqa: E501
         if ilsvrc_id not in id_to_wnid:
             raise UserError(f"{ground_truth}:{number}: ILSVRC2012_ID {ilsvrc_id} is not a leaf class in {meta}")
         labels[f"ILSVRC2012_val_{number:08d}"] = (index_of[id_to_wnid[ilsvrc_id]],)
-    notes = (f"labels: {ground_truth.name} mapped through {meta} (ILSVRC2012_ID -> WordNet id -> class index)",)
+    notes = (f"labels: {DEVKIT_GROUND_TRUTH} mapped through {meta} (ILSVRC2012_ID -> WordNet id -> class index)",)
     notes += _unlabelled_note(ids, labels, DEVKIT_GROUND_TRUTH)
     return Dataset(str(root), "devkit", _records(ids, labels), notes)
 
@@ -397,6 +460,16 @@ def _kaggle_root_of(root: Path) -> Path | None:
     return None
 
 
+def _images_folder_of(root: Path) -> Path:
+    """``root/val`` when ``root`` is where the official tarballs were extracted side by side, else ``root``."""
+    val = root / "val"
+    if _images_in(root) or not val.is_dir():
+        return root
+    if any(p.name.startswith("ILSVRC2012_val_") for p in _images_in(val)):
+        return val
+    return root
+
+
 def load_dataset(path: str | os.PathLike, devkit: str | os.PathLike | None = None) -> Dataset:
     """Detect the layout of ``path`` and return its manifest (records sorted by image id)."""
     root = Path(path).expanduser()
@@ -404,22 +477,23 @@ def load_dataset(path: str | os.PathLike, devkit: str | os.PathLike | None = Non
         raise UserError(f"--data {root}: no such file or folder")
     if not root.is_dir():
         raise UserError(f"--data {root}: expected a folder of images (an ImageNet layout or your own)")
-    root = root.resolve()
+    root = _images_folder_of(root.resolve())
     kaggle_root = _kaggle_root_of(root)
     if kaggle_root is not None:
         dataset = _load_kaggle(kaggle_root)
     else:
         flat = _images_in(root)
-        devkit_dir = _find_devkit(root, Path(devkit) if devkit else None)
+        devkit_found = _find_devkit(root, Path(devkit).expanduser() if devkit else None)
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         class_dirs = [p for p in subdirs if WNID_PATTERN.match(p.name)]
         validation_files = any(p.name.startswith("ILSVRC2012_val_") for p in flat)
-        if devkit is not None and devkit_dir is None:
-            raise UserError(f"--devkit {devkit}: no {DEVKIT_GROUND_TRUTH} there or in its data/ folder")
+        if devkit is not None and devkit_found is None:
+            raise UserError(f"--devkit {devkit}: no {DEVKIT_GROUND_TRUTH} there or in its data/ folder, "
+                            f"and not {DEVKIT_TARBALL}")
         if devkit is not None and not validation_files:
             raise UserError(f"--devkit {devkit}: --data {root} holds no ILSVRC2012_val_* images directly to label")
-        if devkit_dir is not None and validation_files:
-            dataset = _load_devkit(root, flat, devkit_dir)
+        if devkit_found is not None and validation_files:
+            dataset = _load_devkit(root, flat, devkit_found)
         elif class_dirs and not flat and len(class_dirs) == len(subdirs):
             dataset = _load_class_folders(root, class_dirs)
         else:

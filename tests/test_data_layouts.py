@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.io import savemat
 
-from helpers import imagenet_val_files, wnid, write_jpeg
+from helpers import imagenet_val_files, run_cli, wnid, write_jpeg
 from xfverify.evaluator.data import load_dataset
 from xfverify.models.errors import UserError
 from xfverify.models.imagenet import class_table
@@ -274,3 +275,42 @@ def test_per_class_on_unlabelled_images_is_refused(tmp_path):
     write_jpeg(tmp_path / "d" / "a.jpg", seed=1)
     with pytest.raises(UserError, match="--per-class 1: none of the 1 images .* has a label"):
         load_dataset(tmp_path / "d").select(per_class=1)
+
+
+def _devkit_tarball(official: Path) -> Path:
+    """The devkit as downloaded: ILSVRC2012_devkit_t12.tar.gz, made from the extracted folder, which then goes."""
+    tarball = official / "ILSVRC2012_devkit_t12.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(official / "ILSVRC2012_devkit_t12", arcname="ILSVRC2012_devkit_t12")
+    shutil.rmtree(official / "ILSVRC2012_devkit_t12")
+    return tarball
+
+
+def test_the_official_tarballs_extracted_side_by_side(tmp_path, val_images):
+    make_devkit(tmp_path / "official" / "val", val_images)
+    beside = load_dataset(tmp_path / "official")  # holds val/ and ILSVRC2012_devkit_t12/
+    assert beside.layout == "devkit" and beside.root.endswith("val")
+    assert manifest(beside) == manifest(load_dataset(make_class_folders(tmp_path / "cf", val_images)))
+
+
+def test_the_devkit_tarball_is_read_in_place_of_its_folder(tmp_path, val_images):
+    make_devkit(tmp_path / "official" / "val", val_images)
+    tarball = _devkit_tarball(tmp_path / "official")
+    expected = manifest(load_dataset(make_class_folders(tmp_path / "cf", val_images)))
+    found = load_dataset(tmp_path / "official")  # the tarball beside val/
+    assert found.layout == "devkit" and manifest(found) == expected
+    assert any("ILSVRC2012_devkit_t12.tar.gz" in note for note in found.notes)
+    moved = tmp_path / "elsewhere.tar.gz"
+    tarball.rename(moved)
+    assert manifest(load_dataset(tmp_path / "official" / "val", devkit=moved)) == expected
+
+
+def test_a_damaged_devkit_tarball_is_one_line(tmp_path, val_images):
+    make_devkit(tmp_path / "official" / "val", val_images)
+    tarball = _devkit_tarball(tmp_path / "official")
+    tarball.write_bytes(tarball.read_bytes()[:200])
+    with pytest.raises(UserError, match="--devkit .*no ILSVRC2012_validation_ground_truth.txt"):
+        load_dataset(tmp_path / "official" / "val", devkit=tmp_path / "nothing-here")
+    result = run_cli("native", "--data", str(tmp_path / "official" / "val"), "--devkit", str(tarball), "--random-weights")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert str(tarball) in result.stderr
