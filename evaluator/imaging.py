@@ -115,29 +115,38 @@ def _check_not_truncated(path: str | os.PathLike, data: bytes) -> None:
         raise BadImageError(path, "the JPEG is truncated (no end-of-image marker)")
 
 
-def decode_tensorflow(path: str | os.PathLike) -> np.ndarray:
+def decode_tensorflow_noting(path: str | os.PathLike) -> tuple[Image.Image | np.ndarray, str | None]:
     """Decode like ``tf.io.decode_jpeg(data, channels=3)`` with its defaults (INTEGER_FAST DCT, fancy upsampling).
 
-    Files libjpeg-turbo cannot turn into RGB here (PNG, CMYK JPEG) are decoded by PIL.
+    Files libjpeg-turbo cannot turn into RGB here (PNG, CMYK JPEG) are decoded by PIL, with its caveat.
     """
     data = _read_bytes(path)
     if data[:2] == b"\xff\xd8":
         _check_not_truncated(path, data)
         try:
-            return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False)
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False), None
         except ValueError:
             pass  # e.g. a CMYK JPEG: PIL converts it as TensorFlow's ImageNet conversion scripts did
-    return np.asarray(decode_pil(path))
+    return decode_pil_noting(path)
 
 
-_DECODERS = {"pil": lambda path: np.asarray(decode_pil(path)), "opencv": decode_opencv, "tensorflow": decode_tensorflow}
+def _opencv_noting(path: str | os.PathLike) -> tuple[np.ndarray, None]:
+    return decode_opencv(path), None
+
+
+_DECODERS = {"pil": decode_pil_noting, "opencv": _opencv_noting, "tensorflow": decode_tensorflow_noting}
+
+
+def decode_noting(path: str | os.PathLike, decoder: str) -> tuple[Image.Image | np.ndarray, str | None]:
+    """The decoded picture (a PIL image or a uint8 RGB HWC array) and the decode's caveat for the report (or None)."""
+    if decoder not in _DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}")
+    return _DECODERS[decoder](path)
 
 
 def decode(path: str | os.PathLike, decoder: str) -> np.ndarray:
     """Decode ``path`` to a uint8 RGB HWC array with the named decoder."""
-    if decoder not in _DECODERS:
-        raise ValueError(f"unknown decoder {decoder!r}")
-    return _DECODERS[decoder](path)
+    return np.asarray(decode_noting(path, decoder)[0])
 
 
 def _tf1_bilinear_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -222,7 +231,7 @@ def load_geometry(path: str | os.PathLike, spec: PreprocessSpec) -> np.ndarray:
 
 def load_geometry_noting(path: str | os.PathLike, spec: PreprocessSpec) -> tuple[np.ndarray, str | None]:
     """:func:`load_geometry`, and the decode's caveat for the report (see :func:`decode_pil_noting`)."""
-    image, caveat = decode_pil_noting(path) if spec.decoder == "pil" else (decode(path, spec.decoder), None)
+    image, caveat = decode_noting(path, spec.decoder)
     return apply_geometry(image, spec), caveat
 
 

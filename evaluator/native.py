@@ -301,6 +301,8 @@ def assemble_report(card, spec, dataset, cached, build, result, topk, options, r
         notes.append(f"only {stats.n} labelled images scored: the 95% interval is wide")
     return {
         "model": card.id,
+        "architecture": card.architecture,
+        "builder": card.builder,
         "random_weights": options.random_weights,
         "framework": result["framework"],
         "device": result["device"],

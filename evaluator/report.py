@@ -72,6 +72,8 @@ class NativeReport(BaseModel):
     report_version: int = REPORT_VERSION
     kind: str = "native"
     model: str
+    architecture: str
+    builder: str
     random_weights: bool
     framework: FrameworkInfo
     device: dict[str, Any]

@@ -34,7 +34,6 @@ class PublishedNumber(_Strict):
     top1_error: float = Field(ge=0, le=100)
     top5_error: Optional[float] = Field(default=None, ge=0, le=100)
     source: str = Field(min_length=3)
-    note: str = ""
     primary: bool = False
 
 
@@ -163,14 +162,14 @@ def load_cards() -> tuple[ModelCard, ...]:
 
 
 def find_cards(pattern: str | None = None) -> list[ModelCard]:
-    """Cards whose id matches a shell-style pattern (case-insensitive; a bare word matches inside ids)."""
+    """Cards whose id or architecture matches a shell-style pattern (case-insensitive; a bare word matches inside)."""
     cards = load_cards()
     if not pattern:
         return list(cards)
     needle = pattern.lower()
     if not any(ch in needle for ch in "*?["):
         needle = f"*{needle}*"
-    return [c for c in cards if fnmatch.fnmatchcase(c.id.lower(), needle)]
+    return [c for c in cards if any(fnmatch.fnmatchcase(text.lower(), needle) for text in (c.id, c.architecture))]
 
 
 def get_card(model_id: str) -> ModelCard:
