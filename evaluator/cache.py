@@ -22,7 +22,6 @@ work, and if they race, both renames install identical bytes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -36,10 +35,10 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import xxhash
-
 from xfverify.evaluator.data import ImageRecord
-from xfverify.evaluator.folders import allocated_npy, ensure_room
+from xfverify.evaluator.folders import allocated_npy, atomic_write_text, ensure_room
+from xfverify.evaluator.locks import ShardLock
+from xfverify.evaluator.shards import checksum, iter_shard_batches
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 
@@ -56,11 +55,6 @@ def default_cache_root() -> Path:
         return Path(os.environ["XFVERIFY_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "xfverify"
-
-
-def checksum(array: np.ndarray) -> str:
-    """xxh3-128 of an array's bytes (fast enough to verify every shard on every run)."""
-    return xxhash.xxh3_128_hexdigest(np.ascontiguousarray(array).data)
 
 
 @dataclass(frozen=True)
@@ -128,46 +122,6 @@ class CachedImages:
     def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
         """(index of the first image, uint8 NHWC batch) in manifest order; bad images are zeros."""
         yield from iter_shard_batches(self.shard_paths, batch_size)
-
-
-def _wait_for_shard(path: str, poll_s: float = 0.01) -> None:
-    """Block until a shard's sidecar exists (it is written last, after the data is in place).
-
-    The waiter is a worker and the builder its parent: if the parent dies, the worker's orphan
-    watcher (:mod:`xfverify.evaluator.worker`) ends the process, so this loop needs no check of its own.
-    """
-    sidecar = Path(path).with_suffix(".json")
-    while not sidecar.exists():
-        time.sleep(poll_s)
-
-
-def iter_shard_batches(
-    shard_paths: Sequence[str], batch_size: int, wait: bool = False
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Read consecutive batches across shard files (each a .npy of uint8 NHWC images).
-
-    A batch inside one shard is a read-only view of its memory map (no copy); a batch across
-    two shards is a copy. With ``wait``, each shard is read once it is complete.
-    """
-    pending: list[np.ndarray] = []
-    pending_n = 0
-    start = 0
-    for path in shard_paths:
-        if wait:
-            _wait_for_shard(path)
-        data = np.load(path, mmap_mode="r")
-        offset = 0
-        while offset < len(data):
-            take = min(batch_size - pending_n, len(data) - offset)
-            pending.append(data[offset : offset + take])
-            pending_n += take
-            offset += take
-            if pending_n == batch_size:
-                yield start, np.concatenate(pending) if len(pending) > 1 else pending[0]
-                start += pending_n
-                pending, pending_n = [], 0
-    if pending_n:
-        yield start, np.concatenate(pending) if len(pending) > 1 else pending[0]
 
 
 # --- worker-process side -----------------------------------------------------------------
@@ -376,7 +330,7 @@ class TensorCache:
         with contextlib.ExitStack() as stack:
             mine, theirs = [], []
             for plan in todo:
-                lock = stack.enter_context(_ShardLock(self.directory / "shards" / f"{plan.key}.lock"))
+                lock = stack.enter_context(ShardLock(self.directory / "shards" / f"{plan.key}.lock"))
                 (mine if lock.acquired else theirs).append((plan, lock))
             to_decode = []
             for plan, _ in mine:  # another run may have finished it between our survey and our lock
@@ -517,13 +471,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old one or the whole new one, never part of it."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class _Progress:
     def __init__(self, total: int, callback: Callable[[int, int], None] | None):
         self.total = total
@@ -534,36 +481,3 @@ class _Progress:
         self.done = min(self.total, self.done + count)
         if self.callback:
             self.callback(self.done, self.total)
-
-
-class _ShardLock:
-    """An advisory lock on one shard: taken without waiting, or waited for later."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.acquired = False
-        self._handle = None
-
-    def __enter__(self) -> "_ShardLock":
-        self._handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self.acquired = True
-        except BlockingIOError:
-            self.acquired = False
-        return self
-
-    def wait(self) -> None:
-        fcntl.flock(self._handle, fcntl.LOCK_EX)
-        self.acquired = True
-
-    def release(self) -> None:
-        if self.acquired:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self.acquired = False
-
-    def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            if self.acquired:
-                fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()

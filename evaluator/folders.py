@@ -8,6 +8,7 @@ import errno
 import fcntl
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -109,3 +110,10 @@ def allocated_npy(path: Path, dtype, shape: tuple[int, ...], fix: str) -> np.mem
             raise no_space_error(path.parent, array.nbytes, fix) from None
         raise
     return array
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see the old one or the whole new one, never part of it."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -16,19 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from xfverify import __version__
 from xfverify.evaluator import ui
-from xfverify.evaluator.cache import BuildCancelled, TensorCache, atomic_write_text, default_cache_root
+from xfverify.evaluator.cache import BuildCancelled, TensorCache, default_cache_root
 from xfverify.evaluator.data import Dataset, load_dataset
-from xfverify.evaluator.folders import owned_folder, writable_folder
+from xfverify.evaluator.folders import atomic_write_text, owned_folder, writable_folder
+from xfverify.evaluator.launcher import run_worker
 from xfverify.evaluator.metrics import compare_to_published, error_stats, real_error, top_k, wilson_interval
+from xfverify.evaluator.overrides import parse_overrides
 from xfverify.evaluator.report import write_markdown, write_predictions, write_report
-from xfverify.evaluator.worker import run_worker
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.errors import UserError
 from xfverify.models.imagenet import class_name
-from xfverify.models.preprocess import PreprocessSpec, parse_overrides, resolve_preprocess
+from xfverify.models.preprocess import PreprocessSpec, resolve_preprocess
+
+from xfverify import __version__
 
 DEFAULT_MODEL = "pypi/efficientnet_lite0"
 # Moved from the run's work folder into --out together once all are written, report.json last.

@@ -7,17 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from xfverify.evaluator import ui
 from xfverify.evaluator.data import records_from_paths
 from xfverify.evaluator.folders import writable_folder
 from xfverify.evaluator.imaging import BadImageError, load_geometry
+from xfverify.evaluator.launcher import run_worker
 from xfverify.evaluator.normalise import normalise
+from xfverify.evaluator.overrides import parse_overrides
 from xfverify.evaluator.references import REFERENCES, Reference
-from xfverify.evaluator.worker import run_worker
 from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError
-from xfverify.models.preprocess import PRESETS, PreprocessSpec, parse_overrides, resolve_preprocess
+from xfverify.models.preprocess import PRESETS, PreprocessSpec, resolve_preprocess
+
 
 def preprocess_files(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
     """The float32 batch (layout ``spec.layout``) xfverify feeds for these image files."""

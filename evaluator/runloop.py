@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-
-from xfverify.evaluator.cache import iter_shard_batches
 from xfverify.evaluator.folders import allocated_npy
 from xfverify.evaluator.normalise import image_digests, normalisation_lut, normalise
+from xfverify.evaluator.shards import iter_shard_batches
 from xfverify.evaluator.worker import milestone
 from xfverify.models.preprocess import PreprocessSpec
 

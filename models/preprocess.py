@@ -431,7 +431,7 @@ PRESETS: Mapping[str, PreprocessSpec] = _build_presets()
 
 
 def _coerce(field_name: str, raw: Any) -> Any:
-    """Turn a command-line or file value into the type the field wants."""
+    """Turn a value given as text (the command line, a file) into the type the field wants."""
     if field_name in ("mean", "std"):
         if isinstance(raw, str):
             raw = [part for part in raw.replace(",", " ").split() if part]
@@ -462,24 +462,6 @@ def _coerce(field_name: str, raw: Any) -> Any:
     return raw
 
 
-def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Parse ``field=value`` strings (from ``--set``) into a dict; unknown fields are an error."""
-    known = {f.name for f in dataclasses.fields(PreprocessSpec)} - {"name", "source"}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise UserError(f"--set expects field=value, got {item!r}")
-        if key == "crop_pct":
-            out[key] = value
-            continue
-        if key not in known:
-            raise UserError(f"unknown preprocessing field {key!r}; fields are: {', '.join(sorted(known))}, crop_pct")
-        out[key] = value
-    return out
-
-
 def resolve_preprocess(
     preset: str | PreprocessSpec | None = None,
     *,
@@ -488,7 +470,7 @@ def resolve_preprocess(
 ) -> PreprocessSpec:
     """The one place a spec is decided.
 
-    Precedence, highest first: ``overrides`` (field=value), then ``preset`` (a preset
+    Precedence, highest first: ``overrides`` (field -> value, text or typed), then ``preset`` (a preset
     name or a spec), then ``default`` (the model card's reference preset).
     ``crop_pct`` in the overrides sets resize_size = floor(crop_size / crop_pct).
     """

@@ -25,10 +25,10 @@ def _assembled(tmp_path: Path) -> Path:
 
 
 def _lint(tmp_path: Path) -> subprocess.CompletedProcess:
-    lint = Path(sys.executable).with_name("lint-imports")
+    lint = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
     env = dict(os.environ, PYTHONPATH=str(tmp_path), COLUMNS="200")
-    return subprocess.run([str(lint), str(ROOT / "pyproject.toml")], capture_output=True, text=True, cwd=tmp_path,
-                          env=env, timeout=300)
+    return subprocess.run([sys.executable, "-c", lint, str(ROOT / "pyproject.toml")], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=300)
 
 
 def test_import_contracts_are_kept(tmp_path):

@@ -57,7 +57,8 @@ def test_importing_every_parent_module_loads_no_framework():
         parent_side = ["xfverify.models.cards", "xfverify.models.preprocess", "xfverify.models.imagenet",
                        "xfverify.evaluator.cli", "xfverify.evaluator.native", "xfverify.evaluator.cache",
                        "xfverify.evaluator.data", "xfverify.evaluator.imaging", "xfverify.evaluator.metrics",
-                       "xfverify.evaluator.report", "xfverify.evaluator.worker", "xfverify.evaluator.runloop",
+                       "xfverify.evaluator.report", "xfverify.evaluator.worker", "xfverify.evaluator.launcher",
+                       "xfverify.evaluator.runloop", "xfverify.evaluator.shards", "xfverify.evaluator.locks",
                        "xfverify.evaluator.preprocess_cli", "xfverify.evaluator.frameworks",
                        "xfverify.evaluator.frameworks.common"]
         for name in parent_side:

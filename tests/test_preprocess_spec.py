@@ -6,11 +6,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 from xfverify.evaluator.normalise import normalisation_lut, normalise
+from xfverify.evaluator.overrides import parse_overrides
 from xfverify.models.cards import load_cards
 from xfverify.models.errors import UserError
-from xfverify.models.preprocess import PRESETS, PreprocessSpec, parse_overrides, resolve_preprocess, spec_from_dict
+from xfverify.models.preprocess import PRESETS, PreprocessSpec, resolve_preprocess, spec_from_dict
 
 
 def test_every_field_is_explicit_and_specs_are_frozen():

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from xfverify.evaluator import runloop
 from xfverify.evaluator.frameworks.common import out_of_memory_is_a_user_error
-from xfverify.evaluator.frameworks.torch_backend import GatherNormaliser, _CpuStep, _CudaStep, _is_out_of_memory
+from xfverify.evaluator.frameworks.torch_backend import _is_out_of_memory
+from xfverify.evaluator.frameworks.torch_steps import CpuStep, CudaStep, GatherNormaliser
 from xfverify.evaluator.normalise import normalise
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
@@ -151,7 +151,7 @@ def main() -> None:
     spec = PRESETS["keras-caffe"]
     settings = {"autocast": None, "channels_last": False}
     model = tiny_model()
-    reference, reference_logits = run(_CpuStep(model, settings), shards, workdir, "cpu", "host")
+    reference, reference_logits = run(CpuStep(model, settings), shards, workdir, "cpu", "host")
     outcomes = {}
     for label, fake, graphs in (
         ("eager", FakeCuda(), False),
@@ -159,7 +159,7 @@ def main() -> None:
         ("graphs_differ", FakeCuda(replay_noise=1e-3), True),
         ("graphs_fail", FakeCuda(capture_error="operation not permitted when stream is capturing"), True),
     ):
-        step = _CudaStep(model, spec, fake.device, settings, cuda_graphs=graphs, api=fake)
+        step = CudaStep(model, spec, fake.device, settings, cuda_graphs=graphs, api=fake)
         step.warm_up([41 % 8, 8], (32, 32), full_batches=41 // 8)
         result, logits = run(step, shards, workdir, label, "device")
         check(result.tensors_sha256 == reference.tensors_sha256, f"{label}: fed tensors differ from host feeding")
@@ -174,7 +174,7 @@ def main() -> None:
     check(outcomes["graphs_differ"]["status"].startswith("eager: the graph's logits differed"), str(outcomes))
     check(outcomes["graphs_fail"]["status"].startswith("eager: capture failed (operation not permitted"), str(outcomes))
     few = FakeCuda()
-    step = _CudaStep(model, spec, few.device, settings, cuda_graphs=True, api=few)
+    step = CudaStep(model, spec, few.device, settings, cuda_graphs=True, api=few)
     step.warm_up([8], (32, 32), full_batches=1)
     check(step.graph_status == "not used: fewer than two full batches" and few.captures == 0, step.graph_status)
     try:
