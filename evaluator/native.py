@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ from xfverify.evaluator import ui
 from xfverify.evaluator.cache import BuildCancelled, TensorCache, default_cache_root
 from xfverify.evaluator.data import Dataset, load_dataset
 from xfverify.evaluator.folders import atomic_write_text, owned_folder, writable_folder
+from xfverify.evaluator.jobs import DataPart, EvaluateJob, WorkerResult
 from xfverify.evaluator.launcher import run_worker
 from xfverify.evaluator.metrics import compare_to_published, error_stats, real_error, top_k, wilson_interval
 from xfverify.evaluator.overrides import parse_overrides
@@ -145,20 +145,20 @@ def _run_in(out_dir, workdir, card, spec, dataset, options, timeline) -> dict[st
     cache_root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_root()
     writable_folder(cache_root, "--cache-dir" if options.cache_dir else "the tensor cache ($XFVERIFY_CACHE or ~/.cache/xfverify)")
     cache = TensorCache(cache_root, spec)
-    job = {
-        "model": card.id,
-        "preprocess": spec.to_dict(),
-        "device": options.device,
-        "precision": options.precision,
-        "batch_size": options.batch_size,
-        "n_images": len(dataset),
-        "hw": list(cache.hw),
-        "data_file": str(workdir / "data.json"),  # shard paths: written once the cache is surveyed
-        "weights_file": os.path.abspath(options.weights) if options.weights else None,
-        "random_weights": options.random_weights,
-        "cuda_graphs": options.cuda_graphs,
-        "seed": options.seed,
-    }
+    job = EvaluateJob(
+        model=card.id,
+        preprocess=spec.to_dict(),
+        device=options.device,
+        precision=options.precision,
+        batch_size=options.batch_size,
+        n_images=len(dataset),
+        hw=cache.hw,
+        data_file=str(workdir / "data.json"),  # shard paths: written once the cache is surveyed
+        weights_file=os.path.abspath(options.weights) if options.weights else None,
+        random_weights=options.random_weights,
+        cuda_graphs=options.cuda_graphs,
+        seed=options.seed,
+    )
     with ui.progress_group() as group:
         decode_progress = group.task("decode + resize + crop")
         infer_progress = group.task(f"{card.framework} inference")
@@ -166,16 +166,16 @@ def _run_in(out_dir, workdir, card, spec, dataset, options, timeline) -> dict[st
             cache, dataset, card.framework, job, workdir, options, decode_progress, infer_progress, timeline
         )
 
-    logits = np.load(result["logits_path"], mmap_mode="r+")  # the worker's file becomes the report's
+    logits = np.load(result.logits_path, mmap_mode="r+")  # the worker's file becomes the report's
     skipped = {bad.index for bad in cached.bad}
     if skipped:
         logits[sorted(skipped)] = np.nan
         logits.flush()
     timeline["logits_saved"] = time.time()
-    result["timing"]["timeline_s"] = relative_timeline(timeline, result.get("milestones", {}))
+    timing = {**result.timing.model_dump(), "timeline_s": relative_timeline(timeline, result.milestones)}
 
     topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)  # skipped images' NaN rows rank nothing
-    report = assemble_report(card, spec, dataset, cached, build, result, topk, options, notes)
+    report = assemble_report(card, spec, dataset, cached, build, result, timing, topk, options, notes)
     if skipped and report["n_scored"] == 0 and (len(skipped) == len(dataset) or dataset.n_labelled):
         first = cached.bad[0]
         raise UserError(
@@ -219,14 +219,14 @@ def _decode_and_infer(cache, dataset, framework, job, workdir, options, decode_p
     cancel = threading.Event()
     worker_process: list[subprocess.Popen] = []
     workdir.mkdir(parents=True, exist_ok=True)
-    Path(job["data_file"]).unlink(missing_ok=True)  # a stale one, from a run that was stopped, must not be read
+    Path(job.data_file).unlink(missing_ok=True)  # a stale one, from a run that was stopped, must not be read
 
     def build() -> None:
         try:
             survey = cache.survey(dataset.records, log=ui.info)
             timeline["cache_surveyed"] = time.time()
-            data = {"shard_paths": cache.shard_paths(survey), "wait_for_shards": bool(survey.todo)}
-            atomic_write_text(Path(job["data_file"]), json.dumps(data))
+            data = DataPart(shard_paths=cache.shard_paths(survey), wait_for_shards=bool(survey.todo))
+            atomic_write_text(Path(job.data_file), data.model_dump_json())
             state["cache"] = cache.complete(
                 survey, workers=options.workers, stop_on_bad=options.on_bad_image == "error",
                 progress=decode_progress, cancel=cancel,
@@ -251,7 +251,9 @@ def _decode_and_infer(cache, dataset, framework, job, workdir, options, decode_p
     builder = threading.Thread(target=build, name="xfverify-cache-build", daemon=True)
     builder.start()
     try:
-        result = run_worker(framework, "evaluate", job, workdir=workdir, on_event=on_event, on_start=on_start)
+        result = WorkerResult.model_validate(
+            run_worker(framework, "evaluate", job.model_dump(), workdir=workdir, on_event=on_event, on_start=on_start)
+        )
         timeline["worker_finished"] = time.time()
     except BaseException as exc:
         cancel.set()
@@ -269,7 +271,7 @@ def _decode_and_infer(cache, dataset, framework, job, workdir, options, decode_p
     return cached, stats, result
 
 
-def assemble_report(card, spec, dataset, cached, build, result, topk, options, run_notes=()) -> dict[str, Any]:
+def assemble_report(card, spec, dataset, cached, build, result, timing, topk, options, run_notes=()) -> dict[str, Any]:
     """The report.json dict (validated by :class:`xfverify.evaluator.report.NativeReport` when written)."""
     skipped = {bad.index for bad in cached.bad}
     include = np.ones(len(dataset), dtype=bool)
@@ -289,7 +291,7 @@ def assemble_report(card, spec, dataset, cached, build, result, topk, options, r
         for p in card.published
         if p is not primary
     ]
-    notes = list(dataset.notes) + list(result.get("notes", [])) + list(options.extra_notes) + list(run_notes)
+    notes = list(dataset.notes) + list(result.notes) + list(options.extra_notes) + list(run_notes)
     notes += _caveat_notes(cached.caveats)
     if not dataset.n_labelled:
         notes.append("no image has a label, so nothing was scored: these are predictions only "
@@ -305,10 +307,10 @@ def assemble_report(card, spec, dataset, cached, build, result, topk, options, r
         "architecture": card.architecture,
         "builder": card.builder,
         "random_weights": options.random_weights,
-        "framework": result["framework"],
-        "device": result["device"],
-        "precision": result["precision"],
-        "weights": result["weights"],
+        "framework": result.framework.model_dump(),
+        "device": result.device.model_dump(),
+        "precision": result.precision,
+        "weights": result.weights,
         "preprocess": spec.to_dict(),
         "dataset": {
             "path": dataset.root,
@@ -317,7 +319,7 @@ def assemble_report(card, spec, dataset, cached, build, result, topk, options, r
             "n_labelled": dataset.n_labelled,
             "manifest_sha256": dataset.manifest_sha256(),
         },
-        "tensors_sha256": result["tensors_sha256"],
+        "tensors_sha256": result.tensors_sha256,
         "output": card.output,
         "top1_error": _round(stats.top1_error),
         "top5_error": _round(stats.top5_error),
@@ -330,7 +332,7 @@ def assemble_report(card, spec, dataset, cached, build, result, topk, options, r
         if top1_ci
         else None,
         "real_labels": real_error(topk, [r.image_id for r in dataset.records], include),
-        "timing": result["timing"],
+        "timing": timing,
         "cache": {
             "directory": str(Path(cached.shard_paths[0]).parent.parent) if cached.shard_paths else None,
             "decoded": build.decoded,

@@ -11,6 +11,7 @@ from xfverify.evaluator import ui
 from xfverify.evaluator.data import records_from_paths
 from xfverify.evaluator.folders import writable_folder
 from xfverify.evaluator.imaging import BadImageError, load_geometry
+from xfverify.evaluator.jobs import ReferenceJob, ReferenceResult
 from xfverify.evaluator.launcher import run_worker
 from xfverify.evaluator.normalise import normalise
 from xfverify.evaluator.overrides import parse_overrides
@@ -38,12 +39,14 @@ def reference_tensors(preset: str, paths: list[str]) -> tuple[np.ndarray, str]:
     if reference is None:
         raise UserError(f"no framework reference pipeline is known for preset {preset!r}")
     with tempfile.TemporaryDirectory(prefix=f"xfverify-{reference.framework}-") as workdir:
-        result = run_worker(reference.framework, "reference_preprocess", {"preset": preset, "paths": paths},
-                            workdir=workdir)
-        batch = np.load(result["path"])
-    if result["layout"] != PRESETS[preset].layout:
-        batch = np.ascontiguousarray(batch.transpose((0, 3, 1, 2) if result["layout"] == "NHWC" else (0, 2, 3, 1)))
-    return batch, result["framework"]
+        job = ReferenceJob(preset=preset, paths=paths)
+        result = ReferenceResult.model_validate(
+            run_worker(reference.framework, "reference_preprocess", job.model_dump(), workdir=workdir)
+        )
+        batch = np.load(result.path)
+    if result.layout != PRESETS[preset].layout:
+        batch = np.ascontiguousarray(batch.transpose((0, 3, 1, 2) if result.layout == "NHWC" else (0, 2, 3, 1)))
+    return batch, result.framework
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         sys.stderr.flush()
         return 1
-    (workdir / f"{task}.result.json").write_text(json.dumps(result))
+    if hasattr(result, "model_dump_json"):  # the typed results of xfverify.evaluator.jobs
+        (workdir / f"{task}.result.json").write_text(result.model_dump_json())
+    else:
+        (workdir / f"{task}.result.json").write_text(json.dumps(result))
     return 0
 
 

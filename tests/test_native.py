@@ -455,7 +455,7 @@ def test_mxnet_weights_file_that_is_not_params_gives_one_clean_line(tmp_path):
 
 
 def test_framework_error_text_fits_one_line():
-    from xfverify.evaluator.frameworks.common import exception_text
+    from xfverify.evaluator.frameworks.weights import exception_text
 
     assert exception_text(EOFError()) == "EOFError"  # torch's text for an empty file is empty
     mxnet = 'Traceback (most recent call last):\n  File "../src/ndarray/ndarray.cc", line 1858\nMXNetError: Check failed: header == kMagic: Invalid NDArray file format'

@@ -60,7 +60,9 @@ def test_importing_every_parent_module_loads_no_framework():
                        "xfverify.evaluator.report", "xfverify.evaluator.worker", "xfverify.evaluator.launcher",
                        "xfverify.evaluator.runloop", "xfverify.evaluator.shards", "xfverify.evaluator.locks",
                        "xfverify.evaluator.preprocess_cli", "xfverify.evaluator.frameworks",
-                       "xfverify.evaluator.frameworks.common"]
+                       "xfverify.evaluator.frameworks.feeding", "xfverify.evaluator.frameworks.weights",
+                       "xfverify.evaluator.frameworks.devices", "xfverify.evaluator.frameworks.contract",
+                       "xfverify.evaluator.jobs"]
         for name in parent_side:
             importlib.import_module(name)
         loaded = sorted(m for m in sys.modules if m.split('.')[0] in %r)

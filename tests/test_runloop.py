@@ -62,9 +62,12 @@ def test_the_worker_takes_the_data_part_of_its_job_once_the_parent_writes_it(tmp
     import json
     import threading
 
-    from xfverify.evaluator.frameworks.common import receive_data
+    from xfverify.evaluator.frameworks.feeding import receive_data
+    from xfverify.evaluator.jobs import EvaluateJob
+    from xfverify.models.preprocess import PRESETS
 
-    job = {"model": "m", "n_images": 3}
+    job = EvaluateJob(model="m", preprocess=PRESETS["torchvision-256"].to_dict(), device="cpu", precision="fp32",
+                      batch_size=2, n_images=3, hw=(224, 224), shard_paths=["given.npy"])
     assert receive_data(job) is job  # a job that came whole
     data_file = tmp_path / "data.json"
     staged = tmp_path / "data.json.tmp"
@@ -75,6 +78,6 @@ def test_the_worker_takes_the_data_part_of_its_job_once_the_parent_writes_it(tmp
 
     timer = threading.Timer(0.05, parent_finishes_its_survey)
     timer.start()
-    merged = receive_data({**job, "data_file": str(data_file)})
+    merged = receive_data(job.model_copy(update={"data_file": str(data_file), "shard_paths": None}))
     timer.join()
-    assert merged["shard_paths"] == ["a.npy"] and merged["wait_for_shards"] is True and merged["n_images"] == 3
+    assert merged.shard_paths == ["a.npy"] and merged.wait_for_shards is True and merged.n_images == 3

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from xfverify.evaluator import runloop
-from xfverify.evaluator.frameworks.common import out_of_memory_is_a_user_error
+from xfverify.evaluator.frameworks.feeding import out_of_memory_is_a_user_error
 from xfverify.evaluator.frameworks.torch_backend import _is_out_of_memory
 from xfverify.evaluator.frameworks.torch_steps import CpuStep, CudaStep, GatherNormaliser
 from xfverify.evaluator.normalise import normalise

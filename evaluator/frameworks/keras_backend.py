@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +12,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
-from xfverify.evaluator.frameworks.common import (  # noqa: E402
+from xfverify.evaluator.frameworks.contract import Backend, Device, HostStep, worker_tasks  # noqa: E402
+from xfverify.evaluator.frameworks.devices import cpu_name, gpu_left_unused_note  # noqa: E402
+from xfverify.evaluator.frameworks.weights import (  # noqa: E402
     checked_weights,
-    cpu_name,
-    evaluation_result,
     exception_text,
-    gpu_left_unused_note,
-    load_card_and_spec,
     missing_weights_error,
-    reference_preprocess,  # noqa: F401  (a worker task)
-    run_fed,
-    sha256_file,
 )
-from xfverify.evaluator.worker import emit, milestone  # noqa: E402
+from xfverify.evaluator.jobs import FrameworkInfo  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
 from xfverify.models.errors import UserError  # noqa: E402
 
@@ -64,63 +58,67 @@ def _weights_path(card: ModelCard) -> Path:
     return keras_home / "models" / card.weights.file
 
 
-def build_model(card: ModelCard, weights_file: str | None, random_weights: bool, seed: int):
+def _builder(card: ModelCard):
     builder = getattr(keras.applications, card.network_name, None)
     if builder is None:
         raise UserError(f"keras.applications has no {card.network_name} in keras {keras.__version__}")
-    keras.utils.set_random_seed(seed)
-    if random_weights:
-        return builder(weights=None), {"source": "random", "sha256": "random", "seed": seed}
-    if weights_file:
-        if not os.path.isfile(weights_file):
-            raise UserError(f"--weights {weights_file}: no such file")
-        model = builder(weights=None)
+    return builder
+
+
+class KerasBackend(Backend):
+    """Keras applications on TensorFlow; they end in softmax, so random outputs need no scaling."""
+
+    name = "tensorflow"
+
+    def resolve_device(self, requested: str, precision: str) -> Device:
+        device_type, device_name, notes = _configure(requested, precision)
+        return Device(device_type, device_name, None, notes)
+
+    def seed(self, seed: int) -> None:
+        keras.utils.set_random_seed(seed)
+
+    def random_network(self, card: ModelCard, device: Device):
+        return _builder(card)(weights=None)
+
+    def network_from_file(self, card: ModelCard, path: str, device: Device):
+        model = _builder(card)(weights=None)
         try:
-            model.load_weights(weights_file)
+            model.load_weights(path)
         except (ValueError, OSError) as exc:
-            raise UserError(f"--weights {weights_file}: cannot be loaded into {card.name} ({exception_text(exc)})") from None
-        return model, {"source": weights_file, "sha256": sha256_file(weights_file)}
-    expected = _weights_path(card)
-    if expected.exists():
-        block = checked_weights(card, expected)  # a damaged or foreign file is named, not loaded
-        return builder(weights="imagenet"), block
-    try:
-        model = builder(weights="imagenet")
-    except Exception as exc:  # keras wraps download failures in plain Exception
-        raise missing_weights_error(card, expected, exc) from None
-    return model, checked_weights(card, expected)
+            raise UserError(f"--weights {path}: cannot be loaded into {card.name} ({exception_text(exc)})") from None
+        return model
 
+    def pretrained_network(self, card: ModelCard, device: Device):
+        builder = _builder(card)
+        expected = _weights_path(card)
+        if expected.exists():
+            block = checked_weights(card, expected)  # a damaged or foreign file is named, not loaded
+            return builder(weights="imagenet"), block
+        try:
+            model = builder(weights="imagenet")
+        except Exception as exc:  # keras wraps download failures in plain Exception
+            raise missing_weights_error(card, expected, exc) from None
+        return model, checked_weights(card, expected)
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, tf.errors.ResourceExhaustedError)
+    def place(self, model, device: Device):
+        return model
 
+    def step(self, model, spec, device: Device, job) -> HostStep:
+        infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        return HostStep(lambda tensors: infer(tf.constant(tensors)).numpy().astype(np.float32, copy=False))
 
-def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Run a Keras application over cached images; write logits.npy (softmax outputs); report timing."""
-    card, spec = load_card_and_spec(job)
-    device_type, device_name, notes = _configure(job["device"], job["precision"])
-    emit("status", message=f"building {card.id} on {device_type}")
-    model, weights = build_model(card, job.get("weights_file"), job.get("random_weights", False), job.get("seed", 0))
-    milestone("model_ready")
-    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    def describe(self) -> FrameworkInfo:
+        return FrameworkInfo(name="tensorflow", version=tf.__version__, libraries={"keras": keras.__version__})
 
-    def step(u8: np.ndarray, tensors: np.ndarray):
-        started = time.perf_counter()
-        out = infer(tf.constant(tensors)).numpy().astype(np.float32, copy=False)
-        return out, (time.perf_counter() - started) * 1000.0
-
-    result, timing = run_fed(job, spec, step, workdir, device_name, _is_out_of_memory)
-    return evaluation_result(
-        {"name": "tensorflow", "version": tf.__version__, "libraries": {"keras": keras.__version__}},
-        {"type": device_type, "name": device_name},
-        {
-            "requested": job["precision"],
+    def precision(self, precision: str, device: Device, step) -> dict[str, Any]:
+        return {
+            "requested": precision,
             "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
             "policy": keras.mixed_precision.global_policy().name,
-        },
-        weights,
-        result,
-        workdir,
-        timing,
-        notes=notes,
-    )
+        }
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return isinstance(exc, tf.errors.ResourceExhaustedError)
+
+
+evaluate, reference_preprocess = worker_tasks(KerasBackend)

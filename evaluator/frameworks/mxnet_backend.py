@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,15 @@ if not hasattr(np, "bool"):  # MXNet 1.9.1 still uses the alias numpy 1.24 remov
 
 import mxnet as mx  # noqa: E402
 
-from xfverify.evaluator.frameworks import common  # noqa: E402
-from xfverify.evaluator.frameworks.common import (  # noqa: E402
-    calibration_batch,
+from xfverify.evaluator.frameworks.contract import Backend, Device, HostStep, worker_tasks  # noqa: E402
+from xfverify.evaluator.frameworks.devices import cpu_name, gpu_left_unused_note  # noqa: E402
+from xfverify.evaluator.frameworks.weights import (  # noqa: E402
     checked_weights,
-    cpu_name,
-    evaluation_result,
     exception_text,
-    gpu_left_unused_note,
-    load_card_and_spec,
     missing_weights_error,
-    run_fed,
-    sha256_file,
 )
-from xfverify.evaluator.worker import emit, milestone  # noqa: E402
+from xfverify.evaluator.jobs import FrameworkInfo  # noqa: E402
+from xfverify.evaluator.worker import emit  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
 from xfverify.models.errors import UserError  # noqa: E402
 
@@ -49,12 +43,6 @@ def import_gluoncv():
         else:
             sys.modules["torch"] = saved
     return gluoncv
-
-
-def reference_preprocess(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """The preset's reference pipeline, once GluonCV can be imported."""
-    import_gluoncv()
-    return common.reference_preprocess(job, workdir)
 
 
 _NO_HOPPER = ("the mxnet-cu101 build has no code for Ada or Hopper GPUs (sm_89/sm_90) and no PTX, so on those "
@@ -94,46 +82,6 @@ def _weights_path(card: ModelCard) -> Path:
     return root / "models" / card.weights.file
 
 
-def build_model(card: ModelCard, weights_file: str | None, random_weights: bool, seed: int, ctx: mx.Context):
-    gluoncv = import_gluoncv()
-    mx.random.seed(seed)
-    np.random.seed(seed)
-    name = card.weights.name
-    if random_weights:
-        net = gluoncv.model_zoo.get_model(name, pretrained=False)
-        net.initialize(mx.init.Xavier(magnitude=2.0), ctx=ctx)
-        _scale_random(net, seed, ctx)
-        return net, {"source": "random", "sha256": "random", "seed": seed}
-    if weights_file:
-        if not os.path.isfile(weights_file):
-            raise UserError(f"--weights {weights_file}: no such file")
-        net = gluoncv.model_zoo.get_model(name, pretrained=False)
-        try:
-            net.load_parameters(weights_file, ctx=ctx)
-        except (AssertionError, mx.base.MXNetError, ValueError) as exc:
-            raise UserError(f"--weights {weights_file}: cannot be loaded into {name} ({exception_text(exc)})") from None
-        return net, {"source": weights_file, "sha256": sha256_file(weights_file)}
-    expected = _weights_path(card)
-    if expected.exists():
-        block = checked_weights(card, expected)  # a damaged or foreign file is named, not loaded
-        return gluoncv.model_zoo.get_model(name, pretrained=True, ctx=ctx), block
-    try:
-        net = gluoncv.model_zoo.get_model(name, pretrained=True, ctx=ctx)
-    except Exception as exc:  # download failures surface as several exception types
-        raise missing_weights_error(card, expected, exc) from None
-    return net, checked_weights(card, expected)
-
-
-def _scale_random(net, seed: int, ctx) -> None:
-    """Scale the last dense layer so a random model's logits have std ~1."""
-    dense = [block for block in _blocks(net) if isinstance(block, mx.gluon.nn.Dense)]
-    logits = net(mx.nd.array(calibration_batch(seed, 2, "NCHW"), ctx=ctx)).asnumpy()
-    std = float(logits.std())
-    if dense and std > 0 and np.isfinite(std):
-        for param in dense[-1].collect_params().values():
-            param.set_data(param.data() / std)
-
-
 def _blocks(block):
     yield block
     for child in block._children.values():
@@ -141,36 +89,75 @@ def _blocks(block):
         yield from _blocks(child)
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, mx.base.MXNetError) and "out of memory" in str(exc).lower()
+class MxnetBackend(Backend):
+    """GluonCV networks on MXNet (fp32; on the CPU unless the build has code for the GPU)."""
+
+    name = "mxnet"
+    calibration_batch = 2
+
+    def resolve_device(self, requested: str, precision: str) -> Device:
+        if precision != "fp32":
+            raise UserError(f"--precision {precision}: the MXNet back-end runs fp32 only")
+        ctx, notes = _context(requested)
+        on_gpu = ctx.device_type == "gpu"
+        return Device("cuda" if on_gpu else "cpu", str(ctx) if on_gpu else cpu_name(), ctx, notes)
+
+    def seed(self, seed: int) -> None:
+        mx.random.seed(seed)
+        np.random.seed(seed)
+
+    def random_network(self, card: ModelCard, device: Device):
+        net = import_gluoncv().model_zoo.get_model(card.weights.name, pretrained=False)
+        net.initialize(mx.init.Xavier(magnitude=2.0), ctx=device.handle)
+        return net
+
+    def network_from_file(self, card: ModelCard, path: str, device: Device):
+        net = import_gluoncv().model_zoo.get_model(card.weights.name, pretrained=False)
+        try:
+            net.load_parameters(path, ctx=device.handle)
+        except (AssertionError, mx.base.MXNetError, ValueError) as exc:
+            raise UserError(
+                f"--weights {path}: cannot be loaded into {card.weights.name} ({exception_text(exc)})"
+            ) from None
+        return net
+
+    def pretrained_network(self, card: ModelCard, device: Device):
+        zoo = import_gluoncv().model_zoo
+        expected = _weights_path(card)
+        if expected.exists():
+            block = checked_weights(card, expected)  # a damaged or foreign file is named, not loaded
+            return zoo.get_model(card.weights.name, pretrained=True, ctx=device.handle), block
+        try:
+            net = zoo.get_model(card.weights.name, pretrained=True, ctx=device.handle)
+        except Exception as exc:  # download failures surface as several exception types
+            raise missing_weights_error(card, expected, exc) from None
+        return net, checked_weights(card, expected)
+
+    def forward(self, model, batch: np.ndarray, device: Device) -> np.ndarray:
+        return model(mx.nd.array(batch, ctx=device.handle)).asnumpy()
+
+    def scale_last_layer(self, model, std: float) -> None:
+        dense = [block for block in _blocks(model) if isinstance(block, mx.gluon.nn.Dense)]
+        if dense:
+            for param in dense[-1].collect_params().values():
+                param.set_data(param.data() / std)
+
+    def place(self, model, device: Device):
+        model.hybridize(static_alloc=True, static_shape=True)
+        return model
+
+    def step(self, model, spec, device: Device, job) -> HostStep:
+        ctx = device.handle
+        return HostStep(lambda tensors: model(mx.nd.array(tensors, ctx=ctx)).asnumpy().astype(np.float32, copy=False))
+
+    def describe(self) -> FrameworkInfo:
+        return FrameworkInfo(name="mxnet", version=mx.__version__, libraries={"gluoncv": import_gluoncv().__version__})
+
+    def precision(self, precision: str, device: Device, step) -> dict[str, Any]:
+        return {"requested": "fp32", "tf32": False}
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return isinstance(exc, mx.base.MXNetError) and "out of memory" in str(exc).lower()
 
 
-def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Run a GluonCV model over cached images; write logits.npy; report timing."""
-    card, spec = load_card_and_spec(job)
-    if job["precision"] != "fp32":
-        raise UserError(f"--precision {job['precision']}: the MXNet back-end runs fp32 only")
-    ctx, notes = _context(job["device"])
-    emit("status", message=f"building {card.id} on {ctx}")
-    net, weights = build_model(card, job.get("weights_file"), job.get("random_weights", False), job.get("seed", 0), ctx)
-    milestone("model_ready")
-    net.hybridize(static_alloc=True, static_shape=True)
-
-    def step(u8: np.ndarray, tensors: np.ndarray):
-        started = time.perf_counter()
-        out = net(mx.nd.array(tensors, ctx=ctx)).asnumpy().astype(np.float32, copy=False)
-        return out, (time.perf_counter() - started) * 1000.0
-
-    result, timing = run_fed(job, spec, step, workdir, str(ctx), _is_out_of_memory)
-    gluoncv = import_gluoncv()
-    on_gpu = ctx.device_type == "gpu"
-    return evaluation_result(
-        {"name": "mxnet", "version": mx.__version__, "libraries": {"gluoncv": gluoncv.__version__}},
-        {"type": "cuda" if on_gpu else "cpu", "name": str(ctx) if on_gpu else cpu_name()},
-        {"requested": "fp32", "tf32": False},
-        weights,
-        result,
-        workdir,
-        timing,
-        notes=notes,
-    )
+evaluate, reference_preprocess = worker_tasks(MxnetBackend, before=import_gluoncv)

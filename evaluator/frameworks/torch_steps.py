@@ -1,4 +1,4 @@
-"""How torch is fed a batch: on the CPU from host tensors, or on a GPU from uint8 batches (imported only in a torch worker).
+"""How torch is fed a batch: on the CPU from host tensors, or on a GPU from uint8 batches (torch worker only).
 
 The GPU step uploads the pinned uint8 batch on one stream, normalises it on the device with the same
 table the CPU uses and runs the model on the compute stream (optionally as a replayed CUDA graph), and
@@ -104,6 +104,8 @@ class CudaStep:
     launch instead of hundreds: what removes Python overhead at small batches); its replay on a probe
     batch must give the eager forward pass's logits bit for bit, else the run stays eager and says why.
     """
+
+    feed = "device"
 
     def __init__(self, model, spec: PreprocessSpec, device, settings: dict, *, cuda_graphs: bool = False, api=None):
         self.model = model
@@ -228,6 +230,10 @@ class _CudaHandle:
 
 
 class CpuStep:
+    """torch on the CPU, fed CPU-normalised float32 batches (autocast for bf16/fp16)."""
+
+    feed = "host"
+
     def __init__(self, model, settings: dict):
         self.model = model
         self.settings = settings

@@ -1,0 +1,193 @@
+"""The back-end contract: what each framework implements once, and the policy written once above it.
+
+In the spirit of Polygraphy's runners, a :class:`Backend` knows how its framework resolves a device,
+builds a network (random, from a file, or with the card's pretrained weights), puts it on the device
+and feeds it a batch. :func:`evaluate` is the same for all of them: seeding, random-weight scaling, the
+weights block, warm-up, the fed loop, a batch that does not fit as a user error, and the result.
+ONNX Runtime is one more implementation of the same contract.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from xfverify.evaluator.frameworks.feeding import run_fed
+from xfverify.evaluator.frameworks.weights import calibration_batch, sha256_file
+from xfverify.evaluator.jobs import (
+    DeviceInfo,
+    EvaluateJob,
+    FrameworkInfo,
+    ReferenceJob,
+    ReferenceResult,
+    WorkerResult,
+)
+from xfverify.evaluator.worker import emit, milestone, milestones
+from xfverify.models.cards import ModelCard
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import PreprocessSpec
+
+
+@dataclass
+class Device:
+    """Where a back-end computes: ``type`` cpu or cuda, a name for reports, the framework's own handle."""
+
+    type: str
+    name: str
+    handle: Any = None
+    notes: list[str] = field(default_factory=list)
+
+
+class HostStep:
+    """A step fed CPU-normalised float32 batches: ``infer(tensors) -> logits`` timed on the host."""
+
+    feed = "host"
+
+    def __init__(self, infer: Callable[[np.ndarray], np.ndarray]):
+        self.infer = infer
+
+    def __call__(self, u8: np.ndarray | None, tensors: np.ndarray):
+        started = time.perf_counter()
+        out = self.infer(tensors)
+        return out, (time.perf_counter() - started) * 1000.0
+
+
+class Backend(ABC):
+    """One ML framework behind xfverify."""
+
+    name: ClassVar[str]
+    calibration_batch: ClassVar[int] = 0  # images of the batch that scales random outputs; 0: not scaled
+
+    @abstractmethod
+    def resolve_device(self, requested: str, precision: str) -> Device:
+        """Probe the device (a small kernel where a build may lack the card's code) and set up precision."""
+
+    @abstractmethod
+    def seed(self, seed: int) -> None:
+        """Seed the framework's random generators (random weights are reproducible)."""
+
+    @abstractmethod
+    def random_network(self, card: ModelCard, device: Device) -> Any:
+        """The card's network with seeded random weights, ready for inference."""
+
+    @abstractmethod
+    def network_from_file(self, card: ModelCard, path: str, device: Device) -> Any:
+        """The card's network with the weights in a user's file (a user error when they do not fit)."""
+
+    @abstractmethod
+    def pretrained_network(self, card: ModelCard, device: Device) -> tuple[Any, dict[str, Any]]:
+        """The card's network with its own weights, and the report's weights block (checksum checked)."""
+
+    def forward(self, model: Any, batch: np.ndarray, device: Device) -> np.ndarray:
+        """Logits for a float32 batch (used to scale random outputs)."""
+        raise NotImplementedError
+
+    def scale_last_layer(self, model: Any, std: float) -> None:
+        """Divide the classifier's weights and bias by ``std``."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def place(self, model: Any, device: Device) -> Any:
+        """The model on its device, in the form it runs fastest (channels-last, hybridized, ...)."""
+
+    @abstractmethod
+    def step(self, model: Any, spec: PreprocessSpec, device: Device, job: EvaluateJob):
+        """The callable the loop feeds: a :class:`HostStep`, or a device-fed step with warm_up and stage."""
+
+    @abstractmethod
+    def describe(self) -> FrameworkInfo:
+        """Framework name, version and the libraries that matter."""
+
+    @abstractmethod
+    def precision(self, precision: str, device: Device, step) -> dict[str, Any]:
+        """The report's precision block: what was asked, and what the framework actually did."""
+
+    @abstractmethod
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether an exception means the batch did not fit the device."""
+
+
+def load_model(backend: Backend, card: ModelCard, job: EvaluateJob, device: Device) -> tuple[Any, dict[str, Any]]:
+    """The network the job asks for (random, a user's file, or the card's weights) and the report's weights block."""
+    backend.seed(job.seed)
+    if job.random_weights:
+        model = backend.random_network(card, device)
+        if backend.calibration_batch:
+            scale_random_outputs(backend, model, job.seed, device)
+        return model, {"source": "random", "sha256": "random", "seed": job.seed}
+    if job.weights_file:
+        if not os.path.isfile(job.weights_file):
+            raise UserError(f"--weights {job.weights_file}: no such file")
+        model = backend.network_from_file(card, job.weights_file, device)
+        return model, {"source": str(job.weights_file), "sha256": sha256_file(job.weights_file)}
+    return backend.pretrained_network(card, device)
+
+
+def scale_random_outputs(backend: Backend, model: Any, seed: int, device: Device) -> None:
+    """Make a random network's logits well-scaled (std ~1), so their ranks are not near-ties of huge values."""
+    logits = backend.forward(model, calibration_batch(seed, backend.calibration_batch, "NCHW"), device)
+    std = float(logits.std())
+    if std > 0 and np.isfinite(std):
+        backend.scale_last_layer(model, std)
+
+
+def evaluate(backend: Backend, job: EvaluateJob, workdir: Path) -> WorkerResult:
+    """Run a card's model over the cached images; write logits.npy; return what the report needs."""
+    card, spec = job.card(), job.spec()
+    device = backend.resolve_device(job.device, job.precision)
+    emit("status", message=f"building {card.id} on {device.type}")
+    model, weights = load_model(backend, card, job, device)
+    model = backend.place(model, device)
+    milestone("model_ready")
+    step = backend.step(model, spec, device, job)
+    loop, timing = run_fed(job, spec, step, workdir, device.name, backend.is_out_of_memory)
+    return WorkerResult(
+        framework=backend.describe(),
+        device=DeviceInfo(type=device.type, name=device.name),
+        precision=backend.precision(job.precision, device, step),
+        weights=weights,
+        timing=timing,
+        tensors_sha256=loop.tensors_sha256,
+        logits_path=str(workdir / "logits.npy"),
+        n_images=loop.n_images,
+        milestones=milestones(),
+        notes=device.notes,
+    )
+
+
+def run_reference(job: ReferenceJob, workdir: Path) -> ReferenceResult:
+    """A preset's reference pipeline (:mod:`xfverify.evaluator.references`) on the job's files, in its own layout."""
+    from xfverify.evaluator.references import REFERENCES
+
+    reference = REFERENCES.get(job.preset)
+    if reference is None:
+        raise UserError(f"no reference pipeline is known for preset {job.preset!r}")
+    module = importlib.import_module(f"xfverify.evaluator.references.{reference.module}")
+    batch = module.PIPELINES[job.preset](job.paths)
+    out = workdir / "reference.npy"
+    np.save(out, np.asarray(batch, dtype=np.float32))
+    return ReferenceResult(path=str(out), layout=module.LAYOUT, framework=module.describe())
+
+
+def worker_tasks(backend: type[Backend], before: Callable[[], Any] = lambda: None):
+    """The tasks a back-end module offers its worker: ``evaluate`` and ``reference_preprocess``.
+
+    ``before`` runs first in each (GluonCV must be made importable before anything imports it).
+    """
+
+    def evaluate_task(job: dict[str, Any], workdir: Path) -> WorkerResult:
+        before()
+        return evaluate(backend(), EvaluateJob.model_validate(job), workdir)
+
+    def reference_task(job: dict[str, Any], workdir: Path) -> ReferenceResult:
+        before()
+        return run_reference(ReferenceJob.model_validate(job), workdir)
+
+    return evaluate_task, reference_task

@@ -1,0 +1,45 @@
+"""What a back-end says about the machine: the CPU's name, and a GPU the framework could not use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from xfverify.evaluator.worker import emit
+
+
+def cpu_name() -> str:
+    """The CPU's model name (what a speed number on the CPU depends on), with the core count."""
+    import platform
+
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{name or platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def nvidia_gpus(root: Path = Path("/proc/driver/nvidia/gpus")) -> list[str]:
+    """Model names of the NVIDIA GPUs the kernel driver reports, found without any framework ([] without one)."""
+    names = []
+    for info in sorted(root.glob("*/information")):
+        try:
+            lines = info.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        names += [line.split(":", 1)[1].strip() for line in lines if line.startswith("Model:")]
+    return names
+
+
+def gpu_left_unused_note(framework: str, why: str, fix: str, gpus: list[str] | None = None) -> list[str]:
+    """A note for the report when ``--device auto`` ran on the CPU while the machine has an NVIDIA GPU the
+    framework could not use (a CPU-only build, missing CUDA libraries); none when there is no such GPU."""
+    gpus = nvidia_gpus() if gpus is None else gpus
+    if not gpus:
+        return []
+    more = f" and {len(gpus) - 1} more" if len(gpus) > 1 else ""
+    note = f"{framework} ran on the CPU although this machine has an {gpus[0]}{more}: {why}; {fix}"
+    emit("status", message=note)
+    return [note]

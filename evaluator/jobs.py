@@ -1,0 +1,104 @@
+"""What crosses the process boundary, typed: the jobs the parent writes and the result a worker returns.
+
+Framework-free (both sides import it); JSON files carry them (``model_dump`` / ``model_validate``),
+and an unknown key on either side is an error, not a silently ignored option.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from xfverify.models.cards import ModelCard, get_card
+from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EvaluateJob(_Strict):
+    """Run one model over the cached images and write its logits."""
+
+    model: str
+    preprocess: dict[str, Any]
+    device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["fp32", "tf32", "bf16", "fp16"]
+    batch_size: int = Field(gt=0)
+    n_images: int = Field(ge=0)
+    hw: tuple[int, int]
+    data_file: Optional[str] = Field(default=None, description="where the shard paths appear once surveyed")
+    shard_paths: Optional[list[str]] = None
+    wait_for_shards: bool = False
+    weights_file: Optional[str] = None
+    random_weights: bool = False
+    cuda_graphs: bool = False
+    seed: int = 0
+
+    def card(self) -> ModelCard:
+        return get_card(self.model)
+
+    def spec(self) -> PreprocessSpec:
+        return spec_from_dict(self.preprocess)
+
+
+class DataPart(_Strict):
+    """The part of an :class:`EvaluateJob` that comes once the parent has surveyed the cache."""
+
+    shard_paths: list[str]
+    wait_for_shards: bool
+
+
+class ReferenceJob(_Strict):
+    """Run a preset's reference pipeline (:mod:`xfverify.evaluator.references`) on some image files."""
+
+    preset: str
+    paths: list[str]
+
+
+class ReferenceResult(_Strict):
+    path: str
+    layout: Literal["NCHW", "NHWC"]
+    framework: str
+
+
+class FrameworkInfo(_Strict):
+    name: str
+    version: str
+    libraries: dict[str, str] = {}
+
+
+class DeviceInfo(_Strict):
+    type: Literal["cpu", "cuda"]
+    name: str
+
+
+class LoopTiming(_Strict):
+    """Where a worker's time went: the loop over the data, and the warm-up before it."""
+
+    wall_s: float
+    data_wait_s: float
+    compute_s: float
+    images_per_s: Optional[float]
+    steady_images_per_s: Optional[float]
+    batch_ms_mean: Optional[float]
+    batch_ms_std: Optional[float]
+    n_batches: int
+    first_batch_ms: Optional[float]
+    warmup_s: float
+
+
+class WorkerResult(_Strict):
+    """What an evaluate task returns to the parent."""
+
+    framework: FrameworkInfo
+    device: DeviceInfo
+    precision: dict[str, Any]
+    weights: dict[str, Any]
+    timing: LoopTiming
+    tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    logits_path: str
+    n_images: int
+    milestones: dict[str, float]
+    notes: list[str]
