@@ -17,8 +17,9 @@ INPUT_NAME = "input"
 EXPORTER = "tf2onnx.convert.from_keras"
 
 
-def exporter_version() -> str:
-    return f"tf2onnx {tf2onnx.__version__}, tensorflow {tf.__version__}, keras {keras.__version__}"
+def exporter_identity() -> tuple[str, str]:
+    """The exporter's name and the versions that decide its output (for the report and the export cache)."""
+    return EXPORTER, f"tf2onnx {tf2onnx.__version__}, tensorflow {tf.__version__}, keras {keras.__version__}"
 
 
 def output_kind(model: keras.Model) -> OutputKind:
@@ -40,5 +41,5 @@ def export_keras(model: keras.Model, path: Path, opset: int = DEFAULT_OPSET) -> 
                         f"{type(exc).__name__}: {one_line(str(exc))}") from None
     name_batch_axis(proto)
     save(proto, path)
-    return finish(path, exporter=EXPORTER, exporter_version=exporter_version(), opset=opset, layout="NHWC",
+    return finish(path, exporter=EXPORTER, exporter_version=exporter_identity()[1], opset=opset, layout="NHWC",
                   output_kind=output_kind(model), started=started)

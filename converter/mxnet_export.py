@@ -34,8 +34,9 @@ _NUMPY_TYPES = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32,
                 np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)
 
 
-def exporter_version() -> str:
-    return f"mxnet {mx.__version__}, onnx {onnx.__version__}"
+def exporter_identity() -> tuple[str, str]:
+    """The exporter's name and the versions that decide its output (for the report and the export cache)."""
+    return EXPORTER, f"mxnet {mx.__version__}, onnx {onnx.__version__}"
 
 
 @contextlib.contextmanager
@@ -93,6 +94,6 @@ def export_gluon(net: mx.gluon.HybridBlock, path: Path, opset: int = DEFAULT_OPS
     name_batch_axis(model)
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)  # fills the output's shape
     save(model, path)
-    return finish(path, exporter=EXPORTER, exporter_version=exporter_version(), opset=opset, layout="NCHW",
+    return finish(path, exporter=EXPORTER, exporter_version=exporter_identity()[1], opset=opset, layout="NCHW",
                   output_kind="logits", started=started,
                   notes=(f"{dropped} parameters MXNet listed as graph inputs were removed from them",))
