@@ -40,6 +40,8 @@ def export_torch(model: torch.nn.Module, path: Path, opset: int = DEFAULT_OPSET,
     """Export an NCHW classifier with a dynamic batch axis: input ``input``, output ``logits``. The dynamo
     exporter writes its weights to ``PATH.data`` beside the file; both are checked and described."""
     exporter = exporter or choose_exporter(opset)
+    if exporter not in ("dynamo", "torchscript"):
+        raise UserError(f"torch exporter {exporter!r}: choose dynamo or torchscript")
     if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
         raise UserError(f"torch's dynamo exporter writes opset {DYNAMO_MIN_OPSET} or later, not {opset}: "
                         "ask for a later opset or the torchscript exporter")
