@@ -1,0 +1,70 @@
+"""Exports kept on disk, keyed by (card, weights, exporter and its version, opset); framework-free.
+
+An entry is a folder ``ROOT/<card>-<key>/`` holding ``model.onnx`` (and its ``.data`` file, when the
+exporter writes one) and ``export.json`` (the :class:`ExportResult`). It is built in a temporary folder
+beside it and moved into place whole, reused while its files match the recorded sha256, and built again
+when they do not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from xfverify.converter.onnx_file import ExportResult, files_intact
+
+MODEL_FILE = "model.onnx"
+RECORD_FILE = "export.json"
+
+
+def entry_folder(root: Path, card_id: str, weights_sha256: str, exporter: str, exporter_version: str, opset: int) -> Path:
+    """Where the export with this key lives (``weights_sha256`` must identify the weights: for random
+    weights, say so with their seed)."""
+    key = json.dumps([card_id, weights_sha256, exporter, exporter_version, opset])
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", card_id).strip("_")[:80]
+    return Path(root) / f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+
+
+def _cached(folder: Path) -> ExportResult | None:
+    """The entry's result when its record reads and its files are intact, else None."""
+    try:
+        result = ExportResult.model_validate_json((folder / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    result = result.model_copy(update={"path": folder / result.description.file})
+    return result if files_intact(result.path, result.description) else None
+
+
+def cached_export(root: Path, card_id: str, weights_sha256: str, exporter: str, exporter_version: str, opset: int,
+                  export: Callable[[Path], ExportResult]) -> tuple[ExportResult, bool]:
+    """The cached export, or ``export(PATH)``'s (PATH: the .onnx file to write) put in the cache; and
+    whether it came from the cache."""
+    folder = entry_folder(root, card_id, weights_sha256, exporter, exporter_version, opset)
+    found = _cached(folder)
+    if found is not None:
+        return found, True
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        made = export(building / MODEL_FILE).model_copy(update={"path": folder / MODEL_FILE})
+        (building / RECORD_FILE).write_text(made.model_dump_json(indent=2))
+        if folder.exists():  # damaged: move it aside whole, then remove it
+            damaged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.damaged.", dir=folder.parent))
+            os.replace(folder, damaged / "entry")
+            shutil.rmtree(damaged, ignore_errors=True)
+        try:
+            os.replace(building, folder)
+        except OSError:  # another process put an entry there meanwhile: use it when it is intact
+            found = _cached(folder)
+            if found is None:
+                raise
+            return found, True
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return made, False

@@ -1,0 +1,253 @@
+"""An ONNX file checked (onnx's full checker and strict shape inference) and described; framework-free."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+from pydantic import BaseModel, ConfigDict
+
+from xfverify.models.errors import UserError
+
+Layout = Literal["NCHW", "NHWC"]
+OutputKind = Literal["logits", "softmax"]
+BATCH_AXIS = "batch"
+_PROTOBUF_LIMIT = 2**31 - 1  # one serialised ModelProto; beyond it tensors go to an external data file
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FileDigest(Frozen):
+    name: str  # relative to the .onnx file's folder
+    size_bytes: int
+    sha256: str
+
+
+class TensorDescription(Frozen):
+    name: str
+    element_type: str  # numpy's name: float32, int64, ...
+    shape: tuple[int | str, ...]  # symbolic dimensions by name, unknown ones as "?"
+
+
+class OnnxDescription(Frozen):
+    """What the report says about an ONNX file."""
+
+    file: str
+    sha256: str
+    size_bytes: int
+    external_data: tuple[FileDigest, ...]  # the tensors' data files beside it, when it has any
+    total_size_bytes: int
+    ir_version: int
+    opsets: dict[str, int]  # domain ("" is ai.onnx) -> version
+    producer_name: str
+    producer_version: str
+    exporter: str
+    exporter_version: str
+    inputs: tuple[TensorDescription, ...]
+    outputs: tuple[TensorDescription, ...]
+    layout: Layout
+
+    @property
+    def opset(self) -> int:
+        return self.opsets.get("", self.opsets.get("ai.onnx", 0))
+
+
+class ExportResult(Frozen):
+    """One export: the checked file, its description, and how it was made."""
+
+    path: Path
+    description: OnnxDescription
+    exporter: str
+    exporter_version: str
+    opset: int
+    output_kind: OutputKind
+    seconds: float
+    notes: tuple[str, ...] = ()
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """An exception's message as one line of at most about ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3].rstrip() + "..."
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_structure(path: Path) -> onnx.ModelProto:
+    """The model without its external tensor data; a file that is not ONNX is a UserError naming it."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError:
+        raise UserError(f"{path}: not a readable ONNX file (truncated, or another kind of file: protobuf "
+                        "cannot parse it); export it again or check the download") from None
+    if model.ir_version == 0 or not model.HasField("graph"):
+        raise UserError(f"{path}: not an ONNX model (no IR version or graph: an empty file, or another format "
+                        "that happens to parse); export it again or check the download")
+    return model
+
+
+def check(path: Path) -> None:
+    """onnx's full checker and strict shape inference (both read from the path, so external data and
+    files over 2 GB work); a failure is a UserError naming the file and, where onnx says, the node."""
+    path = Path(path)
+    _load_structure(path)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        with tempfile.TemporaryDirectory(prefix="xfverify-shapes-") as scratch:
+            onnx.shape_inference.infer_shapes_path(str(path), str(Path(scratch) / "inferred.onnx"),
+                                                   check_type=True, strict_mode=True)
+    except onnx.checker.ValidationError as exc:
+        raise UserError(f"{path}: fails onnx.checker: {_onnx_reason(exc)}") from None
+    except onnx.shape_inference.InferenceError as exc:
+        raise UserError(f"{path}: fails ONNX shape inference: {_onnx_reason(exc)}") from None
+
+
+_NODE_IN_MESSAGE = (  # how onnx names the node in a shape-inference error, and in a checker error
+    re.compile(r"\(op_type:(?P<op>[^,]+), node name: (?P<name>[^)]*)\)"),
+    re.compile(r"==> Context: Bad node spec for node\. Name: (?P<name>\S*) OpType: (?P<op>\S+)"),
+)
+
+
+def _onnx_reason(exc: Exception) -> str:
+    """onnx's message in one line, the node and operator it names put first."""
+    text = one_line(str(exc), 2000)
+    for pattern in _NODE_IN_MESSAGE:
+        found = pattern.search(text)
+        if found:
+            rest = " ".join(text.replace(found.group(0), "").split())
+            return one_line(f"node {found['name'] or '(unnamed)'} (operator {found['op']}): {rest}")
+    return one_line(text)
+
+
+def _external_files(model: onnx.ModelProto) -> list[str]:
+    return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
+
+
+def _digest(folder: Path, name: str) -> FileDigest:
+    path = folder / name
+    if not path.is_file():
+        raise UserError(f"{path}: the external data file its ONNX model names is missing; keep it beside the .onnx file")
+    return FileDigest(name=name, size_bytes=path.stat().st_size, sha256=sha256_file(path))
+
+
+def _dimension(dim: onnx.TensorShapeProto.Dimension) -> int | str:
+    if dim.HasField("dim_value"):
+        return dim.dim_value
+    return dim.dim_param or "?"
+
+
+def _tensor(value: onnx.ValueInfoProto) -> TensorDescription:
+    tensor_type = value.type.tensor_type
+    shape = tuple(_dimension(d) for d in tensor_type.shape.dim) if tensor_type.HasField("shape") else ()
+    element = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name if tensor_type.elem_type else "?"
+    return TensorDescription(name=value.name, element_type=element, shape=shape)
+
+
+def describe(path: Path, exporter: str, exporter_version: str, layout: Layout) -> OnnxDescription:
+    """The file's description; ``exporter`` and ``layout`` are what the caller knows (for a user's file:
+    its producer, and the layout the preprocessing feeds)."""
+    path = Path(path)
+    model = _load_structure(path)
+    initialisers = {t.name for t in model.graph.initializer}
+    own = FileDigest(name=path.name, size_bytes=path.stat().st_size, sha256=sha256_file(path))
+    external = tuple(_digest(path.parent, name) for name in _external_files(model))
+    return OnnxDescription(
+        file=path.name,
+        sha256=own.sha256,
+        size_bytes=own.size_bytes,
+        external_data=external,
+        total_size_bytes=own.size_bytes + sum(f.size_bytes for f in external),
+        ir_version=model.ir_version,
+        opsets={o.domain: o.version for o in model.opset_import},
+        producer_name=model.producer_name,
+        producer_version=model.producer_version,
+        exporter=exporter,
+        exporter_version=exporter_version,
+        inputs=tuple(_tensor(v) for v in model.graph.input if v.name not in initialisers),
+        outputs=tuple(_tensor(v) for v in model.graph.output),
+        layout=layout,
+    )
+
+
+def files_intact(path: Path, description: OnnxDescription) -> bool:
+    """Whether the .onnx file and its external data files still have the recorded sizes and digests."""
+    expected = [FileDigest(name=description.file, size_bytes=description.size_bytes, sha256=description.sha256),
+                *description.external_data]
+    for recorded in expected:
+        candidate = Path(path).parent / recorded.name
+        if not candidate.is_file() or candidate.stat().st_size != recorded.size_bytes:
+            return False
+        if sha256_file(candidate) != recorded.sha256:
+            return False
+    return True
+
+
+# --- edits the exporters share -------------------------------------------------------------
+
+
+def name_batch_axis(model: onnx.ModelProto) -> None:
+    """Call the first axis of every graph input and output ``batch`` (exporters leave it unnamed or
+    'unk__N'), and rename that symbol wherever else the graph uses it."""
+    initialisers = {t.name for t in model.graph.initializer}
+    renamed: set[str] = set()
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if value.name in initialisers or not dims or dims[0].HasField("dim_value"):
+            continue
+        if dims[0].dim_param:
+            renamed.add(dims[0].dim_param)
+        dims[0].dim_param = BATCH_AXIS
+    for value in model.graph.value_info:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renamed:
+                dim.dim_param = BATCH_AXIS
+
+
+def drop_initialisers_from_inputs(model: onnx.ModelProto) -> int:
+    """Remove graph inputs that are initialisers (so ONNX Runtime may fold them as constants); how many."""
+    initialisers = {t.name for t in model.graph.initializer}
+    kept = [v for v in model.graph.input if v.name not in initialisers]
+    dropped = len(model.graph.input) - len(kept)
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    return dropped
+
+
+def save(model: onnx.ModelProto, path: Path) -> None:
+    """Write the model; tensors go to ``NAME.onnx.data`` beside it when one file cannot hold them."""
+    path = Path(path)
+    if model.ByteSize() < _PROTOBUF_LIMIT:
+        onnx.save_model(model, str(path))
+        return
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{path.name}.data", size_threshold=1024)
+
+
+def finish(path: Path, *, exporter: str, exporter_version: str, opset: int, layout: Layout,
+           output_kind: OutputKind, started: float, notes: tuple[str, ...] = ()) -> ExportResult:
+    """Check an exported file, make sure it says the opset asked for, and describe it."""
+    check(path)
+    description = describe(path, exporter, exporter_version, layout)
+    if description.opset != opset:
+        raise UserError(f"{path}: {exporter} wrote opset {description.opset}, not the {opset} asked for; "
+                        f"ask for opset {description.opset}")
+    return ExportResult(path=Path(path), description=description, exporter=exporter,
+                        exporter_version=exporter_version, opset=opset, output_kind=output_kind,
+                        seconds=round(time.perf_counter() - started, 3), notes=notes)
