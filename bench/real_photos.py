@@ -33,7 +33,8 @@ def _correct(out: Path) -> dict[str, bool]:
 
 def _run(model: str, preset: str | None, data: Path, work: Path) -> tuple[dict, dict[str, bool]]:
     out = work / f"{model.replace('/', '_')}-{preset or 'reference'}"
-    report = run_native(NativeOptions(model=model, data=str(data), preprocess=preset, out=str(out), batch_size=16))
+    options = NativeOptions(model=model, data=str(data), preprocess=preset, out=str(out), batch_size=16)
+    report = run_native(options).report.model_dump(mode="json")
     return report, _correct(out)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -155,15 +154,15 @@ def native_command(model, **kwargs) -> None:
 
     kwargs["overrides"] = tuple(kwargs["overrides"])
     options = NativeOptions(model=DEFAULT_MODEL if model is None else model, **kwargs)
-    report = run_native(options)
-    title = f"xfverify native: {report['model']}"
-    if report["random_weights"]:
+    run = run_native(options)
+    title = f"xfverify native: {run.report.model}"
+    if run.report.random_weights:
         title += "   *** RANDOM WEIGHTS ***"
-    ui.print_table(title, summary_rows(report))
-    ui.print_notes(report["notes"])
-    if report["dataset"]["n_images"] <= 20:
-        ui.print_predictions(Path(report["_out_dir"]) / "predictions.csv")
-    ui.info(f"report: {report['_out_dir']}/report.json, report.md, logits.npy, predictions.csv")
+    ui.print_table(title, summary_rows(run.report))
+    ui.print_notes(run.report.notes)
+    if run.report.dataset.n_images <= 20:
+        ui.print_predictions(run.predictions)
+    ui.info(f"report: {run.out_dir}/report.json, report.md, logits.npy, predictions.csv")
 
 
 def main(argv: list[str] | None = None) -> None:

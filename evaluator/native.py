@@ -23,10 +23,17 @@ from xfverify.evaluator.jobs import DataPart, EvaluateJob, WorkerResult
 from xfverify.evaluator.launcher import run_worker
 from xfverify.evaluator.metrics import compare_to_published, error_stats, real_error, top_k, wilson_interval
 from xfverify.evaluator.overrides import parse_overrides
-from xfverify.evaluator.report import write_markdown, write_predictions, write_report
+from xfverify.evaluator.report import (
+    NativeReport,
+    NativeRun,
+    Prediction,
+    predictions,
+    write_markdown,
+    write_predictions,
+    write_report,
+)
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.errors import UserError
-from xfverify.models.imagenet import class_name
 from xfverify.models.preprocess import PreprocessSpec, resolve_preprocess
 
 from xfverify import __version__
@@ -100,7 +107,7 @@ def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]
     return card, spec, dataset
 
 
-def run_native(options: NativeOptions) -> dict[str, Any]:
+def run_native(options: NativeOptions) -> NativeRun:
     """Evaluate one model natively; write report.json, report.md, logits.npy, predictions.csv; return the report.
 
     The run owns its --out folder while it works (a second run there is refused) and leaves nothing of
@@ -115,7 +122,7 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
     try:
         with owned_folder(out_dir, "--out"):
             try:
-                report = _run_in(out_dir, out_dir / ".work", card, spec, dataset, options, timeline)
+                report, rows = _run_in(out_dir, out_dir / ".work", card, spec, dataset, options, timeline)
             finally:
                 shutil.rmtree(out_dir / ".work", ignore_errors=True)
     except BaseException:
@@ -123,8 +130,7 @@ def run_native(options: NativeOptions) -> dict[str, Any]:
             with contextlib.suppress(OSError):
                 out_dir.rmdir()  # only if empty
         raise
-    report["_out_dir"] = str(out_dir)
-    return report
+    return NativeRun(report, out_dir, rows)
 
 
 def _earlier_outputs_note(out_dir: Path) -> list[str]:
@@ -138,7 +144,7 @@ def _earlier_outputs_note(out_dir: Path) -> list[str]:
     return [f"this report replaced an earlier one in {out_dir}"]
 
 
-def _run_in(out_dir, workdir, card, spec, dataset, options, timeline) -> dict[str, Any]:
+def _run_in(out_dir, workdir, card, spec, dataset, options, timeline) -> tuple[NativeReport, list[Prediction]]:
     notes = _earlier_outputs_note(out_dir)
     ui.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; preprocessing {spec.name}")
 
@@ -176,27 +182,20 @@ def _run_in(out_dir, workdir, card, spec, dataset, options, timeline) -> dict[st
 
     topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)  # skipped images' NaN rows rank nothing
     report = assemble_report(card, spec, dataset, cached, build, result, timing, topk, options, notes)
-    if skipped and report["n_scored"] == 0 and (len(skipped) == len(dataset) or dataset.n_labelled):
+    if skipped and report.n_scored == 0 and (len(skipped) == len(dataset) or dataset.n_labelled):
         first = cached.bad[0]
         raise UserError(
             f"nothing was scored: {len(skipped)} of {len(dataset)} images were skipped as undecodable "
             f"(the first, {first.path}: {first.reason}); no report was written"
         )
-    image_ids = [r.image_id for r in dataset.records]
-    labels = [r.labels for r in dataset.records]
-    write_predictions(workdir / "predictions.csv", image_ids, labels, topk, skipped)
-    report = write_report(workdir, report)
-    preview = [
-        f"- `{image_ids[i]}`: {class_name(int(topk[i, 0]))} ({int(topk[i, 0])})"
-        + (f", labels {list(labels[i])}" if labels[i] else "")
-        for i in range(min(10, len(image_ids)))
-        if i not in skipped
-    ]
-    write_markdown(workdir / "report.md", report, preview)
+    rows = predictions([r.image_id for r in dataset.records], [r.labels for r in dataset.records], topk, skipped)
+    write_predictions(workdir / "predictions.csv", rows)
+    write_report(workdir, report)
+    write_markdown(workdir / "report.md", report, rows)
     del logits
     for name in OUTPUTS:
         os.replace(workdir / name, out_dir / name)
-    return report
+    return report, rows
 
 
 def relative_timeline(parent: dict[str, float], worker: dict[str, float]) -> dict[str, float]:
@@ -271,8 +270,8 @@ def _decode_and_infer(cache, dataset, framework, job, workdir, options, decode_p
     return cached, stats, result
 
 
-def assemble_report(card, spec, dataset, cached, build, result, timing, topk, options, run_notes=()) -> dict[str, Any]:
-    """The report.json dict (validated by :class:`xfverify.evaluator.report.NativeReport` when written)."""
+def assemble_report(card, spec, dataset, cached, build, result, timing, topk, options, run_notes=()) -> NativeReport:
+    """The report, typed (its schema is checked as it is built)."""
     skipped = {bad.index for bad in cached.bad}
     include = np.ones(len(dataset), dtype=bool)
     include[sorted(skipped)] = False
@@ -302,7 +301,7 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
         notes.append(card.notes)
     if stats.n and stats.n < 1000:
         notes.append(f"only {stats.n} labelled images scored: the 95% interval is wide")
-    return {
+    return NativeReport.model_validate({
         "model": card.id,
         "architecture": card.architecture,
         "builder": card.builder,
@@ -347,7 +346,7 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
         "notes": notes,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "xfverify_version": __version__,
-    }
+    })
 
 
 def _caveat_notes(caveats) -> list[str]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from xfverify.evaluator.jobs import DeviceInfo, FrameworkInfo, LoopTiming
 from xfverify.models.imagenet import class_name
 
 REPORT_VERSION = 1
@@ -17,11 +19,6 @@ REPORT_VERSION = 1
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
-
-
-class FrameworkInfo(_Open):
-    name: str
-    version: str
 
 
 class WeightsInfo(_Open):
@@ -48,14 +45,21 @@ class DeltaInfo(_Open):
     outside_ci95: bool
 
 
-class TimingInfo(_Open):
-    data_wait_s: float
-    compute_s: float
-    wall_s: float
-    images_per_s: Optional[float]
-    batch_ms_mean: Optional[float]
-    batch_ms_std: Optional[float]
-    timeline_s: Optional[dict[str, float]] = None
+class TimingInfo(LoopTiming):
+    """The worker's timing, and when each phase of the whole run ended (parent and worker together)."""
+
+    timeline_s: dict[str, float]
+
+
+class CacheInfo(_Open):
+    directory: Optional[str]
+    decoded: int
+    reused_shards: int
+    built_shards: int
+    rebuilt_corrupt_shards: int
+    decode_s: float
+    decode_images_per_s: float
+    workers: int
 
 
 class SkippedImage(_Open):
@@ -76,7 +80,7 @@ class NativeReport(BaseModel):
     builder: str
     random_weights: bool
     framework: FrameworkInfo
-    device: dict[str, Any]
+    device: DeviceInfo
     precision: dict[str, Any]
     weights: WeightsInfo
     preprocess: dict[str, Any]
@@ -93,98 +97,128 @@ class NativeReport(BaseModel):
     delta_vs_published: Optional[DeltaInfo]
     real_labels: Optional[dict[str, Any]]
     timing: TimingInfo
-    cache: dict[str, Any]
+    cache: CacheInfo
     skipped_images: list[SkippedImage]
     notes: list[str]
     created: str
     xfverify_version: str
 
 
-def write_predictions(path: Path, image_ids, labels, topk: np.ndarray, skipped: set[int]) -> None:
-    """predictions.csv: image id, acceptable label(s), top-5 class indices, top-1 name."""
+@dataclass(frozen=True)
+class Prediction:
+    """One image's row of predictions.csv (and of the terminal's predictions table)."""
+
+    image_id: str
+    labels: tuple[int, ...]
+    top5: tuple[int, ...]  # empty when the image was skipped
+    status: str  # correct, wrong, unlabelled or skipped
+
+    @property
+    def top1_name(self) -> str:
+        return class_name(self.top5[0]) if self.top5 else ""
+
+
+def predictions(image_ids, labels, topk: np.ndarray, skipped: set[int]) -> list[Prediction]:
+    """Each image's top-5 and whether its top-1 is one of its acceptable labels."""
+    rows = []
+    for row, image_id in enumerate(image_ids):
+        if row in skipped:
+            rows.append(Prediction(image_id, tuple(labels[row]), (), "skipped"))
+            continue
+        top5 = tuple(int(v) for v in topk[row])
+        status = "unlabelled" if not labels[row] else ("correct" if top5[0] in labels[row] else "wrong")
+        rows.append(Prediction(image_id, tuple(labels[row]), top5, status))
+    return rows
+
+
+def write_predictions(path: Path, rows: list[Prediction]) -> None:
+    """predictions.csv: image id, acceptable label(s), top-5 class indices, top-1 name, status."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image_id", "labels", "top5", "top1_name", "status"])
-        for row, image_id in enumerate(image_ids):
-            label_text = " ".join(str(v) for v in labels[row])
-            if row in skipped:
-                writer.writerow([image_id, label_text, "", "", "skipped"])
-                continue
-            top5 = " ".join(str(int(v)) for v in topk[row])
-            status = "unlabelled" if not labels[row] else ("correct" if int(topk[row, 0]) in labels[row] else "wrong")
-            writer.writerow([image_id, label_text, top5, class_name(int(topk[row, 0])), status])
+        for row in rows:
+            writer.writerow([row.image_id, " ".join(map(str, row.labels)), " ".join(map(str, row.top5)),
+                             row.top1_name, row.status])
 
 
 def _fmt(value: Optional[float], digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+def summary_rows(report: NativeReport) -> list[tuple[str, str]]:
     """(label, value) pairs shared by the terminal table and report.md."""
-    published = report.get("published") or {}
-    delta = report.get("delta_vs_published") or {}
-    ci = report.get("top1_error_ci95")
-    timing = report["timing"]
+    ci = report.top1_error_ci95
+    timing = report.timing
     rows = [
-        ("model", report["model"] + ("  [RANDOM WEIGHTS]" if report["random_weights"] else "")),
-        ("framework", f"{report['framework']['name']} {report['framework']['version']}"),
-        ("device / precision", f"{report['device'].get('name') or report['device']['type']} / {report['precision']['requested']}"),
-        ("preprocess", report["preprocess"]["name"]),
-        ("images scored", f"{report['n_scored']} of {report['dataset']['n_images']} ({report['dataset']['layout']})"),
-        ("top-1 error %", f"{_fmt(report['top1_error'])}" + (f"  (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")),
-        ("top-5 error %", _fmt(report["top5_error"])),
+        ("model", report.model + ("  [RANDOM WEIGHTS]" if report.random_weights else "")),
+        ("framework", f"{report.framework.name} {report.framework.version}"),
+        ("device / precision", f"{report.device.name or report.device.type} / {report.precision['requested']}"),
+        ("preprocess", report.preprocess["name"]),
+        ("images scored", f"{report.n_scored} of {report.dataset.n_images} ({report.dataset.layout})"),
+        ("top-1 error %", f"{_fmt(report.top1_error)}" + (f"  (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")),
+        ("top-5 error %", _fmt(report.top5_error)),
     ]
-    if published:
-        rows.append(("published top-1 %", f"{published['top1_error']:.2f}  ({published['source']})"))
-    if delta:
-        verdict = "outside the 95% CI" if delta["outside_ci95"] else "within the 95% CI"
-        rows.append(("delta vs published", f"{delta['top1_error']:+.2f} points, {verdict}"))
-    if report.get("real_labels"):
-        rows.append(("ReaL top-1 error %", _fmt(report["real_labels"]["top1_error"])))
+    if report.published:
+        rows.append(("published top-1 %", f"{report.published.top1_error:.2f}  ({report.published.source})"))
+    if report.delta_vs_published:
+        delta = report.delta_vs_published
+        verdict = "outside the 95% CI" if delta.outside_ci95 else "within the 95% CI"
+        rows.append(("delta vs published", f"{delta.top1_error:+.2f} points, {verdict}"))
+    if report.real_labels:
+        rows.append(("ReaL top-1 error %", _fmt(report.real_labels["top1_error"])))
     rows += [
-        ("throughput", f"{_fmt(timing['images_per_s'], 1)} img/s; wall {timing['wall_s']:.2f} s"),
-        ("data wait / compute", f"{timing['data_wait_s']:.2f} s / {timing['compute_s']:.2f} s"),
-        ("batch latency", f"{_fmt(timing['batch_ms_mean'])} ± {_fmt(timing['batch_ms_std'])} ms"),
+        ("throughput", f"{_fmt(timing.images_per_s, 1)} img/s; wall {timing.wall_s:.2f} s"),
+        ("data wait / compute", f"{timing.data_wait_s:.2f} s / {timing.compute_s:.2f} s"),
+        ("batch latency", f"{_fmt(timing.batch_ms_mean)} ± {_fmt(timing.batch_ms_std)} ms"),
     ]
-    timeline = timing.get("timeline_s") or {}
-    if timeline:
-        last = max(timeline.values())
-        ready = timeline.get("warmed_up", timeline.get("model_ready"))
+    if timing.timeline_s:
+        last = max(timing.timeline_s.values())
+        ready = timing.timeline_s.get("warmed_up", timing.timeline_s.get("model_ready"))
         rows.append(("whole run", f"{last:.2f} s" + (f" (model ready after {ready:.2f} s)" if ready is not None else "")))
     rows += [
-        ("decode (cache)", f"{report['cache']['decoded']} decoded, {report['cache']['reused_shards']} shard(s) reused"),
-        ("tensors sha256", report["tensors_sha256"][:16] + "…"),
+        ("decode (cache)", f"{report.cache.decoded} decoded, {report.cache.reused_shards} shard(s) reused"),
+        ("tensors sha256", report.tensors_sha256[:16] + "…"),
     ]
-    if report["skipped_images"]:
-        rows.append(("skipped images", str(len(report["skipped_images"]))))
+    if report.skipped_images:
+        rows.append(("skipped images", str(len(report.skipped_images))))
     return rows
 
 
-def write_markdown(path: Path, report: dict[str, Any], predictions_preview: list[str]) -> None:
-    lines = [f"# xfverify native: {report['model']}", ""]
-    if report["random_weights"]:
+def write_markdown(path: Path, report: NativeReport, rows: list[Prediction]) -> None:
+    """report.md: the summary, the resolved spec, where the time went, notes, skipped images, first predictions."""
+    lines = [f"# xfverify native: {report.model}", ""]
+    if report.random_weights:
         lines += ["> **RANDOM WEIGHTS: these numbers say nothing about the pretrained model.**", ""]
     lines += ["| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary_rows(report)]
-    lines += ["", "## Preprocessing (resolved)", "", "```json", json.dumps(report["preprocess"], indent=2), "```"]
-    timeline = report["timing"].get("timeline_s") or {}
-    if timeline:
+    lines += ["", "## Preprocessing (resolved)", "", "```json", json.dumps(report.preprocess, indent=2), "```"]
+    if report.timing.timeline_s:
         lines += ["", "## Where the time went", "", "Seconds since the run began when each phase ended "
                   "(decoding and the framework worker run side by side):", ""]
-        lines += [f"- {at:8.3f} s  {name.replace('_', ' ')}" for name, at in timeline.items()]
-    if report["notes"]:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
-    if report["skipped_images"]:
-        lines += ["", "## Skipped images", ""] + [
-            f"- `{s['path']}`: {s['reason']}" for s in report["skipped_images"]
-        ]
-    if predictions_preview:
-        lines += ["", "## First predictions", ""] + predictions_preview
+        lines += [f"- {at:8.3f} s  {name.replace('_', ' ')}" for name, at in report.timing.timeline_s.items()]
+    if report.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
+    if report.skipped_images:
+        lines += ["", "## Skipped images", ""] + [f"- `{s.path}`: {s.reason}" for s in report.skipped_images]
+    preview = [
+        f"- `{row.image_id}`: {row.top1_name} ({row.top5[0]})" + (f", labels {list(row.labels)}" if row.labels else "")
+        for row in rows[:10]
+        if row.top5
+    ]
+    if preview:
+        lines += ["", "## First predictions", ""] + preview
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_report(out_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
-    """Validate against :class:`NativeReport` and write report.json; returns the validated dict."""
-    validated = NativeReport.model_validate(report).model_dump(mode="json")
-    (out_dir / "report.json").write_text(json.dumps(validated, indent=2) + "\n")
-    return validated
+def write_report(out_dir: Path, report: NativeReport) -> None:
+    """report.json (the schema was checked when the report was built)."""
+    (out_dir / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class NativeRun:
+    """What ``xfverify native`` produced: the report, where its files are, and each image's predictions."""
+
+    report: NativeReport
+    out_dir: Path
+    predictions: list[Prediction]

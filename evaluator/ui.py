@@ -119,22 +119,19 @@ def print_notes(notes: list[str]) -> None:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
 
 
-def print_predictions(predictions_csv) -> None:
-    """The per-image predictions of a small run as a table on stdout."""
-    import csv
-
+def print_predictions(rows) -> None:
+    """The per-image predictions of a small run (:class:`xfverify.evaluator.report.Prediction`) as a table."""
     from xfverify.models.imagenet import class_name
 
     table = Table(title="predictions", title_justify="left")
     for column in ("image", "labels", "top-1", "top-5", "status"):
         table.add_column(column)
-    with open(predictions_csv) as handle:
-        for row in csv.DictReader(handle):
-            labels = ", ".join(f"{int(v)} {class_name(int(v))}" for v in row["labels"].split()) or "-"
-            top1 = f"{row['top5'].split()[0]} {row['top1_name']}" if row["top5"] else "-"
-            style = {"correct": "green", "wrong": "red"}.get(row["status"], "dim")
-            cells = [escape(v) for v in (row["image_id"], labels, top1, row["top5"])]
-            table.add_row(*cells, f"[{style}]{row['status']}[/{style}]")
+    for row in rows:
+        labels = ", ".join(f"{v} {class_name(v)}" for v in row.labels) or "-"
+        top1 = f"{row.top5[0]} {row.top1_name}" if row.top5 else "-"
+        style = {"correct": "green", "wrong": "red"}.get(row.status, "dim")
+        cells = [escape(v) for v in (row.image_id, labels, top1, " ".join(map(str, row.top5)))]
+        table.add_row(*cells, f"[{style}]{row.status}[/{style}]")
     console.print(table)
 
 

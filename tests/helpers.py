@@ -135,3 +135,10 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
 
 def wnid(index: int) -> str:
     return class_table()[index][0]
+
+
+def native_json(options) -> dict:
+    """``run_native``'s report as report.json holds it (what the tests check is what users read)."""
+    from xfverify.evaluator.native import run_native
+
+    return run_native(options).report.model_dump(mode="json")

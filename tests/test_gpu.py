@@ -9,8 +9,8 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from helpers import needs_torch
-from xfverify.evaluator.native import NativeOptions, run_native
+from helpers import native_json, needs_torch
+from xfverify.evaluator.native import NativeOptions
 
 
 @lru_cache(maxsize=1)
@@ -37,8 +37,8 @@ def _skip_without_gpu():
 def test_gpu_run_is_fed_the_cpu_runs_bytes_and_agrees(tmp_path, generated_folder, batch_size):
     common = dict(model="torchvision/resnet50:IMAGENET1K_V1", data=str(generated_folder), random_weights=True,
                   batch_size=batch_size, workers=1)
-    cpu = run_native(NativeOptions(out=str(tmp_path / "cpu"), device="cpu", **common))
-    gpu = run_native(NativeOptions(out=str(tmp_path / "gpu"), device="cuda", **common))
+    cpu = native_json(NativeOptions(out=str(tmp_path / "cpu"), device="cpu", **common))
+    gpu = native_json(NativeOptions(out=str(tmp_path / "gpu"), device="cuda", **common))
     assert gpu["device"]["type"] == "cuda" and gpu["precision"]["tf32"] is False
     assert gpu["tensors_sha256"] == cpu["tensors_sha256"]
     a, b = np.load(tmp_path / "cpu" / "logits.npy"), np.load(tmp_path / "gpu" / "logits.npy")
@@ -48,8 +48,8 @@ def test_gpu_run_is_fed_the_cpu_runs_bytes_and_agrees(tmp_path, generated_folder
 
 def test_bf16_changes_results_only_slightly(tmp_path):
     common = dict(model="pypi/efficientnet_lite0", device="cuda", batch_size=4)
-    fp32 = run_native(NativeOptions(out=str(tmp_path / "fp32"), precision="fp32", **common))
-    bf16 = run_native(NativeOptions(out=str(tmp_path / "bf16"), precision="bf16", **common))
+    fp32 = native_json(NativeOptions(out=str(tmp_path / "fp32"), precision="fp32", **common))
+    bf16 = native_json(NativeOptions(out=str(tmp_path / "bf16"), precision="bf16", **common))
     assert fp32["tensors_sha256"] == bf16["tensors_sha256"]
     assert bf16["precision"]["autocast"] == "bfloat16"
     a, b = np.load(tmp_path / "fp32" / "logits.npy"), np.load(tmp_path / "bf16" / "logits.npy")
@@ -61,8 +61,8 @@ def test_bf16_changes_results_only_slightly(tmp_path):
 
 def test_cuda_graphs_replay_gives_the_eager_logits(tmp_path, generated_folder):
     common = dict(model="pypi/efficientnet_lite0", data=str(generated_folder), device="cuda", batch_size=2, workers=1)
-    eager = run_native(NativeOptions(out=str(tmp_path / "eager"), **common))
-    graphs = run_native(NativeOptions(out=str(tmp_path / "graphs"), cuda_graphs=True, **common))
+    eager = native_json(NativeOptions(out=str(tmp_path / "eager"), **common))
+    graphs = native_json(NativeOptions(out=str(tmp_path / "graphs"), cuda_graphs=True, **common))
     assert eager["precision"]["cuda_graphs"] == "off"
     assert graphs["precision"]["cuda_graphs"].startswith("on for batches of 2"), graphs["precision"]
     assert graphs["tensors_sha256"] == eager["tensors_sha256"]

@@ -50,13 +50,16 @@ def test_delta_vs_published():
 def minimal_report() -> dict:
     return {
         "model": "m/x:y", "architecture": "X", "builder": "x()", "random_weights": True, "framework": {"name": "torch", "version": "2"},
-        "device": {"type": "cpu"}, "precision": {"requested": "fp32"}, "weights": {"source": "random", "sha256": "random"},
+        "device": {"type": "cpu", "name": "a CPU"}, "precision": {"requested": "fp32"}, "weights": {"source": "random", "sha256": "random"},
         "preprocess": {}, "dataset": {"path": "/d", "layout": "folder", "n_images": 1, "n_labelled": 0, "manifest_sha256": "0" * 64},
         "tensors_sha256": "a" * 64, "output": "logits", "top1_error": None, "top5_error": None, "top1_error_ci95": None,
         "top5_error_ci95": None, "n_scored": 0, "published": None, "other_published": [], "delta_vs_published": None,
         "real_labels": None, "timing": {"data_wait_s": 0, "compute_s": 0, "wall_s": 0, "images_per_s": None,
-                                        "batch_ms_mean": None, "batch_ms_std": None},
-        "cache": {}, "skipped_images": [], "notes": [], "created": "now", "xfverify_version": "0",
+                                        "steady_images_per_s": None, "batch_ms_mean": None, "batch_ms_std": None,
+                                        "n_batches": 0, "first_batch_ms": None, "warmup_s": 0, "timeline_s": {}},
+        "cache": {"directory": None, "decoded": 0, "reused_shards": 0, "built_shards": 0, "rebuilt_corrupt_shards": 0,
+                  "decode_s": 0, "decode_images_per_s": 0, "workers": 1},
+        "skipped_images": [], "notes": [], "created": "now", "xfverify_version": "0",
     }
 
 

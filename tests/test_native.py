@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import SAMPLE_DIR, broken_images, needs_mxnet, needs_tensorflow, needs_torch, run_cli
+from helpers import SAMPLE_DIR, broken_images, native_json, needs_mxnet, needs_tensorflow, needs_torch, run_cli
 from xfverify.evaluator.cache import TensorCache
 from xfverify.evaluator.data import load_dataset
-from xfverify.evaluator.native import NativeOptions, run_native
+from xfverify.evaluator.native import NativeOptions
 from xfverify.evaluator.normalise import image_digests, normalise
 from xfverify.evaluator.report import NativeReport
 from xfverify.models.preprocess import PRESETS
@@ -38,7 +38,7 @@ def expected_tensor_hash(data: Path, preset: str, cache_dir: str) -> str:
 
 @needs_torch
 def test_real_weights_predict_the_sample_offline(tmp_path):
-    report = run_native(NativeOptions(out=str(tmp_path / "r"), batch_size=2))
+    report = native_json(NativeOptions(out=str(tmp_path / "r"), batch_size=2))
     preds = predictions(tmp_path / "r")
     assert preds["grace_hopper"]["top5"].split()[0] == "652"  # military uniform (bicubic, the reference)
     assert preds["coffee"]["top5"].split()[0] == "967"  # espresso
@@ -68,11 +68,11 @@ def test_a_normalisation_variant_reuses_the_decoded_images(tmp_path):
 @needs_torch
 def test_torch_random_weights_report(tmp_path, generated_folder):
     out = tmp_path / "r"
-    report = run_native(
+    report = native_json(
         NativeOptions(model="torchvision/mobilenet_v3_large:IMAGENET1K_V1", data=str(generated_folder),
                       out=str(out), random_weights=True, batch_size=3, workers=1)
     )
-    NativeReport.model_validate({k: v for k, v in report.items() if not k.startswith("_")})
+    NativeReport.model_validate(report)
     assert report["random_weights"] and report["weights"]["sha256"] == "random"
     assert "RANDOM WEIGHTS" in (out / "report.md").read_text()
     assert report["dataset"]["n_images"] == 7 and report["n_scored"] == 7
@@ -97,7 +97,7 @@ def test_torch_random_weights_report(tmp_path, generated_folder):
 
 @needs_tensorflow
 def test_keras_random_weights_report(tmp_path, generated_folder):
-    report = run_native(
+    report = native_json(
         NativeOptions(model="keras/MobileNet", data=str(generated_folder), out=str(tmp_path / "r"),
                       random_weights=True, batch_size=4, workers=1, limit=5)
     )
@@ -109,7 +109,7 @@ def test_keras_random_weights_report(tmp_path, generated_folder):
 
 @needs_mxnet
 def test_mxnet_random_weights_report(tmp_path, generated_folder):
-    report = run_native(
+    report = native_json(
         NativeOptions(model="gluoncv/mobilenet1.0", data=str(generated_folder), out=str(tmp_path / "r"),
                       random_weights=True, batch_size=4, workers=1, limit=5)
     )
@@ -120,9 +120,9 @@ def test_mxnet_random_weights_report(tmp_path, generated_folder):
 
 @needs_torch
 def test_the_same_images_give_the_same_tensor_hash_across_layouts_and_batch_sizes(tmp_path, generated_folder):
-    a = run_native(NativeOptions(model="torchvision/resnet50:IMAGENET1K_V1", data=str(generated_folder),
+    a = native_json(NativeOptions(model="torchvision/resnet50:IMAGENET1K_V1", data=str(generated_folder),
                                  out=str(tmp_path / "a"), random_weights=True, batch_size=2, limit=4))
-    b = run_native(NativeOptions(model="torchvision/resnet101:IMAGENET1K_V1", data=str(generated_folder),
+    b = native_json(NativeOptions(model="torchvision/resnet101:IMAGENET1K_V1", data=str(generated_folder),
                                  out=str(tmp_path / "b"), random_weights=True, batch_size=3, limit=4))
     assert a["tensors_sha256"] == b["tensors_sha256"]  # same spec, same images, other model and batching
     assert b["cache"]["decoded"] == 0  # and the second run decoded nothing
@@ -241,7 +241,7 @@ def test_bad_image_stops_then_skip_lists_it(tmp_path):
     (data / "labels.csv").write_text("image,labels\ncoffee.png,967\ngrace_hopper.jpg,652\ntruncated.JPEG,1\n")
     stopped = run_cli("native", "--data", str(data), "--out", str(tmp_path / "r1"))
     assert_user_error(stopped, str(bad), "--on-bad-image skip")
-    report = run_native(NativeOptions(data=str(data), out=str(tmp_path / "r2"), on_bad_image="skip"))
+    report = native_json(NativeOptions(data=str(data), out=str(tmp_path / "r2"), on_bad_image="skip"))
     assert [s["image_id"] for s in report["skipped_images"]] == ["truncated"]
     assert report["n_scored"] == 2 and report["cache"]["decoded"] == 0  # the stopped run's work was kept
     assert predictions(tmp_path / "r2")["truncated"]["status"] == "skipped"
@@ -316,7 +316,7 @@ def test_local_weights_file_is_loaded_and_fingerprinted(tmp_path, generated_fold
         "torch.save(torchvision.models.mobilenet_v2().state_dict(), sys.argv[1]);"
         "torch.save({'state_dict': torchvision.models.squeezenet1_0().state_dict()}, sys.argv[2])"
     ), str(good), str(wrong)], check=True, timeout=300)
-    report = run_native(NativeOptions(model="torchvision/mobilenet_v2:IMAGENET1K_V1", data=str(generated_folder),
+    report = native_json(NativeOptions(model="torchvision/mobilenet_v2:IMAGENET1K_V1", data=str(generated_folder),
                                       out=str(tmp_path / "r"), weights=str(good), limit=2, workers=1))
     assert report["weights"]["source"] == str(good)
     assert report["weights"]["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
@@ -389,7 +389,7 @@ def test_bombs_and_link_loops_are_bad_images_and_a_16_bit_png_gets_a_note(tmp_pa
     stopped = run_cli("native", "--random-weights", "--data", str(data), "--out", str(tmp_path / "r1"))
     assert_user_error(stopped, f"cannot decode image {data / 'bomb.png'}", "exceeds limit", "--on-bad-image skip")
     assert not (tmp_path / "r1").exists(), "a failed run leaves no folder it made, nor .work"
-    report = run_native(NativeOptions(data=str(data), out=str(tmp_path / "r2"), random_weights=True, on_bad_image="skip"))
+    report = native_json(NativeOptions(data=str(data), out=str(tmp_path / "r2"), random_weights=True, on_bad_image="skip"))
     skipped = {s["image_id"]: s["reason"] for s in report["skipped_images"]}
     assert set(skipped) == {"bomb", "loop"} and "symbolic links" in skipped["loop"]
     notes = " ".join(report["notes"])

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import imagenet_sample_500, needs_torch
-from xfverify.evaluator.native import NativeOptions, run_native
+from helpers import imagenet_sample_500, native_json, needs_torch
+from xfverify.evaluator.native import NativeOptions
 
 REFERENCE_ERROR = {"pypi/efficientnet_lite0": 10.4, "pypi/efficientnet_lite1": 11.8, "pypi/efficientnet_lite2": 8.6}
 TIMM_PRESET = {"pypi/efficientnet_lite0": "lite-timm-224", "pypi/efficientnet_lite1": "lite-timm-240",
@@ -30,7 +30,7 @@ pytestmark = [needs_torch, pytest.mark.slow]
 
 
 def _top1_error(model: str, out, preset: str | None = None) -> float:
-    report = run_native(NativeOptions(model=model, data=str(imagenet_sample_500()), preprocess=preset, out=str(out),
+    report = native_json(NativeOptions(model=model, data=str(imagenet_sample_500()), preprocess=preset, out=str(out),
                                       batch_size=16))
     assert report["n_scored"] == 500
     return report["top1_error"]
