@@ -85,8 +85,8 @@ class Backend(ABC):
     def pretrained_network(self, card: ModelCard, device: Device) -> tuple[Any, dict[str, Any]]:
         """The card's network with its own weights, and the report's weights block (checksum checked)."""
 
-    def forward(self, model: Any, batch: np.ndarray, device: Device) -> np.ndarray:
-        """Logits for a float32 batch (used to scale random outputs)."""
+    def logits_std(self, model: Any, batch: np.ndarray, device: Device) -> float:
+        """The standard deviation of the logits of a float32 batch (used to scale random outputs)."""
         raise NotImplementedError
 
     def scale_last_layer(self, model: Any, std: float) -> None:
@@ -132,8 +132,7 @@ def load_model(backend: Backend, card: ModelCard, job: EvaluateJob, device: Devi
 
 def scale_random_outputs(backend: Backend, model: Any, seed: int, device: Device) -> None:
     """Make a random network's logits well-scaled (std ~1), so their ranks are not near-ties of huge values."""
-    logits = backend.forward(model, calibration_batch(seed, backend.calibration_batch, "NCHW"), device)
-    std = float(logits.std())
+    std = backend.logits_std(model, calibration_batch(seed, backend.calibration_batch, "NCHW"), device)
     if std > 0 and np.isfinite(std):
         backend.scale_last_layer(model, std)
 

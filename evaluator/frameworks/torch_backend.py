@@ -202,9 +202,9 @@ class TorchBackend(Backend):
         model, block = pretrained(card)
         return model.eval(), block
 
-    def forward(self, model, batch: np.ndarray, device: Device) -> np.ndarray:
+    def logits_std(self, model, batch: np.ndarray, device: Device) -> float:
         with torch.no_grad():
-            return model(torch.from_numpy(batch)).numpy()
+            return float(model(torch.from_numpy(batch)).std())  # torch's std: the unbiased estimate
 
     def scale_last_layer(self, model, std: float) -> None:
         linear = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
