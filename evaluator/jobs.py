@@ -19,9 +19,9 @@ class _Strict(BaseModel):
 
 
 class EvaluateJob(_Strict):
-    """Run one model over the cached images and write its logits."""
+    """Run one model over the cached images and write its logits (``model`` is None for a user's ONNX file)."""
 
-    model: str
+    model: Optional[str]
     preprocess: dict[str, Any]
     device: Literal["auto", "cpu", "cuda"]
     precision: Literal["fp32", "tf32", "bf16", "fp16"]
@@ -35,12 +35,35 @@ class EvaluateJob(_Strict):
     random_weights: bool = False
     cuda_graphs: bool = False
     seed: int = 0
+    onnx_path: Optional[str] = Field(default=None, description="the ONNX Runtime back-end's network")
+
+    def card(self) -> ModelCard | None:
+        return get_card(self.model) if self.model else None
+
+    def spec(self) -> PreprocessSpec:
+        return spec_from_dict(self.preprocess)
+
+
+class ExportJob(_Strict):
+    """Build a card's model as ``evaluate`` does and export it to ONNX through the export cache."""
+
+    model: str
+    hw: tuple[int, int]
+    cache_root: str = Field(description="the export cache's folder")
+    opset: Optional[int] = Field(default=None, description="None: the exporter's default")
+    weights_file: Optional[str] = None
+    random_weights: bool = False
+    seed: int = 0
 
     def card(self) -> ModelCard:
         return get_card(self.model)
 
-    def spec(self) -> PreprocessSpec:
-        return spec_from_dict(self.preprocess)
+
+class OnnxFileJob(_Strict):
+    """Check and describe a user's ONNX file (in the ONNX Runtime worker: the parent imports no onnx)."""
+
+    path: str
+    layout: Literal["NCHW", "NHWC"]
 
 
 class DataPart(_Strict):
@@ -89,6 +112,33 @@ class LoopTiming(_Strict):
     warmup_s: float
 
 
+class RuntimeInfo(_Strict):
+    """An ONNX runtime: the providers asked for and those that ran, and the options that change numbers."""
+
+    name: str
+    version: str
+    requested_providers: list[str]
+    providers: list[str]
+    options: dict[str, Any]
+
+
+class ExportOutcome(_Strict):
+    """What an export task returns: the converter's ExportResult as JSON, the weights block, cache use."""
+
+    framework: FrameworkInfo
+    weights: dict[str, Any]
+    export: dict[str, Any]
+    from_cache: bool
+
+    @property
+    def onnx_path(self) -> str:
+        return str(self.export["path"])
+
+    @property
+    def output_kind(self) -> str:
+        return str(self.export["output_kind"])
+
+
 class WorkerResult(_Strict):
     """What an evaluate task returns to the parent."""
 
@@ -102,3 +152,4 @@ class WorkerResult(_Strict):
     n_images: int
     milestones: dict[str, float]
     notes: list[str]
+    runtime: Optional[RuntimeInfo] = None

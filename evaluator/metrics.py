@@ -98,3 +98,12 @@ def compare_to_published(measured: float | None, ci: tuple[float, float], publis
         "top1_error": round(measured - published, 4),
         "outside_ci95": not (ci[0] <= published <= ci[1]),
     }
+
+
+def mcnemar_exact_p(only_first_right: int, only_second_right: int) -> float:
+    """Exact McNemar test of two classifiers on the same images: the two-sided binomial p of the discordant
+    pairs (are the two error rates really different?); 1.0 when no image is right for only one of them."""
+    from scipy.stats import binomtest
+
+    discordant = only_first_right + only_second_right
+    return float(binomtest(only_first_right, discordant).pvalue) if discordant else 1.0

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 from xfverify.evaluator import ui
@@ -70,10 +70,10 @@ class NativeOptions:
     extra_notes: list[str] = field(default_factory=list)
 
 
-def default_out_dir(model_id: str) -> Path:
+def default_out_dir(model_id: str, verb: str = "native") -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)
-    return Path.cwd() / "xfverify-out" / f"native-{safe}-{stamp}"
+    return Path.cwd() / "xfverify-out" / f"{verb}-{safe}-{stamp}"
 
 
 def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]:
@@ -117,12 +117,23 @@ def run_native(options: NativeOptions) -> NativeRun:
     card, spec, dataset = prepare(options)
     timeline["dataset_listed"] = time.time()
     out_dir = Path(options.out) if options.out else default_out_dir(card.id)
+    report, rows = in_owned_folder(
+        out_dir, lambda workdir: _run_in(out_dir, workdir, card, spec, dataset, options, timeline))
+    return NativeRun(report, out_dir, rows)
+
+
+Result = TypeVar("Result")
+
+
+def in_owned_folder(out_dir: Path, work: Callable[[Path], Result]) -> Result:
+    """``work(WORKDIR)`` while this run owns ``out_dir`` (a second run there is refused); its work folder is
+    removed afterwards, and a folder this run created is removed again when it fails before writing to it."""
     created = not out_dir.exists()
     writable_folder(out_dir, "--out")
     try:
         with owned_folder(out_dir, "--out"):
             try:
-                report, rows = _run_in(out_dir, out_dir / ".work", card, spec, dataset, options, timeline)
+                return work(out_dir / ".work")
             finally:
                 shutil.rmtree(out_dir / ".work", ignore_errors=True)
     except BaseException:
@@ -130,7 +141,6 @@ def run_native(options: NativeOptions) -> NativeRun:
             with contextlib.suppress(OSError):
                 out_dir.rmdir()  # only if empty
         raise
-    return NativeRun(report, out_dir, rows)
 
 
 def _earlier_outputs_note(out_dir: Path) -> list[str]:
@@ -147,10 +157,6 @@ def _earlier_outputs_note(out_dir: Path) -> list[str]:
 def _run_in(out_dir, workdir, card, spec, dataset, options, timeline) -> tuple[NativeReport, list[Prediction]]:
     notes = _earlier_outputs_note(out_dir)
     ui.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; preprocessing {spec.name}")
-
-    cache_root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_root()
-    writable_folder(cache_root, "--cache-dir" if options.cache_dir else "the tensor cache ($XFVERIFY_CACHE or ~/.cache/xfverify)")
-    cache = TensorCache(cache_root, spec)
     job = EvaluateJob(
         model=card.id,
         preprocess=spec.to_dict(),
@@ -158,20 +164,54 @@ def _run_in(out_dir, workdir, card, spec, dataset, options, timeline) -> tuple[N
         precision=options.precision,
         batch_size=options.batch_size,
         n_images=len(dataset),
-        hw=cache.hw,
+        hw=spec_hw(spec),
         data_file=str(workdir / "data.json"),  # shard paths: written once the cache is surveyed
         weights_file=os.path.abspath(options.weights) if options.weights else None,
         random_weights=options.random_weights,
         cuda_graphs=options.cuda_graphs,
         seed=options.seed,
     )
+    run = evaluate_cached(card.framework, job, spec, dataset, options, workdir, timeline)
+    report = assemble_report(card, spec, dataset, run.cached, run.build, run.result, run.timing, run.topk, options,
+                             notes)
+    return report, write_outputs(out_dir, workdir, report, dataset, run)
+
+
+@dataclass
+class CachedRun:
+    """One worker's pass over the cached images: the cache, its build statistics, the worker's result,
+    the logits (skipped images' rows NaN), their top-5, the timing with the run's timeline."""
+
+    cached: Any
+    build: Any
+    result: WorkerResult
+    logits: np.ndarray
+    topk: np.ndarray
+    timing: dict[str, Any]
+
+    @property
+    def skipped(self) -> set[int]:
+        return {bad.index for bad in self.cached.bad}
+
+
+def spec_hw(spec: PreprocessSpec) -> tuple[int, int]:
+    """The (height, width) of the images the spec's cache holds."""
+    return TensorCache(default_cache_root(), spec).hw
+
+
+def evaluate_cached(framework: str, job: EvaluateJob, spec: PreprocessSpec, dataset: Dataset, options, workdir: Path,
+                    timeline: dict[str, float]) -> CachedRun:
+    """Survey and build the tensor cache while ``framework``'s worker runs ``job`` on it (``options`` gives
+    cache_dir, workers, on_bad_image)."""
+    cache_root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_root()
+    writable_folder(cache_root, "--cache-dir" if options.cache_dir else "the tensor cache ($XFVERIFY_CACHE or ~/.cache/xfverify)")
+    cache = TensorCache(cache_root, spec)
     with ui.progress_group() as group:
         decode_progress = group.task("decode + resize + crop")
-        infer_progress = group.task(f"{card.framework} inference")
-        cached, build, result = _decode_and_infer(
-            cache, dataset, card.framework, job, workdir, options, decode_progress, infer_progress, timeline
+        infer_progress = group.task(f"{framework} inference")
+        cached, build, result = decode_and_infer(
+            cache, dataset, framework, job, workdir, options, decode_progress, infer_progress, timeline
         )
-
     logits = np.load(result.logits_path, mmap_mode="r+")  # the worker's file becomes the report's
     skipped = {bad.index for bad in cached.bad}
     if skipped:
@@ -179,23 +219,28 @@ def _run_in(out_dir, workdir, card, spec, dataset, options, timeline) -> tuple[N
         logits.flush()
     timeline["logits_saved"] = time.time()
     timing = {**result.timing.model_dump(), "timeline_s": relative_timeline(timeline, result.milestones)}
-
     topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)  # skipped images' NaN rows rank nothing
-    report = assemble_report(card, spec, dataset, cached, build, result, timing, topk, options, notes)
+    return CachedRun(cached, build, result, logits, topk, timing)
+
+
+def write_outputs(out_dir: Path, workdir: Path, report: NativeReport, dataset: Dataset, run: CachedRun) -> list[Prediction]:
+    """Refuse a run that scored nothing; write predictions.csv, report.json and report.md beside the logits
+    in the work folder, then move all four into ``out_dir`` together."""
+    skipped = run.skipped
     if skipped and report.n_scored == 0 and (len(skipped) == len(dataset) or dataset.n_labelled):
-        first = cached.bad[0]
+        first = run.cached.bad[0]
         raise UserError(
             f"nothing was scored: {len(skipped)} of {len(dataset)} images were skipped as undecodable "
             f"(the first, {first.path}: {first.reason}); no report was written"
         )
-    rows = predictions([r.image_id for r in dataset.records], [r.labels for r in dataset.records], topk, skipped)
+    rows = predictions([r.image_id for r in dataset.records], [r.labels for r in dataset.records], run.topk, skipped)
     write_predictions(workdir / "predictions.csv", rows)
     write_report(workdir, report)
     write_markdown(workdir / "report.md", report, rows)
-    del logits
+    run.logits = None  # closes the memory map before the file moves
     for name in OUTPUTS:
         os.replace(workdir / name, out_dir / name)
-    return report, rows
+    return rows
 
 
 def relative_timeline(parent: dict[str, float], worker: dict[str, float]) -> dict[str, float]:
@@ -205,7 +250,7 @@ def relative_timeline(parent: dict[str, float], worker: dict[str, float]) -> dic
     return {name: round(at - started, 3) for name, at in sorted(merged.items(), key=lambda item: item[1])}
 
 
-def _decode_and_infer(cache, dataset, framework, job, workdir, options, decode_progress, infer_progress, timeline):
+def decode_and_infer(cache, dataset, framework, job, workdir, options, decode_progress, infer_progress, timeline):
     """Survey and build the cache while the framework worker starts and then consumes finished shards.
 
     The worker is started first: its imports, model building and warm-up overlap the survey. It
@@ -270,8 +315,10 @@ def _decode_and_infer(cache, dataset, framework, job, workdir, options, decode_p
     return cached, stats, result
 
 
-def assemble_report(card, spec, dataset, cached, build, result, timing, topk, options, run_notes=()) -> NativeReport:
-    """The report, typed (its schema is checked as it is built)."""
+def assemble_report(card, spec, dataset, cached, build, result, timing, topk, options, run_notes=(),
+                    report_type: type[NativeReport] = NativeReport, **extra) -> NativeReport:
+    """The report, typed (its schema is checked as it is built); ``card`` is None for a user's ONNX file,
+    ``extra`` holds the fields ``report_type`` adds."""
     skipped = {bad.index for bad in cached.bad}
     include = np.ones(len(dataset), dtype=bool)
     include[sorted(skipped)] = False
@@ -279,7 +326,7 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
     stats = error_stats(topk, labels, include)
     top1_ci = wilson_interval(stats.top1_errors, stats.n) if stats.n else None
     top5_ci = wilson_interval(stats.top5_errors, stats.n) if stats.n else None
-    primary = card.primary_published
+    primary = card.primary_published if card else None
     published = (
         {"top1_error": primary.top1_error, "top5_error": primary.top5_error, "source": primary.source}
         if primary
@@ -287,7 +334,7 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
     )
     others = [
         {"top1_error": p.top1_error, "top5_error": p.top5_error, "source": p.source}
-        for p in card.published
+        for p in (card.published if card else [])
         if p is not primary
     ]
     notes = list(dataset.notes) + list(result.notes) + list(options.extra_notes) + list(run_notes)
@@ -297,14 +344,13 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
                      "(labels come from an ImageNet layout or a labels.csv)")
     if options.random_weights:
         notes.insert(0, "RANDOM WEIGHTS: a seeded random model; the error rates say nothing about the pretrained model")
-    if card.notes:
+    if card and card.notes:
         notes.append(card.notes)
     if stats.n and stats.n < 1000:
         notes.append(f"only {stats.n} labelled images scored: the 95% interval is wide")
-    return NativeReport.model_validate({
-        "model": card.id,
-        "architecture": card.architecture,
-        "builder": card.builder,
+    identity = extra.pop("identity", None) or _identity(card)
+    return report_type.model_validate({
+        **identity,
         "random_weights": options.random_weights,
         "framework": result.framework.model_dump(),
         "device": result.device.model_dump(),
@@ -319,8 +365,7 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
             "manifest_sha256": dataset.manifest_sha256(),
         },
         "tensors_sha256": result.tensors_sha256,
-        "output": card.output,
-        "top1_error": _round(stats.top1_error),
+            "top1_error": _round(stats.top1_error),
         "top5_error": _round(stats.top5_error),
         "top1_error_ci95": [round(v, 4) for v in top1_ci] if top1_ci else None,
         "top5_error_ci95": [round(v, 4) for v in top5_ci] if top5_ci else None,
@@ -346,7 +391,12 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
         "notes": notes,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "xfverify_version": __version__,
+        **extra,
     })
+
+
+def _identity(card: ModelCard) -> dict[str, str]:
+    return {"model": card.id, "architecture": card.architecture, "builder": card.builder, "output": card.output}
 
 
 def _caveat_notes(caveats) -> list[str]:

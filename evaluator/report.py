@@ -11,7 +11,8 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from xfverify.evaluator.jobs import DeviceInfo, FrameworkInfo, LoopTiming
+from xfverify.evaluator.agreement import Agreement
+from xfverify.evaluator.jobs import DeviceInfo, FrameworkInfo, LoopTiming, RuntimeInfo
 from xfverify.models.imagenet import class_name
 
 REPORT_VERSION = 1
@@ -104,6 +105,44 @@ class NativeReport(BaseModel):
     xfverify_version: str
 
 
+class OnnxInfo(_Open):
+    """The ONNX file: the converter's description, how it was made (or that it is a user's), cache use."""
+
+    source: str  # "export" or "file"
+    exporter: str
+    exporter_version: str
+    opset: int
+    output_kind: str
+    from_cache: Optional[bool] = None
+    export_s: Optional[float] = None
+    description: dict[str, Any]
+
+
+class NativeReference(_Open):
+    """The native run an ONNX run is compared with."""
+
+    folder: str
+    framework: FrameworkInfo
+    device: DeviceInfo
+    top1_error: Optional[float]
+    top5_error: Optional[float]
+    tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    compute_s: float
+    images_per_s: Optional[float]
+
+
+class OnnxReport(NativeReport):
+    """``report.json`` of ``xfverify onnx``: the native report's fields for the ONNX Runtime run, and the
+    runtime, the file, the native run it is compared with, the time ratio and the agreement."""
+
+    kind: str = "onnx"
+    runtime: RuntimeInfo
+    onnx: OnnxInfo
+    native: Optional[NativeReference]
+    onnx_over_native_time: Optional[float] = Field(description="compute seconds, ONNX Runtime / native")
+    agreement: Optional[Agreement]
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One image's row of predictions.csv (and of the terminal's predictions table)."""
@@ -181,12 +220,43 @@ def summary_rows(report: NativeReport) -> list[tuple[str, str]]:
     ]
     if report.skipped_images:
         rows.append(("skipped images", str(len(report.skipped_images))))
+    if isinstance(report, OnnxReport):
+        rows += onnx_rows(report)
+    return rows
+
+
+def onnx_rows(report: OnnxReport) -> list[tuple[str, str]]:
+    """The rows only an ONNX report has: runtime, file, the native run and the agreement with it."""
+    runtime, onnx = report.runtime, report.onnx
+    rows = [
+        ("runtime", f"{runtime.name} {runtime.version} on {', '.join(runtime.providers)} "
+                    f"(asked: {', '.join(runtime.requested_providers)})"),
+        ("onnx file", f"{onnx.exporter} ({onnx.exporter_version}), opset {onnx.opset}, {onnx.output_kind}"
+                      + (", from the export cache" if onnx.from_cache else "")),
+    ]
+    if report.native:
+        native = report.native
+        rows.append(("native run", f"{native.framework.name} {native.framework.version} on {native.device.type}: "
+                                   f"top-1 error {_fmt(native.top1_error)} %, {native.folder}"))
+    if report.onnx_over_native_time is not None:
+        rows.append(("ONNX / native time", f"{report.onnx_over_native_time:.2f}x (compute)"))
+    if report.agreement:
+        agreement = report.agreement
+        rows += [
+            ("top-1 agreement", f"{agreement.top1_agreement:.2f} % ({agreement.n_flips} flips of "
+                                f"{agreement.n_compared}; McNemar p = {agreement.mcnemar_p:.3g})"),
+            (f"max |diff| ({agreement.compared})", f"{agreement.max_abs_logit_diff:.3g} "
+             f"({_fmt(agreement.max_abs_diff_over_max_abs_logit and agreement.max_abs_diff_over_max_abs_logit * 1e6)}"
+             " ppm of the largest |native output|)"),
+            ("within tolerance", f"{100 * agreement.within_tolerance:.3f} % of elements "
+                                 f"(atol {agreement.atol:.3g}, rtol {agreement.rtol:g})"),
+        ]
     return rows
 
 
 def write_markdown(path: Path, report: NativeReport, rows: list[Prediction]) -> None:
     """report.md: the summary, the resolved spec, where the time went, notes, skipped images, first predictions."""
-    lines = [f"# xfverify native: {report.model}", ""]
+    lines = [f"# xfverify {report.kind}: {report.model}", ""]
     if report.random_weights:
         lines += ["> **RANDOM WEIGHTS: these numbers say nothing about the pretrained model.**", ""]
     lines += ["| | |", "|---|---|"]
@@ -196,6 +266,10 @@ def write_markdown(path: Path, report: NativeReport, rows: list[Prediction]) -> 
         lines += ["", "## Where the time went", "", "Seconds since the run began when each phase ended "
                   "(decoding and the framework worker run side by side):", ""]
         lines += [f"- {at:8.3f} s  {name.replace('_', ' ')}" for name, at in report.timing.timeline_s.items()]
+    if isinstance(report, OnnxReport) and report.agreement and report.agreement.flips:
+        lines += ["", "## Top-1 flips (native -> ONNX)", ""]
+        lines += [f"- `{f.image_id}`: {f.native_top1} -> {f.onnx_top1}, labels {f.labels}, right: {f.right}"
+                  for f in report.agreement.flips]
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
     if report.skipped_images:

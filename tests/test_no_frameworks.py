@@ -36,7 +36,7 @@ def test_help_and_framework_free_commands_work_without_frameworks():
         """
         import sys
         from xfverify.evaluator.cli import cli
-        for args in (["--help"], ["native", "--help"], ["preprocess", "--help"], ["models"], ["presets"], ["models", "keras", "--json"]):
+        for args in (["--help"], ["native", "--help"], ["onnx", "--help"], ["preprocess", "--help"], ["models"], ["presets"], ["models", "keras", "--json"]):
             try:
                 cli.main(args=args, prog_name="xfverify", standalone_mode=False)
             except SystemExit as exc:
@@ -62,7 +62,7 @@ def test_importing_every_parent_module_loads_no_framework():
                        "xfverify.evaluator.preprocess_cli", "xfverify.evaluator.frameworks",
                        "xfverify.evaluator.frameworks.feeding", "xfverify.evaluator.frameworks.weights",
                        "xfverify.evaluator.frameworks.devices", "xfverify.evaluator.frameworks.contract",
-                       "xfverify.evaluator.jobs"]
+                       "xfverify.evaluator.jobs", "xfverify.evaluator.onnx_cmd", "xfverify.evaluator.agreement"]
         for name in parent_side:
             importlib.import_module(name)
         loaded = sorted(m for m in sys.modules if m.split('.')[0] in %r)

@@ -9,4 +9,5 @@ BACKENDS = {
     "torch": "xfverify.evaluator.frameworks.torch_backend",
     "tensorflow": "xfverify.evaluator.frameworks.keras_backend",
     "mxnet": "xfverify.evaluator.frameworks.mxnet_backend",
+    "onnxruntime": "xfverify.evaluator.frameworks.onnxruntime_backend",  # runs .onnx files; exports nothing
 }

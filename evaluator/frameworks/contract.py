@@ -15,7 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -24,9 +24,12 @@ from xfverify.evaluator.frameworks.weights import calibration_batch, sha256_file
 from xfverify.evaluator.jobs import (
     DeviceInfo,
     EvaluateJob,
+    ExportJob,
+    ExportOutcome,
     FrameworkInfo,
     ReferenceJob,
     ReferenceResult,
+    RuntimeInfo,
     WorkerResult,
 )
 from xfverify.evaluator.worker import emit, milestone, milestones
@@ -113,8 +116,24 @@ class Backend(ABC):
     def is_out_of_memory(self, exc: BaseException) -> bool:
         """Whether an exception means the batch did not fit the device."""
 
+    def configure(self, job: EvaluateJob) -> None:
+        """Take what a back-end needs from the job beyond the card (ONNX Runtime: the .onnx file)."""
 
-def load_model(backend: Backend, card: ModelCard, job: EvaluateJob, device: Device) -> tuple[Any, dict[str, Any]]:
+    def runtime(self, step) -> RuntimeInfo | None:
+        """The report's runtime block (providers and the options that change numbers), where there is one."""
+        return None
+
+    def exporter(self, opset: int | None) -> tuple[str, str, int]:
+        """The ONNX exporter's name and the versions that decide its output, and the opset (None: its default)."""
+        raise UserError(f"the {self.name} back-end exports no ONNX")
+
+    def export_onnx(self, model: Any, path: Path, opset: int, hw: tuple[int, int], device: Device):
+        """Export a network built by this back-end to ``path`` with the converter (an ExportResult)."""
+        raise UserError(f"the {self.name} back-end exports no ONNX")
+
+
+def load_model(backend: Backend, card: ModelCard | None, job: EvaluateJob | ExportJob,
+               device: Device) -> tuple[Any, dict[str, Any]]:
     """The network the job asks for (random, a user's file, or the card's weights) and the report's weights block."""
     backend.seed(job.seed)
     if job.random_weights:
@@ -140,8 +159,9 @@ def scale_random_outputs(backend: Backend, model: Any, seed: int, device: Device
 def evaluate(backend: Backend, job: EvaluateJob, workdir: Path) -> WorkerResult:
     """Run a card's model over the cached images; write logits.npy; return what the report needs."""
     card, spec = job.card(), job.spec()
+    backend.configure(job)
     device = backend.resolve_device(job.device, job.precision)
-    emit("status", message=f"building {card.id} on {device.type}")
+    emit("status", message=f"building {card.id if card else job.onnx_path} on {device.type}")
     model, weights = load_model(backend, card, job, device)
     model = backend.place(model, device)
     milestone("model_ready")
@@ -158,7 +178,28 @@ def evaluate(backend: Backend, job: EvaluateJob, workdir: Path) -> WorkerResult:
         n_images=loop.n_images,
         milestones=milestones(),
         notes=device.notes,
+        runtime=backend.runtime(step),
     )
+
+
+def export(backend: Backend, job: ExportJob) -> ExportOutcome:
+    """Build the card's network exactly as ``evaluate`` does (seeded random weights scaled the same way),
+    export it through the export cache, keyed by (card, weights, exporter and version, opset)."""
+    from xfverify.converter.cache import cached_export
+
+    card = job.card()
+    device = backend.resolve_device("cpu", "fp32")
+    emit("status", message=f"building {card.id} for export")
+    model, weights = load_model(backend, card, job, device)
+    exporter, version, opset = backend.exporter(job.opset)
+    weights_key = f"random-seed-{job.seed}" if job.random_weights else weights["sha256"]
+    emit("status", message=f"exporting {card.id} with {exporter} (opset {opset})")
+    result, from_cache = cached_export(
+        Path(job.cache_root), card.id, weights_key, exporter, version, opset,
+        lambda path: backend.export_onnx(model, path, opset, tuple(job.hw), device),
+    )
+    return ExportOutcome(framework=backend.describe(), weights=weights, export=result.model_dump(mode="json"),
+                         from_cache=from_cache)
 
 
 def run_reference(job: ReferenceJob, workdir: Path) -> ReferenceResult:
@@ -175,8 +216,14 @@ def run_reference(job: ReferenceJob, workdir: Path) -> ReferenceResult:
     return ReferenceResult(path=str(out), layout=module.LAYOUT, framework=module.describe())
 
 
-def worker_tasks(backend: type[Backend], before: Callable[[], Any] = lambda: None):
-    """The tasks a back-end module offers its worker: ``evaluate`` and ``reference_preprocess``.
+class WorkerTasks(NamedTuple):
+    evaluate: Callable[[dict[str, Any], Path], WorkerResult]
+    reference_preprocess: Callable[[dict[str, Any], Path], ReferenceResult]
+    export: Callable[[dict[str, Any], Path], ExportOutcome]
+
+
+def worker_tasks(backend: type[Backend], before: Callable[[], Any] = lambda: None) -> WorkerTasks:
+    """The tasks a back-end module offers its worker: ``evaluate``, ``reference_preprocess`` and ``export``.
 
     ``before`` runs first in each (GluonCV must be made importable before anything imports it).
     """
@@ -189,4 +236,8 @@ def worker_tasks(backend: type[Backend], before: Callable[[], Any] = lambda: Non
         before()
         return run_reference(ReferenceJob.model_validate(job), workdir)
 
-    return evaluate_task, reference_task
+    def export_task(job: dict[str, Any], workdir: Path) -> ExportOutcome:
+        before()
+        return export(backend(), ExportJob.model_validate(job))
+
+    return WorkerTasks(evaluate_task, reference_task, export_task)

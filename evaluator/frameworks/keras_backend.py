@@ -120,5 +120,15 @@ class KerasBackend(Backend):
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return isinstance(exc, tf.errors.ResourceExhaustedError)
 
+    def exporter(self, opset: int | None) -> tuple[str, str, int]:
+        from xfverify.converter import keras_export
 
-evaluate, reference_preprocess = worker_tasks(KerasBackend)
+        return (*keras_export.exporter_identity(), opset or keras_export.DEFAULT_OPSET)
+
+    def export_onnx(self, model, path: Path, opset: int, hw: tuple[int, int], device: Device):
+        from xfverify.converter.keras_export import export_keras
+
+        return export_keras(model, path, opset)  # the graph ends as the model does: softmax for applications
+
+
+evaluate, reference_preprocess, export = worker_tasks(KerasBackend)

@@ -159,5 +159,15 @@ class MxnetBackend(Backend):
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return isinstance(exc, mx.base.MXNetError) and "out of memory" in str(exc).lower()
 
+    def exporter(self, opset: int | None) -> tuple[str, str, int]:
+        from xfverify.converter import mxnet_export
 
-evaluate, reference_preprocess = worker_tasks(MxnetBackend, before=import_gluoncv)
+        return (*mxnet_export.exporter_identity(), opset or mxnet_export.DEFAULT_OPSET)
+
+    def export_onnx(self, model, path: Path, opset: int, hw: tuple[int, int], device: Device):
+        from xfverify.converter.mxnet_export import export_gluon
+
+        return export_gluon(model, path, opset, input_shape=(3, *hw), ctx=device.handle)
+
+
+evaluate, reference_preprocess, export = worker_tasks(MxnetBackend, before=import_gluoncv)

@@ -242,8 +242,19 @@ class TorchBackend(Backend):
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return _is_out_of_memory(exc)
 
+    def exporter(self, opset: int | None) -> tuple[str, str, int]:
+        from xfverify.converter import torch_export
 
-evaluate, reference_preprocess = worker_tasks(TorchBackend)
+        opset = opset or torch_export.DEFAULT_OPSET
+        return (*torch_export.exporter_identity(torch_export.choose_exporter(opset)), opset)
+
+    def export_onnx(self, model, path: Path, opset: int, hw: tuple[int, int], device: Device):
+        from xfverify.converter.torch_export import export_torch
+
+        return export_torch(model, path, opset, input_shape=(3, *hw))
+
+
+evaluate, reference_preprocess, export = worker_tasks(TorchBackend)
 
 
 def _library_versions() -> dict[str, str]:

@@ -1,0 +1,273 @@
+"""``xfverify onnx``: a model's ONNX export (or a user's ONNX file) under ONNX Runtime, on exactly the tensors
+of a native run, compared with it: errors, time, and agreement image by image."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from xfverify.evaluator import ui
+from xfverify.evaluator.agreement import ATOL_FRACTION, RTOL, compare_outputs
+from xfverify.evaluator.cache import default_cache_root
+from xfverify.evaluator.data import load_dataset
+from xfverify.evaluator.jobs import EvaluateJob, ExportJob, ExportOutcome, OnnxFileJob
+from xfverify.evaluator.launcher import run_worker
+from xfverify.evaluator.native import (
+    DEFAULT_MODEL,
+    SAMPLE_DIR,
+    NativeOptions,
+    assemble_report,
+    default_out_dir,
+    evaluate_cached,
+    in_owned_folder,
+    prepare,
+    run_native,
+    spec_hw,
+    write_outputs,
+)
+from xfverify.evaluator.overrides import parse_overrides
+from xfverify.evaluator.report import NativeReport, NativeRun, OnnxReport
+from xfverify.models.cards import get_card
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import resolve_preprocess, spec_from_dict
+
+NATIVE_FOLDER = "native"  # where, inside --out, the native run goes when there is none to compare with
+
+
+@dataclass
+class OnnxOptions:
+    """Everything ``xfverify onnx`` can be asked (the CLI fills it; tests can too)."""
+
+    target: str = DEFAULT_MODEL  # a model id, or a user's .onnx file
+    data: str | None = None
+    devkit: str | None = None
+    out: str | None = None
+    preprocess: str | None = None
+    overrides: tuple[str, ...] = ()
+    limit: int | None = None
+    per_class: int | None = None
+    provider: str = "auto"
+    device: str = "auto"  # the native run's
+    batch_size: int = 32
+    workers: int | None = None
+    cache_dir: str | None = None
+    weights: str | None = None
+    random_weights: bool = False
+    seed: int = 0
+    opset: int | None = None
+    against: str | None = None
+    on_bad_image: str = "error"
+    atol: float = ATOL_FRACTION
+    rtol: float = RTOL
+    extra_notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_file(self) -> bool:
+        return self.target.endswith(".onnx") or os.path.isfile(self.target)
+
+
+@dataclass
+class NativeOnDisk:
+    """A finished native run: its report and its outputs (logits or Keras's softmax)."""
+
+    report: NativeReport
+    folder: Path
+    outputs: np.ndarray
+
+
+def load_native(folder: Path, option: str = "--against") -> NativeOnDisk:
+    """The native run in ``folder``; a folder without one is a user error naming it."""
+    path = Path(folder) / "report.json"
+    if not path.is_file():
+        raise UserError(f"{option} {folder}: no native report there (report.json): give the --out folder of an "
+                        "`xfverify native` run")
+    try:
+        report = NativeReport.model_validate_json(path.read_text())
+    except ValidationError:
+        raise UserError(f"{option} {folder}: report.json is not an `xfverify native` report (run `xfverify native "
+                        "--out` there again)") from None
+    if report.kind != "native":
+        raise UserError(f"{option} {folder}: holds an `xfverify {report.kind}` report, not a native one")
+    try:
+        outputs = np.load(Path(folder) / "logits.npy")
+    except (OSError, ValueError):
+        raise UserError(f"{option} {folder}: logits.npy is missing or unreadable: run `xfverify native` again") from None
+    return NativeOnDisk(report, Path(folder), outputs)
+
+
+def _native_options(options: OnnxOptions, out: Path, preprocess: str | None = None) -> NativeOptions:
+    return NativeOptions(
+        model=options.target, data=options.data, devkit=options.devkit, out=str(out),
+        preprocess=preprocess or options.preprocess, overrides=options.overrides, limit=options.limit,
+        per_class=options.per_class, device=options.device, batch_size=options.batch_size, workers=options.workers,
+        cache_dir=options.cache_dir, weights=options.weights, random_weights=options.random_weights,
+        seed=options.seed, on_bad_image=options.on_bad_image,
+    )
+
+
+def _matches(native: NativeReport, wanted: NativeOptions) -> bool:
+    """Whether an earlier native run answers the same request (model, weights, preprocessing, images)."""
+    card, spec, dataset = prepare(wanted)
+    weights_source = os.path.abspath(wanted.weights) if wanted.weights else None
+    return (native.model == card.id and native.preprocess == spec.to_dict()
+            and native.dataset.manifest_sha256 == dataset.manifest_sha256()
+            and native.random_weights == wanted.random_weights
+            and (not wanted.random_weights or getattr(native.weights, "seed", None) == wanted.seed)
+            and (weights_source is None or native.weights.source == weights_source))
+
+
+def native_run_for(options: OnnxOptions, out_dir: Path) -> NativeOnDisk:
+    """``--against``'s native run, or the one in ``--out/native`` when it answers the same request, or a new one."""
+    if options.against:
+        return load_native(Path(options.against))
+    folder = out_dir / NATIVE_FOLDER
+    wanted = _native_options(options, folder)
+    if (folder / "report.json").is_file():
+        earlier = load_native(folder, "--out")
+        if _matches(earlier.report, wanted):
+            ui.info(f"comparing with the native run in {folder}")
+            return earlier
+    ui.info(f"running {options.target} natively first, into {folder}")
+    run: NativeRun = run_native(wanted)
+    return NativeOnDisk(run.report, run.out_dir, np.load(run.out_dir / "logits.npy"))
+
+
+def _export(options: OnnxOptions, native: NativeOnDisk, hw: tuple[int, int]) -> ExportOutcome:
+    """The card's model exported in its framework's worker (through the export cache), with the native run's weights."""
+    card = get_card(options.target)
+    report = native.report
+    job = ExportJob(
+        model=card.id, hw=hw, cache_root=str(_cache_root(options) / "onnx"), opset=options.opset,
+        weights_file=os.path.abspath(options.weights) if options.weights else None,
+        random_weights=report.random_weights,
+        seed=getattr(report.weights, "seed", options.seed) if report.random_weights else options.seed,
+    )
+    ui.info(f"exporting {card.id} to ONNX in the {card.framework} worker")
+    outcome = ExportOutcome.model_validate(run_worker(card.framework, "export", job.model_dump(), on_event=_status))
+    if outcome.weights["sha256"] != report.weights.sha256:
+        raise UserError(f"the export's weights ({outcome.weights['sha256'][:16]}) are not the native run's "
+                        f"({report.weights.sha256[:16]}, {native.folder}): give the same --weights, or run without --against")
+    return outcome
+
+
+def _describe_file(path: str, layout: str) -> dict:
+    """A user's ONNX file checked and described in the ONNX Runtime worker (a bad file: one line)."""
+    return run_worker("onnxruntime", "describe_onnx", OnnxFileJob(path=path, layout=layout).model_dump())
+
+
+def _cache_root(options: OnnxOptions) -> Path:
+    return Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_root()
+
+
+def _status(event: dict) -> None:
+    if event.get("event") == "status":
+        ui.info(event["message"])
+
+
+def run_onnx(options: OnnxOptions) -> NativeRun:
+    """Evaluate the ONNX export of a model (or a user's ONNX file) under ONNX Runtime on a native run's tensors;
+    write report.json, report.md, logits.npy, predictions.csv into --out; return the report."""
+    timeline = {"started": time.time()}
+    if options.atol < 0 or options.rtol < 0:
+        raise UserError("--atol and --rtol must not be negative")
+    if options.is_file:
+        if not os.path.isfile(options.target):
+            raise UserError(f"{options.target}: no such ONNX file")
+        if not options.preprocess:
+            raise UserError(f"{options.target}: a user's ONNX file needs --preprocess PRESET (how its model was "
+                            "trained to be fed; `xfverify presets` lists them)")
+        name = Path(options.target).stem
+    else:
+        name = get_card(options.target).id
+    out_dir = Path(options.out) if options.out else default_out_dir(name, "onnx")
+    return in_owned_folder(out_dir, lambda workdir: _run_in(options, out_dir, workdir, timeline))
+
+
+def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[str, float]) -> NativeRun:
+    card = None if options.is_file else get_card(options.target)
+    native = native_run_for(options, out_dir) if card or options.against else None
+    default = spec_from_dict(native.report.preprocess) if native else None
+    data, limit = options.data, options.limit
+    if native and not data:  # the native run's images, unless others are asked for
+        data, limit = native.report.dataset.path, limit or native.report.dataset.n_images
+    spec = resolve_preprocess(options.preprocess or default, overrides=parse_overrides(options.overrides))
+    dataset = load_dataset(data or SAMPLE_DIR, devkit=options.devkit).select(limit=limit, per_class=options.per_class)
+    timeline["dataset_listed"] = time.time()
+    if native and dataset.manifest_sha256() != native.report.dataset.manifest_sha256:
+        raise UserError(f"the images differ from the native run's in {native.folder} (manifest sha256): "
+                        "give the same --data, --limit and --per-class, or leave them out")
+    hw = spec_hw(spec)
+    if card:
+        outcome = _export(options, native, hw)
+        onnx_path, description = outcome.onnx_path, outcome.export["description"]
+        onnx_info = {"source": "export", "exporter": outcome.export["exporter"],
+                     "exporter_version": outcome.export["exporter_version"], "opset": outcome.export["opset"],
+                     "output_kind": outcome.output_kind, "from_cache": outcome.from_cache,
+                     "export_s": outcome.export["seconds"], "description": description,
+                     "notes": list(outcome.export.get("notes", []))}
+    else:
+        onnx_path = os.path.abspath(options.target)
+        description = _describe_file(onnx_path, spec.layout)
+        onnx_info = {"source": "file", "exporter": description["exporter"],
+                     "exporter_version": description["exporter_version"], "opset": _opset(description),
+                     "output_kind": "as the file computes it", "description": description}
+    timeline["onnx_ready"] = time.time()
+    ui.info(f"{name_of(options)}: ONNX Runtime on {len(dataset)} images from {dataset.root}; preprocessing {spec.name}")
+    job = EvaluateJob(
+        model=None, onnx_path=onnx_path, preprocess=spec.to_dict(), device=options.provider, precision="fp32",
+        batch_size=options.batch_size, n_images=len(dataset), hw=hw, data_file=str(workdir / "data.json"),
+    )
+    run = evaluate_cached("onnxruntime", job, spec, dataset, options, workdir, timeline)
+    if native and run.result.tensors_sha256 != native.report.tensors_sha256:
+        raise UserError(f"the tensors differ from the native run's in {native.folder} (tensors_sha256 "
+                        f"{run.result.tensors_sha256[:12]} vs {native.report.tensors_sha256[:12]}): xfverify compares "
+                        "only runs fed the same tensors; use the native run's preprocessing and images")
+    notes: list[str] = []
+    agreement = None
+    if native:
+        include = np.ones(len(dataset), dtype=bool)
+        include[sorted(run.skipped)] = False
+        compared = native.report.output if card else "outputs"
+        agreement = compare_outputs(native.outputs, np.asarray(run.logits), [r.image_id for r in dataset.records],
+                                    [r.labels for r in dataset.records], include, compared, options.atol, options.rtol)
+        if compared == "softmax":
+            notes.append("the model ends in softmax and so does its export: the agreement compares probabilities "
+                         "with probabilities")
+    identity = None if card else {"model": options.target, "architecture": "unknown (a user's ONNX file)",
+                                  "builder": "onnxruntime.InferenceSession", "output": onnx_info["output_kind"]}
+    random_weights = bool(native and native.report.random_weights and card)
+    report = assemble_report(
+        card, spec, dataset, run.cached, run.build, run.result, run.timing, run.topk,
+        dataclasses.replace(options, random_weights=random_weights), notes,
+        report_type=OnnxReport, identity=identity, runtime=run.result.runtime.model_dump(),
+        onnx=onnx_info, native=_native_reference(native), agreement=agreement.model_dump() if agreement else None,
+        onnx_over_native_time=round(run.result.timing.compute_s / native.report.timing.compute_s, 3)
+        if native and native.report.timing.compute_s else None,
+    )
+    rows = write_outputs(out_dir, workdir, report, dataset, run)
+    return NativeRun(report, out_dir, rows)
+
+
+def name_of(options: OnnxOptions) -> str:
+    return Path(options.target).name if options.is_file else options.target
+
+
+def _opset(description: dict) -> int:
+    opsets = description["opsets"]
+    return int(opsets.get("", opsets.get("ai.onnx", 0)))
+
+
+def _native_reference(native: NativeOnDisk | None) -> dict | None:
+    if native is None:
+        return None
+    report = native.report
+    return {"folder": str(native.folder.resolve()), "framework": report.framework.model_dump(),
+            "device": report.device.model_dump(), "top1_error": report.top1_error, "top5_error": report.top5_error,
+            "tensors_sha256": report.tensors_sha256, "compute_s": report.timing.compute_s,
+            "images_per_s": report.timing.images_per_s}
