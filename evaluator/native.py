@@ -46,10 +46,9 @@ SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 
 
 @dataclass
-class NativeOptions:
-    """Everything ``xfverify native`` can be asked (the CLI fills it; tests and benchmarks can too)."""
+class RunOptions:
+    """What every evaluating command can be asked: images, preprocessing, batching, cache, weights."""
 
-    model: str = DEFAULT_MODEL
     data: str | None = None
     devkit: str | None = None
     out: str | None = None
@@ -58,16 +57,23 @@ class NativeOptions:
     limit: int | None = None
     per_class: int | None = None
     device: str = "auto"
-    precision: str = "fp32"
     batch_size: int = 32
     workers: int | None = None
     cache_dir: str | None = None
     weights: str | None = None
     random_weights: bool = False
-    cuda_graphs: bool = False
     seed: int = 0
     on_bad_image: str = "error"
     extra_notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NativeOptions(RunOptions):
+    """Everything ``xfverify native`` can be asked (the CLI fills it; tests and benchmarks can too)."""
+
+    model: str = DEFAULT_MODEL
+    precision: str = "fp32"
+    cuda_graphs: bool = False
 
 
 def default_out_dir(model_id: str, verb: str = "native") -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from xfverify.evaluator.native import (
     DEFAULT_MODEL,
     SAMPLE_DIR,
     NativeOptions,
+    RunOptions,
     assemble_report,
     default_out_dir,
     evaluate_cached,
@@ -41,31 +42,15 @@ NATIVE_FOLDER = "native"  # where, inside --out, the native run goes when there 
 
 
 @dataclass
-class OnnxOptions:
-    """Everything ``xfverify onnx`` can be asked (the CLI fills it; tests can too)."""
+class OnnxOptions(RunOptions):
+    """Everything ``xfverify onnx`` can be asked (the CLI fills it; tests can too); ``device`` is the native run's."""
 
     target: str = DEFAULT_MODEL  # a model id, or a user's .onnx file
-    data: str | None = None
-    devkit: str | None = None
-    out: str | None = None
-    preprocess: str | None = None
-    overrides: tuple[str, ...] = ()
-    limit: int | None = None
-    per_class: int | None = None
     provider: str = "auto"
-    device: str = "auto"  # the native run's
-    batch_size: int = 32
-    workers: int | None = None
-    cache_dir: str | None = None
-    weights: str | None = None
-    random_weights: bool = False
-    seed: int = 0
     opset: int | None = None
     against: str | None = None
-    on_bad_image: str = "error"
     atol: float = ATOL_FRACTION
     rtol: float = RTOL
-    extra_notes: list[str] = field(default_factory=list)
 
     @property
     def is_file(self) -> bool:
@@ -101,14 +86,9 @@ def load_native(folder: Path, option: str = "--against") -> NativeOnDisk:
     return NativeOnDisk(report, Path(folder), outputs)
 
 
-def _native_options(options: OnnxOptions, out: Path, preprocess: str | None = None) -> NativeOptions:
-    return NativeOptions(
-        model=options.target, data=options.data, devkit=options.devkit, out=str(out),
-        preprocess=preprocess or options.preprocess, overrides=options.overrides, limit=options.limit,
-        per_class=options.per_class, device=options.device, batch_size=options.batch_size, workers=options.workers,
-        cache_dir=options.cache_dir, weights=options.weights, random_weights=options.random_weights,
-        seed=options.seed, on_bad_image=options.on_bad_image,
-    )
+def _native_options(options: OnnxOptions, out: Path) -> NativeOptions:
+    shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(RunOptions)}
+    return NativeOptions(**{**shared, "out": str(out), "extra_notes": []}, model=options.target)
 
 
 def _matches(native: NativeReport, wanted: NativeOptions) -> bool:
