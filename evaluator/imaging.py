@@ -99,10 +99,23 @@ def decode_pil_noting(path: str | os.PathLike) -> tuple[Image.Image, str | None]
     return rgb, caveat
 
 
+def _refuse_bombs(path: str | os.PathLike, data: bytes) -> None:
+    """Refuse a picture PIL would refuse as a decompression bomb, before a decoder without a limit expands it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns below its hard limit
+            Image.open(io.BytesIO(data)).close()  # reads the header only, and checks the pixel count
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(path, str(exc)) from None
+    except Exception:  # noqa: BLE001 - a file PIL cannot read is the decoder's to judge
+        pass
+
+
 def decode_opencv(path: str | os.PathLike) -> np.ndarray:
     """Decode like ``cv2.imread(path, IMREAD_COLOR)`` (and MXNet's ``imread``), returned as RGB."""
     data = _read_bytes(path)
     _check_not_truncated(path, data)
+    _refuse_bombs(path, data)
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _CV2_READ_FLAGS)
     if bgr is None:
         raise BadImageError(path, "OpenCV could not decode it (not an image, or corrupt)")
@@ -123,6 +136,7 @@ def decode_tensorflow_noting(path: str | os.PathLike) -> tuple[Image.Image | np.
     data = _read_bytes(path)
     if data[:2] == b"\xff\xd8":
         _check_not_truncated(path, data)
+        _refuse_bombs(path, data)
         try:
             return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False), None
         except ValueError:

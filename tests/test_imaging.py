@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import SAMPLE_DIR, broken_images, odd_images
+from helpers import SAMPLE_DIR, broken_images, decompression_bomb, odd_images
 from xfverify.evaluator.imaging import BadImageError, decode, load_geometry
 from xfverify.models.preprocess import PRESETS, crop_fraction_window, crop_offset, shorter_side_size
 
@@ -115,3 +115,18 @@ def test_a_16_bit_grayscale_png_decodes_as_torchvision_does_with_a_caveat(tmp_pa
     assert (image == 255).all()  # PIL's convert("RGB"), torchvision's loader, clips: parity kept
     assert "I;16" in caveat and "nearly white" in caveat
     assert load_geometry_noting(path, PRESETS["gluoncv"])[1] is None  # OpenCV scales 16 bits down: no caveat
+
+
+@pytest.mark.parametrize("decoder", ["pil", "opencv", "tensorflow"])
+def test_a_decompression_bomb_is_a_bad_image_in_every_decoder(tmp_path, decoder):
+    bomb = decompression_bomb(tmp_path / "bomb.png")
+    with pytest.raises(BadImageError, match="exceeds limit"):
+        decode(bomb, decoder)
+    big_jpeg = tmp_path / "big.jpg"  # a JPEG past the limit too: its header says so before any decoding
+    data = bytearray((SAMPLE_DIR / "grace_hopper.jpg").read_bytes())
+    marker = data.index(b"\xff\xc0")  # baseline start-of-frame: length, precision, height, width
+    data[marker + 5 : marker + 9] = (30000).to_bytes(2, "big") + (30000).to_bytes(2, "big")
+    big_jpeg.write_bytes(bytes(data))
+    if decoder != "pil":  # PIL itself refuses it in decode_pil (tested by the bomb above)
+        with pytest.raises(BadImageError, match="exceeds limit"):
+            decode(big_jpeg, decoder)
