@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from xfverify.evaluator import ui
-from xfverify.evaluator.cache import BuildCancelled, TensorCache, default_cache_root
+from xfverify.evaluator.cache import TensorCache, default_cache_root
 from xfverify.evaluator.data import Dataset
 from xfverify.evaluator.diagnose_report import (
     DiagnoseReport,
@@ -40,12 +40,13 @@ from xfverify.evaluator.native import (
     prepare,
     relative_timeline,
     spec_hw,
+    worker_beside_build,
     write_outputs,
 )
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
-from xfverify.models.variants import REFERENCE, Variant, card_variants, select_variants, user_variant
+from xfverify.models.variants import Variant, card_variants, select_variants, user_variant
 
 from xfverify import __version__
 
@@ -206,23 +207,10 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
             if "error" in state:
                 process.kill()
 
-        builder = threading.Thread(target=build, name="xfverify-diagnose-build", daemon=True)
-        builder.start()
-        try:
-            result = EvaluateManyResult.model_validate(run_worker(
-                card.framework, "evaluate_many", job.model_dump(), workdir=workdir, on_event=on_event,
-                on_start=on_start))
-            timeline["worker_finished"] = time.time()
-        except BaseException as exc:
-            cancel.set()
-            builder.join()
-            build_error = state.get("error")
-            if isinstance(exc, KeyboardInterrupt) or build_error is None or isinstance(build_error, BuildCancelled):
-                raise
-            raise build_error from None
-        builder.join()
-    if "error" in state:
-        raise state["error"]
+        result = EvaluateManyResult.model_validate(worker_beside_build(
+            build, state, cancel, timeline,
+            lambda: run_worker(card.framework, "evaluate_many", job.model_dump(), workdir=workdir, on_event=on_event,
+                               on_start=on_start)))
     runs = []
     for variant, spec, worker_result in zip(variants, specs, result.results):
         cached, stats = built[spec.geometry_key()]
