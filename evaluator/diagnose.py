@@ -283,7 +283,7 @@ def _onnx_axis(card: ModelCard, options: DiagnoseOptions, out_dir: Path, ref_fol
               and f.name not in ("out", "preprocess", "overrides", "extra_notes", "target")}
     run = run_onnx(OnnxOptions(**shared, target=card.id, against=str(ref_folder), out=str(out_dir / "onnx")))
     return {"name": "onnx-runtime", "group": "runtime", "base": None, "overrides": {},
-            "why": f"ONNX Runtime {run.report.runtime.version} on the reference's tensors ({run.report.onnx['exporter']})",
+            "why": f"ONNX Runtime {run.report.runtime.version} on the reference's tensors ({run.report.onnx.exporter})",
             "logits": np.load(run.out_dir / "logits.npy"), "sha": run.report.tensors_sha256}
 
 

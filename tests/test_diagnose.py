@@ -190,3 +190,16 @@ def test_the_demonstration_finds_the_imagenet_normalisation_as_the_largest_cause
     largest = {v.name: v for v in report.variants}[report.decomposition.ranked[0]]
     assert largest.name in ("norm-imagenet-mean-std", "lite-imagenet-norm-224")
     assert 8 < largest.delta < 16 and largest.significant and largest.delta_ci95[0] > 0
+
+
+@pytest.mark.slow
+@needs_torch
+def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path):
+    out = tmp_path / "out"
+    done = run_cli("diagnose", "--variants", "norm-half-half", "--onnx", "--out", str(out),
+                   "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = DiagnoseReport.model_validate_json((out / "report.json").read_text())
+    onnx = report.variants[-1]
+    assert onnx.name == "onnx-runtime" and onnx.group == "runtime"
+    assert onnx.tensors_sha256 == report.reference.tensors_sha256 and onnx.spec == report.reference.spec
