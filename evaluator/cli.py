@@ -166,6 +166,43 @@ def native_command(model, **kwargs) -> None:
     ui.info(f"report: {run.out_dir}/report.json, report.md, logits.npy, predictions.csv")
 
 
+@cli.command("diagnose", context_settings=_CONTEXT)
+@click.argument("model", required=False, default=None, callback=_model_id)
+@click.option("--data", type=click.Path(), help="Labelled images, as for `native` (default: the embedded sample).")
+@click.option("--devkit", type=click.Path(), help="As for `native`.")
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: ./xfverify-out/diagnose-<model>-<time>); the reference run goes into its reference/.")
+@click.option("--variants", metavar="NAME,...", help="Only these variants (the reference always runs); a wrong name lists the model's.")
+@click.option("--spec", "spec_files", multiple=True, type=click.Path(), metavar="FILE.json", help='Add your own variant: {"name": ..., "preset": optional, "set": {field: value}} (or a list of them); repeatable.')
+@click.option("--onnx", is_flag=True, help="Also run the model's ONNX export under ONNX Runtime on the reference's tensors (the runtime axis).")
+@click.option("--limit", type=int, help="Only the first N images by image id.")
+@click.option("--per-class", type=int, help="A class-balanced subset: the first K images of each class.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, help="Decoding processes (default: all cores).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
+@click.option("--weights", type=click.Path(), help="A local weights file, as for `native`.")
+@click.option("--random-weights", is_flag=True, help="A seeded, well-scaled random model (smoke tests).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds random weights.")
+@click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True)
+def diagnose_command(model, **kwargs) -> None:
+    """Evaluate MODEL under its reference preprocessing and under named variants on the same images; report each
+    variant's paired difference (flips, McNemar p, 95% interval) and the decomposition of the gap to the published
+    error (report.json, report.md, report.html)."""
+    from xfverify.evaluator import ui
+    from xfverify.evaluator.diagnose import DiagnoseOptions, run_diagnose
+    from xfverify.evaluator.native import DEFAULT_MODEL
+
+    kwargs["spec_files"] = tuple(kwargs["spec_files"])
+    report, out_dir = run_diagnose(DiagnoseOptions(model=DEFAULT_MODEL if model is None else model, **kwargs))
+    rows = [(row.name, f"{row.top1_error:.1f} %  {row.delta:+.1f} ({row.delta_ci95[0]:+.1f} to {row.delta_ci95[1]:+.1f}) "
+             f"{row.right_to_wrong}/{row.wrong_to_right} p={row.mcnemar_p:.2g}"
+             + ("" if row.significant else "  within the noise")) for row in report.variants]
+    ui.print_table(f"xfverify diagnose: {report.model} (reference {report.reference.top1_error:.1f} %)", rows)
+    ui.info(report.decomposition.sentence)
+    ui.info(f"report: {out_dir}/report.json, report.md, report.html")
+
+
 @cli.command("onnx", context_settings=_CONTEXT)
 @click.argument("target", metavar="MODEL|FILE.onnx", required=False, default=None, callback=_model_id)
 @click.option("--data", type=click.Path(), help="Images, as for `native` (default: the native run's, else the embedded sample).")

@@ -44,6 +44,26 @@ class EvaluateJob(_Strict):
         return spec_from_dict(self.preprocess)
 
 
+class VariantPart(_Strict):
+    """One preprocessing of an :class:`EvaluateManyJob`: its spec, image size and data file."""
+
+    name: str
+    preprocess: dict[str, Any]
+    hw: tuple[int, int]
+    data_file: str
+
+
+class EvaluateManyJob(_Strict):
+    """Load ``base``'s model once and run it over several preprocessings' cached images, in order."""
+
+    base: EvaluateJob
+    variants: list[VariantPart] = Field(min_length=1)
+
+    def for_variant(self, index: int) -> EvaluateJob:
+        part = self.variants[index]
+        return self.base.model_copy(update={"preprocess": part.preprocess, "hw": part.hw, "data_file": part.data_file})
+
+
 class ExportJob(_Strict):
     """Build a card's model as ``evaluate`` does and export it to ONNX through the export cache."""
 
@@ -153,3 +173,9 @@ class WorkerResult(_Strict):
     milestones: dict[str, float]
     notes: list[str]
     runtime: Optional[RuntimeInfo] = None
+
+
+class EvaluateManyResult(_Strict):
+    """What an evaluate_many task returns: one result per variant, in the job's order."""
+
+    results: list[WorkerResult]

@@ -107,3 +107,61 @@ def mcnemar_exact_p(only_first_right: int, only_second_right: int) -> float:
 
     discordant = only_first_right + only_second_right
     return float(binomtest(only_first_right, discordant).pvalue) if discordant else 1.0
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """A variant's top-1 error minus the reference's on the same images, in percentage points."""
+
+    n: int
+    right_to_wrong: int  # right under the reference, wrong under the variant
+    wrong_to_right: int
+    delta: float
+    ci95: tuple[float, float]
+    p_value: float
+
+    @property
+    def significant(self) -> bool:
+        """Outside the noise: McNemar p < 0.05 and an interval that excludes 0."""
+        return self.p_value < 0.05 and not self.ci95[0] <= 0.0 <= self.ci95[1]
+
+
+def newcombe_paired_interval(both_wrong: int, only_first_wrong: int, only_second_wrong: int, both_right: int,
+                             ) -> tuple[float, float]:
+    """95 % interval of (error of first - error of second) on paired images, in percentage points.
+
+    Newcombe's hybrid score interval for a difference of paired proportions (R. G. Newcombe, "Improved
+    confidence intervals for the difference between binomial proportions based on paired data", Statistics
+    in Medicine 17, 2635-2650, 1998, method 10): Wilson intervals of the two marginal error rates combined
+    with the phi correlation of the paired table (phi corrected towards 0 as the paper specifies).
+    """
+    n = both_wrong + only_first_wrong + only_second_wrong + both_right
+    if n == 0:
+        return (math.nan, math.nan)
+    first, second = both_wrong + only_first_wrong, both_wrong + only_second_wrong
+    p1, p2 = first / n, second / n
+    l1, u1 = (v / 100 for v in wilson_interval(first, n))
+    l2, u2 = (v / 100 for v in wilson_interval(second, n))
+    margins = first * (n - first) * second * (n - second)
+    cross = both_wrong * both_right - only_first_wrong * only_second_wrong
+    corrected = cross - n / 2 if cross > n / 2 else (cross if cross < 0 else 0.0)
+    phi = corrected / math.sqrt(margins) if margins else 0.0
+    delta = p1 - p2
+    lower = delta - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    upper = delta + math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
+    return (100 * max(-1.0, lower), 100 * min(1.0, upper))
+
+
+def paired_difference(variant_wrong: np.ndarray, reference_wrong: np.ndarray) -> PairedDifference:
+    """The variant's top-1 error against the reference's, image by image (boolean arrays over the scored images)."""
+    variant_wrong, reference_wrong = np.asarray(variant_wrong, bool), np.asarray(reference_wrong, bool)
+    both = int(np.sum(variant_wrong & reference_wrong))
+    to_wrong = int(np.sum(variant_wrong & ~reference_wrong))
+    to_right = int(np.sum(~variant_wrong & reference_wrong))
+    n = len(variant_wrong)
+    return PairedDifference(
+        n=n, right_to_wrong=to_wrong, wrong_to_right=to_right,
+        delta=100.0 * (to_wrong - to_right) / n if n else math.nan,
+        ci95=newcombe_paired_interval(both, to_wrong, to_right, n - both - to_wrong - to_right),
+        p_value=mcnemar_exact_p(to_wrong, to_right),
+    )

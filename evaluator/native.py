@@ -298,12 +298,22 @@ def decode_and_infer(cache, dataset, framework, job, workdir, options, decode_pr
         if "error" in state:  # the build failed before the worker started
             process.kill()
 
+    result = WorkerResult.model_validate(worker_beside_build(
+        build, state, cancel, timeline,
+        lambda: run_worker(framework, "evaluate", job.model_dump(), workdir=workdir, on_event=on_event,
+                           on_start=on_start)))
+    cached, stats = state["cache"]
+    return cached, stats, result
+
+
+def worker_beside_build(build: Callable[[], None], state: dict[str, Any], cancel: threading.Event,
+                        timeline: dict[str, float], work: Callable[[], Result]) -> Result:
+    """``work()`` (a worker) while ``build`` fills the cache in a thread, which leaves its exception in
+    ``state["error"]``; a failed worker cancels the build, and a failed build is the error shown."""
     builder = threading.Thread(target=build, name="xfverify-cache-build", daemon=True)
     builder.start()
     try:
-        result = WorkerResult.model_validate(
-            run_worker(framework, "evaluate", job.model_dump(), workdir=workdir, on_event=on_event, on_start=on_start)
-        )
+        result = work()
         timeline["worker_finished"] = time.time()
     except BaseException as exc:
         cancel.set()
@@ -317,8 +327,7 @@ def decode_and_infer(cache, dataset, framework, job, workdir, options, decode_pr
     builder.join()
     if "error" in state:
         raise state["error"]
-    cached, stats = state["cache"]
-    return cached, stats, result
+    return result
 
 
 def assemble_report(card, spec, dataset, cached, build, result, timing, topk, options, run_notes=(),

@@ -24,6 +24,8 @@ from xfverify.evaluator.frameworks.weights import calibration_batch, sha256_file
 from xfverify.evaluator.jobs import (
     DeviceInfo,
     EvaluateJob,
+    EvaluateManyJob,
+    EvaluateManyResult,
     ExportJob,
     ExportOutcome,
     FrameworkInfo,
@@ -158,13 +160,38 @@ def scale_random_outputs(backend: Backend, model: Any, seed: int, device: Device
 
 def evaluate(backend: Backend, job: EvaluateJob, workdir: Path) -> WorkerResult:
     """Run a card's model over the cached images; write logits.npy; return what the report needs."""
-    card, spec = job.card(), job.spec()
+    model, weights, device = _loaded(backend, job)
+    return _fed_pass(backend, model, weights, device, job, workdir)
+
+
+def evaluate_many(backend: Backend, job: EvaluateManyJob, workdir: Path) -> EvaluateManyResult:
+    """Load the model once and run it over each variant's cached images in turn (variant-<i>/logits.npy)."""
+    model, weights, device = _loaded(backend, job.for_variant(0))
+    results = []
+    for index, part in enumerate(job.variants):
+        emit("variant", index=index, total=len(job.variants), name=part.name)
+        folder = workdir / f"variant-{index}"
+        folder.mkdir(parents=True, exist_ok=True)
+        results.append(_fed_pass(backend, model, weights, device, job.for_variant(index), folder))
+    return EvaluateManyResult(results=results)
+
+
+def _loaded(backend: Backend, job: EvaluateJob) -> tuple[Any, dict[str, Any], Device]:
+    """The job's network on its device, and the report's weights block."""
+    card = job.card()
     backend.configure(job)
     device = backend.resolve_device(job.device, job.precision)
     emit("status", message=f"building {card.id if card else job.onnx_path} on {device.type}")
     model, weights = load_model(backend, card, job, device)
     model = backend.place(model, device)
     milestone("model_ready")
+    return model, weights, device
+
+
+def _fed_pass(backend: Backend, model: Any, weights: dict[str, Any], device: Device, job: EvaluateJob,
+              workdir: Path) -> WorkerResult:
+    """One pass of a loaded network over the job's cached images, into ``workdir``/logits.npy."""
+    spec = job.spec()
     step = backend.step(model, spec, device, job)
     loop, timing = run_fed(job, spec, step, workdir, device.name, backend.is_out_of_memory)
     return WorkerResult(
@@ -220,10 +247,12 @@ class WorkerTasks(NamedTuple):
     evaluate: Callable[[dict[str, Any], Path], WorkerResult]
     reference_preprocess: Callable[[dict[str, Any], Path], ReferenceResult]
     export: Callable[[dict[str, Any], Path], ExportOutcome]
+    evaluate_many: Callable[[dict[str, Any], Path], EvaluateManyResult]
 
 
 def worker_tasks(backend: type[Backend], before: Callable[[], Any] = lambda: None) -> WorkerTasks:
-    """The tasks a back-end module offers its worker: ``evaluate``, ``reference_preprocess`` and ``export``.
+    """The tasks a back-end module offers its worker: ``evaluate``, ``reference_preprocess``, ``export`` and
+    ``evaluate_many``.
 
     ``before`` runs first in each (GluonCV must be made importable before anything imports it).
     """
@@ -240,4 +269,8 @@ def worker_tasks(backend: type[Backend], before: Callable[[], Any] = lambda: Non
         before()
         return export(backend(), ExportJob.model_validate(job))
 
-    return WorkerTasks(evaluate_task, reference_task, export_task)
+    def evaluate_many_task(job: dict[str, Any], workdir: Path) -> EvaluateManyResult:
+        before()
+        return evaluate_many(backend(), EvaluateManyJob.model_validate(job), workdir)
+
+    return WorkerTasks(evaluate_task, reference_task, export_task, evaluate_many_task)

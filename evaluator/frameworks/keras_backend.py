@@ -131,4 +131,4 @@ class KerasBackend(Backend):
         return export_keras(model, path, opset)  # the graph ends as the model does: softmax for applications
 
 
-evaluate, reference_preprocess, export = worker_tasks(KerasBackend)
+evaluate, reference_preprocess, export, evaluate_many = worker_tasks(KerasBackend)

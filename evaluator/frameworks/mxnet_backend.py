@@ -170,4 +170,4 @@ class MxnetBackend(Backend):
         return export_gluon(model, path, opset, input_shape=(3, *hw), ctx=device.handle)
 
 
-evaluate, reference_preprocess, export = worker_tasks(MxnetBackend, before=import_gluoncv)
+evaluate, reference_preprocess, export, evaluate_many = worker_tasks(MxnetBackend, before=import_gluoncv)

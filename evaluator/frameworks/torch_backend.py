@@ -254,7 +254,7 @@ class TorchBackend(Backend):
         return export_torch(model, path, opset, input_shape=(3, *hw))
 
 
-evaluate, reference_preprocess, export = worker_tasks(TorchBackend)
+evaluate, reference_preprocess, export, evaluate_many = worker_tasks(TorchBackend)
 
 
 def _library_versions() -> dict[str, str]:

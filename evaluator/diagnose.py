@@ -1,0 +1,315 @@
+"""``xfverify diagnose``: the model under its reference preprocessing and under named variants, on the same images,
+each variant's paired difference to the reference, and the decomposition of the gap to the published error.
+
+Decoding is shared through the tensor cache (variants that change only the normalisation read the reference's
+shards; each other geometry is decoded once into its own), and the model is loaded once, in one worker that
+runs every variant in turn (``evaluate_many``) while the next geometries decode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xfverify.evaluator import ui
+from xfverify.evaluator.cache import TensorCache, default_cache_root
+from xfverify.evaluator.data import Dataset
+from xfverify.evaluator.diagnose_report import (
+    DiagnoseReport,
+    decomposition,
+    write_diagnose_outputs,
+)
+from xfverify.evaluator.folders import atomic_write_text, writable_folder
+from xfverify.evaluator.jobs import DataPart, EvaluateJob, EvaluateManyJob, EvaluateManyResult, VariantPart
+from xfverify.evaluator.launcher import run_worker
+from xfverify.evaluator.metrics import error_stats, paired_difference, top_k, wilson_interval
+from xfverify.evaluator.native import (
+    CachedRun,
+    NativeOptions,
+    assemble_report,
+    default_out_dir,
+    in_owned_folder,
+    prepare,
+    relative_timeline,
+    spec_hw,
+    worker_beside_build,
+    write_outputs,
+)
+from xfverify.models.cards import ModelCard
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import PreprocessSpec
+from xfverify.models.variants import Variant, card_variants, select_variants, user_variant
+
+from xfverify import __version__
+
+REFERENCE_FOLDER = "reference"  # the reference run as a native run's folder (what `onnx --against` reads)
+
+
+@dataclass
+class DiagnoseOptions(NativeOptions):
+    """Everything ``xfverify diagnose`` can be asked: a native run's options, the variants, the runtime axis."""
+
+    variants: str | None = None
+    spec_files: tuple[str, ...] = ()
+    onnx: bool = False
+
+
+@dataclass
+class VariantRun:
+    """One variant's pass: its definition, resolved spec, the cache it read and the worker's result."""
+
+    variant: Variant
+    spec: PreprocessSpec
+    run: CachedRun
+
+
+def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: DiagnoseOptions) -> list[Variant]:
+    """The reference first, then the selected variants and the user's, each resolved once (errors are one line)."""
+    variants = select_variants(card_variants(card, reference), options.variants)
+    for path in options.spec_files:
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise UserError(f"--spec {path}: cannot read it ({exc.strerror})") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--spec {path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        for item in data if isinstance(data, list) else [data]:
+            variants.append(user_variant(item, path) if isinstance(item, dict) else user_variant({}, path))
+    names = [v.name for v in variants]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"variant name {', '.join(repeated)} is used twice: rename the --spec variant")
+    for variant in variants:
+        spec = variant.resolve(reference)
+        if spec.layout != card.input_layout:
+            raise UserError(f"variant {variant.name} produces {spec.layout} tensors but {card.id} takes "
+                            f"{card.input_layout}: add \"layout\": \"{card.input_layout}\" to its set")
+    return variants
+
+
+def run_diagnose(options: DiagnoseOptions) -> tuple[DiagnoseReport, Path]:
+    """Evaluate the model under every chosen variant; write report.json, report.md and report.html into --out."""
+    timeline = {"started": time.time()}
+    card, reference, dataset = prepare(options)
+    if not dataset.n_labelled:
+        raise UserError(f"{dataset.root}: no image has a label, so nothing can be compared; give labelled images "
+                        "(an ImageNet layout or a labels.csv)")
+    variants = chosen_variants(card, reference, options)
+    out_dir = Path(options.out) if options.out else default_out_dir(card.id, "diagnose")
+    report = in_owned_folder(out_dir, lambda workdir: _run_in(out_dir, workdir, card, reference, variants, dataset,
+                                                              options, timeline))
+    return report, out_dir
+
+
+def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timeline) -> DiagnoseReport:
+    runs = evaluate_variants(card, reference, variants, dataset, options, workdir, timeline)
+    ref_folder = out_dir / REFERENCE_FOLDER
+    ref_folder.mkdir(exist_ok=True)
+    ref_run = runs[0].run
+    native_report = assemble_report(card, reference, dataset, ref_run.cached, ref_run.build, ref_run.result,
+                                    ref_run.timing, ref_run.topk, options)
+    write_outputs(ref_folder, workdir / "variant-0", native_report, dataset, ref_run)  # a native run's folder
+    onnx_row = _onnx_axis(card, options, out_dir, ref_folder) if options.onnx else None
+    rows = _compare(runs, dataset, onnx_row)
+    published = card.primary_published
+    report = DiagnoseReport.model_validate({
+        "model": card.id, "architecture": card.architecture, "framework": ref_run.result.framework.model_dump(),
+        "device": ref_run.result.device.model_dump(), "precision": ref_run.result.precision,
+        "weights": ref_run.result.weights, "random_weights": options.random_weights,
+        "dataset": native_report.dataset.model_dump(), "n_scored": rows[0]["n_scored"],
+        "published": native_report.published.model_dump() if native_report.published else None,
+        "reference": rows[0], "variants": rows[1:],
+        "decomposition": decomposition(published.top1_error if published else None, rows),
+        "cost": _cost(runs, timeline),
+        "notes": list(native_report.notes),
+        "xfverify_version": __version__,
+    })
+    write_diagnose_outputs(out_dir, workdir, report, _flip_images(runs, report, dataset))
+    return report
+
+
+def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list[Variant], dataset: Dataset,
+                      options: DiagnoseOptions, workdir: Path, timeline: dict[str, float]) -> list[VariantRun]:
+    """One worker loads the model once and runs every variant in turn; the caches of the distinct geometries
+    are surveyed and built in a thread meanwhile, in the order the worker needs them."""
+    cache_root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_root()
+    writable_folder(cache_root, "--cache-dir" if options.cache_dir else "the tensor cache ($XFVERIFY_CACHE or ~/.cache/xfverify)")
+    specs = [v.resolve(reference) for v in variants]
+    order = _grouped_by_geometry(specs)  # the reference first; variants sharing its shards next
+    variants, specs = [variants[i] for i in order], [specs[i] for i in order]
+    caches: dict[str, TensorCache] = {}
+    for spec in specs:
+        caches.setdefault(spec.geometry_key(), TensorCache(cache_root, spec))
+    workdir.mkdir(parents=True, exist_ok=True)
+    parts = [VariantPart(name=v.name, preprocess=s.to_dict(), hw=spec_hw(s), data_file=str(workdir / f"data-{i}.json"))
+             for i, (v, s) in enumerate(zip(variants, specs))]
+    for part in parts:
+        Path(part.data_file).unlink(missing_ok=True)
+    base = EvaluateJob(
+        model=card.id, preprocess=parts[0].preprocess, device=options.device, precision=options.precision,
+        batch_size=options.batch_size, n_images=len(dataset), hw=parts[0].hw, data_file=parts[0].data_file,
+        weights_file=os.path.abspath(options.weights) if options.weights else None,
+        random_weights=options.random_weights, cuda_graphs=options.cuda_graphs, seed=options.seed,
+    )
+    job = EvaluateManyJob(base=base, variants=parts)
+    ui.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; {len(variants)} "
+            f"preprocessings ({len(caches)} geometries to decode or reuse), one {card.framework} worker")
+    built: dict[str, Any] = {}
+    state: dict[str, Any] = {}
+    cancel = threading.Event()
+    worker_process: list = []
+    total = len(dataset)
+
+    with ui.progress_group() as group:
+        decode_progress = group.task(f"decode + resize + crop ({len(caches)} geometries)")
+        infer_progress = group.task(f"{card.framework} inference ({len(variants)} variants)")
+        current = {"variant": 0}
+
+        def build() -> None:
+            try:
+                for index, (key, cache) in enumerate(caches.items()):
+                    survey = cache.survey(dataset.records, log=ui.info)
+                    data = DataPart(shard_paths=cache.shard_paths(survey), wait_for_shards=bool(survey.todo))
+                    for part, spec in zip(parts, specs):
+                        if spec.geometry_key() == key:
+                            atomic_write_text(Path(part.data_file), data.model_dump_json())
+                    offset = index * total
+                    built[key] = cache.complete(
+                        survey, workers=options.workers, stop_on_bad=options.on_bad_image == "error",
+                        progress=lambda done, _total: decode_progress(offset + done, total * len(caches)),
+                        cancel=cancel,
+                    )
+                timeline["decode_done"] = time.time()
+            except BaseException as exc:  # re-raised in the main thread
+                state["error"] = exc
+                for process in worker_process:
+                    process.kill()
+
+        def on_event(event: dict) -> None:
+            if event.get("event") == "progress":
+                infer_progress(current["variant"] * total + event["done"], total * len(variants))
+            elif event.get("event") == "variant":
+                current["variant"] = event["index"]
+                ui.info(f"variant {event['index'] + 1} of {event['total']}: {event['name']}")
+            elif event.get("event") == "status":
+                ui.info(event["message"])
+
+        def on_start(process) -> None:
+            worker_process.append(process)
+            if "error" in state:
+                process.kill()
+
+        result = EvaluateManyResult.model_validate(worker_beside_build(
+            build, state, cancel, timeline,
+            lambda: run_worker(card.framework, "evaluate_many", job.model_dump(), workdir=workdir, on_event=on_event,
+                               on_start=on_start)))
+    runs = []
+    for variant, spec, worker_result in zip(variants, specs, result.results):
+        cached, stats = built[spec.geometry_key()]
+        logits = np.load(worker_result.logits_path, mmap_mode="r+")
+        skipped = sorted(bad.index for bad in cached.bad)
+        if skipped:
+            logits[skipped] = np.nan
+            logits.flush()
+        timing = {**worker_result.timing.model_dump(), "timeline_s": relative_timeline(timeline, worker_result.milestones)}
+        topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)
+        runs.append(VariantRun(variant, spec, CachedRun(cached, stats, worker_result, logits, topk, timing)))
+    return runs
+
+
+def _grouped_by_geometry(specs: list[PreprocessSpec]) -> list[int]:
+    """Indices in the order the worker runs them: geometries in order of first appearance, together."""
+    keys = list(dict.fromkeys(s.geometry_key() for s in specs))
+    return sorted(range(len(specs)), key=lambda i: (keys.index(specs[i].geometry_key()), i))
+
+
+def _compare(runs: list[VariantRun], dataset: Dataset, onnx_row: dict | None) -> list[dict]:
+    """Each run's errors and its paired difference to the reference, over the images every run scored."""
+    labels = [r.labels for r in dataset.records]
+    scored = np.array([bool(acceptable) for acceptable in labels])
+    for run in runs:
+        scored[sorted(run.run.skipped)] = False
+    compared = _Compared(dataset, labels, scored, runs[0].run.topk)
+    rows = [compared.row(run.variant.to_dict(), run.spec.to_dict(), run.run.topk, run.run.result.tensors_sha256,
+                         run.spec.geometry_key()) for run in runs]
+    if onnx_row is not None:
+        topk = top_k(np.nan_to_num(onnx_row.pop("logits"), nan=-np.inf), 5)
+        rows.append(compared.row(onnx_row, rows[0]["spec"], topk, onnx_row.pop("sha"), rows[0]["geometry_key"]))
+    return rows
+
+
+class _Compared:
+    """The images every run scored, and the reference's answers on them."""
+
+    def __init__(self, dataset: Dataset, labels: list[tuple[int, ...]], scored: np.ndarray, reference_topk: np.ndarray):
+        self.dataset, self.labels, self.scored = dataset, labels, scored
+        self.index = np.flatnonzero(scored)
+        self.reference_topk = reference_topk
+        self.reference_wrong = self.wrong(reference_topk)
+
+    def wrong(self, topk: np.ndarray) -> np.ndarray:
+        return np.array([int(topk[i, 0]) not in self.labels[i] for i in self.index], dtype=bool)
+
+    def row(self, definition: dict, spec: dict, topk: np.ndarray, tensors_sha256: str, geometry_key: str) -> dict:
+        stats = error_stats(topk, self.labels, self.scored)
+        wrong = self.wrong(topk)
+        paired = paired_difference(wrong, self.reference_wrong)
+        flips = [{"index": int(i), "image_id": self.dataset.records[i].image_id, "labels": list(self.labels[i]),
+                  "reference_top1": int(self.reference_topk[i, 0]), "variant_top1": int(topk[i, 0])}
+                 for i in self.index[wrong != self.reference_wrong]]
+        return {
+            **definition, "spec": spec, "geometry_key": geometry_key, "tensors_sha256": tensors_sha256,
+            "n_scored": stats.n, "top1_error": round(stats.top1_error, 4), "top5_error": round(stats.top5_error, 4),
+            "top1_error_ci95": [round(v, 4) for v in wilson_interval(stats.top1_errors, stats.n)],
+            "delta": round(paired.delta, 4), "delta_ci95": [round(v, 4) for v in paired.ci95],
+            "mcnemar_p": paired.p_value, "right_to_wrong": paired.right_to_wrong,
+            "wrong_to_right": paired.wrong_to_right, "significant": paired.significant, "flips": flips,
+        }
+
+
+def _onnx_axis(card: ModelCard, options: DiagnoseOptions, out_dir: Path, ref_folder: Path) -> dict:
+    """ONNX Runtime on the reference's tensors through `xfverify onnx --against` the reference run."""
+    from xfverify.evaluator.onnx_cmd import OnnxOptions, run_onnx
+
+    shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(OnnxOptions) if hasattr(options, f.name)
+              and f.name not in ("out", "preprocess", "overrides", "extra_notes", "target")}
+    run = run_onnx(OnnxOptions(**shared, target=card.id, against=str(ref_folder), out=str(out_dir / "onnx")))
+    return {"name": "onnx-runtime", "group": "runtime", "base": None, "overrides": {},
+            "why": f"ONNX Runtime {run.report.runtime.version} on the reference's tensors ({run.report.onnx.exporter})",
+            "logits": np.load(run.out_dir / "logits.npy"), "sha": run.report.tensors_sha256}
+
+
+def _cost(runs: list[VariantRun], timeline: dict[str, float]) -> dict:
+    """What the run cost: decoding (per geometry, reused or built) and each variant's model pass."""
+    geometries = {}
+    for run in runs:
+        build = run.run.build
+        geometries.setdefault(run.spec.geometry_key(), {"decoded": build.decoded, "decode_s": round(build.seconds, 3),
+                                                          "reused_shards": build.reused_shards})
+    return {
+        "geometries": len(geometries), "decoded_images": sum(g["decoded"] for g in geometries.values()),
+        "decode_s": round(sum(g["decode_s"] for g in geometries.values()), 3),
+        "model_passes": len(runs), "compute_s": round(sum(r.run.result.timing.compute_s for r in runs), 3),
+        "worker_wall_s": round(timeline.get("worker_finished", timeline["started"]) - timeline["started"], 3),
+        "model_loads": 1,
+    }
+
+
+def _flip_images(runs: list[VariantRun], report: DiagnoseReport, dataset: Dataset) -> dict[int, np.ndarray]:
+    """The reference's uint8 images of the flipped images of significant variants (thumbnails for the page)."""
+    wanted = sorted({i for row in report.variants if row.significant for i in [f.index for f in row.flips[:12]]})
+    cached = runs[0].run.cached
+    images = {}
+    for start, batch in cached.batches(64):
+        for offset in range(len(batch)):
+            if start + offset in wanted:
+                images[start + offset] = np.array(batch[offset])
+    return images

@@ -1,0 +1,283 @@
+"""What ``xfverify diagnose`` writes: report.json (schema-checked), report.md and one self-contained report.html
+(matplotlib figures as inline SVG, thumbnails as PNG data URIs: nothing is fetched when it is opened)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from xfverify.evaluator.folders import atomic_write_text
+from xfverify.evaluator.jobs import DeviceInfo, FrameworkInfo
+from xfverify.evaluator.report import DatasetInfo, PublishedInfo
+from xfverify.models.imagenet import class_name
+
+OUTPUTS = ("report.md", "report.html", "report.json")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Flip(_Strict):
+    """An image the variant classifies differently from the reference (right -> wrong or wrong -> right)."""
+
+    index: int
+    image_id: str
+    labels: list[int]
+    reference_top1: int
+    variant_top1: int
+
+
+class VariantRow(_Strict):
+    """One preprocessing (or the runtime) on the same images as the reference, and its paired difference."""
+
+    name: str
+    group: str
+    why: str
+    base: Optional[str]
+    overrides: dict[str, Any]
+    spec: dict[str, Any]
+    geometry_key: str
+    tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    n_scored: int
+    top1_error: float
+    top5_error: float
+    top1_error_ci95: list[float]
+    delta: float = Field(description="top-1 error minus the reference's, percentage points")
+    delta_ci95: list[float] = Field(description="Newcombe's paired 95 % interval of delta")
+    mcnemar_p: float
+    right_to_wrong: int
+    wrong_to_right: int
+    significant: bool = Field(description="McNemar p < 0.05 and an interval without 0")
+    flips: list[Flip]
+
+
+class Step(_Strict):
+    name: str
+    delta: float
+    delta_ci95: Optional[list[float]]
+    start: float
+    end: float
+
+
+class Decomposition(_Strict):
+    published: Optional[float]
+    reproduced: float
+    steps: list[Step]
+    ranked: list[str] = Field(description="the significant variants, largest |delta| first")
+    within_noise: list[str]
+    sentence: str
+
+
+class DiagnoseReport(_Strict):
+    """What ``report.json`` of ``xfverify diagnose`` holds."""
+
+    report_version: int = 1
+    kind: str = "diagnose"
+    model: str
+    architecture: str
+    framework: FrameworkInfo
+    device: DeviceInfo
+    precision: dict[str, Any]
+    weights: dict[str, Any]
+    random_weights: bool
+    dataset: DatasetInfo
+    n_scored: int
+    published: Optional[PublishedInfo]
+    reference: VariantRow
+    variants: list[VariantRow]
+    decomposition: Decomposition
+    cost: dict[str, Any]
+    notes: list[str]
+    xfverify_version: str
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.1f}"
+
+
+def decomposition(published: float | None, rows: list[dict]) -> dict:
+    """Published error -> the reference's -> each significant variant's delta (ranked), with running totals, and
+    the sentence that says it; variants inside the noise are listed, never ranked."""
+    reproduced = rows[0]["top1_error"]
+    steps: list[dict] = []
+    level = published if published is not None else reproduced
+    if published is not None:
+        steps.append({"name": "reference vs published", "delta": round(reproduced - published, 4), "delta_ci95": None,
+                      "start": published, "end": reproduced})
+        level = reproduced
+    significant = sorted((r for r in rows[1:] if r["significant"]), key=lambda r: -abs(r["delta"]))
+    for row in significant:
+        steps.append({"name": row["name"], "delta": row["delta"], "delta_ci95": row["delta_ci95"], "start": level,
+                      "end": round(level + row["delta"], 4)})
+        level = round(level + row["delta"], 4)
+    noise = [r["name"] for r in rows[1:] if not r["significant"]]
+    causes = [f"{r['name']} ({_signed(r['delta'])}, 95 % CI {_signed(r['delta_ci95'][0])} to "
+              f"{_signed(r['delta_ci95'][1])}; {r['right_to_wrong']} right->wrong / {r['wrong_to_right']} wrong->right)"
+              for r in significant]
+    start = (f"The gap of {_signed(reproduced - published)} points from the published {published:.1f} % to "
+             f"{reproduced:.1f} % with the reference preprocessing is not preprocessing (the reference is the weights' "
+             "own pipeline)" if published is not None else f"The reference preprocessing gives {reproduced:.1f} %")
+    explained = ("; preprocessing choices that change the error measurably, largest first: " + ", ".join(causes)
+                 if causes else "; no variant changes the error measurably")
+    sentence = f"{start}{explained}; {len(noise)} variant{'s' if len(noise) != 1 else ''} change nothing measurable."
+    return {"published": published, "reproduced": reproduced, "steps": steps, "ranked": [r["name"] for r in significant],
+            "within_noise": noise, "sentence": sentence}
+
+
+def write_diagnose_outputs(out_dir: Path, workdir: Path, report: DiagnoseReport, images: dict[int, np.ndarray]) -> None:
+    """report.json, report.md and report.html written in the work folder, then moved into ``out_dir`` together."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(workdir / "report.json", report.model_dump_json(indent=1) + "\n")
+    atomic_write_text(workdir / "report.md", markdown(report))
+    atomic_write_text(workdir / "report.html", html_page(report, images))
+    for name in OUTPUTS:
+        os.replace(workdir / name, out_dir / name)
+
+
+def _rows(report: DiagnoseReport) -> list[VariantRow]:
+    return [report.reference, *report.variants]
+
+
+def markdown(report: DiagnoseReport) -> str:
+    lines = [f"# xfverify diagnose: {report.model}", "", report.decomposition.sentence, "",
+             f"{report.n_scored} images scored, {report.dataset.path}; published: "
+             f"{report.published.top1_error if report.published else 'none'}", "",
+             "| variant | group | top-1 error % (95 % CI) | delta (95 % CI) | right->wrong / wrong->right | McNemar p | |",
+             "|---|---|---|---|---|---|---|"]
+    for row in _rows(report):
+        lo, hi = row.top1_error_ci95
+        verdict = "reference" if row is report.reference else ("significant" if row.significant else "within the noise")
+        lines.append(f"| {row.name} | {row.group} | {row.top1_error:.1f} ({lo:.1f}-{hi:.1f}) | {_signed(row.delta)} "
+                     f"({_signed(row.delta_ci95[0])} to {_signed(row.delta_ci95[1])}) | {row.right_to_wrong} / "
+                     f"{row.wrong_to_right} | {row.mcnemar_p:.2g} | {verdict} |")
+    lines += ["", "## Cost", "", *(f"- {k}: {v}" for k, v in report.cost.items())]
+    if report.notes:
+        lines += ["", "## Notes", "", *(f"- {n}" for n in report.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def _svg(figure) -> str:
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def waterfall_svg(report: DiagnoseReport) -> str:
+    """Published error, the step to the reference, then each significant variant's delta alone, as floating bars."""
+    from matplotlib.figure import Figure
+
+    d = report.decomposition
+    labels, bottoms, heights, colours = [], [], [], []
+    if d.published is not None:
+        labels.append("published")
+        bottoms.append(0.0)
+        heights.append(d.published)
+        colours.append("#777777")
+    labels.append("reference")
+    bottoms.append(0.0)
+    heights.append(d.reproduced)
+    colours.append("#1f77b4")
+    for step in d.steps:
+        if step.name == "reference vs published":
+            continue
+        labels.append(step.name)
+        bottoms.append(min(step.start, step.end))
+        heights.append(abs(step.delta))
+        colours.append("#d62728" if step.delta > 0 else "#2ca02c")
+    figure = Figure(figsize=(max(5.0, 1.1 * len(labels)), 3.6))
+    axes = figure.subplots()
+    axes.bar(range(len(labels)), heights, bottom=bottoms, color=colours)
+    for i, step in enumerate(s for s in d.steps if s.name != "reference vs published"):
+        x = i + (2 if d.published is not None else 1)
+        axes.errorbar([x], [step.end], yerr=[[step.end - (step.start + step.delta_ci95[0])],
+                                             [(step.start + step.delta_ci95[1]) - step.end]], color="black", capsize=3)
+    axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    axes.set_ylabel("top-1 error %")
+    axes.set_title("published -> reference -> each significant variant (deltas with 95 % CI)", fontsize=9)
+    return _svg(figure)
+
+
+def errors_svg(report: DiagnoseReport) -> str:
+    """Every variant's top-1 error with its 95 % interval; significant differences in colour, the noise in grey."""
+    from matplotlib.figure import Figure
+
+    rows = _rows(report)
+    figure = Figure(figsize=(7.0, 0.28 * len(rows) + 1.0))
+    axes = figure.subplots()
+    for y, row in enumerate(rows):
+        lo, hi = row.top1_error_ci95
+        colour = "#1f77b4" if y == 0 else ("#d62728" if row.significant and row.delta > 0 else
+                                           "#2ca02c" if row.significant else "#aaaaaa")
+        axes.errorbar([row.top1_error], [y], xerr=[[row.top1_error - lo], [hi - row.top1_error]], fmt="o",
+                      color=colour, capsize=2)
+    axes.axvline(report.reference.top1_error, color="#1f77b4", linewidth=0.8, linestyle="--")
+    axes.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel("top-1 error % (Wilson 95 % CI); grey: within the noise of the reference")
+    return _svg(figure)
+
+
+def _thumbnail(image: np.ndarray, side: int = 96) -> str:
+    from PIL import Image
+
+    picture = Image.fromarray(image)
+    picture.thumbnail((side, side))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _flip_figures(row: VariantRow, images: dict[int, np.ndarray]) -> str:
+    cells = []
+    for flip in row.flips[:12]:
+        if flip.index not in images:
+            continue
+        ref_ok = flip.reference_top1 in flip.labels
+        caption = (f"{html.escape(flip.image_id)}<br>label: {html.escape(class_name(flip.labels[0]))}<br>"
+                   f"reference: {html.escape(class_name(flip.reference_top1))} {'✓' if ref_ok else '✗'}<br>"
+                   f"{html.escape(row.name)}: {html.escape(class_name(flip.variant_top1))} {'✗' if ref_ok else '✓'}")
+        cells.append(f'<figure><img src="{_thumbnail(images[flip.index])}" alt="{html.escape(flip.image_id)}">'
+                     f"<figcaption>{caption}</figcaption></figure>")
+    return "".join(cells)
+
+
+STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:1100px}table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child,th:first-child{text-align:left}
+tr.noise{color:#888}figure{display:inline-block;width:150px;margin:4px;font-size:11px;vertical-align:top}
+figure img{width:96px;image-rendering:pixelated}"""
+
+
+def html_page(report: DiagnoseReport, images: dict[int, np.ndarray]) -> str:
+    """One self-contained page: the sentence, the waterfall, the errors with intervals, the table, the flips."""
+    rows = []
+    for row in _rows(report):
+        verdict = "reference" if row is report.reference else ("significant" if row.significant else "within the noise")
+        rows.append(f'<tr class="{"noise" if verdict == "within the noise" else ""}"><td>{html.escape(row.name)}</td>'
+                    f"<td>{html.escape(row.group)}</td><td>{row.top1_error:.1f}</td><td>{_signed(row.delta)}</td>"
+                    f"<td>{_signed(row.delta_ci95[0])} to {_signed(row.delta_ci95[1])}</td>"
+                    f"<td>{row.right_to_wrong} / {row.wrong_to_right}</td><td>{row.mcnemar_p:.2g}</td>"
+                    f"<td>{verdict}</td></tr>")
+    flips = "".join(f"<h3>{html.escape(row.name)}: {row.right_to_wrong} right->wrong, {row.wrong_to_right} "
+                    f"wrong->right</h3>{_flip_figures(row, images)}" for row in report.variants if row.significant)
+    title = f"xfverify diagnose: {html.escape(report.model)}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head>
+<body><h1>{title}</h1><p>{html.escape(report.decomposition.sentence)}</p>
+<p>{report.n_scored} images scored from {html.escape(report.dataset.path)}; {html.escape(report.framework.name)}
+{html.escape(report.framework.version)} on {html.escape(report.device.name)}.</p>
+<h2>From the published error to the reference, and what each significant variant adds</h2>{waterfall_svg(report)}
+<h2>Top-1 error per variant</h2>{errors_svg(report)}
+<table><tr><th>variant</th><th>group</th><th>top-1 err %</th><th>delta</th><th>95 % CI (Newcombe, paired)</th>
+<th>right->wrong / wrong->right</th><th>McNemar p</th><th></th></tr>{"".join(rows)}</table>
+<h2>Images that flip (the reference's crop; first 12 per significant variant)</h2>{flips or "<p>none</p>"}
+</body></html>
+"""

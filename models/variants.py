@@ -1,0 +1,186 @@
+"""Diagnosis variants as data: each is a base (the card's reference or a named preset) plus field overrides.
+
+A variant changes one thing: the fields it names, and only those, differ from its base (the tests check it).
+They come from the model card (its alternatives), the other frameworks' reference presets (in the card's
+layout), one-field changes of the reference (interpolation, resize library, decoder, resize rule, channel
+order, normalisation) and the traps people fall into (Keras ``load_img``'s nearest squash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from xfverify.models.cards import ModelCard
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import (
+    _LIBRARY_INTERPOLATIONS,
+    CAFFE_MEAN_BGR,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PRESETS,
+    PreprocessSpec,
+    resolve_preprocess,
+)
+
+REFERENCE = "reference"
+FRAMEWORK_PRESETS = ("torchvision-256", "torchvision-232", "gluoncv", "keras-torch", "keras-caffe", "keras-tf")
+TRAP_PRESETS = ("keras-caffe-load-img-nearest",)
+NORMALISATIONS: dict[str, dict[str, Any]] = {
+    "imagenet-mean-std": dict(scale=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order="RGB"),
+    "half-half": dict(scale=255.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), channel_order="RGB"),
+    "127-128": dict(scale=1.0, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), channel_order="RGB"),
+    "keras-caffe": dict(scale=1.0, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0), channel_order="BGR"),
+    "keras-tf": dict(scale=127.5, mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0), channel_order="RGB"),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One preprocessing to compare with the reference: ``base`` (None: the reference) plus ``overrides``."""
+
+    name: str
+    group: str
+    why: str
+    base: str | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def base_spec(self, reference: PreprocessSpec) -> PreprocessSpec:
+        return reference if self.base is None else PRESETS[self.base]
+
+    def resolve(self, reference: PreprocessSpec) -> PreprocessSpec:
+        spec = resolve_preprocess(self.base_spec(reference), overrides=dict(self.overrides) or None)
+        return spec.replace(name=self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "group": self.group, "why": self.why, "base": self.base,
+                "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in self.overrides.items()}}
+
+
+def changed_fields(first: PreprocessSpec, second: PreprocessSpec) -> set[str]:
+    """The spec fields (name and source aside) in which two specs differ."""
+    return {f.name for f in dataclasses.fields(PreprocessSpec) if f.name not in ("name", "source")
+            and getattr(first, f.name) != getattr(second, f.name)}
+
+
+def _one_change(reference: PreprocessSpec, name: str, group: str, why: str, **candidate: Any) -> Variant | None:
+    """A one-change variant of the reference: the candidate's fields that differ from it; None when nothing
+    differs or the result is not a valid spec (e.g. an interpolation the library lacks)."""
+    overrides = {k: v for k, v in candidate.items() if getattr(reference, k) != v}
+    if not overrides:
+        return None
+    try:
+        reference.replace(**overrides)
+    except UserError:
+        return None
+    return Variant(name=name, group=group, why=why, overrides=overrides)
+
+
+def _preset_variant(reference: PreprocessSpec, preset: str, group: str, why: str) -> Variant | None:
+    """A preset in the reference's layout (one field changed where it differs); None when its output size differs."""
+    spec = PRESETS[preset]
+    if spec.output_hw != reference.output_hw:
+        return None
+    overrides = {"layout": reference.layout} if spec.layout != reference.layout else {}
+    return Variant(name=preset if not overrides else f"{preset}-{reference.layout}", group=group, why=why,
+                   base=preset, overrides=overrides)
+
+
+def _geometry_changes(ref: PreprocessSpec) -> list[Variant | None]:
+    crop = ref.crop_size or ref.resize_size
+    out: list[Variant | None] = []
+    for interpolation in _LIBRARY_INTERPOLATIONS[ref.resize_library]:
+        out.append(_one_change(ref, f"interpolation-{interpolation}", "interpolation",
+                               f"{ref.resize_library} {interpolation} instead of {ref.interpolation}",
+                               interpolation=interpolation))
+    for library, antialias in (("pil", True), ("opencv", False)):
+        out.append(_one_change(ref, f"resize-{library}", "resize library",
+                               f"{library}'s {ref.interpolation} resize instead of {ref.resize_library}'s",
+                               resize_library=library, antialias=antialias))
+    for decoder in ("pil", "opencv", "tensorflow"):
+        out.append(_one_change(ref, f"decoder-{decoder}", "decoder", f"{decoder} decodes the files", decoder=decoder))
+    if ref.order == "resize_then_crop":
+        for size in (256, 232):
+            out.append(_one_change(ref, f"resize-{size}", "resize rule", f"shorter side {size}, then the centre crop",
+                                   resize_mode="shorter_side", resize_size=size))
+        out.append(_one_change(ref, "crop-then-resize", "resize rule",
+                               "a centred square of crop/(crop+32) of the shorter side resized to the input, as "
+                               "TensorFlow's EfficientNet", order="crop_then_resize", resize_mode="squash",
+                               resize_size=crop, crop_padding=32))
+        out.append(_one_change(ref, "squash", "resize rule", "the whole image squashed to the input size",
+                               resize_mode="squash", resize_size=crop))
+    else:
+        out.append(_one_change(ref, "resize-then-crop-256", "resize rule",
+                               "shorter side resized to crop/0.875, then the centre crop (torchvision's order)",
+                               order="resize_then_crop", crop_padding=0, resize_mode="shorter_side",
+                               resize_size=crop * 8 // 7))
+        out.append(_one_change(ref, "squash", "resize rule", "the whole image squashed to the input size",
+                               order="resize_then_crop", crop_padding=0))
+        out.append(_one_change(ref, "crop-padding-0", "resize rule", "the centred square of the whole shorter side",
+                               crop_padding=0))
+    return out
+
+
+def _normalisation_changes(ref: PreprocessSpec) -> list[Variant | None]:
+    out: list[Variant | None] = [
+        _one_change(ref, f"norm-{name}", "normalisation", f"normalised as {name.replace('-', ' ')}", **values)
+        for name, values in NORMALISATIONS.items()
+    ]
+    other = "BGR" if ref.channel_order == "RGB" else "RGB"
+    out.append(_one_change(ref, f"channels-{other}", "channel order", f"channels fed {other}", channel_order=other))
+    return out
+
+
+def _traps(ref: PreprocessSpec) -> list[Variant | None]:
+    crop = ref.crop_size or ref.resize_size
+    return [_one_change(ref, "load-img-nearest-squash", "trap",
+                        "keras.utils.load_img(target_size=...): PIL decode, nearest squash to the input, no crop "
+                        "(the model's own normalisation)", decoder="pil", order="resize_then_crop", crop_padding=0,
+                        resize_mode="squash", resize_size=crop, interpolation="nearest", resize_library="pil",
+                        antialias=True)]
+
+
+def card_variants(card: ModelCard, reference: PreprocessSpec | None = None) -> list[Variant]:
+    """Every variant for a card, reference first, each name once."""
+    ref = reference or PRESETS[card.preprocess]
+    found: list[Variant | None] = [Variant(name=REFERENCE, group="reference", why=f"the card's reference, {ref.name}")]
+    found += [_preset_variant(ref, a.preset, "card alternative", a.reason) for a in card.alternatives]
+    found += [_preset_variant(ref, p, "framework reference", PRESETS[p].source) for p in FRAMEWORK_PRESETS
+              if p != card.preprocess]
+    found += [_preset_variant(ref, p, "trap", PRESETS[p].source) for p in TRAP_PRESETS]
+    found += _geometry_changes(ref) + _normalisation_changes(ref) + _traps(ref)
+    variants: dict[str, Variant] = {}
+    for variant in found:
+        if variant is not None and variant.name not in variants:
+            variants[variant.name] = variant
+    return list(variants.values())
+
+
+def select_variants(variants: list[Variant], names: str | None) -> list[Variant]:
+    """The reference and the variants named (comma-separated); all when ``names`` is empty."""
+    if not names:
+        return variants
+    by_name = {v.name: v for v in variants}
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        raise UserError(f"--variants: unknown variant {', '.join(unknown)}; this model's are: "
+                        f"{', '.join(v.name for v in variants if v.name != REFERENCE)}")
+    return [variants[0]] + [by_name[n] for n in dict.fromkeys(wanted) if n != REFERENCE]
+
+
+def user_variant(data: Mapping[str, Any], origin: str) -> Variant:
+    """A user's variant from a JSON object: ``{"name": ..., "preset": optional, "set": {field: value}}``."""
+    unknown = set(data) - {"name", "preset", "set", "why"}
+    if unknown or "name" not in data:
+        raise UserError(f"--spec {origin}: give a JSON object with name, optional preset and set "
+                        f"(field: value){'; unknown keys ' + ', '.join(sorted(unknown)) if unknown else ''}")
+    preset = data.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"--spec {origin}: unknown preset {preset!r}; `xfverify presets` lists them")
+    overrides = data.get("set") or {}
+    if not isinstance(overrides, dict):
+        raise UserError(f"--spec {origin}: set must be an object of field: value")
+    return Variant(name=str(data["name"]), group="user", why=str(data.get("why", f"from {origin}")), base=preset,
+                   overrides=dict(overrides))

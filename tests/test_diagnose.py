@@ -1,0 +1,205 @@
+"""xfverify diagnose: variants as data, paired statistics, the decomposition, the report and its page."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import imagenet_sample_500, needs_torch, run_cli
+from scipy.stats import binomtest, norm
+
+from xfverify.evaluator.diagnose_report import DiagnoseReport, decomposition
+from xfverify.evaluator.metrics import newcombe_paired_interval, paired_difference
+from xfverify.models.cards import load_cards
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import PRESETS
+from xfverify.models.variants import REFERENCE, card_variants, changed_fields, select_variants, user_variant
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.parametrize("card", load_cards(), ids=lambda c: c.id)
+def test_every_variant_resolves_and_differs_from_its_base_in_exactly_the_fields_it_names(card):
+    reference = PRESETS[card.preprocess]
+    variants = card_variants(card)
+    assert variants[0].name == REFERENCE and len({v.name for v in variants}) == len(variants)
+    groups = {v.group for v in variants}
+    assert {"normalisation", "decoder", "resize rule", "channel order", "trap"} <= groups
+    if reference.output_hw == (224, 224):  # the other frameworks' presets are 224 px
+        assert "framework reference" in groups
+    for variant in variants[1:]:
+        spec = variant.resolve(reference)
+        assert changed_fields(variant.base_spec(reference), spec) == set(variant.overrides), variant.name
+        assert changed_fields(reference, spec), f"{variant.name} is the reference"
+        assert spec.layout == card.input_layout
+    for alternative in card.alternatives:
+        assert alternative.preset in {v.base for v in variants}
+
+
+def test_variants_are_picked_by_name_and_a_users_own_resolves():
+    card = next(c for c in load_cards() if c.id.startswith("pypi/efficientnet_lite0"))
+    variants = card_variants(card)
+    picked = select_variants(variants, "norm-half-half, squash")
+    assert [v.name for v in picked] == [REFERENCE, "norm-half-half", "squash"]
+    with pytest.raises(UserError, match="unknown variant nope; this model's are: .*norm-half-half"):
+        select_variants(variants, "nope")
+    mine = user_variant({"name": "mine", "set": {"interpolation": "bicubic", "resize_library": "pil",
+                                                 "antialias": "true"}}, "mine.json")
+    spec = mine.resolve(PRESETS[card.preprocess])
+    assert changed_fields(PRESETS[card.preprocess], spec) == {"interpolation", "resize_library", "antialias"}
+    with pytest.raises(UserError, match="unknown preset"):
+        user_variant({"name": "x", "preset": "nope"}, "x.json")
+
+
+def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return ((centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n))
+
+
+def test_newcombe_paired_interval_against_a_hand_computation():
+    # 100 images: 10 wrong under both, 12 only under the variant, 3 only under the reference, 75 right under both.
+    z = norm.ppf(0.975)
+    p1, p2 = 22 / 100, 13 / 100
+    l1, u1 = _wilson(22, 100, z)
+    l2, u2 = _wilson(13, 100, z)
+    phi = (10 * 75 - 12 * 3 - 50) / math.sqrt(22 * 78 * 13 * 87)  # B = 714 > n/2: corrected by n/2
+    lower = (p1 - p2) - math.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
+    upper = (p1 - p2) + math.sqrt((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2)
+    got = newcombe_paired_interval(10, 12, 3, 75)
+    assert got == pytest.approx((100 * lower, 100 * upper), abs=1e-9)
+    assert got[0] < 9.0 < got[1]
+
+
+def test_paired_difference_counts_flips_and_agrees_with_scipy_and_the_wald_interval_on_many_images():
+    rng = np.random.default_rng(0)
+    reference_wrong = rng.random(20000) < 0.25
+    variant_wrong = reference_wrong.copy()
+    variant_wrong[rng.choice(20000, 600, replace=False)] ^= True
+    paired = paired_difference(variant_wrong, reference_wrong)
+    b = int(np.sum(variant_wrong & ~reference_wrong))
+    c = int(np.sum(~variant_wrong & reference_wrong))
+    assert (paired.right_to_wrong, paired.wrong_to_right) == (b, c)
+    assert paired.delta == pytest.approx(100 * (variant_wrong.mean() - reference_wrong.mean()))
+    assert paired.p_value == pytest.approx(binomtest(b, b + c).pvalue)
+    n = 20000
+    half = norm.ppf(0.975) * math.sqrt((b + c) - (b - c) ** 2 / n) / n * 100  # Wald on the paired differences
+    assert paired.ci95 == pytest.approx((paired.delta - half, paired.delta + half), abs=0.02)
+
+
+def test_no_flip_is_no_difference_and_within_the_noise():
+    same = np.array([True, False, False, True] * 50)
+    paired = paired_difference(same, same)
+    assert (paired.delta, paired.p_value, paired.significant) == (0.0, 1.0, False)
+    assert paired.ci95[0] < 0 < paired.ci95[1]
+    swapped = newcombe_paired_interval(5, 2, 9, 84)
+    assert newcombe_paired_interval(5, 9, 2, 84) == pytest.approx((-swapped[1], -swapped[0]))
+
+
+def _row(name, delta, significant, flips=(3, 1)):
+    return {"name": name, "top1_error": 10.0 + delta, "delta": delta, "delta_ci95": [delta - 1, delta + 1],
+            "significant": significant, "right_to_wrong": flips[0], "wrong_to_right": flips[1]}
+
+
+def test_the_decomposition_sums_and_ranks_only_what_is_outside_the_noise():
+    rows = [_row("reference", 0.0, False), _row("small", 1.5, True), _row("noise", 3.0, False),
+            _row("big", -4.0, True), _row("none", 0.0, False)]
+    d = decomposition(25.0, rows)
+    assert [s["name"] for s in d["steps"]] == ["reference vs published", "big", "small"]
+    assert d["ranked"] == ["big", "small"] and d["within_noise"] == ["noise", "none"]
+    assert d["steps"][0]["start"] == 25.0 and d["steps"][0]["end"] == 10.0
+    for before, after in zip(d["steps"], d["steps"][1:]):
+        assert after["start"] == before["end"]
+    for step in d["steps"]:
+        assert step["end"] == pytest.approx(step["start"] + step["delta"])
+    assert d["steps"][-1]["end"] == pytest.approx(25.0 + sum(s["delta"] for s in d["steps"]))
+    assert "gap of -15.0 points" in d["sentence"] and "big (-4.0" in d["sentence"]
+    assert d["sentence"].endswith("2 variants change nothing measurable.")
+
+
+def console_errors(page: Path, tmp_path: Path, screenshot: Path | None = None) -> list[str]:
+    """Open a page in headless Chromium; the console messages it logged at error level (and JS exceptions)."""
+    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--enable-logging=stderr", "--v=0", "--window-size=1200,2400"]
+    args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    done = subprocess.run([*args, page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [line for line in done.stderr.splitlines() if "CONSOLE" in line and ("ERROR" in line or "Uncaught" in line
+                                                                                 or "Failed" in line)]
+
+
+needs_chromium = pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
+                                    reason="no chromium (apt-get install chromium)")
+
+
+@needs_chromium
+def test_the_console_check_sees_an_error(tmp_path):
+    page = tmp_path / "bad.html"
+    page.write_text("<!DOCTYPE html><html><body><script>console.error('broken'); undefinedCall();</script></body></html>")
+    assert console_errors(page, tmp_path)
+
+
+@needs_torch
+@needs_chromium
+def test_diagnose_writes_a_checked_report_and_a_page_that_renders_without_console_errors(tmp_path):
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"name": "mine-bicubic", "set": {"resize_library": "opencv", "interpolation": "bicubic"}}))
+    out = tmp_path / "out"
+    done = run_cli("diagnose", "--variants", "norm-imagenet-mean-std,squash", "--spec", str(mine), "--out", str(out),
+                   "--cache-dir", str(tmp_path / "cache"), "--batch-size", "4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "variant 4 of 4" in done.stderr
+    report = DiagnoseReport.model_validate_json((out / "report.json").read_text())
+    assert [v.name for v in report.variants] == ["norm-imagenet-mean-std", "squash", "mine-bicubic"]
+    by_name = {v.name: v for v in report.variants}
+    assert by_name["norm-imagenet-mean-std"].geometry_key == report.reference.geometry_key  # shards reused
+    assert report.cost["geometries"] == 3 and report.cost["model_loads"] == 1
+    assert report.reference.n_scored == report.n_scored == 4  # the sample has one unlabelled image
+    assert (out / "reference" / "report.json").is_file()  # the reference as a native run's folder
+    text = (out / "report.html").read_text()
+    assert not re.findall(r"(?:src|href)\s*=\s*[\"']?(?:https?:|//)", text)  # nothing to fetch
+    assert "<svg" in text and report.decomposition.sentence.split(";")[0][:40] in text
+    shot = tmp_path / "page.png"
+    assert console_errors(out / "report.html", tmp_path) == []
+    console_errors(out / "report.html", tmp_path, shot)
+    assert shot.stat().st_size > 10000
+
+
+def test_a_wrong_variant_name_is_one_line_and_exit_2(tmp_path):
+    done = run_cli("diagnose", "--variants", "nope", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "unknown variant nope" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+@needs_torch
+def test_the_demonstration_finds_the_imagenet_normalisation_as_the_largest_cause(tmp_path):
+    variants = "lite-timm-224,lite-imagenet-norm-224,norm-imagenet-mean-std,decoder-pil,resize-pil,squash"
+    done = run_cli("diagnose", "--data", str(imagenet_sample_500()), "--variants", variants, "--out", str(tmp_path / "o"),
+                   "--cache-dir", str(tmp_path / "cache"), timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = DiagnoseReport.model_validate_json((tmp_path / "o" / "report.json").read_text())
+    largest = {v.name: v for v in report.variants}[report.decomposition.ranked[0]]
+    assert largest.name in ("norm-imagenet-mean-std", "lite-imagenet-norm-224")
+    assert 8 < largest.delta < 16 and largest.significant and largest.delta_ci95[0] > 0
+
+
+@pytest.mark.slow
+@needs_torch
+def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path):
+    out = tmp_path / "out"
+    done = run_cli("diagnose", "--variants", "norm-half-half", "--onnx", "--out", str(out),
+                   "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = DiagnoseReport.model_validate_json((out / "report.json").read_text())
+    onnx = report.variants[-1]
+    assert onnx.name == "onnx-runtime" and onnx.group == "runtime"
+    assert onnx.tensors_sha256 == report.reference.tensors_sha256 and onnx.spec == report.reference.spec
