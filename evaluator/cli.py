@@ -27,6 +27,33 @@ def _preprocess_options(func):
     return func
 
 
+_SUBSET_OPTIONS = (
+    click.option("--limit", type=int, help="Only the first N images by image id."),
+    click.option("--per-class", type=int, help="A class-balanced subset: the first K images of each class."),
+)
+_MODEL_RUN_OPTIONS = (
+    click.option("--batch-size", type=int, default=32, show_default=True),
+    click.option("--workers", type=int, help="Decoding processes (default: all cores)."),
+    click.option("--weights", type=click.Path(),
+                 help="A local weights file (torch: a state_dict, loaded with weights_only=True)."),
+    click.option("--random-weights", is_flag=True, help="A seeded, well-scaled random model (smoke tests, speed runs)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seeds random weights (0 to 2**32-1)."),
+    click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+                 help="skip: leave undecodable files out and list them in the report."),
+)
+
+
+def _options(*options):
+    """Apply a group of click options, in the order given (shared by native, onnx and diagnose)."""
+
+    def apply(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
+
+
 def _model_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """An empty MODEL ('') is a mistake, not a request for the default model."""
     if value is not None and not value.strip():
@@ -135,18 +162,12 @@ def preprocess_command(model, images, out, preprocess, overrides, verify) -> Non
 @click.option("--devkit", type=click.Path(), help="Folder holding ILSVRC2012_validation_ground_truth.txt and meta.mat (default: looked for beside --data).")
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: ./xfverify-out/native-<model>-<time>).")
 @_preprocess_options
-@click.option("--limit", type=int, help="Only the first N images by image id.")
-@click.option("--per-class", type=int, help="A class-balanced subset: the first K images of each class.")
+@_options(*_SUBSET_OPTIONS)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True, help="fp32 keeps TF32 off: results as published, not as fast as possible.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, help="Decoding processes (default: all cores).")
+@_options(*_MODEL_RUN_OPTIONS)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
-@click.option("--weights", type=click.Path(), help="A local weights file (torch: a state_dict, loaded with weights_only=True).")
-@click.option("--random-weights", is_flag=True, help="A seeded, well-scaled random model (smoke tests, speed runs).")
 @click.option("--cuda-graphs", is_flag=True, help="torch on a GPU: capture the forward pass of full batches in a CUDA graph and replay it (same kernels, checked bit-identical to eager; removes Python launch overhead at small batches).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds random weights (0 to 2**32-1).")
-@click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True, help="skip: leave undecodable files out and list them in the report.")
 def native_command(model, **kwargs) -> None:
     """Evaluate MODEL in its own framework with its reference preprocessing (default: pypi/efficientnet_lite0 on the embedded sample)."""
     from xfverify.evaluator import ui
@@ -174,17 +195,11 @@ def native_command(model, **kwargs) -> None:
 @click.option("--variants", metavar="NAME,...", help="Only these variants (the reference always runs); a wrong name lists the model's.")
 @click.option("--spec", "spec_files", multiple=True, type=click.Path(), metavar="FILE.json", help='Add your own variant: {"name": ..., "preset": optional, "set": {field: value}} (or a list of them); repeatable.')
 @click.option("--onnx", is_flag=True, help="Also run the model's ONNX export under ONNX Runtime on the reference's tensors (the runtime axis).")
-@click.option("--limit", type=int, help="Only the first N images by image id.")
-@click.option("--per-class", type=int, help="A class-balanced subset: the first K images of each class.")
+@_options(*_SUBSET_OPTIONS)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, help="Decoding processes (default: all cores).")
+@_options(*_MODEL_RUN_OPTIONS)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
-@click.option("--weights", type=click.Path(), help="A local weights file, as for `native`.")
-@click.option("--random-weights", is_flag=True, help="A seeded, well-scaled random model (smoke tests).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds random weights.")
-@click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True)
 def diagnose_command(model, **kwargs) -> None:
     """Evaluate MODEL under its reference preprocessing and under named variants on the same images; report each
     variant's paired difference (flips, McNemar p, 95% interval) and the decomposition of the gap to the published
@@ -213,15 +228,9 @@ def diagnose_command(model, **kwargs) -> None:
 @click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True, help="ONNX Runtime's execution provider; cuda never falls back to the CPU.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where the native run computes, when one is run.")
 @click.option("--opset", type=int, help="ONNX opset of the export (default: the exporter's: torch 18, tf2onnx 17, MXNet 13).")
-@click.option("--limit", type=int, help="Only the first N images by image id.")
-@click.option("--per-class", type=int, help="A class-balanced subset: the first K images of each class.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, help="Decoding processes (default: all cores).")
+@_options(*_SUBSET_OPTIONS)
+@_options(*_MODEL_RUN_OPTIONS)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor and export cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
-@click.option("--weights", type=click.Path(), help="A local weights file, as for `native`.")
-@click.option("--random-weights", is_flag=True, help="A seeded, well-scaled random model (smoke tests).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds random weights.")
-@click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True)
 @click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance, as a fraction of the largest |native output|.")
 @click.option("--rtol", type=float, default=1e-3, show_default=True, help="Relative tolerance (an element fails only over both, as in Polygraphy).")
 def onnx_command(target, **kwargs) -> None:
