@@ -27,8 +27,8 @@ from xfverify.evaluator.diagnose_report import (
     decomposition,
     write_diagnose_outputs,
 )
-from xfverify.evaluator.folders import atomic_write_text, writable_folder
-from xfverify.evaluator.jobs import DataPart, EvaluateJob, EvaluateManyJob, EvaluateManyResult, VariantPart
+from xfverify.evaluator.folders import writable_folder
+from xfverify.evaluator.jobs import EvaluateJob, EvaluateManyJob, EvaluateManyResult, VariantPart
 from xfverify.evaluator.launcher import run_worker
 from xfverify.evaluator.metrics import error_stats, paired_difference, top_k, wilson_interval
 from xfverify.evaluator.native import (
@@ -40,6 +40,7 @@ from xfverify.evaluator.native import (
     prepare,
     relative_timeline,
     spec_hw,
+    survey_and_build,
     worker_beside_build,
     write_outputs,
 )
@@ -176,16 +177,11 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
         def build() -> None:
             try:
                 for index, (key, cache) in enumerate(caches.items()):
-                    survey = cache.survey(dataset.records, log=ui.info)
-                    data = DataPart(shard_paths=cache.shard_paths(survey), wait_for_shards=bool(survey.todo))
-                    for part, spec in zip(parts, specs):
-                        if spec.geometry_key() == key:
-                            atomic_write_text(Path(part.data_file), data.model_dump_json())
+                    data_files = [part.data_file for part, spec in zip(parts, specs) if spec.geometry_key() == key]
                     offset = index * total
-                    built[key] = cache.complete(
-                        survey, workers=options.workers, stop_on_bad=options.on_bad_image == "error",
-                        progress=lambda done, _total: decode_progress(offset + done, total * len(caches)),
-                        cancel=cancel,
+                    built[key] = survey_and_build(
+                        cache, dataset.records, data_files, options,
+                        lambda done, _total: decode_progress(offset + done, total * len(caches)), cancel,
                     )
                 timeline["decode_done"] = time.time()
             except BaseException as exc:  # re-raised in the main thread

@@ -256,6 +256,20 @@ def relative_timeline(parent: dict[str, float], worker: dict[str, float]) -> dic
     return {name: round(at - started, 3) for name, at in sorted(merged.items(), key=lambda item: item[1])}
 
 
+def survey_and_build(cache, records, data_files, options, progress, cancel, surveyed=lambda: None):
+    """Survey the cache, tell the worker its shard paths (each data file), then decode what is missing.
+
+    Returns what :meth:`TensorCache.complete` returns.
+    """
+    survey = cache.survey(records, log=ui.info)
+    surveyed()
+    data = DataPart(shard_paths=cache.shard_paths(survey), wait_for_shards=bool(survey.todo))
+    for data_file in data_files:
+        atomic_write_text(Path(data_file), data.model_dump_json())
+    return cache.complete(survey, workers=options.workers, stop_on_bad=options.on_bad_image == "error",
+                          progress=progress, cancel=cancel)
+
+
 def decode_and_infer(cache, dataset, framework, job, workdir, options, decode_progress, infer_progress, timeline):
     """Survey and build the cache while the framework worker starts and then consumes finished shards.
 
@@ -271,16 +285,13 @@ def decode_and_infer(cache, dataset, framework, job, workdir, options, decode_pr
     workdir.mkdir(parents=True, exist_ok=True)
     Path(job.data_file).unlink(missing_ok=True)  # a stale one, from a run that was stopped, must not be read
 
+    def surveyed() -> None:
+        timeline["cache_surveyed"] = time.time()
+
     def build() -> None:
         try:
-            survey = cache.survey(dataset.records, log=ui.info)
-            timeline["cache_surveyed"] = time.time()
-            data = DataPart(shard_paths=cache.shard_paths(survey), wait_for_shards=bool(survey.todo))
-            atomic_write_text(Path(job.data_file), data.model_dump_json())
-            state["cache"] = cache.complete(
-                survey, workers=options.workers, stop_on_bad=options.on_bad_image == "error",
-                progress=decode_progress, cancel=cancel,
-            )
+            state["cache"] = survey_and_build(cache, dataset.records, [job.data_file], options, decode_progress,
+                                              cancel, surveyed)
             timeline["decode_done"] = time.time()
         except BaseException as exc:  # re-raised in the main thread
             state["error"] = exc
