@@ -163,10 +163,7 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
     job = EvaluateManyJob(base=base, variants=parts)
     ui.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; {len(variants)} "
             f"preprocessings ({len(caches)} geometries to decode or reuse), one {card.framework} worker")
-    built: dict[str, Any] = {}
-    state: dict[str, Any] = {}
     cancel = threading.Event()
-    worker_process: list = []
     total = len(dataset)
 
     with ui.progress_group() as group:
@@ -174,20 +171,17 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
         infer_progress = group.task(f"{card.framework} inference ({len(variants)} variants)")
         current = {"variant": 0}
 
-        def build() -> None:
-            try:
-                for index, (key, cache) in enumerate(caches.items()):
-                    data_files = [part.data_file for part, spec in zip(parts, specs) if spec.geometry_key() == key]
-                    offset = index * total
-                    built[key] = survey_and_build(
-                        cache, dataset.records, data_files, options,
-                        lambda done, _total: decode_progress(offset + done, total * len(caches)), cancel,
-                    )
-                timeline["decode_done"] = time.time()
-            except BaseException as exc:  # re-raised in the main thread
-                state["error"] = exc
-                for process in worker_process:
-                    process.kill()
+        def build() -> dict[str, Any]:
+            built = {}
+            for index, (key, cache) in enumerate(caches.items()):
+                data_files = [part.data_file for part, spec in zip(parts, specs) if spec.geometry_key() == key]
+                offset = index * total
+                built[key] = survey_and_build(
+                    cache, dataset.records, data_files, options,
+                    lambda done, _total: decode_progress(offset + done, total * len(caches)), cancel,
+                )
+            timeline["decode_done"] = time.time()
+            return built
 
         def on_event(event: dict) -> None:
             if event.get("event") == "progress":
@@ -198,15 +192,11 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
             elif event.get("event") == "status":
                 ui.info(event["message"])
 
-        def on_start(process) -> None:
-            worker_process.append(process)
-            if "error" in state:
-                process.kill()
-
-        result = EvaluateManyResult.model_validate(worker_beside_build(
-            build, state, cancel, timeline,
-            lambda: run_worker(card.framework, "evaluate_many", job.model_dump(), workdir=workdir, on_event=on_event,
-                               on_start=on_start)))
+        built, outcome = worker_beside_build(
+            build, cancel, timeline,
+            lambda on_start: run_worker(card.framework, "evaluate_many", job.model_dump(), workdir=workdir,
+                                        on_event=on_event, on_start=on_start))
+        result = EvaluateManyResult.model_validate(outcome)
     runs = []
     for variant, spec, worker_result in zip(variants, specs, result.results):
         cached, stats = built[spec.geometry_key()]

@@ -129,6 +129,7 @@ def run_native(options: NativeOptions) -> NativeRun:
 
 
 Result = TypeVar("Result")
+Built = TypeVar("Built")
 
 
 def in_owned_folder(out_dir: Path, work: Callable[[Path], Result]) -> Result:
@@ -279,24 +280,17 @@ def decode_and_infer(cache, dataset, framework, job, workdir, options, decode_pr
     or build fails (a bad image), the worker is stopped and that error is raised; if the worker fails,
     the build is cancelled after the shards under way.
     """
-    state: dict[str, Any] = {}
     cancel = threading.Event()
-    worker_process: list[subprocess.Popen] = []
     workdir.mkdir(parents=True, exist_ok=True)
     Path(job.data_file).unlink(missing_ok=True)  # a stale one, from a run that was stopped, must not be read
 
     def surveyed() -> None:
         timeline["cache_surveyed"] = time.time()
 
-    def build() -> None:
-        try:
-            state["cache"] = survey_and_build(cache, dataset.records, [job.data_file], options, decode_progress,
-                                              cancel, surveyed)
-            timeline["decode_done"] = time.time()
-        except BaseException as exc:  # re-raised in the main thread
-            state["error"] = exc
-            for process in worker_process:
-                process.kill()
+    def build():
+        built = survey_and_build(cache, dataset.records, [job.data_file], options, decode_progress, cancel, surveyed)
+        timeline["decode_done"] = time.time()
+        return built
 
     def on_event(event: dict) -> None:
         if event.get("event") == "progress":
@@ -304,27 +298,38 @@ def decode_and_infer(cache, dataset, framework, job, workdir, options, decode_pr
         elif event.get("event") == "status":
             ui.info(event["message"])
 
+    (cached, stats), result = worker_beside_build(
+        build, cancel, timeline,
+        lambda on_start: run_worker(framework, "evaluate", job.model_dump(), workdir=workdir, on_event=on_event,
+                                    on_start=on_start))
+    return cached, stats, WorkerResult.model_validate(result)
+
+
+def worker_beside_build(build: Callable[[], Built], cancel: threading.Event, timeline: dict[str, float],
+                        work: Callable[[Callable[[subprocess.Popen], None]], Result]) -> tuple[Built, Result]:
+    """``work(on_start)`` (a worker, whose process ``on_start`` receives) while ``build()`` fills the cache in a
+    thread; returns both results. A failed build stops the worker and is the error shown; a failed worker
+    cancels the build."""
+    state: dict[str, Any] = {}
+    processes: list[subprocess.Popen] = []
+
+    def guarded_build() -> None:
+        try:
+            state["built"] = build()
+        except BaseException as exc:  # re-raised in the main thread
+            state["error"] = exc
+            for process in processes:
+                process.kill()
+
     def on_start(process: subprocess.Popen) -> None:
-        worker_process.append(process)
+        processes.append(process)
         if "error" in state:  # the build failed before the worker started
             process.kill()
 
-    result = WorkerResult.model_validate(worker_beside_build(
-        build, state, cancel, timeline,
-        lambda: run_worker(framework, "evaluate", job.model_dump(), workdir=workdir, on_event=on_event,
-                           on_start=on_start)))
-    cached, stats = state["cache"]
-    return cached, stats, result
-
-
-def worker_beside_build(build: Callable[[], None], state: dict[str, Any], cancel: threading.Event,
-                        timeline: dict[str, float], work: Callable[[], Result]) -> Result:
-    """``work()`` (a worker) while ``build`` fills the cache in a thread, which leaves its exception in
-    ``state["error"]``; a failed worker cancels the build, and a failed build is the error shown."""
-    builder = threading.Thread(target=build, name="xfverify-cache-build", daemon=True)
+    builder = threading.Thread(target=guarded_build, name="xfverify-cache-build", daemon=True)
     builder.start()
     try:
-        result = work()
+        result = work(on_start)
         timeline["worker_finished"] = time.time()
     except BaseException as exc:
         cancel.set()
@@ -338,7 +343,7 @@ def worker_beside_build(build: Callable[[], None], state: dict[str, Any], cancel
     builder.join()
     if "error" in state:
         raise state["error"]
-    return result
+    return state["built"], result
 
 
 def assemble_report(card, spec, dataset, cached, build, result, timing, topk, options, run_notes=(),
