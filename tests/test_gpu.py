@@ -71,3 +71,28 @@ def test_cuda_graphs_replay_gives_the_eager_logits(tmp_path, generated_folder):
     a, b = np.load(tmp_path / "eager" / "logits.npy"), np.load(tmp_path / "graphs" / "logits.npy")
     assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(a).max())
     assert (a.argmax(1) == b.argmax(1)).all()
+
+
+@lru_cache(maxsize=1)
+def onnxruntime_cuda() -> bool:
+    """Whether the installed onnxruntime has a CUDA provider (asked in a subprocess, like torch)."""
+    code = "import onnxruntime as o; print('CUDAExecutionProvider' in o.get_available_providers())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return out.stdout.strip().endswith("True")
+
+
+def test_onnxruntime_cuda_is_fed_uint8_on_the_device_and_agrees(tmp_path):
+    """ONNX Runtime's CUDA provider with IO binding, on the native GPU run's tensors: same bytes (proven by the
+    graph's per-image sums), CUDA actually ran, every top-1 the same."""
+    if not onnxruntime_cuda():
+        pytest.skip("onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+    from xfverify.evaluator.onnx_cmd import OnnxOptions, run_onnx
+
+    run = run_onnx(OnnxOptions(target="pypi/efficientnet_lite0", provider="cuda", device="cuda", batch_size=2,
+                               workers=1, out=str(tmp_path / "o")))
+    report = run.report.model_dump(mode="json")
+    assert report["runtime"]["providers"][0] == "CUDAExecutionProvider"
+    assert report["runtime"]["options"]["io_binding"] is True and report["runtime"]["options"]["cuda_use_tf32"] == "0"
+    assert report["tensors_sha256"] == report["native"]["tensors_sha256"]
+    assert report["agreement"]["top1_agreement"] == 100.0
+    assert report["agreement"]["max_abs_diff_over_max_abs_logit"] < 1e-3

@@ -1,12 +1,19 @@
 """ONNX Runtime back-end: the network is an .onnx file; runs only inside an onnxruntime worker process.
 
-Fed host tensors through :class:`HostStep` (on a GPU, binding inputs and outputs on the device with IO
-binding is still to come). ONNX Runtime falls back to the CPU silently when its CUDA provider cannot load;
-this back-end never does: ``--provider cuda`` forbids the fallback and checks which provider runs.
+On the CPU it is fed host tensors through :class:`HostStep`. With the CUDA provider it is fed as native torch is
+on a GPU: the uint8 batch is uploaded and normalised on the device, by a gather from the same table, prepended
+to the graph (``converter.feed_graph``), with inputs and outputs bound on the device (IO binding); only logits
+and two numbers per image (the fed tensor's sum and sum of squares, the proof of what was fed) come back.
+``XFVERIFY_ORT_FEED=device`` takes that path on the CPU too (the tests use it).
+
+ONNX Runtime falls back to the CPU silently when its CUDA provider cannot load; this back-end never does:
+``--provider cuda`` forbids the fallback and checks which provider runs.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,7 @@ class OnnxRuntimeBackend(Backend):
         if not job.onnx_path:
             raise UserError("the onnxruntime back-end runs an .onnx file: the job names none")
         self.path = job.onnx_path
+        self.spec, self.hw = job.spec(), tuple(job.hw)
 
     def resolve_device(self, requested: str, precision: str) -> Device:
         if precision != "fp32":
@@ -49,6 +57,7 @@ class OnnxRuntimeBackend(Backend):
             ort.preload_dlls()  # the CUDA and cuDNN libraries torch's wheels bring, when they are installed
         self.requested_providers = [CPU] if requested == "cpu" or not has_cuda else (
             [CUDA] if requested == "cuda" else [CUDA, CPU])
+        self.device_fed = CUDA in self.requested_providers or os.environ.get("XFVERIFY_ORT_FEED") == "device"
         return Device("cpu", cpu_name())  # what actually runs is known once the session exists
 
     def seed(self, seed: int) -> None:
@@ -67,7 +76,8 @@ class OnnxRuntimeBackend(Backend):
             options.add_session_config_entry(NO_FALLBACK, "1")
         providers = [(CUDA, CUDA_OPTIONS) if p == CUDA else p for p in self.requested_providers]
         try:
-            session = ort.InferenceSession(self.path, options, providers=providers)
+            session = ort.InferenceSession(self._model_bytes() if self.device_fed else self.path, options,
+                                           providers=providers)
         except Exception as exc:  # onnxruntime's pybind errors (Fail, InvalidGraph, ...) share no base class
             if self.requested_mode == "cuda" and "fallback to CPU EP has been explicitly disabled" in str(exc):
                 raise UserError(_cuda_did_not_load()) from None
@@ -85,17 +95,30 @@ class OnnxRuntimeBackend(Backend):
         self.session = session
         return session, {"source": str(Path(self.path).resolve()), "sha256": sha256_file(self.path)}
 
+    def _model_bytes(self) -> bytes:
+        """The file's model with the uint8 feed prepended (its external data loaded), serialised for a session."""
+        import onnx
+
+        from xfverify.converter.feed_graph import uint8_fed_model
+        from xfverify.evaluator.normalise import normalisation_lut, source_channels
+
+        try:
+            model = onnx.load(self.path)
+        except Exception as exc:  # protobuf's DecodeError, a missing .onnx.data file, ...
+            raise UserError(f"{self.path}: not a readable ONNX model ({exception_text(exc)})") from None
+        _check_input(model.graph.input[0] if len(model.graph.input) == 1 else None, self.path, self.spec, self.hw)
+        wrapped = uint8_fed_model(model, normalisation_lut(self.spec), source_channels(self.spec), self.spec.layout,
+                                  self.hw)
+        return wrapped.SerializeToString()
+
     def place(self, model, device: Device):
         return model
 
-    def step(self, model, spec, device: Device, job) -> HostStep:
+    def step(self, model, spec, device: Device, job):
+        if self.device_fed:
+            return IoBoundStep(model, "cuda" if device.type == "cuda" else "cpu")
         [fed] = model.get_inputs()  # a classifier takes one tensor
-        expected = (3, *job.hw) if spec.layout == "NCHW" else (*job.hw, 3)
-        fixed = tuple(fed.shape[1:])
-        if len(fed.shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(fixed, expected)):
-            raise UserError(f"{self.path} takes input {fed.name} of shape {list(fed.shape)}, but preprocessing "
-                            f"{spec.name} feeds {spec.layout} batches of {list(expected)}: choose a --preprocess "
-                            "preset that matches it, or --set layout=... / crop_size=...")
+        _check_input(fed, self.path, spec, tuple(job.hw))
         output = model.get_outputs()[0].name
         return HostStep(lambda tensors: np.asarray(model.run([output], {fed.name: tensors})[0], dtype=np.float32))
 
@@ -110,7 +133,8 @@ class OnnxRuntimeBackend(Backend):
         options: dict[str, Any] = {
             "graph_optimization_level": OPTIMISATION.name,
             NO_FALLBACK: self.requested_mode == "cuda",
-            "io_binding": False,
+            "io_binding": self.device_fed,
+            "feed": "uint8 normalised in the graph (gather from the table)" if self.device_fed else "float32 from the host",
         }
         if CUDA in ran:
             options["cuda_use_tf32"] = self.session.get_provider_options()[CUDA].get("use_tf32")
@@ -119,6 +143,79 @@ class OnnxRuntimeBackend(Backend):
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return "Failed to allocate memory" in str(exc) or "out of memory" in str(exc).lower()
+
+
+def _check_input(fed, path: str, spec, hw: tuple[int, int]) -> None:
+    """One image input whose fixed dimensions match what the preprocessing feeds, else one line."""
+    expected = (3, *hw) if spec.layout == "NCHW" else (*hw, 3)
+    shape = _shape(fed) if fed is not None else []
+    if fed is None or len(shape) != 4 or any(isinstance(d, int) and d > 0 and d != e
+                                             for d, e in zip(shape[1:], expected)):
+        what = f"input {fed.name} of shape {shape}" if fed is not None else "several inputs"
+        raise UserError(f"{path} takes {what}, but preprocessing {spec.name} feeds {spec.layout} batches of "
+                        f"{list(expected)}: choose a --preprocess preset that matches it, or --set layout=... / "
+                        "crop_size=...")
+
+
+def _shape(value) -> list:
+    """An input's shape, from ONNX Runtime's NodeArg or onnx's ValueInfoProto (symbolic dimensions as names)."""
+    if not hasattr(value.type, "tensor_type"):
+        return list(value.shape)
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
+
+class IoBoundStep:
+    """uint8 batches in, bound with IO binding on the session's device; the graph normalises them and also
+    returns each image's fed-tensor sum and sum of squares (the proof of what it fed, checked by the loop)."""
+
+    feed = "device"
+
+    def __init__(self, session, device: str):
+        from xfverify.converter.feed_graph import FED_SUM, FED_SUM_OF_SQUARES, UINT8_INPUT
+
+        self.session, self.device = session, device
+        self.input = UINT8_INPUT
+        self.outputs = [session.get_outputs()[0].name, FED_SUM, FED_SUM_OF_SQUARES]
+        self.binding = session.io_binding()
+        self.bound: Any = None  # the device buffer of the last batch shape, refilled in place
+
+    def stage(self, u8: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(u8)
+
+    def warm_up(self, sizes: list[int], hw: tuple[int, int], full_batches: int) -> float:
+        started = time.perf_counter()
+        for n in sizes:
+            for _ in range(2):
+                self._run(np.zeros((n, *hw, 3), dtype=np.uint8))
+        return time.perf_counter() - started
+
+    def _run(self, u8: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.bound is None or tuple(self.bound.shape()) != u8.shape:
+            self.bound = ort.OrtValue.ortvalue_from_shape_and_type(u8.shape, np.uint8, self.device, 0)
+        self.bound.update_inplace(u8)  # our own buffer: on the CPU, wrapping u8 would let ONNX Runtime alias the cache
+        self.binding.bind_ortvalue_input(self.input, self.bound)
+        logits, sums, squares = self.outputs
+        self.binding.bind_output(logits, self.device)
+        self.binding.bind_output(sums, "cpu")
+        self.binding.bind_output(squares, "cpu")
+        self.session.run_with_iobinding(self.binding)
+        out = self.binding.copy_outputs_to_cpu()
+        return np.asarray(out[0], dtype=np.float32), out[1], out[2]
+
+    def __call__(self, u8: np.ndarray, tensors: None) -> "_Finished":
+        started = time.perf_counter()
+        logits, sums, squares = self._run(u8)
+        return _Finished(logits, (time.perf_counter() - started) * 1000.0, (sums, squares))
+
+
+class _Finished:
+    """A synchronous step's results in the shape of a device step's handle."""
+
+    def __init__(self, logits: np.ndarray, ms: float, proof: tuple[np.ndarray, np.ndarray]):
+        self.values = (logits, ms, proof)
+
+    def result(self):
+        return self.values
 
 
 def _cuda_did_not_load() -> str:
