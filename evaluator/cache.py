@@ -32,7 +32,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, Thr
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from xfverify.evaluator.data import ImageRecord
@@ -47,6 +47,20 @@ _NO_ROOM_FIX = ("free space there, or put the cache on a larger disk (--cache-di
                 "finished shards are kept")
 CHUNK_SIZE = 16
 FORMAT_VERSION = 2  # 2: sidecars list decode caveats
+
+
+def nvjpeg_identity() -> dict[str, str]:
+    """What the nvjpeg decoder's output depends on beyond the geometry: torchvision's version and the decoder."""
+    from importlib import metadata
+
+    from xfverify.evaluator.frameworks.devices import nvidia_gpus
+
+    try:
+        torchvision = metadata.version("torchvision")
+    except metadata.PackageNotFoundError:
+        torchvision = "absent"
+    decoder = "cpu" if os.environ.get("XFVERIFY_NVJPEG_DEVICE") == "cpu" else ",".join(nvidia_gpus()) or "no GPU"
+    return {"torchvision": torchvision, "nvjpeg_device": decoder}
 
 
 def default_cache_root() -> Path:
@@ -169,6 +183,56 @@ def _decode_chunk(tmp_path: str, row: int, paths: Sequence[str]) -> tuple[list[t
     return bad, caveats
 
 
+class WorkerDecodePool:
+    """The decode pool's interface (submit, shutdown) over one torch worker, for the ``nvjpeg`` decoder: the GPU
+    decodes, so one process takes every chunk (evaluator/frameworks/nvjpeg.py) and reports each as it is done."""
+
+    def __init__(self, spec: PreprocessSpec):
+        self.spec = spec
+        self.chunks: list[dict] = []
+        self.futures: list[Future] = []
+        self.process = None
+        self.thread: threading.Thread | None = None
+
+    def submit(self, _function: Callable, tmp_path: str, row: int, paths: Sequence[str]) -> Future:
+        future: Future = Future()
+        self.chunks.append({"tmp_path": tmp_path, "row": row, "paths": list(paths)})
+        self.futures.append(future)
+        return future
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="xfverify-nvjpeg", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from xfverify.evaluator.launcher import run_worker
+
+        def on_event(event: dict) -> None:
+            if event.get("event") == "decoded":
+                bad = [tuple(item) for item in event["bad"]]
+                caveats = [tuple(item) for item in event["caveats"]]
+                self.futures[event["index"]].set_result((bad, caveats))
+
+        def on_start(process) -> None:
+            self.process = process
+
+        try:
+            run_worker("torch", "decode_nvjpeg", {"spec": self.spec.to_dict(), "chunks": self.chunks},
+                       on_event=on_event, on_start=on_start)
+            failure: BaseException = RuntimeError("the nvjpeg worker ended without decoding every chunk")
+        except BaseException as exc:  # a UserError (no GPU) or a crash: every waiting chunk gets it
+            failure = exc
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(failure)
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        if self.thread is not None and wait:
+            self.thread.join()
+
+
 # --- the cache ---------------------------------------------------------------------------
 
 
@@ -187,6 +251,8 @@ class TensorCache:
         self.shard_size = shard_size
         self.hw = spec.output_hw
         versions = library_versions()
+        if spec.decoder == "nvjpeg":
+            versions = {**versions, **nvjpeg_identity()}
         ident = {"geometry": spec.geometry(), "libraries": versions, "format": FORMAT_VERSION}
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
         self.directory = Path(root).expanduser() / f"{spec.geometry_key()}-{digest[:12]}"
@@ -376,12 +442,15 @@ class TensorCache:
         ensure_room(self.directory / "shards", sum(len(p.records) for p in plans) * image_bytes, _NO_ROOM_FIX)
         pending: dict[str, dict] = {}
         futures: dict[Future, tuple[str, int]] = {}
-        pool = ProcessPoolExecutor(
-            max_workers=min(stats.workers, sum(len(p.records) for p in plans)),
-            mp_context=_pool_context(),
-            initializer=_init_worker,
-            initargs=(self.spec.to_dict(), os.getpid()),
-        )
+        if self.spec.decoder == "nvjpeg":
+            pool: Any = WorkerDecodePool(self.spec)
+        else:
+            pool = ProcessPoolExecutor(
+                max_workers=min(stats.workers, sum(len(p.records) for p in plans)),
+                mp_context=_pool_context(),
+                initializer=_init_worker,
+                initargs=(self.spec.to_dict(), os.getpid()),
+            )
         try:
             for plan in plans:
                 data_path, _ = self._paths(plan.key)
@@ -392,6 +461,8 @@ class TensorCache:
                     paths = [r.path for r in plan.records[row : row + CHUNK_SIZE]]
                     futures[pool.submit(_decode_chunk, str(tmp), row, paths)] = (plan.key, len(paths))
                     pending[plan.key]["left"] += 1
+            if isinstance(pool, WorkerDecodePool):
+                pool.start()
             while futures:
                 finished, _ = wait(futures, return_when=FIRST_COMPLETED)
                 for future in finished:

@@ -47,7 +47,7 @@ from xfverify.evaluator.native import (
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
-from xfverify.models.variants import Variant, card_variants, select_variants, user_variant
+from xfverify.models.variants import GPU_ONLY, Variant, card_variants, select_variants, user_variant
 
 from xfverify import __version__
 
@@ -74,7 +74,18 @@ class VariantRun:
 
 def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: DiagnoseOptions) -> list[Variant]:
     """The reference first, then the selected variants and the user's, each resolved once (errors are one line)."""
-    variants = select_variants(card_variants(card, reference), options.variants)
+    every = card_variants(card, reference)
+    if not _gpu_decoding_possible():
+        named = {n.strip() for n in (options.variants or "").split(",")}
+        asked = sorted(named & set(GPU_ONLY))
+        if asked:
+            raise UserError(f"--variants {', '.join(asked)}: decodes on an NVIDIA GPU and this machine has none; "
+                            "leave it out, or run diagnose where there is one")
+        left_out = [v.name for v in every if v.name in GPU_ONLY]
+        every = [v for v in every if v.name not in GPU_ONLY]
+        if left_out and not options.variants:
+            options.extra_notes.append(f"left out without an NVIDIA GPU: {', '.join(left_out)}")
+    variants = select_variants(every, options.variants)
     for path in options.spec_files:
         try:
             data = json.loads(Path(path).read_text())
@@ -94,6 +105,12 @@ def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: Diagnos
             raise UserError(f"variant {variant.name} produces {spec.layout} tensors but {card.id} takes "
                             f"{card.input_layout}: add \"layout\": \"{card.input_layout}\" to its set")
     return variants
+
+
+def _gpu_decoding_possible() -> bool:
+    from xfverify.evaluator.frameworks.devices import nvidia_gpus
+
+    return bool(nvidia_gpus()) or os.environ.get("XFVERIFY_NVJPEG_DEVICE") == "cpu"
 
 
 def run_diagnose(options: DiagnoseOptions) -> tuple[DiagnoseReport, Path]:

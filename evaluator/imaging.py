@@ -57,7 +57,8 @@ class BadImageError(UserError):
         )
 
 
-def _read_bytes(path: str | os.PathLike) -> bytes:
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """The file's bytes; a BadImageError naming it when it cannot be read or is empty."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -78,7 +79,7 @@ _WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 def decode_pil_noting(path: str | os.PathLike) -> tuple[Image.Image, str | None]:
     """:func:`decode_pil`, and a caveat for the report when the faithful decode loses the picture (or None)."""
-    data = _read_bytes(path)
+    data = read_image_bytes(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about odd EXIF; we only want pixels
@@ -113,13 +114,19 @@ def _refuse_bombs(path: str | os.PathLike, data: bytes) -> None:
 
 def decode_opencv(path: str | os.PathLike) -> np.ndarray:
     """Decode like ``cv2.imread(path, IMREAD_COLOR)`` (and MXNet's ``imread``), returned as RGB."""
-    data = _read_bytes(path)
+    data = read_image_bytes(path)
     _check_not_truncated(path, data)
     _refuse_bombs(path, data)
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _CV2_READ_FLAGS)
     if bgr is None:
         raise BadImageError(path, "OpenCV could not decode it (not an image, or corrupt)")
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def check_jpeg_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """What every decoder without PIL's checks needs first: not truncated, not a decompression bomb."""
+    _check_not_truncated(path, data)
+    _refuse_bombs(path, data)
 
 
 def _check_not_truncated(path: str | os.PathLike, data: bytes) -> None:
@@ -133,7 +140,7 @@ def decode_tensorflow_noting(path: str | os.PathLike) -> tuple[Image.Image | np.
 
     Files libjpeg-turbo cannot turn into RGB here (PNG, CMYK JPEG) are decoded by PIL, with its caveat.
     """
-    data = _read_bytes(path)
+    data = read_image_bytes(path)
     if data[:2] == b"\xff\xd8":
         _check_not_truncated(path, data)
         _refuse_bombs(path, data)
@@ -153,6 +160,8 @@ _DECODERS = {"pil": decode_pil_noting, "opencv": _opencv_noting, "tensorflow": d
 
 def decode_noting(path: str | os.PathLike, decoder: str) -> tuple[Image.Image | np.ndarray, str | None]:
     """The decoded picture (a PIL image or a uint8 RGB HWC array) and the decode's caveat for the report (or None)."""
+    if decoder == "nvjpeg":
+        raise ValueError("the nvjpeg decoder runs on the GPU, in a torch worker (evaluator/frameworks/nvjpeg.py)")
     if decoder not in _DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}")
     return _DECODERS[decoder](path)

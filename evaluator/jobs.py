@@ -179,3 +179,18 @@ class EvaluateManyResult(_Strict):
     """What an evaluate_many task returns: one result per variant, in the job's order."""
 
     results: list[WorkerResult]
+
+
+class DecodeChunk(_Strict):
+    """Files to decode into rows ``row..`` of the shard being written at ``tmp_path``."""
+
+    tmp_path: str
+    row: int
+    paths: list[str]
+
+
+class DecodeJob(_Strict):
+    """The decode pool's work for a decoder that runs in a framework's worker (nvjpeg): a spec and its chunks."""
+
+    spec: dict[str, Any]
+    chunks: list[DecodeChunk]

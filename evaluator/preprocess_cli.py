@@ -23,6 +23,9 @@ from xfverify.models.preprocess import PRESETS, PreprocessSpec, resolve_preproce
 
 def preprocess_files(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
     """The float32 batch (layout ``spec.layout``) xfverify feeds for these image files."""
+    if spec.decoder == "nvjpeg":
+        raise UserError("xfverify preprocess decodes on the CPU; decoder nvjpeg decodes on a GPU inside a run "
+                        "(native, onnx, diagnose): use --set decoder=pil to see the libjpeg-turbo decode")
     try:
         images = [load_geometry(path, spec) for path in paths]
     except BadImageError as exc:

@@ -25,6 +25,7 @@ from xfverify.models.preprocess import (
 )
 
 REFERENCE = "reference"
+GPU_ONLY = ("decoder-nvjpeg",)  # variants that need an NVIDIA GPU: left out of the default selection without one
 FRAMEWORK_PRESETS = ("torchvision-256", "torchvision-232", "gluoncv", "keras-torch", "keras-caffe", "keras-tf")
 TRAP_PRESETS = ("keras-caffe-load-img-nearest",)
 NORMALISATIONS: dict[str, dict[str, Any]] = {
@@ -98,8 +99,10 @@ def _geometry_changes(ref: PreprocessSpec) -> list[Variant | None]:
         out.append(_one_change(ref, f"resize-{library}", "resize library",
                                f"{library}'s {ref.interpolation} resize instead of {ref.resize_library}'s",
                                resize_library=library, antialias=antialias))
-    for decoder in ("pil", "opencv", "tensorflow"):
-        out.append(_one_change(ref, f"decoder-{decoder}", "decoder", f"{decoder} decodes the files", decoder=decoder))
+    for decoder in ("pil", "opencv", "tensorflow", "nvjpeg"):
+        why = (f"{decoder} decodes the files" if decoder != "nvjpeg" else
+               "nvJPEG decodes the files on the GPU (torchvision.io.decode_jpeg(device='cuda'))")
+        out.append(_one_change(ref, f"decoder-{decoder}", "decoder", why, decoder=decoder))
     if ref.order == "resize_then_crop":
         for size in (256, 232):
             out.append(_one_change(ref, f"resize-{size}", "resize rule", f"shorter side {size}, then the centre crop",

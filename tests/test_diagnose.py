@@ -58,6 +58,24 @@ def test_variants_are_picked_by_name_and_a_users_own_resolves():
         user_variant({"name": "x", "preset": "nope"}, "x.json")
 
 
+def test_gpu_decoding_is_left_out_without_a_gpu_and_refused_when_named(monkeypatch):
+    from xfverify.evaluator import diagnose
+    from xfverify.evaluator.diagnose import DiagnoseOptions, chosen_variants
+
+    card = next(c for c in load_cards() if c.id.startswith("pypi/efficientnet_lite0"))
+    reference = PRESETS[card.preprocess]
+    assert "decoder-nvjpeg" in {v.name for v in card_variants(card)}
+    monkeypatch.setattr(diagnose, "_gpu_decoding_possible", lambda: False)
+    options = DiagnoseOptions()
+    names = [v.name for v in chosen_variants(card, reference, options)]
+    assert "decoder-nvjpeg" not in names and "decoder-opencv" in names
+    assert options.extra_notes == ["left out without an NVIDIA GPU: decoder-nvjpeg"]
+    with pytest.raises(UserError, match="decoder-nvjpeg: decodes on an NVIDIA GPU"):
+        chosen_variants(card, reference, DiagnoseOptions(variants="squash,decoder-nvjpeg"))
+    monkeypatch.setattr(diagnose, "_gpu_decoding_possible", lambda: True)
+    assert "decoder-nvjpeg" in [v.name for v in chosen_variants(card, reference, DiagnoseOptions())]
+
+
 def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
     p = k / n
     centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))

@@ -96,3 +96,18 @@ def test_onnxruntime_cuda_is_fed_uint8_on_the_device_and_agrees(tmp_path):
     assert report["tensors_sha256"] == report["native"]["tensors_sha256"]
     assert report["agreement"]["top1_agreement"] == 100.0
     assert report["agreement"]["max_abs_diff_over_max_abs_logit"] < 1e-3
+
+
+def test_nvjpeg_decodes_on_the_gpu_a_few_levels_from_libjpeg_turbo(tmp_path, generated_folder, monkeypatch):
+    """nvJPEG is a different decoder: its images are close to PIL's (a few uint8 levels on average), not equal."""
+    monkeypatch.delenv("XFVERIFY_NVJPEG_DEVICE", raising=False)
+    cache = tmp_path / "cache"
+    common = dict(model="pypi/efficientnet_lite0", data=str(generated_folder), device="cuda", batch_size=4,
+                  workers=1, cache_dir=str(cache), preprocess="torchvision-256")
+    pil = native_json(NativeOptions(out=str(tmp_path / "pil"), **common))
+    gpu = native_json(NativeOptions(out=str(tmp_path / "gpu"), overrides=("decoder=nvjpeg",), **common))
+    assert gpu["preprocess"]["decoder"] == "nvjpeg" and gpu["tensors_sha256"] != pil["tensors_sha256"]
+    shards = {path.parent.parent.name: np.load(path) for path in cache.glob("*/shards/*.npy")}
+    assert len(shards) == 2
+    first, second = (images.astype(np.int16) for images in shards.values())
+    assert 0 < np.abs(first - second).mean() < 10

@@ -13,6 +13,7 @@ import torch
 
 from xfverify.evaluator.frameworks.contract import Backend, Device, worker_tasks
 from xfverify.evaluator.frameworks.devices import cpu_name, gpu_left_unused_note
+from xfverify.evaluator.frameworks.nvjpeg import decode_nvjpeg  # noqa: F401  (a task of the torch worker)
 from xfverify.evaluator.frameworks.torch_steps import CpuStep, CudaStep
 from xfverify.evaluator.frameworks.weights import checked_weights, exception_text, missing_weights_error
 from xfverify.evaluator.jobs import FrameworkInfo
