@@ -4,9 +4,11 @@ Decoders reproduce the loaders the frameworks use: torchvision's and Keras's
 ``PIL.Image.open(f).convert("RGB")``, OpenCV's ``imdecode`` (which MXNet wraps), and
 TensorFlow's ``decode_jpeg`` defaults (libjpeg-turbo's fast integer DCT, through simplejpeg).
 Resizing calls the named library itself, so a spec that says "PIL bicubic" gets PIL's
-bicubic, not an approximation of it. The one exception is ``tf1``, TensorFlow 1's bilinear
-resize, written out here in numpy (the decode pool must not import TensorFlow) and tested
-equal to TensorFlow's own kernel.
+bicubic, not an approximation of it. The exceptions are the frameworks' own resizes, which
+the decode pool must not import: ``tf1`` (TensorFlow 1's bilinear), ``tf2`` (``tf.image.resize``)
+and ``torch`` (torchvision's resize of uint8 tensors), written out here in numpy from their
+kernels and tested against the frameworks' own calls (torch bit for bit; TensorFlow's float
+output, which the cache keeps rounded to uint8).
 """
 
 from __future__ import annotations
@@ -196,13 +198,9 @@ def _tf_bilinear_lerp(image: np.ndarray, y_taps: tuple, x_taps: tuple) -> np.nda
 
 def resize_tf1_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """``tf.compat.v1.image.resize(..., BILINEAR)`` of a uint8 HWC image, float32 out, operation for operation."""
-    return _tf_bilinear_lerp(image, _tf1_bilinear_taps(height, image.shape[0]), _tf1_bilinear_taps(width, image.shape[1]))
+    y_taps, x_taps = _tf1_bilinear_taps(height, image.shape[0]), _tf1_bilinear_taps(width, image.shape[1])
+    return _tf_bilinear_lerp(image, y_taps, x_taps)
 
-
-# --- TensorFlow 2: tf.image.resize (half-pixel centres), float32 out -------------------------------------------
-# From tensorflow/core/kernels/image: resize_nearest_neighbor_op.cc, resize_bilinear_op.cc and
-# resize_bicubic_op.cc (half_pixel_centers=True), scale_and_translate_op.cc + sampling_kernels.h (antialias,
-# lanczos3). Every step in float32 as TensorFlow computes it.
 
 _F32 = np.float32
 
@@ -218,6 +216,11 @@ def _weighted_sum(source: np.ndarray, axis: int, index: np.ndarray, weights: np.
     out = (matrix @ flat).reshape((out_size,) + moved.shape[1:])
     return out if axis == 0 else cv2.transpose(out)
 
+
+# --- TensorFlow 2: tf.image.resize (half-pixel centres), float32 out -------------------------------------------
+# From tensorflow/core/kernels/image: resize_nearest_neighbor_op.cc, resize_bilinear_op.cc and
+# resize_bicubic_op.cc (half_pixel_centers=True), scale_and_translate_op.cc + sampling_kernels.h (antialias,
+# lanczos3). Every step in float32 as TensorFlow computes it.
 
 def _tf2_scale(in_size: int, out_size: int) -> np.float32:
     return _F32(in_size) / _F32(out_size)
@@ -239,7 +242,8 @@ def _tf2_bilinear_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndar
 
 
 def _tf2_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    return _tf_bilinear_lerp(image, _tf2_bilinear_taps(height, image.shape[0]), _tf2_bilinear_taps(width, image.shape[1]))
+    y_taps, x_taps = _tf2_bilinear_taps(height, image.shape[0]), _tf2_bilinear_taps(width, image.shape[1])
+    return _tf_bilinear_lerp(image, y_taps, x_taps)
 
 
 _TF_CUBIC_TABLE_SIZE = 1024
@@ -465,7 +469,8 @@ def resize_torch(image: np.ndarray, height: int, width: int, interpolation: str,
     return out
 
 
-def _resize(image: np.ndarray | Image.Image, height: int, width: int, spec: PreprocessSpec) -> np.ndarray:
+def resize(image: np.ndarray | Image.Image, height: int, width: int, spec: PreprocessSpec) -> np.ndarray:
+    """``image`` resized to height x width by the spec's library, interpolation and antialias: uint8 HWC."""
     if spec.resize_library == "tf1":
         array = np.asarray(image)
         if array.shape[:2] == (height, width):
@@ -516,11 +521,11 @@ def apply_geometry(image: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.
         top = crop_offset(height, side, spec.crop_rounding)
         left = crop_offset(width, side, spec.crop_rounding)
         window = np.asarray(image)[top : top + side, left : left + side]
-        return np.ascontiguousarray(_resize(window, spec.crop_size, spec.crop_size, spec))
+        return np.ascontiguousarray(resize(window, spec.crop_size, spec.crop_size, spec))
     if spec.resize_mode == "shorter_side":
-        image = _resize(image, *shorter_side_size(height, width, spec.resize_size), spec)
+        image = resize(image, *shorter_side_size(height, width, spec.resize_size), spec)
     elif spec.resize_mode == "squash":
-        image = _resize(image, spec.resize_size, spec.resize_size, spec)
+        image = resize(image, spec.resize_size, spec.resize_size, spec)
     image = np.asarray(image)
     if spec.crop_size:
         image = _center_crop(image, spec.crop_size, spec.crop_rounding)

@@ -29,7 +29,8 @@ def resize(image: np.ndarray, height: int, width: int, interpolation: str, antia
 
 
 def describe() -> str:
-    return f"torchvision {torchvision.__version__} v2.functional.resize on torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"torchvision {torchvision.__version__} v2.functional.resize, torch {torch.__version__} ({capability})"
 
 
 def main(job_path: str, out_path: str) -> None:
