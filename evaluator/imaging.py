@@ -4,9 +4,11 @@ Decoders reproduce the loaders the frameworks use: torchvision's and Keras's
 ``PIL.Image.open(f).convert("RGB")``, OpenCV's ``imdecode`` (which MXNet wraps), and
 TensorFlow's ``decode_jpeg`` defaults (libjpeg-turbo's fast integer DCT, through simplejpeg).
 Resizing calls the named library itself, so a spec that says "PIL bicubic" gets PIL's
-bicubic, not an approximation of it. The one exception is ``tf1``, TensorFlow 1's bilinear
-resize, written out here in numpy (the decode pool must not import TensorFlow) and tested
-equal to TensorFlow's own kernel.
+bicubic, not an approximation of it. The exceptions are the frameworks' own resizes, which
+the decode pool must not import: ``tf1`` (TensorFlow 1's bilinear), ``tf2`` (``tf.image.resize``)
+and ``torch`` (torchvision's resize of uint8 tensors), written out here in numpy from their
+kernels and tested against the frameworks' own calls (torch bit for bit; TensorFlow's float
+output, which the cache keeps rounded to uint8).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import scipy.sparse
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
@@ -182,25 +185,316 @@ def _tf1_bilinear_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndar
     return lower, upper, (position - floor).astype(np.float32)
 
 
+def _tf_bilinear_lerp(image: np.ndarray, y_taps: tuple, x_taps: tuple) -> np.ndarray:
+    # ResizeBilinear's compute_lerp, in float32: top/bottom across, then down.
+    (y_lower, y_upper, y_lerp), (x_lower, x_upper, x_lerp) = y_taps, x_taps
+    rows_lower, rows_upper = image[y_lower], image[y_upper]
+    top_left = np.take(rows_lower, x_lower, axis=1).astype(np.float32)
+    top = np.take(rows_lower, x_upper, axis=1).astype(np.float32)
+    top -= top_left
+    top *= x_lerp[None, :, None]
+    top += top_left
+    bottom_left = np.take(rows_upper, x_lower, axis=1).astype(np.float32)
+    bottom = np.take(rows_upper, x_upper, axis=1).astype(np.float32)
+    bottom -= bottom_left
+    bottom *= x_lerp[None, :, None]
+    bottom += bottom_left
+    bottom -= top
+    bottom *= y_lerp[:, None, None]
+    bottom += top
+    return bottom
+
+
 def resize_tf1_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """``tf.compat.v1.image.resize(..., BILINEAR)`` of a uint8 HWC image, float32 out, operation for operation."""
-    y_lower, y_upper, y_lerp = _tf1_bilinear_taps(height, image.shape[0])
-    x_lower, x_upper, x_lerp = _tf1_bilinear_taps(width, image.shape[1])
-    rows_lower = image[y_lower].astype(np.float32)
-    rows_upper = image[y_upper].astype(np.float32)
-    x_lerp = x_lerp[None, :, None]
-    top = rows_lower[:, x_lower] + (rows_lower[:, x_upper] - rows_lower[:, x_lower]) * x_lerp
-    bottom = rows_upper[:, x_lower] + (rows_upper[:, x_upper] - rows_upper[:, x_lower]) * x_lerp
-    return top + (bottom - top) * y_lerp[:, None, None]
+    y_taps, x_taps = _tf1_bilinear_taps(height, image.shape[0]), _tf1_bilinear_taps(width, image.shape[1])
+    return _tf_bilinear_lerp(image, y_taps, x_taps)
 
 
-def _resize(image: np.ndarray | Image.Image, height: int, width: int, spec: PreprocessSpec) -> np.ndarray:
+_F32 = np.float32
+
+
+def _weighted_sum(source: np.ndarray, axis: int, index: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``out[i] = sum_k weights[i, k] * source[index[i, k]]`` along ``axis`` (0 or 1 of an HWC image), the taps
+    added in order from zero (a CSR product: the order TensorFlow's and torch's loops add them in)."""
+    moved = source if axis == 0 else cv2.transpose(source)  # a pixel-wise transpose, far faster than numpy's
+    flat = moved.astype(weights.dtype, copy=False).reshape(moved.shape[0], -1)
+    out_size, taps = index.shape
+    matrix = scipy.sparse.csr_matrix((weights.ravel(), index.ravel(), np.arange(0, out_size * taps + 1, taps)),
+                                     shape=(out_size, flat.shape[0]))
+    out = (matrix @ flat).reshape((out_size,) + moved.shape[1:])
+    return out if axis == 0 else cv2.transpose(out)
+
+
+# --- TensorFlow 2: tf.image.resize (half-pixel centres), float32 out -------------------------------------------
+# From tensorflow/core/kernels/image: resize_nearest_neighbor_op.cc, resize_bilinear_op.cc and
+# resize_bicubic_op.cc (half_pixel_centers=True), scale_and_translate_op.cc + sampling_kernels.h (antialias,
+# lanczos3). Every step in float32 as TensorFlow computes it.
+
+def _tf2_scale(in_size: int, out_size: int) -> np.float32:
+    return _F32(in_size) / _F32(out_size)
+
+
+def _tf2_nearest_indices(out_size: int, in_size: int) -> np.ndarray:
+    # HalfPixelScalerForNN: (x + 0.5) * scale, floored, kept inside the image.
+    position = (np.arange(out_size, dtype=_F32) + _F32(0.5)) * _tf2_scale(in_size, out_size)
+    return np.clip(np.floor(position).astype(np.int64), 0, in_size - 1)
+
+
+def _tf2_bilinear_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # HalfPixelScaler: (x + 0.5) * scale - 0.5; lower/upper clamped to the image, lerp from the unclamped floor.
+    position = (np.arange(out_size, dtype=_F32) + _F32(0.5)) * _tf2_scale(in_size, out_size) - _F32(0.5)
+    floor = np.floor(position)
+    lower = np.maximum(floor.astype(np.int64), 0)
+    upper = np.minimum(np.ceil(position).astype(np.int64), in_size - 1)
+    return lower, upper, (position - floor).astype(_F32)
+
+
+def _tf2_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    y_taps, x_taps = _tf2_bilinear_taps(height, image.shape[0]), _tf2_bilinear_taps(width, image.shape[1])
+    return _tf_bilinear_lerp(image, y_taps, x_taps)
+
+
+_TF_CUBIC_TABLE_SIZE = 1024
+
+
+def _tf_keys_cubic_table() -> np.ndarray:
+    # InitCoeffsTable(-0.5): x in float32, each polynomial in double, stored as float32.
+    a = -0.5
+    x = (np.arange(_TF_CUBIC_TABLE_SIZE + 1) * 1.0 / _TF_CUBIC_TABLE_SIZE).astype(_F32).astype(np.float64)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    x = (x + 1.0).astype(_F32).astype(np.float64)
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.stack([near, far], axis=1).astype(_F32).reshape(-1)
+
+
+_TF_KEYS_CUBIC = _tf_keys_cubic_table()
+
+
+def _tf2_bicubic_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """GetWeightsAndIndices<HalfPixelScaler, use_keys_cubic=true>: four (index, weight) per output pixel; taps
+    outside the image get weight 0 and the rest are renormalised (as scale_and_translate does)."""
+    position = (np.arange(out_size, dtype=_F32) + _F32(0.5)) * _tf2_scale(in_size, out_size) - _F32(0.5)
+    start = np.floor(position)
+    offset = np.rint((position - start) * _F32(_TF_CUBIC_TABLE_SIZE)).astype(np.int64)  # lrintf
+    start = start.astype(np.int64)
+    table = _TF_KEYS_CUBIC
+    weights = np.stack([table[offset * 2 + 1], table[offset * 2], table[(_TF_CUBIC_TABLE_SIZE - offset) * 2],
+                        table[(_TF_CUBIC_TABLE_SIZE - offset) * 2 + 1]], axis=1)
+    wanted = start[:, None] + np.arange(-1, 3)[None, :]
+    indices = np.clip(wanted, 0, in_size - 1)
+    weights = np.where(indices == wanted, weights, _F32(0))
+    total = ((weights[:, 0] + weights[:, 1]) + weights[:, 2]) + weights[:, 3]
+    normalise = np.abs(total) >= _F32(1000) * np.finfo(_F32).tiny
+    scale = np.where(normalise, _F32(1) / np.where(normalise, total, _F32(1)), _F32(1)).astype(_F32)
+    return indices, (weights * scale[:, None]).astype(_F32)
+
+
+def _tf2_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    # interpolate_with_caching: each of the four columns interpolated down the rows first, then across.
+    columns = _weighted_sum(image, 0, *_tf2_bicubic_taps(height, image.shape[0]))
+    return _weighted_sum(columns, 1, *_tf2_bicubic_taps(width, image.shape[1]))
+
+
+def _tf_triangle(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1, _F32(1) - x, _F32(0)).astype(_F32)
+
+
+def _tf_keys_cubic(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    far = ((_F32(-0.5) * x + _F32(2.5)) * x - _F32(4)) * x + _F32(2)
+    near = ((_F32(1.5) * x - _F32(2.5)) * x) * x + _F32(1)
+    return np.where(x >= 2, _F32(0), np.where(x >= 1, far, near)).astype(_F32)
+
+
+def _tf_lanczos3(x: np.ndarray) -> np.ndarray:
+    radius, pi = _F32(3), _F32(3.14159265359)
+    x = np.abs(x)
+    safe = np.where(x <= _F32(1e-3), _F32(1), x)
+    value = radius * np.sin(pi * safe) * np.sin(pi * safe / radius) / (pi * pi * safe * safe)
+    return np.where(x > radius, _F32(0), np.where(x <= _F32(1e-3), _F32(1), value)).astype(_F32)
+
+
+# ScaleAndTranslate's kernels: (function, radius); tf.image.resize's antialias path and its lanczos3 method.
+_TF_KERNELS = {"bilinear": (_tf_triangle, 1.0), "bicubic": (_tf_keys_cubic, 2.0), "lanczos": (_tf_lanczos3, 3.0)}
+
+
+def _tf2_spans(out_size: int, in_size: int, interpolation: str, antialias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """ComputeSpansCore with translate 0: per output pixel, span_size (index, weight) pairs (weight 0 past a
+    pixel's own span); the kernel widens by the scale when shrinking with antialias."""
+    kernel, radius = _TF_KERNELS[interpolation]
+    scale = _F32(out_size) / _F32(in_size)
+    inv_scale = _F32(1.0 / float(scale))
+    kernel_scale = max(inv_scale, _F32(1)) if antialias else _F32(1)
+    reach = _F32(radius) * kernel_scale
+    span_size = min(2 * int(np.ceil(reach)) + 1, in_size)
+    sample = (np.arange(out_size, dtype=_F32) + _F32(0.5)) * inv_scale
+    start = np.clip(np.ceil(sample - reach - _F32(0.5)).astype(np.int64), 0, in_size - 1)
+    end = np.clip(np.floor(sample + reach - _F32(0.5)).astype(np.int64), 0, in_size - 1) + 1
+    source = start[:, None] + np.arange(span_size)[None, :]
+    inside = source < end[:, None]
+    position = (source.astype(_F32) + _F32(0.5)) - sample[:, None]
+    weights = np.where(inside, kernel(position * (_F32(1) / kernel_scale)), _F32(0)).astype(_F32)
+    total = np.zeros(out_size, _F32)
+    for k in range(span_size):  # summed in order, in float32
+        total = total + weights[:, k]
+    normalise = np.abs(total) >= _F32(1000) * np.finfo(_F32).tiny
+    inverse = np.where(normalise, _F32(1) / np.where(normalise, total, _F32(1)), _F32(0)).astype(_F32)
+    weights = (weights * inverse[:, None]).astype(_F32)
+    outside = (sample < 0) | (sample > in_size)  # no sample: an empty span
+    weights[outside] = 0
+    return np.minimum(source, in_size - 1), weights
+
+
+def _tf2_scale_and_translate(image: np.ndarray, height: int, width: int, interpolation: str,
+                             antialias: bool) -> np.ndarray:
+    # GatherRows (into a float32 image of height x input width), then GatherColumns; taps added in order.
+    rows = _weighted_sum(image, 0, *_tf2_spans(height, image.shape[0], interpolation, antialias))
+    return _weighted_sum(rows, 1, *_tf2_spans(width, image.shape[1], interpolation, antialias))
+
+
+def resize_tf2(image: np.ndarray, height: int, width: int, interpolation: str, antialias: bool) -> np.ndarray:
+    """``tf.image.resize(image, (height, width), method, antialias)`` of a uint8 HWC image, float32 out
+    (nearest keeps uint8, as TensorFlow does)."""
+    if interpolation == "nearest":  # antialias does not apply
+        return image[_tf2_nearest_indices(height, image.shape[0])][:, _tf2_nearest_indices(width, image.shape[1])]
+    if antialias or interpolation == "lanczos":
+        return _tf2_scale_and_translate(image, height, width, interpolation, antialias)
+    if interpolation == "bilinear":
+        return _tf2_bilinear(image, height, width)
+    if interpolation == "bicubic":
+        return _tf2_bicubic(image, height, width)
+    raise ValueError(f"tf.image.resize has no {interpolation!r} here")
+
+
+# --- torchvision on uint8 tensors: v2.functional.resize -> torch's uint8 interpolate kernels ---------------------
+# From aten/src/ATen/native/cpu/UpSampleKernel.cpp (HelperInterpBase::_compute_index_ranges_weights,
+# _compute_indices_min_size_weights[_aa], _compute_index_ranges_int16_weights) and UpSampleKernelAVX.h: weights in
+# double, turned into int16 at the highest precision that fits, a horizontal pass then a vertical one, each
+# rounded and clamped to uint8 in integer arithmetic. Bit-identical to torchvision's CPU output.
+
+
+def _torch_triangle(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+def _torch_cubic(a: float):
+    def cubic(x: np.ndarray) -> np.ndarray:
+        x = np.abs(x)
+        near = ((a + 2) * x - (a + 3)) * x * x + 1
+        far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+        return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+    return cubic
+
+
+def _torch_weights_aa(out_size: int, in_size: int, scale: float, filter_fn, interp_size: int):
+    support = interp_size * 0.5 * scale if scale >= 1.0 else interp_size * 0.5
+    max_size = int(np.ceil(support)) * 2 + 1
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    center = scale * (np.arange(out_size) + 0.5)
+    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
+    xsize = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
+    xsize = np.clip(xsize, 0, max_size)
+    j = np.arange(max_size)[None, :]
+    weights = filter_fn(((j + xmin[:, None]) - center[:, None] + 0.5) * invscale)
+    weights = np.where(j < xsize[:, None], weights, 0.0)
+    total = weights.sum(axis=1, keepdims=True)
+    weights = np.where(total != 0.0, weights / np.where(total != 0.0, total, 1.0), weights)
+    return xmin, weights, float(weights.max(initial=0.0))
+
+
+def _torch_weights(out_size: int, in_size: int, scale: float, filter_fn, interp_size: int):
+    """_compute_indices_min_size_weights: interp_size taps, the weights of taps past an edge added to the edge's."""
+    cubic = interp_size > 2
+    real = scale * (np.arange(out_size) + 0.5) - 0.5
+    if not cubic:
+        real = np.maximum(real, 0.0)
+    index = np.minimum(np.floor(real.astype(_F32)).astype(np.int64), in_size - 1)  # floorf
+    lam = np.clip(real - index, 0.0, 1.0)
+    support = interp_size // 2
+    unbound_min = index - support + 1
+    index_min = np.maximum(unbound_min, 0)
+    index_size = np.clip(np.minimum(index + support + 1, in_size) - index_min, 0, interp_size)
+    weights = np.zeros((out_size, interp_size))
+    rows = np.arange(out_size)
+    w_index = np.zeros(out_size, np.int64)
+    running_max = 0.0
+    for j in range(interp_size):
+        w = filter_fn((j + 1 - support) - lam)
+        w_index = np.where(unbound_min + j <= 0, 0, np.where(unbound_min + j >= in_size - 1, index_size - 1, w_index))
+        weights[rows, w_index] += w
+        running_max = max(running_max, float(weights[rows, w_index].max(initial=0.0)))
+        w_index = w_index + 1
+    return index_min, weights, running_max
+
+
+def _torch_int16_weights(out_size: int, in_size: int, interpolation: str, antialias: bool):
+    """Start indices, int16 weights (out_size x taps) and their precision, as _compute_index_ranges_int16_weights."""
+    scale = in_size / out_size
+    if interpolation == "bilinear":
+        filter_fn, interp_size = _torch_triangle, 2
+    else:  # Keys' a = -0.5 with antialias (as PIL), -0.75 without (as OpenCV)
+        filter_fn, interp_size = _torch_cubic(-0.5 if antialias else -0.75), 4
+    compute = _torch_weights_aa if antialias else _torch_weights
+    start, weights, weight_max = compute(out_size, in_size, scale, filter_fn, interp_size)
+    precision = 0
+    while precision < 22 and int(0.5 + weight_max * (1 << (precision + 1))) < (1 << 15):
+        precision += 1
+    scaled = weights * (1 << precision)
+    integer = np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5)).astype(np.int32)
+    return start, integer, precision
+
+
+def _torch_pass(image: np.ndarray, out_size: int, axis: int, interpolation: str, antialias: bool) -> np.ndarray:
+    start, weights, precision = _torch_int16_weights(out_size, image.shape[axis], interpolation, antialias)
+    index = np.minimum(start[:, None] + np.arange(weights.shape[1])[None, :], image.shape[axis] - 1)
+    total = _weighted_sum(image, axis, index, weights)  # int32: exact
+    total += 1 << (precision - 1)
+    total >>= precision
+    return np.clip(total, 0, 255, out=total).astype(np.uint8)
+
+
+def _torch_nearest_indices(out_size: int, in_size: int) -> np.ndarray:
+    # HelperInterpNearest (interpolate's legacy "nearest"): floor(i * in / out) in float32.
+    position = np.arange(out_size, dtype=_F32) * (_F32(in_size) / _F32(out_size))
+    return np.minimum(np.floor(position).astype(np.int64), in_size - 1)
+
+
+def resize_torch(image: np.ndarray, height: int, width: int, interpolation: str, antialias: bool) -> np.ndarray:
+    """``torchvision.transforms.v2.functional.resize(uint8 CHW tensor, [height, width], interpolation, antialias)``
+    on the CPU, for a uint8 HWC image; uint8 out, as torchvision returns it."""
+    if interpolation == "nearest":  # torchvision turns antialias off
+        return image[_torch_nearest_indices(height, image.shape[0])][:, _torch_nearest_indices(width, image.shape[1])]
+    if interpolation not in ("bilinear", "bicubic"):
+        raise ValueError(f"torchvision's tensor resize has no {interpolation!r} here")
+    out = image
+    if width != image.shape[1]:
+        out = _torch_pass(out, width, 1, interpolation, antialias)
+    if height != image.shape[0]:
+        out = _torch_pass(out, height, 0, interpolation, antialias)
+    return out
+
+
+def resize(image: np.ndarray | Image.Image, height: int, width: int, spec: PreprocessSpec) -> np.ndarray:
+    """``image`` resized to height x width by the spec's library, interpolation and antialias: uint8 HWC."""
     if spec.resize_library == "tf1":
         array = np.asarray(image)
         if array.shape[:2] == (height, width):
             return array
         # The cache holds uint8: TensorFlow's float result, rounded (at most 0.5 level away).
         return np.clip(np.rint(resize_tf1_bilinear(array, height, width)), 0, 255).astype(np.uint8)
+    if spec.resize_library in ("tf2", "torch"):
+        array = np.asarray(image)
+        if array.shape[:2] == (height, width):
+            return array
+        if spec.resize_library == "torch":
+            return resize_torch(array, height, width, spec.interpolation, spec.antialias)
+        # TensorFlow's float result, rounded and clipped to uint8 (bicubic and lanczos overshoot 0..255).
+        resized = resize_tf2(array, height, width, spec.interpolation, spec.antialias)
+        return resized if resized.dtype == np.uint8 else np.clip(np.rint(resized), 0, 255).astype(np.uint8)
     if spec.resize_library == "pil":
         pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
         if pil.size != (width, height):
@@ -236,11 +530,11 @@ def apply_geometry(image: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.
         top = crop_offset(height, side, spec.crop_rounding)
         left = crop_offset(width, side, spec.crop_rounding)
         window = np.asarray(image)[top : top + side, left : left + side]
-        return np.ascontiguousarray(_resize(window, spec.crop_size, spec.crop_size, spec))
+        return np.ascontiguousarray(resize(window, spec.crop_size, spec.crop_size, spec))
     if spec.resize_mode == "shorter_side":
-        image = _resize(image, *shorter_side_size(height, width, spec.resize_size), spec)
+        image = resize(image, *shorter_side_size(height, width, spec.resize_size), spec)
     elif spec.resize_mode == "squash":
-        image = _resize(image, spec.resize_size, spec.resize_size, spec)
+        image = resize(image, spec.resize_size, spec.resize_size, spec)
     image = np.asarray(image)
     if spec.crop_size:
         image = _center_crop(image, spec.crop_size, spec.crop_rounding)

@@ -28,7 +28,7 @@ Decoder = Literal["pil", "opencv", "tensorflow", "nvjpeg"]
 Order = Literal["resize_then_crop", "crop_then_resize"]
 ResizeMode = Literal["shorter_side", "squash", "none"]
 Interpolation = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
-ResizeLibrary = Literal["pil", "opencv", "tf1"]
+ResizeLibrary = Literal["pil", "opencv", "tf1", "tf2", "torch"]
 CropRounding = Literal["round_half_even", "floor", "round_half_up"]
 ChannelOrder = Literal["RGB", "BGR"]
 Layout = Literal["NCHW", "NHWC"]
@@ -57,6 +57,8 @@ _LIBRARY_INTERPOLATIONS: dict[str, tuple[str, ...]] = {
     "pil": ("nearest", "bilinear", "bicubic", "area", "lanczos"),
     "opencv": ("nearest", "bilinear", "bicubic", "area", "lanczos"),
     "tf1": ("bilinear",),
+    "tf2": ("nearest", "bilinear", "bicubic", "lanczos"),
+    "torch": ("nearest", "bilinear", "bicubic"),
 }
 
 
@@ -83,12 +85,28 @@ class PreprocessSpec:
             ``none`` skips resizing.
         resize_size: target of the resize (see resize_mode).
         interpolation: resampling filter.
-        resize_library: library that resizes (its filters differ even for the same name);
-            ``tf1`` is TensorFlow 1's ``tf.image.resize`` (``tf.compat.v1``: no antialias,
-            align_corners and half_pixel_centers false), computed in numpy, tested equal to
-            TensorFlow's kernel, its float output rounded to the nearest uint8.
+        resize_library: library that resizes (its filters differ even for the same name):
+            ``pil``: ``Image.resize`` (torchvision's and Keras's PIL pipelines);
+            ``opencv``: ``cv2.resize`` (MXNet/GluonCV, OpenCV pipelines);
+            ``tf1``: TensorFlow 1's ``tf.compat.v1.image.resize`` bilinear (align_corners and
+            half_pixel_centers false, no antialias);
+            ``tf2``: TensorFlow 2's ``tf.image.resize(images, size, method, antialias)``: half-pixel
+            centres; nearest, bilinear (ResizeBilinear), bicubic (Keys cubic, a = -0.5), lanczos
+            (``lanczos3``); with antialias, ScaleAndTranslate's kernel widened by the scale when
+            shrinking;
+            ``torch``: ``torchvision.transforms.v2.functional.resize`` of a uint8 CHW tensor on the
+            CPU: nearest (interpolate's legacy ``nearest``), bilinear and bicubic through torch's
+            uint8 kernels (bicubic a = -0.75 without antialias, a = -0.5 with it, as PIL). On a GPU,
+            or for float tensors, torchvision computes in float instead: measured up to 1 level apart
+            for bilinear and up to 18 for bicubic at sharp edges (the uint8 kernel clips between its
+            horizontal and vertical passes).
+            tf1, tf2 and torch are computed in numpy (the decode pool imports no framework), tested
+            against the framework's own call; TensorFlow's float output is rounded to the nearest
+            uint8 (clipped to 0..255 where bicubic or lanczos overshoot); torch's is uint8 already,
+            bit for bit.
         antialias: whether the filter widens when shrinking (PIL always does; OpenCV never
-            does, except ``area``; tf1 never does).
+            does, except ``area``; tf1 never does; tf2 and torch do when asked, except nearest,
+            which never does: antialias must be false with it).
         crop_size: side of the centre crop (the output); 0 means no crop.
         crop_padding: with crop_then_resize, the padding that sets the crop fraction
             crop_size / (crop_size + crop_padding); 0 otherwise.
@@ -190,6 +208,8 @@ def spec_problems(spec: PreprocessSpec) -> list[str]:
         problems.append("OpenCV does not antialias except with interpolation=area: set antialias=false")
     if spec.resize_library == "tf1" and spec.antialias:
         problems.append("TensorFlow 1's resize does not antialias: set antialias=false")
+    if spec.resize_library in ("tf2", "torch") and spec.antialias and spec.interpolation == "nearest":
+        problems.append(f"{spec.resize_library}'s nearest resize ignores antialias: set antialias=false")
     if spec.scale <= 0 or not math.isfinite(spec.scale):
         problems.append("scale must be a positive number")
     for name in ("mean", "std"):

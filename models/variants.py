@@ -2,8 +2,9 @@
 
 A variant changes one thing: the fields it names, and only those, differ from its base (the tests check it).
 They come from the model card (its alternatives), the other frameworks' reference presets (in the card's
-layout), one-field changes of the reference (interpolation, resize library, decoder, resize rule, channel
-order, normalisation) and the traps people fall into (Keras ``load_img``'s nearest squash).
+layout), one-field changes of the reference (interpolation, resize library: PIL, OpenCV, TensorFlow 2 and
+torchvision's tensor resize with and without antialias; decoder, resize rule, channel order, normalisation)
+and the traps people fall into (Keras ``load_img``'s nearest squash).
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ REFERENCE = "reference"
 GPU_ONLY = ("decoder-nvjpeg",)  # variants that need an NVIDIA GPU: left out of the default selection without one
 FRAMEWORK_PRESETS = ("torchvision-256", "torchvision-232", "gluoncv", "keras-torch", "keras-caffe", "keras-tf")
 TRAP_PRESETS = ("keras-caffe-load-img-nearest",)
+# (variant name, resize library, antialias, how): the reference's interpolation through another library, where
+# the library has it (PIL always antialiases, OpenCV never; tf2 and torch do either).
+RESIZE_LIBRARY_VARIANTS = (
+    ("resize-pil", "pil", True, "PIL's"),
+    ("resize-opencv", "opencv", False, "OpenCV's"),
+    ("resize-tf2", "tf2", False, "tf.image.resize's"),
+    ("resize-tf2-antialias", "tf2", True, "tf.image.resize(antialias=True)'s"),
+    ("resize-torch", "torch", False, "torchvision's tensor (antialias=False)"),
+    ("resize-torch-antialias", "torch", True, "torchvision's tensor (antialias=True)"),
+)
 NORMALISATIONS: dict[str, dict[str, Any]] = {
     "imagenet-mean-std": dict(scale=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order="RGB"),
     "half-half": dict(scale=255.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), channel_order="RGB"),
@@ -95,9 +106,9 @@ def _geometry_changes(ref: PreprocessSpec) -> list[Variant | None]:
         out.append(_one_change(ref, f"interpolation-{interpolation}", "interpolation",
                                f"{ref.resize_library} {interpolation} instead of {ref.interpolation}",
                                interpolation=interpolation))
-    for library, antialias in (("pil", True), ("opencv", False)):
-        out.append(_one_change(ref, f"resize-{library}", "resize library",
-                               f"{library}'s {ref.interpolation} resize instead of {ref.resize_library}'s",
+    for name, library, antialias, whose in RESIZE_LIBRARY_VARIANTS:
+        out.append(_one_change(ref, name, "resize library",
+                               f"{whose} {ref.interpolation} resize instead of {ref.resize_library}'s",
                                resize_library=library, antialias=antialias))
     for decoder in ("pil", "opencv", "tensorflow", "nvjpeg"):
         why = (f"{decoder} decodes the files" if decoder != "nvjpeg" else

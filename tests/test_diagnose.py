@@ -17,10 +17,11 @@ from scipy.stats import binomtest, norm
 
 from xfverify.evaluator.diagnose_report import DiagnoseReport, decomposition
 from xfverify.evaluator.metrics import newcombe_paired_interval, paired_difference
-from xfverify.models.cards import load_cards
+from xfverify.models.cards import get_card, load_cards
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
-from xfverify.models.variants import REFERENCE, card_variants, changed_fields, select_variants, user_variant
+from xfverify.models.variants import (REFERENCE, _geometry_changes, card_variants, changed_fields, select_variants,
+                                      user_variant)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -41,6 +42,21 @@ def test_every_variant_resolves_and_differs_from_its_base_in_exactly_the_fields_
         assert spec.layout == card.input_layout
     for alternative in card.alternatives:
         assert alternative.preset in {v.base for v in variants}
+    # Every card's reference resizes bilinear or bicubic, which TensorFlow 2 and torchvision both offer, either way.
+    names = {v.name for v in variants}
+    assert {"resize-tf2", "resize-tf2-antialias", "resize-torch", "resize-torch-antialias"} <= names
+
+
+def test_resize_library_variants_change_only_the_library_and_antialias_and_skip_what_cannot_be():
+    lite = {v.name: dict(v.overrides) for v in card_variants(get_card("pypi/efficientnet_lite0"))}  # tf1 bilinear
+    assert lite["resize-tf2"] == {"resize_library": "tf2"}
+    assert lite["resize-tf2-antialias"] == {"resize_library": "tf2", "antialias": True}
+    torchvision = {v.name: dict(v.overrides) for v in card_variants(get_card("torchvision/resnet50:IMAGENET1K_V1"))}
+    assert torchvision["resize-torch-antialias"] == {"resize_library": "torch"}  # PIL bilinear, antialiased
+    assert torchvision["resize-torch"] == {"resize_library": "torch", "antialias": False}
+    nearest = PRESETS["keras-caffe-load-img-nearest"]  # nearest: neither framework antialiases it
+    names = {v.name for v in _geometry_changes(nearest) if v is not None}
+    assert {"resize-tf2", "resize-torch"} <= names and not names & {"resize-tf2-antialias", "resize-torch-antialias"}
 
 
 def test_variants_are_picked_by_name_and_a_users_own_resolves():

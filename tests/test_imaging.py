@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from helpers import SAMPLE_DIR, broken_images, decompression_bomb, odd_images
-from xfverify.evaluator.imaging import BadImageError, decode, load_geometry
-from xfverify.models.preprocess import PRESETS, crop_fraction_window, crop_offset, shorter_side_size
+from xfverify.evaluator.imaging import BadImageError, decode, load_geometry, resize
+from xfverify.models.preprocess import (_LIBRARY_INTERPOLATIONS, PRESETS, crop_fraction_window, crop_offset,
+                                        shorter_side_size)
 
 
 @pytest.mark.parametrize("decoder", ["pil", "opencv", "tensorflow"])
@@ -130,3 +131,38 @@ def test_a_decompression_bomb_is_a_bad_image_in_every_decoder(tmp_path, decoder)
     if decoder != "pil":  # PIL itself refuses it in decode_pil (tested by the bomb above)
         with pytest.raises(BadImageError, match="exceeds limit"):
             decode(big_jpeg, decoder)
+
+
+def _framework_resize_specs():
+    for library in ("tf2", "torch"):
+        for interpolation in _LIBRARY_INTERPOLATIONS[library]:
+            for antialias in ((False,) if interpolation == "nearest" else (False, True)):
+                yield PRESETS["torchvision-256"].replace(resize_library=library, interpolation=interpolation,
+                                                         antialias=antialias)
+
+
+@pytest.mark.parametrize("spec", list(_framework_resize_specs()),
+                         ids=lambda s: f"{s.resize_library}-{s.interpolation}{'-aa' if s.antialias else ''}")
+def test_framework_resizes_give_the_size_asked_and_keep_a_flat_picture_flat(spec):
+    flat = np.full((37, 53, 3), (200, 3, 77), np.uint8)
+    for height, width in ((20, 70), (80, 11), (37, 20), (1, 1)):
+        out = resize(flat, height, width, spec)
+        assert out.dtype == np.uint8 and out.shape == (height, width, 3)
+        assert (out == flat[0, 0]).all(), (height, width)  # the weights of every output pixel sum to 1
+    assert resize(flat, 37, 53, spec) is flat  # the same size is left alone, as both frameworks do
+
+
+@pytest.mark.parametrize("library", ["tf2", "torch"])
+def test_antialias_filters_a_shrinking_checkerboard_and_without_it_aliases(library):
+    board = ((np.indices((120, 120)).sum(axis=0) % 2) * 255).astype(np.uint8)[..., None].repeat(3, axis=2)
+    spec = PRESETS["torchvision-256"].replace(resize_library=library, interpolation="bilinear")
+    filtered = resize(board, 40, 40, spec).astype(int)
+    aliased = resize(board, 40, 40, spec.replace(antialias=False)).astype(int)
+    assert np.abs(filtered - 127.5).max() <= 4  # the kernel, widened 3x, averages the board to grey
+    assert aliased.std() > 100  # half-pixel centres land on single pixels: a coarser black and white board
+
+
+def test_a_tf2_geometry_decodes_and_resizes_end_to_end():
+    spec = PRESETS["lite-tf-224"].replace(resize_library="tf2", antialias=True, interpolation="bicubic")
+    image = load_geometry(SAMPLE_DIR / "grace_hopper.jpg", spec)
+    assert image.shape == (224, 224, 3) and image.dtype == np.uint8 and 20 < image.mean() < 235

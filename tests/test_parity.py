@@ -4,19 +4,28 @@ The references (:mod:`xfverify.evaluator.references`) are the frameworks' and th
 code, with their parameters written out as their sources state them; they import nothing from xfverify
 (an import contract checks that). Each runs in its framework's worker, as `xfverify preprocess --verify`
 does. Photos: the embedded sample, a few dozen of imagenet-sample-500, and real-world oddities made from
-a real photo (CMYK, grayscale, PNG named .JPEG, EXIF-rotated).
+a real photo (CMYK, grayscale, PNG named .JPEG, EXIF-rotated). The resize libraries no preset uses (tf2, torch)
+are checked against the frameworks' resize calls directly, at the end.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from helpers import PHOTOS, SAMPLE_DIR, needs_mxnet, needs_tensorflow, needs_torch, odd_images, real_photos
+from helpers import (PHOTOS, SAMPLE_DIR, needs_mxnet, needs_tensorflow, needs_torch, odd_images, real_photos,
+                     synthetic_image)
+from xfverify.evaluator import references as references_package
+from xfverify.evaluator.imaging import resize, resize_tf2
 from xfverify.evaluator.preprocess_cli import compare_with_reference, preprocess_files, reference_tensors
 from xfverify.evaluator.references import REFERENCES
-from xfverify.models.preprocess import PRESETS
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import _LIBRARY_INTERPOLATIONS, PRESETS, PreprocessSpec, shorter_side_size
 
 MARKS = {"torch": needs_torch, "tensorflow": needs_tensorflow, "mxnet": needs_mxnet}
 
@@ -65,3 +74,102 @@ def test_the_tpu_original_feeds_an_unresized_window_as_uint8_over_255(tmp_path):
     ours = preprocess_files([str(path)], PRESETS["lite-tf-224"])
     assert theirs.max() <= -126 / 128  # (x / 255 - 127) / 128: every value near -1
     assert ours.min() < -0.5 < 0.5 < ours.max()  # xfverify feeds the picture
+
+
+# --- tf2 and torch: xfverify's numpy resizes against the frameworks' own resize calls ------------------------------
+# No preset uses them (they are diagnose's resize-tf2[-antialias] and resize-torch[-antialias] variants), so they are
+# checked resize by resize: each interpolation the spec allows, with and without antialias, shrinking and enlarging,
+# odd sizes and one side unchanged, on the sample photos, real photographs and generated pictures. The frameworks'
+# calls (evaluator/references/tensorflow_resize.py, torchvision_resize.py) run as scripts, one framework per process.
+
+RESIZE_REFERENCE_SCRIPTS = {"tf2": "tensorflow_resize.py", "torch": "torchvision_resize.py"}
+
+
+def _resize_images() -> list[np.ndarray]:
+    from PIL import Image
+
+    photos = [SAMPLE_DIR / name for name in PHOTOS] + [Path(p) for p in real_photos(every=100)]
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in photos]
+    return images + [np.asarray(synthetic_image(3, 131, 77)), np.asarray(synthetic_image(5, 9, 7))]
+
+
+def _resize_sizes(height: int, width: int) -> list[tuple[int, int]]:
+    return [shorter_side_size(height, width, 256), (224, 224), (97, 131), (2 * height + 1, width + 3),
+            (height, width // 3 + 1)]
+
+
+def _resize_specs(library: str) -> list[PreprocessSpec]:
+    """Every (interpolation, antialias) the spec allows for the library."""
+    specs = []
+    for interpolation in _LIBRARY_INTERPOLATIONS[library]:
+        for antialias in (False, True):
+            try:
+                specs.append(PRESETS["torchvision-256"].replace(resize_library=library, interpolation=interpolation,
+                                                                antialias=antialias))
+            except UserError:
+                pass
+    return specs
+
+
+def _framework_resizes(library: str, images: list[np.ndarray], cases: list[list], tmp_path: Path) -> list[np.ndarray]:
+    job, out = tmp_path / f"{library}-job.npz", tmp_path / f"{library}-out.npz"
+    np.savez(job, cases=json.dumps(cases), **{f"image_{i}": image for i, image in enumerate(images)})
+    script = Path(references_package.__file__).parent / RESIZE_REFERENCE_SCRIPTS[library]
+    done = subprocess.run([sys.executable, str(script), str(job), str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out) as theirs:
+        return [theirs[f"out_{j}"] for j in range(len(cases))]
+
+
+def _resize_cases(library: str) -> tuple[list[np.ndarray], list[PreprocessSpec], list[list]]:
+    images, specs = _resize_images(), _resize_specs(library)
+    cases = [[i, h, w, spec.interpolation, spec.antialias] for i, image in enumerate(images)
+             for h, w in _resize_sizes(*image.shape[:2]) for spec in specs]
+    return images, specs, cases
+
+
+@needs_torch
+def test_torch_resize_is_bit_identical_to_torchvision(tmp_path):
+    """torchvision returns uint8 and so does xfverify's numpy copy of torch's uint8 kernels (the same double weights,
+    the same int16 weights and precision, the same two integer passes): held bit-identical, every value of every case
+    (measured: max |diff| 0 over 13 images x 5 sizes x 5 interpolation/antialias pairs)."""
+    images, specs, cases = _resize_cases("torch")
+    assert {(s.interpolation, s.antialias) for s in specs} == {
+        ("nearest", False), ("bilinear", False), ("bilinear", True), ("bicubic", False), ("bicubic", True)}
+    theirs = _framework_resizes("torch", images, cases, tmp_path)
+    by_method = {(s.interpolation, s.antialias): s for s in specs}
+    differing = []
+    for (i, h, w, interpolation, antialias), their in zip(cases, theirs):
+        ours = resize(images[i], h, w, by_method[interpolation, antialias])
+        if ours.shape != their.shape or not np.array_equal(ours, their):
+            differing.append((images[i].shape[:2], (h, w), interpolation, antialias))
+    assert not differing, f"{len(differing)} of {len(cases)} resizes differ from torchvision: {differing[:5]}"
+
+
+@needs_tensorflow
+def test_tf2_resize_matches_tf_image_resize(tmp_path):
+    """tf.image.resize returns float32 (nearest: uint8), the cache keeps uint8. Bounds:
+    * nearest: bit-identical (both uint8);
+    * the float result before rounding: within 1e-3 of TensorFlow's (float32 arithmetic in the same order; measured
+      0, bit-identical, for bilinear and bicubic with and without antialias, 1.5e-4 for lanczos3, whose sin differs);
+    * the cached uint8: within 0.5 level (+ 1e-3) of TensorFlow's output clipped to 0..255, i.e. the rounding alone
+      (measured 0.5, ties included); bicubic and lanczos overshoot 0..255 and the uint8 cache cannot keep that."""
+    images, specs, cases = _resize_cases("tf2")
+    assert {s.interpolation for s in specs} == {"nearest", "bilinear", "bicubic", "lanczos"} and len(specs) == 7
+    theirs = _framework_resizes("tf2", images, cases, tmp_path)
+    by_method = {(s.interpolation, s.antialias): s for s in specs}
+    float_diff, cached_diff, differing = 0.0, 0.0, []
+    for (i, h, w, interpolation, antialias), their in zip(cases, theirs):
+        ours = resize(images[i], h, w, by_method[interpolation, antialias])
+        assert ours.shape == their.shape, (interpolation, antialias, ours.shape, their.shape)
+        if interpolation == "nearest":
+            if not np.array_equal(ours, their):
+                differing.append((images[i].shape[:2], (h, w), interpolation))
+            continue
+        unrounded = resize_tf2(images[i], h, w, interpolation, antialias)
+        float_diff = max(float_diff, float(np.abs(unrounded - their).max()))
+        cached_diff = max(cached_diff, float(np.abs(ours - np.clip(their, 0, 255)).max()))
+    assert not differing, f"nearest differs from tf.image.resize: {differing[:5]}"
+    assert float_diff <= 1e-3, float_diff
+    assert cached_diff <= 0.5 + 1e-3, cached_diff

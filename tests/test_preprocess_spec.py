@@ -37,6 +37,10 @@ def test_round_trip_through_dict():
         ({"order": "crop_then_resize"}, "resize_mode=squash, resize_size=crop_size"),
         ({"crop_padding": 32}, "only with order=crop_then_resize"),
         ({"resize_library": "tf1", "antialias": False, "interpolation": "bicubic"}, "tf1 has no bicubic"),
+        ({"resize_library": "tf2", "interpolation": "nearest"}, "tf2's nearest resize ignores antialias"),
+        ({"resize_library": "torch", "interpolation": "nearest"}, "torch's nearest resize ignores antialias"),
+        ({"resize_library": "torch", "interpolation": "lanczos"}, "torch has no lanczos"),
+        ({"resize_library": "tf2", "interpolation": "area"}, "tf2 has no area"),
     ],
 )
 def test_invalid_specs_are_refused(changes, message):
@@ -97,3 +101,26 @@ def test_tf1_resize_refuses_antialias():
 def test_crop_padding_can_be_set_from_the_command_line():
     spec = resolve_preprocess("lite-tf-240", overrides=parse_overrides(["crop_padding=34"]))
     assert spec.crop_padding == 34 and spec.geometry_key() != PRESETS["lite-tf-240"].geometry_key()
+
+
+@pytest.mark.parametrize("library", ["tf2", "torch"])
+def test_tf2_and_torch_resize_offer_antialias_as_a_choice(library):
+    for interpolation in ("bilinear", "bicubic"):
+        with_aa = PRESETS["torchvision-256"].replace(resize_library=library, interpolation=interpolation)
+        without = with_aa.replace(antialias=False)
+        assert with_aa.antialias and not without.antialias
+        assert with_aa.geometry_key() != without.geometry_key()
+    nearest = PRESETS["torchvision-256"].replace(resize_library=library, interpolation="nearest", antialias=False)
+    assert nearest.geometry_key() != PRESETS["torchvision-256"].geometry_key()
+
+
+def test_existing_presets_keep_their_cache_keys():
+    # Computed before tf2 and torch joined resize_library: adding choices must not move anyone's cache.
+    assert {name: spec.geometry_key() for name, spec in PRESETS.items()} == {
+        "torchvision-256": "d534798ba1008c0d", "torchvision-232": "1a30bef876e1993f",
+        "keras-caffe": "0b141433b660805c", "keras-tf": "0b141433b660805c", "keras-torch": "0b141433b660805c",
+        "keras-caffe-load-img-nearest": "3d2af8e0a9720b7f", "keras-caffe-pil-bilinear": "d534798ba1008c0d",
+        "gluoncv": "ab26b25c0bcecc22", "lite-tf-224": "9a83f7f6cd71ce6a", "lite-timm-224": "5e2fb01921732533",
+        "lite-tf-240": "b164cb9d6158ef63", "lite-timm-240": "cbdd091a057680b5", "lite-tf-260": "61dab8588352896e",
+        "lite-timm-260": "4d2abeddcbadee68", "lite-imagenet-norm-224": "5e2fb01921732533",
+    }
