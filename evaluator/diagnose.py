@@ -124,7 +124,7 @@ def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timel
                                     ref_run.timing, ref_run.topk, options)
     write_outputs(ref_folder, workdir / "variant-0", native_report, dataset, ref_run)  # a native run's folder
     onnx_row = _onnx_axis(card, options, out_dir, ref_folder) if options.onnx else None
-    rows = _compare(runs, dataset, onnx_row)
+    rows = _compare(runs, dataset, onnx_row, np.load(ref_folder / "logits.npy"))
     published = card.primary_published
     report = DiagnoseReport.model_validate({
         "model": card.id, "architecture": card.architecture, "framework": ref_run.result.framework.model_dump(),
@@ -225,36 +225,51 @@ def _run_order(variants: list[Variant], specs: list[PreprocessSpec]) -> list[int
     return sorted(range(len(specs)), key=lambda i: (variants[i].precision is not None, keys.index(specs[i].geometry_key()), i))
 
 
-def _compare(runs: list[VariantRun], dataset: Dataset, onnx_row: dict | None) -> list[dict]:
-    """Each run's errors and its paired difference to the reference, over the images every run scored."""
+def _compare(runs: list[VariantRun], dataset: Dataset, onnx_row: dict | None, reference_logits: np.ndarray) -> list[dict]:
+    """Each run's errors and its paired difference to the reference, over the images every run scored; the
+    runtime rows' outputs against the reference's too (they are fed the same tensors)."""
     labels = [r.labels for r in dataset.records]
     scored = np.array([bool(acceptable) for acceptable in labels])
     for run in runs:
         scored[sorted(run.run.skipped)] = False
-    compared = _Compared(dataset, labels, scored, runs[0].run.topk)
+    compared = _Compared(dataset, labels, scored, runs[0].run.topk, reference_logits)
     rows = [compared.row(run.variant.to_dict(), run.spec.to_dict(), run.run.topk, run.run.result.tensors_sha256,
-                         run.spec.geometry_key(), run.run.result.precision) for run in runs]
+                         run.spec.geometry_key(), run.run.result.precision,
+                         run.run.logits if run.variant.precision else None) for run in runs]
     if onnx_row is not None:
-        topk = top_k(np.nan_to_num(onnx_row.pop("logits"), nan=-np.inf), 5)
+        logits = onnx_row.pop("logits")
+        topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)
         rows.append(compared.row(onnx_row, rows[0]["spec"], topk, onnx_row.pop("sha"), rows[0]["geometry_key"],
-                                 onnx_row.pop("precision")))
+                                 onnx_row.pop("precision"), logits))
     return rows
 
 
 class _Compared:
     """The images every run scored, and the reference's answers on them."""
 
-    def __init__(self, dataset: Dataset, labels: list[tuple[int, ...]], scored: np.ndarray, reference_topk: np.ndarray):
+    def __init__(self, dataset: Dataset, labels: list[tuple[int, ...]], scored: np.ndarray, reference_topk: np.ndarray,
+                 reference_logits: np.ndarray):
         self.dataset, self.labels, self.scored = dataset, labels, scored
         self.index = np.flatnonzero(scored)
         self.reference_topk = reference_topk
         self.reference_wrong = self.wrong(reference_topk)
+        self.reference_logits = np.asarray(reference_logits[self.index], dtype=np.float64)
 
     def wrong(self, topk: np.ndarray) -> np.ndarray:
         return np.array([int(topk[i, 0]) not in self.labels[i] for i in self.index], dtype=bool)
 
+    def output_difference(self, logits: np.ndarray) -> float | None:
+        """The largest |output - the reference's| over the scored images, as a fraction of the reference's largest
+        |output| (None when nothing was scored)."""
+        if not len(self.index):
+            return None
+        scale = float(np.abs(self.reference_logits).max()) or 1.0
+        return round(float(np.abs(np.asarray(logits[self.index], dtype=np.float64) - self.reference_logits).max())
+                     / scale, 6)
+
     def row(self, definition: dict, spec: dict, topk: np.ndarray, tensors_sha256: str, geometry_key: str,
-            precision: dict) -> dict:
+            precision: dict, logits: np.ndarray | None = None) -> dict:
+        """``logits`` only for the rows fed the reference's own tensors (their outputs are compared too)."""
         stats = error_stats(topk, self.labels, self.scored)
         wrong = self.wrong(topk)
         paired = paired_difference(wrong, self.reference_wrong)
@@ -264,6 +279,7 @@ class _Compared:
         return {
             **definition, "spec": spec, "geometry_key": geometry_key, "tensors_sha256": tensors_sha256,
             "precision": precision,
+            "max_output_difference": None if logits is None else self.output_difference(logits),
             "n_scored": stats.n, "top1_error": round(stats.top1_error, 4), "top5_error": round(stats.top5_error, 4),
             "top1_error_ci95": [round(v, 4) for v in wilson_interval(stats.top1_errors, stats.n)],
             "delta": round(paired.delta, 4), "delta_ci95": [round(v, 4) for v in paired.ci95],

@@ -49,6 +49,9 @@ class VariantRow(_Strict):
     geometry_key: str
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     precision: dict[str, Any] = Field(description="what the pass actually ran at: its back-end's precision block")
+    max_output_difference: Optional[float] = Field(
+        description="runtime rows: the largest |output - the reference's| over the scored images, as a fraction of "
+                    "the reference's largest |output| (the same tensors were fed); None for preprocessing variants")
     n_scored: int
     top1_error: float
     top5_error: float
@@ -183,6 +186,11 @@ def ran_at(precision: dict[str, Any]) -> str:
     return ran + (" + TF32" if precision.get("tf32") else "")
 
 
+def _ran_cell(row: VariantRow) -> str:
+    difference = row.max_output_difference
+    return ran_at(row.precision) + ("" if difference is None else f"; outputs within {100 * difference:.2g} %")
+
+
 def markdown(report: DiagnoseReport) -> str:
     lines = [f"# xfverify diagnose: {report.model}", "", report.decomposition.sentence, "",
              f"{report.n_scored} images scored, {report.dataset.path}; published: "
@@ -192,7 +200,7 @@ def markdown(report: DiagnoseReport) -> str:
     for row in _rows(report):
         lo, hi = row.top1_error_ci95
         verdict = "reference" if row is report.reference else ("significant" if row.significant else "within the noise")
-        lines.append(f"| {row.name} | {row.group} | {ran_at(row.precision)} | {row.top1_error:.1f} ({lo:.1f}-{hi:.1f}) | {_signed(row.delta)} "
+        lines.append(f"| {row.name} | {row.group} | {_ran_cell(row)} | {row.top1_error:.1f} ({lo:.1f}-{hi:.1f}) | {_signed(row.delta)} "
                      f"({_signed(row.delta_ci95[0])} to {_signed(row.delta_ci95[1])}) | {row.right_to_wrong} / "
                      f"{row.wrong_to_right} | {row.mcnemar_p:.2g} | {verdict} |")
     lines += ["", "## Cost", "", *(f"- {k}: {v}" for k, v in report.cost.items())]
@@ -299,7 +307,7 @@ def html_page(report: DiagnoseReport, images: dict[int, np.ndarray]) -> str:
     for row in _rows(report):
         verdict = "reference" if row is report.reference else ("significant" if row.significant else "within the noise")
         rows.append(f'<tr class="{"noise" if verdict == "within the noise" else ""}"><td>{html.escape(row.name)}</td>'
-                    f"<td>{html.escape(row.group)}</td><td>{html.escape(ran_at(row.precision))}</td>"
+                    f"<td>{html.escape(row.group)}</td><td>{html.escape(_ran_cell(row))}</td>"
                     f"<td>{row.top1_error:.1f}</td><td>{_signed(row.delta)}</td>"
                     f"<td>{_signed(row.delta_ci95[0])} to {_signed(row.delta_ci95[1])}</td>"
                     f"<td>{row.right_to_wrong} / {row.wrong_to_right}</td><td>{row.mcnemar_p:.2g}</td>"

@@ -62,7 +62,7 @@ class Variant:
 
     def resolve(self, reference: PreprocessSpec) -> PreprocessSpec:
         if self.precision is not None:
-            return reference  # the very same spec: the same cached tensors, fed the same way
+            return reference.replace(name=REFERENCE)  # the reference variant's own spec: its tensors, fed as they are
         spec = resolve_preprocess(self.base_spec(reference), overrides=dict(self.overrides) or None)
         return spec.replace(name=self.name)
 
