@@ -16,7 +16,10 @@ pass per distinct geometry plus k model passes. Measured, in this order, after e
      block it reports (geometries G, model passes k).
 
 It reports c against a x G + b x k (each geometry decoded once, nothing overlapped), against a + b x k (the
-claim as stated), and against fixed + a x G + b x k (one process's fixed cost added).
+claim as stated), against fixed + a x G + b x k (one process's fixed cost added), and against k native processes
+plus the decodes (what running the passes one by one would cost). ``c_parts_s`` splits c by diagnose's own
+timeline: its worker (start to finish), the passes' warm-ups and loops inside it, and what follows it
+(the comparison, report.json, report.md, report.html with its figures) plus the interpreter's start.
 """
 
 from __future__ import annotations
@@ -122,6 +125,11 @@ def main() -> None:
         "fixed_s": round(fixed_s, 3),
         "c_diagnose_process_s": round(diagnose_wall, 3),
         "diagnose_cost": cost,
+        "c_parts_s": {
+            "worker_wall": cost["worker_wall_s"],
+            "passes_warmup_plus_loop": round(sum(p["warmup_s"] + p["loop_wall_s"] for p in cost["passes"]), 3),
+            "after_the_worker": round(diagnose_wall - cost["worker_wall_s"], 3),
+        },
         "expected_s": {"a_x_geometries_plus_b_x_k": round(separate, 3), "a_plus_b_x_k": round(claimed, 3),
                        "fixed_plus_a_x_geometries_plus_b_x_k": round(fixed_s + separate, 3)},
         "ratios": {"c_over_a_x_geometries_plus_b_x_k": round(diagnose_wall / separate, 3),

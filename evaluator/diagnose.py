@@ -222,10 +222,12 @@ def _run_order(variants: list[Variant], specs: list[PreprocessSpec]) -> list[int
     """Indices in the order the worker runs them: geometries in order of first appearance, together; then the
     precision variants, so every preprocessing runs at the reference's precision before any switch."""
     keys = list(dict.fromkeys(s.geometry_key() for s in specs))
-    return sorted(range(len(specs)), key=lambda i: (variants[i].precision is not None, keys.index(specs[i].geometry_key()), i))
+    return sorted(range(len(specs)),
+                  key=lambda i: (variants[i].precision is not None, keys.index(specs[i].geometry_key()), i))
 
 
-def _compare(runs: list[VariantRun], dataset: Dataset, onnx_row: dict | None, reference_logits: np.ndarray) -> list[dict]:
+def _compare(runs: list[VariantRun], dataset: Dataset, onnx_row: dict | None,
+             reference_logits: np.ndarray) -> list[dict]:
     """Each run's errors and its paired difference to the reference, over the images every run scored; the
     runtime rows' outputs against the reference's too (they are fed the same tensors)."""
     labels = [r.labels for r in dataset.records]
@@ -316,6 +318,8 @@ def _cost(runs: list[VariantRun], timeline: dict[str, float]) -> dict:
         "compute_s": round(sum(r.run.result.timing.compute_s for r in runs), 3),
         "worker_wall_s": round(timeline.get("worker_finished", timeline["started"]) - timeline["started"], 3),
         "model_loads": 1,
+        "passes": [{"name": r.variant.name, "warmup_s": round(r.run.result.timing.warmup_s, 3),
+                    "loop_wall_s": round(r.run.result.timing.wall_s, 3)} for r in runs],
     }
 
 

@@ -154,8 +154,8 @@ def decomposition(published: float | None, rows: list[dict]) -> dict:
     elif runtime:
         explained += f"; the runtime axis ({', '.join(r['name'] for r in runtime)}) changes nothing measurable"
     quiet = sum(not r["significant"] for r in preprocessing)
-    sentence = f"{start}{explained}" + (
-        f"; {quiet} variant{'s change' if quiet != 1 else ' changes'} nothing measurable." if quiet or not runtime else ".")
+    quiet_clause = f"; {quiet} variant{'s change' if quiet != 1 else ' changes'} nothing measurable"
+    sentence = f"{start}{explained}{quiet_clause if quiet or not runtime else ''}."
     return {"published": published, "reproduced": reproduced, "steps": steps,
             "ranked": [r["name"] for r in ranked_preprocessing + ranked_runtime], "within_noise": noise,
             "sentence": sentence}
@@ -200,10 +200,13 @@ def markdown(report: DiagnoseReport) -> str:
     for row in _rows(report):
         lo, hi = row.top1_error_ci95
         verdict = "reference" if row is report.reference else ("significant" if row.significant else "within the noise")
-        lines.append(f"| {row.name} | {row.group} | {_ran_cell(row)} | {row.top1_error:.1f} ({lo:.1f}-{hi:.1f}) | {_signed(row.delta)} "
+        lines.append(f"| {row.name} | {row.group} | {_ran_cell(row)} | {row.top1_error:.1f} ({lo:.1f}-{hi:.1f}) | "
+                     f"{_signed(row.delta)} "
                      f"({_signed(row.delta_ci95[0])} to {_signed(row.delta_ci95[1])}) | {row.right_to_wrong} / "
                      f"{row.wrong_to_right} | {row.mcnemar_p:.2g} | {verdict} |")
-    lines += ["", "## Cost", "", *(f"- {k}: {v}" for k, v in report.cost.items())]
+    lines += ["", "## Cost", "", *(f"- {k}: {v}" for k, v in report.cost.items() if k != "passes")]
+    lines += [f"- pass {p['name']}: warm-up {p['warmup_s']} s, loop {p['loop_wall_s']} s"
+              for p in report.cost.get("passes", [])]
     if report.notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in report.notes)]
     return "\n".join(lines) + "\n"
@@ -217,20 +220,23 @@ def _svg(figure) -> str:
 
 
 def waterfall_svg(report: DiagnoseReport) -> str:
-    """Published error, the step to the reference, then each significant variant's delta alone, as floating bars."""
+    """Published error, the step to the reference, then each significant variant's delta alone, as floating bars
+    (the runtime axis hatched)."""
     from matplotlib.figure import Figure
 
     d = report.decomposition
-    labels, bottoms, heights, colours = [], [], [], []
+    labels, bottoms, heights, colours, hatches = [], [], [], [], []
     if d.published is not None:
         labels.append("published")
         bottoms.append(0.0)
         heights.append(d.published)
         colours.append("#777777")
+        hatches.append("")
     labels.append("reference")
     bottoms.append(0.0)
     heights.append(d.reproduced)
     colours.append("#1f77b4")
+    hatches.append("")
     for step in d.steps:
         if step.name == "reference vs published":
             continue
@@ -238,16 +244,18 @@ def waterfall_svg(report: DiagnoseReport) -> str:
         bottoms.append(min(step.start, step.end))
         heights.append(abs(step.delta))
         colours.append("#d62728" if step.delta > 0 else "#2ca02c")
+        hatches.append("//" if step.axis == RUNTIME else "")
     figure = Figure(figsize=(max(5.0, 1.1 * len(labels)), 3.6))
     axes = figure.subplots()
-    axes.bar(range(len(labels)), heights, bottom=bottoms, color=colours)
+    axes.bar(range(len(labels)), heights, bottom=bottoms, color=colours, hatch=hatches)
     for i, step in enumerate(s for s in d.steps if s.name != "reference vs published"):
         x = i + (2 if d.published is not None else 1)
         axes.errorbar([x], [step.end], yerr=[[step.end - (step.start + step.delta_ci95[0])],
                                              [(step.start + step.delta_ci95[1]) - step.end]], color="black", capsize=3)
     axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     axes.set_ylabel("top-1 error %")
-    axes.set_title("published -> reference -> each significant variant (deltas with 95 % CI)", fontsize=9)
+    axes.set_title("published -> reference -> each significant variant (deltas with 95 % CI; hatched: runtime)",
+                   fontsize=9)
     return _svg(figure)
 
 

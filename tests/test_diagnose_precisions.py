@@ -97,7 +97,8 @@ def test_torch_precisions_run_on_the_reference_tensors_in_the_same_worker_and_le
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "| precision-bf16 | runtime | autocast bfloat16; outputs within " in markdown
     # four images cannot make a difference significant (McNemar p >= 1/8)
-    assert "the runtime axis (precision-bf16, precision-fp16) changes nothing measurable" in report.decomposition.sentence
+    sentence = report.decomposition.sentence
+    assert "the runtime axis (precision-bf16, precision-fp16) changes nothing measurable" in sentence
     assert "autocast float16" in (tmp_path / "out" / "report.html").read_text()
 
 

@@ -193,7 +193,8 @@ def evaluate_many(backend: Backend, job: EvaluateManyJob, workdir: Path) -> Eval
     return EvaluateManyResult(results=results)
 
 
-def _loaded(backend: Backend, job: EvaluateJob, also_precisions: Iterable[str] = ()) -> tuple[Any, dict[str, Any], Device]:
+def _loaded(backend: Backend, job: EvaluateJob,
+            also_precisions: Iterable[str] = ()) -> tuple[Any, dict[str, Any], Device]:
     """The job's network on its device, and the report's weights block; ``also_precisions`` are checked first."""
     card = job.card()
     backend.configure(job)
