@@ -3,7 +3,9 @@ each variant's paired difference to the reference, and the decomposition of the 
 
 Decoding is shared through the tensor cache (variants that change only the normalisation read the reference's
 shards; each other geometry is decoded once into its own), and the model is loaded once, in one worker that
-runs every variant in turn (``evaluate_many``) while the next geometries decode.
+runs every variant in turn (``evaluate_many``) while the next geometries decode. Precision variants
+(``--precisions``) run last, on the reference's own tensors, in the same worker: the runtime axis, with the ONNX
+Runtime row of ``--onnx``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,14 @@ from xfverify.evaluator.native import (
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
-from xfverify.models.variants import GPU_ONLY, Variant, card_variants, select_variants, user_variant
+from xfverify.models.variants import (
+    GPU_ONLY,
+    Variant,
+    card_variants,
+    precision_variants,
+    select_variants,
+    user_variant,
+)
 
 from xfverify import __version__
 
@@ -61,6 +70,7 @@ class DiagnoseOptions(NativeOptions):
     variants: str | None = None
     spec_files: tuple[str, ...] = ()
     onnx: bool = False
+    precisions: str | None = None
 
 
 @dataclass
@@ -73,7 +83,8 @@ class VariantRun:
 
 
 def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: DiagnoseOptions) -> list[Variant]:
-    """The reference first, then the selected variants and the user's, each resolved once (errors are one line)."""
+    """The reference first, then the selected variants, the user's and the precision variants, each resolved once
+    (errors are one line)."""
     every = card_variants(card, reference)
     if not _gpu_decoding_possible():
         named = {n.strip() for n in (options.variants or "").split(",")}
@@ -95,6 +106,7 @@ def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: Diagnos
             raise UserError(f"--spec {path}: not JSON ({exc.msg} at line {exc.lineno})") from None
         for item in data if isinstance(data, list) else [data]:
             variants.append(user_variant(item, path) if isinstance(item, dict) else user_variant({}, path))
+    variants += precision_variants(options.precisions, options.precision, card.framework)
     names = [v.name for v in variants]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -136,7 +148,7 @@ def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timel
                                     ref_run.timing, ref_run.topk, options)
     write_outputs(ref_folder, workdir / "variant-0", native_report, dataset, ref_run)  # a native run's folder
     onnx_row = _onnx_axis(card, options, out_dir, ref_folder) if options.onnx else None
-    rows = _compare(runs, dataset, onnx_row)
+    rows = _compare(runs, dataset, onnx_row, np.load(ref_folder / "logits.npy"))
     published = card.primary_published
     report = DiagnoseReport.model_validate({
         "model": card.id, "architecture": card.architecture, "framework": ref_run.result.framework.model_dump(),
@@ -161,14 +173,14 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
     cache_root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_root()
     writable_folder(cache_root, "--cache-dir" if options.cache_dir else "the tensor cache ($XFVERIFY_CACHE or ~/.cache/xfverify)")
     specs = [v.resolve(reference) for v in variants]
-    order = _grouped_by_geometry(specs)  # the reference first; variants sharing its shards next
+    order = _run_order(variants, specs)  # the reference first; variants sharing its shards next; precisions last
     variants, specs = [variants[i] for i in order], [specs[i] for i in order]
     caches: dict[str, TensorCache] = {}
     for spec in specs:
         caches.setdefault(spec.geometry_key(), TensorCache(cache_root, spec))
     workdir.mkdir(parents=True, exist_ok=True)
-    parts = [VariantPart(name=v.name, preprocess=s.to_dict(), hw=spec_hw(s), data_file=str(workdir / f"data-{i}.json"))
-             for i, (v, s) in enumerate(zip(variants, specs))]
+    parts = [VariantPart(name=v.name, preprocess=s.to_dict(), hw=spec_hw(s), data_file=str(workdir / f"data-{i}.json"),
+                         precision=v.precision) for i, (v, s) in enumerate(zip(variants, specs))]
     for part in parts:
         Path(part.data_file).unlink(missing_ok=True)
     base = EvaluateJob(
@@ -178,8 +190,10 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
         random_weights=options.random_weights, cuda_graphs=options.cuda_graphs, seed=options.seed,
     )
     job = EvaluateManyJob(base=base, variants=parts)
-    ui.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; {len(variants)} "
-            f"preprocessings ({len(caches)} geometries to decode or reuse), one {card.framework} worker")
+    n_precisions = sum(v.precision is not None for v in variants)
+    ui.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; {len(variants) - n_precisions} "
+            f"preprocessings ({len(caches)} geometries to decode or reuse)"
+            + (f" and {n_precisions} other precisions" if n_precisions else "") + f", one {card.framework} worker")
     cancel = threading.Event()
     total = len(dataset)
 
@@ -228,40 +242,60 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
     return runs
 
 
-def _grouped_by_geometry(specs: list[PreprocessSpec]) -> list[int]:
-    """Indices in the order the worker runs them: geometries in order of first appearance, together."""
+def _run_order(variants: list[Variant], specs: list[PreprocessSpec]) -> list[int]:
+    """Indices in the order the worker runs them: geometries in order of first appearance, together; then the
+    precision variants, so every preprocessing runs at the reference's precision before any switch."""
     keys = list(dict.fromkeys(s.geometry_key() for s in specs))
-    return sorted(range(len(specs)), key=lambda i: (keys.index(specs[i].geometry_key()), i))
+    return sorted(range(len(specs)),
+                  key=lambda i: (variants[i].precision is not None, keys.index(specs[i].geometry_key()), i))
 
 
-def _compare(runs: list[VariantRun], dataset: Dataset, onnx_row: dict | None) -> list[dict]:
-    """Each run's errors and its paired difference to the reference, over the images every run scored."""
+def _compare(runs: list[VariantRun], dataset: Dataset, onnx_row: dict | None,
+             reference_logits: np.ndarray) -> list[dict]:
+    """Each run's errors and its paired difference to the reference, over the images every run scored; the
+    runtime rows' outputs against the reference's too (they are fed the same tensors)."""
     labels = [r.labels for r in dataset.records]
     scored = np.array([bool(acceptable) for acceptable in labels])
     for run in runs:
         scored[sorted(run.run.skipped)] = False
-    compared = _Compared(dataset, labels, scored, runs[0].run.topk)
+    compared = _Compared(dataset, labels, scored, runs[0].run.topk, reference_logits)
     rows = [compared.row(run.variant.to_dict(), run.spec.to_dict(), run.run.topk, run.run.result.tensors_sha256,
-                         run.spec.geometry_key()) for run in runs]
+                         run.spec.geometry_key(), run.run.result.precision,
+                         run.run.logits if run.variant.precision else None) for run in runs]
     if onnx_row is not None:
-        topk = top_k(np.nan_to_num(onnx_row.pop("logits"), nan=-np.inf), 5)
-        rows.append(compared.row(onnx_row, rows[0]["spec"], topk, onnx_row.pop("sha"), rows[0]["geometry_key"]))
+        logits = onnx_row.pop("logits")
+        topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)
+        rows.append(compared.row(onnx_row, rows[0]["spec"], topk, onnx_row.pop("sha"), rows[0]["geometry_key"],
+                                 onnx_row.pop("precision"), logits))
     return rows
 
 
 class _Compared:
     """The images every run scored, and the reference's answers on them."""
 
-    def __init__(self, dataset: Dataset, labels: list[tuple[int, ...]], scored: np.ndarray, reference_topk: np.ndarray):
+    def __init__(self, dataset: Dataset, labels: list[tuple[int, ...]], scored: np.ndarray, reference_topk: np.ndarray,
+                 reference_logits: np.ndarray):
         self.dataset, self.labels, self.scored = dataset, labels, scored
         self.index = np.flatnonzero(scored)
         self.reference_topk = reference_topk
         self.reference_wrong = self.wrong(reference_topk)
+        self.reference_logits = np.asarray(reference_logits[self.index], dtype=np.float64)
 
     def wrong(self, topk: np.ndarray) -> np.ndarray:
         return np.array([int(topk[i, 0]) not in self.labels[i] for i in self.index], dtype=bool)
 
-    def row(self, definition: dict, spec: dict, topk: np.ndarray, tensors_sha256: str, geometry_key: str) -> dict:
+    def output_difference(self, logits: np.ndarray) -> float | None:
+        """The largest |output - the reference's| over the scored images, as a fraction of the reference's largest
+        |output| (None when nothing was scored)."""
+        if not len(self.index):
+            return None
+        scale = float(np.abs(self.reference_logits).max()) or 1.0
+        return round(float(np.abs(np.asarray(logits[self.index], dtype=np.float64) - self.reference_logits).max())
+                     / scale, 6)
+
+    def row(self, definition: dict, spec: dict, topk: np.ndarray, tensors_sha256: str, geometry_key: str,
+            precision: dict, logits: np.ndarray | None = None) -> dict:
+        """``logits`` only for the rows fed the reference's own tensors (their outputs are compared too)."""
         stats = error_stats(topk, self.labels, self.scored)
         wrong = self.wrong(topk)
         paired = paired_difference(wrong, self.reference_wrong)
@@ -270,6 +304,8 @@ class _Compared:
                  for i in self.index[wrong != self.reference_wrong]]
         return {
             **definition, "spec": spec, "geometry_key": geometry_key, "tensors_sha256": tensors_sha256,
+            "precision": precision,
+            "max_output_difference": None if logits is None else self.output_difference(logits),
             "n_scored": stats.n, "top1_error": round(stats.top1_error, 4), "top5_error": round(stats.top5_error, 4),
             "top1_error_ci95": [round(v, 4) for v in wilson_interval(stats.top1_errors, stats.n)],
             "delta": round(paired.delta, 4), "delta_ci95": [round(v, 4) for v in paired.ci95],
@@ -287,11 +323,13 @@ def _onnx_axis(card: ModelCard, options: DiagnoseOptions, out_dir: Path, ref_fol
     run = run_onnx(OnnxOptions(**shared, target=card.id, against=str(ref_folder), out=str(out_dir / "onnx")))
     return {"name": "onnx-runtime", "group": "runtime", "base": None, "overrides": {},
             "why": f"ONNX Runtime {run.report.runtime.version} on the reference's tensors ({run.report.onnx.exporter})",
-            "logits": np.load(run.out_dir / "logits.npy"), "sha": run.report.tensors_sha256}
+            "logits": np.load(run.out_dir / "logits.npy"), "sha": run.report.tensors_sha256,
+            "precision": run.report.precision}
 
 
 def _cost(runs: list[VariantRun], timeline: dict[str, float]) -> dict:
-    """What the run cost: decoding (per geometry, reused or built) and each variant's model pass."""
+    """What the run cost: decoding (per geometry, reused or built) and each variant's model pass (precision
+    variants are passes too, on the reference's shards)."""
     geometries = {}
     for run in runs:
         build = run.run.build
@@ -300,9 +338,12 @@ def _cost(runs: list[VariantRun], timeline: dict[str, float]) -> dict:
     return {
         "geometries": len(geometries), "decoded_images": sum(g["decoded"] for g in geometries.values()),
         "decode_s": round(sum(g["decode_s"] for g in geometries.values()), 3),
-        "model_passes": len(runs), "compute_s": round(sum(r.run.result.timing.compute_s for r in runs), 3),
+        "model_passes": len(runs), "precision_passes": sum(r.variant.precision is not None for r in runs),
+        "compute_s": round(sum(r.run.result.timing.compute_s for r in runs), 3),
         "worker_wall_s": round(timeline.get("worker_finished", timeline["started"]) - timeline["started"], 3),
         "model_loads": 1,
+        "passes": [{"name": r.variant.name, "warmup_s": round(r.run.result.timing.warmup_s, 3),
+                    "loop_wall_s": round(r.run.result.timing.wall_s, 3)} for r in runs],
     }
 
 

@@ -17,6 +17,7 @@ from xfverify.evaluator.folders import atomic_write_text
 from xfverify.evaluator.jobs import DeviceInfo, FrameworkInfo
 from xfverify.evaluator.report import DatasetInfo, PublishedInfo
 from xfverify.models.imagenet import class_name
+from xfverify.models.variants import RUNTIME
 
 OUTPUTS = ("report.md", "report.html", "report.json")
 
@@ -36,7 +37,8 @@ class Flip(_Strict):
 
 
 class VariantRow(_Strict):
-    """One preprocessing (or the runtime) on the same images as the reference, and its paired difference."""
+    """One preprocessing, or one runtime (ONNX Runtime, another precision), on the same images as the reference,
+    and its paired difference."""
 
     name: str
     group: str
@@ -46,6 +48,10 @@ class VariantRow(_Strict):
     spec: dict[str, Any]
     geometry_key: str
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    precision: dict[str, Any] = Field(description="what the pass actually ran at: its back-end's precision block")
+    max_output_difference: Optional[float] = Field(
+        description="runtime rows: the largest |output - the reference's| over the scored images, as a fraction of "
+                    "the reference's largest |output| (the same tensors were fed); None for preprocessing variants")
     n_scored: int
     top1_error: float
     top5_error: float
@@ -61,6 +67,7 @@ class VariantRow(_Strict):
 
 class Step(_Strict):
     name: str
+    axis: str = Field(description="published (the step to the reference), preprocessing or runtime")
     delta: float
     delta_ci95: Optional[list[float]]
     start: float
@@ -71,7 +78,8 @@ class Decomposition(_Strict):
     published: Optional[float]
     reproduced: float
     steps: list[Step]
-    ranked: list[str] = Field(description="the significant variants, largest |delta| first")
+    ranked: list[str] = Field(description="the significant variants: preprocessing, then runtime, largest |delta| "
+                                          "first within each")
     within_noise: list[str]
     sentence: str
 
@@ -79,7 +87,7 @@ class Decomposition(_Strict):
 class DiagnoseReport(_Strict):
     """What ``report.json`` of ``xfverify diagnose`` holds."""
 
-    report_version: int = 1
+    report_version: int = 2  # 2: rows carry their precision block, steps their axis
     kind: str = "diagnose"
     model: str
     architecture: str
@@ -103,33 +111,54 @@ def _signed(value: float) -> str:
     return f"{value:+.1f}"
 
 
+def _is_runtime(row: dict) -> bool:
+    return row.get("group") == RUNTIME
+
+
+def _causes(rows: list[dict]) -> str:
+    return ", ".join(f"{r['name']} ({_signed(r['delta'])}, 95 % CI {_signed(r['delta_ci95'][0])} to "
+                     f"{_signed(r['delta_ci95'][1])}; {r['right_to_wrong']} right->wrong / {r['wrong_to_right']} "
+                     "wrong->right)" for r in rows)
+
+
 def decomposition(published: float | None, rows: list[dict]) -> dict:
-    """Published error -> the reference's -> each significant variant's delta (ranked), with running totals, and
-    the sentence that says it; variants inside the noise are listed, never ranked."""
+    """Published error -> the reference's -> each significant variant's delta (preprocessing, then the runtime axis:
+    ONNX Runtime, other precisions; each ranked), with running totals, and the sentence that says it; variants
+    inside the noise are listed, never ranked."""
     reproduced = rows[0]["top1_error"]
     steps: list[dict] = []
     level = published if published is not None else reproduced
     if published is not None:
-        steps.append({"name": "reference vs published", "delta": round(reproduced - published, 4), "delta_ci95": None,
-                      "start": published, "end": reproduced})
+        steps.append({"name": "reference vs published", "axis": "published", "delta": round(reproduced - published, 4),
+                      "delta_ci95": None, "start": published, "end": reproduced})
         level = reproduced
-    significant = sorted((r for r in rows[1:] if r["significant"]), key=lambda r: -abs(r["delta"]))
-    for row in significant:
-        steps.append({"name": row["name"], "delta": row["delta"], "delta_ci95": row["delta_ci95"], "start": level,
+    preprocessing = [r for r in rows[1:] if not _is_runtime(r)]
+    runtime = [r for r in rows[1:] if _is_runtime(r)]
+    ranked_preprocessing = sorted((r for r in preprocessing if r["significant"]), key=lambda r: -abs(r["delta"]))
+    ranked_runtime = sorted((r for r in runtime if r["significant"]), key=lambda r: -abs(r["delta"]))
+    for row in ranked_preprocessing + ranked_runtime:
+        steps.append({"name": row["name"], "axis": RUNTIME if _is_runtime(row) else "preprocessing",
+                      "delta": row["delta"], "delta_ci95": row["delta_ci95"], "start": level,
                       "end": round(level + row["delta"], 4)})
         level = round(level + row["delta"], 4)
     noise = [r["name"] for r in rows[1:] if not r["significant"]]
-    causes = [f"{r['name']} ({_signed(r['delta'])}, 95 % CI {_signed(r['delta_ci95'][0])} to "
-              f"{_signed(r['delta_ci95'][1])}; {r['right_to_wrong']} right->wrong / {r['wrong_to_right']} wrong->right)"
-              for r in significant]
     start = (f"The gap of {_signed(reproduced - published)} points from the published {published:.1f} % to "
              f"{reproduced:.1f} % with the reference preprocessing is not preprocessing (the reference is the weights' "
              "own pipeline)" if published is not None else f"The reference preprocessing gives {reproduced:.1f} %")
-    explained = ("; preprocessing choices that change the error measurably, largest first: " + ", ".join(causes)
-                 if causes else "; no variant changes the error measurably")
-    sentence = f"{start}{explained}; {len(noise)} variant{'s' if len(noise) != 1 else ''} change nothing measurable."
-    return {"published": published, "reproduced": reproduced, "steps": steps, "ranked": [r["name"] for r in significant],
-            "within_noise": noise, "sentence": sentence}
+    explained = ("; preprocessing choices that change the error measurably, largest first: "
+                 + _causes(ranked_preprocessing) if ranked_preprocessing
+                 else "; no preprocessing variant changes the error measurably" if preprocessing else "")
+    if ranked_runtime:
+        explained += "; on the runtime axis (conversion, precision) the error changes measurably with: " + _causes(
+            ranked_runtime)
+    elif runtime:
+        explained += f"; the runtime axis ({', '.join(r['name'] for r in runtime)}) changes nothing measurable"
+    quiet = sum(not r["significant"] for r in preprocessing)
+    quiet_clause = f"; {quiet} variant{'s change' if quiet != 1 else ' changes'} nothing measurable"
+    sentence = f"{start}{explained}{quiet_clause if quiet or not runtime else ''}."
+    return {"published": published, "reproduced": reproduced, "steps": steps,
+            "ranked": [r["name"] for r in ranked_preprocessing + ranked_runtime], "within_noise": noise,
+            "sentence": sentence}
 
 
 def write_diagnose_outputs(out_dir: Path, workdir: Path, report: DiagnoseReport, images: dict[int, np.ndarray]) -> None:
@@ -146,19 +175,38 @@ def _rows(report: DiagnoseReport) -> list[VariantRow]:
     return [report.reference, *report.variants]
 
 
+def ran_at(precision: dict[str, Any]) -> str:
+    """A precision block in a few words: what the arithmetic actually was (torch autocast, a Keras policy, TF32)."""
+    if precision.get("autocast"):
+        ran = f"autocast {precision['autocast']}"
+    elif precision.get("policy") not in (None, "float32"):
+        ran = f"policy {precision['policy']}"
+    else:
+        ran = "fp32"
+    return ran + (" + TF32" if precision.get("tf32") else "")
+
+
+def _ran_cell(row: VariantRow) -> str:
+    difference = row.max_output_difference
+    return ran_at(row.precision) + ("" if difference is None else f"; outputs within {100 * difference:.2g} %")
+
+
 def markdown(report: DiagnoseReport) -> str:
     lines = [f"# xfverify diagnose: {report.model}", "", report.decomposition.sentence, "",
              f"{report.n_scored} images scored, {report.dataset.path}; published: "
              f"{report.published.top1_error if report.published else 'none'}", "",
-             "| variant | group | top-1 error % (95 % CI) | delta (95 % CI) | right->wrong / wrong->right | McNemar p | |",
-             "|---|---|---|---|---|---|---|"]
+             "| variant | group | ran at | top-1 error % (95 % CI) | delta (95 % CI) | right->wrong / wrong->right "
+             "| McNemar p | |", "|---|---|---|---|---|---|---|---|"]
     for row in _rows(report):
         lo, hi = row.top1_error_ci95
         verdict = "reference" if row is report.reference else ("significant" if row.significant else "within the noise")
-        lines.append(f"| {row.name} | {row.group} | {row.top1_error:.1f} ({lo:.1f}-{hi:.1f}) | {_signed(row.delta)} "
+        lines.append(f"| {row.name} | {row.group} | {_ran_cell(row)} | {row.top1_error:.1f} ({lo:.1f}-{hi:.1f}) | "
+                     f"{_signed(row.delta)} "
                      f"({_signed(row.delta_ci95[0])} to {_signed(row.delta_ci95[1])}) | {row.right_to_wrong} / "
                      f"{row.wrong_to_right} | {row.mcnemar_p:.2g} | {verdict} |")
-    lines += ["", "## Cost", "", *(f"- {k}: {v}" for k, v in report.cost.items())]
+    lines += ["", "## Cost", "", *(f"- {k}: {v}" for k, v in report.cost.items() if k != "passes")]
+    lines += [f"- pass {p['name']}: warm-up {p['warmup_s']} s, loop {p['loop_wall_s']} s"
+              for p in report.cost.get("passes", [])]
     if report.notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in report.notes)]
     return "\n".join(lines) + "\n"
@@ -172,20 +220,23 @@ def _svg(figure) -> str:
 
 
 def waterfall_svg(report: DiagnoseReport) -> str:
-    """Published error, the step to the reference, then each significant variant's delta alone, as floating bars."""
+    """Published error, the step to the reference, then each significant variant's delta alone, as floating bars
+    (the runtime axis hatched)."""
     from matplotlib.figure import Figure
 
     d = report.decomposition
-    labels, bottoms, heights, colours = [], [], [], []
+    labels, bottoms, heights, colours, hatches = [], [], [], [], []
     if d.published is not None:
         labels.append("published")
         bottoms.append(0.0)
         heights.append(d.published)
         colours.append("#777777")
+        hatches.append("")
     labels.append("reference")
     bottoms.append(0.0)
     heights.append(d.reproduced)
     colours.append("#1f77b4")
+    hatches.append("")
     for step in d.steps:
         if step.name == "reference vs published":
             continue
@@ -193,16 +244,18 @@ def waterfall_svg(report: DiagnoseReport) -> str:
         bottoms.append(min(step.start, step.end))
         heights.append(abs(step.delta))
         colours.append("#d62728" if step.delta > 0 else "#2ca02c")
+        hatches.append("//" if step.axis == RUNTIME else "")
     figure = Figure(figsize=(max(5.0, 1.1 * len(labels)), 3.6))
     axes = figure.subplots()
-    axes.bar(range(len(labels)), heights, bottom=bottoms, color=colours)
+    axes.bar(range(len(labels)), heights, bottom=bottoms, color=colours, hatch=hatches)
     for i, step in enumerate(s for s in d.steps if s.name != "reference vs published"):
         x = i + (2 if d.published is not None else 1)
         axes.errorbar([x], [step.end], yerr=[[step.end - (step.start + step.delta_ci95[0])],
                                              [(step.start + step.delta_ci95[1]) - step.end]], color="black", capsize=3)
     axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     axes.set_ylabel("top-1 error %")
-    axes.set_title("published -> reference -> each significant variant (deltas with 95 % CI)", fontsize=9)
+    axes.set_title("published -> reference -> each significant variant (deltas with 95 % CI; hatched: runtime)",
+                   fontsize=9)
     return _svg(figure)
 
 
@@ -262,7 +315,8 @@ def html_page(report: DiagnoseReport, images: dict[int, np.ndarray]) -> str:
     for row in _rows(report):
         verdict = "reference" if row is report.reference else ("significant" if row.significant else "within the noise")
         rows.append(f'<tr class="{"noise" if verdict == "within the noise" else ""}"><td>{html.escape(row.name)}</td>'
-                    f"<td>{html.escape(row.group)}</td><td>{row.top1_error:.1f}</td><td>{_signed(row.delta)}</td>"
+                    f"<td>{html.escape(row.group)}</td><td>{html.escape(_ran_cell(row))}</td>"
+                    f"<td>{row.top1_error:.1f}</td><td>{_signed(row.delta)}</td>"
                     f"<td>{_signed(row.delta_ci95[0])} to {_signed(row.delta_ci95[1])}</td>"
                     f"<td>{row.right_to_wrong} / {row.wrong_to_right}</td><td>{row.mcnemar_p:.2g}</td>"
                     f"<td>{verdict}</td></tr>")
@@ -276,7 +330,7 @@ def html_page(report: DiagnoseReport, images: dict[int, np.ndarray]) -> str:
 {html.escape(report.framework.version)} on {html.escape(report.device.name)}.</p>
 <h2>From the published error to the reference, and what each significant variant adds</h2>{waterfall_svg(report)}
 <h2>Top-1 error per variant</h2>{errors_svg(report)}
-<table><tr><th>variant</th><th>group</th><th>top-1 err %</th><th>delta</th><th>95 % CI (Newcombe, paired)</th>
+<table><tr><th>variant</th><th>group</th><th>ran at</th><th>top-1 err %</th><th>delta</th><th>95 % CI (Newcombe, paired)</th>
 <th>right->wrong / wrong->right</th><th>McNemar p</th><th></th></tr>{"".join(rows)}</table>
 <h2>Images that flip (the reference's crop; first 12 per significant variant)</h2>{flips or "<p>none</p>"}
 </body></html>

@@ -18,13 +18,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+
+
 class EvaluateJob(_Strict):
     """Run one model over the cached images and write its logits (``model`` is None for a user's ONNX file)."""
 
     model: Optional[str]
     preprocess: dict[str, Any]
     device: Literal["auto", "cpu", "cuda"]
-    precision: Literal["fp32", "tf32", "bf16", "fp16"]
+    precision: Precision
     batch_size: int = Field(gt=0)
     n_images: int = Field(ge=0)
     hw: tuple[int, int]
@@ -45,23 +48,29 @@ class EvaluateJob(_Strict):
 
 
 class VariantPart(_Strict):
-    """One preprocessing of an :class:`EvaluateManyJob`: its spec, image size and data file."""
+    """One pass of an :class:`EvaluateManyJob`: its spec, image size and data file, and the precision it runs at."""
 
     name: str
     preprocess: dict[str, Any]
     hw: tuple[int, int]
     data_file: str
+    precision: Optional[Precision] = Field(default=None, description="None: the base job's")
 
 
 class EvaluateManyJob(_Strict):
-    """Load ``base``'s model once and run it over several preprocessings' cached images, in order."""
+    """Load ``base``'s model once and run it over several preprocessings' cached images (and precisions), in order."""
 
     base: EvaluateJob
     variants: list[VariantPart] = Field(min_length=1)
 
     def for_variant(self, index: int) -> EvaluateJob:
         part = self.variants[index]
-        return self.base.model_copy(update={"preprocess": part.preprocess, "hw": part.hw, "data_file": part.data_file})
+        return self.base.model_copy(update={"preprocess": part.preprocess, "hw": part.hw, "data_file": part.data_file,
+                                            "precision": part.precision or self.base.precision})
+
+    def precisions(self) -> list[str]:
+        """Every precision a pass runs at, the base's first."""
+        return list(dict.fromkeys([self.base.precision, *(p.precision for p in self.variants if p.precision)]))
 
 
 class ExportJob(_Strict):

@@ -3,8 +3,9 @@
 A variant changes one thing: the fields it names, and only those, differ from its base (the tests check it).
 They come from the model card (its alternatives), the other frameworks' reference presets (in the card's
 layout), one-field changes of the reference (interpolation, resize library: PIL, OpenCV, TensorFlow 2 and
-torchvision's tensor resize with and without antialias; decoder, resize rule, channel order, normalisation)
-and the traps people fall into (Keras ``load_img``'s nearest squash).
+torchvision's tensor resize with and without antialias; decoder, nvJPEG included; resize rule, channel order,
+normalisation) and the traps people fall into (Keras ``load_img``'s nearest squash). A precision variant
+changes no field: it feeds the reference's own tensors to the same weights at another precision (the runtime axis).
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ RESIZE_LIBRARY_VARIANTS = (
     ("resize-torch", "torch", False, "torchvision's tensor (antialias=False)"),
     ("resize-torch-antialias", "torch", True, "torchvision's tensor (antialias=True)"),
 )
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")  # what --precision takes
+RUNTIME = "runtime"  # the group of the rows that change how the model runs, not what it is fed
+_PRECISION_HOW = {
+    "fp32": "float32 throughout, TF32 off",
+    "tf32": "TF32 matmuls and convolutions (CUDA GPUs)",
+    "bf16": "mixed precision in bfloat16",
+    "fp16": "mixed precision in float16",
+}
 NORMALISATIONS: dict[str, dict[str, Any]] = {
     "imagenet-mean-std": dict(scale=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order="RGB"),
     "half-half": dict(scale=255.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), channel_order="RGB"),
@@ -50,18 +59,22 @@ NORMALISATIONS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Variant:
-    """One preprocessing to compare with the reference: ``base`` (None: the reference) plus ``overrides``."""
+    """One preprocessing to compare with the reference: ``base`` (None: the reference) plus ``overrides``; or, with
+    ``precision``, the reference's preprocessing run at another precision."""
 
     name: str
     group: str
     why: str
     base: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    precision: str | None = None
 
     def base_spec(self, reference: PreprocessSpec) -> PreprocessSpec:
         return reference if self.base is None else PRESETS[self.base]
 
     def resolve(self, reference: PreprocessSpec) -> PreprocessSpec:
+        if self.precision is not None:
+            return reference.replace(name=REFERENCE)  # the reference variant's own spec: its tensors, fed as they are
         spec = resolve_preprocess(self.base_spec(reference), overrides=dict(self.overrides) or None)
         return spec.replace(name=self.name)
 
@@ -198,3 +211,20 @@ def user_variant(data: Mapping[str, Any], origin: str) -> Variant:
         raise UserError(f"--spec {origin}: set must be an object of field: value")
     return Variant(name=str(data["name"]), group="user", why=str(data.get("why", f"from {origin}")), base=preset,
                    overrides=dict(overrides))
+
+
+def precision_variants(names: str | None, reference_precision: str, framework: str) -> list[Variant]:
+    """The runtime-axis variants of ``--precisions`` (comma-separated): the reference's tensors, the same weights,
+    another precision; each name once, none the reference's own."""
+    wanted = list(dict.fromkeys(n.strip() for n in (names or "").split(",") if n.strip()))
+    unknown = [n for n in wanted if n not in PRECISIONS]
+    if unknown:
+        raise UserError(f"--precisions: unknown precision {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+    if reference_precision in wanted:
+        raise UserError(f"--precisions {reference_precision}: the reference already runs at it (--precision "
+                        f"{reference_precision}); name the other precisions to compare")
+    engine = {"torch": "torch autocast", "tensorflow": "a Keras mixed-precision policy"}.get(framework, framework)
+    return [Variant(name=f"precision-{p}", group=RUNTIME, precision=p,
+                    why=f"the reference's tensors, the same weights, {_PRECISION_HOW[p]}"
+                        + (f" ({engine})" if p in ("bf16", "fp16") else ""))
+            for p in wanted]

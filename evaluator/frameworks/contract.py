@@ -15,7 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, Iterable, NamedTuple
 
 import numpy as np
 
@@ -118,6 +118,16 @@ class Backend(ABC):
     def is_out_of_memory(self, exc: BaseException) -> bool:
         """Whether an exception means the batch did not fit the device."""
 
+    def check_precision(self, precision: str, device: Device) -> None:
+        """Refuse, as a user error naming what works, a precision that a pass after the first cannot switch to
+        (``diagnose --precisions``; called before the model is loaded)."""
+        raise UserError(f"--precisions {precision}: the {self.name} back-end cannot change precision between passes "
+                        "of one loaded model; precision variants work for torch and Keras models")
+
+    def with_precision(self, model: Any, card: ModelCard | None, precision: str, device: Device) -> Any:
+        """The loaded network set up to run its next passes at ``precision`` (the same weights)."""
+        raise NotImplementedError
+
     def configure(self, job: EvaluateJob) -> None:
         """Take what a back-end needs from the job beyond the card (ONNX Runtime: the .onnx file)."""
 
@@ -165,22 +175,32 @@ def evaluate(backend: Backend, job: EvaluateJob, workdir: Path) -> WorkerResult:
 
 
 def evaluate_many(backend: Backend, job: EvaluateManyJob, workdir: Path) -> EvaluateManyResult:
-    """Load the model once and run it over each variant's cached images in turn (variant-<i>/logits.npy)."""
-    model, weights, device = _loaded(backend, job.for_variant(0))
+    """Load the model once and run it over each variant's cached images in turn (variant-<i>/logits.npy), each
+    at its precision: the back-end switches precision on the loaded network where a pass asks for another."""
+    first = job.for_variant(0)
+    model, weights, device = _loaded(backend, first, also_precisions=job.precisions()[1:])
+    running, precision = model, first.precision
     results = []
     for index, part in enumerate(job.variants):
         emit("variant", index=index, total=len(job.variants), name=part.name)
         folder = workdir / f"variant-{index}"
         folder.mkdir(parents=True, exist_ok=True)
-        results.append(_fed_pass(backend, model, weights, device, job.for_variant(index), folder))
+        variant_job = job.for_variant(index)
+        if variant_job.precision != precision:
+            precision = variant_job.precision
+            running = backend.with_precision(model, job.base.card(), precision, device)
+        results.append(_fed_pass(backend, running, weights, device, variant_job, folder))
     return EvaluateManyResult(results=results)
 
 
-def _loaded(backend: Backend, job: EvaluateJob) -> tuple[Any, dict[str, Any], Device]:
-    """The job's network on its device, and the report's weights block."""
+def _loaded(backend: Backend, job: EvaluateJob,
+            also_precisions: Iterable[str] = ()) -> tuple[Any, dict[str, Any], Device]:
+    """The job's network on its device, and the report's weights block; ``also_precisions`` are checked first."""
     card = job.card()
     backend.configure(job)
     device = backend.resolve_device(job.device, job.precision)
+    for precision in also_precisions:
+        backend.check_precision(precision, device)
     emit("status", message=f"building {card.id if card else job.onnx_path} on {device.type}")
     model, weights = load_model(backend, card, job, device)
     model = backend.place(model, device)

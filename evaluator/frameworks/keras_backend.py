@@ -25,6 +25,8 @@ from xfverify.models.errors import UserError  # noqa: E402
 
 # --- evaluation ----------------------------------------------------------------------------
 
+_POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
 
 def _configure(device: str, precision: str) -> tuple[str, str, list[str]]:
     """Device type and name to run on, and notes for the report; sets TF32 and the mixed-precision policy."""
@@ -45,8 +47,7 @@ def _configure(device: str, precision: str) -> tuple[str, str, list[str]]:
     if precision == "tf32" and not gpus:
         raise UserError("--precision tf32 applies to CUDA GPUs only; use fp32 on the CPU")
     tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
-    if precision in ("bf16", "fp16"):
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "mixed_float16")
+    keras.mixed_precision.set_global_policy(_POLICIES[precision])
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return "cuda", details.get("device_name", "GPU"), notes
@@ -72,7 +73,25 @@ class KerasBackend(Backend):
 
     def resolve_device(self, requested: str, precision: str) -> Device:
         device_type, device_name, notes = _configure(requested, precision)
+        self.loaded_policy = _POLICIES[precision]  # the policy the network will be built under
         return Device(device_type, device_name, None, notes)
+
+    def check_precision(self, precision: str, device: Device) -> None:
+        if precision == "tf32" and device.type != "cuda":
+            raise UserError("--precisions tf32 applies to CUDA GPUs only and this run is on the CPU; bf16 and fp16 "
+                            "run on the CPU too (a Keras mixed-precision policy)")
+
+    def with_precision(self, model, card: ModelCard, precision: str, device: Device):
+        """A layer's policy is fixed when it is built: the network is built again under the precision's policy and
+        given the loaded network's weights (mixed policies keep float32 variables, so they are the same numbers)."""
+        tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
+        policy = _POLICIES[precision]
+        keras.mixed_precision.set_global_policy(policy)
+        if policy == self.loaded_policy:
+            return model
+        rebuilt = _builder(card)(weights=None)
+        rebuilt.set_weights(model.get_weights())
+        return rebuilt
 
     def seed(self, seed: int) -> None:
         keras.utils.set_random_seed(seed)

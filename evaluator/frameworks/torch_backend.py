@@ -219,6 +219,17 @@ class TorchBackend(Backend):
         model = model.to(device.handle)
         return model.to(memory_format=torch.channels_last) if self.settings["channels_last"] else model
 
+    def check_precision(self, precision: str, device: Device) -> None:
+        if precision == "tf32" and device.type != "cuda":
+            raise UserError("--precisions tf32 applies to CUDA GPUs only and this run is on the CPU; bf16 and fp16 "
+                            "run on the CPU too (torch autocast)")
+
+    def with_precision(self, model, card, precision: str, device: Device):
+        """The same module: autocast and the TF32 flags are set per pass, the memory format follows them."""
+        self.settings = configure_precision(precision, device.handle)
+        layout = torch.channels_last if self.settings["channels_last"] else torch.contiguous_format
+        return model.to(memory_format=layout)
+
     def step(self, model, spec, device: Device, job):
         if job.cuda_graphs and device.type != "cuda":
             raise UserError("--cuda-graphs needs a CUDA GPU (--device cuda or auto on a machine with one)")
