@@ -3,7 +3,8 @@
 On the CPU it is fed host tensors through :class:`HostStep`. With the CUDA provider it is fed as native torch is
 on a GPU: the uint8 batch is uploaded and normalised on the device, by a gather from the same table, prepended
 to the graph (``converter.feed_graph``), with inputs and outputs bound on the device (IO binding); only logits
-and two numbers per image (the fed tensor's sum and sum of squares, the proof of what was fed) come back.
+and two integers per image (the checksums of what was fed, checked against those the tensor cache stored) come
+back.
 ``XFVERIFY_ORT_FEED=device`` takes that path on the CPU too (the tests use it).
 
 ONNX Runtime falls back to the CPU silently when its CUDA provider cannot load; this back-end never does:
@@ -100,6 +101,7 @@ class OnnxRuntimeBackend(Backend):
         import onnx
 
         from xfverify.converter.feed_graph import uint8_fed_model
+        from xfverify.evaluator.digests import checksum_weights
         from xfverify.evaluator.normalise import normalisation_lut, source_channels
 
         try:
@@ -108,7 +110,7 @@ class OnnxRuntimeBackend(Backend):
             raise UserError(f"{self.path}: not a readable ONNX model ({exception_text(exc)})") from None
         _check_input(model.graph.input[0] if len(model.graph.input) == 1 else None, self.path, self.spec, self.hw)
         wrapped = uint8_fed_model(model, normalisation_lut(self.spec), source_channels(self.spec), self.spec.layout,
-                                  self.hw)
+                                  self.hw, checksum_weights(3 * self.hw[0] * self.hw[1]))
         return wrapped.SerializeToString()
 
     def place(self, model, device: Device):
@@ -166,16 +168,16 @@ def _shape(value) -> list:
 
 class IoBoundStep:
     """uint8 batches in, bound with IO binding on the session's device; the graph normalises them and also
-    returns each image's fed-tensor sum and sum of squares (the proof of what it fed, checked by the loop)."""
+    returns each image's fed-tensor checksums (the proof of what it fed, checked by the loop)."""
 
     feed = "device"
 
     def __init__(self, session, device: str):
-        from xfverify.converter.feed_graph import FED_SUM, FED_SUM_OF_SQUARES, UINT8_INPUT
+        from xfverify.converter.feed_graph import FED_CHECKS, UINT8_INPUT
 
         self.session, self.device = session, device
         self.input = UINT8_INPUT
-        self.outputs = [session.get_outputs()[0].name, FED_SUM, FED_SUM_OF_SQUARES]
+        self.outputs = [session.get_outputs()[0].name, FED_CHECKS]
         self.binding = session.io_binding()
         self.bound: Any = None  # the device buffer of the last batch shape, refilled in place
 
@@ -189,30 +191,29 @@ class IoBoundStep:
                 self._run(np.zeros((n, *hw, 3), dtype=np.uint8))
         return time.perf_counter() - started
 
-    def _run(self, u8: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _run(self, u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.bound is None or tuple(self.bound.shape()) != u8.shape:
             self.bound = ort.OrtValue.ortvalue_from_shape_and_type(u8.shape, np.uint8, self.device, 0)
         self.bound.update_inplace(u8)  # our own buffer: on the CPU, wrapping u8 would let ONNX Runtime alias the cache
         self.binding.bind_ortvalue_input(self.input, self.bound)
-        logits, sums, squares = self.outputs
+        logits, checks = self.outputs
         self.binding.bind_output(logits, self.device)
-        self.binding.bind_output(sums, "cpu")
-        self.binding.bind_output(squares, "cpu")
+        self.binding.bind_output(checks, self.device)
         self.session.run_with_iobinding(self.binding)
         out = self.binding.copy_outputs_to_cpu()
-        return np.asarray(out[0], dtype=np.float32), out[1], out[2]
+        return np.asarray(out[0], dtype=np.float32), out[1]
 
     def __call__(self, u8: np.ndarray, tensors: None) -> "_Finished":
         started = time.perf_counter()
-        logits, sums, squares = self._run(u8)
-        return _Finished(logits, (time.perf_counter() - started) * 1000.0, (sums, squares))
+        logits, checks = self._run(u8)
+        return _Finished(logits, (time.perf_counter() - started) * 1000.0, checks)
 
 
 class _Finished:
     """A synchronous step's results in the shape of a device step's handle."""
 
-    def __init__(self, logits: np.ndarray, ms: float, proof: tuple[np.ndarray, np.ndarray]):
-        self.values = (logits, ms, proof)
+    def __init__(self, logits: np.ndarray, ms: float, checks: np.ndarray):
+        self.values = (logits, ms, checks)
 
     def result(self):
         return self.values
