@@ -205,13 +205,14 @@ def run_loop(
     while True:
         wait_start = time.perf_counter()
         try:
-            first, u8, tensors, batch_digests = next(batches)
+            # host: the digests the loader hashed; device: the stored records and ids, checked on collection
+            first, u8, tensors, fingerprint = next(batches)
         except StopIteration:
             break
         data_wait += time.perf_counter() - wait_start
-        stored = batch_digests if feed == "device" else None
+        stored = fingerprint if feed == "device" else None
         if feed == "host":
-            digests.append(batch_digests)
+            digests.append(fingerprint)
         handle = step(u8, tensors)
         inflight.append((first, len(u8), handle, None if hasattr(handle, "result") else time.perf_counter(), stored))
         if len(inflight) > 1:

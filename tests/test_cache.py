@@ -133,6 +133,7 @@ def test_two_runs_sharing_a_cache_do_not_duplicate_or_corrupt(tmp_path):
     for plan in cache.plan(dataset.records):
         meta, why = cache.load_valid(plan)
         assert meta is not None, why
+    assert cache.survey(dataset.records).pending is False  # and every shard's digests are there, intact
 
 
 def test_a_run_lets_go_of_its_shards_before_waiting_for_another_runs(tmp_path):

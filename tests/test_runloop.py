@@ -142,3 +142,17 @@ def test_the_worker_takes_the_data_part_of_its_job_once_the_parent_writes_it(tmp
     merged = receive_data(job.model_copy(update={"data_file": str(data_file), "shard_paths": None}))
     timer.join()
     assert merged.shard_paths == ["a.npy"] and merged.wait_for_shards is True and merged.n_images == 3
+
+
+def test_device_feeding_waits_for_digests_the_cache_computes_after_the_shard(tmp_path):
+    import threading
+
+    shards = _shards(tmp_path, (5, 3), hw=(20, 20))  # shards published, their digests not yet computed
+    later = threading.Timer(0.1, ensure_digests, args=(shards, SPEC))
+    later.start()
+    device = runloop.run_loop(shards, 8, SPEC, 4, lambda u8, _: _LateResult(u8), tmp_path / "d.npy", feed="device",
+                              threads=2, wait_for_shards=True)
+    later.join()
+    host = runloop.run_loop(shards, 8, SPEC, 4, lambda u8, t: (t.reshape(len(t), -1)[:, :1000].copy(), 1.0),
+                            tmp_path / "h.npy", feed="host", threads=2)
+    assert device.tensors_sha256 == host.tensors_sha256 and device.n_images == 8
