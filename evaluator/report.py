@@ -221,7 +221,8 @@ def summary_rows(report: NativeReport) -> list[tuple[str, str]]:
         ready = timing.timeline_s.get("warmed_up", timing.timeline_s.get("model_ready"))
         rows.append(("whole run", f"{last:.2f} s" + (f" (model ready after {ready:.2f} s)" if ready is not None else "")))
     rows += [
-        ("decode (cache)", f"{report.cache.decoded} decoded, {report.cache.reused_shards} shard(s) reused"),
+        ("decode (cache)", f"{report.cache.decoded} decoded, {report.cache.reused_shards} shard(s) reused"
+                           + (f", {report.cache.digested} digested" if report.cache.digested else "")),
         ("tensors sha256", report.tensors_sha256[:16] + "…" + (f" ({report.tensor_proof})" if report.tensor_proof else "")),
     ]
     if report.skipped_images:
