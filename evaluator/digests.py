@@ -122,7 +122,7 @@ def read_digests(shard_path: str | Path, key: str, n: int, shard_xxh3: str | Non
         records = np.empty(n, dtype=RECORD)
         records["sha256"] = np.frombuffer(bytes.fromhex("".join(payload["sha256"])), dtype=np.uint8).reshape(n, 32)
         records["checks"] = np.asarray(payload["checks"], dtype=np.int64).reshape(n, 2)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):  # a damaged file: made again
         return None
     return records
 

@@ -156,3 +156,27 @@ def test_device_feeding_waits_for_digests_the_cache_computes_after_the_shard(tmp
     host = runloop.run_loop(shards, 8, SPEC, 4, lambda u8, t: (t.reshape(len(t), -1)[:, :1000].copy(), 1.0),
                             tmp_path / "h.npy", feed="host", threads=2)
     assert device.tensors_sha256 == host.tensors_sha256 and device.n_images == 8
+
+
+def test_a_device_fed_loop_reads_the_digests_the_tensor_cache_stored(tmp_path):
+    from helpers import write_jpeg
+    from xfverify.evaluator.cache import TensorCache
+    from xfverify.evaluator.data import load_dataset
+
+    for i in range(7):
+        write_jpeg(tmp_path / "d" / f"im_{i}.jpg", seed=i, width=120 + i, height=90)
+    cached, _ = TensorCache(tmp_path / "cache", SPEC, shard_size=3).ensure(load_dataset(tmp_path / "d").records,
+                                                                            workers=1)
+    device = runloop.run_loop(cached.shard_paths, 7, SPEC, 2, lambda u8, _: _LateResult(u8), tmp_path / "d.npy",
+                              feed="device", threads=2)
+    host = runloop.run_loop(cached.shard_paths, 7, SPEC, 2, lambda u8, t: (t.reshape(len(t), -1)[:, :1000].copy(), 1.0),
+                            tmp_path / "h.npy", feed="host", threads=2)
+    assert device.tensors_sha256 == host.tensors_sha256
+    with pytest.raises(UserError, match=r"^image im_0 \(#0\): the tensor fed on the device differs"):
+        runloop.run_loop(cached.shard_paths, 7, SPEC, 2, lambda u8, _: _LateResult(u8, _first_value_one_ulp_up),
+                         tmp_path / "t.npy", feed="device", threads=2)
+
+
+def _first_value_one_ulp_up(fed):
+    values = fed[0].reshape(-1)
+    values[0] = np.nextafter(values[0], np.float32(10))
