@@ -6,6 +6,8 @@ Layout under the cache root::
         spec.json                 the geometry and library versions, for people
         shards/<key>.npy          (n, H, W, 3) uint8 RGB, one block of consecutive images
         shards/<key>.json         n, image ids, bad images, decode caveats, xxh3-128 of the .npy data
+        shards/<key>.fed-<n>.digests  per image, the sha256 and checksums of its tensor under normalisation n
+                                  (:mod:`xfverify.evaluator.digests`), bound to the shard's xxh3-128
 
 A shard's key hashes the geometry and, for each of its images, the id, path, size,
 mtime, change time and inode, so a changed file or spec makes a new shard and never
@@ -17,6 +19,11 @@ Every shard's checksum is verified before use, so a shard torn by a crash of the
 machine itself (no fsync is spent on that) or damaged later is reported and rebuilt.
 Builders hold an advisory lock per shard, so two runs sharing a cache do not duplicate
 work, and if they race, both renames install identical bytes.
+
+The fed tensors' digests are computed by the decode pool: while decoding, for the normalisations the
+run asks for (written before the sidecar, so a reader that sees the sidecar finds them too), and for a
+normalisation first used on a shard already built, from the shard, under the same lock, after the survey.
+A damaged shard's digests are removed with its sidecar.
 """
 
 from __future__ import annotations
@@ -36,6 +43,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from xfverify.evaluator.data import ImageRecord
+from xfverify.evaluator.digests import (
+    RECORD,
+    FedNormalisation,
+    digests_path,
+    fed_records,
+    read_digests,
+    remove_digests,
+    write_digests,
+)
 from xfverify.evaluator.folders import allocated_npy, atomic_write_text, ensure_room
 from xfverify.evaluator.locks import ShardLock
 from xfverify.evaluator.shards import checksum, iter_shard_batches
@@ -80,9 +96,11 @@ class ShardPlan:
 
 @dataclass
 class BuildStats:
-    """What ``ensure`` did: images decoded, shards reused or rebuilt, and how long it took."""
+    """What ``ensure`` did: images decoded, shards reused or rebuilt, fed-tensor digests computed for shards
+    already built (a normalisation new to them), and how long it took."""
 
     decoded: int = 0
+    digested: int = 0
     reused_shards: int = 0
     built_shards: int = 0
     rebuilt_corrupt: int = 0
@@ -100,12 +118,20 @@ class BuildCancelled(Exception):
 
 @dataclass
 class CachePlan:
-    """What :meth:`TensorCache.survey` found: every shard planned, the intact ones, the ones to build."""
+    """What :meth:`TensorCache.survey` found: every shard planned, the intact ones, the ones to build, and the
+    intact ones that lack the digests of some of the run's normalisations (by shard key)."""
 
     plans: list[ShardPlan]
+    normalisations: list[FedNormalisation] = field(default_factory=list)
     todo: list[ShardPlan] = field(default_factory=list)
     sidecars: dict[str, dict] = field(default_factory=dict)
     stats: BuildStats = field(default_factory=BuildStats)
+    undigested: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> bool:
+        """Whether a reader must wait: shards to build, or digests to compute."""
+        return bool(self.todo or self.undigested)
 
 
 @dataclass(frozen=True)
@@ -141,10 +167,11 @@ class CachedImages:
 # --- worker-process side -----------------------------------------------------------------
 
 _worker_spec: PreprocessSpec | None = None
+_worker_normalisations: dict[str, FedNormalisation] = {}
 _worker_maps: dict[str, np.memmap] = {}
 
 
-def _init_worker(spec_dict: dict, run_pid: int) -> None:
+def _init_worker(spec_dict: dict, run_pid: int, normalisation_specs: Sequence[dict] = ()) -> None:
     global _worker_spec
     import signal
 
@@ -155,11 +182,26 @@ def _init_worker(spec_dict: dict, run_pid: int) -> None:
     exit_when_orphaned(run_pid)  # a killed run must not leave its decode pool (and the terminal) behind
 
     _worker_spec = spec_from_dict(spec_dict)
+    for spec in map(spec_from_dict, normalisation_specs):
+        normalisation = FedNormalisation.of(spec)
+        _worker_normalisations[normalisation.key] = normalisation
 
 
-def _decode_chunk(tmp_path: str, row: int, paths: Sequence[str]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
-    """Decode ``paths`` into rows ``row..`` of the shard being written; returns (row, reason) for bad files
-    and (row, caveat) for images whose faithful decode deserves a note."""
+def _chunk_records(rows: np.ndarray, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    return {key: fed_records(rows, _worker_normalisations[key]) for key in keys}
+
+
+def _digest_chunk(data_path: str, row: int, count: int, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """The fed-tensor records of rows ``row..row+count`` of a finished shard under the normalisations ``keys``."""
+    return _chunk_records(np.asarray(np.load(data_path, mmap_mode="r")[row : row + count]), keys)
+
+
+def _decode_chunk(
+    tmp_path: str, row: int, paths: Sequence[str]
+) -> tuple[list[tuple[int, str]], list[tuple[int, str]], dict[str, np.ndarray]]:
+    """Decode ``paths`` into rows ``row..`` of the shard being written; returns (row, reason) for bad files,
+    (row, caveat) for images whose faithful decode deserves a note, and the rows' fed-tensor records under
+    every normalisation of the run (bad images' rows are zeros, and fed as such)."""
     from xfverify.evaluator.imaging import BadImageError, load_geometry_noting
 
     if tmp_path not in _worker_maps:
@@ -180,21 +222,26 @@ def _decode_chunk(tmp_path: str, row: int, paths: Sequence[str]) -> tuple[list[t
         target[row + i] = image
         if caveat:
             caveats.append((row + i, caveat))
-    return bad, caveats
+    return bad, caveats, _chunk_records(np.asarray(target[row : row + len(paths)]), list(_worker_normalisations))
 
 
 class WorkerDecodePool:
-    """The decode pool's interface (submit, shutdown) over one torch worker, for the ``nvjpeg`` decoder: the GPU
-    decodes, so one process takes every chunk (evaluator/frameworks/nvjpeg.py) and reports each as it is done."""
+    """The decode pool's interface (submit, shutdown) for the ``nvjpeg`` decoder: the GPU decodes, so one torch
+    worker takes every decode chunk (evaluator/frameworks/nvjpeg.py) and reports each as it is done; the chunk's
+    digests, and any other task, go to the CPU pool as usual."""
 
-    def __init__(self, spec: PreprocessSpec):
-        self.spec = spec
+    def __init__(self, spec: PreprocessSpec, cpu_pool: ProcessPoolExecutor, normalisation_keys: list[str]):
+        self.spec, self.cpu_pool, self.keys = spec, cpu_pool, normalisation_keys
         self.chunks: list[dict] = []
         self.futures: list[Future] = []
+        self.reported: set[int] = set()
         self.process = None
         self.thread: threading.Thread | None = None
 
-    def submit(self, _function: Callable, tmp_path: str, row: int, paths: Sequence[str]) -> Future:
+    def submit(self, function: Callable, *args: Any) -> Future:
+        if function is not _decode_chunk:
+            return self.cpu_pool.submit(function, *args)
+        tmp_path, row, paths = args
         future: Future = Future()
         self.chunks.append({"tmp_path": tmp_path, "row": row, "paths": list(paths)})
         self.futures.append(future)
@@ -204,14 +251,26 @@ class WorkerDecodePool:
         self.thread = threading.Thread(target=self._run, name="xfverify-nvjpeg", daemon=True)
         self.thread.start()
 
+    def _decoded(self, index: int, bad: list, caveats: list) -> None:
+        """A chunk is in its shard: its digests are computed from the rows the worker wrote, then it is done."""
+        self.reported.add(index)
+        chunk, future = self.chunks[index], self.futures[index]
+        digests = self.cpu_pool.submit(_digest_chunk, chunk["tmp_path"], chunk["row"], len(chunk["paths"]), self.keys)
+
+        def finish(done: Future) -> None:
+            if done.exception() is not None:
+                future.set_exception(done.exception())
+            else:
+                future.set_result((bad, caveats, done.result()))
+
+        digests.add_done_callback(finish)
+
     def _run(self) -> None:
         from xfverify.evaluator.launcher import run_worker
 
         def on_event(event: dict) -> None:
             if event.get("event") == "decoded":
-                bad = [tuple(item) for item in event["bad"]]
-                caveats = [tuple(item) for item in event["caveats"]]
-                self.futures[event["index"]].set_result((bad, caveats))
+                self._decoded(event["index"], [tuple(i) for i in event["bad"]], [tuple(i) for i in event["caveats"]])
 
         def on_start(process) -> None:
             self.process = process
@@ -222,8 +281,8 @@ class WorkerDecodePool:
             failure: BaseException = RuntimeError("the nvjpeg worker ended without decoding every chunk")
         except BaseException as exc:  # a UserError (no GPU) or a crash: every waiting chunk gets it
             failure = exc
-        for future in self.futures:
-            if not future.done():
+        for index, future in enumerate(self.futures):
+            if index not in self.reported:
                 future.set_exception(failure)
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
@@ -231,6 +290,7 @@ class WorkerDecodePool:
             self.process.kill()
         if self.thread is not None and wait:
             self.thread.join()
+        self.cpu_pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 # --- the cache ---------------------------------------------------------------------------
@@ -300,12 +360,25 @@ class TensorCache:
             return None, "checksum mismatch"
         return meta, ""
 
+    def _undigested(self, plan: ShardPlan, meta: dict, normalisations: Sequence[FedNormalisation]) -> list[str]:
+        """The keys of ``normalisations`` under which this intact shard has no valid digests (stale ones are removed,
+        so a reader that waits for them reads only the ones computed for this shard)."""
+        data_path, _ = self._paths(plan.key)
+        missing = []
+        for normalisation in normalisations:
+            if read_digests(data_path, normalisation.key, len(plan.records), meta["xxh3_128"]) is None:
+                digests_path(data_path, normalisation.key).unlink(missing_ok=True)
+                missing.append(normalisation.key)
+        return missing
+
     # -- building
-    def survey(self, records: Sequence[ImageRecord], log: Callable[[str], None] | None = None) -> "CachePlan":
+    def survey(self, records: Sequence[ImageRecord], log: Callable[[str], None] | None = None,
+               normalisations: Sequence[PreprocessSpec] = ()) -> "CachePlan":
         """Plan the shards of ``records`` and verify the ones on disk; damaged ones are unpublished.
 
         After this, a shard's sidecar exists only if its data is intact, so a reader that waits
         for sidecars (a worker started while the cache builds) never reads damaged data.
+        ``normalisations`` (default: the cache's spec) are those whose fed-tensor digests the run needs.
         """
         log = log or (lambda message: None)
         (self.directory / "shards").mkdir(parents=True, exist_ok=True)
@@ -313,18 +386,27 @@ class TensorCache:
         if not spec_file.exists():
             atomic_write_text(spec_file, json.dumps(self._ident, indent=2, sort_keys=True))
         self._remove_stale_temporaries()
-        survey = CachePlan(plans=self.plan(records))
+        unique = {n.key: n for n in map(FedNormalisation.of, normalisations or [self.spec])}
+        survey = CachePlan(plans=self.plan(records), normalisations=list(unique.values()))
+
+        def verdict(plan: ShardPlan) -> tuple[dict | None, str, list[str]]:
+            meta, why = self.load_valid(plan)
+            return meta, why, self._undigested(plan, meta, survey.normalisations) if meta is not None else []
+
         threads = max(1, min(8, os.cpu_count() or 1))
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xfverify-verify") as pool:
-            verdicts = list(pool.map(self.load_valid, survey.plans))  # xxh3 releases the GIL: shards in parallel
-        for plan, (meta, why) in zip(survey.plans, verdicts):
+            verdicts = list(pool.map(verdict, survey.plans))  # xxh3 releases the GIL: shards in parallel
+        for plan, (meta, why, undigested) in zip(survey.plans, verdicts):
             if meta is not None:
                 survey.sidecars[plan.key] = meta
                 survey.stats.reused_shards += 1
+                if undigested:
+                    survey.undigested[plan.key] = undigested
                 continue
             if why != "missing":
                 log(f"cache shard {plan.key} is damaged ({why}): rebuilding it")
                 self._paths(plan.key)[1].unlink(missing_ok=True)
+                remove_digests(self._paths(plan.key)[0])
                 survey.stats.rebuilt_corrupt += 1
             survey.todo.append(plan)
         return survey
@@ -342,11 +424,12 @@ class TensorCache:
         progress: Callable[[int, int], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> tuple[CachedImages, BuildStats]:
-        """Decode the shards the survey found missing, in parallel; return the whole cached manifest.
+        """Decode the shards the survey found missing, and compute the digests it found missing, in parallel;
+        return the whole cached manifest.
 
         With ``stop_on_bad`` the build stops after the shard holding the first bad image is
         written (so nothing decoded is lost) and :class:`BadImageError` names that file.
-        ``progress(done, total)`` is called as images are decoded. Setting ``cancel`` stops the
+        ``progress(done, total)`` is called as images are decoded (or digested). Setting ``cancel`` stops the
         build after the shards under way (finished shards are kept) and raises :class:`BuildCancelled`.
         """
         from xfverify.evaluator.imaging import BadImageError
@@ -354,9 +437,8 @@ class TensorCache:
         started = time.perf_counter()
         stats = survey.stats
         sidecars = dict(survey.sidecars)
-        if survey.todo:
-            total = sum(len(p.records) for p in survey.todo)
-            sidecars.update(self._build(survey.todo, workers, stop_on_bad, progress, total, stats, cancel))
+        if survey.pending:
+            sidecars.update(self._build(survey, workers, stop_on_bad, progress, stats, cancel))
         stats.seconds = time.perf_counter() - started
         bad, caveats = _issues(survey.plans, sidecars, "bad"), _issues(survey.plans, sidecars, "caveats")
         if stop_on_bad and bad:
@@ -372,124 +454,177 @@ class TensorCache:
         stop_on_bad: bool = False,
         progress: Callable[[int, int], None] | None = None,
         log: Callable[[str], None] | None = None,
+        normalisations: Sequence[PreprocessSpec] = (),
     ) -> tuple[CachedImages, BuildStats]:
         """Make sure every image of ``records`` is cached (:meth:`survey`, then :meth:`complete`)."""
         started = time.perf_counter()
-        cached, stats = self.complete(self.survey(records, log), workers=workers, stop_on_bad=stop_on_bad, progress=progress)
+        survey = self.survey(records, log, normalisations)
+        cached, stats = self.complete(survey, workers=workers, stop_on_bad=stop_on_bad, progress=progress)
         stats.seconds = time.perf_counter() - started
         return cached, stats
 
     def _build(
         self,
-        todo: list[ShardPlan],
+        survey: "CachePlan",
         workers: int | None,
         stop_on_bad: bool,
         progress: Callable[[int, int], None] | None,
-        total: int,
         stats: BuildStats,
         cancel: threading.Event | None = None,
     ) -> dict[str, dict]:
         stats.workers = max(1, workers or os.cpu_count() or 1)
-        counter = _Progress(total, progress)
+        work = survey.todo + [plan for plan in survey.plans if plan.key in survey.undigested]
+        counter = _Progress(sum(len(plan.records) for plan in work), progress)
         counter.advance(0)
+        to_decode = {plan.key for plan in survey.todo}
         results: dict[str, dict] = {}
+
+        def left(plans: list[ShardPlan]) -> tuple[list[ShardPlan], list[tuple[ShardPlan, list[str]]]]:
+            return self._still_to_do(plans, to_decode, survey.normalisations, results, stats, counter)
+
         with contextlib.ExitStack() as stack:
             mine, theirs = [], []
-            for plan in todo:
+            for plan in work:
                 lock = stack.enter_context(ShardLock(self.directory / "shards" / f"{plan.key}.lock"))
                 (mine if lock.acquired else theirs).append((plan, lock))
-            to_decode = []
-            for plan, _ in mine:  # another run may have finished it between our survey and our lock
-                meta, _why = self.load_valid(plan)
-                if meta is None:
-                    to_decode.append(plan)
-                else:
-                    results[plan.key] = meta
-                    stats.reused_shards += 1
-                    counter.advance(len(plan.records))
-            self._decode_shards(to_decode, stats, stop_on_bad, counter, results, cancel)
-            # Release ours before waiting for theirs: two runs that each hold a shard the other waits
-            # for would otherwise wait forever. Theirs are then taken one at a time, in plan order.
+            # another run may have done some of ours between our survey and our lock
+            self._run_pool(*left([plan for plan, _ in mine]), survey.normalisations, stats, stop_on_bad, counter,
+                           results, cancel)
+            # Release ours before waiting for theirs: two runs that each hold a shard the other waits for would
+            # otherwise wait forever. Theirs are then taken one at a time, in plan order.
             for _, lock in mine:
                 lock.release()
             for plan, lock in theirs:  # another run is building these: wait, then check its work
                 lock.wait()
-                meta, _ = self.load_valid(plan)
-                if meta is None:  # that run died or stopped: build it here (we hold its lock now)
-                    self._decode_shards([plan], stats, stop_on_bad, counter, results, cancel)
-                else:
-                    results[plan.key] = meta
-                    stats.reused_shards += 1
+                # what that run did not do (it died, stopped, or used other normalisations) is done here
+                self._run_pool(*left([plan]), survey.normalisations, stats, stop_on_bad, counter, results, cancel)
                 lock.release()
         return results
 
-    def _decode_shards(
+    def _still_to_do(
         self,
         plans: list[ShardPlan],
+        to_decode: set[str],
+        normalisations: Sequence[FedNormalisation],
+        results: dict[str, dict],
+        stats: BuildStats,
+        counter: "_Progress",
+    ) -> tuple[list[ShardPlan], list[tuple[ShardPlan, list[str]]]]:
+        """Of ``plans`` (locked by this run), the shards to decode and the intact shards lacking digests (with the
+        keys of the normalisations they lack); intact shards go into ``results``."""
+        decode, digest = [], []
+        for plan in plans:
+            meta, _why = self.load_valid(plan)
+            if meta is None:
+                decode.append(plan)
+                continue
+            results[plan.key] = meta
+            if plan.key in to_decode:
+                stats.reused_shards += 1
+            missing = self._undigested(plan, meta, normalisations)
+            if missing:
+                digest.append((plan, missing))
+            else:
+                counter.advance(len(plan.records))
+        return decode, digest
+
+    def _run_pool(
+        self,
+        decode: list[ShardPlan],
+        digest: list[tuple[ShardPlan, list[str]]],
+        normalisations: Sequence[FedNormalisation],
         stats: BuildStats,
         stop_on_bad: bool,
         counter: "_Progress",
         results: dict[str, dict],
         cancel: threading.Event | None = None,
     ) -> None:
+        """Decode ``decode`` (with their digests) and compute the digests ``digest`` lacks, in a pool of processes."""
         from xfverify.evaluator.imaging import BadImageError
 
-        if not plans:
+        if not decode and not digest:
             return
         if cancel is not None and cancel.is_set():  # e.g. the worker failed during the survey
             raise BuildCancelled("the cache build was cancelled; finished shards are kept")
         image_bytes = self.hw[0] * self.hw[1] * 3
-        ensure_room(self.directory / "shards", sum(len(p.records) for p in plans) * image_bytes, _NO_ROOM_FIX)
+        if decode:
+            ensure_room(self.directory / "shards", sum(len(p.records) for p in decode) * image_bytes, _NO_ROOM_FIX)
+        by_key = {normalisation.key: normalisation for normalisation in normalisations}
         pending: dict[str, dict] = {}
-        futures: dict[Future, tuple[str, int]] = {}
-        if self.spec.decoder == "nvjpeg":
-            pool: Any = WorkerDecodePool(self.spec)
-        else:
-            pool = ProcessPoolExecutor(
-                max_workers=min(stats.workers, sum(len(p.records) for p in plans)),
-                mp_context=_pool_context(),
-                initializer=_init_worker,
-                initargs=(self.spec.to_dict(), os.getpid()),
-            )
+        futures: dict[Future, tuple[str, int, int]] = {}
+        pool: Any = ProcessPoolExecutor(
+            max_workers=min(stats.workers, sum(len(p.records) for p in decode) + sum(len(p.records) for p, _ in digest)),
+            mp_context=_pool_context(),
+            initializer=_init_worker,
+            initargs=(self.spec.to_dict(), os.getpid(), [n.spec.to_dict() for n in normalisations]),
+        )
+        if self.spec.decoder == "nvjpeg" and decode:
+            pool = WorkerDecodePool(self.spec, pool, list(by_key))
         try:
-            for plan in plans:
+            for plan in decode:
                 data_path, _ = self._paths(plan.key)
                 tmp = data_path.with_name(f"{plan.key}.npy.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
                 allocated_npy(tmp, np.uint8, (len(plan.records), *self.hw, 3), _NO_ROOM_FIX)
-                pending[plan.key] = {"plan": plan, "tmp": tmp, "left": 0, "bad": {}, "caveats": {}}
+                pending[plan.key] = {"plan": plan, "tmp": tmp, "left": 0, "bad": {}, "caveats": {},
+                                     "records": {key: np.empty(len(plan.records), RECORD) for key in by_key}}
                 for row in range(0, len(plan.records), CHUNK_SIZE):
                     paths = [r.path for r in plan.records[row : row + CHUNK_SIZE]]
-                    futures[pool.submit(_decode_chunk, str(tmp), row, paths)] = (plan.key, len(paths))
+                    futures[pool.submit(_decode_chunk, str(tmp), row, paths)] = (plan.key, row, len(paths))
+                    pending[plan.key]["left"] += 1
+            for plan, keys in digest:
+                data_path, _ = self._paths(plan.key)
+                pending[plan.key] = {"plan": plan, "tmp": None, "left": 0,
+                                     "records": {key: np.empty(len(plan.records), RECORD) for key in keys}}
+                for row in range(0, len(plan.records), CHUNK_SIZE):
+                    count = min(CHUNK_SIZE, len(plan.records) - row)
+                    futures[pool.submit(_digest_chunk, str(data_path), row, count, keys)] = (plan.key, row, count)
                     pending[plan.key]["left"] += 1
             if isinstance(pool, WorkerDecodePool):
                 pool.start()
             while futures:
                 finished, _ = wait(futures, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    key, count = futures.pop(future)
+                    key, row, count = futures.pop(future)
                     shard = pending[key]
-                    bad, caveats = future.result()
-                    shard["bad"].update((str(row), reason) for row, reason in bad)
-                    shard["caveats"].update((str(row), caveat) for row, caveat in caveats)
+                    if shard["tmp"] is None:
+                        chunk_records = future.result()
+                    else:
+                        bad, caveats, chunk_records = future.result()
+                        shard["bad"].update((str(r), reason) for r, reason in bad)
+                        shard["caveats"].update((str(r), caveat) for r, caveat in caveats)
+                    for normalisation_key, records in chunk_records.items():
+                        shard["records"][normalisation_key][row : row + count] = records
                     shard["left"] -= 1
                     counter.advance(count)
-                    if shard["left"] == 0:
-                        del pending[key]
-                        results[key] = self._commit(shard["plan"], shard["tmp"], shard["bad"], shard["caveats"])
-                        stats.built_shards += 1
-                        stats.decoded += len(shard["plan"].records)
-                        if stop_on_bad and shard["bad"]:
-                            row, reason = min(shard["bad"].items(), key=lambda kv: int(kv[0]))
-                            raise BadImageError(shard["plan"].records[int(row)].path, reason)
+                    if shard["left"]:
+                        continue
+                    del pending[key]
+                    plan = shard["plan"]
+                    if shard["tmp"] is None:
+                        data_path, _ = self._paths(key)
+                        for normalisation_key, records in shard["records"].items():
+                            write_digests(data_path, by_key[normalisation_key], records, results[key]["xxh3_128"])
+                        stats.digested += len(plan.records)
+                        continue
+                    results[key] = self._commit(plan, shard["tmp"], shard["bad"], shard["caveats"],
+                                                [(by_key[k], records) for k, records in shard["records"].items()])
+                    stats.built_shards += 1
+                    stats.decoded += len(plan.records)
+                    if stop_on_bad and shard["bad"]:
+                        first, reason = min(shard["bad"].items(), key=lambda kv: int(kv[0]))
+                        raise BadImageError(plan.records[int(first)].path, reason)
                 if cancel is not None and cancel.is_set():
                     raise BuildCancelled("the cache build was cancelled; finished shards are kept")
         finally:
             # Finished shards are committed; unfinished ones are dropped (a rerun resumes).
             pool.shutdown(wait=True, cancel_futures=True)
             for shard in pending.values():
-                shard["tmp"].unlink(missing_ok=True)
+                if shard["tmp"] is not None:
+                    shard["tmp"].unlink(missing_ok=True)
 
-    def _commit(self, plan: ShardPlan, tmp: Path, bad: dict[str, str], caveats: dict[str, str]) -> dict:
+    def _commit(self, plan: ShardPlan, tmp: Path, bad: dict[str, str], caveats: dict[str, str],
+                digests: Sequence[tuple[FedNormalisation, np.ndarray]]) -> dict:
+        """Install a decoded shard: its data, then its digests, then its sidecar (which publishes it)."""
         data = np.load(tmp, mmap_mode="r")
         meta = {
             "format": FORMAT_VERSION,
@@ -502,6 +637,8 @@ class TensorCache:
         del data
         data_path, meta_path = self._paths(plan.key)
         os.replace(tmp, data_path)
+        for normalisation, records in digests:
+            write_digests(data_path, normalisation, records, meta["xxh3_128"])
         atomic_write_text(meta_path, json.dumps(meta))
         return meta
 

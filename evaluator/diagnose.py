@@ -210,6 +210,7 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
                 built[key] = survey_and_build(
                     cache, dataset.records, data_files, options,
                     lambda done, _total: decode_progress(offset + done, total * len(caches)), cancel,
+                    normalisations=[spec for spec in specs if spec.geometry_key() == key],
                 )
             timeline["decode_done"] = time.time()
             return built

@@ -14,6 +14,9 @@ from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
 
 
+TensorProof = Literal["hashed on host", "device checksums against digests stored at cache build"]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -28,7 +31,7 @@ class EvaluateJob(_Strict):
     preprocess: dict[str, Any]
     device: Literal["auto", "cpu", "cuda"]
     precision: Precision
-    batch_size: int = Field(gt=0)
+    batch_size: Optional[int] = Field(default=None, gt=0, description="None: the worker's default for its device")
     n_images: int = Field(ge=0)
     hw: tuple[int, int]
     data_file: Optional[str] = Field(default=None, description="where the shard paths appear once surveyed")
@@ -99,7 +102,7 @@ class DataPart(_Strict):
     """The part of an :class:`EvaluateJob` that comes once the parent has surveyed the cache."""
 
     shard_paths: list[str]
-    wait_for_shards: bool
+    wait_for_shards: bool = Field(description="shards, or their fed-tensor digests, are still being made")
 
 
 class ReferenceJob(_Strict):
@@ -177,6 +180,9 @@ class WorkerResult(_Strict):
     weights: dict[str, Any]
     timing: LoopTiming
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tensor_proof: TensorProof
+    batch_size: int
+    batch_size_source: str = Field(description='"--batch-size", or "default for <device type>"')
     logits_path: str
     n_images: int
     milestones: dict[str, float]

@@ -57,7 +57,7 @@ class RunOptions:
     limit: int | None = None
     per_class: int | None = None
     device: str = "auto"
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the worker's default for the device it resolves
     workers: int | None = None
     cache_dir: str | None = None
     weights: str | None = None
@@ -88,7 +88,7 @@ def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]
         raise UserError("--weights and --random-weights exclude each other")
     if options.on_bad_image not in ("error", "skip"):
         raise UserError(f"--on-bad-image must be error or skip, got {options.on_bad_image!r}")
-    if options.batch_size <= 0:
+    if options.batch_size is not None and options.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {options.batch_size}")
     if options.weights and not os.path.isfile(options.weights):
         what = "a folder, not a weights file" if os.path.isdir(options.weights) else "no such file"
@@ -257,14 +257,15 @@ def relative_timeline(parent: dict[str, float], worker: dict[str, float]) -> dic
     return {name: round(at - started, 3) for name, at in sorted(merged.items(), key=lambda item: item[1])}
 
 
-def survey_and_build(cache, records, data_files, options, progress, cancel, surveyed=lambda: None):
-    """Survey the cache, tell the worker its shard paths (each data file), then decode what is missing.
+def survey_and_build(cache, records, data_files, options, progress, cancel, surveyed=lambda: None, normalisations=()):
+    """Survey the cache, tell the worker its shard paths (each data file), then decode what is missing and
+    compute the fed-tensor digests missing under ``normalisations`` (default: the cache's spec).
 
     Returns what :meth:`TensorCache.complete` returns.
     """
-    survey = cache.survey(records, log=ui.info)
+    survey = cache.survey(records, log=ui.info, normalisations=normalisations)
     surveyed()
-    data = DataPart(shard_paths=cache.shard_paths(survey), wait_for_shards=bool(survey.todo))
+    data = DataPart(shard_paths=cache.shard_paths(survey), wait_for_shards=survey.pending)
     for data_file in data_files:
         atomic_write_text(Path(data_file), data.model_dump_json())
     return cache.complete(survey, workers=options.workers, stop_on_bad=options.on_bad_image == "error",
@@ -396,7 +397,10 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
             "manifest_sha256": dataset.manifest_sha256(),
         },
         "tensors_sha256": result.tensors_sha256,
-            "top1_error": _round(stats.top1_error),
+        "tensor_proof": result.tensor_proof,
+        "batch_size": result.batch_size,
+        "batch_size_source": result.batch_size_source,
+        "top1_error": _round(stats.top1_error),
         "top5_error": _round(stats.top5_error),
         "top1_error_ci95": [round(v, 4) for v in top1_ci] if top1_ci else None,
         "top5_error_ci95": [round(v, 4) for v in top5_ci] if top5_ci else None,
@@ -411,6 +415,7 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
         "cache": {
             "directory": str(Path(cached.shard_paths[0]).parent.parent) if cached.shard_paths else None,
             "decoded": build.decoded,
+            "digested": build.digested,
             "reused_shards": build.reused_shards,
             "built_shards": build.built_shards,
             "rebuilt_corrupt_shards": build.rebuilt_corrupt,

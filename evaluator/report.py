@@ -55,6 +55,7 @@ class TimingInfo(LoopTiming):
 class CacheInfo(_Open):
     directory: Optional[str]
     decoded: int
+    digested: int = Field(default=0, description="images of shards already built whose fed-tensor digests this run computed")
     reused_shards: int
     built_shards: int
     rebuilt_corrupt_shards: int
@@ -87,6 +88,10 @@ class NativeReport(BaseModel):
     preprocess: dict[str, Any]
     dataset: DatasetInfo
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # None in reports of earlier versions, which an `onnx --against` may read
+    tensor_proof: Optional[str] = Field(default=None, description="how the fed tensors were proven to be tensors_sha256's")
+    batch_size: Optional[int] = None
+    batch_size_source: Optional[str] = Field(default=None, description='"--batch-size", or "default for <device type>"')
     output: str
     top1_error: Optional[float]
     top5_error: Optional[float]
@@ -208,15 +213,17 @@ def summary_rows(report: NativeReport) -> list[tuple[str, str]]:
     rows += [
         ("throughput", f"{_fmt(timing.images_per_s, 1)} img/s; wall {timing.wall_s:.2f} s"),
         ("data wait / compute", f"{timing.data_wait_s:.2f} s / {timing.compute_s:.2f} s"),
-        ("batch latency", f"{_fmt(timing.batch_ms_mean)} ± {_fmt(timing.batch_ms_std)} ms"),
+        ("batch latency", f"{_fmt(timing.batch_ms_mean)} ± {_fmt(timing.batch_ms_std)} ms"
+                          + (f" at batch {report.batch_size} ({report.batch_size_source})" if report.batch_size else "")),
     ]
     if timing.timeline_s:
         last = max(timing.timeline_s.values())
         ready = timing.timeline_s.get("warmed_up", timing.timeline_s.get("model_ready"))
         rows.append(("whole run", f"{last:.2f} s" + (f" (model ready after {ready:.2f} s)" if ready is not None else "")))
     rows += [
-        ("decode (cache)", f"{report.cache.decoded} decoded, {report.cache.reused_shards} shard(s) reused"),
-        ("tensors sha256", report.tensors_sha256[:16] + "…"),
+        ("decode (cache)", f"{report.cache.decoded} decoded, {report.cache.reused_shards} shard(s) reused"
+                           + (f", {report.cache.digested} digested" if report.cache.digested else "")),
+        ("tensors sha256", report.tensors_sha256[:16] + "…" + (f" ({report.tensor_proof})" if report.tensor_proof else "")),
     ]
     if report.skipped_images:
         rows.append(("skipped images", str(len(report.skipped_images))))

@@ -3,12 +3,15 @@
 A back-end supplies a *step* and says how it wants its data:
 
 * ``host`` steps (CPU back-ends) get ``step(uint8_batch, float_batch)``: the float32 batch, exactly
-  as fed, is normalised and hashed here, in loader threads that overlap compute;
+  as fed, is normalised and hashed here, in loader threads that overlap compute (the tensors are in
+  host memory already, and sha256 of them costs far less than a CPU's forward pass);
 * ``device`` steps (GPU back-ends) get ``step(uint8_batch, None)``, normalise on the device with the
-  same table, and hand back a host copy of the tensors they fed, which is hashed here.
+  same table, and hand back the checksums of what they fed (:mod:`xfverify.evaluator.digests`), never
+  the tensors: those are compared here with the checksums the cache stored, and the stored per-image
+  digests make the fingerprint.
 
 A step returns ``(logits, batch_ms)`` or an object whose ``result()`` returns
-``(logits, batch_ms, fed_tensors)`` later, so a GPU back-end can launch batch i+1 before
+``(logits, batch_ms, fed_checksums)`` later, so a GPU back-end can launch batch i+1 before
 batch i's results arrive.
 Time the loop spends waiting for data is measured apart from compute.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+from xfverify.evaluator.digests import check_fed, stored_batches
 from xfverify.evaluator.folders import allocated_npy
 from xfverify.evaluator.normalise import image_digests, normalisation_lut, normalise
 from xfverify.evaluator.shards import iter_shard_batches
@@ -44,6 +48,7 @@ class LoopResult:
     compute_s: float
     batch_ms: list[float]
     tensors_sha256: str
+    tensor_proof: str
     steady_images_per_s: float | None = None
 
     def timing(self) -> dict[str, Any]:
@@ -124,37 +129,7 @@ class _Prefetcher:
         return item
 
 
-HASH_CHUNK = 32  # images per hashing task, so one batch is hashed by several threads at once
-
-
-class _BatchHasher:
-    """Hashes fed tensors in chunks on a thread pool, in order, with a bound on batches in flight."""
-
-    def __init__(self, threads: int, max_batches: int = 4):
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xfverify-hash")
-        self._slots = threading.BoundedSemaphore(max_batches)
-
-    def submit(self, tensors: np.ndarray) -> list[Future]:
-        """Queue one batch; returns one future per chunk, each giving that chunk's per-image digests."""
-        self._slots.acquire()  # back-pressure: compute waits when hashing falls behind
-        chunks = [tensors[i : i + HASH_CHUNK] for i in range(0, len(tensors), HASH_CHUNK)]
-        left = [len(chunks)]
-        lock = threading.Lock()
-
-        def done(_future: Future) -> None:
-            with lock:
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
-                self._slots.release()
-
-        futures = [self._pool.submit(image_digests, chunk) for chunk in chunks]
-        for future in futures:
-            future.add_done_callback(done)
-        return futures
-
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=True)
+TENSOR_PROOF = {"host": "hashed on host", "device": "device checksums against digests stored at cache build"}
 
 
 def run_loop(
@@ -171,35 +146,38 @@ def run_loop(
     wait_for_shards: bool = False,
     stage: Callable[[np.ndarray], Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    device_name: str = "the device",
 ) -> LoopResult:
     """Feed every cached image through ``step``; store logits (float32, N x classes) in manifest order.
 
     ``wait_for_shards`` lets the loop start while the cache is still being built: each shard is
-    read once its sidecar appears. ``stage`` (device feeding) runs in the loader thread on each uint8
-    batch, e.g. to copy it into pinned memory; the step then receives what it returns.
+    read once its sidecar appears (and, fed on a device, once its digests are stored). ``stage`` (device
+    feeding) runs in the loader thread on each uint8 batch, e.g. to copy it into pinned memory; the step
+    then receives what it returns. A device-fed image whose checksums differ from the stored ones stops
+    the loop with a :class:`UserError` naming it (and ``device_name``).
     """
     if feed not in ("host", "device"):
         raise ValueError(f"feed must be host or device, got {feed!r}")
     threads = threads or max(1, min(8, (os.cpu_count() or 2) - 1))
     logits = allocated_npy(Path(logits_path), np.float32, (n_images, num_classes), "free space there, or choose another --out")
-    digests: deque[Future | list[bytes]] = deque()
-    # sha256 runs at ~1.4 GB/s per core and a fast GPU is fed ~10 GB/s: hashing gets most cores
-    hasher = _BatchHasher(max(threads, min(12, (os.cpu_count() or 2) - 2))) if feed == "device" else None
+    digests: list[Sequence[bytes]] = []  # per batch, in order: what host feeding hashed, or the stored digests
     batch_ms: list[float] = []
     data_wait = 0.0
     done = 0
-    inflight: deque[tuple[int, int, Any, float | None]] = deque()
+    inflight: deque[tuple[int, int, Any, float | None, Any]] = deque()
     finished: list[tuple[float, int]] = []  # when each batch's results were in, and its size (steady rate)
 
-    def collect(item: tuple[int, int, Any, float | None]) -> None:
+    def collect(item: tuple[int, int, Any, float | None, Any]) -> None:
         nonlocal done
-        first, count, handle, returned_at = item
+        first, count, handle, returned_at, stored = item
         if hasattr(handle, "result"):
-            out, ms, fed = handle.result()
-            if hasher is not None:
-                digests.extend(hasher.submit(fed))
+            out, ms, fed_checks = handle.result()
         else:
             out, ms = handle
+        if stored is not None:  # device feeding: what was fed must be what the cache stored digests of
+            records, image_ids = stored
+            check_fed(fed_checks, records, image_ids, first, device_name)
+            digests.append([bytes(digest) for digest in records["sha256"]])
         logits[first : first + count] = out
         batch_ms.append(ms)
         done += count
@@ -214,38 +192,39 @@ def run_loop(
     else:
         staged = stage or (lambda u8: u8)
         source = (
-            (start, staged(u8), None, None)
-            for start, u8 in iter_shard_batches(shard_paths, batch_size, wait=wait_for_shards)
+            (start, staged(u8), None, (records, ids))
+            for (start, u8), (_, records, ids) in zip(
+                iter_shard_batches(shard_paths, batch_size, wait=wait_for_shards),
+                stored_batches(shard_paths, batch_size, spec, wait=wait_for_shards),
+            )
         )
     if progress:
         progress(0, n_images)
     started = time.perf_counter()
     batches = _Prefetcher(source, depth=2 if feed == "host" else 3)
-    try:
-        while True:
-            wait_start = time.perf_counter()
-            try:
-                first, u8, tensors, batch_digests = next(batches)
-            except StopIteration:
-                break
-            data_wait += time.perf_counter() - wait_start
-            if batch_digests is not None:
-                digests.append(batch_digests)
-            handle = step(u8, tensors)
-            inflight.append((first, len(u8), handle, None if hasattr(handle, "result") else time.perf_counter()))
-            if len(inflight) > 1:
-                collect(inflight.popleft())
-        while inflight:
+    while True:
+        wait_start = time.perf_counter()
+        try:
+            # host: the digests the loader hashed; device: the stored records and ids, checked on collection
+            first, u8, tensors, fingerprint = next(batches)
+        except StopIteration:
+            break
+        data_wait += time.perf_counter() - wait_start
+        stored = fingerprint if feed == "device" else None
+        if feed == "host":
+            digests.append(fingerprint)
+        handle = step(u8, tensors)
+        inflight.append((first, len(u8), handle, None if hasattr(handle, "result") else time.perf_counter(), stored))
+        if len(inflight) > 1:
             collect(inflight.popleft())
-        total = hashlib.sha256()
-        for entry in digests:
-            for digest in entry.result() if isinstance(entry, Future) else entry:
-                total.update(digest)
-        wall = time.perf_counter() - started
-        milestone("last_batch_done")
-    finally:
-        if hasher is not None:
-            hasher.shutdown()
+    while inflight:
+        collect(inflight.popleft())
+    total = hashlib.sha256()
+    for batch in digests:
+        for digest in batch:
+            total.update(digest)
+    wall = time.perf_counter() - started
+    milestone("last_batch_done")
     logits.flush()
     steady = None
     if len(finished) >= 3:  # images after the first batch (which pays for warm-up) over the time they took
@@ -258,4 +237,5 @@ def run_loop(
         compute_s=sum(batch_ms) / 1000.0,
         batch_ms=batch_ms,
         tensors_sha256=total.hexdigest(),
+        tensor_proof=TENSOR_PROOF[feed],
     )

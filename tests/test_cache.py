@@ -133,6 +133,7 @@ def test_two_runs_sharing_a_cache_do_not_duplicate_or_corrupt(tmp_path):
     for plan in cache.plan(dataset.records):
         meta, why = cache.load_valid(plan)
         assert meta is not None, why
+    assert cache.survey(dataset.records).pending is False  # and every shard's digests are there, intact
 
 
 def test_a_run_lets_go_of_its_shards_before_waiting_for_another_runs(tmp_path):
@@ -302,3 +303,56 @@ def test_kill_9_of_the_run_ends_its_decode_pool(tmp_path, start):
     while running_in_session(process.pid):
         assert time.time() < deadline, f"left running: {running_in_session(process.pid)}"
         time.sleep(0.1)
+
+
+def _stored(cache, cached, spec) -> list[np.ndarray]:
+    from xfverify.evaluator.digests import FedNormalisation, read_digests
+
+    key = FedNormalisation.of(spec).key
+    return [read_digests(path, key, len(np.load(path, mmap_mode="r")), None) for path in cached.shard_paths]
+
+
+def test_the_fed_tensors_digests_are_stored_at_build_and_computed_once_for_another_normalisation(tmp_path):
+    from xfverify.evaluator.digests import fed_checksums
+    from xfverify.evaluator.normalise import image_digests, normalise
+
+    dataset = load_dataset(make_images(tmp_path / "d", 11))
+    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
+    cached, stats = cache.ensure(dataset.records, workers=2)
+    images = read_all(cached)
+    stored = np.concatenate(_stored(cache, cached, SPEC))
+    tensors = normalise(images, SPEC)
+    assert [bytes(d) for d in stored["sha256"]] == image_digests(tensors)  # what host feeding hashes
+    assert np.array_equal(stored["checks"], fed_checksums(tensors)) and stats.digested == 0
+
+    other = SPEC.replace(channel_order="BGR", layout="NHWC")  # the same geometry, other tensors
+    assert other.geometry_key() == SPEC.geometry_key()
+    assert cache.survey(dataset.records).pending is False  # SPEC's digests are there: nothing to do
+    _, stats = cache.ensure(dataset.records, workers=2, normalisations=[SPEC, other])
+    assert (stats.decoded, stats.digested, stats.reused_shards) == (0, 11, 3)  # lazily, once, from the shards
+    assert np.array_equal(np.concatenate(_stored(cache, cached, other))["sha256"].reshape(11, 32),
+                          np.array([list(d) for d in image_digests(normalise(images, other))], dtype=np.uint8))
+    _, stats = cache.ensure(dataset.records, workers=2, normalisations=[other])
+    assert (stats.decoded, stats.digested) == (0, 0)  # reused by later runs
+
+
+def test_digests_go_with_their_shard(tmp_path):
+    dataset = load_dataset(make_images(tmp_path / "d", 8))
+    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
+    cached, _ = cache.ensure(dataset.records, workers=1)
+    good = _stored(cache, cached, SPEC)
+    victim = Path(cached.shard_paths[1])
+    raw = bytearray(victim.read_bytes())
+    raw[-1000] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    (digest_file,) = victim.parent.glob(f"{victim.stem}.fed-*.digests")
+    survey = cache.survey(dataset.records)  # the damaged shard is unpublished with its digests
+    assert not digest_file.exists() and len(survey.todo) == 1
+    cached, stats = cache.complete(survey, workers=1)
+    assert stats.decoded == 4 and all(np.array_equal(a, b) for a, b in zip(_stored(cache, cached, SPEC), good))
+    # digests bound to other data than the shard's (its checksum) are not used, and made again
+    payload = json.loads(digest_file.read_text())
+    digest_file.write_text(json.dumps({**payload, "shard_xxh3_128": "0" * 32, "checks": [[0, 0]] * 4}))
+    _, stats = cache.ensure(dataset.records, workers=1)
+    assert (stats.decoded, stats.digested) == (0, 4)
+    assert json.loads(digest_file.read_text()) == payload

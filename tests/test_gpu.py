@@ -41,6 +41,8 @@ def test_gpu_run_is_fed_the_cpu_runs_bytes_and_agrees(tmp_path, generated_folder
     gpu = native_json(NativeOptions(out=str(tmp_path / "gpu"), device="cuda", **common))
     assert gpu["device"]["type"] == "cuda" and gpu["precision"]["tf32"] is False
     assert gpu["tensors_sha256"] == cpu["tensors_sha256"]
+    assert (gpu["tensor_proof"], cpu["tensor_proof"]) == ("device checksums against digests stored at cache build",
+                                                          "hashed on host")
     a, b = np.load(tmp_path / "cpu" / "logits.npy"), np.load(tmp_path / "gpu" / "logits.npy")
     assert np.abs(a - b).max() < 1e-3 * max(1.0, np.abs(a).max())
     assert (a.argmax(1) == b.argmax(1)).mean() >= 6 / 7
@@ -111,3 +113,8 @@ def test_nvjpeg_decodes_on_the_gpu_a_few_levels_from_libjpeg_turbo(tmp_path, gen
     assert len(shards) == 2
     first, second = (images.astype(np.int16) for images in shards.values())
     assert 0 < np.abs(first - second).mean() < 10
+
+
+def test_without_batch_size_a_gpu_runs_batches_of_32(tmp_path):
+    report = native_json(NativeOptions(model="pypi/efficientnet_lite0", out=str(tmp_path / "r"), device="cuda"))
+    assert (report["batch_size"], report["batch_size_source"]) == (32, "default for cuda")

@@ -61,6 +61,10 @@ def test_a_normalisation_variant_reuses_the_decoded_images(tmp_path):
     again_report = json.loads((tmp_path / "again" / "report.json").read_text())
     assert trap_report["preprocess"]["name"] == "lite-imagenet-norm-224"
     assert again_report["cache"]["reused_shards"] >= 1  # same geometry: only the normalisation table differs
+    # the new table's fed-tensor digests are computed once, from the shards (the first run's came with decoding)
+    assert (trap_report["cache"]["digested"], again_report["cache"]["digested"]) == (0, 4)
+    assert (trap_report["batch_size"], trap_report["batch_size_source"]) == (10, "default for cpu")
+    assert trap_report["tensor_proof"] == "hashed on host"
     assert trap_report["tensors_sha256"] != again_report["tensors_sha256"]
     assert "note: only 3 labelled images scored" in trap.stdout  # the report's notes close the summary
 
@@ -79,6 +83,7 @@ def test_torch_random_weights_report(tmp_path, generated_folder):
     assert report["preprocess"] == PRESETS["torchvision-256"].to_dict()
     assert report["published"]["top1_error"] == pytest.approx(25.958)
     assert report["timing"]["batch_ms_mean"] > 0 and report["timing"]["wall_s"] > 0
+    assert (report["batch_size"], report["batch_size_source"], report["timing"]["n_batches"]) == (3, "--batch-size", 3)
     assert report["tensors_sha256"] == expected_tensor_hash(generated_folder, "torchvision-256", report["cache"]["directory"].rsplit("/", 1)[0])
     logits = np.load(out / "logits.npy")
     assert logits.shape == (7, 1000) and 0.2 < float(logits.std()) < 5  # a well-scaled random model

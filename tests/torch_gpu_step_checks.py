@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from xfverify.evaluator import runloop
+from xfverify.evaluator.digests import ensure_digests, fed_checksums
 from xfverify.evaluator.frameworks.feeding import out_of_memory_is_a_user_error
 from xfverify.evaluator.frameworks.torch_backend import _is_out_of_memory
-from xfverify.evaluator.frameworks.torch_steps import CpuStep, CudaStep, GatherNormaliser
+from xfverify.evaluator.frameworks.torch_steps import CpuStep, CudaStep, FedChecksums, GatherNormaliser
 from xfverify.evaluator.normalise import normalise
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
@@ -60,6 +61,7 @@ class FakeCuda:
         self.captures = 0
         self.replays = 0
         self.recorded_streams = 0
+        self.pinned_shapes: list[tuple[tuple[int, ...], torch.dtype]] = []
 
     def new_stream(self):
         return FakeStream()
@@ -73,8 +75,8 @@ class FakeCuda:
     def event(self, timing: bool = False):
         return FakeEvent()
 
-    @staticmethod
-    def pinned(shape, dtype):
+    def pinned(self, shape, dtype):
+        self.pinned_shapes.append((tuple(shape), dtype))
         return torch.empty(shape, dtype=dtype)
 
     def record_stream(self, tensor, stream) -> None:
@@ -117,13 +119,16 @@ def check(condition: bool, message: str) -> None:
 
 
 def normalisation_is_exact() -> None:
+    """Gather-normalisation gives the CPU's bytes, and the step's checksums of them are the CPU's (chunked or not)."""
     rng = np.random.default_rng(1)
-    u8 = rng.integers(0, 256, (3, 17, 13, 3), dtype=np.uint8)
+    u8 = rng.integers(0, 256, (37, 17, 13, 3), dtype=np.uint8)
     for name, spec in PRESETS.items():
         expected = normalise(u8, spec)
-        got = GatherNormaliser(spec, torch.device("cpu"))(torch.from_numpy(u8)).numpy()
-        check(got.shape == expected.shape, f"{name}: shape {got.shape} != {expected.shape}")
-        check(got.tobytes() == expected.tobytes(), f"{name}: gather-normalisation is not bit-identical")
+        got = GatherNormaliser(spec, torch.device("cpu"))(torch.from_numpy(u8))
+        check(tuple(got.shape) == expected.shape, f"{name}: shape {tuple(got.shape)} != {expected.shape}")
+        check(got.numpy().tobytes() == expected.tobytes(), f"{name}: gather-normalisation is not bit-identical")
+        checks = FedChecksums(torch.device("cpu"))(got).numpy()  # 37 images: a chunk of 32 and one of 5
+        check(np.array_equal(checks, fed_checksums(expected)), f"{name}: device checksums differ from the CPU's")
 
 
 def write_shards(workdir: Path) -> list[str]:
@@ -132,8 +137,9 @@ def write_shards(workdir: Path) -> list[str]:
     for i, n in enumerate((23, 18)):  # batches of 8 straddle the shard boundary; the last batch is partial
         path = workdir / f"shard{i}.npy"
         np.save(path, rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
-        path.with_suffix(".json").write_text("{}")
+        path.with_suffix(".json").write_text(json.dumps({"image_ids": [f"s{i}-{j}" for j in range(n)]}))
         paths.append(str(path))
+    ensure_digests(paths, PRESETS["keras-caffe"])  # what the tensor cache stores beside its shards
     return paths
 
 
@@ -142,6 +148,30 @@ def run(step, shards: list[str], workdir: Path, name: str, feed: str) -> tuple[r
     stage = getattr(step, "stage", None)
     result = runloop.run_loop(shards, 41, spec, 8, step, workdir / f"{name}.npy", feed=feed, threads=2, stage=stage)
     return result, np.load(workdir / f"{name}.npy")
+
+
+def a_device_that_feeds_other_bytes_is_named(model, spec, settings, shards, workdir) -> None:
+    """After the first batch (checked against the CPU bit for bit), one value of one image is off by one ulp."""
+    fake = FakeCuda()
+    step = CudaStep(model, spec, fake.device, settings, api=fake)
+    normalise_on_device = step.normalise
+    calls = []
+
+    def off_by_an_ulp(u8, out=None):
+        x = normalise_on_device(u8, out=out)
+        calls.append(len(u8))
+        if len(calls) == 4:  # images 24 to 31: the second shard's images 1 to 8
+            x[2].view(-1)[77] = torch.nextafter(x[2].view(-1)[77], torch.tensor(1e9))
+        return x
+
+    step.normalise = off_by_an_ulp
+    step.warm_up([41 % 8, 8], (32, 32), full_batches=41 // 8)
+    calls.clear()
+    try:
+        run(step, shards, workdir, "tampered", "device")
+        check(False, "a device that fed other bytes than the cache's went unnoticed")
+    except UserError as exc:
+        check(str(exc).startswith("image s1-3 (#26): the tensor fed on"), str(exc))
 
 
 def main() -> None:
@@ -163,7 +193,11 @@ def main() -> None:
         step.warm_up([41 % 8, 8], (32, 32), full_batches=41 // 8)
         result, logits = run(step, shards, workdir, label, "device")
         check(result.tensors_sha256 == reference.tensors_sha256, f"{label}: fed tensors differ from host feeding")
+        check(result.tensor_proof.startswith("device checksums"), f"{label}: {result.tensor_proof}")
         check(np.array_equal(logits, reference_logits), f"{label}: logits differ from the CPU step's")
+        # nothing of the fed tensors' size comes back: per batch, two int64 per image and the logits
+        brought_back = {(shape[1:], dtype) for shape, dtype in fake.pinned_shapes if dtype != torch.uint8}
+        check(brought_back == {((2,), torch.int64), ((1000,), torch.float32)}, f"{label}: pinned {brought_back}")
         check(len(result.batch_ms) == 6, f"{label}: {len(result.batch_ms)} batches, expected 6")
         outcomes[label] = {"status": step.graph_status, "captures": fake.captures, "replays": fake.replays,
                            "recorded_streams": fake.recorded_streams}
@@ -173,6 +207,7 @@ def main() -> None:
     check(outcomes["graphs"]["replays"] == 1 + 5, f"graphs: {outcomes['graphs']}")
     check(outcomes["graphs_differ"]["status"].startswith("eager: the graph's logits differed"), str(outcomes))
     check(outcomes["graphs_fail"]["status"].startswith("eager: capture failed (operation not permitted"), str(outcomes))
+    a_device_that_feeds_other_bytes_is_named(model, spec, settings, shards, workdir)
     few = FakeCuda()
     step = CudaStep(model, spec, few.device, settings, cuda_graphs=True, api=few)
     step.warm_up([8], (32, 32), full_batches=1)

@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, Iterable, NamedTuple
 
 import numpy as np
 
-from xfverify.evaluator.frameworks.feeding import run_fed
+from xfverify.evaluator.frameworks.feeding import choose_batch_size, run_fed
 from xfverify.evaluator.frameworks.weights import calibration_batch, sha256_file
 from xfverify.evaluator.jobs import (
     DeviceInfo,
@@ -212,6 +212,8 @@ def _fed_pass(backend: Backend, model: Any, weights: dict[str, Any], device: Dev
               workdir: Path) -> WorkerResult:
     """One pass of a loaded network over the job's cached images, into ``workdir``/logits.npy."""
     spec = job.spec()
+    batch_size, batch_size_source = choose_batch_size(job.batch_size, device.type)
+    job = job.model_copy(update={"batch_size": batch_size})
     step = backend.step(model, spec, device, job)
     loop, timing = run_fed(job, spec, step, workdir, device.name, backend.is_out_of_memory)
     return WorkerResult(
@@ -221,6 +223,9 @@ def _fed_pass(backend: Backend, model: Any, weights: dict[str, Any], device: Dev
         weights=weights,
         timing=timing,
         tensors_sha256=loop.tensors_sha256,
+        tensor_proof=loop.tensor_proof,
+        batch_size=batch_size,
+        batch_size_source=batch_size_source,
         logits_path=str(workdir / "logits.npy"),
         n_images=loop.n_images,
         milestones=milestones(),

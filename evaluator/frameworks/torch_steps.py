@@ -2,7 +2,8 @@
 
 The GPU step uploads the pinned uint8 batch on one stream, normalises it on the device with the same
 table the CPU uses and runs the model on the compute stream (optionally as a replayed CUDA graph), and
-brings the fed tensors and the logits back on a third stream while the next batch computes.
+on a third stream, while the forward pass runs, computes the checksums of the fed tensors and brings
+them and the logits back (the tensors themselves stay on the device).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from xfverify.evaluator.digests import checksum_weights
 from xfverify.evaluator.normalise import normalisation_lut, source_channels
 from xfverify.models.preprocess import PreprocessSpec
 
@@ -43,6 +45,33 @@ class GatherNormaliser:
             out = torch.empty(index.shape, dtype=torch.float32, device=u8.device)
         torch.index_select(self.table, 0, index.view(-1), out=out.view(-1))
         return out
+
+
+class FedChecksums:
+    """The checksums :func:`xfverify.evaluator.digests.fed_checksums` computes on the CPU, on the tensors' device:
+    per image, the int64 sum of the float32 values' bit patterns and its position-weighted sum (exact in
+    any order of summation, so equal to the CPU's or the bytes differ)."""
+
+    CHUNK = 32  # images at a time: the int64 temporaries of a chunk of 224 x 224 images take 77 MB
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.weights: dict[int, torch.Tensor] = {}
+
+    def weights_for(self, n_values: int) -> torch.Tensor:
+        """The position weights of images of ``n_values`` values, on the device (uploaded once)."""
+        if n_values not in self.weights:
+            self.weights[n_values] = torch.from_numpy(checksum_weights(n_values).copy()).to(self.device)
+        return self.weights[n_values]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, 2) int64 on the device, for a contiguous float32 batch."""
+        weights = self.weights_for(x[0].numel())
+        sums = []
+        for chunk in x.view(len(x), -1).view(torch.int32).split(self.CHUNK):
+            bits = chunk.to(torch.int64)
+            sums.append(torch.stack((bits.sum(dim=1), (bits * weights).sum(dim=1)), dim=1))
+        return torch.cat(sums)
 
 
 class _CudaApi:
@@ -96,10 +125,11 @@ class CudaStep:
 
     * upload stream: the pinned uint8 batch goes to the GPU (4x fewer bytes than float32);
     * compute stream: gather-normalise with the CPU's table, then the forward pass, timed by events;
-    * download stream: the fed float32 tensors (for the fingerprint) come back while the forward pass
-      runs, then the logits.
+    * download stream: while the forward pass runs, the fed tensors' checksums (two int64 per image,
+      :class:`FedChecksums`) are computed and come back, then the logits; the loop compares the
+      checksums with those the cache stored beside its shards and reports the stored digests.
 
-    The first batch's GPU tensors are compared bit for bit with the CPU normalisation. With
+    The first batch's GPU tensors are also compared bit for bit with the CPU normalisation. With
     ``cuda_graphs`` the forward pass of full batches is captured once during warm-up and replayed (one
     launch instead of hundreds: what removes Python overhead at small batches); its replay on a probe
     batch must give the eager forward pass's logits bit for bit, else the run stays eager and says why.
@@ -114,6 +144,7 @@ class CudaStep:
         self.settings = settings
         self.api = api or _CudaApi(device)
         self.normalise = GatherNormaliser(spec, device)
+        self.checksums = FedChecksums(device)
         self.compute = self.api.current_stream()
         self.upload = self.api.new_stream()
         self.download = self.api.new_stream()
@@ -142,6 +173,7 @@ class CudaStep:
         """Run each batch shape twice (cuDNN autotuning, lazy init) and capture the graph if asked and
         worth it (two full batches or more), before the timed loop and its threads start; returns seconds."""
         started = time.perf_counter()
+        self.checksums.weights_for(3 * hw[0] * hw[1])  # uploaded now, not while the first batch is in flight
         for n in sizes:
             dummy = torch.zeros((n, *hw, 3), dtype=torch.uint8, device=self.device)
             for _ in range(2):
@@ -174,14 +206,15 @@ class CudaStep:
         self.graph = {"n": n, "x": static_x, "out": static_out, "replay": replay}
         self.graph_status = f"on for batches of {n}: replay bit-identical to eager on a probe batch"
 
-    def _download(self, tensor: torch.Tensor, static: bool) -> torch.Tensor:
-        """Copy a float32 device tensor into pinned host memory on the download stream once the work
-        queued on the compute stream so far is done; a tensor that is not a graph's static one is handed
-        to the download stream's care."""
+    def _download(self, tensor: torch.Tensor, static: bool, of=None) -> torch.Tensor:
+        """On the download stream, once the work queued on the compute stream so far is done: copy a device
+        tensor, or what ``of`` computes from it there, into pinned host memory. A tensor that is not a
+        graph's static one is handed to the download stream's care."""
         self.download.wait_stream(self.compute)
         with self.api.use(self.download):
-            host = self.api.pinned(tensor.shape, torch.float32)
-            host.copy_(tensor, non_blocking=True)
+            result = of(tensor) if of else tensor
+            host = self.api.pinned(result.shape, result.dtype)
+            host.copy_(result, non_blocking=True)
         if not static:
             self.api.record_stream(tensor, self.download)
         return host
@@ -204,7 +237,7 @@ class CudaStep:
             if not torch.equal(x.cpu(), torch.from_numpy(normalise(pinned_u8.numpy(), self.spec))):
                 raise RuntimeError("GPU normalisation differs from the CPU reference tensors: a bug")
             self.checked = True
-        fed = self._download(x, static=use_graph)
+        fed_checks = self._download(x, static=use_graph, of=self.checksums)
         if use_graph:
             self.graph["replay"]()
             out = self.graph["out"]
@@ -215,18 +248,18 @@ class CudaStep:
         downloaded = api.event()
         downloaded.record(self.download)
         self.previous_download = downloaded
-        return _CudaHandle(out_host, fed, start, end, downloaded, pinned_u8)
+        return _CudaHandle(out_host, fed_checks, start, end, downloaded, pinned_u8)
 
 
 class _CudaHandle:
-    def __init__(self, out_host, fed, start, end, downloaded, keep_alive):
-        self.out_host, self.fed, self.start, self.end = out_host, fed, start, end
+    def __init__(self, out_host, fed_checks, start, end, downloaded, keep_alive):
+        self.out_host, self.fed_checks, self.start, self.end = out_host, fed_checks, start, end
         self.downloaded, self.keep_alive = downloaded, keep_alive
 
     def result(self):
         self.downloaded.synchronize()
         self.keep_alive = None
-        return self.out_host.numpy(), self.start.elapsed_time(self.end), self.fed.numpy()
+        return self.out_host.numpy(), self.start.elapsed_time(self.end), self.fed_checks.numpy()
 
 
 class CpuStep:
