@@ -223,3 +223,63 @@ def test_the_export_cache_reuses_an_entry_and_rebuilds_a_damaged_one(tmp_path):
     assert not from_cache and len(made) == 3 and rebuilt.path == first.path
     check(rebuilt.path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.path.parent.name, other.path.parent.name])
+
+
+_RUN_WITH_ORT = """
+import sys, numpy as np, onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+batch = np.load(sys.argv[2])
+fed, checks = session.run(None, {session.get_inputs()[0].name: batch})
+np.savez(sys.argv[3], fed=fed, checks=checks)
+"""
+
+
+@pytest.mark.parametrize("preset", ["torchvision-256", "keras-caffe", "lite-tf-224"])  # NCHW RGB, NHWC BGR, 127/128
+def test_the_uint8_feed_graph_feeds_the_tables_bytes_and_the_caches_checksums(preset, tmp_path):
+    """The prefix ONNX Runtime runs on a GPU: its fed tensor is normalise()'s to the bit, and its checksums are
+    the ones the tensor cache stores (an identity model exposes what it was fed)."""
+    from xfverify.converter.feed_graph import uint8_fed_model
+    from xfverify.evaluator.digests import checksum_weights, fed_checksums
+    from xfverify.evaluator.normalise import normalisation_lut, normalise, source_channels
+    from xfverify.models.preprocess import PRESETS
+
+    spec = PRESETS[preset]
+    image = [3, 224, 224] if spec.layout == "NCHW" else [224, 224, 3]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *image])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", *image])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    lut = normalisation_lut(spec)
+    wrapped = uint8_fed_model(model, lut, source_channels(spec), spec.layout, (224, 224), checksum_weights(3 * 224 * 224))
+    onnx.checker.check_model(wrapped, full_check=True)
+    onnx.save(wrapped, tmp_path / "fed.onnx")
+    batch = np.random.default_rng(3).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    np.save(tmp_path / "batch.npy", batch)
+    subprocess.run([sys.executable, "-c", _RUN_WITH_ORT, str(tmp_path / "fed.onnx"), str(tmp_path / "batch.npy"),
+                    str(tmp_path / "out.npz")], check=True, timeout=300)
+    out = np.load(tmp_path / "out.npz")
+    expected = normalise(batch, spec, lut)
+    assert np.array_equal(out["fed"].view(np.uint32), expected.view(np.uint32))
+    assert np.array_equal(out["checks"], fed_checksums(expected))
+    swapped = expected.copy()
+    swapped[0, 0, 0, 0], swapped[0, 0, 0, 1] = expected[0, 0, 0, 1], expected[0, 0, 0, 0]
+    if expected[0, 0, 0, 0] != expected[0, 0, 0, 1]:
+        assert not np.array_equal(out["checks"], fed_checksums(swapped))
+
+
+def test_the_uint8_feed_refuses_what_it_cannot_wrap():
+    from xfverify.converter.feed_graph import uint8_fed_model
+    from xfverify.models.preprocess import PRESETS
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3, 8, 8]) for n in ("a", "b")]
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "two", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 8, 8])])
+    lut, weights = np.zeros((3, 256), np.float32), np.ones(3 * 8 * 8, np.int64)
+    with pytest.raises(UserError, match="takes 2 inputs"):
+        uint8_fed_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), lut, (0, 1, 2),
+                        "NCHW", (8, 8), weights)
+    old = helper.make_graph([helper.make_node("Identity", ["a"], ["y"])], "old", inputs[:1],
+                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 8, 8])])
+    with pytest.raises(UserError, match="opset 11; .* needs opset 13"):
+        uint8_fed_model(helper.make_model(old, opset_imports=[helper.make_opsetid("", 11)]), lut, (0, 1, 2),
+                        "NCHW", (8, 8), weights)

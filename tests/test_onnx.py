@@ -93,6 +93,22 @@ def test_real_weights_agree_on_every_image(lite0):
 
 @needs_torch
 @pytest.mark.torch
+def test_the_device_feed_gives_the_host_feeds_logits_proven_by_the_stored_digests(lite0, tmp_path):
+    """How ONNX Runtime is fed on a GPU (uint8 bound with IO binding, normalised in the graph, checksums checked
+    against the cache's digests), taken on the CPU: the same tensors_sha256 and bit-identical logits."""
+    done = run_cli("onnx", "--provider", "cpu", "--against", str(lite0["out"] / "native"), "--out",
+                   str(tmp_path / "d"), env={**lite0["env"], "XFVERIFY_ORT_FEED": "device"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    device = json.loads((tmp_path / "d" / "report.json").read_text())
+    host = lite0["report"]
+    assert device["runtime"]["options"]["io_binding"] is True and host["runtime"]["options"]["io_binding"] is False
+    assert device["tensor_proof"].startswith("device checksums") and host["tensor_proof"] == "hashed on host"
+    assert device["tensors_sha256"] == host["tensors_sha256"]
+    assert np.array_equal(np.load(tmp_path / "d" / "logits.npy"), np.load(lite0["out"] / "logits.npy"))
+
+
+@needs_torch
+@pytest.mark.torch
 def test_a_second_run_reuses_the_native_run_and_the_export(lite0):
     done = run_cli("onnx", "--provider", "cpu", "--out", str(lite0["out"]), env=lite0["env"])
     assert done.returncode == 0, done.stderr[-3000:]
