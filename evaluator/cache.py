@@ -373,12 +373,13 @@ class TensorCache:
 
     # -- building
     def survey(self, records: Sequence[ImageRecord], log: Callable[[str], None] | None = None,
-               normalisations: Sequence[PreprocessSpec] = ()) -> "CachePlan":
+               normalisations: Sequence[PreprocessSpec] | None = None) -> "CachePlan":
         """Plan the shards of ``records`` and verify the ones on disk; damaged ones are unpublished.
 
         After this, a shard's sidecar exists only if its data is intact, so a reader that waits
         for sidecars (a worker started while the cache builds) never reads damaged data.
-        ``normalisations`` (default: the cache's spec) are those whose fed-tensor digests the run needs.
+        ``normalisations`` (default: the cache's spec) are those whose fed-tensor digests the run needs; none
+        when it feeds no device (a device-fed worker computes what it finds missing itself).
         """
         log = log or (lambda message: None)
         (self.directory / "shards").mkdir(parents=True, exist_ok=True)
@@ -386,7 +387,7 @@ class TensorCache:
         if not spec_file.exists():
             atomic_write_text(spec_file, json.dumps(self._ident, indent=2, sort_keys=True))
         self._remove_stale_temporaries()
-        unique = {n.key: n for n in map(FedNormalisation.of, normalisations or [self.spec])}
+        unique = {n.key: n for n in map(FedNormalisation.of, [self.spec] if normalisations is None else normalisations)}
         survey = CachePlan(plans=self.plan(records), normalisations=list(unique.values()))
 
         def verdict(plan: ShardPlan) -> tuple[dict | None, str, list[str]]:
@@ -454,7 +455,7 @@ class TensorCache:
         stop_on_bad: bool = False,
         progress: Callable[[int, int], None] | None = None,
         log: Callable[[str], None] | None = None,
-        normalisations: Sequence[PreprocessSpec] = (),
+        normalisations: Sequence[PreprocessSpec] | None = None,
     ) -> tuple[CachedImages, BuildStats]:
         """Make sure every image of ``records`` is cached (:meth:`survey`, then :meth:`complete`)."""
         started = time.perf_counter()

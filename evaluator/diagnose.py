@@ -39,6 +39,7 @@ from xfverify.evaluator.native import (
     assemble_report,
     default_out_dir,
     in_owned_folder,
+    may_feed_on_device,
     prepare,
     relative_timeline,
     spec_hw,
@@ -211,6 +212,7 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
                     cache, dataset.records, data_files, options,
                     lambda done, _total: decode_progress(offset + done, total * len(caches)), cancel,
                     normalisations=[spec for spec in specs if spec.geometry_key() == key],
+                    digests=may_feed_on_device(card.framework, options.device),
                 )
             timeline["decode_done"] = time.time()
             return built

@@ -151,13 +151,13 @@ def _sidecar(shard_path: str | Path) -> dict:
 
 
 def stored_batches(
-    shard_paths: Sequence[str], batch_size: int, spec: PreprocessSpec, wait: bool = False
+    shard_paths: Sequence[str], batch_size: int, spec: PreprocessSpec, wait: bool = False, compute_missing: bool = False
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(index of the first image, records, image ids) in the batches :func:`shards.iter_shard_batches` reads.
 
     With ``wait``, each shard's digests are read once they are stored (the cache may compute them after the
-    shard itself); without, missing digests are a bug of the cache, raised at once. Ids are None where a
-    shard's sidecar lists none.
+    shard itself); with ``compute_missing`` (the parent stores none), those missing are computed here; else
+    missing digests are a bug of the cache, raised at once. Ids are None where a shard's sidecar lists none.
     """
     key = FedNormalisation.of(spec).key
 
@@ -165,6 +165,9 @@ def stored_batches(
         for path in shard_paths:
             if wait:
                 wait_for_file(sidecar_path(path))
+            if compute_missing:
+                ensure_digests([path], spec)
+            elif wait:
                 wait_for_file(digests_path(path, key))
             sidecar = _sidecar(path)
             n = len(np.load(path, mmap_mode="r"))

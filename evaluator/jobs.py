@@ -37,6 +37,7 @@ class EvaluateJob(_Strict):
     data_file: Optional[str] = Field(default=None, description="where the shard paths appear once surveyed")
     shard_paths: Optional[list[str]] = None
     wait_for_shards: bool = False
+    digests_stored: bool = True
     weights_file: Optional[str] = None
     random_weights: bool = False
     cuda_graphs: bool = False
@@ -103,6 +104,8 @@ class DataPart(_Strict):
 
     shard_paths: list[str]
     wait_for_shards: bool = Field(description="shards, or their fed-tensor digests, are still being made")
+    digests_stored: bool = Field(default=True, description="the parent stores the fed-tensor digests; else a "
+                                 "device-fed worker computes those it lacks")
 
 
 class ReferenceJob(_Strict):

@@ -257,15 +257,27 @@ def relative_timeline(parent: dict[str, float], worker: dict[str, float]) -> dic
     return {name: round(at - started, 3) for name, at in sorted(merged.items(), key=lambda item: item[1])}
 
 
-def survey_and_build(cache, records, data_files, options, progress, cancel, surveyed=lambda: None, normalisations=()):
-    """Survey the cache, tell the worker its shard paths (each data file), then decode what is missing and
-    compute the fed-tensor digests missing under ``normalisations`` (default: the cache's spec).
+def may_feed_on_device(framework: str, device: str) -> bool:
+    """Whether a worker may be fed on a GPU (torch's uint8 step, ONNX Runtime's CUDA provider), so the cache
+    should store the fed tensors' digests as it builds. A wrong guess costs time, not correctness: a device-fed
+    worker that finds digests missing computes them itself."""
+    from xfverify.evaluator.frameworks.devices import nvidia_gpus
+
+    if framework == "onnxruntime" and os.environ.get("XFVERIFY_ORT_FEED") == "device":
+        return True
+    return framework in ("torch", "onnxruntime") and device != "cpu" and bool(nvidia_gpus())
+
+
+def survey_and_build(cache, records, data_files, options, progress, cancel, surveyed=lambda: None,
+                     normalisations=None, digests: bool = True):
+    """Survey the cache, tell the worker its shard paths (each data file), then decode what is missing and,
+    with ``digests``, compute the fed-tensor digests missing under ``normalisations`` (default: the cache's spec).
 
     Returns what :meth:`TensorCache.complete` returns.
     """
-    survey = cache.survey(records, log=ui.info, normalisations=normalisations)
+    survey = cache.survey(records, log=ui.info, normalisations=normalisations if digests else [])
     surveyed()
-    data = DataPart(shard_paths=cache.shard_paths(survey), wait_for_shards=survey.pending)
+    data = DataPart(shard_paths=cache.shard_paths(survey), wait_for_shards=survey.pending, digests_stored=digests)
     for data_file in data_files:
         atomic_write_text(Path(data_file), data.model_dump_json())
     return cache.complete(survey, workers=options.workers, stop_on_bad=options.on_bad_image == "error",
@@ -289,7 +301,8 @@ def decode_and_infer(cache, dataset, framework, job, workdir, options, decode_pr
         timeline["cache_surveyed"] = time.time()
 
     def build():
-        built = survey_and_build(cache, dataset.records, [job.data_file], options, decode_progress, cancel, surveyed)
+        built = survey_and_build(cache, dataset.records, [job.data_file], options, decode_progress, cancel, surveyed,
+                                 digests=may_feed_on_device(framework, job.device))
         timeline["decode_done"] = time.time()
         return built
 

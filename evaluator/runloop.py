@@ -147,6 +147,7 @@ def run_loop(
     stage: Callable[[np.ndarray], Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     device_name: str = "the device",
+    digests_stored: bool = True,
 ) -> LoopResult:
     """Feed every cached image through ``step``; store logits (float32, N x classes) in manifest order.
 
@@ -195,7 +196,7 @@ def run_loop(
             (start, staged(u8), None, (records, ids))
             for (start, u8), (_, records, ids) in zip(
                 iter_shard_batches(shard_paths, batch_size, wait=wait_for_shards),
-                stored_batches(shard_paths, batch_size, spec, wait=wait_for_shards),
+                stored_batches(shard_paths, batch_size, spec, wait=wait_for_shards, compute_missing=not digests_stored),
             )
         )
     if progress:

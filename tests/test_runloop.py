@@ -104,6 +104,18 @@ def test_device_feeding_without_stored_digests_is_a_bug_named_at_once(tmp_path):
                          threads=2)
 
 
+def test_a_device_fed_worker_computes_the_digests_a_cpu_bound_cache_did_not_store(tmp_path):
+    """The parent stores digests only where a run may feed a GPU; a device-fed loop told none are stored makes
+    them itself (and they are the host feed's)."""
+    shards = _shards(tmp_path, (5, 3), hw=(20, 20))
+    device = runloop.run_loop(shards, 8, SPEC, 3, lambda u8, _: _LateResult(u8), tmp_path / "d.npy", feed="device",
+                              threads=2, wait_for_shards=True, digests_stored=False)
+    host = runloop.run_loop(shards, 8, SPEC, 3, lambda u8, t: (t.reshape(len(t), -1)[:, :1000].copy(), 1.0),
+                            tmp_path / "h.npy", feed="host", threads=2)
+    assert device.tensors_sha256 == host.tensors_sha256
+    assert len(list(tmp_path.glob("s*.fed-*.digests"))) == 2
+
+
 def test_steady_rate_of_a_synchronous_step_counts_each_batch_once(tmp_path):
     import time
 

@@ -93,7 +93,7 @@ def run_fed(job: EvaluateJob, spec: PreprocessSpec, step, workdir: Path, device_
         result = runloop.run_loop(
             job.shard_paths, n, spec, batch, step, workdir / "logits.npy", feed=step.feed,
             wait_for_shards=job.wait_for_shards, stage=step.stage if device_fed else None,
-            progress=progress_emitter(), device_name=device_name,
+            progress=progress_emitter(), device_name=device_name, digests_stored=job.digests_stored,
         )
     return result, LoopTiming(**result.timing(), warmup_s=round(warmup_s, 3))
 
