@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from xfverify.evaluator.cache import TensorCache
-from xfverify.evaluator.native import NativeOptions, prepare
+from xfverify.evaluator.native import NativeOptions, may_feed_on_device, prepare
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample-500"
 MODEL = "pypi/efficientnet_lite0"
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--variants", default=VARIANTS, help="diagnose --variants (the reference always runs)")
     parser.add_argument("--precisions", default="bf16", help='diagnose --precisions ("" for none)')
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, help="default: xfverify's default for the device")
     parser.add_argument("--out", help="write the JSON here too")
     args = parser.parse_args()
 
@@ -85,11 +85,13 @@ def main() -> None:
     for record in dataset.records:  # into the page cache, so no part pays for the disk
         Path(record.path).read_bytes()
     shared = ["--data", args.data, "--limit", str(args.images), "--device", args.device,
-              "--batch-size", str(args.batch_size)]
+              *(["--batch-size", str(args.batch_size)] if args.batch_size else [])]
     with tempfile.TemporaryDirectory(prefix="xfverify-bench-") as work_dir:
         work = Path(work_dir)
         started = time.perf_counter()
-        _, build = TensorCache(work / "cache-a", spec).ensure(dataset.records, stop_on_bad=True)
+        digests = may_feed_on_device(card.framework, args.device)  # as the runs below decide it
+        _, build = TensorCache(work / "cache-a", spec).ensure(dataset.records, stop_on_bad=True,
+                                                              normalisations=None if digests else [])
         decode_s = time.perf_counter() - started
         if build.decoded != len(dataset):
             raise SystemExit(f"the cold pass decoded {build.decoded} of {len(dataset)} images: was the cache empty?")

@@ -1,4 +1,5 @@
-"""`xfverify diagnose pypi/efficientnet_lite0` on 500 real labelled ImageNet photographs, every variant, cold cache.
+"""`xfverify diagnose pypi/efficientnet_lite0` on 500 real labelled ImageNet photographs, every variant and bf16, cold
+cache.
 
     python bench/diagnose_lite0.py --out bench/results/diagnose_lite0.json
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -28,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="xfverify-bench-") as work:
         started = time.perf_counter()
-        report, _ = run_diagnose(DiagnoseOptions(model="pypi/efficientnet_lite0", data=args.data, batch_size=32,
+        report, _ = run_diagnose(DiagnoseOptions(model="pypi/efficientnet_lite0", data=args.data, precisions="bf16",
                                                  out=str(Path(work) / "out"), cache_dir=str(Path(work) / "cache")))
         wall = time.perf_counter() - started
     rows = [report.reference, *report.variants]
@@ -38,6 +40,7 @@ def main() -> None:
         "data": "../shared/data/imagenet-sample-500",
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
         "device": report.device.name,
+        "cores": os.cpu_count(),
         "published_top1_error": report.published.top1_error if report.published else None,
         "sentence": report.decomposition.sentence,
         "decomposition": report.decomposition.model_dump(mode="json"),
