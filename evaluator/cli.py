@@ -33,7 +33,7 @@ _SUBSET_OPTIONS = (
 )
 _MODEL_RUN_OPTIONS = (
     click.option("--batch-size", type=int,
-                 help="Images per batch (default: chosen where the model runs: 10 on a CPU, 32 on a GPU)."),
+                 help="Images per batch (default: chosen where the model runs: 4 on a CPU, 32 on a GPU)."),
     click.option("--workers", type=int, help="Decoding processes (default: all cores)."),
     click.option("--weights", type=click.Path(),
                  help="A local weights file (torch: a state_dict, loaded with weights_only=True)."),

@@ -64,7 +64,7 @@ def test_a_normalisation_variant_reuses_the_decoded_images(tmp_path):
     # fed on the host, each run hashes what it feeds: no digests are stored for a device (test_cache checks those)
     assert (trap_report["cache"]["digested"], again_report["cache"]["digested"]) == (0, 0)
     assert not list((tmp_path / "cache").glob("*/shards/*.digests"))
-    assert (trap_report["batch_size"], trap_report["batch_size_source"]) == (10, "default for cpu")
+    assert (trap_report["batch_size"], trap_report["batch_size_source"]) == (4, "default for cpu")
     assert trap_report["tensor_proof"] == "hashed on host"
     assert trap_report["tensors_sha256"] != again_report["tensors_sha256"]
     assert "note: only 3 labelled images scored" in trap.stdout  # the report's notes close the summary

@@ -17,9 +17,10 @@ from xfverify.models.preprocess import PreprocessSpec
 
 
 # The batch size when --batch-size is not given, by the type of device the worker resolved. A CPU is faster at
-# small batches: EfficientNet-Lite0 under bare torch on 2 cores ran 46 img/s at batch 10 and 29 img/s at 32
-# (bench/cpu_batch.py measures more models and sizes in one run). A GPU keeps 32.
-DEFAULT_BATCH_SIZE = {"cpu": 10, "cuda": 32}
+# small batches: bench/results/cpu_batch.json (bare torch, 2 cores, one run) found batch 4 the fastest for
+# EfficientNet-Lite0, ResNet50 and MobileNetV2 alike (Lite0 90 img/s at 4, 41 at 10, 31 at 32); `xfverify
+# native` end to end on 300 photographs ran 50 img/s at 4 against 36 at 10. A GPU keeps 32.
+DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 32}
 
 
 def choose_batch_size(requested: int | None, device_type: str) -> tuple[int, str]:
