@@ -168,7 +168,8 @@ def _shape(value) -> list:
 
 class IoBoundStep:
     """uint8 batches in, bound with IO binding on the session's device; the graph normalises them and also
-    returns each image's fed-tensor checksums (the proof of what it fed, checked by the loop)."""
+    returns each image's fed-tensor checksums (the proof of what it fed, checked by the loop). Each batch is
+    uploaded by :meth:`stage`, in the loader thread, while the batch before it runs."""
 
     feed = "device"
 
@@ -179,23 +180,21 @@ class IoBoundStep:
         self.input = UINT8_INPUT
         self.outputs = [session.get_outputs()[0].name, FED_CHECKS]
         self.binding = session.io_binding()
-        self.bound: Any = None  # the device buffer of the last batch shape, refilled in place
 
-    def stage(self, u8: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(u8)
+    def stage(self, u8: np.ndarray) -> "UploadedBatch":
+        # on the CPU an OrtValue wraps the array instead of copying it: give it one of its own, not the cache's
+        host = np.array(u8, order="C", copy=True) if self.device == "cpu" else np.ascontiguousarray(u8)
+        return UploadedBatch(host, ort.OrtValue.ortvalue_from_numpy(host, self.device, 0))
 
     def warm_up(self, sizes: list[int], hw: tuple[int, int], full_batches: int) -> float:
         started = time.perf_counter()
         for n in sizes:
             for _ in range(2):
-                self._run(np.zeros((n, *hw, 3), dtype=np.uint8))
+                self._run(self.stage(np.zeros((n, *hw, 3), dtype=np.uint8)))
         return time.perf_counter() - started
 
-    def _run(self, u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.bound is None or tuple(self.bound.shape()) != u8.shape:
-            self.bound = ort.OrtValue.ortvalue_from_shape_and_type(u8.shape, np.uint8, self.device, 0)
-        self.bound.update_inplace(u8)  # our own buffer: on the CPU, wrapping u8 would let ONNX Runtime alias the cache
-        self.binding.bind_ortvalue_input(self.input, self.bound)
+    def _run(self, batch: "UploadedBatch") -> tuple[np.ndarray, np.ndarray]:
+        self.binding.bind_ortvalue_input(self.input, batch.value)
         logits, checks = self.outputs
         self.binding.bind_output(logits, self.device)
         self.binding.bind_output(checks, self.device)
@@ -203,10 +202,20 @@ class IoBoundStep:
         out = self.binding.copy_outputs_to_cpu()
         return np.asarray(out[0], dtype=np.float32), out[1]
 
-    def __call__(self, u8: np.ndarray, tensors: None) -> "_Finished":
+    def __call__(self, batch: "UploadedBatch", tensors: None) -> "_Finished":
         started = time.perf_counter()
-        logits, checks = self._run(u8)
+        logits, checks = self._run(batch)
         return _Finished(logits, (time.perf_counter() - started) * 1000.0, checks)
+
+
+class UploadedBatch:
+    """A uint8 batch and its copy on the step's device (``value``, an OrtValue); its length is its images'."""
+
+    def __init__(self, host: np.ndarray, value):
+        self.host, self.value = host, value
+
+    def __len__(self) -> int:
+        return len(self.host)
 
 
 class _Finished:
