@@ -121,6 +121,21 @@ def _causes(rows: list[dict]) -> str:
                      "wrong->right)" for r in rows)
 
 
+def _opening(published: float | None, reproduced: float, ci95: list[float] | None) -> str:
+    """The sentence's start: the reference's error against the published one, and what a gap can be."""
+    if published is None:
+        return f"The reference preprocessing gives {reproduced:.1f} %"
+    opening = f"With the reference preprocessing (the weights' own pipeline) the error is {reproduced:.1f} %"
+    if ci95 and ci95[0] <= published <= ci95[1]:
+        return f"{opening}: the published {published:.1f} % lies inside its 95 % CI ({ci95[0]:.1f} to {ci95[1]:.1f})"
+    gap = reproduced - published
+    if gap > 0:
+        return (f"{opening}, {gap:.1f} points above the published {published:.1f} %, a gap preprocessing does not "
+                "explain (the model, its runtime, or the images)")
+    return (f"{opening}, {-gap:.1f} points below the published {published:.1f} % (these images are easier than the "
+            "set it was published on)")
+
+
 def decomposition(published: float | None, rows: list[dict]) -> dict:
     """Published error -> the reference's -> each significant variant's delta (preprocessing, then the runtime axis:
     ONNX Runtime, other precisions; each ranked), with running totals, and the sentence that says it; variants
@@ -142,9 +157,7 @@ def decomposition(published: float | None, rows: list[dict]) -> dict:
                       "end": round(level + row["delta"], 4)})
         level = round(level + row["delta"], 4)
     noise = [r["name"] for r in rows[1:] if not r["significant"]]
-    start = (f"The gap of {_signed(reproduced - published)} points from the published {published:.1f} % to "
-             f"{reproduced:.1f} % with the reference preprocessing is not preprocessing (the reference is the weights' "
-             "own pipeline)" if published is not None else f"The reference preprocessing gives {reproduced:.1f} %")
+    start = _opening(published, reproduced, rows[0].get("top1_error_ci95"))
     explained = ("; preprocessing choices that change the error measurably, largest first: "
                  + _causes(ranked_preprocessing) if ranked_preprocessing
                  else "; no preprocessing variant changes the error measurably" if preprocessing else "")

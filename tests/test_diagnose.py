@@ -154,8 +154,12 @@ def test_the_decomposition_sums_and_ranks_only_what_is_outside_the_noise():
     for step in d["steps"]:
         assert step["end"] == pytest.approx(step["start"] + step["delta"])
     assert d["steps"][-1]["end"] == pytest.approx(25.0 + sum(s["delta"] for s in d["steps"]))
-    assert "gap of -15.0 points" in d["sentence"] and "big (-4.0" in d["sentence"]
+    assert "15.0 points below the published 25.0 %" in d["sentence"] and "big (-4.0" in d["sentence"]
     assert d["sentence"].endswith("2 variants change nothing measurable.")
+    above = decomposition(8.0, rows)["sentence"]
+    assert "2.0 points above the published 8.0 %, a gap preprocessing does not explain" in above
+    inside = decomposition(10.5, [{**rows[0], "top1_error_ci95": [8.1, 12.6]}, *rows[1:]])["sentence"]
+    assert "the published 10.5 % lies inside its 95 % CI (8.1 to 12.6)" in inside
 
 
 def console_errors(page: Path, tmp_path: Path, screenshot: Path | None = None) -> list[str]:
