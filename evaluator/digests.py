@@ -116,7 +116,7 @@ def read_digests(shard_path: str | Path, key: str, n: int, shard_xxh3: str | Non
     """A shard's records under the normalisation ``key``, or None when missing, unreadable or not this shard's."""
     try:
         payload = json.loads(digests_path(shard_path, key).read_text())
-        if (payload.get("format") != FORMAT_VERSION or payload.get("normalisation") != key or payload.get("n") != n
+        if (not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or payload.get("normalisation") != key or payload.get("n") != n
                 or (shard_xxh3 is not None and payload.get("shard_xxh3_128") != shard_xxh3)):
             return None
         records = np.empty(n, dtype=RECORD)

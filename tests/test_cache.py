@@ -356,3 +356,16 @@ def test_digests_go_with_their_shard(tmp_path):
     _, stats = cache.ensure(dataset.records, workers=1)
     assert (stats.decoded, stats.digested) == (0, 4)
     assert json.loads(digest_file.read_text()) == payload
+
+
+@pytest.mark.parametrize("foreign", ["[1, 2]", "null", '"digests"', "7", '{"format": 1, "n": 4, "sha256": 5}'])
+def test_a_digests_file_of_foreign_json_is_damaged_and_made_again_not_a_crash(tmp_path, foreign):
+    dataset = load_dataset(make_images(tmp_path / "d", 4))
+    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
+    cached, _ = cache.ensure(dataset.records, workers=1)
+    (digest_file,) = Path(cached.shard_paths[0]).parent.glob("*.fed-*.digests")
+    payload = json.loads(digest_file.read_text())
+    digest_file.write_text(foreign)
+    _, stats = cache.ensure(dataset.records, workers=1)
+    assert (stats.decoded, stats.digested) == (0, 4)
+    assert json.loads(digest_file.read_text()) == payload
