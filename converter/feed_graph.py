@@ -36,7 +36,7 @@ def uint8_fed_model(model: onnx.ModelProto, lut: np.ndarray, source_channels: tu
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         raise UserError(f"the ONNX model uses opset {opset}; feeding uint8 on the device needs opset 13 or newer "
-                        "(export again with --opset 13)")
+                        "(export it again at opset 13 or newer; xfverify's own export: --opset 13)")
     if lut.shape != (3, 256) or lut.dtype != np.float32:
         raise ValueError(f"expected a (3, 256) float32 table, got {lut.dtype} {lut.shape}")
     height, width = hw
