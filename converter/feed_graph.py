@@ -21,6 +21,7 @@ from xfverify.models.errors import UserError
 UINT8_INPUT = "xfverify_images_u8"
 FED_CHECKS = "xfverify_fed_checksums"
 _PREFIX = "xfverify_feed_"
+_LOW_BASE = 2**16
 
 
 def uint8_fed_model(model: onnx.ModelProto, lut: np.ndarray, source_channels: tuple[int, int, int],
@@ -35,7 +36,7 @@ def uint8_fed_model(model: onnx.ModelProto, lut: np.ndarray, source_channels: tu
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         raise UserError(f"the ONNX model uses opset {opset}; feeding uint8 on the device needs opset 13 or newer "
-                        "(export again with --opset 13)")
+                        "(export it again at opset 13 or newer; xfverify's own export: --opset 13)")
     if lut.shape != (3, 256) or lut.dtype != np.float32:
         raise ValueError(f"expected a (3, 256) float32 table, got {lut.dtype} {lut.shape}")
     height, width = hw
@@ -60,6 +61,7 @@ def uint8_fed_model(model: onnx.ModelProto, lut: np.ndarray, source_channels: tu
         name("weights"): np.ascontiguousarray(checksum_weights.reshape(image_shape)),
         name("image_axes"): np.asarray([1, 2, 3], dtype=np.int64),
         name("last_axis"): np.asarray([1], dtype=np.int64),
+        name("low_base"): np.asarray(_LOW_BASE, dtype=np.int64),
     }
     graph.initializer.extend(numpy_helper.from_array(value, key) for key, value in constants.items())
     ordered = UINT8_INPUT
@@ -81,9 +83,22 @@ def uint8_fed_model(model: onnx.ModelProto, lut: np.ndarray, source_channels: tu
                   helper.make_node("Transpose", [name("bits_nhwc")], [bits], perm=[0, 3, 1, 2])]
     nodes += [
         helper.make_node("Cast", [bits], [name("wide")], to=TensorProto.INT64),
-        helper.make_node("ReduceSum", [name("wide"), name("image_axes")], [name("sum")], keepdims=0),
-        helper.make_node("Mul", [name("wide"), name("weights")], [name("weighted")]),
-        helper.make_node("ReduceSum", [name("weighted"), name("image_axes")], [name("weighted_sum")], keepdims=0),
+        # ONNX Runtime's int64 ReduceSum is exact only below 2**53, which a weighted sum can pass: each bit pattern
+        # is split into its low 16 bits and the rest, whose (weighted) sums over MAX_VALUES values stay below
+        # 2**49, and the halves' sums are joined exactly.
+        helper.make_node("Mod", [name("wide"), name("low_base")], [name("low")], fmod=0),
+        helper.make_node("Sub", [name("wide"), name("low")], [name("high_scaled")]),
+        helper.make_node("Div", [name("high_scaled"), name("low_base")], [name("high")]),
+        helper.make_node("ReduceSum", [name("low"), name("image_axes")], [name("plain_low")], keepdims=0),
+        helper.make_node("ReduceSum", [name("high"), name("image_axes")], [name("plain_high")], keepdims=0),
+        helper.make_node("Mul", [name("plain_high"), name("low_base")], [name("plain_high_part")]),
+        helper.make_node("Add", [name("plain_high_part"), name("plain_low")], [name("sum")]),
+        helper.make_node("Mul", [name("low"), name("weights")], [name("weighted_low")]),
+        helper.make_node("Mul", [name("high"), name("weights")], [name("weighted_high")]),
+        helper.make_node("ReduceSum", [name("weighted_low"), name("image_axes")], [name("low_sum")], keepdims=0),
+        helper.make_node("ReduceSum", [name("weighted_high"), name("image_axes")], [name("high_sum")], keepdims=0),
+        helper.make_node("Mul", [name("high_sum"), name("low_base")], [name("high_part")]),
+        helper.make_node("Add", [name("high_part"), name("low_sum")], [name("weighted_sum")]),
         helper.make_node("Unsqueeze", [name("sum"), name("last_axis")], [name("sum_column")]),
         helper.make_node("Unsqueeze", [name("weighted_sum"), name("last_axis")], [name("weighted_column")]),
         helper.make_node("Concat", [name("sum_column"), name("weighted_column")], [FED_CHECKS], axis=1),

@@ -6,7 +6,9 @@ The tensor an image is fed is a pure function of its cached uint8 image and the 
 
 * ``sha256``: the digest ``tensors_sha256`` is built from (what :func:`normalise.image_digests` gives);
 * ``checks``: two exact checksums of the tensor's bytes: the sum of its float32 values' bit patterns read
-  as int32, and the same sum with a fixed pseudo-random weight (1 to 256) per position.
+  as int32, and the same sum with a fixed pseudo-random weight (1 to 256) per position;
+
+and ``records_sha256`` over all of them, so a file changed on disk is remade rather than believed.
 
 The cache computes them on the CPU when it builds a shard, or later for a normalisation first used on a
 shard already built. A GPU step computes the two checksums of what it fed on the device and copies back
@@ -34,7 +36,7 @@ from xfverify.evaluator.shards import checksum, consecutive_batches, sidecar_pat
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: records_sha256, so a changed digit is damage, not a wrong tensors_sha256
 RECORD = np.dtype([("sha256", np.uint8, (32,)), ("checks", np.int64, (2,))])
 # |bit pattern| <= 2**31 and weights <= 2**8: the weighted sum of up to this many values stays below 2**63.
 MAX_VALUES = 2**24 - 1
@@ -108,6 +110,7 @@ def write_digests(shard_path: str | Path, normalisation: FedNormalisation, recor
         "n": len(records),
         "sha256": [bytes(r).hex() for r in records["sha256"]],
         "checks": records["checks"].tolist(),
+        "records_sha256": hashlib.sha256(records.tobytes()).hexdigest(),
     }
     atomic_write_text(digests_path(shard_path, normalisation.key), json.dumps(payload))
 
@@ -116,12 +119,14 @@ def read_digests(shard_path: str | Path, key: str, n: int, shard_xxh3: str | Non
     """A shard's records under the normalisation ``key``, or None when missing, unreadable or not this shard's."""
     try:
         payload = json.loads(digests_path(shard_path, key).read_text())
-        if (payload.get("format") != FORMAT_VERSION or payload.get("normalisation") != key or payload.get("n") != n
+        if (not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or payload.get("normalisation") != key or payload.get("n") != n
                 or (shard_xxh3 is not None and payload.get("shard_xxh3_128") != shard_xxh3)):
             return None
         records = np.empty(n, dtype=RECORD)
         records["sha256"] = np.frombuffer(bytes.fromhex("".join(payload["sha256"])), dtype=np.uint8).reshape(n, 32)
         records["checks"] = np.asarray(payload["checks"], dtype=np.int64).reshape(n, 2)
+        if payload.get("records_sha256") != hashlib.sha256(records.tobytes()).hexdigest():
+            return None
     except (OSError, ValueError, KeyError, TypeError, OverflowError):  # a damaged file: made again
         return None
     return records

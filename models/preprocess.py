@@ -201,7 +201,8 @@ def spec_problems(spec: PreprocessSpec) -> list[str]:
     elif spec.crop_padding:
         problems.append("crop_padding applies only with order=crop_then_resize")
     if spec.interpolation not in _LIBRARY_INTERPOLATIONS[spec.resize_library]:
-        problems.append(f"{spec.resize_library} has no {spec.interpolation} interpolation")
+        problems.append(f"{spec.resize_library} has no {spec.interpolation} interpolation; choose from "
+                        + ", ".join(_LIBRARY_INTERPOLATIONS[spec.resize_library]))
     if spec.resize_library == "pil" and not spec.antialias and spec.interpolation != "nearest":
         problems.append("PIL always antialiases when it shrinks: antialias must be true for resize_library=pil")
     if spec.resize_library == "opencv" and spec.antialias and spec.interpolation != "area":

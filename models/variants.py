@@ -216,7 +216,12 @@ def user_variant(data: Mapping[str, Any], origin: str) -> Variant:
 def precision_variants(names: str | None, reference_precision: str, framework: str) -> list[Variant]:
     """The runtime-axis variants of ``--precisions`` (comma-separated): the reference's tensors, the same weights,
     another precision; each name once, none the reference's own."""
-    wanted = list(dict.fromkeys(n.strip() for n in (names or "").split(",") if n.strip()))
+    if names is None:
+        return []
+    wanted = list(dict.fromkeys(n.strip() for n in names.split(",") if n.strip()))
+    if not wanted:
+        others = ", ".join(p for p in PRECISIONS if p != reference_precision)
+        raise UserError(f"--precisions names no precision; give some of {others}, or leave the option out")
     unknown = [n for n in wanted if n not in PRECISIONS]
     if unknown:
         raise UserError(f"--precisions: unknown precision {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")

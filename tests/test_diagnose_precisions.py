@@ -153,3 +153,9 @@ def test_bf16_changes_lite0_on_real_photos_by_a_small_delta_with_a_valid_interva
     assert -100 <= lo <= row.delta <= hi <= 100 and lo < hi
     assert abs(row.delta) <= 3 and row.right_to_wrong + row.wrong_to_right <= 6  # bf16 moves a few images at most
     assert not row.significant and 0 < row.max_output_difference < 0.2
+
+
+@pytest.mark.parametrize("names", ["", " ", ",", " , ,"])
+def test_precisions_that_name_nothing_are_one_line_not_a_silent_run_without_the_runtime_axis(names):
+    with pytest.raises(UserError, match="--precisions names no precision; give some of tf32, bf16, fp16"):
+        precision_variants(names, "fp32", "torch")

@@ -165,6 +165,42 @@ def test_a_corrupt_onnx_file_is_one_line(tmp_path):
     assert_user_error(done, str(truncated), "not ")
 
 
+@pytest.mark.parametrize("feed", ["host", "device"])
+def test_a_users_file_with_two_inputs_is_one_line_on_either_feed(feed, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 224, 224]),
+              helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["N", 1000])]
+    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0),
+             helper.make_node("Tile", ["mean", "repeats"], ["tiled"]),
+             helper.make_node("Slice", ["tiled", "start", "stop", "axis"], ["wide"]),
+             helper.make_node("Add", ["wide", "bias"], ["logits"])]
+    constants = [onnx.numpy_helper.from_array(np.asarray(v, dtype=np.int64), n)
+                 for n, v in (("repeats", [1, 334]), ("start", [0]), ("stop", [1000]), ("axis", [1]))]
+    graph = helper.make_graph(nodes, "two", inputs,
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])], constants)
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), path)
+    done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--out",
+                   str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"), env={"XFVERIFY_ORT_FEED": feed})
+    assert_user_error(done, str(path), "takes 2 inputs (image, bias)", "export it with the image as its only input")
+
+
+def test_a_users_opset_11_file_under_the_device_feed_is_one_line_naming_it(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 224, 224])
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["image"], ["logits"], axes=[2, 3], keepdims=0)], "op11",
+                              [image], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])])
+    path = tmp_path / "op11.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=7), path)
+    done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--out",
+                   str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"), env={"XFVERIFY_ORT_FEED": "device"})
+    assert_user_error(done, f"{path}: the ONNX model uses opset 11", "opset 13 or newer")
+
+
 def test_a_users_file_needs_a_preset_and_against_needs_a_native_report(tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"")

@@ -36,11 +36,11 @@ def test_round_trip_through_dict():
         ({"layout": "CHW"}, "layout='CHW'"),
         ({"order": "crop_then_resize"}, "resize_mode=squash, resize_size=crop_size"),
         ({"crop_padding": 32}, "only with order=crop_then_resize"),
-        ({"resize_library": "tf1", "antialias": False, "interpolation": "bicubic"}, "tf1 has no bicubic"),
+        ({"resize_library": "tf1", "antialias": False, "interpolation": "bicubic"}, "tf1 has no bicubic interpolation; choose from bilinear"),
         ({"resize_library": "tf2", "interpolation": "nearest"}, "tf2's nearest resize ignores antialias"),
         ({"resize_library": "torch", "interpolation": "nearest"}, "torch's nearest resize ignores antialias"),
-        ({"resize_library": "torch", "interpolation": "lanczos"}, "torch has no lanczos"),
-        ({"resize_library": "tf2", "interpolation": "area"}, "tf2 has no area"),
+        ({"resize_library": "torch", "interpolation": "lanczos"}, "torch has no lanczos interpolation; choose from nearest, bilinear, bicubic"),
+        ({"resize_library": "tf2", "interpolation": "area"}, "tf2 has no area interpolation; choose from nearest, bilinear, bicubic, lanczos"),
     ],
 )
 def test_invalid_specs_are_refused(changes, message):

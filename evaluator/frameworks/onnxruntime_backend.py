@@ -76,9 +76,9 @@ class OnnxRuntimeBackend(Backend):
         if self.requested_mode == "cuda":
             options.add_session_config_entry(NO_FALLBACK, "1")
         providers = [(CUDA, CUDA_OPTIONS) if p == CUDA else p for p in self.requested_providers]
+        source = self._model_bytes() if self.device_fed else self.path
         try:
-            session = ort.InferenceSession(self._model_bytes() if self.device_fed else self.path, options,
-                                           providers=providers)
+            session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # onnxruntime's pybind errors (Fail, InvalidGraph, ...) share no base class
             if self.requested_mode == "cuda" and "fallback to CPU EP has been explicitly disabled" in str(exc):
                 raise UserError(_cuda_did_not_load()) from None
@@ -108,9 +108,12 @@ class OnnxRuntimeBackend(Backend):
             model = onnx.load(self.path)
         except Exception as exc:  # protobuf's DecodeError, a missing .onnx.data file, ...
             raise UserError(f"{self.path}: not a readable ONNX model ({exception_text(exc)})") from None
-        _check_input(model.graph.input[0] if len(model.graph.input) == 1 else None, self.path, self.spec, self.hw)
-        wrapped = uint8_fed_model(model, normalisation_lut(self.spec), source_channels(self.spec), self.spec.layout,
-                                  self.hw, checksum_weights(3 * self.hw[0] * self.hw[1]))
+        _check_input(_one_input(list(model.graph.input), self.path), self.path, self.spec, self.hw)
+        try:
+            wrapped = uint8_fed_model(model, normalisation_lut(self.spec), source_channels(self.spec),
+                                      self.spec.layout, self.hw, checksum_weights(3 * self.hw[0] * self.hw[1]))
+        except UserError as exc:
+            raise UserError(f"{self.path}: {exc}") from None
         return wrapped.SerializeToString()
 
     def place(self, model, device: Device):
@@ -119,7 +122,7 @@ class OnnxRuntimeBackend(Backend):
     def step(self, model, spec, device: Device, job):
         if self.device_fed:
             return IoBoundStep(model, "cuda" if device.type == "cuda" else "cpu")
-        [fed] = model.get_inputs()  # a classifier takes one tensor
+        fed = _one_input(model.get_inputs(), self.path)
         _check_input(fed, self.path, spec, tuple(job.hw))
         output = model.get_outputs()[0].name
         return HostStep(lambda tensors: np.asarray(model.run([output], {fed.name: tensors})[0], dtype=np.float32))
@@ -147,13 +150,20 @@ class OnnxRuntimeBackend(Backend):
         return "Failed to allocate memory" in str(exc) or "out of memory" in str(exc).lower()
 
 
+def _one_input(inputs: list, path: str):
+    """A classifier's one input (ONNX Runtime's NodeArg or onnx's ValueInfoProto), else one line."""
+    if len(inputs) != 1:
+        raise UserError(f"{path} takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); xfverify feeds "
+                        "a classifier one image batch: export it with the image as its only input")
+    return inputs[0]
+
+
 def _check_input(fed, path: str, spec, hw: tuple[int, int]) -> None:
-    """One image input whose fixed dimensions match what the preprocessing feeds, else one line."""
+    """An image input whose fixed dimensions match what the preprocessing feeds, else one line."""
     expected = (3, *hw) if spec.layout == "NCHW" else (*hw, 3)
-    shape = _shape(fed) if fed is not None else []
-    if fed is None or len(shape) != 4 or any(isinstance(d, int) and d > 0 and d != e
-                                             for d, e in zip(shape[1:], expected)):
-        what = f"input {fed.name} of shape {shape}" if fed is not None else "several inputs"
+    shape = _shape(fed)
+    if len(shape) != 4 or any(isinstance(d, int) and d > 0 and d != e for d, e in zip(shape[1:], expected)):
+        what = f"input {fed.name} of shape {shape}"
         raise UserError(f"{path} takes {what}, but preprocessing {spec.name} feeds {spec.layout} batches of "
                         f"{list(expected)}: choose a --preprocess preset that matches it, or --set layout=... / "
                         "crop_size=...")
