@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from xfverify.evaluator.cache import TensorCache
+from xfverify.evaluator.frameworks.devices import cpu_model
 from xfverify.evaluator.native import NativeOptions, may_feed_on_device, prepare
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample-500"
@@ -44,14 +45,8 @@ VARIANTS = "norm-imagenet-mean-std,squash,decoder-pil"  # one that reads the ref
 
 def machine() -> dict:
     """Cores, CPU model and load: ratios from a busy machine are not the product's."""
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
-    except OSError:
-        pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": name or platform.processor() or platform.machine(), "cores": os.cpu_count(), "usable_cores": usable,
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
             "system": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 

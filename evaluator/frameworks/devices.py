@@ -8,8 +8,8 @@ from pathlib import Path
 from xfverify.evaluator.worker import emit
 
 
-def cpu_name() -> str:
-    """The CPU's model name (what a speed number on the CPU depends on), with the core count."""
+def cpu_model() -> str:
+    """The CPU's model name (what a speed number on the CPU depends on)."""
     import platform
 
     name = ""
@@ -18,7 +18,12 @@ def cpu_name() -> str:
             name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
     except OSError:
         pass
-    return f"{name or platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    return name or platform.processor() or platform.machine()
+
+
+def cpu_name() -> str:
+    """The CPU's model name with the core count."""
+    return f"{cpu_model()} ({os.cpu_count()} cores)"
 
 
 def nvidia_gpus(root: Path = Path("/proc/driver/nvidia/gpus")) -> list[str]:
