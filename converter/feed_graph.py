@@ -89,16 +89,10 @@ def uint8_fed_model(model: onnx.ModelProto, lut: np.ndarray, source_channels: tu
         helper.make_node("Mod", [name("wide"), name("low_base")], [name("low")], fmod=0),
         helper.make_node("Sub", [name("wide"), name("low")], [name("high_scaled")]),
         helper.make_node("Div", [name("high_scaled"), name("low_base")], [name("high")]),
-        helper.make_node("ReduceSum", [name("low"), name("image_axes")], [name("plain_low")], keepdims=0),
-        helper.make_node("ReduceSum", [name("high"), name("image_axes")], [name("plain_high")], keepdims=0),
-        helper.make_node("Mul", [name("plain_high"), name("low_base")], [name("plain_high_part")]),
-        helper.make_node("Add", [name("plain_high_part"), name("plain_low")], [name("sum")]),
+        *_exact_sum(name("low"), name("high"), name("sum")),
         helper.make_node("Mul", [name("low"), name("weights")], [name("weighted_low")]),
         helper.make_node("Mul", [name("high"), name("weights")], [name("weighted_high")]),
-        helper.make_node("ReduceSum", [name("weighted_low"), name("image_axes")], [name("low_sum")], keepdims=0),
-        helper.make_node("ReduceSum", [name("weighted_high"), name("image_axes")], [name("high_sum")], keepdims=0),
-        helper.make_node("Mul", [name("high_sum"), name("low_base")], [name("high_part")]),
-        helper.make_node("Add", [name("high_part"), name("low_sum")], [name("weighted_sum")]),
+        *_exact_sum(name("weighted_low"), name("weighted_high"), name("weighted_sum")),
         helper.make_node("Unsqueeze", [name("sum"), name("last_axis")], [name("sum_column")]),
         helper.make_node("Unsqueeze", [name("weighted_sum"), name("last_axis")], [name("weighted_column")]),
         helper.make_node("Concat", [name("sum_column"), name("weighted_column")], [FED_CHECKS], axis=1),
@@ -108,3 +102,14 @@ def uint8_fed_model(model: onnx.ModelProto, lut: np.ndarray, source_channels: tu
     graph.node.extend(nodes + body)
     graph.output.append(helper.make_tensor_value_info(FED_CHECKS, TensorProto.INT64, ["batch", 2]))
     return wrapped
+
+
+def _exact_sum(low: str, high: str, out: str) -> list[onnx.NodeProto]:
+    """``out`` = per image, sum(high) * 2**16 + sum(low): two sums that stay exact, joined in int64."""
+    axes, base = _PREFIX + "image_axes", _PREFIX + "low_base"
+    return [
+        helper.make_node("ReduceSum", [low, axes], [f"{out}_low"], keepdims=0),
+        helper.make_node("ReduceSum", [high, axes], [f"{out}_high"], keepdims=0),
+        helper.make_node("Mul", [f"{out}_high", base], [f"{out}_high_part"]),
+        helper.make_node("Add", [f"{out}_high_part", f"{out}_low"], [out]),
+    ]
