@@ -69,13 +69,13 @@ def nvjpeg_identity() -> dict[str, str]:
     """What the nvjpeg decoder's output depends on beyond the geometry: torchvision's version and the decoder."""
     from importlib import metadata
 
-    from xfverify.evaluator.frameworks.devices import nvidia_gpus
+    from xfverify.evaluator.frameworks.devices import nvidia_gpus, nvjpeg_on_cpu
 
     try:
         torchvision = metadata.version("torchvision")
     except metadata.PackageNotFoundError:
         torchvision = "absent"
-    decoder = "cpu" if os.environ.get("XFVERIFY_NVJPEG_DEVICE") == "cpu" else ",".join(nvidia_gpus()) or "no GPU"
+    decoder = "cpu" if nvjpeg_on_cpu() else ",".join(nvidia_gpus()) or "no GPU"
     return {"torchvision": torchvision, "nvjpeg_device": decoder}
 
 

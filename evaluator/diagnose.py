@@ -121,9 +121,9 @@ def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: Diagnos
 
 
 def _gpu_decoding_possible() -> bool:
-    from xfverify.evaluator.frameworks.devices import nvidia_gpus
+    from xfverify.evaluator.frameworks.devices import nvidia_gpus, nvjpeg_on_cpu
 
-    return bool(nvidia_gpus()) or os.environ.get("XFVERIFY_NVJPEG_DEVICE") == "cpu"
+    return bool(nvidia_gpus()) or nvjpeg_on_cpu()
 
 
 def run_diagnose(options: DiagnoseOptions) -> tuple[DiagnoseReport, Path]:

@@ -261,9 +261,9 @@ def may_feed_on_device(framework: str, device: str) -> bool:
     """Whether a worker may be fed on a GPU (torch's uint8 step, ONNX Runtime's CUDA provider), so the cache
     should store the fed tensors' digests as it builds. A wrong guess costs time, not correctness: a device-fed
     worker that finds digests missing computes them itself."""
-    from xfverify.evaluator.frameworks.devices import nvidia_gpus
+    from xfverify.evaluator.frameworks.devices import nvidia_gpus, ort_fed_on_device
 
-    if framework == "onnxruntime" and os.environ.get("XFVERIFY_ORT_FEED") == "device":
+    if framework == "onnxruntime" and ort_fed_on_device():
         return True
     return framework in ("torch", "onnxruntime") and device != "cpu" and bool(nvidia_gpus())
 

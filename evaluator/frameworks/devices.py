@@ -8,6 +8,16 @@ from pathlib import Path
 from xfverify.evaluator.worker import emit
 
 
+def nvjpeg_on_cpu() -> bool:
+    """``XFVERIFY_NVJPEG_DEVICE=cpu``: the nvjpeg decoder runs torchvision's CPU decoder instead (for tests)."""
+    return os.environ.get("XFVERIFY_NVJPEG_DEVICE") == "cpu"
+
+
+def ort_fed_on_device() -> bool:
+    """``XFVERIFY_ORT_FEED=device``: ONNX Runtime takes its GPU feed (uint8, IO binding) on the CPU too (for tests)."""
+    return os.environ.get("XFVERIFY_ORT_FEED") == "device"
+
+
 def cpu_model() -> str:
     """The CPU's model name (what a speed number on the CPU depends on)."""
     import platform

@@ -11,7 +11,6 @@ by PIL, with a caveat for the report. ``XFVERIFY_NVJPEG_DEVICE=cpu`` decodes wit
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from xfverify.evaluator.frameworks.devices import nvjpeg_on_cpu
 from xfverify.evaluator.imaging import (
     BadImageError,
     apply_geometry,
@@ -31,12 +31,9 @@ from xfverify.evaluator.worker import emit
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import spec_from_dict
 
-DEVICE_VARIABLE = "XFVERIFY_NVJPEG_DEVICE"
-
-
 def decode_device() -> torch.device:
     """cuda (nvJPEG), or the CPU where ``XFVERIFY_NVJPEG_DEVICE=cpu`` asks for it; one line without a GPU."""
-    if os.environ.get(DEVICE_VARIABLE) == "cpu":
+    if nvjpeg_on_cpu():
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UserError(f"decoder nvjpeg decodes on an NVIDIA GPU, and torch {torch.__version__} sees none: "

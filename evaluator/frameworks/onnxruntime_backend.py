@@ -13,7 +13,6 @@ ONNX Runtime falls back to the CPU silently when its CUDA provider cannot load; 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from xfverify.evaluator.frameworks.contract import Backend, Device, HostStep, worker_tasks
-from xfverify.evaluator.frameworks.devices import cpu_name, nvidia_gpus
+from xfverify.evaluator.frameworks.devices import cpu_name, nvidia_gpus, ort_fed_on_device
 from xfverify.evaluator.frameworks.weights import exception_text, sha256_file
 from xfverify.evaluator.jobs import EvaluateJob, FrameworkInfo, OnnxFileJob, RuntimeInfo
 from xfverify.models.cards import ModelCard
@@ -58,7 +57,7 @@ class OnnxRuntimeBackend(Backend):
             ort.preload_dlls()  # the CUDA and cuDNN libraries torch's wheels bring, when they are installed
         self.requested_providers = [CPU] if requested == "cpu" or not has_cuda else (
             [CUDA] if requested == "cuda" else [CUDA, CPU])
-        self.device_fed = CUDA in self.requested_providers or os.environ.get("XFVERIFY_ORT_FEED") == "device"
+        self.device_fed = CUDA in self.requested_providers or ort_fed_on_device()
         return Device("cpu", cpu_name())  # what actually runs is known once the session exists
 
     def seed(self, seed: int) -> None:
