@@ -95,7 +95,7 @@ def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: Diagnos
                             "leave it out, or run diagnose where there is one")
         left_out = [v.name for v in every if v.name in GPU_ONLY]
         every = [v for v in every if v.name not in GPU_ONLY]
-        if left_out and not options.variants:
+        if left_out and options.variants is None:
             options.extra_notes.append(f"left out without an NVIDIA GPU: {', '.join(left_out)}")
     variants = select_variants(every, options.variants)
     for path in options.spec_files:

@@ -185,11 +185,14 @@ def card_variants(card: ModelCard, reference: PreprocessSpec | None = None) -> l
 
 
 def select_variants(variants: list[Variant], names: str | None) -> list[Variant]:
-    """The reference and the variants named (comma-separated); all when ``names`` is empty."""
-    if not names:
+    """The reference and the variants named (comma-separated); all when ``names`` is None."""
+    if names is None:
         return variants
     by_name = {v.name: v for v in variants}
     wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if not wanted:
+        raise UserError(f"--variants {names!r} names no variant; give NAME,... or leave it out to run them all. "
+                        f"This model's are: {', '.join(v.name for v in variants if v.name != REFERENCE)}")
     unknown = [n for n in wanted if n not in by_name]
     if unknown:
         raise UserError(f"--variants: unknown variant {', '.join(unknown)}; this model's are: "

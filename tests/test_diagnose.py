@@ -66,6 +66,10 @@ def test_variants_are_picked_by_name_and_a_users_own_resolves():
     assert [v.name for v in picked] == [REFERENCE, "norm-half-half", "squash"]
     with pytest.raises(UserError, match="unknown variant nope; this model's are: .*norm-half-half"):
         select_variants(variants, "nope")
+    for nothing in ("", ",", " , "):  # an empty list is a mistake, not "all" and not "the reference alone"
+        with pytest.raises(UserError, match="names no variant.*leave it out"):
+            select_variants(variants, nothing)
+    assert select_variants(variants, None) == variants
     mine = user_variant({"name": "mine", "set": {"interpolation": "bicubic", "resize_library": "pil",
                                                  "antialias": "true"}}, "mine.json")
     spec = mine.resolve(PRESETS[card.preprocess])
