@@ -33,7 +33,7 @@ def _correct(out: Path) -> dict[str, bool]:
 
 def _run(model: str, preset: str | None, data: Path, work: Path) -> tuple[dict, dict[str, bool]]:
     out = work / f"{model.replace('/', '_')}-{preset or 'reference'}"
-    options = NativeOptions(model=model, data=str(data), preprocess=preset, out=str(out), batch_size=16)
+    options = NativeOptions(model=model, data=str(data), preprocess=preset, out=str(out))
     report = run_native(options).report.model_dump(mode="json")
     return report, _correct(out)
 
@@ -75,6 +75,7 @@ def _summary(report: dict) -> dict:
     return {
         "top1_error": report["top1_error"], "top1_error_ci95": report["top1_error_ci95"],
         "top5_error": report["top5_error"], "n_scored": report["n_scored"], "tensors_sha256": report["tensors_sha256"],
+        "batch_size": report["batch_size"], "device": report["device"]["name"],
     }
 
 
