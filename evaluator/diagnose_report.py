@@ -70,7 +70,8 @@ class Step(_Strict):
     axis: str = Field(description="published (the step to the reference), preprocessing or runtime")
     delta: float
     delta_ci95: Optional[list[float]]
-    start: float
+    start: float = Field(description="top-1 error % the step starts from: the published one for the first step, "
+                                     "the reference's for each variant (variants are alternatives, not added up)")
     end: float
 
 
@@ -87,7 +88,7 @@ class Decomposition(_Strict):
 class DiagnoseReport(_Strict):
     """What ``report.json`` of ``xfverify diagnose`` holds."""
 
-    report_version: int = 2  # 2: rows carry their precision block, steps their axis
+    report_version: int = 3  # 2: rows carry their precision block, steps their axis; 3: variant steps start at the reference
     kind: str = "diagnose"
     model: str
     architecture: str
@@ -138,24 +139,21 @@ def _opening(published: float | None, reproduced: float, ci95: list[float] | Non
 
 def decomposition(published: float | None, rows: list[dict]) -> dict:
     """Published error -> the reference's -> each significant variant's delta (preprocessing, then the runtime axis:
-    ONNX Runtime, other precisions; each ranked), with running totals, and the sentence that says it; variants
-    inside the noise are listed, never ranked."""
+    ONNX Runtime, other precisions; each ranked), each variant's step from the reference's error (each was measured
+    alone), and the sentence that says it; variants inside the noise are listed, never ranked."""
     reproduced = rows[0]["top1_error"]
     steps: list[dict] = []
-    level = published if published is not None else reproduced
     if published is not None:
         steps.append({"name": "reference vs published", "axis": "published", "delta": round(reproduced - published, 4),
                       "delta_ci95": None, "start": published, "end": reproduced})
-        level = reproduced
     preprocessing = [r for r in rows[1:] if not _is_runtime(r)]
     runtime = [r for r in rows[1:] if _is_runtime(r)]
     ranked_preprocessing = sorted((r for r in preprocessing if r["significant"]), key=lambda r: -abs(r["delta"]))
     ranked_runtime = sorted((r for r in runtime if r["significant"]), key=lambda r: -abs(r["delta"]))
     for row in ranked_preprocessing + ranked_runtime:
         steps.append({"name": row["name"], "axis": RUNTIME if _is_runtime(row) else "preprocessing",
-                      "delta": row["delta"], "delta_ci95": row["delta_ci95"], "start": level,
-                      "end": round(level + row["delta"], 4)})
-        level = round(level + row["delta"], 4)
+                      "delta": row["delta"], "delta_ci95": row["delta_ci95"], "start": reproduced,
+                      "end": round(reproduced + row["delta"], 4)})
     noise = [r["name"] for r in rows[1:] if not r["significant"]]
     start = _opening(published, reproduced, rows[0].get("top1_error_ci95"))
     explained = ("; preprocessing choices that change the error measurably, largest first: "
@@ -267,7 +265,7 @@ def waterfall_svg(report: DiagnoseReport) -> str:
                                              [(step.start + step.delta_ci95[1]) - step.end]], color="black", capsize=3)
     axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     axes.set_ylabel("top-1 error %")
-    axes.set_title("published -> reference -> each significant variant (deltas with 95 % CI; hatched: runtime)",
+    axes.set_title("published -> reference; each significant variant on its own (deltas with 95 % CI; hatched: runtime)",
                    fontsize=9)
     return _svg(figure)
 
@@ -341,7 +339,7 @@ def html_page(report: DiagnoseReport, images: dict[int, np.ndarray]) -> str:
 <body><h1>{title}</h1><p>{html.escape(report.decomposition.sentence)}</p>
 <p>{report.n_scored} images scored from {html.escape(report.dataset.path)}; {html.escape(report.framework.name)}
 {html.escape(report.framework.version)} on {html.escape(report.device.name)}.</p>
-<h2>From the published error to the reference, and what each significant variant adds</h2>{waterfall_svg(report)}
+<h2>From the published error to the reference, and what each significant variant changes on its own</h2>{waterfall_svg(report)}
 <h2>Top-1 error per variant</h2>{errors_svg(report)}
 <table><tr><th>variant</th><th>group</th><th>ran at</th><th>top-1 err %</th><th>delta</th><th>95 % CI (Newcombe, paired)</th>
 <th>right->wrong / wrong->right</th><th>McNemar p</th><th></th></tr>{"".join(rows)}</table>

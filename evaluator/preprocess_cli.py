@@ -52,6 +52,21 @@ def reference_tensors(preset: str, paths: list[str]) -> tuple[np.ndarray, str]:
     return batch, result.framework
 
 
+def _check_readable_by_reference(preset: str, paths: list[str]) -> None:
+    """A JPEG-only reference given other files: one line naming them, before its worker starts."""
+    reference = REFERENCES.get(preset)
+    if reference is None or not reference.jpeg_only:
+        return
+    others = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            if handle.read(3) != b"\xff\xd8\xff":
+                others.append(Path(path).name)
+    if others:
+        raise UserError(f"--verify: {preset}'s source reads JPEG files only, and {len(others)} of {len(paths)} "
+                        f"image(s) are not JPEG ({', '.join(others[:5])}): verify it with JPEG files")
+
+
 @dataclass(frozen=True)
 class Agreement:
     """How xfverify's tensors compare with a reference's, image by image."""
@@ -114,6 +129,7 @@ def run_preprocess(model: str, images: list[str], out: str, preset: str | None, 
         return
     if spec.name not in PRESETS:
         raise UserError("--verify compares a named preset with its framework's own code; it cannot check --set overrides")
+    _check_readable_by_reference(spec.name, paths)
     theirs, where = reference_tensors(spec.name, paths)
     if theirs.shape != tensors.shape:
         raise UserError(f"{where} produced {theirs.shape}, xfverify {tensors.shape}: layouts differ")

@@ -36,7 +36,7 @@ def test_help_and_framework_free_commands_work_without_frameworks():
         """
         import sys
         from xfverify.evaluator.cli import cli
-        for args in (["--help"], ["native", "--help"], ["onnx", "--help"], ["preprocess", "--help"], ["models"], ["presets"], ["models", "keras", "--json"]):
+        for args in (["--help"], ["native", "--help"], ["diagnose", "--help"], ["onnx", "--help"], ["preprocess", "--help"], ["models"], ["presets"], ["models", "keras", "--json"]):
             try:
                 cli.main(args=args, prog_name="xfverify", standalone_mode=False)
             except SystemExit as exc:
@@ -47,6 +47,8 @@ def test_help_and_framework_free_commands_work_without_frameworks():
     assert result.returncode == 0, result.stderr
     assert "ALL-OK" in result.stdout
     assert "native" in result.stdout and "torchvision/resnet50:IMAGENET1K_V2" in result.stdout
+    for verb, target in (("native", "[MODEL]"), ("diagnose", "[MODEL]"), ("onnx", "[MODEL|FILE.onnx]")):
+        assert f"Usage: xfverify {verb} [OPTIONS] {target}\n" in result.stdout  # optional: the default model
 
 
 def test_importing_every_parent_module_loads_no_framework():

@@ -109,6 +109,20 @@ def test_the_device_feed_gives_the_host_feeds_logits_proven_by_the_stored_digest
 
 @needs_torch
 @pytest.mark.torch
+def test_provider_auto_feeds_as_the_provider_that_ran(lite0, tmp_path):
+    """onnxruntime-gpu always offers its CUDA provider; where it does not load, auto runs on the CPU, and is fed as
+    the CPU is (the export as it is, host tensors hashed), not through the GPU feed's wrapped graph."""
+    done = run_cli("onnx", "--against", str(lite0["out"] / "native"), "--out", str(tmp_path / "a"), env=lite0["env"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    on_cuda = report["runtime"]["providers"][0] == "CUDAExecutionProvider"
+    assert report["runtime"]["options"]["io_binding"] is on_cuda
+    assert report["tensor_proof"].startswith("device checksums" if on_cuda else "hashed on host")
+    assert report["tensors_sha256"] == lite0["report"]["tensors_sha256"]
+
+
+@needs_torch
+@pytest.mark.torch
 def test_a_second_run_reuses_the_native_run_and_the_export(lite0):
     done = run_cli("onnx", "--provider", "cpu", "--out", str(lite0["out"]), env=lite0["env"])
     assert done.returncode == 0, done.stderr[-3000:]

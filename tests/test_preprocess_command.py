@@ -42,3 +42,20 @@ def test_verify_reports_bit_identity(tmp_path):
                      str(tmp_path / "x.npy"), "--verify")
     assert result.returncode == 0, result.stderr
     assert "bit-identical" in result.stderr
+
+
+@needs_tensorflow
+def test_verify_of_a_jpeg_only_source_names_the_file_it_cannot_read(tmp_path):
+    """The TensorFlow original's Lite evaluation reads ImageNet's JPEGs with JPEG-only ops: a PNG is one line, not
+    the reference worker's traceback; a JPEG named .png is a JPEG and is verified."""
+    from test_native import assert_user_error
+
+    result = run_cli("preprocess", "pypi/efficientnet_lite0", str(SAMPLE_DIR / "rocket.jpg"),
+                     str(SAMPLE_DIR / "chelsea.png"), "--out", str(tmp_path / "x.npy"), "--verify")
+    assert_user_error(result, "lite-tf-224", "JPEG", "chelsea.png", "1 of 2")
+    disguised = tmp_path / "rocket.png"
+    disguised.write_bytes((SAMPLE_DIR / "rocket.jpg").read_bytes())
+    verified = run_cli("preprocess", "pypi/efficientnet_lite0", str(disguised), "--out", str(tmp_path / "y.npy"),
+                       "--verify")
+    assert verified.returncode == 0, verified.stderr
+    assert "within the expected bound" in verified.stderr or "bit-identical" in verified.stderr

@@ -1,6 +1,7 @@
 """ONNX Runtime back-end: the network is an .onnx file; runs only inside an onnxruntime worker process.
 
-On the CPU it is fed host tensors through :class:`HostStep`. With the CUDA provider it is fed as native torch is
+On the CPU it is fed host tensors through :class:`HostStep` (also where ``--provider auto`` asked for CUDA and
+its provider did not load). With the CUDA provider it is fed as native torch is
 on a GPU: the uint8 batch is uploaded and normalised on the device, by a gather from the same table, prepended
 to the graph (``converter.feed_graph``), with inputs and outputs bound on the device (IO binding); only logits
 and two integers per image (the checksums of what was fed, checked against those the tensor cache stored) come
@@ -74,17 +75,16 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = OPTIMISATION
         if self.requested_mode == "cuda":
             options.add_session_config_entry(NO_FALLBACK, "1")
-        providers = [(CUDA, CUDA_OPTIONS) if p == CUDA else p for p in self.requested_providers]
-        source = self._model_bytes() if self.device_fed else self.path
-        try:
-            session = ort.InferenceSession(source, options, providers=providers)
-        except Exception as exc:  # onnxruntime's pybind errors (Fail, InvalidGraph, ...) share no base class
-            if self.requested_mode == "cuda" and "fallback to CPU EP has been explicitly disabled" in str(exc):
-                raise UserError(_cuda_did_not_load()) from None
-            raise UserError(f"{self.path}: ONNX Runtime cannot load it ({exception_text(exc)})") from None
+        session = self._session(self._model_bytes() if self.device_fed else self.path, options,
+                                self.requested_providers)
         ran = session.get_providers()
         if self.requested_mode == "cuda" and ran[0] != CUDA:
             raise UserError(_cuda_did_not_load())
+        if self.device_fed and ran[0] != CUDA and not ort_fed_on_device():
+            # auto's CUDA provider did not load: the CPU is fed as on the CPU, the file as it is
+            self.device_fed = False
+            session = self._session(self.path, options, [CPU])
+            ran = session.get_providers()
         if ran[0] == CUDA:
             gpus = nvidia_gpus()
             device.type, device.name = "cuda", gpus[0] if gpus else "CUDA GPU 0"
@@ -94,6 +94,15 @@ class OnnxRuntimeBackend(Backend):
             device.notes.append(f"--provider auto: ONNX Runtime ran on {ran[0]}{why}")
         self.session = session
         return session, {"source": str(Path(self.path).resolve()), "sha256": sha256_file(self.path)}
+
+    def _session(self, source: str | bytes, options, providers: list[str]):
+        try:
+            return ort.InferenceSession(source, options,
+                                        providers=[(CUDA, CUDA_OPTIONS) if p == CUDA else p for p in providers])
+        except Exception as exc:  # onnxruntime's pybind errors (Fail, InvalidGraph, ...) share no base class
+            if self.requested_mode == "cuda" and "fallback to CPU EP has been explicitly disabled" in str(exc):
+                raise UserError(_cuda_did_not_load()) from None
+            raise UserError(f"{self.path}: ONNX Runtime cannot load it ({exception_text(exc)})") from None
 
     def _model_bytes(self) -> bytes:
         """The file's model with the uint8 feed prepended (its external data loaded), serialised for a session."""

@@ -21,6 +21,7 @@ class Reference:
         bound: largest |difference| allowed on a tensor value (0: bit-identical).
         outlier_fraction: share of values per image that may exceed ``bound`` (0: none).
         why: the reason a bound is not 0.
+        jpeg_only: it reads files with JPEG-only ops (as its source reads ImageNet's JPEGs).
     """
 
     framework: str
@@ -28,6 +29,7 @@ class Reference:
     bound: float = 0.0
     outlier_fraction: float = 0.0
     why: str = ""
+    jpeg_only: bool = False
 
     @property
     def exact(self) -> bool:
@@ -48,6 +50,7 @@ _TPU_LITE = Reference(
         "whose crop window already has the input size is fed by the original as uint8 / 255 (tf.compat.v1's resize "
         "returns it unresized, then convert_image_dtype rescales it), xfverify feeds its pixels"
     ),
+    jpeg_only=True,  # tf.image.extract_jpeg_shape and decode_and_crop_jpeg
 )
 
 REFERENCES: dict[str, Reference] = {
