@@ -24,6 +24,7 @@ from xfverify.evaluator.native import (
     NativeOptions,
     RunOptions,
     assemble_report,
+    check_run_options,
     default_out_dir,
     evaluate_cached,
     in_owned_folder,
@@ -154,6 +155,7 @@ def run_onnx(options: OnnxOptions) -> NativeRun:
     """Evaluate the ONNX export of a model (or a user's ONNX file) under ONNX Runtime on a native run's tensors;
     write report.json, report.md, logits.npy, predictions.csv into --out; return the report."""
     timeline = {"started": time.time()}
+    check_run_options(options)
     if options.atol < 0 or options.rtol < 0:
         raise UserError("--atol and --rtol must not be negative")
     if options.is_file:

@@ -201,6 +201,34 @@ def test_a_users_opset_11_file_under_the_device_feed_is_one_line_naming_it(tmp_p
     assert_user_error(done, f"{path}: the ONNX model uses opset 11", "opset 13 or newer")
 
 
+def users_onnx_file(path: Path, classes: int = 1000) -> Path:
+    """A valid one-input classifier over 224 x 224 NCHW images: per image, the channel means, tiled to ``classes``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 224, 224])
+    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0),
+             helper.make_node("Tile", ["mean", "repeats"], ["tiled"]),
+             helper.make_node("Slice", ["tiled", "start", "stop", "axis"], ["logits"])]
+    constants = [onnx.numpy_helper.from_array(np.asarray(v, dtype=np.int64), n)
+                 for n, v in (("repeats", [1, -(-classes // 3)]), ("start", [0]), ("stop", [classes]), ("axis", [1]))]
+    graph = helper.make_graph(nodes, "means", [image],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], constants)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), path)
+    return path
+
+
+@pytest.mark.parametrize("option, value", [("batch_size", 0), ("workers", 0), ("seed", -1)])
+def test_a_users_file_refuses_the_run_options_native_refuses(option, value, tmp_path):
+    from xfverify.models.errors import UserError
+
+    path = users_onnx_file(tmp_path / "means.onnx")
+    named = "--" + option.replace("_", "-")
+    with pytest.raises(UserError, match=f"^{named} must be"):
+        run_onnx(OnnxOptions(target=str(path), preprocess="torchvision-256", provider="cpu", limit=2,
+                             out=str(tmp_path / "o"), cache_dir=str(tmp_path / "cache"), **{option: value}))
+
+
 def test_a_users_file_needs_a_preset_and_against_needs_a_native_report(tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"")
