@@ -229,6 +229,14 @@ def test_a_users_file_refuses_the_run_options_native_refuses(option, value, tmp_
                              out=str(tmp_path / "o"), cache_dir=str(tmp_path / "cache"), **{option: value}))
 
 
+@pytest.mark.parametrize("feed", ["host", "device"])
+def test_a_users_file_that_does_not_output_1000_classes_is_one_line(feed, tmp_path):
+    path = users_onnx_file(tmp_path / "three.onnx", classes=3)
+    done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--limit", "2", "--out",
+                   str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"), env={"XFVERIFY_ORT_FEED": feed})
+    assert_user_error(done, str(path), "first output has shape [3] per image", "1000 ImageNet classes")
+
+
 def test_a_users_file_needs_a_preset_and_against_needs_a_native_report(tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"")
