@@ -95,12 +95,13 @@ def _native_options(options: OnnxOptions, out: Path) -> NativeOptions:
 def _matches(native: NativeReport, wanted: NativeOptions) -> bool:
     """Whether an earlier native run answers the same request (model, weights, preprocessing, images)."""
     card, spec, dataset = prepare(wanted)
-    weights_source = os.path.abspath(wanted.weights) if wanted.weights else None
+    if wanted.random_weights:
+        same_weights = native.random_weights and getattr(native.weights, "seed", None) == wanted.seed
+    else:
+        weights_source = os.path.abspath(wanted.weights) if wanted.weights else card.weights_source
+        same_weights = not native.random_weights and native.weights.source == weights_source
     return (native.model == card.id and native.preprocess == spec.to_dict()
-            and native.dataset.manifest_sha256 == dataset.manifest_sha256()
-            and native.random_weights == wanted.random_weights
-            and (not wanted.random_weights or getattr(native.weights, "seed", None) == wanted.seed)
-            and (weights_source is None or native.weights.source == weights_source))
+            and native.dataset.manifest_sha256 == dataset.manifest_sha256() and same_weights)
 
 
 def native_run_for(options: OnnxOptions, out_dir: Path) -> NativeOnDisk:

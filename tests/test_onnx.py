@@ -237,6 +237,31 @@ def test_a_users_file_that_does_not_output_1000_classes_is_one_line(feed, tmp_pa
     assert_user_error(done, str(path), "first output has shape [3] per image", "1000 ImageNet classes")
 
 
+def test_a_native_run_is_reused_only_for_the_same_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from xfverify.evaluator.native import NativeOptions, prepare
+    from xfverify.evaluator.onnx_cmd import _matches
+
+    weights_file = tmp_path / "mine.pth"
+    weights_file.write_bytes(b"weights")
+    card, spec, dataset = prepare(NativeOptions(limit=2))
+
+    def native(source: str, random_weights: bool = False, **weights) -> SimpleNamespace:
+        return SimpleNamespace(model=card.id, preprocess=spec.to_dict(), random_weights=random_weights,
+                               dataset=SimpleNamespace(manifest_sha256=dataset.manifest_sha256()),
+                               weights=SimpleNamespace(source=source, **weights))
+
+    pretrained, own_file = NativeOptions(limit=2), NativeOptions(limit=2, weights=str(weights_file))
+    assert _matches(native(card.weights_source), pretrained)
+    assert not _matches(native(str(weights_file)), pretrained)
+    assert _matches(native(str(weights_file)), own_file)
+    assert not _matches(native(card.weights_source), own_file)
+    assert _matches(native("random", True, seed=3), NativeOptions(limit=2, random_weights=True, seed=3))
+    assert not _matches(native("random", True, seed=3), NativeOptions(limit=2, random_weights=True, seed=4))
+    assert not _matches(native("random", True, seed=0), pretrained)
+
+
 def test_a_users_file_needs_a_preset_and_against_needs_a_native_report(tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"")
