@@ -50,7 +50,6 @@ GEOMETRY_FIELDS = (
     "crop_padding",
     "crop_rounding",
 )
-NORMALISATION_FIELDS = ("scale", "mean", "std", "channel_order", "layout", "dtype")
 
 # Which interpolations each library offers, and whether it filters when it shrinks.
 _LIBRARY_INTERPOLATIONS: dict[str, tuple[str, ...]] = {

@@ -128,7 +128,7 @@ def test_a_decompression_bomb_is_a_bad_image_in_every_decoder(tmp_path, decoder)
     marker = data.index(b"\xff\xc0")  # baseline start-of-frame: length, precision, height, width
     data[marker + 5 : marker + 9] = (30000).to_bytes(2, "big") + (30000).to_bytes(2, "big")
     big_jpeg.write_bytes(bytes(data))
-    if decoder != "pil":  # PIL itself refuses it in decode_pil (tested by the bomb above)
+    if decoder != "pil":  # PIL itself refuses it in decode_pil_noting (tested by the bomb above)
         with pytest.raises(BadImageError, match="exceeds limit"):
             decode(big_jpeg, decoder)
 
