@@ -159,9 +159,13 @@ def run_onnx(options: OnnxOptions) -> NativeRun:
     check_run_options(options)
     if options.atol < 0 or options.rtol < 0:
         raise UserError("--atol and --rtol must not be negative")
+    if options.opset is not None and options.opset <= 0:
+        raise UserError(f"--opset must be positive, got {options.opset} (leave it out for the exporter's default)")
     if options.is_file:
         if not os.path.isfile(options.target):
             raise UserError(f"{options.target}: no such ONNX file")
+        if options.opset is not None:
+            raise UserError(f"--opset applies to a model's export; {options.target} has its own opset: leave it out")
         if not options.preprocess:
             raise UserError(f"{options.target}: a user's ONNX file needs --preprocess PRESET (how its model was "
                             "trained to be fed; `xfverify presets` lists them)")
