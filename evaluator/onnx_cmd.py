@@ -166,6 +166,9 @@ def run_onnx(options: OnnxOptions) -> NativeRun:
             raise UserError(f"{options.target}: no such ONNX file")
         if options.opset is not None:
             raise UserError(f"--opset applies to a model's export; {options.target} has its own opset: leave it out")
+        if options.weights or options.random_weights:
+            raise UserError(f"--weights and --random-weights apply to a model's export; {options.target} has its own "
+                            "weights: leave them out")
         if not options.preprocess:
             raise UserError(f"{options.target}: a user's ONNX file needs --preprocess PRESET (how its model was "
                             "trained to be fed; `xfverify presets` lists them)")

@@ -229,13 +229,16 @@ def test_a_users_file_refuses_the_run_options_native_refuses(option, value, tmp_
                              out=str(tmp_path / "o"), cache_dir=str(tmp_path / "cache"), **{option: value}))
 
 
-def test_an_opset_is_refused_for_a_users_file_and_must_be_positive_for_an_export(tmp_path):
+def test_export_options_are_refused_for_a_users_file_and_the_opset_must_be_positive(tmp_path):
     from xfverify.models.errors import UserError
 
     path = users_onnx_file(tmp_path / "means.onnx")
     with pytest.raises(UserError, match=r"^--opset applies to a model's export; .*means\.onnx has its own opset"):
         run_onnx(OnnxOptions(target=str(path), preprocess="torchvision-256", provider="cpu", limit=2, opset=17,
                              out=str(tmp_path / "o"), cache_dir=str(tmp_path / "cache")))
+    with pytest.raises(UserError, match=r"^--weights and --random-weights apply to a model's export"):
+        run_onnx(OnnxOptions(target=str(path), preprocess="torchvision-256", provider="cpu", limit=2,
+                             random_weights=True, out=str(tmp_path / "o"), cache_dir=str(tmp_path / "cache")))
     with pytest.raises(UserError, match=r"^--opset must be positive, got 0"):  # 0 was read as "the default"
         run_onnx(OnnxOptions(target="torchvision/resnet18", opset=0, out=str(tmp_path / "p"),
                              cache_dir=str(tmp_path / "cache")))
