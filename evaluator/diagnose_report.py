@@ -166,7 +166,7 @@ def decomposition(published: float | None, rows: list[dict]) -> dict:
         explained += f"; the runtime axis ({', '.join(r['name'] for r in runtime)}) changes nothing measurable"
     quiet = sum(not r["significant"] for r in preprocessing)
     quiet_clause = f"; {quiet} variant{'s change' if quiet != 1 else ' changes'} nothing measurable"
-    sentence = f"{start}{explained}{quiet_clause if quiet or not runtime else ''}."
+    sentence = f"{start}{explained}{quiet_clause if quiet else ''}."
     return {"published": published, "reproduced": reproduced, "steps": steps,
             "ranked": [r["name"] for r in ranked_preprocessing + ranked_runtime], "within_noise": noise,
             "sentence": sentence}

@@ -71,17 +71,13 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
     return data
 
 
-def decode_pil(path: str | os.PathLike) -> Image.Image:
-    """Decode like torchvision's ``default_loader`` and ``keras.utils.load_img``: PIL, then RGB."""
-    return decode_pil_noting(path)[0]
-
-
 # Modes whose values go beyond 0-255: ``convert("RGB")`` clips them (a 16-bit PNG turns nearly white).
 _WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 def decode_pil_noting(path: str | os.PathLike) -> tuple[Image.Image, str | None]:
-    """:func:`decode_pil`, and a caveat for the report when the faithful decode loses the picture (or None)."""
+    """Decode like torchvision's ``default_loader`` and ``keras.utils.load_img`` (PIL, then RGB), with a caveat for
+    the report when the faithful decode loses the picture (or None)."""
     data = read_image_bytes(path)
     try:
         with warnings.catch_warnings():

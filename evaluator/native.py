@@ -82,8 +82,8 @@ def default_out_dir(model_id: str, verb: str = "native") -> Path:
     return Path.cwd() / "xfverify-out" / f"{verb}-{safe}-{stamp}"
 
 
-def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]:
-    """Resolve the card, the preprocessing and the dataset; validate their combination."""
+def check_run_options(options: RunOptions) -> None:
+    """Refuse, in one line each, the options every evaluating command shares that no run can take."""
     if options.random_weights and options.weights:
         raise UserError("--weights and --random-weights exclude each other")
     if options.on_bad_image not in ("error", "skip"):
@@ -99,6 +99,11 @@ def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]
         raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {options.seed}")
     if options.workers is not None and options.workers <= 0:
         raise UserError(f"--workers must be positive, got {options.workers} (leave it out to use every core)")
+
+
+def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]:
+    """Resolve the card, the preprocessing and the dataset; validate their combination."""
+    check_run_options(options)
     card = get_card(options.model)
     if options.cuda_graphs and card.framework != "torch":
         raise UserError(f"--cuda-graphs applies to torch models; {card.id} runs in {card.framework}")

@@ -24,6 +24,7 @@ from xfverify.evaluator.native import (
     NativeOptions,
     RunOptions,
     assemble_report,
+    check_run_options,
     default_out_dir,
     evaluate_cached,
     in_owned_folder,
@@ -94,12 +95,13 @@ def _native_options(options: OnnxOptions, out: Path) -> NativeOptions:
 def _matches(native: NativeReport, wanted: NativeOptions) -> bool:
     """Whether an earlier native run answers the same request (model, weights, preprocessing, images)."""
     card, spec, dataset = prepare(wanted)
-    weights_source = os.path.abspath(wanted.weights) if wanted.weights else None
+    if wanted.random_weights:
+        same_weights = native.random_weights and getattr(native.weights, "seed", None) == wanted.seed
+    else:
+        weights_source = os.path.abspath(wanted.weights) if wanted.weights else card.weights_source
+        same_weights = not native.random_weights and native.weights.source == weights_source
     return (native.model == card.id and native.preprocess == spec.to_dict()
-            and native.dataset.manifest_sha256 == dataset.manifest_sha256()
-            and native.random_weights == wanted.random_weights
-            and (not wanted.random_weights or getattr(native.weights, "seed", None) == wanted.seed)
-            and (weights_source is None or native.weights.source == weights_source))
+            and native.dataset.manifest_sha256 == dataset.manifest_sha256() and same_weights)
 
 
 def native_run_for(options: OnnxOptions, out_dir: Path) -> NativeOnDisk:
@@ -154,11 +156,19 @@ def run_onnx(options: OnnxOptions) -> NativeRun:
     """Evaluate the ONNX export of a model (or a user's ONNX file) under ONNX Runtime on a native run's tensors;
     write report.json, report.md, logits.npy, predictions.csv into --out; return the report."""
     timeline = {"started": time.time()}
+    check_run_options(options)
     if options.atol < 0 or options.rtol < 0:
         raise UserError("--atol and --rtol must not be negative")
+    if options.opset is not None and options.opset <= 0:
+        raise UserError(f"--opset must be positive, got {options.opset} (leave it out for the exporter's default)")
     if options.is_file:
         if not os.path.isfile(options.target):
             raise UserError(f"{options.target}: no such ONNX file")
+        if options.opset is not None:
+            raise UserError(f"--opset applies to a model's export; {options.target} has its own opset: leave it out")
+        if options.weights or options.random_weights:
+            raise UserError(f"--weights and --random-weights apply to a model's export; {options.target} has its own "
+                            "weights: leave them out")
         if not options.preprocess:
             raise UserError(f"{options.target}: a user's ONNX file needs --preprocess PRESET (how its model was "
                             "trained to be fed; `xfverify presets` lists them)")

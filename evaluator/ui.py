@@ -96,13 +96,6 @@ def progress_group() -> Iterator[ProgressGroup]:
         yield ProgressGroup(progress)
 
 
-@contextlib.contextmanager
-def progress_bar(description: str, unit: str = "img") -> Iterator[Callable[[int, int], None]]:
-    """One progress bar (see :func:`progress_group`)."""
-    with progress_group() as group:
-        yield group.task(description, unit)
-
-
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     """A two-column table on stdout."""
     table = Table(title=title, show_header=False, title_justify="left")

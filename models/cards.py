@@ -121,8 +121,9 @@ class ModelCard(_Strict):
         return self.network or self.name
 
     @property
-    def weights_tag(self) -> str:
-        return self.id.split(":", 1)[1]
+    def weights_source(self) -> str:
+        """What a report's weights block says of the card's own weights ("kind:name")."""
+        return f"{self.weights.kind}:{self.weights.name}"
 
     @property
     def primary_published(self) -> PublishedNumber | None:

@@ -50,10 +50,9 @@ GEOMETRY_FIELDS = (
     "crop_padding",
     "crop_rounding",
 )
-NORMALISATION_FIELDS = ("scale", "mean", "std", "channel_order", "layout", "dtype")
 
 # Which interpolations each library offers, and whether it filters when it shrinks.
-_LIBRARY_INTERPOLATIONS: dict[str, tuple[str, ...]] = {
+LIBRARY_INTERPOLATIONS: dict[str, tuple[str, ...]] = {
     "pil": ("nearest", "bilinear", "bicubic", "area", "lanczos"),
     "opencv": ("nearest", "bilinear", "bicubic", "area", "lanczos"),
     "tf1": ("bilinear",),
@@ -200,9 +199,9 @@ def spec_problems(spec: PreprocessSpec) -> list[str]:
             problems.append("order=crop_then_resize resizes the crop to crop_size: set resize_mode=squash, resize_size=crop_size")
     elif spec.crop_padding:
         problems.append("crop_padding applies only with order=crop_then_resize")
-    if spec.interpolation not in _LIBRARY_INTERPOLATIONS[spec.resize_library]:
+    if spec.interpolation not in LIBRARY_INTERPOLATIONS[spec.resize_library]:
         problems.append(f"{spec.resize_library} has no {spec.interpolation} interpolation; choose from "
-                        + ", ".join(_LIBRARY_INTERPOLATIONS[spec.resize_library]))
+                        + ", ".join(LIBRARY_INTERPOLATIONS[spec.resize_library]))
     if spec.resize_library == "pil" and not spec.antialias and spec.interpolation != "nearest":
         problems.append("PIL always antialiases when it shrinks: antialias must be true for resize_library=pil")
     if spec.resize_library == "opencv" and spec.antialias and spec.interpolation != "area":

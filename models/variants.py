@@ -17,10 +17,10 @@ from typing import Any, Mapping
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import (
-    _LIBRARY_INTERPOLATIONS,
     CAFFE_MEAN_BGR,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    LIBRARY_INTERPOLATIONS,
     PRESETS,
     PreprocessSpec,
     resolve_preprocess,
@@ -115,7 +115,7 @@ def _preset_variant(reference: PreprocessSpec, preset: str, group: str, why: str
 def _geometry_changes(ref: PreprocessSpec) -> list[Variant | None]:
     crop = ref.crop_size or ref.resize_size
     out: list[Variant | None] = []
-    for interpolation in _LIBRARY_INTERPOLATIONS[ref.resize_library]:
+    for interpolation in LIBRARY_INTERPOLATIONS[ref.resize_library]:
         out.append(_one_change(ref, f"interpolation-{interpolation}", "interpolation",
                                f"{ref.resize_library} {interpolation} instead of {ref.interpolation}",
                                interpolation=interpolation))

@@ -358,28 +358,33 @@ def test_digests_go_with_their_shard(tmp_path):
     assert json.loads(digest_file.read_text()) == payload
 
 
-@pytest.mark.parametrize("foreign", ["[1, 2]", "null", '"digests"', "7", '{"format": 1, "n": 4, "sha256": 5}'])
-def test_a_digests_file_of_foreign_json_is_damaged_and_made_again_not_a_crash(tmp_path, foreign):
+def _one_digested_shard(tmp_path):
+    """A cache of one shard of 4 images: the cache, its records, its result, its digests file and that file's JSON."""
     dataset = load_dataset(make_images(tmp_path / "d", 4))
     cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
     cached, _ = cache.ensure(dataset.records, workers=1)
     (digest_file,) = Path(cached.shard_paths[0]).parent.glob("*.fed-*.digests")
-    payload = json.loads(digest_file.read_text())
-    digest_file.write_text(foreign)
-    _, stats = cache.ensure(dataset.records, workers=1)
+    return cache, dataset.records, cached, digest_file, json.loads(digest_file.read_text())
+
+
+def _assert_digests_made_again(cache, records, digest_file, payload) -> None:
+    _, stats = cache.ensure(records, workers=1)
     assert (stats.decoded, stats.digested) == (0, 4)
     assert json.loads(digest_file.read_text()) == payload
+
+
+@pytest.mark.parametrize("foreign", ["[1, 2]", "null", '"digests"', "7", '{"format": 1, "n": 4, "sha256": 5}'])
+def test_a_digests_file_of_foreign_json_is_damaged_and_made_again_not_a_crash(tmp_path, foreign):
+    cache, records, _, digest_file, payload = _one_digested_shard(tmp_path)
+    digest_file.write_text(foreign)
+    _assert_digests_made_again(cache, records, digest_file, payload)
 
 
 @pytest.mark.parametrize("field", ["sha256", "checks"])
 def test_a_digests_file_changed_by_one_digit_is_damaged_and_made_again(tmp_path, field):
     # A stored sha256 is reported as what was fed: one flipped hex digit must not become a wrong tensors_sha256
     # (which `onnx` reads as "the tensors differ from the native run's").
-    dataset = load_dataset(make_images(tmp_path / "d", 4))
-    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
-    cached, _ = cache.ensure(dataset.records, workers=1)
-    (digest_file,) = Path(cached.shard_paths[0]).parent.glob("*.fed-*.digests")
-    payload = json.loads(digest_file.read_text())
+    cache, records, cached, digest_file, payload = _one_digested_shard(tmp_path)
     damaged = json.loads(digest_file.read_text())
     if field == "sha256":
         digit = damaged["sha256"][2][7]
@@ -388,6 +393,4 @@ def test_a_digests_file_changed_by_one_digit_is_damaged_and_made_again(tmp_path,
         damaged["checks"][1][1] += 1
     digest_file.write_text(json.dumps(damaged))
     assert _stored(cache, cached, SPEC) == [None]
-    _, stats = cache.ensure(dataset.records, workers=1)
-    assert (stats.decoded, stats.digested) == (0, 4)
-    assert json.loads(digest_file.read_text()) == payload
+    _assert_digests_made_again(cache, records, digest_file, payload)

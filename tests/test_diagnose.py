@@ -166,6 +166,12 @@ def test_the_decomposition_ranks_only_what_is_outside_the_noise_each_from_the_re
     assert "the published 10.5 % lies inside its 95 % CI (8.1 to 12.6)" in inside
 
 
+def test_when_every_variant_is_significant_the_sentence_counts_no_quiet_ones():
+    rows = [_row("reference", 0.0, False), _row("small", 1.5, True), _row("big", -4.0, True)]
+    sentence = decomposition(25.0, rows)["sentence"]
+    assert "nothing measurable" not in sentence and sentence.endswith("3 right->wrong / 1 wrong->right).")
+
+
 def console_errors(page: Path, tmp_path: Path, screenshot: Path | None = None) -> list[str]:
     """Open a page in headless Chromium; the console messages it logged at error level (and JS exceptions)."""
     args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

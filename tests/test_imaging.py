@@ -7,7 +7,7 @@ import pytest
 
 from helpers import SAMPLE_DIR, broken_images, decompression_bomb, odd_images
 from xfverify.evaluator.imaging import BadImageError, decode, load_geometry, resize
-from xfverify.models.preprocess import (_LIBRARY_INTERPOLATIONS, PRESETS, crop_fraction_window, crop_offset,
+from xfverify.models.preprocess import (LIBRARY_INTERPOLATIONS, PRESETS, crop_fraction_window, crop_offset,
                                         shorter_side_size)
 
 
@@ -128,14 +128,14 @@ def test_a_decompression_bomb_is_a_bad_image_in_every_decoder(tmp_path, decoder)
     marker = data.index(b"\xff\xc0")  # baseline start-of-frame: length, precision, height, width
     data[marker + 5 : marker + 9] = (30000).to_bytes(2, "big") + (30000).to_bytes(2, "big")
     big_jpeg.write_bytes(bytes(data))
-    if decoder != "pil":  # PIL itself refuses it in decode_pil (tested by the bomb above)
+    if decoder != "pil":  # PIL itself refuses it in decode_pil_noting (tested by the bomb above)
         with pytest.raises(BadImageError, match="exceeds limit"):
             decode(big_jpeg, decoder)
 
 
 def _framework_resize_specs():
     for library in ("tf2", "torch"):
-        for interpolation in _LIBRARY_INTERPOLATIONS[library]:
+        for interpolation in LIBRARY_INTERPOLATIONS[library]:
             for antialias in ((False,) if interpolation == "nearest" else (False, True)):
                 yield PRESETS["torchvision-256"].replace(resize_library=library, interpolation=interpolation,
                                                          antialias=antialias)

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = shutil.ignore_patterns("__pycache__", "sample", "cards", "data", "*.toml", "*.md")
 
@@ -47,3 +49,19 @@ def test_a_broken_contract_is_caught(tmp_path):
     result = _lint(tmp_path)
     assert result.returncode != 0
     assert "0 kept, 4 broken" in result.stdout, result.stdout
+
+
+# Modules the parent or the decode pool imports that live beside worker-only code (frameworks/) or are easy to miss.
+FRAMEWORK_FREE = ["evaluator/digests.py", "evaluator/overrides.py", "evaluator/frameworks/devices.py",
+                  "evaluator/frameworks/feeding.py", "evaluator/frameworks/weights.py",
+                  "evaluator/frameworks/contract.py"]
+
+
+@pytest.mark.parametrize("module", FRAMEWORK_FREE)
+def test_a_framework_imported_by_a_module_the_parent_or_the_decode_pool_imports_is_caught(tmp_path, module):
+    package = _assembled(tmp_path)
+    with open(package / module, "a") as source:
+        source.write("\nimport torch  # noqa\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert "no ML framework outside its worker's modules BROKEN" in result.stdout, result.stdout

@@ -215,6 +215,82 @@ def test_a_users_opset_11_file_under_the_device_feed_is_one_line_naming_it(tmp_p
     assert_user_error(done, f"{path}: the ONNX model uses opset 11", "opset 13 or newer")
 
 
+def users_onnx_file(path: Path, classes: int = 1000) -> Path:
+    """A valid one-input classifier over 224 x 224 NCHW images: per image, the channel means, tiled to ``classes``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 224, 224])
+    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0),
+             helper.make_node("Tile", ["mean", "repeats"], ["tiled"]),
+             helper.make_node("Slice", ["tiled", "start", "stop", "axis"], ["logits"])]
+    constants = [onnx.numpy_helper.from_array(np.asarray(v, dtype=np.int64), n)
+                 for n, v in (("repeats", [1, -(-classes // 3)]), ("start", [0]), ("stop", [classes]), ("axis", [1]))]
+    graph = helper.make_graph(nodes, "means", [image],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], constants)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), path)
+    return path
+
+
+@pytest.mark.parametrize("option, value", [("batch_size", 0), ("workers", 0), ("seed", -1)])
+def test_a_users_file_refuses_the_run_options_native_refuses(option, value, tmp_path):
+    from xfverify.models.errors import UserError
+
+    path = users_onnx_file(tmp_path / "means.onnx")
+    named = "--" + option.replace("_", "-")
+    with pytest.raises(UserError, match=f"^{named} must be"):
+        run_onnx(OnnxOptions(target=str(path), preprocess="torchvision-256", provider="cpu", limit=2,
+                             out=str(tmp_path / "o"), cache_dir=str(tmp_path / "cache"), **{option: value}))
+
+
+def test_export_options_are_refused_for_a_users_file_and_the_opset_must_be_positive(tmp_path):
+    from xfverify.models.errors import UserError
+
+    path = users_onnx_file(tmp_path / "means.onnx")
+    with pytest.raises(UserError, match=r"^--opset applies to a model's export; .*means\.onnx has its own opset"):
+        run_onnx(OnnxOptions(target=str(path), preprocess="torchvision-256", provider="cpu", limit=2, opset=17,
+                             out=str(tmp_path / "o"), cache_dir=str(tmp_path / "cache")))
+    with pytest.raises(UserError, match=r"^--weights and --random-weights apply to a model's export"):
+        run_onnx(OnnxOptions(target=str(path), preprocess="torchvision-256", provider="cpu", limit=2,
+                             random_weights=True, out=str(tmp_path / "o"), cache_dir=str(tmp_path / "cache")))
+    with pytest.raises(UserError, match=r"^--opset must be positive, got 0"):  # 0 was read as "the default"
+        run_onnx(OnnxOptions(target="torchvision/resnet18", opset=0, out=str(tmp_path / "p"),
+                             cache_dir=str(tmp_path / "cache")))
+
+
+@pytest.mark.parametrize("feed", ["host", "device"])
+def test_a_users_file_that_does_not_output_1000_classes_is_one_line(feed, tmp_path):
+    path = users_onnx_file(tmp_path / "three.onnx", classes=3)
+    done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--limit", "2", "--out",
+                   str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"), env={"XFVERIFY_ORT_FEED": feed})
+    assert_user_error(done, str(path), "first output has shape [3] per image", "1000 ImageNet classes")
+
+
+def test_a_native_run_is_reused_only_for_the_same_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from xfverify.evaluator.native import NativeOptions, prepare
+    from xfverify.evaluator.onnx_cmd import _matches
+
+    weights_file = tmp_path / "mine.pth"
+    weights_file.write_bytes(b"weights")
+    card, spec, dataset = prepare(NativeOptions(limit=2))
+
+    def native(source: str, random_weights: bool = False, **weights) -> SimpleNamespace:
+        return SimpleNamespace(model=card.id, preprocess=spec.to_dict(), random_weights=random_weights,
+                               dataset=SimpleNamespace(manifest_sha256=dataset.manifest_sha256()),
+                               weights=SimpleNamespace(source=source, **weights))
+
+    pretrained, own_file = NativeOptions(limit=2), NativeOptions(limit=2, weights=str(weights_file))
+    assert _matches(native(card.weights_source), pretrained)
+    assert not _matches(native(str(weights_file)), pretrained)
+    assert _matches(native(str(weights_file)), own_file)
+    assert not _matches(native(card.weights_source), own_file)
+    assert _matches(native("random", True, seed=3), NativeOptions(limit=2, random_weights=True, seed=3))
+    assert not _matches(native("random", True, seed=3), NativeOptions(limit=2, random_weights=True, seed=4))
+    assert not _matches(native("random", True, seed=0), pretrained)
+
+
 def test_a_users_file_needs_a_preset_and_against_needs_a_native_report(tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"")

@@ -25,7 +25,7 @@ from xfverify.evaluator.imaging import resize, resize_tf2
 from xfverify.evaluator.preprocess_cli import compare_with_reference, preprocess_files, reference_tensors
 from xfverify.evaluator.references import REFERENCES
 from xfverify.models.errors import UserError
-from xfverify.models.preprocess import _LIBRARY_INTERPOLATIONS, PRESETS, PreprocessSpec, shorter_side_size
+from xfverify.models.preprocess import LIBRARY_INTERPOLATIONS, PRESETS, PreprocessSpec, shorter_side_size
 
 MARKS = {"torch": needs_torch, "tensorflow": needs_tensorflow, "mxnet": needs_mxnet}
 
@@ -101,7 +101,7 @@ def _resize_sizes(height: int, width: int) -> list[tuple[int, int]]:
 def _resize_specs(library: str) -> list[PreprocessSpec]:
     """Every (interpolation, antialias) the spec allows for the library."""
     specs = []
-    for interpolation in _LIBRARY_INTERPOLATIONS[library]:
+    for interpolation in LIBRARY_INTERPOLATIONS[library]:
         for antialias in (False, True):
             try:
                 specs.append(PRESETS["torchvision-256"].replace(resize_library=library, interpolation=interpolation,

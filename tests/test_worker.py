@@ -39,3 +39,26 @@ def test_a_worker_whose_parent_dies_ends_itself(tmp_path):
     while not _ended(worker):
         assert time.monotonic() < deadline, "the orphaned worker kept running"
         time.sleep(0.1)
+
+
+def _run_worker(tmp_path: Path, backend: str) -> subprocess.CompletedProcess:
+    job = tmp_path / "evaluate.job.json"
+    job.write_text(json.dumps({"framework": "test", "backend": backend, "task": "evaluate", "workdir": str(tmp_path),
+                               "job": {}}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "xfverify.evaluator.worker", str(job)], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_missing_framework_is_a_user_error_naming_it(tmp_path):
+    done = _run_worker(tmp_path, "backend_lacking_a_framework")
+    assert done.returncode == 2, done.stderr
+    message = json.loads((tmp_path / "evaluate.error.json").read_text())["message"]
+    assert "cannot import no_such_framework_xfverify_test" in message and "pip install 'xfverify[test]'" in message
+
+
+def test_a_broken_import_inside_xfverify_is_a_bug_with_its_traceback(tmp_path):
+    done = _run_worker(tmp_path, "backend_with_a_bug")
+    assert done.returncode == 1, done.stderr
+    assert not (tmp_path / "evaluate.error.json").exists()
+    assert "Traceback" in done.stderr and "no_such_module_xfverify_test" in done.stderr

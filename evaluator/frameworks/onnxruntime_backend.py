@@ -27,6 +27,7 @@ from xfverify.evaluator.frameworks.weights import exception_text, sha256_file
 from xfverify.evaluator.jobs import EvaluateJob, FrameworkInfo, OnnxFileJob, RuntimeInfo
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
+from xfverify.models.imagenet import NUM_CLASSES
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 CUDA_OPTIONS = {"use_tf32": "0"}  # fp32 means fp32: TF32 would change the numbers
@@ -129,11 +130,11 @@ class OnnxRuntimeBackend(Backend):
 
     def step(self, model, spec, device: Device, job):
         if self.device_fed:
-            return IoBoundStep(model, "cuda" if device.type == "cuda" else "cpu")
+            return IoBoundStep(model, "cuda" if device.type == "cuda" else "cpu", self.path)
         fed = _one_input(model.get_inputs(), self.path)
         _check_input(fed, self.path, spec, tuple(job.hw))
         output = model.get_outputs()[0].name
-        return HostStep(lambda tensors: np.asarray(model.run([output], {fed.name: tensors})[0], dtype=np.float32))
+        return HostStep(lambda tensors: _class_scores(model.run([output], {fed.name: tensors})[0], self.path))
 
     def describe(self) -> FrameworkInfo:
         return FrameworkInfo(name="onnxruntime", version=ort.__version__)
@@ -177,6 +178,16 @@ def _check_input(fed, path: str, spec, hw: tuple[int, int]) -> None:
                         "crop_size=...")
 
 
+def _class_scores(out, path: str) -> np.ndarray:
+    """The first output as float32 (n, 1000) scores; any other shape is the user's file's, in one line."""
+    out = np.asarray(out, dtype=np.float32)
+    if out.ndim != 2 or out.shape[1] != NUM_CLASSES:
+        raise UserError(f"{path}: its first output has shape {list(out.shape[1:])} per image; xfverify scores the "
+                        f"{NUM_CLASSES} ImageNet classes: export one row of {NUM_CLASSES} logits or probabilities "
+                        "per image as the first output")
+    return out
+
+
 def _shape(value) -> list:
     """An input's shape, from ONNX Runtime's NodeArg or onnx's ValueInfoProto (symbolic dimensions as names)."""
     if not hasattr(value.type, "tensor_type"):
@@ -191,10 +202,10 @@ class IoBoundStep:
 
     feed = "device"
 
-    def __init__(self, session, device: str):
+    def __init__(self, session, device: str, path: str):
         from xfverify.converter.feed_graph import FED_CHECKS, UINT8_INPUT
 
-        self.session, self.device = session, device
+        self.session, self.device, self.path = session, device, path
         self.input = UINT8_INPUT
         self.outputs = [session.get_outputs()[0].name, FED_CHECKS]
         self.binding = session.io_binding()
@@ -218,7 +229,7 @@ class IoBoundStep:
         self.binding.bind_output(checks, self.device)
         self.session.run_with_iobinding(self.binding)
         out = self.binding.copy_outputs_to_cpu()
-        return np.asarray(out[0], dtype=np.float32), out[1]
+        return _class_scores(out[0], self.path), out[1]
 
     def __call__(self, batch: "UploadedBatch", tensors: None) -> "_Finished":
         started = time.perf_counter()

@@ -57,7 +57,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 def checked_weights(card: ModelCard, path: str | os.PathLike) -> dict[str, Any]:
     """The report's weights block for the card's own weights file, once it matches the card's checksum."""
     sha256 = sha256_file(path)
-    block = {"source": f"{card.weights.kind}:{card.weights.name}", "file": str(path), "sha256": sha256,
+    block = {"source": card.weights_source, "file": str(path), "sha256": sha256,
              "license": card.weights.license}
     if not card.weights.checksum:
         return block
