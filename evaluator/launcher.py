@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from xfverify.evaluator.frameworks import BACKENDS
-from xfverify.evaluator.worker import EVENT_PREFIX, USER_ERROR_EXIT
+from xfverify.evaluator.worker import EVENT_PREFIX, RUN_PID_ENV, USER_ERROR_EXIT
 from xfverify.models.errors import UserError
 
 
@@ -61,6 +61,7 @@ def run_worker(
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env[RUN_PID_ENV] = str(os.getpid())  # the worker watches this process, even if it dies before the worker starts
     command = [_python_for(framework), "-m", "xfverify.evaluator.worker", str(job_path)]
     stderr_path = workdir / f"{task}.stderr.txt"
     try:

@@ -42,12 +42,25 @@ def emit(event: str, **fields: Any) -> None:
 
 
 ORPHANED_EXIT = 3
+RUN_PID_ENV = "XFVERIFY_RUN_PID"  # set by the launcher: the process a worker must not outlive
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, but another user's
+        return True
+    return True
 
 
 def exit_when_orphaned(parent: int, poll_s: float = 0.5) -> None:
     """A process whose run died (killed, crashed) must not wait for shards or data forever, nor keep a GPU or
-    the terminal's output: a watcher thread ends it once ``parent`` has exited. ``parent`` is the process's
-    own parent (a framework worker), or the run that started it through a fork server (a decode process)."""
+    the terminal's output: a watcher thread ends it once ``parent`` has exited (at once if it already has).
+    ``parent`` is the run that launched it (a framework worker: ``XFVERIFY_RUN_PID``, so a run that dies before
+    its worker starts watching is still noticed), or the run that started it through a fork server (a decode
+    process)."""
     import select
     import threading
 
@@ -56,8 +69,8 @@ def exit_when_orphaned(parent: int, poll_s: float = 0.5) -> None:
             handle = os.pidfd_open(parent)  # readable once that process has exited, even before it is reaped
         except ProcessLookupError:
             os._exit(ORPHANED_EXIT)
-        except (AttributeError, OSError):  # no pidfd (not Linux): notice being re-parented instead
-            while os.getppid() == parent:
+        except (AttributeError, OSError):  # no pidfd (not Linux): poll for the process instead
+            while _exists(parent):
                 time.sleep(poll_s)
             os._exit(ORPHANED_EXIT)
         select.select([handle], [], [])
@@ -75,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     milestone("worker_started")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this process
-    exit_when_orphaned(os.getppid())
+    exit_when_orphaned(int(os.environ.get(RUN_PID_ENV) or os.getppid()))
     argv = sys.argv[1:] if argv is None else argv
     job_path = Path(argv[0])
     spec = json.loads(job_path.read_text())

@@ -41,6 +41,17 @@ def test_a_worker_whose_parent_dies_ends_itself(tmp_path):
         time.sleep(0.1)
 
 
+def test_a_worker_whose_run_died_before_it_started_ends_itself(tmp_path):
+    job = tmp_path / "wait_forever.job.json"
+    job.write_text(json.dumps({"framework": "test", "backend": "sleeping_backend", "task": "wait_forever", "workdir": str(tmp_path), "job": {}}))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a run that has ended: its worker is re-parented before it can look at its parent
+    env = {**os.environ, "XFVERIFY_RUN_PID": str(gone.pid),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "xfverify.evaluator.worker", str(job)], env=env, timeout=60)
+    assert done.returncode == 3  # ORPHANED_EXIT, not a wait for ever
+
+
 def _run_worker(tmp_path: Path, backend: str) -> subprocess.CompletedProcess:
     job = tmp_path / "evaluate.job.json"
     job.write_text(json.dumps({"framework": "test", "backend": backend, "task": "evaluate", "workdir": str(tmp_path),
