@@ -37,6 +37,7 @@ DType = Literal["float32"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+MAX_SIDE = 2048  # 3 x 2048 x 2048 values per image keep the fed tensors' int64 checksums exact (evaluator/digests.py)
 
 GEOMETRY_FIELDS = (
     "decoder",
@@ -190,6 +191,9 @@ def spec_problems(spec: PreprocessSpec) -> list[str]:
         problems.append("resize_size must be positive")
     if spec.crop_size < 0:
         problems.append("crop_size must be 0 (no crop) or positive")
+    if max(spec.resize_size, spec.crop_size) > MAX_SIDE:
+        problems.append(f"resize_size and crop_size must be at most {MAX_SIDE} (the largest image side xfverify "
+                        "caches and proves exactly)")
     if spec.crop_padding < 0:
         problems.append("crop_padding must be 0 or positive")
     if spec.order == "crop_then_resize":

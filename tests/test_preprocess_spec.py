@@ -41,6 +41,8 @@ def test_round_trip_through_dict():
         ({"resize_library": "torch", "interpolation": "nearest"}, "torch's nearest resize ignores antialias"),
         ({"resize_library": "torch", "interpolation": "lanczos"}, "torch has no lanczos interpolation; choose from nearest, bilinear, bicubic"),
         ({"resize_library": "tf2", "interpolation": "area"}, "tf2 has no area interpolation; choose from nearest, bilinear, bicubic, lanczos"),
+        ({"crop_size": 2400}, "at most 2048"),
+        ({"resize_size": 4096}, "at most 2048"),
     ],
 )
 def test_invalid_specs_are_refused(changes, message):
@@ -124,3 +126,11 @@ def test_existing_presets_keep_their_cache_keys():
         "lite-tf-240": "b164cb9d6158ef63", "lite-timm-240": "cbdd091a057680b5", "lite-tf-260": "61dab8588352896e",
         "lite-timm-260": "4d2abeddcbadee68", "lite-imagenet-norm-224": "5e2fb01921732533",
     }
+
+
+def test_the_largest_allowed_image_keeps_the_fed_checksums_exact():
+    from xfverify.evaluator.digests import MAX_VALUES, checksum_weights
+    from xfverify.models.preprocess import MAX_SIDE
+
+    assert 3 * MAX_SIDE**2 <= MAX_VALUES
+    assert len(checksum_weights(3 * MAX_SIDE**2)) == 3 * MAX_SIDE**2
