@@ -219,6 +219,13 @@ def main() -> None:
     except UserError as exc:
         check("--batch-size 4096" in str(exc) and "smaller --batch-size" in str(exc), str(exc))
     try:
+        with out_of_memory_is_a_user_error("AMD EPYC (2 cores)", 4096, _is_out_of_memory):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9663676416 bytes. "
+                               "Error code 12 (Cannot allocate memory)")
+        check(False, "the CPU allocator's out-of-memory error went through")
+    except UserError as exc:
+        check("AMD EPYC (2 cores) ran out of memory at --batch-size 4096" in str(exc), str(exc))
+    try:
         with out_of_memory_is_a_user_error("NVIDIA H100", 4096, _is_out_of_memory):
             raise RuntimeError("an unrelated bug")
     except RuntimeError as exc:  # anything else keeps its traceback

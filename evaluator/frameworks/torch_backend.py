@@ -172,7 +172,9 @@ def configure_precision(precision: str, device: torch.device) -> dict:
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError)
+    """CUDA's out-of-memory error, or the CPU allocator's (a RuntimeError torch gives no class of its own)."""
+    return (isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError))
+            or (isinstance(exc, RuntimeError) and "DefaultCPUAllocator" in str(exc)))
 
 
 class TorchBackend(Backend):
