@@ -4,6 +4,7 @@ of a native run, compared with it: errors, time, and agreement image by image.""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -37,9 +38,11 @@ from xfverify.evaluator.overrides import parse_overrides
 from xfverify.evaluator.report import NativeReport, NativeRun, OnnxReport
 from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError
+from xfverify.models.imagenet import NUM_CLASSES
 from xfverify.models.preprocess import resolve_preprocess, spec_from_dict
 
 NATIVE_FOLDER = "native"  # where, inside --out, the native run goes when there is none to compare with
+DIAGNOSE_REFERENCE_FOLDER = "reference"  # diagnose.REFERENCE_FOLDER (diagnose imports this module)
 
 
 @dataclass
@@ -68,23 +71,42 @@ class NativeOnDisk:
 
 
 def load_native(folder: Path, option: str = "--against") -> NativeOnDisk:
-    """The native run in ``folder``; a folder without one is a user error naming it."""
-    path = Path(folder) / "report.json"
+    """The native run in ``folder``; a folder without one, or with a damaged one, is a user error naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{option} {folder}: no such folder: give the --out folder of an `xfverify native` run")
+    path = folder / "report.json"
     if not path.is_file():
         raise UserError(f"{option} {folder}: no native report there (report.json): give the --out folder of an "
                         "`xfverify native` run")
     try:
-        report = NativeReport.model_validate_json(path.read_text())
-    except ValidationError:
-        raise UserError(f"{option} {folder}: report.json is not an `xfverify native` report (run `xfverify native "
-                        "--out` there again)") from None
-    if report.kind != "native":
-        raise UserError(f"{option} {folder}: holds an `xfverify {report.kind}` report, not a native one")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{option} {folder}: cannot read report.json ({exc.strerror or exc}): fix its permissions, "
+                        "or give another native run") from None
     try:
-        outputs = np.load(Path(folder) / "logits.npy")
+        kind = json.loads(data).get("kind")
+    except (ValueError, AttributeError):  # not UTF-8, not JSON, not a JSON object: the schema check says so
+        kind = None
+    if kind in ("onnx", "diagnose"):
+        inner = NATIVE_FOLDER if kind == "onnx" else DIAGNOSE_REFERENCE_FOLDER
+        raise UserError(f"{option} {folder}: holds an `xfverify {kind}` report, not a native one: give the native run "
+                        f"it made ({folder / inner}), or the --out folder of an `xfverify native` run")
+    try:
+        report = NativeReport.model_validate_json(data)
+    except ValidationError:
+        raise UserError(f"{option} {folder}: report.json is damaged or not an `xfverify native` report: give the "
+                        "--out folder of a finished `xfverify native` run (or run it again there)") from None
+    try:
+        outputs = np.load(folder / "logits.npy")
     except (OSError, ValueError):
         raise UserError(f"{option} {folder}: logits.npy is missing or unreadable: run `xfverify native` again") from None
-    return NativeOnDisk(report, Path(folder), outputs)
+    expected = (report.dataset.n_images, NUM_CLASSES)
+    if outputs.dtype != np.float32 or outputs.shape != expected:
+        raise UserError(f"{option} {folder}: logits.npy holds {outputs.dtype} {outputs.shape}, not the float32 "
+                        f"{expected} its report.json describes (a damaged or replaced file): run `xfverify native` "
+                        "again")
+    return NativeOnDisk(report, folder, outputs)
 
 
 def _native_options(options: OnnxOptions, out: Path) -> NativeOptions:

@@ -300,6 +300,69 @@ def test_a_users_file_needs_a_preset_and_against_needs_a_native_report(tmp_path)
                               "--out", str(tmp_path / "o")), "--against", "no native report")
 
 
+def native_folder(folder: Path, n_images: int = 2, **fields) -> Path:
+    """A native run's folder as `xfverify native` leaves it (report.json and logits.npy), nothing run."""
+    from test_metrics_and_report import minimal_report
+    from xfverify.models.cards import get_card
+    from xfverify.models.preprocess import resolve_preprocess
+
+    card = get_card("pypi/efficientnet_lite0")
+    report = minimal_report()
+    report["dataset"]["n_images"] = n_images
+    report.update(model=card.id, preprocess=resolve_preprocess(None, default=card.preprocess).to_dict(), **fields)
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text(json.dumps(report))
+    np.save(folder / "logits.npy", np.zeros((n_images, 1000), np.float32))
+    return folder
+
+
+def _replace_report(folder: Path, text: bytes) -> None:
+    (folder / "report.json").write_bytes(text)
+
+
+def _replace_logits(folder: Path, array) -> None:
+    np.save(folder / "logits.npy", array)
+
+
+DAMAGED_NATIVE_RUNS = {
+    "not UTF-8": (lambda f: _replace_report(f, b"\xff\xfe{"), "report.json is damaged"),
+    "truncated": (lambda f: _replace_report(f, (f / "report.json").read_bytes()[:300]), "report.json is damaged"),
+    "a JSON list": (lambda f: _replace_report(f, b"[1, 2]"), "report.json is damaged"),
+    "an onnx report": (lambda f: _replace_report(f, b'{"kind": "onnx"}'), "`xfverify onnx` report", "/native"),
+    "a diagnose report": (lambda f: _replace_report(f, b'{"kind": "diagnose"}'), "`xfverify diagnose` report",
+                          "/reference"),
+    "logits missing": (lambda f: (f / "logits.npy").unlink(), "logits.npy is missing"),
+    "too few rows": (lambda f: _replace_logits(f, np.zeros((1, 1000), np.float32)), "float32 (1, 1000)", "(2, 1000)"),
+    "ten classes": (lambda f: _replace_logits(f, np.zeros((2, 10), np.float32)), "float32 (2, 10)"),
+    "a scalar": (lambda f: _replace_logits(f, np.float32(1)), "float32 ()"),
+    "integers": (lambda f: _replace_logits(f, np.zeros((2, 1000), np.int64)), "int64 (2, 1000)"),
+    "float64": (lambda f: _replace_logits(f, np.zeros((2, 1000), np.float64)), "float64 (2, 1000)"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_NATIVE_RUNS)
+def test_against_a_damaged_or_foreign_native_run_is_one_line_naming_it(case, tmp_path):
+    from xfverify.evaluator.onnx_cmd import load_native
+    from xfverify.models.errors import UserError
+
+    damage, *fragments = DAMAGED_NATIVE_RUNS[case]
+    folder = native_folder(tmp_path / "run")
+    load_native(folder)
+    damage(folder)
+    with pytest.raises(UserError) as raised:
+        load_native(folder)
+    for fragment in (f"--against {folder}", *fragments):
+        assert fragment in str(raised.value), (fragment, str(raised.value))
+
+
+def test_against_a_missing_folder_says_so(tmp_path):
+    from xfverify.evaluator.onnx_cmd import load_native
+    from xfverify.models.errors import UserError
+
+    with pytest.raises(UserError, match="no such folder"):
+        load_native(tmp_path / "nowhere")
+
+
 # --- the comparison's rules, in numbers ------------------------------------------------------
 
 
