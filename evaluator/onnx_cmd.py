@@ -39,7 +39,7 @@ from xfverify.evaluator.report import NativeReport, NativeRun, OnnxReport
 from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError
 from xfverify.models.imagenet import NUM_CLASSES
-from xfverify.models.preprocess import resolve_preprocess, spec_from_dict
+from xfverify.models.preprocess import PreprocessSpec, resolve_preprocess, spec_from_dict
 
 NATIVE_FOLDER = "native"  # where, inside --out, the native run goes when there is none to compare with
 DIAGNOSE_REFERENCE_FOLDER = "reference"  # diagnose.REFERENCE_FOLDER (diagnose imports this module)
@@ -107,6 +107,24 @@ def load_native(folder: Path, option: str = "--against") -> NativeOnDisk:
                         f"{expected} its report.json describes (a damaged or replaced file): run `xfverify native` "
                         "again")
     return NativeOnDisk(report, folder, outputs)
+
+
+def check_against(native: NativeOnDisk, card, spec: PreprocessSpec) -> None:
+    """Refuse, before any work, a native run that is not of this model or was fed another preprocessing."""
+    if card is not None and native.report.model != card.id:
+        raise UserError(f"--against {native.folder}: a native run of {native.report.model}, not of {card.id}: give "
+                        f"a native run of {card.id}, or leave --against out")
+    theirs = spec_from_dict(native.report.preprocess)
+    if _fed_fields(spec) != _fed_fields(theirs):
+        differ = sorted(k for k, v in _fed_fields(spec).items() if _fed_fields(theirs).get(k) != v)
+        raise UserError(f"--against {native.folder}: its native run was fed {theirs.name}, this run {spec.name} "
+                        f"({', '.join(differ)} differ): xfverify compares only runs fed the same tensors; leave "
+                        "--preprocess and --set out, or give a native run with them")
+
+
+def _fed_fields(spec: PreprocessSpec) -> dict:
+    """What decides the fed tensors (the spec's name and source do not)."""
+    return {k: v for k, v in spec.to_dict().items() if k not in ("name", "source")}
 
 
 def _native_options(options: OnnxOptions, out: Path) -> NativeOptions:
@@ -209,6 +227,8 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
     if native and not data:  # the native run's images, unless others are asked for
         data, limit = native.report.dataset.path, limit or native.report.dataset.n_images
     spec = resolve_preprocess(options.preprocess or default, overrides=parse_overrides(options.overrides))
+    if native:
+        check_against(native, card, spec)
     dataset = load_dataset(data or SAMPLE_DIR, devkit=options.devkit).select(limit=limit, per_class=options.per_class)
     timeline["dataset_listed"] = time.time()
     if native and dataset.manifest_sha256() != native.report.dataset.manifest_sha256:

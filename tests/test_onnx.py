@@ -363,6 +363,28 @@ def test_against_a_missing_folder_says_so(tmp_path):
         load_native(tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("options, fragments", [
+    ({"target": "torchvision/densenet121"}, ["a native run of pypi/efficientnet_lite0", "not of torchvision/densenet121"]),
+    ({"preprocess": "lite-timm-224"}, ["was fed lite-tf-224, this run lite-timm-224", "interpolation"]),
+    ({"overrides": ["channel_order=BGR"]}, ["(channel_order differ)"]),
+])
+def test_against_a_native_run_of_another_model_or_preprocessing_is_refused_before_any_work(options, fragments,
+                                                                                          tmp_path):
+    """Before: the other model's native run was compared with this one's export (a full run, a meaningless
+    agreement), and other preprocessing was found only after decoding and running every image."""
+    from xfverify.models.errors import UserError
+
+    folder = native_folder(tmp_path / "run")
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "report.json").write_text("an earlier report")
+    with pytest.raises(UserError) as raised:
+        run_onnx(OnnxOptions(against=str(folder), out=str(out), **options))
+    for fragment in fragments:
+        assert fragment in str(raised.value), (fragment, str(raised.value))
+    assert (out / "report.json").read_text() == "an earlier report"
+
+
 # --- the comparison's rules, in numbers ------------------------------------------------------
 
 
