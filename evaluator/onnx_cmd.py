@@ -70,42 +70,51 @@ class NativeOnDisk:
     outputs: np.ndarray
 
 
+class UnusableNativeRun(UserError):
+    """A folder that holds no usable native run: ``reason`` says why (the message adds the fix)."""
+
+    def __init__(self, option: str, folder: Path, reason: str, fix: str) -> None:
+        super().__init__(f"{option} {folder}: {reason}: {fix}")
+        self.reason = reason
+
+
 def load_native(folder: Path, option: str = "--against") -> NativeOnDisk:
     """The native run in ``folder``; a folder without one, or with a damaged one, is a user error naming it."""
     folder = Path(folder)
+    give = "give the --out folder of a finished `xfverify native` run"
     if not folder.is_dir():
-        raise UserError(f"{option} {folder}: no such folder: give the --out folder of an `xfverify native` run")
+        raise UnusableNativeRun(option, folder, "no such folder", give)
     path = folder / "report.json"
     if not path.is_file():
-        raise UserError(f"{option} {folder}: no native report there (report.json): give the --out folder of an "
-                        "`xfverify native` run")
+        raise UnusableNativeRun(option, folder, "no native report there (report.json)", give)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise UserError(f"{option} {folder}: cannot read report.json ({exc.strerror or exc}): fix its permissions, "
-                        "or give another native run") from None
+        raise UnusableNativeRun(option, folder, f"cannot read report.json ({exc.strerror or exc})",
+                                "fix its permissions, or give another native run") from None
     try:
         kind = json.loads(data).get("kind")
     except (ValueError, AttributeError):  # not UTF-8, not JSON, not a JSON object: the schema check says so
         kind = None
     if kind in ("onnx", "diagnose"):
         inner = NATIVE_FOLDER if kind == "onnx" else DIAGNOSE_REFERENCE_FOLDER
-        raise UserError(f"{option} {folder}: holds an `xfverify {kind}` report, not a native one: give the native run "
-                        f"it made ({folder / inner}), or the --out folder of an `xfverify native` run")
+        raise UnusableNativeRun(option, folder, f"holds an `xfverify {kind}` report, not a native one",
+                                f"give the native run it made ({folder / inner}), or {give[5:]}")
     try:
         report = NativeReport.model_validate_json(data)
-    except ValidationError:
-        raise UserError(f"{option} {folder}: report.json is damaged or not an `xfverify native` report: give the "
-                        "--out folder of a finished `xfverify native` run (or run it again there)") from None
+        spec_from_dict(report.preprocess)
+    except (ValidationError, UserError, TypeError):
+        raise UnusableNativeRun(option, folder, "report.json is damaged or not an `xfverify native` report",
+                                f"{give} (or run it again there)") from None
+    again = "run `xfverify native` again"
     try:
         outputs = np.load(folder / "logits.npy")
     except (OSError, ValueError):
-        raise UserError(f"{option} {folder}: logits.npy is missing or unreadable: run `xfverify native` again") from None
+        raise UnusableNativeRun(option, folder, "logits.npy is missing or unreadable", again) from None
     expected = (report.dataset.n_images, NUM_CLASSES)
     if outputs.dtype != np.float32 or outputs.shape != expected:
-        raise UserError(f"{option} {folder}: logits.npy holds {outputs.dtype} {outputs.shape}, not the float32 "
-                        f"{expected} its report.json describes (a damaged or replaced file): run `xfverify native` "
-                        "again")
+        raise UnusableNativeRun(option, folder, f"logits.npy holds {outputs.dtype} {outputs.shape}, not the float32 "
+                                f"{expected} its report.json describes (a damaged or replaced file)", again)
     return NativeOnDisk(report, folder, outputs)
 
 
@@ -151,10 +160,14 @@ def native_run_for(options: OnnxOptions, out_dir: Path) -> NativeOnDisk:
     folder = out_dir / NATIVE_FOLDER
     wanted = _native_options(options, folder)
     if (folder / "report.json").is_file():
-        earlier = load_native(folder, "--out")
-        if _matches(earlier.report, wanted):
-            ui.info(f"comparing with the native run in {folder}")
-            return earlier
+        try:
+            earlier = load_native(folder, "--out")
+        except UnusableNativeRun as exc:  # xfverify's own folder, damaged (a killed copy, an edit): made again
+            ui.info(f"the native run in {folder} cannot be reused ({exc.reason}): running it again, which replaces it")
+        else:
+            if _matches(earlier.report, wanted):
+                ui.info(f"comparing with the native run in {folder}")
+                return earlier
     ui.info(f"running {options.target} natively first, into {folder}")
     run: NativeRun = run_native(wanted)
     return NativeOnDisk(run.report, run.out_dir, np.load(run.out_dir / "logits.npy"))

@@ -331,6 +331,8 @@ DAMAGED_NATIVE_RUNS = {
     "an onnx report": (lambda f: _replace_report(f, b'{"kind": "onnx"}'), "`xfverify onnx` report", "/native"),
     "a diagnose report": (lambda f: _replace_report(f, b'{"kind": "diagnose"}'), "`xfverify diagnose` report",
                           "/reference"),
+    "a preprocessing of no spec": (lambda f: _replace_report(f, (f / "report.json").read_bytes().replace(
+        b'"decoder"', b'"decodr"')), "report.json is damaged"),
     "logits missing": (lambda f: (f / "logits.npy").unlink(), "logits.npy is missing"),
     "too few rows": (lambda f: _replace_logits(f, np.zeros((1, 1000), np.float32)), "float32 (1, 1000)", "(2, 1000)"),
     "ten classes": (lambda f: _replace_logits(f, np.zeros((2, 10), np.float32)), "float32 (2, 10)"),
@@ -361,6 +363,28 @@ def test_against_a_missing_folder_says_so(tmp_path):
 
     with pytest.raises(UserError, match="no such folder"):
         load_native(tmp_path / "nowhere")
+
+
+def test_a_damaged_native_run_in_out_native_is_run_again_not_refused(tmp_path, monkeypatch):
+    """--out/native is xfverify's own folder: a damaged run there (a truncated report.json) was a refusal
+    telling the user to 'give the --out folder of an xfverify native run'; it is now made again."""
+    from xfverify.evaluator import onnx_cmd
+
+    folder = native_folder(tmp_path / "o" / "native")
+    (folder / "report.json").write_bytes((folder / "report.json").read_bytes()[:200])
+    ran = []
+
+    class Ran(Exception):
+        pass
+
+    def run_native(wanted):
+        ran.append(wanted.out)
+        raise Ran
+
+    monkeypatch.setattr(onnx_cmd, "run_native", run_native)
+    with pytest.raises(Ran):
+        onnx_cmd.native_run_for(OnnxOptions(limit=2), tmp_path / "o")
+    assert ran == [str(folder)]
 
 
 @pytest.mark.parametrize("options, fragments", [
