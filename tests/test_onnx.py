@@ -215,19 +215,21 @@ def test_a_users_opset_11_file_under_the_device_feed_is_one_line_naming_it(tmp_p
     assert_user_error(done, f"{path}: the ONNX model uses opset 11", "opset 13 or newer")
 
 
-def users_onnx_file(path: Path, classes: int = 1000) -> Path:
-    """A valid one-input classifier over 224 x 224 NCHW images: per image, the channel means, tiled to ``classes``."""
+def users_onnx_file(path: Path, classes: int = 1000, element: str = "FLOAT", batch: str | int = "N") -> Path:
+    """A valid one-input classifier over 224 x 224 NCHW images: per image, the channel means, tiled to ``classes``
+    (its input of another ``element`` type is cast to float inside; ``batch`` its input's first dimension)."""
     import onnx
     from onnx import TensorProto, helper
 
-    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 224, 224])
-    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0),
+    image = helper.make_tensor_value_info("image", getattr(TensorProto, element), [batch, 3, 224, 224])
+    cast = [] if element == "FLOAT" else [helper.make_node("Cast", ["image"], ["image_f"], to=TensorProto.FLOAT)]
+    nodes = [*cast, helper.make_node("ReduceMean", ["image_f" if cast else "image"], ["mean"], axes=[2, 3], keepdims=0),
              helper.make_node("Tile", ["mean", "repeats"], ["tiled"]),
              helper.make_node("Slice", ["tiled", "start", "stop", "axis"], ["logits"])]
     constants = [onnx.numpy_helper.from_array(np.asarray(v, dtype=np.int64), n)
                  for n, v in (("repeats", [1, -(-classes // 3)]), ("start", [0]), ("stop", [classes]), ("axis", [1]))]
     graph = helper.make_graph(nodes, "means", [image],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], constants)
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])], constants)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), path)
     return path
 
@@ -264,6 +266,30 @@ def test_a_users_file_that_does_not_output_1000_classes_is_one_line(feed, tmp_pa
     done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--limit", "2", "--out",
                    str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"), env={"XFVERIFY_ORT_FEED": feed})
     assert_user_error(done, str(path), "first output has shape [3] per image", "1000 ImageNet classes")
+
+
+@pytest.mark.parametrize("feed", ["host", "device"])
+@pytest.mark.parametrize("element, batch, options, fragments", [
+    ("FLOAT16", "N", [], ["takes input image as tensor(float16)", "float32 image input"]),
+    ("INT8", "N", [], ["takes input image as tensor(int8)"]),
+    ("FLOAT", 1, [], ["takes batches of exactly 1 image", "feeds batches of 2", "--batch-size 1"]),
+    ("FLOAT", 2, ["--batch-size", "2", "--limit", "3"], ["takes batches of exactly 2", "divisible by 2 (--limit)"]),
+])
+def test_a_users_file_with_another_input_type_or_a_fixed_batch_is_one_line(feed, element, batch, options, fragments,
+                                                                          tmp_path):
+    """Before: ONNX Runtime's INVALID_ARGUMENT traceback (exit 1) at the first batch."""
+    path = users_onnx_file(tmp_path / "m.onnx", element=element, batch=batch)
+    done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--limit", "2",
+                   "--batch-size", "2", *options, "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"),
+                   env={"XFVERIFY_ORT_FEED": feed})
+    assert_user_error(done, str(path), *fragments)
+
+
+def test_a_users_file_with_a_fixed_batch_of_1_runs_at_batch_size_1(tmp_path):
+    path = users_onnx_file(tmp_path / "m.onnx", batch=1)
+    done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--limit", "2",
+                   "--batch-size", "1", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_a_native_run_is_reused_only_for_the_same_weights(tmp_path):

@@ -117,7 +117,8 @@ class OnnxRuntimeBackend(Backend):
             model = onnx.load(self.path)
         except Exception as exc:  # protobuf's DecodeError, a missing .onnx.data file, ...
             raise UserError(f"{self.path}: not a readable ONNX model ({exception_text(exc)})") from None
-        _check_input(_one_input(list(model.graph.input), self.path), self.path, self.spec, self.hw)
+        self.file_input = _one_input(list(model.graph.input), self.path)
+        _check_input(self.file_input, self.path, self.spec, self.hw)
         try:
             wrapped = uint8_fed_model(model, normalisation_lut(self.spec), source_channels(self.spec),
                                       self.spec.layout, self.hw, checksum_weights(3 * self.hw[0] * self.hw[1]))
@@ -129,10 +130,11 @@ class OnnxRuntimeBackend(Backend):
         return model
 
     def step(self, model, spec, device: Device, job):
+        fed = self.file_input if self.device_fed else _one_input(model.get_inputs(), self.path)
+        _check_input(fed, self.path, spec, tuple(job.hw))
+        _check_batch(fed, self.path, job.batch_size, job.n_images)
         if self.device_fed:
             return IoBoundStep(model, "cuda" if device.type == "cuda" else "cpu", self.path)
-        fed = _one_input(model.get_inputs(), self.path)
-        _check_input(fed, self.path, spec, tuple(job.hw))
         output = model.get_outputs()[0].name
         return HostStep(lambda tensors: _class_scores(model.run([output], {fed.name: tensors})[0], self.path))
 
@@ -170,12 +172,31 @@ def _one_input(inputs: list, path: str):
 def _check_input(fed, path: str, spec, hw: tuple[int, int]) -> None:
     """An image input whose fixed dimensions match what the preprocessing feeds, else one line."""
     expected = (3, *hw) if spec.layout == "NCHW" else (*hw, 3)
+    element = _element_type(fed)
+    if element != "tensor(float)":
+        raise UserError(f"{path} takes input {fed.name} as {element}; xfverify feeds float32 tensors (the "
+                        "preprocessing's output): export it with a float32 image input (a half-precision or quantised "
+                        "model can keep one, with a Cast or QuantizeLinear inside)")
     shape = _shape(fed)
     if len(shape) != 4 or any(isinstance(d, int) and d > 0 and d != e for d, e in zip(shape[1:], expected)):
         what = f"input {fed.name} of shape {shape}"
         raise UserError(f"{path} takes {what}, but preprocessing {spec.name} feeds {spec.layout} batches of "
                         f"{list(expected)}: choose a --preprocess preset that matches it, or --set layout=... / "
                         "crop_size=...")
+
+
+def _check_batch(fed, path: str, batch_size: int, n_images: int) -> None:
+    """A fixed batch dimension the run's batches fit (every batch that size, the last one too), else one line."""
+    fixed = _shape(fed)[0]
+    if not isinstance(fixed, int) or fixed <= 0:
+        return
+    if batch_size == fixed and n_images % fixed == 0:
+        return
+    fix = f"run it with --batch-size {fixed}" + (f" on a number of images divisible by {fixed} (--limit)"
+                                                   if fixed > 1 else "")
+    raise UserError(f"{path} takes batches of exactly {fixed} image(s) (input {fed.name} of shape {_shape(fed)}), "
+                    f"and this run feeds batches of {batch_size} ({n_images} images): {fix}, or export it with a "
+                    "dynamic batch dimension")
 
 
 def _class_scores(out, path: str) -> np.ndarray:
@@ -186,6 +207,15 @@ def _class_scores(out, path: str) -> np.ndarray:
                         f"{NUM_CLASSES} ImageNet classes: export one row of {NUM_CLASSES} logits or probabilities "
                         "per image as the first output")
     return out
+
+
+def _element_type(value) -> str:
+    """An input's element type as ONNX Runtime names it ("tensor(float)"), from a NodeArg or a ValueInfoProto."""
+    if not hasattr(value.type, "tensor_type"):
+        return value.type
+    from onnx import TensorProto
+
+    return f"tensor({TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower()})"
 
 
 def _shape(value) -> list:
