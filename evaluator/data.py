@@ -508,6 +508,9 @@ def records_from_paths(paths: Sequence[str | os.PathLike]) -> Dataset:
     records = []
     for raw in paths:
         path = Path(raw).expanduser()
+        if path.is_dir():
+            raise UserError(f"{path} is a folder, not an image file: give the image files (a glob such as "
+                            f"{path / '*.jpg'} works), or the folder as `xfverify native --data`")
         if not path.is_file():
             raise UserError(f"{path}: no such image file")
         records.append(ImageRecord(image_id=path.stem, path=str(path.resolve())))

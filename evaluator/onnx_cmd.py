@@ -215,6 +215,8 @@ def run_onnx(options: OnnxOptions) -> NativeRun:
     if options.opset is not None and options.opset <= 0:
         raise UserError(f"--opset must be positive, got {options.opset} (leave it out for the exporter's default)")
     if options.is_file:
+        if os.path.isdir(options.target):
+            raise UserError(f"{options.target} is a folder, not an ONNX file: give the .onnx file in it")
         if not os.path.isfile(options.target):
             raise UserError(f"{options.target}: no such ONNX file")
         if options.opset is not None:

@@ -59,3 +59,19 @@ def test_verify_of_a_jpeg_only_source_names_the_file_it_cannot_read(tmp_path):
                        "--verify")
     assert verified.returncode == 0, verified.stderr
     assert "within the expected bound" in verified.stderr or "bit-identical" in verified.stderr
+
+
+def test_a_folder_given_as_an_image_or_an_onnx_file_says_it_is_a_folder(tmp_path):
+    """Before: '<folder>: no such image file' / 'no such ONNX file', about a folder that is there."""
+    import pytest
+
+    from xfverify.evaluator.data import records_from_paths
+    from xfverify.evaluator.onnx_cmd import OnnxOptions, run_onnx
+    from xfverify.models.errors import UserError
+
+    with pytest.raises(UserError, match="is a folder, not an image file: give the image files"):
+        records_from_paths([str(SAMPLE_DIR / "coffee.png"), str(SAMPLE_DIR)])
+    folder = tmp_path / "model.onnx"
+    folder.mkdir()
+    with pytest.raises(UserError, match="is a folder, not an ONNX file"):
+        run_onnx(OnnxOptions(target=str(folder), preprocess="torchvision-256", out=str(tmp_path / "o")))
