@@ -25,6 +25,7 @@ from xfverify.evaluator import ui
 from xfverify.evaluator.cache import TensorCache, default_cache_root
 from xfverify.evaluator.data import Dataset
 from xfverify.evaluator.diagnose_report import (
+    OUTPUTS,
     DiagnoseReport,
     decomposition,
     write_diagnose_outputs,
@@ -33,11 +34,13 @@ from xfverify.evaluator.folders import writable_folder
 from xfverify.evaluator.jobs import EvaluateJob, EvaluateManyJob, EvaluateManyResult, VariantPart
 from xfverify.evaluator.launcher import run_worker
 from xfverify.evaluator.metrics import error_stats, paired_difference, top_k, wilson_interval
+from xfverify.evaluator.native import OUTPUTS as NATIVE_OUTPUTS
 from xfverify.evaluator.native import (
     CachedRun,
     NativeOptions,
     assemble_report,
     default_out_dir,
+    earlier_outputs_note,
     in_owned_folder,
     may_feed_on_device,
     prepare,
@@ -140,7 +143,21 @@ def run_diagnose(options: DiagnoseOptions) -> tuple[DiagnoseReport, Path]:
     return report, out_dir
 
 
+def _check_outputs(out_dir: Path) -> None:
+    """Before any work: the report's files and the reference's folder can be written where they go."""
+    earlier_outputs_note(out_dir, OUTPUTS)
+    ref_folder = out_dir / REFERENCE_FOLDER
+    if ref_folder.exists() and not ref_folder.is_dir():
+        raise UserError(f"--out {out_dir}: {REFERENCE_FOLDER} there is a file (the reference run goes in a folder of "
+                        "that name); move it away or choose another --out")
+    for name in NATIVE_OUTPUTS:
+        if (ref_folder / name).is_dir():
+            raise UserError(f"--out {out_dir}: {REFERENCE_FOLDER}/{name} there is a folder; move it away or choose "
+                            "another --out")
+
+
 def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timeline) -> DiagnoseReport:
+    _check_outputs(out_dir)
     runs = evaluate_variants(card, reference, variants, dataset, options, workdir, timeline)
     ref_folder = out_dir / REFERENCE_FOLDER
     ref_folder.mkdir(exist_ok=True)

@@ -155,9 +155,9 @@ def in_owned_folder(out_dir: Path, work: Callable[[Path], Result]) -> Result:
         raise
 
 
-def _earlier_outputs_note(out_dir: Path) -> list[str]:
-    """Refuse outputs that cannot be replaced; say so when an earlier report will be."""
-    for name in OUTPUTS:
+def earlier_outputs_note(out_dir: Path, names: tuple[str, ...] = OUTPUTS) -> list[str]:
+    """Refuse outputs that cannot be replaced (checked before any work); say so when an earlier report will be."""
+    for name in names:
         if (out_dir / name).is_dir():
             raise UserError(f"--out {out_dir}: {name} there is a folder; move it away or choose another --out")
     if not (out_dir / "report.json").exists():
@@ -167,7 +167,7 @@ def _earlier_outputs_note(out_dir: Path) -> list[str]:
 
 
 def _run_in(out_dir, workdir, card, spec, dataset, options, timeline) -> tuple[NativeReport, list[Prediction]]:
-    notes = _earlier_outputs_note(out_dir)
+    notes = earlier_outputs_note(out_dir)
     ui.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; preprocessing {spec.name}")
     job = EvaluateJob(
         model=card.id,

@@ -27,6 +27,7 @@ from xfverify.evaluator.native import (
     assemble_report,
     check_run_options,
     default_out_dir,
+    earlier_outputs_note,
     evaluate_cached,
     in_owned_folder,
     prepare,
@@ -236,6 +237,7 @@ def run_onnx(options: OnnxOptions) -> NativeRun:
 
 def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[str, float]) -> NativeRun:
     card = None if options.is_file else get_card(options.target)
+    notes = earlier_outputs_note(out_dir)  # before the native run and the export, not after them
     native = native_run_for(options, out_dir) if card or options.against else None
     default = spec_from_dict(native.report.preprocess) if native else None
     data, limit = options.data, options.limit
@@ -275,7 +277,6 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
         raise UserError(f"the tensors differ from the native run's in {native.folder} (tensors_sha256 "
                         f"{run.result.tensors_sha256[:12]} vs {native.report.tensors_sha256[:12]}): xfverify compares "
                         "only runs fed the same tensors; use the native run's preprocessing and images")
-    notes: list[str] = []
     agreement = None
     if native:
         include = np.ones(len(dataset), dtype=bool)

@@ -252,3 +252,23 @@ def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path):
     assert onnx.name == "onnx-runtime" and onnx.group == "runtime"
     assert onnx.tensors_sha256 == report.reference.tensors_sha256 and onnx.spec == report.reference.spec
     assert onnx.precision["requested"] == "fp32" and onnx.max_output_difference < 1e-3  # a faithful export
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda out: (out / "report.html").mkdir(parents=True), "report.html there is a folder"),
+    (lambda out: (out / "reference" / "logits.npy").mkdir(parents=True), "reference/logits.npy there is a folder"),
+    (lambda out: (out.mkdir(), (out / "reference").write_text("")), "reference there is a file"),
+])
+def test_an_output_that_cannot_be_replaced_is_refused_before_any_work(make, fragment, tmp_path, monkeypatch):
+    """Before: the whole diagnosis ran, then os.replace's IsADirectoryError (or mkdir's FileExistsError) traceback."""
+    from xfverify.evaluator import diagnose
+    from xfverify.evaluator.diagnose import DiagnoseOptions, run_diagnose
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the variants ran before --out was checked")
+
+    monkeypatch.setattr(diagnose, "evaluate_variants", no_work)
+    out = tmp_path / "o"
+    make(out)
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        run_diagnose(DiagnoseOptions(out=str(out), limit=2, variants="lite-timm-224"))

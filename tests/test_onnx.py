@@ -391,6 +391,19 @@ def test_against_a_missing_folder_says_so(tmp_path):
         load_native(tmp_path / "nowhere")
 
 
+def test_an_output_that_is_a_folder_is_refused_before_the_native_run_and_the_export(tmp_path):
+    """Before: the whole run, then os.replace's IsADirectoryError traceback, with the earlier report's other
+    files already replaced."""
+    from xfverify.models.errors import UserError
+
+    out = tmp_path / "o"
+    (out / "report.json").mkdir(parents=True)
+    (out / "report.md").write_text("the earlier report")
+    with pytest.raises(UserError, match="report.json there is a folder"):
+        run_onnx(OnnxOptions(against=str(native_folder(tmp_path / "run")), out=str(out)))
+    assert (out / "report.md").read_text() == "the earlier report"
+
+
 def test_a_damaged_native_run_in_out_native_is_run_again_not_refused(tmp_path, monkeypatch):
     """--out/native is xfverify's own folder: a damaged run there (a truncated report.json) was a refusal
     telling the user to 'give the --out folder of an xfverify native run'; it is now made again."""
