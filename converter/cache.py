@@ -3,11 +3,13 @@
 An entry is a folder ``ROOT/<card>-<key>/`` holding ``model.onnx`` (and its ``.data`` file, when the
 exporter writes one) and ``export.json`` (the :class:`ExportResult`). It is built in a temporary folder
 beside it and moved into place whole, reused while its files match the recorded sha256, and built again
-when they do not.
+when they do not. A build holds a lock in its temporary folder: a folder left by a build that was killed
+(its lock free) is removed by the next export into the same cache.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +23,7 @@ from xfverify.converter.onnx_file import ExportResult, files_intact
 
 MODEL_FILE = "model.onnx"
 RECORD_FILE = "export.json"
+BUILDING_LOCK = ".building.lock"  # held while a temporary folder is being filled
 
 
 def entry_folder(root: Path, card_id: str, weights_sha256: str, exporter: str, exporter_version: str, opset: int) -> Path:
@@ -50,7 +53,9 @@ def cached_export(root: Path, card_id: str, weights_sha256: str, exporter: str, 
     if found is not None:
         return found, True
     folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_builds(folder.parent)
     building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    lock = _locked_building(building)
     try:
         made = export(building / MODEL_FILE).model_copy(update={"path": folder / MODEL_FILE})
         (building / RECORD_FILE).write_text(made.model_dump_json(indent=2))
@@ -58,6 +63,7 @@ def cached_export(root: Path, card_id: str, weights_sha256: str, exporter: str, 
             damaged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.damaged.", dir=folder.parent))
             os.replace(folder, damaged / "entry")
             shutil.rmtree(damaged, ignore_errors=True)
+        (building / BUILDING_LOCK).unlink()  # the entry does not keep it (the open lock still holds)
         try:
             os.replace(building, folder)
         except OSError:  # another process put an entry there meanwhile: use it when it is intact
@@ -67,4 +73,35 @@ def cached_export(root: Path, card_id: str, weights_sha256: str, exporter: str, 
             return found, True
     finally:
         shutil.rmtree(building, ignore_errors=True)
+        lock.close()
     return made, False
+
+
+def _locked_building(building: Path):
+    """Lock ``building`` as in progress: the lock file appears already locked (made under another name, locked,
+    then renamed), so a sweep never finds it free; the kernel releases it when this process ends."""
+    temporary = building / f"{BUILDING_LOCK}.new"
+    handle = open(temporary, "w")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    os.replace(temporary, building / BUILDING_LOCK)
+    return handle
+
+
+def remove_abandoned_builds(root: Path) -> list[Path]:
+    """Remove the temporary folders under ``root`` whose build ended without finishing (killed: nothing is
+    building there any more); returns them. Folders a live build holds are left alone."""
+    removed = []
+    for candidate in Path(root).glob(".*"):
+        lock_path = candidate / BUILDING_LOCK
+        if not candidate.is_dir() or not lock_path.is_file():
+            continue
+        try:
+            with open(lock_path, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(candidate, ignore_errors=True)
+        except BlockingIOError:  # a build in progress
+            continue
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+        removed.append(candidate)
+    return removed

@@ -223,6 +223,51 @@ def test_the_export_cache_reuses_an_entry_and_rebuilds_a_damaged_one(tmp_path):
     assert not from_cache and len(made) == 3 and rebuilt.path == first.path
     check(rebuilt.path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.path.parent.name, other.path.parent.name])
+    assert not (first.path.parent / cache.BUILDING_LOCK).exists()  # the build's lock stays out of the entry
+
+
+_BUILD_THEN = """
+import os, sys, time
+from pathlib import Path
+from xfverify.converter import cache
+
+def export(path):
+    path.write_bytes(b"half an export")
+    Path(sys.argv[2]).write_text("building")
+    if sys.argv[3] == "die":
+        os._exit(9)  # killed mid-export: no finally runs
+    time.sleep(120)
+
+cache.cached_export(Path(sys.argv[1]), sys.argv[3], "ab" * 32, "hand", "1", 13, export)
+"""
+
+
+def _start_build(root: Path, tmp_path: Path, how: str) -> subprocess.Popen:
+    started = tmp_path / f"{how}.started"
+    build = subprocess.Popen([sys.executable, "-c", _BUILD_THEN, str(root), str(started), how])
+    for _ in range(600):
+        if started.exists() or build.poll() is not None:
+            break
+        subprocess.run(["sleep", "0.1"])
+    assert started.exists()
+    return build
+
+
+def test_a_killed_exports_folder_is_removed_by_the_next_export_and_a_live_one_kept(tmp_path):
+    root = tmp_path / "onnx"
+    killed = _start_build(root, tmp_path, "die")
+    assert killed.wait(timeout=60) == 9
+    [dead] = root.iterdir()
+    assert dead.name.startswith(".die-") and (dead / "model.onnx").exists()
+    live = _start_build(root, tmp_path, "live")  # its export starts by removing what the killed one left
+    try:
+        [building] = root.iterdir()
+        assert building.name.startswith(".live-")
+        assert cache.remove_abandoned_builds(root) == [] and building.exists()  # in progress: kept
+    finally:
+        live.kill()
+        live.wait()
+    assert cache.remove_abandoned_builds(root) == [building] and list(root.iterdir()) == []
 
 
 _RUN_WITH_ORT = """
