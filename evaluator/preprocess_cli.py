@@ -115,6 +115,11 @@ def run_preprocess(model: str, images: list[str], out: str, preset: str | None, 
     spec = resolve_preprocess(preset, default=card.preprocess, overrides=parse_overrides(list(overrides)))
     dataset = records_from_paths(images)
     paths = [r.path for r in dataset.records]
+    if verify:  # refused before anything is computed or written
+        if spec.name not in PRESETS:
+            raise UserError("--verify compares a named preset with its framework's own code; it cannot check --set "
+                            "overrides")
+        _check_readable_by_reference(spec.name, paths)
     tensors = preprocess_files(paths, spec)
     out_path = Path(out)
     if out_path.suffix != ".npy":  # np.save adds it
@@ -127,9 +132,6 @@ def run_preprocess(model: str, images: list[str], out: str, preset: str | None, 
     ui.info(f"wrote {out_path}: float32 {spec.layout} {tuple(tensors.shape)} ({spec.name}, {spec.channel_order})")
     if not verify:
         return
-    if spec.name not in PRESETS:
-        raise UserError("--verify compares a named preset with its framework's own code; it cannot check --set overrides")
-    _check_readable_by_reference(spec.name, paths)
     theirs, where = reference_tensors(spec.name, paths)
     if theirs.shape != tensors.shape:
         raise UserError(f"{where} produced {theirs.shape}, xfverify {tensors.shape}: layouts differ")

@@ -34,6 +34,11 @@ def test_overrides_and_missing_image(tmp_path):
                          str(blocker / "x.npy"))
     assert unwritable.returncode == 2 and "cannot create this folder" in unwritable.stderr
     assert "Traceback" not in unwritable.stderr
+    unverifiable = tmp_path / "set.npy"
+    refused = run_cli("preprocess", "torchvision/resnet50", str(SAMPLE_DIR / "rocket.jpg"), "--out", str(unverifiable),
+                      "--set", "crop_size=160", "--verify")
+    assert refused.returncode == 2 and "cannot check --set overrides" in refused.stderr
+    assert not unverifiable.exists()  # refused before anything was written
 
 
 @needs_tensorflow
@@ -53,6 +58,7 @@ def test_verify_of_a_jpeg_only_source_names_the_file_it_cannot_read(tmp_path):
     result = run_cli("preprocess", "pypi/efficientnet_lite0", str(SAMPLE_DIR / "rocket.jpg"),
                      str(SAMPLE_DIR / "chelsea.png"), "--out", str(tmp_path / "x.npy"), "--verify")
     assert_user_error(result, "lite-tf-224", "JPEG", "chelsea.png", "1 of 2")
+    assert not (tmp_path / "x.npy").exists()
     disguised = tmp_path / "rocket.png"
     disguised.write_bytes((SAMPLE_DIR / "rocket.jpg").read_bytes())
     verified = run_cli("preprocess", "pypi/efficientnet_lite0", str(disguised), "--out", str(tmp_path / "y.npy"),
