@@ -107,7 +107,7 @@ def check(path: Path) -> None:
     """onnx's full checker and strict shape inference (both read from the path, so external data and
     files over 2 GB work); a failure is a UserError naming the file and, where onnx says, the node."""
     path = Path(path)
-    _load_structure(path)
+    _check_external_sizes(path, _load_structure(path))
     try:
         onnx.checker.check_model(str(path), full_check=True)
         with tempfile.TemporaryDirectory(prefix="xfverify-shapes-") as scratch:
@@ -134,6 +134,22 @@ def _onnx_reason(exc: Exception) -> str:
             rest = " ".join(text.replace(found.group(0), "").split())
             return one_line(f"node {found['name'] or '(unnamed)'} (operator {found['op']}): {rest}")
     return one_line(text)
+
+
+def _check_external_sizes(path: Path, model: onnx.ModelProto) -> None:
+    """Each external tensor's bytes lie inside its data file: a truncated .data file is named as such (onnx
+    would say only that it cannot parse the tensors)."""
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        data = path.parent / info.location
+        if not data.is_file():
+            continue  # onnx's checker names the missing file
+        end = (info.offset or 0) + (info.length or 0)
+        if end > data.stat().st_size:
+            raise UserError(f"{data}: {data.stat().st_size} bytes, but tensor {tensor.name} of {path.name} ends at "
+                            f"byte {end}: the external data file is truncated; copy or export it again")
 
 
 def _external_files(model: onnx.ModelProto) -> list[str]:

@@ -185,6 +185,10 @@ def test_external_data_is_described_and_a_missing_data_file_is_named(tmp_path):
     assert description.opset == 13 and description.producer_name == "test"
     assert description.inputs[0].shape == ("batch", 3, 4, 4)
     json.loads(description.model_dump_json())  # JSON-ready
+    whole = (tmp_path / "tiny.onnx.data").read_bytes()
+    (tmp_path / "tiny.onnx.data").write_bytes(whole[:100])  # a copy cut short
+    message = one_line_user_error(lambda: check(path), tmp_path / "tiny.onnx.data")
+    assert "100 bytes" in message and "truncated" in message
     (tmp_path / "tiny.onnx.data").unlink()
     assert "tiny.onnx.data" in one_line_user_error(lambda: describe(path, "hand-made", "1", "NCHW"), tmp_path / "tiny.onnx.data")
     with pytest.raises(UserError):
