@@ -269,6 +269,22 @@ def test_a_users_file_that_does_not_output_1000_classes_is_one_line(feed, tmp_pa
 
 
 @pytest.mark.parametrize("feed", ["host", "device"])
+def test_a_users_file_with_tf_slims_1001_classes_is_scored_without_the_background_class(feed, tmp_path):
+    outputs = {}
+    for classes in (1000, 1001):
+        path = users_onnx_file(tmp_path / f"c{classes}.onnx", classes=classes)
+        done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--limit", "2",
+                       "--out", str(tmp_path / f"o{classes}"), "--cache-dir", str(tmp_path / "cache"),
+                       env={"XFVERIFY_ORT_FEED": feed})
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs[classes] = np.load(tmp_path / f"o{classes}" / "logits.npy")
+        notes = json.loads((tmp_path / f"o{classes}" / "report.json").read_text())["notes"]
+        assert any("class 0 (TF-slim's background class) is left out" in n for n in notes) == (classes == 1001)
+    assert outputs[1001].shape == (2, 1000)
+    assert np.array_equal(outputs[1001][:, :-1], outputs[1000][:, 1:])  # class k is the file's output k + 1
+
+
+@pytest.mark.parametrize("feed", ["host", "device"])
 @pytest.mark.parametrize("element, batch, options, fragments", [
     ("FLOAT16", "N", [], ["takes input image as tensor(float16)", "float32 image input"]),
     ("INT8", "N", [], ["takes input image as tensor(int8)"]),

@@ -134,9 +134,10 @@ class OnnxRuntimeBackend(Backend):
         _check_input(fed, self.path, spec, tuple(job.hw))
         _check_batch(fed, self.path, job.batch_size, job.n_images)
         if self.device_fed:
-            return IoBoundStep(model, "cuda" if device.type == "cuda" else "cpu", self.path)
+            return IoBoundStep(model, "cuda" if device.type == "cuda" else "cpu", self.path, device.notes)
         output = model.get_outputs()[0].name
-        return HostStep(lambda tensors: _class_scores(model.run([output], {fed.name: tensors})[0], self.path))
+        return HostStep(lambda tensors: _class_scores(model.run([output], {fed.name: tensors})[0], self.path,
+                                                      device.notes))
 
     def describe(self) -> FrameworkInfo:
         return FrameworkInfo(name="onnxruntime", version=ort.__version__)
@@ -199,9 +200,18 @@ def _check_batch(fed, path: str, batch_size: int, n_images: int) -> None:
                     "dynamic batch dimension")
 
 
-def _class_scores(out, path: str) -> np.ndarray:
-    """The first output as float32 (n, 1000) scores; any other shape is the user's file's, in one line."""
+BACKGROUND_NOTE = (f"the model outputs {NUM_CLASSES + 1} classes: class 0 (TF-slim's background class) is left out "
+                   f"and the other {NUM_CLASSES} are scored as ImageNet's")
+
+
+def _class_scores(out, path: str, notes: list[str]) -> np.ndarray:
+    """The first output as float32 (n, 1000) scores (of 1001, TF-slim's background class 0 left out and said in
+    ``notes``); any other shape is the user's file's, in one line."""
     out = np.asarray(out, dtype=np.float32)
+    if out.ndim == 2 and out.shape[1] == NUM_CLASSES + 1:
+        if BACKGROUND_NOTE not in notes:
+            notes.append(BACKGROUND_NOTE)
+        return np.ascontiguousarray(out[:, 1:])
     if out.ndim != 2 or out.shape[1] != NUM_CLASSES:
         raise UserError(f"{path}: its first output has shape {list(out.shape[1:])} per image; xfverify scores the "
                         f"{NUM_CLASSES} ImageNet classes: export one row of {NUM_CLASSES} logits or probabilities "
@@ -232,10 +242,10 @@ class IoBoundStep:
 
     feed = "device"
 
-    def __init__(self, session, device: str, path: str):
+    def __init__(self, session, device: str, path: str, notes: list[str]):
         from xfverify.converter.feed_graph import FED_CHECKS, UINT8_INPUT
 
-        self.session, self.device, self.path = session, device, path
+        self.session, self.device, self.path, self.notes = session, device, path, notes
         self.input = UINT8_INPUT
         self.outputs = [session.get_outputs()[0].name, FED_CHECKS]
         self.binding = session.io_binding()
@@ -259,7 +269,7 @@ class IoBoundStep:
         self.binding.bind_output(checks, self.device)
         self.session.run_with_iobinding(self.binding)
         out = self.binding.copy_outputs_to_cpu()
-        return _class_scores(out[0], self.path), out[1]
+        return _class_scores(out[0], self.path, self.notes), out[1]
 
     def __call__(self, batch: "UploadedBatch", tensors: None) -> "_Finished":
         started = time.perf_counter()
