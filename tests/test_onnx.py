@@ -6,6 +6,7 @@ The test process stays framework-free: exports and ONNX Runtime run in worker pr
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,16 @@ def test_a_second_run_reuses_the_native_run_and_the_export(lite0):
 def test_runs_whose_tensors_differ_are_not_compared(lite0, tmp_path):
     done = run_cli("onnx", "--provider", "cpu", "--against", str(lite0["out"] / "native"), "--preprocess",
                    "lite-imagenet-norm-224", "--out", str(tmp_path / "o"), env=lite0["env"])
+    assert_user_error(done, "was fed lite-tf-224, this run lite-imagenet-norm-224",
+                      "compares only runs fed the same tensors")  # known from the specs: before any work
+    assert not (tmp_path / "o").exists()
+    other = tmp_path / "native-of-other-bytes"  # the same spec, other bytes (another decoder build, say)
+    shutil.copytree(lite0["out"] / "native", other)
+    report = json.loads((other / "report.json").read_text())
+    report["tensors_sha256"] = "0" * 64
+    (other / "report.json").write_text(json.dumps(report))
+    done = run_cli("onnx", "--provider", "cpu", "--against", str(other), "--out", str(tmp_path / "o"),
+                   env=lite0["env"])
     assert_user_error(done, "the tensors differ", "tensors_sha256")
     assert not (tmp_path / "o").exists()
 
