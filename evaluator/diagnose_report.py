@@ -202,6 +202,14 @@ def _ran_cell(row: VariantRow) -> str:
     return ran_at(row.precision) + ("" if difference is None else f"; outputs within {100 * difference:.2g} %")
 
 
+def _paired_cells(row: VariantRow, report: DiagnoseReport) -> tuple[str, str, str, str]:
+    """Delta, its interval, flips and McNemar p as shown; the reference is not paired with itself."""
+    if row is report.reference:
+        return ("—",) * 4
+    return (_signed(row.delta), f"{_signed(row.delta_ci95[0])} to {_signed(row.delta_ci95[1])}",
+            f"{row.right_to_wrong} / {row.wrong_to_right}", f"{row.mcnemar_p:.2g}")
+
+
 def markdown(report: DiagnoseReport) -> str:
     lines = [f"# xfverify diagnose: {report.model}", "", report.decomposition.sentence, "",
              f"{report.n_scored} images scored, {report.dataset.path}; published: "
@@ -211,10 +219,10 @@ def markdown(report: DiagnoseReport) -> str:
     for row in _rows(report):
         lo, hi = row.top1_error_ci95
         verdict = "reference" if row is report.reference else ("significant" if row.significant else "within the noise")
+        delta, interval, flips, p = _paired_cells(row, report)
+        paired = delta if row is report.reference else f"{delta} ({interval})"
         lines.append(f"| {row.name} | {row.group} | {_ran_cell(row)} | {row.top1_error:.1f} ({lo:.1f}-{hi:.1f}) | "
-                     f"{_signed(row.delta)} "
-                     f"({_signed(row.delta_ci95[0])} to {_signed(row.delta_ci95[1])}) | {row.right_to_wrong} / "
-                     f"{row.wrong_to_right} | {row.mcnemar_p:.2g} | {verdict} |")
+                     f"{paired} | {flips} | {p} | {verdict} |")
     lines += ["", "## Cost", "", *(f"- {k}: {v}" for k, v in report.cost.items() if k != "passes")]
     lines += [f"- pass {p['name']}: warm-up {p['warmup_s']} s, loop {p['loop_wall_s']} s"
               for p in report.cost.get("passes", [])]
@@ -327,10 +335,9 @@ def html_page(report: DiagnoseReport, images: dict[int, np.ndarray]) -> str:
         verdict = "reference" if row is report.reference else ("significant" if row.significant else "within the noise")
         rows.append(f'<tr class="{"noise" if verdict == "within the noise" else ""}"><td>{html.escape(row.name)}</td>'
                     f"<td>{html.escape(row.group)}</td><td>{html.escape(_ran_cell(row))}</td>"
-                    f"<td>{row.top1_error:.1f}</td><td>{_signed(row.delta)}</td>"
-                    f"<td>{_signed(row.delta_ci95[0])} to {_signed(row.delta_ci95[1])}</td>"
-                    f"<td>{row.right_to_wrong} / {row.wrong_to_right}</td><td>{row.mcnemar_p:.2g}</td>"
-                    f"<td>{verdict}</td></tr>")
+                    f"<td>{row.top1_error:.1f}</td>"
+                    + "".join(f"<td>{html.escape(cell)}</td>" for cell in _paired_cells(row, report))
+                    + f"<td>{verdict}</td></tr>")
     flips = "".join(f"<h3>{html.escape(row.name)}: {row.right_to_wrong} right->wrong, {row.wrong_to_right} "
                     f"wrong->right</h3>{_flip_figures(row, images)}" for row in report.variants if row.significant)
     title = f"xfverify diagnose: {html.escape(report.model)}"

@@ -96,6 +96,8 @@ def test_torch_precisions_run_on_the_reference_tensors_in_the_same_worker_and_le
     assert np.array_equal(reference_logits, np.load(tmp_path / "native" / "logits.npy"), equal_nan=True)
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "| precision-bf16 | runtime | autocast bfloat16; outputs within " in markdown
+    [reference_line] = [line for line in markdown.splitlines() if line.startswith("| reference |")]
+    assert reference_line.endswith("| — | — | — | reference |")  # not paired with itself
     # four images cannot make a difference significant (McNemar p >= 1/8)
     sentence = report.decomposition.sentence
     assert "the runtime axis (precision-bf16, precision-fp16) changes nothing measurable" in sentence
