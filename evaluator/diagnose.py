@@ -34,8 +34,8 @@ from xfverify.evaluator.folders import writable_folder
 from xfverify.evaluator.jobs import EvaluateJob, EvaluateManyJob, EvaluateManyResult, VariantPart
 from xfverify.evaluator.launcher import run_worker
 from xfverify.evaluator.metrics import error_stats, paired_difference, top_k, wilson_interval
-from xfverify.evaluator.native import OUTPUTS as NATIVE_OUTPUTS
 from xfverify.evaluator.native import (
+    OUTPUTS as NATIVE_OUTPUTS,
     CachedRun,
     NativeOptions,
     assemble_report,
