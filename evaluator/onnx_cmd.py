@@ -41,6 +41,7 @@ from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError
 from xfverify.models.imagenet import NUM_CLASSES
 from xfverify.models.preprocess import PreprocessSpec, resolve_preprocess, spec_from_dict
+from xfverify.models.variants import changed_fields
 
 NATIVE_FOLDER = "native"  # where, inside --out, the native run goes when there is none to compare with
 DIAGNOSE_REFERENCE_FOLDER = "reference"  # diagnose.REFERENCE_FOLDER (diagnose imports this module)
@@ -125,16 +126,11 @@ def check_against(native: NativeOnDisk, card, spec: PreprocessSpec) -> None:
         raise UserError(f"--against {native.folder}: a native run of {native.report.model}, not of {card.id}: give "
                         f"a native run of {card.id}, or leave --against out")
     theirs = spec_from_dict(native.report.preprocess)
-    if _fed_fields(spec) != _fed_fields(theirs):
-        differ = sorted(k for k, v in _fed_fields(spec).items() if _fed_fields(theirs).get(k) != v)
+    differ = changed_fields(theirs, spec)
+    if differ:
         raise UserError(f"--against {native.folder}: its native run was fed {theirs.name}, this run {spec.name} "
-                        f"({', '.join(differ)} differ): xfverify compares only runs fed the same tensors; leave "
-                        "--preprocess and --set out, or give a native run with them")
-
-
-def _fed_fields(spec: PreprocessSpec) -> dict:
-    """What decides the fed tensors (the spec's name and source do not)."""
-    return {k: v for k, v in spec.to_dict().items() if k not in ("name", "source")}
+                        f"({', '.join(sorted(differ))} differ): xfverify compares only runs fed the same tensors; "
+                        "leave --preprocess and --set out, or give a native run with them")
 
 
 def _native_options(options: OnnxOptions, out: Path) -> NativeOptions:
