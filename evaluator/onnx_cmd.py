@@ -83,7 +83,8 @@ class UnusableNativeRun(UserError):
 def load_native(folder: Path, option: str = "--against") -> NativeOnDisk:
     """The native run in ``folder``; a folder without one, or with a damaged one, is a user error naming it."""
     folder = Path(folder)
-    give = "give the --out folder of a finished `xfverify native` run"
+    finished_run = "the --out folder of a finished `xfverify native` run"
+    give = f"give {finished_run}"
     if not folder.is_dir():
         raise UnusableNativeRun(option, folder, "no such folder", give)
     path = folder / "report.json"
@@ -101,7 +102,7 @@ def load_native(folder: Path, option: str = "--against") -> NativeOnDisk:
     if kind in ("onnx", "diagnose"):
         inner = NATIVE_FOLDER if kind == "onnx" else DIAGNOSE_REFERENCE_FOLDER
         raise UnusableNativeRun(option, folder, f"holds an `xfverify {kind}` report, not a native one",
-                                f"give the native run it made ({folder / inner}), or {give[5:]}")
+                                f"give the native run it made ({folder / inner}), or {finished_run}")
     try:
         report = NativeReport.model_validate_json(data)
         spec_from_dict(report.preprocess)
