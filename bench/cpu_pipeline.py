@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from xfverify.evaluator.cache import TensorCache
-from xfverify.evaluator.data import load_dataset
-from xfverify.evaluator.imaging import load_geometry
-from xfverify.evaluator.runloop import prepared_batches
+from xfverify.evaluator.cache.store import TensorCache
+from xfverify.evaluator.data.layouts import load_dataset
+from xfverify.evaluator.data.imaging import load_geometry
+from xfverify.evaluator.backends.runloop import prepared_batches
 from xfverify.models.preprocess import PRESETS
 
 SPEC = PRESETS["torchvision-256"]

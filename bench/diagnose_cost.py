@@ -34,9 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from xfverify.evaluator.cache import TensorCache
-from xfverify.evaluator.frameworks.devices import cpu_model
-from xfverify.evaluator.native import NativeOptions, may_feed_on_device, prepare
+from xfverify.evaluator.cache.store import TensorCache
+from xfverify.evaluator.system.devices import cpu_model
+from xfverify.evaluator.pipeline.evaluation import may_feed_on_device
+from xfverify.evaluator.pipeline.options import NativeOptions
+from xfverify.evaluator.pipeline.request import prepare
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample-500"
 MODEL = "pypi/efficientnet_lite0"

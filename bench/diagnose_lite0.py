@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from xfverify.evaluator.diagnose import DiagnoseOptions, run_diagnose
+from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, run_diagnose
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample-500"
 

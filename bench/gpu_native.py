@@ -180,7 +180,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from xfverify.evaluator.cache import SHARD_SIZE
+    from xfverify.evaluator.cache.store import SHARD_SIZE
 
     warm_limit = max(SHARD_SIZE, args.warm_limit // SHARD_SIZE * SHARD_SIZE)  # whole shards: nothing to decode
     device = "cpu" if args.smoke else "cuda"

@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 
 
-from xfverify.evaluator.metrics import mcnemar_exact_p
-from xfverify.evaluator.native import NativeOptions, run_native
+from xfverify.evaluator.analysis.metrics import mcnemar_exact_p
+from xfverify.evaluator.pipeline.native import run_native
+from xfverify.evaluator.pipeline.options import NativeOptions
 from xfverify.models.cards import get_card
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample-500"

@@ -2,10 +2,10 @@
 
 ONNX Runtime on a GPU should be fed the way native torch is: upload the uint8 batch (4x fewer bytes than
 float32), normalise on the device. The prefix added here gathers each value from the same (3, 256) float32
-table the CPU path uses (``evaluator/normalise.py``), so the model receives the same bytes by construction
+table the CPU path uses (``evaluator/data/normalise.py``), so the model receives the same bytes by construction
 (a gather copies table entries; no arithmetic is redone on the device). A second, small output lets the runner
 prove what it fed without copying the tensors back: per image, the two exact integer checksums the tensor cache
-stores (``evaluator/digests.py``: the sum of the fed values' float32 bit patterns, and its position-weighted
+stores (``evaluator/cache/digests.py``: the sum of the fed values' float32 bit patterns, and its position-weighted
 sum), computed from the table's int32 view gathered with the very indices the model's input was gathered with.
 They prove the indices (the uploaded image, channel order, layout); the values are the table's by construction.
 """

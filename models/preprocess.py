@@ -37,7 +37,7 @@ DType = Literal["float32"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-MAX_SIDE = 2048  # 3 x 2048 x 2048 values per image keep the fed tensors' int64 checksums exact (evaluator/digests.py)
+MAX_SIDE = 2048  # 3 x 2048 x 2048 values per image keep the fed tensors' int64 checksums exact (evaluator/cache/digests.py)
 
 GEOMETRY_FIELDS = (
     "decoder",

@@ -17,7 +17,7 @@ from PIL import Image
 
 from xfverify.models.imagenet import class_table
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "evaluator" / "sample"
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "evaluator" / "data" / "sample"
 PHOTOS = ["grace_hopper.jpg", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png"]
 # 500 labelled ImageNet photographs beside the checkout (never copied into it); CI has them too.
 IMAGENET_SAMPLE_500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample-500"
@@ -139,6 +139,6 @@ def wnid(index: int) -> str:
 
 def native_json(options) -> dict:
     """``run_native``'s report as report.json holds it (what the tests check is what users read)."""
-    from xfverify.evaluator.native import run_native
+    from xfverify.evaluator.pipeline.native import run_native
 
     return run_native(options).report.model_dump(mode="json")

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from helpers import broken_images, write_jpeg
-from xfverify.evaluator.cache import TensorCache
-from xfverify.evaluator.data import load_dataset
-from xfverify.evaluator.imaging import BadImageError, load_geometry
+from xfverify.evaluator.cache.store import TensorCache
+from xfverify.evaluator.data.layouts import load_dataset
+from xfverify.evaluator.data.imaging import BadImageError, load_geometry
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
 
@@ -76,8 +76,8 @@ def test_changed_source_file_invalidates_only_its_shard(tmp_path):
 BUILD_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    from xfverify.evaluator.cache import TensorCache
-    from xfverify.evaluator.data import load_dataset
+    from xfverify.evaluator.cache.store import TensorCache
+    from xfverify.evaluator.data.layouts import load_dataset
     from xfverify.models.preprocess import PRESETS
     data, cache_dir, shard_size, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     cache = TensorCache(cache_dir, PRESETS["torchvision-256"], shard_size=shard_size)
@@ -202,7 +202,7 @@ def _disk_with_free_bytes(free: int):
 
 
 def test_a_disk_too_small_for_the_cache_is_named_before_decoding(tmp_path, monkeypatch):
-    import xfverify.evaluator.folders as folders
+    import xfverify.evaluator.system.files as folders
 
     dataset = load_dataset(make_images(tmp_path / "d", 8))
     cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
@@ -236,7 +236,7 @@ def test_a_disk_that_fills_during_the_build_keeps_finished_shards(tmp_path, monk
 
 
 def test_memory_mapped_outputs_have_their_disk_blocks_before_writing(tmp_path):
-    from xfverify.evaluator.folders import allocated_npy
+    from xfverify.evaluator.system.files import allocated_npy
 
     array = allocated_npy(tmp_path / "x.npy", np.float32, (300, 1000), "fix")
     assert os.stat(tmp_path / "x.npy").st_blocks * 512 >= array.nbytes  # not sparse: no SIGBUS on a full disk
@@ -306,15 +306,15 @@ def test_kill_9_of_the_run_ends_its_decode_pool(tmp_path, start):
 
 
 def _stored(cache, cached, spec) -> list[np.ndarray]:
-    from xfverify.evaluator.digests import FedNormalisation, read_digests
+    from xfverify.evaluator.cache.digests import FedNormalisation, read_digests
 
     key = FedNormalisation.of(spec).key
     return [read_digests(path, key, len(np.load(path, mmap_mode="r")), None) for path in cached.shard_paths]
 
 
 def test_the_fed_tensors_digests_are_stored_at_build_and_computed_once_for_another_normalisation(tmp_path):
-    from xfverify.evaluator.digests import fed_checksums
-    from xfverify.evaluator.normalise import image_digests, normalise
+    from xfverify.evaluator.cache.digests import fed_checksums
+    from xfverify.evaluator.data.normalise import image_digests, normalise
 
     dataset = load_dataset(make_images(tmp_path / "d", 11))
     cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)

@@ -110,7 +110,7 @@ def test_lite_cards_cite_both_sources_and_pick_one():
 
 
 def test_a_checksum_mismatch_is_one_line_naming_both_hashes(tmp_path):
-    from xfverify.evaluator.frameworks.weights import checked_weights
+    from xfverify.evaluator.backends.weights import checked_weights
 
     card = get_card("torchvision/resnet50:IMAGENET1K_V2")
     weights = tmp_path / card.weights.file

@@ -290,8 +290,8 @@ def test_the_uint8_feed_graph_feeds_the_tables_bytes_and_the_caches_checksums(pr
     the ones the tensor cache stores (an identity model exposes what it was fed). A bright image's weighted
     checksum passes 2**53, where ONNX Runtime's int64 ReduceSum is no longer exact."""
     from xfverify.converter.feed_graph import uint8_fed_model
-    from xfverify.evaluator.digests import checksum_weights, fed_checksums
-    from xfverify.evaluator.normalise import normalisation_lut, normalise, source_channels
+    from xfverify.evaluator.cache.digests import checksum_weights, fed_checksums
+    from xfverify.evaluator.data.normalise import normalisation_lut, normalise, source_channels
     from xfverify.models.preprocess import PRESETS
 
     spec = PRESETS[preset]

@@ -12,7 +12,7 @@ import pytest
 from scipy.io import savemat
 
 from helpers import imagenet_val_files, run_cli, wnid, write_jpeg
-from xfverify.evaluator.data import load_dataset
+from xfverify.evaluator.data.layouts import load_dataset
 from xfverify.models.errors import UserError
 from xfverify.models.imagenet import class_table
 

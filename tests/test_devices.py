@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from xfverify.evaluator.frameworks.devices import gpu_left_unused_note, nvidia_gpus
+from xfverify.evaluator.backends.machine import gpu_left_unused_note
+from xfverify.evaluator.system.devices import nvidia_gpus
 
 H100_INFO = """Model: \t\t NVIDIA H100 80GB HBM3
 IRQ:   \t\t 0

@@ -15,8 +15,8 @@ import pytest
 from helpers import imagenet_sample_500, needs_torch, run_cli
 from scipy.stats import binomtest, norm
 
-from xfverify.evaluator.diagnose_report import DiagnoseReport, decomposition
-from xfverify.evaluator.metrics import newcombe_paired_interval, paired_difference
+from xfverify.evaluator.reports.diagnose import DiagnoseReport, decomposition
+from xfverify.evaluator.analysis.metrics import newcombe_paired_interval, paired_difference
 from xfverify.models.cards import get_card, load_cards
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
@@ -79,8 +79,8 @@ def test_variants_are_picked_by_name_and_a_users_own_resolves():
 
 
 def test_gpu_decoding_is_left_out_without_a_gpu_and_refused_when_named(monkeypatch):
-    from xfverify.evaluator import diagnose
-    from xfverify.evaluator.diagnose import DiagnoseOptions, chosen_variants
+    from xfverify.evaluator.pipeline import diagnose
+    from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, chosen_variants
 
     card = next(c for c in load_cards() if c.id.startswith("pypi/efficientnet_lite0"))
     reference = PRESETS[card.preprocess]
@@ -261,8 +261,8 @@ def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path):
 ])
 def test_an_output_that_cannot_be_replaced_is_refused_before_any_work(make, fragment, tmp_path, monkeypatch):
     """Before: the whole diagnosis ran, then os.replace's IsADirectoryError (or mkdir's FileExistsError) traceback."""
-    from xfverify.evaluator import diagnose
-    from xfverify.evaluator.diagnose import DiagnoseOptions, run_diagnose
+    from xfverify.evaluator.pipeline import diagnose
+    from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, run_diagnose
 
     def no_work(*args, **kwargs):
         raise AssertionError("the variants ran before --out was checked")

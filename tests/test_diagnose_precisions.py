@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from helpers import imagenet_sample_500, needs_mxnet, needs_tensorflow, needs_torch, run_cli
 
-from xfverify.evaluator.diagnose_report import DiagnoseReport, decomposition, ran_at
-from xfverify.evaluator.jobs import EvaluateJob, EvaluateManyJob, VariantPart
+from xfverify.evaluator.reports.diagnose import DiagnoseReport, decomposition, ran_at
+from xfverify.evaluator.process.tasks import EvaluateJob, EvaluateManyJob, VariantPart
 from xfverify.models.cards import load_cards
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS

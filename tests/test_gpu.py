@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import native_json, needs_torch
-from xfverify.evaluator.native import NativeOptions
+from xfverify.evaluator.pipeline.options import NativeOptions
 
 
 @lru_cache(maxsize=1)
@@ -88,7 +88,8 @@ def test_onnxruntime_cuda_is_fed_uint8_on_the_device_and_agrees(tmp_path):
     graph's per-image sums), CUDA actually ran, every top-1 the same."""
     if not onnxruntime_cuda():
         pytest.skip("onnxruntime has no CUDA provider (install onnxruntime-gpu)")
-    from xfverify.evaluator.onnx_cmd import OnnxOptions, run_onnx
+    from xfverify.evaluator.pipeline.onnx import run_onnx
+    from xfverify.evaluator.pipeline.options import OnnxOptions
 
     run = run_onnx(OnnxOptions(target="pypi/efficientnet_lite0", provider="cuda", device="cuda", batch_size=2,
                                workers=1, out=str(tmp_path / "o")))

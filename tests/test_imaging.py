@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import SAMPLE_DIR, broken_images, decompression_bomb, odd_images
-from xfverify.evaluator.imaging import BadImageError, decode, load_geometry, resize
+from xfverify.evaluator.data.imaging import BadImageError, decode, load_geometry, resize
 from xfverify.models.preprocess import (LIBRARY_INTERPOLATIONS, PRESETS, crop_fraction_window, crop_offset,
                                         shorter_side_size)
 
@@ -107,7 +107,7 @@ def test_a_decompression_bomb_is_a_bad_image(tmp_path):
 def test_a_16_bit_grayscale_png_decodes_as_torchvision_does_with_a_caveat(tmp_path):
     from PIL import Image
 
-    from xfverify.evaluator.imaging import load_geometry_noting
+    from xfverify.evaluator.data.imaging import load_geometry_noting
 
     path = tmp_path / "depth.png"
     Image.fromarray(np.full((40, 50), 1000, dtype=np.uint16)).save(path)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import wnid
-from xfverify.evaluator.data import load_dataset
+from xfverify.evaluator.data.layouts import load_dataset
 from xfverify.models.errors import UserError
 
 # Names that need quoting (a comma, a quote), spaces, non-ASCII, a sub-folder; ids are their stems.

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from xfverify.evaluator.metrics import compare_to_published, error_stats, real_error, top_k, wilson_interval
-from xfverify.evaluator.report import NativeReport
+from xfverify.evaluator.analysis.metrics import compare_to_published, error_stats, real_error, top_k, wilson_interval
+from xfverify.evaluator.reports.native import NativeReport
 from xfverify.models.imagenet import real_labels
 
 

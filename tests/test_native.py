@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from helpers import SAMPLE_DIR, broken_images, native_json, needs_mxnet, needs_tensorflow, needs_torch, run_cli
-from xfverify.evaluator.cache import TensorCache
-from xfverify.evaluator.data import load_dataset
-from xfverify.evaluator.native import NativeOptions
-from xfverify.evaluator.normalise import image_digests, normalise
-from xfverify.evaluator.report import NativeReport
+from xfverify.evaluator.cache.store import TensorCache
+from xfverify.evaluator.data.layouts import load_dataset
+from xfverify.evaluator.pipeline.options import NativeOptions
+from xfverify.evaluator.data.normalise import image_digests, normalise
+from xfverify.evaluator.reports.native import NativeReport
 from xfverify.models.preprocess import PRESETS
 
 
@@ -337,7 +337,7 @@ def test_local_weights_file_is_loaded_and_fingerprinted(tmp_path, generated_fold
 def test_a_second_run_in_the_same_out_is_refused_naming_the_first(tmp_path):
     import os
 
-    from xfverify.evaluator.folders import RUN_LOCK, owned_folder
+    from xfverify.evaluator.system.files import RUN_LOCK, owned_folder
 
     out = tmp_path / "r"
     out.mkdir()
@@ -461,7 +461,7 @@ def test_mxnet_weights_file_that_is_not_params_gives_one_clean_line(tmp_path):
 
 
 def test_framework_error_text_fits_one_line():
-    from xfverify.evaluator.frameworks.weights import exception_text
+    from xfverify.evaluator.backends.weights import exception_text
 
     assert exception_text(EOFError()) == "EOFError"  # torch's text for an empty file is empty
     mxnet = 'Traceback (most recent call last):\n  File "../src/ndarray/ndarray.cc", line 1858\nMXNetError: Check failed: header == kMagic: Invalid NDArray file format'

@@ -35,7 +35,7 @@ def test_help_and_framework_free_commands_work_without_frameworks():
     result = run_blocked(
         """
         import sys
-        from xfverify.evaluator.cli import cli
+        from xfverify.evaluator.commands.cli import cli
         for args in (["--help"], ["native", "--help"], ["diagnose", "--help"], ["onnx", "--help"], ["preprocess", "--help"], ["models"], ["presets"], ["models", "keras", "--json"]):
             try:
                 cli.main(args=args, prog_name="xfverify", standalone_mode=False)
@@ -57,14 +57,14 @@ def test_importing_every_parent_module_loads_no_framework():
         import importlib, pkgutil, sys
         import xfverify, xfverify.models, xfverify.converter, xfverify.evaluator
         parent_side = ["xfverify.models.cards", "xfverify.models.preprocess", "xfverify.models.imagenet",
-                       "xfverify.evaluator.cli", "xfverify.evaluator.native", "xfverify.evaluator.cache",
-                       "xfverify.evaluator.data", "xfverify.evaluator.imaging", "xfverify.evaluator.metrics",
-                       "xfverify.evaluator.report", "xfverify.evaluator.worker", "xfverify.evaluator.launcher",
-                       "xfverify.evaluator.runloop", "xfverify.evaluator.shards", "xfverify.evaluator.locks",
-                       "xfverify.evaluator.preprocess_cli", "xfverify.evaluator.frameworks",
-                       "xfverify.evaluator.frameworks.feeding", "xfverify.evaluator.frameworks.weights",
-                       "xfverify.evaluator.frameworks.devices", "xfverify.evaluator.frameworks.contract",
-                       "xfverify.evaluator.jobs", "xfverify.evaluator.onnx_cmd", "xfverify.evaluator.agreement"]
+                       "xfverify.evaluator.commands.cli", "xfverify.evaluator.pipeline.native", "xfverify.evaluator.cache.store",
+                       "xfverify.evaluator.data.layouts", "xfverify.evaluator.data.imaging", "xfverify.evaluator.analysis.metrics",
+                       "xfverify.evaluator.reports.native", "xfverify.evaluator.process.worker", "xfverify.evaluator.process.launcher",
+                       "xfverify.evaluator.backends.runloop", "xfverify.evaluator.cache.shards", "xfverify.evaluator.system.locks",
+                       "xfverify.evaluator.pipeline.preprocess", "xfverify.evaluator.process.registry",
+                       "xfverify.evaluator.backends.feeding", "xfverify.evaluator.backends.weights",
+                       "xfverify.evaluator.system.devices", "xfverify.evaluator.backends.contract",
+                       "xfverify.evaluator.process.tasks", "xfverify.evaluator.pipeline.onnx", "xfverify.evaluator.analysis.agreement"]
         for name in parent_side:
             importlib.import_module(name)
         loaded = sorted(m for m in sys.modules if m.split('.')[0] in %r)

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import broken_images, needs_torch, native_json, odd_images, run_cli, write_jpeg
 from test_native import assert_user_error
-from xfverify.evaluator.native import NativeOptions
+from xfverify.evaluator.pipeline.options import NativeOptions
 
 pytestmark = [needs_torch, pytest.mark.torch]
 

@@ -14,9 +14,10 @@ import pytest
 
 from helpers import imagenet_sample_500, needs_mxnet, needs_tensorflow, needs_torch, run_cli
 from test_native import assert_user_error
-from xfverify.evaluator.agreement import compare_outputs, within_tolerance
-from xfverify.evaluator.onnx_cmd import OnnxOptions, run_onnx
-from xfverify.evaluator.report import OnnxReport
+from xfverify.evaluator.analysis.agreement import compare_outputs, within_tolerance
+from xfverify.evaluator.pipeline.onnx import run_onnx
+from xfverify.evaluator.pipeline.options import OnnxOptions
+from xfverify.evaluator.reports.native import OnnxReport
 
 SCALED_TOLERANCE = 1e-4  # max |native - onnx| / max |native output|
 
@@ -322,8 +323,9 @@ def test_a_users_file_with_a_fixed_batch_of_1_runs_at_batch_size_1(tmp_path):
 def test_a_native_run_is_reused_only_for_the_same_weights(tmp_path):
     from types import SimpleNamespace
 
-    from xfverify.evaluator.native import NativeOptions, prepare
-    from xfverify.evaluator.onnx_cmd import _matches
+    from xfverify.evaluator.pipeline.options import NativeOptions
+    from xfverify.evaluator.pipeline.request import prepare
+    from xfverify.evaluator.pipeline.onnx import _matches
 
     weights_file = tmp_path / "mine.pth"
     weights_file.write_bytes(b"weights")
@@ -397,7 +399,7 @@ DAMAGED_NATIVE_RUNS = {
 
 @pytest.mark.parametrize("case", DAMAGED_NATIVE_RUNS)
 def test_against_a_damaged_or_foreign_native_run_is_one_line_naming_it(case, tmp_path):
-    from xfverify.evaluator.onnx_cmd import load_native
+    from xfverify.evaluator.pipeline.native_run import load_native
     from xfverify.models.errors import UserError
 
     damage, *fragments = DAMAGED_NATIVE_RUNS[case]
@@ -411,7 +413,7 @@ def test_against_a_damaged_or_foreign_native_run_is_one_line_naming_it(case, tmp
 
 
 def test_against_a_missing_folder_says_so(tmp_path):
-    from xfverify.evaluator.onnx_cmd import load_native
+    from xfverify.evaluator.pipeline.native_run import load_native
     from xfverify.models.errors import UserError
 
     with pytest.raises(UserError, match="no such folder"):
@@ -434,7 +436,7 @@ def test_an_output_that_is_a_folder_is_refused_before_the_native_run_and_the_exp
 def test_a_damaged_native_run_in_out_native_is_run_again_not_refused(tmp_path, monkeypatch):
     """--out/native is xfverify's own folder: a damaged run there (a truncated report.json) was a refusal
     telling the user to 'give the --out folder of an xfverify native run'; it is now made again."""
-    from xfverify.evaluator import onnx_cmd
+    from xfverify.evaluator.pipeline import onnx as onnx_cmd
 
     folder = native_folder(tmp_path / "o" / "native")
     (folder / "report.json").write_bytes((folder / "report.json").read_bytes()[:200])

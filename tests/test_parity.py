@@ -21,8 +21,8 @@ import pytest
 from helpers import (PHOTOS, SAMPLE_DIR, needs_mxnet, needs_tensorflow, needs_torch, odd_images, real_photos,
                      synthetic_image)
 from xfverify.evaluator import references as references_package
-from xfverify.evaluator.imaging import resize, resize_tf2
-from xfverify.evaluator.preprocess_cli import compare_with_reference, preprocess_files, reference_tensors
+from xfverify.evaluator.data.imaging import resize, resize_tf2
+from xfverify.evaluator.pipeline.preprocess import compare_with_reference, preprocess_files, reference_tensors
 from xfverify.evaluator.references import REFERENCES
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import LIBRARY_INTERPOLATIONS, PRESETS, PreprocessSpec, shorter_side_size

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from helpers import SAMPLE_DIR, needs_tensorflow, run_cli
-from xfverify.evaluator.preprocess_cli import preprocess_files
+from xfverify.evaluator.pipeline.preprocess import preprocess_files
 from xfverify.models.preprocess import PRESETS
 
 
@@ -71,8 +71,9 @@ def test_a_folder_given_as_an_image_or_an_onnx_file_says_it_is_a_folder(tmp_path
     """Before: '<folder>: no such image file' / 'no such ONNX file', about a folder that is there."""
     import pytest
 
-    from xfverify.evaluator.data import records_from_paths
-    from xfverify.evaluator.onnx_cmd import OnnxOptions, run_onnx
+    from xfverify.evaluator.data.layouts import records_from_paths
+    from xfverify.evaluator.pipeline.onnx import run_onnx
+    from xfverify.evaluator.pipeline.options import OnnxOptions
     from xfverify.models.errors import UserError
 
     with pytest.raises(UserError, match="is a folder, not an image file: give the image files"):

@@ -6,8 +6,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-from xfverify.evaluator.normalise import normalisation_lut, normalise
-from xfverify.evaluator.overrides import parse_overrides
+from xfverify.evaluator.data.normalise import normalisation_lut, normalise
+from xfverify.models.overrides import parse_overrides
 from xfverify.models.cards import load_cards
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS, PreprocessSpec, resolve_preprocess, spec_from_dict
@@ -129,7 +129,7 @@ def test_existing_presets_keep_their_cache_keys():
 
 
 def test_the_largest_allowed_image_keeps_the_fed_checksums_exact():
-    from xfverify.evaluator.digests import MAX_VALUES, checksum_weights
+    from xfverify.evaluator.cache.digests import MAX_VALUES, checksum_weights
     from xfverify.models.preprocess import MAX_SIDE
 
     assert 3 * MAX_SIDE**2 <= MAX_VALUES

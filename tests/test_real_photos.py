@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import imagenet_sample_500, native_json, needs_torch
-from xfverify.evaluator.native import NativeOptions
+from xfverify.evaluator.pipeline.options import NativeOptions
 
 REFERENCE_ERROR = {"pypi/efficientnet_lite0": 10.4, "pypi/efficientnet_lite1": 11.8, "pypi/efficientnet_lite2": 8.6}
 TIMM_PRESET = {"pypi/efficientnet_lite0": "lite-timm-224", "pypi/efficientnet_lite1": "lite-timm-240",

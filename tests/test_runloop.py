@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from xfverify.evaluator import runloop
-from xfverify.evaluator.digests import ensure_digests, fed_checksums
-from xfverify.evaluator.normalise import normalise
+from xfverify.evaluator.backends import runloop
+from xfverify.evaluator.cache.digests import ensure_digests, fed_checksums
+from xfverify.evaluator.data.normalise import normalise
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
 
@@ -135,8 +135,8 @@ def test_the_worker_takes_the_data_part_of_its_job_once_the_parent_writes_it(tmp
     import json
     import threading
 
-    from xfverify.evaluator.frameworks.feeding import receive_data
-    from xfverify.evaluator.jobs import EvaluateJob
+    from xfverify.evaluator.backends.feeding import receive_data
+    from xfverify.evaluator.process.tasks import EvaluateJob
     from xfverify.models.preprocess import PRESETS
 
     job = EvaluateJob(model="m", preprocess=PRESETS["torchvision-256"].to_dict(), device="cpu", precision="fp32",
@@ -172,8 +172,8 @@ def test_device_feeding_waits_for_digests_the_cache_computes_after_the_shard(tmp
 
 def test_a_device_fed_loop_reads_the_digests_the_tensor_cache_stored(tmp_path):
     from helpers import write_jpeg
-    from xfverify.evaluator.cache import TensorCache
-    from xfverify.evaluator.data import load_dataset
+    from xfverify.evaluator.cache.store import TensorCache
+    from xfverify.evaluator.data.layouts import load_dataset
 
     for i in range(7):
         write_jpeg(tmp_path / "d" / f"im_{i}.jpg", seed=i, width=120 + i, height=90)

@@ -25,7 +25,7 @@ def test_a_worker_whose_parent_dies_ends_itself(tmp_path):
     pid_file = tmp_path / "worker.pid"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
     parent = subprocess.Popen(
-        ["bash", "-c", f'"{sys.executable}" -m xfverify.evaluator.worker "{job}" & echo $! > "{pid_file}"; wait'], env=env
+        ["bash", "-c", f'"{sys.executable}" -m xfverify.evaluator.process.worker "{job}" & echo $! > "{pid_file}"; wait'], env=env
     )
     deadline = time.monotonic() + 60
     while not pid_file.exists() or not pid_file.read_text().strip():
@@ -48,7 +48,7 @@ def test_a_worker_whose_run_died_before_it_started_ends_itself(tmp_path):
     gone.wait()  # a run that has ended: its worker is re-parented before it can look at its parent
     env = {**os.environ, "XFVERIFY_RUN_PID": str(gone.pid),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "xfverify.evaluator.worker", str(job)], env=env, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "xfverify.evaluator.process.worker", str(job)], env=env, timeout=60)
     assert done.returncode == 3  # ORPHANED_EXIT, not a wait for ever
 
 
@@ -57,7 +57,7 @@ def _run_worker(tmp_path: Path, backend: str) -> subprocess.CompletedProcess:
     job.write_text(json.dumps({"framework": "test", "backend": backend, "task": "evaluate", "workdir": str(tmp_path),
                                "job": {}}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "xfverify.evaluator.worker", str(job)], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "xfverify.evaluator.process.worker", str(job)], env=env, capture_output=True,
                           text=True, timeout=120)
 
 

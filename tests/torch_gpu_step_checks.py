@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from xfverify.evaluator import runloop
-from xfverify.evaluator.digests import ensure_digests, fed_checksums
-from xfverify.evaluator.frameworks.feeding import out_of_memory_is_a_user_error
-from xfverify.evaluator.frameworks.torch_backend import _is_out_of_memory
-from xfverify.evaluator.frameworks.torch_steps import CpuStep, CudaStep, FedChecksums, GatherNormaliser
-from xfverify.evaluator.normalise import normalise
+from xfverify.evaluator.backends import runloop
+from xfverify.evaluator.cache.digests import ensure_digests, fed_checksums
+from xfverify.evaluator.backends.feeding import out_of_memory_is_a_user_error
+from xfverify.evaluator.backends.torch_backend import _is_out_of_memory
+from xfverify.evaluator.backends.torch_steps import CpuStep, CudaStep, FedChecksums, GatherNormaliser
+from xfverify.evaluator.data.normalise import normalise
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
 

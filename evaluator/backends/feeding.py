@@ -1,0 +1,112 @@
+"""The fed loop every back-end runs: warm-up on each batch shape, the data part of the job, the timed loop."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from xfverify.evaluator.backends import runloop
+from xfverify.evaluator.process.tasks import DataPart, EvaluateJob, LoopTiming
+from xfverify.evaluator.process.events import emit, milestone
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import PreprocessSpec
+
+
+# The batch size when --batch-size is not given, by the type of device the worker resolved. A CPU is faster at
+# small batches: bench/results/cpu_batch.json (bare torch, 2 cores, one run) found batch 4 the fastest for
+# EfficientNet-Lite0, ResNet50 and MobileNetV2 alike (Lite0 90 img/s at 4, 41 at 10, 31 at 32); `xfverify
+# native` end to end on 300 photographs ran 50 img/s at 4 against 36 at 10. A GPU keeps 32.
+DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 32}
+
+
+def choose_batch_size(requested: int | None, device_type: str) -> tuple[int, str]:
+    """The batch size to run at and why: the one asked for, else the default for the device's type."""
+    if requested is not None:
+        return requested, "--batch-size"
+    return DEFAULT_BATCH_SIZE[device_type], f"default for {device_type}"
+
+
+def progress_emitter(min_interval_s: float = 0.25) -> Callable[[int, int], None]:
+    """A progress callback that sends at most a few events a second to the parent."""
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] >= min_interval_s:
+            last[0] = now
+            emit("progress", done=done, total=total)
+
+    return report
+
+
+@contextlib.contextmanager
+def out_of_memory_is_a_user_error(device_name: str, batch_size: int, is_out_of_memory: Callable[[BaseException], bool]):
+    """A batch that does not fit the device is the user's to change: one line, not a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise UserError(
+            f"{device_name} ran out of memory at --batch-size {batch_size}: use a smaller --batch-size"
+        ) from None
+
+
+def warm_up_sizes(n_images: int, batch_size: int) -> list[int]:
+    """The batch shapes a run will see: full batches and the last, partial one."""
+    full = min(batch_size, n_images)
+    partial = n_images % batch_size if n_images > batch_size else 0
+    return sorted({size for size in (full, partial) if size > 0})
+
+
+def warm_up(run: Callable[[np.ndarray], Any], sizes: list[int], hw: tuple[int, int], layout: str) -> float:
+    """Run each batch shape once on zeros before the timed loop (graph tracing, autotuning); returns seconds."""
+    started = time.perf_counter()
+    for n in sizes:
+        run(np.zeros((n, 3, *hw) if layout == "NCHW" else (n, *hw, 3), dtype=np.float32))
+    return time.perf_counter() - started
+
+
+def run_fed(job: EvaluateJob, spec: PreprocessSpec, step, workdir: Path, device_name: str,
+            is_out_of_memory: Callable[[BaseException], bool]) -> tuple[runloop.LoopResult, LoopTiming]:
+    """Warm up, take the data part of the job, run the loop; returns the loop's result and its timing.
+
+    ``job.batch_size`` is set (:func:`choose_batch_size`).
+
+    A host-fed step (``step.feed == "host"``) gets CPU-normalised batches and is warmed up here on zeros
+    of each batch shape. A device-fed step warms itself up (``step.warm_up(sizes, hw, full_batches)``,
+    returning its seconds) and gets what ``step.stage`` makes of each uint8 batch.
+    """
+    n, batch, hw = job.n_images, job.batch_size, tuple(job.hw)
+    sizes = warm_up_sizes(n, batch)
+    device_fed = step.feed == "device"
+    with out_of_memory_is_a_user_error(device_name, batch, is_out_of_memory):
+        if device_fed:
+            warmup_s = step.warm_up(sizes, hw, n // batch)
+        else:
+            warmup_s = warm_up(lambda x: step(None, x), sizes, hw, spec.layout)
+        milestone("warmed_up")
+        job = receive_data(job)
+        result = runloop.run_loop(
+            job.shard_paths, n, spec, batch, step, workdir / "logits.npy", feed=step.feed,
+            wait_for_shards=job.wait_for_shards, stage=step.stage if device_fed else None,
+            progress=progress_emitter(), device_name=device_name, digests_stored=job.digests_stored,
+        )
+    return result, LoopTiming(**result.timing(), warmup_s=round(warmup_s, 3))
+
+
+def receive_data(job: EvaluateJob, poll_s: float = 0.005) -> EvaluateJob:
+    """The job with its data part (shard paths; whether to wait for shards) once the parent has surveyed
+    the cache: the worker starts before that, so imports, model building and warm-up overlap the survey."""
+    if job.data_file is None:
+        return job
+    path = Path(job.data_file)
+    while not path.exists():  # if the parent dies first, the worker's orphan watcher ends this process
+        time.sleep(poll_s)
+    milestone("data_received")
+    data = DataPart.model_validate_json(path.read_text())
+    return job.model_copy(update=data.model_dump())

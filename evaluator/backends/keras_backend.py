@@ -1,0 +1,154 @@
+"""TensorFlow / Keras applications back-end; runs only inside a tensorflow worker process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
+
+from xfverify.evaluator.backends.contract import Backend, Device, HostStep, worker_tasks  # noqa: E402
+from xfverify.evaluator.backends.machine import gpu_left_unused_note  # noqa: E402
+from xfverify.evaluator.system.devices import cpu_name  # noqa: E402
+from xfverify.evaluator.backends.weights import (  # noqa: E402
+    checked_weights,
+    exception_text,
+    missing_weights_error,
+)
+from xfverify.evaluator.process.tasks import FrameworkInfo  # noqa: E402
+from xfverify.models.cards import ModelCard  # noqa: E402
+from xfverify.models.errors import UserError  # noqa: E402
+
+# --- evaluation ----------------------------------------------------------------------------
+
+_POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+def _configure(device: str, precision: str) -> tuple[str, str, list[str]]:
+    """Device type and name to run on, and notes for the report; sets TF32 and the mixed-precision policy."""
+    gpus = tf.config.list_physical_devices("GPU")
+    notes: list[str] = []
+    if not gpus and device != "cpu":
+        why = f"TensorFlow {tf.__version__} sees no GPU"
+        fix = (f"pip install 'tensorflow[and-cuda]=={tf.__version__}' brings the CUDA libraries it loads"
+               if tf.test.is_built_with_cuda() else "this TensorFlow build has no CUDA support")
+        if device == "cuda":
+            raise UserError(f"--device cuda: {why}: {fix}; or use --device cpu or auto")
+        notes = gpu_left_unused_note("TensorFlow", why, fix)
+    if device == "cpu" and gpus:
+        tf.config.set_visible_devices([], "GPU")
+        gpus = []
+    for gpu in gpus:  # take GPU memory as needed, not all of it at start-up
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if precision == "tf32" and not gpus:
+        raise UserError("--precision tf32 applies to CUDA GPUs only; use fp32 on the CPU")
+    tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
+    keras.mixed_precision.set_global_policy(_POLICIES[precision])
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return "cuda", details.get("device_name", "GPU"), notes
+    return "cpu", cpu_name(), notes
+
+
+def _weights_path(card: ModelCard) -> Path:
+    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    return keras_home / "models" / card.weights.file
+
+
+def _builder(card: ModelCard):
+    builder = getattr(keras.applications, card.network_name, None)
+    if builder is None:
+        raise UserError(f"keras.applications has no {card.network_name} in keras {keras.__version__}")
+    return builder
+
+
+class KerasBackend(Backend):
+    """Keras applications on TensorFlow; they end in softmax, so random outputs need no scaling."""
+
+    name = "tensorflow"
+
+    def resolve_device(self, requested: str, precision: str) -> Device:
+        device_type, device_name, notes = _configure(requested, precision)
+        self.loaded_policy = _POLICIES[precision]  # the policy the network will be built under
+        return Device(device_type, device_name, None, notes)
+
+    def check_precision(self, precision: str, device: Device) -> None:
+        if precision == "tf32" and device.type != "cuda":
+            raise UserError("--precisions tf32 applies to CUDA GPUs only and this run is on the CPU; bf16 and fp16 "
+                            "run on the CPU too (a Keras mixed-precision policy)")
+
+    def with_precision(self, model, card: ModelCard, precision: str, device: Device):
+        """A layer's policy is fixed when it is built: the network is built again under the precision's policy and
+        given the loaded network's weights (mixed policies keep float32 variables, so they are the same numbers)."""
+        tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
+        policy = _POLICIES[precision]
+        keras.mixed_precision.set_global_policy(policy)
+        if policy == self.loaded_policy:
+            return model
+        rebuilt = _builder(card)(weights=None)
+        rebuilt.set_weights(model.get_weights())
+        return rebuilt
+
+    def seed(self, seed: int) -> None:
+        keras.utils.set_random_seed(seed)
+
+    def random_network(self, card: ModelCard, device: Device):
+        return _builder(card)(weights=None)
+
+    def network_from_file(self, card: ModelCard, path: str, device: Device):
+        model = _builder(card)(weights=None)
+        try:
+            model.load_weights(path)
+        except (ValueError, OSError) as exc:
+            raise UserError(f"--weights {path}: cannot be loaded into {card.name} ({exception_text(exc)})") from None
+        return model
+
+    def pretrained_network(self, card: ModelCard, device: Device):
+        builder = _builder(card)
+        expected = _weights_path(card)
+        if expected.exists():
+            block = checked_weights(card, expected)  # a damaged or foreign file is named, not loaded
+            return builder(weights="imagenet"), block
+        try:
+            model = builder(weights="imagenet")
+        except Exception as exc:  # keras wraps download failures in plain Exception
+            raise missing_weights_error(card, expected, exc) from None
+        return model, checked_weights(card, expected)
+
+    def place(self, model, device: Device):
+        return model
+
+    def step(self, model, spec, device: Device, job) -> HostStep:
+        infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        return HostStep(lambda tensors: infer(tf.constant(tensors)).numpy().astype(np.float32, copy=False))
+
+    def describe(self) -> FrameworkInfo:
+        return FrameworkInfo(name="tensorflow", version=tf.__version__, libraries={"keras": keras.__version__})
+
+    def precision(self, precision: str, device: Device, step) -> dict[str, Any]:
+        return {
+            "requested": precision,
+            "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
+            "policy": keras.mixed_precision.global_policy().name,
+        }
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return isinstance(exc, tf.errors.ResourceExhaustedError)
+
+    def exporter(self, opset: int | None) -> tuple[str, str, int]:
+        from xfverify.converter import keras_export
+
+        return (*keras_export.exporter_identity(), opset or keras_export.DEFAULT_OPSET)
+
+    def export_onnx(self, model, path: Path, opset: int, hw: tuple[int, int], device: Device):
+        from xfverify.converter.keras_export import export_keras
+
+        return export_keras(model, path, opset)  # the graph ends as the model does: softmax for applications
+
+
+evaluate, reference_preprocess, export, evaluate_many = worker_tasks(KerasBackend)

@@ -1,0 +1,317 @@
+"""ONNX Runtime back-end: the network is an .onnx file; runs only inside an onnxruntime worker process.
+
+On the CPU it is fed host tensors through :class:`HostStep` (also where ``--provider auto`` asked for CUDA and
+its provider did not load). With the CUDA provider it is fed as native torch is
+on a GPU: the uint8 batch is uploaded and normalised on the device, by a gather from the same table, prepended
+to the graph (``converter.feed_graph``), with inputs and outputs bound on the device (IO binding); only logits
+and two integers per image (the checksums of what was fed, checked against those the tensor cache stored) come
+back.
+``XFVERIFY_ORT_FEED=device`` takes that path on the CPU too (the tests use it).
+
+ONNX Runtime falls back to the CPU silently when its CUDA provider cannot load; this back-end never does:
+``--provider cuda`` forbids the fallback and checks which provider runs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from xfverify.evaluator.backends.contract import Backend, Device, HostStep, worker_tasks
+from xfverify.evaluator.system.devices import cpu_name, nvidia_gpus, ort_fed_on_device
+from xfverify.evaluator.backends.weights import exception_text, sha256_file
+from xfverify.evaluator.process.tasks import EvaluateJob, FrameworkInfo, OnnxFileJob, RuntimeInfo
+from xfverify.models.cards import ModelCard
+from xfverify.models.errors import UserError
+from xfverify.models.imagenet import NUM_CLASSES
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+CUDA_OPTIONS = {"use_tf32": "0"}  # fp32 means fp32: TF32 would change the numbers
+NO_FALLBACK = "session.disable_cpu_ep_fallback"
+OPTIMISATION = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+class OnnxRuntimeBackend(Backend):
+    """An .onnx file under ONNX Runtime, on the providers ``--provider`` asks for (checked, never silently CPU)."""
+
+    name = "onnxruntime"
+
+    def configure(self, job: EvaluateJob) -> None:
+        if not job.onnx_path:
+            raise UserError("the onnxruntime back-end runs an .onnx file: the job names none")
+        self.path = job.onnx_path
+        self.spec, self.hw = job.spec(), tuple(job.hw)
+
+    def resolve_device(self, requested: str, precision: str) -> Device:
+        if precision != "fp32":
+            raise UserError(f"--precision {precision}: the ONNX Runtime back-end runs fp32 only")
+        ort.set_default_logger_severity(3)  # the provider's load failure is reported here, in one line
+        self.requested_mode = requested
+        has_cuda = CUDA in ort.get_available_providers()
+        if requested == "cuda" and not has_cuda:
+            raise UserError(f"--provider cuda: onnxruntime {ort.__version__} has no CUDA provider "
+                            f"({', '.join(ort.get_available_providers())}): pip install onnxruntime-gpu")
+        if requested != "cpu" and has_cuda and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # the CUDA and cuDNN libraries torch's wheels bring, when they are installed
+        self.requested_providers = [CPU] if requested == "cpu" or not has_cuda else (
+            [CUDA] if requested == "cuda" else [CUDA, CPU])
+        self.device_fed = CUDA in self.requested_providers or ort_fed_on_device()
+        return Device("cpu", cpu_name())  # what actually runs is known once the session exists
+
+    def seed(self, seed: int) -> None:
+        np.random.seed(seed)
+
+    def random_network(self, card: ModelCard, device: Device):
+        raise UserError("ONNX Runtime runs an .onnx file with its own weights: random weights are made at export")
+
+    def network_from_file(self, card: ModelCard, path: str, device: Device):
+        raise UserError("ONNX Runtime runs an .onnx file with its own weights: --weights applies at export")
+
+    def pretrained_network(self, card: ModelCard | None, device: Device) -> tuple[Any, dict[str, Any]]:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = OPTIMISATION
+        if self.requested_mode == "cuda":
+            options.add_session_config_entry(NO_FALLBACK, "1")
+        session = self._session(self._model_bytes() if self.device_fed else self.path, options,
+                                self.requested_providers)
+        ran = session.get_providers()
+        if self.requested_mode == "cuda" and ran[0] != CUDA:
+            raise UserError(_cuda_did_not_load())
+        if self.device_fed and ran[0] != CUDA and not ort_fed_on_device():
+            # auto's CUDA provider did not load: the CPU is fed as on the CPU, the file as it is
+            self.device_fed = False
+            session = self._session(self.path, options, [CPU])
+            ran = session.get_providers()
+        if ran[0] == CUDA:
+            gpus = nvidia_gpus()
+            device.type, device.name = "cuda", gpus[0] if gpus else "CUDA GPU 0"
+        if self.requested_mode == "auto":
+            why = "" if ran[0] == CUDA or CUDA not in self.requested_providers else (
+                " because the CUDA provider did not load (it needs a GPU, CUDA 13 and cuDNN 9)")
+            device.notes.append(f"--provider auto: ONNX Runtime ran on {ran[0]}{why}")
+        self.session = session
+        return session, {"source": str(Path(self.path).resolve()), "sha256": sha256_file(self.path)}
+
+    def _session(self, source: str | bytes, options, providers: list[str]):
+        try:
+            return ort.InferenceSession(source, options,
+                                        providers=[(CUDA, CUDA_OPTIONS) if p == CUDA else p for p in providers])
+        except Exception as exc:  # onnxruntime's pybind errors (Fail, InvalidGraph, ...) share no base class
+            if self.requested_mode == "cuda" and "fallback to CPU EP has been explicitly disabled" in str(exc):
+                raise UserError(_cuda_did_not_load()) from None
+            raise UserError(f"{self.path}: ONNX Runtime cannot load it ({exception_text(exc)})") from None
+
+    def _model_bytes(self) -> bytes:
+        """The file's model with the uint8 feed prepended (its external data loaded), serialised for a session."""
+        import onnx
+
+        from xfverify.converter.feed_graph import uint8_fed_model
+        from xfverify.evaluator.cache.digests import checksum_weights
+        from xfverify.evaluator.data.normalise import normalisation_lut, source_channels
+
+        try:
+            model = onnx.load(self.path)
+        except Exception as exc:  # protobuf's DecodeError, a missing .onnx.data file, ...
+            raise UserError(f"{self.path}: not a readable ONNX model ({exception_text(exc)})") from None
+        self.file_input = _one_input(list(model.graph.input), self.path)
+        _check_input(self.file_input, self.path, self.spec, self.hw)
+        try:
+            wrapped = uint8_fed_model(model, normalisation_lut(self.spec), source_channels(self.spec),
+                                      self.spec.layout, self.hw, checksum_weights(3 * self.hw[0] * self.hw[1]))
+        except UserError as exc:
+            raise UserError(f"{self.path}: {exc}") from None
+        return wrapped.SerializeToString()
+
+    def place(self, model, device: Device):
+        return model
+
+    def step(self, model, spec, device: Device, job):
+        fed = self.file_input if self.device_fed else _one_input(model.get_inputs(), self.path)
+        _check_input(fed, self.path, spec, tuple(job.hw))
+        _check_batch(fed, self.path, job.batch_size, job.n_images)
+        if self.device_fed:
+            return IoBoundStep(model, "cuda" if device.type == "cuda" else "cpu", self.path, device.notes)
+        output = model.get_outputs()[0].name
+        return HostStep(lambda tensors: _class_scores(model.run([output], {fed.name: tensors})[0], self.path,
+                                                      device.notes))
+
+    def describe(self) -> FrameworkInfo:
+        return FrameworkInfo(name="onnxruntime", version=ort.__version__)
+
+    def precision(self, precision: str, device: Device, step) -> dict[str, Any]:
+        return {"requested": "fp32", "tf32": False}
+
+    def runtime(self, step) -> RuntimeInfo:
+        ran = self.session.get_providers()
+        options: dict[str, Any] = {
+            "graph_optimization_level": OPTIMISATION.name,
+            NO_FALLBACK: self.requested_mode == "cuda",
+            "io_binding": self.device_fed,
+            "feed": "uint8 normalised in the graph (gather from the table)" if self.device_fed else "float32 from the host",
+        }
+        if CUDA in ran:
+            options["cuda_use_tf32"] = self.session.get_provider_options()[CUDA].get("use_tf32")
+        return RuntimeInfo(name="onnxruntime", version=ort.__version__, requested_providers=self.requested_providers,
+                           providers=ran, options=options)
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return "Failed to allocate memory" in str(exc) or "out of memory" in str(exc).lower()
+
+
+def _one_input(inputs: list, path: str):
+    """A classifier's one input (ONNX Runtime's NodeArg or onnx's ValueInfoProto), else one line."""
+    if len(inputs) != 1:
+        raise UserError(f"{path} takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); xfverify feeds "
+                        "a classifier one image batch: export it with the image as its only input")
+    return inputs[0]
+
+
+def _check_input(fed, path: str, spec, hw: tuple[int, int]) -> None:
+    """An image input whose fixed dimensions match what the preprocessing feeds, else one line."""
+    expected = (3, *hw) if spec.layout == "NCHW" else (*hw, 3)
+    element = _element_type(fed)
+    if element != "tensor(float)":
+        raise UserError(f"{path} takes input {fed.name} as {element}; xfverify feeds float32 tensors (the "
+                        "preprocessing's output): export it with a float32 image input (a half-precision or quantised "
+                        "model can keep one, with a Cast or QuantizeLinear inside)")
+    shape = _shape(fed)
+    if len(shape) != 4 or any(isinstance(d, int) and d > 0 and d != e for d, e in zip(shape[1:], expected)):
+        what = f"input {fed.name} of shape {shape}"
+        raise UserError(f"{path} takes {what}, but preprocessing {spec.name} feeds {spec.layout} batches of "
+                        f"{list(expected)}: choose a --preprocess preset that matches it, or --set layout=... / "
+                        "crop_size=...")
+
+
+def _check_batch(fed, path: str, batch_size: int, n_images: int) -> None:
+    """A fixed batch dimension the run's batches fit (every batch that size, the last one too), else one line."""
+    fixed = _shape(fed)[0]
+    if not isinstance(fixed, int) or fixed <= 0:
+        return
+    if batch_size == fixed and n_images % fixed == 0:
+        return
+    fix = f"run it with --batch-size {fixed}" + (f" on a number of images divisible by {fixed} (--limit)"
+                                                   if fixed > 1 else "")
+    raise UserError(f"{path} takes batches of exactly {fixed} image(s) (input {fed.name} of shape {_shape(fed)}), "
+                    f"and this run feeds batches of {batch_size} ({n_images} images): {fix}, or export it with a "
+                    "dynamic batch dimension")
+
+
+BACKGROUND_NOTE = (f"the model outputs {NUM_CLASSES + 1} classes: class 0 (TF-slim's background class) is left out "
+                   f"and the other {NUM_CLASSES} are scored as ImageNet's")
+
+
+def _class_scores(out, path: str, notes: list[str]) -> np.ndarray:
+    """The first output as float32 (n, 1000) scores (of 1001, TF-slim's background class 0 left out and said in
+    ``notes``); any other shape is the user's file's, in one line."""
+    out = np.asarray(out, dtype=np.float32)
+    if out.ndim == 2 and out.shape[1] == NUM_CLASSES + 1:
+        if BACKGROUND_NOTE not in notes:
+            notes.append(BACKGROUND_NOTE)
+        return np.ascontiguousarray(out[:, 1:])
+    if out.ndim != 2 or out.shape[1] != NUM_CLASSES:
+        raise UserError(f"{path}: its first output has shape {list(out.shape[1:])} per image; xfverify scores the "
+                        f"{NUM_CLASSES} ImageNet classes: export one row of {NUM_CLASSES} logits or probabilities "
+                        "per image as the first output")
+    return out
+
+
+def _element_type(value) -> str:
+    """An input's element type as ONNX Runtime names it ("tensor(float)"), from a NodeArg or a ValueInfoProto."""
+    if not hasattr(value.type, "tensor_type"):
+        return value.type
+    from onnx import TensorProto
+
+    return f"tensor({TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower()})"
+
+
+def _shape(value) -> list:
+    """An input's shape, from ONNX Runtime's NodeArg or onnx's ValueInfoProto (symbolic dimensions as names)."""
+    if not hasattr(value.type, "tensor_type"):
+        return list(value.shape)
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
+
+class IoBoundStep:
+    """uint8 batches in, bound with IO binding on the session's device; the graph normalises them and also
+    returns each image's fed-tensor checksums (the proof of what it fed, checked by the loop). Each batch is
+    uploaded by :meth:`stage`, in the loader thread, while the batch before it runs."""
+
+    feed = "device"
+
+    def __init__(self, session, device: str, path: str, notes: list[str]):
+        from xfverify.converter.feed_graph import FED_CHECKS, UINT8_INPUT
+
+        self.session, self.device, self.path, self.notes = session, device, path, notes
+        self.input = UINT8_INPUT
+        self.outputs = [session.get_outputs()[0].name, FED_CHECKS]
+        self.binding = session.io_binding()
+
+    def stage(self, u8: np.ndarray) -> "UploadedBatch":
+        # on the CPU an OrtValue wraps the array instead of copying it: give it one of its own, not the cache's
+        host = np.array(u8, order="C", copy=True) if self.device == "cpu" else np.ascontiguousarray(u8)
+        return UploadedBatch(host, ort.OrtValue.ortvalue_from_numpy(host, self.device, 0))
+
+    def warm_up(self, sizes: list[int], hw: tuple[int, int], full_batches: int) -> float:
+        started = time.perf_counter()
+        for n in sizes:
+            for _ in range(2):
+                self._run(self.stage(np.zeros((n, *hw, 3), dtype=np.uint8)))
+        return time.perf_counter() - started
+
+    def _run(self, batch: "UploadedBatch") -> tuple[np.ndarray, np.ndarray]:
+        self.binding.bind_ortvalue_input(self.input, batch.value)
+        logits, checks = self.outputs
+        self.binding.bind_output(logits, self.device)
+        self.binding.bind_output(checks, self.device)
+        self.session.run_with_iobinding(self.binding)
+        out = self.binding.copy_outputs_to_cpu()
+        return _class_scores(out[0], self.path, self.notes), out[1]
+
+    def __call__(self, batch: "UploadedBatch", tensors: None) -> "_Finished":
+        started = time.perf_counter()
+        logits, checks = self._run(batch)
+        return _Finished(logits, (time.perf_counter() - started) * 1000.0, checks)
+
+
+class UploadedBatch:
+    """A uint8 batch and its copy on the step's device (``value``, an OrtValue); its length is its images'."""
+
+    def __init__(self, host: np.ndarray, value):
+        self.host, self.value = host, value
+
+    def __len__(self) -> int:
+        return len(self.host)
+
+
+class _Finished:
+    """A synchronous step's results in the shape of a device step's handle."""
+
+    def __init__(self, logits: np.ndarray, ms: float, checks: np.ndarray):
+        self.values = (logits, ms, checks)
+
+    def result(self):
+        return self.values
+
+
+def _cuda_did_not_load() -> str:
+    return (f"--provider cuda: ONNX Runtime's CUDA provider did not load (onnxruntime {ort.__version__} needs an "
+            "NVIDIA GPU, CUDA 13 and cuDNN 9), and xfverify does not fall back to the CPU silently: use "
+            "--provider cpu or auto")
+
+
+def describe_onnx(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """A user's ONNX file, checked (onnx's full checker, shape inference) and described for the report."""
+    from xfverify.converter.onnx_file import check, describe
+
+    request = OnnxFileJob.model_validate(job)
+    check(Path(request.path))
+    found = describe(Path(request.path), "", "", request.layout)
+    return found.model_copy(update={"exporter": found.producer_name or "unknown",
+                                    "exporter_version": found.producer_version}).model_dump(mode="json")
+
+
+evaluate = worker_tasks(OnnxRuntimeBackend).evaluate

@@ -1,0 +1,242 @@
+"""The framework-independent part of an evaluation inside a worker: feed cached batches, time, fingerprint.
+
+A back-end supplies a *step* and says how it wants its data:
+
+* ``host`` steps (CPU back-ends) get ``step(uint8_batch, float_batch)``: the float32 batch, exactly
+  as fed, is normalised and hashed here, in loader threads that overlap compute (the tensors are in
+  host memory already, and sha256 of them costs far less than a CPU's forward pass);
+* ``device`` steps (GPU back-ends) get ``step(uint8_batch, None)``, normalise on the device with the
+  same table, and hand back the checksums of what they fed (:mod:`xfverify.evaluator.cache.digests`), never
+  the tensors: those are compared here with the checksums the cache stored, and the stored per-image
+  digests make the fingerprint.
+
+A step returns ``(logits, batch_ms)`` or an object whose ``result()`` returns
+``(logits, batch_ms, fed_checksums)`` later, so a GPU back-end can launch batch i+1 before
+batch i's results arrive.
+Time the loop spends waiting for data is measured apart from compute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import statistics
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+from xfverify.evaluator.cache.digests import check_fed, stored_batches
+from xfverify.evaluator.system.files import allocated_npy
+from xfverify.evaluator.data.normalise import image_digests, normalisation_lut, normalise
+from xfverify.evaluator.cache.shards import iter_shard_batches
+from xfverify.evaluator.process.events import milestone
+from xfverify.models.preprocess import PreprocessSpec
+
+
+@dataclass
+class LoopResult:
+    """Timing and fingerprint of one pass over the data."""
+
+    n_images: int
+    wall_s: float
+    data_wait_s: float
+    compute_s: float
+    batch_ms: list[float]
+    tensors_sha256: str
+    tensor_proof: str
+    steady_images_per_s: float | None = None
+
+    def timing(self) -> dict[str, Any]:
+        """The report's ``timing`` block (the first batch, which pays for warm-up, is left out of mean/std)."""
+        steady = self.batch_ms[1:] if len(self.batch_ms) > 2 else self.batch_ms
+        return {
+            "wall_s": round(self.wall_s, 4),
+            "data_wait_s": round(self.data_wait_s, 4),
+            "compute_s": round(self.compute_s, 4),
+            "images_per_s": round(self.n_images / self.wall_s, 2) if self.wall_s > 0 else None,
+            "steady_images_per_s": round(self.steady_images_per_s, 2) if self.steady_images_per_s else None,
+            "batch_ms_mean": round(statistics.fmean(steady), 3) if steady else None,
+            "batch_ms_std": round(statistics.pstdev(steady), 3) if len(steady) > 1 else 0.0,
+            "n_batches": len(self.batch_ms),
+            "first_batch_ms": round(self.batch_ms[0], 3) if self.batch_ms else None,
+        }
+
+
+def _prepare(u8: np.ndarray, spec: PreprocessSpec, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    tensors = normalise(u8, spec, lut)
+    return u8, tensors, image_digests(tensors)
+
+
+def prepared_batches(
+    shard_paths: Sequence[str], batch_size: int, spec: PreprocessSpec, threads: int, wait_for_shards: bool = False
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[bytes]]]:
+    """(first index, uint8 batch, float32 batch as fed, per-image digests), read ahead in threads."""
+    lut = normalisation_lut(spec)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xfverify-load")
+    queue: deque[tuple[int, Future]] = deque()
+    depth = threads + 2
+    try:
+        for start, u8 in iter_shard_batches(shard_paths, batch_size, wait=wait_for_shards):
+            queue.append((start, pool.submit(_prepare, u8, spec, lut)))
+            if len(queue) >= depth:
+                first, future = queue.popleft()
+                yield (first, *future.result())
+        while queue:
+            first, future = queue.popleft()
+            yield (first, *future.result())
+    finally:
+        for _, future in queue:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Prefetcher:
+    """Runs an iterator in a background thread so the consumer only waits when data is late."""
+
+    _DONE = object()
+
+    def __init__(self, iterator: Iterator, depth: int = 2):
+        import queue
+
+        self._queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(iterator,), daemon=True, name="xfverify-prefetch")
+        self._thread.start()
+
+    def _run(self, iterator: Iterator) -> None:
+        try:
+            for item in iterator:
+                self._queue.put(item)
+        except BaseException as exc:  # surfaced in the consumer
+            self._error = exc
+        finally:
+            self._queue.put(self._DONE)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is self._DONE:
+            if self._error is not None:
+                raise self._error
+            raise StopIteration
+        return item
+
+
+TENSOR_PROOF = {"host": "hashed on host", "device": "device checksums against digests stored at cache build"}
+
+
+def run_loop(
+    shard_paths: Sequence[str],
+    n_images: int,
+    spec: PreprocessSpec,
+    batch_size: int,
+    step: Callable[[np.ndarray, np.ndarray | None], Any],
+    logits_path: str | os.PathLike,
+    *,
+    feed: str = "host",
+    num_classes: int = 1000,
+    threads: int | None = None,
+    wait_for_shards: bool = False,
+    stage: Callable[[np.ndarray], Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    device_name: str = "the device",
+    digests_stored: bool = True,
+) -> LoopResult:
+    """Feed every cached image through ``step``; store logits (float32, N x classes) in manifest order.
+
+    ``wait_for_shards`` lets the loop start while the cache is still being built: each shard is
+    read once its sidecar appears (and, fed on a device, once its digests are stored). ``stage`` (device
+    feeding) runs in the loader thread on each uint8 batch, e.g. to copy it into pinned memory; the step
+    then receives what it returns. A device-fed image whose checksums differ from the stored ones stops
+    the loop with a :class:`UserError` naming it (and ``device_name``).
+    """
+    if feed not in ("host", "device"):
+        raise ValueError(f"feed must be host or device, got {feed!r}")
+    threads = threads or max(1, min(8, (os.cpu_count() or 2) - 1))
+    logits = allocated_npy(Path(logits_path), np.float32, (n_images, num_classes), "free space there, or choose another --out")
+    digests: list[Sequence[bytes]] = []  # per batch, in order: what host feeding hashed, or the stored digests
+    batch_ms: list[float] = []
+    data_wait = 0.0
+    done = 0
+    inflight: deque[tuple[int, int, Any, float | None, Any]] = deque()
+    finished: list[tuple[float, int]] = []  # when each batch's results were in, and its size (steady rate)
+
+    def collect(item: tuple[int, int, Any, float | None, Any]) -> None:
+        nonlocal done
+        first, count, handle, returned_at, stored = item
+        if hasattr(handle, "result"):
+            out, ms, fed_checks = handle.result()
+        else:
+            out, ms = handle
+        if stored is not None:  # device feeding: what was fed must be what the cache stored digests of
+            records, image_ids = stored
+            check_fed(fed_checks, records, image_ids, first, device_name)
+            digests.append([bytes(digest) for digest in records["sha256"]])
+        logits[first : first + count] = out
+        batch_ms.append(ms)
+        done += count
+        finished.append((returned_at or time.perf_counter(), count))  # a synchronous step ended when it returned
+        if len(finished) == 1:
+            milestone("first_batch_done")
+        if progress:
+            progress(done, n_images)
+
+    if feed == "host":
+        source: Iterator = prepared_batches(shard_paths, batch_size, spec, threads, wait_for_shards)
+    else:
+        staged = stage or (lambda u8: u8)
+        source = (
+            (start, staged(u8), None, (records, ids))
+            for (start, u8), (_, records, ids) in zip(
+                iter_shard_batches(shard_paths, batch_size, wait=wait_for_shards),
+                stored_batches(shard_paths, batch_size, spec, wait=wait_for_shards, compute_missing=not digests_stored),
+            )
+        )
+    if progress:
+        progress(0, n_images)
+    started = time.perf_counter()
+    batches = _Prefetcher(source, depth=2 if feed == "host" else 3)
+    while True:
+        wait_start = time.perf_counter()
+        try:
+            # host: the digests the loader hashed; device: the stored records and ids, checked on collection
+            first, u8, tensors, fingerprint = next(batches)
+        except StopIteration:
+            break
+        data_wait += time.perf_counter() - wait_start
+        stored = fingerprint if feed == "device" else None
+        if feed == "host":
+            digests.append(fingerprint)
+        handle = step(u8, tensors)
+        inflight.append((first, len(u8), handle, None if hasattr(handle, "result") else time.perf_counter(), stored))
+        if len(inflight) > 1:
+            collect(inflight.popleft())
+    while inflight:
+        collect(inflight.popleft())
+    total = hashlib.sha256()
+    for batch in digests:
+        for digest in batch:
+            total.update(digest)
+    wall = time.perf_counter() - started
+    milestone("last_batch_done")
+    logits.flush()
+    steady = None
+    if len(finished) >= 3:  # images after the first batch (which pays for warm-up) over the time they took
+        steady = (done - finished[0][1]) / max(finished[-1][0] - finished[0][0], 1e-9)
+    return LoopResult(
+        steady_images_per_s=steady,
+        n_images=done,
+        wall_s=wall,
+        data_wait_s=data_wait,
+        compute_s=sum(batch_ms) / 1000.0,
+        batch_ms=batch_ms,
+        tensors_sha256=total.hexdigest(),
+        tensor_proof=TENSOR_PROOF[feed],
+    )

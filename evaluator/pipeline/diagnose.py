@@ -1,0 +1,361 @@
+"""``xfverify diagnose``: the model under its reference preprocessing and under named variants, on the same images,
+each variant's paired difference to the reference, and the decomposition of the gap to the published error.
+
+Decoding is shared through the tensor cache (variants that change only the normalisation read the reference's
+shards; each other geometry is decoded once into its own), and the model is loaded once, in one worker that
+runs every variant in turn (``evaluate_many``) while the next geometries decode. Precision variants
+(``--precisions``) run last, on the reference's own tensors, in the same worker: the runtime axis, with the ONNX
+Runtime row of ``--onnx``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xfverify import __version__
+from xfverify.evaluator.analysis.metrics import error_stats, paired_difference, top_k, wilson_interval
+from xfverify.evaluator.cache.store import TensorCache
+from xfverify.evaluator.data.layouts import Dataset
+from xfverify.evaluator.pipeline.assemble import assemble_report
+from xfverify.evaluator.pipeline.evaluation import (
+    CachedRun,
+    cache_root,
+    may_feed_on_device,
+    relative_timeline,
+    spec_hw,
+    survey_and_build,
+    tensor_cache,
+    worker_beside_build,
+)
+from xfverify.evaluator.pipeline.native_run import DIAGNOSE_REFERENCE_FOLDER, NATIVE_OUTPUTS, save_native_run
+from xfverify.evaluator.pipeline.onnx import run_onnx
+from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions
+from xfverify.evaluator.pipeline.outdir import default_out_dir, earlier_outputs_note, in_owned_folder
+from xfverify.evaluator.pipeline.request import prepare
+from xfverify.evaluator.process.launcher import run_worker
+from xfverify.evaluator.process.tasks import EvaluateJob, EvaluateManyJob, EvaluateManyResult, VariantPart
+from xfverify.evaluator.reports.diagnose import OUTPUTS, DiagnoseReport, decomposition, write_diagnose_outputs
+from xfverify.evaluator.system import console
+from xfverify.models.cards import ModelCard
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import PreprocessSpec
+from xfverify.models.variants import GPU_ONLY, Variant, card_variants, precision_variants, select_variants, user_variant
+
+
+
+@dataclass
+class DiagnoseOptions(NativeOptions):
+    """Everything ``xfverify diagnose`` can be asked: a native run's options, the variants, the runtime axis."""
+
+    variants: str | None = None
+    spec_files: tuple[str, ...] = ()
+    onnx: bool = False
+    precisions: str | None = None
+
+
+@dataclass
+class VariantRun:
+    """One variant's pass: its definition, resolved spec, the cache it read and the worker's result."""
+
+    variant: Variant
+    spec: PreprocessSpec
+    run: CachedRun
+
+
+def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: DiagnoseOptions) -> list[Variant]:
+    """The reference first, then the selected variants, the user's and the precision variants, each resolved once
+    (errors are one line)."""
+    every = card_variants(card, reference)
+    if not _gpu_decoding_possible():
+        named = {n.strip() for n in (options.variants or "").split(",")}
+        asked = sorted(named & set(GPU_ONLY))
+        if asked:
+            raise UserError(f"--variants {', '.join(asked)}: decodes on an NVIDIA GPU and this machine has none; "
+                            "leave it out, or run diagnose where there is one")
+        left_out = [v.name for v in every if v.name in GPU_ONLY]
+        every = [v for v in every if v.name not in GPU_ONLY]
+        if left_out and options.variants is None:
+            options.extra_notes.append(f"left out without an NVIDIA GPU: {', '.join(left_out)}")
+    variants = select_variants(every, options.variants)
+    for path in options.spec_files:
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise UserError(f"--spec {path}: cannot read it ({exc.strerror})") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--spec {path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        for item in data if isinstance(data, list) else [data]:
+            variants.append(user_variant(item, path) if isinstance(item, dict) else user_variant({}, path))
+    variants += precision_variants(options.precisions, options.precision, card.framework)
+    names = [v.name for v in variants]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"variant name {', '.join(repeated)} is used twice: rename the --spec variant")
+    for variant in variants:
+        spec = variant.resolve(reference)
+        if spec.layout != card.input_layout:
+            raise UserError(f"variant {variant.name} produces {spec.layout} tensors but {card.id} takes "
+                            f"{card.input_layout}: add \"layout\": \"{card.input_layout}\" to its set")
+    return variants
+
+
+def _gpu_decoding_possible() -> bool:
+    from xfverify.evaluator.system.devices import nvidia_gpus, nvjpeg_on_cpu
+
+    return bool(nvidia_gpus()) or nvjpeg_on_cpu()
+
+
+def run_diagnose(options: DiagnoseOptions) -> tuple[DiagnoseReport, Path]:
+    """Evaluate the model under every chosen variant; write report.json, report.md and report.html into --out."""
+    timeline = {"started": time.time()}
+    card, reference, dataset = prepare(options)
+    if not dataset.n_labelled:
+        raise UserError(f"{dataset.root}: no image has a label, so nothing can be compared; give labelled images "
+                        "(an ImageNet layout or a labels.csv)")
+    variants = chosen_variants(card, reference, options)
+    out_dir = Path(options.out) if options.out else default_out_dir(card.id, "diagnose")
+    report = in_owned_folder(out_dir, lambda workdir: _run_in(out_dir, workdir, card, reference, variants, dataset,
+                                                              options, timeline))
+    return report, out_dir
+
+
+def _check_outputs(out_dir: Path) -> None:
+    """Before any work: the report's files and the reference's folder can be written where they go."""
+    earlier_outputs_note(out_dir, OUTPUTS)
+    ref_folder = out_dir / DIAGNOSE_REFERENCE_FOLDER
+    if ref_folder.exists() and not ref_folder.is_dir():
+        raise UserError(f"--out {out_dir}: {DIAGNOSE_REFERENCE_FOLDER} there is a file (the reference run goes in a folder of "
+                        "that name); move it away or choose another --out")
+    for name in NATIVE_OUTPUTS:
+        if (ref_folder / name).is_dir():
+            raise UserError(f"--out {out_dir}: {DIAGNOSE_REFERENCE_FOLDER}/{name} there is a folder; move it away or choose "
+                            "another --out")
+
+
+def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timeline) -> DiagnoseReport:
+    _check_outputs(out_dir)
+    runs = evaluate_variants(card, reference, variants, dataset, options, workdir, timeline)
+    ref_folder = out_dir / DIAGNOSE_REFERENCE_FOLDER
+    ref_folder.mkdir(exist_ok=True)
+    ref_run = runs[0].run
+    native_report = assemble_report(card, reference, dataset, ref_run.cached, ref_run.build, ref_run.result,
+                                    ref_run.timing, ref_run.topk, options)
+    save_native_run(ref_folder, workdir / "variant-0", native_report, dataset, ref_run)  # a native run's folder
+    onnx_row = _onnx_axis(card, options, out_dir, ref_folder) if options.onnx else None
+    rows = _compare(runs, dataset, onnx_row, np.load(ref_folder / "logits.npy"))
+    published = card.primary_published
+    report = DiagnoseReport.model_validate({
+        "model": card.id, "architecture": card.architecture, "framework": ref_run.result.framework.model_dump(),
+        "device": ref_run.result.device.model_dump(), "precision": ref_run.result.precision,
+        "weights": ref_run.result.weights, "random_weights": options.random_weights,
+        "dataset": native_report.dataset.model_dump(), "n_scored": rows[0]["n_scored"],
+        "published": native_report.published.model_dump() if native_report.published else None,
+        "reference": rows[0], "variants": rows[1:],
+        "decomposition": decomposition(published.top1_error if published else None, rows),
+        "cost": _cost(runs, timeline),
+        "notes": list(native_report.notes),
+        "xfverify_version": __version__,
+    })
+    write_diagnose_outputs(out_dir, workdir, report, _flip_images(runs, report, dataset))
+    return report
+
+
+def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list[Variant], dataset: Dataset,
+                      options: DiagnoseOptions, workdir: Path, timeline: dict[str, float]) -> list[VariantRun]:
+    """One worker loads the model once and runs every variant in turn; the caches of the distinct geometries
+    are surveyed and built in a thread meanwhile, in the order the worker needs them."""
+    root = cache_root(options)
+    specs = [v.resolve(reference) for v in variants]
+    order = _run_order(variants, specs)  # the reference first; variants sharing its shards next; precisions last
+    variants, specs = [variants[i] for i in order], [specs[i] for i in order]
+    caches: dict[str, TensorCache] = {}
+    for spec in specs:
+        caches.setdefault(spec.geometry_key(), tensor_cache(root, spec))
+    workdir.mkdir(parents=True, exist_ok=True)
+    parts = [VariantPart(name=v.name, preprocess=s.to_dict(), hw=spec_hw(s), data_file=str(workdir / f"data-{i}.json"),
+                         precision=v.precision) for i, (v, s) in enumerate(zip(variants, specs))]
+    for part in parts:
+        Path(part.data_file).unlink(missing_ok=True)
+    base = EvaluateJob(
+        model=card.id, preprocess=parts[0].preprocess, device=options.device, precision=options.precision,
+        batch_size=options.batch_size, n_images=len(dataset), hw=parts[0].hw, data_file=parts[0].data_file,
+        weights_file=os.path.abspath(options.weights) if options.weights else None,
+        random_weights=options.random_weights, cuda_graphs=options.cuda_graphs, seed=options.seed,
+    )
+    job = EvaluateManyJob(base=base, variants=parts)
+    n_precisions = sum(v.precision is not None for v in variants)
+    console.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; {len(variants) - n_precisions} "
+            f"preprocessings ({len(caches)} geometries to decode or reuse)"
+            + (f" and {n_precisions} other precisions" if n_precisions else "") + f", one {card.framework} worker")
+    cancel = threading.Event()
+    total = len(dataset)
+
+    with console.progress_group() as group:
+        decode_progress = group.task(f"decode + resize + crop ({len(caches)} geometries)")
+        infer_progress = group.task(f"{card.framework} inference ({len(variants)} variants)")
+        current = {"variant": 0}
+
+        def build() -> dict[str, Any]:
+            built = {}
+            for index, (key, cache) in enumerate(caches.items()):
+                data_files = [part.data_file for part, spec in zip(parts, specs) if spec.geometry_key() == key]
+                offset = index * total
+                built[key] = survey_and_build(
+                    cache, dataset.records, data_files, options,
+                    lambda done, _total: decode_progress(offset + done, total * len(caches)), cancel,
+                    normalisations=[spec for spec in specs if spec.geometry_key() == key],
+                    digests=may_feed_on_device(card.framework, options.device),
+                )
+            timeline["decode_done"] = time.time()
+            return built
+
+        def on_event(event: dict) -> None:
+            if event.get("event") == "progress":
+                infer_progress(current["variant"] * total + event["done"], total * len(variants))
+            elif event.get("event") == "variant":
+                current["variant"] = event["index"]
+                console.info(f"variant {event['index'] + 1} of {event['total']}: {event['name']}")
+            elif event.get("event") == "status":
+                console.info(event["message"])
+
+        built, outcome = worker_beside_build(
+            build, cancel, timeline,
+            lambda on_start: run_worker(card.framework, "evaluate_many", job.model_dump(), workdir=workdir,
+                                        on_event=on_event, on_start=on_start))
+        result = EvaluateManyResult.model_validate(outcome)
+    runs = []
+    for variant, spec, worker_result in zip(variants, specs, result.results):
+        cached, stats = built[spec.geometry_key()]
+        logits = np.load(worker_result.logits_path, mmap_mode="r+")
+        skipped = sorted(bad.index for bad in cached.bad)
+        if skipped:
+            logits[skipped] = np.nan
+            logits.flush()
+        timing = {**worker_result.timing.model_dump(), "timeline_s": relative_timeline(timeline, worker_result.milestones)}
+        topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)
+        runs.append(VariantRun(variant, spec, CachedRun(cached, stats, worker_result, logits, topk, timing)))
+    return runs
+
+
+def _run_order(variants: list[Variant], specs: list[PreprocessSpec]) -> list[int]:
+    """Indices in the order the worker runs them: geometries in order of first appearance, together; then the
+    precision variants, so every preprocessing runs at the reference's precision before any switch."""
+    keys = list(dict.fromkeys(s.geometry_key() for s in specs))
+    return sorted(range(len(specs)),
+                  key=lambda i: (variants[i].precision is not None, keys.index(specs[i].geometry_key()), i))
+
+
+def _compare(runs: list[VariantRun], dataset: Dataset, onnx_row: dict | None,
+             reference_logits: np.ndarray) -> list[dict]:
+    """Each run's errors and its paired difference to the reference, over the images every run scored; the
+    runtime rows' outputs against the reference's too (they are fed the same tensors)."""
+    labels = [r.labels for r in dataset.records]
+    scored = np.array([bool(acceptable) for acceptable in labels])
+    for run in runs:
+        scored[sorted(run.run.skipped)] = False
+    compared = _Compared(dataset, labels, scored, runs[0].run.topk, reference_logits)
+    rows = [compared.row(run.variant.to_dict(), run.spec.to_dict(), run.run.topk, run.run.result.tensors_sha256,
+                         run.spec.geometry_key(), run.run.result.precision,
+                         run.run.logits if run.variant.precision else None) for run in runs]
+    if onnx_row is not None:
+        logits = onnx_row.pop("logits")
+        topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)
+        rows.append(compared.row(onnx_row, rows[0]["spec"], topk, onnx_row.pop("sha"), rows[0]["geometry_key"],
+                                 onnx_row.pop("precision"), logits))
+    return rows
+
+
+class _Compared:
+    """The images every run scored, and the reference's answers on them."""
+
+    def __init__(self, dataset: Dataset, labels: list[tuple[int, ...]], scored: np.ndarray, reference_topk: np.ndarray,
+                 reference_logits: np.ndarray):
+        self.dataset, self.labels, self.scored = dataset, labels, scored
+        self.index = np.flatnonzero(scored)
+        self.reference_topk = reference_topk
+        self.reference_wrong = self.wrong(reference_topk)
+        self.reference_logits = np.asarray(reference_logits[self.index], dtype=np.float64)
+
+    def wrong(self, topk: np.ndarray) -> np.ndarray:
+        return np.array([int(topk[i, 0]) not in self.labels[i] for i in self.index], dtype=bool)
+
+    def output_difference(self, logits: np.ndarray) -> float | None:
+        """The largest |output - the reference's| over the scored images, as a fraction of the reference's largest
+        |output| (None when nothing was scored)."""
+        if not len(self.index):
+            return None
+        scale = float(np.abs(self.reference_logits).max()) or 1.0
+        return round(float(np.abs(np.asarray(logits[self.index], dtype=np.float64) - self.reference_logits).max())
+                     / scale, 6)
+
+    def row(self, definition: dict, spec: dict, topk: np.ndarray, tensors_sha256: str, geometry_key: str,
+            precision: dict, logits: np.ndarray | None = None) -> dict:
+        """``logits`` only for the rows fed the reference's own tensors (their outputs are compared too)."""
+        stats = error_stats(topk, self.labels, self.scored)
+        wrong = self.wrong(topk)
+        paired = paired_difference(wrong, self.reference_wrong)
+        flips = [{"index": int(i), "image_id": self.dataset.records[i].image_id, "labels": list(self.labels[i]),
+                  "reference_top1": int(self.reference_topk[i, 0]), "variant_top1": int(topk[i, 0])}
+                 for i in self.index[wrong != self.reference_wrong]]
+        return {
+            **definition, "spec": spec, "geometry_key": geometry_key, "tensors_sha256": tensors_sha256,
+            "precision": precision,
+            "max_output_difference": None if logits is None else self.output_difference(logits),
+            "n_scored": stats.n, "top1_error": round(stats.top1_error, 4), "top5_error": round(stats.top5_error, 4),
+            "top1_error_ci95": [round(v, 4) for v in wilson_interval(stats.top1_errors, stats.n)],
+            "delta": round(paired.delta, 4), "delta_ci95": [round(v, 4) for v in paired.ci95],
+            "mcnemar_p": paired.p_value, "right_to_wrong": paired.right_to_wrong,
+            "wrong_to_right": paired.wrong_to_right, "significant": paired.significant, "flips": flips,
+        }
+
+
+def _onnx_axis(card: ModelCard, options: DiagnoseOptions, out_dir: Path, ref_folder: Path) -> dict:
+    """ONNX Runtime on the reference's tensors through `xfverify onnx --against` the reference run."""
+    shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(OnnxOptions) if hasattr(options, f.name)
+              and f.name not in ("out", "preprocess", "overrides", "extra_notes", "target")}
+    run = run_onnx(OnnxOptions(**shared, target=card.id, against=str(ref_folder), out=str(out_dir / "onnx")))
+    return {"name": "onnx-runtime", "group": "runtime", "base": None, "overrides": {},
+            "why": f"ONNX Runtime {run.report.runtime.version} on the reference's tensors ({run.report.onnx.exporter})",
+            "logits": np.load(run.out_dir / "logits.npy"), "sha": run.report.tensors_sha256,
+            "precision": run.report.precision}
+
+
+def _cost(runs: list[VariantRun], timeline: dict[str, float]) -> dict:
+    """What the run cost: decoding (per geometry, reused or built) and each variant's model pass (precision
+    variants are passes too, on the reference's shards)."""
+    geometries = {}
+    for run in runs:
+        build = run.run.build
+        geometries.setdefault(run.spec.geometry_key(), {"decoded": build.decoded, "decode_s": round(build.seconds, 3),
+                                                          "reused_shards": build.reused_shards})
+    return {
+        "geometries": len(geometries), "decoded_images": sum(g["decoded"] for g in geometries.values()),
+        "decode_s": round(sum(g["decode_s"] for g in geometries.values()), 3),
+        "model_passes": len(runs), "precision_passes": sum(r.variant.precision is not None for r in runs),
+        "compute_s": round(sum(r.run.result.timing.compute_s for r in runs), 3),
+        "worker_wall_s": round(timeline.get("worker_finished", timeline["started"]) - timeline["started"], 3),
+        "model_loads": 1,
+        "passes": [{"name": r.variant.name, "warmup_s": round(r.run.result.timing.warmup_s, 3),
+                    "loop_wall_s": round(r.run.result.timing.wall_s, 3)} for r in runs],
+    }
+
+
+def _flip_images(runs: list[VariantRun], report: DiagnoseReport, dataset: Dataset) -> dict[int, np.ndarray]:
+    """The reference's uint8 images of the flipped images of significant variants (thumbnails for the page)."""
+    wanted = sorted({i for row in report.variants if row.significant for i in [f.index for f in row.flips[:12]]})
+    cached = runs[0].run.cached
+    images = {}
+    for start, batch in cached.batches(64):
+        for offset in range(len(batch)):
+            if start + offset in wanted:
+                images[start + offset] = np.array(batch[offset])
+    return images

@@ -1,0 +1,218 @@
+"""``xfverify onnx``: a model's ONNX export (or a user's ONNX file) under ONNX Runtime, on exactly the tensors
+of a native run, compared with it: errors, time, and agreement image by image."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xfverify.evaluator.analysis.agreement import compare_outputs
+from xfverify.evaluator.data.layouts import SAMPLE_DIR, load_dataset
+from xfverify.evaluator.pipeline.assemble import assemble_report
+from xfverify.evaluator.pipeline.evaluation import cache_root, evaluate_cached, spec_hw
+from xfverify.evaluator.pipeline.native import run_native
+from xfverify.evaluator.pipeline.native_run import (
+    NATIVE_OUTPUTS,
+    ONNX_NATIVE_FOLDER,
+    NativeOnDisk,
+    NativeRun,
+    UnusableNativeRun,
+    check_against,
+    load_native,
+    save_native_run,
+)
+from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions, RunOptions, check_run_options
+from xfverify.evaluator.pipeline.outdir import default_out_dir, earlier_outputs_note, in_owned_folder
+from xfverify.evaluator.pipeline.request import prepare
+from xfverify.evaluator.process.launcher import run_worker
+from xfverify.evaluator.process.tasks import EvaluateJob, ExportJob, ExportOutcome, OnnxFileJob
+from xfverify.evaluator.reports.native import NativeReport, OnnxReport
+from xfverify.evaluator.system import console
+from xfverify.models.cards import get_card
+from xfverify.models.errors import UserError
+from xfverify.models.overrides import parse_overrides
+from xfverify.models.preprocess import resolve_preprocess, spec_from_dict
+
+
+def _native_options(options: OnnxOptions, out: Path) -> NativeOptions:
+    shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(RunOptions)}
+    return NativeOptions(**{**shared, "out": str(out), "extra_notes": []}, model=options.target)
+
+
+def _matches(native: NativeReport, wanted: NativeOptions) -> bool:
+    """Whether an earlier native run answers the same request (model, weights, preprocessing, images)."""
+    card, spec, dataset = prepare(wanted)
+    if wanted.random_weights:
+        same_weights = native.random_weights and getattr(native.weights, "seed", None) == wanted.seed
+    else:
+        weights_source = os.path.abspath(wanted.weights) if wanted.weights else card.weights_source
+        same_weights = not native.random_weights and native.weights.source == weights_source
+    return (native.model == card.id and native.preprocess == spec.to_dict()
+            and native.dataset.manifest_sha256 == dataset.manifest_sha256() and same_weights)
+
+
+def native_run_for(options: OnnxOptions, out_dir: Path) -> NativeOnDisk:
+    """``--against``'s native run, or the one in ``--out/native`` when it answers the same request, or a new one."""
+    if options.against:
+        return load_native(Path(options.against))
+    folder = out_dir / ONNX_NATIVE_FOLDER
+    wanted = _native_options(options, folder)
+    if (folder / "report.json").is_file():
+        try:
+            earlier = load_native(folder, "--out")
+        except UnusableNativeRun as exc:  # xfverify's own folder, damaged (a killed copy, an edit): made again
+            console.info(f"the native run in {folder} cannot be reused ({exc.reason}): running it again, which replaces it")
+        else:
+            if _matches(earlier.report, wanted):
+                console.info(f"comparing with the native run in {folder}")
+                return earlier
+    console.info(f"running {options.target} natively first, into {folder}")
+    run: NativeRun = run_native(wanted)
+    return NativeOnDisk(run.report, run.out_dir, np.load(run.out_dir / "logits.npy"))
+
+
+def _export(options: OnnxOptions, native: NativeOnDisk, hw: tuple[int, int]) -> ExportOutcome:
+    """The card's model exported in its framework's worker (through the export cache), with the native run's weights."""
+    card = get_card(options.target)
+    report = native.report
+    job = ExportJob(
+        model=card.id, hw=hw, cache_root=str(cache_root(options) / "onnx"), opset=options.opset,
+        weights_file=os.path.abspath(options.weights) if options.weights else None,
+        random_weights=report.random_weights,
+        seed=getattr(report.weights, "seed", options.seed) if report.random_weights else options.seed,
+    )
+    console.info(f"exporting {card.id} to ONNX in the {card.framework} worker")
+    outcome = ExportOutcome.model_validate(run_worker(card.framework, "export", job.model_dump(), on_event=_status))
+    if outcome.weights["sha256"] != report.weights.sha256:
+        raise UserError(f"the export's weights ({outcome.weights['sha256'][:16]}) are not the native run's "
+                        f"({report.weights.sha256[:16]}, {native.folder}): give the same --weights, or run without --against")
+    return outcome
+
+
+def _describe_file(path: str, layout: str) -> dict:
+    """A user's ONNX file checked and described in the ONNX Runtime worker (a bad file: one line)."""
+    return run_worker("onnxruntime", "describe_onnx", OnnxFileJob(path=path, layout=layout).model_dump())
+
+
+def _status(event: dict) -> None:
+    if event.get("event") == "status":
+        console.info(event["message"])
+
+
+def run_onnx(options: OnnxOptions) -> NativeRun:
+    """Evaluate the ONNX export of a model (or a user's ONNX file) under ONNX Runtime on a native run's tensors;
+    write report.json, report.md, logits.npy, predictions.csv into --out; return the report."""
+    timeline = {"started": time.time()}
+    check_run_options(options)
+    if options.atol < 0 or options.rtol < 0:
+        raise UserError("--atol and --rtol must not be negative")
+    if options.opset is not None and options.opset <= 0:
+        raise UserError(f"--opset must be positive, got {options.opset} (leave it out for the exporter's default)")
+    if options.is_file:
+        if os.path.isdir(options.target):
+            raise UserError(f"{options.target} is a folder, not an ONNX file: give the .onnx file in it")
+        if not os.path.isfile(options.target):
+            raise UserError(f"{options.target}: no such ONNX file")
+        if options.opset is not None:
+            raise UserError(f"--opset applies to a model's export; {options.target} has its own opset: leave it out")
+        if options.weights or options.random_weights:
+            raise UserError(f"--weights and --random-weights apply to a model's export; {options.target} has its own "
+                            "weights: leave them out")
+        if not options.preprocess:
+            raise UserError(f"{options.target}: a user's ONNX file needs --preprocess PRESET (how its model was "
+                            "trained to be fed; `xfverify presets` lists them)")
+        name = Path(options.target).stem
+    else:
+        name = get_card(options.target).id
+    out_dir = Path(options.out) if options.out else default_out_dir(name, "onnx")
+    return in_owned_folder(out_dir, lambda workdir: _run_in(options, out_dir, workdir, timeline))
+
+
+def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[str, float]) -> NativeRun:
+    card = None if options.is_file else get_card(options.target)
+    notes = earlier_outputs_note(out_dir, NATIVE_OUTPUTS)  # before the native run and the export, not after them
+    native = native_run_for(options, out_dir) if card or options.against else None
+    default = spec_from_dict(native.report.preprocess) if native else None
+    data, limit = options.data, options.limit
+    if native and not data:  # the native run's images, unless others are asked for
+        data, limit = native.report.dataset.path, limit or native.report.dataset.n_images
+    spec = resolve_preprocess(options.preprocess or default, overrides=parse_overrides(options.overrides))
+    if native:
+        check_against(native, card, spec)
+    dataset = load_dataset(data or SAMPLE_DIR, devkit=options.devkit).select(limit=limit, per_class=options.per_class)
+    timeline["dataset_listed"] = time.time()
+    if native and dataset.manifest_sha256() != native.report.dataset.manifest_sha256:
+        raise UserError(f"the images differ from the native run's in {native.folder} (manifest sha256): "
+                        "give the same --data, --limit and --per-class, or leave them out")
+    hw = spec_hw(spec)
+    if card:
+        outcome = _export(options, native, hw)
+        onnx_path, description = outcome.onnx_path, outcome.export["description"]
+        onnx_info = {"source": "export", "exporter": outcome.export["exporter"],
+                     "exporter_version": outcome.export["exporter_version"], "opset": outcome.export["opset"],
+                     "output_kind": outcome.output_kind, "from_cache": outcome.from_cache,
+                     "export_s": outcome.export["seconds"], "description": description,
+                     "notes": list(outcome.export.get("notes", []))}
+    else:
+        onnx_path = os.path.abspath(options.target)
+        description = _describe_file(onnx_path, spec.layout)
+        onnx_info = {"source": "file", "exporter": description["exporter"],
+                     "exporter_version": description["exporter_version"], "opset": _opset(description),
+                     "output_kind": "as the file computes it", "description": description}
+    timeline["onnx_ready"] = time.time()
+    console.info(f"{name_of(options)}: ONNX Runtime on {len(dataset)} images from {dataset.root}; preprocessing {spec.name}")
+    job = EvaluateJob(
+        model=None, onnx_path=onnx_path, preprocess=spec.to_dict(), device=options.provider, precision="fp32",
+        batch_size=options.batch_size, n_images=len(dataset), hw=hw, data_file=str(workdir / "data.json"),
+    )
+    run = evaluate_cached("onnxruntime", job, spec, dataset, options, workdir, timeline)
+    if native and run.result.tensors_sha256 != native.report.tensors_sha256:
+        raise UserError(f"the tensors differ from the native run's in {native.folder} (tensors_sha256 "
+                        f"{run.result.tensors_sha256[:12]} vs {native.report.tensors_sha256[:12]}): xfverify compares "
+                        "only runs fed the same tensors; use the native run's preprocessing and images")
+    agreement = None
+    if native:
+        include = np.ones(len(dataset), dtype=bool)
+        include[sorted(run.skipped)] = False
+        compared = native.report.output if card else "outputs"
+        agreement = compare_outputs(native.outputs, np.asarray(run.logits), [r.image_id for r in dataset.records],
+                                    [r.labels for r in dataset.records], include, compared, options.atol, options.rtol)
+        if compared == "softmax":
+            notes.append("the model ends in softmax and so does its export: the agreement compares probabilities "
+                         "with probabilities")
+    identity = None if card else {"model": options.target, "architecture": "unknown (a user's ONNX file)",
+                                  "builder": "onnxruntime.InferenceSession", "output": onnx_info["output_kind"]}
+    random_weights = bool(native and native.report.random_weights and card)
+    report = assemble_report(
+        card, spec, dataset, run.cached, run.build, run.result, run.timing, run.topk,
+        dataclasses.replace(options, random_weights=random_weights), notes,
+        report_type=OnnxReport, identity=identity, runtime=run.result.runtime.model_dump(),
+        onnx=onnx_info, native=_native_reference(native), agreement=agreement.model_dump() if agreement else None,
+        onnx_over_native_time=round(run.result.timing.compute_s / native.report.timing.compute_s, 3)
+        if native and native.report.timing.compute_s else None,
+    )
+    rows = save_native_run(out_dir, workdir, report, dataset, run)
+    return NativeRun(report, out_dir, rows)
+
+
+def name_of(options: OnnxOptions) -> str:
+    return Path(options.target).name if options.is_file else options.target
+
+
+def _opset(description: dict) -> int:
+    opsets = description["opsets"]
+    return int(opsets.get("", opsets.get("ai.onnx", 0)))
+
+
+def _native_reference(native: NativeOnDisk | None) -> dict | None:
+    if native is None:
+        return None
+    report = native.report
+    return {"folder": str(native.folder.resolve()), "framework": report.framework.model_dump(),
+            "device": report.device.model_dump(), "top1_error": report.top1_error, "top5_error": report.top5_error,
+            "tensors_sha256": report.tensors_sha256, "compute_s": report.timing.compute_s,
+            "images_per_s": report.timing.images_per_s}

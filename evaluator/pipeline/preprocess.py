@@ -1,0 +1,139 @@
+"""``xfverify preprocess``: the exact tensor a model is fed, and (``--verify``) proof against the framework's own code."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from xfverify.evaluator.system import console
+from xfverify.evaluator.data.layouts import records_from_paths
+from xfverify.evaluator.system.files import writable_folder
+from xfverify.evaluator.data.imaging import BadImageError, load_geometry
+from xfverify.evaluator.process.tasks import ReferenceJob, ReferenceResult
+from xfverify.evaluator.process.launcher import run_worker
+from xfverify.evaluator.data.normalise import normalise
+from xfverify.models.overrides import parse_overrides
+from xfverify.evaluator.references import REFERENCES, Reference
+from xfverify.models.cards import get_card
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import PRESETS, PreprocessSpec, resolve_preprocess
+
+
+def preprocess_files(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
+    """The float32 batch (layout ``spec.layout``) xfverify feeds for these image files."""
+    if spec.decoder == "nvjpeg":
+        raise UserError("xfverify preprocess decodes on the CPU; decoder nvjpeg decodes on a GPU inside a run "
+                        "(native, onnx, diagnose): use --set decoder=pil to see the libjpeg-turbo decode")
+    try:
+        images = [load_geometry(path, spec) for path in paths]
+    except BadImageError as exc:
+        raise UserError(f"cannot decode image {exc.path}: {exc.reason} (fix the file, or leave it out)") from None
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        raise UserError(f"preprocessing {spec.name} gives images of different sizes {sorted(shapes)}: add a crop")
+    return normalise(np.stack(images), spec)
+
+
+def reference_tensors(preset: str, paths: list[str]) -> tuple[np.ndarray, str]:
+    """The preset's reference pipeline on ``paths``, computed in its framework's worker, in the preset's layout."""
+    reference = REFERENCES.get(preset)
+    if reference is None:
+        raise UserError(f"no framework reference pipeline is known for preset {preset!r}")
+    with tempfile.TemporaryDirectory(prefix=f"xfverify-{reference.framework}-") as workdir:
+        job = ReferenceJob(preset=preset, paths=paths)
+        result = ReferenceResult.model_validate(
+            run_worker(reference.framework, "reference_preprocess", job.model_dump(), workdir=workdir)
+        )
+        batch = np.load(result.path)
+    if result.layout != PRESETS[preset].layout:
+        batch = np.ascontiguousarray(batch.transpose((0, 3, 1, 2) if result.layout == "NHWC" else (0, 2, 3, 1)))
+    return batch, result.framework
+
+
+def _check_readable_by_reference(preset: str, paths: list[str]) -> None:
+    """A JPEG-only reference given other files: one line naming them, before its worker starts."""
+    reference = REFERENCES.get(preset)
+    if reference is None or not reference.jpeg_only:
+        return
+    others = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            if handle.read(3) != b"\xff\xd8\xff":
+                others.append(Path(path).name)
+    if others:
+        raise UserError(f"--verify: {preset}'s source reads JPEG files only, and {len(others)} of {len(paths)} "
+                        f"image(s) are not JPEG ({', '.join(others[:5])}): verify it with JPEG files")
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How xfverify's tensors compare with a reference's, image by image."""
+
+    identical: bool
+    max_abs_diff: float
+    outlier_fractions: tuple[float, ...]  # per image: share of its values beyond the reference's bound
+    outside: tuple[int, ...]  # images with more such values than the reference allows
+
+    @property
+    def within_bound(self) -> bool:
+        return not self.outside
+
+    def describe(self, reference: Reference, paths: list[str]) -> str:
+        if self.identical:
+            return "bit-identical"
+        worst = max(self.outlier_fractions, default=0.0)
+        text = (
+            f"max |diff| {self.max_abs_diff:.3g}; at most {worst * 100:.3f} % of an image's values beyond "
+            f"{reference.bound:.3g}"
+        )
+        if reference.exact:
+            return text + " (expected bit-identical)"
+        if self.within_bound:
+            return f"{text}: within the expected bound ({reference.why})"
+        named = ", ".join(Path(paths[i]).name for i in self.outside[:5])
+        return f"{text}: {len(self.outside)} image(s) outside the expected bound ({named}); {reference.why}"
+
+
+def compare_with_reference(ours: np.ndarray, theirs: np.ndarray, reference: Reference) -> Agreement:
+    """Compare two batches of the same shape against a reference's bound."""
+    if ours.shape != theirs.shape:
+        raise ValueError(f"shapes differ: {ours.shape} vs {theirs.shape}")
+    diff = np.abs(ours.astype(np.float64) - theirs.astype(np.float64)).reshape(len(ours), -1)
+    fractions = tuple(float(f) for f in (diff > reference.bound).mean(axis=1)) if diff.size else ()
+    return Agreement(
+        identical=ours.tobytes() == theirs.tobytes(),
+        max_abs_diff=float(diff.max()) if diff.size else 0.0,
+        outlier_fractions=fractions,
+        outside=tuple(i for i, f in enumerate(fractions) if f > reference.outlier_fraction),
+    )
+
+
+def run_preprocess(model: str, images: list[str], out: str, preset: str | None, overrides, verify: bool) -> None:
+    card = get_card(model)
+    spec = resolve_preprocess(preset, default=card.preprocess, overrides=parse_overrides(list(overrides)))
+    dataset = records_from_paths(images)
+    paths = [r.path for r in dataset.records]
+    if verify:  # refused before anything is computed or written
+        if spec.name not in PRESETS:
+            raise UserError("--verify compares a named preset with its framework's own code; it cannot check --set "
+                            "overrides")
+        _check_readable_by_reference(spec.name, paths)
+    tensors = preprocess_files(paths, spec)
+    out_path = Path(out)
+    if out_path.suffix != ".npy":  # np.save adds it
+        out_path = out_path.with_name(out_path.name + ".npy")
+    writable_folder(out_path.parent, "--out's folder")
+    try:
+        np.save(out_path, tensors)
+    except OSError as exc:
+        raise UserError(f"--out {out_path}: cannot write it ({exc.strerror or exc})") from None
+    console.info(f"wrote {out_path}: float32 {spec.layout} {tuple(tensors.shape)} ({spec.name}, {spec.channel_order})")
+    if not verify:
+        return
+    theirs, where = reference_tensors(spec.name, paths)
+    if theirs.shape != tensors.shape:
+        raise UserError(f"{where} produced {theirs.shape}, xfverify {tensors.shape}: layouts differ")
+    reference = REFERENCES[spec.name]
+    console.info(f"against {where}: " + compare_with_reference(tensors, theirs, reference).describe(reference, paths))

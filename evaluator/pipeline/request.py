@@ -1,0 +1,27 @@
+"""A run's request resolved: the model card, the preprocessing spec and the dataset, checked together."""
+
+from __future__ import annotations
+
+from xfverify.evaluator.data.layouts import SAMPLE_DIR, Dataset, load_dataset
+from xfverify.evaluator.pipeline.options import NativeOptions, check_run_options
+from xfverify.models.cards import ModelCard, get_card
+from xfverify.models.errors import UserError
+from xfverify.models.overrides import parse_overrides
+from xfverify.models.preprocess import PreprocessSpec, resolve_preprocess
+
+
+def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]:
+    """Resolve the card, the preprocessing and the dataset; validate their combination."""
+    check_run_options(options)
+    card = get_card(options.model)
+    if options.cuda_graphs and card.framework != "torch":
+        raise UserError(f"--cuda-graphs applies to torch models; {card.id} runs in {card.framework}")
+    spec = resolve_preprocess(options.preprocess, default=card.preprocess, overrides=parse_overrides(options.overrides))
+    if spec.layout != card.input_layout:
+        raise UserError(
+            f"preprocessing {spec.name} produces {spec.layout} tensors but {card.id} takes {card.input_layout}: "
+            f"add --set layout={card.input_layout}"
+        )
+    dataset = load_dataset(options.data or SAMPLE_DIR, devkit=options.devkit)
+    dataset = dataset.select(limit=options.limit, per_class=options.per_class)
+    return card, spec, dataset

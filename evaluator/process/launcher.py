@@ -1,0 +1,105 @@
+"""The parent's side of the process boundary: start a framework's worker on a job file, follow it, read its result.
+
+One framework per process (TensorFlow and torchvision crash in one process; GluonCV refuses to import
+beside torch >= 2); the worker side is :mod:`xfverify.evaluator.process.worker`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from xfverify.evaluator.process.registry import BACKENDS
+from xfverify.evaluator.process.events import EVENT_PREFIX, RUN_PID_ENV, USER_ERROR_EXIT
+from xfverify.models.errors import UserError
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker process died of a bug (not a user error); carries its stderr."""
+
+
+def _python_for(framework: str) -> str:
+    """The interpreter for a framework: ``XFVERIFY_PYTHON_<FRAMEWORK>`` if set, else this one."""
+    return os.environ.get(f"XFVERIFY_PYTHON_{framework.upper()}", sys.executable)
+
+
+def run_worker(
+    framework: str,
+    task: str,
+    job: dict[str, Any],
+    *,
+    workdir: str | os.PathLike | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``task`` of ``framework``'s back-end in a fresh process; return its result dict.
+
+    ``on_start`` receives the process (so another thread can stop it); ``on_event`` each progress event.
+    """
+    if framework not in BACKENDS:
+        raise UserError(f"no back-end for framework {framework!r}")
+    own_tmp = None
+    if workdir is None:
+        own_tmp = tempfile.TemporaryDirectory(prefix=f"xfverify-{framework}-")
+        workdir = own_tmp.name
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    job_path = workdir / f"{task}.job.json"
+    result_path = workdir / f"{task}.result.json"
+    error_path = workdir / f"{task}.error.json"
+    for stale in (result_path, error_path):
+        stale.unlink(missing_ok=True)
+    job_path.write_text(
+        json.dumps({"framework": framework, "backend": BACKENDS[framework], "task": task, "workdir": str(workdir),
+                    "job": job}, indent=1)
+    )
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env[RUN_PID_ENV] = str(os.getpid())  # the worker watches this process, even if it dies before the worker starts
+    command = [_python_for(framework), "-m", "xfverify.evaluator.process.worker", str(job_path)]
+    stderr_path = workdir / f"{task}.stderr.txt"
+    try:
+        with open(stderr_path, "w") as stderr_file:
+            try:
+                process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr_file, text=True, env=env)
+            except OSError as exc:
+                raise UserError(
+                    f"cannot start the {framework} worker with {command[0]} ({exc.strerror or exc}): "
+                    f"check XFVERIFY_PYTHON_{framework.upper()}"
+                ) from None
+            if on_start:
+                on_start(process)
+            try:
+                for line in process.stdout:
+                    if line.startswith(EVENT_PREFIX):
+                        if on_event:
+                            on_event(json.loads(line[len(EVENT_PREFIX) :]))
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+            code = process.wait()
+        if code == 0 and result_path.exists():
+            return json.loads(result_path.read_text())
+        if code == USER_ERROR_EXIT and error_path.exists():
+            raise UserError(json.loads(error_path.read_text())["message"])
+        stderr_tail = stderr_path.read_text(errors="replace")[-6000:]
+        if "No module named 'xfverify'" in stderr_tail:
+            raise UserError(
+                f"{command[0]} cannot import xfverify: install it there (pip install 'xfverify[{framework}]') "
+                f"or unset XFVERIFY_PYTHON_{framework.upper()}"
+            )
+        raise WorkerCrashed(
+            f"the {framework} worker ({task}) exited with code {code}; its stderr ends:\n{stderr_tail}"
+        )
+    finally:
+        if own_tmp is not None:
+            own_tmp.cleanup()
+
+

@@ -1,0 +1,78 @@
+"""The decode pool for the ``nvjpeg`` decoder: a torch worker decodes on the GPU, the CPU pool does the rest."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, Callable
+
+from xfverify.evaluator.cache.decoding import decode_chunk, digest_chunk
+from xfverify.models.preprocess import PreprocessSpec
+
+
+class WorkerDecodePool:
+    """The decode pool's interface (submit, shutdown) for the ``nvjpeg`` decoder: the GPU decodes, so one torch
+    worker takes every decode chunk (evaluator/backends/nvjpeg.py) and reports each as it is done; the chunk's
+    digests, and any other task, go to the CPU pool as usual."""
+
+    def __init__(self, spec: PreprocessSpec, cpu_pool: ProcessPoolExecutor, normalisation_keys: list[str]):
+        self.spec, self.cpu_pool, self.keys = spec, cpu_pool, normalisation_keys
+        self.chunks: list[dict] = []
+        self.futures: list[Future] = []
+        self.reported: set[int] = set()
+        self.process = None
+        self.thread: threading.Thread | None = None
+
+    def submit(self, function: Callable, *args: Any) -> Future:
+        if function is not decode_chunk:
+            return self.cpu_pool.submit(function, *args)
+        tmp_path, row, paths = args
+        future: Future = Future()
+        self.chunks.append({"tmp_path": tmp_path, "row": row, "paths": list(paths)})
+        self.futures.append(future)
+        return future
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="xfverify-nvjpeg", daemon=True)
+        self.thread.start()
+
+    def _decoded(self, index: int, bad: list, caveats: list) -> None:
+        """A chunk is in its shard: its digests are computed from the rows the worker wrote, then it is done."""
+        self.reported.add(index)
+        chunk, future = self.chunks[index], self.futures[index]
+        digests = self.cpu_pool.submit(digest_chunk, chunk["tmp_path"], chunk["row"], len(chunk["paths"]), self.keys)
+
+        def finish(done: Future) -> None:
+            if done.exception() is not None:
+                future.set_exception(done.exception())
+            else:
+                future.set_result((bad, caveats, done.result()))
+
+        digests.add_done_callback(finish)
+
+    def _run(self) -> None:
+        from xfverify.evaluator.process.launcher import run_worker
+
+        def on_event(event: dict) -> None:
+            if event.get("event") == "decoded":
+                self._decoded(event["index"], [tuple(i) for i in event["bad"]], [tuple(i) for i in event["caveats"]])
+
+        def on_start(process) -> None:
+            self.process = process
+
+        try:
+            run_worker("torch", "decode_nvjpeg", {"spec": self.spec.to_dict(), "chunks": self.chunks},
+                       on_event=on_event, on_start=on_start)
+            failure: BaseException = RuntimeError("the nvjpeg worker ended without decoding every chunk")
+        except BaseException as exc:  # a UserError (no GPU) or a crash: every waiting chunk gets it
+            failure = exc
+        for index, future in enumerate(self.futures):
+            if index not in self.reported:
+                future.set_exception(failure)
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        if self.thread is not None and wait:
+            self.thread.join()
+        self.cpu_pool.shutdown(wait=wait, cancel_futures=cancel_futures)

@@ -1,0 +1,67 @@
+"""The worker process's side: ``python -m xfverify.evaluator.process.worker JOB.json`` runs one task of one back-end.
+
+The worker imports exactly the back-end module its job file names (the parent's
+:mod:`xfverify.evaluator.process.launcher` chose it). Progress goes to the parent as JSON lines on stdout
+prefixed with ``@xfverify``; a user error (missing weights, no GPU, ...) comes back as ``error.json``
+and exit code 2; any other failure is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from xfverify.evaluator.process.events import RUN_PID_ENV, USER_ERROR_EXIT, milestone
+from xfverify.evaluator.system.orphans import exit_when_orphaned
+from xfverify.models.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Worker entry point: run one job file."""
+    import signal
+
+    milestone("worker_started")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this process
+    exit_when_orphaned(int(os.environ.get(RUN_PID_ENV) or os.getppid()))
+    argv = sys.argv[1:] if argv is None else argv
+    job_path = Path(argv[0])
+    spec = json.loads(job_path.read_text())
+    workdir = Path(spec["workdir"])
+    task = spec["task"]
+    try:
+        try:
+            backend = importlib.import_module(spec["backend"])
+        except ImportError as exc:
+            if (exc.name or "").partition(".")[0] == "xfverify":  # xfverify's own module: a bug, not the environment
+                raise
+            missing = exc.name or str(exc)
+            framework = spec["framework"]  # the package's extras are named after the frameworks
+            raise UserError(
+                f"the {framework} back-end cannot import {missing} in {sys.executable}: "
+                f"pip install 'xfverify[{framework}]' there"
+            ) from None
+        milestone("framework_imported")
+        result = getattr(backend, task)(spec["job"], workdir)
+    except UserError as exc:
+        (workdir / f"{task}.error.json").write_text(json.dumps({"message": str(exc)}))
+        return USER_ERROR_EXIT
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        return 1
+    if hasattr(result, "model_dump_json"):  # the typed results of xfverify.evaluator.process.tasks
+        (workdir / f"{task}.result.json").write_text(result.model_dump_json())
+    else:
+        (workdir / f"{task}.result.json").write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    exit_code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)  # skip interpreter teardown: torch's takes ~2 s, and every result is on disk

@@ -1,0 +1,296 @@
+"""Reports: ``report.json`` (schema-checked), ``report.md``, ``predictions.csv``, and the summary table."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from xfverify.evaluator.analysis.agreement import Agreement
+from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo, LoopTiming, RuntimeInfo
+from xfverify.models.imagenet import class_name
+
+REPORT_VERSION = 1
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class WeightsInfo(_Open):
+    source: str
+    sha256: str
+
+
+class DatasetInfo(_Open):
+    path: str
+    layout: str
+    n_images: int
+    n_labelled: int
+    manifest_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class PublishedInfo(_Open):
+    top1_error: float
+    top5_error: Optional[float]
+    source: str
+
+
+class DeltaInfo(_Open):
+    top1_error: float
+    outside_ci95: bool
+
+
+class TimingInfo(LoopTiming):
+    """The worker's timing, and when each phase of the whole run ended (parent and worker together)."""
+
+    timeline_s: dict[str, float]
+
+
+class CacheInfo(_Open):
+    directory: Optional[str]
+    decoded: int
+    digested: int = Field(default=0, description="images of shards already built whose fed-tensor digests this run computed")
+    reused_shards: int
+    built_shards: int
+    rebuilt_corrupt_shards: int
+    decode_s: float
+    decode_images_per_s: float
+    workers: int
+
+
+class SkippedImage(_Open):
+    image_id: str
+    path: str
+    reason: str
+
+
+class NativeReport(BaseModel):
+    """What ``report.json`` of ``xfverify native`` holds (extra keys are refused, so the schema stays honest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    report_version: int = REPORT_VERSION
+    kind: str = "native"
+    model: str
+    architecture: str
+    builder: str
+    random_weights: bool
+    framework: FrameworkInfo
+    device: DeviceInfo
+    precision: dict[str, Any]
+    weights: WeightsInfo
+    preprocess: dict[str, Any]
+    dataset: DatasetInfo
+    tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # None in reports of earlier versions, which an `onnx --against` may read
+    tensor_proof: Optional[str] = Field(default=None, description="how the fed tensors were proven to be tensors_sha256's")
+    batch_size: Optional[int] = None
+    batch_size_source: Optional[str] = Field(default=None, description='"--batch-size", or "default for <device type>"')
+    output: str
+    top1_error: Optional[float]
+    top5_error: Optional[float]
+    top1_error_ci95: Optional[list[float]]
+    top5_error_ci95: Optional[list[float]]
+    n_scored: int
+    published: Optional[PublishedInfo]
+    other_published: list[PublishedInfo]
+    delta_vs_published: Optional[DeltaInfo]
+    real_labels: Optional[dict[str, Any]]
+    timing: TimingInfo
+    cache: CacheInfo
+    skipped_images: list[SkippedImage]
+    notes: list[str]
+    created: str
+    xfverify_version: str
+
+
+class OnnxInfo(_Open):
+    """The ONNX file: the converter's description, how it was made (or that it is a user's), cache use."""
+
+    source: str  # "export" or "file"
+    exporter: str
+    exporter_version: str
+    opset: int
+    output_kind: str
+    from_cache: Optional[bool] = None
+    export_s: Optional[float] = None
+    description: dict[str, Any]
+
+
+class NativeReference(_Open):
+    """The native run an ONNX run is compared with."""
+
+    folder: str
+    framework: FrameworkInfo
+    device: DeviceInfo
+    top1_error: Optional[float]
+    top5_error: Optional[float]
+    tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    compute_s: float
+    images_per_s: Optional[float]
+
+
+class OnnxReport(NativeReport):
+    """``report.json`` of ``xfverify onnx``: the native report's fields for the ONNX Runtime run, and the
+    runtime, the file, the native run it is compared with, the time ratio and the agreement."""
+
+    kind: str = "onnx"
+    runtime: RuntimeInfo
+    onnx: OnnxInfo
+    native: Optional[NativeReference]
+    onnx_over_native_time: Optional[float] = Field(description="compute seconds, ONNX Runtime / native")
+    agreement: Optional[Agreement]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's row of predictions.csv (and of the terminal's predictions table)."""
+
+    image_id: str
+    labels: tuple[int, ...]
+    top5: tuple[int, ...]  # empty when the image was skipped
+    status: str  # correct, wrong, unlabelled or skipped
+
+    @property
+    def top1_name(self) -> str:
+        return class_name(self.top5[0]) if self.top5 else ""
+
+
+def predictions(image_ids, labels, topk: np.ndarray, skipped: set[int]) -> list[Prediction]:
+    """Each image's top-5 and whether its top-1 is one of its acceptable labels."""
+    rows = []
+    for row, image_id in enumerate(image_ids):
+        if row in skipped:
+            rows.append(Prediction(image_id, tuple(labels[row]), (), "skipped"))
+            continue
+        top5 = tuple(int(v) for v in topk[row])
+        status = "unlabelled" if not labels[row] else ("correct" if top5[0] in labels[row] else "wrong")
+        rows.append(Prediction(image_id, tuple(labels[row]), top5, status))
+    return rows
+
+
+def write_predictions(path: Path, rows: list[Prediction]) -> None:
+    """predictions.csv: image id, acceptable label(s), top-5 class indices, top-1 name, status."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_id", "labels", "top5", "top1_name", "status"])
+        for row in rows:
+            writer.writerow([row.image_id, " ".join(map(str, row.labels)), " ".join(map(str, row.top5)),
+                             row.top1_name, row.status])
+
+
+def _fmt(value: Optional[float], digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def summary_rows(report: NativeReport) -> list[tuple[str, str]]:
+    """(label, value) pairs shared by the terminal table and report.md."""
+    ci = report.top1_error_ci95
+    timing = report.timing
+    rows = [
+        ("model", report.model + ("  [RANDOM WEIGHTS]" if report.random_weights else "")),
+        ("framework", f"{report.framework.name} {report.framework.version}"),
+        ("device / precision", f"{report.device.name or report.device.type} / {report.precision['requested']}"),
+        ("preprocess", report.preprocess["name"]),
+        ("images scored", f"{report.n_scored} of {report.dataset.n_images} ({report.dataset.layout})"),
+        ("top-1 error %", f"{_fmt(report.top1_error)}" + (f"  (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")),
+        ("top-5 error %", _fmt(report.top5_error)),
+    ]
+    if report.published:
+        rows.append(("published top-1 %", f"{report.published.top1_error:.2f}  ({report.published.source})"))
+    if report.delta_vs_published:
+        delta = report.delta_vs_published
+        verdict = "outside the 95% CI" if delta.outside_ci95 else "within the 95% CI"
+        rows.append(("delta vs published", f"{delta.top1_error:+.2f} points, {verdict}"))
+    if report.real_labels:
+        rows.append(("ReaL top-1 error %", _fmt(report.real_labels["top1_error"])))
+    rows += [
+        ("throughput", f"{_fmt(timing.images_per_s, 1)} img/s; wall {timing.wall_s:.2f} s"),
+        ("data wait / compute", f"{timing.data_wait_s:.2f} s / {timing.compute_s:.2f} s"),
+        ("batch latency", f"{_fmt(timing.batch_ms_mean)} ± {_fmt(timing.batch_ms_std)} ms"
+                          + (f" at batch {report.batch_size} ({report.batch_size_source})" if report.batch_size else "")),
+    ]
+    if timing.timeline_s:
+        last = max(timing.timeline_s.values())
+        ready = timing.timeline_s.get("warmed_up", timing.timeline_s.get("model_ready"))
+        rows.append(("whole run", f"{last:.2f} s" + (f" (model ready after {ready:.2f} s)" if ready is not None else "")))
+    rows += [
+        ("decode (cache)", f"{report.cache.decoded} decoded, {report.cache.reused_shards} shard(s) reused"
+                           + (f", {report.cache.digested} digested" if report.cache.digested else "")),
+        ("tensors sha256", report.tensors_sha256[:16] + "…" + (f" ({report.tensor_proof})" if report.tensor_proof else "")),
+    ]
+    if report.skipped_images:
+        rows.append(("skipped images", str(len(report.skipped_images))))
+    if isinstance(report, OnnxReport):
+        rows += onnx_rows(report)
+    return rows
+
+
+def onnx_rows(report: OnnxReport) -> list[tuple[str, str]]:
+    """The rows only an ONNX report has: runtime, file, the native run and the agreement with it."""
+    runtime, onnx = report.runtime, report.onnx
+    rows = [
+        ("runtime", f"{runtime.name} {runtime.version} on {', '.join(runtime.providers)} "
+                    f"(asked: {', '.join(runtime.requested_providers)})"),
+        ("onnx file", f"{onnx.exporter} ({onnx.exporter_version}), opset {onnx.opset}, {onnx.output_kind}"
+                      + (", from the export cache" if onnx.from_cache else "")),
+    ]
+    if report.native:
+        native = report.native
+        rows.append(("native run", f"{native.framework.name} {native.framework.version} on {native.device.type}: "
+                                   f"top-1 error {_fmt(native.top1_error)} %, {native.folder}"))
+    if report.onnx_over_native_time is not None:
+        rows.append(("ONNX / native time", f"{report.onnx_over_native_time:.2f}x (compute)"))
+    if report.agreement:
+        agreement = report.agreement
+        scaled = agreement.max_abs_diff_over_max_abs_logit
+        rows += [
+            ("top-1 agreement", f"{agreement.top1_agreement:.2f} % ({agreement.n_flips} flips of "
+                                f"{agreement.n_compared}; McNemar p = {agreement.mcnemar_p:.3g})"),
+            (f"max |diff| ({agreement.compared})", f"{agreement.max_abs_logit_diff:.3g}"
+             + (f" ({scaled:.2g} x the largest |native output|)" if scaled is not None else "")),
+            ("within tolerance", f"{100 * agreement.within_tolerance:.3f} % of elements "
+                                 f"(atol {agreement.atol:.3g}, rtol {agreement.rtol:g})"),
+        ]
+    return rows
+
+
+def write_markdown(path: Path, report: NativeReport, rows: list[Prediction]) -> None:
+    """report.md: the summary, the resolved spec, where the time went, notes, skipped images, first predictions."""
+    lines = [f"# xfverify {report.kind}: {report.model}", ""]
+    if report.random_weights:
+        lines += ["> **RANDOM WEIGHTS: these numbers say nothing about the pretrained model.**", ""]
+    lines += ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary_rows(report)]
+    lines += ["", "## Preprocessing (resolved)", "", "```json", json.dumps(report.preprocess, indent=2), "```"]
+    if report.timing.timeline_s:
+        lines += ["", "## Where the time went", "", "Seconds since the run began when each phase ended "
+                  "(decoding and the framework worker run side by side):", ""]
+        lines += [f"- {at:8.3f} s  {name.replace('_', ' ')}" for name, at in report.timing.timeline_s.items()]
+    if isinstance(report, OnnxReport) and report.agreement and report.agreement.flips:
+        lines += ["", "## Top-1 flips (native -> ONNX)", ""]
+        lines += [f"- `{f.image_id}`: {f.native_top1} -> {f.onnx_top1}, labels {f.labels}, right: {f.right}"
+                  for f in report.agreement.flips]
+    if report.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
+    if report.skipped_images:
+        lines += ["", "## Skipped images", ""] + [f"- `{s.path}`: {s.reason}" for s in report.skipped_images]
+    preview = [
+        f"- `{row.image_id}`: {row.top1_name} ({row.top5[0]})" + (f", labels {list(row.labels)}" if row.labels else "")
+        for row in rows[:10]
+        if row.top5
+    ]
+    if preview:
+        lines += ["", "## First predictions", ""] + preview
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_report(out_dir: Path, report: NativeReport) -> None:
+    """report.json (the schema was checked when the report was built)."""
+    (out_dir / "report.json").write_text(report.model_dump_json(indent=2) + "\n")

@@ -1,0 +1,46 @@
+"""What a back-end says about the machine: the CPU's name, and a GPU the framework could not use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def nvjpeg_on_cpu() -> bool:
+    """``XFVERIFY_NVJPEG_DEVICE=cpu``: the nvjpeg decoder runs torchvision's CPU decoder instead (for tests)."""
+    return os.environ.get("XFVERIFY_NVJPEG_DEVICE") == "cpu"
+
+
+def ort_fed_on_device() -> bool:
+    """``XFVERIFY_ORT_FEED=device``: ONNX Runtime takes its GPU feed (uint8, IO binding) on the CPU too (for tests)."""
+    return os.environ.get("XFVERIFY_ORT_FEED") == "device"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (what a speed number on the CPU depends on)."""
+    import platform
+
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return name or platform.processor() or platform.machine()
+
+
+def cpu_name() -> str:
+    """The CPU's model name with the core count."""
+    return f"{cpu_model()} ({os.cpu_count()} cores)"
+
+
+def nvidia_gpus(root: Path = Path("/proc/driver/nvidia/gpus")) -> list[str]:
+    """Model names of the NVIDIA GPUs the kernel driver reports, found without any framework ([] without one)."""
+    names = []
+    for info in sorted(root.glob("*/information")):
+        try:
+            lines = info.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        names += [line.split(":", 1)[1].strip() for line in lines if line.startswith("Model:")]
+    return names
