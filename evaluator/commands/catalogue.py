@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import click
-
 import json
 
-from xfverify.models.errors import UserError
+import click
+
 from xfverify.evaluator.commands.options import CONTEXT
+from xfverify.models.errors import UserError
 
 
 @click.command("models", context_settings=CONTEXT)

@@ -7,10 +7,9 @@ import sys
 import click
 
 from xfverify import __version__
-from xfverify.models.errors import UserError
-
 from xfverify.evaluator.commands import catalogue, diagnose, native, onnx, preprocess
 from xfverify.evaluator.commands.options import CONTEXT
+from xfverify.models.errors import UserError
 
 
 @click.group(context_settings=CONTEXT)

@@ -26,9 +26,9 @@ def diagnose_command(model, **kwargs) -> None:
     """Evaluate MODEL under its reference preprocessing and under named variants on the same images; report each
     variant's paired difference (flips, McNemar p, 95% interval) and the decomposition of the gap to the published
     error (report.json, report.md, report.html)."""
-    from xfverify.evaluator.system import console
     from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, run_diagnose
     from xfverify.evaluator.pipeline.options import DEFAULT_MODEL
+    from xfverify.evaluator.system import console
 
     kwargs["spec_files"] = tuple(kwargs["spec_files"])
     report, out_dir = run_diagnose(DiagnoseOptions(model=DEFAULT_MODEL if model is None else model, **kwargs))

@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from xfverify.evaluator.commands import output
-from xfverify.evaluator.commands.options import CONTEXT, MODEL_RUN_OPTIONS, SUBSET_OPTIONS, model_id, option_group, preprocess_options
+from xfverify.evaluator.commands.options import (
+    CONTEXT,
+    MODEL_RUN_OPTIONS,
+    SUBSET_OPTIONS,
+    model_id,
+    option_group,
+    preprocess_options,
+)
 
 
 @click.command("native", context_settings=CONTEXT)
@@ -22,10 +29,10 @@ from xfverify.evaluator.commands.options import CONTEXT, MODEL_RUN_OPTIONS, SUBS
 @click.option("--cuda-graphs", is_flag=True, help="torch on a GPU: capture the forward pass of full batches in a CUDA graph and replay it (same kernels, checked bit-identical to eager; removes Python launch overhead at small batches).")
 def native_command(model, **kwargs) -> None:
     """Evaluate MODEL in its own framework with its reference preprocessing (default: pypi/efficientnet_lite0 on the embedded sample)."""
-    from xfverify.evaluator.system import console
     from xfverify.evaluator.pipeline.native import run_native
     from xfverify.evaluator.pipeline.options import DEFAULT_MODEL, NativeOptions
     from xfverify.evaluator.reports.native import summary_rows
+    from xfverify.evaluator.system import console
 
     kwargs["overrides"] = tuple(kwargs["overrides"])
     options = NativeOptions(model=DEFAULT_MODEL if model is None else model, **kwargs)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import click
 
+from xfverify.evaluator.analysis.agreement import ATOL_FRACTION, RTOL
 from xfverify.evaluator.commands import output
-from xfverify.evaluator.commands.options import CONTEXT, MODEL_RUN_OPTIONS, SUBSET_OPTIONS, model_id, option_group, preprocess_options
+from xfverify.evaluator.commands.options import (
+    CONTEXT,
+    MODEL_RUN_OPTIONS,
+    SUBSET_OPTIONS,
+    model_id,
+    option_group,
+    preprocess_options,
+)
 
 
 @click.command("onnx", context_settings=CONTEXT)
@@ -21,16 +29,15 @@ from xfverify.evaluator.commands.options import CONTEXT, MODEL_RUN_OPTIONS, SUBS
 @option_group(*SUBSET_OPTIONS)
 @option_group(*MODEL_RUN_OPTIONS)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor and export cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance, as a fraction of the largest |native output|.")
-@click.option("--rtol", type=float, default=1e-3, show_default=True, help="Relative tolerance (an element fails only over both, as in Polygraphy).")
+@click.option("--atol", type=float, default=ATOL_FRACTION, show_default=True, help="Absolute tolerance, as a fraction of the largest |native output|.")
+@click.option("--rtol", type=float, default=RTOL, show_default=True, help="Relative tolerance (an element fails only over both, as in Polygraphy).")
 def onnx_command(target, **kwargs) -> None:
     """Run MODEL's ONNX export (or a user's FILE.onnx, with --preprocess) under ONNX Runtime on exactly the tensors
     of a native run, and compare: errors, time, top-1 agreement and output differences."""
-    from xfverify.evaluator.system import console
-    from xfverify.evaluator.pipeline.options import DEFAULT_MODEL
     from xfverify.evaluator.pipeline.onnx import run_onnx
-    from xfverify.evaluator.pipeline.options import OnnxOptions
+    from xfverify.evaluator.pipeline.options import DEFAULT_MODEL, OnnxOptions
     from xfverify.evaluator.reports.native import summary_rows
+    from xfverify.evaluator.system import console
 
     kwargs["overrides"] = tuple(kwargs["overrides"])
     run = run_onnx(OnnxOptions(target=DEFAULT_MODEL if target is None else target, **kwargs))

@@ -51,7 +51,6 @@ from xfverify.models.preprocess import PreprocessSpec
 from xfverify.models.variants import GPU_ONLY, Variant, card_variants, precision_variants, select_variants, user_variant
 
 
-
 @dataclass
 class DiagnoseOptions(NativeOptions):
     """Everything ``xfverify diagnose`` can be asked: a native run's options, the variants, the runtime axis."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -14,9 +14,9 @@ import numpy as np
 from xfverify.evaluator.analysis.metrics import top_k
 from xfverify.evaluator.cache.store import BuildCancelled, TensorCache, default_cache_root
 from xfverify.evaluator.data.layouts import Dataset
+from xfverify.evaluator.pipeline.options import RunOptions
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.nvjpeg_pool import WorkerDecodePool
-from xfverify.evaluator.pipeline.options import RunOptions
 from xfverify.evaluator.process.tasks import DataPart, EvaluateJob, WorkerResult
 from xfverify.evaluator.system import console
 from xfverify.evaluator.system.files import atomic_write_text, writable_folder

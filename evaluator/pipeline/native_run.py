@@ -13,8 +13,14 @@ from pydantic import ValidationError
 
 from xfverify.evaluator.data.layouts import Dataset
 from xfverify.evaluator.pipeline.evaluation import CachedRun
-from xfverify.evaluator.reports.native import (NativeReport, Prediction, predictions, write_markdown,
-                                               write_predictions, write_report)
+from xfverify.evaluator.reports.native import (
+    NativeReport,
+    Prediction,
+    predictions,
+    write_markdown,
+    write_predictions,
+    write_report,
+)
 from xfverify.models.errors import UserError
 from xfverify.models.imagenet import NUM_CLASSES
 from xfverify.models.preprocess import PreprocessSpec, spec_from_dict

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from xfverify.evaluator.analysis.agreement import ATOL_FRACTION, RTOL
 from xfverify.models.errors import UserError
 
-
 DEFAULT_MODEL = "pypi/efficientnet_lite0"
 
 

@@ -7,17 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from xfverify.evaluator.system import console
-from xfverify.evaluator.data.layouts import records_from_paths
-from xfverify.evaluator.system.files import writable_folder
+
 from xfverify.evaluator.data.imaging import BadImageError, load_geometry
-from xfverify.evaluator.process.tasks import ReferenceJob, ReferenceResult
-from xfverify.evaluator.process.launcher import run_worker
+from xfverify.evaluator.data.layouts import records_from_paths
 from xfverify.evaluator.data.normalise import normalise
-from xfverify.models.overrides import parse_overrides
+from xfverify.evaluator.process.launcher import run_worker
+from xfverify.evaluator.process.tasks import ReferenceJob, ReferenceResult
 from xfverify.evaluator.references import REFERENCES, Reference
+from xfverify.evaluator.system import console
+from xfverify.evaluator.system.files import writable_folder
 from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError
+from xfverify.models.overrides import parse_overrides
 from xfverify.models.preprocess import PRESETS, PreprocessSpec, resolve_preprocess
 
 

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from xfverify.evaluator.process.registry import BACKENDS
 from xfverify.evaluator.process.events import EVENT_PREFIX, RUN_PID_ENV, USER_ERROR_EXIT
+from xfverify.evaluator.process.registry import BACKENDS
 from xfverify.models.errors import UserError
 
 

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
 
-
 TensorProof = Literal["hashed on host", "device checksums against digests stored at cache build"]
 
 

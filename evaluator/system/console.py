@@ -11,7 +11,6 @@ from typing import Callable, Iterator, NoReturn
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 # Off a terminal (a pipe, a log file) nothing limits the width: wide tables keep one line per row.
 console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
