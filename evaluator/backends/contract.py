@@ -250,7 +250,7 @@ def export(backend: Backend, job: ExportJob) -> ExportOutcome:
         Path(job.cache_root), card.id, weights_key, exporter, version, opset,
         lambda path: backend.export_onnx(model, path, opset, tuple(job.hw), device),
     )
-    return ExportOutcome(framework=backend.describe(), weights=weights, export=result.model_dump(mode="json"),
+    return ExportOutcome(framework=backend.describe(), weights=weights, export=result,
                          from_cache=from_cache)
 
 

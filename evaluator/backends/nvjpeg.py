@@ -26,7 +26,7 @@ from xfverify.evaluator.data.imaging import (
     decode_pil_noting,
     read_image_bytes,
 )
-from xfverify.evaluator.process.tasks import DecodeJob
+from xfverify.evaluator.process.tasks import DecodeDone, DecodeJob
 from xfverify.evaluator.process.events import emit
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import spec_from_dict
@@ -41,7 +41,7 @@ def decode_device() -> torch.device:
     return torch.device("cuda")
 
 
-def decode_nvjpeg(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
+def decode_nvjpeg(job: dict[str, Any], workdir: Path) -> DecodeDone:
     """Decode every chunk of the job into its shard's rows; one ``decoded`` event per chunk."""
     request = DecodeJob.model_validate(job)
     spec = spec_from_dict(request.spec)
@@ -62,7 +62,7 @@ def decode_nvjpeg(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         emit("decoded", index=index, bad=bad, caveats=caveats)
     for target in shards.values():
         target.flush()
-    return {"chunks": len(request.chunks), "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+    return DecodeDone(chunks=len(request.chunks), device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
 
 
 def _decoded(paths: list[str], device: torch.device) -> list[tuple[Any, str | None]]:

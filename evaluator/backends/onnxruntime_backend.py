@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from xfverify.converter.description import OnnxDescription
 from xfverify.evaluator.backends.contract import Backend, Device, HostStep, worker_tasks
 from xfverify.evaluator.system.devices import cpu_name, nvidia_gpus, ort_fed_on_device
 from xfverify.evaluator.backends.weights import exception_text, sha256_file
@@ -303,7 +304,7 @@ def _cuda_did_not_load() -> str:
             "--provider cpu or auto")
 
 
-def describe_onnx(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
+def describe_onnx(job: dict[str, Any], workdir: Path) -> OnnxDescription:
     """A user's ONNX file, checked (onnx's full checker, shape inference) and described for the report."""
     from xfverify.converter.onnx_file import check, describe
 
@@ -311,7 +312,7 @@ def describe_onnx(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     check(Path(request.path))
     found = describe(Path(request.path), "", "", request.layout)
     return found.model_copy(update={"exporter": found.producer_name or "unknown",
-                                    "exporter_version": found.producer_version}).model_dump(mode="json")
+                                    "exporter_version": found.producer_version})
 
 
 evaluate = worker_tasks(OnnxRuntimeBackend).evaluate

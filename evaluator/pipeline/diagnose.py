@@ -41,6 +41,7 @@ from xfverify.evaluator.pipeline.onnx import run_onnx
 from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions
 from xfverify.evaluator.pipeline.outdir import default_out_dir, earlier_outputs_note, in_owned_folder
 from xfverify.evaluator.pipeline.request import prepare
+from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.tasks import EvaluateJob, EvaluateManyJob, EvaluateManyResult, VariantPart
 from xfverify.evaluator.reports.diagnose import OUTPUTS, DiagnoseReport, decomposition, write_diagnose_outputs
@@ -217,20 +218,20 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
             timeline["decode_done"] = time.time()
             return built
 
-        def on_event(event: dict) -> None:
-            if event.get("event") == "progress":
-                infer_progress(current["variant"] * total + event["done"], total * len(variants))
-            elif event.get("event") == "variant":
-                current["variant"] = event["index"]
-                console.info(f"variant {event['index'] + 1} of {event['total']}: {event['name']}")
-            elif event.get("event") == "status":
-                console.info(event["message"])
+        def on_event(event: Event) -> None:
+            if event.event == "progress":
+                infer_progress(current["variant"] * total + event.done, total * len(variants))
+            elif event.event == "variant":
+                current["variant"] = event.index
+                console.info(f"variant {event.index + 1} of {event.total}: {event.name}")
+            elif event.event == "status":
+                console.info(event.message)
 
         built, outcome = worker_beside_build(
             build, cancel, timeline,
-            lambda on_start: run_worker(card.framework, "evaluate_many", job.model_dump(), workdir=workdir,
+            lambda on_start: run_worker(card.framework, job, workdir=workdir,
                                         on_event=on_event, on_start=on_start))
-        result = EvaluateManyResult.model_validate(outcome)
+        result: EvaluateManyResult = outcome
     runs = []
     for variant, spec, worker_result in zip(variants, specs, result.results):
         cached, stats = built[spec.geometry_key()]

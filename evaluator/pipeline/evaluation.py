@@ -15,6 +15,7 @@ from xfverify.evaluator.analysis.metrics import top_k
 from xfverify.evaluator.cache.store import BuildCancelled, TensorCache, default_cache_root
 from xfverify.evaluator.data.layouts import Dataset
 from xfverify.evaluator.pipeline.options import RunOptions
+from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.nvjpeg_pool import WorkerDecodePool
 from xfverify.evaluator.process.tasks import DataPart, EvaluateJob, WorkerResult
@@ -139,17 +140,16 @@ def decode_and_infer(cache, dataset, framework, job, workdir, options, decode_pr
         timeline["decode_done"] = time.time()
         return built
 
-    def on_event(event: dict) -> None:
-        if event.get("event") == "progress":
-            infer_progress(event["done"], event["total"])
-        elif event.get("event") == "status":
-            console.info(event["message"])
+    def on_event(event: Event) -> None:
+        if event.event == "progress":
+            infer_progress(event.done, event.total)
+        elif event.event == "status":
+            console.info(event.message)
 
     (cached, stats), result = worker_beside_build(
         build, cancel, timeline,
-        lambda on_start: run_worker(framework, "evaluate", job.model_dump(), workdir=workdir, on_event=on_event,
-                                    on_start=on_start))
-    return cached, stats, WorkerResult.model_validate(result)
+        lambda on_start: run_worker(framework, job, workdir=workdir, on_event=on_event, on_start=on_start))
+    return cached, stats, result
 
 
 def worker_beside_build(build: Callable[[], Built], cancel: threading.Event, timeline: dict[str, float],

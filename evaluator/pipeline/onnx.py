@@ -28,6 +28,8 @@ from xfverify.evaluator.pipeline.native_run import (
 from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions, RunOptions, check_run_options
 from xfverify.evaluator.pipeline.outdir import default_out_dir, earlier_outputs_note, in_owned_folder
 from xfverify.evaluator.pipeline.request import prepare
+from xfverify.converter.description import OnnxDescription
+from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.tasks import EvaluateJob, ExportJob, ExportOutcome, OnnxFileJob
 from xfverify.evaluator.reports.native import NativeReport, OnnxReport
@@ -86,21 +88,21 @@ def _export(options: OnnxOptions, native: NativeOnDisk, hw: tuple[int, int]) -> 
         seed=getattr(report.weights, "seed", options.seed) if report.random_weights else options.seed,
     )
     console.info(f"exporting {card.id} to ONNX in the {card.framework} worker")
-    outcome = ExportOutcome.model_validate(run_worker(card.framework, "export", job.model_dump(), on_event=_status))
+    outcome: ExportOutcome = run_worker(card.framework, job, on_event=_status)
     if outcome.weights["sha256"] != report.weights.sha256:
         raise UserError(f"the export's weights ({outcome.weights['sha256'][:16]}) are not the native run's "
                         f"({report.weights.sha256[:16]}, {native.folder}): give the same --weights, or run without --against")
     return outcome
 
 
-def _describe_file(path: str, layout: str) -> dict:
+def _describe_file(path: str, layout: str) -> OnnxDescription:
     """A user's ONNX file checked and described in the ONNX Runtime worker (a bad file: one line)."""
-    return run_worker("onnxruntime", "describe_onnx", OnnxFileJob(path=path, layout=layout).model_dump())
+    return run_worker("onnxruntime", OnnxFileJob(path=path, layout=layout))
 
 
-def _status(event: dict) -> None:
-    if event.get("event") == "status":
-        console.info(event["message"])
+def _status(event: Event) -> None:
+    if event.event == "status":
+        console.info(event.message)
 
 
 def run_onnx(options: OnnxOptions) -> NativeRun:
@@ -151,17 +153,16 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
     hw = spec_hw(spec)
     if card:
         outcome = _export(options, native, hw)
-        onnx_path, description = outcome.onnx_path, outcome.export["description"]
-        onnx_info = {"source": "export", "exporter": outcome.export["exporter"],
-                     "exporter_version": outcome.export["exporter_version"], "opset": outcome.export["opset"],
-                     "output_kind": outcome.output_kind, "from_cache": outcome.from_cache,
-                     "export_s": outcome.export["seconds"], "description": description,
-                     "notes": list(outcome.export.get("notes", []))}
+        export = outcome.export
+        onnx_path = outcome.onnx_path
+        onnx_info = {"source": "export", "exporter": export.exporter, "exporter_version": export.exporter_version,
+                     "opset": export.opset, "output_kind": export.output_kind, "from_cache": outcome.from_cache,
+                     "export_s": export.seconds, "description": export.description, "notes": list(export.notes)}
     else:
         onnx_path = os.path.abspath(options.target)
         description = _describe_file(onnx_path, spec.layout)
-        onnx_info = {"source": "file", "exporter": description["exporter"],
-                     "exporter_version": description["exporter_version"], "opset": _opset(description),
+        onnx_info = {"source": "file", "exporter": description.exporter,
+                     "exporter_version": description.exporter_version, "opset": description.opset,
                      "output_kind": "as the file computes it", "description": description}
     timeline["onnx_ready"] = time.time()
     console.info(f"{name_of(options)}: ONNX Runtime on {len(dataset)} images from {dataset.root}; preprocessing {spec.name}")
@@ -201,11 +202,6 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
 
 def name_of(options: OnnxOptions) -> str:
     return Path(options.target).name if options.is_file else options.target
-
-
-def _opset(description: dict) -> int:
-    opsets = description["opsets"]
-    return int(opsets.get("", opsets.get("ai.onnx", 0)))
 
 
 def _native_reference(native: NativeOnDisk | None) -> dict | None:

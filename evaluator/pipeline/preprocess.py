@@ -12,7 +12,7 @@ from xfverify.evaluator.data.imaging import BadImageError, load_geometry
 from xfverify.evaluator.data.layouts import records_from_paths
 from xfverify.evaluator.data.normalise import normalise
 from xfverify.evaluator.process.launcher import run_worker
-from xfverify.evaluator.process.tasks import ReferenceJob, ReferenceResult
+from xfverify.evaluator.process.tasks import ReferenceJob
 from xfverify.evaluator.references import REFERENCES, Reference
 from xfverify.evaluator.system import console
 from xfverify.evaluator.system.files import writable_folder
@@ -44,9 +44,7 @@ def reference_tensors(preset: str, paths: list[str]) -> tuple[np.ndarray, str]:
         raise UserError(f"no framework reference pipeline is known for preset {preset!r}")
     with tempfile.TemporaryDirectory(prefix=f"xfverify-{reference.framework}-") as workdir:
         job = ReferenceJob(preset=preset, paths=paths)
-        result = ReferenceResult.model_validate(
-            run_worker(reference.framework, "reference_preprocess", job.model_dump(), workdir=workdir)
-        )
+        result = run_worker(reference.framework, job, workdir=workdir)
         batch = np.load(result.path)
     if result.layout != PRESETS[preset].layout:
         batch = np.ascontiguousarray(batch.transpose((0, 3, 1, 2) if result.layout == "NHWC" else (0, 2, 3, 1)))

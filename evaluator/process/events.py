@@ -3,9 +3,10 @@ when each phase ended, the exit code of a user error, and the run a worker must 
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict
 
 EVENT_PREFIX = "@xfverify "
 USER_ERROR_EXIT = 2  # a user-caused failure: error.json holds its one line
@@ -25,6 +26,30 @@ def milestones() -> dict[str, float]:
     return dict(_MILESTONES)
 
 
-def emit(event: str, **fields: Any) -> None:
-    """Worker side: send a progress event to the parent."""
-    print(EVENT_PREFIX + json.dumps({"event": event, **fields}), flush=True)
+class Event(BaseModel):
+    """One line a worker sends while it runs: ``progress`` (done of total images), ``status`` (a message for the
+    user), ``variant`` (pass ``index`` of ``total``, named ``name``, begins) or ``decoded`` (decode chunk ``index``
+    is in its shard; its bad rows and caveats as (row, reason) pairs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: Literal["progress", "status", "variant", "decoded"]
+    done: Optional[int] = None
+    total: Optional[int] = None
+    message: Optional[str] = None
+    index: Optional[int] = None
+    name: Optional[str] = None
+    bad: Optional[list[tuple[int, str]]] = None
+    caveats: Optional[list[tuple[int, str]]] = None
+
+
+def emit(event: str, **fields) -> None:
+    """Worker side: send an event to the parent (checked against :class:`Event` first)."""
+    print(EVENT_PREFIX + Event(event=event, **fields).model_dump_json(exclude_none=True), flush=True)
+
+
+def parsed_event(line: str) -> Event | None:
+    """Parent side: the event a line of the worker's stdout carries (None for any other output)."""
+    if not line.startswith(EVENT_PREFIX):
+        return None
+    return Event.model_validate_json(line[len(EVENT_PREFIX):])

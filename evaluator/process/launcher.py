@@ -12,10 +12,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, TypeVar
 
-from xfverify.evaluator.process.events import EVENT_PREFIX, RUN_PID_ENV, USER_ERROR_EXIT
+from pydantic import BaseModel
+
+from xfverify.evaluator.process.events import RUN_PID_ENV, USER_ERROR_EXIT, Event, parsed_event
 from xfverify.evaluator.process.registry import BACKENDS
+from xfverify.evaluator.process.tasks import TASKS
 from xfverify.models.errors import UserError
 
 
@@ -28,21 +31,26 @@ def _python_for(framework: str) -> str:
     return os.environ.get(f"XFVERIFY_PYTHON_{framework.upper()}", sys.executable)
 
 
+Result = TypeVar("Result", bound=BaseModel)
+
+
 def run_worker(
     framework: str,
-    task: str,
-    job: dict[str, Any],
+    job: BaseModel,
     *,
     workdir: str | os.PathLike | None = None,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_event: Callable[[Event], None] | None = None,
     on_start: Callable[[subprocess.Popen], None] | None = None,
-) -> dict[str, Any]:
-    """Run ``task`` of ``framework``'s back-end in a fresh process; return its result dict.
+) -> BaseModel:
+    """Run the task that takes ``job`` (:data:`~xfverify.evaluator.process.tasks.TASKS`) in a fresh process of
+    ``framework``'s back-end; return its typed result.
 
-    ``on_start`` receives the process (so another thread can stop it); ``on_event`` each progress event.
+    ``on_start`` receives the process (so another thread can stop it); ``on_event`` each event it sends.
     """
     if framework not in BACKENDS:
         raise UserError(f"no back-end for framework {framework!r}")
+    task_type = TASKS[type(job)]
+    task = task_type.name
     own_tmp = None
     if workdir is None:
         own_tmp = tempfile.TemporaryDirectory(prefix=f"xfverify-{framework}-")
@@ -56,7 +64,7 @@ def run_worker(
         stale.unlink(missing_ok=True)
     job_path.write_text(
         json.dumps({"framework": framework, "backend": BACKENDS[framework], "task": task, "workdir": str(workdir),
-                    "job": job}, indent=1)
+                    "job": job.model_dump(mode="json")}, indent=1)
     )
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -77,16 +85,16 @@ def run_worker(
                 on_start(process)
             try:
                 for line in process.stdout:
-                    if line.startswith(EVENT_PREFIX):
-                        if on_event:
-                            on_event(json.loads(line[len(EVENT_PREFIX) :]))
+                    event = parsed_event(line)
+                    if event is not None and on_event:
+                        on_event(event)
             except BaseException:
                 process.kill()
                 process.wait()
                 raise
             code = process.wait()
         if code == 0 and result_path.exists():
-            return json.loads(result_path.read_text())
+            return task_type.result.model_validate_json(result_path.read_text())
         if code == USER_ERROR_EXIT and error_path.exists():
             raise UserError(json.loads(error_path.read_text())["message"])
         stderr_tail = stderr_path.read_text(errors="replace")[-6000:]

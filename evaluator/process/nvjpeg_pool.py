@@ -7,6 +7,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable
 
 from xfverify.evaluator.cache.decoding import decode_chunk, digest_chunk
+from xfverify.evaluator.process.events import Event
+from xfverify.evaluator.process.tasks import DecodeChunk, DecodeJob
 from xfverify.models.preprocess import PreprocessSpec
 
 
@@ -17,7 +19,7 @@ class WorkerDecodePool:
 
     def __init__(self, spec: PreprocessSpec, cpu_pool: ProcessPoolExecutor, normalisation_keys: list[str]):
         self.spec, self.cpu_pool, self.keys = spec, cpu_pool, normalisation_keys
-        self.chunks: list[dict] = []
+        self.chunks: list[DecodeChunk] = []
         self.futures: list[Future] = []
         self.reported: set[int] = set()
         self.process = None
@@ -28,7 +30,7 @@ class WorkerDecodePool:
             return self.cpu_pool.submit(function, *args)
         tmp_path, row, paths = args
         future: Future = Future()
-        self.chunks.append({"tmp_path": tmp_path, "row": row, "paths": list(paths)})
+        self.chunks.append(DecodeChunk(tmp_path=tmp_path, row=row, paths=list(paths)))
         self.futures.append(future)
         return future
 
@@ -40,7 +42,7 @@ class WorkerDecodePool:
         """A chunk is in its shard: its digests are computed from the rows the worker wrote, then it is done."""
         self.reported.add(index)
         chunk, future = self.chunks[index], self.futures[index]
-        digests = self.cpu_pool.submit(digest_chunk, chunk["tmp_path"], chunk["row"], len(chunk["paths"]), self.keys)
+        digests = self.cpu_pool.submit(digest_chunk, chunk.tmp_path, chunk.row, len(chunk.paths), self.keys)
 
         def finish(done: Future) -> None:
             if done.exception() is not None:
@@ -53,16 +55,16 @@ class WorkerDecodePool:
     def _run(self) -> None:
         from xfverify.evaluator.process.launcher import run_worker
 
-        def on_event(event: dict) -> None:
-            if event.get("event") == "decoded":
-                self._decoded(event["index"], [tuple(i) for i in event["bad"]], [tuple(i) for i in event["caveats"]])
+        def on_event(event: Event) -> None:
+            if event.event == "decoded":
+                self._decoded(event.index, event.bad, event.caveats)
 
         def on_start(process) -> None:
             self.process = process
 
         try:
-            run_worker("torch", "decode_nvjpeg", {"spec": self.spec.to_dict(), "chunks": self.chunks},
-                       on_event=on_event, on_start=on_start)
+            run_worker("torch", DecodeJob(spec=self.spec.to_dict(), chunks=self.chunks), on_event=on_event,
+                       on_start=on_start)
             failure: BaseException = RuntimeError("the nvjpeg worker ended without decoding every chunk")
         except BaseException as exc:  # a UserError (no GPU) or a crash: every waiting chunk gets it
             failure = exc

@@ -6,10 +6,11 @@ and an unknown key on either side is an error, not a silently ignored option.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from xfverify.converter.description import ExportResult, OnnxDescription
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
 
@@ -157,20 +158,20 @@ class RuntimeInfo(_Strict):
 
 
 class ExportOutcome(_Strict):
-    """What an export task returns: the converter's ExportResult as JSON, the weights block, cache use."""
+    """What an export task returns: the converter's ExportResult, the weights block, cache use."""
 
     framework: FrameworkInfo
     weights: dict[str, Any]
-    export: dict[str, Any]
+    export: ExportResult
     from_cache: bool
 
     @property
     def onnx_path(self) -> str:
-        return str(self.export["path"])
+        return str(self.export.path)
 
     @property
     def output_kind(self) -> str:
-        return str(self.export["output_kind"])
+        return self.export.output_kind
 
 
 class WorkerResult(_Strict):
@@ -211,3 +212,28 @@ class DecodeJob(_Strict):
 
     spec: dict[str, Any]
     chunks: list[DecodeChunk]
+
+
+class DecodeDone(_Strict):
+    """What the nvjpeg decode task returns (each chunk was reported by a ``decoded`` event as it finished)."""
+
+    chunks: int
+    device: str
+
+
+class Task(NamedTuple):
+    """A worker task: the name the back-end module offers it under, its job type and its result type."""
+
+    name: str
+    job: type[BaseModel]
+    result: type[BaseModel]
+
+
+TASKS: dict[type[BaseModel], Task] = {task.job: task for task in (
+    Task("evaluate", EvaluateJob, WorkerResult),
+    Task("evaluate_many", EvaluateManyJob, EvaluateManyResult),
+    Task("export", ExportJob, ExportOutcome),
+    Task("reference_preprocess", ReferenceJob, ReferenceResult),
+    Task("describe_onnx", OnnxFileJob, OnnxDescription),
+    Task("decode_nvjpeg", DecodeJob, DecodeDone),
+)}

@@ -53,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         sys.stderr.flush()
         return 1
-    if hasattr(result, "model_dump_json"):  # the typed results of xfverify.evaluator.process.tasks
-        (workdir / f"{task}.result.json").write_text(result.model_dump_json())
-    else:
-        (workdir / f"{task}.result.json").write_text(json.dumps(result))
+    (workdir / f"{task}.result.json").write_text(result.model_dump_json())  # a result type of process.tasks
     return 0
 
 

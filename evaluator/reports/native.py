@@ -11,6 +11,7 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from xfverify.converter.description import OnnxDescription
 from xfverify.evaluator.analysis.agreement import Agreement
 from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo, LoopTiming, RuntimeInfo
 from xfverify.models.imagenet import class_name
@@ -120,7 +121,7 @@ class OnnxInfo(_Open):
     output_kind: str
     from_cache: Optional[bool] = None
     export_s: Optional[float] = None
-    description: dict[str, Any]
+    description: OnnxDescription
 
 
 class NativeReference(_Open):
