@@ -32,7 +32,9 @@ def test_a_worker_whose_parent_dies_ends_itself(tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     worker = int(pid_file.read_text())
-    time.sleep(1.0)  # the worker is up and waiting in its task
+    while not (tmp_path / "waiting").exists():  # the worker is up, watching its parent, and waiting in its task
+        assert time.monotonic() < deadline and not _ended(worker)
+        time.sleep(0.05)
     assert not _ended(worker)
     parent.kill()
     parent.wait()
