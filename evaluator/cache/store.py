@@ -436,7 +436,8 @@ class TensorCache:
             initializer=init_decode_process,
             initargs=(self.spec.to_dict(), os.getpid(), [n.spec.to_dict() for n in normalisations]),
         )
-        if self.spec.decoder in WORKER_DECODERS and decode:
+        in_worker = self.spec.decoder in WORKER_DECODERS and bool(decode)
+        if in_worker:
             if self.decoder_pool is None:
                 raise RuntimeError(f"the {self.spec.decoder} decoder runs in a worker: the cache needs its decoder_pool")
             pool = self.decoder_pool(self.spec, pool, list(by_key))
@@ -459,7 +460,7 @@ class TensorCache:
                     count = min(CHUNK_SIZE, len(plan.records) - row)
                     futures[pool.submit(digest_chunk, str(data_path), row, count, keys)] = (plan.key, row, count)
                     pending[plan.key]["left"] += 1
-            if pool is not None and hasattr(pool, "start"):
+            if in_worker:  # every chunk is submitted: the worker can take them all
                 pool.start()
             while futures:
                 finished, _ = wait(futures, return_when=FIRST_COMPLETED)

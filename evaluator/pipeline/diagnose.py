@@ -43,7 +43,7 @@ from xfverify.evaluator.pipeline.outdir import default_out_dir, earlier_outputs_
 from xfverify.evaluator.pipeline.request import prepare
 from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
-from xfverify.evaluator.process.tasks import EvaluateJob, EvaluateManyJob, EvaluateManyResult, VariantPart
+from xfverify.evaluator.process.tasks import EvaluateJob, EvaluateManyJob, VariantPart
 from xfverify.evaluator.reports.diagnose import OUTPUTS, DiagnoseReport, decomposition, write_diagnose_outputs
 from xfverify.evaluator.system import console
 from xfverify.models.cards import ModelCard
@@ -227,11 +227,10 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
             elif event.event == "status":
                 console.info(event.message)
 
-        built, outcome = worker_beside_build(
+        built, result = worker_beside_build(
             build, cancel, timeline,
             lambda on_start: run_worker(card.framework, job, workdir=workdir,
                                         on_event=on_event, on_start=on_start))
-        result: EvaluateManyResult = outcome
     runs = []
     for variant, spec, worker_result in zip(variants, specs, result.results):
         cached, stats = built[spec.geometry_key()]
