@@ -37,6 +37,14 @@ DType = Literal["float32"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# The normalisations the presets use, by name (the diagnose variants swap them): (x / scale - mean) / std.
+NORMALISATIONS: dict[str, dict[str, Any]] = {
+    "imagenet-mean-std": dict(scale=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order="RGB"),
+    "half-half": dict(scale=255.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), channel_order="RGB"),
+    "127-128": dict(scale=1.0, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), channel_order="RGB"),
+    "keras-caffe": dict(scale=1.0, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0), channel_order="BGR"),
+    "keras-tf": dict(scale=127.5, mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0), channel_order="RGB"),
+}
 MAX_SIDE = 2048  # 3 x 2048 x 2048 values per image keep the fed tensors' int64 checksums exact (evaluator/cache/digests.py)
 
 GEOMETRY_FIELDS = (
@@ -300,20 +308,13 @@ def _torchvision(name: str, resize: int, which: str) -> PreprocessSpec:
         antialias=True,
         crop_size=224,
         crop_rounding="round_half_even",
-        scale=255.0,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        channel_order="RGB",
+        **NORMALISATIONS["imagenet-mean-std"],
         layout="NCHW",
     )
 
 
 def _keras(name: str, mode: str, **geometry: Any) -> PreprocessSpec:
-    norm = {
-        "caffe": dict(scale=1.0, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0), channel_order="BGR"),
-        "tf": dict(scale=127.5, mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0), channel_order="RGB"),
-        "torch": dict(scale=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order="RGB"),
-    }[mode]
+    norm = NORMALISATIONS[{"caffe": "keras-caffe", "tf": "keras-tf", "torch": "imagenet-mean-std"}[mode]]
     base: dict[str, Any] = dict(
         decoder="opencv",
         resize_mode="shorter_side",
@@ -348,10 +349,7 @@ def _gluoncv(name: str, resize: int = 256) -> PreprocessSpec:
         antialias=False,
         crop_size=224,
         crop_rounding="floor",
-        scale=255.0,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        channel_order="RGB",
+        **NORMALISATIONS["imagenet-mean-std"],
         layout="NCHW",
     )
 
@@ -373,10 +371,7 @@ def _lite_tpu(size: int) -> PreprocessSpec:
         crop_size=size,
         crop_padding=32,
         crop_rounding="round_half_up",
-        scale=1.0,
-        mean=(127.0, 127.0, 127.0),
-        std=(128.0, 128.0, 128.0),
-        channel_order="RGB",
+        **NORMALISATIONS["127-128"],
         layout="NCHW",
         source=TPU_LITE_SOURCE.replace("size/(size+32)", f"{size}/({size}+32)"),
     )
@@ -396,10 +391,7 @@ def _lite_timm(variant: int) -> PreprocessSpec:
         antialias=True,
         crop_size=size,
         crop_rounding="round_half_even",
-        scale=255.0,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        channel_order="RGB",
+        **NORMALISATIONS["half-half"],
         layout="NCHW",
     )
 

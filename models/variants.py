@@ -17,10 +17,8 @@ from typing import Any, Mapping
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import (
-    CAFFE_MEAN_BGR,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     LIBRARY_INTERPOLATIONS,
+    NORMALISATIONS,
     PRESETS,
     PreprocessSpec,
     resolve_preprocess,
@@ -47,13 +45,6 @@ _PRECISION_HOW = {
     "tf32": "TF32 matmuls and convolutions (CUDA GPUs)",
     "bf16": "mixed precision in bfloat16",
     "fp16": "mixed precision in float16",
-}
-NORMALISATIONS: dict[str, dict[str, Any]] = {
-    "imagenet-mean-std": dict(scale=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order="RGB"),
-    "half-half": dict(scale=255.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), channel_order="RGB"),
-    "127-128": dict(scale=1.0, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), channel_order="RGB"),
-    "keras-caffe": dict(scale=1.0, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0), channel_order="BGR"),
-    "keras-tf": dict(scale=127.5, mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0), channel_order="RGB"),
 }
 
 

@@ -15,13 +15,26 @@ import pytest
 from helpers import imagenet_sample_500, needs_torch, run_cli
 from scipy.stats import binomtest, norm
 
-from xfverify.evaluator.reports.diagnose import DiagnoseReport, decomposition
-from xfverify.evaluator.analysis.metrics import newcombe_paired_interval, paired_difference
+from xfverify.evaluator.analysis.metrics import (
+    newcombe_paired_interval,
+    paired_difference,
+)
+from xfverify.evaluator.reports.diagnose import (
+    DiagnoseReport,
+    VariantRow,
+    decomposition,
+)
 from xfverify.models.cards import get_card, load_cards
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
-from xfverify.models.variants import (REFERENCE, _geometry_changes, card_variants, changed_fields, select_variants,
-                                      user_variant)
+from xfverify.models.variants import (
+    REFERENCE,
+    _geometry_changes,
+    card_variants,
+    changed_fields,
+    select_variants,
+    user_variant,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -141,9 +154,10 @@ def test_no_flip_is_no_difference_and_within_the_noise():
     assert newcombe_paired_interval(5, 9, 2, 84) == pytest.approx((-swapped[1], -swapped[0]))
 
 
-def _row(name, delta, significant, flips=(3, 1)):
-    return {"name": name, "top1_error": 10.0 + delta, "delta": delta, "delta_ci95": [delta - 1, delta + 1],
-            "significant": significant, "right_to_wrong": flips[0], "wrong_to_right": flips[1]}
+def _row(name, delta, significant, flips=(3, 1), ci95=None):
+    return VariantRow.model_construct(name=name, group="resize rule", top1_error=10.0 + delta, top1_error_ci95=ci95,
+                                      delta=delta, delta_ci95=[delta - 1, delta + 1], significant=significant,
+                                      right_to_wrong=flips[0], wrong_to_right=flips[1])
 
 
 def test_the_decomposition_ranks_only_what_is_outside_the_noise_each_from_the_reference():
@@ -151,24 +165,24 @@ def test_the_decomposition_ranks_only_what_is_outside_the_noise_each_from_the_re
     (two of them may share a cause), and a running total of their deltas is an error no pipeline has."""
     rows = [_row("reference", 0.0, False), _row("small", 1.5, True), _row("noise", 3.0, False),
             _row("big", -4.0, True), _row("none", 0.0, False)]
-    d = decomposition(25.0, rows)
-    assert [s["name"] for s in d["steps"]] == ["reference vs published", "big", "small"]
-    assert d["ranked"] == ["big", "small"] and d["within_noise"] == ["noise", "none"]
-    assert d["steps"][0]["start"] == 25.0 and d["steps"][0]["end"] == 10.0
-    assert [(s["start"], s["end"]) for s in d["steps"][1:]] == [(10.0, 6.0), (10.0, 11.5)]
-    for step, row in zip(d["steps"][1:], (rows[3], rows[1])):
-        assert step["end"] == pytest.approx(row["top1_error"])
-    assert "15.0 points below the published 25.0 %" in d["sentence"] and "big (-4.0" in d["sentence"]
-    assert d["sentence"].endswith("2 variants change nothing measurable.")
-    above = decomposition(8.0, rows)["sentence"]
+    d = decomposition(25.0, rows[0], rows[1:])
+    assert [s.name for s in d.steps] == ["reference vs published", "big", "small"]
+    assert d.ranked == ["big", "small"] and d.within_noise == ["noise", "none"]
+    assert d.steps[0].start == 25.0 and d.steps[0].end == 10.0
+    assert [(s.start, s.end) for s in d.steps[1:]] == [(10.0, 6.0), (10.0, 11.5)]
+    for step, row in zip(d.steps[1:], (rows[3], rows[1])):
+        assert step.end == pytest.approx(row.top1_error)
+    assert "15.0 points below the published 25.0 %" in d.sentence and "big (-4.0" in d.sentence
+    assert d.sentence.endswith("2 variants change nothing measurable.")
+    above = decomposition(8.0, rows[0], rows[1:]).sentence
     assert "2.0 points above the published 8.0 %, a gap preprocessing does not explain" in above
-    inside = decomposition(10.5, [{**rows[0], "top1_error_ci95": [8.1, 12.6]}, *rows[1:]])["sentence"]
+    inside = decomposition(10.5, _row("reference", 0.0, False, ci95=[8.1, 12.6]), rows[1:]).sentence
     assert "the published 10.5 % lies inside its 95 % CI (8.1 to 12.6)" in inside
 
 
 def test_when_every_variant_is_significant_the_sentence_counts_no_quiet_ones():
     rows = [_row("reference", 0.0, False), _row("small", 1.5, True), _row("big", -4.0, True)]
-    sentence = decomposition(25.0, rows)["sentence"]
+    sentence = decomposition(25.0, rows[0], rows[1:]).sentence
     assert "nothing measurable" not in sentence and sentence.endswith("3 right->wrong / 1 wrong->right).")
 
 
@@ -209,7 +223,7 @@ def test_diagnose_writes_a_checked_report_and_a_page_that_renders_without_consol
     assert [v.name for v in report.variants] == ["norm-imagenet-mean-std", "squash", "mine-bicubic"]
     by_name = {v.name: v for v in report.variants}
     assert by_name["norm-imagenet-mean-std"].geometry_key == report.reference.geometry_key  # shards reused
-    assert report.cost["geometries"] == 3 and report.cost["model_loads"] == 1
+    assert report.cost.geometries == 3 and report.cost.model_loads == 1
     assert report.reference.n_scored == report.n_scored == 4  # the sample has one unlabelled image
     assert (out / "reference" / "report.json").is_file()  # the reference as a native run's folder
     text = (out / "report.html").read_text()

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import imagenet_sample_500, needs_mxnet, needs_tensorflow, needs_torch, run_cli
+from helpers import (
+    imagenet_sample_500,
+    needs_mxnet,
+    needs_tensorflow,
+    needs_torch,
+    run_cli,
+)
 
-from xfverify.evaluator.reports.diagnose import DiagnoseReport, decomposition, ran_at
 from xfverify.evaluator.process.tasks import EvaluateJob, EvaluateManyJob, VariantPart
+from xfverify.evaluator.reports.diagnose import (
+    DiagnoseReport,
+    VariantRow,
+    decomposition,
+    ran_at,
+)
 from xfverify.models.cards import load_cards
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
@@ -41,22 +52,23 @@ def test_an_evaluate_many_job_gives_each_pass_its_precision():
 
 
 def _row(name, delta, significant, group):
-    return {"name": name, "group": group, "top1_error": 10.0 + delta, "delta": delta,
-            "delta_ci95": [delta - 1, delta + 1], "significant": significant, "right_to_wrong": 3, "wrong_to_right": 1}
+    return VariantRow.model_construct(name=name, group=group, top1_error=10.0 + delta, top1_error_ci95=None,
+                                      delta=delta, delta_ci95=[delta - 1, delta + 1], significant=significant,
+                                      right_to_wrong=3, wrong_to_right=1)
 
 
 def test_the_decomposition_puts_the_runtime_axis_after_preprocessing_and_says_it_apart():
     rows = [_row("reference", 0.0, False, "reference"), _row("precision-fp16", 5.0, True, RUNTIME),
             _row("squash", 2.0, True, "resize rule"), _row("norm", 0.5, False, "normalisation"),
             _row("precision-bf16", 0.3, False, RUNTIME)]
-    d = decomposition(20.0, rows)
-    assert [(s["name"], s["axis"]) for s in d["steps"]] == [("reference vs published", "published"),
+    d = decomposition(20.0, rows[0], rows[1:])
+    assert [(s.name, s.axis) for s in d.steps] == [("reference vs published", "published"),
                                                              ("squash", "preprocessing"), ("precision-fp16", RUNTIME)]
-    assert d["ranked"] == ["squash", "precision-fp16"]
-    preprocessing, runtime = d["sentence"].split("; on the runtime axis")
+    assert d.ranked == ["squash", "precision-fp16"]
+    preprocessing, runtime = d.sentence.split("; on the runtime axis")
     assert "squash (+2.0" in preprocessing and "precision-fp16" not in preprocessing
     assert "precision-fp16 (+5.0" in runtime and runtime.endswith("1 variant changes nothing measurable.")
-    quiet = decomposition(20.0, [rows[0], rows[3], rows[4]])["sentence"]
+    quiet = decomposition(20.0, rows[0], [rows[3], rows[4]]).sentence
     assert "the runtime axis (precision-bf16) changes nothing measurable" in quiet
     assert ran_at({"requested": "bf16", "tf32": False, "autocast": "bfloat16"}) == "autocast bfloat16"
     assert ran_at({"requested": "fp16", "tf32": False, "policy": "mixed_float16"}) == "policy mixed_float16"
@@ -79,8 +91,8 @@ def test_torch_precisions_run_on_the_reference_tensors_in_the_same_worker_and_le
     report, done = _diagnose(tmp_path / "out", cache, "--variants", "norm-half-half", "--precisions", "bf16,fp16")
     assert "variant 4 of 4: precision-fp16" in done.stderr  # one worker ran all four passes
     assert [v.name for v in report.variants] == ["norm-half-half", "precision-bf16", "precision-fp16"]
-    assert report.cost["model_loads"] == 1 and report.cost["precision_passes"] == 2
-    assert report.cost["model_passes"] == 4 and report.cost["geometries"] == 1
+    assert report.cost.model_loads == 1 and report.cost.precision_passes == 2
+    assert report.cost.model_passes == 4 and report.cost.geometries == 1
     ran = {v.name: v for v in report.variants}
     for name, autocast in (("precision-bf16", "bfloat16"), ("precision-fp16", "float16")):
         row = ran[name]
@@ -141,7 +153,7 @@ def test_keras_precisions_rebuild_the_network_under_the_policy_with_the_same_wei
     assert row.name == "precision-bf16" and row.group == "runtime"
     assert row.precision["policy"] == "mixed_bfloat16" and report.reference.precision["policy"] == "float32"
     assert row.tensors_sha256 == report.reference.tensors_sha256 and row.max_output_difference is not None
-    assert report.cost["model_loads"] == 1 and "variant 2 of 2: precision-bf16" in done.stderr
+    assert report.cost.model_loads == 1 and "variant 2 of 2: precision-bf16" in done.stderr
 
 
 @pytest.mark.slow

@@ -38,13 +38,14 @@ def test_real_error_only_for_validation_images_and_skips_unlabelled_real_entries
     assert relabels[0] == ()  # image 1 has no ReaL label and is left out
     topk = np.array([[0] * 5, [relabels[1][0]] * 5, [999] * 5])
     result = real_error(topk, ids, np.ones(3, dtype=bool))
-    assert result["n_images"] == 2 and result["top1_error"] == 50.0
+    assert result.n_images == 2 and result.top1_error == 50.0
     assert real_error(topk, ["coffee", "x", "y"], np.ones(3, dtype=bool)) is None
 
 
 def test_delta_vs_published():
-    assert compare_to_published(26.9, (26.5, 27.3), 25.1) == {"top1_error": 1.8, "outside_ci95": True}
-    assert compare_to_published(25.0, (24.6, 25.4), 25.1)["outside_ci95"] is False
+    gap = compare_to_published(26.9, (26.5, 27.3), 25.1)
+    assert (gap.top1_error, gap.outside_ci95) == (1.8, True)
+    assert compare_to_published(25.0, (24.6, 25.4), 25.1).outside_ci95 is False
 
 
 def minimal_report() -> dict:

@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 
 from helpers import SAMPLE_DIR, broken_images, native_json, needs_mxnet, needs_tensorflow, needs_torch, run_cli
-from xfverify.evaluator.cache.store import TensorCache
 from xfverify.evaluator.data.layouts import load_dataset
 from xfverify.evaluator.pipeline.options import NativeOptions
-from xfverify.evaluator.data.normalise import image_digests, normalise
-from xfverify.evaluator.reports.native import NativeReport
+from xfverify.evaluator.pipeline.preprocess import reference_tensors
 from xfverify.models.preprocess import PRESETS
 
 
@@ -25,15 +23,24 @@ def predictions(out: Path) -> dict[str, dict]:
         return {row["image_id"]: row for row in csv.DictReader(handle)}
 
 
-def expected_tensor_hash(data: Path, preset: str, cache_dir: str) -> str:
-    """Recompute the fingerprint from xfverify's own cache + normalisation, independently of the worker."""
-    spec = PRESETS[preset]
-    cached, _ = TensorCache(cache_dir, spec).ensure(load_dataset(data).records, workers=1)
+def torchvision_tensors_sha256(data: Path) -> str:
+    """tensors_sha256 as ARCHITECTURE.md defines it (sha256 of each image's float32 C-order tensor's sha256, in
+    manifest order), over the tensors torchvision's own transforms give (the reference worker runs them)."""
+    paths = [record.path for record in load_dataset(data).records]
+    tensors, _ = reference_tensors("torchvision-256", paths)
     total = hashlib.sha256()
-    for _, batch in cached.batches(3):
-        for digest in image_digests(normalise(batch, spec)):
-            total.update(digest)
+    for tensor in tensors:
+        total.update(hashlib.sha256(np.ascontiguousarray(tensor, dtype=np.float32).tobytes()).digest())
     return total.hexdigest()
+
+
+# report.json's fields, as the README documents them: a field renamed or lost fails here, not in a user's script
+NATIVE_REPORT_FIELDS = {
+    "report_version", "kind", "model", "architecture", "builder", "random_weights", "framework", "device", "precision",
+    "weights", "preprocess", "dataset", "tensors_sha256", "tensor_proof", "batch_size", "batch_size_source", "output",
+    "top1_error", "top5_error", "top1_error_ci95", "top5_error_ci95", "n_scored", "published", "other_published",
+    "delta_vs_published", "real_labels", "timing", "cache", "skipped_images", "notes", "created", "xfverify_version",
+}
 
 
 @needs_torch
@@ -77,7 +84,8 @@ def test_torch_random_weights_report(tmp_path, generated_folder):
         NativeOptions(model="torchvision/mobilenet_v3_large:IMAGENET1K_V1", data=str(generated_folder),
                       out=str(out), random_weights=True, batch_size=3, workers=1)
     )
-    NativeReport.model_validate(report)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert set(on_disk) == NATIVE_REPORT_FIELDS
     assert report["random_weights"] and report["weights"]["sha256"] == "random"
     assert "RANDOM WEIGHTS" in (out / "report.md").read_text()
     assert report["dataset"]["n_images"] == 7 and report["n_scored"] == 7
@@ -85,10 +93,9 @@ def test_torch_random_weights_report(tmp_path, generated_folder):
     assert report["published"]["top1_error"] == pytest.approx(25.958)
     assert report["timing"]["batch_ms_mean"] > 0 and report["timing"]["wall_s"] > 0
     assert (report["batch_size"], report["batch_size_source"], report["timing"]["n_batches"]) == (3, "--batch-size", 3)
-    assert report["tensors_sha256"] == expected_tensor_hash(generated_folder, "torchvision-256", report["cache"]["directory"].rsplit("/", 1)[0])
+    assert report["tensors_sha256"] == torchvision_tensors_sha256(generated_folder)
     logits = np.load(out / "logits.npy")
     assert logits.shape == (7, 1000) and 0.2 < float(logits.std()) < 5  # a well-scaled random model
-    on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["tensors_sha256"] == report["tensors_sha256"]
     timeline = report["timing"]["timeline_s"]  # parent and worker phases, in the order they ended
     assert list(timeline.values()) == sorted(timeline.values())

@@ -17,15 +17,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import (
+    PHOTOS,
+    SAMPLE_DIR,
+    needs_mxnet,
+    needs_tensorflow,
+    needs_torch,
+    odd_images,
+    real_photos,
+    synthetic_image,
+)
 
-from helpers import (PHOTOS, SAMPLE_DIR, needs_mxnet, needs_tensorflow, needs_torch, odd_images, real_photos,
-                     synthetic_image)
 from xfverify.evaluator import references as references_package
 from xfverify.evaluator.data.imaging import resize, resize_tf2
-from xfverify.evaluator.pipeline.preprocess import compare_with_reference, preprocess_files, reference_tensors
+from xfverify.evaluator.pipeline.preprocess import (
+    compare_with_reference,
+    describe_match,
+    preprocess_files,
+    reference_tensors,
+)
 from xfverify.evaluator.references import REFERENCES
 from xfverify.models.errors import UserError
-from xfverify.models.preprocess import LIBRARY_INTERPOLATIONS, PRESETS, PreprocessSpec, shorter_side_size
+from xfverify.models.preprocess import (
+    LIBRARY_INTERPOLATIONS,
+    PRESETS,
+    PreprocessSpec,
+    shorter_side_size,
+)
 
 MARKS = {"torch": needs_torch, "tensorflow": needs_tensorflow, "mxnet": needs_mxnet}
 
@@ -54,14 +72,14 @@ def test_preset_matches_its_source(preset, tmp_path):
     ours = preprocess_files(paths, PRESETS[preset])
     theirs, where = reference_tensors(preset, paths)
     reference = REFERENCES[preset]
-    agreement = compare_with_reference(ours, theirs, reference)
+    match = compare_with_reference(ours, theirs, reference)
     if reference.exact:
-        assert agreement.identical, f"{preset} differs from {where}: {agreement.describe(reference, paths)}"
+        assert match.identical, f"{preset} differs from {where}: {describe_match(match, reference, paths)}"
         return
     # Images whose crop window already has the input size: the original feeds them as uint8 / 255, every value
     # within [-127/128, -126/128] (see the reference's `why`); xfverify does not copy that. All others: in bound.
     fed_as_uint8_over_255 = tuple(i for i in range(len(paths)) if theirs[i].max() <= -126 / 128)
-    assert agreement.outside == fed_as_uint8_over_255, agreement.describe(reference, paths)
+    assert match.outside == fed_as_uint8_over_255, describe_match(match, reference, paths)
 
 
 @needs_tensorflow

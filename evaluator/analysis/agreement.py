@@ -1,5 +1,5 @@
-"""How far an ONNX run agrees with the native run on the same tensors: top-1 flips, output differences,
-the share of elements within tolerance, and whether the two error rates really differ (McNemar)."""
+"""The ``agreement`` block of an ONNX report: how far ONNX Runtime agrees with the native run on the same tensors
+(top-1 flips, output differences, the share of elements within tolerance, McNemar), read from the comparator."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from xfverify.evaluator.analysis.metrics import mcnemar_exact_p
+from xfverify.evaluator.analysis.comparison import (
+    compare_runs,
+    output_difference,
+    within_tolerance,
+)
 
 ATOL_FRACTION = 1e-4  # atol, as a fraction of the largest |native output|: random networks' logits are tiny or huge
 RTOL = 1e-3
 
 
-class Flip(BaseModel):
+class Top1Flip(BaseModel):
     """An image whose top-1 differs between the two runs."""
 
     model_config = ConfigDict(extra="forbid")
@@ -26,7 +30,7 @@ class Flip(BaseModel):
     right: Literal["native", "onnx", "neither", "unlabelled"]
 
 
-class Agreement(BaseModel):
+class OnnxAgreement(BaseModel):
     """The ``agreement`` block of an ONNX report."""
 
     model_config = ConfigDict(extra="forbid")
@@ -35,7 +39,7 @@ class Agreement(BaseModel):
     n_compared: int
     top1_agreement: float  # percent of the compared images with the same top-1
     n_flips: int
-    flips: list[Flip]
+    flips: list[Top1Flip]
     max_abs_logit_diff: float
     max_abs_native_output: float
     max_abs_diff_over_max_abs_logit: Optional[float]
@@ -48,55 +52,38 @@ class Agreement(BaseModel):
     mcnemar_p: float
 
 
-def within_tolerance(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float) -> np.ndarray:
-    """Polygraphy's elementwise rule (``CompareFunc.simple``, check_error_stat="elemwise"): an element fails only
-    when its difference is over atol AND over rtol x |candidate| (Polygraphy divides by the second output);
-    unlike Polygraphy's rule, where NaN > x is false, a NaN on either side always fails."""
-    difference = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        relative = difference / np.abs(candidate.astype(np.float64))
-    fails = (difference > atol) & (relative > rtol)
-    return ~fails & np.isfinite(reference) & np.isfinite(candidate)
-
-
 def compare_outputs(native: np.ndarray, onnx: np.ndarray, image_ids: Sequence[str],
                     labels: Sequence[tuple[int, ...]], include: np.ndarray, compared: str,
-                    atol_fraction: float = ATOL_FRACTION, rtol: float = RTOL) -> Agreement:
+                    atol_fraction: float = ATOL_FRACTION, rtol: float = RTOL) -> OnnxAgreement:
     """Compare the rows ``include`` marks (skipped images are left out of both runs)."""
     rows = np.flatnonzero(include)
     a, b = native[rows], onnx[rows]
-    finite_a = np.where(np.isfinite(a), a, 0.0)
-    scale = float(np.abs(finite_a).max()) if a.size else 0.0
-    difference = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    max_diff = float(np.nanmax(difference)) if a.size and not np.isnan(difference).all() else 0.0
-    atol = atol_fraction * scale
-    top_a, top_b = a.argmax(axis=1), b.argmax(axis=1)
-    flips, native_only, onnx_only = [], 0, 0
-    for row, ta, tb in zip(rows, top_a, top_b):
+    difference = output_difference(a, b)
+    atol = atol_fraction * difference.scale
+    runs = compare_runs(native.argmax(axis=1), onnx.argmax(axis=1), labels, rows)
+    flips = []
+    for row in runs.top1_changed:
         accepted = labels[row]
-        native_right, onnx_right = bool(accepted) and int(ta) in accepted, bool(accepted) and int(tb) in accepted
-        native_only += native_right and not onnx_right
-        onnx_only += onnx_right and not native_right
-        if ta != tb:
-            right = ("unlabelled" if not accepted else "native" if native_right else "onnx" if onnx_right
-                     else "neither")
-            flips.append(Flip(image_id=image_ids[row], labels=list(accepted), native_top1=int(ta),
-                              onnx_top1=int(tb), right=right))
+        native_top1, onnx_top1 = int(native[row].argmax()), int(onnx[row].argmax())
+        right = ("unlabelled" if not accepted else "native" if native_top1 in accepted
+                 else "onnx" if onnx_top1 in accepted else "neither")
+        flips.append(Top1Flip(image_id=image_ids[row], labels=list(accepted), native_top1=native_top1,
+                              onnx_top1=onnx_top1, right=right))
     n = len(rows)
-    return Agreement(
+    return OnnxAgreement(
         compared=compared,
         n_compared=n,
         top1_agreement=round(100.0 * (n - len(flips)) / n, 4) if n else 100.0,
         n_flips=len(flips),
         flips=flips,
-        max_abs_logit_diff=max_diff,
-        max_abs_native_output=scale,
-        max_abs_diff_over_max_abs_logit=max_diff / scale if scale else None,
+        max_abs_logit_diff=difference.max_abs,
+        max_abs_native_output=difference.scale,
+        max_abs_diff_over_max_abs_logit=difference.relative,
         atol=atol,
         rtol=rtol,
         within_tolerance=float(within_tolerance(a, b, atol, rtol).mean()) if a.size else 1.0,
-        n_nan=int(np.isnan(a).sum() + np.isnan(b).sum()),
-        native_only_right=int(native_only),
-        onnx_only_right=int(onnx_only),
-        mcnemar_p=mcnemar_exact_p(int(native_only), int(onnx_only)),
+        n_nan=difference.n_nan,
+        native_only_right=runs.paired.right_to_wrong,  # the candidate (ONNX) wrong where the native run was right
+        onnx_only_right=runs.paired.wrong_to_right,
+        mcnemar_p=runs.paired.p_value,
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from pydantic import BaseModel
 
 from xfverify.models.imagenet import real_labels, validation_number
 
@@ -63,7 +64,16 @@ def error_stats(topk: np.ndarray, labels: Sequence[tuple[int, ...]], include: np
     return ErrorStats(n=n, top1_errors=top1, top5_errors=top5)
 
 
-def real_error(topk: np.ndarray, image_ids: Sequence[str], include: np.ndarray) -> dict | None:
+class RealError(BaseModel):
+    """Top-1 error against the ImageNet ReaL labels."""
+
+    top1_error: float
+    top1_error_ci95: list[float]
+    n_images: int
+    source: str
+
+
+def real_error(topk: np.ndarray, image_ids: Sequence[str], include: np.ndarray) -> RealError | None:
     """ImageNet ReaL top-1 error when every image is an ImageNet validation image, else None.
 
     Images the ReaL raters left without any label are excluded, as in Beyer et al. 2020.
@@ -82,22 +92,27 @@ def real_error(topk: np.ndarray, image_ids: Sequence[str], include: np.ndarray) 
             errors += 1
     if n == 0:
         return None
-    return {
-        "top1_error": round(100.0 * errors / n, 4),
-        "top1_error_ci95": [round(v, 4) for v in wilson_interval(errors, n)],
-        "n_images": n,
-        "source": "ImageNet ReaL labels (Beyer et al. 2020, google-research/reassessed-imagenet)",
-    }
+    return RealError(
+        top1_error=round(100.0 * errors / n, 4),
+        top1_error_ci95=[round(v, 4) for v in wilson_interval(errors, n)],
+        n_images=n,
+        source="ImageNet ReaL labels (Beyer et al. 2020, google-research/reassessed-imagenet)",
+    )
 
 
-def compare_to_published(measured: float | None, ci: tuple[float, float], published: float | None) -> dict | None:
+class PublishedGap(BaseModel):
+    """Measured minus published top-1 error, in points, and whether the published number is outside the 95 % CI."""
+
+    top1_error: float
+    outside_ci95: bool
+
+
+def compare_to_published(measured: float | None, ci: tuple[float, float], published: float | None,
+                         ) -> PublishedGap | None:
     """Measured minus published top-1 error, and whether the published number lies outside the 95 % interval."""
     if measured is None or published is None:
         return None
-    return {
-        "top1_error": round(measured - published, 4),
-        "outside_ci95": not (ci[0] <= published <= ci[1]),
-    }
+    return PublishedGap(top1_error=round(measured - published, 4), outside_ci95=not (ci[0] <= published <= ci[1]))
 
 
 def mcnemar_exact_p(only_first_right: int, only_second_right: int) -> float:

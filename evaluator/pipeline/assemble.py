@@ -9,14 +9,20 @@ import numpy as np
 
 from xfverify import __version__
 from xfverify.evaluator.analysis.metrics import compare_to_published, error_stats, real_error, wilson_interval
-from xfverify.evaluator.reports.native import NativeReport
-from xfverify.models.cards import ModelCard
+from xfverify.evaluator.reports.native import (
+    CacheInfo,
+    DatasetInfo,
+    NativeReport,
+    PublishedInfo,
+    SkippedImage,
+)
+from xfverify.models.cards import ModelCard, PublishedNumber
 
 
 def assemble_report(card, spec, dataset, cached, build, result, timing, topk, options, run_notes=(),
                     report_type: type[NativeReport] = NativeReport, **extra) -> NativeReport:
-    """The report, typed (its schema is checked as it is built); ``card`` is None for a user's ONNX file,
-    ``extra`` holds the fields ``report_type`` adds."""
+    """The report (its schema is checked as it is built); ``card`` is None for a user's ONNX file, ``extra`` holds
+    the fields ``report_type`` adds."""
     skipped = {bad.index for bad in cached.bad}
     include = np.ones(len(dataset), dtype=bool)
     include[sorted(skipped)] = False
@@ -25,16 +31,8 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
     top1_ci = wilson_interval(stats.top1_errors, stats.n) if stats.n else None
     top5_ci = wilson_interval(stats.top5_errors, stats.n) if stats.n else None
     primary = card.primary_published if card else None
-    published = (
-        {"top1_error": primary.top1_error, "top5_error": primary.top5_error, "source": primary.source}
-        if primary
-        else None
-    )
-    others = [
-        {"top1_error": p.top1_error, "top5_error": p.top5_error, "source": p.source}
-        for p in (card.published if card else [])
-        if p is not primary
-    ]
+    published = _published(primary) if primary else None
+    others = [_published(p) for p in (card.published if card else []) if p is not primary]
     notes = list(dataset.notes) + list(result.notes) + list(options.extra_notes) + list(run_notes)
     notes += _caveat_notes(cached.caveats)
     if not dataset.n_labelled:
@@ -47,54 +45,52 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
     if stats.n and stats.n < 1000:
         notes.append(f"only {stats.n} labelled images scored: the 95% interval is wide")
     identity = extra.pop("identity", None) or _identity(card)
-    return report_type.model_validate({
+    delta = compare_to_published(stats.top1_error, top1_ci, primary.top1_error if primary else None) if top1_ci else None
+    return report_type(
         **identity,
-        "random_weights": options.random_weights,
-        "framework": result.framework.model_dump(),
-        "device": result.device.model_dump(),
-        "precision": result.precision,
-        "weights": result.weights,
-        "preprocess": spec.to_dict(),
-        "dataset": {
-            "path": dataset.root,
-            "layout": dataset.layout,
-            "n_images": len(dataset),
-            "n_labelled": dataset.n_labelled,
-            "manifest_sha256": dataset.manifest_sha256(),
-        },
-        "tensors_sha256": result.tensors_sha256,
-        "tensor_proof": result.tensor_proof,
-        "batch_size": result.batch_size,
-        "batch_size_source": result.batch_size_source,
-        "top1_error": _round(stats.top1_error),
-        "top5_error": _round(stats.top5_error),
-        "top1_error_ci95": [round(v, 4) for v in top1_ci] if top1_ci else None,
-        "top5_error_ci95": [round(v, 4) for v in top5_ci] if top5_ci else None,
-        "n_scored": stats.n,
-        "published": published,
-        "other_published": others,
-        "delta_vs_published": compare_to_published(stats.top1_error, top1_ci, primary.top1_error if primary else None)
-        if top1_ci
-        else None,
-        "real_labels": real_error(topk, [r.image_id for r in dataset.records], include),
-        "timing": timing,
-        "cache": {
-            "directory": str(Path(cached.shard_paths[0]).parent.parent) if cached.shard_paths else None,
-            "decoded": build.decoded,
-            "digested": build.digested,
-            "reused_shards": build.reused_shards,
-            "built_shards": build.built_shards,
-            "rebuilt_corrupt_shards": build.rebuilt_corrupt,
-            "decode_s": round(build.seconds, 3),
-            "decode_images_per_s": round(build.images_per_s, 1),
-            "workers": build.workers,
-        },
-        "skipped_images": [{"image_id": b.image_id, "path": b.path, "reason": b.reason} for b in cached.bad],
-        "notes": notes,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "xfverify_version": __version__,
+        random_weights=options.random_weights,
+        framework=result.framework,
+        device=result.device,
+        precision=result.precision,
+        weights=result.weights,
+        preprocess=spec.to_dict(),
+        dataset=DatasetInfo(path=dataset.root, layout=dataset.layout, n_images=len(dataset),
+                            n_labelled=dataset.n_labelled, manifest_sha256=dataset.manifest_sha256()),
+        tensors_sha256=result.tensors_sha256,
+        tensor_proof=result.tensor_proof,
+        batch_size=result.batch_size,
+        batch_size_source=result.batch_size_source,
+        top1_error=_round(stats.top1_error),
+        top5_error=_round(stats.top5_error),
+        top1_error_ci95=[round(v, 4) for v in top1_ci] if top1_ci else None,
+        top5_error_ci95=[round(v, 4) for v in top5_ci] if top5_ci else None,
+        n_scored=stats.n,
+        published=published,
+        other_published=others,
+        delta_vs_published=delta,
+        real_labels=real_error(topk, [r.image_id for r in dataset.records], include),
+        timing=timing,
+        cache=CacheInfo(
+            directory=str(Path(cached.shard_paths[0]).parent.parent) if cached.shard_paths else None,
+            decoded=build.decoded,
+            digested=build.digested,
+            reused_shards=build.reused_shards,
+            built_shards=build.built_shards,
+            rebuilt_corrupt_shards=build.rebuilt_corrupt,
+            decode_s=round(build.seconds, 3),
+            decode_images_per_s=round(build.images_per_s, 1),
+            workers=build.workers,
+        ),
+        skipped_images=[SkippedImage(image_id=b.image_id, path=b.path, reason=b.reason) for b in cached.bad],
+        notes=notes,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        xfverify_version=__version__,
         **extra,
-    })
+    )
+
+
+def _published(published: PublishedNumber) -> PublishedInfo:
+    return PublishedInfo(top1_error=published.top1_error, top5_error=published.top5_error, source=published.source)
 
 
 def _identity(card: ModelCard) -> dict[str, str]:

@@ -22,34 +22,61 @@ from typing import Any
 import numpy as np
 
 from xfverify import __version__
-from xfverify.evaluator.analysis.metrics import error_stats, paired_difference, top_k, wilson_interval
+from xfverify.evaluator.analysis.comparison import compare_runs, output_difference
+from xfverify.evaluator.analysis.metrics import error_stats, top_k, wilson_interval
 from xfverify.evaluator.cache.store import TensorCache
 from xfverify.evaluator.data.layouts import Dataset
 from xfverify.evaluator.pipeline.assemble import assemble_report
 from xfverify.evaluator.pipeline.evaluation import (
     CachedRun,
     cache_root,
+    finished_run,
     may_feed_on_device,
-    relative_timeline,
     spec_hw,
     survey_and_build,
     tensor_cache,
     worker_beside_build,
 )
-from xfverify.evaluator.pipeline.native_run import DIAGNOSE_REFERENCE_FOLDER, NATIVE_OUTPUTS, save_native_run
+from xfverify.evaluator.pipeline.native_run import (
+    DIAGNOSE_REFERENCE_FOLDER,
+    NATIVE_OUTPUTS,
+    save_native_run,
+)
 from xfverify.evaluator.pipeline.onnx import run_onnx
 from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions
-from xfverify.evaluator.pipeline.outdir import default_out_dir, earlier_outputs_note, in_owned_folder
+from xfverify.evaluator.pipeline.outdir import (
+    default_out_dir,
+    earlier_outputs_note,
+    in_owned_folder,
+)
 from xfverify.evaluator.pipeline.request import prepare
 from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.tasks import EvaluateJob, EvaluateManyJob, VariantPart
-from xfverify.evaluator.reports.diagnose import OUTPUTS, DiagnoseReport, decomposition, write_diagnose_outputs
+from xfverify.evaluator.reports.diagnose import (
+    OUTPUTS,
+    CorrectnessFlip,
+    Cost,
+    DiagnoseReport,
+    GeometryCost,
+    PassCost,
+    VariantRow,
+    decomposition,
+    write_diagnose_outputs,
+)
 from xfverify.evaluator.system import console
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
-from xfverify.models.variants import GPU_ONLY, Variant, card_variants, precision_variants, select_variants, user_variant
+from xfverify.models.variants import (
+    GPU_ONLY,
+    RUNTIME,
+    Variant,
+    card_variants,
+    precision_variants,
+    select_variants,
+    user_variant,
+)
 
 
 @dataclass
@@ -150,21 +177,18 @@ def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timel
     native_report = assemble_report(card, reference, dataset, ref_run.cached, ref_run.build, ref_run.result,
                                     ref_run.timing, ref_run.topk, options)
     save_native_run(ref_folder, workdir / "variant-0", native_report, dataset, ref_run)  # a native run's folder
-    onnx_row = _onnx_axis(card, options, out_dir, ref_folder) if options.onnx else None
-    rows = _compare(runs, dataset, onnx_row, np.load(ref_folder / "logits.npy"))
+    onnx_pass = _onnx_axis(card, options, out_dir, ref_folder) if options.onnx else None
+    rows = _rows(runs, dataset, onnx_pass, np.load(ref_folder / "logits.npy"))
     published = card.primary_published
-    report = DiagnoseReport.model_validate({
-        "model": card.id, "architecture": card.architecture, "framework": ref_run.result.framework.model_dump(),
-        "device": ref_run.result.device.model_dump(), "precision": ref_run.result.precision,
-        "weights": ref_run.result.weights, "random_weights": options.random_weights,
-        "dataset": native_report.dataset.model_dump(), "n_scored": rows[0]["n_scored"],
-        "published": native_report.published.model_dump() if native_report.published else None,
-        "reference": rows[0], "variants": rows[1:],
-        "decomposition": decomposition(published.top1_error if published else None, rows),
-        "cost": _cost(runs, timeline),
-        "notes": list(native_report.notes),
-        "xfverify_version": __version__,
-    })
+    result = ref_run.result
+    report = DiagnoseReport(
+        model=card.id, architecture=card.architecture, framework=result.framework, device=result.device,
+        precision=result.precision, weights=result.weights, random_weights=options.random_weights,
+        dataset=native_report.dataset, n_scored=rows[0].n_scored, published=native_report.published,
+        reference=rows[0], variants=rows[1:],
+        decomposition=decomposition(published.top1_error if published else None, rows[0], rows[1:]),
+        cost=_cost(runs, timeline), notes=list(native_report.notes), xfverify_version=__version__,
+    )
     write_diagnose_outputs(out_dir, workdir, report, _flip_images(runs, report, dataset))
     return report
 
@@ -234,14 +258,7 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
     runs = []
     for variant, spec, worker_result in zip(variants, specs, result.results):
         cached, stats = built[spec.geometry_key()]
-        logits = np.load(worker_result.logits_path, mmap_mode="r+")
-        skipped = sorted(bad.index for bad in cached.bad)
-        if skipped:
-            logits[skipped] = np.nan
-            logits.flush()
-        timing = {**worker_result.timing.model_dump(), "timeline_s": relative_timeline(timeline, worker_result.milestones)}
-        topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)
-        runs.append(VariantRun(variant, spec, CachedRun(cached, stats, worker_result, logits, topk, timing)))
+        runs.append(VariantRun(variant, spec, finished_run(cached, stats, worker_result, timeline)))
     return runs
 
 
@@ -253,99 +270,97 @@ def _run_order(variants: list[Variant], specs: list[PreprocessSpec]) -> list[int
                   key=lambda i: (variants[i].precision is not None, keys.index(specs[i].geometry_key()), i))
 
 
-def _compare(runs: list[VariantRun], dataset: Dataset, onnx_row: dict | None,
-             reference_logits: np.ndarray) -> list[dict]:
+@dataclass(frozen=True)
+class OutsidePass:
+    """A runtime row's pass that diagnose did not run in its own worker (ONNX Runtime, through ``onnx --against``)."""
+
+    variant: Variant
+    logits: np.ndarray
+    tensors_sha256: str
+    precision: dict[str, Any]
+
+
+def _rows(runs: list[VariantRun], dataset: Dataset, onnx_pass: OutsidePass | None,
+          reference_logits: np.ndarray) -> list[VariantRow]:
     """Each run's errors and its paired difference to the reference, over the images every run scored; the
     runtime rows' outputs against the reference's too (they are fed the same tensors)."""
     labels = [r.labels for r in dataset.records]
     scored = np.array([bool(acceptable) for acceptable in labels])
     for run in runs:
         scored[sorted(run.run.skipped)] = False
-    compared = _Compared(dataset, labels, scored, runs[0].run.topk, reference_logits)
-    rows = [compared.row(run.variant.to_dict(), run.spec.to_dict(), run.run.topk, run.run.result.tensors_sha256,
-                         run.spec.geometry_key(), run.run.result.precision,
-                         run.run.logits if run.variant.precision else None) for run in runs]
-    if onnx_row is not None:
-        logits = onnx_row.pop("logits")
-        topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)
-        rows.append(compared.row(onnx_row, rows[0]["spec"], topk, onnx_row.pop("sha"), rows[0]["geometry_key"],
-                                 onnx_row.pop("precision"), logits))
+    against = _AgainstReference(dataset, labels, scored, runs[0].run.topk, reference_logits)
+    rows = [against.row(run.variant, run.spec.to_dict(), run.spec.geometry_key(), run.run.topk,
+                        run.run.result.tensors_sha256, run.run.result.precision,
+                        run.run.logits if run.variant.precision else None) for run in runs]
+    if onnx_pass is not None:
+        topk = top_k(np.nan_to_num(onnx_pass.logits, nan=-np.inf), 5)
+        rows.append(against.row(onnx_pass.variant, rows[0].spec, rows[0].geometry_key, topk, onnx_pass.tensors_sha256,
+                                onnx_pass.precision, onnx_pass.logits))
     return rows
 
 
-class _Compared:
-    """The images every run scored, and the reference's answers on them."""
+class _AgainstReference:
+    """The images every run scored, and each run's row against the reference's answers on them."""
 
     def __init__(self, dataset: Dataset, labels: list[tuple[int, ...]], scored: np.ndarray, reference_topk: np.ndarray,
                  reference_logits: np.ndarray):
         self.dataset, self.labels, self.scored = dataset, labels, scored
         self.index = np.flatnonzero(scored)
         self.reference_topk = reference_topk
-        self.reference_wrong = self.wrong(reference_topk)
-        self.reference_logits = np.asarray(reference_logits[self.index], dtype=np.float64)
+        self.reference_logits = reference_logits
 
-    def wrong(self, topk: np.ndarray) -> np.ndarray:
-        return np.array([int(topk[i, 0]) not in self.labels[i] for i in self.index], dtype=bool)
-
-    def output_difference(self, logits: np.ndarray) -> float | None:
-        """The largest |output - the reference's| over the scored images, as a fraction of the reference's largest
-        |output| (None when nothing was scored)."""
-        if not len(self.index):
-            return None
-        scale = float(np.abs(self.reference_logits).max()) or 1.0
-        return round(float(np.abs(np.asarray(logits[self.index], dtype=np.float64) - self.reference_logits).max())
-                     / scale, 6)
-
-    def row(self, definition: dict, spec: dict, topk: np.ndarray, tensors_sha256: str, geometry_key: str,
-            precision: dict, logits: np.ndarray | None = None) -> dict:
+    def row(self, variant: Variant, spec: dict[str, Any], geometry_key: str, topk: np.ndarray, tensors_sha256: str,
+            precision: dict[str, Any], logits: np.ndarray | None = None) -> VariantRow:
         """``logits`` only for the rows fed the reference's own tensors (their outputs are compared too)."""
         stats = error_stats(topk, self.labels, self.scored)
-        wrong = self.wrong(topk)
-        paired = paired_difference(wrong, self.reference_wrong)
-        flips = [{"index": int(i), "image_id": self.dataset.records[i].image_id, "labels": list(self.labels[i]),
-                  "reference_top1": int(self.reference_topk[i, 0]), "variant_top1": int(topk[i, 0])}
-                 for i in self.index[wrong != self.reference_wrong]]
-        return {
-            **definition, "spec": spec, "geometry_key": geometry_key, "tensors_sha256": tensors_sha256,
-            "precision": precision,
-            "max_output_difference": None if logits is None else self.output_difference(logits),
-            "n_scored": stats.n, "top1_error": round(stats.top1_error, 4), "top5_error": round(stats.top5_error, 4),
-            "top1_error_ci95": [round(v, 4) for v in wilson_interval(stats.top1_errors, stats.n)],
-            "delta": round(paired.delta, 4), "delta_ci95": [round(v, 4) for v in paired.ci95],
-            "mcnemar_p": paired.p_value, "right_to_wrong": paired.right_to_wrong,
-            "wrong_to_right": paired.wrong_to_right, "significant": paired.significant, "flips": flips,
-        }
+        runs = compare_runs(self.reference_topk[:, 0], topk[:, 0], self.labels, self.index)
+        paired = runs.paired
+        difference = None
+        if logits is not None and len(self.index):
+            relative = output_difference(self.reference_logits[self.index], logits[self.index]).relative
+            difference = None if relative is None else round(relative, 6)
+        flips = [CorrectnessFlip(index=int(i), image_id=self.dataset.records[i].image_id, labels=list(self.labels[i]),
+                                 reference_top1=int(self.reference_topk[i, 0]), variant_top1=int(topk[i, 0]))
+                 for i in runs.correctness_changed]
+        return VariantRow(
+            **variant.to_dict(), spec=spec, geometry_key=geometry_key, tensors_sha256=tensors_sha256,
+            precision=precision, max_output_difference=difference,
+            n_scored=stats.n, top1_error=round(stats.top1_error, 4), top5_error=round(stats.top5_error, 4),
+            top1_error_ci95=[round(v, 4) for v in wilson_interval(stats.top1_errors, stats.n)],
+            delta=round(paired.delta, 4), delta_ci95=[round(v, 4) for v in paired.ci95],
+            mcnemar_p=paired.p_value, right_to_wrong=paired.right_to_wrong,
+            wrong_to_right=paired.wrong_to_right, significant=paired.significant, flips=flips,
+        )
 
 
-def _onnx_axis(card: ModelCard, options: DiagnoseOptions, out_dir: Path, ref_folder: Path) -> dict:
+def _onnx_axis(card: ModelCard, options: DiagnoseOptions, out_dir: Path, ref_folder: Path) -> OutsidePass:
     """ONNX Runtime on the reference's tensors through `xfverify onnx --against` the reference run."""
     shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(OnnxOptions) if hasattr(options, f.name)
               and f.name not in ("out", "preprocess", "overrides", "extra_notes", "target")}
     run = run_onnx(OnnxOptions(**shared, target=card.id, against=str(ref_folder), out=str(out_dir / "onnx")))
-    return {"name": "onnx-runtime", "group": "runtime", "base": None, "overrides": {},
-            "why": f"ONNX Runtime {run.report.runtime.version} on the reference's tensors ({run.report.onnx.exporter})",
-            "logits": np.load(run.out_dir / "logits.npy"), "sha": run.report.tensors_sha256,
-            "precision": run.report.precision}
+    variant = Variant(name="onnx-runtime", group=RUNTIME, why=f"ONNX Runtime {run.report.runtime.version} on the "
+                      f"reference's tensors ({run.report.onnx.exporter})")
+    return OutsidePass(variant, np.load(run.out_dir / "logits.npy"), run.report.tensors_sha256, run.report.precision)
 
 
-def _cost(runs: list[VariantRun], timeline: dict[str, float]) -> dict:
+def _cost(runs: list[VariantRun], timeline: dict[str, float]) -> Cost:
     """What the run cost: decoding (per geometry, reused or built) and each variant's model pass (precision
     variants are passes too, on the reference's shards)."""
-    geometries = {}
+    geometries: dict[str, GeometryCost] = {}
     for run in runs:
         build = run.run.build
-        geometries.setdefault(run.spec.geometry_key(), {"decoded": build.decoded, "decode_s": round(build.seconds, 3),
-                                                          "reused_shards": build.reused_shards})
-    return {
-        "geometries": len(geometries), "decoded_images": sum(g["decoded"] for g in geometries.values()),
-        "decode_s": round(sum(g["decode_s"] for g in geometries.values()), 3),
-        "model_passes": len(runs), "precision_passes": sum(r.variant.precision is not None for r in runs),
-        "compute_s": round(sum(r.run.result.timing.compute_s for r in runs), 3),
-        "worker_wall_s": round(timeline.get("worker_finished", timeline["started"]) - timeline["started"], 3),
-        "model_loads": 1,
-        "passes": [{"name": r.variant.name, "warmup_s": round(r.run.result.timing.warmup_s, 3),
-                    "loop_wall_s": round(r.run.result.timing.wall_s, 3)} for r in runs],
-    }
+        geometries.setdefault(run.spec.geometry_key(), GeometryCost(
+            decoded=build.decoded, decode_s=round(build.seconds, 3), reused_shards=build.reused_shards))
+    return Cost(
+        geometries=len(geometries), decoded_images=sum(g.decoded for g in geometries.values()),
+        decode_s=round(sum(g.decode_s for g in geometries.values()), 3),
+        model_passes=len(runs), precision_passes=sum(r.variant.precision is not None for r in runs),
+        compute_s=round(sum(r.run.result.timing.compute_s for r in runs), 3),
+        worker_wall_s=round(timeline.get("worker_finished", timeline["started"]) - timeline["started"], 3),
+        model_loads=1,
+        passes=[PassCost(name=r.variant.name, warmup_s=round(r.run.result.timing.warmup_s, 3),
+                         loop_wall_s=round(r.run.result.timing.wall_s, 3)) for r in runs],
+    )
 
 
 def _flip_images(runs: list[VariantRun], report: DiagnoseReport, dataset: Dataset) -> dict[int, np.ndarray]:

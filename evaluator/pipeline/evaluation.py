@@ -19,6 +19,7 @@ from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.nvjpeg_pool import WorkerDecodePool
 from xfverify.evaluator.process.tasks import DataPart, EvaluateJob, WorkerResult
+from xfverify.evaluator.reports.native import TimingInfo
 from xfverify.evaluator.system import console
 from xfverify.evaluator.system.files import atomic_write_text, writable_folder
 from xfverify.models.preprocess import PreprocessSpec
@@ -37,7 +38,7 @@ class CachedRun:
     result: WorkerResult
     logits: np.ndarray
     topk: np.ndarray
-    timing: dict[str, Any]
+    timing: TimingInfo
 
     @property
     def skipped(self) -> set[int]:
@@ -73,13 +74,21 @@ def evaluate_cached(framework: str, job: EvaluateJob, spec: PreprocessSpec, data
         cached, build, result = decode_and_infer(
             cache, dataset, framework, job, workdir, options, decode_progress, infer_progress, timeline
         )
-    logits = np.load(result.logits_path, mmap_mode="r+")  # the worker's file becomes the report's
+    return finished_run(cached, build, result, timeline, mark="logits_saved")
+
+
+def finished_run(cached: Any, build: Any, result: WorkerResult, timeline: dict[str, float],
+                 mark: str | None = None) -> CachedRun:
+    """A worker's pass made a run: its logits file (which becomes the report's) with the skipped images' rows NaN,
+    their top-5, and its timing with the run's timeline (``mark``: a phase to note when the logits are saved)."""
+    logits = np.load(result.logits_path, mmap_mode="r+")
     skipped = {bad.index for bad in cached.bad}
     if skipped:
         logits[sorted(skipped)] = np.nan
         logits.flush()
-    timeline["logits_saved"] = time.time()
-    timing = {**result.timing.model_dump(), "timeline_s": relative_timeline(timeline, result.milestones)}
+    if mark:
+        timeline[mark] = time.time()
+    timing = TimingInfo(**result.timing.model_dump(), timeline_s=relative_timeline(timeline, result.milestones))
     topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)  # skipped images' NaN rows rank nothing
     return CachedRun(cached, build, result, logits, topk, timing)
 

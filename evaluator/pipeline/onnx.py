@@ -32,7 +32,7 @@ from xfverify.converter.description import OnnxDescription
 from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.tasks import EvaluateJob, ExportJob, ExportOutcome, OnnxFileJob
-from xfverify.evaluator.reports.native import NativeReport, OnnxReport
+from xfverify.evaluator.reports.native import NativeReference, NativeReport, OnnxInfo, OnnxReport
 from xfverify.evaluator.system import console
 from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError
@@ -155,15 +155,15 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
         outcome = _export(options, native, hw)
         export = outcome.export
         onnx_path = outcome.onnx_path
-        onnx_info = {"source": "export", "exporter": export.exporter, "exporter_version": export.exporter_version,
-                     "opset": export.opset, "output_kind": export.output_kind, "from_cache": outcome.from_cache,
-                     "export_s": export.seconds, "description": export.description, "notes": list(export.notes)}
+        onnx_info = OnnxInfo(source="export", exporter=export.exporter, exporter_version=export.exporter_version,
+                             opset=export.opset, output_kind=export.output_kind, from_cache=outcome.from_cache,
+                             export_s=export.seconds, description=export.description, notes=list(export.notes))
     else:
         onnx_path = os.path.abspath(options.target)
         description = _describe_file(onnx_path, spec.layout)
-        onnx_info = {"source": "file", "exporter": description.exporter,
-                     "exporter_version": description.exporter_version, "opset": description.opset,
-                     "output_kind": "as the file computes it", "description": description}
+        onnx_info = OnnxInfo(source="file", exporter=description.exporter,
+                             exporter_version=description.exporter_version, opset=description.opset,
+                             output_kind="as the file computes it", description=description)
     timeline["onnx_ready"] = time.time()
     console.info(f"{name_of(options)}: ONNX Runtime on {len(dataset)} images from {dataset.root}; preprocessing {spec.name}")
     job = EvaluateJob(
@@ -186,13 +186,13 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
             notes.append("the model ends in softmax and so does its export: the agreement compares probabilities "
                          "with probabilities")
     identity = None if card else {"model": options.target, "architecture": "unknown (a user's ONNX file)",
-                                  "builder": "onnxruntime.InferenceSession", "output": onnx_info["output_kind"]}
+                                  "builder": "onnxruntime.InferenceSession", "output": onnx_info.output_kind}
     random_weights = bool(native and native.report.random_weights and card)
     report = assemble_report(
         card, spec, dataset, run.cached, run.build, run.result, run.timing, run.topk,
         dataclasses.replace(options, random_weights=random_weights), notes,
-        report_type=OnnxReport, identity=identity, runtime=run.result.runtime.model_dump(),
-        onnx=onnx_info, native=_native_reference(native), agreement=agreement.model_dump() if agreement else None,
+        report_type=OnnxReport, identity=identity, runtime=run.result.runtime,
+        onnx=onnx_info, native=_native_reference(native), agreement=agreement,
         onnx_over_native_time=round(run.result.timing.compute_s / native.report.timing.compute_s, 3)
         if native and native.report.timing.compute_s else None,
     )
@@ -204,11 +204,11 @@ def name_of(options: OnnxOptions) -> str:
     return Path(options.target).name if options.is_file else options.target
 
 
-def _native_reference(native: NativeOnDisk | None) -> dict | None:
+def _native_reference(native: NativeOnDisk | None) -> NativeReference | None:
     if native is None:
         return None
     report = native.report
-    return {"folder": str(native.folder.resolve()), "framework": report.framework.model_dump(),
-            "device": report.device.model_dump(), "top1_error": report.top1_error, "top5_error": report.top5_error,
-            "tensors_sha256": report.tensors_sha256, "compute_s": report.timing.compute_s,
-            "images_per_s": report.timing.images_per_s}
+    return NativeReference(folder=str(native.folder.resolve()), framework=report.framework, device=report.device,
+                           top1_error=report.top1_error, top5_error=report.top5_error,
+                           tensors_sha256=report.tensors_sha256, compute_s=report.timing.compute_s,
+                           images_per_s=report.timing.images_per_s)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from xfverify.evaluator.analysis.comparison import TensorMatch, compare_tensors
 from xfverify.evaluator.data.imaging import BadImageError, load_geometry
 from xfverify.evaluator.data.layouts import records_from_paths
 from xfverify.evaluator.data.normalise import normalise
@@ -66,47 +66,26 @@ def _check_readable_by_reference(preset: str, paths: list[str]) -> None:
                         f"image(s) are not JPEG ({', '.join(others[:5])}): verify it with JPEG files")
 
 
-@dataclass(frozen=True)
-class Agreement:
-    """How xfverify's tensors compare with a reference's, image by image."""
-
-    identical: bool
-    max_abs_diff: float
-    outlier_fractions: tuple[float, ...]  # per image: share of its values beyond the reference's bound
-    outside: tuple[int, ...]  # images with more such values than the reference allows
-
-    @property
-    def within_bound(self) -> bool:
-        return not self.outside
-
-    def describe(self, reference: Reference, paths: list[str]) -> str:
-        if self.identical:
-            return "bit-identical"
-        worst = max(self.outlier_fractions, default=0.0)
-        text = (
-            f"max |diff| {self.max_abs_diff:.3g}; at most {worst * 100:.3f} % of an image's values beyond "
-            f"{reference.bound:.3g}"
-        )
-        if reference.exact:
-            return text + " (expected bit-identical)"
-        if self.within_bound:
-            return f"{text}: within the expected bound ({reference.why})"
-        named = ", ".join(Path(paths[i]).name for i in self.outside[:5])
-        return f"{text}: {len(self.outside)} image(s) outside the expected bound ({named}); {reference.why}"
+def compare_with_reference(ours: np.ndarray, theirs: np.ndarray, reference: Reference) -> TensorMatch:
+    """xfverify's tensors against a reference pipeline's, within the bound that reference documents."""
+    return compare_tensors(ours, theirs, reference.bound, reference.outlier_fraction)
 
 
-def compare_with_reference(ours: np.ndarray, theirs: np.ndarray, reference: Reference) -> Agreement:
-    """Compare two batches of the same shape against a reference's bound."""
-    if ours.shape != theirs.shape:
-        raise ValueError(f"shapes differ: {ours.shape} vs {theirs.shape}")
-    diff = np.abs(ours.astype(np.float64) - theirs.astype(np.float64)).reshape(len(ours), -1)
-    fractions = tuple(float(f) for f in (diff > reference.bound).mean(axis=1)) if diff.size else ()
-    return Agreement(
-        identical=ours.tobytes() == theirs.tobytes(),
-        max_abs_diff=float(diff.max()) if diff.size else 0.0,
-        outlier_fractions=fractions,
-        outside=tuple(i for i, f in enumerate(fractions) if f > reference.outlier_fraction),
+def describe_match(match: TensorMatch, reference: Reference, paths: list[str]) -> str:
+    """The comparison in one line, naming the images outside the reference's bound."""
+    if match.identical:
+        return "bit-identical"
+    worst = max(match.outlier_fractions, default=0.0)
+    text = (
+        f"max |diff| {match.max_abs_diff:.3g}; at most {worst * 100:.3f} % of an image's values beyond "
+        f"{reference.bound:.3g}"
     )
+    if reference.exact:
+        return text + " (expected bit-identical)"
+    if match.within_bound:
+        return f"{text}: within the expected bound ({reference.why})"
+    named = ", ".join(Path(paths[i]).name for i in match.outside[:5])
+    return f"{text}: {len(match.outside)} image(s) outside the expected bound ({named}); {reference.why}"
 
 
 def run_preprocess(model: str, images: list[str], out: str, preset: str | None, overrides, verify: bool) -> None:
@@ -135,4 +114,4 @@ def run_preprocess(model: str, images: list[str], out: str, preset: str | None, 
     if theirs.shape != tensors.shape:
         raise UserError(f"{where} produced {theirs.shape}, xfverify {tensors.shape}: layouts differ")
     reference = REFERENCES[spec.name]
-    console.info(f"against {where}: " + compare_with_reference(tensors, theirs, reference).describe(reference, paths))
+    console.info(f"against {where}: " + describe_match(compare_with_reference(tensors, theirs, reference), reference, paths))

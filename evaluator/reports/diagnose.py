@@ -13,9 +13,9 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from xfverify.evaluator.system.files import atomic_write_text
 from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo
 from xfverify.evaluator.reports.native import DatasetInfo, PublishedInfo
+from xfverify.evaluator.system.files import atomic_write_text
 from xfverify.models.imagenet import class_name
 from xfverify.models.variants import RUNTIME
 
@@ -26,8 +26,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Flip(_Strict):
-    """An image the variant classifies differently from the reference (right -> wrong or wrong -> right)."""
+class CorrectnessFlip(_Strict):
+    """An image the variant gets right where the reference gets it wrong, or the other way round."""
 
     index: int
     image_id: str
@@ -62,7 +62,7 @@ class VariantRow(_Strict):
     right_to_wrong: int
     wrong_to_right: int
     significant: bool = Field(description="McNemar p < 0.05 and an interval without 0")
-    flips: list[Flip]
+    flips: list[CorrectnessFlip]
 
 
 class Step(_Strict):
@@ -85,6 +85,34 @@ class Decomposition(_Strict):
     sentence: str
 
 
+class GeometryCost(_Strict):
+    """One distinct geometry's decoding (the variants sharing it read the same shards)."""
+
+    decoded: int
+    decode_s: float
+    reused_shards: int
+
+
+class PassCost(_Strict):
+    name: str
+    warmup_s: float
+    loop_wall_s: float
+
+
+class Cost(_Strict):
+    """What the diagnosis cost: decoding per geometry, and one model pass per variant (one model load)."""
+
+    geometries: int
+    decoded_images: int
+    decode_s: float
+    model_passes: int
+    precision_passes: int
+    compute_s: float
+    worker_wall_s: float
+    model_loads: int
+    passes: list[PassCost]
+
+
 class DiagnoseReport(_Strict):
     """What ``report.json`` of ``xfverify diagnose`` holds."""
 
@@ -103,7 +131,7 @@ class DiagnoseReport(_Strict):
     reference: VariantRow
     variants: list[VariantRow]
     decomposition: Decomposition
-    cost: dict[str, Any]
+    cost: Cost
     notes: list[str]
     xfverify_version: str
 
@@ -112,13 +140,13 @@ def _signed(value: float) -> str:
     return f"{value:+.1f}"
 
 
-def _is_runtime(row: dict) -> bool:
-    return row.get("group") == RUNTIME
+def _is_runtime(row: VariantRow) -> bool:
+    return row.group == RUNTIME
 
 
-def _causes(rows: list[dict]) -> str:
-    return ", ".join(f"{r['name']} ({_signed(r['delta'])}, 95 % CI {_signed(r['delta_ci95'][0])} to "
-                     f"{_signed(r['delta_ci95'][1])}; {r['right_to_wrong']} right->wrong / {r['wrong_to_right']} "
+def _causes(rows: list[VariantRow]) -> str:
+    return ", ".join(f"{r.name} ({_signed(r.delta)}, 95 % CI {_signed(r.delta_ci95[0])} to "
+                     f"{_signed(r.delta_ci95[1])}; {r.right_to_wrong} right->wrong / {r.wrong_to_right} "
                      "wrong->right)" for r in rows)
 
 
@@ -137,25 +165,23 @@ def _opening(published: float | None, reproduced: float, ci95: list[float] | Non
             "set it was published on)")
 
 
-def decomposition(published: float | None, rows: list[dict]) -> dict:
+def decomposition(published: float | None, reference: VariantRow, variants: list[VariantRow]) -> Decomposition:
     """Published error -> the reference's -> each significant variant's delta (preprocessing, then the runtime axis:
     ONNX Runtime, other precisions; each ranked), each variant's step from the reference's error (each was measured
     alone), and the sentence that says it; variants inside the noise are listed, never ranked."""
-    reproduced = rows[0]["top1_error"]
-    steps: list[dict] = []
+    reproduced = reference.top1_error
+    steps: list[Step] = []
     if published is not None:
-        steps.append({"name": "reference vs published", "axis": "published", "delta": round(reproduced - published, 4),
-                      "delta_ci95": None, "start": published, "end": reproduced})
-    preprocessing = [r for r in rows[1:] if not _is_runtime(r)]
-    runtime = [r for r in rows[1:] if _is_runtime(r)]
-    ranked_preprocessing = sorted((r for r in preprocessing if r["significant"]), key=lambda r: -abs(r["delta"]))
-    ranked_runtime = sorted((r for r in runtime if r["significant"]), key=lambda r: -abs(r["delta"]))
+        steps.append(Step(name="reference vs published", axis="published", delta=round(reproduced - published, 4),
+                          delta_ci95=None, start=published, end=reproduced))
+    preprocessing = [r for r in variants if not _is_runtime(r)]
+    runtime = [r for r in variants if _is_runtime(r)]
+    ranked_preprocessing = sorted((r for r in preprocessing if r.significant), key=lambda r: -abs(r.delta))
+    ranked_runtime = sorted((r for r in runtime if r.significant), key=lambda r: -abs(r.delta))
     for row in ranked_preprocessing + ranked_runtime:
-        steps.append({"name": row["name"], "axis": RUNTIME if _is_runtime(row) else "preprocessing",
-                      "delta": row["delta"], "delta_ci95": row["delta_ci95"], "start": reproduced,
-                      "end": round(reproduced + row["delta"], 4)})
-    noise = [r["name"] for r in rows[1:] if not r["significant"]]
-    start = _opening(published, reproduced, rows[0].get("top1_error_ci95"))
+        steps.append(Step(name=row.name, axis=RUNTIME if _is_runtime(row) else "preprocessing", delta=row.delta,
+                          delta_ci95=row.delta_ci95, start=reproduced, end=round(reproduced + row.delta, 4)))
+    start = _opening(published, reproduced, reference.top1_error_ci95)
     explained = ("; preprocessing choices that change the error measurably, largest first: "
                  + _causes(ranked_preprocessing) if ranked_preprocessing
                  else "; no preprocessing variant changes the error measurably" if preprocessing else "")
@@ -163,13 +189,15 @@ def decomposition(published: float | None, rows: list[dict]) -> dict:
         explained += "; on the runtime axis (conversion, precision) the error changes measurably with: " + _causes(
             ranked_runtime)
     elif runtime:
-        explained += f"; the runtime axis ({', '.join(r['name'] for r in runtime)}) changes nothing measurable"
-    quiet = sum(not r["significant"] for r in preprocessing)
+        explained += f"; the runtime axis ({', '.join(r.name for r in runtime)}) changes nothing measurable"
+    quiet = sum(not r.significant for r in preprocessing)
     quiet_clause = f"; {quiet} variant{'s change' if quiet != 1 else ' changes'} nothing measurable"
-    sentence = f"{start}{explained}{quiet_clause if quiet else ''}."
-    return {"published": published, "reproduced": reproduced, "steps": steps,
-            "ranked": [r["name"] for r in ranked_preprocessing + ranked_runtime], "within_noise": noise,
-            "sentence": sentence}
+    return Decomposition(
+        published=published, reproduced=reproduced, steps=steps,
+        ranked=[r.name for r in ranked_preprocessing + ranked_runtime],
+        within_noise=[r.name for r in variants if not r.significant],
+        sentence=f"{start}{explained}{quiet_clause if quiet else ''}.",
+    )
 
 
 def write_diagnose_outputs(out_dir: Path, workdir: Path, report: DiagnoseReport, images: dict[int, np.ndarray]) -> None:
@@ -223,9 +251,8 @@ def markdown(report: DiagnoseReport) -> str:
         paired = delta if row is report.reference else f"{delta} ({interval})"
         lines.append(f"| {row.name} | {row.group} | {_ran_cell(row)} | {row.top1_error:.1f} ({lo:.1f}-{hi:.1f}) | "
                      f"{paired} | {flips} | {p} | {verdict} |")
-    lines += ["", "## Cost", "", *(f"- {k}: {v}" for k, v in report.cost.items() if k != "passes")]
-    lines += [f"- pass {p['name']}: warm-up {p['warmup_s']} s, loop {p['loop_wall_s']} s"
-              for p in report.cost.get("passes", [])]
+    lines += ["", "## Cost", "", *(f"- {k}: {v}" for k, v in report.cost.model_dump(exclude={"passes"}).items())]
+    lines += [f"- pass {p.name}: warm-up {p.warmup_s} s, loop {p.loop_wall_s} s" for p in report.cost.passes]
     if report.notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in report.notes)]
     return "\n".join(lines) + "\n"

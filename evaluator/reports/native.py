@@ -12,8 +12,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from xfverify.converter.description import OnnxDescription
-from xfverify.evaluator.analysis.agreement import Agreement
-from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo, LoopTiming, RuntimeInfo
+from xfverify.evaluator.analysis.agreement import OnnxAgreement
+from xfverify.evaluator.analysis.metrics import PublishedGap, RealError
+from xfverify.evaluator.process.tasks import (
+    DeviceInfo,
+    FrameworkInfo,
+    LoopTiming,
+    RuntimeInfo,
+)
 from xfverify.models.imagenet import class_name
 
 REPORT_VERSION = 1
@@ -40,11 +46,6 @@ class PublishedInfo(_Open):
     top1_error: float
     top5_error: Optional[float]
     source: str
-
-
-class DeltaInfo(_Open):
-    top1_error: float
-    outside_ci95: bool
 
 
 class TimingInfo(LoopTiming):
@@ -101,8 +102,8 @@ class NativeReport(BaseModel):
     n_scored: int
     published: Optional[PublishedInfo]
     other_published: list[PublishedInfo]
-    delta_vs_published: Optional[DeltaInfo]
-    real_labels: Optional[dict[str, Any]]
+    delta_vs_published: Optional[PublishedGap]
+    real_labels: Optional[RealError]
     timing: TimingInfo
     cache: CacheInfo
     skipped_images: list[SkippedImage]
@@ -122,6 +123,7 @@ class OnnxInfo(_Open):
     from_cache: Optional[bool] = None
     export_s: Optional[float] = None
     description: OnnxDescription
+    notes: list[str] = Field(default_factory=list, description="what the exporter said (an export only)")
 
 
 class NativeReference(_Open):
@@ -146,7 +148,7 @@ class OnnxReport(NativeReport):
     onnx: OnnxInfo
     native: Optional[NativeReference]
     onnx_over_native_time: Optional[float] = Field(description="compute seconds, ONNX Runtime / native")
-    agreement: Optional[Agreement]
+    agreement: Optional[OnnxAgreement]
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ def summary_rows(report: NativeReport) -> list[tuple[str, str]]:
         verdict = "outside the 95% CI" if delta.outside_ci95 else "within the 95% CI"
         rows.append(("delta vs published", f"{delta.top1_error:+.2f} points, {verdict}"))
     if report.real_labels:
-        rows.append(("ReaL top-1 error %", _fmt(report.real_labels["top1_error"])))
+        rows.append(("ReaL top-1 error %", _fmt(report.real_labels.top1_error)))
     rows += [
         ("throughput", f"{_fmt(timing.images_per_s, 1)} img/s; wall {timing.wall_s:.2f} s"),
         ("data wait / compute", f"{timing.data_wait_s:.2f} s / {timing.compute_s:.2f} s"),
