@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from helpers import VAL_SIZES, imagenet_val_files, write_jpeg
+
+os.environ.setdefault("COLUMNS", "200")  # before the console is imported: tables as wide as a run_cli subprocess's
 
 
 @pytest.fixture(autouse=True)

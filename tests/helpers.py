@@ -123,14 +123,42 @@ def decompression_bomb(path: Path, side: int = 20000) -> Path:
     return path
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m xfverify ARGS`` in a subprocess, capturing output."""
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600, isolated: bool = False,
+            ) -> subprocess.CompletedProcess:
+    """``xfverify ARGS``, output captured: in this process (its workers are processes of their own either way,
+    and a bug raises as itself), or with ``isolated`` in a ``python -m xfverify`` subprocess, for what needs a
+    process of its own (signals, the traceback a bug prints, a blocked import)."""
+    if not isolated:
+        return run_cli_here(*args, env=env)
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env.setdefault("COLUMNS", "200")
     return subprocess.run(
         [sys.executable, "-m", "xfverify", *args], capture_output=True, text=True, env=full_env, timeout=timeout
     )
+
+
+def run_cli_here(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``xfverify ARGS`` in this process, for what is refused before any worker starts (a second of start-up
+    saved per call): stdout and stderr captured, the exit code kept, a bug raised as itself."""
+    import contextlib
+
+    from xfverify.evaluator.commands.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.update({"COLUMNS": "200", **(env or {})})
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                main(list(args))
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(["xfverify", *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def wnid(index: int) -> str:

@@ -66,15 +66,70 @@ def _photos(tmp_path: Path, preset: str) -> list[str]:
     return [str(SAMPLE_DIR / name) for name in sample] + [str(p) for p in odd.values()] + real_photos(every=25)
 
 
+# Runs each framework's references for every preset in one process (the reference modules import nothing of
+# xfverify and are loaded from their files): one TensorFlow start-up for its eight presets, not eight.
+REFERENCES_SCRIPT = """
+import importlib.util, json, sys
+from pathlib import Path
+import numpy as np
+folder, job, out = sys.argv[1:]
+sys.path.insert(0, folder)  # a reference module may import its package's siblings by file
+results, modules = {}, {}
+for preset, (module_name, paths) in json.loads(Path(job).read_text()).items():
+    if module_name not in modules:
+        spec = importlib.util.spec_from_file_location(module_name, Path(folder) / (module_name + ".py"))
+        modules[module_name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[module_name])
+    module = modules[module_name]
+    batch = np.asarray(module.PIPELINES[preset](paths), dtype=np.float32)
+    if module.LAYOUT == "NHWC":
+        batch = batch.transpose(0, 3, 1, 2)
+    results[preset] = np.ascontiguousarray(batch)
+np.savez(out, **results)
+"""
+
+
+@pytest.fixture(scope="module")
+def framework_references(tmp_path_factory):
+    """preset -> (the photos, the preset's reference tensors in NCHW); each framework's presets run in one process
+    (GluonCV's single preset through the worker, which makes GluonCV importable beside its MXNet)."""
+    done: dict[str, tuple[list[str], np.ndarray]] = {}
+
+    def get(preset: str) -> tuple[list[str], np.ndarray]:
+        if preset not in done:
+            framework = REFERENCES[preset].framework
+            folder = tmp_path_factory.mktemp(framework)
+            presets = [p for p in sorted(PRESETS) if REFERENCES[p].framework == framework]
+            photos = {p: _photos(folder, p) for p in presets}
+            if framework == "mxnet":
+                for name in presets:
+                    tensors, _ = reference_tensors(name, photos[name])
+                    done[name] = (photos[name], _nchw(tensors, PRESETS[name].layout))
+                return done[preset]
+            job = folder / "job.json"
+            job.write_text(json.dumps({p: (REFERENCES[p].module, photos[p]) for p in presets}))
+            ran = subprocess.run([sys.executable, "-c", REFERENCES_SCRIPT, str(Path(references_package.__file__).parent),
+                                  str(job), str(folder / "out.npz")], capture_output=True, text=True, timeout=900)
+            assert ran.returncode == 0, ran.stderr[-3000:]
+            with np.load(folder / "out.npz") as out:
+                done.update({p: (photos[p], out[p]) for p in presets})
+        return done[preset]
+
+    return get
+
+
+def _nchw(batch: np.ndarray, layout: str) -> np.ndarray:
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2)) if layout == "NHWC" else batch
+
+
 @pytest.mark.parametrize("preset", [pytest.param(p, marks=MARKS[REFERENCES[p].framework]) for p in sorted(PRESETS)])
-def test_preset_matches_its_source(preset, tmp_path):
-    paths = _photos(tmp_path, preset)
-    ours = preprocess_files(paths, PRESETS[preset])
-    theirs, where = reference_tensors(preset, paths)
+def test_preset_matches_its_source(preset, framework_references):
+    paths, theirs = framework_references(preset)
+    ours = _nchw(preprocess_files(paths, PRESETS[preset]), PRESETS[preset].layout)
     reference = REFERENCES[preset]
     match = compare_with_reference(ours, theirs, reference)
     if reference.exact:
-        assert match.identical, f"{preset} differs from {where}: {describe_match(match, reference, paths)}"
+        assert match.identical, f"{preset} differs from its source: {describe_match(match, reference, paths)}"
         return
     # Images whose crop window already has the input size: the original feeds them as uint8 / 255, every value
     # within [-127/128, -126/128] (see the reference's `why`); xfverify does not copy that. All others: in bound.
