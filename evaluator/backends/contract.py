@@ -20,7 +20,8 @@ from typing import Any, Callable, ClassVar, Iterable, NamedTuple
 import numpy as np
 
 from xfverify.evaluator.backends.feeding import choose_batch_size, run_fed
-from xfverify.evaluator.backends.weights import calibration_batch, sha256_file
+from xfverify.converter.description import sha256_file
+from xfverify.evaluator.backends.weights import calibration_batch
 from xfverify.evaluator.process.tasks import (
     DeviceInfo,
     EvaluateJob,

@@ -24,7 +24,8 @@ import onnxruntime as ort
 from xfverify.converter.description import OnnxDescription
 from xfverify.evaluator.backends.contract import Backend, Device, HostStep, worker_tasks
 from xfverify.evaluator.system.devices import cpu_name, nvidia_gpus, ort_fed_on_device
-from xfverify.evaluator.backends.weights import exception_text, sha256_file
+from xfverify.evaluator.backends.weights import exception_text
+from xfverify.converter.description import sha256_file
 from xfverify.evaluator.process.tasks import EvaluateJob, FrameworkInfo, OnnxFileJob, RuntimeInfo
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError

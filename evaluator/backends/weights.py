@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from xfverify.converter.description import sha256_file
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
 
@@ -46,12 +47,6 @@ def missing_weights_error(card: ModelCard, expected: Path, cause: BaseException)
         f"pretrained weights for {card.id} are not available offline: expected {expected} "
         f"and the download failed ({reason}); {where}, or pass --weights FILE or --random-weights"
     )
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 of a file."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def checked_weights(card: ModelCard, path: str | os.PathLike) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xfverify.converter.description import ExportResult, OnnxDescription
 from xfverify.models.cards import ModelCard, get_card
+from xfverify.models.precision import Precision
 from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
 
 TensorProof = Literal["hashed on host", "device checksums against digests stored at cache build"]
@@ -19,9 +20,6 @@ TensorProof = Literal["hashed on host", "device checksums against digests stored
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 
 
 class EvaluateJob(_Strict):
