@@ -153,4 +153,5 @@ class KerasBackend(CardModelLoader, Backend, SwitchesPrecision, Exporter):
         return export_keras(model, path, opset)  # the graph ends as the model does: softmax for applications
 
 
-evaluate, reference_preprocess, export, evaluate_many = worker_tasks(KerasBackend)
+BACKEND = KerasBackend
+evaluate, reference_preprocess, export, evaluate_many = worker_tasks(BACKEND)

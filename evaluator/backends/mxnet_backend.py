@@ -177,4 +177,5 @@ class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter):
         return export_gluon(model, path, opset, input_shape=(3, *hw), ctx=device.handle)
 
 
-evaluate, reference_preprocess, export, evaluate_many = worker_tasks(MxnetBackend, before=import_gluoncv)
+BACKEND = MxnetBackend
+evaluate, reference_preprocess, export, evaluate_many = worker_tasks(BACKEND, before=import_gluoncv)

@@ -352,4 +352,5 @@ def describe_onnx(job: dict[str, Any], workdir: Path) -> OnnxDescription:
                                     "exporter_version": found.producer_version})
 
 
-evaluate = worker_tasks(OnnxRuntimeBackend).evaluate
+BACKEND = OnnxRuntimeBackend
+evaluate = worker_tasks(BACKEND).evaluate  # the only task: it runs .onnx files, builds and exports nothing

@@ -275,7 +275,8 @@ class TorchBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecis
         return export_torch(model, path, opset, input_shape=(3, *hw))
 
 
-evaluate, reference_preprocess, export, evaluate_many = worker_tasks(TorchBackend)
+BACKEND = TorchBackend
+evaluate, reference_preprocess, export, evaluate_many = worker_tasks(BACKEND)
 
 
 def _library_versions() -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SerializerFunctionWrapHandler, Tag, WrapSerializer
 
 from xfverify.models.precision import Precision
 
@@ -91,8 +91,8 @@ class CheckedWeights(_Block):
     """The card's own weights file, checked against the card's checksum (where it names one)."""
 
     source: str
-    file: str
     sha256: str
+    file: str
     license: str
     checksum: Optional[str] = Field(default=None, exclude_if=lambda value: value is None,
                                     description="the card's checksum it matched; absent when the card names none")
@@ -110,3 +110,16 @@ WeightsBlock = Annotated[
           Annotated[FileWeights, Tag("FileWeights")]],
     Discriminator(_weights_kind),
 ]
+
+
+def _file_before_sha256(block: Any, write: SerializerFunctionWrapHandler) -> Any:
+    written = write(block)
+    if isinstance(block, CheckedWeights):
+        order = ("source", "file", "sha256", "license", "checksum")
+        return {key: written[key] for key in order if key in written}
+    return written
+
+
+# The same blocks as diagnose's report.json has always written them: a checked block's file before its sha256 (a
+# native report's schema puts sha256 second in every block).
+DiagnoseWeightsBlock = Annotated[WeightsBlock, WrapSerializer(_file_before_sha256)]

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from xfverify.evaluator.system.files import atomic_write_text
-from xfverify.evaluator.process.blocks import PrecisionBlock, WeightsBlock
+from xfverify.evaluator.process.blocks import DiagnoseWeightsBlock, PrecisionBlock
 from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo
 from xfverify.evaluator.reports.native import DatasetInfo, PublishedInfo
 from xfverify.models.imagenet import class_name
@@ -96,7 +96,7 @@ class DiagnoseReport(_Strict):
     framework: FrameworkInfo
     device: DeviceInfo
     precision: PrecisionBlock
-    weights: WeightsBlock
+    weights: DiagnoseWeightsBlock
     random_weights: bool
     dataset: DatasetInfo
     n_scored: int
