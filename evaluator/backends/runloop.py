@@ -198,7 +198,7 @@ def run_loop(
     if progress:
         progress(0, n_images)
     started = time.perf_counter()
-    batches = _Prefetcher(source, depth=3 if step.feed == "device" else 2)
+    batches = _Prefetcher(source, depth=3 if isinstance(step, DeviceFedStep) else 2)
     while True:
         wait_start = time.perf_counter()
         try:
