@@ -40,7 +40,7 @@ def lite0() -> tuple[torch.nn.Module, str]:
         model, block = TorchBackend().pretrained_network(card, None)
     except UserError as exc:
         return TorchBackend().random_network(card, None), f"random weights ({exc})"
-    return model, f"{card.weights.name}, sha256 {block['sha256'][:16]}"
+    return model, f"{card.weights.name}, sha256 {block.sha256[:16]}"
 
 
 def resnet50() -> tuple[torch.nn.Module, str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +11,12 @@ from pydantic import BaseModel, ConfigDict
 
 Layout = Literal["NCHW", "NHWC"]
 OutputKind = Literal["logits", "softmax"]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file (hex)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class Frozen(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tempfile
 import time
@@ -19,6 +18,7 @@ from xfverify.converter.description import (  # noqa: F401 (re-exported: the exp
     OnnxDescription,
     OutputKind,
     TensorDescription,
+    sha256_file,
 )
 from xfverify.models.errors import UserError
 
@@ -30,14 +30,6 @@ def one_line(text: str, limit: int = 300) -> str:
     """An exception's message as one line of at most about ``limit`` characters."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3].rstrip() + "..."
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_structure(path: Path) -> onnx.ModelProto:

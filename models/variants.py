@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
+from xfverify.models.precision import DESCRIPTIONS, MIXED, PRECISIONS
 from xfverify.models.preprocess import (
     LIBRARY_INTERPOLATIONS,
     NORMALISATIONS,
@@ -38,14 +39,7 @@ RESIZE_LIBRARY_VARIANTS = (
     ("resize-torch", "torch", False, "torchvision's tensor (antialias=False)"),
     ("resize-torch-antialias", "torch", True, "torchvision's tensor (antialias=True)"),
 )
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")  # what --precision takes
 RUNTIME = "runtime"  # the group of the rows that change how the model runs, not what it is fed
-_PRECISION_HOW = {
-    "fp32": "float32 throughout, TF32 off",
-    "tf32": "TF32 matmuls and convolutions (CUDA GPUs)",
-    "bf16": "mixed precision in bfloat16",
-    "fp16": "mixed precision in float16",
-}
 
 
 @dataclass(frozen=True)
@@ -224,6 +218,6 @@ def precision_variants(names: str | None, reference_precision: str, framework: s
                         f"{reference_precision}); name the other precisions to compare")
     engine = {"torch": "torch autocast", "tensorflow": "a Keras mixed-precision policy"}.get(framework, framework)
     return [Variant(name=f"precision-{p}", group=RUNTIME, precision=p,
-                    why=f"the reference's tensors, the same weights, {_PRECISION_HOW[p]}"
-                        + (f" ({engine})" if p in ("bf16", "fp16") else ""))
+                    why=f"the reference's tensors, the same weights, {DESCRIPTIONS[p]}"
+                        + (f" ({engine})" if p in MIXED else ""))
             for p in wanted]

@@ -321,7 +321,6 @@ def test_the_uint8_feed_graph_feeds_the_tables_bytes_and_the_caches_checksums(pr
 
 def test_the_uint8_feed_refuses_what_it_cannot_wrap():
     from xfverify.converter.feed_graph import uint8_fed_model
-    from xfverify.models.preprocess import PRESETS
 
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3, 8, 8]) for n in ("a", "b")]
     graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "two", inputs,

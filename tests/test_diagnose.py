@@ -265,7 +265,7 @@ def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path):
     onnx = report.variants[-1]
     assert onnx.name == "onnx-runtime" and onnx.group == "runtime"
     assert onnx.tensors_sha256 == report.reference.tensors_sha256 and onnx.spec == report.reference.spec
-    assert onnx.precision["requested"] == "fp32" and onnx.max_output_difference < 1e-3  # a faithful export
+    assert onnx.precision.requested == "fp32" and onnx.max_output_difference < 1e-3  # a faithful export
 
 
 @pytest.mark.parametrize("make, fragment", [

@@ -12,6 +12,7 @@ from helpers import (
     run_cli,
 )
 
+from xfverify.evaluator.process.blocks import KerasPrecision, PlainPrecision, TorchPrecision
 from xfverify.evaluator.process.tasks import EvaluateJob, EvaluateManyJob, VariantPart
 from xfverify.evaluator.reports.diagnose import (
     DiagnoseReport,
@@ -70,9 +71,12 @@ def test_the_decomposition_puts_the_runtime_axis_after_preprocessing_and_says_it
     assert "precision-fp16 (+5.0" in runtime and runtime.endswith("1 variant changes nothing measurable.")
     quiet = decomposition(20.0, rows[0], [rows[3], rows[4]]).sentence
     assert "the runtime axis (precision-bf16) changes nothing measurable" in quiet
-    assert ran_at({"requested": "bf16", "tf32": False, "autocast": "bfloat16"}) == "autocast bfloat16"
-    assert ran_at({"requested": "fp16", "tf32": False, "policy": "mixed_float16"}) == "policy mixed_float16"
-    assert ran_at({"requested": "tf32", "tf32": True, "autocast": None}) == "fp32 + TF32"
+    torch_cpu = dict(channels_last=False, cudnn_benchmark=None, cuda_graphs="off")
+    assert ran_at(TorchPrecision(requested="bf16", tf32=False, autocast="bfloat16", **torch_cpu)) == "autocast bfloat16"
+    assert ran_at(KerasPrecision(requested="fp16", tf32=False, policy="mixed_float16")) == "policy mixed_float16"
+    assert ran_at(KerasPrecision(requested="fp32", tf32=False, policy="float32")) == "fp32"
+    assert ran_at(TorchPrecision(requested="tf32", tf32=True, autocast=None, **torch_cpu)) == "fp32 + TF32"
+    assert ran_at(PlainPrecision(requested="fp32", tf32=False)) == "fp32"
 
 
 def _diagnose(out, cache, *args, timeout=600):
@@ -96,13 +100,13 @@ def test_torch_precisions_run_on_the_reference_tensors_in_the_same_worker_and_le
     ran = {v.name: v for v in report.variants}
     for name, autocast in (("precision-bf16", "bfloat16"), ("precision-fp16", "float16")):
         row = ran[name]
-        assert row.group == "runtime" and row.precision["requested"] == name[-4:]
-        assert row.precision["autocast"] == autocast
+        assert row.group == "runtime" and row.precision.requested == name[-4:]
+        assert row.precision.autocast == autocast
         assert row.tensors_sha256 == report.reference.tensors_sha256 and row.spec == report.reference.spec
         assert row.n_scored == report.n_scored and row.delta_ci95[0] <= row.delta <= row.delta_ci95[1]
         assert 0 < row.max_output_difference < 0.2  # it did run at another precision, and close to fp32
     assert report.reference.max_output_difference is None and ran["norm-half-half"].max_output_difference is None
-    assert report.reference.precision["autocast"] is None and report.precision["requested"] == "fp32"
+    assert report.reference.precision.autocast is None and report.precision.requested == "fp32"
     # fp32 untouched: the reference pass gives the native run's logits bit for bit
     reference_logits = np.load(tmp_path / "out" / "reference" / "logits.npy")
     assert np.array_equal(reference_logits, np.load(tmp_path / "native" / "logits.npy"), equal_nan=True)
@@ -151,7 +155,7 @@ def test_keras_precisions_rebuild_the_network_under_the_policy_with_the_same_wei
                              "--variants", "reference", "--precisions", "bf16")
     (row,) = report.variants
     assert row.name == "precision-bf16" and row.group == "runtime"
-    assert row.precision["policy"] == "mixed_bfloat16" and report.reference.precision["policy"] == "float32"
+    assert row.precision.policy == "mixed_bfloat16" and report.reference.precision.policy == "float32"
     assert row.tensors_sha256 == report.reference.tensors_sha256 and row.max_output_difference is not None
     assert report.cost.model_loads == 1 and "variant 2 of 2: precision-bf16" in done.stderr
 

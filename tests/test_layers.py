@@ -18,7 +18,9 @@ LINT = "import sys; from importlinter.cli import lint_imports_command; sys.exit(
 
 # Modules the parent or the decode pool imports that must stay framework-free although they sit beside worker code.
 FRAMEWORK_FREE = ["evaluator/cache/digests.py", "models/overrides.py", "evaluator/system/devices.py",
-                  "evaluator/backends/feeding.py", "evaluator/backends/weights.py", "evaluator/backends/contract.py"]
+                  "evaluator/backends/feeding.py", "evaluator/backends/weights.py", "evaluator/backends/contract.py",
+                  "evaluator/backends/steps.py", "evaluator/backends/loading.py", "evaluator/backends/running.py",
+                  "evaluator/backends/exporting.py", "evaluator/process/blocks.py"]
 
 
 def _lint(package_root: Path, config: Path) -> subprocess.CompletedProcess:

@@ -51,7 +51,7 @@ def test_delta_vs_published():
 def minimal_report() -> dict:
     return {
         "model": "m/x:y", "architecture": "X", "builder": "x()", "random_weights": True, "framework": {"name": "torch", "version": "2"},
-        "device": {"type": "cpu", "name": "a CPU"}, "precision": {"requested": "fp32"}, "weights": {"source": "random", "sha256": "random"},
+        "device": {"type": "cpu", "name": "a CPU"}, "precision": {"requested": "fp32", "tf32": False, "autocast": None, "channels_last": False, "cudnn_benchmark": None, "cuda_graphs": "off"}, "weights": {"source": "random", "sha256": "random", "seed": 0},
         "preprocess": {}, "dataset": {"path": "/d", "layout": "folder", "n_images": 1, "n_labelled": 0, "manifest_sha256": "0" * 64},
         "tensors_sha256": "a" * 64, "output": "logits", "top1_error": None, "top5_error": None, "top1_error_ci95": None,
         "top5_error_ci95": None, "n_scored": 0, "published": None, "other_published": [], "delta_vs_published": None,

@@ -64,6 +64,9 @@ def test_importing_every_parent_module_loads_no_framework():
                        "xfverify.evaluator.pipeline.preprocess", "xfverify.evaluator.process.registry",
                        "xfverify.evaluator.backends.feeding", "xfverify.evaluator.backends.weights",
                        "xfverify.evaluator.system.devices", "xfverify.evaluator.backends.contract",
+                       "xfverify.evaluator.backends.steps", "xfverify.evaluator.backends.loading",
+                       "xfverify.evaluator.backends.running", "xfverify.evaluator.backends.exporting",
+                       "xfverify.evaluator.process.blocks",
                        "xfverify.evaluator.process.tasks", "xfverify.evaluator.pipeline.onnx", "xfverify.evaluator.analysis.agreement"]
         for name in parent_side:
             importlib.import_module(name)

@@ -327,27 +327,28 @@ def test_a_users_file_with_a_fixed_batch_of_1_runs_at_batch_size_1(tmp_path):
 def test_a_native_run_is_reused_only_for_the_same_weights(tmp_path):
     from types import SimpleNamespace
 
+    from xfverify.evaluator.pipeline.onnx import _matches
     from xfverify.evaluator.pipeline.options import NativeOptions
     from xfverify.evaluator.pipeline.request import prepare
-    from xfverify.evaluator.pipeline.onnx import _matches
+    from xfverify.evaluator.process.blocks import FileWeights, RandomWeights
 
     weights_file = tmp_path / "mine.pth"
     weights_file.write_bytes(b"weights")
     card, spec, dataset = prepare(NativeOptions(limit=2))
 
-    def native(source: str, random_weights: bool = False, **weights) -> SimpleNamespace:
+    def native(source: str, random_weights: bool = False, seed: int = 0) -> SimpleNamespace:
+        weights = RandomWeights(seed=seed) if random_weights else FileWeights(source=source, sha256="0" * 64)
         return SimpleNamespace(model=card.id, preprocess=spec.to_dict(), random_weights=random_weights,
-                               dataset=SimpleNamespace(manifest_sha256=dataset.manifest_sha256()),
-                               weights=SimpleNamespace(source=source, **weights))
+                               dataset=SimpleNamespace(manifest_sha256=dataset.manifest_sha256()), weights=weights)
 
     pretrained, own_file = NativeOptions(limit=2), NativeOptions(limit=2, weights=str(weights_file))
     assert _matches(native(card.weights_source), pretrained)
     assert not _matches(native(str(weights_file)), pretrained)
     assert _matches(native(str(weights_file)), own_file)
     assert not _matches(native(card.weights_source), own_file)
-    assert _matches(native("random", True, seed=3), NativeOptions(limit=2, random_weights=True, seed=3))
-    assert not _matches(native("random", True, seed=3), NativeOptions(limit=2, random_weights=True, seed=4))
-    assert not _matches(native("random", True, seed=0), pretrained)
+    assert _matches(native("random", True, 3), NativeOptions(limit=2, random_weights=True, seed=3))
+    assert not _matches(native("random", True, 3), NativeOptions(limit=2, random_weights=True, seed=4))
+    assert not _matches(native("random", True, 0), pretrained)
 
 
 def test_a_users_file_needs_a_preset_and_against_needs_a_native_report(tmp_path):

@@ -19,7 +19,7 @@ from xfverify.evaluator.backends import runloop
 from xfverify.evaluator.cache.digests import ensure_digests, fed_checksums
 from xfverify.evaluator.backends.feeding import out_of_memory_is_a_user_error
 from xfverify.evaluator.backends.torch_backend import _is_out_of_memory
-from xfverify.evaluator.backends.torch_steps import CpuStep, CudaStep, FedChecksums, GatherNormaliser
+from xfverify.evaluator.backends.torch_steps import CpuStep, CudaStep, FedChecksums, GatherNormaliser, TorchSettings
 from xfverify.evaluator.data.normalise import normalise
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
@@ -143,10 +143,9 @@ def write_shards(workdir: Path) -> list[str]:
     return paths
 
 
-def run(step, shards: list[str], workdir: Path, name: str, feed: str) -> tuple[runloop.LoopResult, np.ndarray]:
+def run(step, shards: list[str], workdir: Path, name: str) -> tuple[runloop.LoopResult, np.ndarray]:
     spec = PRESETS["keras-caffe"]  # BGR: the channel reordering is exercised too
-    stage = getattr(step, "stage", None)
-    result = runloop.run_loop(shards, 41, spec, 8, step, workdir / f"{name}.npy", feed=feed, threads=2, stage=stage)
+    result = runloop.run_loop(shards, 41, spec, 8, step, workdir / f"{name}.npy", threads=2)
     return result, np.load(workdir / f"{name}.npy")
 
 
@@ -168,7 +167,7 @@ def a_device_that_feeds_other_bytes_is_named(model, spec, settings, shards, work
     step.warm_up([41 % 8, 8], (32, 32), full_batches=41 // 8)
     calls.clear()
     try:
-        run(step, shards, workdir, "tampered", "device")
+        run(step, shards, workdir, "tampered")
         check(False, "a device that fed other bytes than the cache's went unnoticed")
     except UserError as exc:
         check(str(exc).startswith("image s1-3 (#26): the tensor fed on"), str(exc))
@@ -179,9 +178,9 @@ def main() -> None:
     normalisation_is_exact()
     shards = write_shards(workdir)
     spec = PRESETS["keras-caffe"]
-    settings = {"autocast": None, "channels_last": False}
+    settings = TorchSettings(autocast=None, channels_last=False)
     model = tiny_model()
-    reference, reference_logits = run(CpuStep(model, settings), shards, workdir, "cpu", "host")
+    reference, reference_logits = run(CpuStep(model, settings), shards, workdir, "cpu")
     outcomes = {}
     for label, fake, graphs in (
         ("eager", FakeCuda(), False),
@@ -191,7 +190,7 @@ def main() -> None:
     ):
         step = CudaStep(model, spec, fake.device, settings, cuda_graphs=graphs, api=fake)
         step.warm_up([41 % 8, 8], (32, 32), full_batches=41 // 8)
-        result, logits = run(step, shards, workdir, label, "device")
+        result, logits = run(step, shards, workdir, label)
         check(result.tensors_sha256 == reference.tensors_sha256, f"{label}: fed tensors differ from host feeding")
         check(result.tensor_proof.startswith("device checksums"), f"{label}: {result.tensor_proof}")
         check(np.array_equal(logits, reference_logits), f"{label}: logits differ from the CPU step's")

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from xfverify.evaluator.backends import runloop
+from xfverify.evaluator.backends.steps import DeviceFedStep, Step
 from xfverify.evaluator.process.tasks import DataPart, EvaluateJob, LoopTiming
 from xfverify.evaluator.process.events import emit, milestone
 from xfverify.models.errors import UserError
@@ -71,29 +72,24 @@ def warm_up(run: Callable[[np.ndarray], Any], sizes: list[int], hw: tuple[int, i
     return time.perf_counter() - started
 
 
-def run_fed(job: EvaluateJob, spec: PreprocessSpec, step, workdir: Path, device_name: str,
+def run_fed(job: EvaluateJob, spec: PreprocessSpec, step: Step, workdir: Path, device_name: str,
             is_out_of_memory: Callable[[BaseException], bool]) -> tuple[runloop.LoopResult, LoopTiming]:
     """Warm up, take the data part of the job, run the loop; returns the loop's result and its timing.
 
-    ``job.batch_size`` is set (:func:`choose_batch_size`).
-
-    A host-fed step (``step.feed == "host"``) gets CPU-normalised batches and is warmed up here on zeros
-    of each batch shape. A device-fed step warms itself up (``step.warm_up(sizes, hw, full_batches)``,
-    returning its seconds) and gets what ``step.stage`` makes of each uint8 batch.
+    ``job.batch_size`` is set (:func:`choose_batch_size`). A host-fed step is warmed up here on zeros of each
+    batch shape; a device-fed one warms itself up.
     """
     n, batch, hw = job.n_images, job.batch_size, tuple(job.hw)
     sizes = warm_up_sizes(n, batch)
-    device_fed = step.feed == "device"
     with out_of_memory_is_a_user_error(device_name, batch, is_out_of_memory):
-        if device_fed:
+        if isinstance(step, DeviceFedStep):
             warmup_s = step.warm_up(sizes, hw, n // batch)
         else:
-            warmup_s = warm_up(lambda x: step(None, x), sizes, hw, spec.layout)
+            warmup_s = warm_up(step.run, sizes, hw, spec.layout)
         milestone("warmed_up")
         job = receive_data(job)
         result = runloop.run_loop(
-            job.shard_paths, n, spec, batch, step, workdir / "logits.npy", feed=step.feed,
-            wait_for_shards=job.wait_for_shards, stage=step.stage if device_fed else None,
+            job.shard_paths, n, spec, batch, step, workdir / "logits.npy", wait_for_shards=job.wait_for_shards,
             progress=progress_emitter(), device_name=device_name, digests_stored=job.digests_stored,
         )
     return result, LoopTiming(**result.timing(), warmup_s=round(warmup_s, 3))

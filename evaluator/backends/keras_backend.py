@@ -4,32 +4,40 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
-from xfverify.evaluator.backends.contract import Backend, Device, HostStep, worker_tasks  # noqa: E402
+from xfverify.converter.description import ExportResult  # noqa: E402
+from xfverify.evaluator.backends.contract import Backend, worker_tasks  # noqa: E402
+from xfverify.evaluator.backends.exporting import Exporter, ExporterIdentity  # noqa: E402
+from xfverify.evaluator.backends.loading import CardModelLoader  # noqa: E402
 from xfverify.evaluator.backends.machine import gpu_left_unused_note  # noqa: E402
-from xfverify.evaluator.system.devices import cpu_name  # noqa: E402
+from xfverify.evaluator.backends.running import Device, SwitchesPrecision  # noqa: E402
+from xfverify.evaluator.backends.steps import HostStep  # noqa: E402
 from xfverify.evaluator.backends.weights import (  # noqa: E402
     checked_weights,
     exception_text,
     missing_weights_error,
 )
-from xfverify.evaluator.process.tasks import FrameworkInfo  # noqa: E402
+from xfverify.evaluator.process.blocks import CheckedWeights, KerasPrecision  # noqa: E402
+from xfverify.evaluator.process.tasks import EvaluateJob, FrameworkInfo  # noqa: E402
+from xfverify.evaluator.system.devices import cpu_name  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
 from xfverify.models.errors import UserError  # noqa: E402
+from xfverify.models.precision import Precision  # noqa: E402
+from xfverify.models.preprocess import PreprocessSpec  # noqa: E402
 
 # --- evaluation ----------------------------------------------------------------------------
 
-_POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+# The global mixed-precision policy each precision builds the network under (every precision has one).
+POLICIES: dict[Precision, str] = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16",
+                                  "fp16": "mixed_float16"}
 
 
-def _configure(device: str, precision: str) -> tuple[str, str, list[str]]:
+def _configure(device: str, precision: Precision) -> tuple[str, str, list[str]]:
     """Device type and name to run on, and notes for the report; sets TF32 and the mixed-precision policy."""
     gpus = tf.config.list_physical_devices("GPU")
     notes: list[str] = []
@@ -48,7 +56,7 @@ def _configure(device: str, precision: str) -> tuple[str, str, list[str]]:
     if precision == "tf32" and not gpus:
         raise UserError("--precision tf32 applies to CUDA GPUs only; use fp32 on the CPU")
     tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
-    keras.mixed_precision.set_global_policy(_POLICIES[precision])
+    keras.mixed_precision.set_global_policy(POLICIES[precision])
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return "cuda", details.get("device_name", "GPU"), notes
@@ -67,26 +75,26 @@ def _builder(card: ModelCard):
     return builder
 
 
-class KerasBackend(Backend):
+class KerasBackend(CardModelLoader, Backend, SwitchesPrecision, Exporter):
     """Keras applications on TensorFlow; they end in softmax, so random outputs need no scaling."""
 
     name = "tensorflow"
 
-    def resolve_device(self, requested: str, precision: str) -> Device:
+    def resolve_device(self, requested: str, precision: Precision) -> Device:
         device_type, device_name, notes = _configure(requested, precision)
-        self.loaded_policy = _POLICIES[precision]  # the policy the network will be built under
+        self.loaded_policy = POLICIES[precision]  # the policy the network will be built under
         return Device(device_type, device_name, None, notes)
 
-    def check_precision(self, precision: str, device: Device) -> None:
+    def check_precision(self, precision: Precision, device: Device) -> None:
         if precision == "tf32" and device.type != "cuda":
             raise UserError("--precisions tf32 applies to CUDA GPUs only and this run is on the CPU; bf16 and fp16 "
                             "run on the CPU too (a Keras mixed-precision policy)")
 
-    def with_precision(self, model, card: ModelCard, precision: str, device: Device):
+    def with_precision(self, model, card: ModelCard, precision: Precision, device: Device):
         """A layer's policy is fixed when it is built: the network is built again under the precision's policy and
         given the loaded network's weights (mixed policies keep float32 variables, so they are the same numbers)."""
         tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
-        policy = _POLICIES[precision]
+        policy = POLICIES[precision]
         keras.mixed_precision.set_global_policy(policy)
         if policy == self.loaded_policy:
             return model
@@ -108,7 +116,7 @@ class KerasBackend(Backend):
             raise UserError(f"--weights {path}: cannot be loaded into {card.name} ({exception_text(exc)})") from None
         return model
 
-    def pretrained_network(self, card: ModelCard, device: Device):
+    def pretrained_network(self, card: ModelCard, device: Device) -> tuple[keras.Model, CheckedWeights]:
         builder = _builder(card)
         expected = _weights_path(card)
         if expected.exists():
@@ -120,35 +128,30 @@ class KerasBackend(Backend):
             raise missing_weights_error(card, expected, exc) from None
         return model, checked_weights(card, expected)
 
-    def place(self, model, device: Device):
-        return model
-
-    def step(self, model, spec, device: Device, job) -> HostStep:
+    def step(self, model, spec: PreprocessSpec, device: Device, job: EvaluateJob) -> HostStep:
         infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         return HostStep(lambda tensors: infer(tf.constant(tensors)).numpy().astype(np.float32, copy=False))
 
     def describe(self) -> FrameworkInfo:
         return FrameworkInfo(name="tensorflow", version=tf.__version__, libraries={"keras": keras.__version__})
 
-    def precision(self, precision: str, device: Device, step) -> dict[str, Any]:
-        return {
-            "requested": precision,
-            "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
-            "policy": keras.mixed_precision.global_policy().name,
-        }
+    def precision(self, requested: Precision, device: Device, step: HostStep) -> KerasPrecision:
+        return KerasPrecision(requested=requested, tf32=bool(tf.config.experimental.tensor_float_32_execution_enabled()),
+                              policy=keras.mixed_precision.global_policy().name)
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return isinstance(exc, tf.errors.ResourceExhaustedError)
 
-    def exporter(self, opset: int | None) -> tuple[str, str, int]:
+    def exporter(self, opset: int | None) -> ExporterIdentity:
         from xfverify.converter import keras_export
 
-        return (*keras_export.exporter_identity(), opset or keras_export.DEFAULT_OPSET)
+        return ExporterIdentity(*keras_export.exporter_identity(), opset or keras_export.DEFAULT_OPSET)
 
-    def export_onnx(self, model, path: Path, opset: int, hw: tuple[int, int], device: Device):
+    def export_onnx(self, model, path: Path, opset: int, hw: tuple[int, int], device: Device) -> ExportResult:
         from xfverify.converter.keras_export import export_keras
 
         return export_keras(model, path, opset)  # the graph ends as the model does: softmax for applications
 
 
-evaluate, reference_preprocess, export, evaluate_many = worker_tasks(KerasBackend)
+BACKEND = KerasBackend
+evaluate, reference_preprocess, export, evaluate_many = worker_tasks(BACKEND)

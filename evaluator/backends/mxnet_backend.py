@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 if not hasattr(np, "bool"):  # MXNet 1.9.1 still uses the alias numpy 1.24 removed
@@ -14,18 +12,26 @@ if not hasattr(np, "bool"):  # MXNet 1.9.1 still uses the alias numpy 1.24 remov
 
 import mxnet as mx  # noqa: E402
 
-from xfverify.evaluator.backends.contract import Backend, Device, HostStep, worker_tasks  # noqa: E402
+from xfverify.converter.description import ExportResult  # noqa: E402
+from xfverify.evaluator.backends.contract import Backend, worker_tasks  # noqa: E402
+from xfverify.evaluator.backends.exporting import Exporter, ExporterIdentity  # noqa: E402
+from xfverify.evaluator.backends.loading import CardModelLoader, ScalesRandomOutputs  # noqa: E402
 from xfverify.evaluator.backends.machine import gpu_left_unused_note  # noqa: E402
-from xfverify.evaluator.system.devices import cpu_name  # noqa: E402
+from xfverify.evaluator.backends.running import Device  # noqa: E402
+from xfverify.evaluator.backends.steps import HostStep  # noqa: E402
 from xfverify.evaluator.backends.weights import (  # noqa: E402
     checked_weights,
     exception_text,
     missing_weights_error,
 )
-from xfverify.evaluator.process.tasks import FrameworkInfo  # noqa: E402
+from xfverify.evaluator.process.blocks import CheckedWeights, PlainPrecision  # noqa: E402
 from xfverify.evaluator.process.events import emit  # noqa: E402
+from xfverify.evaluator.process.tasks import EvaluateJob, FrameworkInfo  # noqa: E402
+from xfverify.evaluator.system.devices import cpu_name  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
 from xfverify.models.errors import UserError  # noqa: E402
+from xfverify.models.precision import Precision  # noqa: E402
+from xfverify.models.preprocess import PreprocessSpec  # noqa: E402
 
 _MISSING = object()
 
@@ -90,13 +96,13 @@ def _blocks(block):
         yield from _blocks(child)
 
 
-class MxnetBackend(Backend):
+class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter):
     """GluonCV networks on MXNet (fp32; on the CPU unless the build has code for the GPU)."""
 
     name = "mxnet"
     calibration_batch = 2
 
-    def resolve_device(self, requested: str, precision: str) -> Device:
+    def resolve_device(self, requested: str, precision: Precision) -> Device:
         if precision != "fp32":
             raise UserError(f"--precision {precision}: the MXNet back-end runs fp32 only")
         ctx, notes = _context(requested)
@@ -122,7 +128,7 @@ class MxnetBackend(Backend):
             ) from None
         return net
 
-    def pretrained_network(self, card: ModelCard, device: Device):
+    def pretrained_network(self, card: ModelCard, device: Device) -> tuple[mx.gluon.HybridBlock, CheckedWeights]:
         zoo = import_gluoncv().model_zoo
         expected = _weights_path(card)
         if expected.exists():
@@ -147,28 +153,29 @@ class MxnetBackend(Backend):
         model.hybridize(static_alloc=True, static_shape=True)
         return model
 
-    def step(self, model, spec, device: Device, job) -> HostStep:
+    def step(self, model, spec: PreprocessSpec, device: Device, job: EvaluateJob) -> HostStep:
         ctx = device.handle
         return HostStep(lambda tensors: model(mx.nd.array(tensors, ctx=ctx)).asnumpy().astype(np.float32, copy=False))
 
     def describe(self) -> FrameworkInfo:
         return FrameworkInfo(name="mxnet", version=mx.__version__, libraries={"gluoncv": import_gluoncv().__version__})
 
-    def precision(self, precision: str, device: Device, step) -> dict[str, Any]:
-        return {"requested": "fp32", "tf32": False}
+    def precision(self, requested: Precision, device: Device, step: HostStep) -> PlainPrecision:
+        return PlainPrecision(requested="fp32", tf32=False)
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return isinstance(exc, mx.base.MXNetError) and "out of memory" in str(exc).lower()
 
-    def exporter(self, opset: int | None) -> tuple[str, str, int]:
+    def exporter(self, opset: int | None) -> ExporterIdentity:
         from xfverify.converter import mxnet_export
 
-        return (*mxnet_export.exporter_identity(), opset or mxnet_export.DEFAULT_OPSET)
+        return ExporterIdentity(*mxnet_export.exporter_identity(), opset or mxnet_export.DEFAULT_OPSET)
 
-    def export_onnx(self, model, path: Path, opset: int, hw: tuple[int, int], device: Device):
+    def export_onnx(self, model, path: Path, opset: int, hw: tuple[int, int], device: Device) -> ExportResult:
         from xfverify.converter.mxnet_export import export_gluon
 
         return export_gluon(model, path, opset, input_shape=(3, *hw), ctx=device.handle)
 
 
-evaluate, reference_preprocess, export, evaluate_many = worker_tasks(MxnetBackend, before=import_gluoncv)
+BACKEND = MxnetBackend
+evaluate, reference_preprocess, export, evaluate_many = worker_tasks(BACKEND, before=import_gluoncv)

@@ -8,26 +8,33 @@ and two integers per image (the checksums of what was fed, checked against those
 back.
 ``XFVERIFY_ORT_FEED=device`` takes that path on the CPU too (the tests use it).
 
-ONNX Runtime falls back to the CPU silently when its CUDA provider cannot load; this back-end never does:
-``--provider cuda`` forbids the fallback and checks which provider runs.
+ONNX Runtime falls back to the CPU silently when its CUDA provider cannot load; this back-end never does: it
+finds out whether the provider loads before the file's session opens (a session of a one-node graph), so the
+device it reports is the one the session runs on, and ``--provider cuda`` forbids the fallback.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from xfverify.converter.description import OnnxDescription
-from xfverify.evaluator.backends.contract import Backend, Device, HostStep, worker_tasks
-from xfverify.evaluator.system.devices import cpu_name, nvidia_gpus, ort_fed_on_device
-from xfverify.evaluator.backends.weights import exception_text, sha256_file
+from xfverify.converter.description import OnnxDescription, sha256_file
+from xfverify.evaluator.backends.contract import Backend, worker_tasks
+from xfverify.evaluator.backends.loading import Loaded
+from xfverify.evaluator.backends.running import Device
+from xfverify.evaluator.backends.steps import DeviceBatch, DeviceFedStep, FinishedBatch, HostStep
+from xfverify.evaluator.backends.weights import exception_text
+from xfverify.evaluator.process.blocks import FileWeights, PlainPrecision
 from xfverify.evaluator.process.tasks import EvaluateJob, FrameworkInfo, OnnxFileJob, RuntimeInfo
-from xfverify.models.cards import ModelCard
+from xfverify.evaluator.system.devices import cpu_name, nvidia_gpus, ort_fed_on_device
 from xfverify.models.errors import UserError
+from xfverify.models.precision import Precision
+from xfverify.models.preprocess import PreprocessSpec
 from xfverify.models.imagenet import NUM_CLASSES
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -36,131 +43,173 @@ NO_FALLBACK = "session.disable_cpu_ep_fallback"
 OPTIMISATION = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
+@dataclass(frozen=True)
+class Providers:
+    """Where ONNX Runtime runs, decided before the session opens: ``--provider`` (``mode``), the providers it
+    asked for (the report's), those the session is opened with, and whether it is fed uint8 batches on the
+    device (IO binding)."""
+
+    mode: str
+    requested: list[str]
+    opened: list[str]
+    device_fed: bool
+
+
+@dataclass(frozen=True)
+class OnnxSession:
+    """The network ONNX Runtime runs: its session, the file, the providers; fed on the device, the file's own
+    input (the session's is the uint8 feed prepended to it)."""
+
+    session: ort.InferenceSession
+    path: str
+    providers: Providers
+    file_input: Any = None
+
+
 class OnnxRuntimeBackend(Backend):
     """An .onnx file under ONNX Runtime, on the providers ``--provider`` asks for (checked, never silently CPU)."""
 
     name = "onnxruntime"
 
-    def configure(self, job: EvaluateJob) -> None:
-        if not job.onnx_path:
-            raise UserError("the onnxruntime back-end runs an .onnx file: the job names none")
-        self.path = job.onnx_path
-        self.spec, self.hw = job.spec(), tuple(job.hw)
-
-    def resolve_device(self, requested: str, precision: str) -> Device:
+    def resolve_device(self, requested: str, precision: Precision) -> Device:
+        """The providers to open the session with: ``cuda`` only where its provider loads (a probe session on a
+        one-node graph finds out, as a small kernel does for the frameworks), never a silent CPU for ``--provider
+        cuda``."""
         if precision != "fp32":
             raise UserError(f"--precision {precision}: the ONNX Runtime back-end runs fp32 only")
         ort.set_default_logger_severity(3)  # the provider's load failure is reported here, in one line
-        self.requested_mode = requested
         has_cuda = CUDA in ort.get_available_providers()
         if requested == "cuda" and not has_cuda:
             raise UserError(f"--provider cuda: onnxruntime {ort.__version__} has no CUDA provider "
                             f"({', '.join(ort.get_available_providers())}): pip install onnxruntime-gpu")
         if requested != "cpu" and has_cuda and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # the CUDA and cuDNN libraries torch's wheels bring, when they are installed
-        self.requested_providers = [CPU] if requested == "cpu" or not has_cuda else (
-            [CUDA] if requested == "cuda" else [CUDA, CPU])
-        self.device_fed = CUDA in self.requested_providers or ort_fed_on_device()
-        return Device("cpu", cpu_name())  # what actually runs is known once the session exists
+        asked = [CPU] if requested == "cpu" or not has_cuda else ([CUDA] if requested == "cuda" else [CUDA, CPU])
+        on_cuda = CUDA in asked and _cuda_loads(requested, asked)
+        providers = Providers(mode=requested, requested=asked, opened=asked if on_cuda else [CPU],
+                              device_fed=on_cuda or ort_fed_on_device())
+        notes = []
+        if requested == "auto":
+            ran = CUDA if on_cuda else CPU
+            why = "" if on_cuda or CUDA not in asked else (
+                " because the CUDA provider did not load (it needs a GPU, CUDA 13 and cuDNN 9)")
+            notes.append(f"--provider auto: ONNX Runtime ran on {ran}{why}")
+        if on_cuda:
+            gpus = nvidia_gpus()
+            return Device("cuda", gpus[0] if gpus else "CUDA GPU 0", providers, notes)
+        return Device("cpu", cpu_name(), providers, notes)
 
-    def seed(self, seed: int) -> None:
-        np.random.seed(seed)
-
-    def random_network(self, card: ModelCard, device: Device):
-        raise UserError("ONNX Runtime runs an .onnx file with its own weights: random weights are made at export")
-
-    def network_from_file(self, card: ModelCard, path: str, device: Device):
-        raise UserError("ONNX Runtime runs an .onnx file with its own weights: --weights applies at export")
-
-    def pretrained_network(self, card: ModelCard | None, device: Device) -> tuple[Any, dict[str, Any]]:
+    def load(self, job: EvaluateJob, device: Device) -> Loaded:
+        """A session of the job's .onnx file on the device's providers; fed on the device, of the file's model with
+        the uint8 feed prepended."""
+        if not job.onnx_path:
+            raise UserError("the onnxruntime back-end runs an .onnx file: the job names none")
+        path, providers = job.onnx_path, device.handle
         options = ort.SessionOptions()
         options.graph_optimization_level = OPTIMISATION
-        if self.requested_mode == "cuda":
+        if providers.mode == "cuda":
             options.add_session_config_entry(NO_FALLBACK, "1")
-        session = self._session(self._model_bytes() if self.device_fed else self.path, options,
-                                self.requested_providers)
+        file_input, source = None, path
+        if providers.device_fed:
+            file_input, source = _uint8_fed_model(path, job.spec(), tuple(job.hw))
+        session = _session(source, options, providers, path)
         ran = session.get_providers()
-        if self.requested_mode == "cuda" and ran[0] != CUDA:
-            raise UserError(_cuda_did_not_load())
-        if self.device_fed and ran[0] != CUDA and not ort_fed_on_device():
-            # auto's CUDA provider did not load: the CPU is fed as on the CPU, the file as it is
-            self.device_fed = False
-            session = self._session(self.path, options, [CPU])
-            ran = session.get_providers()
-        if ran[0] == CUDA:
-            gpus = nvidia_gpus()
-            device.type, device.name = "cuda", gpus[0] if gpus else "CUDA GPU 0"
-        if self.requested_mode == "auto":
-            why = "" if ran[0] == CUDA or CUDA not in self.requested_providers else (
-                " because the CUDA provider did not load (it needs a GPU, CUDA 13 and cuDNN 9)")
-            device.notes.append(f"--provider auto: ONNX Runtime ran on {ran[0]}{why}")
-        self.session = session
-        return session, {"source": str(Path(self.path).resolve()), "sha256": sha256_file(self.path)}
+        if (ran[0] == CUDA) != (device.type == "cuda"):
+            raise UserError(f"{path}: ONNX Runtime opened it on {ran[0]} although {device.type} was resolved "
+                            f"(--provider {providers.mode}): use --provider cpu")
+        weights = FileWeights(source=str(Path(path).resolve()), sha256=sha256_file(path))
+        return Loaded(OnnxSession(session, path, providers, file_input), weights)
 
-    def _session(self, source: str | bytes, options, providers: list[str]):
-        try:
-            return ort.InferenceSession(source, options,
-                                        providers=[(CUDA, CUDA_OPTIONS) if p == CUDA else p for p in providers])
-        except Exception as exc:  # onnxruntime's pybind errors (Fail, InvalidGraph, ...) share no base class
-            if self.requested_mode == "cuda" and "fallback to CPU EP has been explicitly disabled" in str(exc):
-                raise UserError(_cuda_did_not_load()) from None
-            raise UserError(f"{self.path}: ONNX Runtime cannot load it ({exception_text(exc)})") from None
-
-    def _model_bytes(self) -> bytes:
-        """The file's model with the uint8 feed prepended (its external data loaded), serialised for a session."""
-        import onnx
-
-        from xfverify.converter.feed_graph import uint8_fed_model
-        from xfverify.evaluator.cache.digests import checksum_weights
-        from xfverify.evaluator.data.normalise import normalisation_lut, source_channels
-
-        try:
-            model = onnx.load(self.path)
-        except Exception as exc:  # protobuf's DecodeError, a missing .onnx.data file, ...
-            raise UserError(f"{self.path}: not a readable ONNX model ({exception_text(exc)})") from None
-        self.file_input = _one_input(list(model.graph.input), self.path)
-        _check_input(self.file_input, self.path, self.spec, self.hw)
-        try:
-            wrapped = uint8_fed_model(model, normalisation_lut(self.spec), source_channels(self.spec),
-                                      self.spec.layout, self.hw, checksum_weights(3 * self.hw[0] * self.hw[1]))
-        except UserError as exc:
-            raise UserError(f"{self.path}: {exc}") from None
-        return wrapped.SerializeToString()
-
-    def place(self, model, device: Device):
-        return model
-
-    def step(self, model, spec, device: Device, job):
-        fed = self.file_input if self.device_fed else _one_input(model.get_inputs(), self.path)
-        _check_input(fed, self.path, spec, tuple(job.hw))
-        _check_batch(fed, self.path, job.batch_size, job.n_images)
-        if self.device_fed:
-            return IoBoundStep(model, "cuda" if device.type == "cuda" else "cpu", self.path, device.notes)
-        output = model.get_outputs()[0].name
-        return HostStep(lambda tensors: _class_scores(model.run([output], {fed.name: tensors})[0], self.path,
+    def step(self, model: OnnxSession, spec: PreprocessSpec, device: Device,
+             job: EvaluateJob) -> HostStep | IoBoundStep:
+        fed = model.file_input if model.providers.device_fed else _one_input(model.session.get_inputs(), model.path)
+        _check_input(fed, model.path, spec, tuple(job.hw))
+        _check_batch(fed, model.path, job.batch_size, job.n_images)
+        if model.providers.device_fed:
+            return IoBoundStep(model.session, "cuda" if device.type == "cuda" else "cpu", model.path, device.notes)
+        session, output = model.session, model.session.get_outputs()[0].name
+        return HostStep(lambda tensors: _class_scores(session.run([output], {fed.name: tensors})[0], model.path,
                                                       device.notes))
 
     def describe(self) -> FrameworkInfo:
         return FrameworkInfo(name="onnxruntime", version=ort.__version__)
 
-    def precision(self, precision: str, device: Device, step) -> dict[str, Any]:
-        return {"requested": "fp32", "tf32": False}
+    def precision(self, requested: Precision, device: Device, step: HostStep | IoBoundStep) -> PlainPrecision:
+        return PlainPrecision(requested="fp32", tf32=False)
 
-    def runtime(self, step) -> RuntimeInfo:
-        ran = self.session.get_providers()
+    def runtime(self, model: OnnxSession, step: HostStep | IoBoundStep) -> RuntimeInfo:
+        session, providers = model.session, model.providers
+        ran = session.get_providers()
         options: dict[str, Any] = {
             "graph_optimization_level": OPTIMISATION.name,
-            NO_FALLBACK: self.requested_mode == "cuda",
-            "io_binding": self.device_fed,
-            "feed": "uint8 normalised in the graph (gather from the table)" if self.device_fed else "float32 from the host",
+            NO_FALLBACK: providers.mode == "cuda",
+            "io_binding": providers.device_fed,
+            "feed": ("uint8 normalised in the graph (gather from the table)" if providers.device_fed
+                     else "float32 from the host"),
         }
         if CUDA in ran:
-            options["cuda_use_tf32"] = self.session.get_provider_options()[CUDA].get("use_tf32")
-        return RuntimeInfo(name="onnxruntime", version=ort.__version__, requested_providers=self.requested_providers,
+            options["cuda_use_tf32"] = session.get_provider_options()[CUDA].get("use_tf32")
+        return RuntimeInfo(name="onnxruntime", version=ort.__version__, requested_providers=providers.requested,
                            providers=ran, options=options)
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return "Failed to allocate memory" in str(exc) or "out of memory" in str(exc).lower()
+
+
+def _cuda_loads(mode: str, providers: list[str]) -> bool:
+    """Whether ONNX Runtime's CUDA provider loads, found with a session of a one-node graph (``--provider cuda``:
+    a user error when it does not)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    options = ort.SessionOptions()
+    if mode == "cuda":
+        options.add_session_config_entry(NO_FALLBACK, "1")
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options,
+                                       providers=[(CUDA, CUDA_OPTIONS) if p == CUDA else p for p in providers])
+        loaded = session.get_providers()[0] == CUDA
+    except Exception:  # onnxruntime's pybind errors share no base class; here they all mean CUDA did not load
+        loaded = False
+    if mode == "cuda" and not loaded:
+        raise UserError(_cuda_did_not_load())
+    return loaded
+
+
+def _session(source: str | bytes, options, providers: Providers, path: str):
+    try:
+        return ort.InferenceSession(source, options,
+                                    providers=[(CUDA, CUDA_OPTIONS) if p == CUDA else p for p in providers.opened])
+    except Exception as exc:  # onnxruntime's pybind errors (Fail, InvalidGraph, ...) share no base class
+        if providers.mode == "cuda" and "fallback to CPU EP has been explicitly disabled" in str(exc):
+            raise UserError(_cuda_did_not_load()) from None
+        raise UserError(f"{path}: ONNX Runtime cannot load it ({exception_text(exc)})") from None
+
+
+def _uint8_fed_model(path: str, spec: PreprocessSpec, hw: tuple[int, int]) -> tuple[Any, bytes]:
+    """The file's input, and its model with the uint8 feed prepended (its external data loaded), serialised for a
+    session."""
+    import onnx
+
+    from xfverify.converter.feed_graph import uint8_fed_model
+    from xfverify.evaluator.cache.digests import checksum_weights
+    from xfverify.evaluator.data.normalise import normalisation_lut, source_channels
+
+    try:
+        model = onnx.load(path)
+    except Exception as exc:  # protobuf's DecodeError, a missing .onnx.data file, ...
+        raise UserError(f"{path}: not a readable ONNX model ({exception_text(exc)})") from None
+    file_input = _one_input(list(model.graph.input), path)
+    _check_input(file_input, path, spec, hw)
+    try:
+        wrapped = uint8_fed_model(model, normalisation_lut(spec), source_channels(spec), spec.layout, hw,
+                                  checksum_weights(3 * hw[0] * hw[1]))
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    return file_input, wrapped.SerializeToString()
 
 
 def _one_input(inputs: list, path: str):
@@ -236,12 +285,10 @@ def _shape(value) -> list:
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
 
 
-class IoBoundStep:
+class IoBoundStep(DeviceFedStep):
     """uint8 batches in, bound with IO binding on the session's device; the graph normalises them and also
     returns each image's fed-tensor checksums (the proof of what it fed, checked by the loop). Each batch is
     uploaded by :meth:`stage`, in the loader thread, while the batch before it runs."""
-
-    feed = "device"
 
     def __init__(self, session, device: str, path: str, notes: list[str]):
         from xfverify.converter.feed_graph import FED_CHECKS, UINT8_INPUT
@@ -272,10 +319,10 @@ class IoBoundStep:
         out = self.binding.copy_outputs_to_cpu()
         return _class_scores(out[0], self.path, self.notes), out[1]
 
-    def __call__(self, batch: "UploadedBatch", tensors: None) -> "_Finished":
+    def launch(self, batch: "UploadedBatch") -> FinishedBatch:
         started = time.perf_counter()
         logits, checks = self._run(batch)
-        return _Finished(logits, (time.perf_counter() - started) * 1000.0, checks)
+        return FinishedBatch(DeviceBatch(logits, (time.perf_counter() - started) * 1000.0, checks))
 
 
 class UploadedBatch:
@@ -286,16 +333,6 @@ class UploadedBatch:
 
     def __len__(self) -> int:
         return len(self.host)
-
-
-class _Finished:
-    """A synchronous step's results in the shape of a device step's handle."""
-
-    def __init__(self, logits: np.ndarray, ms: float, checks: np.ndarray):
-        self.values = (logits, ms, checks)
-
-    def result(self):
-        return self.values
 
 
 def _cuda_did_not_load() -> str:
@@ -315,4 +352,5 @@ def describe_onnx(job: dict[str, Any], workdir: Path) -> OnnxDescription:
                                     "exporter_version": found.producer_version})
 
 
-evaluate = worker_tasks(OnnxRuntimeBackend).evaluate
+BACKEND = OnnxRuntimeBackend
+evaluate = worker_tasks(BACKEND).evaluate  # the only task: it runs .onnx files, builds and exports nothing

@@ -1,18 +1,16 @@
 """The framework-independent part of an evaluation inside a worker: feed cached batches, time, fingerprint.
 
-A back-end supplies a *step* and says how it wants its data:
+A back-end supplies a step (:mod:`xfverify.evaluator.backends.steps`), whose type says how it wants its data:
 
-* ``host`` steps (CPU back-ends) get ``step(uint8_batch, float_batch)``: the float32 batch, exactly
-  as fed, is normalised and hashed here, in loader threads that overlap compute (the tensors are in
-  host memory already, and sha256 of them costs far less than a CPU's forward pass);
-* ``device`` steps (GPU back-ends) get ``step(uint8_batch, None)``, normalise on the device with the
-  same table, and hand back the checksums of what they fed (:mod:`xfverify.evaluator.cache.digests`), never
-  the tensors: those are compared here with the checksums the cache stored, and the stored per-image
-  digests make the fingerprint.
+* a :class:`HostFedStep` (CPU back-ends) runs the float32 batch, exactly as fed, normalised and hashed here,
+  in loader threads that overlap compute (the tensors are in host memory already, and sha256 of them costs
+  far less than a CPU's forward pass);
+* a :class:`DeviceFedStep` (GPU back-ends) is given what its ``stage`` made of each uint8 batch, normalises on
+  the device with the same table, and hands back the checksums of what it fed
+  (:mod:`xfverify.evaluator.cache.digests`), never the tensors: those are compared here with the checksums
+  the cache stored, and the stored per-image digests make the fingerprint. Its batches finish later
+  (:class:`PendingBatch`), so a GPU back-end can launch batch i+1 before batch i's results arrive.
 
-A step returns ``(logits, batch_ms)`` or an object whose ``result()`` returns
-``(logits, batch_ms, fed_checksums)`` later, so a GPU back-end can launch batch i+1 before
-batch i's results arrive.
 Time the loop spends waiting for data is measured apart from compute.
 """
 
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+from xfverify.evaluator.backends.steps import DeviceFedStep, HostFedStep, PendingBatch, Step
 from xfverify.evaluator.cache.digests import check_fed, stored_batches
 from xfverify.evaluator.system.files import allocated_npy
 from xfverify.evaluator.data.normalise import image_digests, normalisation_lut, normalise
@@ -137,14 +136,12 @@ def run_loop(
     n_images: int,
     spec: PreprocessSpec,
     batch_size: int,
-    step: Callable[[np.ndarray, np.ndarray | None], Any],
+    step: Step,
     logits_path: str | os.PathLike,
     *,
-    feed: str = "host",
     num_classes: int = 1000,
     threads: int | None = None,
     wait_for_shards: bool = False,
-    stage: Callable[[np.ndarray], Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     device_name: str = "the device",
     digests_stored: bool = True,
@@ -152,33 +149,31 @@ def run_loop(
     """Feed every cached image through ``step``; store logits (float32, N x classes) in manifest order.
 
     ``wait_for_shards`` lets the loop start while the cache is still being built: each shard is
-    read once its sidecar appears (and, fed on a device, once its digests are stored). ``stage`` (device
-    feeding) runs in the loader thread on each uint8 batch, e.g. to copy it into pinned memory; the step
-    then receives what it returns. A device-fed image whose checksums differ from the stored ones stops
-    the loop with a :class:`UserError` naming it (and ``device_name``).
+    read once its sidecar appears (and, fed on a device, once its digests are stored). A device-fed step's
+    ``stage`` runs in the loader thread on each uint8 batch, e.g. to copy it into pinned memory. A device-fed
+    image whose checksums differ from the stored ones stops the loop with a :class:`UserError` naming it (and
+    ``device_name``).
     """
-    if feed not in ("host", "device"):
-        raise ValueError(f"feed must be host or device, got {feed!r}")
     threads = threads or max(1, min(8, (os.cpu_count() or 2) - 1))
     logits = allocated_npy(Path(logits_path), np.float32, (n_images, num_classes), "free space there, or choose another --out")
     digests: list[Sequence[bytes]] = []  # per batch, in order: what host feeding hashed, or the stored digests
     batch_ms: list[float] = []
     data_wait = 0.0
     done = 0
+    # per batch: first index, images, what the step returned, when (a synchronous step) and the stored digests
     inflight: deque[tuple[int, int, Any, float | None, Any]] = deque()
     finished: list[tuple[float, int]] = []  # when each batch's results were in, and its size (steady rate)
 
     def collect(item: tuple[int, int, Any, float | None, Any]) -> None:
         nonlocal done
         first, count, handle, returned_at, stored = item
-        if hasattr(handle, "result"):
+        if isinstance(handle, PendingBatch):  # device feeding: what was fed must be what the cache stored digests of
             out, ms, fed_checks = handle.result()
-        else:
-            out, ms = handle
-        if stored is not None:  # device feeding: what was fed must be what the cache stored digests of
             records, image_ids = stored
             check_fed(fed_checks, records, image_ids, first, device_name)
             digests.append([bytes(digest) for digest in records["sha256"]])
+        else:
+            out, ms = handle
         logits[first : first + count] = out
         batch_ms.append(ms)
         done += count
@@ -188,21 +183,22 @@ def run_loop(
         if progress:
             progress(done, n_images)
 
-    if feed == "host":
+    if isinstance(step, HostFedStep):
         source: Iterator = prepared_batches(shard_paths, batch_size, spec, threads, wait_for_shards)
-    else:
-        staged = stage or (lambda u8: u8)
+    elif isinstance(step, DeviceFedStep):
         source = (
-            (start, staged(u8), None, (records, ids))
+            (start, step.stage(u8), None, (records, ids))
             for (start, u8), (_, records, ids) in zip(
                 iter_shard_batches(shard_paths, batch_size, wait=wait_for_shards),
                 stored_batches(shard_paths, batch_size, spec, wait=wait_for_shards, compute_missing=not digests_stored),
             )
         )
+    else:
+        raise TypeError(f"a step is a HostFedStep or a DeviceFedStep, not a {type(step).__name__}")
     if progress:
         progress(0, n_images)
     started = time.perf_counter()
-    batches = _Prefetcher(source, depth=2 if feed == "host" else 3)
+    batches = _Prefetcher(source, depth=3 if isinstance(step, DeviceFedStep) else 2)
     while True:
         wait_start = time.perf_counter()
         try:
@@ -211,11 +207,11 @@ def run_loop(
         except StopIteration:
             break
         data_wait += time.perf_counter() - wait_start
-        stored = fingerprint if feed == "device" else None
-        if feed == "host":
+        if isinstance(step, DeviceFedStep):
+            inflight.append((first, len(u8), step.launch(u8), None, fingerprint))
+        else:
             digests.append(fingerprint)
-        handle = step(u8, tensors)
-        inflight.append((first, len(u8), handle, None if hasattr(handle, "result") else time.perf_counter(), stored))
+            inflight.append((first, len(u8), step.run(tensors), time.perf_counter(), None))
         if len(inflight) > 1:
             collect(inflight.popleft())
     while inflight:
@@ -238,5 +234,5 @@ def run_loop(
         compute_s=sum(batch_ms) / 1000.0,
         batch_ms=batch_ms,
         tensors_sha256=total.hexdigest(),
-        tensor_proof=TENSOR_PROOF[feed],
+        tensor_proof=TENSOR_PROOF[step.feed],
     )

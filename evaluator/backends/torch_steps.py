@@ -9,14 +9,22 @@ them and the logits back (the tensors themselves stay on the device).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from xfverify.evaluator.backends.steps import DeviceBatch, DeviceFedStep, HostBatch, HostFedStep, PendingBatch
 from xfverify.evaluator.cache.digests import checksum_weights
 from xfverify.evaluator.data.normalise import normalisation_lut, source_channels
 from xfverify.models.preprocess import PreprocessSpec
+
+
+class TorchSettings(NamedTuple):
+    """How torch runs at a precision: autocast's dtype (None: no autocast), and the channels-last memory format."""
+
+    autocast: torch.dtype | None
+    channels_last: bool
 
 
 class GatherNormaliser:
@@ -118,7 +126,7 @@ class _CudaApi:
         torch.cuda.synchronize(self.device)
 
 
-class CudaStep:
+class CudaStep(DeviceFedStep):
     """Feed a GPU: upload, normalise, run, download, with copies overlapping compute.
 
     Per batch, on three streams:
@@ -135,9 +143,7 @@ class CudaStep:
     batch must give the eager forward pass's logits bit for bit, else the run stays eager and says why.
     """
 
-    feed = "device"
-
-    def __init__(self, model, spec: PreprocessSpec, device, settings: dict, *, cuda_graphs: bool = False, api=None):
+    def __init__(self, model, spec: PreprocessSpec, device, settings: TorchSettings, *, cuda_graphs: bool = False, api=None):
         self.model = model
         self.spec = spec
         self.device = device
@@ -155,9 +161,9 @@ class CudaStep:
         self.graph_status = "off" if not cuda_graphs else "pending"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.settings["channels_last"]:
+        if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        autocast = self.settings["autocast"]
+        autocast = self.settings.autocast
         # No autocast weight cache: it is freed when the context exits, which a captured graph would outlive.
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=autocast or torch.bfloat16,
                                                     enabled=autocast is not None, cache_enabled=False):
@@ -219,7 +225,7 @@ class CudaStep:
             self.api.record_stream(tensor, self.download)
         return host
 
-    def __call__(self, pinned_u8: torch.Tensor, _unused: np.ndarray | None):
+    def launch(self, pinned_u8: torch.Tensor) -> "_CudaHandle":
         api = self.api
         with api.use(self.upload):
             u8 = pinned_u8.to(self.device, non_blocking=True)
@@ -251,30 +257,28 @@ class CudaStep:
         return _CudaHandle(out_host, fed_checks, start, end, downloaded, pinned_u8)
 
 
-class _CudaHandle:
+class _CudaHandle(PendingBatch):
     def __init__(self, out_host, fed_checks, start, end, downloaded, keep_alive):
         self.out_host, self.fed_checks, self.start, self.end = out_host, fed_checks, start, end
         self.downloaded, self.keep_alive = downloaded, keep_alive
 
-    def result(self):
+    def result(self) -> DeviceBatch:
         self.downloaded.synchronize()
         self.keep_alive = None
-        return self.out_host.numpy(), self.start.elapsed_time(self.end), self.fed_checks.numpy()
+        return DeviceBatch(self.out_host.numpy(), self.start.elapsed_time(self.end), self.fed_checks.numpy())
 
 
-class CpuStep:
+class CpuStep(HostFedStep):
     """torch on the CPU, fed CPU-normalised float32 batches (autocast for bf16/fp16)."""
 
-    feed = "host"
-
-    def __init__(self, model, settings: dict):
+    def __init__(self, model, settings: TorchSettings):
         self.model = model
         self.settings = settings
 
-    def __call__(self, u8: np.ndarray, tensors: np.ndarray):
+    def run(self, tensors: np.ndarray) -> HostBatch:
         started = time.perf_counter()
         x = torch.from_numpy(tensors)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=self.settings["autocast"] or torch.bfloat16,
-                                                    enabled=self.settings["autocast"] is not None):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=self.settings.autocast or torch.bfloat16,
+                                                    enabled=self.settings.autocast is not None):
             out = self.model(x).float().numpy()
-        return out, (time.perf_counter() - started) * 1000.0
+        return HostBatch(out, (time.perf_counter() - started) * 1000.0)

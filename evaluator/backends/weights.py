@@ -6,10 +6,10 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
+from xfverify.converter.description import sha256_file
+from xfverify.evaluator.process.blocks import CheckedWeights
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
 
@@ -48,17 +48,10 @@ def missing_weights_error(card: ModelCard, expected: Path, cause: BaseException)
     )
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 of a file."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def checked_weights(card: ModelCard, path: str | os.PathLike) -> dict[str, Any]:
+def checked_weights(card: ModelCard, path: str | os.PathLike) -> CheckedWeights:
     """The report's weights block for the card's own weights file, once it matches the card's checksum."""
     sha256 = sha256_file(path)
-    block = {"source": card.weights_source, "file": str(path), "sha256": sha256,
-             "license": card.weights.license}
+    block = CheckedWeights(source=card.weights_source, file=str(path), sha256=sha256, license=card.weights.license)
     if not card.weights.checksum:
         return block
     algorithm, expected = card.weights.checksum.split(":")
@@ -77,7 +70,7 @@ def checked_weights(card: ModelCard, path: str | os.PathLike) -> dict[str, Any]:
             f"{path} is not the weights {card.id} names: its {algorithm} starts {actual[: len(expected)]}, "
             f"the card's checksum is {algorithm}:{expected}; {fix}"
         )
-    return {**block, "checksum": card.weights.checksum}
+    return block.model_copy(update={"checksum": card.weights.checksum})
 
 
 def calibration_batch(seed: int, n: int, layout: str, size: int = 224) -> np.ndarray:

@@ -6,6 +6,7 @@ import click
 
 from xfverify.evaluator.commands import output
 from xfverify.evaluator.commands.options import CONTEXT, MODEL_RUN_OPTIONS, SUBSET_OPTIONS, model_id, option_group
+from xfverify.models.precision import PRECISIONS
 
 
 @click.command("diagnose", context_settings=CONTEXT)
@@ -19,7 +20,7 @@ from xfverify.evaluator.commands.options import CONTEXT, MODEL_RUN_OPTIONS, SUBS
 @click.option("--precisions", metavar="PRECISION,...", help="Also run the model at these precisions on the reference's tensors, in the same worker (the runtime axis): bf16 and fp16 (torch autocast, a Keras mixed-precision policy), tf32 on CUDA GPUs; --precision sets the reference's.")
 @option_group(*SUBSET_OPTIONS)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True, help="The reference's precision; fp32 keeps TF32 off.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="The reference's precision; fp32 keeps TF32 off.")
 @option_group(*MODEL_RUN_OPTIONS)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
 def diagnose_command(model, **kwargs) -> None:

@@ -13,6 +13,7 @@ from xfverify.evaluator.commands.options import (
     option_group,
     preprocess_options,
 )
+from xfverify.models.precision import PRECISIONS
 
 
 @click.command("native", context_settings=CONTEXT)
@@ -23,7 +24,7 @@ from xfverify.evaluator.commands.options import (
 @preprocess_options
 @option_group(*SUBSET_OPTIONS)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True, help="fp32 keeps TF32 off: results as published, not as fast as possible.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="fp32 keeps TF32 off: results as published, not as fast as possible.")
 @option_group(*MODEL_RUN_OPTIONS)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
 @click.option("--cuda-graphs", is_flag=True, help="torch on a GPU: capture the forward pass of full batches in a CUDA graph and replay it (same kernels, checked bit-identical to eager; removes Python launch overhead at small batches).")

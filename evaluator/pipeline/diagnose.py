@@ -50,6 +50,7 @@ from xfverify.evaluator.pipeline.outdir import (
     in_owned_folder,
 )
 from xfverify.evaluator.pipeline.request import prepare
+from xfverify.evaluator.process.blocks import PrecisionBlock
 from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.tasks import EvaluateJob, EvaluateManyJob, VariantPart
@@ -277,7 +278,7 @@ class OutsidePass:
     variant: Variant
     logits: np.ndarray
     tensors_sha256: str
-    precision: dict[str, Any]
+    precision: PrecisionBlock
 
 
 def _rows(runs: list[VariantRun], dataset: Dataset, onnx_pass: OutsidePass | None,
@@ -310,7 +311,7 @@ class _AgainstReference:
         self.reference_logits = reference_logits
 
     def row(self, variant: Variant, spec: dict[str, Any], geometry_key: str, topk: np.ndarray, tensors_sha256: str,
-            precision: dict[str, Any], logits: np.ndarray | None = None) -> VariantRow:
+            precision: PrecisionBlock, logits: np.ndarray | None = None) -> VariantRow:
         """``logits`` only for the rows fed the reference's own tensors (their outputs are compared too)."""
         stats = error_stats(topk, self.labels, self.scored)
         runs = compare_runs(self.reference_topk[:, 0], topk[:, 0], self.labels, self.index)

@@ -101,14 +101,16 @@ def relative_timeline(parent: dict[str, float], worker: dict[str, float]) -> dic
 
 
 def may_feed_on_device(framework: str, device: str) -> bool:
-    """Whether a worker may be fed on a GPU (torch's uint8 step, ONNX Runtime's CUDA provider), so the cache
-    should store the fed tensors' digests as it builds. A wrong guess costs time, not correctness: a device-fed
-    worker that finds digests missing computes them itself."""
+    """Whether a worker may be fed on a GPU (a back-end that feeds on one: torch's uint8 step, ONNX Runtime's CUDA
+    provider), so the cache should store the fed tensors' digests as it builds. A wrong guess costs time, not
+    correctness: a device-fed worker that finds digests missing computes them itself."""
+    from xfverify.evaluator.process.registry import BACKENDS
     from xfverify.evaluator.system.devices import nvidia_gpus, ort_fed_on_device
 
-    if framework == "onnxruntime" and ort_fed_on_device():
+    backend = BACKENDS[framework]
+    if backend.device_feed_switch and ort_fed_on_device():
         return True
-    return framework in ("torch", "onnxruntime") and device != "cpu" and bool(nvidia_gpus())
+    return backend.feeds_on_gpu and device != "cpu" and bool(nvidia_gpus())
 
 
 def survey_and_build(cache, records, data_files, options, progress, cancel, surveyed=lambda: None,

@@ -29,6 +29,7 @@ from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions, RunO
 from xfverify.evaluator.pipeline.outdir import default_out_dir, earlier_outputs_note, in_owned_folder
 from xfverify.evaluator.pipeline.request import prepare
 from xfverify.converter.description import OnnxDescription
+from xfverify.evaluator.process.blocks import RandomWeights
 from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.tasks import EvaluateJob, ExportJob, ExportOutcome, OnnxFileJob
@@ -49,7 +50,7 @@ def _matches(native: NativeReport, wanted: NativeOptions) -> bool:
     """Whether an earlier native run answers the same request (model, weights, preprocessing, images)."""
     card, spec, dataset = prepare(wanted)
     if wanted.random_weights:
-        same_weights = native.random_weights and getattr(native.weights, "seed", None) == wanted.seed
+        same_weights = isinstance(native.weights, RandomWeights) and native.weights.seed == wanted.seed
     else:
         weights_source = os.path.abspath(wanted.weights) if wanted.weights else card.weights_source
         same_weights = not native.random_weights and native.weights.source == weights_source
@@ -85,12 +86,12 @@ def _export(options: OnnxOptions, native: NativeOnDisk, hw: tuple[int, int]) -> 
         model=card.id, hw=hw, cache_root=str(cache_root(options) / "onnx"), opset=options.opset,
         weights_file=os.path.abspath(options.weights) if options.weights else None,
         random_weights=report.random_weights,
-        seed=getattr(report.weights, "seed", options.seed) if report.random_weights else options.seed,
+        seed=report.weights.seed if isinstance(report.weights, RandomWeights) else options.seed,
     )
     console.info(f"exporting {card.id} to ONNX in the {card.framework} worker")
     outcome: ExportOutcome = run_worker(card.framework, job, on_event=_status)
-    if outcome.weights["sha256"] != report.weights.sha256:
-        raise UserError(f"the export's weights ({outcome.weights['sha256'][:16]}) are not the native run's "
+    if outcome.weights.sha256 != report.weights.sha256:
+        raise UserError(f"the export's weights ({outcome.weights.sha256[:16]}) are not the native run's "
                         f"({report.weights.sha256[:16]}, {native.folder}): give the same --weights, or run without --against")
     return outcome
 

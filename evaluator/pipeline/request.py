@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from xfverify.evaluator.data.layouts import SAMPLE_DIR, Dataset, load_dataset
 from xfverify.evaluator.pipeline.options import NativeOptions, check_run_options
+from xfverify.evaluator.process.registry import BACKENDS
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.errors import UserError
 from xfverify.models.overrides import parse_overrides
@@ -14,8 +15,9 @@ def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]
     """Resolve the card, the preprocessing and the dataset; validate their combination."""
     check_run_options(options)
     card = get_card(options.model)
-    if options.cuda_graphs and card.framework != "torch":
-        raise UserError(f"--cuda-graphs applies to torch models; {card.id} runs in {card.framework}")
+    if options.cuda_graphs and not BACKENDS[card.framework].cuda_graphs:
+        graphed = ", ".join(name for name, backend in BACKENDS.items() if backend.cuda_graphs)
+        raise UserError(f"--cuda-graphs applies to {graphed} models; {card.id} runs in {card.framework}")
     spec = resolve_preprocess(options.preprocess, default=card.preprocess, overrides=parse_overrides(options.overrides))
     if spec.layout != card.input_layout:
         raise UserError(

@@ -63,7 +63,7 @@ def run_worker(
     for stale in (result_path, error_path):
         stale.unlink(missing_ok=True)
     job_path.write_text(
-        json.dumps({"framework": framework, "backend": BACKENDS[framework], "task": task, "workdir": str(workdir),
+        json.dumps({"framework": framework, "backend": BACKENDS[framework].module, "task": task, "workdir": str(workdir),
                     "job": job.model_dump(mode="json")}, indent=1)
     )
     env = dict(os.environ)

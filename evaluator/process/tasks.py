@@ -11,7 +11,9 @@ from typing import Any, Literal, NamedTuple, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from xfverify.converter.description import ExportResult, OnnxDescription
+from xfverify.evaluator.process.blocks import PrecisionBlock, WeightsBlock
 from xfverify.models.cards import ModelCard, get_card
+from xfverify.models.precision import Precision
 from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
 
 TensorProof = Literal["hashed on host", "device checksums against digests stored at cache build"]
@@ -19,9 +21,6 @@ TensorProof = Literal["hashed on host", "device checksums against digests stored
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 
 
 class EvaluateJob(_Strict):
@@ -161,7 +160,7 @@ class ExportOutcome(_Strict):
     """What an export task returns: the converter's ExportResult, the weights block, cache use."""
 
     framework: FrameworkInfo
-    weights: dict[str, Any]
+    weights: WeightsBlock
     export: ExportResult
     from_cache: bool
 
@@ -179,8 +178,8 @@ class WorkerResult(_Strict):
 
     framework: FrameworkInfo
     device: DeviceInfo
-    precision: dict[str, Any]
-    weights: dict[str, Any]
+    precision: PrecisionBlock
+    weights: WeightsBlock
     timing: LoopTiming
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     tensor_proof: TensorProof

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from xfverify.evaluator.process.blocks import DiagnoseWeightsBlock, PrecisionBlock
 from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo
 from xfverify.evaluator.reports.native import DatasetInfo, PublishedInfo
 from xfverify.evaluator.system.files import atomic_write_text
@@ -48,7 +49,7 @@ class VariantRow(_Strict):
     spec: dict[str, Any]
     geometry_key: str
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    precision: dict[str, Any] = Field(description="what the pass actually ran at: its back-end's precision block")
+    precision: PrecisionBlock = Field(description="what the pass actually ran at: its back-end's precision block")
     max_output_difference: Optional[float] = Field(
         description="runtime rows: the largest |output - the reference's| over the scored images, as a fraction of "
                     "the reference's largest |output| (the same tensors were fed); None for preprocessing variants")
@@ -122,8 +123,8 @@ class DiagnoseReport(_Strict):
     architecture: str
     framework: FrameworkInfo
     device: DeviceInfo
-    precision: dict[str, Any]
-    weights: dict[str, Any]
+    precision: PrecisionBlock
+    weights: DiagnoseWeightsBlock
     random_weights: bool
     dataset: DatasetInfo
     n_scored: int
@@ -214,15 +215,9 @@ def _rows(report: DiagnoseReport) -> list[VariantRow]:
     return [report.reference, *report.variants]
 
 
-def ran_at(precision: dict[str, Any]) -> str:
+def ran_at(precision: PrecisionBlock) -> str:
     """A precision block in a few words: what the arithmetic actually was (torch autocast, a Keras policy, TF32)."""
-    if precision.get("autocast"):
-        ran = f"autocast {precision['autocast']}"
-    elif precision.get("policy") not in (None, "float32"):
-        ran = f"policy {precision['policy']}"
-    else:
-        ran = "fp32"
-    return ran + (" + TF32" if precision.get("tf32") else "")
+    return precision.ran_at()
 
 
 def _ran_cell(row: VariantRow) -> str:

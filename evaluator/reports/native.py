@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from xfverify.converter.description import OnnxDescription
 from xfverify.evaluator.analysis.agreement import OnnxAgreement
 from xfverify.evaluator.analysis.metrics import PublishedGap, RealError
+from xfverify.evaluator.process.blocks import PrecisionBlock, WeightsBlock
 from xfverify.evaluator.process.tasks import (
     DeviceInfo,
     FrameworkInfo,
@@ -27,11 +28,6 @@ REPORT_VERSION = 1
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
-
-
-class WeightsInfo(_Open):
-    source: str
-    sha256: str
 
 
 class DatasetInfo(_Open):
@@ -85,8 +81,8 @@ class NativeReport(BaseModel):
     random_weights: bool
     framework: FrameworkInfo
     device: DeviceInfo
-    precision: dict[str, Any]
-    weights: WeightsInfo
+    precision: PrecisionBlock
+    weights: WeightsBlock
     preprocess: dict[str, Any]
     dataset: DatasetInfo
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -199,7 +195,7 @@ def summary_rows(report: NativeReport) -> list[tuple[str, str]]:
     rows = [
         ("model", report.model + ("  [RANDOM WEIGHTS]" if report.random_weights else "")),
         ("framework", f"{report.framework.name} {report.framework.version}"),
-        ("device / precision", f"{report.device.name or report.device.type} / {report.precision['requested']}"),
+        ("device / precision", f"{report.device.name or report.device.type} / {report.precision.requested}"),
         ("preprocess", report.preprocess["name"]),
         ("images scored", f"{report.n_scored} of {report.dataset.n_images} ({report.dataset.layout})"),
         ("top-1 error %", f"{_fmt(report.top1_error)}" + (f"  (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")),
