@@ -244,13 +244,13 @@ def test_a_wrong_variant_name_is_one_line_and_exit_2(tmp_path):
 @pytest.mark.slow
 @needs_torch
 def test_the_demonstration_finds_the_imagenet_normalisation_as_the_largest_cause(tmp_path):
-    variants = "lite-timm-224,lite-imagenet-norm-224,norm-imagenet-mean-std,decoder-pil,resize-pil,squash"
+    variants = "norm-imagenet-mean-std,squash"  # the trap, and a geometry change that is a smaller cause
     done = run_cli("diagnose", "--data", str(imagenet_sample_500()), "--variants", variants, "--out", str(tmp_path / "o"),
                    "--cache-dir", str(tmp_path / "cache"), timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     report = DiagnoseReport.model_validate_json((tmp_path / "o" / "report.json").read_text())
     largest = {v.name: v for v in report.variants}[report.decomposition.ranked[0]]
-    assert largest.name in ("norm-imagenet-mean-std", "lite-imagenet-norm-224")
+    assert largest.name == "norm-imagenet-mean-std"
     assert 8 < largest.delta < 16 and largest.significant and largest.delta_ci95[0] > 0
 
 

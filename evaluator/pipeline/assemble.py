@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from xfverify import __version__
-from xfverify.evaluator.analysis.metrics import compare_to_published, error_stats, real_error, wilson_interval
+from xfverify.evaluator.analysis.metrics import (
+    compare_to_published,
+    error_stats,
+    real_error,
+    wilson_interval,
+)
 from xfverify.evaluator.reports.native import (
     CacheInfo,
     DatasetInfo,

@@ -53,6 +53,7 @@ from xfverify.evaluator.pipeline.request import prepare
 from xfverify.evaluator.process.blocks import PrecisionBlock
 from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
+from xfverify.evaluator.process.registry import BACKENDS
 from xfverify.evaluator.process.tasks import EvaluateJob, EvaluateManyJob, VariantPart
 from xfverify.evaluator.reports.diagnose import (
     OUTPUTS,
@@ -123,7 +124,9 @@ def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: Diagnos
             raise UserError(f"--spec {path}: not JSON ({exc.msg} at line {exc.lineno})") from None
         for item in data if isinstance(data, list) else [data]:
             variants.append(user_variant(item, path) if isinstance(item, dict) else user_variant({}, path))
-    variants += precision_variants(options.precisions, options.precision, card.framework)
+    precisions = precision_variants(options.precisions, options.precision, card.framework)
+    _check_precisions_here(card, [v.precision for v in precisions], options.device)
+    variants += precisions
     names = [v.name for v in variants]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -134,6 +137,16 @@ def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: Diagnos
             raise UserError(f"variant {variant.name} produces {spec.layout} tensors but {card.id} takes "
                             f"{card.input_layout}: add \"layout\": \"{card.input_layout}\" to its set")
     return variants
+
+
+def _check_precisions_here(card: ModelCard, precisions: list[str], device: str) -> None:
+    """What the worker would refuse after loading the model, refused before anything runs where it is known here."""
+    if precisions and not BACKENDS[card.framework].switches_precision:
+        raise UserError(f"--precisions {precisions[0]}: the {card.framework} back-end cannot change precision between "
+                        "passes of one loaded model; precision variants work for torch and Keras models")
+    if "tf32" in precisions and device == "cpu":
+        raise UserError("--precisions tf32 applies to CUDA GPUs only and this run is on the CPU; bf16 and fp16 "
+                        "run on the CPU too")
 
 
 def _gpu_decoding_possible() -> bool:

@@ -12,7 +12,11 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from xfverify.evaluator.analysis.metrics import top_k
-from xfverify.evaluator.cache.store import BuildCancelled, TensorCache, default_cache_root
+from xfverify.evaluator.cache.store import (
+    BuildCancelled,
+    TensorCache,
+    default_cache_root,
+)
 from xfverify.evaluator.data.layouts import Dataset
 from xfverify.evaluator.pipeline.options import RunOptions
 from xfverify.evaluator.process.events import Event

@@ -8,9 +8,17 @@ from pathlib import Path
 
 from xfverify.evaluator.pipeline.assemble import assemble_report
 from xfverify.evaluator.pipeline.evaluation import evaluate_cached, spec_hw
-from xfverify.evaluator.pipeline.native_run import NATIVE_OUTPUTS, NativeRun, save_native_run
+from xfverify.evaluator.pipeline.native_run import (
+    NATIVE_OUTPUTS,
+    NativeRun,
+    save_native_run,
+)
 from xfverify.evaluator.pipeline.options import NativeOptions
-from xfverify.evaluator.pipeline.outdir import default_out_dir, earlier_outputs_note, in_owned_folder
+from xfverify.evaluator.pipeline.outdir import (
+    default_out_dir,
+    earlier_outputs_note,
+    in_owned_folder,
+)
 from xfverify.evaluator.pipeline.request import prepare
 from xfverify.evaluator.process.tasks import EvaluateJob
 from xfverify.evaluator.reports.native import NativeReport, Prediction

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xfverify.converter.description import OnnxDescription
 from xfverify.evaluator.analysis.agreement import compare_outputs
 from xfverify.evaluator.data.layouts import SAMPLE_DIR, load_dataset
 from xfverify.evaluator.pipeline.assemble import assemble_report
@@ -25,15 +26,33 @@ from xfverify.evaluator.pipeline.native_run import (
     load_native,
     save_native_run,
 )
-from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions, RunOptions, check_run_options
-from xfverify.evaluator.pipeline.outdir import default_out_dir, earlier_outputs_note, in_owned_folder
+from xfverify.evaluator.pipeline.options import (
+    NativeOptions,
+    OnnxOptions,
+    RunOptions,
+    check_run_options,
+)
+from xfverify.evaluator.pipeline.outdir import (
+    default_out_dir,
+    earlier_outputs_note,
+    in_owned_folder,
+)
 from xfverify.evaluator.pipeline.request import prepare
-from xfverify.converter.description import OnnxDescription
 from xfverify.evaluator.process.blocks import RandomWeights
 from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
-from xfverify.evaluator.process.tasks import EvaluateJob, ExportJob, ExportOutcome, OnnxFileJob
-from xfverify.evaluator.reports.native import NativeReference, NativeReport, OnnxInfo, OnnxReport
+from xfverify.evaluator.process.tasks import (
+    EvaluateJob,
+    ExportJob,
+    ExportOutcome,
+    OnnxFileJob,
+)
+from xfverify.evaluator.reports.native import (
+    NativeReference,
+    NativeReport,
+    OnnxInfo,
+    OnnxReport,
+)
 from xfverify.evaluator.system import console
 from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError

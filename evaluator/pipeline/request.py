@@ -15,6 +15,11 @@ def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]
     """Resolve the card, the preprocessing and the dataset; validate their combination."""
     check_run_options(options)
     card = get_card(options.model)
+    if options.device == "cpu":  # the worker would say so too, after loading the model
+        if options.precision == "tf32":
+            raise UserError("--precision tf32 applies to CUDA GPUs only; use fp32 on the CPU")
+        if options.cuda_graphs:
+            raise UserError("--cuda-graphs needs a CUDA GPU (--device cuda or auto on a machine with one)")
     if options.cuda_graphs and not BACKENDS[card.framework].cuda_graphs:
         graphed = ", ".join(name for name, backend in BACKENDS.items() if backend.cuda_graphs)
         raise UserError(f"--cuda-graphs applies to {graphed} models; {card.id} runs in {card.framework}")
