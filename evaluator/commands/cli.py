@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from xfverify import __version__
-from xfverify.evaluator.commands import catalogue, diagnose, native, onnx, preprocess
+from xfverify.version import __version__
+from xfverify.evaluator.commands import catalogue, diagnose, native, onnx, preprocess, study
 from xfverify.evaluator.commands.options import CONTEXT
 from xfverify.models.errors import UserError
 
@@ -25,11 +25,12 @@ def cli() -> None:
       xfverify native                       # the embedded sample, pypi/efficientnet_lite0
       xfverify native torchvision/resnet50 --data /path/to/imagenet/val
       xfverify onnx                         # the default model's ONNX export, on its native run's tensors
+      xfverify study lite --data DIR        # EfficientNet-Lite0/1/2: native, ONNX Runtime, diagnose, one table
     """
 
 
 for command in (catalogue.models_command, catalogue.presets_command, preprocess.preprocess_command,
-                native.native_command, diagnose.diagnose_command, onnx.onnx_command):
+                native.native_command, diagnose.diagnose_command, onnx.onnx_command, study.study_command):
     cli.add_command(command)
 
 

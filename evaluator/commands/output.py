@@ -38,3 +38,13 @@ def print_predictions(rows) -> None:
         cells = [escape(v) for v in (row.image_id, labels, top1, " ".join(map(str, row.top5)))]
         table.add_row(*cells, f"[{style}]{row.status}[/{style}]")
     console.print(table)
+
+
+def print_grid(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> None:
+    """A table with a header row on stdout."""
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(escape(column))
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xfverify import __version__
+from xfverify.version import __version__
 from xfverify.evaluator.analysis.metrics import (
     compare_to_published,
     error_stats,

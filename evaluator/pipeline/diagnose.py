@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from xfverify import __version__
+from xfverify.version import __version__
 from xfverify.evaluator.analysis.comparison import compare_runs, output_difference
 from xfverify.evaluator.analysis.metrics import error_stats, top_k, wilson_interval
 from xfverify.evaluator.cache.store import TensorCache

@@ -10,7 +10,7 @@ from xfverify.evaluator.pipeline.assemble import assemble_report
 from xfverify.evaluator.pipeline.evaluation import evaluate_cached, spec_hw
 from xfverify.evaluator.pipeline.native_run import (
     NATIVE_OUTPUTS,
-    NativeRun,
+    SavedRun,
     save_native_run,
 )
 from xfverify.evaluator.pipeline.options import NativeOptions
@@ -25,7 +25,7 @@ from xfverify.evaluator.reports.native import NativeReport, Prediction
 from xfverify.evaluator.system import console
 
 
-def run_native(options: NativeOptions) -> NativeRun:
+def run_native(options: NativeOptions) -> SavedRun:
     """Evaluate one model natively; write report.json, report.md, logits.npy, predictions.csv; return the report.
 
     The run owns its --out folder while it works (a second run there is refused) and leaves nothing of
@@ -37,7 +37,7 @@ def run_native(options: NativeOptions) -> NativeRun:
     out_dir = Path(options.out) if options.out else default_out_dir(card.id)
     report, rows = in_owned_folder(
         out_dir, lambda workdir: _run_in(out_dir, workdir, card, spec, dataset, options, timeline))
-    return NativeRun(report, out_dir, rows)
+    return SavedRun(report, out_dir, rows)
 
 
 def _run_in(out_dir, workdir, card, spec, dataset, options, timeline) -> tuple[NativeReport, list[Prediction]]:

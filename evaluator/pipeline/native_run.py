@@ -32,8 +32,8 @@ DIAGNOSE_REFERENCE_FOLDER = "reference"  # where, inside a diagnose run's --out,
 
 
 @dataclass(frozen=True)
-class NativeRun:
-    """What ``xfverify native`` produced: the report, where its files are, and each image's predictions."""
+class SavedRun:
+    """What a native or ONNX run saved: the report, the folder its files are in, and each image's predictions."""
 
     report: NativeReport
     out_dir: Path

@@ -20,7 +20,7 @@ from xfverify.evaluator.pipeline.native_run import (
     NATIVE_OUTPUTS,
     ONNX_NATIVE_FOLDER,
     NativeOnDisk,
-    NativeRun,
+    SavedRun,
     UnusableNativeRun,
     check_against,
     load_native,
@@ -93,7 +93,7 @@ def native_run_for(options: OnnxOptions, out_dir: Path) -> NativeOnDisk:
                 console.info(f"comparing with the native run in {folder}")
                 return earlier
     console.info(f"running {options.target} natively first, into {folder}")
-    run: NativeRun = run_native(wanted)
+    run: SavedRun = run_native(wanted)
     return NativeOnDisk(run.report, run.out_dir, np.load(run.out_dir / "logits.npy"))
 
 
@@ -125,7 +125,7 @@ def _status(event: Event) -> None:
         console.info(event.message)
 
 
-def run_onnx(options: OnnxOptions) -> NativeRun:
+def run_onnx(options: OnnxOptions) -> SavedRun:
     """Evaluate the ONNX export of a model (or a user's ONNX file) under ONNX Runtime on a native run's tensors;
     write report.json, report.md, logits.npy, predictions.csv into --out; return the report."""
     timeline = {"started": time.time()}
@@ -154,7 +154,7 @@ def run_onnx(options: OnnxOptions) -> NativeRun:
     return in_owned_folder(out_dir, lambda workdir: _run_in(options, out_dir, workdir, timeline))
 
 
-def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[str, float]) -> NativeRun:
+def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[str, float]) -> SavedRun:
     card = None if options.is_file else get_card(options.target)
     notes = earlier_outputs_note(out_dir, NATIVE_OUTPUTS)  # before the native run and the export, not after them
     native = native_run_for(options, out_dir) if card or options.against else None
@@ -217,7 +217,7 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
         if native and native.report.timing.compute_s else None,
     )
     rows = save_native_run(out_dir, workdir, report, dataset, run)
-    return NativeRun(report, out_dir, rows)
+    return SavedRun(report, out_dir, rows)
 
 
 def name_of(options: OnnxOptions) -> str:

@@ -1,0 +1,308 @@
+"""``xfverify study``: a whole comparison in one command (models x native, onnx, diagnose), resumable.
+
+Every cell runs through the same pipeline functions as its own command, into ``--out/cells/<cell>/``, so its
+numbers are that command's. A cell is keyed by everything that determines its result (its card, the reference
+preprocessing, the images' manifest, the options, xfverify's and the frameworks' versions, and for an ONNX cell its
+native cell's key); ``cell.json``, written last, records the key and the numbers, so a rerun or a study killed
+mid-way skips the finished cells and an edited study runs only what changed. Cells share the tensor cache, so each
+geometry is decoded once. The cells run in order on this machine, or as Ray tasks (``--executor ray``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from xfverify.version import __version__
+from xfverify.evaluator.data.layouts import SAMPLE_DIR, Dataset, load_dataset
+from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, run_diagnose
+from xfverify.evaluator.pipeline.native import run_native
+from xfverify.evaluator.pipeline.onnx import run_onnx
+from xfverify.evaluator.pipeline.options import MAX_SEED, NativeOptions, OnnxOptions
+from xfverify.evaluator.pipeline.outdir import in_owned_folder
+from xfverify.evaluator.reports.diagnose import DiagnoseReport
+from xfverify.evaluator.reports.native import NativeReport, OnnxReport
+from xfverify.evaluator.reports.study import (
+    STUDY_OUTPUTS,
+    Cause,
+    CellResult,
+    DiagnoseCell,
+    ModelRow,
+    NativeCell,
+    OnnxCell,
+    StudyDataset,
+    StudyReport,
+    csv_text,
+    markdown,
+)
+from xfverify.evaluator.system import console
+from xfverify.evaluator.system.files import atomic_write_text
+from xfverify.models.cards import ModelCard, get_card
+from xfverify.models.errors import UserError
+from xfverify.models.preprocess import resolve_preprocess
+from xfverify.models.study import Cell, StudySpec, cells_of, load_study
+
+EXECUTORS = ("local", "ray")
+CELL_FILE = "cell.json"
+# Distributions whose versions can change a cell's numbers (those installed go into every cell's key).
+KEYED_DISTRIBUTIONS = ("numpy", "pillow", "opencv-python-headless", "opencv-python", "torch", "torchvision", "timm",
+                       "onnxscript", "tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "mxnet", "mxnet-cu101",
+                       "gluoncv", "onnx", "onnxruntime", "onnxruntime-gpu")
+
+
+@dataclass
+class StudyOptions:
+    """Everything ``xfverify study`` can be asked (the CLI and the Python API fill it)."""
+
+    study: str = "lite"
+    data: str | None = None
+    devkit: str | None = None
+    limit: int | None = None
+    per_class: int | None = None
+    out: str | None = None
+    device: str = "auto"
+    provider: str = "auto"
+    batch_size: int | None = None
+    workers: int | None = None
+    cache_dir: str | None = None
+    seed: int = 0
+    on_bad_image: str = "error"
+    random_weights: bool = False  # every cell with a seeded random model
+    executor: str = "local"
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """A cell with its key and folder, and the cell it needs first (an ONNX cell's native cell)."""
+
+    cell: Cell
+    key: str
+    folder: Path
+    needs: PlannedCell | None = None
+
+
+def run_study(options: StudyOptions) -> tuple[StudyReport, Path]:
+    """Run every cell of the study not already done in --out; write study.json, study.md and study.csv there."""
+    started = time.time()
+    if options.executor not in EXECUTORS:
+        raise UserError(f"--executor must be one of {', '.join(EXECUTORS)}, got {options.executor!r}")
+    if not 0 <= options.seed <= MAX_SEED:
+        raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {options.seed}")
+    study = load_study(options.study)
+    cells = cells_of(study)
+    if options.random_weights:
+        cells = list(dict.fromkeys(cell.model_copy(update={"random_weights": True}) for cell in cells))
+    dataset = load_dataset(options.data or SAMPLE_DIR, devkit=options.devkit).select(limit=options.limit,
+                                                                                      per_class=options.per_class)
+    out_dir = Path(options.out) if options.out else Path.cwd() / "xfverify-out" / f"study-{study.name}"
+    plan = plan_cells(cells, dataset, options, out_dir)
+    execute = _executor(options)
+    report = in_owned_folder(out_dir, lambda workdir: _run_in(study, plan, dataset, options, out_dir, execute,
+                                                              started))
+    return report, out_dir
+
+
+def plan_cells(cells: list[Cell], dataset: Dataset, options: StudyOptions, out_dir: Path) -> list[PlannedCell]:
+    """Each cell's key and folder; every card and preprocessing resolved before anything runs (errors are one line)."""
+    versions = _versions()
+    manifest = dataset.manifest_sha256()
+    planned: dict[Cell, PlannedCell] = {}
+    for cell in cells:
+        card = get_card(cell.model)
+        needs = None
+        if cell.run == "onnx":
+            needs = planned[cell.model_copy(update={"run": "native"})]
+        payload = {
+            "cell": cell.model_dump(mode="json"),
+            "card": card.model_dump(mode="json"),
+            "preprocess": resolve_preprocess(None, default=card.preprocess).to_dict(),
+            "manifest_sha256": manifest,
+            "options": {"device": options.device, "provider": options.provider if cell.run == "onnx" else None,
+                        "batch_size": options.batch_size, "seed": options.seed, "on_bad_image": options.on_bad_image},
+            "machine_has_nvidia_gpu": _has_nvidia_gpu() if "auto" in (options.device, options.provider) else None,
+            "versions": versions,
+            "xfverify": __version__,
+            "needs": needs.key if needs else None,
+        }
+        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        planned[cell] = PlannedCell(cell, key, out_dir / "cells" / cell.name, needs)
+    return list(planned.values())
+
+
+def _run_in(study: StudySpec, plan: list[PlannedCell], dataset: Dataset, options: StudyOptions, out_dir: Path,
+            execute: Callable, started: float) -> StudyReport:
+    (out_dir / "cells").mkdir(exist_ok=True)
+    done = {planned.key: result for planned in plan if (result := finished_cell(planned)) is not None}
+    todo = [planned for planned in plan if planned.key not in done]
+    console.info(f"study {study.name}: {len(plan)} cells on {len(dataset)} images from {dataset.root}; "
+                 f"{len(done)} already done, {len(todo)} to run ({options.executor})")
+    ran = execute(todo, functools.partial(run_cell, options=options), done, record_cell)
+    results = {**done, **ran}
+    report = StudyReport(
+        name=study.name, about=study.about,
+        dataset=StudyDataset(path=str(dataset.root), n_images=len(dataset), n_labelled=dataset.n_labelled,
+                             manifest_sha256=dataset.manifest_sha256()),
+        executor=options.executor,
+        cells=[results[planned.key] for planned in plan],
+        rows=model_rows([results[planned.key] for planned in plan]),
+        ran=len(todo), reused=len(done), wall_s=round(time.time() - started, 3), xfverify_version=__version__,
+    )
+    atomic_write_text(out_dir / "study.json", report.model_dump_json(indent=1) + "\n")
+    atomic_write_text(out_dir / "study.md", markdown(report))
+    atomic_write_text(out_dir / "study.csv", csv_text(report))
+    failed = [c for c in report.cells if c.status != "done"]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(plan)} cells did not finish (the first: {failed[0].run} "
+                        f"{failed[0].model}: {failed[0].error}); the others are in {out_dir / 'study.md'}, and a "
+                        "rerun runs only what is missing")
+    console.info(f"wrote {', '.join(STUDY_OUTPUTS)} in {out_dir}")
+    return report
+
+
+def finished_cell(planned: PlannedCell) -> CellResult | None:
+    """The cell's recorded result when it finished with this very key (anything else: it runs again)."""
+    path = planned.folder / CELL_FILE
+    if not path.is_file() or path.is_symlink():
+        return None
+    try:
+        result = CellResult.model_validate_json(path.read_bytes())
+    except ValueError:
+        return None
+    return result if result.key == planned.key and result.status == "done" else None
+
+
+def run_cell(planned: PlannedCell, results: dict[str, CellResult], options: StudyOptions) -> CellResult:
+    """Run one cell through its command's pipeline function; a user error fails the cell, not the study."""
+    cell, started = planned.cell, time.time()
+    folder = str(planned.folder)
+    base = dict(data=options.data, devkit=options.devkit, limit=options.limit, per_class=options.per_class,
+                batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir,
+                random_weights=cell.random_weights, seed=options.seed, on_bad_image=options.on_bad_image)
+    outcome: dict = {}
+    try:
+        if planned.needs is not None:
+            needed = results.get(planned.needs.key)
+            if needed is None or needed.status != "done":
+                return _result(planned, started, "skipped", error="its native cell did not finish")
+        console.info(f"cell {cell.run} {cell.model} -> {planned.folder}")
+        if cell.run == "native":
+            run = run_native(NativeOptions(**base, model=cell.model, device=options.device, out=folder))
+            outcome["native"] = native_cell(run.report)
+        elif cell.run == "onnx":
+            run = run_onnx(OnnxOptions(**base, target=cell.model, device=options.device, provider=options.provider,
+                                       against=str(planned.needs.folder), out=folder))
+            outcome["onnx"] = onnx_cell(run.report)
+        else:
+            report, _ = run_diagnose(DiagnoseOptions(
+                **base, model=cell.model, device=options.device, out=folder,
+                variants=",".join(cell.variants) or None, precisions=",".join(cell.precisions) or None))
+            outcome["diagnose"] = diagnose_cell(report)
+    except UserError as exc:
+        console.info(f"cell {cell.run} {cell.model} failed: {exc}")
+        return _result(planned, started, "failed", error=str(exc))
+    return _result(planned, started, "done", **outcome)
+
+
+def record_cell(planned: PlannedCell, result: CellResult) -> None:
+    """A finished cell's cell.json, written by the study's own process as soon as the cell is back (a study killed
+    later keeps it); cells that failed are not recorded, so a rerun tries them again."""
+    if result.status == "done":
+        atomic_write_text(planned.folder / CELL_FILE, result.model_dump_json(indent=1) + "\n")
+
+
+def _result(planned: PlannedCell, started: float, status: str, **fields) -> CellResult:
+    return CellResult(key=planned.key, run=planned.cell.run, model=planned.cell.model,
+                      folder=str(Path("cells") / planned.cell.name), status=status,
+                      seconds=round(time.time() - started, 3), **fields)
+
+
+def native_cell(report: NativeReport) -> NativeCell:
+    return NativeCell(top1_error=report.top1_error, top1_error_ci95=report.top1_error_ci95,
+                      top5_error=report.top5_error, n_scored=report.n_scored, tensors_sha256=report.tensors_sha256,
+                      device=report.device.type, images_per_s=report.timing.images_per_s,
+                      data_wait_s=report.timing.data_wait_s, compute_s=report.timing.compute_s)
+
+
+def onnx_cell(report: OnnxReport) -> OnnxCell:
+    agreement = report.agreement
+    return OnnxCell(
+        top1_error=report.top1_error, tensors_sha256=report.tensors_sha256, exporter=report.onnx.exporter,
+        opset=report.onnx.opset, top1_agreement=agreement.top1_agreement if agreement else None,
+        n_flips=agreement.n_flips if agreement else None, mcnemar_p=agreement.mcnemar_p if agreement else None,
+        max_abs_diff_over_max_abs_logit=agreement.max_abs_diff_over_max_abs_logit if agreement else None,
+        providers=report.runtime.providers, images_per_s=report.timing.images_per_s,
+        data_wait_s=report.timing.data_wait_s, onnx_over_native_time=report.onnx_over_native_time)
+
+
+def diagnose_cell(report: DiagnoseReport) -> DiagnoseCell:
+    decomposition = report.decomposition
+    causes = [Cause(name=step.name, axis=step.axis, delta=step.delta, delta_ci95=step.delta_ci95)
+              for step in decomposition.steps if step.axis != "published" and step.delta_ci95 is not None]
+    return DiagnoseCell(reproduced=decomposition.reproduced, n_variants=len(report.variants), causes=causes,
+                        within_noise=decomposition.within_noise, sentence=decomposition.sentence)
+
+
+def model_rows(results: list[CellResult]) -> list[ModelRow]:
+    """One row per model, in the study's order, grouped by architecture (the cross-framework comparison)."""
+    by_model: dict[str, dict[str, CellResult]] = {}
+    for result in results:
+        by_model.setdefault(result.model, {})[result.run] = result
+    rows = []
+    for model, cells in by_model.items():
+        card: ModelCard = get_card(model)
+        published = card.primary_published
+
+        def part(run: str):
+            result = cells.get(run)
+            return getattr(result, run) if result is not None and result.status == "done" else None
+
+        rows.append(ModelRow(
+            model=model, architecture=card.architecture, framework=card.framework,
+            published_top1_error=published.top1_error if published else None,
+            native=part("native"), onnx=part("onnx"), diagnose=part("diagnose"),
+            failed=[f"{run}: {result.status}: {result.error}" for run, result in cells.items()
+                    if result.status != "done"],
+        ))
+    order = list(dict.fromkeys(row.architecture for row in rows))
+    return sorted(rows, key=lambda row: order.index(row.architecture))
+
+
+def _executor(options: StudyOptions) -> Callable:
+    if options.executor == "ray":
+        from xfverify.evaluator.pipeline.study_ray import ray_executor
+
+        return ray_executor(options.address, options.device)
+    return run_locally
+
+
+def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], CellResult], done: dict[str, CellResult],
+                record: Callable[[PlannedCell, CellResult], None]) -> dict[str, CellResult]:
+    """The cells in order, on this machine (a cell's native cell comes before it in the plan)."""
+    results = dict(done)
+    for planned in todo:
+        results[planned.key] = run(planned, results)
+        record(planned, results[planned.key])
+    return {key: result for key, result in results.items() if key not in done}
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in KEYED_DISTRIBUTIONS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _has_nvidia_gpu() -> bool:
+    from xfverify.evaluator.system.devices import nvidia_gpus
+
+    return bool(nvidia_gpus())

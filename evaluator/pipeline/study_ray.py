@@ -1,0 +1,79 @@
+"""The study's cells as Ray tasks (``xfverify study --executor ray``): one task per cell with its resource request,
+an ONNX cell started once its native cell is back (on the same node, where the native run's folder is), results
+gathered by the driver as they come, and a task lost with its node retried by Ray."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable
+
+from xfverify.models.errors import UserError
+
+RETRIES = 3  # a task whose node dies is run again elsewhere, up to this many times (Ray's max_retries)
+CPUS_PER_CPU_CELL = 2  # decoding and the model pass share them
+CPUS_PER_GPU_CELL = 1
+
+
+def ray_executor(address: str | None, device: str = "auto") -> Callable:
+    """An executor with the same signature as ``study.run_locally``, running on the Ray cluster at ``address``
+    (None: a local Ray instance; "auto": the cluster this machine belongs to)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'xfverify[ray]' (or use --executor local)") from None
+
+    def execute(todo: list, run: Callable, done: dict, record: Callable) -> dict:
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except ConnectionError as exc:
+                raise UserError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
+                                "`ray start --head`, or leave --address out for a local instance") from None
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        task = ray.remote(max_retries=RETRIES, retry_exceptions=False)(_run_cell_task)
+        results = dict(done)
+        pending: dict[Any, Any] = {}  # object ref -> planned cell
+        waiting = list(todo)
+        node_of: dict[str, str] = {}  # a finished cell's key -> the node it ran on
+
+        def submit_ready() -> None:
+            for planned in list(waiting):
+                needs = planned.needs
+                if needs is not None and needs.key not in results:
+                    continue  # its native cell is still running
+                waiting.remove(planned)
+                options: dict[str, Any] = _resources(planned, has_gpus, device)
+                if needs is not None and needs.key in node_of:
+                    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+                    options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_of[needs.key], soft=True)
+                needed = results.get(needs.key) if needs is not None else None
+                pending[task.options(**options).remote(run, planned, needed)] = planned
+
+        submit_ready()
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            planned = pending.pop(ready[0])
+            result, node = ray.get(ready[0])
+            results[planned.key] = result
+            node_of[planned.key] = node
+            record(planned, result)
+            submit_ready()
+        return {key: result for key, result in results.items() if key not in done}
+
+    return execute
+
+
+def _resources(planned, has_gpus: bool, device: str) -> dict[str, Any]:
+    """One GPU for a cell that computes on one (MXNet only when --device cuda: its builds miss recent GPUs), CPU
+    cores otherwise."""
+    gpu = has_gpus and device != "cpu" and (device == "cuda" or not planned.cell.model.startswith("gluoncv/"))
+    return {"num_gpus": 1, "num_cpus": CPUS_PER_GPU_CELL} if gpu else {"num_cpus": CPUS_PER_CPU_CELL}
+
+
+def _run_cell_task(run: Callable, planned, needed) -> tuple[Any, str]:
+    """Inside the Ray worker: the cell, and the node it ran on (its dependants are sent there)."""
+    import ray
+
+    results = {planned.needs.key: needed} if planned.needs is not None and needed is not None else {}
+    return run(planned, results), ray.get_runtime_context().get_node_id() or socket.gethostname()

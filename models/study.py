@@ -1,0 +1,123 @@
+"""A study as data: which models, and for each what to run (native, onnx, diagnose with its variants).
+
+A study is a TOML file (``xfverify study FILE.toml``) or one shipped with xfverify by name (``lite``, ``article``)::
+
+    name = "mine"
+    [[cells]]
+    models = ["torchvision/resnet50:IMAGENET1K_V1", "keras/ResNet*"]   # ids, or patterns as `xfverify models` takes
+    runs = ["native", "onnx", "diagnose"]
+    variants = ["squash", "resize-pil"]   # diagnose's variants; [] for its whole selection
+    precisions = ["bf16"]                 # diagnose's runtime axis (torch and Keras)
+    random_weights = false
+
+Expanding it gives the cells: one per (model, run), each checked against its card before anything runs.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from xfverify.models.cards import ModelCard, find_cards, get_card
+from xfverify.models.errors import UserError
+
+Run = Literal["native", "onnx", "diagnose"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CellGroup(_Strict):
+    """Models, and what to run for each of them."""
+
+    models: list[str] = Field(min_length=1)
+    runs: list[Run] = Field(default=["native", "onnx", "diagnose"], min_length=1)
+    variants: list[str] = Field(default_factory=list, description="diagnose's variants; empty: its whole selection")
+    precisions: list[str] = Field(default_factory=list, description="diagnose's other precisions")
+    random_weights: bool = False
+
+
+class StudySpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    about: str = ""
+    cells: list[CellGroup] = Field(min_length=1)
+
+
+class Cell(_Strict):
+    """One model and one run: the unit a study executes, keys and resumes."""
+
+    run: Run
+    model: str  # the card's full id
+    variants: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ()
+    random_weights: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.run}-{self.model.replace('/', '_').replace(':', '_')}" + ("-random" if self.random_weights else "")
+
+
+def builtin_studies() -> dict[str, Path]:
+    folder = resources.files("xfverify.models").joinpath("studies")
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".toml")}
+
+
+def load_study(name_or_file: str) -> StudySpec:
+    """A shipped study by name, or a TOML file; one line naming the problem otherwise."""
+    shipped = builtin_studies()
+    if name_or_file in shipped:
+        path = shipped[name_or_file]
+    else:
+        path = Path(name_or_file)
+        if not path.suffix == ".toml" and not path.exists():
+            raise UserError(f"unknown study {name_or_file!r}: give a TOML file or one of {', '.join(sorted(shipped))}")
+        if not path.is_file():
+            raise UserError(f"{path}: no such study file" if not path.exists() else f"{path}: not a regular file")
+    try:
+        return StudySpec.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise UserError(f"{path}: {where}: {first['msg']}") from None
+
+
+def cells_of(study: StudySpec) -> list[Cell]:
+    """Every (model, run) the study asks for, in its order, once each; onnx cells need their native cell and get it."""
+    cells: list[Cell] = []
+    for group in study.cells:
+        for card in _cards(group.models):
+            runs = list(group.runs)
+            if "onnx" in runs and "native" not in runs:
+                runs.insert(runs.index("onnx"), "native")  # ONNX Runtime is compared with the native run's tensors
+            for run in runs:
+                diagnosing = run == "diagnose"
+                cell = Cell(run=run, model=card.id, random_weights=group.random_weights,
+                            variants=tuple(group.variants) if diagnosing else (),
+                            precisions=tuple(group.precisions) if diagnosing else ())
+                if cell not in cells:
+                    cells.append(cell)
+    return cells
+
+
+def _cards(patterns: list[str]) -> list[ModelCard]:
+    cards: list[ModelCard] = []
+    for pattern in patterns:
+        try:
+            found = [get_card(pattern)]
+        except UserError:
+            found = find_cards(pattern)
+            if not found:
+                raise UserError(f"study model {pattern!r} matches no card; `xfverify models` lists them") from None
+        cards += [card for card in found if card not in cards]
+    return cards

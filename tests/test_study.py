@@ -1,0 +1,138 @@
+"""xfverify study: a study as data, cells that equal their commands' runs, resumed after a kill, reused when done."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import needs_torch, run_cli
+
+from xfverify.models.errors import UserError
+from xfverify.models.study import builtin_studies, cells_of, load_study
+
+
+def test_the_shipped_studies_expand_to_their_cells():
+    assert set(builtin_studies()) >= {"lite", "article"}
+    lite = cells_of(load_study("lite"))
+    assert [(c.run, c.model.split(":")[0]) for c in lite[:3]] == [
+        ("native", "pypi/efficientnet_lite0"), ("onnx", "pypi/efficientnet_lite0"), ("diagnose", "pypi/efficientnet_lite0")]
+    assert len(lite) == 9 and lite[2].variants == ("norm-imagenet-mean-std", "squash", "resize-pil")
+    article = cells_of(load_study("article"))
+    models = {c.model for c in article}
+    assert len(models) == 15 and {c.run for c in article} == {"native", "onnx", "diagnose"}
+    assert {m.split("/")[0] for m in models} == {"torchvision", "keras", "gluoncv"}
+
+
+def test_an_onnx_cell_brings_its_native_cell_and_patterns_find_cards(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('name = "s"\n[[cells]]\nmodels = ["keras/ResNet*"]\nruns = ["onnx"]\n')
+    cells = cells_of(load_study(str(path)))
+    assert [(c.run, c.model) for c in cells] == [("native", "keras/ResNet50:imagenet"), ("onnx", "keras/ResNet50:imagenet"),
+                                                 ("native", "keras/ResNet101:imagenet"), ("onnx", "keras/ResNet101:imagenet")]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('name = "s"\n[[cells]]\nmodels = ["no/such-model"]\n', "matches no card"),
+    ('name = "s"\n[[cells]]\nmodels = ["keras/ResNet50"]\nruns = ["train"]\n', "cells.0.runs.0"),
+    ('name = "s"\n[[cells]]\nmodel = ["keras/ResNet50"]\n', "cells.0.model"),
+    ('name = "s"\n[[cells]\n', "not valid TOML"),
+    ('name = "a b"\n[[cells]]\nmodels = ["keras/ResNet50"]\n', "name"),
+])
+def test_a_bad_study_file_is_one_line_naming_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        cells_of(load_study(str(path)))
+
+
+def test_unknown_studies_and_executors_are_one_line(tmp_path):
+    done = run_cli("study", "nope", "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "unknown study 'nope'" in done.stderr and "lite" in done.stderr
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    done = run_cli("study", str(folder), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "not a regular file" in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+MINI = """name = "mini"
+[[cells]]
+models = ["torchvision/mobilenet_v3_large:IMAGENET1K_V1"]
+runs = ["native", "onnx", "diagnose"]
+variants = ["squash"]
+random_weights = true
+"""
+
+
+@needs_torch
+def test_a_study_killed_mid_way_resumes_equals_its_commands_and_a_rerun_runs_nothing(tmp_path):
+    study = tmp_path / "mini.toml"
+    study.write_text(MINI)
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    args = ["study", str(study), "--out", str(out), "--cache-dir", str(cache), "--device", "cpu", "--provider", "cpu",
+            "--limit", "4"]
+    # killed (SIGKILL: no clean-up) once the first cell is recorded
+    process = subprocess.Popen([sys.executable, "-m", "xfverify", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("cells/*/cell.json")):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    recorded = list(out.glob("cells/*/cell.json"))
+    assert len(recorded) == 1 and not (out / "study.json").exists()
+
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    report = json.loads((out / "study.json").read_text())
+    assert (report["ran"], report["reused"]) == (2, 1)
+    [row] = report["rows"]
+    native = json.loads((out / "cells" / "native-torchvision_mobilenet_v3_large_IMAGENET1K_V1-random" /
+                         "report.json").read_text())
+    assert row["native"]["tensors_sha256"] == native["tensors_sha256"] == row["onnx"]["tensors_sha256"]
+    assert row["onnx"]["top1_agreement"] == 100.0 and row["diagnose"]["n_variants"] == 1
+
+    # the same run as its own command gives the same numbers
+    alone = run_cli("native", "torchvision/mobilenet_v3_large:IMAGENET1K_V1", "--random-weights", "--device", "cpu",
+                    "--limit", "4", "--out", str(tmp_path / "alone"), "--cache-dir", str(cache))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    own = json.loads((tmp_path / "alone" / "report.json").read_text())
+    assert (own["tensors_sha256"], own["top1_error"]) == (native["tensors_sha256"], native["top1_error"])
+    assert (tmp_path / "alone" / "logits.npy").read_bytes() == (out / "cells" / (
+        "native-torchvision_mobilenet_v3_large_IMAGENET1K_V1-random") / "logits.npy").read_bytes()
+
+    again = run_cli(*args)
+    assert again.returncode == 0 and "building" not in again.stderr  # no model was built: no pass
+    second = json.loads((out / "study.json").read_text())
+    assert (second["ran"], second["reused"]) == (0, 3)
+    assert second["rows"] == report["rows"]
+
+    edited = tmp_path / "edited.toml"
+    edited.write_text(MINI.replace('variants = ["squash"]', 'variants = ["squash", "resize-opencv"]'))
+    changed = run_cli(*args[:1], str(edited), *args[2:])
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    third = json.loads((out / "study.json").read_text())
+    assert (third["ran"], third["reused"]) == (1, 2) and third["rows"][0]["diagnose"]["n_variants"] == 2
+    assert (out / "study.md").read_text().startswith("# xfverify study: mini")
+    assert (out / "study.csv").read_text().splitlines()[0].startswith("architecture,model,framework")
+
+
+def test_executor_ray_without_ray_is_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_ray)
+    done = run_cli("study", "--executor", "ray", "--limit", "1", "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "pip install 'xfverify[ray]'" in done.stderr

@@ -1,0 +1,3 @@
+"""xfverify's version (a module of its own, so that importing it imports nothing else)."""
+
+__version__ = "0.1.0"
