@@ -281,6 +281,8 @@ def test_ctrl_c_gives_one_line_and_keeps_finished_shards(tmp_path):
         [sys.executable, "-m", "xfverify", "native", "torchvision/resnet101:IMAGENET1K_V1", "--random-weights",
          "--data", str(data), "--batch-size", "4", "--out", str(tmp_path / "r")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+        # a test worker (pytest-xdist) ignores SIGINT, and a child would inherit that: Ctrl-C as in a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while time.time() < deadline and not list(cache.glob("*/shards/*.json")):

@@ -136,3 +136,93 @@ def test_executor_ray_without_ray_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", without_ray)
     done = run_cli("study", "--executor", "ray", "--limit", "1", "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and "pip install 'xfverify[ray]'" in done.stderr
+
+
+TWO_NATIVE = """name = "two"
+[[cells]]
+models = ["torchvision/mobilenet_v3_large:IMAGENET1K_V1", "torchvision/resnet50:IMAGENET1K_V1"]
+runs = ["native"]
+random_weights = true
+"""
+
+
+def _cells_logits(out: Path) -> dict[str, bytes]:
+    return {path.parent.name: path.read_bytes() for path in sorted(out.glob("cells/*/logits.npy"))}
+
+
+TIMINGS = {"images_per_s", "data_wait_s", "compute_s", "onnx_over_native_time"}
+
+
+def _study_rows(out: Path) -> list:
+    """The study's rows, timings left out."""
+    rows = json.loads((out / "study.json").read_text())["rows"]
+    for row in rows:
+        for cell in (row["native"], row["onnx"]):
+            for name in TIMINGS & set(cell or {}):
+                del cell[name]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def two_locally(tmp_path_factory):
+    """The two-model study run by the local executor (what the Ray runs must equal)."""
+    root = tmp_path_factory.mktemp("two")
+    (root / "two.toml").write_text(TWO_NATIVE)
+    args = ["study", str(root / "two.toml"), "--device", "cpu", "--limit", "3", "--cache-dir", str(root / "cache")]
+    done = run_cli(*args, "--out", str(root / "local"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root, args
+
+
+needs_ray = pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None, reason="needs Ray")
+
+
+@pytest.mark.slow
+@needs_ray
+@needs_torch
+def test_a_local_ray_instance_gives_the_local_executors_results(two_locally):
+    import ray
+
+    root, args = two_locally
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        done = run_cli(*args, "--executor", "ray", "--out", str(root / "ray"))
+    finally:
+        ray.shutdown()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((root / "ray" / "study.json").read_text())["executor"] == "ray"
+    assert _study_rows(root / "ray") == _study_rows(root / "local")
+    assert _cells_logits(root / "ray") == _cells_logits(root / "local") and len(_cells_logits(root / "local")) == 2
+
+
+@pytest.mark.slow
+@needs_ray
+@needs_torch
+def test_a_node_removed_mid_study_has_its_cell_retried_elsewhere_with_the_same_results(two_locally):
+    import threading
+
+    from ray.cluster_utils import Cluster
+
+    root, args = two_locally
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head runs no cell
+    nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    cluster.wait_for_nodes()
+    out = root / "cluster"
+    outcome = {}
+    study = threading.Thread(target=lambda: outcome.setdefault("done", run_cli(*args, "--executor", "ray",
+                                                                                "--address", cluster.address,
+                                                                                "--out", str(out))))
+    study.start()
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(out.glob("cells/*/.work"))) < 2:
+            time.sleep(0.1)  # both cells have begun, one on each node
+        assert len(list(out.glob("cells/*/.work"))) == 2
+        cluster.remove_node(nodes[0])
+        study.join(timeout=600)
+    finally:
+        cluster.shutdown()
+    done = outcome["done"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _study_rows(out) == _study_rows(root / "local")
+    assert _cells_logits(out) == _cells_logits(root / "local")

@@ -23,45 +23,55 @@ def ray_executor(address: str | None, device: str = "auto") -> Callable:
         raise UserError("--executor ray needs Ray: pip install 'xfverify[ray]' (or use --executor local)") from None
 
     def execute(todo: list, run: Callable, done: dict, record: Callable) -> dict:
-        if not ray.is_initialized():
+        started_here = not ray.is_initialized()
+        if started_here:
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             except ConnectionError as exc:
                 raise UserError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
                                 "`ray start --head`, or leave --address out for a local instance") from None
-        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-        task = ray.remote(max_retries=RETRIES, retry_exceptions=False)(_run_cell_task)
-        results = dict(done)
-        pending: dict[Any, Any] = {}  # object ref -> planned cell
-        waiting = list(todo)
-        node_of: dict[str, str] = {}  # a finished cell's key -> the node it ran on
-
-        def submit_ready() -> None:
-            for planned in list(waiting):
-                needs = planned.needs
-                if needs is not None and needs.key not in results:
-                    continue  # its native cell is still running
-                waiting.remove(planned)
-                options: dict[str, Any] = _resources(planned, has_gpus, device)
-                if needs is not None and needs.key in node_of:
-                    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-                    options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_of[needs.key], soft=True)
-                needed = results.get(needs.key) if needs is not None else None
-                pending[task.options(**options).remote(run, planned, needed)] = planned
-
-        submit_ready()
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            planned = pending.pop(ready[0])
-            result, node = ray.get(ready[0])
-            results[planned.key] = result
-            node_of[planned.key] = node
-            record(planned, result)
-            submit_ready()
-        return {key: result for key, result in results.items() if key not in done}
+        try:
+            return _gather(ray, todo, run, done, record, device)
+        finally:
+            if started_here:
+                ray.shutdown()
 
     return execute
+
+
+def _gather(ray, todo: list, run: Callable, done: dict, record: Callable, device: str) -> dict:
+    """Submit each cell once what it needs is back; record each result as it comes."""
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    task = ray.remote(max_retries=RETRIES, retry_exceptions=False)(_run_cell_task)
+    results = dict(done)
+    pending: dict[Any, Any] = {}  # object ref -> planned cell
+    waiting = list(todo)
+    node_of: dict[str, str] = {}  # a finished cell's key -> the node it ran on
+
+    def submit_ready() -> None:
+        for planned in list(waiting):
+            needs = planned.needs
+            if needs is not None and needs.key not in results:
+                continue  # its native cell is still running
+            waiting.remove(planned)
+            options: dict[str, Any] = _resources(planned, has_gpus, device)
+            if needs is not None and needs.key in node_of:
+                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_of[needs.key], soft=True)
+            needed = results.get(needs.key) if needs is not None else None
+            pending[task.options(**options).remote(run, planned, needed)] = planned
+
+    submit_ready()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        planned = pending.pop(ready[0])
+        result, node = ray.get(ready[0])
+        results[planned.key] = result
+        node_of[planned.key] = node
+        record(planned, result)
+        submit_ready()
+    return {key: result for key, result in results.items() if key not in done}
 
 
 def _resources(planned, has_gpus: bool, device: str) -> dict[str, Any]:
