@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import imagenet_sample_500, needs_torch, run_cli
+from helpers import console_errors, imagenet_sample_500, needs_chromium, needs_torch, run_cli
 from scipy.stats import binomtest, norm
 
 from xfverify.evaluator.analysis.metrics import (
@@ -36,7 +32,6 @@ from xfverify.models.variants import (
     user_variant,
 )
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.parametrize("card", load_cards(), ids=lambda c: c.id)
@@ -184,22 +179,6 @@ def test_when_every_variant_is_significant_the_sentence_counts_no_quiet_ones():
     rows = [_row("reference", 0.0, False), _row("small", 1.5, True), _row("big", -4.0, True)]
     sentence = decomposition(25.0, rows[0], rows[1:]).sentence
     assert "nothing measurable" not in sentence and sentence.endswith("3 right->wrong / 1 wrong->right).")
-
-
-def console_errors(page: Path, tmp_path: Path, screenshot: Path | None = None) -> list[str]:
-    """Open a page in headless Chromium; the console messages it logged at error level (and JS exceptions)."""
-    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-            "--enable-logging=stderr", "--v=0", "--window-size=1200,2400"]
-    args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
-    done = subprocess.run([*args, page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return [line for line in done.stderr.splitlines() if "CONSOLE" in line and ("ERROR" in line or "Uncaught" in line
-                                                                                 or "Failed" in line)]
-
-
-needs_chromium = pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
-                                    reason="no chromium (apt-get install chromium)")
 
 
 @needs_chromium

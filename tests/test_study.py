@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import needs_torch, run_cli
+from helpers import console_errors, needs_chromium, needs_torch, run_cli
 
 from xfverify.models.errors import UserError
 from xfverify.models.study import builtin_studies, cells_of, load_study
@@ -226,3 +227,49 @@ def test_a_node_removed_mid_study_has_its_cell_retried_elsewhere_with_the_same_r
     assert done.returncode == 0, done.stderr[-3000:]
     assert _study_rows(out) == _study_rows(root / "local")
     assert _cells_logits(out) == _cells_logits(root / "local")
+
+
+def _synthetic_report():
+    from xfverify.evaluator.reports.study import (
+        Cause, CellResult, DiagnoseCell, ModelRow, NativeCell, OnnxCell, StudyDataset, StudyReport)
+
+    native = NativeCell(top1_error=10.4, top1_error_ci95=[8.0, 13.4], top5_error=2.0, n_scored=500,
+                        tensors_sha256="a" * 64, device="cpu", images_per_s=30.0, data_wait_s=0.5, compute_s=16.0)
+    onnx = OnnxCell(top1_error=10.6, tensors_sha256="a" * 64, exporter="torch.onnx.export (dynamo=True)", opset=18,
+                    top1_agreement=99.8, n_flips=1, mcnemar_p=1.0, max_abs_diff_over_max_abs_logit=1e-6,
+                    providers=["CPUExecutionProvider"], images_per_s=45.0, data_wait_s=0.2, onnx_over_native_time=0.7)
+    diagnose = DiagnoseCell(reproduced=10.4, n_variants=2, within_noise=["squash"], sentence="<b>not bold</b>",
+                            causes=[Cause(name="norm-imagenet-mean-std", axis="preprocessing", delta=12.0,
+                                          delta_ci95=[9.3, 15.7])])
+    rows = [ModelRow(model="pypi/efficientnet_lite0", architecture="EfficientNet-Lite0", framework="torch",
+                     published_top1_error=24.9, native=native, onnx=onnx, diagnose=diagnose, failed=[]),
+            ModelRow(model="keras/<script>alert(1)</script>", architecture="X", framework="tensorflow",
+                     published_top1_error=None, native=None, onnx=None, diagnose=None, failed=["native: failed: x"])]
+    cells = [CellResult(key="b" * 64, run="native", model="keras/<script>alert(1)</script>", folder="cells/x",
+                        status="failed", error="<i>boom</i>", seconds=1.0)]
+    return StudyReport(name="page", about="a & b", dataset=StudyDataset(path="/d", n_images=500, n_labelled=500,
+                       manifest_sha256="c" * 64), executor="local", cells=cells, rows=rows, ran=1, reused=0,
+                       wall_s=1.0, xfverify_version="0")
+
+
+def test_the_table_says_each_models_numbers_and_the_markdown_escapes_pipes():
+    from xfverify.evaluator.reports.study import csv_text, markdown, row_cells
+
+    report = _synthetic_report()
+    cells = row_cells(report.rows[0])
+    assert cells[2:9] == ["24.9", "10.4 (8.0-13.4)", "10.6", "99.80", "1", "1", "norm-imagenet-mean-std +12.0 (+9.3 to +15.7)"]
+    assert "## EfficientNet-Lite0" in markdown(report) and "native keras/<script>" in markdown(report)
+    assert csv_text(report).splitlines()[1].startswith("EfficientNet-Lite0,pypi/efficientnet_lite0,torch,24.9,")
+
+
+@needs_chromium
+def test_the_study_page_is_self_contained_escaped_and_renders_without_console_errors(tmp_path):
+    from xfverify.evaluator.reports.study import html_page
+
+    page = tmp_path / "study.html"
+    text = html_page(_synthetic_report())
+    page.write_text(text)
+    assert "<script>" not in text and "&lt;script&gt;" in text and "<i>" not in text
+    assert not re.search(r"""(src|href|url)\s*[=(]\s*["']?(https?:|//)""", text)  # nothing is fetched
+    assert text.count("<svg") == 2
+    assert console_errors(page, tmp_path) == []

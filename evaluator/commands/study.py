@@ -26,7 +26,7 @@ from xfverify.evaluator.commands.options import CONTEXT, SUBSET_OPTIONS, option_
 @click.option("--address", metavar="auto|HOST:PORT", help="The Ray cluster to join (--executor ray; default: a local Ray instance).")
 def study_command(study, **kwargs) -> None:
     """Run a whole comparison: a study's models x native, ONNX Runtime and diagnose, into one table (study.json,
-    study.md, study.csv). STUDY is a shipped study (lite: EfficientNet-Lite0/1/2, offline; article: ResNet50,
+    study.md, study.csv, study.html). STUDY is a shipped study (lite: EfficientNet-Lite0/1/2, offline; article: ResNet50,
     ResNet101, MobileNet, DenseNet121 from torchvision, Keras and GluonCV) or a TOML file. Finished cells are kept:
     a rerun, or a study killed mid-way, runs only what is missing or changed."""
     from xfverify.evaluator.pipeline.study import StudyOptions, run_study
@@ -36,4 +36,4 @@ def study_command(study, **kwargs) -> None:
     report, out_dir = run_study(StudyOptions(study=study, **kwargs))
     output.print_grid(f"xfverify study: {report.name} ({report.ran} cells run, {report.reused} already done)",
                       COLUMNS, [row_cells(row) for row in report.rows])
-    console.info(f"study: {out_dir}/study.json, study.md, study.csv; each cell's report in {out_dir}/cells/")
+    console.info(f"study: {out_dir}/study.json, study.md, study.csv, study.html; each cell's report in {out_dir}/cells/")

@@ -39,6 +39,7 @@ from xfverify.evaluator.reports.study import (
     StudyDataset,
     StudyReport,
     csv_text,
+    html_page,
     markdown,
 )
 from xfverify.evaluator.system import console
@@ -157,6 +158,7 @@ def _run_in(study: StudySpec, plan: list[PlannedCell], dataset: Dataset, options
     atomic_write_text(out_dir / "study.json", report.model_dump_json(indent=1) + "\n")
     atomic_write_text(out_dir / "study.md", markdown(report))
     atomic_write_text(out_dir / "study.csv", csv_text(report))
+    atomic_write_text(out_dir / "study.html", html_page(report))
     failed = [c for c in report.cells if c.status != "done"]
     if failed:
         raise UserError(f"{len(failed)} of {len(plan)} cells did not finish (the first: {failed[0].run} "

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from xfverify.evaluator.process.blocks import DiagnoseWeightsBlock, PrecisionBlock
 from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo
 from xfverify.evaluator.reports.native import DatasetInfo, PublishedInfo
+from xfverify.evaluator.reports.page import STYLE, svg
 from xfverify.evaluator.system.files import atomic_write_text
 from xfverify.models.imagenet import class_name
 from xfverify.models.variants import RUNTIME
@@ -253,13 +254,6 @@ def markdown(report: DiagnoseReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _svg(figure) -> str:
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]
-
-
 def waterfall_svg(report: DiagnoseReport) -> str:
     """Published error, the step to the reference, then each significant variant's delta alone, as floating bars
     (the runtime axis hatched)."""
@@ -297,7 +291,7 @@ def waterfall_svg(report: DiagnoseReport) -> str:
     axes.set_ylabel("top-1 error %")
     axes.set_title("published -> reference; each significant variant on its own (deltas with 95 % CI; hatched: runtime)",
                    fontsize=9)
-    return _svg(figure)
+    return svg(figure)
 
 
 def errors_svg(report: DiagnoseReport) -> str:
@@ -317,7 +311,7 @@ def errors_svg(report: DiagnoseReport) -> str:
     axes.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=8)
     axes.invert_yaxis()
     axes.set_xlabel("top-1 error % (Wilson 95 % CI); grey: within the noise of the reference")
-    return _svg(figure)
+    return svg(figure)
 
 
 def _thumbnail(image: np.ndarray, side: int = 96) -> str:
@@ -342,12 +336,6 @@ def _flip_figures(row: VariantRow, images: dict[int, np.ndarray]) -> str:
         cells.append(f'<figure><img src="{_thumbnail(images[flip.index])}" alt="{html.escape(flip.image_id)}">'
                      f"<figcaption>{caption}</figcaption></figure>")
     return "".join(cells)
-
-
-STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:1100px}table{border-collapse:collapse;font-size:13px}
-td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child,th:first-child{text-align:left}
-tr.noise{color:#888}figure{display:inline-block;width:150px;margin:4px;font-size:11px;vertical-align:top}
-figure img{width:96px;image-rendering:pixelated}"""
 
 
 def html_page(report: DiagnoseReport, images: dict[int, np.ndarray]) -> str:

@@ -1,15 +1,18 @@
-"""What ``xfverify study`` writes: study.json (typed), study.md and study.csv: one row per model, its native,
-ONNX Runtime and diagnose cells side by side, models of one architecture together."""
+"""What ``xfverify study`` writes: study.json (typed), study.md, study.csv and a self-contained study.html: one row
+per model, its native, ONNX Runtime and diagnose cells side by side, models of one architecture together."""
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-STUDY_OUTPUTS = ("study.json", "study.md", "study.csv")
+from xfverify.evaluator.reports.page import STYLE, svg
+
+STUDY_OUTPUTS = ("study.json", "study.md", "study.csv", "study.html")
 
 
 class _Strict(BaseModel):
@@ -178,3 +181,69 @@ def csv_text(report: StudyReport) -> str:
     for row in report.rows:
         writer.writerow([row.architecture, *row_cells(row)])
     return handle.getvalue()
+
+
+def errors_svg(report: StudyReport) -> str:
+    """Per model: the native top-1 error with its 95 % interval, the published error, ONNX Runtime's error."""
+    from matplotlib.figure import Figure
+
+    rows = report.rows
+    figure = Figure(figsize=(7.5, 0.32 * len(rows) + 1.2))
+    axes = figure.subplots()
+    for y, row in enumerate(rows):
+        native = row.native
+        if native is not None and native.top1_error is not None and native.top1_error_ci95:
+            lo, hi = native.top1_error_ci95
+            axes.errorbar([native.top1_error], [y], xerr=[[native.top1_error - lo], [hi - native.top1_error]],
+                          fmt="o", color="#1f77b4", capsize=2, label="native (95 % CI)" if y == 0 else None)
+        if row.published_top1_error is not None:
+            axes.plot([row.published_top1_error], [y], "|", color="#d62728", markersize=14,
+                      label="published" if y == 0 else None)
+        if row.onnx is not None and row.onnx.top1_error is not None:
+            axes.plot([row.onnx.top1_error], [y], "x", color="#2ca02c", label="ONNX Runtime" if y == 0 else None)
+    axes.set_yticks(range(len(rows)), [row.model for row in rows], fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel("top-1 error %")
+    axes.legend(fontsize=8, loc="best")
+    return svg(figure)
+
+
+def speed_svg(report: StudyReport) -> str:
+    """Per model: images/s natively and under ONNX Runtime (the loop's rate, data wait included)."""
+    from matplotlib.figure import Figure
+
+    rows = [row for row in report.rows if row.native is not None or row.onnx is not None]
+    figure = Figure(figsize=(7.5, 0.32 * max(len(rows), 1) + 1.2))
+    axes = figure.subplots()
+    for y, row in enumerate(rows):
+        for offset, cell, colour, label in ((-0.18, row.native, "#1f77b4", "native"),
+                                            (0.18, row.onnx, "#2ca02c", "ONNX Runtime")):
+            if cell is not None and cell.images_per_s:
+                axes.barh([y + offset], [cell.images_per_s], height=0.34, color=colour, label=label if y == 0 else None)
+    axes.set_yticks(range(len(rows)), [row.model for row in rows], fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel("images/s (the evaluation loop, data wait included)")
+    if rows:
+        axes.legend(fontsize=8, loc="best")
+    return svg(figure)
+
+
+def html_page(report: StudyReport) -> str:
+    """One self-contained page: the table, the errors against the published ones, the speeds."""
+    data = report.dataset
+    head = "".join(f"<th>{html.escape(column)}</th>" for column in ("architecture", *COLUMNS))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in (row.architecture, *row_cells(row)))
+                   + "</tr>" for row in report.rows)
+    failed = "".join(f"<li>{html.escape(f'{c.run} {c.model}: {c.status}: {c.error}')}</li>"
+                     for c in report.cells if c.status != "done")
+    title = f"xfverify study: {html.escape(report.name)}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head>
+<body><h1>{title}</h1><p>{html.escape(report.about)}</p>
+<p>{data.n_images} images ({data.n_labelled} labelled) from {html.escape(data.path)}; {len(report.cells)} cells.</p>
+<table><tr>{head}</tr>{body}</table>
+{f"<h2>Cells that did not finish</h2><ul>{failed}</ul>" if failed else ""}
+<h2>Top-1 error against the published one</h2>{errors_svg(report)}
+<h2>Speed</h2>{speed_svg(report)}
+</body></html>
+"""
