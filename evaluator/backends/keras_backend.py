@@ -123,6 +123,8 @@ class KerasBackend(CardModelLoader, Backend, SwitchesPrecision, Exporter):
             block = checked_weights(card, expected)  # a damaged or foreign file is named, not loaded
             return builder(weights="imagenet"), block
         try:
+            if card.weights.url:  # fetched before the network is built: offline, that fails at once
+                keras.utils.get_file(card.weights.file, card.weights.url, cache_subdir="models")
             model = builder(weights="imagenet")
         except Exception as exc:  # keras wraps download failures in plain Exception
             raise missing_weights_error(card, expected, exc) from None

@@ -134,7 +134,8 @@ class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter):
         if expected.exists():
             block = checked_weights(card, expected)  # a damaged or foreign file is named, not loaded
             return zoo.get_model(card.weights.name, pretrained=True, ctx=device.handle), block
-        try:
+        try:  # the file fetched before the network is built: offline, that fails at once
+            zoo.model_store.get_model_file(card.weights.name, root=str(expected.parent))
             net = zoo.get_model(card.weights.name, pretrained=True, ctx=device.handle)
         except Exception as exc:  # download failures surface as several exception types
             raise missing_weights_error(card, expected, exc) from None

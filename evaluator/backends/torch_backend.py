@@ -94,6 +94,7 @@ def _pretrained_torchvision(card: ModelCard) -> tuple[torch.nn.Module, CheckedWe
         block = checked_weights(card, target)  # a damaged or foreign file is named, not loaded
         return tvm.get_model(card.network_name, weights=weights), block
     try:
+        weights.get_state_dict(progress=False)  # fetched before the network is built: offline, that fails at once
         model = tvm.get_model(card.network_name, weights=weights)
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; hub raises RuntimeError on hash
         raise missing_weights_error(card, target, exc) from None
