@@ -258,7 +258,8 @@ def test_the_table_says_each_models_numbers_and_the_markdown_escapes_pipes():
     report = _synthetic_report()
     cells = row_cells(report.rows[0])
     assert cells[2:9] == ["24.9", "10.4 (8.0-13.4)", "10.6", "99.80", "1", "1", "norm-imagenet-mean-std +12.0 (+9.3 to +15.7)"]
-    assert "## EfficientNet-Lite0" in markdown(report) and "native keras/<script>" in markdown(report)
+    assert "| EfficientNet-Lite0 | pypi/efficientnet_lite0 |" in markdown(report)
+    assert "native keras/<script>" in markdown(report)
     assert csv_text(report).splitlines()[1].startswith("EfficientNet-Lite0,pypi/efficientnet_lite0,torch,24.9,")
 
 
@@ -273,3 +274,25 @@ def test_the_study_page_is_self_contained_escaped_and_renders_without_console_er
     assert not re.search(r"""(src|href|url)\s*[=(]\s*["']?(https?:|//)""", text)  # nothing is fetched
     assert text.count("<svg") == 2
     assert console_errors(page, tmp_path) == []
+
+
+def test_the_python_api_raises_the_commands_user_errors():
+    import xfverify
+
+    with pytest.raises(UserError, match="unknown model 'no/such-model'"):
+        xfverify.native("no/such-model")
+    with pytest.raises(UserError, match="unknown study 'nope'"):
+        xfverify.study("nope")
+    with pytest.raises(UserError, match="--precisions: unknown precision fp64"):
+        xfverify.diagnose(precisions=["fp64"])
+
+
+@needs_torch
+def test_the_python_api_returns_the_typed_report_the_command_writes(tmp_path):
+    import xfverify
+    from xfverify.evaluator.reports.native import NativeReport
+
+    report = xfverify.native(limit=2, out=str(tmp_path / "o"), device="cpu")
+    assert isinstance(report, NativeReport) and report.dataset.n_images == 2
+    on_disk = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert (on_disk["tensors_sha256"], on_disk["top1_error"]) == (report.tensors_sha256, report.top1_error)

@@ -160,12 +160,11 @@ def markdown(report: StudyReport) -> str:
     lines = [f"# xfverify study: {report.name}", "", *([report.about, ""] if report.about else []),
              f"{data.n_images} images ({data.n_labelled} labelled) from {data.path}; {len(report.cells)} cells, "
              f"{report.ran} run now, {report.reused} already done; executor {report.executor}.", ""]
-    for architecture in dict.fromkeys(row.architecture for row in report.rows):
-        lines += [f"## {architecture}", "", "| " + " | ".join(COLUMNS) + " |",
-                  "|" + "---|" * len(COLUMNS)]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row_cells(row)) + " |"
-                  for row in report.rows if row.architecture == architecture]
-        lines.append("")
+    columns = ("architecture", *COLUMNS)  # the rows of one architecture together: the cross-framework comparison
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in (row.architecture, *row_cells(row))) + " |"
+              for row in report.rows]
+    lines.append("")
     failed = [f"- {c.run} {c.model}: {c.status}: {c.error}" for c in report.cells if c.status != "done"]
     if failed:
         lines += ["## Cells that did not finish", "", *failed, ""]
