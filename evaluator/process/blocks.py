@@ -7,9 +7,17 @@ only one family writes (torch's ``autocast``, Keras's ``policy``) tells them apa
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, SerializerFunctionWrapHandler, Tag, WrapSerializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializerFunctionWrapHandler,
+    Tag,
+    WrapSerializer,
+)
 
 from xfverify.models.precision import Precision
 
@@ -58,11 +66,19 @@ class KerasPrecision(_Block):
         return _with_tf32(f"policy {self.policy}" if self.policy != "float32" else "fp32", self.tf32)
 
 
-def _precision_family(value: Any) -> str:
-    if isinstance(value, BaseModel):
-        return type(value).__name__
-    keys = value.keys() if isinstance(value, dict) else ()
-    return "TorchPrecision" if "autocast" in keys else "KerasPrecision" if "policy" in keys else "PlainPrecision"
+def _family_by_key(by_key: dict[str, str], default: str) -> Callable[[Any], str]:
+    """A discriminator: a model's own class, or for a dict read back from JSON the class its telling key names."""
+
+    def family(value: Any) -> str:
+        if isinstance(value, BaseModel):
+            return type(value).__name__
+        keys = value.keys() if isinstance(value, dict) else ()
+        return next((name for key, name in by_key.items() if key in keys), default)
+
+    return family
+
+
+_precision_family = _family_by_key({"autocast": "TorchPrecision", "policy": "KerasPrecision"}, "PlainPrecision")
 
 
 PrecisionBlock = Annotated[
@@ -98,11 +114,7 @@ class CheckedWeights(_Block):
                                     description="the card's checksum it matched; absent when the card names none")
 
 
-def _weights_kind(value: Any) -> str:
-    if isinstance(value, BaseModel):
-        return type(value).__name__
-    keys = value.keys() if isinstance(value, dict) else ()
-    return "RandomWeights" if "seed" in keys else "CheckedWeights" if "file" in keys else "FileWeights"
+_weights_kind = _family_by_key({"seed": "RandomWeights", "file": "CheckedWeights"}, "FileWeights")
 
 
 WeightsBlock = Annotated[
