@@ -356,6 +356,24 @@ def test_a_second_run_in_the_same_out_is_refused_naming_the_first(tmp_path):
     assert not (out / RUN_LOCK).exists() and not (out / ".work").exists()
 
 
+def test_a_run_lock_that_is_a_link_or_a_folder_is_refused_and_nothing_is_followed(tmp_path):
+    from xfverify.evaluator.system.files import RUN_LOCK
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / RUN_LOCK).symlink_to(victim)
+    result = run_cli("native", "--random-weights", "--limit", "1", "--out", str(out))
+    assert_user_error(result, f"--out: {out / RUN_LOCK} is not a regular file", "remove it")
+    assert victim.read_text() == "precious" and (out / RUN_LOCK).is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == [RUN_LOCK]
+    (out / RUN_LOCK).unlink()
+    (out / RUN_LOCK).mkdir()
+    assert_user_error(run_cli("native", "--random-weights", "--limit", "1", "--out", str(out)),
+                      f"{out / RUN_LOCK} is not a regular file")
+
+
 def test_numbers_and_names_a_worker_would_choke_on_are_refused_first(tmp_path):
     for seed in ("-5", str(2**32)):
         assert_user_error(run_cli("native", "--seed", seed, "--out", str(tmp_path / "r")), "--seed must be between 0 and 4294967295")
