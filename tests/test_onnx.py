@@ -284,6 +284,37 @@ def test_a_users_file_that_does_not_output_1000_classes_is_one_line(feed, tmp_pa
     assert_user_error(done, str(path), "first output has shape [3] per image", "1000 ImageNet classes")
 
 
+def rows_changed_onnx_file(path: Path, rows: str) -> Path:
+    """:func:`users_onnx_file`'s classifier whose output keeps only row 0 ("first", a Slice), has none ("none") or
+    twice the batch's rows ("double", a Concat)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(users_onnx_file(path))
+    graph = model.graph
+    graph.node[-1].output[0] = "per_image"
+    if rows == "double":
+        graph.node.append(helper.make_node("Concat", ["per_image", "per_image"], ["logits"], axis=0))
+    else:
+        graph.node.append(helper.make_node("Slice", ["per_image", "row_start", "row_stop", "row_axis"], ["logits"]))
+        graph.initializer.extend(onnx.numpy_helper.from_array(np.asarray(v, dtype=np.int64), n) for n, v in
+                                 (("row_start", [0]), ("row_stop", [1 if rows == "first" else 0]), ("row_axis", [0])))
+    graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["M", 1000]))
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("feed", ["host", "device"])
+@pytest.mark.parametrize("rows, shape", [("first", [1, 1000]), ("double", [4, 1000]), ("none", [0, 1000])])
+def test_a_users_file_whose_output_has_other_rows_than_the_batch_is_one_line(feed, rows, shape, tmp_path):
+    """Before: one row was broadcast into every image's (scored), and twice or no rows crashed the worker."""
+    path = rows_changed_onnx_file(tmp_path / f"{rows}.onnx", rows)
+    done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--limit", "2", "--out",
+                   str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"), env={"XFVERIFY_ORT_FEED": feed})
+    assert_user_error(done, f"{path}: its output for a batch of 2 images has shape {shape}, not [2, 1000]")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("feed", ["host", "device"])
 def test_a_users_file_with_tf_slims_1001_classes_is_scored_without_the_background_class(feed, tmp_path):
     outputs = {}
