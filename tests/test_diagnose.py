@@ -279,6 +279,6 @@ def test_a_variant_whose_tensors_are_infinite_is_counted_wrong_and_said(tmp_path
     report = DiagnoseReport.model_validate_json((out / "report.json").read_text())
     by_name = {v.name: v for v in report.variants}
     assert by_name["x"].top1_error == 100.0 and by_name["squash"].top1_error == report.reference.top1_error
-    assert [note for note in report.notes if "NaN or +-inf" in note] == [
-        f"variant x: 3 of 3 image(s) gave outputs holding NaN or +-inf, the first {SAMPLE_DIR / 'camera.png'}: they "
-        "have no predictions and count as wrong"]
+    said = (f"variant x: 3 of 3 image(s) gave outputs holding NaN or +-inf, the first {SAMPLE_DIR / 'camera.png'}: "
+            "they have no predictions and count as wrong")
+    assert [note for note in report.notes if "NaN or +-inf" in note] == [said]

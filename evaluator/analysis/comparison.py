@@ -12,7 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
-from xfverify.evaluator.analysis.metrics import PairedDifference, finite_rows, paired_difference
+from xfverify.evaluator.analysis.metrics import (
+    PairedDifference,
+    finite_rows,
+    paired_difference,
+)
 
 
 @dataclass(frozen=True)

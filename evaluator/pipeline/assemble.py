@@ -104,8 +104,8 @@ def non_finite_notes(topk: np.ndarray, dataset, skipped: set[int], whose: str = 
     if not rows:
         return []
     where = " (status non-finite in predictions.csv)" if listed else ""
-    return [f"{whose}{len(rows)} of {len(dataset)} image(s) gave outputs holding NaN or +-inf, the first "
-            f"{dataset.records[rows[0]].path}: they have no predictions{where} and count as wrong"]
+    return [(f"{whose}{len(rows)} of {len(dataset)} image(s) gave outputs holding NaN or +-inf, the first "
+             f"{dataset.records[rows[0]].path}: they have no predictions{where} and count as wrong")]
 
 
 def _published(published: PublishedNumber) -> PublishedInfo:
