@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -93,15 +94,22 @@ def remove_abandoned_builds(root: Path) -> list[Path]:
     removed = []
     for candidate in Path(root).glob(".*"):
         lock_path = candidate / BUILDING_LOCK
-        if not candidate.is_dir() or not lock_path.is_file():
+        if candidate.is_symlink() or not candidate.is_dir():
+            continue
+        try:  # never through a symbolic link, never creating one
+            fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # none (not a build of ours), a link, or gone meanwhile
             continue
         try:
-            with open(lock_path, "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                shutil.rmtree(candidate, ignore_errors=True)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(candidate, ignore_errors=True)
         except BlockingIOError:  # a build in progress
             continue
-        except OSError:  # gone meanwhile, or not ours to remove
+        except OSError:  # not ours to remove
             continue
+        finally:
+            os.close(fd)
         removed.append(candidate)
     return removed

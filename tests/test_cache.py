@@ -63,6 +63,22 @@ def test_corrupted_shard_is_detected_and_rebuilt(tmp_path):
     assert np.array_equal(read_all(rebuilt), good)
 
 
+def test_a_shard_lock_that_is_a_link_is_refused_and_its_target_untouched(tmp_path):
+    dataset = load_dataset(make_images(tmp_path / "d", 4))
+    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
+    cached, _ = cache.ensure(dataset.records, workers=1)
+    [shard] = cached.shard_paths
+    Path(shard).write_bytes(b"damaged")  # to be rebuilt: its lock is taken
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    [lock] = (tmp_path / "cache").rglob("*.lock")
+    lock.unlink()
+    lock.symlink_to(victim)
+    with pytest.raises(UserError, match=f"the tensor cache: {lock} is not a regular file"):
+        cache.ensure(dataset.records, workers=1)
+    assert victim.read_text() == "precious" and lock.is_symlink()
+
+
 def test_changed_source_file_invalidates_only_its_shard(tmp_path):
     root = make_images(tmp_path / "d", 8)
     dataset = load_dataset(root)

@@ -274,6 +274,18 @@ def test_a_killed_exports_folder_is_removed_by_the_next_export_and_a_live_one_ke
     assert cache.remove_abandoned_builds(root) == [building] and list(root.iterdir()) == []
 
 
+def test_the_sweep_of_killed_exports_follows_no_link(tmp_path):
+    root, elsewhere = tmp_path / "onnx", tmp_path / "elsewhere"
+    (elsewhere / "kept").mkdir(parents=True)
+    (elsewhere / cache.BUILDING_LOCK).write_text("")
+    root.mkdir()
+    (root / ".linked").symlink_to(elsewhere)  # a folder reached through a link
+    (root / ".locklink").mkdir()
+    (root / ".locklink" / cache.BUILDING_LOCK).symlink_to(elsewhere / cache.BUILDING_LOCK)  # a lock that is a link
+    assert cache.remove_abandoned_builds(root) == []
+    assert (elsewhere / "kept").is_dir() and (root / ".locklink").is_dir()
+
+
 _RUN_WITH_ORT = """
 import sys, numpy as np, onnxruntime as ort
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import console_errors, imagenet_sample_500, needs_chromium, needs_torch, run_cli
+from helpers import SAMPLE_DIR, console_errors, imagenet_sample_500, needs_chromium, needs_torch, run_cli
 from scipy.stats import binomtest, norm
 
 from xfverify.evaluator.analysis.metrics import (
@@ -265,3 +265,20 @@ def test_an_output_that_cannot_be_replaced_is_refused_before_any_work(make, frag
     make(out)
     with pytest.raises(UserError, match=re.escape(fragment)):
         run_diagnose(DiagnoseOptions(out=str(out), limit=2, variants="lite-timm-224"))
+
+
+@needs_torch
+def test_a_variant_whose_tensors_are_infinite_is_counted_wrong_and_said(tmp_path):
+    """Before: the NaN outputs of infinite tensors were scored with invented predictions and no note."""
+    infinite = tmp_path / "x.json"
+    infinite.write_text(json.dumps({"name": "x", "set": {"scale": 1e-300}}))
+    out = tmp_path / "out"
+    done = run_cli("diagnose", "--variants", "squash", "--spec", str(infinite), "--limit", "3", "--out", str(out),
+                   "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = DiagnoseReport.model_validate_json((out / "report.json").read_text())
+    by_name = {v.name: v for v in report.variants}
+    assert by_name["x"].top1_error == 100.0 and by_name["squash"].top1_error == report.reference.top1_error
+    said = (f"variant x: 3 of 3 image(s) gave outputs holding NaN or +-inf, the first {SAMPLE_DIR / 'camera.png'}: "
+            "they have no predictions and count as wrong")
+    assert [note for note in report.notes if "NaN or +-inf" in note] == [said]

@@ -356,6 +356,55 @@ def test_a_second_run_in_the_same_out_is_refused_naming_the_first(tmp_path):
     assert not (out / RUN_LOCK).exists() and not (out / ".work").exists()
 
 
+def test_a_run_lock_that_is_a_link_or_a_folder_is_refused_and_nothing_is_followed(tmp_path):
+    from xfverify.evaluator.system.files import RUN_LOCK
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / RUN_LOCK).symlink_to(victim)
+    result = run_cli("native", "--random-weights", "--limit", "1", "--out", str(out))
+    assert_user_error(result, f"--out: {out / RUN_LOCK} is not a regular file", "remove it")
+    assert victim.read_text() == "precious" and (out / RUN_LOCK).is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == [RUN_LOCK]
+    (out / RUN_LOCK).unlink()
+    (out / RUN_LOCK).mkdir()
+    assert_user_error(run_cli("native", "--random-weights", "--limit", "1", "--out", str(out)),
+                      f"{out / RUN_LOCK} is not a regular file")
+
+
+@needs_torch
+def test_a_work_folder_that_is_a_link_a_file_or_not_xfverifys_is_refused_and_a_killed_runs_is_replaced(tmp_path):
+    from xfverify.evaluator.pipeline.outdir import WORK_MARKER
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mine.txt").write_text("precious")
+    out = tmp_path / "r"
+    out.mkdir()
+    work = out / ".work"
+    work.symlink_to(elsewhere)
+    run = ("native", "--random-weights", "--limit", "1", "--out", str(out))
+    assert_user_error(run_cli(*run), f"--out {out}: .work there is not a folder", "move it away")
+    assert work.is_symlink() and sorted(p.name for p in elsewhere.iterdir()) == ["mine.txt"]
+    work.unlink()
+    work.write_text("a file")
+    assert_user_error(run_cli(*run), ".work there is not a folder")
+    assert work.read_text() == "a file"
+    work.unlink()
+    work.mkdir()
+    (work / "mine.txt").write_text("precious")
+    assert_user_error(run_cli(*run), f".work there is a folder xfverify did not make (it lacks {WORK_MARKER})")
+    assert (work / "mine.txt").read_text() == "precious"
+    (work / "mine.txt").unlink()
+    (work / WORK_MARKER).write_text("")  # what a killed run leaves
+    (work / "logits.npy").write_text("half-written")
+    result = run_cli(*run)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["logits.npy", "predictions.csv", "report.json", "report.md"]
+
+
 def test_numbers_and_names_a_worker_would_choke_on_are_refused_first(tmp_path):
     for seed in ("-5", str(2**32)):
         assert_user_error(run_cli("native", "--seed", seed, "--out", str(tmp_path / "r")), "--seed must be between 0 and 4294967295")

@@ -284,6 +284,115 @@ def test_a_users_file_that_does_not_output_1000_classes_is_one_line(feed, tmp_pa
     assert_user_error(done, str(path), "first output has shape [3] per image", "1000 ImageNet classes")
 
 
+def rows_changed_onnx_file(path: Path, rows: str) -> Path:
+    """:func:`users_onnx_file`'s classifier whose output keeps only row 0 ("first", a Slice), has none ("none") or
+    twice the batch's rows ("double", a Concat)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(users_onnx_file(path))
+    graph = model.graph
+    graph.node[-1].output[0] = "per_image"
+    if rows == "double":
+        graph.node.append(helper.make_node("Concat", ["per_image", "per_image"], ["logits"], axis=0))
+    else:
+        graph.node.append(helper.make_node("Slice", ["per_image", "row_start", "row_stop", "row_axis"], ["logits"]))
+        graph.initializer.extend(onnx.numpy_helper.from_array(np.asarray(v, dtype=np.int64), n) for n, v in
+                                 (("row_start", [0]), ("row_stop", [1 if rows == "first" else 0]), ("row_axis", [0])))
+    graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["M", 1000]))
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("feed", ["host", "device"])
+@pytest.mark.parametrize("rows, shape", [("first", [1, 1000]), ("double", [4, 1000]), ("none", [0, 1000])])
+def test_a_users_file_whose_output_has_other_rows_than_the_batch_is_one_line(feed, rows, shape, tmp_path):
+    """Before: one row was broadcast into every image's (scored), and twice or no rows crashed the worker."""
+    path = rows_changed_onnx_file(tmp_path / f"{rows}.onnx", rows)
+    done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--limit", "2", "--out",
+                   str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"), env={"XFVERIFY_ORT_FEED": feed})
+    assert_user_error(done, f"{path}: its output for a batch of 2 images has shape {shape}, not [2, 1000]")
+    assert not (tmp_path / "o").exists()
+
+
+def non_finite_onnx_file(path: Path, value: float) -> Path:
+    """:func:`users_onnx_file`'s classifier with every output multiplied by ``value`` (NaN, or inf: the channel
+    means have either sign, so +-inf)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(users_onnx_file(path))
+    model.graph.node[-1].output[0] = "finite"
+    model.graph.node.append(helper.make_node("Mul", ["finite", "factor"], ["logits"]))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.full([1, 1000], value, dtype=np.float32), "factor"))
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_outputs_holding_nan_or_inf_predict_nothing_count_as_wrong_and_are_said(value, tmp_path):
+    """Before: argsort of NaN invented top-5 predictions, scored with no note."""
+    import csv
+
+    path = non_finite_onnx_file(tmp_path / "bad.onnx", value)
+    done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--limit", "2", "--out",
+                   str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    with open(tmp_path / "o" / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["top5"], row["status"]) for row in rows] == [("", "non-finite")] * 2
+    assert report["top1_error"] == report["top5_error"] == 100.0 and report["n_scored"] == report["dataset"]["n_labelled"]
+    assert any("2 of 2 image(s) gave outputs holding NaN or +-inf" in note and "count as wrong" in note
+               for note in report["notes"])
+
+
+def test_agreement_with_nan_or_inf_on_either_side_says_so_and_gives_no_top1():
+    """Before: a native run of NaN agreed with "max |diff| 0" and argmax named class 0 as its top-1."""
+    from xfverify.evaluator.analysis.metrics import NO_CLASS
+
+    onnx = np.zeros((3, 1000), dtype=np.float32)
+    onnx[:, 996] = 2.0
+    native = onnx.copy()
+    native[0] = np.nan
+    native[1, 5] = np.inf
+    labels = [(996,), (996,), (996,)]
+    agreement = compare_outputs(native, onnx, ["a", "b", "c"], labels, np.ones(3, dtype=bool), "logits")
+    assert agreement.n_non_finite == 2 and agreement.max_abs_logit_diff == 0.0  # over image c only
+    assert [(f.image_id, f.native_top1, f.onnx_top1) for f in agreement.flips] == [("a", NO_CLASS, 996),
+                                                                                    ("b", NO_CLASS, 996)]
+    assert agreement.onnx_only_right == 2 and agreement.top1_agreement < 100
+    both_nan = compare_outputs(np.full_like(onnx, np.nan), np.full_like(onnx, np.nan), ["a", "b", "c"], labels,
+                               np.ones(3, dtype=bool), "logits")
+    assert both_nan.n_non_finite == 3 and both_nan.within_tolerance == 0.0
+
+
+@needs_torch
+def test_a_native_run_of_nan_is_not_reported_as_agreeing(tmp_path):
+    native = tmp_path / "native"
+    done = run_cli("native", "torchvision/resnet50:IMAGENET1K_V1", "--random-weights", "--limit", "2", "--out",
+                   str(native), "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.save(native / "logits.npy", np.full((2, 1000), np.nan, dtype=np.float32))
+    path = users_onnx_file(tmp_path / "means.onnx")
+    done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--against", str(native),
+                   "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["agreement"]["n_non_finite"] == 2 and report["agreement"]["n_flips"] == 2
+    assert any("2 of the 2 compared images have outputs holding NaN or +-inf" in note for note in report["notes"])
+    assert "2 image(s) with NaN or +-inf outputs left out" in (tmp_path / "o" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("option", ["--atol", "--rtol"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_tolerances_must_be_finite_and_not_negative(option, value, tmp_path):
+    done = run_cli("onnx", str(users_onnx_file(tmp_path / "m.onnx")), "--preprocess", "torchvision-256", option, value,
+                   "--out", str(tmp_path / "o"))
+    assert_user_error(done, f"{option} must be a finite number, not negative, got")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("feed", ["host", "device"])
 def test_a_users_file_with_tf_slims_1001_classes_is_scored_without_the_background_class(feed, tmp_path):
     outputs = {}

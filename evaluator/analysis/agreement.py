@@ -13,6 +13,7 @@ from xfverify.evaluator.analysis.comparison import (
     output_difference,
     within_tolerance,
 )
+from xfverify.evaluator.analysis.metrics import predicted_top1
 
 ATOL_FRACTION = 1e-4  # atol, as a fraction of the largest |native output|: random networks' logits are tiny or huge
 RTOL = 1e-3
@@ -47,6 +48,7 @@ class OnnxAgreement(BaseModel):
     rtol: float
     within_tolerance: float  # share of elements, Polygraphy's elementwise rule
     n_nan: int
+    n_non_finite: int = 0  # compared images whose output holds NaN or +-inf on either side (no top-1; no max |diff|)
     native_only_right: int
     onnx_only_right: int
     mcnemar_p: float
@@ -55,16 +57,19 @@ class OnnxAgreement(BaseModel):
 def compare_outputs(native: np.ndarray, onnx: np.ndarray, image_ids: Sequence[str],
                     labels: Sequence[tuple[int, ...]], include: np.ndarray, compared: str,
                     atol_fraction: float = ATOL_FRACTION, rtol: float = RTOL) -> OnnxAgreement:
-    """Compare the rows ``include`` marks (skipped images are left out of both runs)."""
+    """Compare the rows ``include`` marks (skipped images are left out of both runs). An image whose output holds
+    NaN or +-inf on either side has no top-1 there (-1: a flip unless both are) and is left out of
+    the output difference, counted in ``n_non_finite``."""
     rows = np.flatnonzero(include)
     a, b = native[rows], onnx[rows]
     difference = output_difference(a, b)
     atol = atol_fraction * difference.scale
-    runs = compare_runs(native.argmax(axis=1), onnx.argmax(axis=1), labels, rows)
+    native_top1s, onnx_top1s = predicted_top1(native), predicted_top1(onnx)
+    runs = compare_runs(native_top1s, onnx_top1s, labels, rows)
     flips = []
     for row in runs.top1_changed:
         accepted = labels[row]
-        native_top1, onnx_top1 = int(native[row].argmax()), int(onnx[row].argmax())
+        native_top1, onnx_top1 = int(native_top1s[row]), int(onnx_top1s[row])
         right = ("unlabelled" if not accepted else "native" if native_top1 in accepted
                  else "onnx" if onnx_top1 in accepted else "neither")
         flips.append(Top1Flip(image_id=image_ids[row], labels=list(accepted), native_top1=native_top1,
@@ -83,6 +88,7 @@ def compare_outputs(native: np.ndarray, onnx: np.ndarray, image_ids: Sequence[st
         rtol=rtol,
         within_tolerance=float(within_tolerance(a, b, atol, rtol).mean()) if a.size else 1.0,
         n_nan=difference.n_nan,
+        n_non_finite=difference.non_finite_rows,
         native_only_right=runs.paired.right_to_wrong,  # the candidate (ONNX) wrong where the native run was right
         onnx_only_right=runs.paired.wrong_to_right,
         mcnemar_p=runs.paired.p_value,

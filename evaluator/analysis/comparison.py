@@ -12,16 +12,21 @@ from typing import Sequence
 
 import numpy as np
 
-from xfverify.evaluator.analysis.metrics import PairedDifference, paired_difference
+from xfverify.evaluator.analysis.metrics import (
+    PairedDifference,
+    finite_rows,
+    paired_difference,
+)
 
 
 @dataclass(frozen=True)
 class OutputDifference:
     """How far a candidate's outputs are from the reference's, over the compared rows."""
 
-    max_abs: float  # the largest |candidate - reference| (NaN left out; 0 when every difference is NaN)
+    max_abs: float  # the largest |candidate - reference| over the rows finite on both sides (0 when there are none)
     scale: float  # the largest finite |reference output|
     n_nan: int  # NaN elements on both sides together
+    non_finite_rows: int = 0  # rows holding NaN or +-inf on either side: left out of max_abs, never silently
 
     @property
     def relative(self) -> float | None:
@@ -30,15 +35,16 @@ class OutputDifference:
 
 
 def output_difference(reference: np.ndarray, candidate: np.ndarray) -> OutputDifference:
-    """Compare two arrays of one shape (the rows already chosen)."""
+    """Compare two arrays of one shape (the rows already chosen; one row per image)."""
     finite = np.where(np.isfinite(reference), reference, 0.0)
     scale = float(np.abs(finite).max()) if reference.size else 0.0
-    difference = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    some = difference.size and not np.isnan(difference).all()
+    both_finite = finite_rows(reference) & finite_rows(candidate)
+    difference = np.abs(reference[both_finite].astype(np.float64) - candidate[both_finite].astype(np.float64))
     return OutputDifference(
-        max_abs=float(np.nanmax(difference)) if some else 0.0,
+        max_abs=float(difference.max()) if difference.size else 0.0,
         scale=scale,
         n_nan=int(np.isnan(reference).sum() + np.isnan(candidate).sum()),
+        non_finite_rows=int(len(both_finite) - both_finite.sum()),
     )
 
 

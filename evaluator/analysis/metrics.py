@@ -20,6 +20,29 @@ def top_k(logits: np.ndarray, k: int = 5) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+NO_CLASS = -1  # the prediction of an image whose output holds NaN or +-inf: none, so it matches no label (wrong)
+
+
+def finite_rows(outputs: np.ndarray) -> np.ndarray:
+    """Per row: whether every output value is finite (no NaN, no +-inf)."""
+    return np.isfinite(outputs).all(axis=1)
+
+
+def predicted_top_k(outputs: np.ndarray, skipped: Sequence[int] = (), k: int = 5) -> np.ndarray:
+    """Each image's top-k; an image whose output holds NaN or +-inf predicts nothing (every entry NO_CLASS) and so
+    counts as wrong. ``skipped`` images' rows (NaN: nothing was fed) rank nothing and are not scored anyway."""
+    topk = top_k(np.nan_to_num(outputs, nan=-np.inf), k)
+    non_finite = ~finite_rows(outputs)
+    non_finite[list(skipped)] = False
+    topk[non_finite] = NO_CLASS
+    return topk
+
+
+def predicted_top1(outputs: np.ndarray) -> np.ndarray:
+    """Each row's best class, NO_CLASS where the row holds NaN or +-inf (argmax would name an arbitrary class)."""
+    return np.where(finite_rows(outputs), outputs.argmax(axis=1), NO_CLASS)
+
+
 def wilson_interval(errors: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """95 % Wilson score interval of an error proportion, in percent."""
     if n == 0:

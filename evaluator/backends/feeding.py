@@ -91,6 +91,7 @@ def run_fed(job: EvaluateJob, spec: PreprocessSpec, step: Step, workdir: Path, d
         result = runloop.run_loop(
             job.shard_paths, n, spec, batch, step, workdir / "logits.npy", wait_for_shards=job.wait_for_shards,
             progress=progress_emitter(), device_name=device_name, digests_stored=job.digests_stored,
+            model_name=job.onnx_path or job.model or "the model",
         )
     return result, LoopTiming(**result.timing(), warmup_s=round(warmup_s, 3))
 

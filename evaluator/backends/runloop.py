@@ -34,6 +34,7 @@ from xfverify.evaluator.system.files import allocated_npy
 from xfverify.evaluator.data.normalise import image_digests, normalisation_lut, normalise
 from xfverify.evaluator.cache.shards import iter_shard_batches
 from xfverify.evaluator.process.events import milestone
+from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 
 
@@ -145,6 +146,7 @@ def run_loop(
     progress: Callable[[int, int], None] | None = None,
     device_name: str = "the device",
     digests_stored: bool = True,
+    model_name: str = "the model",
 ) -> LoopResult:
     """Feed every cached image through ``step``; store logits (float32, N x classes) in manifest order.
 
@@ -152,7 +154,8 @@ def run_loop(
     read once its sidecar appears (and, fed on a device, once its digests are stored). A device-fed step's
     ``stage`` runs in the loader thread on each uint8 batch, e.g. to copy it into pinned memory. A device-fed
     image whose checksums differ from the stored ones stops the loop with a :class:`UserError` naming it (and
-    ``device_name``).
+    ``device_name``); so does a batch's output that is not one row of ``num_classes`` scores per image (naming
+    ``model_name``), never broadcast or cut to fit.
     """
     threads = threads or max(1, min(8, (os.cpu_count() or 2) - 1))
     logits = allocated_npy(Path(logits_path), np.float32, (n_images, num_classes), "free space there, or choose another --out")
@@ -174,6 +177,10 @@ def run_loop(
             digests.append([bytes(digest) for digest in records["sha256"]])
         else:
             out, ms = handle
+        if np.shape(out) != (count, num_classes):
+            raise UserError(f"{model_name}: its output for a batch of {count} images has shape {list(np.shape(out))}, "
+                            f"not [{count}, {num_classes}]: xfverify scores one row of {num_classes} class scores per "
+                            "image; export the model with a batch dimension that follows its input's")
         logits[first : first + count] = out
         batch_ms.append(ms)
         done += count

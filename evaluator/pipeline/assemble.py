@@ -9,6 +9,7 @@ import numpy as np
 
 from xfverify.version import __version__
 from xfverify.evaluator.analysis.metrics import (
+    NO_CLASS,
     compare_to_published,
     error_stats,
     real_error,
@@ -40,6 +41,7 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
     others = [_published(p) for p in (card.published if card else []) if p is not primary]
     notes = list(dataset.notes) + list(result.notes) + list(options.extra_notes) + list(run_notes)
     notes += _caveat_notes(cached.caveats)
+    notes += non_finite_notes(topk, dataset, skipped)
     if not dataset.n_labelled:
         notes.append("no image has a label, so nothing was scored: these are predictions only "
                      "(labels come from an ImageNet layout or a labels.csv)")
@@ -92,6 +94,18 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
         xfverify_version=__version__,
         **extra,
     )
+
+
+def non_finite_notes(topk: np.ndarray, dataset, skipped: set[int], whose: str = "",
+                     listed: bool = True) -> list[str]:
+    """The images whose output held NaN or +-inf (``topk`` predicts nothing for them), said: how many, the first
+    (``listed``: the run writes predictions.csv)."""
+    rows = [row for row in np.flatnonzero(topk[:, 0] == NO_CLASS) if row not in skipped]
+    if not rows:
+        return []
+    where = " (status non-finite in predictions.csv)" if listed else ""
+    return [(f"{whose}{len(rows)} of {len(dataset)} image(s) gave outputs holding NaN or +-inf, the first "
+             f"{dataset.records[rows[0]].path}: they have no predictions{where} and count as wrong")]
 
 
 def _published(published: PublishedNumber) -> PublishedInfo:

@@ -23,10 +23,10 @@ import numpy as np
 
 from xfverify.version import __version__
 from xfverify.evaluator.analysis.comparison import compare_runs, output_difference
-from xfverify.evaluator.analysis.metrics import error_stats, top_k, wilson_interval
+from xfverify.evaluator.analysis.metrics import error_stats, predicted_top_k, wilson_interval
 from xfverify.evaluator.cache.store import TensorCache
 from xfverify.evaluator.data.layouts import Dataset
-from xfverify.evaluator.pipeline.assemble import assemble_report
+from xfverify.evaluator.pipeline.assemble import assemble_report, non_finite_notes
 from xfverify.evaluator.pipeline.evaluation import (
     CachedRun,
     cache_root,
@@ -193,6 +193,12 @@ def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timel
     save_native_run(ref_folder, workdir / "variant-0", native_report, dataset, ref_run)  # a native run's folder
     onnx_pass = _onnx_axis(card, options, out_dir, ref_folder) if options.onnx else None
     rows = _rows(runs, dataset, onnx_pass, np.load(ref_folder / "logits.npy"))
+    notes = list(native_report.notes)  # the reference's, its non-finite outputs among them; then the others'
+    for run in runs[1:]:
+        notes += non_finite_notes(run.run.topk, dataset, run.run.skipped, f"variant {run.variant.name}: ", listed=False)
+    if onnx_pass is not None:
+        notes += non_finite_notes(predicted_top_k(onnx_pass.logits, sorted(ref_run.skipped)), dataset, ref_run.skipped,
+                                  f"{onnx_pass.variant.name}: ", listed=False)
     published = card.primary_published
     result = ref_run.result
     report = DiagnoseReport(
@@ -201,7 +207,7 @@ def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timel
         dataset=native_report.dataset, n_scored=rows[0].n_scored, published=native_report.published,
         reference=rows[0], variants=rows[1:],
         decomposition=decomposition(published.top1_error if published else None, rows[0], rows[1:]),
-        cost=_cost(runs, timeline), notes=list(native_report.notes), xfverify_version=__version__,
+        cost=_cost(runs, timeline), notes=notes, xfverify_version=__version__,
     )
     write_diagnose_outputs(out_dir, workdir, report, _flip_images(runs, report, dataset))
     return report
@@ -307,7 +313,7 @@ def _rows(runs: list[VariantRun], dataset: Dataset, onnx_pass: OutsidePass | Non
                         run.run.result.tensors_sha256, run.run.result.precision,
                         run.run.logits if run.variant.precision else None) for run in runs]
     if onnx_pass is not None:
-        topk = top_k(np.nan_to_num(onnx_pass.logits, nan=-np.inf), 5)
+        topk = predicted_top_k(onnx_pass.logits, sorted(runs[0].run.skipped), 5)
         rows.append(against.row(onnx_pass.variant, rows[0].spec, rows[0].geometry_key, topk, onnx_pass.tensors_sha256,
                                 onnx_pass.precision, onnx_pass.logits))
     return rows

@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from xfverify.evaluator.analysis.metrics import top_k
+from xfverify.evaluator.analysis.metrics import predicted_top_k
 from xfverify.evaluator.cache.store import (
     BuildCancelled,
     TensorCache,
@@ -35,7 +35,7 @@ Built = TypeVar("Built")
 @dataclass
 class CachedRun:
     """One worker's pass over the cached images: the cache, its build statistics, the worker's result,
-    the logits (skipped images' rows NaN), their top-5, the timing with the run's timeline."""
+    the logits (skipped images' rows NaN), their top-5 (none for an output holding NaN or +-inf), the timing with the run's timeline."""
 
     cached: Any
     build: Any
@@ -93,7 +93,7 @@ def finished_run(cached: Any, build: Any, result: WorkerResult, timeline: dict[s
     if mark:
         timeline[mark] = time.time()
     timing = TimingInfo(**result.timing.model_dump(), timeline_s=relative_timeline(timeline, result.milestones))
-    topk = top_k(np.nan_to_num(logits, nan=-np.inf), 5)  # skipped images' NaN rows rank nothing
+    topk = predicted_top_k(logits, sorted(skipped), 5)
     return CachedRun(cached, build, result, logits, topk, timing)
 
 

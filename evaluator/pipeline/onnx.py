@@ -4,6 +4,7 @@ of a native run, compared with it: errors, time, and agreement image by image.""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from pathlib import Path
@@ -130,8 +131,9 @@ def run_onnx(options: OnnxOptions) -> SavedRun:
     write report.json, report.md, logits.npy, predictions.csv into --out; return the report."""
     timeline = {"started": time.time()}
     check_run_options(options)
-    if options.atol < 0 or options.rtol < 0:
-        raise UserError("--atol and --rtol must not be negative")
+    for name, value in (("--atol", options.atol), ("--rtol", options.rtol)):
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"{name} must be a finite number, not negative, got {value}")
     if options.opset is not None and options.opset <= 0:
         raise UserError(f"--opset must be positive, got {options.opset} (leave it out for the exporter's default)")
     if options.is_file:
@@ -202,6 +204,10 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
         compared = native.report.output if card else "outputs"
         agreement = compare_outputs(native.outputs, np.asarray(run.logits), [r.image_id for r in dataset.records],
                                     [r.labels for r in dataset.records], include, compared, options.atol, options.rtol)
+        if agreement.n_non_finite:
+            notes.append(f"{agreement.n_non_finite} of the {agreement.n_compared} compared images have outputs "
+                         "holding NaN or +-inf in the native run, ONNX Runtime's or both: they have no top-1 there "
+                         "(a flip unless neither has one) and are left out of max |diff|")
         if compared == "softmax":
             notes.append("the model ends in softmax and so does its export: the agreement compares probabilities "
                          "with probabilities")

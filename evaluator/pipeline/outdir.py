@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -23,6 +25,10 @@ def default_out_dir(model_id: str, verb: str = "native") -> Path:
 Result = TypeVar("Result")
 
 
+WORK = ".work"
+WORK_MARKER = ".xfverify-work"  # written into WORK when a run makes it: a folder without it is not ours to remove
+
+
 def in_owned_folder(out_dir: Path, work: Callable[[Path], Result]) -> Result:
     """``work(WORKDIR)`` while this run owns ``out_dir`` (a second run there is refused); its work folder is
     removed afterwards, and a folder this run created is removed again when it fails before writing to it."""
@@ -30,15 +36,38 @@ def in_owned_folder(out_dir: Path, work: Callable[[Path], Result]) -> Result:
     writable_folder(out_dir, "--out")
     try:
         with owned_folder(out_dir, "--out"):
+            workdir = _fresh_work_folder(out_dir)
             try:
-                return work(out_dir / ".work")
+                return work(workdir)
             finally:
-                shutil.rmtree(out_dir / ".work", ignore_errors=True)
+                if workdir.is_dir() and not workdir.is_symlink():
+                    shutil.rmtree(workdir, ignore_errors=True)
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
                 out_dir.rmdir()  # only if empty
         raise
+
+
+def _fresh_work_folder(out_dir: Path) -> Path:
+    """``out_dir/.work``, made empty with its marker; one left by a killed run (marked) is removed first, and
+    anything else there (a link, a file, a folder xfverify did not make) is refused, nothing followed or removed."""
+    workdir = out_dir / WORK
+    try:
+        mode = os.lstat(workdir).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None:
+        if not stat.S_ISDIR(mode):
+            raise UserError(f"--out {out_dir}: {WORK} there is not a folder (a symbolic link or a file) and xfverify "
+                            "keeps its work files there; move it away or choose another --out")
+        if not (workdir / WORK_MARKER).is_file():
+            raise UserError(f"--out {out_dir}: {WORK} there is a folder xfverify did not make (it lacks "
+                            f"{WORK_MARKER}) and a run replaces it; move it away or choose another --out")
+        shutil.rmtree(workdir)  # left by a killed run of xfverify: this run holds --out, no other uses it
+    workdir.mkdir()
+    (workdir / WORK_MARKER).write_text("made by xfverify for a run's work files; removed when the run ends\n")
+    return workdir
 
 
 def earlier_outputs_note(out_dir: Path, names: tuple[str, ...]) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from xfverify.evaluator.analysis.metrics import NO_CLASS
 from xfverify.evaluator.process.blocks import DiagnoseWeightsBlock, PrecisionBlock
 from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo
 from xfverify.evaluator.reports.native import DatasetInfo, PublishedInfo
@@ -324,6 +325,11 @@ def _thumbnail(image: np.ndarray, side: int = 96) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def _predicted(index: int) -> str:
+    """A top-1's class name; an output holding NaN or +-inf predicts none."""
+    return "none (NaN or +-inf output)" if index == NO_CLASS else class_name(index)
+
+
 def _flip_figures(row: VariantRow, images: dict[int, np.ndarray]) -> str:
     cells = []
     for flip in row.flips[:12]:
@@ -331,8 +337,8 @@ def _flip_figures(row: VariantRow, images: dict[int, np.ndarray]) -> str:
             continue
         ref_ok = flip.reference_top1 in flip.labels
         caption = (f"{html.escape(flip.image_id)}<br>label: {html.escape(class_name(flip.labels[0]))}<br>"
-                   f"reference: {html.escape(class_name(flip.reference_top1))} {'✓' if ref_ok else '✗'}<br>"
-                   f"{html.escape(row.name)}: {html.escape(class_name(flip.variant_top1))} {'✗' if ref_ok else '✓'}")
+                   f"reference: {html.escape(_predicted(flip.reference_top1))} {'✓' if ref_ok else '✗'}<br>"
+                   f"{html.escape(row.name)}: {html.escape(_predicted(flip.variant_top1))} {'✗' if ref_ok else '✓'}")
         cells.append(f'<figure><img src="{_thumbnail(images[flip.index])}" alt="{html.escape(flip.image_id)}">'
                      f"<figcaption>{caption}</figcaption></figure>")
     return "".join(cells)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xfverify.converter.description import OnnxDescription
 from xfverify.evaluator.analysis.agreement import OnnxAgreement
-from xfverify.evaluator.analysis.metrics import PublishedGap, RealError
+from xfverify.evaluator.analysis.metrics import NO_CLASS, PublishedGap, RealError
 from xfverify.evaluator.process.blocks import PrecisionBlock, WeightsBlock
 from xfverify.evaluator.process.tasks import (
     DeviceInfo,
@@ -153,8 +153,8 @@ class Prediction:
 
     image_id: str
     labels: tuple[int, ...]
-    top5: tuple[int, ...]  # empty when the image was skipped
-    status: str  # correct, wrong, unlabelled or skipped
+    top5: tuple[int, ...]  # empty when the image was skipped or its output was not finite
+    status: str  # correct, wrong, unlabelled, skipped or non-finite (its output held NaN or +-inf: counted wrong)
 
     @property
     def top1_name(self) -> str:
@@ -167,6 +167,9 @@ def predictions(image_ids, labels, topk: np.ndarray, skipped: set[int]) -> list[
     for row, image_id in enumerate(image_ids):
         if row in skipped:
             rows.append(Prediction(image_id, tuple(labels[row]), (), "skipped"))
+            continue
+        if topk[row, 0] == NO_CLASS:
+            rows.append(Prediction(image_id, tuple(labels[row]), (), "non-finite"))
             continue
         top5 = tuple(int(v) for v in topk[row])
         status = "unlabelled" if not labels[row] else ("correct" if top5[0] in labels[row] else "wrong")
@@ -253,7 +256,9 @@ def onnx_rows(report: OnnxReport) -> list[tuple[str, str]]:
             ("top-1 agreement", f"{agreement.top1_agreement:.2f} % ({agreement.n_flips} flips of "
                                 f"{agreement.n_compared}; McNemar p = {agreement.mcnemar_p:.3g})"),
             (f"max |diff| ({agreement.compared})", f"{agreement.max_abs_logit_diff:.3g}"
-             + (f" ({scaled:.2g} x the largest |native output|)" if scaled is not None else "")),
+             + (f" ({scaled:.2g} x the largest |native output|)" if scaled is not None else "")
+             + (f"; {agreement.n_non_finite} image(s) with NaN or +-inf outputs left out" if agreement.n_non_finite
+                else "")),
             ("within tolerance", f"{100 * agreement.within_tolerance:.3f} % of elements "
                                  f"(atol {agreement.atol:.3g}, rtol {agreement.rtol:g})"),
         ]

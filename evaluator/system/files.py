@@ -14,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
+from xfverify.evaluator.system.locks import open_lock_file
 from xfverify.models.errors import UserError
 
 
@@ -40,7 +41,7 @@ def owned_folder(folder: Path, what: str) -> Iterator[None]:
     """
     path = folder / RUN_LOCK
     while True:
-        handle = open(path, "a+")
+        handle = open_lock_file(path, what)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -52,7 +53,7 @@ def owned_folder(folder: Path, what: str) -> Iterator[None]:
                 f"or choose another {what}"
             ) from None
         try:
-            current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+            current = os.lstat(path).st_ino == os.fstat(handle.fileno()).st_ino
         except FileNotFoundError:
             current = False
         if current:
