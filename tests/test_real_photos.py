@@ -11,6 +11,7 @@ Why these bands (top-1 error, %):
   library drift; preprocessing defects move the error by 10 points and more (the last test shows one).
 * Two independent sources must agree: timm's own pipeline for these weights lands within 2 points of the
   TensorFlow original's (measured: 1.2, 0.0 and 1.0 points).
+* The ONNX export of each, under ONNX Runtime on the reference run's own tensors, agrees on every image.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from __future__ import annotations
 import pytest
 
 from helpers import imagenet_sample_500, native_json, needs_torch
-from xfverify.evaluator.pipeline.options import NativeOptions
+from xfverify.evaluator.pipeline.onnx import run_onnx
+from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions
 
 REFERENCE_ERROR = {"pypi/efficientnet_lite0": 10.4, "pypi/efficientnet_lite1": 11.8, "pypi/efficientnet_lite2": 8.6}
 TIMM_PRESET = {"pypi/efficientnet_lite0": "lite-timm-224", "pypi/efficientnet_lite1": "lite-timm-240",
@@ -37,9 +39,13 @@ def _top1_error(model: str, out, preset: str | None = None) -> float:
 
 
 @pytest.mark.parametrize("model", sorted(REFERENCE_ERROR))
-def test_reference_error_is_in_its_band_and_timm_agrees(model, tmp_path):
+def test_reference_error_is_in_its_band_timm_agrees_and_onnx_runtime_agrees_on_every_image(model, tmp_path):
     reference = _top1_error(model, tmp_path / "reference")
     assert abs(reference - REFERENCE_ERROR[model]) <= BAND, reference
+    onnx = run_onnx(OnnxOptions(target=model, against=str(tmp_path / "reference"), out=str(tmp_path / "onnx"),
+                                provider="cpu", batch_size=50)).report
+    assert onnx.agreement.top1_agreement == 100.0, onnx.agreement.flips
+    assert onnx.agreement.n_compared == 500 and onnx.tensors_sha256 == onnx.native.tensors_sha256
     timm = _top1_error(model, tmp_path / "timm", TIMM_PRESET[model])
     assert abs(timm - reference) <= SOURCES_AGREE, (reference, timm)
 

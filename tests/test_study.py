@@ -141,7 +141,7 @@ def test_executor_ray_without_ray_is_one_line(tmp_path, monkeypatch):
 
 TWO_NATIVE = """name = "two"
 [[cells]]
-models = ["torchvision/mobilenet_v3_large:IMAGENET1K_V1", "torchvision/resnet50:IMAGENET1K_V1"]
+models = ["torchvision/mobilenet_v3_large:IMAGENET1K_V1", "torchvision/mobilenet_v2:IMAGENET1K_V1"]
 runs = ["native"]
 random_weights = true
 """
