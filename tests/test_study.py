@@ -296,3 +296,12 @@ def test_the_python_api_returns_the_typed_report_the_command_writes(tmp_path):
     assert isinstance(report, NativeReport) and report.dataset.n_images == 2
     on_disk = json.loads((tmp_path / "o" / "report.json").read_text())
     assert (on_disk["tensors_sha256"], on_disk["top1_error"]) == (report.tensors_sha256, report.top1_error)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--seed", "-1", "--seed must be between 0"), ("--batch-size", "0", "--batch-size must be positive"),
+    ("--workers", "0", "--workers must be positive")])
+def test_options_every_cell_shares_are_refused_once_before_any_cell(tmp_path, option, value, message):
+    done = run_cli("study", option, value, "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

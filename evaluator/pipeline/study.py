@@ -24,7 +24,7 @@ from xfverify.evaluator.data.layouts import SAMPLE_DIR, Dataset, load_dataset
 from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, run_diagnose
 from xfverify.evaluator.pipeline.native import run_native
 from xfverify.evaluator.pipeline.onnx import run_onnx
-from xfverify.evaluator.pipeline.options import MAX_SEED, NativeOptions, OnnxOptions
+from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions, check_run_options
 from xfverify.evaluator.pipeline.outdir import in_owned_folder
 from xfverify.evaluator.reports.diagnose import DiagnoseReport
 from xfverify.evaluator.reports.native import NativeReport, OnnxReport
@@ -90,12 +90,13 @@ class PlannedCell:
 
 
 def run_study(options: StudyOptions) -> tuple[StudyReport, Path]:
-    """Run every cell of the study not already done in --out; write study.json, study.md and study.csv there."""
+    """Run every cell of the study not already done in --out; write study.json, .md, .csv and .html there."""
     started = time.time()
     if options.executor not in EXECUTORS:
         raise UserError(f"--executor must be one of {', '.join(EXECUTORS)}, got {options.executor!r}")
-    if not 0 <= options.seed <= MAX_SEED:
-        raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {options.seed}")
+    # the options every cell shares, refused once here rather than by each cell in turn
+    check_run_options(NativeOptions(seed=options.seed, batch_size=options.batch_size, workers=options.workers,
+                                    on_bad_image=options.on_bad_image))
     study = load_study(options.study)
     cells = cells_of(study)
     if options.random_weights:
