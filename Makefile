@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/xfverify native
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto --dist loadfile --durations=25  # a worker per core; a file stays on one worker (its module fixtures run once)
+	$(BIN)/python -m pytest -n auto --durations=25  # a worker per core; tests/conftest.py hands out the work
 
 bench-cpu: $(STAMP)
 	$(BIN)/python bench/cpu_pipeline.py --out bench/results/cpu_pipeline.json

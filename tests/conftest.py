@@ -11,6 +11,44 @@ from helpers import VAL_SIZES, imagenet_val_files, write_jpeg
 
 os.environ.setdefault("COLUMNS", "200")  # before the console is imported: tables as wide as a run_cli subprocess's
 
+# `make test` runs `pytest -n auto`: each file's tests run on one worker (its module fixtures run once), except
+# in these files of long independent tests, whose tests spread over the workers.
+SPREAD = ("test_real_photos.py",)
+# The longest first, so that the workers finish together: these files' tests are handed out before the others.
+LONGEST = ("test_real_photos.py", "test_study.py", "test_diagnose.py", "test_onnx.py", "test_native.py",
+           "test_diagnose_precisions.py", "test_nvjpeg.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: place for place, name in enumerate(LONGEST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST)))  # stable: a file's own order is kept
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With ``-n`` (xdist's plain ``load``): whole files as work units but SPREAD's tests one by one, in the
+    order collected (longest first)."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesButSpreadTests(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return nodeid if file.endswith(SPREAD) else file
+
+    config.option.loadscopereorder = False
+    return FilesButSpreadTests(config, log)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_workers():
+    """Torch's workers are forked from a server that imported it once (as `xfverify study` does): the CLI's own
+    way, a fresh process per worker, is what the tests run with ``isolated=True`` take."""
+    from xfverify.evaluator.process.warm import warm_workers
+
+    with warm_workers():
+        yield
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):

@@ -177,13 +177,13 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
         outcome = _export(options, native, hw)
         export = outcome.export
         onnx_path = outcome.onnx_path
-        onnx_info = OnnxInfo(source="export", exporter=export.exporter, exporter_version=export.exporter_version,
+        onnx_info = OnnxInfo(source="export", path=onnx_path, exporter=export.exporter, exporter_version=export.exporter_version,
                              opset=export.opset, output_kind=export.output_kind, from_cache=outcome.from_cache,
                              export_s=export.seconds, description=export.description, notes=list(export.notes))
     else:
         onnx_path = os.path.abspath(options.target)
         description = _describe_file(onnx_path, spec.layout)
-        onnx_info = OnnxInfo(source="file", exporter=description.exporter,
+        onnx_info = OnnxInfo(source="file", path=onnx_path, exporter=description.exporter,
                              exporter_version=description.exporter_version, opset=description.opset,
                              output_kind="as the file computes it", description=description)
     timeline["onnx_ready"] = time.time()

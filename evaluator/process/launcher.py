@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from xfverify.evaluator.process.events import RUN_PID_ENV, USER_ERROR_EXIT, Event, parsed_event
 from xfverify.evaluator.process.registry import BACKENDS
 from xfverify.evaluator.process.tasks import TASKS
+from xfverify.evaluator.process import warm
 from xfverify.models.errors import UserError
 
 
@@ -45,7 +46,8 @@ def run_worker(
     """Run the task that takes ``job`` (:data:`~xfverify.evaluator.process.tasks.TASKS`) in a fresh process of
     ``framework``'s back-end; return its typed result.
 
-    ``on_start`` receives the process (so another thread can stop it); ``on_event`` each event it sends.
+    ``on_start`` receives the process (so another thread can stop it); ``on_event`` each event it sends. Within
+    :func:`~xfverify.evaluator.process.warm.warm_workers` the process is forked from a warm server instead.
     """
     if framework not in BACKENDS:
         raise UserError(f"no back-end for framework {framework!r}")
@@ -74,13 +76,17 @@ def run_worker(
     stderr_path = workdir / f"{task}.stderr.txt"
     try:
         with open(stderr_path, "w") as stderr_file:
-            try:
-                process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr_file, text=True, env=env)
-            except OSError as exc:
-                raise UserError(
-                    f"cannot start the {framework} worker with {command[0]} ({exc.strerror or exc}): "
-                    f"check XFVERIFY_PYTHON_{framework.upper()}"
-                ) from None
+            servers = warm.active()
+            process = servers.start(framework, str(job_path), env, stderr_file) if servers else None
+            if process is None:
+                try:
+                    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr_file, text=True,
+                                               env=env)
+                except OSError as exc:
+                    raise UserError(
+                        f"cannot start the {framework} worker with {command[0]} ({exc.strerror or exc}): "
+                        f"check XFVERIFY_PYTHON_{framework.upper()}"
+                    ) from None
             if on_start:
                 on_start(process)
             try:

@@ -4,6 +4,10 @@ The worker imports exactly the back-end module its job file names (the parent's
 :mod:`xfverify.evaluator.process.launcher` chose it). Progress goes to the parent as JSON lines on stdout
 prefixed with ``@xfverify``; a user error (missing weights, no GPU, ...) comes back as ``error.json``
 and exit code 2; any other failure is a bug and keeps its traceback.
+
+``python -m xfverify.evaluator.process.worker --serve FD MODULE`` is a warm worker's server
+(:mod:`xfverify.evaluator.process.warm`): it imports the back-end module once, then forks a fresh worker
+process per job the parent sends on the socket FD, which runs exactly as a started one would.
 """
 
 from __future__ import annotations
@@ -57,7 +61,69 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _forked_worker(request: dict, fds: list[int]) -> None:
+    """In a process forked by :func:`serve`: become the worker the request describes, run it, never return."""
+    code = 1
+    try:
+        stdout_fd, stderr_fd = fds
+        os.dup2(stdout_fd, 1)
+        os.dup2(stderr_fd, 2)
+        os.close(stdout_fd)
+        os.close(stderr_fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        code = main([request["job"]])
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve(socket_fd: int, module: str) -> int:
+    """A warm worker's server: import ``module`` (the framework) once, then for each request on the socket fork
+    a worker, answer its pid, and when it exits, its exit code. Ends when the parent closes the socket."""
+    import selectors
+    import signal
+    import socket
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel = socket.socket(fileno=socket_fd)
+    try:
+        importlib.import_module(module)
+    except BaseException:  # the parent falls back to starting workers itself, which says what is wrong
+        return 1
+    channel.sendall(json.dumps({"ready": True}).encode())
+    waiting = selectors.DefaultSelector()
+    waiting.register(channel, selectors.EVENT_READ)
+    while True:
+        for key, _ in waiting.select():
+            if key.fileobj is channel:
+                message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 2)
+                if not message:
+                    return 0  # the parent is gone or done: workers still running watch the run themselves
+                pid = os.fork()
+                if pid == 0:
+                    for other in list(waiting.get_map().values()):
+                        if other.fileobj is not channel:
+                            os.close(other.fileobj)  # the pidfds of the other workers
+                    waiting.close()
+                    channel.close()
+                    _forked_worker(json.loads(message), fds)
+                for fd in fds:
+                    os.close(fd)
+                waiting.register(os.pidfd_open(pid), selectors.EVENT_READ, data=pid)
+                channel.sendall(json.dumps({"started": pid}).encode())
+            else:
+                waiting.unregister(key.fileobj)
+                os.close(key.fileobj)
+                _, status = os.waitpid(key.data, 0)
+                channel.sendall(json.dumps({"exited": key.data, "code": os.waitstatus_to_exitcode(status)}).encode())
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve"]:
+        os._exit(serve(int(sys.argv[2]), sys.argv[3]))
     exit_code = main()
     sys.stdout.flush()
     sys.stderr.flush()

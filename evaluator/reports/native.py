@@ -112,6 +112,7 @@ class OnnxInfo(_Open):
     """The ONNX file: the converter's description, how it was made (or that it is a user's), cache use."""
 
     source: str  # "export" or "file"
+    path: Optional[str] = Field(default=None, description="where the file is: the export cache's copy, or the user's")
     exporter: str
     exporter_version: str
     opset: int
@@ -243,6 +244,8 @@ def onnx_rows(report: OnnxReport) -> list[tuple[str, str]]:
         ("onnx file", f"{onnx.exporter} ({onnx.exporter_version}), opset {onnx.opset}, {onnx.output_kind}"
                       + (", from the export cache" if onnx.from_cache else "")),
     ]
+    if onnx.path:
+        rows.append(("onnx path", onnx.path))
     if report.native:
         native = report.native
         rows.append(("native run", f"{native.framework.name} {native.framework.version} on {native.device.type}: "

@@ -1,0 +1,197 @@
+"""Warm workers: a framework imported once, a fresh worker process forked from it per job.
+
+Importing torch with torchvision or timm takes seconds of CPU, paid by every worker a run starts. A caller that
+starts many (``xfverify study``, a Python session, the test suite) can hold a server per framework: a process
+that has imported the back-end module and forks, for each job, a child that runs exactly what a started
+worker runs (its own process, environment, working folder, stdout pipe and stderr file; ends with ``os._exit``).
+Nothing carries over from one job to the next but the imported modules. A server is used only while the
+environment variables a framework may read when it is imported are what they were when it started; any other
+change starts a new one. Linux only (pidfds); elsewhere, and for an interpreter set by ``XFVERIFY_PYTHON_<FW>``,
+workers are started as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import IO
+
+from xfverify.evaluator.process.registry import BACKENDS
+
+# Read by xfverify or the frameworks when a task runs, not when a framework is imported: they may differ per job.
+RUN_TIME_VARIABLES = ("COLUMNS", "HOME", "NO_PROXY", "no_proxy", "PYTEST_CURRENT_TEST", "XDG_CACHE_HOME")
+RUN_TIME_PREFIXES = ("XFVERIFY_", "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
+RUN_TIME_SUFFIXES = ("_HOME",)  # TORCH_HOME, KERAS_HOME, MXNET_HOME: where weights are looked for
+
+
+def _import_time_environment(env: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in env.items()
+            if not (name in RUN_TIME_VARIABLES or name.startswith(RUN_TIME_PREFIXES) or name.endswith(RUN_TIME_SUFFIXES))
+            or name.startswith("XFVERIFY_PYTHON_")}
+
+
+class WarmProcess:
+    """A forked worker, with what the launcher uses of a ``subprocess.Popen``: stdout, poll, wait, kill."""
+
+    def __init__(self, pid: int, stdout: IO[str]) -> None:
+        self.pid = pid
+        self.stdout = stdout
+        self.returncode: int | None = None
+        self._exited = threading.Event()
+        try:
+            self._handle: int | None = os.pidfd_open(pid)  # signals reach this process, never a reused pid
+        except ProcessLookupError:
+            self._handle = None
+
+    def _set_exit(self, code: int) -> None:
+        self.returncode = code
+        self._exited.set()
+        if self._handle is not None:
+            os.close(self._handle)
+            self._handle = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._exited.wait(timeout):
+            raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0)
+        return self.returncode
+
+    def kill(self) -> None:
+        handle = self._handle
+        if handle is not None and not self._exited.is_set():
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(handle, signal.SIGKILL)
+
+
+class WarmServer:
+    """One framework's server process and the workers it forked."""
+
+    def __init__(self, framework: str, env: dict[str, str]) -> None:
+        self.framework = framework
+        self.environment = _import_time_environment(env)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._channel = ours
+        self._lock = threading.Lock()
+        self._started: list[int] = []
+        self._answered = threading.Condition(self._lock)
+        self._workers: dict[int, WarmProcess] = {}
+        self._closed = False
+        command = [sys.executable, "-m", "xfverify.evaluator.process.worker", "--serve", str(theirs.fileno()),
+                   BACKENDS[framework].module]
+        self.process = subprocess.Popen(command, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        theirs.close()
+        self.ready = bool(ours.recv(1 << 16))  # the server's import failed or it died: not ready
+        if self.ready:
+            threading.Thread(target=self._read, name=f"xfverify-warm-{framework}", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._channel.recv(1 << 16)
+            except OSError:
+                message = b""
+            with self._lock:
+                if not message:  # the server died: its workers' exits can no longer be learnt
+                    self._closed = True
+                    for worker in self._workers.values():
+                        worker._set_exit(-signal.SIGKILL)
+                    self._answered.notify_all()
+                    return
+                answer = json.loads(message)
+                if "started" in answer:
+                    self._started.append(answer["started"])
+                    self._answered.notify_all()
+                elif "exited" in answer and answer["exited"] in self._workers:
+                    self._workers.pop(answer["exited"])._set_exit(answer["code"])
+
+    def start(self, job_path: str, env: dict[str, str], stderr: IO) -> WarmProcess | None:
+        """Fork a worker on ``job_path``; None if this server can no longer serve."""
+        read_end, write_end = os.pipe()
+        request = json.dumps({"job": job_path, "env": env, "cwd": os.getcwd()}).encode()
+        try:
+            with self._lock:
+                if self._closed:
+                    return None
+                socket.send_fds(self._channel, [request], [write_end, stderr.fileno()])
+                while not self._started and not self._closed:
+                    self._answered.wait()
+                if not self._started:
+                    return None
+                worker = WarmProcess(self._started.pop(0), os.fdopen(read_end, "r"))
+                read_end = -1
+                self._workers[worker.pid] = worker
+                return worker
+        finally:
+            os.close(write_end)
+            if read_end != -1:
+                os.close(read_end)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._channel.shutdown(socket.SHUT_RDWR)  # the server sees the end, and so does our reading thread
+        self._channel.close()
+        self.process.wait()
+
+
+class WarmWorkers:
+    """The servers of one scope (:func:`warm_workers`), one per framework, started when first needed."""
+
+    def __init__(self, frameworks: tuple[str, ...]) -> None:
+        self.frameworks = frameworks
+        self._servers: dict[str, WarmServer] = {}
+        self._lock = threading.Lock()
+
+    def start(self, framework: str, job_path: str, env: dict[str, str], stderr: IO) -> WarmProcess | None:
+        """A worker forked from the framework's server, or None where one cannot be (the caller starts it)."""
+        if framework not in self.frameworks or f"XFVERIFY_PYTHON_{framework.upper()}" in env \
+                or not hasattr(os, "pidfd_open"):
+            return None
+        with self._lock:
+            server = self._servers.get(framework)
+            if server is not None and server.environment != _import_time_environment(env):
+                server.close()
+                server = None
+            if server is None:
+                server = WarmServer(framework, env)
+                self._servers[framework] = server
+        return server.start(job_path, env, stderr) if server.ready else None
+
+    def close(self) -> None:
+        with self._lock:
+            for server in self._servers.values():
+                server.close()
+            self._servers.clear()
+
+
+_active: WarmWorkers | None = None
+
+
+def active() -> WarmWorkers | None:
+    """The warm workers of the current scope, if any."""
+    return _active
+
+
+# TensorFlow and MXNet start threads when imported (forking them is unsafe); ONNX Runtime's import is cheap.
+FORKABLE = ("torch",)
+
+
+@contextlib.contextmanager
+def warm_workers(frameworks: tuple[str, ...] = FORKABLE) -> Iterator[WarmWorkers]:
+    """Within this scope, workers of these frameworks are forked from a warm server instead of started."""
+    global _active
+    outer, _active = _active, WarmWorkers(frameworks)
+    try:
+        yield _active
+    finally:
+        _active.close()
+        _active = outer
