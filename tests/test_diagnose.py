@@ -250,8 +250,8 @@ def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path):
 
 @pytest.mark.parametrize("make, fragment", [
     (lambda out: (out / "report.html").mkdir(parents=True), "report.html there is a folder"),
-    (lambda out: (out / "reference" / "logits.npy").mkdir(parents=True), "reference/logits.npy there is a folder"),
-    (lambda out: (out.mkdir(), (out / "reference").write_text("")), "reference there is a file"),
+    (lambda out: (out / "reference" / "logits.npy").mkdir(parents=True), "reference/logits.npy there is not a file xfverify writes"),
+    (lambda out: (out.mkdir(), (out / "reference").write_text("")), "reference there is not a folder (a symbolic link or a file)"),
 ])
 def test_an_output_that_cannot_be_replaced_is_refused_before_any_work(make, fragment, tmp_path, monkeypatch):
     """Before: the whole diagnosis ran, then os.replace's IsADirectoryError (or mkdir's FileExistsError) traceback."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,7 +17,6 @@ from xfverify.evaluator.process.blocks import DiagnoseWeightsBlock, PrecisionBlo
 from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo
 from xfverify.evaluator.reports.native import DatasetInfo, PublishedInfo
 from xfverify.evaluator.reports.page import STYLE, svg
-from xfverify.evaluator.system.files import atomic_write_text
 from xfverify.models.imagenet import class_name
 from xfverify.models.variants import RUNTIME
 
@@ -203,14 +201,12 @@ def decomposition(published: float | None, reference: VariantRow, variants: list
     )
 
 
-def write_diagnose_outputs(out_dir: Path, workdir: Path, report: DiagnoseReport, images: dict[int, np.ndarray]) -> None:
-    """report.json, report.md and report.html written in the work folder, then moved into ``out_dir`` together."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(workdir / "report.json", report.model_dump_json(indent=1) + "\n")
-    atomic_write_text(workdir / "report.md", markdown(report))
-    atomic_write_text(workdir / "report.html", html_page(report, images))
-    for name in OUTPUTS:
-        os.replace(workdir / name, out_dir / name)
+def write_diagnose_outputs(folder: Path, report: DiagnoseReport, images: dict[int, np.ndarray]) -> None:
+    """report.json, report.md and report.html written into ``folder`` (the run's staging folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(report.model_dump_json(indent=1) + "\n")
+    (folder / "report.md").write_text(markdown(report))
+    (folder / "report.html").write_text(html_page(report, images))
 
 
 def _rows(report: DiagnoseReport) -> list[VariantRow]:

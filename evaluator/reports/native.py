@@ -86,6 +86,11 @@ class NativeReport(BaseModel):
     preprocess: dict[str, Any]
     dataset: DatasetInfo
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # None in reports of earlier versions, which a run comparing with them refuses (nothing binds their files)
+    logits_sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                         description="sha256 of logits.npy beside this report")
+    predictions_sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                              description="sha256 of predictions.csv beside this report")
     # None in reports of earlier versions, which an `onnx --against` may read
     tensor_proof: Optional[str] = Field(default=None, description="how the fed tensors were proven to be tensors_sha256's")
     batch_size: Optional[int] = None

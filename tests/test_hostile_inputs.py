@@ -1,0 +1,226 @@
+"""Hostile and mistaken input (issue 20, third round): every case ends in a correct result or one line and exit 2;
+nothing written, followed or deleted outside what the user named; no half-replaced report, no silent wrong score,
+no hang, no traceback."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import SAMPLE_DIR, needs_torch, run_cli
+from test_native import assert_user_error
+from xfverify.evaluator.data.layouts import load_dataset
+from xfverify.evaluator.pipeline.native_run import NATIVE_OUTPUTS, check_scores, load_native
+from xfverify.evaluator.pipeline.options import NativeOptions
+from xfverify.models.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def native_run(tmp_path_factory) -> Path:
+    """One finished native run (random weights, two sample images); tests copy it before changing anything."""
+    from xfverify.evaluator.pipeline.native import run_native
+
+    if not _torch():
+        pytest.skip("torch not installed")
+    root = tmp_path_factory.mktemp("native")
+    run_native(NativeOptions(out=str(root / "run"), limit=2, random_weights=True, cache_dir=str(root / "cache")))
+    return root / "run"
+
+
+def _torch() -> bool:
+    from helpers import framework_available
+
+    return framework_available("torch")
+
+
+def copied(run: Path, tmp_path: Path, name: str = "copy") -> Path:
+    target = tmp_path / name
+    shutil.copytree(run, target)
+    return target
+
+
+def refused(folder: Path, *fragments: str) -> str:
+    with pytest.raises(UserError) as caught:
+        load_native(folder)
+    text = str(caught.value)
+    assert "\n" not in text
+    for fragment in fragments:
+        assert fragment in text, (fragment, text)
+    return text
+
+
+# --- 6: --against binds the report to its files -----------------------------------------------------------------
+
+
+def test_a_native_report_records_its_files_digests_and_loads_back(native_run):
+    import hashlib
+
+    report = json.loads((native_run / "report.json").read_text())
+    for name, key in (("logits.npy", "logits_sha256"), ("predictions.csv", "predictions_sha256")):
+        assert report[key] == hashlib.sha256((native_run / name).read_bytes()).hexdigest()
+    loaded = load_native(native_run)
+    assert loaded.outputs.shape == (2, 1000) and np.array_equal(loaded.outputs, np.load(native_run / "logits.npy"))
+
+
+def test_another_runs_logits_or_predictions_are_refused_naming_the_file(native_run, tmp_path):
+    """Before: any float32 (N, 1000) logits.npy was compared as this report's."""
+    run = copied(native_run, tmp_path)
+    np.save(run / "logits.npy", np.load(run / "logits.npy")[::-1].copy())
+    refused(run, "logits.npy is not the file its report.json was written with", "another run's or an edited file",
+            "run `xfverify native` again")
+    run = copied(native_run, tmp_path, "copy2")
+    (run / "predictions.csv").write_text((run / "predictions.csv").read_text() + "x,,,,\n")
+    refused(run, "predictions.csv is not the file its report.json was written with")
+
+
+def test_an_edited_error_in_report_json_is_refused(native_run, tmp_path):
+    """Before: top1_error was taken as written and compared with confidence."""
+    run = copied(native_run, tmp_path)
+    report = json.loads((run / "report.json").read_text())
+    report["top1_error"] = 0.0 if report["top1_error"] else 50.0
+    (run / "report.json").write_text(json.dumps(report))
+    dataset = load_dataset(str(SAMPLE_DIR)).select(limit=2)
+    with pytest.raises(UserError, match=re.escape(f"its top1_error {report['top1_error']} is not what its logits.npy "
+                                                  "gives on these images")):
+        check_scores(load_native(run), dataset)
+    check_scores(load_native(native_run), dataset)  # the untouched run passes
+
+
+def test_a_report_without_the_digests_says_to_run_native_again(native_run, tmp_path):
+    run = copied(native_run, tmp_path)
+    report = json.loads((run / "report.json").read_text())
+    del report["logits_sha256"], report["predictions_sha256"]
+    (run / "report.json").write_text(json.dumps(report))
+    refused(run, "report.json records no sha256 of its logits.npy", "run `xfverify native` again")
+
+
+# --- 12: --against's files parsed without a traceback or a huge allocation ----------------------------------------
+
+
+def test_a_deeply_nested_report_json_is_one_line(native_run, tmp_path):
+    """Before: RecursionError from json.loads."""
+    run = copied(native_run, tmp_path)
+    (run / "report.json").write_text("[" * 100_000 + "]" * 100_000)
+    refused(run, "report.json is nested too deeply")
+    (run / "report.json").write_text('{"kind": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    refused(run, "report.json is nested too deeply")
+
+
+def test_a_logits_header_claiming_terabytes_is_refused_before_loading(native_run, tmp_path):
+    """Before: np.load tried to allocate 3.6 TiB for a header claiming (1e9, 1000)."""
+    run = copied(native_run, tmp_path)
+    with open(run / "logits.npy", "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False,
+                                                       "shape": (10**9, 1000)})
+        handle.write(b"\0" * 64)
+    refused(run, "logits.npy holds float32 (1000000000, 1000), not the float32 (2, 1000)")
+    with open(run / "logits.npy", "wb") as handle:  # the right header, the data cut short
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (2, 1000)})
+        handle.write(b"\0" * 64)
+    refused(run, "logits.npy is", "bytes, not the", "(a truncated or damaged file)")
+    (run / "logits.npy").write_bytes(b"not numpy at all")
+    refused(run, "logits.npy is not a readable .npy file")
+
+
+# --- 8: files that are not regular files never block a run ------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_fifos_and_devices_in_an_against_folder_are_refused_without_waiting(native_run, tmp_path):
+    run = copied(native_run, tmp_path)
+    (run / "logits.npy").unlink()
+    os.mkfifo(run / "logits.npy")
+    refused(run, "logits.npy", "a FIFO (named pipe), not a regular file")
+    (run / "logits.npy").unlink()
+    (run / "logits.npy").symlink_to("/dev/zero")
+    refused(run, "logits.npy", "a character device, not a regular file")
+    (run / "report.json").unlink()
+    os.mkfifo(run / "report.json")
+    refused(run, "report.json", "a FIFO (named pipe), not a regular file")
+
+
+# --- 5: a run's outputs move in as a whole; another command's run is not mixed with ------------------------------
+
+
+def _fake_run(out: Path, kind: str, inner: str | None = None) -> dict[str, bytes]:
+    """A folder as an earlier run of ``kind`` leaves it (contents are placeholders); its files by relative path."""
+    out.mkdir(parents=True)
+    (out / "report.json").write_text(json.dumps({"kind": kind, "model": "earlier"}))
+    (out / "report.md").write_text("earlier")
+    if inner:
+        (out / inner).mkdir()
+        for name in NATIVE_OUTPUTS:
+            (out / inner / name).write_text(f"earlier {name}")
+    return _contents(out)
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("verb, kind", [("native", "diagnose"), ("native", "onnx"), ("diagnose", "native"),
+                                        ("onnx", "diagnose")])
+def test_an_out_holding_another_commands_run_is_refused_naming_it(verb, kind, tmp_path):
+    """Before: the new run's files were moved in beside the other command's (logits.npy next to report.html...)."""
+    out = tmp_path / "o"
+    before = _fake_run(out, kind, "reference" if kind == "diagnose" else None)
+    result = run_cli(verb, "--random-weights", "--limit", "3", "--out", str(out), "--cache-dir", str(tmp_path / "c"))
+    assert_user_error(result, f"--out {out} holds an `xfverify {kind}` run (its report.json)",
+                      f"a {verb} run does not mix its outputs with another command's", "choose another --out")
+    assert _contents(out) == before and sorted(p.name for p in out.iterdir()) == sorted(
+        {Path(k).parts[0] for k in before})
+
+
+def test_onnx_against_its_own_out_is_refused(native_run, tmp_path):
+    """Before: `onnx --against X --out X` replaced the native run it compared with."""
+    run = copied(native_run, tmp_path)
+    before = _contents(run)
+    result = run_cli("onnx", "--against", str(run), "--out", str(run))
+    assert_user_error(result, f"--out {run} is the --against folder", "choose another --out")
+    assert _contents(run) == before
+
+
+@needs_torch
+def test_a_diagnose_that_fails_after_its_reference_leaves_the_earlier_diagnosis_whole(tmp_path, monkeypatch):
+    """Before: the new reference/ was moved in, then the failure left the earlier report.json describing other data."""
+    from xfverify.evaluator.pipeline import diagnose
+    from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, run_diagnose
+
+    out = tmp_path / "o"
+    before = _fake_run(out, "diagnose", "reference")
+
+    def broken(*args, **kwargs):
+        raise UserError("the report could not be written (simulated)")
+
+    monkeypatch.setattr(diagnose, "write_diagnose_outputs", broken)
+    options = DiagnoseOptions(out=str(out), limit=3, variants="squash", random_weights=True,
+                              cache_dir=str(tmp_path / "c"))
+    with pytest.raises(UserError, match="simulated"):
+        run_diagnose(options)
+    assert _contents(out) == before and not (out / ".work").exists()
+    monkeypatch.undo()
+    (out / "onnx").mkdir()  # an earlier diagnose --onnx's run: this run, without --onnx, removes it
+    for name in NATIVE_OUTPUTS:
+        (out / "onnx" / name).write_text("earlier")
+    report, _ = run_diagnose(options)
+    assert sorted(p.name for p in out.iterdir()) == ["reference", "report.html", "report.json", "report.md"]
+    assert sorted(p.name for p in (out / "reference").iterdir()) == sorted(NATIVE_OUTPUTS)
+    assert load_native(out / "reference").report.tensors_sha256 == report.reference.tensors_sha256
+
+
+def test_an_output_folder_holding_other_files_is_refused_and_kept(tmp_path):
+    from xfverify.evaluator.pipeline.outdir import earlier_outputs_note
+
+    out = tmp_path / "o"
+    _fake_run(out, "diagnose", "reference")
+    (out / "reference" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=re.escape("reference/notes.txt there is not a file xfverify writes")):
+        earlier_outputs_note(out, ("report.json",), "diagnose", {"reference": NATIVE_OUTPUTS})
+    assert (out / "reference" / "notes.txt").read_text() == "mine"
