@@ -224,3 +224,114 @@ def test_an_output_folder_holding_other_files_is_refused_and_kept(tmp_path):
     with pytest.raises(UserError, match=re.escape("reference/notes.txt there is not a file xfverify writes")):
         earlier_outputs_note(out, ("report.json",), "diagnose", {"reference": NATIVE_OUTPUTS})
     assert (out / "reference" / "notes.txt").read_text() == "mine"
+
+
+# --- 7, 11: ONNX files: external data by onnx's path rules first, graphs a worker would crash on ------------------
+
+
+def _external_location(path: Path, location: str, offset: int | None = None) -> Path:
+    """The converter tests' tiny model with its tensor's external data entry pointing at ``location``."""
+    import onnx
+
+    from test_converter import tiny_model
+
+    tiny_model(True, path)
+    model = onnx.load(str(path), load_external_data=False)
+    [tensor] = [t for t in model.graph.initializer if t.external_data]
+    for entry in tensor.external_data:
+        if entry.key == "location":
+            entry.value = location
+        if entry.key == "offset" and offset is not None:
+            entry.value = str(offset)
+    if offset is not None and not any(e.key == "offset" for e in tensor.external_data):
+        tensor.external_data.add(key="offset", value=str(offset))
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("location", ["/etc/passwd", "../../../../etc/passwd", "../outside.data", "link.data"])
+def test_external_data_outside_the_models_folder_is_refused_before_its_size_is_read(location, tmp_path):
+    """Before: the size of /etc/shadow (or any file) was told, with 'the external data file is truncated'."""
+    from xfverify.converter.onnx_file import check, describe
+
+    (tmp_path / "outside.data").write_bytes(b"secret")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "link.data").symlink_to(tmp_path / "outside.data")
+    path = _external_location(folder / "tiny.onnx", location)
+    for call in (lambda: check(path), lambda: describe(path, "x", "1", "NCHW")):
+        with pytest.raises(UserError) as caught:
+            call()
+        text = str(caught.value)
+        assert "outside the model's folder" in text and "truncated" not in text and "bytes" not in text, text
+
+
+def test_a_negative_external_data_offset_is_one_line(tmp_path):
+    """Before: onnx's ValueError traceback."""
+    from xfverify.converter.onnx_file import check
+
+    path = _external_location(tmp_path / "tiny.onnx", "tiny.onnx.data", offset=-8)
+    with pytest.raises(UserError, match=r"tensor bias's external data entry is invalid \(External data offset must be "
+                                        "non-negative"):
+        check(path)
+
+
+@pytest.mark.timeout(60)
+def test_external_data_that_is_a_fifo_or_a_device_is_refused_without_waiting(tmp_path):
+    from xfverify.converter.onnx_file import check
+
+    path = _external_location(tmp_path / "tiny.onnx", "tiny.onnx.data")
+    (tmp_path / "tiny.onnx.data").unlink()
+    os.mkfifo(tmp_path / "tiny.onnx.data")
+    with pytest.raises(UserError, match="is a FIFO \\(named pipe\\), not a regular file"):
+        check(path)
+
+
+def test_a_graph_without_outputs_is_one_line(tmp_path):
+    """Before: onnx's checker passed it, then the worker's step died on an IndexError."""
+    import onnx
+
+    from test_onnx import users_onnx_file
+    from xfverify.converter.onnx_file import check
+
+    path = users_onnx_file(tmp_path / "none.onnx")
+    model = onnx.load(str(path))
+    del model.graph.output[:]
+    onnx.save(model, str(path))
+    with pytest.raises(UserError, match="its graph has no outputs"):
+        check(path)
+    done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--limit", "2", "--out",
+                   str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"))
+    assert_user_error(done, f"{path}: its graph has no outputs")
+
+
+@pytest.mark.parametrize("feed", ["host", "device"])
+def test_of_two_outputs_the_scored_one_is_named(feed, tmp_path):
+    """Before: two 1000-wide outputs, the first taken silently."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from test_onnx import users_onnx_file
+
+    path = users_onnx_file(tmp_path / "two.onnx")
+    model = onnx.load(str(path))
+    model.graph.node.append(helper.make_node("Neg", ["logits"], ["negated"]))
+    model.graph.output.append(helper.make_tensor_value_info("negated", TensorProto.FLOAT, ["N", 1000]))
+    onnx.save(model, str(path))
+    out = tmp_path / "o"
+    done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--limit", "2", "--out",
+                   str(out), "--cache-dir", str(tmp_path / "cache"), env={"XFVERIFY_ORT_FEED": feed})
+    assert done.returncode == 0, done.stderr[-3000:]
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    assert f"{path} has 2 outputs (logits, negated): the first, logits, is scored as the class scores" in notes
+
+
+def test_an_allocation_no_batch_size_fixes_is_not_blamed_on_the_batch_size():
+    from xfverify.evaluator.backends.feeding import out_of_memory_message
+
+    huge = "Failed to allocate memory for requested buffer of size 4000000000000000"
+    message = out_of_memory_message("cpu", 4, huge)
+    assert "the graph itself asks for it" in message and "smaller --batch-size" not in message
+    assert "use a smaller --batch-size" in out_of_memory_message("cpu", 64, "Failed to allocate memory for requested "
+                                                                            "buffer of size 4000000")
+    assert "does not fit this device" in out_of_memory_message("cpu", 1, "out of memory")
