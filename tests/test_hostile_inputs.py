@@ -335,3 +335,146 @@ def test_an_allocation_no_batch_size_fixes_is_not_blamed_on_the_batch_size():
     assert "use a smaller --batch-size" in out_of_memory_message("cpu", 64, "Failed to allocate memory for requested "
                                                                             "buffer of size 4000000")
     assert "does not fit this device" in out_of_memory_message("cpu", 1, "out of memory")
+
+
+# --- 9: --spec values --set refuses, and names a report cannot show ----------------------------------------------
+
+
+SPECS = {
+    "an unknown field": ('{"name": "x", "set": {"colour": 1}}', "unknown preprocessing field 'colour'"),
+    "name in set": ('{"name": "x", "set": {"name": "y"}}', "unknown preprocessing field 'name'"),
+    "a list as preset": ('{"name": "x", "preset": ["a"]}', "unknown preset ['a']"),
+    "an infinite size": ('{"name": "x", "set": {"resize_size": Infinity}}', "resize_size must be a whole number, got inf"),
+    "an overflowing size": ('{"name": "x", "set": {"crop_size": 1e400}}', "crop_size must be a whole number, got inf"),
+    "a fractional size": ('{"name": "x", "set": {"resize_size": 224.9}}', "resize_size must be a whole number, got 224.9"),
+    "a NaN scale": ('{"name": "x", "set": {"scale": NaN}}', "scale must be a finite number"),
+    "set as a list": ('{"name": "x", "set": []}', "set must be an object of field: value, got list"),
+    "an empty list": ("[]", "an empty list names no variant"),
+    "an empty name": ('{"name": ""}', "name must be a non-empty string"),
+    "a null name": ('{"name": null}', "name must be a non-empty string"),
+    "a pipe in the name": ('{"name": "a|b"}', "cannot be shown in a report"),
+    "a newline in the name": ('{"name": "a\\nb"}', "cannot be shown in a report"),
+    "an escape sequence in the name": ('{"name": "\\u001b]0;owned\\u0007"}', "cannot be shown in a report"),
+    "deep nesting": ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply to read"),
+}
+
+
+@pytest.mark.parametrize("case", SPECS)
+def test_spec_files_that_set_would_refuse_are_one_line(case, tmp_path):
+    """Before: TypeError, OverflowError, RecursionError tracebacks, or silently nothing (an empty list, set [])."""
+    from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, chosen_variants
+    from xfverify.models.cards import get_card
+    from xfverify.models.preprocess import resolve_preprocess
+
+    text, fragment = SPECS[case]
+    spec = tmp_path / "spec.json"
+    spec.write_text(text)
+    card = get_card("pypi/efficientnet_lite0")
+    reference = resolve_preprocess(None, default=card.preprocess)
+    with pytest.raises(UserError) as caught:
+        chosen_variants(card, reference, DiagnoseOptions(variants="squash", spec_files=(str(spec),)))
+    message = str(caught.value)
+    assert fragment in message and "\n" not in message and "\x1b" not in message, message
+
+
+@pytest.mark.timeout(60)
+def test_a_spec_file_that_is_not_utf8_a_fifo_or_missing_is_one_line(tmp_path):
+    from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, chosen_variants
+    from xfverify.models.cards import get_card
+    from xfverify.models.preprocess import resolve_preprocess
+
+    card = get_card("pypi/efficientnet_lite0")
+    reference = resolve_preprocess(None, default=card.preprocess)
+    (tmp_path / "latin1.json").write_bytes(b'{"name": "caf\xe9"}')
+    os.mkfifo(tmp_path / "fifo.json")
+    for name, fragment in (("latin1.json", "not UTF-8 text (byte 13)"), ("fifo.json", "a FIFO (named pipe), not a "
+                                                                                       "regular file"),
+                           ("absent.json", "no such file")):
+        with pytest.raises(UserError, match=re.escape(fragment)):
+            chosen_variants(card, reference, DiagnoseOptions(variants="squash", spec_files=(str(tmp_path / name),)))
+
+
+def test_a_whole_number_given_as_a_float_is_taken_and_the_spec_is_what_was_asked():
+    from xfverify.models.preprocess import resolve_preprocess
+
+    assert resolve_preprocess("torchvision-256", overrides={"resize_size": 240.0}).resize_size == 240
+    assert resolve_preprocess("torchvision-256", overrides={"resize_size": "240"}).resize_size == 240
+
+
+def test_report_html_draws_a_variant_name_holding_dollars_as_text():
+    """Before: matplotlib parsed '$...$' in a variant's name as mathtext and the whole page failed after the run."""
+    from xfverify.evaluator.reports.diagnose import Decomposition, DiagnoseReport, Step, errors_svg, waterfall_svg
+
+    from test_diagnose import _row
+
+    name = "cost $x^2$ and $\\frac{a}{"  # an unbalanced one broke the page; a balanced one drew other text
+    reference = _row("reference", 0.0, False, ci95=[8.0, 12.0])
+    variant = _row(name, 4.0, True, ci95=[12.0, 16.0])
+    step = Step(name=name, axis="preprocessing", delta=4.0, delta_ci95=[2.0, 6.0], start=10.0, end=14.0)
+    report = DiagnoseReport.model_construct(reference=reference, variants=[variant], decomposition=Decomposition(
+        published=None, reproduced=10.0, steps=[step], ranked=[name], within_noise=[], sentence=""))
+    for drawn in (errors_svg(report), waterfall_svg(report)):
+        assert "cost $x^2$" in drawn
+
+
+# --- 8: FIFOs and devices among the images, as labels.csv, as --weights --------------------------------------------
+
+
+def _hostile_images(root: Path) -> Path:
+    root.mkdir()
+    for name in ("coffee.png", "camera.png"):
+        shutil.copy(SAMPLE_DIR / name, root / name)
+    os.mkfifo(root / "fifo.jpg")
+    (root / "zero.jpg").symlink_to("/dev/zero")
+    return root
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_or_a_device_named_like_an_image_is_a_bad_image_never_waited_on():
+    """Before: a FIFO hung the decode, /dev/zero grew a decode process past 3 GB."""
+    from xfverify.evaluator.data.imaging import BadImageError, decode
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = _hostile_images(Path(scratch) / "d")
+        for name, kind in (("fifo.jpg", "a FIFO (named pipe)"), ("zero.jpg", "a character device")):
+            for decoder in ("pil", "opencv", "tensorflow"):
+                with pytest.raises(BadImageError, match=re.escape(f"{kind}, not a regular file")):
+                    decode(root / name, decoder)
+
+
+@needs_torch
+@pytest.mark.timeout(300)
+def test_a_run_over_fifos_and_devices_stops_or_skips_and_lists_them(tmp_path):
+    data = _hostile_images(tmp_path / "d")
+    stopped = run_cli("native", "--random-weights", "--data", str(data), "--out", str(tmp_path / "r1"),
+                      "--cache-dir", str(tmp_path / "c"))
+    assert_user_error(stopped, "cannot decode image", "not a regular file", "--on-bad-image skip")
+    done = run_cli("native", "--random-weights", "--data", str(data), "--on-bad-image", "skip", "--out",
+                   str(tmp_path / "r2"), "--cache-dir", str(tmp_path / "c"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    skipped = {s["image_id"]: s["reason"] for s in json.loads((tmp_path / "r2" / "report.json").read_text())[
+        "skipped_images"]}
+    assert skipped == {"fifo": "a FIFO (named pipe), not a regular file", "zero": "a character device, not a regular file"}
+
+
+@pytest.mark.timeout(60)
+def test_a_labels_csv_that_is_a_fifo_is_refused_not_ignored(tmp_path):
+    """Before: a FIFO labels.csv was silently ignored (is_file() is false), the images scored as unlabelled."""
+    root = tmp_path / "d"
+    root.mkdir()
+    shutil.copy(SAMPLE_DIR / "coffee.png", root / "coffee.png")
+    os.mkfifo(root / "labels.csv")
+    with pytest.raises(UserError, match=re.escape(f"{root / 'labels.csv'}: a FIFO (named pipe), not a regular file")):
+        load_dataset(str(root))
+
+
+@pytest.mark.timeout(60)
+def test_weights_and_an_onnx_file_that_are_fifos_are_refused(tmp_path):
+    os.mkfifo(tmp_path / "w.pth")
+    assert_user_error(run_cli("native", "--weights", str(tmp_path / "w.pth"), "--out", str(tmp_path / "r")),
+                      f"--weights {tmp_path / 'w.pth'}: a FIFO (named pipe), not a weights file")
+    os.mkfifo(tmp_path / "m.onnx")
+    assert_user_error(run_cli("onnx", str(tmp_path / "m.onnx"), "--preprocess", "torchvision-256", "--out",
+                              str(tmp_path / "r")), "a FIFO (named pipe), not an ONNX file")

@@ -11,7 +11,6 @@ Runtime row of ``--onnx``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -71,6 +70,7 @@ from xfverify.evaluator.system import console
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
+from xfverify.models.user_input import parse_json, read_text, shown
 from xfverify.models.variants import (
     GPU_ONLY,
     RUNTIME,
@@ -80,6 +80,9 @@ from xfverify.models.variants import (
     select_variants,
     user_variant,
 )
+
+
+SPEC_LIMIT = 2**20  # a --spec file's bytes: a few variants are a few hundred
 
 
 @dataclass
@@ -117,12 +120,10 @@ def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: Diagnos
             options.extra_notes.append(f"left out without an NVIDIA GPU: {', '.join(left_out)}")
     variants = select_variants(every, options.variants)
     for path in options.spec_files:
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise UserError(f"--spec {path}: cannot read it ({exc.strerror})") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"--spec {path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        data = parse_json(read_text(path, "--spec", SPEC_LIMIT), f"--spec {shown(path)}")
+        if data == []:
+            raise UserError(f"--spec {shown(path)}: an empty list names no variant; give one or more objects "
+                            '{"name": ..., "preset": optional, "set": {field: value}}')
         for item in data if isinstance(data, list) else [data]:
             variants.append(user_variant(item, path) if isinstance(item, dict) else user_variant({}, path))
     precisions = precision_variants(options.precisions, options.precision, card.framework)
@@ -133,7 +134,10 @@ def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: Diagnos
     if repeated:
         raise UserError(f"variant name {', '.join(repeated)} is used twice: rename the --spec variant")
     for variant in variants:
-        spec = variant.resolve(reference)
+        try:
+            spec = variant.resolve(reference)
+        except UserError as exc:
+            raise UserError(f"variant {shown(variant.name)}: {exc}") from None
         if spec.layout != card.input_layout:
             raise UserError(f"variant {variant.name} produces {spec.layout} tensors but {card.id} takes "
                             f"{card.input_layout}: add \"layout\": \"{card.input_layout}\" to its set")

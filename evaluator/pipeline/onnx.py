@@ -33,6 +33,7 @@ from xfverify.evaluator.pipeline.options import (
     OnnxOptions,
     RunOptions,
     check_run_options,
+    refuse_unless_regular,
 )
 from xfverify.evaluator.pipeline.outdir import (
     default_out_dir,
@@ -144,8 +145,9 @@ def run_onnx(options: OnnxOptions, against_moves_to: Path | None = None) -> Save
     if options.is_file:
         if os.path.isdir(options.target):
             raise UserError(f"{options.target} is a folder, not an ONNX file: give the .onnx file in it")
-        if not os.path.isfile(options.target):
+        if not os.path.lexists(options.target):
             raise UserError(f"{options.target}: no such ONNX file")
+        refuse_unless_regular(options.target, "ONNX file", "an ONNX file")
         if options.opset is not None:
             raise UserError(f"--opset applies to a model's export; {options.target} has its own opset: leave it out")
         if options.weights or options.random_weights:

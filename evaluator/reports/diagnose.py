@@ -284,7 +284,7 @@ def waterfall_svg(report: DiagnoseReport) -> str:
         x = i + (2 if d.published is not None else 1)
         axes.errorbar([x], [step.end], yerr=[[step.end - (step.start + step.delta_ci95[0])],
                                              [(step.start + step.delta_ci95[1]) - step.end]], color="black", capsize=3)
-    axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right", parse_math=False)  # user names: text
     axes.set_ylabel("top-1 error %")
     axes.set_title("published -> reference; each significant variant on its own (deltas with 95 % CI; hatched: runtime)",
                    fontsize=9)
@@ -305,7 +305,7 @@ def errors_svg(report: DiagnoseReport) -> str:
         axes.errorbar([row.top1_error], [y], xerr=[[row.top1_error - lo], [hi - row.top1_error]], fmt="o",
                       color=colour, capsize=2)
     axes.axvline(report.reference.top1_error, color="#1f77b4", linewidth=0.8, linestyle="--")
-    axes.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=8)
+    axes.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=8, parse_math=False)
     axes.invert_yaxis()
     axes.set_xlabel("top-1 error % (Wilson 95 % CI); grey: within the noise of the reference")
     return svg(figure)
