@@ -478,3 +478,84 @@ def test_weights_and_an_onnx_file_that_are_fifos_are_refused(tmp_path):
     os.mkfifo(tmp_path / "m.onnx")
     assert_user_error(run_cli("onnx", str(tmp_path / "m.onnx"), "--preprocess", "torchvision-256", "--out",
                               str(tmp_path / "r")), "a FIFO (named pipe), not an ONNX file")
+
+
+# --- 10: a full disk anywhere in a run is one line, finished work kept ---------------------------------------------
+
+
+def test_a_full_disk_at_the_out_folder_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """Before: OSError [Errno 28] traceback from the --out ownership."""
+    from xfverify.evaluator.pipeline import outdir
+
+    def full(out_dir):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_dir / ".work"))
+
+    monkeypatch.setattr(outdir, "_fresh_work_folder", full)
+    out = tmp_path / "r"
+    result = run_cli("native", "--random-weights", "--limit", "3", "--out", str(out))
+    assert_user_error(result, f"no space left on the disk of {out} (free: ", "free some space there")
+    assert not out.exists()
+
+
+def test_a_worker_meeting_a_full_disk_says_so_in_one_line(tmp_path):
+    """Before: a traceback in the worker, or a WorkerCrashed with empty stderr when not even error.json fit."""
+    import subprocess
+    import sys
+
+    job = tmp_path / "evaluate.job.json"
+    job.write_text(json.dumps({"framework": "test", "backend": "disk_full_backend", "task": "evaluate",
+                               "workdir": str(tmp_path), "job": {}}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "xfverify.evaluator.process.worker", str(job)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    message = json.loads((tmp_path / "evaluate.error.json").read_text())["message"]
+    assert message.startswith(f"no space left on the disk of {tmp_path} (free: ")
+
+
+def test_a_worker_that_died_silently_on_a_full_disk_is_named_by_the_parent(tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    from xfverify.evaluator.process import launcher
+
+    class Usage:
+        free = 4096
+
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda folder: Usage())
+    found = launcher._disk_full_at(tmp_path)
+    assert isinstance(found, UserError) and f"no space left on the disk of {tmp_path} (free: 0.0 MB)" in str(found)
+    Usage.free = 10 << 30
+    assert launcher._disk_full_at(tmp_path) is None
+
+
+# --- SIGTERM is handled like Ctrl-C -------------------------------------------------------------------------------
+
+
+@needs_torch
+@pytest.mark.timeout(300)
+def test_sigterm_removes_the_work_folder_and_the_lock(tmp_path):
+    """Before: SIGTERM killed the run where it stood, leaving --out/.work and .xfverify-run.lock behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import write_jpeg
+
+    data = tmp_path / "d"
+    for i in range(200):
+        write_jpeg(data / f"im_{i:03d}.jpg", seed=i, width=320, height=240)
+    out = tmp_path / "r"
+    process = subprocess.Popen([sys.executable, "-m", "xfverify", "native", "--random-weights", "--data", str(data),
+                                "--batch-size", "1", "--out", str(out), "--cache-dir", str(tmp_path / "c")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / ".work").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "Traceback" not in err and "terminated (SIGTERM)" in err
+    assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from xfverify.evaluator.system import console
-from xfverify.evaluator.system.files import owned_folder, writable_folder
+from xfverify.evaluator.system.files import disk_full_error, is_disk_full, owned_folder, writable_folder
 from xfverify.models.errors import UserError
 from xfverify.models.user_input import read_regular, shown
 
@@ -44,6 +44,13 @@ def in_owned_folder(out_dir: Path, work: Callable[[Path], Result]) -> Result:
             finally:
                 if workdir.is_dir() and not workdir.is_symlink():
                     shutil.rmtree(workdir, ignore_errors=True)
+    except OSError as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only if empty
+        if is_disk_full(exc):  # anywhere in the run (the lock, the work folder, a report): one line, not a traceback
+            raise disk_full_error(exc, out_dir) from None
+        raise
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
