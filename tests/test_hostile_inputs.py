@@ -559,3 +559,13 @@ def test_sigterm_removes_the_work_folder_and_the_lock(tmp_path):
     assert process.returncode == 143, err
     assert "Traceback" not in err and "terminated (SIGTERM)" in err
     assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
+
+
+def test_escape_sequences_from_names_and_paths_are_printed_escaped(tmp_path):
+    """Before: a spec name or a file name holding terminal escape sequences was printed raw (retitling, recolouring
+    or clearing the user's terminal)."""
+    hostile = tmp_path / "a\x1b]0;owned\x07\x1b[2Jb"
+    hostile.mkdir()
+    result = run_cli("native", "--random-weights", "--data", str(hostile), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "\x1b" not in result.stderr and "\x07" not in result.stderr, repr(result.stderr)
+    assert "a\\x1b]0;owned\\x07\\x1b[2Jb" in result.stderr
