@@ -60,6 +60,35 @@ def read_regular(path: str | os.PathLike, what: str, limit: int | None = None) -
         return handle.read() if limit is None else handle.read(limit + 1)
 
 
+def cached_bytes(path: str | os.PathLike, limit: int = 256 * 2**20) -> bytes | None:
+    """A cache's own file (a sidecar, a record) when it is a readable regular file within ``limit`` bytes, else None:
+    the caller treats it as damaged and makes it again (a FIFO or a device put there is never waited on)."""
+    try:
+        return read_regular(path, "cache file", limit)
+    except (UserError, OSError):
+        return None
+
+
+def cached_json(path: str | os.PathLike) -> Any:
+    """A cache's own JSON file as Python data, or None when missing, not a regular file, malformed or nested too
+    deeply (made again by the caller)."""
+    data = cached_bytes(path)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def is_regular(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (links followed) is a regular file; never opens it."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def read_text(path: str | os.PathLike, what: str, limit: int | None = None) -> str:
     """A regular file's text, UTF-8; other bytes are one line naming the file."""
     data = read_regular(path, what, limit)

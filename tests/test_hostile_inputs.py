@@ -569,3 +569,48 @@ def test_escape_sequences_from_names_and_paths_are_printed_escaped(tmp_path):
     result = run_cli("native", "--random-weights", "--data", str(hostile), "--out", str(tmp_path / "r"))
     assert result.returncode == 2 and "\x1b" not in result.stderr and "\x07" not in result.stderr, repr(result.stderr)
     assert "a\\x1b]0;owned\\x07\\x1b[2Jb" in result.stderr
+
+
+# --- the same classes elsewhere: the study's TOML ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: p.write_text("a = " + "[" * 100_000 + "]" * 100_000), "TOML nested too deeply to read"),
+    (lambda p: p.write_bytes(b'name = "caf\xe9"\n'), "not UTF-8 text"),
+    (lambda p: os.mkfifo(p), "a FIFO (named pipe), not a regular file"),
+])
+def test_a_study_file_nested_too_deeply_not_utf8_or_a_fifo_is_one_line(make, fragment, tmp_path):
+    """Before: RecursionError from tomllib; a FIFO passed is_file()'s race."""
+    from xfverify.models.study import load_study
+
+    path = tmp_path / "s.toml"
+    make(path)
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        load_study(str(path))
+
+
+# --- the same classes elsewhere: the tensor cache's own files (in the --cache-dir the user names) -------------------
+
+
+@needs_torch
+@pytest.mark.timeout(300)
+def test_cache_files_that_are_fifos_devices_or_deep_json_are_damaged_and_made_again(native_run, tmp_path):
+    """Before: a FIFO sidecar hung the survey; deeply nested JSON was a RecursionError traceback."""
+    cache = tmp_path / "cache"
+    shutil.copytree(native_run.parent / "cache", cache)
+    sidecars = sorted(cache.glob("*/shards/*.json"))
+    shards = sorted(cache.glob("*/shards/*.npy"))
+    assert sidecars and shards
+    sidecars[0].unlink()
+    os.mkfifo(sidecars[0])
+    if len(sidecars) > 1:
+        sidecars[1].write_text("[" * 100_000 + "]" * 100_000)
+    shards[-1].unlink()
+    shards[-1].symlink_to("/dev/zero")
+    out = tmp_path / "r"
+    done = run_cli("native", "--random-weights", "--limit", "2", "--out", str(out), "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["tensors_sha256"] == json.loads((native_run / "report.json").read_text())["tensors_sha256"]
+    assert report["cache"]["decoded"] > 0
