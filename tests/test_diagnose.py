@@ -246,6 +246,10 @@ def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path):
     assert onnx.name == "onnx-runtime" and onnx.group == "runtime"
     assert onnx.tensors_sha256 == report.reference.tensors_sha256 and onnx.spec == report.reference.spec
     assert onnx.precision.requested == "fp32" and onnx.max_output_difference < 1e-3  # a faithful export
+    # staged in the work folder and moved in whole: the ONNX run names the reference where it now is
+    assert sorted(p.name for p in out.iterdir()) == ["onnx", "reference", "report.html", "report.json", "report.md"]
+    onnx_report = json.loads((out / "onnx" / "report.json").read_text())
+    assert onnx_report["native"]["folder"] == str((out / "reference").resolve())
 
 
 @pytest.mark.parametrize("make, fragment", [
