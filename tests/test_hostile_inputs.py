@@ -614,3 +614,10 @@ def test_cache_files_that_are_fifos_devices_or_deep_json_are_damaged_and_made_ag
     report = json.loads((out / "report.json").read_text())
     assert report["tensors_sha256"] == json.loads((native_run / "report.json").read_text())["tensors_sha256"]
     assert report["cache"]["decoded"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_preprocess_given_a_fifo_says_what_it_is(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    assert_user_error(run_cli("preprocess", "torchvision/resnet50", str(tmp_path / "pipe.jpg"), "--out",
+                              str(tmp_path / "x")), f"{tmp_path / 'pipe.jpg'}: a FIFO (named pipe), not an image file")

@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 
 from xfverify.models.errors import UserError
 from xfverify.models.imagenet import NUM_CLASSES, WNID_PATTERN, wnid_to_index
-from xfverify.models.user_input import read_regular
+from xfverify.models.user_input import not_regular_kind, read_regular, shown
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"  # the embedded sample: a default that needs no download
 
@@ -508,6 +508,7 @@ def records_from_paths(paths: Sequence[str | os.PathLike]) -> Dataset:
             raise UserError(f"{path} is a folder, not an image file: give the image files (a glob such as "
                             f"{path / '*.jpg'} works), or the folder as `xfverify native --data`")
         if not path.is_file():
-            raise UserError(f"{path}: no such image file")
+            kind = not_regular_kind(os.stat(path).st_mode) if path.exists() else None
+            raise UserError(f"{shown(path)}: {kind}, not an image file" if kind else f"{shown(path)}: no such image file")
         records.append(ImageRecord(image_id=path.stem, path=str(path.resolve())))
     return Dataset(root=os.getcwd(), layout="files", records=tuple(records))
