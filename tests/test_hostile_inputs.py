@@ -621,3 +621,26 @@ def test_preprocess_given_a_fifo_says_what_it_is(tmp_path):
     os.mkfifo(tmp_path / "pipe.jpg")
     assert_user_error(run_cli("preprocess", "torchvision/resnet50", str(tmp_path / "pipe.jpg"), "--out",
                               str(tmp_path / "x")), f"{tmp_path / 'pipe.jpg'}: a FIFO (named pipe), not an image file")
+
+
+def test_a_graph_asking_for_terabytes_is_not_told_to_lower_the_batch_size(tmp_path):
+    """Before: 'ran out of memory at --batch-size 4: use a smaller --batch-size' for a 4 TB Expand inside the graph."""
+    import onnx
+    from onnx import helper
+
+    from test_onnx import users_onnx_file
+
+    path = users_onnx_file(tmp_path / "tera.onnx")
+    model = onnx.load(str(path))
+    graph = model.graph
+    graph.node[-1].output[0] = "scores"
+    graph.initializer.extend([onnx.numpy_helper.from_array(np.asarray([10**6, 10**6], dtype=np.int64), "huge_shape"),
+                              onnx.numpy_helper.from_array(np.asarray(1.0, dtype=np.float32), "one")])
+    graph.node.extend([helper.make_node("Expand", ["one", "huge_shape"], ["huge"]),
+                       helper.make_node("ReduceSum", ["huge"], ["total"], keepdims=0),
+                       helper.make_node("Mul", ["scores", "total"], ["logits"])])
+    onnx.save(model, str(path))
+    done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--limit", "2", "--out",
+                   str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"))
+    assert_user_error(done, "the model asked for one buffer of 4,000 GB", "the graph itself asks for it")
+    assert "smaller --batch-size" not in done.stderr
