@@ -644,3 +644,27 @@ def test_a_graph_asking_for_terabytes_is_not_told_to_lower_the_batch_size(tmp_pa
                    str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"))
     assert_user_error(done, "the model asked for one buffer of 4,000 GB", "the graph itself asks for it")
     assert "smaller --batch-size" not in done.stderr
+
+
+@needs_torch
+def test_an_onnx_run_failing_after_its_native_run_keeps_it_only_where_no_report_describes_other_data(tmp_path,
+                                                                                                     monkeypatch):
+    from xfverify.evaluator.pipeline import onnx as onnx_pipeline
+    from xfverify.evaluator.pipeline.onnx import run_onnx
+    from xfverify.evaluator.pipeline.options import OnnxOptions
+
+    def export_fails(*args, **kwargs):
+        raise UserError("the export failed (simulated)")
+
+    monkeypatch.setattr(onnx_pipeline, "_export", export_fails)
+    fresh = tmp_path / "fresh"
+    options = dict(limit=3, random_weights=True, provider="cpu", cache_dir=str(tmp_path / "c"))
+    with pytest.raises(UserError, match="simulated"):
+        run_onnx(OnnxOptions(out=str(fresh), **options))
+    assert sorted(p.name for p in fresh.iterdir()) == ["native"]  # finished work kept: the next run reuses it
+    assert load_native(fresh / "native", "--out").outputs.shape == (3, 1000)
+    earlier = tmp_path / "earlier"
+    before = _fake_run(earlier, "onnx", "native")
+    with pytest.raises(UserError, match="simulated"):
+        run_onnx(OnnxOptions(out=str(earlier), **options))
+    assert _contents(earlier) == before  # the earlier report and the native run it describes, untouched
