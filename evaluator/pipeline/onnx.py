@@ -3,6 +3,7 @@ of a native run, compared with it: errors, time, and agreement image by image.""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -177,8 +178,11 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
     try:
         return _compared(options, out_dir, workdir, timeline, card, notes, native, new_native)
     except BaseException:
-        if new_native and not os.path.lexists(out_dir / "report.json"):  # finished work kept where nothing describes
-            move_in(out_dir, workdir, (ONNX_NATIVE_FOLDER,))              # other data: the next run reuses it
+        staged = workdir / ONNX_NATIVE_FOLDER
+        # finished work kept where no report describes other data: the next run reuses it
+        if new_native and staged.is_dir() and not os.path.lexists(out_dir / "report.json"):
+            with contextlib.suppress(OSError):  # the error on its way out is the one to show
+                move_in(out_dir, workdir, (ONNX_NATIVE_FOLDER,))
         raise
 
 
