@@ -668,3 +668,18 @@ def test_an_onnx_run_failing_after_its_native_run_keeps_it_only_where_no_report_
     with pytest.raises(UserError, match="simulated"):
         run_onnx(OnnxOptions(out=str(earlier), **options))
     assert _contents(earlier) == before  # the earlier report and the native run it describes, untouched
+
+
+def test_report_md_keeps_one_line_per_item_for_names_holding_newlines(tmp_path):
+    from xfverify.evaluator.reports.native import NativeReport, Prediction, write_markdown
+
+    from test_metrics_and_report import minimal_report
+
+    from xfverify.models.preprocess import PRESETS
+
+    report = NativeReport.model_validate({**minimal_report(), "preprocess": PRESETS["torchvision-256"].to_dict(),
+                                          "notes": ["first\nsecond \x1b[2J"]})
+    rows = [Prediction(image_id="evil\nname", labels=(1,), top5=(1, 2, 3, 4, 5), status="correct")]
+    write_markdown(tmp_path / "report.md", report, rows)
+    text = (tmp_path / "report.md").read_text()
+    assert "- first\\nsecond \\x1b[2J" in text and "`evil\\nname`" in text and "\x1b" not in text

@@ -18,6 +18,7 @@ from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo
 from xfverify.evaluator.reports.native import DatasetInfo, PublishedInfo
 from xfverify.evaluator.reports.page import STYLE, svg
 from xfverify.models.imagenet import class_name
+from xfverify.models.user_input import shown
 from xfverify.models.variants import RUNTIME
 
 OUTPUTS = ("report.md", "report.html", "report.json")
@@ -247,7 +248,7 @@ def markdown(report: DiagnoseReport) -> str:
     lines += ["", "## Cost", "", *(f"- {k}: {v}" for k, v in report.cost.model_dump(exclude={"passes"}).items())]
     lines += [f"- pass {p.name}: warm-up {p.warmup_s} s, loop {p.loop_wall_s} s" for p in report.cost.passes]
     if report.notes:
-        lines += ["", "## Notes", "", *(f"- {n}" for n in report.notes)]
+        lines += ["", "## Notes", "", *(f"- {shown(n)}" for n in report.notes)]
     return "\n".join(lines) + "\n"
 
 

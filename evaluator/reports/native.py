@@ -22,6 +22,7 @@ from xfverify.evaluator.process.tasks import (
     RuntimeInfo,
 )
 from xfverify.models.imagenet import class_name
+from xfverify.models.user_input import shown
 
 REPORT_VERSION = 1
 
@@ -284,14 +285,14 @@ def write_markdown(path: Path, report: NativeReport, rows: list[Prediction]) -> 
         lines += [f"- {at:8.3f} s  {name.replace('_', ' ')}" for name, at in report.timing.timeline_s.items()]
     if isinstance(report, OnnxReport) and report.agreement and report.agreement.flips:
         lines += ["", "## Top-1 flips (native -> ONNX)", ""]
-        lines += [f"- `{f.image_id}`: {f.native_top1} -> {f.onnx_top1}, labels {f.labels}, right: {f.right}"
+        lines += [f"- `{shown(f.image_id)}`: {f.native_top1} -> {f.onnx_top1}, labels {f.labels}, right: {f.right}"
                   for f in report.agreement.flips]
     if report.notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
+        lines += ["", "## Notes", ""] + [f"- {shown(n)}" for n in report.notes]
     if report.skipped_images:
-        lines += ["", "## Skipped images", ""] + [f"- `{s.path}`: {s.reason}" for s in report.skipped_images]
+        lines += ["", "## Skipped images", ""] + [f"- `{shown(s.path)}`: {shown(s.reason)}" for s in report.skipped_images]
     preview = [
-        f"- `{row.image_id}`: {row.top1_name} ({row.top5[0]})" + (f", labels {list(row.labels)}" if row.labels else "")
+        f"- `{shown(row.image_id)}`: {row.top1_name} ({row.top5[0]})" + (f", labels {list(row.labels)}" if row.labels else "")
         for row in rows[:10]
         if row.top5
     ]
