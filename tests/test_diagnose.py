@@ -250,6 +250,8 @@ def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["onnx", "reference", "report.html", "report.json", "report.md"]
     onnx_report = json.loads((out / "onnx" / "report.json").read_text())
     assert onnx_report["native"]["folder"] == str((out / "reference").resolve())
+    reference_report = json.loads((out / "reference" / "report.json").read_text())
+    assert onnx_report["native"]["logits_sha256"] == reference_report["logits_sha256"]
 
 
 @pytest.mark.parametrize("make, fragment", [

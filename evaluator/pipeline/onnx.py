@@ -268,5 +268,6 @@ def _native_reference(native: NativeOnDisk | None) -> NativeReference | None:
     report = native.report
     return NativeReference(folder=str(native.folder.resolve()), framework=report.framework, device=report.device,
                            top1_error=report.top1_error, top5_error=report.top5_error,
-                           tensors_sha256=report.tensors_sha256, compute_s=report.timing.compute_s,
+                           tensors_sha256=report.tensors_sha256, logits_sha256=report.logits_sha256,
+                           compute_s=report.timing.compute_s,
                            images_per_s=report.timing.images_per_s)

@@ -137,6 +137,8 @@ class NativeReference(_Open):
     top1_error: Optional[float]
     top5_error: Optional[float]
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    logits_sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                         description="sha256 of the native run's logits.npy compared with")
     compute_s: float
     images_per_s: Optional[float]
 
