@@ -166,16 +166,29 @@ def _contents(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("verb, kind", [("native", "diagnose"), ("native", "onnx"), ("diagnose", "native"),
-                                        ("onnx", "diagnose")])
+                                        ("onnx", "diagnose"), ("native", "study")])
 def test_an_out_holding_another_commands_run_is_refused_naming_it(verb, kind, tmp_path):
     """Before: the new run's files were moved in beside the other command's (logits.npy next to report.html...)."""
     out = tmp_path / "o"
     before = _fake_run(out, kind, "reference" if kind == "diagnose" else None)
+    if kind == "study":  # a study's folder: study.json and its cells
+        (out / "report.json").rename(out / "study.json")
+        before = _contents(out)
     result = run_cli(verb, "--random-weights", "--limit", "3", "--out", str(out), "--cache-dir", str(tmp_path / "c"))
-    assert_user_error(result, f"--out {out} holds an `xfverify {kind}` run (its report.json)",
+    assert_user_error(result, f"--out {out} holds an `xfverify {kind}` run (its "
+                              f"{'study.json' if kind == 'study' else 'report.json'})",
                       f"a {verb} run does not mix its outputs with another command's", "choose another --out")
     assert _contents(out) == before and sorted(p.name for p in out.iterdir()) == sorted(
         {Path(k).parts[0] for k in before})
+
+
+def test_a_study_refuses_an_out_holding_a_commands_run(tmp_path):
+    out = tmp_path / "o"
+    before = _fake_run(out, "native")
+    result = run_cli("study", "lite", "--random-weights", "--limit", "3", "--out", str(out))
+    assert_user_error(result, f"--out {out} holds an `xfverify native` run (its report.json)",
+                      "a study does not mix its outputs with another command's")
+    assert _contents(out) == before
 
 
 def test_onnx_against_its_own_out_is_refused(native_run, tmp_path):

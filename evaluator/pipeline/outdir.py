@@ -80,21 +80,33 @@ def _fresh_work_folder(out_dir: Path) -> Path:
 
 
 REPORT = "report.json"
+STUDY_REPORT = "study.json"  # a study's --out holds this, and its cells' runs in cells/
 VERBS = ("native", "onnx", "diagnose")
+
+
+def refuse_a_commands_run(out_dir: Path) -> None:
+    """A study's --out is not another command's: one holding a native, onnx or diagnose run is refused, naming it."""
+    kind = _earlier_kind(out_dir)
+    if kind is not None:
+        raise UserError(f"--out {shown(out_dir)} holds an `xfverify {kind}` run (its {REPORT}): a study does not mix its "
+                        "outputs with another command's; choose another --out, or move that run away")
 
 
 def earlier_outputs_note(out_dir: Path, names: tuple[str, ...], verb: str,
                          folders: dict[str, tuple[str, ...]] | None = None) -> list[str]:
-    """Before any work: refuse a --out holding another command's run (its report.json says which), an output name
+    """Before any work: refuse a --out holding another command's run (its report.json says which, or a study's
+    study.json), an output name
     taken by a folder, and an output folder holding files xfverify does not write there (``folders``: each folder's
     name and the files a run puts in it); say so when an earlier report of this command will be replaced."""
     for name in names:
         if os.path.isdir(out_dir / name):
             raise UserError(f"--out {shown(out_dir)}: {name} there is a folder; move it away or choose another --out")
-    kind = _earlier_kind(out_dir)
+    study = os.path.lexists(out_dir / STUDY_REPORT)
+    kind = "study" if study else _earlier_kind(out_dir)
     if kind is not None and kind != verb:
-        raise UserError(f"--out {shown(out_dir)} holds an `xfverify {kind}` run (its {REPORT}): a {verb} run does not "
-                        f"mix its outputs with another command's; choose another --out, or move that run away")
+        found = STUDY_REPORT if study else REPORT
+        raise UserError(f"--out {shown(out_dir)} holds an `xfverify {kind}` run (its {found}): a {verb} run does not "
+                        "mix its outputs with another command's; choose another --out, or move that run away")
     for name, expected in (folders or {}).items():
         _check_output_folder(out_dir, name, expected)
     if not os.path.lexists(out_dir / REPORT):

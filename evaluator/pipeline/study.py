@@ -25,7 +25,7 @@ from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, run_diagnose
 from xfverify.evaluator.pipeline.native import run_native
 from xfverify.evaluator.pipeline.onnx import run_onnx
 from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions, check_run_options
-from xfverify.evaluator.pipeline.outdir import in_owned_folder
+from xfverify.evaluator.pipeline.outdir import in_owned_folder, refuse_a_commands_run
 from xfverify.evaluator.reports.diagnose import DiagnoseReport
 from xfverify.evaluator.reports.native import NativeReport, OnnxReport
 from xfverify.evaluator.reports.study import (
@@ -141,6 +141,7 @@ def plan_cells(cells: list[Cell], dataset: Dataset, options: StudyOptions, out_d
 
 def _run_in(study: StudySpec, plan: list[PlannedCell], dataset: Dataset, options: StudyOptions, out_dir: Path,
             execute: Callable, started: float) -> StudyReport:
+    refuse_a_commands_run(out_dir)
     (out_dir / "cells").mkdir(exist_ok=True)
     done = {planned.key: result for planned in plan if (result := finished_cell(planned)) is not None}
     todo = [planned for planned in plan if planned.key not in done]
