@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from xfverify.converter.onnx_file import ExportResult, files_intact
+from xfverify.models.user_input import cached_bytes
 
 MODEL_FILE = "model.onnx"
 RECORD_FILE = "export.json"
@@ -37,9 +38,12 @@ def entry_folder(root: Path, card_id: str, weights_sha256: str, exporter: str, e
 
 def _cached(folder: Path) -> ExportResult | None:
     """The entry's result when its record reads and its files are intact, else None."""
+    record = cached_bytes(folder / RECORD_FILE)  # a FIFO or a device there: a damaged entry, never waited on
+    if record is None:
+        return None
     try:
-        result = ExportResult.model_validate_json((folder / RECORD_FILE).read_text())
-    except (OSError, ValueError):
+        result = ExportResult.model_validate_json(record)
+    except ValueError:
         return None
     result = result.model_copy(update={"path": folder / result.description.file})
     return result if files_intact(result.path, result.description) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import time
@@ -21,6 +22,7 @@ from xfverify.converter.description import (  # noqa: F401 (re-exported: the exp
     sha256_file,
 )
 from xfverify.models.errors import UserError
+from xfverify.models.user_input import not_regular_kind, shown
 
 BATCH_AXIS = "batch"
 _PROTOBUF_LIMIT = 2**31 - 1  # one serialised ModelProto; beyond it tensors go to an external data file
@@ -51,7 +53,11 @@ def check(path: Path) -> None:
     """onnx's full checker and strict shape inference (both read from the path, so external data and
     files over 2 GB work); a failure is a UserError naming the file and, where onnx says, the node."""
     path = Path(path)
-    _check_external_sizes(path, _load_structure(path))
+    model = _load_structure(path)
+    if not model.graph.output:
+        raise UserError(f"{shown(path)}: its graph has no outputs (onnx's checker allows that); xfverify scores a "
+                        "classifier's class scores: export the model with its output")
+    _check_external_sizes(path, model)
     try:
         onnx.checker.check_model(str(path), full_check=True)
         with tempfile.TemporaryDirectory(prefix="xfverify-shapes-") as scratch:
@@ -80,30 +86,63 @@ def _onnx_reason(exc: Exception) -> str:
     return one_line(text)
 
 
-def _check_external_sizes(path: Path, model: onnx.ModelProto) -> None:
-    """Each external tensor's bytes lie inside its data file: a truncated .data file is named as such (onnx
-    would say only that it cannot parse the tensors)."""
+def _external_data(path: Path, model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, ExternalDataInfo, Path]]:
+    """Each tensor kept in an external data file, its entry and the file, checked by onnx's path rules before anything
+    of the file is looked at: a location that is absolute, climbs out with '..', or leads out of the model's folder
+    through a link is refused in one line (nothing outside the folder is opened or measured), as is an entry onnx
+    cannot read (a negative or non-integer offset or length)."""
+    folder = os.path.realpath(path.parent)
+    found = []
     for tensor in _get_all_tensors(model):
         if not uses_external_data(tensor):
             continue
-        info = ExternalDataInfo(tensor)
-        data = path.parent / info.location
-        if not data.is_file():
+        try:
+            info = ExternalDataInfo(tensor)
+        except ValueError as exc:
+            raise UserError(f"{shown(path)}: tensor {shown(tensor.name)}'s external data entry is invalid "
+                            f"({one_line(exc)}); export the model again") from None
+        location = info.location
+        if (not location or os.path.isabs(location) or ".." in Path(location).parts
+                or os.path.commonpath([folder, os.path.realpath(os.path.join(folder, location))]) != folder):
+            raise UserError(f"{shown(path)}: tensor {shown(tensor.name)} names external data at {shown(location)!r}, "
+                            "outside the model's folder; ONNX reads external data only from files beside the model "
+                            "(a relative name without '..'): export the model again")
+        for name, value in (("offset", info.offset), ("length", info.length)):
+            if value is not None and value < 0:
+                raise UserError(f"{shown(path)}: tensor {shown(tensor.name)}'s external data {name} is {value}, "
+                                "negative; export the model again")
+        found.append((tensor, info, path.parent / location))
+    return found
+
+
+def _check_external_sizes(path: Path, model: onnx.ModelProto) -> None:
+    """Each external tensor's bytes lie inside its data file, a regular file: a truncated .data file is named as
+    such (onnx would say only that it cannot parse the tensors)."""
+    for tensor, info, data in _external_data(path, model):
+        try:
+            mode = os.stat(data).st_mode
+        except FileNotFoundError:
             continue  # onnx's checker names the missing file
+        kind = not_regular_kind(mode)
+        if kind is not None:
+            raise UserError(f"{shown(data)}: the external data file of {shown(path.name)} is {kind}, not a regular "
+                            "file; put the model's data file there")
         end = (info.offset or 0) + (info.length or 0)
-        if end > data.stat().st_size:
-            raise UserError(f"{data}: {data.stat().st_size} bytes, but tensor {tensor.name} of {path.name} ends at "
-                            f"byte {end}: the external data file is truncated; copy or export it again")
+        size = os.stat(data).st_size
+        if end > size:
+            raise UserError(f"{shown(data)}: {size} bytes, but tensor {shown(tensor.name)} of {shown(path.name)} ends "
+                            f"at byte {end}: the external data file is truncated; copy or export it again")
 
 
-def _external_files(model: onnx.ModelProto) -> list[str]:
-    return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
+def _external_files(path: Path, model: onnx.ModelProto) -> list[str]:
+    return sorted({info.location for _, info, _ in _external_data(path, model)})
 
 
 def _digest(folder: Path, name: str) -> FileDigest:
     path = folder / name
     if not path.is_file():
-        raise UserError(f"{path}: the external data file its ONNX model names is missing; keep it beside the .onnx file")
+        raise UserError(f"{shown(path)}: the external data file its ONNX model names is missing; keep it beside the "
+                        ".onnx file")
     return FileDigest(name=name, size_bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
@@ -127,7 +166,7 @@ def describe(path: Path, exporter: str, exporter_version: str, layout: Layout) -
     model = _load_structure(path)
     initialisers = {t.name for t in model.graph.initializer}
     own = FileDigest(name=path.name, size_bytes=path.stat().st_size, sha256=sha256_file(path))
-    external = tuple(_digest(path.parent, name) for name in _external_files(model))
+    external = tuple(_digest(path.parent, name) for name in _external_files(path, model))
     return OnnxDescription(
         file=path.name,
         sha256=own.sha256,

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from xfverify.models.errors import UserError
-from xfverify.models.preprocess import PreprocessSpec
+from xfverify.models.preprocess import OVERRIDABLE_FIELDS
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Parse ``field=value`` strings (from ``--set``) into a dict; unknown fields are an error."""
-    known = {f.name for f in dataclasses.fields(PreprocessSpec)} - {"name", "source"}
+    known = OVERRIDABLE_FIELDS
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")

@@ -448,26 +448,59 @@ def _build_presets() -> dict[str, PreprocessSpec]:
 PRESETS: Mapping[str, PreprocessSpec] = _build_presets()
 
 
+def _short(raw: Any) -> str:
+    text = repr(raw)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _finite(raw: Any) -> float:
+    """A finite float from a number or its text (booleans are not numbers here); ValueError otherwise."""
+    if isinstance(raw, bool):
+        raise ValueError(raw)
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(raw)
+    return value
+
+
+def _whole(field_name: str, raw: Any) -> int:
+    """A whole number from an int, a float with no fraction (224.0) or its text; 224.9, inf and true are refused."""
+    try:
+        if isinstance(raw, bool):
+            raise ValueError(raw)
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, str):
+            raw = raw.strip()
+            try:
+                return int(raw)
+            except ValueError:
+                pass
+        value = float(raw)
+        if not value.is_integer():
+            raise ValueError(raw)
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{field_name} must be a whole number, got {_short(raw)}") from None
+
+
 def _coerce(field_name: str, raw: Any) -> Any:
     """Turn a value given as text (the command line, a file) into the type the field wants."""
     if field_name in ("mean", "std"):
         if isinstance(raw, str):
             raw = [part for part in raw.replace(",", " ").split() if part]
         try:
-            values = tuple(float(v) for v in raw)
-        except (TypeError, ValueError):
-            raise UserError(f"{field_name} must be three numbers, got {raw!r}") from None
+            values = tuple(_finite(v) for v in raw)
+        except (TypeError, ValueError, OverflowError):
+            raise UserError(f"{field_name} must be three finite numbers, got {_short(raw)}") from None
         return values
     if field_name in ("resize_size", "crop_size", "crop_padding"):
-        try:
-            return int(raw)
-        except (TypeError, ValueError):
-            raise UserError(f"{field_name} must be a whole number, got {raw!r}") from None
+        return _whole(field_name, raw)
     if field_name == "scale":
         try:
-            return float(raw)
-        except (TypeError, ValueError):
-            raise UserError(f"scale must be a number, got {raw!r}") from None
+            return _finite(raw)
+        except (TypeError, ValueError, OverflowError):
+            raise UserError(f"scale must be a finite number, got {_short(raw)}") from None
     if field_name == "antialias":
         if isinstance(raw, bool):
             return raw
@@ -478,6 +511,9 @@ def _coerce(field_name: str, raw: Any) -> Any:
             return False
         raise UserError(f"antialias must be true or false, got {raw!r}")
     return raw
+
+
+OVERRIDABLE_FIELDS = frozenset(f.name for f in dataclasses.fields(PreprocessSpec)) - {"name", "source"}
 
 
 def resolve_preprocess(
@@ -503,11 +539,16 @@ def resolve_preprocess(
         raise UserError(f"unknown preprocessing preset {chosen!r}; presets are: {', '.join(sorted(PRESETS))}")
     if not overrides:
         return spec
+    fields = OVERRIDABLE_FIELDS
+    unknown = sorted(str(key) for key in overrides if key not in fields and key != "crop_pct")
+    if unknown:
+        raise UserError(f"unknown preprocessing field {_short(unknown[0])}; fields are: {', '.join(sorted(fields))}, "
+                        "crop_pct")
     changes = {key: _coerce(key, value) for key, value in overrides.items() if key != "crop_pct"}
     if "crop_pct" in overrides:
         try:
-            crop_pct = float(overrides["crop_pct"])
-        except (TypeError, ValueError):
+            crop_pct = _finite(overrides["crop_pct"])
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"crop_pct must be a number, got {overrides['crop_pct']!r}") from None
         if not 0 < crop_pct <= 1:
             raise UserError(f"crop_pct must be in (0, 1], got {crop_pct}")

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xfverify.models.cards import ModelCard, find_cards, get_card
 from xfverify.models.errors import UserError
+from xfverify.models.user_input import read_text, shown
 
 Run = Literal["native", "onnx", "diagnose"]
 
@@ -67,6 +68,9 @@ def builtin_studies() -> dict[str, Path]:
     return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".toml")}
 
 
+STUDY_LIMIT = 2**20  # a study file's bytes: a few dozen lines
+
+
 def load_study(name_or_file: str) -> StudySpec:
     """A shipped study by name, or a TOML file; one line naming the problem otherwise."""
     shipped = builtin_studies()
@@ -76,16 +80,15 @@ def load_study(name_or_file: str) -> StudySpec:
         path = Path(name_or_file)
         if not path.suffix == ".toml" and not path.exists():
             raise UserError(f"unknown study {name_or_file!r}: give a TOML file or one of {', '.join(sorted(shipped))}")
-        if not path.is_file():
-            raise UserError(f"{path}: no such study file" if not path.exists() else f"{path}: not a regular file")
+        if not path.exists():
+            raise UserError(f"{shown(path)}: no such study file")
+    text = read_text(path, "study file", STUDY_LIMIT)  # a FIFO or a device: one line, never waited on
     try:
-        return StudySpec.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        return StudySpec.model_validate(tomllib.loads(text))
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
+        raise UserError(f"{shown(path)}: not valid TOML ({shown(exc)})") from None
+    except RecursionError:
+        raise UserError(f"{shown(path)}: TOML nested too deeply to read; give the right file") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])

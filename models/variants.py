@@ -24,6 +24,7 @@ from xfverify.models.preprocess import (
     PreprocessSpec,
     resolve_preprocess,
 )
+from xfverify.models.user_input import shown
 
 REFERENCE = "reference"
 GPU_ONLY = ("decoder-nvjpeg",)  # variants that need an NVIDIA GPU: left out of the default selection without one
@@ -185,20 +186,40 @@ def select_variants(variants: list[Variant], names: str | None) -> list[Variant]
     return [variants[0]] + [by_name[n] for n in dict.fromkeys(wanted) if n != REFERENCE]
 
 
+MAX_NAME = 80
+
+
+def check_variant_name(name: Any, origin: str) -> str:
+    """A variant name a report can show: a string of printable characters without the table's ``|`` or a backquote,
+    not empty, at most MAX_NAME long; else one line naming the --spec file."""
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"--spec {shown(origin)}: name must be a non-empty string, got {shown(repr(name))[:60]}")
+    bad = [ch for ch in name if not ch.isprintable() or ch in "|`"]
+    if bad or len(name) > MAX_NAME or name != name.strip():
+        raise UserError(f"--spec {shown(origin)}: variant name {shown(repr(name))[:80]} cannot be shown in a report "
+                        f"(at most {MAX_NAME} printable characters, no '|', no backquote, no spaces at its ends); "
+                        "rename it")
+    return name
+
+
 def user_variant(data: Mapping[str, Any], origin: str) -> Variant:
     """A user's variant from a JSON object: ``{"name": ..., "preset": optional, "set": {field: value}}``."""
     unknown = set(data) - {"name", "preset", "set", "why"}
     if unknown or "name" not in data:
-        raise UserError(f"--spec {origin}: give a JSON object with name, optional preset and set "
-                        f"(field: value){'; unknown keys ' + ', '.join(sorted(unknown)) if unknown else ''}")
+        raise UserError(f"--spec {shown(origin)}: give a JSON object with name, optional preset and set "
+                        f"(field: value){'; unknown keys ' + shown(', '.join(sorted(unknown))) if unknown else ''}")
+    name = check_variant_name(data["name"], origin)
     preset = data.get("preset")
-    if preset is not None and preset not in PRESETS:
-        raise UserError(f"--spec {origin}: unknown preset {preset!r}; `xfverify presets` lists them")
-    overrides = data.get("set") or {}
+    if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
+        raise UserError(f"--spec {shown(origin)}: unknown preset {shown(repr(preset))[:60]}; `xfverify presets` "
+                        "lists them")
+    overrides = data.get("set", {})
     if not isinstance(overrides, dict):
-        raise UserError(f"--spec {origin}: set must be an object of field: value")
-    return Variant(name=str(data["name"]), group="user", why=str(data.get("why", f"from {origin}")), base=preset,
-                   overrides=dict(overrides))
+        raise UserError(f"--spec {shown(origin)}: set must be an object of field: value, got {type(overrides).__name__}")
+    why = data.get("why", f"from {origin}")
+    if not isinstance(why, str):
+        raise UserError(f"--spec {shown(origin)}: why must be a string")
+    return Variant(name=name, group="user", why=shown(why), base=preset, overrides=dict(overrides))
 
 
 def precision_variants(names: str | None, reference_precision: str, framework: str) -> list[Variant]:

@@ -246,12 +246,18 @@ def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path):
     assert onnx.name == "onnx-runtime" and onnx.group == "runtime"
     assert onnx.tensors_sha256 == report.reference.tensors_sha256 and onnx.spec == report.reference.spec
     assert onnx.precision.requested == "fp32" and onnx.max_output_difference < 1e-3  # a faithful export
+    # staged in the work folder and moved in whole: the ONNX run names the reference where it now is
+    assert sorted(p.name for p in out.iterdir()) == ["onnx", "reference", "report.html", "report.json", "report.md"]
+    onnx_report = json.loads((out / "onnx" / "report.json").read_text())
+    assert onnx_report["native"]["folder"] == str((out / "reference").resolve())
+    reference_report = json.loads((out / "reference" / "report.json").read_text())
+    assert onnx_report["native"]["logits_sha256"] == reference_report["logits_sha256"]
 
 
 @pytest.mark.parametrize("make, fragment", [
     (lambda out: (out / "report.html").mkdir(parents=True), "report.html there is a folder"),
-    (lambda out: (out / "reference" / "logits.npy").mkdir(parents=True), "reference/logits.npy there is a folder"),
-    (lambda out: (out.mkdir(), (out / "reference").write_text("")), "reference there is a file"),
+    (lambda out: (out / "reference" / "logits.npy").mkdir(parents=True), "reference/logits.npy there is not a file xfverify writes"),
+    (lambda out: (out.mkdir(), (out / "reference").write_text("")), "reference there is not a folder (a symbolic link or a file)"),
 ])
 def test_an_output_that_cannot_be_replaced_is_refused_before_any_work(make, fragment, tmp_path, monkeypatch):
     """Before: the whole diagnosis ran, then os.replace's IsADirectoryError (or mkdir's FileExistsError) traceback."""

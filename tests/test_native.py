@@ -37,7 +37,8 @@ def torchvision_tensors_sha256(data: Path) -> str:
 # report.json's fields, as the README documents them: a field renamed or lost fails here, not in a user's script
 NATIVE_REPORT_FIELDS = {
     "report_version", "kind", "model", "architecture", "builder", "random_weights", "framework", "device", "precision",
-    "weights", "preprocess", "dataset", "tensors_sha256", "tensor_proof", "batch_size", "batch_size_source", "output",
+    "weights", "preprocess", "dataset", "tensors_sha256", "tensor_proof", "logits_sha256", "predictions_sha256",
+    "batch_size", "batch_size_source", "output",
     "top1_error", "top5_error", "top1_error_ci95", "top5_error_ci95", "n_scored", "published", "other_published",
     "delta_vs_published", "real_labels", "timing", "cache", "skipped_images", "notes", "created", "xfverify_version",
 }

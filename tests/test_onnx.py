@@ -5,6 +5,7 @@ The test process stays framework-free: exports and ONNX Runtime run in worker pr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -374,6 +375,11 @@ def test_a_native_run_of_nan_is_not_reported_as_agreeing(tmp_path):
                    str(native), "--cache-dir", str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr[-3000:]
     np.save(native / "logits.npy", np.full((2, 1000), np.nan, dtype=np.float32))
+    report = json.loads((native / "report.json").read_text())  # as a native run whose outputs were NaN writes it
+    report["logits_sha256"] = hashlib.sha256((native / "logits.npy").read_bytes()).hexdigest()
+    if report["n_scored"]:
+        report["top1_error"] = report["top5_error"] = 100.0
+    (native / "report.json").write_text(json.dumps(report))
     path = users_onnx_file(tmp_path / "means.onnx")
     done = run_cli("onnx", str(path), "--preprocess", "torchvision-256", "--provider", "cpu", "--against", str(native),
                    "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"))
@@ -478,10 +484,12 @@ def native_folder(folder: Path, n_images: int = 2, **fields) -> Path:
     card = get_card("pypi/efficientnet_lite0")
     report = minimal_report()
     report["dataset"]["n_images"] = n_images
-    report.update(model=card.id, preprocess=resolve_preprocess(None, default=card.preprocess).to_dict(), **fields)
     folder.mkdir(parents=True)
-    (folder / "report.json").write_text(json.dumps(report))
     np.save(folder / "logits.npy", np.zeros((n_images, 1000), np.float32))
+    logits_sha256 = hashlib.sha256((folder / "logits.npy").read_bytes()).hexdigest()
+    report.update(model=card.id, preprocess=resolve_preprocess(None, default=card.preprocess).to_dict(),
+                  logits_sha256=logits_sha256, **fields)
+    (folder / "report.json").write_text(json.dumps(report))
     return folder
 
 
@@ -565,8 +573,8 @@ def test_a_damaged_native_run_in_out_native_is_run_again_not_refused(tmp_path, m
 
     monkeypatch.setattr(onnx_cmd, "run_native", run_native)
     with pytest.raises(Ran):
-        onnx_cmd.native_run_for(OnnxOptions(limit=2), tmp_path / "o")
-    assert ran == [str(folder)]
+        onnx_cmd.native_run_for(OnnxOptions(limit=2), tmp_path / "o", tmp_path / "work")
+    assert ran == [str(tmp_path / "work" / "native")]  # made in the work folder, moved in when the ONNX run ends
 
 
 @pytest.mark.parametrize("options, fragments", [

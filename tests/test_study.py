@@ -114,6 +114,14 @@ def test_a_study_killed_mid_way_resumes_equals_its_commands_and_a_rerun_runs_not
     assert (second["ran"], second["reused"]) == (0, 3)
     assert second["rows"] == report["rows"]
 
+    # a cell whose report.json changed since (edited, replaced by another run) runs again: its numbers are not trusted
+    native_report = out / "cells" / "native-torchvision_mobilenet_v3_large_IMAGENET1K_V1-random" / "report.json"
+    native_report.write_text(native_report.read_text().replace('"top1_error": ', '"top1_error":  ', 1))
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (json.loads((out / "study.json").read_text())["ran"], json.loads((out / "study.json").read_text())[
+        "reused"]) == (1, 2)
+
     edited = tmp_path / "edited.toml"
     edited.write_text(MINI.replace('variants = ["squash"]', 'variants = ["squash", "resize-opencv"]'))
     changed = run_cli(*args[:1], str(edited), *args[2:])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -52,9 +54,22 @@ def out_of_memory_is_a_user_error(device_name: str, batch_size: int, is_out_of_m
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        raise UserError(
-            f"{device_name} ran out of memory at --batch-size {batch_size}: use a smaller --batch-size"
-        ) from None
+        raise UserError(out_of_memory_message(device_name, batch_size, str(exc))) from None
+
+
+def out_of_memory_message(device_name: str, batch_size: int, text: str) -> str:
+    """What to do about a batch that did not fit: a smaller batch, unless even one image's share of the buffer the
+    runtime asked for (where its message says the size) exceeds the machine's memory: then the graph is at fault."""
+    asked = re.search(r"(?:of size|allocate|tried to allocate)\D{0,20}(\d{6,})", text)
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
+    if asked and memory and int(asked[1]) / max(batch_size, 1) > memory:
+        return (f"{device_name} ran out of memory: the model asked for one buffer of {int(asked[1]) / 1e9:,.0f} GB at "
+                f"--batch-size {batch_size}, more than this machine's {memory / 1e9:,.0f} GB even for one image; the "
+                "graph itself asks for it (a huge shape inside it), not the batch size: check the model")
+    if batch_size == 1:
+        return (f"{device_name} ran out of memory at --batch-size 1: the model does not fit this device; use a "
+                "device with more memory")
+    return f"{device_name} ran out of memory at --batch-size {batch_size}: use a smaller --batch-size"
 
 
 def warm_up_sizes(n_images: int, batch_size: int) -> list[int]:

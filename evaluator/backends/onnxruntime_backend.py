@@ -125,9 +125,10 @@ class OnnxRuntimeBackend(Backend):
         fed = model.file_input if model.providers.device_fed else _one_input(model.session.get_inputs(), model.path)
         _check_input(fed, model.path, spec, tuple(job.hw))
         _check_batch(fed, model.path, job.batch_size, job.n_images)
+        output = _scored_output(model, device.notes)
         if model.providers.device_fed:
             return IoBoundStep(model.session, "cuda" if device.type == "cuda" else "cpu", model.path, device.notes)
-        session, output = model.session, model.session.get_outputs()[0].name
+        session = model.session
         return HostStep(lambda tensors: _class_scores(session.run([output], {fed.name: tensors})[0], model.path,
                                                       device.notes))
 
@@ -210,6 +211,20 @@ def _uint8_fed_model(path: str, spec: PreprocessSpec, hw: tuple[int, int]) -> tu
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     return file_input, wrapped.SerializeToString()
+
+
+def _scored_output(model: OnnxSession, notes: list[str]) -> str:
+    """The name of the output scored as the class scores: the file's first; that there are others is said."""
+    outputs = model.session.get_outputs()
+    if model.providers.device_fed:  # the wrapped graph adds the fed tensors' checksums as its last output
+        outputs = outputs[:-1]
+    if not outputs:
+        raise UserError(f"{model.path}: its graph has no outputs; xfverify scores a classifier's output of "
+                        f"{NUM_CLASSES} class scores per image: export one")
+    if len(outputs) > 1:
+        notes.append(f"{model.path} has {len(outputs)} outputs ({', '.join(o.name for o in outputs)}): the first, "
+                     f"{outputs[0].name}, is scored as the class scores")
+    return outputs[0].name
 
 
 def _one_input(inputs: list, path: str):

@@ -35,6 +35,7 @@ from xfverify.evaluator.data.normalise import image_digests, normalisation_lut, 
 from xfverify.evaluator.cache.shards import checksum, consecutive_batches, sidecar_path, wait_for_file
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
+from xfverify.models.user_input import cached_json
 
 FORMAT_VERSION = 2  # 2: records_sha256, so a changed digit is damage, not a wrong tensors_sha256
 RECORD = np.dtype([("sha256", np.uint8, (32,)), ("checks", np.int64, (2,))])
@@ -118,7 +119,7 @@ def write_digests(shard_path: str | Path, normalisation: FedNormalisation, recor
 def read_digests(shard_path: str | Path, key: str, n: int, shard_xxh3: str | None) -> np.ndarray | None:
     """A shard's records under the normalisation ``key``, or None when missing, unreadable or not this shard's."""
     try:
-        payload = json.loads(digests_path(shard_path, key).read_text())
+        payload = cached_json(digests_path(shard_path, key))
         if (not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or payload.get("normalisation") != key or payload.get("n") != n
                 or (shard_xxh3 is not None and payload.get("shard_xxh3_128") != shard_xxh3)):
             return None
@@ -149,10 +150,8 @@ def ensure_digests(shard_paths: Sequence[str], spec: PreprocessSpec) -> None:
 
 
 def _sidecar(shard_path: str | Path) -> dict:
-    try:
-        return json.loads(sidecar_path(shard_path).read_text())
-    except (OSError, ValueError):
-        return {}
+    payload = cached_json(sidecar_path(shard_path))
+    return payload if isinstance(payload, dict) else {}
 
 
 def stored_batches(

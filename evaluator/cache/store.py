@@ -57,6 +57,7 @@ from xfverify.evaluator.system.locks import ShardLock
 from xfverify.evaluator.cache.shards import checksum, iter_shard_batches
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
+from xfverify.models.user_input import cached_json, is_regular
 
 SHARD_SIZE = 512
 _NO_ROOM_FIX = ("free space there, or put the cache on a larger disk (--cache-dir or $XFVERIFY_CACHE); "
@@ -223,8 +224,10 @@ class TensorCache:
         data_path, meta_path = self._paths(plan.key)
         if not meta_path.exists():
             return None, "missing"
+        meta = cached_json(meta_path)
+        if not isinstance(meta, dict) or not is_regular(data_path):  # a FIFO or a device there is never opened
+            return None, "unreadable (not a regular file, or not JSON)"
         try:
-            meta = json.loads(meta_path.read_text())
             data = np.load(data_path, mmap_mode="r")
         except (OSError, ValueError) as exc:
             return None, f"unreadable ({exc})"

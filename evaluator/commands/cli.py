@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -34,25 +35,57 @@ for command in (catalogue.models_command, catalogue.presets_command, preprocess.
     cli.add_command(command)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the run's work folder and lock are removed on the way out, shards kept."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line and exit code 2; bugs keep their traceback."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        _run(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="xfverify", standalone_mode=False)
     except UserError as exc:
         from xfverify.evaluator.system.console import fail
 
         fail(str(exc), exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt (and so Terminated) into Abort
         from xfverify.evaluator.system.console import fail
 
+        if isinstance(exc.__cause__, Terminated):
+            fail("terminated (SIGTERM); finished cache shards are kept and a rerun resumes", 143)
         fail("interrupted; finished cache shards are kept and a rerun resumes", 130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except Terminated:
+        from xfverify.evaluator.system.console import fail
+
+        fail("terminated (SIGTERM); finished cache shards are kept and a rerun resumes", 143)
     except KeyboardInterrupt:
         from xfverify.evaluator.system.console import fail
 
         fail("interrupted; finished cache shards are kept and a rerun resumes", 130)
+    except OSError as exc:  # a full disk outside a run's --out (the cache folder, preprocess's file): one line
+        from xfverify.evaluator.system.files import disk_full_error, is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        from xfverify.evaluator.system.console import fail
+
+        fail(str(disk_full_error(exc, Path.cwd())), UserError.exit_code)
     sys.exit(0)
 
 

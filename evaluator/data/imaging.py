@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec, crop_fraction_window, crop_offset, shorter_side_size
+from xfverify.models.user_input import UnreadableFile, read_regular
 
 # MXNet's imdecode (OpenCV 3.x) does not rotate by EXIF; torchvision's PIL loader does not either.
 _CV2_READ_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
@@ -60,10 +60,16 @@ class BadImageError(UserError):
         )
 
 
+MAX_IMAGE_BYTES = 2**30  # a larger file is not one photograph (a sparse file, a disk image named .jpg)
+
+
 def read_image_bytes(path: str | os.PathLike) -> bytes:
-    """The file's bytes; a BadImageError naming it when it cannot be read or is empty."""
+    """The file's bytes; a BadImageError naming it when it cannot be read, is empty, is not a regular file (a FIFO
+    or a device named like an image is never waited on or read without end) or is larger than any photograph."""
     try:
-        data = Path(path).read_bytes()
+        data = read_regular(path, "image", MAX_IMAGE_BYTES)
+    except UnreadableFile as exc:
+        raise BadImageError(path, exc.reason) from None
     except OSError as exc:
         raise BadImageError(path, exc.strerror or str(exc)) from None
     if not data:

@@ -31,6 +31,7 @@ from typing import Iterable, Sequence
 
 from xfverify.models.errors import UserError
 from xfverify.models.imagenet import NUM_CLASSES, WNID_PATTERN, wnid_to_index
+from xfverify.models.user_input import not_regular_kind, read_regular, shown
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"  # the embedded sample: a default that needs no download
 
@@ -141,11 +142,7 @@ def parse_labels(text: str, where: str) -> tuple[int, ...]:
 
 def read_text(path: Path) -> str:
     """A UTF-8 text file (a byte-order mark is allowed); anything else is the user's to re-save."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    return decode_text(data, str(path))
+    return decode_text(read_regular(path, "the dataset's file"), str(path))
 
 
 def decode_text(data: bytes, where: str) -> str:
@@ -196,15 +193,15 @@ def _is_image(name: str) -> bool:
 
 
 def _images_in(directory: Path) -> list[Path]:
-    """Image files directly in ``directory``; a name that cannot be followed (a link loop) is kept, so
-    decoding reports it as a bad image like any other unreadable file."""
+    """Image files directly in ``directory``; a name that cannot be followed (a link loop) or is not a regular file
+    (a FIFO, a device) is kept, so decoding reports it as a bad image like any other unreadable file."""
     images = []
     with os.scandir(directory) as entries:
         for entry in entries:
             if not _is_image(entry.name):
                 continue
             try:
-                if not entry.is_file():
+                if entry.is_dir():
                     continue
             except OSError:
                 pass
@@ -291,10 +288,7 @@ class Devkit:
             if data is None:
                 raise UserError(f"{self.location}: no data/{name} inside; is it {DEVKIT_TARBALL}?")
             return data
-        try:
-            return (self.location / name).read_bytes()
-        except OSError as exc:
-            raise UserError(f"{self.location / name}: cannot read it ({exc.strerror or exc})") from None
+        return read_regular(self.location / name, "the devkit's file")
 
     def _from_tarball(self, name: str) -> bytes | None:
         try:
@@ -395,7 +389,7 @@ def _load_folder(root: Path, notes: tuple[str, ...] = ()) -> Dataset:
     ids = _assign_ids(_walk_images(root), root)
     labels: dict[str, tuple[int, ...]] = {}
     labels_csv = root / LABELS_CSV
-    if labels_csv.is_file():
+    if os.path.lexists(labels_csv):  # anything by that name is read, or refused in one line: never ignored silently
         labels = _labels_by_id(labels_csv, ids, root)
     elif any(n.startswith("ILSVRC2012_val_") for n in ids):
         notes += (
@@ -514,6 +508,7 @@ def records_from_paths(paths: Sequence[str | os.PathLike]) -> Dataset:
             raise UserError(f"{path} is a folder, not an image file: give the image files (a glob such as "
                             f"{path / '*.jpg'} works), or the folder as `xfverify native --data`")
         if not path.is_file():
-            raise UserError(f"{path}: no such image file")
+            kind = not_regular_kind(os.stat(path).st_mode) if path.exists() else None
+            raise UserError(f"{shown(path)}: {kind}, not an image file" if kind else f"{shown(path)}: no such image file")
         records.append(ImageRecord(image_id=path.stem, path=str(path.resolve())))
     return Dataset(root=os.getcwd(), layout="files", records=tuple(records))

@@ -11,7 +11,6 @@ Runtime row of ``--onnx``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -48,6 +47,7 @@ from xfverify.evaluator.pipeline.outdir import (
     default_out_dir,
     earlier_outputs_note,
     in_owned_folder,
+    move_in,
 )
 from xfverify.evaluator.pipeline.request import prepare
 from xfverify.evaluator.process.blocks import PrecisionBlock
@@ -70,6 +70,7 @@ from xfverify.evaluator.system import console
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
+from xfverify.models.user_input import parse_json, read_text, shown
 from xfverify.models.variants import (
     GPU_ONLY,
     RUNTIME,
@@ -79,6 +80,9 @@ from xfverify.models.variants import (
     select_variants,
     user_variant,
 )
+
+
+SPEC_LIMIT = 2**20  # a --spec file's bytes: a few variants are a few hundred
 
 
 @dataclass
@@ -116,12 +120,10 @@ def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: Diagnos
             options.extra_notes.append(f"left out without an NVIDIA GPU: {', '.join(left_out)}")
     variants = select_variants(every, options.variants)
     for path in options.spec_files:
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise UserError(f"--spec {path}: cannot read it ({exc.strerror})") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"--spec {path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        data = parse_json(read_text(path, "--spec", SPEC_LIMIT), f"--spec {shown(path)}")
+        if data == []:
+            raise UserError(f"--spec {shown(path)}: an empty list names no variant; give one or more objects "
+                            '{"name": ..., "preset": optional, "set": {field: value}}')
         for item in data if isinstance(data, list) else [data]:
             variants.append(user_variant(item, path) if isinstance(item, dict) else user_variant({}, path))
     precisions = precision_variants(options.precisions, options.precision, card.framework)
@@ -132,7 +134,10 @@ def chosen_variants(card: ModelCard, reference: PreprocessSpec, options: Diagnos
     if repeated:
         raise UserError(f"variant name {', '.join(repeated)} is used twice: rename the --spec variant")
     for variant in variants:
-        spec = variant.resolve(reference)
+        try:
+            spec = variant.resolve(reference)
+        except UserError as exc:
+            raise UserError(f"variant {shown(variant.name)}: {exc}") from None
         if spec.layout != card.input_layout:
             raise UserError(f"variant {variant.name} produces {spec.layout} tensors but {card.id} takes "
                             f"{card.input_layout}: add \"layout\": \"{card.input_layout}\" to its set")
@@ -169,29 +174,23 @@ def run_diagnose(options: DiagnoseOptions) -> tuple[DiagnoseReport, Path]:
     return report, out_dir
 
 
-def _check_outputs(out_dir: Path) -> None:
-    """Before any work: the report's files and the reference's folder can be written where they go."""
-    earlier_outputs_note(out_dir, OUTPUTS)
-    ref_folder = out_dir / DIAGNOSE_REFERENCE_FOLDER
-    if ref_folder.exists() and not ref_folder.is_dir():
-        raise UserError(f"--out {out_dir}: {DIAGNOSE_REFERENCE_FOLDER} there is a file (the reference run goes in a folder of "
-                        "that name); move it away or choose another --out")
-    for name in NATIVE_OUTPUTS:
-        if (ref_folder / name).is_dir():
-            raise UserError(f"--out {out_dir}: {DIAGNOSE_REFERENCE_FOLDER}/{name} there is a folder; move it away or choose "
-                            "another --out")
+ONNX_FOLDER = "onnx"  # where, inside a diagnose run's --out, the ONNX Runtime row's run goes (--onnx)
 
 
 def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timeline) -> DiagnoseReport:
-    _check_outputs(out_dir)
+    """The passes, then every output staged in the work folder (the reference's native run, the ONNX run of --onnx,
+    the report) and moved into --out as one step: a failed run leaves the earlier diagnosis whole."""
+    earlier_outputs_note(out_dir, OUTPUTS, "diagnose", {DIAGNOSE_REFERENCE_FOLDER: NATIVE_OUTPUTS,
+                                                        ONNX_FOLDER: NATIVE_OUTPUTS})
     runs = evaluate_variants(card, reference, variants, dataset, options, workdir, timeline)
-    ref_folder = out_dir / DIAGNOSE_REFERENCE_FOLDER
-    ref_folder.mkdir(exist_ok=True)
+    staged = workdir / "outputs"
+    ref_folder = staged / DIAGNOSE_REFERENCE_FOLDER
+    ref_folder.mkdir(parents=True)
     ref_run = runs[0].run
     native_report = assemble_report(card, reference, dataset, ref_run.cached, ref_run.build, ref_run.result,
                                     ref_run.timing, ref_run.topk, options)
     save_native_run(ref_folder, workdir / "variant-0", native_report, dataset, ref_run)  # a native run's folder
-    onnx_pass = _onnx_axis(card, options, out_dir, ref_folder) if options.onnx else None
+    onnx_pass = _onnx_axis(card, options, staged, out_dir) if options.onnx else None
     rows = _rows(runs, dataset, onnx_pass, np.load(ref_folder / "logits.npy"))
     notes = list(native_report.notes)  # the reference's, its non-finite outputs among them; then the others'
     for run in runs[1:]:
@@ -209,7 +208,9 @@ def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timel
         decomposition=decomposition(published.top1_error if published else None, rows[0], rows[1:]),
         cost=_cost(runs, timeline), notes=notes, xfverify_version=__version__,
     )
-    write_diagnose_outputs(out_dir, workdir, report, _flip_images(runs, report, dataset))
+    write_diagnose_outputs(staged, report, _flip_images(runs, report, dataset))
+    made = (DIAGNOSE_REFERENCE_FOLDER, *((ONNX_FOLDER,) if onnx_pass else ()), *OUTPUTS)
+    move_in(out_dir, staged, made, stale=() if onnx_pass else (ONNX_FOLDER,))
     return report
 
 
@@ -353,11 +354,14 @@ class _AgainstReference:
         )
 
 
-def _onnx_axis(card: ModelCard, options: DiagnoseOptions, out_dir: Path, ref_folder: Path) -> OutsidePass:
-    """ONNX Runtime on the reference's tensors through `xfverify onnx --against` the reference run."""
+def _onnx_axis(card: ModelCard, options: DiagnoseOptions, staged: Path, out_dir: Path) -> OutsidePass:
+    """ONNX Runtime on the reference's tensors through `xfverify onnx --against` the reference run, both staged
+    (its report names the reference folder where it will be in --out)."""
     shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(OnnxOptions) if hasattr(options, f.name)
               and f.name not in ("out", "preprocess", "overrides", "extra_notes", "target")}
-    run = run_onnx(OnnxOptions(**shared, target=card.id, against=str(ref_folder), out=str(out_dir / "onnx")))
+    run = run_onnx(OnnxOptions(**shared, target=card.id, against=str(staged / DIAGNOSE_REFERENCE_FOLDER),
+                               out=str(staged / ONNX_FOLDER)),
+                   against_moves_to=out_dir / DIAGNOSE_REFERENCE_FOLDER)
     variant = Variant(name="onnx-runtime", group=RUNTIME, why=f"ONNX Runtime {run.report.runtime.version} on the "
                       f"reference's tensors ({run.report.onnx.exporter})")
     return OutsidePass(variant, np.load(run.out_dir / "logits.npy"), run.report.tensors_sha256, run.report.precision)

@@ -41,7 +41,7 @@ def run_native(options: NativeOptions) -> SavedRun:
 
 
 def _run_in(out_dir, workdir, card, spec, dataset, options, timeline) -> tuple[NativeReport, list[Prediction]]:
-    notes = earlier_outputs_note(out_dir, NATIVE_OUTPUTS)
+    notes = earlier_outputs_note(out_dir, NATIVE_OUTPUTS, "native")
     console.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; preprocessing {spec.name}")
     job = EvaluateJob(
         model=card.id,
@@ -60,4 +60,4 @@ def _run_in(out_dir, workdir, card, spec, dataset, options, timeline) -> tuple[N
     run = evaluate_cached(card.framework, job, spec, dataset, options, workdir, timeline)
     report = assemble_report(card, spec, dataset, run.cached, run.build, run.result, run.timing, run.topk, options,
                              notes)
-    return report, save_native_run(out_dir, workdir, report, dataset, run)
+    return save_native_run(out_dir, workdir, report, dataset, run)

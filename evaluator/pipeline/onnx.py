@@ -3,6 +3,7 @@ of a native run, compared with it: errors, time, and agreement image by image.""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -24,6 +25,7 @@ from xfverify.evaluator.pipeline.native_run import (
     SavedRun,
     UnusableNativeRun,
     check_against,
+    check_scores,
     load_native,
     save_native_run,
 )
@@ -32,11 +34,13 @@ from xfverify.evaluator.pipeline.options import (
     OnnxOptions,
     RunOptions,
     check_run_options,
+    refuse_unless_regular,
 )
 from xfverify.evaluator.pipeline.outdir import (
     default_out_dir,
     earlier_outputs_note,
     in_owned_folder,
+    move_in,
 )
 from xfverify.evaluator.pipeline.request import prepare
 from xfverify.evaluator.process.blocks import RandomWeights
@@ -59,6 +63,7 @@ from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError
 from xfverify.models.overrides import parse_overrides
 from xfverify.models.preprocess import resolve_preprocess, spec_from_dict
+from xfverify.models.user_input import shown
 
 
 def _native_options(options: OnnxOptions, out: Path) -> NativeOptions:
@@ -78,13 +83,14 @@ def _matches(native: NativeReport, wanted: NativeOptions) -> bool:
             and native.dataset.manifest_sha256 == dataset.manifest_sha256() and same_weights)
 
 
-def native_run_for(options: OnnxOptions, out_dir: Path) -> NativeOnDisk:
-    """``--against``'s native run, or the one in ``--out/native`` when it answers the same request, or a new one."""
+def native_run_for(options: OnnxOptions, out_dir: Path, workdir: Path) -> tuple[NativeOnDisk, bool]:
+    """``--against``'s native run, or the one in ``--out/native`` when it answers the same request, or a new one, made
+    in the work folder's ``native/`` (moved into --out with the ONNX run's outputs); and whether it is new."""
     if options.against:
-        return load_native(Path(options.against))
+        return load_native(Path(options.against)), False
     folder = out_dir / ONNX_NATIVE_FOLDER
-    wanted = _native_options(options, folder)
-    if (folder / "report.json").is_file():
+    wanted = _native_options(options, workdir / ONNX_NATIVE_FOLDER)
+    if os.path.lexists(folder / "report.json"):
         try:
             earlier = load_native(folder, "--out")
         except UnusableNativeRun as exc:  # xfverify's own folder, damaged (a killed copy, an edit): made again
@@ -92,10 +98,10 @@ def native_run_for(options: OnnxOptions, out_dir: Path) -> NativeOnDisk:
         else:
             if _matches(earlier.report, wanted):
                 console.info(f"comparing with the native run in {folder}")
-                return earlier
+                return earlier, False
     console.info(f"running {options.target} natively first, into {folder}")
     run: SavedRun = run_native(wanted)
-    return NativeOnDisk(run.report, run.out_dir, np.load(run.out_dir / "logits.npy"))
+    return NativeOnDisk(run.report, folder, np.load(run.out_dir / "logits.npy")), True
 
 
 def _export(options: OnnxOptions, native: NativeOnDisk, hw: tuple[int, int]) -> ExportOutcome:
@@ -126,9 +132,10 @@ def _status(event: Event) -> None:
         console.info(event.message)
 
 
-def run_onnx(options: OnnxOptions) -> SavedRun:
+def run_onnx(options: OnnxOptions, against_moves_to: Path | None = None) -> SavedRun:
     """Evaluate the ONNX export of a model (or a user's ONNX file) under ONNX Runtime on a native run's tensors;
-    write report.json, report.md, logits.npy, predictions.csv into --out; return the report."""
+    write report.json, report.md, logits.npy, predictions.csv into --out; return the report. ``against_moves_to``:
+    where ``--against``'s run will be once its caller moves it in (the report names that folder)."""
     timeline = {"started": time.time()}
     check_run_options(options)
     for name, value in (("--atol", options.atol), ("--rtol", options.rtol)):
@@ -139,8 +146,9 @@ def run_onnx(options: OnnxOptions) -> SavedRun:
     if options.is_file:
         if os.path.isdir(options.target):
             raise UserError(f"{options.target} is a folder, not an ONNX file: give the .onnx file in it")
-        if not os.path.isfile(options.target):
+        if not os.path.lexists(options.target):
             raise UserError(f"{options.target}: no such ONNX file")
+        refuse_unless_regular(options.target, "ONNX file", "an ONNX file")
         if options.opset is not None:
             raise UserError(f"--opset applies to a model's export; {options.target} has its own opset: leave it out")
         if options.weights or options.random_weights:
@@ -153,13 +161,34 @@ def run_onnx(options: OnnxOptions) -> SavedRun:
     else:
         name = get_card(options.target).id
     out_dir = Path(options.out) if options.out else default_out_dir(name, "onnx")
-    return in_owned_folder(out_dir, lambda workdir: _run_in(options, out_dir, workdir, timeline))
+    if options.against and os.path.realpath(options.against) == os.path.realpath(out_dir):
+        raise UserError(f"--out {shown(out_dir)} is the --against folder: the ONNX run would replace the native run it "
+                        "compares with; choose another --out")
+    return in_owned_folder(out_dir, lambda workdir: _run_in(options, out_dir, workdir, timeline, against_moves_to))
 
 
-def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[str, float]) -> SavedRun:
+def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[str, float],
+            against_moves_to: Path | None) -> SavedRun:
     card = None if options.is_file else get_card(options.target)
-    notes = earlier_outputs_note(out_dir, NATIVE_OUTPUTS)  # before the native run and the export, not after them
-    native = native_run_for(options, out_dir) if card or options.against else None
+    # before the native run and the export, not after them
+    notes = earlier_outputs_note(out_dir, NATIVE_OUTPUTS, "onnx", {ONNX_NATIVE_FOLDER: NATIVE_OUTPUTS})
+    native, new_native = native_run_for(options, out_dir, workdir) if card or options.against else (None, False)
+    if native and against_moves_to is not None:
+        native = dataclasses.replace(native, folder=against_moves_to)
+    try:
+        return _compared(options, out_dir, workdir, timeline, card, notes, native, new_native)
+    except BaseException:
+        staged = workdir / ONNX_NATIVE_FOLDER
+        # finished work kept where no report describes other data: the next run reuses it
+        if new_native and staged.is_dir() and not os.path.lexists(out_dir / "report.json"):
+            with contextlib.suppress(OSError):  # the error on its way out is the one to show
+                move_in(out_dir, workdir, (ONNX_NATIVE_FOLDER,))
+        raise
+
+
+def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[str, float], card, notes: list[str],
+              native: NativeOnDisk | None, new_native: bool) -> SavedRun:
+    """The export (or the user's file) under ONNX Runtime on ``native``'s tensors, compared with it and saved."""
     default = spec_from_dict(native.report.preprocess) if native else None
     data, limit = options.data, options.limit
     if native and not data:  # the native run's images, unless others are asked for
@@ -172,6 +201,8 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
     if native and dataset.manifest_sha256() != native.report.dataset.manifest_sha256:
         raise UserError(f"the images differ from the native run's in {native.folder} (manifest sha256): "
                         "give the same --data, --limit and --per-class, or leave them out")
+    if native:
+        check_scores(native, dataset)
     hw = spec_hw(spec)
     if card:
         outcome = _export(options, native, hw)
@@ -222,7 +253,8 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
         onnx_over_native_time=round(run.result.timing.compute_s / native.report.timing.compute_s, 3)
         if native and native.report.timing.compute_s else None,
     )
-    rows = save_native_run(out_dir, workdir, report, dataset, run)
+    report, rows = save_native_run(out_dir, workdir, report, dataset, run,
+                                   also=(ONNX_NATIVE_FOLDER,) if new_native else ())
     return SavedRun(report, out_dir, rows)
 
 
@@ -236,5 +268,6 @@ def _native_reference(native: NativeOnDisk | None) -> NativeReference | None:
     report = native.report
     return NativeReference(folder=str(native.folder.resolve()), framework=report.framework, device=report.device,
                            top1_error=report.top1_error, top5_error=report.top5_error,
-                           tensors_sha256=report.tensors_sha256, compute_s=report.timing.compute_s,
+                           tensors_sha256=report.tensors_sha256, logits_sha256=report.logits_sha256,
+                           compute_s=report.timing.compute_s,
                            images_per_s=report.timing.images_per_s)

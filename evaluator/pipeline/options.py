@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from xfverify.evaluator.analysis.agreement import ATOL_FRACTION, RTOL
 from xfverify.models.errors import UserError
+from xfverify.models.user_input import not_regular_kind, shown
 
 DEFAULT_MODEL = "pypi/efficientnet_lite0"
 
@@ -70,12 +71,25 @@ def check_run_options(options: RunOptions) -> None:
         raise UserError(f"--on-bad-image must be error or skip, got {options.on_bad_image!r}")
     if options.batch_size is not None and options.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {options.batch_size}")
-    if options.weights and not os.path.isfile(options.weights):
-        what = "a folder, not a weights file" if os.path.isdir(options.weights) else "no such file"
-        raise UserError(f"--weights {options.weights}: {what}")
+    if options.weights:
+        refuse_unless_regular(options.weights, "--weights", "a weights file")
     if options.weights and os.path.getsize(options.weights) == 0:
         raise UserError(f"--weights {options.weights}: the file is empty")
     if not 0 <= options.seed <= MAX_SEED:
         raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {options.seed}")
     if options.workers is not None and options.workers <= 0:
         raise UserError(f"--workers must be positive, got {options.workers} (leave it out to use every core)")
+
+
+def refuse_unless_regular(path: str, option: str, what: str) -> None:
+    """``path`` is a regular file (links followed), else one line: missing, or what it is instead (a folder, a FIFO
+    or a device, which a framework would wait on or read without end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UserError(f"{option} {shown(path)}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"{option} {shown(path)}: cannot read it ({exc.strerror or exc})") from None
+    kind = not_regular_kind(mode)
+    if kind is not None:
+        raise UserError(f"{option} {shown(path)}: {kind}, not {what}")

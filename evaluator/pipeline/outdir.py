@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import os
 import re
 import shutil
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from xfverify.evaluator.system import console
-from xfverify.evaluator.system.files import owned_folder, writable_folder
+from xfverify.evaluator.system.files import disk_full_error, is_disk_full, owned_folder, writable_folder
 from xfverify.models.errors import UserError
+from xfverify.models.user_input import read_regular, shown
 
 
 def default_out_dir(model_id: str, verb: str = "native") -> Path:
@@ -42,6 +44,13 @@ def in_owned_folder(out_dir: Path, work: Callable[[Path], Result]) -> Result:
             finally:
                 if workdir.is_dir() and not workdir.is_symlink():
                     shutil.rmtree(workdir, ignore_errors=True)
+    except OSError as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only if empty
+        if is_disk_full(exc):  # anywhere in the run (the lock, the work folder, a report): one line, not a traceback
+            raise disk_full_error(exc, out_dir) from None
+        raise
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
@@ -70,12 +79,89 @@ def _fresh_work_folder(out_dir: Path) -> Path:
     return workdir
 
 
-def earlier_outputs_note(out_dir: Path, names: tuple[str, ...]) -> list[str]:
-    """Refuse outputs that cannot be replaced (checked before any work); say so when an earlier report will be."""
+REPORT = "report.json"
+STUDY_REPORT = "study.json"  # a study's --out holds this, and its cells' runs in cells/
+VERBS = ("native", "onnx", "diagnose")
+
+
+def refuse_a_commands_run(out_dir: Path) -> None:
+    """A study's --out is not another command's: one holding a native, onnx or diagnose run is refused, naming it."""
+    kind = _earlier_kind(out_dir)
+    if kind is not None:
+        raise UserError(f"--out {shown(out_dir)} holds an `xfverify {kind}` run (its {REPORT}): a study does not mix its "
+                        "outputs with another command's; choose another --out, or move that run away")
+
+
+def earlier_outputs_note(out_dir: Path, names: tuple[str, ...], verb: str,
+                         folders: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+    """Before any work: refuse a --out holding another command's run (its report.json says which, or a study's
+    study.json), an output name
+    taken by a folder, and an output folder holding files xfverify does not write there (``folders``: each folder's
+    name and the files a run puts in it); say so when an earlier report of this command will be replaced."""
     for name in names:
-        if (out_dir / name).is_dir():
-            raise UserError(f"--out {out_dir}: {name} there is a folder; move it away or choose another --out")
-    if not (out_dir / "report.json").exists():
+        if os.path.isdir(out_dir / name):
+            raise UserError(f"--out {shown(out_dir)}: {name} there is a folder; move it away or choose another --out")
+    study = os.path.lexists(out_dir / STUDY_REPORT)
+    kind = "study" if study else _earlier_kind(out_dir)
+    if kind is not None and kind != verb:
+        found = STUDY_REPORT if study else REPORT
+        raise UserError(f"--out {shown(out_dir)} holds an `xfverify {kind}` run (its {found}): a {verb} run does not "
+                        "mix its outputs with another command's; choose another --out, or move that run away")
+    for name, expected in (folders or {}).items():
+        _check_output_folder(out_dir, name, expected)
+    if not os.path.lexists(out_dir / REPORT):
         return []
-    console.info(f"--out {out_dir} holds an earlier report: this run replaces it when it finishes")
+    console.info(f"--out {shown(out_dir)} holds an earlier report: this run replaces it when it finishes")
     return [f"this report replaced an earlier one in {out_dir}"]
+
+
+def _earlier_kind(out_dir: Path) -> str | None:
+    """The command whose report.json is in ``out_dir``; None when there is none or it says no command (damaged)."""
+    path = out_dir / REPORT
+    if not os.path.lexists(path):
+        return None
+    data = read_regular(path, "--out", 256 * 2**20)  # a FIFO or a device there: one line, never waited on
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    kind = parsed.get("kind") if isinstance(parsed, dict) else None
+    return kind if kind in VERBS else None
+
+
+def _check_output_folder(out_dir: Path, name: str, expected: tuple[str, ...]) -> None:
+    """``out_dir/name`` is absent, or a real folder holding only files a run of xfverify writes there."""
+    path = out_dir / name
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        raise UserError(f"--out {shown(out_dir)}: {name} there is not a folder (a symbolic link or a file) and a run "
+                        f"writes its {name}/ folder there; move it away or choose another --out")
+    for entry in sorted(os.listdir(path)):
+        if entry not in expected or not stat.S_ISREG(os.lstat(path / entry).st_mode):
+            raise UserError(f"--out {shown(out_dir)}: {name}/{shown(entry)} there is not a file xfverify writes, and a "
+                            f"run replaces {name}/ whole; move it away or choose another --out")
+
+
+def move_in(out_dir: Path, staged: Path, names: tuple[str, ...], stale: tuple[str, ...] = ()) -> None:
+    """Move a finished run's outputs from ``staged`` into ``out_dir`` as one step: the earlier report.json is taken
+    away first and the new one comes last, so the folder never holds a report beside another run's files (an
+    interruption in between leaves no report, never a wrong one). Folders replace folders of the same name (checked
+    by ``earlier_outputs_note`` to hold only xfverify's files); ``stale`` names this command's outputs an earlier
+    run wrote that this one does not (diagnose's onnx/ without --onnx): removed."""
+    retired = staged / ".replaced"
+    retired.mkdir(exist_ok=True)
+    if os.path.lexists(out_dir / REPORT):
+        os.replace(out_dir / REPORT, retired / REPORT)
+    for name in stale:
+        if os.path.isdir(out_dir / name) and not os.path.islink(out_dir / name):
+            os.replace(out_dir / name, retired / name)
+    ordered = [n for n in names if n != REPORT] + [n for n in names if n == REPORT]
+    for name in ordered:
+        source, target = staged / name, out_dir / name
+        if os.path.isdir(source) and os.path.isdir(target) and not os.path.islink(target):
+            os.replace(target, retired / name)
+        os.replace(source, target)
+    shutil.rmtree(retired, ignore_errors=True)

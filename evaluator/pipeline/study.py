@@ -25,7 +25,7 @@ from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, run_diagnose
 from xfverify.evaluator.pipeline.native import run_native
 from xfverify.evaluator.pipeline.onnx import run_onnx
 from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions, check_run_options
-from xfverify.evaluator.pipeline.outdir import in_owned_folder
+from xfverify.evaluator.pipeline.outdir import in_owned_folder, refuse_a_commands_run
 from xfverify.evaluator.reports.diagnose import DiagnoseReport
 from xfverify.evaluator.reports.native import NativeReport, OnnxReport
 from xfverify.evaluator.reports.study import (
@@ -48,6 +48,7 @@ from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import resolve_preprocess
 from xfverify.models.study import Cell, StudySpec, cells_of, load_study
+from xfverify.models.user_input import cached_bytes
 
 EXECUTORS = ("local", "ray")
 CELL_FILE = "cell.json"
@@ -140,6 +141,7 @@ def plan_cells(cells: list[Cell], dataset: Dataset, options: StudyOptions, out_d
 
 def _run_in(study: StudySpec, plan: list[PlannedCell], dataset: Dataset, options: StudyOptions, out_dir: Path,
             execute: Callable, started: float) -> StudyReport:
+    refuse_a_commands_run(out_dir)
     (out_dir / "cells").mkdir(exist_ok=True)
     done = {planned.key: result for planned in plan if (result := finished_cell(planned)) is not None}
     todo = [planned for planned in plan if planned.key not in done]
@@ -172,13 +174,21 @@ def _run_in(study: StudySpec, plan: list[PlannedCell], dataset: Dataset, options
 def finished_cell(planned: PlannedCell) -> CellResult | None:
     """The cell's recorded result when it finished with this very key (anything else: it runs again)."""
     path = planned.folder / CELL_FILE
-    if not path.is_file() or path.is_symlink():
+    if path.is_symlink():
+        return None
+    recorded = cached_bytes(path)  # a FIFO or a device there: run again, never waited on
+    if recorded is None:
         return None
     try:
-        result = CellResult.model_validate_json(path.read_bytes())
+        result = CellResult.model_validate_json(recorded)
     except ValueError:
         return None
-    return result if result.key == planned.key and result.status == "done" else None
+    if result.key != planned.key or result.status != "done":
+        return None
+    report = cached_bytes(planned.folder / "report.json")
+    if report is None or result.report_sha256 != hashlib.sha256(report).hexdigest():
+        return None  # the numbers recorded are no longer those of the report beside them (replaced, edited, gone)
+    return result
 
 
 def run_cell(planned: PlannedCell, results: dict[str, CellResult], options: StudyOptions) -> CellResult:
@@ -210,7 +220,8 @@ def run_cell(planned: PlannedCell, results: dict[str, CellResult], options: Stud
     except UserError as exc:
         console.info(f"cell {cell.run} {cell.model} failed: {exc}")
         return _result(planned, started, "failed", error=str(exc))
-    return _result(planned, started, "done", **outcome)
+    report_sha256 = hashlib.sha256((planned.folder / "report.json").read_bytes()).hexdigest()
+    return _result(planned, started, "done", report_sha256=report_sha256, **outcome)
 
 
 def record_cell(planned: PlannedCell, result: CellResult) -> None:

@@ -6,8 +6,10 @@ beside torch >= 2); the worker side is :mod:`xfverify.evaluator.process.worker`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,6 +22,7 @@ from xfverify.evaluator.process.events import RUN_PID_ENV, USER_ERROR_EXIT, Even
 from xfverify.evaluator.process.registry import BACKENDS
 from xfverify.evaluator.process.tasks import TASKS
 from xfverify.evaluator.process import warm
+from xfverify.evaluator.system.files import disk_full_error
 from xfverify.models.errors import UserError
 
 
@@ -104,6 +107,9 @@ def run_worker(
         if code == USER_ERROR_EXIT and error_path.exists():
             raise UserError(json.loads(error_path.read_text())["message"])
         stderr_tail = stderr_path.read_text(errors="replace")[-6000:]
+        full = _disk_full_at(workdir)
+        if full is not None and (code == USER_ERROR_EXIT or not stderr_tail.strip() or "No space left" in stderr_tail):
+            raise full  # the worker could not even write why: its folder's disk is full
         if "No module named 'xfverify'" in stderr_tail:
             raise UserError(
                 f"{command[0]} cannot import xfverify: install it there (pip install 'xfverify[{framework}]') "
@@ -117,3 +123,15 @@ def run_worker(
             own_tmp.cleanup()
 
 
+FULL_BELOW = 1 << 20  # free bytes under which a worker that died without saying why is taken to have hit a full disk
+
+
+def _disk_full_at(folder: Path) -> UserError | None:
+    """A full-disk error for ``folder`` when its disk has (next to) no room left, else None."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= FULL_BELOW:
+        return None
+    return disk_full_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), folder)

@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 from xfverify.evaluator.process.events import RUN_PID_ENV, USER_ERROR_EXIT, milestone
+from xfverify.evaluator.system.files import disk_full_error, is_disk_full
 from xfverify.evaluator.system.orphans import exit_when_orphaned
 from xfverify.models.errors import UserError
 
@@ -51,13 +52,23 @@ def main(argv: list[str] | None = None) -> int:
         milestone("framework_imported")
         result = getattr(backend, task)(spec["job"], workdir)
     except UserError as exc:
-        (workdir / f"{task}.error.json").write_text(json.dumps({"message": str(exc)}))
-        return USER_ERROR_EXIT
+        return _user_error(workdir, task, exc)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            traceback.print_exc()
+            sys.stderr.flush()
+            return 1
+        return _user_error(workdir, task, disk_full_error(exc, workdir))
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()
         return 1
-    (workdir / f"{task}.result.json").write_text(result.model_dump_json())  # a result type of process.tasks
+    try:
+        (workdir / f"{task}.result.json").write_text(result.model_dump_json())  # a result type of process.tasks
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        return _user_error(workdir, task, disk_full_error(exc, workdir))
     return 0
 
 
@@ -119,6 +130,16 @@ def serve(socket_fd: int, module: str) -> int:
                 os.close(key.fileobj)
                 _, status = os.waitpid(key.data, 0)
                 channel.sendall(json.dumps({"exited": key.data, "code": os.waitstatus_to_exitcode(status)}).encode())
+
+
+def _user_error(workdir: Path, task: str, exc: UserError) -> int:
+    """error.json for the parent and the user-error exit code; on a disk too full even for that file, the parent
+    finds the disk full itself (launcher.py)."""
+    try:
+        (workdir / f"{task}.error.json").write_text(json.dumps({"message": str(exc)}))
+    except OSError:
+        pass
+    return USER_ERROR_EXIT
 
 
 if __name__ == "__main__":

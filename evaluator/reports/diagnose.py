@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,8 +17,8 @@ from xfverify.evaluator.process.blocks import DiagnoseWeightsBlock, PrecisionBlo
 from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo
 from xfverify.evaluator.reports.native import DatasetInfo, PublishedInfo
 from xfverify.evaluator.reports.page import STYLE, svg
-from xfverify.evaluator.system.files import atomic_write_text
 from xfverify.models.imagenet import class_name
+from xfverify.models.user_input import shown
 from xfverify.models.variants import RUNTIME
 
 OUTPUTS = ("report.md", "report.html", "report.json")
@@ -203,14 +202,12 @@ def decomposition(published: float | None, reference: VariantRow, variants: list
     )
 
 
-def write_diagnose_outputs(out_dir: Path, workdir: Path, report: DiagnoseReport, images: dict[int, np.ndarray]) -> None:
-    """report.json, report.md and report.html written in the work folder, then moved into ``out_dir`` together."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(workdir / "report.json", report.model_dump_json(indent=1) + "\n")
-    atomic_write_text(workdir / "report.md", markdown(report))
-    atomic_write_text(workdir / "report.html", html_page(report, images))
-    for name in OUTPUTS:
-        os.replace(workdir / name, out_dir / name)
+def write_diagnose_outputs(folder: Path, report: DiagnoseReport, images: dict[int, np.ndarray]) -> None:
+    """report.json, report.md and report.html written into ``folder`` (the run's staging folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(report.model_dump_json(indent=1) + "\n")
+    (folder / "report.md").write_text(markdown(report))
+    (folder / "report.html").write_text(html_page(report, images))
 
 
 def _rows(report: DiagnoseReport) -> list[VariantRow]:
@@ -251,7 +248,7 @@ def markdown(report: DiagnoseReport) -> str:
     lines += ["", "## Cost", "", *(f"- {k}: {v}" for k, v in report.cost.model_dump(exclude={"passes"}).items())]
     lines += [f"- pass {p.name}: warm-up {p.warmup_s} s, loop {p.loop_wall_s} s" for p in report.cost.passes]
     if report.notes:
-        lines += ["", "## Notes", "", *(f"- {n}" for n in report.notes)]
+        lines += ["", "## Notes", "", *(f"- {shown(n)}" for n in report.notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -288,7 +285,7 @@ def waterfall_svg(report: DiagnoseReport) -> str:
         x = i + (2 if d.published is not None else 1)
         axes.errorbar([x], [step.end], yerr=[[step.end - (step.start + step.delta_ci95[0])],
                                              [(step.start + step.delta_ci95[1]) - step.end]], color="black", capsize=3)
-    axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right", parse_math=False)  # user names: text
     axes.set_ylabel("top-1 error %")
     axes.set_title("published -> reference; each significant variant on its own (deltas with 95 % CI; hatched: runtime)",
                    fontsize=9)
@@ -309,7 +306,7 @@ def errors_svg(report: DiagnoseReport) -> str:
         axes.errorbar([row.top1_error], [y], xerr=[[row.top1_error - lo], [hi - row.top1_error]], fmt="o",
                       color=colour, capsize=2)
     axes.axvline(report.reference.top1_error, color="#1f77b4", linewidth=0.8, linestyle="--")
-    axes.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=8)
+    axes.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=8, parse_math=False)
     axes.invert_yaxis()
     axes.set_xlabel("top-1 error % (Wilson 95 % CI); grey: within the noise of the reference")
     return svg(figure)

@@ -22,6 +22,7 @@ from xfverify.evaluator.process.tasks import (
     RuntimeInfo,
 )
 from xfverify.models.imagenet import class_name
+from xfverify.models.user_input import shown
 
 REPORT_VERSION = 1
 
@@ -86,6 +87,11 @@ class NativeReport(BaseModel):
     preprocess: dict[str, Any]
     dataset: DatasetInfo
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # None in reports of earlier versions, which a run comparing with them refuses (nothing binds their files)
+    logits_sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                         description="sha256 of logits.npy beside this report")
+    predictions_sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                              description="sha256 of predictions.csv beside this report")
     # None in reports of earlier versions, which an `onnx --against` may read
     tensor_proof: Optional[str] = Field(default=None, description="how the fed tensors were proven to be tensors_sha256's")
     batch_size: Optional[int] = None
@@ -132,6 +138,8 @@ class NativeReference(_Open):
     top1_error: Optional[float]
     top5_error: Optional[float]
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    logits_sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                         description="sha256 of the native run's logits.npy compared with")
     compute_s: float
     images_per_s: Optional[float]
 
@@ -282,14 +290,14 @@ def write_markdown(path: Path, report: NativeReport, rows: list[Prediction]) -> 
         lines += [f"- {at:8.3f} s  {name.replace('_', ' ')}" for name, at in report.timing.timeline_s.items()]
     if isinstance(report, OnnxReport) and report.agreement and report.agreement.flips:
         lines += ["", "## Top-1 flips (native -> ONNX)", ""]
-        lines += [f"- `{f.image_id}`: {f.native_top1} -> {f.onnx_top1}, labels {f.labels}, right: {f.right}"
+        lines += [f"- `{shown(f.image_id)}`: {f.native_top1} -> {f.onnx_top1}, labels {f.labels}, right: {f.right}"
                   for f in report.agreement.flips]
     if report.notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
+        lines += ["", "## Notes", ""] + [f"- {shown(n)}" for n in report.notes]
     if report.skipped_images:
-        lines += ["", "## Skipped images", ""] + [f"- `{s.path}`: {s.reason}" for s in report.skipped_images]
+        lines += ["", "## Skipped images", ""] + [f"- `{shown(s.path)}`: {shown(s.reason)}" for s in report.skipped_images]
     preview = [
-        f"- `{row.image_id}`: {row.top1_name} ({row.top5[0]})" + (f", labels {list(row.labels)}" if row.labels else "")
+        f"- `{shown(row.image_id)}`: {row.top1_name} ({row.top5[0]})" + (f", labels {list(row.labels)}" if row.labels else "")
         for row in rows[:10]
         if row.top5
     ]

@@ -71,6 +71,9 @@ class CellResult(_Strict):
     status: Literal["done", "failed", "skipped"]
     error: Optional[str] = None
     seconds: float
+    report_sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                         description="sha256 of the cell's report.json when it finished (a cell whose "
+                                                     "report changed since runs again)")
     native: Optional[NativeCell] = None
     onnx: Optional[OnnxCell] = None
     diagnose: Optional[DiagnoseCell] = None

@@ -12,14 +12,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from xfverify.models.user_input import shown
+
 # Off a terminal (a pipe, a log file) nothing limits the width: wide tables keep one line per row.
 console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 err_console = Console(stderr=True)
 
 
 def info(message: str) -> None:
-    """A status line on stderr."""
-    err_console.print(f"[dim]xfverify:[/dim] {escape(message)}", highlight=False)
+    """A status line on stderr (control characters escaped: names and paths from the user or the data cannot drive
+    the terminal)."""
+    err_console.print(f"[dim]xfverify:[/dim] {escape(shown(message))}", highlight=False)
 
 
 class _Tracker:
@@ -96,6 +99,6 @@ def progress_group() -> Iterator[ProgressGroup]:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print one error line and exit."""
-    err_console.print(f"[bold red]xfverify: error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    """Print one error line (control characters escaped) and exit."""
+    err_console.print(f"[bold red]xfverify: error:[/bold red] {escape(shown(message))}", highlight=False, soft_wrap=True)
     sys.exit(code)

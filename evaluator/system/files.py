@@ -16,6 +16,7 @@ import numpy as np
 
 from xfverify.evaluator.system.locks import open_lock_file
 from xfverify.models.errors import UserError
+from xfverify.models.user_input import shown
 
 
 def writable_folder(path: Path, what: str) -> Path:
@@ -82,6 +83,26 @@ def no_space_error(folder: Path, needed: int, fix: str, free: int | None = None)
             pass
     shown = "unknown" if free is None else _megabytes(free)
     return UserError(f"no room for {_megabytes(needed)} in {folder} (free: {shown}): {fix}")
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write refused for want of room (no space left, or over a disk quota)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+def disk_full_error(exc: OSError, folder: Path) -> UserError:
+    """One line for a full disk: the folder written to (the file's, where the error names it) and its free space."""
+    where = Path(exc.filename).parent if isinstance(exc.filename, (str, os.PathLike)) and exc.filename else folder
+    try:
+        free = _megabytes(shutil.disk_usage(where).free)
+    except OSError:
+        free = "unknown"
+    quota = " (over the disk quota)" if exc.errno == errno.EDQUOT else ""
+    return UserError(f"no space left on the disk of {shown(where)}{quota} (free: {free}): free some space there, or "
+                     "choose another --out or --cache-dir; finished cache shards are kept")
 
 
 def ensure_room(folder: Path, needed: int, fix: str) -> None:
