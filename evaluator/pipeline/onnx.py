@@ -16,6 +16,7 @@ from xfverify.evaluator.analysis.agreement import compare_outputs
 from xfverify.evaluator.data.layouts import SAMPLE_DIR, load_dataset
 from xfverify.evaluator.pipeline.assemble import assemble_report
 from xfverify.evaluator.pipeline.evaluation import cache_root, evaluate_cached, spec_hw
+from xfverify.evaluator.pipeline.localize import localize_run
 from xfverify.evaluator.pipeline.native import run_native
 from xfverify.evaluator.pipeline.native_run import (
     NATIVE_OUTPUTS,
@@ -54,7 +55,9 @@ from xfverify.evaluator.reports.native import (
     OnnxInfo,
     OnnxReport,
 )
+from xfverify.evaluator.reports.localize import PAGE, localization_page
 from xfverify.evaluator.system import console
+from xfverify.evaluator.system.files import atomic_write_text
 from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError
 from xfverify.models.overrides import parse_overrides
@@ -136,6 +139,10 @@ def run_onnx(options: OnnxOptions) -> SavedRun:
             raise UserError(f"{name} must be a finite number, not negative, got {value}")
     if options.opset is not None and options.opset <= 0:
         raise UserError(f"--opset must be positive, got {options.opset} (leave it out for the exporter's default)")
+    if options.localize_images <= 0:
+        raise UserError(f"--localize-images must be positive, got {options.localize_images}")
+    if options.localize_against and not os.path.isfile(options.localize_against):
+        raise UserError(f"--localize-against {options.localize_against}: no such ONNX file")
     if options.is_file:
         if os.path.isdir(options.target):
             raise UserError(f"{options.target} is a folder, not an ONNX file: give the .onnx file in it")
@@ -211,6 +218,24 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
         if compared == "softmax":
             notes.append("the model ends in softmax and so does its export: the agreement compares probabilities "
                          "with probabilities")
+    localization = None
+    asked = options.localize or bool(options.localize_against)
+    disagrees = agreement is not None and (agreement.n_flips > 0 or agreement.within_tolerance < 1.0)
+    if asked or disagrees:
+        try:
+            localization = localize_run(
+                onnx_path=onnx_path, spec=spec, run=run, image_ids=[r.image_id for r in dataset.records],
+                native=native, reference_onnx=options.localize_against, workdir=workdir,
+                n_images=options.localize_images, atol=options.atol, rtol=options.rtol)
+        except UserError as exc:
+            if asked:
+                raise
+            notes.append(f"the outputs disagree, but localizing the first divergent node failed: {exc}")
+        else:
+            if not asked:
+                notes.append(f"the outputs disagree: the {localization.cost.n_images} worst-agreeing image(s) were "
+                             "run node by node (localization; --localize asks for it on any run)")
+        timeline["localized"] = time.time()
     identity = None if card else {"model": options.target, "architecture": "unknown (a user's ONNX file)",
                                   "builder": "onnxruntime.InferenceSession", "output": onnx_info.output_kind}
     random_weights = bool(native and native.report.random_weights and card)
@@ -218,10 +243,13 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
         card, spec, dataset, run.cached, run.build, run.result, run.timing, run.topk,
         dataclasses.replace(options, random_weights=random_weights), notes,
         report_type=OnnxReport, identity=identity, runtime=run.result.runtime,
-        onnx=onnx_info, native=_native_reference(native), agreement=agreement,
+        onnx=onnx_info, native=_native_reference(native), agreement=agreement, localization=localization,
         onnx_over_native_time=round(run.result.timing.compute_s / native.report.timing.compute_s, 3)
         if native and native.report.timing.compute_s else None,
     )
+    if localization is not None:  # beside the report, moved in before it
+        atomic_write_text(workdir / PAGE, localization_page(report.model, localization))
+        os.replace(workdir / PAGE, out_dir / PAGE)
     rows = save_native_run(out_dir, workdir, report, dataset, run)
     return SavedRun(report, out_dir, rows)
 
