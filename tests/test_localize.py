@@ -162,3 +162,51 @@ def test_onnx_against_onnx_names_the_node_that_differs(mobilenet_v2, tmp_path):
     found = report["localization"]
     assert found["against"] == "onnx" and found["matched_by"] == "names"
     assert found["culprit"]["node"] == node and found["culprit"]["reference"] == found["culprit"]["tensor"]
+
+
+# --- Keras: a planted bug in tf2onnx's file (NHWC layers against the graph's NCHW tensors) --------------
+
+
+def transpose_a_square_pointwise_weight(model) -> str:
+    """A 1x1 Conv with as many outputs as inputs, its weight's two channel axes swapped (the same shape)."""
+    from onnx import numpy_helper
+
+    initialisers = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        weight = initialisers.get(node.input[1]) if node.op_type == "Conv" else None
+        if weight is not None and list(weight.dims[2:]) == [1, 1] and weight.dims[0] == weight.dims[1]:
+            swapped = np.ascontiguousarray(numpy_helper.to_array(weight).transpose(1, 0, 2, 3))
+            weight.CopyFrom(numpy_helper.from_array(swapped, weight.name))
+            return node.name
+    raise AssertionError("no square 1x1 Conv in the export")
+
+
+@pytest.fixture(scope="module")
+def keras_mobilenet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("localize-keras")
+    report = onnx_report(target="keras/MobileNet", data=str(images(root / "images")), out=str(root / "o"),
+                         random_weights=True, limit=2, batch_size=2, localize=True, localize_images=2,
+                         cache_dir=str(root / "cache"))
+    [export] = (root / "cache" / "onnx").glob("*/model.onnx")
+    return {"root": root, "report": report, "export": export}
+
+
+@needs_tensorflow
+@pytest.mark.tensorflow
+def test_a_faithful_keras_export_has_no_divergent_node(keras_mobilenet):
+    found = keras_mobilenet["report"]["localization"]
+    assert found["culprit"] is None and found["verdict"].startswith("no divergent node")
+    assert found["matched_by"] == "names" and found["n_matched"] >= 0.9 * found["n_onnx_tensors"]
+
+
+@needs_tensorflow
+@pytest.mark.tensorflow
+@pytest.mark.parametrize("plant", [transpose_a_square_pointwise_weight, scale_a_conv_weight])
+def test_a_bug_planted_in_a_keras_export_is_named(plant, keras_mobilenet, tmp_path):
+    path, node = planted(keras_mobilenet["export"], tmp_path / "planted.onnx", plant)
+    report = onnx_report(target=str(path), preprocess=keras_mobilenet["report"]["preprocess"]["name"],
+                         against=str(keras_mobilenet["root"] / "o" / "native"), out=str(tmp_path / "o"),
+                         cache_dir=str(keras_mobilenet["root"] / "cache"), localize=True, localize_images=2)
+    culprit = report["localization"]["culprit"]
+    assert culprit["node"] == node and culprit["op_type"] == "Conv", report["localization"]["verdict"]
+    assert culprit["inputs"] and not any(i["divergent"] for i in culprit["inputs"])

@@ -10,6 +10,7 @@ said with its inputs' own difference, so that a node fed a bad input is not the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
 
@@ -120,6 +121,13 @@ def _numbered(name: str) -> tuple[str, int]:
     return base, int(count) if count.isdigit() else 0
 
 
+def _scope_names(scope: str) -> list[str]:
+    """A scope as named, and without the ``_<n>`` Keras 3 appends to a layer's name scope when it is called
+    (tf2onnx's ``conv1_bn_1/...`` for layer ``conv1_bn``)."""
+    base = re.sub(r"_\d+$", "", scope)
+    return [scope, base] if base != scope else [scope]
+
+
 def match_by_names(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedTensor],
                    against: str) -> list[Pair]:
     """Each reference tensor matched to the last graph tensor of fitting shape that its exporter named after it
@@ -131,7 +139,8 @@ def match_by_names(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedT
     groups: dict[str, list[CapturedTensor]] = {}
     for tensor in onnx:
         keys = ([tensor.name, tensor.node] if against == "onnx"
-                else [*reversed(tensor.scopes), tensor.node, tensor.name])
+                else [*(name for scope in reversed(tensor.scopes) for name in _scope_names(scope)), tensor.node,
+                      tensor.name])
         key = next((k for k in keys if k in calls), None)
         if key is not None:
             groups.setdefault(key, []).append(tensor)
