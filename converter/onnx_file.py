@@ -217,7 +217,7 @@ _TORCH_NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # torch's dynamo exporter: mo
 
 
 def node_details(node: onnx.NodeProto, constants: set[str]) -> dict:
-    """What ``--localize`` says of a node: its name, operator, attributes (as short text), its inputs that are
+    """What ``--localize`` says of a node: its name (an unnamed node: its first output's), operator, attributes (as short text), its inputs that are
     computed (not initialisers), and the framework names its exporter left on it, innermost last: torch's dynamo
     exporter's module paths (metadata), else the scopes of a path-like name (torch's TorchScript exporter and
     tf2onnx name nodes ``/scope/scope/Op``), else the node's own name (MXNet names nodes after its symbols)."""
@@ -243,5 +243,5 @@ def node_details(node: onnx.NodeProto, constants: set[str]) -> dict:
         scopes = [part for part in node.name.split("/")[:-1] if part]
     else:
         scopes = [node.name] if node.name else []
-    return {"node": node.name, "op_type": node.op_type, "attributes": attributes,
+    return {"node": node.name or node.output[0], "op_type": node.op_type, "attributes": attributes,
             "inputs": [name for name in node.input if name and name not in constants], "scopes": scopes}

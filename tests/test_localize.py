@@ -210,3 +210,54 @@ def test_a_bug_planted_in_a_keras_export_is_named(plant, keras_mobilenet, tmp_pa
     culprit = report["localization"]["culprit"]
     assert culprit["node"] == node and culprit["op_type"] == "Conv", report["localization"]["verdict"]
     assert culprit["inputs"] and not any(i["divergent"] for i in culprit["inputs"])
+
+
+# --- MXNet: planted bugs in mxnet.onnx.export_model's file (nodes named after MXNet's symbols) ------------
+
+
+def change_a_batchnorm_epsilon(model) -> str:
+    node = [n for n in model.graph.node if n.op_type == "BatchNormalization"][5]
+    _attribute(node, "epsilon").f = 0.1
+    return node.name or node.output[0]
+
+
+def swap_a_named_conv_padding(model) -> str:
+    node = [n for n in model.graph.node if n.op_type == "Conv" and list(_attribute(n, "pads").ints) == [1, 1, 1, 1]][3]
+    pads = _attribute(node, "pads")
+    del pads.ints[:]
+    pads.ints.extend([0, 0, 2, 2])
+    return node.name or node.output[0]
+
+
+@pytest.fixture(scope="module")
+def gluon_mobilenet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("localize-mxnet")
+    report = onnx_report(target="gluoncv/mobilenet1.0", data=str(images(root / "images")), out=str(root / "o"),
+                         random_weights=True, limit=2, batch_size=2, localize=True, localize_images=2,
+                         cache_dir=str(root / "cache"))
+    [export] = (root / "cache" / "onnx").glob("*/model.onnx")
+    return {"root": root, "report": report, "export": export}
+
+
+@needs_mxnet
+@pytest.mark.mxnet
+def test_a_faithful_mxnet_export_has_no_divergent_node(gluon_mobilenet):
+    found = gluon_mobilenet["report"]["localization"]
+    assert found["culprit"] is None and found["verdict"].startswith("no divergent node")
+    assert found["matched_by"] == "names" and found["n_matched"] >= 0.9 * found["n_onnx_tensors"]
+
+
+@needs_mxnet
+@pytest.mark.mxnet
+@pytest.mark.parametrize("plant, op_type", [(change_a_batchnorm_epsilon, "BatchNormalization"),
+                                            (swap_a_named_conv_padding, "Conv")])
+def test_a_bug_planted_in_an_mxnet_export_is_named(plant, op_type, gluon_mobilenet, tmp_path):
+    path, node = planted(gluon_mobilenet["export"], tmp_path / "planted.onnx", plant)
+    report = onnx_report(target=str(path), preprocess=gluon_mobilenet["report"]["preprocess"]["name"],
+                         against=str(gluon_mobilenet["root"] / "o" / "native"), out=str(tmp_path / "o"),
+                         cache_dir=str(gluon_mobilenet["root"] / "cache"), localize=True, localize_images=2)
+    culprit = report["localization"]["culprit"]
+    assert culprit["node"] == node and culprit["op_type"] == op_type, report["localization"]["verdict"]
+    assert culprit["inputs"] and not any(i["divergent"] for i in culprit["inputs"])
+    if op_type == "BatchNormalization":
+        assert float(culprit["attributes"]["epsilon"]) == pytest.approx(0.1)
