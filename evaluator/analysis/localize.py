@@ -130,33 +130,39 @@ def _scope_names(scope: str) -> list[str]:
 
 def match_by_names(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedTensor],
                    against: str) -> list[Pair]:
-    """Each reference tensor matched to the last graph tensor of fitting shape that its exporter named after it
-    (innermost scope first, then the node's and the tensor's own names); a module called k times is matched to
-    k such tensors in order, where there are exactly k."""
+    """Each reference tensor matched to the last graph tensor of fitting shape among those its exporter named after
+    it (in any of their scopes: a module's output is the last node computed inside it, the nodes of its children
+    included; then the node's and the tensor's own names); a module called k times is matched to k such tensors
+    in order, where there are exactly k. A graph tensor matched to several (a module and its last child) keeps the
+    innermost."""
     calls: dict[str, list[CapturedTensor]] = {}
     for tensor in reference:
         calls.setdefault(_numbered(tensor.name)[0], []).append(tensor)
     groups: dict[str, list[CapturedTensor]] = {}
+    rank: dict[tuple[str, str], int] = {}  # (graph tensor, key) -> how inner the key is (0: innermost)
     for tensor in onnx:
         keys = ([tensor.name, tensor.node] if against == "onnx"
                 else [*(name for scope in reversed(tensor.scopes) for name in _scope_names(scope)), tensor.node,
                       tensor.name])
-        key = next((k for k in keys if k in calls), None)
-        if key is not None:
+        for position, key in enumerate(k for k in dict.fromkeys(keys) if k in calls):
             groups.setdefault(key, []).append(tensor)
-    pairs = []
+            rank[(tensor.name, key)] = position
+    chosen: dict[str, tuple[int, Pair]] = {}
     for key, members in groups.items():
         wanted = calls[key]
-        for ref in wanted if len(wanted) > 1 else wanted[-1:]:
+        for index, ref in enumerate(wanted):
             fitting = [t for t in members if _fit(t, ref) is not False]
             if len(wanted) > 1:
-                fitting = fitting if len(fitting) == len(wanted) else []
-                chosen = fitting[wanted.index(ref)] if fitting else None
+                found = fitting[index] if len(fitting) == len(wanted) else None
             else:
-                chosen = fitting[-1] if fitting else None
-            if chosen is not None:
-                pairs.append(Pair(chosen, ref, _fit(chosen, ref) or None))
-    return sorted(pairs, key=lambda pair: pair.onnx.order)
+                found = fitting[-1] if fitting else None
+            if found is None:
+                continue
+            pair = Pair(found, ref, _fit(found, ref) or None)
+            inner = rank[(found.name, key)]
+            if found.name not in chosen or inner < chosen[found.name][0]:
+                chosen[found.name] = (inner, pair)
+    return sorted((pair for _, pair in chosen.values()), key=lambda pair: pair.onnx.order)
 
 
 def match_by_order(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedTensor]) -> list[Pair]:
