@@ -162,7 +162,26 @@ def match_by_names(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedT
             inner = rank[(found.name, key)]
             if found.name not in chosen or inner < chosen[found.name][0]:
                 chosen[found.name] = (inner, pair)
-    return sorted((pair for _, pair in chosen.values()), key=lambda pair: pair.onnx.order)
+    pairs = {name: pair for name, (_, pair) in chosen.items()}
+    _match_inputs(onnx, pairs, calls)
+    return sorted(pairs.values(), key=lambda pair: pair.onnx.order)
+
+
+INPUT_SUFFIX = "<input>"  # a leaf module's recorded input (torch): what the node feeding it computes
+
+
+def _match_inputs(onnx: Sequence[CapturedTensor], pairs: dict[str, Pair], calls: dict[str, list[CapturedTensor]]) -> None:
+    """A matched node's one computed input, still unmatched, matched to its module's recorded input: a BatchNorm
+    folded into a Conv is compared though timm's BatchNormAct2d only returns it after its activation."""
+    by_name = {t.name: t for t in onnx}
+    for pair in list(pairs.values()):
+        base, count = _numbered(pair.reference.name)
+        recorded = calls.get(f"{base}{INPUT_SUFFIX}", [])
+        if count >= len(recorded) or len(pair.onnx.inputs) != 1:
+            continue
+        source = by_name.get(pair.onnx.inputs[0])
+        if source is not None and source.name not in pairs and _fit(source, recorded[count]) is not False:
+            pairs[source.name] = Pair(source, recorded[count], _fit(source, recorded[count]) or None)
 
 
 def match_by_order(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedTensor]) -> list[Pair]:
