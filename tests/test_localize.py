@@ -261,3 +261,21 @@ def test_a_bug_planted_in_an_mxnet_export_is_named(plant, op_type, gluon_mobilen
     assert culprit["inputs"] and not any(i["divergent"] for i in culprit["inputs"])
     if op_type == "BatchNormalization":
         assert float(culprit["attributes"]["epsilon"]) == pytest.approx(0.1)
+
+
+def test_the_writer_puts_each_images_row_in_its_tensors_file_and_numbers_a_second_call(tmp_path):
+    from xfverify.evaluator.backends.intermediates import TensorWriter
+
+    data = np.random.default_rng(0).normal(size=(3, 4, 5, 6)).astype(np.float32)
+    writer = TensorWriter(tmp_path, 3)
+    for image in range(3):
+        record = writer.recorder(image)
+        record("conv", data[image : image + 1])
+        record("conv", 2 * data[image : image + 1])  # the same module called again
+        record("shape", np.array([1, 2, 3]))  # no batch axis: kept whole
+    tensors = writer.close()
+    assert [t.name for t in tensors] == ["conv", "conv#1", "shape"] and tensors[0].shape == [4, 5, 6]
+    assert np.array_equal(np.load(tensors[0].file), data) and np.array_equal(np.load(tensors[1].file), 2 * data)
+    assert writer.bytes_per_image == 2 * data[0].nbytes + 3 * 8
+    with pytest.raises(RuntimeError, match="another shape"):
+        writer.recorder(1)("conv", data[:1, :2])

@@ -37,13 +37,14 @@ class CapturesIntermediates(ABC):
 
 
 class TensorWriter:
-    """Writes each recorded tensor into row ``image`` of its own ``(n_images, *shape)`` .npy file."""
+    """Writes each recorded tensor into row ``image`` of its own ``(n_images, *shape)`` .npy file, with plain
+    writes at the row's offset (no memory map stays open: the process holds no more than the tensor at hand)."""
 
     def __init__(self, folder: Path, n_images: int):
         self.folder, self.n_images = folder, n_images
         folder.mkdir(parents=True, exist_ok=True)
         self.tensors: dict[str, CapturedTensor] = {}
-        self._files: dict[str, np.memmap] = {}
+        self._layout: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {}  # data offset, row shape, dtype
         self.started = time.perf_counter()
         self.bytes_per_image = 0
 
@@ -59,28 +60,33 @@ class TensorWriter:
             count = seen.get(name, 0)
             seen[name] = count + 1
             key = name if count == 0 else f"{name}#{count}"
-            row = array[0] if array.shape[:1] == (1,) else array
+            row = np.ascontiguousarray(array[0] if array.shape[:1] == (1,) else array)
             if image == 0:
                 self._create(key, row, details)
-            elif key not in self._files or self._files[key].shape[1:] != row.shape:
-                raise RuntimeError(f"intermediate {key}: not recorded for the first image, or of another shape")
-            self._files[key][image] = row
-            if image == 0:
                 self.bytes_per_image += row.nbytes
+            offset, shape, dtype = self._layout.get(key, (0, None, None))
+            if shape != row.shape or dtype != row.dtype:
+                raise RuntimeError(f"intermediate {key}: not recorded for the first image, or of another shape")
+            with open(self.tensors[key].file, "r+b") as handle:
+                handle.seek(offset + image * row.nbytes)
+                handle.write(row.data)
 
         return record
 
     def _create(self, key: str, row: np.ndarray, details: dict[str, Any]) -> None:
+        """The file, its .npy header for every image's row, sized for all of them."""
         index = len(self.tensors)
         path = self.folder / f"{index:05d}.npy"
-        self._files[key] = np.lib.format.open_memmap(path, mode="w+", dtype=row.dtype,
-                                                     shape=(self.n_images, *row.shape))
+        header = {"descr": np.lib.format.dtype_to_descr(row.dtype), "fortran_order": False,
+                  "shape": (self.n_images, *row.shape)}
+        with open(path, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            offset = handle.tell()
+            handle.truncate(offset + self.n_images * row.nbytes)
+        self._layout[key] = (offset, row.shape, row.dtype)
         self.tensors[key] = CapturedTensor(name=key, file=str(path), shape=list(row.shape), order=index, **details)
 
     def close(self) -> list[CapturedTensor]:
-        for file in self._files.values():
-            file.flush()
-        self._files.clear()
         return list(self.tensors.values())
 
     @property
