@@ -279,3 +279,32 @@ def test_the_writer_puts_each_images_row_in_its_tensors_file_and_numbers_a_secon
     assert writer.bytes_per_image == 2 * data[0].nbytes + 3 * 8
     with pytest.raises(RuntimeError, match="another shape"):
         writer.recorder(1)("conv", data[:1, :2])
+
+
+def change_the_maxpool_padding(model) -> str:
+    node = next(n for n in model.graph.node if n.op_type == "MaxPool")
+    pads = _attribute(node, "pads")
+    del pads.ints[:]
+    pads.ints.extend([0, 0, 2, 2])
+    return node.name
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_reused_module_is_matched_call_by_call_and_a_pool_attribute_is_named(tmp_path):
+    """ResNet-50's blocks call one ReLU module three times (the third on the residual sum): each call is matched to
+    its own node, so the faithful export has no divergent node; a MaxPool's changed padding is named."""
+    report = onnx_report(target="torchvision/resnet50", data=str(images(tmp_path / "images")), out=str(tmp_path / "o"),
+                         random_weights=True, limit=2, batch_size=2, localize=True, localize_images=1,
+                         cache_dir=str(tmp_path / "cache"))
+    found = report["localization"]
+    assert found["culprit"] is None and found["n_matched"] >= found["n_onnx_tensors"] - 2, found["verdict"]
+    references = {row["reference"] for row in found["curve"]}
+    assert {"layer1.0.relu", "layer1.0.relu#1", "layer1.0.relu#2"} <= references
+    [export] = (tmp_path / "cache" / "onnx").glob("*/model.onnx")
+    path, node = planted(export, tmp_path / "planted.onnx", change_the_maxpool_padding)
+    report = onnx_report(target=str(path), preprocess=report["preprocess"]["name"], against=str(tmp_path / "o" / "native"),
+                         out=str(tmp_path / "p"), cache_dir=str(tmp_path / "cache"), localize_images=1)
+    culprit = report["localization"]["culprit"]
+    assert culprit["node"] == node and culprit["op_type"] == "MaxPool" and culprit["reference"] == "maxpool"

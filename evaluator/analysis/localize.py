@@ -150,14 +150,7 @@ def match_by_names(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedT
     chosen: dict[str, tuple[int, Pair]] = {}
     for key, members in groups.items():
         wanted = calls[key]
-        for index, ref in enumerate(wanted):
-            fitting = [t for t in members if _fit(t, ref) is not False]
-            if len(wanted) > 1:
-                found = fitting[index] if len(fitting) == len(wanted) else None
-            else:
-                found = fitting[-1] if fitting else None
-            if found is None:
-                continue
+        for ref, found in _calls_matched(members, wanted):
             pair = Pair(found, ref, _fit(found, ref) or None)
             inner = rank[(found.name, key)]
             if found.name not in chosen or inner < chosen[found.name][0]:
@@ -167,12 +160,30 @@ def match_by_names(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedT
     return sorted(pairs.values(), key=lambda pair: pair.onnx.order)
 
 
+def _calls_matched(members: list[CapturedTensor], wanted: list[CapturedTensor]) -> list[tuple[CapturedTensor, CapturedTensor]]:
+    """(reference, graph tensor) for one name: its one call matched to the last fitting member; several calls (a
+    module called again, e.g. a ReLU reused in a block) each to the next fitting member after the previous call's."""
+    if len(wanted) == 1:
+        fitting = [t for t in members if _fit(t, wanted[0]) is not False]
+        return [(wanted[0], fitting[-1])] if fitting else []
+    matched, position = [], 0
+    for ref in wanted:
+        found = next((i for i in range(position, len(members)) if _fit(members[i], ref) is not False), None)
+        if found is None:
+            return []  # the calls do not line up with the nodes: none is matched rather than a wrong one
+        matched.append((ref, members[found]))
+        position = found + 1
+    return matched
+
+
 INPUT_SUFFIX = "<input>"  # a leaf module's recorded input (torch): what the node feeding it computes
 
 
 def _match_inputs(onnx: Sequence[CapturedTensor], pairs: dict[str, Pair], calls: dict[str, list[CapturedTensor]]) -> None:
-    """A matched node's one computed input, still unmatched, matched to its module's recorded input: a BatchNorm
-    folded into a Conv is compared though timm's BatchNormAct2d only returns it after its activation."""
+    """A matched node's one computed input, still unmatched and computed by a node of the module's parent, matched
+    to the module's recorded input: a BatchNorm folded into a Conv is compared though timm's BatchNormAct2d only
+    returns it after its activation (a sibling module's output feeding it is not: a folded Conv's input is not the
+    BatchNorm's)."""
     by_name = {t.name: t for t in onnx}
     for pair in list(pairs.values()):
         base, count = _numbered(pair.reference.name)
@@ -180,7 +191,9 @@ def _match_inputs(onnx: Sequence[CapturedTensor], pairs: dict[str, Pair], calls:
         if count >= len(recorded) or len(pair.onnx.inputs) != 1:
             continue
         source = by_name.get(pair.onnx.inputs[0])
-        if source is not None and source.name not in pairs and _fit(source, recorded[count]) is not False:
+        parent = base.rpartition(".")[0]
+        inside_parent = bool(source and source.scopes and source.scopes[-1] == parent)  # fused into the parent's
+        if inside_parent and source.name not in pairs and _fit(source, recorded[count]) is not False:  # node
             pairs[source.name] = Pair(source, recorded[count], _fit(source, recorded[count]) or None)
 
 
