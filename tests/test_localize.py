@@ -308,3 +308,20 @@ def test_a_reused_module_is_matched_call_by_call_and_a_pool_attribute_is_named(t
                          out=str(tmp_path / "p"), cache_dir=str(tmp_path / "cache"), localize_images=1)
     culprit = report["localization"]["culprit"]
     assert culprit["node"] == node and culprit["op_type"] == "MaxPool" and culprit["reference"] == "maxpool"
+
+
+@needs_torch
+@pytest.mark.torch
+def test_no_localize_leaves_it_out_and_removes_an_earlier_page(mobilenet_v2, tmp_path):
+    from xfverify.models.errors import UserError
+
+    out = mobilenet_v2["root"] / "o"
+    assert (out / "localize.html").is_file()
+    report = onnx_report(target="torchvision/mobilenet_v2", out=str(out), random_weights=True, limit=2, batch_size=2,
+                         data=str(mobilenet_v2["root"] / "images"), cache_dir=str(mobilenet_v2["root"] / "cache"),
+                         localize=False)
+    assert "localization" not in report and not (out / "localize.html").exists()
+    assert "localization" not in (out / "report.md").read_text().lower()
+    with pytest.raises(UserError, match="--no-localize and --localize-against exclude each other"):
+        onnx_report(target="torchvision/mobilenet_v2", localize=False, localize_against=str(mobilenet_v2["export"]),
+                    out=str(tmp_path / "x"))

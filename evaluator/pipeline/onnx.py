@@ -141,6 +141,8 @@ def run_onnx(options: OnnxOptions) -> SavedRun:
         raise UserError(f"--opset must be positive, got {options.opset} (leave it out for the exporter's default)")
     if options.localize_images <= 0:
         raise UserError(f"--localize-images must be positive, got {options.localize_images}")
+    if options.localize is False and options.localize_against:
+        raise UserError("--no-localize and --localize-against exclude each other")
     if options.localize_against and not os.path.isfile(options.localize_against):
         raise UserError(f"--localize-against {options.localize_against}: no such ONNX file")
     if options.is_file:
@@ -165,7 +167,7 @@ def run_onnx(options: OnnxOptions) -> SavedRun:
 
 def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[str, float]) -> SavedRun:
     card = None if options.is_file else get_card(options.target)
-    notes = earlier_outputs_note(out_dir, NATIVE_OUTPUTS)  # before the native run and the export, not after them
+    notes = earlier_outputs_note(out_dir, (*NATIVE_OUTPUTS, PAGE))  # before the native run and the export
     native = native_run_for(options, out_dir) if card or options.against else None
     default = spec_from_dict(native.report.preprocess) if native else None
     data, limit = options.data, options.limit
@@ -219,8 +221,11 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
             notes.append("the model ends in softmax and so does its export: the agreement compares probabilities "
                          "with probabilities")
     localization = None
-    asked = options.localize or bool(options.localize_against)
-    disagrees = agreement is not None and (agreement.n_flips > 0 or agreement.within_tolerance < 1.0)
+    asked = bool(options.localize or options.localize_against)
+    disagrees = (options.localize is None and agreement is not None
+                 and (agreement.n_flips > 0 or agreement.within_tolerance < 1.0))
+    if disagrees and not asked and not np.isfinite(native.outputs[include]).all():
+        disagrees = False  # the reference itself holds NaN or +-inf: nothing to localize against (said in a note)
     if asked or disagrees:
         try:
             localization = localize_run(
@@ -234,7 +239,8 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
         else:
             if not asked:
                 notes.append(f"the outputs disagree: the {localization.cost.n_images} worst-agreeing image(s) were "
-                             "run node by node (localization; --localize asks for it on any run)")
+                             "run node by node (localization; --localize asks for it on any run, --no-localize "
+                             "never)")
         timeline["localized"] = time.time()
     identity = None if card else {"model": options.target, "architecture": "unknown (a user's ONNX file)",
                                   "builder": "onnxruntime.InferenceSession", "output": onnx_info.output_kind}
@@ -250,6 +256,8 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
     if localization is not None:  # beside the report, moved in before it
         atomic_write_text(workdir / PAGE, localization_page(report.model, localization))
         os.replace(workdir / PAGE, out_dir / PAGE)
+    elif (out_dir / PAGE).is_file() or (out_dir / PAGE).is_symlink():  # an earlier run's: not this report's
+        (out_dir / PAGE).unlink()
     rows = save_native_run(out_dir, workdir, report, dataset, run)
     return SavedRun(report, out_dir, rows)
 

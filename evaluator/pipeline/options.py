@@ -56,7 +56,7 @@ class OnnxOptions(RunOptions):
     against: str | None = None
     atol: float = ATOL_FRACTION
     rtol: float = RTOL
-    localize: bool = False  # also run the worst images node by node (automatic when the outputs disagree)
+    localize: bool | None = None  # run the worst images node by node: always, never, or (None) when the outputs disagree
     localize_images: int = 4
     localize_against: str | None = None  # another ONNX file to localize against, instead of the native network
 
