@@ -217,9 +217,9 @@ _TORCH_NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # torch's dynamo exporter: mo
 
 
 def node_details(node: onnx.NodeProto, constants: set[str]) -> dict:
-    """What ``--localize`` says of a node: its name (an unnamed node: its first output's), operator, attributes (as short text), its inputs that are
-    computed (not initialisers), and the framework names its exporter left on it, innermost last: torch's dynamo
-    exporter's module paths (metadata), else the scopes of a path-like name (torch's TorchScript exporter and
+    """What ``--localize`` says of a node: its name (an unnamed node: its first output's), operator, attributes
+    (as short text), its inputs that are computed (not initialisers), and the framework names its exporter left
+    on it, innermost last: torch's dynamo exporter's module paths (metadata), else the scopes of a path-like name (torch's TorchScript exporter and
     tf2onnx name nodes ``/scope/scope/Op``), else the node's own name (MXNet names nodes after its symbols)."""
     import ast
 

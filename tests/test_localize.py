@@ -304,8 +304,8 @@ def test_a_reused_module_is_matched_call_by_call_and_a_pool_attribute_is_named(t
     assert {"layer1.0.relu", "layer1.0.relu#1", "layer1.0.relu#2"} <= references
     [export] = (tmp_path / "cache" / "onnx").glob("*/model.onnx")
     path, node = planted(export, tmp_path / "planted.onnx", change_the_maxpool_padding)
-    report = onnx_report(target=str(path), preprocess=report["preprocess"]["name"], against=str(tmp_path / "o" / "native"),
-                         out=str(tmp_path / "p"), cache_dir=str(tmp_path / "cache"), localize_images=1)
+    report = onnx_report(target=str(path), preprocess=report["preprocess"]["name"], out=str(tmp_path / "p"),
+                         against=str(tmp_path / "o" / "native"), cache_dir=str(tmp_path / "cache"), localize_images=1)
     culprit = report["localization"]["culprit"]
     assert culprit["node"] == node and culprit["op_type"] == "MaxPool" and culprit["reference"] == "maxpool"
 

@@ -160,7 +160,8 @@ def match_by_names(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedT
     return sorted(pairs.values(), key=lambda pair: pair.onnx.order)
 
 
-def _calls_matched(members: list[CapturedTensor], wanted: list[CapturedTensor]) -> list[tuple[CapturedTensor, CapturedTensor]]:
+def _calls_matched(members: list[CapturedTensor],
+                   wanted: list[CapturedTensor]) -> list[tuple[CapturedTensor, CapturedTensor]]:
     """(reference, graph tensor) for one name: its one call matched to the last fitting member; several calls (a
     module called again, e.g. a ReLU reused in a block) each to the next fitting member after the previous call's."""
     if len(wanted) == 1:
@@ -179,7 +180,8 @@ def _calls_matched(members: list[CapturedTensor], wanted: list[CapturedTensor]) 
 INPUT_SUFFIX = "<input>"  # a leaf module's recorded input (torch): what the node feeding it computes
 
 
-def _match_inputs(onnx: Sequence[CapturedTensor], pairs: dict[str, Pair], calls: dict[str, list[CapturedTensor]]) -> None:
+def _match_inputs(onnx: Sequence[CapturedTensor], pairs: dict[str, Pair],
+                  calls: dict[str, list[CapturedTensor]]) -> None:
     """A matched node's one computed input, still unmatched and computed by a node of the module's parent, matched
     to the module's recorded input: a BatchNorm folded into a Conv is compared though timm's BatchNormAct2d only
     returns it after its activation (a sibling module's output feeding it is not: a folded Conv's input is not the
