@@ -325,3 +325,21 @@ def test_no_localize_leaves_it_out_and_removes_an_earlier_page(mobilenet_v2, tmp
     with pytest.raises(UserError, match="--no-localize and --localize-against exclude each other"):
         onnx_report(target="torchvision/mobilenet_v2", localize=False, localize_against=str(mobilenet_v2["export"]),
                     out=str(tmp_path / "x"))
+
+
+def test_a_failed_localization_keeps_the_finished_onnx_run_and_says_so(tmp_path):
+    from test_onnx import users_onnx_file
+    from xfverify.models.errors import UserError
+
+    path = users_onnx_file(tmp_path / "means.onnx")
+    with pytest.raises(UserError, match=r"--localize compares .* \(--against RUN_DIR\) .* \(--localize-against"):
+        onnx_report(target=str(path), preprocess="torchvision-256", localize=True, out=str(tmp_path / "refused"),
+                    data=str(images(tmp_path / "images")))
+    assert not (tmp_path / "refused").exists()  # refused before any work
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x08\x07\x12\x04test" + bytes(range(40)))
+    with pytest.raises(UserError, match="broken.onnx: not a readable ONNX model .* report, without localization, is in"):
+        onnx_report(target=str(path), preprocess="torchvision-256", localize_against=str(broken),
+                    out=str(tmp_path / "o"), data=str(tmp_path / "images"))
+    report = (tmp_path / "o" / "report.json").read_text()
+    assert "localizing the first divergent node failed" in report and '"localization"' not in report

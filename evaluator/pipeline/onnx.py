@@ -158,6 +158,9 @@ def run_onnx(options: OnnxOptions) -> SavedRun:
         if not options.preprocess:
             raise UserError(f"{options.target}: a user's ONNX file needs --preprocess PRESET (how its model was "
                             "trained to be fed; `xfverify presets` lists them)")
+        if options.localize and not options.against and not options.localize_against:
+            raise UserError(f"--localize compares {options.target} with a native run (--against RUN_DIR) or with "
+                            "another ONNX file (--localize-against FILE.onnx): give one")
         name = Path(options.target).stem
     else:
         name = get_card(options.target).id
@@ -220,7 +223,7 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
         if compared == "softmax":
             notes.append("the model ends in softmax and so does its export: the agreement compares probabilities "
                          "with probabilities")
-    localization = None
+    localization, localize_failed = None, None
     asked = bool(options.localize or options.localize_against)
     disagrees = (options.localize is None and agreement is not None
                  and (agreement.n_flips > 0 or agreement.within_tolerance < 1.0))
@@ -232,10 +235,9 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
                 onnx_path=onnx_path, spec=spec, run=run, image_ids=[r.image_id for r in dataset.records],
                 native=native, reference_onnx=options.localize_against, workdir=workdir,
                 n_images=options.localize_images, atol=options.atol, rtol=options.rtol)
-        except UserError as exc:
-            if asked:
-                raise
-            notes.append(f"the outputs disagree, but localizing the first divergent node failed: {exc}")
+        except UserError as exc:  # the ONNX run is finished: its report is written, then the error is said
+            localize_failed = exc
+            notes.append(f"localizing the first divergent node failed: {exc}")
         else:
             if not asked:
                 notes.append(f"the outputs disagree: the {localization.cost.n_images} worst-agreeing image(s) were "
@@ -259,6 +261,8 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
     elif (out_dir / PAGE).is_file() or (out_dir / PAGE).is_symlink():  # an earlier run's: not this report's
         (out_dir / PAGE).unlink()
     rows = save_native_run(out_dir, workdir, report, dataset, run)
+    if localize_failed is not None and asked:
+        raise UserError(f"{localize_failed} (the ONNX run's report, without localization, is in {out_dir})")
     return SavedRun(report, out_dir, rows)
 
 
