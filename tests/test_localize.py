@@ -338,7 +338,7 @@ def test_a_failed_localization_keeps_the_finished_onnx_run_and_says_so(tmp_path)
     assert not (tmp_path / "refused").exists()  # refused before any work
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"\x08\x07\x12\x04test" + bytes(range(40)))
-    with pytest.raises(UserError, match="broken.onnx: not a readable ONNX model .* report, without localization, is in"):
+    with pytest.raises(UserError, match="broken.onnx: not a readable ONNX model .* without localization, is in"):
         onnx_report(target=str(path), preprocess="torchvision-256", localize_against=str(broken),
                     out=str(tmp_path / "o"), data=str(tmp_path / "images"))
     report = (tmp_path / "o" / "report.json").read_text()
