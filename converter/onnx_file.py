@@ -216,6 +216,21 @@ def finish(path: Path, *, exporter: str, exporter_version: str, opset: int, layo
 _TORCH_NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # torch's dynamo exporter: module paths, outermost first
 
 
+def _torchscript_paths(parts: list[str]) -> list[str]:
+    """TorchScript's scope names (each a child's name, ``conv.0`` extending its sibling scope ``conv``) as module
+    paths, outermost first: ``features, features.1, conv, conv.0`` -> ``features, features.1, features.1.conv,
+    features.1.conv.0``."""
+    components: list[str] = []
+    paths = []
+    for part in parts:
+        if components and part.startswith(components[-1] + "."):
+            components[-1] = part
+        else:
+            components.append(part)
+        paths.append(".".join(components))
+    return paths
+
+
 def node_details(node: onnx.NodeProto, constants: set[str]) -> dict:
     """What ``--localize`` says of a node: its name (an unnamed node: its first output's), operator, attributes
     (as short text), its inputs that are computed (not initialisers), and the framework names its exporter left
@@ -239,6 +254,8 @@ def node_details(node: onnx.NodeProto, constants: set[str]) -> dict:
             scopes = [str(s) for s in found[:-1] if s]  # the last is the traced operation's own name
         except (ValueError, SyntaxError):
             scopes = []
+    elif node.name.startswith("/"):  # torch's TorchScript exporter: /features/features.1/conv/conv.0/Op
+        scopes = _torchscript_paths([part for part in node.name.split("/")[:-1] if part])
     elif "/" in node.name:
         scopes = [part for part in node.name.split("/")[:-1] if part]
     else:

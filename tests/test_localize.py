@@ -343,3 +343,20 @@ def test_a_failed_localization_keeps_the_finished_onnx_run_and_says_so(tmp_path)
                     out=str(tmp_path / "o"), data=str(tmp_path / "images"))
     report = (tmp_path / "o" / "report.json").read_text()
     assert "localizing the first divergent node failed" in report and '"localization"' not in report
+
+
+def test_a_fused_node_is_compared_with_the_layer_it_ends_in_and_torchscript_scopes_are_module_paths(tmp_path):
+    from onnx import helper
+
+    from xfverify.converter.onnx_file import node_details
+
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="/features/features.1/conv/conv.0/conv.0.0/Conv")
+    assert node_details(node, {"w"})["scopes"] == ["features", "features.1", "features.1.conv", "features.1.conv.0",
+                                                   "features.1.conv.0.0"]
+    rng = np.random.default_rng(2)
+    conv, bn = rng.normal(size=(1, 4, 3, 3)), rng.normal(size=(1, 4, 3, 3))
+    native = [_tensor(tmp_path, "conv", 0, conv), _tensor(tmp_path, "bn", 1, bn)]
+    graph = [_tensor(tmp_path, "y", 0, bn, node="Conv_0", op_type="Conv", inputs=["x"], scopes=["conv"])]
+    found = localize(graph, native, against="native", reference_name="test", image_ids=["a"], atol_fraction=1e-4,
+                     rtol=1e-3)
+    assert found.culprit is None and found.curve[0].reference == "bn"  # BatchNorm folded into the Conv

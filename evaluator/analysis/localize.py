@@ -21,6 +21,7 @@ from xfverify.evaluator.analysis.comparison import output_difference, within_tol
 from xfverify.evaluator.process.tasks import CapturedTensor
 
 CONTEXT_NODES = 5  # nodes said after the culprit
+FUSED_LOOKAHEAD = 4  # reference tensors after a divergent match tried for a node that computes several layers
 NHWC_TO_NCHW = (2, 0, 1)  # one image's (H, W, C) -> (C, H, W): Keras's layers against tf2onnx's graph
 
 
@@ -257,8 +258,21 @@ def localize(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedTensor]
         if len(by_order) > len(pairs):
             pairs, matched_by = by_order, "order and shape"
     rows: dict[str, NodeDifference] = {}
+    following = sorted(reference, key=lambda t: t.order)
+    position = {t.name: index for index, t in enumerate(following)}
     for pair in pairs:
         max_abs, _, scaled, share = _difference(pair, atol_fraction, rtol)
+        if share < 1.0:  # a node the exporter fused (a Conv with the BatchNorm after it) computes a later tensor
+            start = position[pair.reference.name] + 1
+            for later in following[start : start + FUSED_LOOKAHEAD]:
+                fit = _fit(pair.onnx, later)
+                if fit is False:
+                    continue
+                fused = Pair(pair.onnx, later, fit or None)
+                result = _difference(fused, atol_fraction, rtol)
+                if result[3] == 1.0:
+                    pair, (max_abs, _, scaled, share) = fused, result
+                    break
         rows[pair.onnx.name] = NodeDifference(
             index=pair.onnx.order, node=pair.onnx.node, op_type=pair.onnx.op_type, tensor=pair.onnx.name,
             reference=pair.reference.name, max_abs_diff=max_abs, scaled_diff=scaled, within_tolerance=share,
