@@ -250,3 +250,54 @@ def finish(path: Path, *, exporter: str, exporter_version: str, opset: int, layo
     return ExportResult(path=Path(path), description=description, exporter=exporter,
                         exporter_version=exporter_version, opset=opset, output_kind=output_kind,
                         seconds=round(time.perf_counter() - started, 3), notes=notes)
+
+
+_TORCH_NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # torch's dynamo exporter: module paths, outermost first
+
+
+def _torchscript_paths(parts: list[str]) -> list[str]:
+    """TorchScript's scope names (each a child's name, ``conv.0`` extending its sibling scope ``conv``) as module
+    paths, outermost first: ``features, features.1, conv, conv.0`` -> ``features, features.1, features.1.conv,
+    features.1.conv.0``."""
+    components: list[str] = []
+    paths = []
+    for part in parts:
+        if components and part.startswith(components[-1] + "."):
+            components[-1] = part
+        else:
+            components.append(part)
+        paths.append(".".join(components))
+    return paths
+
+
+def node_details(node: onnx.NodeProto, constants: set[str]) -> dict:
+    """What ``--localize`` says of a node: its name (an unnamed node: its first output's), operator, attributes
+    (as short text), its inputs that are computed (not initialisers), and the framework names its exporter left
+    on it, innermost last: torch's dynamo exporter's module paths (metadata), else the scopes of a path-like name (torch's TorchScript exporter and
+    tf2onnx name nodes ``/scope/scope/Op``), else the node's own name (MXNet names nodes after its symbols)."""
+    import ast
+
+    attributes = {}
+    for attribute in node.attribute:
+        value = onnx.helper.get_attribute_value(attribute)
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        elif isinstance(value, onnx.TensorProto) or attribute.type == onnx.AttributeProto.GRAPH:
+            value = f"<{onnx.AttributeProto.AttributeType.Name(attribute.type).lower()}>"
+        attributes[attribute.name] = one_line(str(value), 120)
+    metadata = {prop.key: prop.value for prop in node.metadata_props}
+    scopes: list[str] = []
+    if _TORCH_NAME_SCOPES in metadata:
+        try:
+            found = ast.literal_eval(metadata[_TORCH_NAME_SCOPES])
+            scopes = [str(s) for s in found[:-1] if s]  # the last is the traced operation's own name
+        except (ValueError, SyntaxError):
+            scopes = []
+    elif node.name.startswith("/"):  # torch's TorchScript exporter: /features/features.1/conv/conv.0/Op
+        scopes = _torchscript_paths([part for part in node.name.split("/")[:-1] if part])
+    elif "/" in node.name:
+        scopes = [part for part in node.name.split("/")[:-1] if part]
+    else:
+        scopes = [node.name] if node.name else []
+    return {"node": node.name or node.output[0], "op_type": node.op_type, "attributes": attributes,
+            "inputs": [name for name in node.input if name and name not in constants], "scopes": scopes}

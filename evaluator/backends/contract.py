@@ -23,6 +23,7 @@ import numpy as np
 
 from xfverify.evaluator.backends.exporting import Exporter
 from xfverify.evaluator.backends.feeding import choose_batch_size, run_fed
+from xfverify.evaluator.backends.intermediates import CapturesIntermediates, TensorWriter
 from xfverify.evaluator.backends.loading import ModelLoader
 from xfverify.evaluator.backends.running import Device, Runner, SwitchesPrecision
 from xfverify.evaluator.process.blocks import RandomWeights, WeightsBlock
@@ -33,6 +34,8 @@ from xfverify.evaluator.process.tasks import (
     EvaluateManyResult,
     ExportJob,
     ExportOutcome,
+    IntermediatesJob,
+    IntermediatesResult,
     ReferenceJob,
     ReferenceResult,
     WorkerResult,
@@ -137,6 +140,28 @@ def export(backend: Backend, job: ExportJob) -> ExportOutcome:
                          from_cache=from_cache)
 
 
+def capture_intermediates(backend: Backend, job: IntermediatesJob) -> IntermediatesResult:
+    """Run the job's network (a card's, or an .onnx file's) on the CPU over the job's fed tensors one image at a
+    time, writing every intermediate tensor to its own file as it is computed."""
+    if not isinstance(backend, CapturesIntermediates):
+        raise UserError(f"the {backend.name} back-end cannot capture intermediate tensors (--localize)")
+    device = backend.resolve_device("cpu", "fp32")
+    weights = None
+    if job.model:
+        emit("status", message=f"building {job.model} to capture its intermediate tensors")
+        model, weights = backend.load(job, device)
+        model = backend.place(model, device)
+    else:
+        model = backend.load_for_capture(job, device)
+    inputs = np.load(job.inputs_path, mmap_mode="r")
+    writer = TensorWriter(Path(job.out_dir), len(inputs))
+    for index in range(len(inputs)):
+        backend.capture(model, np.ascontiguousarray(inputs[index : index + 1]), device, writer.recorder(index))
+    tensors = writer.close()
+    return IntermediatesResult(framework=backend.describe(), weights=weights, tensors=tensors, n_images=len(inputs),
+                               seconds=round(writer.seconds, 3), bytes_per_image=writer.bytes_per_image)
+
+
 def run_reference(job: ReferenceJob, workdir: Path) -> ReferenceResult:
     """A preset's reference pipeline (:mod:`xfverify.evaluator.references`) on the job's files, in its own layout."""
     from xfverify.evaluator.references import REFERENCES
@@ -156,11 +181,12 @@ class WorkerTasks(NamedTuple):
     reference_preprocess: Callable[[dict[str, Any], Path], ReferenceResult]
     export: Callable[[dict[str, Any], Path], ExportOutcome]
     evaluate_many: Callable[[dict[str, Any], Path], EvaluateManyResult]
+    intermediates: Callable[[dict[str, Any], Path], IntermediatesResult]
 
 
 def worker_tasks(backend: type[Backend], before: Callable[[], Any] = lambda: None) -> WorkerTasks:
-    """The tasks a back-end module offers its worker: ``evaluate``, ``reference_preprocess``, ``export`` and
-    ``evaluate_many``.
+    """The tasks a back-end module offers its worker: ``evaluate``, ``reference_preprocess``, ``export``,
+    ``evaluate_many`` and ``intermediates``.
 
     ``before`` runs first in each (GluonCV must be made importable before anything imports it).
     """
@@ -181,4 +207,8 @@ def worker_tasks(backend: type[Backend], before: Callable[[], Any] = lambda: Non
         before()
         return evaluate_many(backend(), EvaluateManyJob.model_validate(job), workdir)
 
-    return WorkerTasks(evaluate_task, reference_task, export_task, evaluate_many_task)
+    def intermediates_task(job: dict[str, Any], workdir: Path) -> IntermediatesResult:
+        before()
+        return capture_intermediates(backend(), IntermediatesJob.model_validate(job))
+
+    return WorkerTasks(evaluate_task, reference_task, export_task, evaluate_many_task, intermediates_task)

@@ -13,6 +13,7 @@ import keras  # noqa: E402
 from xfverify.converter.description import ExportResult  # noqa: E402
 from xfverify.evaluator.backends.contract import Backend, worker_tasks  # noqa: E402
 from xfverify.evaluator.backends.exporting import Exporter, ExporterIdentity  # noqa: E402
+from xfverify.evaluator.backends.intermediates import CapturesIntermediates, Record  # noqa: E402
 from xfverify.evaluator.backends.loading import CardModelLoader  # noqa: E402
 from xfverify.evaluator.backends.machine import gpu_left_unused_note  # noqa: E402
 from xfverify.evaluator.backends.running import Device, SwitchesPrecision  # noqa: E402
@@ -75,7 +76,7 @@ def _builder(card: ModelCard):
     return builder
 
 
-class KerasBackend(CardModelLoader, Backend, SwitchesPrecision, Exporter):
+class KerasBackend(CardModelLoader, Backend, SwitchesPrecision, Exporter, CapturesIntermediates):
     """Keras applications on TensorFlow; they end in softmax, so random outputs need no scaling."""
 
     name = "tensorflow"
@@ -154,6 +155,17 @@ class KerasBackend(CardModelLoader, Backend, SwitchesPrecision, Exporter):
 
         return export_keras(model, path, opset)  # the graph ends as the model does: softmax for applications
 
+    def capture(self, model, image: np.ndarray, device: Device, record: Record) -> None:
+        """A functional sub-model over every layer's output (tf2onnx keeps the layer names in its nodes' scopes),
+        built once per network."""
+        if getattr(self, "_captured", (None,))[0] is not model:
+            layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+            self._captured = (model, layers, keras.Model(model.inputs, [layer.output for layer in layers]))
+        _, layers, submodel = self._captured
+        outputs = submodel(tf.constant(image), training=False)
+        for layer, output in zip(layers, outputs):
+            record(layer.name, np.asarray(output))
+
 
 BACKEND = KerasBackend
-evaluate, reference_preprocess, export, evaluate_many = worker_tasks(BACKEND)
+evaluate, reference_preprocess, export, evaluate_many, intermediates = worker_tasks(BACKEND)

@@ -18,7 +18,7 @@ from xfverify.converter.description import sha256_file
 from xfverify.evaluator.backends.running import Device
 from xfverify.evaluator.backends.weights import calibration_batch
 from xfverify.evaluator.process.blocks import CheckedWeights, FileWeights, RandomWeights, WeightsBlock
-from xfverify.evaluator.process.tasks import EvaluateJob, ExportJob
+from xfverify.evaluator.process.tasks import EvaluateJob, ExportJob, IntermediatesJob
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError
 
@@ -34,7 +34,7 @@ class ModelLoader(ABC):
     """Loads the network a job asks for."""
 
     @abstractmethod
-    def load(self, job: EvaluateJob | ExportJob, device: Device) -> Loaded:
+    def load(self, job: EvaluateJob | ExportJob | IntermediatesJob, device: Device) -> Loaded:
         """The job's network (built on ``device`` where the framework builds in place) and its weights block."""
 
     def place(self, model: Any, device: Device) -> Any:
@@ -75,7 +75,7 @@ class CardModelLoader(ModelLoader):
     def pretrained_network(self, card: ModelCard, device: Device) -> tuple[Any, CheckedWeights]:
         """The card's network with its own weights, and the report's weights block (checksum checked)."""
 
-    def load(self, job: EvaluateJob | ExportJob, device: Device) -> Loaded:
+    def load(self, job: EvaluateJob | ExportJob | IntermediatesJob, device: Device) -> Loaded:
         card = job.card()
         self.seed(job.seed)
         if job.random_weights:

@@ -15,6 +15,7 @@ import mxnet as mx  # noqa: E402
 from xfverify.converter.description import ExportResult  # noqa: E402
 from xfverify.evaluator.backends.contract import Backend, worker_tasks  # noqa: E402
 from xfverify.evaluator.backends.exporting import Exporter, ExporterIdentity  # noqa: E402
+from xfverify.evaluator.backends.intermediates import CapturesIntermediates, Record  # noqa: E402
 from xfverify.evaluator.backends.loading import CardModelLoader, ScalesRandomOutputs  # noqa: E402
 from xfverify.evaluator.backends.machine import gpu_left_unused_note  # noqa: E402
 from xfverify.evaluator.backends.running import Device  # noqa: E402
@@ -96,7 +97,7 @@ def _blocks(block):
         yield from _blocks(child)
 
 
-class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter):
+class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter, CapturesIntermediates):
     """GluonCV networks on MXNet (fp32; on the CPU unless the build has code for the GPU)."""
 
     name = "mxnet"
@@ -177,6 +178,23 @@ class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter):
 
         return export_gluon(model, path, opset, input_shape=(3, *hw), ctx=device.handle)
 
+    def capture(self, model, image: np.ndarray, device: Device, record: Record) -> None:
+        """Every output of the network's symbol (``get_internals()``, the parameters left out) as one SymbolBlock
+        sharing the network's parameters, built once; MXNet's exporter names the ONNX nodes after these symbols."""
+        if getattr(self, "_captured", (None,))[0] is not model:
+            data = mx.sym.var("data")
+            internals = model(data).get_internals()
+            parameters = set(internals.list_arguments()) | set(internals.list_auxiliary_states())
+            names = [name for name in internals.list_outputs()
+                     if name.endswith("_output") and name.removesuffix("_output") not in parameters]
+            block = mx.gluon.SymbolBlock(mx.sym.Group([internals[name] for name in names]), data,
+                                         params=model.collect_params())
+            self._captured = (model, names, block)
+        _, names, block = self._captured
+        outputs = block(mx.nd.array(image, ctx=device.handle))
+        for name, output in zip(names, outputs):
+            record(name.removesuffix("_output"), output.asnumpy())
+
 
 BACKEND = MxnetBackend
-evaluate, reference_preprocess, export, evaluate_many = worker_tasks(BACKEND, before=import_gluoncv)
+evaluate, reference_preprocess, export, evaluate_many, intermediates = worker_tasks(BACKEND, before=import_gluoncv)

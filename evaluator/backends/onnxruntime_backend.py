@@ -25,12 +25,19 @@ import onnxruntime as ort
 
 from xfverify.converter.description import OnnxDescription, sha256_file
 from xfverify.evaluator.backends.contract import Backend, worker_tasks
+from xfverify.evaluator.backends.intermediates import CapturesIntermediates, Record
 from xfverify.evaluator.backends.loading import Loaded
 from xfverify.evaluator.backends.running import Device
 from xfverify.evaluator.backends.steps import DeviceBatch, DeviceFedStep, FinishedBatch, HostStep
 from xfverify.evaluator.backends.weights import exception_text
 from xfverify.evaluator.process.blocks import FileWeights, PlainPrecision
-from xfverify.evaluator.process.tasks import EvaluateJob, FrameworkInfo, OnnxFileJob, RuntimeInfo
+from xfverify.evaluator.process.tasks import (
+    EvaluateJob,
+    FrameworkInfo,
+    IntermediatesJob,
+    OnnxFileJob,
+    RuntimeInfo,
+)
 from xfverify.evaluator.system.devices import cpu_name, nvidia_gpus, ort_fed_on_device
 from xfverify.models.errors import UserError
 from xfverify.models.precision import Precision
@@ -66,7 +73,7 @@ class OnnxSession:
     file_input: Any = None
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(Backend, CapturesIntermediates):
     """An .onnx file under ONNX Runtime, on the providers ``--provider`` asks for (checked, never silently CPU)."""
 
     name = "onnxruntime"
@@ -155,6 +162,60 @@ class OnnxRuntimeBackend(Backend):
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return "Failed to allocate memory" in str(exc) or "out of memory" in str(exc).lower()
+
+    def load_for_capture(self, job: IntermediatesJob, device: Device) -> MarkedSession:
+        """The job's .onnx file with the output of every node marked as a graph output (as Polygraphy's
+        ``--onnx-outputs mark all``), in a CPU session optimised as the evaluation's is."""
+        if not job.onnx_path:
+            raise UserError("capturing an ONNX file's intermediates: the job names no .onnx file")
+        return _marked_session(job.onnx_path)
+
+    def capture(self, model: MarkedSession, image: np.ndarray, device: Device, record: Record) -> None:
+        outputs = model.session.run(model.names, {model.input: image})
+        for name, value in zip(model.names, outputs):
+            record(name, value, **model.details[name])
+
+
+@dataclass(frozen=True)
+class MarkedSession:
+    """A session whose outputs are every node's outputs (``names``, in topological order), with what each
+    producer is (``details``: node, op type, attributes, data inputs, the scopes its exporter left on it)."""
+
+    session: ort.InferenceSession
+    input: str
+    names: list[str]
+    details: dict[str, dict[str, Any]]
+
+
+def _marked_session(path: str) -> MarkedSession:
+    import onnx
+
+    from xfverify.converter.onnx_file import node_details
+
+    try:
+        model = onnx.load(path)
+    except Exception as exc:  # protobuf's DecodeError, a missing .onnx.data file, ...
+        raise UserError(f"{path}: not a readable ONNX model ({exception_text(exc)})") from None
+    graph = model.graph
+    constants = {init.name for init in graph.initializer}
+    file_input = _one_input([i for i in graph.input if i.name not in constants], path)
+    produced = {o.name for o in graph.output}
+    names, details = [], {}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            continue
+        described = node_details(node, constants)
+        for output in node.output:
+            if output and output not in names:
+                names.append(output)
+                details[output] = described
+                if output not in produced:
+                    graph.output.append(onnx.ValueInfoProto(name=output))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPTIMISATION
+    ort.set_default_logger_severity(3)
+    session = _session(model.SerializeToString(), options, Providers("cpu", [CPU], [CPU], False), path)
+    return MarkedSession(session, file_input.name, names, details)
 
 
 def _cuda_loads(mode: str, providers: list[str]) -> bool:
@@ -368,4 +429,5 @@ def describe_onnx(job: dict[str, Any], workdir: Path) -> OnnxDescription:
 
 
 BACKEND = OnnxRuntimeBackend
-evaluate = worker_tasks(BACKEND).evaluate  # the only task: it runs .onnx files, builds and exports nothing
+# it runs .onnx files, builds and exports nothing
+evaluate, intermediates = worker_tasks(BACKEND).evaluate, worker_tasks(BACKEND).intermediates

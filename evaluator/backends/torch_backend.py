@@ -13,6 +13,7 @@ import torch
 from xfverify.converter.description import ExportResult
 from xfverify.evaluator.backends.contract import Backend, worker_tasks
 from xfverify.evaluator.backends.exporting import Exporter, ExporterIdentity
+from xfverify.evaluator.backends.intermediates import INPUT_SUFFIX, CapturesIntermediates, Record
 from xfverify.evaluator.backends.loading import CardModelLoader, ScalesRandomOutputs
 from xfverify.evaluator.backends.machine import gpu_left_unused_note
 from xfverify.evaluator.backends.nvjpeg import decode_nvjpeg  # noqa: F401  (a task of the torch worker)
@@ -185,7 +186,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
             or (isinstance(exc, RuntimeError) and "DefaultCPUAllocator" in str(exc)))
 
 
-class TorchBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecision, Exporter):
+class TorchBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecision, Exporter, CapturesIntermediates):
     """torchvision and timm networks; fed uint8 batches on a GPU, float32 tensors on the CPU."""
 
     name = "torch"
@@ -275,9 +276,33 @@ class TorchBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecis
 
         return export_torch(model, path, opset, input_shape=(3, *hw))
 
+    def capture(self, model, image: np.ndarray, device: Device, record: Record) -> None:
+        """A forward hook on every module (its path is the name torch's exporters keep on the nodes it became)
+        records the module's output as it is computed, and a leaf module's input too."""
+        def recorder(name: str):
+            def recorded(_module, inputs, output=None) -> None:
+                value = inputs[0] if output is None else output  # a pre-hook: the input before an in-place act
+                if isinstance(value, torch.Tensor):
+                    record(name, value.detach().cpu().numpy())
+            return recorded
+
+        handles = []
+        for name, module in model.named_modules():
+            if not name:
+                continue
+            if not any(True for _ in module.children()):  # a leaf's input: what a fused node computes, e.g. the
+                handles.append(module.register_forward_pre_hook(recorder(f"{name}{INPUT_SUFFIX}")))  # BN before act
+            handles.append(module.register_forward_hook(recorder(name)))
+        try:
+            with torch.no_grad():
+                model(torch.from_numpy(image).to(device.handle))
+        finally:
+            for handle in handles:
+                handle.remove()
+
 
 BACKEND = TorchBackend
-evaluate, reference_preprocess, export, evaluate_many = worker_tasks(BACKEND)
+evaluate, reference_preprocess, export, evaluate_many, intermediates = worker_tasks(BACKEND)
 
 
 def _library_versions() -> dict[str, str]:

@@ -31,12 +31,15 @@ from xfverify.evaluator.commands.options import (
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor and export cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
 @click.option("--atol", type=float, default=ATOL_FRACTION, show_default=True, help="Absolute tolerance, as a fraction of the largest |native output|.")
 @click.option("--rtol", type=float, default=RTOL, show_default=True, help="Relative tolerance (an element fails only over both, as in Polygraphy).")
+@click.option("--localize/--no-localize", default=None, help="Run the worst-agreeing images node by node in ONNX Runtime and the native framework and name the first node that departs beyond the tolerance [default: when the outputs disagree].")
+@click.option("--localize-images", type=int, default=4, show_default=True, help="Images --localize runs node by node (the worst-agreeing ones).")
+@click.option("--localize-against", type=click.Path(dir_okay=False), help="Localize against this ONNX file (say, the plain export of an optimised or quantised FILE.onnx) instead of the native network.")
 def onnx_command(target, **kwargs) -> None:
     """Run MODEL's ONNX export (or a user's FILE.onnx, with --preprocess) under ONNX Runtime on exactly the tensors
     of a native run, and compare: errors, time, top-1 agreement and output differences."""
     from xfverify.evaluator.pipeline.onnx import run_onnx
     from xfverify.evaluator.pipeline.options import DEFAULT_MODEL, OnnxOptions
-    from xfverify.evaluator.reports.native import summary_rows
+    from xfverify.evaluator.reports.native import OnnxReport, summary_rows
     from xfverify.evaluator.system import console
 
     kwargs["overrides"] = tuple(kwargs["overrides"])
@@ -46,4 +49,5 @@ def onnx_command(target, **kwargs) -> None:
         title += "   *** RANDOM WEIGHTS ***"
     output.print_table(title, summary_rows(run.report))
     output.print_notes(run.report.notes)
-    console.info(f"report: {run.out_dir}/report.json, report.md, logits.npy, predictions.csv")
+    extra = ", localize.html" if isinstance(run.report, OnnxReport) and run.report.localization else ""
+    console.info(f"report: {run.out_dir}/report.json, report.md, logits.npy, predictions.csv{extra}")

@@ -51,11 +51,12 @@ NATIVE_OUTPUTS = ("logits.npy", "predictions.csv", "report.md", "report.json")
 
 
 def save_native_run(out_dir: Path, workdir: Path, report: NativeReport, dataset: Dataset, run: CachedRun,
-                    also: tuple[str, ...] = ()) -> tuple[NativeReport, list[Prediction]]:
+                    also: tuple[str, ...] = (), stale: tuple[str, ...] = ()) -> tuple[NativeReport, list[Prediction]]:
     """Refuse a run that scored nothing; write predictions.csv, then report.json (recording both files' sha256, so
     a run that compares with this one reads exactly these) and report.md beside the logits in the work folder, then
-    move all four into ``out_dir`` together (with ``also``: further outputs staged in ``workdir``). The report as
-    written, and each image's predictions."""
+    move all four into ``out_dir`` together (with ``also``: further outputs staged in ``workdir``; ``stale``: this
+    command's outputs an earlier run wrote that this one does not, removed). The report as written, and each
+    image's predictions."""
     skipped = run.skipped
     if skipped and report.n_scored == 0 and (len(skipped) == len(dataset) or dataset.n_labelled):
         first = run.cached.bad[0]
@@ -70,7 +71,7 @@ def save_native_run(out_dir: Path, workdir: Path, report: NativeReport, dataset:
                                        "predictions_sha256": sha256_file(workdir / "predictions.csv")})
     write_report(workdir, report)
     write_markdown(workdir / "report.md", report, rows)
-    move_in(out_dir, workdir, (*also, *NATIVE_OUTPUTS))
+    move_in(out_dir, workdir, (*also, *NATIVE_OUTPUTS), stale)
     return report, rows
 
 

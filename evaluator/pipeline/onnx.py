@@ -17,6 +17,7 @@ from xfverify.evaluator.analysis.agreement import compare_outputs
 from xfverify.evaluator.data.layouts import SAMPLE_DIR, load_dataset
 from xfverify.evaluator.pipeline.assemble import assemble_report
 from xfverify.evaluator.pipeline.evaluation import cache_root, evaluate_cached, spec_hw
+from xfverify.evaluator.pipeline.localize import localize_run
 from xfverify.evaluator.pipeline.native import run_native
 from xfverify.evaluator.pipeline.native_run import (
     NATIVE_OUTPUTS,
@@ -58,7 +59,9 @@ from xfverify.evaluator.reports.native import (
     OnnxInfo,
     OnnxReport,
 )
+from xfverify.evaluator.reports.localize import PAGE, localization_page
 from xfverify.evaluator.system import console
+from xfverify.evaluator.system.files import atomic_write_text
 from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError
 from xfverify.models.overrides import parse_overrides
@@ -143,6 +146,12 @@ def run_onnx(options: OnnxOptions, against_moves_to: Path | None = None) -> Save
             raise UserError(f"{name} must be a finite number, not negative, got {value}")
     if options.opset is not None and options.opset <= 0:
         raise UserError(f"--opset must be positive, got {options.opset} (leave it out for the exporter's default)")
+    if options.localize_images <= 0:
+        raise UserError(f"--localize-images must be positive, got {options.localize_images}")
+    if options.localize is False and options.localize_against:
+        raise UserError("--no-localize and --localize-against exclude each other")
+    if options.localize_against and not os.path.isfile(options.localize_against):
+        raise UserError(f"--localize-against {options.localize_against}: no such ONNX file")
     if options.is_file:
         if os.path.isdir(options.target):
             raise UserError(f"{options.target} is a folder, not an ONNX file: give the .onnx file in it")
@@ -157,6 +166,9 @@ def run_onnx(options: OnnxOptions, against_moves_to: Path | None = None) -> Save
         if not options.preprocess:
             raise UserError(f"{options.target}: a user's ONNX file needs --preprocess PRESET (how its model was "
                             "trained to be fed; `xfverify presets` lists them)")
+        if options.localize and not options.against and not options.localize_against:
+            raise UserError(f"--localize compares {options.target} with a native run (--against RUN_DIR) or with "
+                            "another ONNX file (--localize-against FILE.onnx): give one")
         name = Path(options.target).stem
     else:
         name = get_card(options.target).id
@@ -171,7 +183,7 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
             against_moves_to: Path | None) -> SavedRun:
     card = None if options.is_file else get_card(options.target)
     # before the native run and the export, not after them
-    notes = earlier_outputs_note(out_dir, NATIVE_OUTPUTS, "onnx", {ONNX_NATIVE_FOLDER: NATIVE_OUTPUTS})
+    notes = earlier_outputs_note(out_dir, (*NATIVE_OUTPUTS, PAGE), "onnx", {ONNX_NATIVE_FOLDER: NATIVE_OUTPUTS})
     native, new_native = native_run_for(options, out_dir, workdir) if card or options.against else (None, False)
     if native and against_moves_to is not None:
         native = dataclasses.replace(native, folder=against_moves_to)
@@ -242,6 +254,27 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
         if compared == "softmax":
             notes.append("the model ends in softmax and so does its export: the agreement compares probabilities "
                          "with probabilities")
+    localization, localize_failed = None, None
+    asked = bool(options.localize or options.localize_against)
+    disagrees = (options.localize is None and agreement is not None
+                 and (agreement.n_flips > 0 or agreement.within_tolerance < 1.0))
+    if disagrees and not asked and not np.isfinite(native.outputs[include]).all():
+        disagrees = False  # the reference itself holds NaN or +-inf: nothing to localize against (said in a note)
+    if asked or disagrees:
+        try:
+            localization = localize_run(
+                onnx_path=onnx_path, spec=spec, run=run, image_ids=[r.image_id for r in dataset.records],
+                native=native, reference_onnx=options.localize_against, workdir=workdir,
+                n_images=options.localize_images, atol=options.atol, rtol=options.rtol)
+        except UserError as exc:  # the ONNX run is finished: its report is written, then the error is said
+            localize_failed = exc
+            notes.append(f"localizing the first divergent node failed: {exc}")
+        else:
+            if not asked:
+                notes.append(f"the outputs disagree: the {localization.cost.n_images} worst-agreeing image(s) were "
+                             "run node by node (localization; --localize asks for it on any run, --no-localize "
+                             "never)")
+        timeline["localized"] = time.time()
     identity = None if card else {"model": options.target, "architecture": "unknown (a user's ONNX file)",
                                   "builder": "onnxruntime.InferenceSession", "output": onnx_info.output_kind}
     random_weights = bool(native and native.report.random_weights and card)
@@ -249,12 +282,19 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
         card, spec, dataset, run.cached, run.build, run.result, run.timing, run.topk,
         dataclasses.replace(options, random_weights=random_weights), notes,
         report_type=OnnxReport, identity=identity, runtime=run.result.runtime,
-        onnx=onnx_info, native=_native_reference(native), agreement=agreement,
+        onnx=onnx_info, native=_native_reference(native), agreement=agreement, localization=localization,
         onnx_over_native_time=round(run.result.timing.compute_s / native.report.timing.compute_s, 3)
         if native and native.report.timing.compute_s else None,
     )
+    page = ()
+    if localization is not None:  # moved in with the report
+        atomic_write_text(workdir / PAGE, localization_page(report.model, localization))
+        page = (PAGE,)
     report, rows = save_native_run(out_dir, workdir, report, dataset, run,
-                                   also=(ONNX_NATIVE_FOLDER,) if new_native else ())
+                                   also=(*page, *((ONNX_NATIVE_FOLDER,) if new_native else ())),
+                                   stale=() if page else (PAGE,))  # an earlier run's page: not this report's
+    if localize_failed is not None and asked:
+        raise UserError(f"{localize_failed} (the ONNX run's report, without localization, is in {out_dir})")
     return SavedRun(report, out_dir, rows)
 
 

@@ -57,6 +57,9 @@ class OnnxOptions(RunOptions):
     against: str | None = None
     atol: float = ATOL_FRACTION
     rtol: float = RTOL
+    localize: bool | None = None  # run the worst images node by node: always, never, or (None) when the outputs disagree
+    localize_images: int = 4
+    localize_against: str | None = None  # another ONNX file to localize against, instead of the native network
 
     @property
     def is_file(self) -> bool:

@@ -150,13 +150,14 @@ def move_in(out_dir: Path, staged: Path, names: tuple[str, ...], stale: tuple[st
     away first and the new one comes last, so the folder never holds a report beside another run's files (an
     interruption in between leaves no report, never a wrong one). Folders replace folders of the same name (checked
     by ``earlier_outputs_note`` to hold only xfverify's files); ``stale`` names this command's outputs an earlier
-    run wrote that this one does not (diagnose's onnx/ without --onnx): removed."""
+    run wrote that this one does not (diagnose's onnx/ without --onnx, onnx's localize.html without localization):
+    removed (a link of that name is left alone)."""
     retired = staged / ".replaced"
     retired.mkdir(exist_ok=True)
     if os.path.lexists(out_dir / REPORT):
         os.replace(out_dir / REPORT, retired / REPORT)
     for name in stale:
-        if os.path.isdir(out_dir / name) and not os.path.islink(out_dir / name):
+        if not os.path.islink(out_dir / name) and (os.path.isdir(out_dir / name) or os.path.isfile(out_dir / name)):
             os.replace(out_dir / name, retired / name)
     ordered = [n for n in names if n != REPORT] + [n for n in names if n == REPORT]
     for name in ordered:

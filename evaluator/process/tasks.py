@@ -98,6 +98,42 @@ class OnnxFileJob(_Strict):
     layout: Literal["NCHW", "NHWC"]
 
 
+class IntermediatesJob(_Strict):
+    """Run a network on a few fed tensors and write every intermediate tensor it computes, one .npy per tensor
+    (``model``: a card's network, built as ``evaluate`` builds it; else ``onnx_path`` under ONNX Runtime with every
+    node output marked as a graph output)."""
+
+    model: Optional[str] = None
+    onnx_path: Optional[str] = None
+    inputs_path: str = Field(description="a float32 .npy of the fed tensors, one row per image, in the spec's layout")
+    out_dir: str = Field(description="the folder the tensors are written into")
+    weights_file: Optional[str] = None
+    random_weights: bool = False
+    seed: int = 0
+
+    def card(self) -> ModelCard | None:
+        return get_card(self.model) if self.model else None
+
+
+class CapturedTensor(_Strict):
+    """One intermediate tensor, written for every image of an :class:`IntermediatesJob` (``file``: (n, *shape)).
+
+    For a network: ``name`` is its framework's name for the layer (torch's module path, the Keras layer's name,
+    the MXNet symbol's output). For an ONNX graph: ``name`` is the tensor's, ``node``/``op_type``/``attributes``
+    its producer's, ``inputs`` the producer's data inputs, and ``scopes`` the framework names the exporter left
+    on the node (innermost last)."""
+
+    name: str
+    file: str
+    shape: list[int]
+    order: int = Field(description="where it is computed: hook order, layer order or topological order")
+    node: str = ""
+    op_type: str = ""
+    attributes: dict[str, str] = {}
+    inputs: list[str] = []
+    scopes: list[str] = []
+
+
 class DataPart(_Strict):
     """The part of an :class:`EvaluateJob` that comes once the parent has surveyed the cache."""
 
@@ -173,6 +209,17 @@ class ExportOutcome(_Strict):
         return self.export.output_kind
 
 
+class IntermediatesResult(_Strict):
+    """What an intermediates task returns: each tensor it wrote, in the order it was computed, and the cost."""
+
+    framework: FrameworkInfo
+    weights: Optional[WeightsBlock] = Field(default=None, description="a card's network's weights (None: an ONNX file)")
+    tensors: list[CapturedTensor]
+    n_images: int
+    seconds: float
+    bytes_per_image: int = Field(description="bytes of intermediates one image produces (written one tensor at a time)")
+
+
 class WorkerResult(_Strict):
     """What an evaluate task returns to the parent."""
 
@@ -235,4 +282,5 @@ TASKS: dict[type[BaseModel], Task] = {task.job: task for task in (
     Task("reference_preprocess", ReferenceJob, ReferenceResult),
     Task("describe_onnx", OnnxFileJob, OnnxDescription),
     Task("decode_nvjpeg", DecodeJob, DecodeDone),
+    Task("intermediates", IntermediatesJob, IntermediatesResult),
 )}

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xfverify.converter.description import OnnxDescription
 from xfverify.evaluator.analysis.agreement import OnnxAgreement
+from xfverify.evaluator.analysis.localize import Localization
 from xfverify.evaluator.analysis.metrics import NO_CLASS, PublishedGap, RealError
 from xfverify.evaluator.process.blocks import PrecisionBlock, WeightsBlock
 from xfverify.evaluator.process.tasks import (
@@ -154,6 +155,9 @@ class OnnxReport(NativeReport):
     native: Optional[NativeReference]
     onnx_over_native_time: Optional[float] = Field(description="compute seconds, ONNX Runtime / native")
     agreement: Optional[OnnxAgreement]
+    localization: Optional[Localization] = Field(
+        default=None, exclude_if=lambda value: value is None,
+        description="where the graph first departs from its reference, node by node (absent when not run)")
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,8 @@ def onnx_rows(report: OnnxReport) -> list[tuple[str, str]]:
             ("within tolerance", f"{100 * agreement.within_tolerance:.3f} % of elements "
                                  f"(atol {agreement.atol:.3g}, rtol {agreement.rtol:g})"),
         ]
+    if report.localization:
+        rows.append(("localization", report.localization.verdict))
     return rows
 
 
@@ -292,6 +298,8 @@ def write_markdown(path: Path, report: NativeReport, rows: list[Prediction]) -> 
         lines += ["", "## Top-1 flips (native -> ONNX)", ""]
         lines += [f"- `{shown(f.image_id)}`: {f.native_top1} -> {f.onnx_top1}, labels {f.labels}, right: {f.right}"
                   for f in report.agreement.flips]
+    if isinstance(report, OnnxReport) and report.localization:
+        lines += ["", *localization_markdown(report.localization)]
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {shown(n)}" for n in report.notes]
     if report.skipped_images:
@@ -304,6 +312,44 @@ def write_markdown(path: Path, report: NativeReport, rows: list[Prediction]) -> 
     if preview:
         lines += ["", "## First predictions", ""] + preview
     path.write_text("\n".join(lines) + "\n")
+
+
+def _diff(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def localization_markdown(localization: Localization) -> list[str]:
+    """report.md's section: the verdict, the culprit with its inputs and attributes, the next nodes, the curve."""
+    lines = ["## Localization: where the graph first departs", "",
+             f"Against {localization.reference}, on {len(localization.image_ids)} image(s) "
+             f"({', '.join(f'`{i}`' for i in localization.image_ids)}); tolerance atol {localization.atol:g} x each "
+             f"tensor's largest |reference value|, rtol {localization.rtol:g}; {localization.n_matched} of "
+             f"{localization.n_onnx_tensors} graph tensors matched by {localization.matched_by}.", "",
+             f"**{localization.verdict}**"]
+    culprit = localization.culprit
+    if culprit:
+        lines += ["", f"- node `{culprit.node}` ({culprit.op_type}), output `{culprit.tensor}`, matches "
+                      f"`{culprit.reference}`: max |diff| {culprit.max_abs_diff:.3g}, scaled {culprit.scaled_diff:.3g}, "
+                      f"{100 * culprit.within_tolerance:.2f} % of elements within tolerance",
+                  f"- attributes: {', '.join(f'{k}={v}' for k, v in culprit.attributes.items()) or 'none'}"]
+        lines += [f"- input `{i.tensor}` ({i.reference or 'no reference'}): scaled difference {_diff(i.scaled_diff)}"
+                  + (" **already divergent**" if i.divergent else "") for i in culprit.inputs]
+        if culprit.unmatched_between:
+            lines.append(f"- nodes between those inputs and it with no reference tensor: "
+                         f"{', '.join(culprit.unmatched_between)}")
+        lines += ["", "Next nodes:", ""]
+        lines += [f"- `{n.node}` ({n.op_type})" + (f", matches `{n.reference}`: scaled difference {_diff(n.scaled_diff)}"
+                                                   if n.reference else ", no reference tensor")
+                  for n in culprit.context]
+    if localization.cost:
+        cost = localization.cost
+        lines += ["", f"Cost: {cost.n_images} image(s), ONNX Runtime {cost.onnx_s:.2f} s, reference "
+                      f"{cost.reference_s:.2f} s, comparison {cost.compare_s:.2f} s; "
+                      f"{cost.bytes_per_image / 2**20:.1f} MiB of intermediates per image, written one tensor at a time"]
+    lines += ["", "Scaled difference along the graph (matched tensors, topological order):", "", "```"]
+    lines += [f"{n.index:5d} {_diff(n.scaled_diff):>10} {'DIVERGENT ' if n.divergent else '          '}"
+              f"{n.op_type:<20} {n.reference}" for n in localization.curve]
+    return lines + ["```"]
 
 
 def write_report(out_dir: Path, report: NativeReport) -> None:
