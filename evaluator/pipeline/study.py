@@ -298,11 +298,15 @@ def _executor(options: StudyOptions) -> Callable:
 
 def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], CellResult], done: dict[str, CellResult],
                 record: Callable[[PlannedCell, CellResult], None]) -> dict[str, CellResult]:
-    """The cells in order, on this machine (a cell's native cell comes before it in the plan)."""
+    """The cells in order, on this machine (a cell's native cell comes before it in the plan); torch's workers
+    forked from one warm server (the framework imported once, not per cell)."""
+    from xfverify.evaluator.process.warm import warm_workers
+
     results = dict(done)
-    for planned in todo:
-        results[planned.key] = run(planned, results)
-        record(planned, results[planned.key])
+    with warm_workers():
+        for planned in todo:
+            results[planned.key] = run(planned, results)
+            record(planned, results[planned.key])
     return {key: result for key, result in results.items() if key not in done}
 
 
