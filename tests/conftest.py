@@ -42,8 +42,8 @@ def pytest_xdist_make_scheduler(config, log):
 
 @pytest.fixture(scope="session", autouse=True)
 def _warm_workers():
-    """Torch's workers are forked from a server that imported it once (as `xfverify study` does): the CLI's own
-    way, a fresh process per worker, is what the tests run with ``isolated=True`` take."""
+    """Torch's and TensorFlow's workers are forked from a server that imported the framework once (as `xfverify
+    study` does): the CLI's own way, a fresh process per worker, is what the tests run with ``isolated=True`` take."""
     from xfverify.evaluator.process.warm import warm_workers
 
     with warm_workers():

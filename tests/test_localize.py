@@ -113,15 +113,19 @@ def planted(export: Path, target: Path, plant: Callable) -> tuple[Path, str]:
     return target, name
 
 
-@pytest.fixture(scope="module")
-def mobilenet_v2(tmp_path_factory):
-    """A faithful random-weights MobileNetV2 run with --localize (its native run and export are reused)."""
-    root = tmp_path_factory.mktemp("localize-torch")
-    report = onnx_report(target="torchvision/mobilenet_v2", data=str(images(root / "images")), out=str(root / "o"),
+def faithful_run(tmp_path_factory, target: str) -> dict:
+    """A faithful random-weights run of ``target`` with --localize (its native run and export are reused)."""
+    root = tmp_path_factory.mktemp("localize")
+    report = onnx_report(target=target, data=str(images(root / "images")), out=str(root / "o"),
                          random_weights=True, limit=2, batch_size=2, localize=True, localize_images=2,
                          cache_dir=str(root / "cache"))
     [export] = (root / "cache" / "onnx").glob("*/model.onnx")
     return {"root": root, "report": report, "export": export}
+
+
+@pytest.fixture(scope="module")
+def mobilenet_v2(tmp_path_factory):
+    return faithful_run(tmp_path_factory, "torchvision/mobilenet_v2")
 
 
 @needs_torch
@@ -183,12 +187,7 @@ def transpose_a_square_pointwise_weight(model) -> str:
 
 @pytest.fixture(scope="module")
 def keras_mobilenet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("localize-keras")
-    report = onnx_report(target="keras/MobileNet", data=str(images(root / "images")), out=str(root / "o"),
-                         random_weights=True, limit=2, batch_size=2, localize=True, localize_images=2,
-                         cache_dir=str(root / "cache"))
-    [export] = (root / "cache" / "onnx").glob("*/model.onnx")
-    return {"root": root, "report": report, "export": export}
+    return faithful_run(tmp_path_factory, "keras/MobileNet")
 
 
 @needs_tensorflow
@@ -231,12 +230,7 @@ def swap_a_named_conv_padding(model) -> str:
 
 @pytest.fixture(scope="module")
 def gluon_mobilenet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("localize-mxnet")
-    report = onnx_report(target="gluoncv/mobilenet1.0", data=str(images(root / "images")), out=str(root / "o"),
-                         random_weights=True, limit=2, batch_size=2, localize=True, localize_images=2,
-                         cache_dir=str(root / "cache"))
-    [export] = (root / "cache" / "onnx").glob("*/model.onnx")
-    return {"root": root, "report": report, "export": export}
+    return faithful_run(tmp_path_factory, "gluoncv/mobilenet1.0")
 
 
 @needs_mxnet

@@ -298,8 +298,8 @@ def _executor(options: StudyOptions) -> Callable:
 
 def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], CellResult], done: dict[str, CellResult],
                 record: Callable[[PlannedCell, CellResult], None]) -> dict[str, CellResult]:
-    """The cells in order, on this machine (a cell's native cell comes before it in the plan); torch's workers
-    forked from one warm server (the framework imported once, not per cell)."""
+    """The cells in order, on this machine (a cell's native cell comes before it in the plan); torch's and
+    TensorFlow's workers forked from a warm server each (the framework imported once, not per cell)."""
     from xfverify.evaluator.process.warm import warm_workers
 
     results = dict(done)

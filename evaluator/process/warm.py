@@ -31,10 +31,14 @@ RUN_TIME_PREFIXES = ("XFVERIFY_", "http_proxy", "https_proxy", "HTTP_PROXY", "HT
 RUN_TIME_SUFFIXES = ("_HOME",)  # TORCH_HOME, KERAS_HOME, MXNET_HOME: where weights are looked for
 
 
+def _read_at_run_time(name: str) -> bool:
+    return not name.startswith("XFVERIFY_PYTHON_") and (
+        name in RUN_TIME_VARIABLES or name.startswith(RUN_TIME_PREFIXES) or name.endswith(RUN_TIME_SUFFIXES))
+
+
 def _import_time_environment(env: dict[str, str]) -> dict[str, str]:
-    return {name: value for name, value in env.items()
-            if not (name in RUN_TIME_VARIABLES or name.startswith(RUN_TIME_PREFIXES) or name.endswith(RUN_TIME_SUFFIXES))
-            or name.startswith("XFVERIFY_PYTHON_")}
+    """The variables a framework may read when imported: a server serves only jobs that agree with it on them."""
+    return {name: value for name, value in env.items() if not _read_at_run_time(name)}
 
 
 class WarmProcess:
@@ -181,8 +185,9 @@ def active() -> WarmWorkers | None:
     return _active
 
 
-# TensorFlow and MXNet start threads when imported (forking them is unsafe); ONNX Runtime's import is cheap.
-FORKABLE = ("torch",)
+# Checked to fork cleanly after their import (bit-identical logits, the suite). MXNet's engine starts worker
+# threads when imported, which a fork does not carry; ONNX Runtime's import is cheap.
+FORKABLE = ("torch", "tensorflow")
 
 
 @contextlib.contextmanager
