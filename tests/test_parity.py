@@ -131,22 +131,22 @@ def test_preset_matches_its_source(preset, framework_references):
     if reference.exact:
         assert match.identical, f"{preset} differs from its source: {describe_match(match, reference, paths)}"
         return
-    # Images whose crop window already has the input size: the original feeds them as uint8 / 255, every value
-    # within [-127/128, -126/128] (see the reference's `why`); xfverify does not copy that. All others: in bound.
-    fed_as_uint8_over_255 = tuple(i for i in range(len(paths)) if theirs[i].max() <= -126 / 128)
-    assert match.outside == fed_as_uint8_over_255, describe_match(match, reference, paths)
+    assert match.outside == (), describe_match(match, reference, paths)
 
 
 @needs_tensorflow
-def test_the_tpu_original_feeds_an_unresized_window_as_uint8_over_255(tmp_path):
+def test_the_tpu_original_resizes_a_window_that_already_has_the_input_size(tmp_path):
+    """Run as its scripts run it (a tf.data map, graph mode), the original does not know the window's size when the
+    resize is traced, so tf.compat.v1's resize always runs and the picture is fed (run eagerly, the window would
+    pass through as uint8 and be fed as uint8 / 255, every value near -1)."""
     from PIL import Image
 
-    path = tmp_path / "short_side_256.jpg"  # window = int(0.875 * 256) = 224: tf.compat.v1 resize returns it as is
+    path = tmp_path / "short_side_256.jpg"  # window = int(0.875 * 256) = 224: the input size
     Image.open(SAMPLE_DIR / "rocket.jpg").convert("RGB").resize((300, 256)).save(path, quality=95)
     theirs, _ = reference_tensors("lite-tf-224", [str(path)])
     ours = preprocess_files([str(path)], PRESETS["lite-tf-224"])
-    assert theirs.max() <= -126 / 128  # (x / 255 - 127) / 128: every value near -1
-    assert ours.min() < -0.5 < 0.5 < ours.max()  # xfverify feeds the picture
+    assert theirs.min() < -0.5 < 0.5 < theirs.max()  # the picture, not uint8 / 255
+    assert compare_with_reference(ours, theirs, REFERENCES["lite-tf-224"]).outside == ()
 
 
 # --- tf2 and torch: xfverify's numpy resizes against the frameworks' own resize calls ------------------------------

@@ -46,9 +46,7 @@ _TPU_LITE = Reference(
     outlier_fraction=0.01,
     why=(
         "the tensor cache stores the resized image as uint8 (TensorFlow feeds it unrounded: <= 0.5/128 apart), "
-        "and TensorFlow's cropped JPEG decoding differs from a whole-image decode along the crop's edges; an image "
-        "whose crop window already has the input size is fed by the original as uint8 / 255 (tf.compat.v1's resize "
-        "returns it unresized, then convert_image_dtype rescales it), xfverify feeds its pixels"
+        "and TensorFlow's cropped JPEG decoding differs from a whole-image decode along the crop's edges"
     ),
     jpeg_only=True,  # tf.image.extract_jpeg_shape and decode_and_crop_jpeg
 )
