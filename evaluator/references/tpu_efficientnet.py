@@ -78,6 +78,7 @@ def _lite_eval(image_size: int, resize_method=None):
 
 
 PIPELINES = {f"lite-tf-{size}": _lite_eval(size, tf.image.ResizeMethod.BILINEAR) for size in (224, 240, 260)}
+PIPELINES.update({f"lite-tf-bicubic-{size}": _lite_eval(size) for size in (224, 240, 260)})
 
 
 def describe() -> str:
