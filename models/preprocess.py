@@ -172,6 +172,21 @@ class PreprocessSpec:
         return self.resize_library in ("tf1", "tf2") and self.interpolation != "nearest"
 
     @property
+    def decodes_window(self) -> bool:
+        """Whether only the crop window is decoded, as ``tf.image.decode_and_crop_jpeg`` does (TensorFlow's decoder,
+        crop then resize): libjpeg-turbo's partial decode upsamples the chroma of the window's edge columns as an
+        image's edges, so it differs from a crop of the whole decoded image there; it runs in a TensorFlow worker."""
+        return self.decoder == "tensorflow" and self.order == "crop_then_resize"
+
+    @property
+    def decode_worker(self) -> str | None:
+        """The framework whose worker decodes for this spec (nvjpeg: torch; a TensorFlow window: tensorflow), or
+        None where the CPU decode pool does."""
+        if self.decoder == "nvjpeg":
+            return "torch"
+        return "tensorflow" if self.decodes_window else None
+
+    @property
     def cached_dtype(self) -> str:
         """The element type of the geometry's images as the tensor cache stores them."""
         return "float32" if self.keeps_float else "uint8"

@@ -64,9 +64,8 @@ _NO_ROOM_FIX = ("free space there, or put the cache on a larger disk (--cache-di
                 "finished shards are kept")
 CHUNK_SIZE = 16
 FORMAT_VERSION = 2  # 2: sidecars list decode caveats
-WORKER_DECODERS = ("nvjpeg",)  # decoders that run in a framework's worker: the cache is given a pool for them
-# A decode pool for such a decoder, made from the spec, the CPU pool (for everything else) and the normalisation keys:
-# submit(function, *args) -> Future, start(), shutdown(wait, cancel_futures), as ProcessPoolExecutor's.
+# A decode pool for a spec that decodes in a framework's worker (spec.decode_worker), made from the spec, the CPU
+# pool (for everything else) and the normalisation keys: submit(function, *args) -> Future, start(), shutdown(wait, cancel_futures), as ProcessPoolExecutor's.
 DecoderPool = Callable[[PreprocessSpec, ProcessPoolExecutor, list], Any]
 
 
@@ -82,6 +81,15 @@ def nvjpeg_identity() -> dict[str, str]:
         torchvision = "absent"
     decoder = "cpu" if nvjpeg_on_cpu() else ",".join(nvidia_gpus()) or "no GPU"
     return {"torchvision": torchvision, "nvjpeg_device": decoder}
+
+
+def _installed_version(distribution: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 def default_cache_root() -> Path:
@@ -186,11 +194,13 @@ class TensorCache:
             )
         self.spec = spec
         self.shard_size = shard_size
-        self.decoder_pool = decoder_pool  # for a decoder that runs in a framework's worker (nvjpeg)
+        self.decoder_pool = decoder_pool  # for a spec that decodes in a framework's worker (nvjpeg, TF's window)
         self.hw = spec.output_hw
         versions = library_versions()
         if spec.decoder == "nvjpeg":
             versions = {**versions, **nvjpeg_identity()}
+        if spec.decodes_window:
+            versions = {**versions, "tensorflow": _installed_version("tensorflow")}
         ident = {"geometry": spec.geometry(), "libraries": versions, "format": FORMAT_VERSION}
         self.dtype = np.dtype(spec.cached_dtype)
         if spec.keeps_float:  # uint8 caches keep the keys they had
@@ -440,10 +450,11 @@ class TensorCache:
             initializer=init_decode_process,
             initargs=(self.spec.to_dict(), os.getpid(), [n.spec.to_dict() for n in normalisations]),
         )
-        in_worker = self.spec.decoder in WORKER_DECODERS and bool(decode)
+        in_worker = self.spec.decode_worker is not None and bool(decode)
         if in_worker:
             if self.decoder_pool is None:
-                raise RuntimeError(f"the {self.spec.decoder} decoder runs in a worker: the cache needs its decoder_pool")
+                raise RuntimeError(f"{self.spec.name} decodes in a {self.spec.decode_worker} worker: the cache needs "
+                                   "its decoder_pool")
             pool = self.decoder_pool(self.spec, pool, list(by_key))
         try:
             for plan in decode:

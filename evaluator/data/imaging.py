@@ -535,6 +535,17 @@ def _center_crop(image: np.ndarray, crop: int, rounding: str) -> np.ndarray:
     return image[top : top + crop, left : left + crop]
 
 
+def crop_window(height: int, width: int, spec: PreprocessSpec) -> tuple[int, int, int]:
+    """(top, left, side) of the centred square a crop_then_resize spec cuts from a height x width image."""
+    side = max(1, crop_fraction_window(height, width, spec.crop_size, spec.crop_padding))
+    return crop_offset(height, side, spec.crop_rounding), crop_offset(width, side, spec.crop_rounding), side
+
+
+def resize_window(window: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """A crop_then_resize spec's window resized to its input size (contiguous; ``spec.cached_dtype``)."""
+    return np.ascontiguousarray(resize(window, spec.crop_size, spec.crop_size, spec))
+
+
 def apply_geometry(image: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """Resize and centre-crop an RGB image (uint8 HWC array or PIL image) as ``spec`` says.
 
@@ -542,11 +553,8 @@ def apply_geometry(image: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.
     """
     width, height = image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
     if spec.order == "crop_then_resize":
-        side = max(1, crop_fraction_window(height, width, spec.crop_size, spec.crop_padding))
-        top = crop_offset(height, side, spec.crop_rounding)
-        left = crop_offset(width, side, spec.crop_rounding)
-        window = np.asarray(image)[top : top + side, left : left + side]
-        return np.ascontiguousarray(resize(window, spec.crop_size, spec.crop_size, spec))
+        top, left, side = crop_window(height, width, spec)
+        return resize_window(np.asarray(image)[top : top + side, left : left + side], spec)
     if spec.resize_mode == "shorter_side":
         image = resize(image, *shorter_side_size(height, width, spec.resize_size), spec)
     elif spec.resize_mode == "squash":

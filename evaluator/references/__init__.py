@@ -39,15 +39,6 @@ class Reference:
 _TPU_LITE = Reference(
     framework="tensorflow",
     module="tpu_efficientnet",
-    # TensorFlow feeds its resized floats; the cache keeps uint8, rounded: at most 0.5 / 128 away.
-    bound=0.5 / 128 + 1e-6,
-    # tf.image.decode_and_crop_jpeg upsamples chroma differently along the crop window's edges than a
-    # whole-image decode; measured on imagenet-sample-500: at most 0.44 % of the window's pixels.
-    outlier_fraction=0.01,
-    why=(
-        "the tensor cache stores the resized image as uint8 (TensorFlow feeds it unrounded: <= 0.5/128 apart), "
-        "and TensorFlow's cropped JPEG decoding differs from a whole-image decode along the crop's edges"
-    ),
     jpeg_only=True,  # tf.image.extract_jpeg_shape and decode_and_crop_jpeg
 )
 
