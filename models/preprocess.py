@@ -82,7 +82,9 @@ class PreprocessSpec:
             OpenCV-based pipelines and MXNet do; ``tensorflow``: as ``tf.io.decode_jpeg``
             with its defaults, libjpeg-turbo's fast integer DCT with fancy upsampling, which
             differs from PIL's accurate DCT by up to ~20 levels; files that are not JPEG go
-            through PIL); ``nvjpeg``: ``torchvision.io.decode_jpeg(device="cuda")`` on an NVIDIA
+            through PIL; with crop_then_resize only the crop window is decoded, by
+            ``tf.image.decode_and_crop_jpeg`` in a TensorFlow worker, as TensorFlow's
+            EfficientNet does); ``nvjpeg``: ``torchvision.io.decode_jpeg(device="cuda")`` on an NVIDIA
             GPU (nvJPEG: ~10x faster than a CPU, ~5 levels from libjpeg-turbo on average; files
             it cannot decode go through PIL).
         order: ``resize_then_crop`` (torchvision, Keras, GluonCV: resize, then centre-crop

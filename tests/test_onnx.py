@@ -104,7 +104,8 @@ def test_the_device_feed_gives_the_host_feeds_logits_proven_by_the_stored_digest
     against the cache's digests), taken on the CPU: the same tensors_sha256 and bit-identical logits (a uint8
     cache: timm's preprocessing of the same weights)."""
     host_out, device_out = tmp_path / "h", tmp_path / "d"
-    done = run_cli("onnx", "--preprocess", "lite-timm-224", "--provider", "cpu", "--out", str(host_out), env=lite0["env"])
+    done = run_cli("onnx", "--preprocess", "lite-timm-224", "--provider", "cpu", "--out", str(host_out),
+                   env=lite0["env"])
     assert done.returncode == 0, done.stderr[-3000:]
     done = run_cli("onnx", "--preprocess", "lite-timm-224", "--provider", "cpu", "--against", str(host_out / "native"),
                    "--out", str(device_out), env={**lite0["env"], "XFVERIFY_ORT_FEED": "device"})

@@ -150,7 +150,8 @@ def write_shards(workdir: Path) -> list[str]:
     return paths
 
 
-def run(step, shards: list[str], workdir: Path, name: str, spec=PRESETS["keras-caffe"]) -> tuple[runloop.LoopResult, np.ndarray]:
+def run(step, shards: list[str], workdir: Path, name: str,
+        spec=PRESETS["keras-caffe"]) -> tuple[runloop.LoopResult, np.ndarray]:
     # keras-caffe is BGR: the channel reordering is exercised too
     result = runloop.run_loop(shards, 41, spec, 8, step, workdir / f"{name}.npy", threads=2)
     return result, np.load(workdir / f"{name}.npy")

@@ -233,7 +233,8 @@ class CudaStep(DeviceFedStep):
     def _capture(self, n: int, hw: tuple[int, int]) -> None:
         """Capture the forward pass of full batches; keep it only if its replay equals eager bit for bit."""
         generator = torch.Generator(device="cpu").manual_seed(0)
-        probe = torch.randint(0, 256, (n, *hw, 3), dtype=torch.uint8, generator=generator).to(self.cached).to(self.device)
+        probe = torch.randint(0, 256, (n, *hw, 3), dtype=torch.uint8, generator=generator)
+        probe = probe.to(self.cached).to(self.device)
         x = self.normalise(probe)
         static_x = x.clone()
         try:

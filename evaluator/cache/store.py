@@ -65,7 +65,8 @@ _NO_ROOM_FIX = ("free space there, or put the cache on a larger disk (--cache-di
 CHUNK_SIZE = 16
 FORMAT_VERSION = 2  # 2: sidecars list decode caveats
 # A decode pool for a spec that decodes in a framework's worker (spec.decode_worker), made from the spec, the CPU
-# pool (for everything else) and the normalisation keys: submit(function, *args) -> Future, start(), shutdown(wait, cancel_futures), as ProcessPoolExecutor's.
+# pool (for everything else) and the normalisation keys: submit(function, *args) -> Future, start(),
+# shutdown(wait, cancel_futures), as ProcessPoolExecutor's.
 DecoderPool = Callable[[PreprocessSpec, ProcessPoolExecutor, list], Any]
 
 

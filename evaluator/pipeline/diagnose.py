@@ -392,5 +392,7 @@ def _flip_images(runs: list[VariantRun], report: DiagnoseReport, dataset: Datase
         for offset in range(len(batch)):
             if start + offset in wanted:
                 image = np.asarray(batch[offset])  # float32 where the cache keeps TensorFlow's resized floats
-                images[start + offset] = image if image.dtype == np.uint8 else np.clip(np.rint(image), 0, 255).astype(np.uint8)
+                if image.dtype != np.uint8:
+                    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+                images[start + offset] = image
     return images

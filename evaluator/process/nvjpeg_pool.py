@@ -10,6 +10,7 @@ from typing import Any, Callable
 from xfverify.evaluator.cache.decoding import decode_chunk, digest_chunk
 from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.tasks import DecodeChunk, DecodeJob, WindowDecodeJob
+from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 
 
@@ -63,13 +64,17 @@ class WorkerDecodePool:
         def on_start(process) -> None:
             self.process = process
 
+        framework = self.spec.decode_worker
         try:
-            framework = self.spec.decode_worker
             job = (WindowDecodeJob if framework == "tensorflow" else DecodeJob)(spec=self.spec.to_dict(),
                                                                                  chunks=self.chunks)
             run_worker(framework, job, on_event=on_event, on_start=on_start)
             failure: BaseException = RuntimeError(f"the {framework} decode worker ended without decoding every chunk")
-        except BaseException as exc:  # a UserError (no GPU) or a crash: every waiting chunk gets it
+        except UserError as exc:  # no GPU for nvJPEG, no TensorFlow for the windows: every waiting chunk gets it
+            failure = exc if framework != "tensorflow" else UserError(
+                f"{self.spec.name} decodes each crop window with TensorFlow's decode_and_crop_jpeg, as the original "
+                f"does: {exc}")
+        except BaseException as exc:  # a crash: every waiting chunk gets it
             failure = exc
         for index, future in enumerate(self.futures):
             if index not in self.reported:

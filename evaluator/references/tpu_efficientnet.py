@@ -82,4 +82,5 @@ PIPELINES.update({f"lite-tf-bicubic-{size}": _lite_eval(size) for size in (224, 
 
 
 def describe() -> str:
-    return f"tensorflow/tpu EfficientNet-Lite evaluation preprocessing (graph mode, tf.data) on tensorflow {tf.__version__}"
+    return ("tensorflow/tpu EfficientNet-Lite evaluation preprocessing (graph mode, tf.data) on tensorflow "
+            f"{tf.__version__}")
