@@ -2,10 +2,11 @@
 
 A spec has two halves:
 
-* the *geometry* (decoder, resize, crop, and their order) turns a file into a uint8 RGB
-  image of ``crop_size x crop_size``; it is what the tensor cache is keyed on;
+* the *geometry* (decoder, resize, crop, and their order) turns a file into an RGB image of
+  ``crop_size x crop_size``: uint8, or float32 where TensorFlow's resize computes floats that its
+  sources feed unrounded (``keeps_float``); it is what the tensor cache is keyed on;
 * the *normalisation* (scale, mean, std, channel order, layout, dtype) turns that
-  uint8 image into the float tensor the model is fed.
+  image into the float tensor the model is fed.
 
 Normalisation is ``((x / scale) - mean[c]) / std[c]`` in float32, one operation at a
 time, the order in which torchvision, Keras and GluonCV all compute it.
@@ -64,7 +65,7 @@ GEOMETRY_FIELDS = (
 LIBRARY_INTERPOLATIONS: dict[str, tuple[str, ...]] = {
     "pil": ("nearest", "bilinear", "bicubic", "area", "lanczos"),
     "opencv": ("nearest", "bilinear", "bicubic", "area", "lanczos"),
-    "tf1": ("bilinear",),
+    "tf1": ("bilinear", "bicubic"),
     "tf2": ("nearest", "bilinear", "bicubic", "lanczos"),
     "torch": ("nearest", "bilinear", "bicubic"),
 }
@@ -81,7 +82,9 @@ class PreprocessSpec:
             OpenCV-based pipelines and MXNet do; ``tensorflow``: as ``tf.io.decode_jpeg``
             with its defaults, libjpeg-turbo's fast integer DCT with fancy upsampling, which
             differs from PIL's accurate DCT by up to ~20 levels; files that are not JPEG go
-            through PIL); ``nvjpeg``: ``torchvision.io.decode_jpeg(device="cuda")`` on an NVIDIA
+            through PIL; with crop_then_resize only the crop window is decoded, by
+            ``tf.image.decode_and_crop_jpeg`` in a TensorFlow worker, as TensorFlow's
+            EfficientNet does); ``nvjpeg``: ``torchvision.io.decode_jpeg(device="cuda")`` on an NVIDIA
             GPU (nvJPEG: ~10x faster than a CPU, ~5 levels from libjpeg-turbo on average; files
             it cannot decode go through PIL).
         order: ``resize_then_crop`` (torchvision, Keras, GluonCV: resize, then centre-crop
@@ -96,8 +99,8 @@ class PreprocessSpec:
         resize_library: library that resizes (its filters differ even for the same name):
             ``pil``: ``Image.resize`` (torchvision's and Keras's PIL pipelines);
             ``opencv``: ``cv2.resize`` (MXNet/GluonCV, OpenCV pipelines);
-            ``tf1``: TensorFlow 1's ``tf.compat.v1.image.resize`` bilinear (align_corners and
-            half_pixel_centers false, no antialias);
+            ``tf1``: TensorFlow 1's ``tf.compat.v1.image.resize`` bilinear and ``resize_bicubic``
+            (Keys cubic, a = -0.75) with align_corners and half_pixel_centers false, no antialias;
             ``tf2``: TensorFlow 2's ``tf.image.resize(images, size, method, antialias)``: half-pixel
             centres; nearest, bilinear (ResizeBilinear), bicubic (Keys cubic, a = -0.5), lanczos
             (``lanczos3``); with antialias, ScaleAndTranslate's kernel widened by the scale when
@@ -109,9 +112,9 @@ class PreprocessSpec:
             for bilinear and up to 18 for bicubic at sharp edges (the uint8 kernel clips between its
             horizontal and vertical passes).
             tf1, tf2 and torch are computed in numpy (the decode pool imports no framework), tested
-            against the framework's own call; TensorFlow's float output is rounded to the nearest
-            uint8 (clipped to 0..255 where bicubic or lanczos overshoot); torch's is uint8 already,
-            bit for bit.
+            against the framework's own call; TensorFlow's float32 output is kept as it is (the cache
+            stores float32 images for these specs, as TensorFlow feeds them, overshoot included);
+            tf2's nearest and torch's are uint8 already, bit for bit.
         antialias: whether the filter widens when shrinking (PIL always does; OpenCV never
             does, except ``area``; tf1 never does; tf2 and torch do when asked, except nearest,
             which never does: antialias must be false with it).
@@ -163,6 +166,32 @@ class PreprocessSpec:
         if self.resize_mode == "squash":
             return (self.resize_size, self.resize_size)
         return None
+
+    @property
+    def keeps_float(self) -> bool:
+        """Whether the geometry's output is TensorFlow's float32 resize, kept unrounded (the cache stores float32
+        images): its sources feed the resize's floats, so rounding them to uint8 would change what is fed."""
+        return self.resize_library in ("tf1", "tf2") and self.interpolation != "nearest"
+
+    @property
+    def decodes_window(self) -> bool:
+        """Whether only the crop window is decoded, as ``tf.image.decode_and_crop_jpeg`` does (TensorFlow's decoder,
+        crop then resize): libjpeg-turbo's partial decode upsamples the chroma of the window's edge columns as an
+        image's edges, so it differs from a crop of the whole decoded image there; it runs in a TensorFlow worker."""
+        return self.decoder == "tensorflow" and self.order == "crop_then_resize"
+
+    @property
+    def decode_worker(self) -> str | None:
+        """The framework whose worker decodes for this spec (nvjpeg: torch; a TensorFlow window: tensorflow), or
+        None where the CPU decode pool does."""
+        if self.decoder == "nvjpeg":
+            return "torch"
+        return "tensorflow" if self.decodes_window else None
+
+    @property
+    def cached_dtype(self) -> str:
+        """The element type of the geometry's images as the tensor cache stores them."""
+        return "float32" if self.keeps_float else "uint8"
 
     def geometry(self) -> dict[str, Any]:
         """The fields that decide the uint8 image (the tensor cache's key)."""
@@ -283,7 +312,8 @@ TPU_LITE_SOURCE = (
     "_decode_and_center_crop (tf.image.decode_and_crop_jpeg of a centred square of size/(size+32) of the "
     "shorter side, offset (h - side + 1)//2; CROP_PADDING 32 as at the lite release, later revisions use "
     "round(size / 7)), resized with tf.compat.v1 tf.image.resize BILINEAR (main.py@01b67067: 'lite or edgetpu "
-    "use bilinear'), then (x - MEAN_RGB 127) / STDDEV_RGB 128 (lite/efficientnet_lite_builder.py)"
+    "use bilinear'), run as main.py runs it (a tf.data map: graph mode, the resized float32 image fed unrounded), "
+    "then (x - MEAN_RGB 127) / STDDEV_RGB 128 (lite/efficientnet_lite_builder.py)"
 )
 TIMM_LITE_SOURCE = (
     "timm 1.0.31 pretrained_cfg of tf_efficientnet_lite%d (timm/models/efficientnet.py: crop_pct %.3f, bicubic, "
@@ -377,6 +407,21 @@ def _lite_tpu(size: int) -> PreprocessSpec:
     )
 
 
+TPU_LITE_BICUBIC_SOURCE = (
+    "the TensorFlow original's evaluation as eval_ckpt_main.py runs it (the command lite/README.md gives): "
+    "tensorflow/tpu models/official/efficientnet preprocessing.py _decode_and_center_crop as lite-tf-%d, but "
+    "resize_method None, so _resize_image calls tf.compat.v1 tf.image.resize_bicubic (align_corners and "
+    "half_pixel_centers false); main.py, which trained and evaluated the published numbers, sets BILINEAR for the "
+    "lite models; then (x - 127) / 128 (eval_ckpt_main.py EvalCkptDriver.build_model, the lite builder's MEAN_RGB, "
+    "STDDEV_RGB)"
+)
+
+
+def _lite_tpu_bicubic(size: int) -> PreprocessSpec:
+    return _lite_tpu(size).replace(name=f"lite-tf-bicubic-{size}", interpolation="bicubic",
+                                   source=TPU_LITE_BICUBIC_SOURCE % size)
+
+
 def _lite_timm(variant: int) -> PreprocessSpec:
     size, crop_pct = LITE_SIZES[variant]
     resize = resize_for_crop_pct(size, crop_pct)
@@ -429,7 +474,7 @@ def _build_presets() -> dict[str, PreprocessSpec]:
         _gluoncv("gluoncv"),
     ]
     for variant, (size, _) in LITE_SIZES.items():
-        presets += [_lite_tpu(size), _lite_timm(variant)]
+        presets += [_lite_tpu(size), _lite_tpu_bicubic(size), _lite_timm(variant)]
     # The trap this project once fell into: the Lite weights fed ImageNet mean/std (a diagnosis variant).
     presets.append(
         _lite_timm(0).replace(

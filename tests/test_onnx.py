@@ -102,15 +102,35 @@ def test_real_weights_agree_on_every_image(lite0):
 @pytest.mark.torch
 def test_the_device_feed_gives_the_host_feeds_logits_proven_by_the_stored_digests(lite0, tmp_path):
     """How ONNX Runtime is fed on a GPU (uint8 bound with IO binding, normalised in the graph, checksums checked
-    against the cache's digests), taken on the CPU: the same tensors_sha256 and bit-identical logits."""
+    against the cache's digests), taken on the CPU: the same tensors_sha256 and bit-identical logits (a uint8
+    cache: timm's preprocessing of the same weights)."""
+    host_out, device_out = tmp_path / "h", tmp_path / "d"
+    done = run_cli("onnx", "--preprocess", "lite-timm-224", "--provider", "cpu", "--out", str(host_out),
+                   env=lite0["env"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_cli("onnx", "--preprocess", "lite-timm-224", "--provider", "cpu", "--against", str(host_out / "native"),
+                   "--out", str(device_out), env={**lite0["env"], "XFVERIFY_ORT_FEED": "device"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    device = json.loads((device_out / "report.json").read_text())
+    host = json.loads((host_out / "report.json").read_text())
+    assert device["runtime"]["options"]["io_binding"] is True and host["runtime"]["options"]["io_binding"] is False
+    assert device["tensor_proof"].startswith("device checksums") and host["tensor_proof"] == "hashed on host"
+    assert device["tensors_sha256"] == host["tensors_sha256"]
+    assert np.array_equal(np.load(device_out / "logits.npy"), np.load(host_out / "logits.npy"))
+
+
+@needs_torch
+@pytest.mark.torch
+def test_a_cache_of_tensorflows_floats_is_fed_from_the_host_under_the_device_feed(lite0, tmp_path):
+    """lite-tf-224's cache keeps TensorFlow's resized floats, which the uint8 feed graph cannot take: ONNX Runtime is
+    fed them from the host, hashed there, and says so; the same tensors and logits."""
     done = run_cli("onnx", "--provider", "cpu", "--against", str(lite0["out"] / "native"), "--out",
                    str(tmp_path / "d"), env={**lite0["env"], "XFVERIFY_ORT_FEED": "device"})
     assert done.returncode == 0, done.stderr[-3000:]
     device = json.loads((tmp_path / "d" / "report.json").read_text())
-    host = lite0["report"]
-    assert device["runtime"]["options"]["io_binding"] is True and host["runtime"]["options"]["io_binding"] is False
-    assert device["tensor_proof"].startswith("device checksums") and host["tensor_proof"] == "hashed on host"
-    assert device["tensors_sha256"] == host["tensors_sha256"]
+    assert device["runtime"]["options"]["io_binding"] is False and device["tensor_proof"] == "hashed on host"
+    assert "fed float32 tensors from the host" in json.dumps(device)
+    assert device["tensors_sha256"] == lite0["report"]["tensors_sha256"]
     assert np.array_equal(np.load(tmp_path / "d" / "logits.npy"), np.load(lite0["out"] / "logits.npy"))
 
 

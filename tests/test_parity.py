@@ -29,7 +29,7 @@ from helpers import (
 )
 
 from xfverify.evaluator import references as references_package
-from xfverify.evaluator.data.imaging import resize, resize_tf2
+from xfverify.evaluator.data.imaging import resize
 from xfverify.evaluator.pipeline.preprocess import (
     compare_with_reference,
     describe_match,
@@ -131,22 +131,42 @@ def test_preset_matches_its_source(preset, framework_references):
     if reference.exact:
         assert match.identical, f"{preset} differs from its source: {describe_match(match, reference, paths)}"
         return
-    # Images whose crop window already has the input size: the original feeds them as uint8 / 255, every value
-    # within [-127/128, -126/128] (see the reference's `why`); xfverify does not copy that. All others: in bound.
-    fed_as_uint8_over_255 = tuple(i for i in range(len(paths)) if theirs[i].max() <= -126 / 128)
-    assert match.outside == fed_as_uint8_over_255, describe_match(match, reference, paths)
+    assert match.outside == (), describe_match(match, reference, paths)
 
 
 @needs_tensorflow
-def test_the_tpu_original_feeds_an_unresized_window_as_uint8_over_255(tmp_path):
+def test_the_tpu_original_resizes_a_window_that_already_has_the_input_size(tmp_path):
+    """Run as its scripts run it (a tf.data map, graph mode), the original does not know the window's size when the
+    resize is traced, so tf.compat.v1's resize always runs and the picture is fed (run eagerly, the window would
+    pass through as uint8 and be fed as uint8 / 255, every value near -1)."""
     from PIL import Image
 
-    path = tmp_path / "short_side_256.jpg"  # window = int(0.875 * 256) = 224: tf.compat.v1 resize returns it as is
+    path = tmp_path / "short_side_256.jpg"  # window = int(0.875 * 256) = 224: the input size
     Image.open(SAMPLE_DIR / "rocket.jpg").convert("RGB").resize((300, 256)).save(path, quality=95)
     theirs, _ = reference_tensors("lite-tf-224", [str(path)])
     ours = preprocess_files([str(path)], PRESETS["lite-tf-224"])
-    assert theirs.max() <= -126 / 128  # (x / 255 - 127) / 128: every value near -1
-    assert ours.min() < -0.5 < 0.5 < ours.max()  # xfverify feeds the picture
+    assert theirs.min() < -0.5 < 0.5 < theirs.max()  # the picture, not uint8 / 255
+    assert np.array_equal(ours, theirs)
+
+
+@needs_tensorflow
+def test_the_crop_window_is_decoded_as_decode_and_crop_jpeg_decodes_it(tmp_path):
+    """A 4:2:0 JPEG whose window starts on an iMCU boundary (left = (416 - 224 + 1) // 2 = 96) and ends mid-chroma:
+    libjpeg-turbo's partial decode upsamples the chroma of the window's first and last columns as an image's edges.
+    xfverify's tensors equal the original's; the same window cut from the whole decoded image does not."""
+    from PIL import Image
+
+    from xfverify.evaluator.data.imaging import apply_geometry, decode
+    from xfverify.evaluator.data.normalise import normalise
+
+    path = tmp_path / "window_on_an_imcu_boundary.jpg"
+    Image.open(SAMPLE_DIR / "rocket.jpg").convert("RGB").resize((416, 256)).save(path, quality=90, subsampling=2)
+    spec = PRESETS["lite-tf-224"]
+    theirs, _ = reference_tensors("lite-tf-224", [str(path)])
+    assert np.array_equal(preprocess_files([str(path)], spec), theirs)
+    whole = normalise(apply_geometry(decode(path, "tensorflow"), spec)[None], spec)
+    edges = np.nonzero((whole != theirs).any(axis=(0, 1, 2)))[0]  # the columns where the two decodes differ
+    assert edges.size and set(edges) <= {0, 1, 222, 223}, edges  # the bilinear resize reaches one column in
 
 
 # --- tf2 and torch: xfverify's numpy resizes against the frameworks' own resize calls ------------------------------
@@ -222,27 +242,22 @@ def test_torch_resize_is_bit_identical_to_torchvision(tmp_path):
 
 @needs_tensorflow
 def test_tf2_resize_matches_tf_image_resize(tmp_path):
-    """tf.image.resize returns float32 (nearest: uint8), the cache keeps uint8. Bounds:
+    """tf.image.resize returns float32 (nearest: uint8), and the cache keeps it as it is. Bounds:
     * nearest: bit-identical (both uint8);
-    * the float result before rounding: within 1e-3 of TensorFlow's (float32 arithmetic in the same order; measured
-      0, bit-identical, for bilinear and bicubic with and without antialias, 1.5e-4 for lanczos3, whose sin differs);
-    * the cached uint8: within 0.5 level (+ 1e-3) of TensorFlow's output clipped to 0..255, i.e. the rounding alone
-      (measured 0.5, ties included); bicubic and lanczos overshoot 0..255 and the uint8 cache cannot keep that."""
+    * the float result: within 1e-3 of TensorFlow's (float32 arithmetic in the same order; measured 0, bit-identical,
+      for bilinear and bicubic with and without antialias, 1.5e-4 for lanczos3, whose sin differs), overshoot kept."""
     images, specs, cases = _resize_cases("tf2")
     assert {s.interpolation for s in specs} == {"nearest", "bilinear", "bicubic", "lanczos"} and len(specs) == 7
     theirs = _framework_resizes("tf2", images, cases, tmp_path)
     by_method = {(s.interpolation, s.antialias): s for s in specs}
-    float_diff, cached_diff, differing = 0.0, 0.0, []
+    float_diff, differing = 0.0, []
     for (i, h, w, interpolation, antialias), their in zip(cases, theirs):
         ours = resize(images[i], h, w, by_method[interpolation, antialias])
-        assert ours.shape == their.shape, (interpolation, antialias, ours.shape, their.shape)
+        assert ours.shape == their.shape and ours.dtype == their.dtype, (interpolation, antialias, ours.dtype)
         if interpolation == "nearest":
             if not np.array_equal(ours, their):
                 differing.append((images[i].shape[:2], (h, w), interpolation))
             continue
-        unrounded = resize_tf2(images[i], h, w, interpolation, antialias)
-        float_diff = max(float_diff, float(np.abs(unrounded - their).max()))
-        cached_diff = max(cached_diff, float(np.abs(ours - np.clip(their, 0, 255)).max()))
+        float_diff = max(float_diff, float(np.abs(ours - their).max()))
     assert not differing, f"nearest differs from tf.image.resize: {differing[:5]}"
     assert float_diff <= 1e-3, float_diff
-    assert cached_diff <= 0.5 + 1e-3, cached_diff

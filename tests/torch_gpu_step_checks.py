@@ -19,7 +19,7 @@ from xfverify.evaluator.backends import runloop
 from xfverify.evaluator.cache.digests import ensure_digests, fed_checksums
 from xfverify.evaluator.backends.feeding import out_of_memory_is_a_user_error
 from xfverify.evaluator.backends.torch_backend import _is_out_of_memory
-from xfverify.evaluator.backends.torch_steps import CpuStep, CudaStep, FedChecksums, GatherNormaliser, TorchSettings
+from xfverify.evaluator.backends.torch_steps import CpuStep, CudaStep, FedChecksums, TorchSettings, device_normaliser
 from xfverify.evaluator.data.normalise import normalise
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
@@ -118,13 +118,20 @@ def check(condition: bool, message: str) -> None:
         sys.exit(f"FAILED: {message}")
 
 
+def cached_images(rng, shape: tuple[int, ...], spec) -> np.ndarray:
+    """Images as the cache stores them for ``spec``: uint8, or TensorFlow's resized floats (overshoot included)."""
+    u8 = rng.integers(0, 256, shape, dtype=np.uint8)
+    return (u8 + rng.uniform(-3, 3, shape)).astype(np.float32) if spec.keeps_float else u8
+
+
 def normalisation_is_exact() -> None:
-    """Gather-normalisation gives the CPU's bytes, and the step's checksums of them are the CPU's (chunked or not)."""
+    """The device normalisation (a gather for uint8, arithmetic for float32) gives the CPU's bytes, and the step's
+    checksums of them are the CPU's (chunked or not)."""
     rng = np.random.default_rng(1)
-    u8 = rng.integers(0, 256, (37, 17, 13, 3), dtype=np.uint8)
     for name, spec in PRESETS.items():
-        expected = normalise(u8, spec)
-        got = GatherNormaliser(spec, torch.device("cpu"))(torch.from_numpy(u8))
+        images = cached_images(rng, (37, 17, 13, 3), spec)
+        expected = normalise(images, spec)
+        got = device_normaliser(spec, torch.device("cpu"))(torch.from_numpy(images))
         check(tuple(got.shape) == expected.shape, f"{name}: shape {tuple(got.shape)} != {expected.shape}")
         check(got.numpy().tobytes() == expected.tobytes(), f"{name}: gather-normalisation is not bit-identical")
         checks = FedChecksums(torch.device("cpu"))(got).numpy()  # 37 images: a chunk of 32 and one of 5
@@ -143,10 +150,33 @@ def write_shards(workdir: Path) -> list[str]:
     return paths
 
 
-def run(step, shards: list[str], workdir: Path, name: str) -> tuple[runloop.LoopResult, np.ndarray]:
-    spec = PRESETS["keras-caffe"]  # BGR: the channel reordering is exercised too
+def run(step, shards: list[str], workdir: Path, name: str,
+        spec=PRESETS["keras-caffe"]) -> tuple[runloop.LoopResult, np.ndarray]:
+    # keras-caffe is BGR: the channel reordering is exercised too
     result = runloop.run_loop(shards, 41, spec, 8, step, workdir / f"{name}.npy", threads=2)
     return result, np.load(workdir / f"{name}.npy")
+
+
+def float_images_are_fed_as_on_the_cpu(model, settings, workdir: Path) -> None:
+    """A cache of TensorFlow's resized floats (float32 shards): the GPU step uploads them as they are, normalises them
+    with the CPU's arithmetic and proves it with the same checksums; the same tensors and logits as host feeding."""
+    spec = PRESETS["keras-caffe"].replace(resize_library="tf2", interpolation="bilinear")
+    rng = np.random.default_rng(3)
+    shards = []
+    for i, n in enumerate((23, 18)):
+        path = workdir / f"float{i}.npy"
+        np.save(path, cached_images(rng, (n, 32, 32, 3), spec))
+        path.with_suffix(".json").write_text(json.dumps({"image_ids": [f"f{i}-{j}" for j in range(n)]}))
+        shards.append(str(path))
+    ensure_digests(shards, spec)
+    reference, reference_logits = run(CpuStep(model, settings), shards, workdir, "float-cpu", spec)
+    fake = FakeCuda()
+    step = CudaStep(model, spec, fake.device, settings, api=fake)
+    step.warm_up([41 % 8, 8], (32, 32), full_batches=41 // 8)
+    result, logits = run(step, shards, workdir, "float-gpu", spec)
+    check(result.tensors_sha256 == reference.tensors_sha256, "float32 shards: fed tensors differ from host feeding")
+    check(result.tensor_proof.startswith("device checksums"), f"float32 shards: {result.tensor_proof}")
+    check(np.array_equal(logits, reference_logits), "float32 shards: logits differ from the CPU step's")
 
 
 def a_device_that_feeds_other_bytes_is_named(model, spec, settings, shards, workdir) -> None:
@@ -207,6 +237,7 @@ def main() -> None:
     check(outcomes["graphs_differ"]["status"].startswith("eager: the graph's logits differed"), str(outcomes))
     check(outcomes["graphs_fail"]["status"].startswith("eager: capture failed (operation not permitted"), str(outcomes))
     a_device_that_feeds_other_bytes_is_named(model, spec, settings, shards, workdir)
+    float_images_are_fed_as_on_the_cpu(model, settings, workdir)
     few = FakeCuda()
     step = CudaStep(model, spec, few.device, settings, cuda_graphs=True, api=few)
     step.warm_up([8], (32, 32), full_batches=1)

@@ -18,6 +18,8 @@ from xfverify.evaluator.backends.loading import CardModelLoader  # noqa: E402
 from xfverify.evaluator.backends.machine import gpu_left_unused_note  # noqa: E402
 from xfverify.evaluator.backends.running import Device, SwitchesPrecision  # noqa: E402
 from xfverify.evaluator.backends.steps import HostStep  # noqa: E402
+# decode_and_crop_jpeg of crop windows: a task of this worker
+from xfverify.evaluator.backends.tf_window import decode_tensorflow_window  # noqa: E402,F401
 from xfverify.evaluator.backends.weights import (  # noqa: E402
     checked_weights,
     exception_text,

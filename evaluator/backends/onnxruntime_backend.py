@@ -15,6 +15,8 @@ device it reports is the one the session runs on, and ``--provider cuda`` forbid
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +119,11 @@ class OnnxRuntimeBackend(Backend, CapturesIntermediates):
         if providers.mode == "cuda":
             options.add_session_config_entry(NO_FALLBACK, "1")
         file_input, source = None, path
+        if providers.device_fed and job.spec().keeps_float:
+            # The uint8 feed gathers from the table; float32 images are fed from the host, hashed there.
+            providers = dataclasses.replace(providers, device_fed=False)
+            device.notes.append("ONNX Runtime was fed float32 tensors from the host: the cache keeps TensorFlow's "
+                                "resized floats for this preprocessing, and the device feed takes uint8 images")
         if providers.device_fed:
             file_input, source = _uint8_fed_model(path, job.spec(), tuple(job.hw))
         session = _session(source, options, providers, path)

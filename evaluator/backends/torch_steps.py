@@ -55,6 +55,42 @@ class GatherNormaliser:
         return out
 
 
+class ArithmeticNormaliser:
+    """float32 NHWC RGB batch (TensorFlow's resized floats, kept by the cache) -> the float32 tensors the model is
+    fed, on the batch's device: ``((x / scale) - mean[c]) / std[c]``, the three operations
+    :func:`xfverify.evaluator.data.normalise.normalise` does on the CPU. Each is correctly rounded in IEEE float32
+    on the CPU and on CUDA; the divisors are device tensors, so torch divides (a CPU scalar divisor would make it
+    multiply by the reciprocal, which rounds differently)."""
+
+    def __init__(self, spec: PreprocessSpec, device: torch.device):
+        self.layout = spec.layout
+        self.sources = torch.tensor(source_channels(spec), dtype=torch.int64).to(device)
+        shape = (1, 3, 1, 1) if spec.layout == "NCHW" else (3,)
+
+        def constant(values) -> torch.Tensor:
+            return torch.tensor(np.asarray(values, dtype=np.float32)).view(shape).to(device)
+
+        self.scale, self.mean, self.std = constant([spec.scale] * 3), constant(spec.mean), constant(spec.std)
+
+    def __call__(self, images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out`` (contiguous, the result's shape) receives the tensors when given."""
+        if self.layout == "NCHW":
+            picked = images.permute(0, 3, 1, 2).index_select(1, self.sources)
+        else:
+            picked = images.index_select(3, self.sources)
+        if out is None:
+            out = torch.empty(picked.shape, dtype=torch.float32, device=images.device)
+        torch.div(picked, self.scale, out=out)
+        out.sub_(self.mean)
+        out.div_(self.std)
+        return out
+
+
+def device_normaliser(spec: PreprocessSpec, device: torch.device) -> GatherNormaliser | ArithmeticNormaliser:
+    """The normaliser of the cache's images for ``spec``: a gather from the table for uint8, arithmetic for float32."""
+    return ArithmeticNormaliser(spec, device) if spec.keeps_float else GatherNormaliser(spec, device)
+
+
 class FedChecksums:
     """The checksums :func:`xfverify.evaluator.cache.digests.fed_checksums` computes on the CPU, on the tensors' device:
     per image, the int64 sum of the float32 values' bit patterns and its position-weighted sum (exact in
@@ -131,8 +167,10 @@ class CudaStep(DeviceFedStep):
 
     Per batch, on three streams:
 
-    * upload stream: the pinned uint8 batch goes to the GPU (4x fewer bytes than float32);
-    * compute stream: gather-normalise with the CPU's table, then the forward pass, timed by events;
+    * upload stream: the pinned uint8 batch goes to the GPU (4x fewer bytes than float32; float32 where the cache
+      keeps TensorFlow's resized floats);
+    * compute stream: normalise as the CPU does (a gather from its table; arithmetic for float32 images), then
+      the forward pass, timed by events;
     * download stream: while the forward pass runs, the fed tensors' checksums (two int64 per image,
       :class:`FedChecksums`) are computed and come back, then the logits; the loop compares the
       checksums with those the cache stored beside its shards and reports the stored digests.
@@ -149,7 +187,8 @@ class CudaStep(DeviceFedStep):
         self.device = device
         self.settings = settings
         self.api = api or _CudaApi(device)
-        self.normalise = GatherNormaliser(spec, device)
+        self.normalise = device_normaliser(spec, device)
+        self.cached = torch.float32 if spec.keeps_float else torch.uint8
         self.checksums = FedChecksums(device)
         self.compute = self.api.current_stream()
         self.upload = self.api.new_stream()
@@ -170,8 +209,8 @@ class CudaStep(DeviceFedStep):
             return self.model(x).float()
 
     def stage(self, u8: np.ndarray) -> torch.Tensor:
-        """Loader thread: copy a uint8 batch into pinned memory (torch caches pinned blocks)."""
-        pinned = self.api.pinned(u8.shape, torch.uint8)
+        """Loader thread: copy a cached batch (uint8, or float32) into pinned memory (torch caches pinned blocks)."""
+        pinned = self.api.pinned(u8.shape, self.cached)
         pinned.numpy()[...] = u8
         return pinned
 
@@ -181,7 +220,7 @@ class CudaStep(DeviceFedStep):
         started = time.perf_counter()
         self.checksums.weights_for(3 * hw[0] * hw[1])  # uploaded now, not while the first batch is in flight
         for n in sizes:
-            dummy = torch.zeros((n, *hw, 3), dtype=torch.uint8, device=self.device)
+            dummy = torch.zeros((n, *hw, 3), dtype=self.cached, device=self.device)
             for _ in range(2):
                 self.forward(self.normalise(dummy))
         if self.cuda_graphs and full_batches >= 2:
@@ -194,7 +233,8 @@ class CudaStep(DeviceFedStep):
     def _capture(self, n: int, hw: tuple[int, int]) -> None:
         """Capture the forward pass of full batches; keep it only if its replay equals eager bit for bit."""
         generator = torch.Generator(device="cpu").manual_seed(0)
-        probe = torch.randint(0, 256, (n, *hw, 3), dtype=torch.uint8, generator=generator).to(self.device)
+        probe = torch.randint(0, 256, (n, *hw, 3), dtype=torch.uint8, generator=generator)
+        probe = probe.to(self.cached).to(self.device)
         x = self.normalise(probe)
         static_x = x.clone()
         try:

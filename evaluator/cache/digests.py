@@ -1,7 +1,7 @@
 """What each image's fed float32 tensor is, stored beside the cache's shards, so a GPU need not copy it back.
 
-The tensor an image is fed is a pure function of its cached uint8 image and the normalisation (the
-3 x 256 table, channel order, layout). For each shard and each normalisation used on it,
+The tensor an image is fed is a pure function of its cached image and the normalisation (the 3 x 256
+table, or for float32 images its arithmetic; channel order, layout). For each shard and each normalisation used on it,
 ``<shard key>.fed-<normalisation key>.digests`` (JSON) holds, per image:
 
 * ``sha256``: the digest ``tensors_sha256`` is built from (what :func:`normalise.image_digests` gives);
@@ -55,6 +55,8 @@ class FedNormalisation:
     def of(cls, spec: PreprocessSpec) -> "FedNormalisation":
         lut = normalisation_lut(spec)
         identity = hashlib.sha256(lut.tobytes() + f"|{spec.channel_order}|{spec.layout}".encode())
+        if spec.keeps_float:  # float32 images: the arithmetic itself, not only its values on 0..255
+            identity.update(np.array([spec.scale, *spec.mean, *spec.std], dtype=np.float32).tobytes())
         return cls(spec, lut, identity.hexdigest()[:16])
 
 
@@ -77,7 +79,7 @@ def fed_checksums(tensors: np.ndarray) -> np.ndarray:
 
 
 def fed_records(u8: np.ndarray, normalisation: FedNormalisation) -> np.ndarray:
-    """The stored records (sha256, checks) of a uint8 NHWC batch's tensors under ``normalisation``."""
+    """The stored records (sha256, checks) of a cached NHWC batch's tensors under ``normalisation``."""
     tensors = normalise(u8, normalisation.spec, normalisation.lut)
     records = np.empty(len(u8), dtype=RECORD)
     records["sha256"] = np.frombuffer(b"".join(image_digests(tensors)), dtype=np.uint8).reshape(-1, 32)

@@ -1,4 +1,4 @@
-"""The tensor cache's shards as the workers read them: consecutive uint8 batches, read as each shard is finished."""
+"""The tensor cache's shards as the workers read them: consecutive batches, read as each shard is finished."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def _joined(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
 def iter_shard_batches(
     shard_paths: Sequence[str], batch_size: int, wait: bool = False
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Read consecutive batches across shard files (each a .npy of uint8 NHWC images).
+    """Read consecutive batches across shard files (each a .npy of NHWC images).
 
     A batch inside one shard is a read-only view of its memory map (no copy); a batch across
     two shards is a copy. With ``wait``, each shard is read once it is complete.

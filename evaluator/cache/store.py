@@ -1,10 +1,11 @@
-"""Decode once: an on-disk, memory-mappable cache of uint8 images after resize and crop.
+"""Decode once: an on-disk, memory-mappable cache of images after resize and crop (uint8; float32 for a spec that
+keeps TensorFlow's resized floats, ``PreprocessSpec.keeps_float``).
 
 Layout under the cache root::
 
     <geometry hash>-<library versions hash>/
         spec.json                 the geometry and library versions, for people
-        shards/<key>.npy          (n, H, W, 3) uint8 RGB, one block of consecutive images
+        shards/<key>.npy          (n, H, W, 3) RGB (the spec's cached_dtype), one block of consecutive images
         shards/<key>.json         n, image ids, bad images, decode caveats, xxh3-128 of the .npy data
         shards/<key>.fed-<n>.digests  per image, the sha256 and checksums of its tensor under normalisation n
                                   (:mod:`xfverify.evaluator.cache.digests`), bound to the shard's xxh3-128
@@ -64,9 +65,9 @@ _NO_ROOM_FIX = ("free space there, or put the cache on a larger disk (--cache-di
                 "finished shards are kept")
 CHUNK_SIZE = 16
 FORMAT_VERSION = 2  # 2: sidecars list decode caveats
-WORKER_DECODERS = ("nvjpeg",)  # decoders that run in a framework's worker: the cache is given a pool for them
-# A decode pool for such a decoder, made from the spec, the CPU pool (for everything else) and the normalisation keys:
-# submit(function, *args) -> Future, start(), shutdown(wait, cancel_futures), as ProcessPoolExecutor's.
+# A decode pool for a spec that decodes in a framework's worker (spec.decode_worker), made from the spec, the CPU
+# pool (for everything else) and the normalisation keys: submit(function, *args) -> Future, start(),
+# shutdown(wait, cancel_futures), as ProcessPoolExecutor's.
 DecoderPool = Callable[[PreprocessSpec, ProcessPoolExecutor, list], Any]
 
 
@@ -82,6 +83,15 @@ def nvjpeg_identity() -> dict[str, str]:
         torchvision = "absent"
     decoder = "cpu" if nvjpeg_on_cpu() else ",".join(nvidia_gpus()) or "no GPU"
     return {"torchvision": torchvision, "nvjpeg_device": decoder}
+
+
+def _installed_version(distribution: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 def default_cache_root() -> Path:
@@ -150,7 +160,7 @@ class ImageIssue:
 
 
 class CachedImages:
-    """The cached uint8 images of a manifest, in manifest order, read through memory maps."""
+    """The cached images of a manifest, in manifest order, read through memory maps."""
 
     def __init__(self, shards: Sequence[tuple[ShardPlan, Path]], bad: Sequence[ImageIssue], hw: tuple[int, int],
                  caveats: Sequence[ImageIssue] = ()):
@@ -165,7 +175,7 @@ class CachedImages:
         return [str(path) for _, path in self._shards]
 
     def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(index of the first image, uint8 NHWC batch) in manifest order; bad images are zeros."""
+        """(index of the first image, NHWC batch) in manifest order; bad images are zeros."""
         yield from iter_shard_batches(self.shard_paths, batch_size)
 
 
@@ -173,7 +183,7 @@ class CachedImages:
 
 
 class TensorCache:
-    """Cache of uint8 images for one preprocessing geometry."""
+    """Cache of the images of one preprocessing geometry."""
 
     def __init__(self, root: str | os.PathLike, spec: PreprocessSpec, shard_size: int = SHARD_SIZE,
                  decoder_pool: DecoderPool | None = None):
@@ -186,12 +196,17 @@ class TensorCache:
             )
         self.spec = spec
         self.shard_size = shard_size
-        self.decoder_pool = decoder_pool  # for a decoder that runs in a framework's worker (nvjpeg)
+        self.decoder_pool = decoder_pool  # for a spec that decodes in a framework's worker (nvjpeg, TF's window)
         self.hw = spec.output_hw
         versions = library_versions()
         if spec.decoder == "nvjpeg":
             versions = {**versions, **nvjpeg_identity()}
+        if spec.decodes_window:
+            versions = {**versions, "tensorflow": _installed_version("tensorflow")}
         ident = {"geometry": spec.geometry(), "libraries": versions, "format": FORMAT_VERSION}
+        self.dtype = np.dtype(spec.cached_dtype)
+        if spec.keeps_float:  # uint8 caches keep the keys they had
+            ident["pixels"] = spec.cached_dtype
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
         self.directory = Path(root).expanduser() / f"{spec.geometry_key()}-{digest[:12]}"
         self._ident = ident
@@ -234,8 +249,8 @@ class TensorCache:
         expected_ids = [r.image_id for r in plan.records]
         if meta.get("format") != FORMAT_VERSION or meta.get("image_ids") != expected_ids:
             return None, "its sidecar does not match the images"
-        if data.shape != (len(plan.records), *self.hw, 3) or data.dtype != np.uint8:
-            return None, f"shape {data.shape} instead of {(len(plan.records), *self.hw, 3)}"
+        if data.shape != (len(plan.records), *self.hw, 3) or data.dtype != self.dtype:
+            return None, f"{data.dtype} {data.shape} instead of {self.dtype} {(len(plan.records), *self.hw, 3)}"
         if checksum(data) != meta.get("xxh3_128"):
             return None, "checksum mismatch"
         return meta, ""
@@ -427,7 +442,7 @@ class TensorCache:
             return
         if cancel is not None and cancel.is_set():  # e.g. the worker failed during the survey
             raise BuildCancelled("the cache build was cancelled; finished shards are kept")
-        image_bytes = self.hw[0] * self.hw[1] * 3
+        image_bytes = self.hw[0] * self.hw[1] * 3 * self.dtype.itemsize
         if decode:
             ensure_room(self.directory / "shards", sum(len(p.records) for p in decode) * image_bytes, _NO_ROOM_FIX)
         by_key = {normalisation.key: normalisation for normalisation in normalisations}
@@ -439,16 +454,17 @@ class TensorCache:
             initializer=init_decode_process,
             initargs=(self.spec.to_dict(), os.getpid(), [n.spec.to_dict() for n in normalisations]),
         )
-        in_worker = self.spec.decoder in WORKER_DECODERS and bool(decode)
+        in_worker = self.spec.decode_worker is not None and bool(decode)
         if in_worker:
             if self.decoder_pool is None:
-                raise RuntimeError(f"the {self.spec.decoder} decoder runs in a worker: the cache needs its decoder_pool")
+                raise RuntimeError(f"{self.spec.name} decodes in a {self.spec.decode_worker} worker: the cache needs "
+                                   "its decoder_pool")
             pool = self.decoder_pool(self.spec, pool, list(by_key))
         try:
             for plan in decode:
                 data_path, _ = self._paths(plan.key)
                 tmp = data_path.with_name(f"{plan.key}.npy.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-                allocated_npy(tmp, np.uint8, (len(plan.records), *self.hw, 3), _NO_ROOM_FIX)
+                allocated_npy(tmp, self.dtype, (len(plan.records), *self.hw, 3), _NO_ROOM_FIX)
                 pending[plan.key] = {"plan": plan, "tmp": tmp, "left": 0, "bad": {}, "caveats": {},
                                      "records": {key: np.empty(len(plan.records), RECORD) for key in by_key}}
                 for row in range(0, len(plan.records), CHUNK_SIZE):

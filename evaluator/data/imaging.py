@@ -7,8 +7,8 @@ Resizing calls the named library itself, so a spec that says "PIL bicubic" gets 
 bicubic, not an approximation of it. The exceptions are the frameworks' own resizes, which
 the decode pool must not import: ``tf1`` (TensorFlow 1's bilinear), ``tf2`` (``tf.image.resize``)
 and ``torch`` (torchvision's resize of uint8 tensors), written out here in numpy from their
-kernels and tested against the frameworks' own calls (torch bit for bit; TensorFlow's float
-output, which the cache keeps rounded to uint8).
+kernels and tested against the frameworks' own calls, bit for bit (TensorFlow's float32 output is
+kept as it is: the cache stores float32 images for those specs).
 """
 
 from __future__ import annotations
@@ -213,6 +213,26 @@ def resize_tf1_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarra
     return _tf_bilinear_lerp(image, y_taps, x_taps)
 
 
+def _tf1_bicubic_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """GetWeightsAndIndices<LegacyScaler, use_keys_cubic=false>: source = destination * (in / out); four taps of the
+    a = -0.75 table, indices clamped to the image with their weights kept (no renormalisation)."""
+    position = np.arange(out_size, dtype=_F32) * (_F32(in_size) / _F32(out_size))
+    start = np.floor(position)
+    offset = np.rint((position - start) * _F32(_TF_CUBIC_TABLE_SIZE)).astype(np.int64)  # lrintf
+    table = _TF_LEGACY_CUBIC
+    weights = np.stack([table[offset * 2 + 1], table[offset * 2], table[(_TF_CUBIC_TABLE_SIZE - offset) * 2],
+                        table[(_TF_CUBIC_TABLE_SIZE - offset) * 2 + 1]], axis=1)
+    indices = np.clip(start.astype(np.int64)[:, None] + np.arange(-1, 3)[None, :], 0, in_size - 1)
+    return indices, weights.astype(_F32)
+
+
+def resize_tf1_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``tf.compat.v1.image.resize_bicubic`` (align_corners and half_pixel_centers false) of a uint8 HWC image,
+    float32 out: down the rows first, then across, as interpolate_with_caching."""
+    columns = _weighted_sum(image, 0, *_tf1_bicubic_taps(height, image.shape[0]))
+    return _weighted_sum(columns, 1, *_tf1_bicubic_taps(width, image.shape[1]))
+
+
 _F32 = np.float32
 
 
@@ -260,9 +280,8 @@ def _tf2_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
 _TF_CUBIC_TABLE_SIZE = 1024
 
 
-def _tf_keys_cubic_table() -> np.ndarray:
-    # InitCoeffsTable(-0.5): x in float32, each polynomial in double, stored as float32.
-    a = -0.5
+def _tf_cubic_table(a: float) -> np.ndarray:
+    # InitCoeffsTable(a): x in float32, each polynomial in double, stored as float32.
     x = (np.arange(_TF_CUBIC_TABLE_SIZE + 1) * 1.0 / _TF_CUBIC_TABLE_SIZE).astype(_F32).astype(np.float64)
     near = ((a + 2) * x - (a + 3)) * x * x + 1
     x = (x + 1.0).astype(_F32).astype(np.float64)
@@ -270,7 +289,8 @@ def _tf_keys_cubic_table() -> np.ndarray:
     return np.stack([near, far], axis=1).astype(_F32).reshape(-1)
 
 
-_TF_KEYS_CUBIC = _tf_keys_cubic_table()
+_TF_KEYS_CUBIC = _tf_cubic_table(-0.5)
+_TF_LEGACY_CUBIC = _tf_cubic_table(-0.75)  # the legacy kernel (half_pixel_centers=False)
 
 
 def _tf2_bicubic_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -481,22 +501,22 @@ def resize_torch(image: np.ndarray, height: int, width: int, interpolation: str,
 
 
 def resize(image: np.ndarray | Image.Image, height: int, width: int, spec: PreprocessSpec) -> np.ndarray:
-    """``image`` resized to height x width by the spec's library, interpolation and antialias: uint8 HWC."""
-    if spec.resize_library == "tf1":
+    """``image`` resized to height x width by the spec's library, interpolation and antialias: uint8 HWC, or
+    TensorFlow's float32 result for a spec that keeps it (``spec.keeps_float``)."""
+    if spec.resize_library in ("tf1", "tf2"):
+        array = np.asarray(image)
+        if spec.resize_library == "tf1":
+            tf1 = resize_tf1_bicubic if spec.interpolation == "bicubic" else resize_tf1_bilinear
+            resized = tf1(array, height, width)
+        else:
+            resized = resize_tf2(array, height, width, spec.interpolation, spec.antialias)
+        # TensorFlow resizes an image that already has the size too (its float copy; nearest keeps uint8).
+        return resized if spec.keeps_float else resized.astype(np.uint8)
+    if spec.resize_library == "torch":
         array = np.asarray(image)
         if array.shape[:2] == (height, width):
             return array
-        # The cache holds uint8: TensorFlow's float result, rounded (at most 0.5 level away).
-        return np.clip(np.rint(resize_tf1_bilinear(array, height, width)), 0, 255).astype(np.uint8)
-    if spec.resize_library in ("tf2", "torch"):
-        array = np.asarray(image)
-        if array.shape[:2] == (height, width):
-            return array
-        if spec.resize_library == "torch":
-            return resize_torch(array, height, width, spec.interpolation, spec.antialias)
-        # TensorFlow's float result, rounded and clipped to uint8 (bicubic and lanczos overshoot 0..255).
-        resized = resize_tf2(array, height, width, spec.interpolation, spec.antialias)
-        return resized if resized.dtype == np.uint8 else np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+        return resize_torch(array, height, width, spec.interpolation, spec.antialias)
     if spec.resize_library == "pil":
         pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
         if pil.size != (width, height):
@@ -521,18 +541,26 @@ def _center_crop(image: np.ndarray, crop: int, rounding: str) -> np.ndarray:
     return image[top : top + crop, left : left + crop]
 
 
+def crop_window(height: int, width: int, spec: PreprocessSpec) -> tuple[int, int, int]:
+    """(top, left, side) of the centred square a crop_then_resize spec cuts from a height x width image."""
+    side = max(1, crop_fraction_window(height, width, spec.crop_size, spec.crop_padding))
+    return crop_offset(height, side, spec.crop_rounding), crop_offset(width, side, spec.crop_rounding), side
+
+
+def resize_window(window: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """A crop_then_resize spec's window resized to its input size (contiguous; ``spec.cached_dtype``)."""
+    return np.ascontiguousarray(resize(window, spec.crop_size, spec.crop_size, spec))
+
+
 def apply_geometry(image: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """Resize and centre-crop an RGB image (uint8 HWC array or PIL image) as ``spec`` says.
 
-    Returns a contiguous uint8 HWC array.
+    Returns a contiguous HWC array of ``spec.cached_dtype``.
     """
     width, height = image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
     if spec.order == "crop_then_resize":
-        side = max(1, crop_fraction_window(height, width, spec.crop_size, spec.crop_padding))
-        top = crop_offset(height, side, spec.crop_rounding)
-        left = crop_offset(width, side, spec.crop_rounding)
-        window = np.asarray(image)[top : top + side, left : left + side]
-        return np.ascontiguousarray(resize(window, spec.crop_size, spec.crop_size, spec))
+        top, left, side = crop_window(height, width, spec)
+        return resize_window(np.asarray(image)[top : top + side, left : left + side], spec)
     if spec.resize_mode == "shorter_side":
         image = resize(image, *shorter_side_size(height, width, spec.resize_size), spec)
     elif spec.resize_mode == "squash":
@@ -544,7 +572,7 @@ def apply_geometry(image: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.
 
 
 def load_geometry(path: str | os.PathLike, spec: PreprocessSpec) -> np.ndarray:
-    """File -> uint8 RGB HWC image after decode, resize and crop (what the tensor cache stores)."""
+    """File -> RGB HWC image after decode, resize and crop (what the tensor cache stores; ``spec.cached_dtype``)."""
     return load_geometry_noting(path, spec)[0]
 
 

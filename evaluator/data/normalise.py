@@ -1,10 +1,12 @@
-"""uint8 images -> the exact float32 tensors a model is fed, and their fingerprint.
+"""Cached images -> the exact float32 tensors a model is fed, and their fingerprint.
 
-Every output element depends on one uint8 value and its channel, so normalisation is a
-lookup table of 3 x 256 float32 values computed once with the reference arithmetic
-(``((v / scale) - mean[c]) / std[c]``, float32, one rounding per operation, as
-torchvision, Keras and GluonCV compute it). Gathering from that table is exact on any
-device, so the CPU, a GPU and ONNX Runtime all receive the same bytes.
+The arithmetic is ``((x / scale) - mean[c]) / std[c]`` in float32, one rounding per operation, as
+torchvision, Keras, GluonCV and TensorFlow's EfficientNet compute it. For uint8 images every output
+element depends on one value and its channel, so it is a lookup table of 3 x 256 float32 values
+computed once with that arithmetic; gathering from it is exact on any device, so the CPU, a GPU and
+ONNX Runtime all receive the same bytes. Float32 images (TensorFlow's resized floats, kept unrounded:
+``PreprocessSpec.keeps_float``) go through the same three operations, each correctly rounded on every
+IEEE device, so they too are the same bytes everywhere (the fed tensors' checksums prove it).
 """
 
 from __future__ import annotations
@@ -32,19 +34,23 @@ def source_channels(spec: PreprocessSpec) -> tuple[int, int, int]:
 
 
 def normalise(images: np.ndarray, spec: PreprocessSpec, lut: np.ndarray | None = None) -> np.ndarray:
-    """uint8 RGB NHWC batch -> float32 batch in ``spec.layout`` and ``spec.channel_order``."""
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise ValueError(f"expected a uint8 NHWC RGB batch, got {images.dtype} {images.shape}")
-    lut = normalisation_lut(spec) if lut is None else lut
+    """Cached RGB NHWC batch (uint8, or float32 for a spec that keeps TensorFlow's floats) -> float32 batch in
+    ``spec.layout`` and ``spec.channel_order``."""
+    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.dtype(spec.cached_dtype):
+        raise ValueError(f"expected a {spec.cached_dtype} NHWC RGB batch, got {images.dtype} {images.shape}")
     n, h, w, _ = images.shape
-    if spec.layout == "NCHW":
-        out = np.empty((n, 3, h, w), dtype=np.float32)
-        for channel, src in enumerate(source_channels(spec)):
-            out[:, channel] = lut[channel][images[..., src]]
-    else:
-        out = np.empty((n, h, w, 3), dtype=np.float32)
-        for channel, src in enumerate(source_channels(spec)):
-            out[..., channel] = lut[channel][images[..., src]]
+    shape = (n, 3, h, w) if spec.layout == "NCHW" else (n, h, w, 3)
+    out = np.empty(shape, dtype=np.float32)
+    if images.dtype == np.uint8:
+        lut = normalisation_lut(spec) if lut is None else lut
+    for channel, src in enumerate(source_channels(spec)):
+        target = out[:, channel] if spec.layout == "NCHW" else out[..., channel]
+        if images.dtype == np.uint8:
+            target[...] = lut[channel][images[..., src]]
+        else:
+            np.divide(images[..., src], np.float32(spec.scale), out=target)
+            np.subtract(target, np.float32(spec.mean[channel]), out=target)
+            np.divide(target, np.float32(spec.std[channel]), out=target)
     return out
 
 

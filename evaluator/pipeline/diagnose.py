@@ -395,5 +395,8 @@ def _flip_images(runs: list[VariantRun], report: DiagnoseReport, dataset: Datase
     for start, batch in cached.batches(64):
         for offset in range(len(batch)):
             if start + offset in wanted:
-                images[start + offset] = np.array(batch[offset])
+                image = np.asarray(batch[offset])  # float32 where the cache keeps TensorFlow's resized floats
+                if image.dtype != np.uint8:
+                    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+                images[start + offset] = image
     return images

@@ -12,7 +12,7 @@ from xfverify.evaluator.data.imaging import BadImageError, load_geometry
 from xfverify.evaluator.data.layouts import records_from_paths
 from xfverify.evaluator.data.normalise import normalise
 from xfverify.evaluator.process.launcher import run_worker
-from xfverify.evaluator.process.tasks import ReferenceJob
+from xfverify.evaluator.process.tasks import DecodeChunk, ReferenceJob, WindowDecodeJob
 from xfverify.evaluator.references import REFERENCES, Reference
 from xfverify.evaluator.system import console
 from xfverify.evaluator.system.files import writable_folder
@@ -27,14 +27,34 @@ def preprocess_files(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
     if spec.decoder == "nvjpeg":
         raise UserError("xfverify preprocess decodes on the CPU; decoder nvjpeg decodes on a GPU inside a run "
                         "(native, onnx, diagnose): use --set decoder=pil to see the libjpeg-turbo decode")
-    try:
-        images = [load_geometry(path, spec) for path in paths]
-    except BadImageError as exc:
-        raise UserError(f"cannot decode image {exc.path}: {exc.reason} (fix the file, or leave it out)") from None
+    if spec.decode_worker == "tensorflow":
+        images = list(_windows_decoded_by_tensorflow(paths, spec))
+    else:
+        try:
+            images = [load_geometry(path, spec) for path in paths]
+        except BadImageError as exc:
+            raise UserError(f"cannot decode image {exc.path}: {exc.reason} (fix the file, or leave it out)") from None
     shapes = {image.shape for image in images}
     if len(shapes) > 1:
         raise UserError(f"preprocessing {spec.name} gives images of different sizes {sorted(shapes)}: add a crop")
     return normalise(np.stack(images), spec)
+
+
+def _windows_decoded_by_tensorflow(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
+    """The geometry of ``paths`` whose crop windows ``tf.image.decode_and_crop_jpeg`` decodes, in a tensorflow worker
+    (as the tensor cache has them decoded)."""
+    with tempfile.TemporaryDirectory(prefix="xfverify-window-") as workdir:
+        rows = Path(workdir) / "rows.npy"
+        images = np.lib.format.open_memmap(rows, mode="w+", dtype=spec.cached_dtype,
+                                           shape=(len(paths), *spec.output_hw, 3))
+        del images  # the worker writes the rows
+        bad: list[tuple[int, str]] = []
+        job = WindowDecodeJob(spec=spec.to_dict(), chunks=[DecodeChunk(tmp_path=str(rows), row=0, paths=paths)])
+        run_worker("tensorflow", job, workdir=workdir, on_event=lambda event: bad.extend(event.bad or []))
+        if bad:
+            row, reason = bad[0]
+            raise UserError(f"cannot decode image {paths[row]}: {reason} (fix the file, or leave it out)")
+        return np.load(rows)
 
 
 def reference_tensors(preset: str, paths: list[str]) -> tuple[np.ndarray, str]:

@@ -1,4 +1,5 @@
-"""The decode pool for the ``nvjpeg`` decoder: a torch worker decodes on the GPU, the CPU pool does the rest."""
+"""The decode pool for decoders that run in a framework's worker: ``nvjpeg`` (a torch worker decodes on the GPU) and
+TensorFlow's crop-window decode (``decode_and_crop_jpeg`` in a tensorflow worker); the CPU pool does the rest."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ from typing import Any, Callable
 
 from xfverify.evaluator.cache.decoding import decode_chunk, digest_chunk
 from xfverify.evaluator.process.events import Event
-from xfverify.evaluator.process.tasks import DecodeChunk, DecodeJob
+from xfverify.evaluator.process.tasks import DecodeChunk, DecodeJob, WindowDecodeJob
+from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 
 
 class WorkerDecodePool:
-    """The decode pool's interface (submit, shutdown) for the ``nvjpeg`` decoder: the GPU decodes, so one torch
-    worker takes every decode chunk (evaluator/backends/nvjpeg.py) and reports each as it is done; the chunk's
-    digests, and any other task, go to the CPU pool as usual."""
+    """The decode pool's interface (submit, shutdown) for a decoder that runs in a framework's worker
+    (``spec.decode_worker``): one worker takes every decode chunk (evaluator/backends/nvjpeg.py, tf_window.py) and
+    reports each as it is done; the chunk's digests, and any other task, go to the CPU pool as usual."""
 
     def __init__(self, spec: PreprocessSpec, cpu_pool: ProcessPoolExecutor, normalisation_keys: list[str]):
         self.spec, self.cpu_pool, self.keys = spec, cpu_pool, normalisation_keys
@@ -35,7 +37,7 @@ class WorkerDecodePool:
         return future
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name="xfverify-nvjpeg", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"xfverify-decode-{self.spec.decode_worker}", daemon=True)
         self.thread.start()
 
     def _decoded(self, index: int, bad: list, caveats: list) -> None:
@@ -62,11 +64,17 @@ class WorkerDecodePool:
         def on_start(process) -> None:
             self.process = process
 
+        framework = self.spec.decode_worker
         try:
-            run_worker("torch", DecodeJob(spec=self.spec.to_dict(), chunks=self.chunks), on_event=on_event,
-                       on_start=on_start)
-            failure: BaseException = RuntimeError("the nvjpeg worker ended without decoding every chunk")
-        except BaseException as exc:  # a UserError (no GPU) or a crash: every waiting chunk gets it
+            job = (WindowDecodeJob if framework == "tensorflow" else DecodeJob)(spec=self.spec.to_dict(),
+                                                                                 chunks=self.chunks)
+            run_worker(framework, job, on_event=on_event, on_start=on_start)
+            failure: BaseException = RuntimeError(f"the {framework} decode worker ended without decoding every chunk")
+        except UserError as exc:  # no GPU for nvJPEG, no TensorFlow for the windows: every waiting chunk gets it
+            failure = exc if framework != "tensorflow" else UserError(
+                f"{self.spec.name} decodes each crop window with TensorFlow's decode_and_crop_jpeg, as the original "
+                f"does: {exc}")
+        except BaseException as exc:  # a crash: every waiting chunk gets it
             failure = exc
         for index, future in enumerate(self.futures):
             if index not in self.reported:

@@ -260,8 +260,12 @@ class DecodeJob(_Strict):
     chunks: list[DecodeChunk]
 
 
+class WindowDecodeJob(DecodeJob):
+    """The decode pool's work for a spec whose crop window TensorFlow's ``decode_and_crop_jpeg`` decodes."""
+
+
 class DecodeDone(_Strict):
-    """What the nvjpeg decode task returns (each chunk was reported by a ``decoded`` event as it finished)."""
+    """What a worker's decode task returns (each chunk was reported by a ``decoded`` event as it finished)."""
 
     chunks: int
     device: str
@@ -283,4 +287,5 @@ TASKS: dict[type[BaseModel], Task] = {task.job: task for task in (
     Task("describe_onnx", OnnxFileJob, OnnxDescription),
     Task("decode_nvjpeg", DecodeJob, DecodeDone),
     Task("intermediates", IntermediatesJob, IntermediatesResult),
+    Task("decode_tensorflow_window", WindowDecodeJob, DecodeDone),
 )}

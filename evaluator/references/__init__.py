@@ -39,17 +39,6 @@ class Reference:
 _TPU_LITE = Reference(
     framework="tensorflow",
     module="tpu_efficientnet",
-    # TensorFlow feeds its resized floats; the cache keeps uint8, rounded: at most 0.5 / 128 away.
-    bound=0.5 / 128 + 1e-6,
-    # tf.image.decode_and_crop_jpeg upsamples chroma differently along the crop window's edges than a
-    # whole-image decode; measured on imagenet-sample-500: at most 0.44 % of the window's pixels.
-    outlier_fraction=0.01,
-    why=(
-        "the tensor cache stores the resized image as uint8 (TensorFlow feeds it unrounded: <= 0.5/128 apart), "
-        "and TensorFlow's cropped JPEG decoding differs from a whole-image decode along the crop's edges; an image "
-        "whose crop window already has the input size is fed by the original as uint8 / 255 (tf.compat.v1's resize "
-        "returns it unresized, then convert_image_dtype rescales it), xfverify feeds its pixels"
-    ),
     jpeg_only=True,  # tf.image.extract_jpeg_shape and decode_and_crop_jpeg
 )
 
@@ -65,6 +54,9 @@ REFERENCES: dict[str, Reference] = {
     "lite-tf-224": _TPU_LITE,
     "lite-tf-240": _TPU_LITE,
     "lite-tf-260": _TPU_LITE,
+    "lite-tf-bicubic-224": _TPU_LITE,
+    "lite-tf-bicubic-240": _TPU_LITE,
+    "lite-tf-bicubic-260": _TPU_LITE,
     "lite-timm-224": Reference("torch", "timm_transforms"),
     "lite-timm-240": Reference("torch", "timm_transforms"),
     "lite-timm-260": Reference("torch", "timm_transforms"),
