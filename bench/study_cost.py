@@ -3,7 +3,10 @@ wall time set against the sum of its cells' model passes (the workers' loops and
 geometry), the exports and the rest (process and framework start-up, model builds), all read from the cells' own
 reports; then a second run of the same study (nothing to run: its whole time is the reuse check).
 
-    python bench/study_cost.py --study lite --data ../shared/data/imagenet-sample-500 --out bench/results/study_lite_cost.json
+    python bench/study_cost.py --study lite --data ../shared/data/imagenet-sample-500 \
+        --out bench/results/study_lite_cost.json --keep bench/results/study_lite
+
+``--keep`` copies the study's own outputs (study.json, .md, .csv, .html) of the timed run there.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,6 +53,7 @@ def main() -> None:
     parser.add_argument("--study", default="lite")
     parser.add_argument("--data", required=True)
     parser.add_argument("--out")
+    parser.add_argument("--keep", help="a folder for the timed run's study.json, .md, .csv and .html")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="xfverify-study-cost-") as scratch:
         env = {**os.environ, "XFVERIFY_CACHE": str(Path(scratch) / "cache")}
@@ -58,6 +63,10 @@ def main() -> None:
         again = _run(args, env)
         study = json.loads((folder / "study.json").read_text())
         costs = _cell_costs(folder)
+        if options.keep:
+            Path(options.keep).mkdir(parents=True, exist_ok=True)
+            for name in ("study.json", "study.md", "study.csv", "study.html"):
+                shutil.copyfile(folder / name, Path(options.keep) / name)
     work = costs["model_passes_s"] + costs["decodes_s"]
     result = {
         "study": options.study, "data": options.data, "cells": len(study["cells"]),

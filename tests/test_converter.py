@@ -295,8 +295,8 @@ np.savez(sys.argv[3], fed=fed, checks=checks)
 """
 
 
-@pytest.mark.parametrize("preset, darkest", [("torchvision-256", 0), ("keras-caffe", 0), ("lite-tf-224", 0),
-                                             ("torchvision-256", 200)])  # NCHW RGB, NHWC BGR, 127/128; bright
+@pytest.mark.parametrize("preset, darkest", [("torchvision-256", 0), ("keras-caffe", 0), ("lite-timm-224", 0),
+                                             ("torchvision-256", 200)])  # NCHW RGB, NHWC BGR, 0.5/0.5; bright
 def test_the_uint8_feed_graph_feeds_the_tables_bytes_and_the_caches_checksums(preset, darkest, tmp_path):
     """The prefix ONNX Runtime runs on a GPU: its fed tensor is normalise()'s to the bit, and its checksums are
     the ones the tensor cache stores (an identity model exposes what it was fed). A bright image's weighted

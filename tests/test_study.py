@@ -302,7 +302,7 @@ def test_the_python_api_returns_the_typed_report_the_command_writes(tmp_path):
 
     with xfverify.warm_workers() as servers:  # this test's own scope, inside the suite's
         report = xfverify.native(limit=2, out=str(tmp_path / "o"), device="cpu")
-        assert list(servers._servers) == ["torch"]  # the run's worker was forked from this scope's server
+        assert "torch" in servers._servers  # the run's worker was forked from this scope's server
     assert isinstance(report, NativeReport) and report.dataset.n_images == 2
     on_disk = json.loads((tmp_path / "o" / "report.json").read_text())
     assert (on_disk["tensors_sha256"], on_disk["top1_error"]) == (report.tensors_sha256, report.top1_error)

@@ -5,6 +5,8 @@ new server."""
 from __future__ import annotations
 
 
+import time
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,36 @@ def test_an_import_time_variable_changed_starts_a_new_server_and_a_run_time_one_
         assert servers.start("mxnet", str(job), {}, None) is None  # not forkable: started as usual
     finally:
         servers.close()
+
+
+def test_workers_started_at_once_from_many_threads_each_get_their_own_process_and_exit(tmp_path):
+    """Jobs that fail at once (a broken job file: exit 1) and jobs that wait (a FIFO as job file: killed, -9),
+    started together from threads: each caller's process is its own (its kill and its exit code)."""
+    import os
+    import threading
+
+    servers = WarmWorkers(("torch",))
+    outcomes: dict[int, int] = {}
+    try:
+        def one(index: int) -> None:
+            job = tmp_path / f"job{index}.json"
+            if index % 2:
+                os.mkfifo(job)  # the worker blocks reading it until killed
+            else:
+                job.write_text("not json")
+            with open(tmp_path / f"stderr{index}.txt", "w") as stderr:
+                process = servers.start("torch", str(job), {"PATH": "/usr/bin", "XFVERIFY_RUN_PID": str(os.getpid())},
+                                        stderr)
+            if index % 2:
+                time.sleep(0.5)
+                process.kill()
+            outcomes[index] = process.wait(timeout=60)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        servers.close()
+    assert outcomes == {i: (-9 if i % 2 else 1) for i in range(6)}

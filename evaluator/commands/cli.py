@@ -46,7 +46,11 @@ def _terminated(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line and exit code 2; bugs keep their traceback."""
     import signal
+    import threading
 
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        _run(argv)
+        return
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         _run(argv)

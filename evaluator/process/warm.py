@@ -85,7 +85,9 @@ class WarmServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._channel = ours
         self._lock = threading.Lock()
+        self._requesting = threading.Lock()
         self._started: list[int] = []
+        self._early_exits: dict[int, int] = {}
         self._answered = threading.Condition(self._lock)
         self._workers: dict[int, WarmProcess] = {}
         self._closed = False
@@ -115,15 +117,20 @@ class WarmServer:
                 if "started" in answer:
                     self._started.append(answer["started"])
                     self._answered.notify_all()
-                elif "exited" in answer and answer["exited"] in self._workers:
-                    self._workers.pop(answer["exited"])._set_exit(answer["code"])
+                elif "exited" in answer:
+                    worker = self._workers.pop(answer["exited"], None)
+                    if worker is None:  # it ended before its starter took it: handed over there
+                        self._early_exits[answer["exited"]] = answer["code"]
+                    else:
+                        worker._set_exit(answer["code"])
 
     def start(self, job_path: str, env: dict[str, str], stderr: IO) -> WarmProcess | None:
         """Fork a worker on ``job_path``; None if this server can no longer serve."""
         read_end, write_end = os.pipe()
         request = json.dumps({"job": job_path, "env": env, "cwd": os.getcwd()}).encode()
         try:
-            with self._lock:
+            # one request at a time (the server answers in order): waiting releases _lock, not _requesting
+            with self._requesting, self._lock:
                 if self._closed:
                     return None
                 socket.send_fds(self._channel, [request], [write_end, stderr.fileno()])
@@ -133,7 +140,10 @@ class WarmServer:
                     return None
                 worker = WarmProcess(self._started.pop(0), os.fdopen(read_end, "r"))
                 read_end = -1
-                self._workers[worker.pid] = worker
+                if worker.pid in self._early_exits:
+                    worker._set_exit(self._early_exits.pop(worker.pid))
+                else:
+                    self._workers[worker.pid] = worker
                 return worker
         finally:
             os.close(write_end)
@@ -154,6 +164,7 @@ class WarmWorkers:
         self.frameworks = frameworks
         self._servers: dict[str, WarmServer] = {}
         self._lock = threading.Lock()
+        self._framework_locks: dict[str, threading.Lock] = {}
 
     def start(self, framework: str, job_path: str, env: dict[str, str], stderr: IO) -> WarmProcess | None:
         """A worker forked from the framework's server, or None where one cannot be (the caller starts it)."""
@@ -161,6 +172,8 @@ class WarmWorkers:
                 or not hasattr(os, "pidfd_open"):
             return None
         with self._lock:
+            own_lock = self._framework_locks.setdefault(framework, threading.Lock())
+        with own_lock:  # a framework's server starting (seconds) does not hold up another framework's jobs
             server = self._servers.get(framework)
             if server is not None and server.environment != _import_time_environment(env):
                 server.close()
@@ -172,8 +185,9 @@ class WarmWorkers:
 
     def close(self) -> None:
         with self._lock:
-            for server in self._servers.values():
-                server.close()
+            for framework, server in list(self._servers.items()):
+                with self._framework_locks[framework]:
+                    server.close()
             self._servers.clear()
 
 
