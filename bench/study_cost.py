@@ -6,7 +6,8 @@ reports; then a second run of the same study (nothing to run: its whole time is 
     python bench/study_cost.py --study lite --data ../shared/data/imagenet-sample-500 \
         --out bench/results/study_lite_cost.json --keep bench/results/study_lite
 
-``--keep`` copies the study's own outputs (study.json, .md, .csv, .html) of the timed run there.
+``--keep`` copies the study's own outputs there (study.json, .md, .csv, .html, as the second run, reusing every
+cell of the timed one, wrote them).
 """
 
 from __future__ import annotations
