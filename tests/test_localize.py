@@ -123,6 +123,28 @@ def faithful_run(tmp_path_factory, target: str) -> dict:
     return {"root": root, "report": report, "export": export}
 
 
+def assert_no_divergent_node(run: dict) -> dict:
+    found = run["report"]["localization"]
+    assert found["culprit"] is None and found["verdict"].startswith("no divergent node")
+    assert found["matched_by"] == "names" and found["n_matched"] >= 0.9 * found["n_onnx_tensors"]
+    return found
+
+
+def planted_report(run: dict, plant, tmp_path, **options) -> tuple[dict, str]:
+    """``run``'s export with ``plant`` applied, run as a user's file against ``run``'s native run: the report and
+    the node planted on."""
+    path, node = planted(run["export"], tmp_path / "planted.onnx", plant)
+    report = onnx_report(target=str(path), preprocess=run["report"]["preprocess"]["name"],
+                         against=str(run["root"] / "o" / "native"), out=str(tmp_path / "o"),
+                         cache_dir=str(run["root"] / "cache"), localize_images=2, **options)
+    return report, node
+
+
+def assert_named(culprit: dict, node: str, op_type: str, verdict: str) -> None:
+    assert culprit["node"] == node and culprit["op_type"] == op_type, verdict
+    assert culprit["inputs"] and not any(i["divergent"] for i in culprit["inputs"])
+
+
 @pytest.fixture(scope="module")
 def mobilenet_v2(tmp_path_factory):
     return faithful_run(tmp_path_factory, "torchvision/mobilenet_v2")
@@ -131,9 +153,7 @@ def mobilenet_v2(tmp_path_factory):
 @needs_torch
 @pytest.mark.torch
 def test_a_faithful_torch_export_has_no_divergent_node(mobilenet_v2):
-    found = mobilenet_v2["report"]["localization"]
-    assert found["culprit"] is None and found["verdict"].startswith("no divergent node")
-    assert found["matched_by"] == "names" and found["n_matched"] >= 0.9 * found["n_onnx_tensors"]
+    found = assert_no_divergent_node(mobilenet_v2)
     assert found["cost"]["n_images"] == 2 and found["cost"]["bytes_per_image"] > 0
     out = mobilenet_v2["root"] / "o"
     assert "## Localization" in (out / "report.md").read_text() and "<svg" in (out / "localize.html").read_text()
@@ -143,15 +163,11 @@ def test_a_faithful_torch_export_has_no_divergent_node(mobilenet_v2):
 @pytest.mark.torch
 @pytest.mark.parametrize("plant", [scale_a_conv_weight, swap_a_conv_padding])
 def test_a_bug_planted_in_a_torch_export_is_named(plant, mobilenet_v2, tmp_path):
-    path, node = planted(mobilenet_v2["export"], tmp_path / "planted.onnx", plant)
-    report = onnx_report(target=str(path), preprocess=mobilenet_v2["report"]["preprocess"]["name"],
-                         against=str(mobilenet_v2["root"] / "o" / "native"), out=str(tmp_path / "o"),
-                         cache_dir=str(mobilenet_v2["root"] / "cache"), localize_images=2)
+    report, node = planted_report(mobilenet_v2, plant, tmp_path)
     found = report["localization"]  # not asked for: the outputs are outside the tolerance
     assert found is not None and any("run node by node" in note for note in report["notes"])
     culprit = found["culprit"]
-    assert culprit["node"] == node and culprit["op_type"] == "Conv", found["verdict"]
-    assert culprit["inputs"] and not any(i["divergent"] for i in culprit["inputs"])
+    assert_named(culprit, node, "Conv", found["verdict"])
     assert len(culprit["context"]) == 5 and culprit["reference"].startswith("features.")
 
 
@@ -193,22 +209,15 @@ def keras_mobilenet(tmp_path_factory):
 @needs_tensorflow
 @pytest.mark.tensorflow
 def test_a_faithful_keras_export_has_no_divergent_node(keras_mobilenet):
-    found = keras_mobilenet["report"]["localization"]
-    assert found["culprit"] is None and found["verdict"].startswith("no divergent node")
-    assert found["matched_by"] == "names" and found["n_matched"] >= 0.9 * found["n_onnx_tensors"]
+    assert_no_divergent_node(keras_mobilenet)
 
 
 @needs_tensorflow
 @pytest.mark.tensorflow
 @pytest.mark.parametrize("plant", [transpose_a_square_pointwise_weight, scale_a_conv_weight])
 def test_a_bug_planted_in_a_keras_export_is_named(plant, keras_mobilenet, tmp_path):
-    path, node = planted(keras_mobilenet["export"], tmp_path / "planted.onnx", plant)
-    report = onnx_report(target=str(path), preprocess=keras_mobilenet["report"]["preprocess"]["name"],
-                         against=str(keras_mobilenet["root"] / "o" / "native"), out=str(tmp_path / "o"),
-                         cache_dir=str(keras_mobilenet["root"] / "cache"), localize=True, localize_images=2)
-    culprit = report["localization"]["culprit"]
-    assert culprit["node"] == node and culprit["op_type"] == "Conv", report["localization"]["verdict"]
-    assert culprit["inputs"] and not any(i["divergent"] for i in culprit["inputs"])
+    report, node = planted_report(keras_mobilenet, plant, tmp_path, localize=True)
+    assert_named(report["localization"]["culprit"], node, "Conv", report["localization"]["verdict"])
 
 
 # --- MXNet: planted bugs in mxnet.onnx.export_model's file (nodes named after MXNet's symbols) ------------
@@ -236,9 +245,7 @@ def gluon_mobilenet(tmp_path_factory):
 @needs_mxnet
 @pytest.mark.mxnet
 def test_a_faithful_mxnet_export_has_no_divergent_node(gluon_mobilenet):
-    found = gluon_mobilenet["report"]["localization"]
-    assert found["culprit"] is None and found["verdict"].startswith("no divergent node")
-    assert found["matched_by"] == "names" and found["n_matched"] >= 0.9 * found["n_onnx_tensors"]
+    assert_no_divergent_node(gluon_mobilenet)
 
 
 @needs_mxnet
@@ -246,13 +253,9 @@ def test_a_faithful_mxnet_export_has_no_divergent_node(gluon_mobilenet):
 @pytest.mark.parametrize("plant, op_type", [(change_a_batchnorm_epsilon, "BatchNormalization"),
                                             (swap_a_named_conv_padding, "Conv")])
 def test_a_bug_planted_in_an_mxnet_export_is_named(plant, op_type, gluon_mobilenet, tmp_path):
-    path, node = planted(gluon_mobilenet["export"], tmp_path / "planted.onnx", plant)
-    report = onnx_report(target=str(path), preprocess=gluon_mobilenet["report"]["preprocess"]["name"],
-                         against=str(gluon_mobilenet["root"] / "o" / "native"), out=str(tmp_path / "o"),
-                         cache_dir=str(gluon_mobilenet["root"] / "cache"), localize=True, localize_images=2)
+    report, node = planted_report(gluon_mobilenet, plant, tmp_path, localize=True)
     culprit = report["localization"]["culprit"]
-    assert culprit["node"] == node and culprit["op_type"] == op_type, report["localization"]["verdict"]
-    assert culprit["inputs"] and not any(i["divergent"] for i in culprit["inputs"])
+    assert_named(culprit, node, op_type, report["localization"]["verdict"])
     if op_type == "BatchNormalization":
         assert float(culprit["attributes"]["epsilon"]) == pytest.approx(0.1)
 
