@@ -46,7 +46,7 @@ def main() -> None:
         "decomposition": report.decomposition.model_dump(mode="json"),
         "variants": [{k: v for k, v in row.model_dump(mode="json").items() if k not in ("spec", "flips")}
                      for row in rows],
-        "cost": {**report.cost, "diagnose_wall_s": round(wall, 1)},
+        "cost": {**report.cost.model_dump(mode="json"), "diagnose_wall_s": round(wall, 1)},
     }
     Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
     print(json.dumps({k: payload[k] for k in ("sentence", "cost")}, indent=1))
