@@ -8,8 +8,17 @@ from pathlib import Path
 import pytest
 
 from helpers import VAL_SIZES, imagenet_val_files, write_jpeg
+from xfverify.evaluator.process.launcher import ALLOCATOR_ENVIRONMENT
 
 os.environ.setdefault("COLUMNS", "200")  # before the console is imported: tables as wide as a run_cli subprocess's
+for _name, _value in ALLOCATOR_ENVIRONMENT.items():  # the test workers (started after this) allocate as ours do
+    os.environ.setdefault(_name, _value)
+# Under `pytest -n N` the N test workers share the cores: each framework takes its share of threads (two
+# two-thread torch passes on two cores spend a third of their CPU time waiting on each other).
+_TEST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _TEST_WORKERS > 1:
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ.setdefault(_name, str(max(1, (os.cpu_count() or 1) // _TEST_WORKERS)))
 
 # `make test` runs `pytest -n auto`: each file's tests run on one worker (its module fixtures run once), except
 # in these files of long independent tests, whose tests spread over the workers.
@@ -58,6 +67,25 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # a closed port: downloads fail at once
     monkeypatch.setenv("NO_PROXY", "")
 
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory) -> Path:
+    """One tensor and export cache for the whole run, every test worker's (the cache is built for runs that share
+    it): for the tests of real weights, so that each Lite export and each decode of the photos is made once. Tests
+    that look at what a cache holds or how it was built keep their own."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: the workers' common folder
+    path = root / "shared-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def shared_cache(shared_cache_dir, monkeypatch) -> Path:
+    """This test's runs use the run's shared cache (see shared_cache_dir)."""
+    monkeypatch.setenv("XFVERIFY_CACHE", str(shared_cache_dir))
+    return shared_cache_dir
 
 
 @pytest.fixture

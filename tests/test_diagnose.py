@@ -222,11 +222,11 @@ def test_a_wrong_variant_name_is_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.slow
 @needs_torch
-def test_the_demonstration_finds_the_imagenet_normalisation_as_the_largest_cause(tmp_path):
+def test_the_demonstration_finds_the_imagenet_normalisation_as_the_largest_cause(tmp_path, shared_cache_dir):
     variants = "norm-imagenet-mean-std,squash"  # the trap, and a geometry change that is a smaller cause
     # the first 250 photographs (the same every run): the trap measures +10.8 (+6.8 to +15.1) there, +12.4 on all 500
     done = run_cli("diagnose", "--data", str(imagenet_sample_500()), "--limit", "250", "--variants", variants,
-                   "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"), timeout=1800)
+                   "--out", str(tmp_path / "o"), "--cache-dir", str(shared_cache_dir), timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     report = DiagnoseReport.model_validate_json((tmp_path / "o" / "report.json").read_text())
     largest = {v.name: v for v in report.variants}[report.decomposition.ranked[0]]
@@ -236,10 +236,10 @@ def test_the_demonstration_finds_the_imagenet_normalisation_as_the_largest_cause
 
 @pytest.mark.slow
 @needs_torch
-def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path):
+def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path, shared_cache_dir):
     out = tmp_path / "out"
     done = run_cli("diagnose", "--variants", "norm-half-half", "--onnx", "--out", str(out),
-                   "--cache-dir", str(tmp_path / "cache"))
+                   "--cache-dir", str(shared_cache_dir))
     assert done.returncode == 0, done.stderr[-3000:]
     report = DiagnoseReport.model_validate_json((out / "report.json").read_text())
     onnx = report.variants[-1]

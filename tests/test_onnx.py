@@ -74,10 +74,10 @@ def test_each_frameworks_export_runs_on_the_native_tensors(model, exporter, opse
 
 
 @pytest.fixture(scope="module")
-def lite0(tmp_path_factory):
+def lite0(tmp_path_factory, shared_cache_dir):
     """`xfverify onnx` of the default model on the embedded sample (native run first, into --out/native)."""
     root = tmp_path_factory.mktemp("lite0")
-    env = {"XFVERIFY_CACHE": str(root / "cache")}
+    env = {"XFVERIFY_CACHE": str(shared_cache_dir)}
     done = run_cli("onnx", "--provider", "cpu", "--out", str(root / "o"), env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return {"out": root / "o", "env": env, "stdout": done.stdout,
@@ -181,7 +181,7 @@ def test_runs_whose_tensors_differ_are_not_compared(lite0, tmp_path):
 @needs_torch
 @pytest.mark.torch
 def test_a_users_onnx_file_with_a_preset_and_against_a_native_run(lite0, tmp_path):
-    [path] = (lite0["out"].parent / "cache" / "onnx").glob("*/model.onnx")
+    path = Path(lite0["report"]["onnx"]["path"])
     done = run_cli("onnx", str(path), "--preprocess", "lite-tf-224", "--provider", "cpu", "--out", str(tmp_path / "a"),
                    env=lite0["env"])
     assert done.returncode == 0, done.stderr[-3000:]
@@ -198,7 +198,7 @@ def test_a_users_onnx_file_with_a_preset_and_against_a_native_run(lite0, tmp_pat
 @needs_torch
 @pytest.mark.torch
 def test_cuda_provider_without_a_gpu_is_one_line_not_a_cpu_run(lite0, tmp_path):
-    [path] = (lite0["out"].parent / "cache" / "onnx").glob("*/model.onnx")
+    path = Path(lite0["report"]["onnx"]["path"])
     done = run_cli("onnx", str(path), "--preprocess", "lite-tf-224", "--provider", "cuda", "--out",
                    str(tmp_path / "o"), env={**lite0["env"], "CUDA_VISIBLE_DEVICES": ""})
     assert_user_error(done, "--provider cuda", "does not fall back to the CPU")

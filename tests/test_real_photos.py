@@ -41,7 +41,8 @@ def _scored_by_the_export(onnx_file: str, preset: str, out) -> float:
 
 
 @pytest.mark.parametrize("model", sorted(REFERENCE_ERROR))
-def test_reference_error_is_in_its_band_onnx_runtime_agrees_on_every_image_and_timm_agrees(model, tmp_path):
+def test_reference_error_is_in_its_band_onnx_runtime_agrees_on_every_image_and_timm_agrees(model, tmp_path,
+                                                                                          shared_cache):
     reference = native_json(NativeOptions(model=model, data=str(imagenet_sample_500()), out=str(tmp_path / "reference"),
                                           batch_size=16))
     assert reference["n_scored"] == 500

@@ -315,3 +315,65 @@ def test_options_every_cell_shares_are_refused_once_before_any_cell(tmp_path, op
     done = run_cli("study", option, value, "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def _lanes_plan(tmp_path):
+    """Two GPU cells (torch native, then its ONNX cell) and two CPU cells (MXNet native, then its ONNX cell with
+    --provider cpu), in plan order."""
+    from xfverify.evaluator.pipeline.study import PlannedCell
+    from xfverify.models.study import Cell
+
+    plan = []
+    for model in ("torchvision/resnet50:IMAGENET1K_V1", "gluoncv/resnet50_v1b"):
+        native = PlannedCell(Cell(run="native", model=model), f"{model}-native", tmp_path / model / "native")
+        plan += [native, PlannedCell(Cell(run="onnx", model=model), f"{model}-onnx", tmp_path / model / "onnx", native)]
+    return plan
+
+
+def test_cpu_only_cells_run_beside_gpu_cells_each_lane_in_order_and_after_the_cell_they_need(tmp_path):
+    import threading
+
+    from xfverify.evaluator.pipeline.study import computes_on_gpu, run_locally
+
+    plan = _lanes_plan(tmp_path)
+    cpu_lane_started = threading.Event()
+    started, recorded = [], []
+
+    def run(planned, results):
+        started.append(planned.key)
+        if planned.cell.model.startswith("gluoncv/"):
+            cpu_lane_started.set()
+        elif planned.cell.run == "native":  # the GPU lane's first cell finishes only once the CPU lane has begun
+            assert cpu_lane_started.wait(timeout=30), "the CPU-only cells did not run beside the GPU cells"
+        if planned.needs is not None:
+            assert planned.needs.key in results  # what it needs is done and handed to it
+        return f"result of {planned.key}"
+
+    def on_gpu(planned):
+        return computes_on_gpu(planned.cell, device="auto", provider="auto" if "torch" in planned.key else "cpu")
+
+    ran = run_locally(plan, run, {}, lambda planned, result: recorded.append(planned.key), on_gpu=on_gpu)
+    assert ran == {planned.key: f"result of {planned.key}" for planned in plan}
+    assert sorted(recorded) == sorted(started) == sorted(planned.key for planned in plan)
+    for lane in ([p.key for p in plan[:2]], [p.key for p in plan[2:]]):
+        assert [key for key in started if key in lane] == lane  # each lane in plan order
+    assert [computes_on_gpu(p.cell, "auto", "auto") for p in plan] == [True, True, False, True]
+    assert not any(computes_on_gpu(p.cell, "cpu", "cpu") for p in plan)
+
+
+def test_a_failing_lane_stops_the_other_after_its_current_cell_and_its_error_is_raised(tmp_path):
+    from xfverify.evaluator.pipeline.study import run_locally
+
+    plan = _lanes_plan(tmp_path)
+    started = []
+
+    def run(planned, results):
+        started.append(planned.key)
+        if planned.key == plan[2].key:
+            raise RuntimeError("a bug in the CPU lane")
+        time.sleep(0.5)  # the GPU lane's first cell is still running when the CPU lane fails
+        return "done"
+
+    with pytest.raises(RuntimeError, match="a bug in the CPU lane"):
+        run_locally(plan, run, {}, lambda planned, result: None, on_gpu=lambda planned: "torch" in planned.key)
+    assert plan[1].key not in started and plan[3].key not in started

@@ -5,7 +5,8 @@ numbers are that command's. A cell is keyed by everything that determines its re
 preprocessing, the images' manifest, the options, xfverify's and the frameworks' versions, and for an ONNX cell its
 native cell's key); ``cell.json``, written last, records the key and the numbers, so a rerun or a study killed
 mid-way skips the finished cells and an edited study runs only what changed. Cells share the tensor cache, so each
-geometry is decoded once. The cells run in order on this machine, or as Ray tasks (``--executor ray``).
+geometry is decoded once. The cells run in order on this machine (CPU-only cells beside the GPU's where it has one),
+or as Ray tasks (``--executor ray``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -288,26 +290,81 @@ def model_rows(results: list[CellResult]) -> list[ModelRow]:
     return sorted(rows, key=lambda row: order.index(row.architecture))
 
 
+def computes_on_gpu(cell: Cell, device: str, provider: str) -> bool:
+    """Whether a cell computes on a GPU where the machine has one: not with --device cpu (--provider cpu for an
+    ONNX cell), and MXNet only when asked for with --device cuda (its builds miss recent GPUs)."""
+    if cell.run == "onnx":
+        return provider != "cpu"
+    return device != "cpu" and (device == "cuda" or not cell.model.startswith("gluoncv/"))
+
+
 def _executor(options: StudyOptions) -> Callable:
+    def on_gpu(planned: PlannedCell) -> bool:
+        return computes_on_gpu(planned.cell, options.device, options.provider)
+
     if options.executor == "ray":
         from xfverify.evaluator.pipeline.study_ray import ray_executor
 
-        return ray_executor(options.address, options.device)
-    return run_locally
+        return ray_executor(options.address, on_gpu)
+    return functools.partial(run_locally, on_gpu=on_gpu if _has_nvidia_gpu() else None)
 
 
 def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], CellResult], done: dict[str, CellResult],
-                record: Callable[[PlannedCell, CellResult], None]) -> dict[str, CellResult]:
-    """The cells in order, on this machine (a cell's native cell comes before it in the plan); torch's and
-    TensorFlow's workers forked from a warm server each (the framework imported once, not per cell)."""
+                record: Callable[[PlannedCell, CellResult], None],
+                on_gpu: Callable[[PlannedCell], bool] | None = None) -> dict[str, CellResult]:
+    """The cells in plan order on this machine, torch's and TensorFlow's workers forked from a warm server (the
+    framework imported once, not per cell). With ``on_gpu`` (a machine with a GPU), the cells that compute on the
+    CPU run in a second lane beside the GPU's, each lane in plan order, a cell waiting for the native cell it
+    needs; a failure in either lane stops both after their current cell."""
     from xfverify.evaluator.process.warm import warm_workers
 
+    lanes = [[p for p in todo if on_gpu(p)], [p for p in todo if not on_gpu(p)]] if on_gpu else [todo]
+    lanes = [lane for lane in lanes if lane]
     results = dict(done)
+    changed = threading.Condition()
+    stopped: list[BaseException] = []
+
+    def run_lane(lane: list[PlannedCell]) -> None:
+        try:
+            for planned in lane:
+                with changed:
+                    changed.wait_for(lambda: stopped or planned.needs is None or planned.needs.key in results)
+                    if stopped:
+                        return
+                    known = dict(results)
+                result = run(planned, known)
+                with changed:
+                    results[planned.key] = result
+                    record(planned, result)
+                    changed.notify_all()
+        except BaseException as exc:
+            with changed:
+                stopped.append(exc)
+                changed.notify_all()
+            raise
+
+    beside = [threading.Thread(target=_quietly(run_lane), args=(lane,), name="xfverify-cpu-lane", daemon=True)
+              for lane in lanes[1:]]
     with warm_workers():
-        for planned in todo:
-            results[planned.key] = run(planned, results)
-            record(planned, results[planned.key])
+        for thread in beside:
+            thread.start()
+        if lanes:
+            run_lane(lanes[0])
+        for thread in beside:
+            thread.join()
+    if stopped:
+        raise stopped[0]
     return {key: result for key, result in results.items() if key not in done}
+
+
+def _quietly(lane: Callable[[list], None]) -> Callable[[list], None]:
+    """A lane for a thread: its exception is raised again by the main thread, not printed by ``threading``."""
+    def run(cells: list) -> None:
+        try:
+            lane(cells)
+        except BaseException:
+            pass
+    return run
 
 
 def _versions() -> dict[str, str]:

@@ -14,9 +14,10 @@ CPUS_PER_CPU_CELL = 2  # decoding and the model pass share them
 CPUS_PER_GPU_CELL = 1
 
 
-def ray_executor(address: str | None, device: str = "auto") -> Callable:
+def ray_executor(address: str | None, on_gpu: Callable[[Any], bool]) -> Callable:
     """An executor with the same signature as ``study.run_locally``, running on the Ray cluster at ``address``
-    (None: a local Ray instance; "auto": the cluster this machine belongs to)."""
+    (None: a local Ray instance; "auto": the cluster this machine belongs to); ``on_gpu``: whether a planned cell
+    computes on a GPU where there is one."""
     try:
         import ray
     except ImportError:
@@ -31,7 +32,7 @@ def ray_executor(address: str | None, device: str = "auto") -> Callable:
                 raise UserError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
                                 "`ray start --head`, or leave --address out for a local instance") from None
         try:
-            return _gather(ray, todo, run, done, record, device)
+            return _gather(ray, todo, run, done, record, on_gpu)
         finally:
             if started_here:
                 ray.shutdown()
@@ -39,7 +40,7 @@ def ray_executor(address: str | None, device: str = "auto") -> Callable:
     return execute
 
 
-def _gather(ray, todo: list, run: Callable, done: dict, record: Callable, device: str) -> dict:
+def _gather(ray, todo: list, run: Callable, done: dict, record: Callable, on_gpu: Callable[[Any], bool]) -> dict:
     """Submit each cell once what it needs is back; record each result as it comes."""
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     task = ray.remote(max_retries=RETRIES, retry_exceptions=False)(_run_cell_task)
@@ -54,7 +55,7 @@ def _gather(ray, todo: list, run: Callable, done: dict, record: Callable, device
             if needs is not None and needs.key not in results:
                 continue  # its native cell is still running
             waiting.remove(planned)
-            options: dict[str, Any] = _resources(planned, has_gpus, device)
+            options: dict[str, Any] = _resources(has_gpus and on_gpu(planned))
             if needs is not None and needs.key in node_of:
                 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -74,10 +75,8 @@ def _gather(ray, todo: list, run: Callable, done: dict, record: Callable, device
     return {key: result for key, result in results.items() if key not in done}
 
 
-def _resources(planned, has_gpus: bool, device: str) -> dict[str, Any]:
-    """One GPU for a cell that computes on one (MXNet only when --device cuda: its builds miss recent GPUs), CPU
-    cores otherwise."""
-    gpu = has_gpus and device != "cpu" and (device == "cuda" or not planned.cell.model.startswith("gluoncv/"))
+def _resources(gpu: bool) -> dict[str, Any]:
+    """One GPU for a cell that computes on one, CPU cores otherwise."""
     return {"num_gpus": 1, "num_cpus": CPUS_PER_GPU_CELL} if gpu else {"num_cpus": CPUS_PER_CPU_CELL}
 
 

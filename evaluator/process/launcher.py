@@ -26,6 +26,13 @@ from xfverify.evaluator.system.files import disk_full_error
 from xfverify.models.errors import UserError
 
 
+# Torch's CPU kernels allocate and free activations of tens of MB on every layer; glibc hands such blocks back
+# to the kernel and faults them in again on the next batch, which was half of a Lite0 pass on 2 cores. Kept in
+# the heap, the same pass takes half the time with the same bits (bench/results/allocator.json). A user's own
+# settings win; other C libraries ignore these names.
+ALLOCATOR_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(1 << 32), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+
+
 class WorkerCrashed(RuntimeError):
     """A worker process died of a bug (not a user error); carries its stderr."""
 
@@ -74,6 +81,8 @@ def run_worker(
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name, value in ALLOCATOR_ENVIRONMENT.items():
+        env.setdefault(name, value)
     env[RUN_PID_ENV] = str(os.getpid())  # the worker watches this process, even if it dies before the worker starts
     command = [_python_for(framework), "-m", "xfverify.evaluator.process.worker", str(job_path)]
     stderr_path = workdir / f"{task}.stderr.txt"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from typing import Callable, Iterator, NoReturn
 
@@ -17,6 +18,7 @@ from xfverify.models.user_input import shown
 # Off a terminal (a pipe, a log file) nothing limits the width: wide tables keep one line per row.
 console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 err_console = Console(stderr=True)
+_live = threading.Lock()  # held while a progress group is shown live
 
 
 def info(message: str) -> None:
@@ -77,8 +79,9 @@ class ProgressGroup:
 
 @contextlib.contextmanager
 def progress_group() -> Iterator[ProgressGroup]:
-    """A group of progress bars showing done/total and rate, on stderr."""
-    if not err_console.is_terminal:
+    """A group of progress bars showing done/total and rate, on stderr (one group live at a time: another, such as
+    a study's second lane's, says its summaries as lines)."""
+    if not err_console.is_terminal or not _live.acquire(blocking=False):
         group = ProgressGroup(None)
         try:
             yield group
@@ -94,8 +97,11 @@ def progress_group() -> Iterator[ProgressGroup]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=err_console, transient=False) as progress:
-        yield ProgressGroup(progress)
+    try:
+        with Progress(*columns, console=err_console, transient=False) as progress:
+            yield ProgressGroup(progress)
+    finally:
+        _live.release()
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
