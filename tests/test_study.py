@@ -377,3 +377,75 @@ def test_a_failing_lane_stops_the_other_after_its_current_cell_and_its_error_is_
     with pytest.raises(RuntimeError, match="a bug in the CPU lane"):
         run_locally(plan, run, {}, lambda planned, result: None, on_gpu=lambda planned: "torch" in planned.key)
     assert plan[1].key not in started and plan[3].key not in started
+
+
+def test_a_gpu_lanes_onnx_exports_are_made_first_in_the_cpu_lane_and_its_onnx_cells_wait_for_them(tmp_path):
+    import threading
+
+    from xfverify.evaluator.pipeline.study import run_locally
+
+    plan = _lanes_plan(tmp_path)
+    torch_native, torch_onnx = plan[0], plan[1]
+    exported = threading.Event()
+    events = []
+
+    def ahead(planned):
+        events.append(("ahead", planned.key, threading.current_thread().name))
+        exported.set()
+
+    def run(planned, results):
+        if planned is torch_native:  # the export is made while the GPU lane's native cell runs
+            assert exported.wait(timeout=30), "the GPU lane's export was not made beside it"
+        events.append(("run", planned.key, threading.current_thread().name))
+        return "done"
+
+    run_locally(plan, run, {}, lambda planned, result: None, on_gpu=lambda planned: "torch" in planned.key,
+                ahead=ahead)
+    assert [event for event in events if event[0] == "ahead"] == [("ahead", torch_onnx.key, "xfverify-cpu-lane")]
+    position = {event[:2]: index for index, event in enumerate(events)}
+    assert position["ahead", torch_onnx.key] < position["run", torch_onnx.key]
+    assert position["ahead", torch_onnx.key] < position["run", plan[2].key]  # the CPU lane's own cells come after
+
+    # without a GPU there is one lane, and nothing is exported ahead
+    events.clear()
+    run_locally(plan, lambda planned, results: events.append(("run", planned.key)) or "done", {},
+                lambda planned, result: None, on_gpu=None, ahead=ahead)
+    assert [event[1] for event in events] == [planned.key for planned in plan]
+
+
+ONE_EXPORT = """name = "one"
+[[cells]]
+models = ["torchvision/mobilenet_v2:IMAGENET1K_V1"]
+runs = ["native", "onnx"]
+random_weights = true
+"""
+
+
+@needs_torch
+def test_the_export_made_ahead_is_the_one_the_onnx_cell_finds_in_the_export_cache(tmp_path, monkeypatch):
+    """The export job made ahead must be exactly the one the ONNX cell sends, or the cell exports again. Every cell
+    is placed in the GPU lane here (lanes are scheduling only: they compute on the CPU)."""
+    import threading
+
+    import xfverify
+    from xfverify.evaluator.pipeline import study as study_module
+
+    threads = []
+    export_ahead = study_module.export_ahead
+
+    def recorded(options):
+        threads.append(threading.current_thread().name)
+        return export_ahead(options)
+
+    monkeypatch.setattr(study_module, "_has_nvidia_gpu", lambda: True)
+    monkeypatch.setattr(study_module, "computes_on_gpu", lambda cell, device, provider: True)
+    monkeypatch.setattr(study_module, "export_ahead", recorded)
+    (tmp_path / "one.toml").write_text(ONE_EXPORT)
+    out = tmp_path / "out"
+    report = xfverify.study(str(tmp_path / "one.toml"), device="cpu", provider="cpu", limit=2, out=str(out),
+                            cache_dir=str(tmp_path / "cache"))
+    assert threads == ["xfverify-cpu-lane"]
+    onnx = json.loads((out / "cells" / "onnx-torchvision_mobilenet_v2_IMAGENET1K_V1-random" / "report.json").read_text())
+    assert onnx["onnx"]["from_cache"] is True
+    assert len(list((tmp_path / "cache" / "onnx").glob("*/model.onnx"))) == 1
+    assert report.rows[0].onnx.top1_agreement == 100.0

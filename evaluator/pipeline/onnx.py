@@ -111,18 +111,31 @@ def _export(options: OnnxOptions, native: NativeOnDisk, hw: tuple[int, int]) -> 
     """The card's model exported in its framework's worker (through the export cache), with the native run's weights."""
     card = get_card(options.target)
     report = native.report
-    job = ExportJob(
-        model=card.id, hw=hw, cache_root=str(cache_root(options) / "onnx"), opset=options.opset,
-        weights_file=os.path.abspath(options.weights) if options.weights else None,
-        random_weights=report.random_weights,
-        seed=report.weights.seed if isinstance(report.weights, RandomWeights) else options.seed,
-    )
+    seed = report.weights.seed if isinstance(report.weights, RandomWeights) else options.seed
     console.info(f"exporting {card.id} to ONNX in the {card.framework} worker")
-    outcome: ExportOutcome = run_worker(card.framework, job, on_event=_status)
+    outcome: ExportOutcome = run_worker(card.framework, _export_job(options, card.id, hw, report.random_weights, seed),
+                                        on_event=_status)
     if outcome.weights.sha256 != report.weights.sha256:
         raise UserError(f"the export's weights ({outcome.weights.sha256[:16]}) are not the native run's "
                         f"({report.weights.sha256[:16]}, {native.folder}): give the same --weights, or run without --against")
     return outcome
+
+
+def _export_job(options: OnnxOptions, model: str, hw: tuple[int, int], random_weights: bool, seed: int) -> ExportJob:
+    return ExportJob(model=model, hw=hw, cache_root=str(cache_root(options) / "onnx"), opset=options.opset,
+                     weights_file=os.path.abspath(options.weights) if options.weights else None,
+                     random_weights=random_weights, seed=seed)
+
+
+def export_ahead(options: OnnxOptions) -> ExportOutcome:
+    """Put a model's export in the export cache before its ONNX run asks for it, by the job that run will send (its
+    native run's preprocessing and weights as ``options`` give them), so the run finds it there. A study does this
+    for its GPU cells in its CPU lane, beside the GPU's passes."""
+    card = get_card(options.target)
+    spec = resolve_preprocess(options.preprocess, default=card.preprocess, overrides=parse_overrides(options.overrides))
+    console.info(f"exporting {card.id} to ONNX ahead of its run, in the {card.framework} worker")
+    return run_worker(card.framework, _export_job(options, card.id, spec_hw(spec), options.random_weights, options.seed),
+                      on_event=_status)
 
 
 def _describe_file(path: str, layout: str) -> OnnxDescription:

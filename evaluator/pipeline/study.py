@@ -5,8 +5,8 @@ numbers are that command's. A cell is keyed by everything that determines its re
 preprocessing, the images' manifest, the options, xfverify's and the frameworks' versions, and for an ONNX cell its
 native cell's key); ``cell.json``, written last, records the key and the numbers, so a rerun or a study killed
 mid-way skips the finished cells and an edited study runs only what changed. Cells share the tensor cache, so each
-geometry is decoded once. The cells run in order on this machine (CPU-only cells beside the GPU's where it has one),
-or as Ray tasks (``--executor ray``).
+geometry is decoded once. The cells run in order on this machine (where it has a GPU, CPU-only cells and the GPU
+cells' ONNX exports beside the GPU's passes), or as Ray tasks (``--executor ray``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from xfverify.version import __version__
 from xfverify.evaluator.data.layouts import SAMPLE_DIR, Dataset, load_dataset
 from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, run_diagnose
 from xfverify.evaluator.pipeline.native import run_native
-from xfverify.evaluator.pipeline.onnx import run_onnx
+from xfverify.evaluator.pipeline.onnx import export_ahead, run_onnx
 from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions, check_run_options
 from xfverify.evaluator.pipeline.outdir import in_owned_folder, refuse_a_commands_run
 from xfverify.evaluator.reports.diagnose import DiagnoseReport
@@ -197,9 +197,7 @@ def run_cell(planned: PlannedCell, results: dict[str, CellResult], options: Stud
     """Run one cell through its command's pipeline function; a user error fails the cell, not the study."""
     cell, started = planned.cell, time.time()
     folder = str(planned.folder)
-    base = dict(data=options.data, devkit=options.devkit, limit=options.limit, per_class=options.per_class,
-                batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir,
-                random_weights=cell.random_weights, seed=options.seed, on_bad_image=options.on_bad_image)
+    base = _common_options(cell, options)
     outcome: dict = {}
     try:
         if planned.needs is not None:
@@ -224,6 +222,22 @@ def run_cell(planned: PlannedCell, results: dict[str, CellResult], options: Stud
         return _result(planned, started, "failed", error=str(exc))
     report_sha256 = hashlib.sha256((planned.folder / "report.json").read_bytes()).hexdigest()
     return _result(planned, started, "done", report_sha256=report_sha256, **outcome)
+
+
+def _common_options(cell: Cell, options: StudyOptions) -> dict:
+    return dict(data=options.data, devkit=options.devkit, limit=options.limit, per_class=options.per_class,
+                batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir,
+                random_weights=cell.random_weights, seed=options.seed, on_bad_image=options.on_bad_image)
+
+
+def export_cell_ahead(planned: PlannedCell, options: StudyOptions) -> None:
+    """An ONNX cell's export made early, into the export cache its cell reads; a user error is left for the cell
+    to meet and report."""
+    try:
+        export_ahead(OnnxOptions(**_common_options(planned.cell, options), target=planned.cell.model,
+                                 device=options.device, provider=options.provider, out=str(planned.folder)))
+    except UserError as exc:
+        console.info(f"exporting {planned.cell.model} ahead of its cell failed ({exc}); its cell will try again")
 
 
 def record_cell(planned: PlannedCell, result: CellResult) -> None:
@@ -306,29 +320,46 @@ def _executor(options: StudyOptions) -> Callable:
         from xfverify.evaluator.pipeline.study_ray import ray_executor
 
         return ray_executor(options.address, on_gpu)
-    return functools.partial(run_locally, on_gpu=on_gpu if _has_nvidia_gpu() else None)
+    return functools.partial(run_locally, on_gpu=on_gpu if _has_nvidia_gpu() else None,
+                             ahead=functools.partial(export_cell_ahead, options=options))
 
 
 def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], CellResult], done: dict[str, CellResult],
                 record: Callable[[PlannedCell, CellResult], None],
-                on_gpu: Callable[[PlannedCell], bool] | None = None) -> dict[str, CellResult]:
+                on_gpu: Callable[[PlannedCell], bool] | None = None,
+                ahead: Callable[[PlannedCell], None] | None = None) -> dict[str, CellResult]:
     """The cells in plan order on this machine, torch's and TensorFlow's workers forked from a warm server (the
     framework imported once, not per cell). With ``on_gpu`` (a machine with a GPU), the cells that compute on the
     CPU run in a second lane beside the GPU's, each lane in plan order, a cell waiting for the native cell it
-    needs; a failure in either lane stops both after their current cell."""
+    needs; ``ahead`` is then done first in the CPU lane for each ONNX cell of the GPU lane (its export, CPU work
+    that would otherwise hold the GPU lane), and that cell waits for it. A failure in either lane stops both
+    after their current cell."""
     from xfverify.evaluator.process.warm import warm_workers
 
     lanes = [[p for p in todo if on_gpu(p)], [p for p in todo if not on_gpu(p)]] if on_gpu else [todo]
-    lanes = [lane for lane in lanes if lane]
+    early = [p for p in lanes[0] if p.cell.run == "onnx"] if on_gpu and ahead else []
+    early_keys = {p.key for p in early}
     results = dict(done)
+    prepared: set[str] = set()
     changed = threading.Condition()
     stopped: list[BaseException] = []
 
-    def run_lane(lane: list[PlannedCell]) -> None:
+    def ready(planned: PlannedCell) -> bool:
+        return bool(stopped) or ((planned.needs is None or planned.needs.key in results)
+                                 and (planned.key not in early_keys or planned.key in prepared))
+
+    def run_lane(lane: list[PlannedCell], first: list[PlannedCell] = ()) -> None:
         try:
+            for planned in first:
+                if stopped:
+                    return
+                ahead(planned)
+                with changed:
+                    prepared.add(planned.key)
+                    changed.notify_all()
             for planned in lane:
                 with changed:
-                    changed.wait_for(lambda: stopped or planned.needs is None or planned.needs.key in results)
+                    changed.wait_for(lambda: ready(planned))
                     if stopped:
                         return
                     known = dict(results)
@@ -343,12 +374,14 @@ def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], Cell
                 changed.notify_all()
             raise
 
-    beside = [threading.Thread(target=_quietly(run_lane), args=(lane,), name="xfverify-cpu-lane", daemon=True)
-              for lane in lanes[1:]]
+    beside = []
+    if len(lanes) == 2 and (lanes[1] or early):
+        beside = [threading.Thread(target=_quietly(run_lane), args=(lanes[1], early), name="xfverify-cpu-lane",
+                                   daemon=True)]
     with warm_workers():
         for thread in beside:
             thread.start()
-        if lanes:
+        if lanes[0]:
             run_lane(lanes[0])
         for thread in beside:
             thread.join()
@@ -357,11 +390,11 @@ def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], Cell
     return {key: result for key, result in results.items() if key not in done}
 
 
-def _quietly(lane: Callable[[list], None]) -> Callable[[list], None]:
+def _quietly(lane: Callable[..., None]) -> Callable[..., None]:
     """A lane for a thread: its exception is raised again by the main thread, not printed by ``threading``."""
-    def run(cells: list) -> None:
+    def run(*cells: list) -> None:
         try:
-            lane(cells)
+            lane(*cells)
         except BaseException:
             pass
     return run
