@@ -235,7 +235,7 @@ def export_cell_ahead(planned: PlannedCell, options: StudyOptions) -> None:
     to meet and report."""
     try:
         export_ahead(OnnxOptions(**_common_options(planned.cell, options), target=planned.cell.model,
-                                 device=options.device, provider=options.provider, out=str(planned.folder)))
+                                 device=options.device, provider=options.provider))
     except UserError as exc:
         console.info(f"exporting {planned.cell.model} ahead of its cell failed ({exc}); its cell will try again")
 
@@ -348,7 +348,7 @@ def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], Cell
         return bool(stopped) or ((planned.needs is None or planned.needs.key in results)
                                  and (planned.key not in early_keys or planned.key in prepared))
 
-    def run_lane(lane: list[PlannedCell], first: list[PlannedCell] = ()) -> None:
+    def run_lane(lane: list[PlannedCell], first: tuple[PlannedCell, ...] | list[PlannedCell] = ()) -> None:
         try:
             for planned in first:
                 if stopped:
@@ -392,9 +392,9 @@ def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], Cell
 
 def _quietly(lane: Callable[..., None]) -> Callable[..., None]:
     """A lane for a thread: its exception is raised again by the main thread, not printed by ``threading``."""
-    def run(*cells: list) -> None:
+    def run(*args) -> None:
         try:
-            lane(*cells)
+            lane(*args)
         except BaseException:
             pass
     return run
