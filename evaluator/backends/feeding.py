@@ -19,10 +19,11 @@ from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 
 
-# The batch size when --batch-size is not given, by the type of device the worker resolved. A CPU is faster at
-# small batches: bench/results/cpu_batch.json (bare torch, 2 cores, one run) found batch 4 the fastest for
-# EfficientNet-Lite0, ResNet50 and MobileNetV2 alike (Lite0 90 img/s at 4, 41 at 10, 31 at 32); `xfverify
-# native` end to end on 300 photographs ran 50 img/s at 4 against 36 at 10. A GPU keeps 32.
+# The batch size when --batch-size is not given, by the type of device the worker resolved. On a CPU, with the
+# workers' allocator setting, it matters little: bench/results/cpu_batch.json (bare torch, 2 cores, one run) has
+# Lite0 94 img/s at 4, 101 at 10, 97 at 32, ResNet50 and MobileNetV2 as flat (under glibc's defaults larger
+# batches fell to a third); `xfverify native` end to end on the 500 photographs ran 80-94 img/s at 4 to 32, within
+# its run-to-run spread. 4 keeps the committed runs' logits and the least memory. A GPU keeps 32.
 DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 32}
 
 
