@@ -34,9 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from xfverify.evaluator.cache.store import TensorCache
 from xfverify.evaluator.system.devices import cpu_model
-from xfverify.evaluator.pipeline.evaluation import may_feed_on_device
+from xfverify.evaluator.pipeline.evaluation import may_feed_on_device, tensor_cache
 from xfverify.evaluator.pipeline.options import NativeOptions
 from xfverify.evaluator.pipeline.request import prepare
 
@@ -87,8 +86,9 @@ def main() -> None:
         work = Path(work_dir)
         started = time.perf_counter()
         digests = may_feed_on_device(card.framework, args.device)  # as the runs below decide it
-        _, build = TensorCache(work / "cache-a", spec).ensure(dataset.records, stop_on_bad=True,
-                                                              normalisations=None if digests else [])
+        # the runs' own cache: a spec that decodes in a framework's worker (TensorFlow's window) gets its pool
+        _, build = tensor_cache(work / "cache-a", spec).ensure(dataset.records, stop_on_bad=True,
+                                                               normalisations=None if digests else [])
         decode_s = time.perf_counter() - started
         if build.decoded != len(dataset):
             raise SystemExit(f"the cold pass decoded {build.decoded} of {len(dataset)} images: was the cache empty?")
