@@ -449,3 +449,46 @@ def test_the_export_made_ahead_is_the_one_the_onnx_cell_finds_in_the_export_cach
     assert onnx["onnx"]["from_cache"] is True
     assert len(list((tmp_path / "cache" / "onnx").glob("*/model.onnx"))) == 1
     assert report.rows[0].onnx.top1_agreement == 100.0
+
+
+def _export_marker(planned, folder: Path) -> None:
+    """A stand-in export: leaves a file saying which model it exported and which resources its Ray task held."""
+    import ray
+
+    name = planned.cell.model.replace("/", "_").replace(":", "_")
+    (folder / f"exported-{name}").write_text(json.dumps(ray.get_runtime_context().get_assigned_resources()))
+
+
+def _cell_seeing_exports(planned, results) -> list[str]:
+    """A stand-in cell: the exports made before it ran."""
+    return sorted(path.name for path in planned.folder.parents[2].glob("exported-*"))
+
+
+@pytest.mark.slow
+@needs_ray
+def test_on_a_ray_cluster_with_gpus_a_gpu_onnx_cells_export_is_a_cpu_task_that_cell_waits_for(tmp_path):
+    """The driver's scheduling on a local Ray instance with one logical GPU (Ray only counts it here): the GPU
+    ONNX cell's export is a task without a GPU, finished before that cell starts; the CPU ONNX cell gets none."""
+    import functools
+
+    import ray
+    from ray import cloudpickle
+
+    from xfverify.evaluator.pipeline.study_ray import _gather
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stand-ins travel to Ray's workers by value
+    plan = _lanes_plan(tmp_path)
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        recorded = []
+        ran = _gather(ray, plan, _cell_seeing_exports, {}, lambda planned, result: recorded.append(planned.key),
+                      on_gpu=lambda planned: "torch" in planned.key,
+                      ahead=functools.partial(_export_marker, folder=tmp_path))
+    finally:
+        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    torch_export = "exported-torchvision_resnet50_IMAGENET1K_V1"
+    assert sorted(path.name for path in tmp_path.glob("exported-*")) == [torch_export]
+    assert "GPU" not in json.loads((tmp_path / torch_export).read_text())
+    assert ran[plan[1].key] == [torch_export]  # the torch ONNX cell ran after its export
+    assert sorted(recorded) == sorted(planned.key for planned in plan)

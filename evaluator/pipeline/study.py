@@ -316,12 +316,13 @@ def _executor(options: StudyOptions) -> Callable:
     def on_gpu(planned: PlannedCell) -> bool:
         return computes_on_gpu(planned.cell, options.device, options.provider)
 
+    ahead = functools.partial(export_cell_ahead, options=options)
+
     if options.executor == "ray":
         from xfverify.evaluator.pipeline.study_ray import ray_executor
 
-        return ray_executor(options.address, on_gpu)
-    return functools.partial(run_locally, on_gpu=on_gpu if _has_nvidia_gpu() else None,
-                             ahead=functools.partial(export_cell_ahead, options=options))
+        return ray_executor(options.address, on_gpu, ahead=ahead)
+    return functools.partial(run_locally, on_gpu=on_gpu if _has_nvidia_gpu() else None, ahead=ahead)
 
 
 def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], CellResult], done: dict[str, CellResult],

@@ -1,6 +1,7 @@
 """The study's cells as Ray tasks (``xfverify study --executor ray``): one task per cell with its resource request,
 an ONNX cell started once its native cell is back (on the same node, where the native run's folder is), results
-gathered by the driver as they come, and a task lost with its node retried by Ray."""
+gathered by the driver as they come, and a task lost with its node retried by Ray. On a cluster with GPUs, the
+GPU cells' ONNX exports are CPU tasks of their own, submitted first, so no GPU is held while an exporter runs."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ CPUS_PER_CPU_CELL = 2  # decoding and the model pass share them
 CPUS_PER_GPU_CELL = 1
 
 
-def ray_executor(address: str | None, on_gpu: Callable[[Any], bool]) -> Callable:
+def ray_executor(address: str | None, on_gpu: Callable[[Any], bool],
+                 ahead: Callable[[Any], None] | None = None) -> Callable:
     """An executor with the same signature as ``study.run_locally``, running on the Ray cluster at ``address``
     (None: a local Ray instance; "auto": the cluster this machine belongs to); ``on_gpu``: whether a planned cell
-    computes on a GPU where there is one."""
+    computes on a GPU where there is one; ``ahead``: a GPU ONNX cell's export, run first as a CPU task."""
     try:
         import ray
     except ImportError:
@@ -32,7 +34,7 @@ def ray_executor(address: str | None, on_gpu: Callable[[Any], bool]) -> Callable
                 raise UserError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
                                 "`ray start --head`, or leave --address out for a local instance") from None
         try:
-            return _gather(ray, todo, run, done, record, on_gpu)
+            return _gather(ray, todo, run, done, record, on_gpu, ahead)
         finally:
             if started_here:
                 ray.shutdown()
@@ -40,20 +42,30 @@ def ray_executor(address: str | None, on_gpu: Callable[[Any], bool]) -> Callable
     return execute
 
 
-def _gather(ray, todo: list, run: Callable, done: dict, record: Callable, on_gpu: Callable[[Any], bool]) -> dict:
-    """Submit each cell once what it needs is back; record each result as it comes."""
+def _gather(ray, todo: list, run: Callable, done: dict, record: Callable, on_gpu: Callable[[Any], bool],
+            ahead: Callable[[Any], None] | None = None) -> dict:
+    """Submit each cell once what it needs is back (its native cell; a GPU ONNX cell's export too, submitted first
+    as a CPU task where the cluster has GPUs); record each result as it comes."""
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     task = ray.remote(max_retries=RETRIES, retry_exceptions=False)(_run_cell_task)
     results = dict(done)
     pending: dict[Any, Any] = {}  # object ref -> planned cell
     waiting = list(todo)
     node_of: dict[str, str] = {}  # a finished cell's key -> the node it ran on
+    exports: dict[Any, Any] = {}  # object ref -> the GPU ONNX cell whose export it makes
+    if has_gpus and ahead is not None:
+        export = ray.remote(max_retries=RETRIES, retry_exceptions=False)(_export_task)
+        exports = {export.options(**_resources(False)).remote(ahead, planned): planned
+                   for planned in todo if planned.cell.run == "onnx" and on_gpu(planned)}
+    exporting = {planned.key for planned in exports.values()}
 
     def submit_ready() -> None:
         for planned in list(waiting):
             needs = planned.needs
             if needs is not None and needs.key not in results:
                 continue  # its native cell is still running
+            if planned.key in exporting:
+                continue  # its export is still being made
             waiting.remove(planned)
             options: dict[str, Any] = _resources(has_gpus and on_gpu(planned))
             if needs is not None and needs.key in node_of:
@@ -64,13 +76,17 @@ def _gather(ray, todo: list, run: Callable, done: dict, record: Callable, on_gpu
             pending[task.options(**options).remote(run, planned, needed)] = planned
 
     submit_ready()
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        planned = pending.pop(ready[0])
-        result, node = ray.get(ready[0])
-        results[planned.key] = result
-        node_of[planned.key] = node
-        record(planned, result)
+    while pending or exports:
+        [ready], _ = ray.wait([*pending, *exports], num_returns=1)
+        if ready in exports:
+            ray.get(ready)  # a bug in an export is raised here; a user error was left for its cell
+            exporting.discard(exports.pop(ready).key)
+        else:
+            planned = pending.pop(ready)
+            result, node = ray.get(ready)
+            results[planned.key] = result
+            node_of[planned.key] = node
+            record(planned, result)
         submit_ready()
     return {key: result for key, result in results.items() if key not in done}
 
@@ -86,3 +102,9 @@ def _run_cell_task(run: Callable, planned, needed) -> tuple[Any, str]:
 
     results = {planned.needs.key: needed} if planned.needs is not None and needed is not None else {}
     return run(planned, results), ray.get_runtime_context().get_node_id() or socket.gethostname()
+
+
+def _export_task(ahead: Callable[[Any], None], planned) -> None:
+    """Inside the Ray worker: a GPU ONNX cell's export, into the export cache (a shared --cache-dir lets the cell find
+    it on whichever node it runs; otherwise the cell exports again on its own)."""
+    ahead(planned)
