@@ -317,6 +317,33 @@ def test_options_every_cell_shares_are_refused_once_before_any_cell(tmp_path, op
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("option", ["--device", "--provider"])
+def test_cuda_asked_for_on_a_machine_without_a_gpu_is_refused_once_before_any_cell(tmp_path, monkeypatch, option):
+    from xfverify.evaluator.system import devices
+
+    monkeypatch.setattr(devices, "may_have_a_gpu", lambda: False)
+    done = run_cli("study", option, "cuda", "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert f"{option} cuda: this machine has no GPU" in done.stderr and f"{option} cpu or auto" in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_gpu_is_seen_by_its_driver_or_its_device_files(tmp_path, monkeypatch):
+    from xfverify.evaluator.system import devices
+
+    monkeypatch.setattr(devices, "nvidia_gpus", lambda: [])
+    assert not devices.may_have_a_gpu(tmp_path)
+    (tmp_path / "nvidiactl").touch()  # the control file alone: the driver, no GPU
+    assert not devices.may_have_a_gpu(tmp_path)
+    (tmp_path / "nvidia0").touch()
+    assert devices.may_have_a_gpu(tmp_path)
+    (tmp_path / "nvidia0").unlink()
+    (tmp_path / "kfd").touch()  # ROCm
+    assert devices.may_have_a_gpu(tmp_path)
+    monkeypatch.setattr(devices, "nvidia_gpus", lambda: ["NVIDIA H200"])
+    assert devices.may_have_a_gpu(tmp_path / "empty")
+
+
 def _lanes_plan(tmp_path):
     """Two GPU cells (torch native, then its ONNX cell) and two CPU cells (MXNet native, then its ONNX cell with
     --provider cpu), in plan order."""

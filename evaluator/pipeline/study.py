@@ -100,6 +100,13 @@ def run_study(options: StudyOptions) -> tuple[StudyReport, Path]:
     # the options every cell shares, refused once here rather than by each cell in turn
     check_run_options(NativeOptions(seed=options.seed, batch_size=options.batch_size, workers=options.workers,
                                     on_bad_image=options.on_bad_image))
+    if options.executor == "local" and "cuda" in (options.device, options.provider):
+        from xfverify.evaluator.system.devices import may_have_a_gpu
+
+        if not may_have_a_gpu():  # every cell would start its worker only to fail on it
+            asked = "--device cuda" if options.device == "cuda" else "--provider cuda"
+            raise UserError(f"{asked}: this machine has no GPU (no NVIDIA GPU or GPU device file found): use "
+                            f"{asked.split()[0]} cpu or auto, or --executor ray on a cluster with GPUs")
     study = load_study(options.study)
     cells = cells_of(study)
     if options.random_weights:

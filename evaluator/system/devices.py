@@ -34,6 +34,12 @@ def cpu_name() -> str:
     return f"{cpu_model()} ({os.cpu_count()} cores)"
 
 
+def may_have_a_gpu(dev: Path = Path("/dev")) -> bool:
+    """Whether anything on this machine says it has a GPU a framework could use: a GPU the NVIDIA driver reports, or
+    a GPU device file (NVIDIA's, or ROCm's /dev/kfd). False is sure: no CUDA or ROCm program runs without them."""
+    return bool(nvidia_gpus()) or any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists()
+
+
 def nvidia_gpus(root: Path = Path("/proc/driver/nvidia/gpus")) -> list[str]:
     """Model names of the NVIDIA GPUs the kernel driver reports, found without any framework ([] without one)."""
     names = []
