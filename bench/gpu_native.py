@@ -176,6 +176,7 @@ def main() -> None:
     parser.add_argument("--unique", type=int, default=10000, help="generated images; the rest are file copies")
     parser.add_argument("--warm-limit", type=int, default=10000, help="images per warm (fed from cache) run")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--precisions", default="fp32,tf32,bf16", help="the warm part's precisions, in this order")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny batches: checks the script itself runs")
     args = parser.parse_args()
     import torch
@@ -184,7 +185,7 @@ def main() -> None:
 
     warm_limit = max(SHARD_SIZE, args.warm_limit // SHARD_SIZE * SHARD_SIZE)  # whole shards: nothing to decode
     device = "cpu" if args.smoke else "cuda"
-    precisions = ("fp32",) if args.smoke else ("fp32", "tf32", "bf16")
+    precisions = ("fp32",) if args.smoke else tuple(args.precisions.split(","))
     batches = (2, 8) if args.smoke else (10, 256)
     big = batches[-1]
 
