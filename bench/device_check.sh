@@ -36,7 +36,7 @@ if [[ $parts == *" tests "* ]]; then
 fi
 if [[ $parts == *" study "* ]]; then
     budget=$(slice 230)
-    timeout $(( budget + 15 )) bash "$repo/bench/device_run.sh" python3 "$repo/bench/study_gpu.py" \
+    timeout $(( budget + 30 )) bash "$repo/bench/device_run.sh" python3 "$repo/bench/study_gpu.py" \
         --out "$out/study_gpu.json" --budget-s "$budget" --keep /tmp/study_article_gpu >> "$log" 2>&1
     echo "article study: exit $? after $(( $(date +%s) - started )) s" | tee -a "$log"
     [ -d /tmp/study_article_gpu ] && tar czf "$out/study_article_gpu.tgz" -C /tmp/study_article_gpu .

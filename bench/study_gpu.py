@@ -93,15 +93,24 @@ def _run_until(command: list[str], env: dict, deadline: float | None) -> subproc
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         return None
+    except BaseException:  # SIGTERM (an outer timeout) or Ctrl-C: the study is in its own session, end it too
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    begun = time.perf_counter()  # --budget-s counts from here: start-up and the dataset are inside it
+    signal.signal(signal.SIGTERM, _terminated)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--unique", type=int, default=2000, help="generated images; the rest are file copies")
     parser.add_argument("--runs", default="native,onnx")
-    parser.add_argument("--budget-s", type=float, help="stop the study after this long, keeping its finished cells")
+    parser.add_argument("--budget-s", type=float, help="stop the study this long after the script began, keeping its finished cells")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--keep", type=Path, help="a folder for the study's study.json, .md, .csv and .html")
     parser.add_argument("--smoke", action="store_true", help="CPU, 40 images, two models: checks the script runs")
@@ -135,10 +144,15 @@ def main() -> None:
         folder = scratch / "study"
         command = [sys.executable, "-m", "xfverify", "study", str(scratch / "article-gpu.toml"), "--data", str(data),
                    "--out", str(folder), "--device", device, "--provider", "cuda" if cuda_provider else "cpu"]
-        deadline = time.perf_counter() + options.budget_s if options.budget_s else None
+        deadline = begun + options.budget_s if options.budget_s else None
         for attempt in ("cold", "again"):
             started = time.perf_counter()
-            finished = _run_until(command, env, deadline)
+            try:
+                finished = _run_until(command, env, deadline)
+            except SystemExit:  # stopped from outside: keep what the finished cells measured
+                results.update(stopped_after_s=round(time.perf_counter() - started, 3), per_cell=per_cell(folder))
+                save()
+                raise
             results[f"{attempt}_wall_s"] = round(time.perf_counter() - started, 3)
             if finished is None:  # out of time: what the finished cells measured, and no totals
                 results.update(cut_short_after_s=results.pop(f"{attempt}_wall_s"), per_cell=per_cell(folder))

@@ -338,8 +338,10 @@ def test_a_gpu_is_seen_by_its_driver_or_its_device_files(tmp_path, monkeypatch):
     (tmp_path / "nvidia0").touch()
     assert devices.may_have_a_gpu(tmp_path)
     (tmp_path / "nvidia0").unlink()
-    (tmp_path / "kfd").touch()  # ROCm
-    assert devices.may_have_a_gpu(tmp_path)
+    for device_file in ("kfd", "dxg", "nvhost-gpu", "nvgpu"):  # ROCm, WSL2, Jetson
+        (tmp_path / device_file).touch()
+        assert devices.may_have_a_gpu(tmp_path), device_file
+        (tmp_path / device_file).unlink()
     monkeypatch.setattr(devices, "nvidia_gpus", lambda: ["NVIDIA H200"])
     assert devices.may_have_a_gpu(tmp_path / "empty")
 
@@ -404,6 +406,38 @@ def test_a_failing_lane_stops_the_other_after_its_current_cell_and_its_error_is_
     with pytest.raises(RuntimeError, match="a bug in the CPU lane"):
         run_locally(plan, run, {}, lambda planned, result: None, on_gpu=lambda planned: "torch" in planned.key)
     assert plan[1].key not in started and plan[3].key not in started
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("a bug in the GPU lane"), KeyboardInterrupt()])
+def test_when_the_gpu_lane_fails_the_cpu_lane_starts_no_new_cell(tmp_path, failure):
+    """A bug: the CPU lane's current cell ends and is recorded before the error is raised. Ctrl-C: raised at once,
+    and the cell that ends after it is not recorded (the study's folder is no longer the run's)."""
+    import threading
+
+    from xfverify.evaluator.pipeline.study import run_locally
+
+    plan = _lanes_plan(tmp_path)
+    cpu_cell_running = threading.Event()
+    started, recorded = [], []
+
+    def run(planned, results):
+        started.append(planned.key)
+        if planned.key == plan[2].key:
+            cpu_cell_running.set()
+            time.sleep(0.5)
+        elif planned.key == plan[0].key:
+            assert cpu_cell_running.wait(timeout=30)
+            raise failure
+        return "done"
+
+    with pytest.raises(type(failure)):
+        run_locally(plan, run, {}, lambda planned, result: recorded.append(planned.key),
+                    on_gpu=lambda planned: "torch" in planned.key)
+    if isinstance(failure, KeyboardInterrupt):
+        assert recorded == []
+        time.sleep(1.0)  # the CPU lane's cell ends meanwhile
+    assert recorded == ([] if isinstance(failure, KeyboardInterrupt) else [plan[2].key])
+    assert plan[3].key not in started
 
 
 def test_a_gpu_lanes_onnx_exports_are_made_first_in_the_cpu_lane_and_its_onnx_cells_wait_for_them(tmp_path):

@@ -243,8 +243,9 @@ def export_cell_ahead(planned: PlannedCell, options: StudyOptions) -> None:
     try:
         export_ahead(OnnxOptions(**_common_options(planned.cell, options), target=planned.cell.model,
                                  device=options.device, provider=options.provider))
-    except UserError as exc:
-        console.info(f"exporting {planned.cell.model} ahead of its cell failed ({exc}); its cell will try again")
+    except Exception as exc:  # only a head start: the cell exports itself and reports what goes wrong, bugs too
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        console.info(f"exporting {planned.cell.model} ahead of its cell failed ({first_line}); its cell will export")
 
 
 def record_cell(planned: PlannedCell, result: CellResult) -> None:
@@ -373,6 +374,8 @@ def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], Cell
                     known = dict(results)
                 result = run(planned, known)
                 with changed:
+                    if stopped and isinstance(stopped[0], KeyboardInterrupt):
+                        return  # interrupted: the study's folder is no longer this run's to write in
                     results[planned.key] = result
                     record(planned, result)
                     changed.notify_all()
@@ -389,10 +392,19 @@ def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], Cell
     with warm_workers():
         for thread in beside:
             thread.start()
-        if lanes[0]:
-            run_lane(lanes[0])
-        for thread in beside:
-            thread.join()
+        try:
+            if lanes[0]:
+                run_lane(lanes[0])
+            for thread in beside:
+                thread.join()
+        except BaseException as exc:  # the other lane starts no new cell
+            with changed:
+                stopped.append(exc)
+                changed.notify_all()
+            if not isinstance(exc, KeyboardInterrupt):  # a bug: the other lane's current cell ends and is recorded
+                for thread in beside:
+                    thread.join()
+            raise
     if stopped:
         raise stopped[0]
     return {key: result for key, result in results.items() if key not in done}

@@ -28,8 +28,9 @@ from xfverify.models.errors import UserError
 
 # Torch's CPU kernels allocate and free activations of tens of MB on every layer; glibc hands such blocks back
 # to the kernel and faults them in again on the next batch, which was half of a Lite0 pass on 2 cores. Kept in
-# the heap, the same pass takes half the time with the same bits (bench/results/allocator.json). A user's own
-# settings win; other C libraries ignore these names.
+# the heap, the same pass takes half the time with the same bits (bench/results/allocator.json). A worker then
+# keeps its peak memory until it ends (one job each, so nothing builds up across runs). A user's own settings win;
+# other C libraries ignore these names.
 ALLOCATOR_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(1 << 32), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
 
 

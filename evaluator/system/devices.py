@@ -34,10 +34,13 @@ def cpu_name() -> str:
     return f"{cpu_model()} ({os.cpu_count()} cores)"
 
 
+GPU_DEVICE_FILES = ("nvidia[0-9]*", "kfd", "dxg", "nvhost-*", "nvgpu")  # NVIDIA, ROCm, WSL2, Jetson (Tegra)
+
+
 def may_have_a_gpu(dev: Path = Path("/dev")) -> bool:
     """Whether anything on this machine says it has a GPU a framework could use: a GPU the NVIDIA driver reports, or
-    a GPU device file (NVIDIA's, or ROCm's /dev/kfd). False is sure: no CUDA or ROCm program runs without them."""
-    return bool(nvidia_gpus()) or any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists()
+    a GPU's device file (NVIDIA's, ROCm's, WSL2's, Jetson's). Without any of them no CUDA or ROCm program runs."""
+    return bool(nvidia_gpus()) or any(any(dev.glob(pattern)) for pattern in GPU_DEVICE_FILES)
 
 
 def nvidia_gpus(root: Path = Path("/proc/driver/nvidia/gpus")) -> list[str]:
