@@ -43,9 +43,10 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    from xfverify.evaluator.process.launcher import ALLOCATOR_ENVIRONMENT
     from xfverify.evaluator.system.devices import cpu_name
 
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+    for name in ALLOCATOR_ENVIRONMENT:
         if name in os.environ:
             raise SystemExit(f"unset {name}: this compares glibc's defaults with the launcher's setting")
     results = {}
@@ -62,7 +63,7 @@ def main() -> None:
             results[model] = {"runs": runs, "same_logits": len(hashes) == 1,
                               "compute_speedup": round(best["glibc_defaults"] / best["raised"], 2)}
     Path(args.out).write_text(json.dumps({"cpu": cpu_name(), "cores": os.cpu_count(), "load_at_start": os.getloadavg()[0],
-                                          "setting": "MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ = 2**32",
+                                          "setting": ", ".join(f"{n}={v}" for n, v in ALLOCATOR_ENVIRONMENT.items()),
                                           "batch_size": 16, "models": results}, indent=1) + "\n")
     print(json.dumps({m: (r["compute_speedup"], r["same_logits"]) for m, r in results.items()}))
 
