@@ -132,7 +132,7 @@ def export_ahead(options: OnnxOptions) -> ExportOutcome:
     native run's preprocessing and weights as ``options`` give them), so the run finds it there. A study does this
     for its GPU cells in its CPU lane, beside the GPU's passes."""
     card = get_card(options.target)
-    spec = resolve_preprocess(options.preprocess, default=card.preprocess, overrides=parse_overrides(options.overrides))
+    spec = resolve_preprocess(options.preprocess, default=card.reference_spec, overrides=parse_overrides(options.overrides))
     console.info(f"exporting {card.id} to ONNX ahead of its run, in the {card.framework} worker")
     return run_worker(card.framework, _export_job(options, card.id, spec_hw(spec), options.random_weights, options.seed),
                       on_event=_status)
