@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 
 from xfverify.converter.cache import MODEL_FILE, cached_build
-from xfverify.converter.description import sha256_file
+from xfverify.models.hashing import sha256_file
 from xfverify.converter.onnx_file import one_line
 from xfverify.converter.variant_spec import (
     QDQ_MIN_OPSET,

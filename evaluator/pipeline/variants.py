@@ -30,7 +30,7 @@ from xfverify.evaluator.pipeline.options import OnnxOptions, refuse_unless_regul
 from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.tasks import EvaluateJob, IntermediatesJob, IntermediatesResult, MakeVariantJob, VariantMade
-from xfverify.evaluator.reports.native import OnnxReport
+from xfverify.evaluator.reports.run import OnnxReport
 from xfverify.evaluator.reports.variants import CalibrationInfo, Gate, Paired, VariantResult, VariantsBlock
 from xfverify.evaluator.system import console
 from xfverify.models.errors import UserError
