@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from xfverify.converter.description import OnnxDescription, sha256_file
+from xfverify.converter.exported import OnnxDescription
+from xfverify.models.hashing import sha256_file
 from xfverify.evaluator.backends.contract import Backend, worker_tasks
 from xfverify.evaluator.backends.intermediates import CapturesIntermediates, Record
 from xfverify.evaluator.backends.loading import Loaded
@@ -37,8 +38,10 @@ from xfverify.evaluator.process.tasks import (
     EvaluateJob,
     FrameworkInfo,
     IntermediatesJob,
+    MakeVariantJob,
     OnnxFileJob,
     RuntimeInfo,
+    VariantMade,
 )
 from xfverify.evaluator.system.devices import cpu_name, nvidia_gpus, ort_fed_on_device
 from xfverify.models.errors import UserError
@@ -433,6 +436,18 @@ def describe_onnx(job: dict[str, Any], workdir: Path) -> OnnxDescription:
     found = describe(Path(request.path), "", "", request.layout)
     return found.model_copy(update={"exporter": found.producer_name or "unknown",
                                     "exporter_version": found.producer_version})
+
+
+def make_variant(job: dict[str, Any], workdir: Path) -> VariantMade:
+    """A deployment variant of an ONNX file, made (or found in the variant cache) and opened on the job's providers."""
+    from xfverify.converter.variants import make_variant as make
+
+    request = MakeVariantJob.model_validate(job)
+    calibration = Path(request.calibration_path) if request.calibration_path else None
+    made, path, from_cache = make(Path(request.parent_path), request.spec, Path(request.cache_root), request.providers,
+                                  calibration, request.calibration_sha256)
+    return VariantMade(framework=FrameworkInfo(name="onnxruntime", version=ort.__version__), variant=made,
+                       path=str(path), from_cache=from_cache)
 
 
 BACKEND = OnnxRuntimeBackend
