@@ -166,10 +166,12 @@ class DataPart(_Strict):
 
 
 class ReferenceJob(_Strict):
-    """Run a preset's reference pipeline (:mod:`xfverify.evaluator.references`) on some image files."""
+    """Run a reference pipeline (:mod:`xfverify.evaluator.references`) on some image files: a preset's, or (with
+    ``catalogue``, a catalogue id ``source/name``) the source's own evaluation transform for that entry."""
 
-    preset: str
+    preset: str = ""
     paths: list[str]
+    catalogue: str = ""
 
 
 class ReferenceResult(_Strict):
