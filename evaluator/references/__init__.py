@@ -70,4 +70,5 @@ REFERENCES: dict[str, Reference] = {
 CATALOGUE_REFERENCES: dict[str, Reference] = {
     "torchvision": Reference("torch", "torchvision_weights"),
     "timm": Reference("torch", "timm_transforms"),
+    "gluoncv": Reference("mxnet", "gluoncv_transforms"),
 }
