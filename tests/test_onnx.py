@@ -129,7 +129,7 @@ def test_the_onnx_and_native_pages_show_the_numbers_the_citation_and_the_time_an
 @needs_chromium
 @pytest.mark.torch
 def test_the_onnx_page_shows_each_flipped_image_with_both_answers_and_its_output_difference(lite0, tmp_path, browser):
-    from xfverify.evaluator.reports.native import OnnxReport
+    from xfverify.evaluator.reports.run import OnnxReport
     from xfverify.evaluator.reports.run_page import run_page
 
     native = np.zeros((3, 1000), np.float32)
@@ -562,7 +562,7 @@ def native_folder(folder: Path, n_images: int = 2, **fields) -> Path:
     folder.mkdir(parents=True)
     np.save(folder / "logits.npy", np.zeros((n_images, 1000), np.float32))
     logits_sha256 = hashlib.sha256((folder / "logits.npy").read_bytes()).hexdigest()
-    report.update(model=card.id, preprocess=resolve_preprocess(None, default=card.preprocess).to_dict(),
+    report.update(model=card.id, preprocess=resolve_preprocess(None, default=card.reference_spec).to_dict(),
                   logits_sha256=logits_sha256, **fields)
     (folder / "report.json").write_text(json.dumps(report))
     return folder

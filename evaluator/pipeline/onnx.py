@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xfverify.converter.description import OnnxDescription
+from xfverify.converter.exported import OnnxDescription
 from xfverify.evaluator.analysis.agreement import compare_outputs
 from xfverify.evaluator.data.layouts import SAMPLE_DIR, load_dataset
 from xfverify.evaluator.pipeline.assemble import assemble_report
@@ -54,7 +54,7 @@ from xfverify.evaluator.process.tasks import (
     ExportOutcome,
     OnnxFileJob,
 )
-from xfverify.evaluator.reports.native import (
+from xfverify.evaluator.reports.run import (
     NativeReference,
     NativeReport,
     OnnxInfo,
@@ -135,7 +135,7 @@ def export_ahead(options: OnnxOptions) -> ExportOutcome:
     native run's preprocessing and weights as ``options`` give them), so the run finds it there. A study does this
     for its GPU cells in its CPU lane, beside the GPU's passes."""
     card = get_card(options.target)
-    spec = resolve_preprocess(options.preprocess, default=card.preprocess, overrides=parse_overrides(options.overrides))
+    spec = resolve_preprocess(options.preprocess, default=card.reference_spec, overrides=parse_overrides(options.overrides))
     console.info(f"exporting {card.id} to ONNX ahead of its run, in the {card.framework} worker")
     return run_worker(card.framework, _export_job(options, card.id, spec_hw(spec), options.random_weights, options.seed),
                       on_event=_status)

@@ -29,7 +29,7 @@ from xfverify.evaluator.pipeline.onnx import export_ahead, run_onnx
 from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions, check_run_options
 from xfverify.evaluator.pipeline.outdir import in_owned_folder, refuse_a_commands_run
 from xfverify.evaluator.reports.diagnose import DiagnoseReport
-from xfverify.evaluator.reports.native import NativeReport, OnnxReport
+from xfverify.evaluator.reports.run import NativeReport, OnnxReport
 from xfverify.evaluator.reports.study import (
     STUDY_OUTPUTS,
     Cause,
@@ -135,7 +135,7 @@ def plan_cells(cells: list[Cell], dataset: Dataset, options: StudyOptions, out_d
         payload = {
             "cell": cell.model_dump(mode="json"),
             "card": card.model_dump(mode="json"),
-            "preprocess": resolve_preprocess(None, default=card.preprocess).to_dict(),
+            "preprocess": resolve_preprocess(None, default=card.reference_spec).to_dict(),
             "manifest_sha256": manifest,
             "options": {"device": options.device, "provider": options.provider if cell.run == "onnx" else None,
                         "batch_size": options.batch_size, "seed": options.seed, "on_bad_image": options.on_bad_image},

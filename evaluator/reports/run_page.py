@@ -13,7 +13,7 @@ import numpy as np
 
 from xfverify.evaluator.analysis.metrics import NO_CLASS
 from xfverify.evaluator.reports.localize import PAGE as LOCALIZE_PAGE
-from xfverify.evaluator.reports.native import NativeReport, OnnxReport, summary_rows
+from xfverify.evaluator.reports.run import NativeReport, OnnxReport, summary_rows
 from xfverify.evaluator.reports.page import STYLE, svg, thumbnail
 from xfverify.models.imagenet import class_name
 
