@@ -112,8 +112,10 @@ def test_outliers_are_marked_in_the_table_and_named_on_the_plot(study, page):
     assert page.js("document.querySelectorAll('#errors-plot circle.outside').length") == len(outside)
     labels = page.js("[...document.querySelectorAll('#errors-plot text.point-label')].map(t => t.childNodes[0].nodeValue)")
     assert labels and set(labels) <= {r["short"] for r in outside}
-    titles = page.js("[...document.querySelectorAll('#errors-plot circle title')].map(t => t.textContent)")
-    assert all(any(title.startswith(r["model"] + ":") for title in titles) for r in points)  # full id on hover
+    titles = page.js("[...document.querySelectorAll('#errors-plot circle')].map(c => {"
+                     "c.dispatchEvent(new MouseEvent('mouseover', {bubbles: true})); return c.textContent})")
+    assert sorted(title.split(":")[0] + ":" + title.split(":")[1] for title in titles) == sorted(
+        r["model"] for r in points)  # the full id on hover
     # labels stay inside the plot and do not overlap each other
     boxes = page.js("[...document.querySelectorAll('#errors-plot text.point-label')].map(t => {"
                     "const b = t.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]})")
@@ -173,3 +175,38 @@ def test_the_browser_checks_see_a_console_error_and_a_request(tmp_path, browser)
     errors = browser.errors()
     assert any("broken" in e for e in errors) and any("undefinedCall" in e for e in errors)
     assert browser.requests() == ["http://192.0.2.1/x.png"]
+
+
+def test_a_click_on_a_point_opens_its_models_page(study, page):
+    row = next(r for r in study["rows"] if r["published"] is not None and r["pages"])
+    index = [r["model"] for r in study["rows"] if r["published"] is not None and r["reproduced"] is not None].index(
+        row["model"])
+    page.js(f"document.querySelectorAll('#errors-plot circle')[{index}].dispatchEvent("
+            "new MouseEvent('click', {bubbles: true}))")
+    page.wait_for("Page.loadEventFired")
+    assert page.js("location.pathname") == str(study["folder"] / row["pages"]["native"])
+
+
+def test_a_thousand_models_are_paged_and_sorting_or_filtering_starts_again_at_the_first_page(tmp_path, browser):
+    report = synthetic_study(450, seed=1)
+    rows = page_rows(report, {})
+    (tmp_path / "study.html").write_text(html_page(report))
+    browser.open(tmp_path / "study.html")
+    assert _visible_models(browser) == [r["model"] for r in rows[:200]]
+    assert browser.js("document.getElementById('shown').textContent") == "rows 1-200 of 450 of 450 models shown"
+    browser.js("document.getElementById('next').click()")
+    assert _visible_models(browser) == [r["model"] for r in rows[200:400]]
+    browser.js("document.getElementById('next').click()")
+    assert _visible_models(browser) == [r["model"] for r in rows[400:]]
+    assert browser.js("document.getElementById('next').disabled") is True
+    browser.js("[...document.querySelectorAll('#study-table th')].find(th => th.textContent === 'flips').click()")
+    assert _visible_models(browser)[0] == sorted(rows, key=lambda r: (r["flips"] is None, r["flips"] or 0))[0]["model"]
+    assert browser.js("document.getElementById('previous').disabled") is True  # back on the first page
+    browser.js("document.getElementById('all').click()")
+    assert len(_visible_models(browser)) == 450
+    _type(browser, "keras")
+    assert browser.js("document.getElementById('paging').hidden") is True
+    assert len(_visible_models(browser)) == sum("keras" in r["search"] for r in rows)
+    assert browser.js("document.querySelectorAll('#errors-plot circle').length") == sum(
+        "keras" in r["search"] and r["published"] is not None and r["reproduced"] is not None for r in rows)
+    assert browser.errors() == [] and browser.requests() == []

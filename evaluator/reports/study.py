@@ -196,6 +196,7 @@ def csv_text(report: StudyReport) -> str:
 PAGE_SCRIPT = "study_page.js"
 CELL_PAGES = ("report.html", "report.md")  # what a row links to in each cell's folder, the first found
 PER_MODEL_LIMIT = 40  # the per-model plot is drawn for at most this many shown models
+TABLE_PAGE = 200  # rows in the table at once (the others a click away): a redraw stays quick at a thousand models
 MAX_POINT_LABELS = 30  # outliers named on the error plot (every point names itself on hover)
 MARKS = {
     "outside": {"symbol": "▲", "title": "the published error lies outside the reproduced error's 95 % interval"},
@@ -317,12 +318,13 @@ PAGE_STYLE = """body{max-width:1500px}#table-box{max-height:75vh;overflow:auto;b
 #study-table td:first-child{color:#c33;text-align:center}a.run{font-size:10px;color:#777;text-decoration:none}
 tr.outside{background:#fff5d6}tr.onnx{background:#fde4e4}tr.failed td{color:#888}
 .legend span{margin-right:1.5em}svg.plot{width:100%;max-width:760px;height:auto;display:block}
-svg .frame{fill:none;stroke:#999}svg .grid{stroke:#eee}svg .tick{font-size:10px;fill:#444}
-svg .label{font-size:11px;fill:#222}svg .diagonal{stroke:#999;stroke-dasharray:4 3}
+.plots{display:flex;flex-wrap:wrap;gap:2em}.plots>div{flex:1 1 560px;max-width:720px}
+svg .frame{fill:none;stroke:#999}svg .grid{stroke:#eee}svg .tick{font-size:12px;fill:#444}
+svg .label{font-size:13px;fill:#222}svg .diagonal{stroke:#999;stroke-dasharray:4 3}
 svg .bar{stroke:#1f77b4;stroke-opacity:0.45}svg .bar.outside{stroke:#d62728}
 svg .native{fill:#1f77b4}svg .native.outside{fill:#d62728}svg .onnx{fill:#2ca02c}svg .onnx.differs{fill:#ff7f0e}
-svg .published{stroke:#d62728;stroke-width:2}svg .pair{stroke:#bbb}svg .point-label{font-size:10px;fill:#a00}
-svg a circle:hover,svg a rect:hover{stroke:#000;stroke-width:1.5}
+svg .published{stroke:#d62728;stroke-width:2}svg .pair{stroke:#bbb}svg .point-label{font-size:12px;fill:#a00}
+svg .linked{cursor:pointer}svg circle:hover,svg rect:not(.frame):hover{stroke:#000;stroke-width:1.5}#paging{margin-left:1em}
 """
 
 
@@ -335,6 +337,7 @@ def html_page(report: StudyReport, pages: dict[str, str] | None = None) -> str:
     rows = page_rows(report, pages or {})
     counts = {mark: sum(mark in row["marks"] for row in rows) for mark in MARKS}
     payload = {"rows": rows, "marks": MARKS, "per_model_limit": PER_MODEL_LIMIT, "max_labels": MAX_POINT_LABELS,
+               "page_size": TABLE_PAGE,
                "columns": [{"key": key, "label": label, "kind": kind, "digits": digits, "title": title}
                            for key, label, kind, digits, title in PAGE_COLUMNS]}
     script = resources.files(__package__).joinpath(PAGE_SCRIPT).read_text(encoding="utf-8")
@@ -351,16 +354,17 @@ def html_page(report: StudyReport, pages: dict[str, str] | None = None) -> str:
 table.</p></noscript>
 <h2>Models</h2><p class="legend">{legend}</p>
 <div id="controls"><input id="filter" type="search" placeholder="filter: source, architecture, name (words: all must match)"
- aria-label="filter the models"> <label><input id="marked" type="checkbox"> marked rows only</label><span id="shown"></span></div>
+ aria-label="filter the models"> <label><input id="marked" type="checkbox"> marked rows only</label><span id="shown"></span>
+<span id="paging" hidden><button id="previous">‹ previous</button> <button id="next">next ›</button> <button id="all">all rows</button></span></div>
 <div id="table-box"><table id="study-table"><thead><tr></tr></thead><tbody></tbody></table></div>
 {f"<h2>Cells that did not finish</h2><ul>{failed}</ul>" if failed else ""}
-<h2>Reproduced against published top-1 error</h2><p id="errors-count"></p>
+<div class="plots"><div><h2>Reproduced against published top-1 error</h2><p id="errors-count"></p>
 <p>One point per model (its native run), its 95 % interval as a bar; on the dashed diagonal the two agree. Red: the
 published number lies outside the interval (named; every point names its model on hover and opens its page).</p>
-<svg id="errors-plot" class="plot" role="img" aria-label="reproduced against published error"></svg>
-<h2>Error against speed</h2><p>Circles: native runs; squares: the same models under ONNX Runtime (orange where they
-disagree), joined by a line.</p>
-<svg id="speed-plot" class="plot" role="img" aria-label="error against images per second"></svg>
+<svg id="errors-plot" class="plot" role="img" aria-label="reproduced against published error"></svg></div>
+<div><h2>Error against speed</h2><p>Circles: native runs; squares: the same models under ONNX Runtime (orange where
+they disagree), joined by a line.</p>
+<svg id="speed-plot" class="plot" role="img" aria-label="error against images per second"></svg></div></div>
 <div id="per-model"><h2>Each model's errors</h2><p>Blue: native with its 95 % interval; red tick: published; green
 square (below): ONNX Runtime.</p><svg id="per-model-plot" class="plot" role="img" aria-label="errors per model"></svg></div>
 <script type="application/json" id="study-data">{_inline_json(payload)}</script>

@@ -7,7 +7,8 @@
   const rows = data.rows;
   const columns = data.columns;
   const SVG = "http://www.w3.org/2000/svg";
-  const state = {sort: null, descending: false, query: "", marked: false};
+  const state = {sort: null, descending: false, query: "", marked: false, page: 0, all: false};
+  const tips = {};  // per plot: its points' rows and hover texts, found from a point's data-p
   const byId = (id) => document.getElementById(id);
 
   function element(tag, attributes, text) {
@@ -65,16 +66,26 @@
     return shown;
   }
 
+  // The sorted, filtered rows, a page of them in the table (a thousand rows of DOM would make every redraw slow).
   function renderTable() {
     const shown = visibleRows();
+    const size = state.all ? shown.length : data.page_size;
+    const pages = Math.max(1, Math.ceil(shown.length / size));
+    state.page = Math.min(state.page, pages - 1);
+    const first = state.page * size;
     const body = element("tbody");
-    for (const row of shown) {
+    for (const row of shown.slice(first, first + size)) {
       const tr = element("tr", {class: row.marks.join(" "), "data-model": row.model});
       for (const column of columns) tr.append(cell(row, column));
       body.append(tr);
     }
     byId("study-table").replaceChild(body, byId("study-table").tBodies[0]);
-    byId("shown").textContent = shown.length + " of " + rows.length + " models shown";
+    const range = shown.length > size ? "rows " + (first + 1) + "-" + Math.min(first + size, shown.length) + " of " : "";
+    byId("shown").textContent = range + shown.length + " of " + rows.length + " models shown";
+    byId("previous").disabled = state.page === 0;
+    byId("next").disabled = state.page >= pages - 1;
+    byId("paging").hidden = shown.length <= data.page_size;
+    byId("all").textContent = state.all ? "pages of " + data.page_size : "all rows";
     document.querySelectorAll("#study-table th").forEach((th, index) => {
       th.dataset.sorted = index === state.sort ? (state.descending ? "descending" : "ascending") : "";
     });
@@ -88,6 +99,7 @@
       th.addEventListener("click", () => {
         state.descending = state.sort === index ? !state.descending : false;
         state.sort = index;
+        state.page = 0;
         update();
       });
       tr.append(th);
@@ -98,7 +110,7 @@
   function logTicks(lo, hi) {
     const out = [];
     for (let k = Math.floor(Math.log10(lo)); k <= Math.ceil(Math.log10(hi)); k++) {
-      for (const m of hi / lo > 30 ? [1] : hi / lo > 5 ? [1, 2, 5] : [1, 1.5, 2, 3, 5, 7]) {
+      for (const m of hi / lo > 300 ? [1] : hi / lo > 5 ? [1, 2, 5] : [1, 1.5, 2, 3, 5, 7]) {
         const t = m * Math.pow(10, k);
         if (t >= lo && t <= hi) out.push(t);
       }
@@ -119,6 +131,7 @@
   function frame(svgId, x, y, width, height, left) {
     const svg = byId(svgId);
     svg.replaceChildren();
+    tips[svgId] = [];
     svg.setAttribute("viewBox", "0 0 " + width + " " + height);
     const margin = {left: left || 56, right: 16, top: 12, bottom: 44};
     const w = width - margin.left - margin.right, h = height - margin.top - margin.bottom;
@@ -155,13 +168,34 @@
     return [lo, hi];
   }
 
-  function mark(parent, row, shape, x, y, css, size) {
-    const link = firstPage(row) ? element("svg:a", {href: firstPage(row)}) : element("svg:g");
-    const node = shape === "circle" ? element("svg:circle", {cx: x, cy: y, r: size || 3.5, class: css})
-      : element("svg:rect", {x: x - (size || 3.5), y: y - (size || 3.5), width: 2 * (size || 3.5), height: 2 * (size || 3.5), class: css});
-    link.append(node);
-    parent.append(link);
+  // A point: its row and hover text kept in `tips` (the title is made when the pointer first reaches it, and a
+  // click opens the row's page), so a plot of a thousand models stays a thousand elements.
+  function mark(parent, row, shape, x, y, css, size, tip) {
+    const r = size || 3.5;
+    const node = shape === "circle" ? element("svg:circle", {cx: x, cy: y, r, class: css})
+      : element("svg:rect", {x: x - r, y: y - r, width: 2 * r, height: 2 * r, class: css});
+    const points = tips[parent.ownerSVGElement.id] || (tips[parent.ownerSVGElement.id] = []);
+    node.dataset.p = points.length;
+    points.push({row, tip});
+    if (firstPage(row)) node.classList.add("linked");
+    parent.append(node);
     return node;
+  }
+
+  function pointOf(event) {
+    const svg = event.currentTarget, index = event.target.dataset ? event.target.dataset.p : undefined;
+    return index === undefined ? null : [event.target, tips[svg.id][+index]];
+  }
+
+  function listen(svg) {
+    svg.addEventListener("mouseover", (event) => {
+      const found = pointOf(event);
+      if (found && !found[0].firstChild) withTitle(found[0], found[1].tip);
+    });
+    svg.addEventListener("click", (event) => {
+      const found = pointOf(event);
+      if (found && firstPage(found[1].row)) location.href = firstPage(found[1].row);
+    });
   }
 
   function withTitle(node, text) {
@@ -172,7 +206,7 @@
   function freeSpot(placed, x, y, width, bounds) {
     const spots = [[6, -4, "start"], [6, 12, "start"], [-6, -4, "end"], [-6, 12, "end"], [6, -16, "start"], [-6, 24, "end"]];
     for (const [dx, dy, anchor] of spots) {
-      const box = {left: anchor === "start" ? x + dx : x + dx - width, top: y + dy - 10, width, height: 12};
+      const box = {left: anchor === "start" ? x + dx : x + dx - width, top: y + dy - 11, width, height: 14};
       const inside = box.left >= 0 && box.left + box.width <= bounds.w && box.top >= 0 && box.top + box.height <= bounds.h;
       const clear = inside && placed.every((other) => box.left + box.width < other.left || other.left + other.width < box.left
         || box.top + box.height < other.top || other.top + other.height < box.top);
@@ -197,9 +231,9 @@
     for (const row of points) {
       const outside = row.marks.includes("outside");
       g.append(element("svg:line", {x1: sx(row.published), x2: sx(row.published), y1: sy(row.reproduced_lo), y2: sy(row.reproduced_hi), class: outside ? "bar outside" : "bar"}));
-      withTitle(mark(g, row, "circle", sx(row.published), sy(row.reproduced), outside ? "native outside" : "native"),
+      mark(g, row, "circle", sx(row.published), sy(row.reproduced), outside ? "native outside" : "native", 3.5,
         row.model + ": published " + row.published.toFixed(1) + " %, reproduced " + row.reproduced.toFixed(1) + " % (" + row.reproduced_lo.toFixed(1) + " to " + row.reproduced_hi.toFixed(1) + ")");
-      const spot = outside && labelled < data.max_labels ? freeSpot(placed, sx(row.published), sy(row.reproduced), row.short.length * 5.6, {w, h}) : null;
+      const spot = outside && labelled < data.max_labels ? freeSpot(placed, sx(row.published), sy(row.reproduced), row.short.length * 6.7, {w, h}) : null;
       if (spot) {
         labelled += 1;
         const label = element("svg:text", {x: spot.x, y: spot.y, class: "point-label", "text-anchor": spot.anchor}, row.short);
@@ -223,8 +257,8 @@
       if (row.native_speed && row.onnx_speed) {
         g.append(element("svg:line", {x1: sx(row.native_speed), y1: sy(row.reproduced), x2: sx(row.onnx_speed), y2: sy(onnxError), class: "pair"}));
       }
-      if (row.native_speed) withTitle(mark(g, row, "circle", sx(row.native_speed), sy(row.reproduced), "native"), row.model + ": native, " + row.native_speed.toFixed(0) + " img/s");
-      if (row.onnx_speed) withTitle(mark(g, row, "square", sx(row.onnx_speed), sy(onnxError), row.marks.includes("onnx") ? "onnx differs" : "onnx", 3), row.model + ": ONNX Runtime, " + row.onnx_speed.toFixed(0) + " img/s");
+      if (row.native_speed) mark(g, row, "circle", sx(row.native_speed), sy(row.reproduced), "native", 3.5, row.model + ": native, " + row.native_speed.toFixed(0) + " img/s");
+      if (row.onnx_speed) mark(g, row, "square", sx(row.onnx_speed), sy(onnxError), row.marks.includes("onnx") ? "onnx differs" : "onnx", 3, row.model + ": ONNX Runtime, " + row.onnx_speed.toFixed(0) + " img/s");
     }
   }
 
@@ -245,14 +279,14 @@
       g.append(name);
       if (row.reproduced !== null) {
         g.append(element("svg:line", {x1: sx(row.reproduced_lo), x2: sx(row.reproduced_hi), y1: y - 3, y2: y - 3, class: "bar"}));
-        withTitle(mark(g, row, "circle", sx(row.reproduced), y - 3, "native"), row.model + ": native " + row.reproduced.toFixed(1) + " %");
+        mark(g, row, "circle", sx(row.reproduced), y - 3, "native", 3.5, row.model + ": native " + row.reproduced.toFixed(1) + " %");
       }
       if (row.published !== null) {
         const tick = element("svg:line", {x1: sx(row.published), x2: sx(row.published), y1: y - 10, y2: y + 4, class: "published"});
         withTitle(tick, row.model + ": published " + row.published.toFixed(1) + " %");
         g.append(tick);
       }
-      if (row.onnx_error !== null) withTitle(mark(g, row, "square", sx(row.onnx_error), y + 5, "onnx", 3), row.model + ": ONNX Runtime " + row.onnx_error.toFixed(1) + " %");
+      if (row.onnx_error !== null) mark(g, row, "square", sx(row.onnx_error), y + 5, "onnx", 3, row.model + ": ONNX Runtime " + row.onnx_error.toFixed(1) + " %");
     });
   }
 
@@ -277,18 +311,28 @@
     history.replaceState(null, "", params.toString() ? "#" + params.toString() : location.pathname);
   }
 
+  let plotted = null;  // the filter the plots were drawn for: sorting and paging leave them as they are
+
   function update() {
     const shown = renderTable();
-    errorsPlot(shown);
-    speedPlot(shown);
-    perModelPlot(shown);
+    const filter = state.query + "|" + state.marked;
+    if (filter !== plotted) {
+      plotted = filter;
+      errorsPlot(shown);
+      speedPlot(shown);
+      perModelPlot(shown);
+    }
     writeHash();
   }
 
   buildHeader();
   readHash();
-  byId("filter").addEventListener("input", (event) => { state.query = event.target.value; update(); });
-  byId("marked").addEventListener("change", (event) => { state.marked = event.target.checked; update(); });
+  byId("filter").addEventListener("input", (event) => { state.query = event.target.value; state.page = 0; update(); });
+  byId("marked").addEventListener("change", (event) => { state.marked = event.target.checked; state.page = 0; update(); });
+  byId("previous").addEventListener("click", () => { state.page -= 1; update(); });
+  byId("next").addEventListener("click", () => { state.page += 1; update(); });
+  byId("all").addEventListener("click", () => { state.all = !state.all; state.page = 0; update(); });
+  ["errors-plot", "speed-plot", "per-model-plot"].forEach((id) => listen(byId(id)));
   window.addEventListener("hashchange", () => { readHash(); update(); });
   update();
   document.body.dataset.renderMs = (performance.now() - started).toFixed(1);
