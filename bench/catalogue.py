@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = ROOT / "models" / "catalogue"
-SOURCES = ("torchvision",)
+SOURCES = ("torchvision", "timm")
 
 
 def dump(header: dict, models: list[dict]) -> str:
@@ -93,7 +93,78 @@ def emit_torchvision() -> str:
     return dump(header, models)
 
 
-EMITTERS = {"torchvision": emit_torchvision}
+# --- timm ----------------------------------------------------------------------------------------
+
+TIMM_RESULTS = {"imagenet": "results-imagenet.csv", "real": "results-imagenet-real.csv",
+                "imagenetv2": "results-imagenetv2-matched-frequency.csv"}
+TIMM_ROW_FIELDS = ("img_size", "top1_err", "top5_err", "crop_pct", "interpolation")
+
+
+def _timm_rows() -> dict[str, dict[str, dict[str, str]]]:
+    """The committed results files of timm, by benchmark and model (tag), the fields the cards use, as written."""
+    import csv
+
+    folder = CATALOGUE / "sources" / "timm"
+    rows: dict[str, dict[str, dict[str, str]]] = {}
+    for benchmark, name in TIMM_RESULTS.items():
+        with open(folder / name, newline="", encoding="utf-8") as handle:
+            rows[benchmark] = {r["model"]: {k: r[k] for k in TIMM_ROW_FIELDS} for r in csv.DictReader(handle)}
+    return rows
+
+
+def emit_timm() -> str:
+    """Every pretrained tag whose head is ImageNet-1k (1000 classes), its preprocessing as timm resolves it
+    (resolve_data_config of its pretrained_cfg), and the rows of timm's own results files for it."""
+    import timm
+    import torch
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    source = json.loads((CATALOGUE / "sources" / "timm" / "SOURCE.json").read_text(encoding="utf-8"))
+    rows = _timm_rows()
+    models, defaults = [], set()
+    for name in timm.list_pretrained():
+        cfg = get_pretrained_cfg(name)
+        if cfg is None or cfg.num_classes != 1000:
+            continue
+        arch, tag = name.split(".", 1)
+        config = resolve_data_config(pretrained_cfg=cfg.to_dict())
+        entry = {
+            "builder": arch,
+            "weights": tag,
+            "default": arch not in defaults,
+            "hf_hub_id": cfg.hf_hub_id or "",
+            "url": cfg.url or "",
+            "license": cfg.license or "",
+            "data_config": {
+                "input_size": list(config["input_size"]),
+                "interpolation": config["interpolation"],
+                "crop_pct": config["crop_pct"],
+                "crop_mode": config["crop_mode"],
+                "mean": list(config["mean"]),
+                "std": list(config["std"]),
+            },
+            "fixed_input_size": bool(cfg.fixed_input_size),
+            "test_input_size": list(cfg.test_input_size) if cfg.test_input_size else None,
+            "test_crop_pct": cfg.test_crop_pct,
+            "results": {b: r[name] for b, r in rows.items() if name in r},
+        }
+        defaults.add(arch)
+        models.append(entry)
+    version = timm.__version__
+    header = {
+        "source": "timm",
+        "versions": {"timm": version, "torch": torch.__version__.split("+")[0]},
+        "citation": f"timm {version}: timm.list_pretrained(), each tag's pretrained_cfg with num_classes 1000 through "
+                    "timm.data.resolve_data_config; results from " + f"{source['repository']}@{source['commit'][:7]}",
+        "results": {"repository": source["repository"], "commit": source["commit"],
+                    "files": {b: f"results/{n}" for b, n in TIMM_RESULTS.items()}},
+        "default": "the first tag timm lists for an architecture among those with an ImageNet-1k head",
+    }
+    return dump(header, models)
+
+
+EMITTERS = {"torchvision": emit_torchvision, "timm": emit_timm}
 
 
 # --- driver --------------------------------------------------------------------------------------

