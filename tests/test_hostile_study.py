@@ -208,3 +208,102 @@ def test_a_reused_cells_numbers_come_from_its_checked_report_and_damaged_logits_
     np.save(logits, values)  # damaged after the run: the cell is not done
     third = _study(tmp_path, out)
     assert (third.ran, third.reused) == (1, 0)
+
+
+# --- 3: the README's Python example saved as a script, without a main guard ------------------------------------------
+
+
+UNGUARDED_SCRIPT = """import xfverify
+
+report = xfverify.native("pypi/efficientnet_lite0", random_weights=True, limit=3, cache_dir={cache!r}, device="cpu")
+print("scored", report.n_scored)
+"""
+
+
+@needs_torch
+def test_a_script_without_a_main_guard_runs_once_on_a_cold_cache(tmp_path):
+    """Before: the decode pool's fork server children imported the script again and ran its call of xfverify there:
+    a deadlock with the default --out, a broken pool with one given."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "example.py"
+    script.write_text(UNGUARDED_SCRIPT.format(cache=str(tmp_path / "cold-cache")))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    try:
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env,
+                              timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the script did not finish: its decode processes ran it again")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("scored") == 1 and len(list((tmp_path / "xfverify-out").iterdir())) == 1
+
+
+# --- 4: warm workers are each caller's own ---------------------------------------------------------------------------
+
+
+class _Server:
+    def __init__(self, closed: list, name: str) -> None:
+        self.closed, self.name = closed, name
+
+    def close(self) -> None:
+        self.closed.append(self.name)
+
+
+def test_two_threads_warm_worker_scopes_neither_use_nor_close_each_others_servers():
+    """Before: one process-global scope: the thread whose scope ended first closed the other's servers (a running
+    cell killed) and left it with no scope."""
+    import threading
+
+    from xfverify.evaluator.process import warm
+
+    closed: list[str] = []
+    a_entered, a_left = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def first():
+        with warm.warm_workers() as scope:
+            scope._servers["torch"] = _Server(closed, "first's")
+            scope._framework_locks["torch"] = threading.Lock()
+            seen["first"] = warm.active()
+            a_entered.set()
+            b_entered.wait(10)
+        a_left.set()
+
+    b_entered = threading.Event()
+
+    def second():
+        a_entered.wait(10)
+        with warm.warm_workers() as scope:
+            scope._servers["torch"] = _Server(closed, "second's")
+            scope._framework_locks["torch"] = threading.Lock()
+            b_entered.set()
+            a_left.wait(10)
+            seen["second after first left"] = (warm.active() is scope, list(closed))
+        seen["second after its own"] = warm.active()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert seen["second after first left"] == (True, ["first's"])
+    assert closed == ["first's", "second's"] and seen["second after its own"] is None
+
+
+def test_a_studys_cpu_lane_runs_in_the_studys_warm_workers(tmp_path):
+    """The scope is each caller's (a context variable): the lane thread the study starts is handed the study's."""
+    from xfverify.evaluator.pipeline.study import PlannedCell, run_locally
+    from xfverify.evaluator.process import warm
+    from xfverify.models.study import Cell
+
+    plan = [PlannedCell(Cell(run="native", model=model), model, tmp_path / model)
+            for model in ("torchvision/resnet50:IMAGENET1K_V1", "gluoncv/resnet50_v1b")]
+    scopes = {}
+
+    def run(planned, results):
+        scopes[planned.key] = warm.active()
+        return "done"
+
+    run_locally(plan, run, {}, lambda planned, result: None, on_gpu=lambda planned: "torch" in planned.key)
+    assert len(scopes) == 2 and None not in scopes.values() and len(set(map(id, scopes.values()))) == 1
