@@ -112,7 +112,7 @@ def test_hand_cards_equal_their_generated_counterparts():
         else:  # the same table, cited by its page (Keras) or its release (GluonCV): see DECLARED_SOURCES
             assert DECLARED_SOURCES[hand.source] in mine_number.source, hand.id
         compared += 1
-    assert compared == 15  # every hand card but the Keras ones (their catalogue comes next) and the Lite ports
+    assert compared == 20  # every hand card but the three EfficientNet-Lite ports, which no zoo has
 
 
 def test_catalogue_ids_resolve_and_list():
@@ -255,6 +255,53 @@ def test_a_study_names_a_zoo_and_a_filter(tmp_path):
     path.write_text('name = "s"\n[[cells]]\nmodels = ["timm:no_such_net*"]\n')
     with pytest.raises(Exception, match="no timm model matches"):
         cells_of(load_study(str(path)))
+
+
+def test_keras_numbers_equal_the_documentation_table():
+    """Each Keras card's number is its row of keras-io's applications table (the committed file, read here as a
+    markdown table); a model with no row has none."""
+    text = (ROOT / "models" / "catalogue" / "sources" / "keras" / "index.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].startswith("[") and cells[2].endswith("%"):
+            rows[cells[0][1:cells[0].index("]")]] = (cells[2], cells[3])
+    cards = [catalogue_card(s, e) for s, _, e in zoos.entries("keras")]  # the hand cards: compared with these
+    assert len(cards) == 40 and len(rows) == 33
+    for card in cards:
+        number = card.primary_published
+        if card.name not in rows:
+            assert number is None and "no published number" in card.notes, card.id
+            continue
+        top1, top5 = rows.pop(card.name)
+        assert Decimal(repr(number.top1_error)) == 100 - Decimal(top1.rstrip("%")), card.id
+        assert Decimal(repr(number.top5_error)) == 100 - Decimal(top5.rstrip("%")), card.id
+    assert not rows  # every row has its card
+
+
+@pytest.mark.skipif(not framework_available("tensorflow"), reason="TensorFlow is not installed")
+def test_keras_specs_normalise_as_each_module_preprocess_input():
+    """Each Keras card's normalisation computes what its module's own preprocess_input computes (run by Keras in a
+    process of its own on the same pixels), so the mode and the channel order are the source's."""
+    cards = {c.id: c for c in (catalogue_card(s, e) for s, _, e in zoos.entries("keras"))}
+    modules = {card_id: c.notes.split("preprocess_input from ")[1].split(";")[0] for card_id, c in cards.items()}
+    found = json.loads(_python(
+        "import importlib, json, os\n"
+        "os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'\n"
+        "import numpy as np\n"
+        "x = np.random.default_rng(1).integers(0, 256, (2, 5, 5, 3)).astype('float32')\n"
+        f"modules = {json.dumps(modules)}\n"
+        "out = {i: np.asarray(importlib.import_module(m).preprocess_input(x.copy())).tolist() for i, m in modules.items()}\n"
+        "print(json.dumps(out))\n", timeout=300))
+    import numpy as np
+
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 5, 5, 3)).astype("float32")
+    for card_id, expected in found.items():
+        spec = cards[card_id].reference_spec
+        x = pixels[..., ::-1] if spec.channel_order == "BGR" else pixels
+        mine = ((x / np.float32(spec.scale)) - np.float32(spec.mean)) / np.float32(spec.std)
+        np.testing.assert_allclose(mine, np.asarray(expected, dtype=np.float32), rtol=0, atol=2e-5, err_msg=card_id)
+        assert spec.layout == "NHWC" and cards[card_id].output == "softmax"
 
 
 def test_gluoncv_numbers_equal_the_model_zoo_tables():
