@@ -11,6 +11,7 @@ cells' ONNX exports beside the GPU's passes), or as Ray tasks (``--executor ray`
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import json
@@ -423,11 +424,11 @@ def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], Cell
                 changed.notify_all()
             raise
 
-    beside = []
-    if len(lanes) == 2 and (lanes[1] or early):
-        beside = [threading.Thread(target=_quietly(run_lane), args=(lanes[1], early), name="xfverify-cpu-lane",
-                                   daemon=True)]
     with warm_workers():
+        beside = []
+        if len(lanes) == 2 and (lanes[1] or early):  # the lane runs in this scope's context: its warm workers
+            beside = [threading.Thread(target=contextvars.copy_context().run, args=(_quietly(run_lane), lanes[1], early),
+                                       name="xfverify-cpu-lane", daemon=True)]
         for thread in beside:
             thread.start()
         try:
