@@ -44,7 +44,9 @@ from xfverify.models.cards import get_card  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "imagenet-sample-500"
 # the source's own words for an entry's preprocessing, as the catalogue keeps them
 SOURCE_CONFIG = {"torchvision": "transforms", "timm": "data_config"}
-WORKER_ONLY = {"gluoncv"}  # GluonCV imports only as MXNet's worker sets it up (it refuses torch >= 2 beside it)
+# run through the framework's worker, a job per chunk of photos: GluonCV imports only as MXNet's worker sets it up
+# (it refuses torch >= 2 beside it); Keras's reference offers catalogue_pipeline alone (it builds the network)
+WORKER_ONLY = {"gluoncv", "keras"}
 
 
 def source_config(source: str, entry: dict) -> object:
@@ -104,7 +106,7 @@ def drive(source: str, cards: list[str], paths: list[str]) -> list[dict]:
 
 def through_worker(source: str, cards: list[str], paths: list[str], chunk: int = 50) -> list[dict]:
     """Each card's source pipeline run by the framework's worker (``preprocess --verify``'s path), ``chunk`` photos
-    a job, against ``preprocess_files``: for GluonCV, importable only as MXNet's worker sets it up."""
+    a job, against ``preprocess_files``."""
     stats = []
     for card in cards:
         spec = get_card(card).reference_spec

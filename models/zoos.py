@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 from xfverify.models.preprocess import NORMALISATIONS, PRESETS, PreprocessSpec, resize_for_crop_pct
 
-SOURCES = ("torchvision", "timm", "gluoncv")
+SOURCES = ("torchvision", "timm", "keras", "gluoncv")
 
 
 @lru_cache(maxsize=None)

@@ -12,6 +12,7 @@ import stat
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
+from xfverify.evaluator.process.launcher import scratch_in
 from xfverify.evaluator.system import console
 from xfverify.evaluator.system.files import (
     atomic_write_text,
@@ -49,7 +50,8 @@ def in_owned_folder(out_dir: Path, work: Callable[[Path], Result]) -> Result:
         with owned_folder(out_dir, "--out"):
             workdir = _fresh_work_folder(out_dir)
             try:
-                return work(workdir)
+                with scratch_in(workdir):
+                    return work(workdir)
             finally:
                 if workdir.is_dir() and not workdir.is_symlink():
                     shutil.rmtree(workdir, ignore_errors=True)

@@ -6,6 +6,8 @@ beside torch >= 2); the worker side is :mod:`xfverify.evaluator.process.worker`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
 import json
 import os
@@ -14,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from pydantic import BaseModel
 
@@ -45,6 +47,20 @@ def _python_for(framework: str) -> str:
 
 Result = TypeVar("Result", bound=BaseModel)
 
+# The folder a run's workers without a folder of their own work in (its --out/.work, removed when the run ends and,
+# after a kill, by the next run there); None: the system's temporary folder.
+_scratch: contextvars.ContextVar[str | None] = contextvars.ContextVar("xfverify_scratch", default=None)
+
+
+@contextlib.contextmanager
+def scratch_in(folder: Path) -> Iterator[None]:
+    """Within this scope (and the threads it hands its context to), workers' own folders are made in ``folder``."""
+    token = _scratch.set(str(folder))
+    try:
+        yield
+    finally:
+        _scratch.reset(token)
+
 
 def run_worker(
     framework: str,
@@ -65,8 +81,8 @@ def run_worker(
     task_type = TASKS[type(job)]
     task = task_type.name
     own_tmp = None
-    if workdir is None:
-        own_tmp = tempfile.TemporaryDirectory(prefix=f"xfverify-{framework}-")
+    if workdir is None:  # in the run's work folder where it has one: a killed run leaves nothing in the temp folder
+        own_tmp = tempfile.TemporaryDirectory(prefix=f"xfverify-{framework}-", dir=_scratch.get())
         workdir = own_tmp.name
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

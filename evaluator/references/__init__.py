@@ -70,5 +70,6 @@ REFERENCES: dict[str, Reference] = {
 CATALOGUE_REFERENCES: dict[str, Reference] = {
     "torchvision": Reference("torch", "torchvision_weights"),
     "timm": Reference("torch", "timm_transforms"),
+    "keras": Reference("tensorflow", "keras_applications"),
     "gluoncv": Reference("mxnet", "gluoncv_transforms"),
 }
