@@ -43,7 +43,7 @@ SORT = "[...document.querySelectorAll('#study-table th')].find(th => th.textCont
 def _timed(browser: Browser, action: str) -> float:
     """Milliseconds the page takes to run ``action`` (its handlers redraw synchronously) and lay the page out again."""
     return browser.js(f"(() => {{const t = performance.now(); {action}; document.body.getBoundingClientRect(); "
-                      "return performance.now() - t}})()")
+                      "return performance.now() - t})()")
 
 
 def _type(text: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -463,6 +464,11 @@ def test_a_native_run_of_nan_is_not_reported_as_agreeing(tmp_path):
     assert report["agreement"]["n_non_finite"] == 2 and report["agreement"]["n_flips"] == 2
     assert any("2 of the 2 compared images have outputs holding NaN or +-inf" in note for note in report["notes"])
     assert "2 image(s) with NaN or +-inf outputs left out" in (tmp_path / "o" / "report.md").read_text()
+    page = (tmp_path / "o" / "report.html").read_text()  # each flipped image's crop, as both runtimes were fed it
+    assert page.count('<figure class="flip"><img src="data:image/png;base64,') == 2
+    assert page.count("native: none (NaN or +-inf output)") == 2 and page.count("max |diff|: n/a (NaN or +-inf)") == 2
+    links = re.findall(r'<a href="([^"]+)"', page)
+    assert "../native/report.html" in links and all((tmp_path / "o" / link).is_file() for link in links)
 
 
 @pytest.mark.parametrize("option", ["--atol", "--rtol"])
