@@ -8,12 +8,14 @@ from xfverify.evaluator.analysis.agreement import ATOL_FRACTION, RTOL
 from xfverify.evaluator.commands import output
 from xfverify.evaluator.commands.options import (
     CONTEXT,
+    choice,
     MODEL_RUN_OPTIONS,
     SUBSET_OPTIONS,
     model_id,
     option_group,
     preprocess_options,
 )
+from xfverify.evaluator.pipeline.options import DEVICES, PROVIDERS
 
 
 @click.command("onnx", context_settings=CONTEXT)
@@ -23,8 +25,8 @@ from xfverify.evaluator.commands.options import (
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: ./xfverify-out/onnx-<model>-<time>); the native run goes into its native/ unless --against names one.")
 @preprocess_options
 @click.option("--against", type=click.Path(file_okay=False), help="Compare with the native run in this folder (the --out of `xfverify native`).")
-@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True, help="ONNX Runtime's execution provider; cuda never falls back to the CPU.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where the native run computes, when one is run.")
+@click.option("--provider", default="auto", **choice(PROVIDERS), help="ONNX Runtime's execution provider; cuda never falls back to the CPU.")
+@click.option("--device", default="auto", **choice(DEVICES), help="Where the native run computes, when one is run.")
 @click.option("--opset", type=int, help="ONNX opset of the export (default: the exporter's: torch 18, tf2onnx 17, MXNet 13).")
 @option_group(*SUBSET_OPTIONS)
 @option_group(*MODEL_RUN_OPTIONS)

@@ -425,11 +425,10 @@ def _cuda_did_not_load() -> str:
             "--provider cpu or auto")
 
 
-def describe_onnx(job: dict[str, Any], workdir: Path) -> OnnxDescription:
+def describe_onnx(request: OnnxFileJob, workdir: Path) -> OnnxDescription:
     """A user's ONNX file, checked (onnx's full checker, shape inference) and described for the report."""
     from xfverify.converter.onnx_file import check, describe
 
-    request = OnnxFileJob.model_validate(job)
     check(Path(request.path))
     found = describe(Path(request.path), "", "", request.layout)
     return found.model_copy(update={"exporter": found.producer_name or "unknown",
@@ -438,4 +437,6 @@ def describe_onnx(job: dict[str, Any], workdir: Path) -> OnnxDescription:
 
 BACKEND = OnnxRuntimeBackend
 # it runs .onnx files, builds and exports nothing
-evaluate, intermediates = worker_tasks(BACKEND).evaluate, worker_tasks(BACKEND).intermediates
+_CARD_TASKS = worker_tasks(BACKEND)
+TASKS = {"evaluate": _CARD_TASKS["evaluate"], "intermediates": _CARD_TASKS["intermediates"],
+         "describe_onnx": describe_onnx}
