@@ -81,7 +81,7 @@ class CardModelLoader(ModelLoader):
         if job.random_weights:
             model = self.random_network(card, device)
             if isinstance(self, ScalesRandomOutputs):
-                scale_random_outputs(self, model, job.seed, device)
+                scale_random_outputs(self, model, job.seed, device, card)
             return Loaded(model, RandomWeights(seed=job.seed))
         if job.weights_file:
             if not os.path.isfile(job.weights_file):
@@ -91,8 +91,9 @@ class CardModelLoader(ModelLoader):
         return Loaded(*self.pretrained_network(card, device))
 
 
-def scale_random_outputs(scaler: ScalesRandomOutputs, model: Any, seed: int, device: Device) -> None:
+def scale_random_outputs(scaler: ScalesRandomOutputs, model: Any, seed: int, device: Device, card: ModelCard) -> None:
     """Divide a random network's last layer by the spread of its logits on a fixed random batch."""
-    std = scaler.logits_std(model, calibration_batch(seed, scaler.calibration_batch, "NCHW"), device)
+    size = card.reference_spec.output_hw[0] if card.reference_spec.output_hw else 224  # the network's own input size
+    std = scaler.logits_std(model, calibration_batch(seed, scaler.calibration_batch, "NCHW", size), device)
     if std > 0 and np.isfinite(std):
         scaler.scale_last_layer(model, std)

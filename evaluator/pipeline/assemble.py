@@ -31,6 +31,7 @@ from xfverify.evaluator.reports.run import (
     PublishedInfo,
     SkippedImage,
 )
+from xfverify.evaluator.reports.variants import VariantsBlock
 from xfverify.models.cards import ModelCard, PublishedNumber
 from xfverify.models.preprocess import PreprocessSpec
 
@@ -109,12 +110,12 @@ def assemble_report(card: ModelCard | None, spec: PreprocessSpec, dataset: Datas
 
 def onnx_report(base: NativeReport, runtime: RuntimeInfo, onnx: OnnxInfo, native: NativeReference | None,
                 agreement: OnnxAgreement | None, localization: Localization | None,
-                onnx_over_native_time: float | None) -> OnnxReport:
+                onnx_over_native_time: float | None, variants: VariantsBlock | None = None) -> OnnxReport:
     """An ONNX Runtime run's report: its run's report, with the runtime, the file, the native run it is compared
-    with, the agreement and the localization."""
+    with, the agreement, the localization and the deployment variants."""
     fields = {name: value for name, value in base if name != "kind"}
     return OnnxReport(**fields, runtime=runtime, onnx=onnx, native=native, agreement=agreement,
-                      localization=localization, onnx_over_native_time=onnx_over_native_time)
+                      localization=localization, variants=variants, onnx_over_native_time=onnx_over_native_time)
 
 
 def non_finite_notes(topk: np.ndarray, dataset, skipped: set[int], whose: str = "",

@@ -14,7 +14,7 @@ from xfverify.evaluator.analysis.agreement import OnnxAgreement, compare_outputs
 from xfverify.evaluator.analysis.localize import Localization
 from xfverify.evaluator.data.layouts import SAMPLE_DIR, Dataset, load_dataset
 from xfverify.evaluator.pipeline.assemble import assemble_report, onnx_report
-from xfverify.evaluator.pipeline.evaluation import CachedRun
+from xfverify.evaluator.pipeline.evaluation import CachedRun, spec_hw
 from xfverify.evaluator.pipeline.localize import localize_run
 from xfverify.evaluator.pipeline.native_pass import ensure_native_run
 from xfverify.evaluator.pipeline.native_run import (
@@ -34,6 +34,7 @@ from xfverify.evaluator.pipeline.outdir import (
     in_owned_folder,
     move_in,
 )
+from xfverify.evaluator.pipeline.variants import Plain, check_variant_options, gate, run_variants
 from xfverify.evaluator.reports.run import NativeReference, NativeReport, OnnxReport
 from xfverify.evaluator.reports.localize import PAGE, localization_page
 from xfverify.evaluator.system import console
@@ -87,16 +88,23 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
     localization, localize_failed = _localization(options, spec, dataset, native, onnx, agreement, workdir, notes)
     if localization is not None or localize_failed is not None:
         timeline["localized"] = time.time()
+    variants = None
+    if options.variants:  # after the plain file's run and localization, scored beside it on its tensors
+        compared = native.report.output if native and card else "outputs"
+        variants = run_variants(options, check_variant_options(options),
+                                Plain(onnx.onnx_path, run, spec, dataset, spec_hw(spec), native, compared), workdir)
+        timeline["variants_scored"] = time.time()
     identity = None if card else {"model": options.target, "architecture": "unknown (a user's ONNX file)",
                                   "builder": "onnxruntime.InferenceSession", "output": onnx.info.output_kind}
     random_weights = bool(native and native.report.random_weights and card)
     report = onnx_report(
         assemble_report(card, spec, dataset, run, random_weights, [*options.extra_notes, *notes], identity),
         runtime=run.result.runtime, onnx=onnx.info, native=_native_reference(native), agreement=agreement,
-        localization=localization,
+        localization=localization, variants=variants,
         onnx_over_native_time=round(run.result.timing.compute_s / native.report.timing.compute_s, 3)
         if native and native.report.timing.compute_s else None,
     )
+    report = report.model_copy(update={"gate": gate(options, report)})
     page = ()
     if localization is not None:  # moved in with the report
         atomic_write_text(workdir / PAGE, localization_page(report.model, localization))

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Optional, get_args
 
 from pydantic import BeforeValidator, TypeAdapter, ValidationError
 
+from xfverify.converter.variant_spec import CALIBRATION_METHODS, MADE_KINDS, QUANTISED, VariantSpec
 from xfverify.evaluator.analysis.agreement import ATOL_FRACTION, RTOL
 from xfverify.models.errors import UserError
 from xfverify.models.precision import PRECISIONS, Precision
@@ -173,6 +174,15 @@ class OnnxOptions(RunOptions):
     localize: Optional[bool] = None  # the worst images node by node: always, never, or (None) when outputs disagree
     localize_images: int = 4
     localize_against: Optional[PathText] = None  # another ONNX file to localize against, not the native network
+    variants: Repeated = ()  # deployment variants of the plain file (fp16, int8, ..., or a converted FILE.onnx)
+    calibration: Optional[PathText] = None  # int8 static: the calibration images' folder, kept apart from --data
+    calibration_limit: Optional[int] = None
+    calibration_method: str = "minmax"  # one of converter.variant_spec.CALIBRATION_METHODS, checked with the variants
+    per_channel: bool = True
+    keep_float: Repeated = ()  # int8: nodes left out of quantisation
+    keep_float_auto: int = 0  # int8: also rescored with its k costliest nodes kept in float
+    max_top1_drop: Optional[float] = None  # exit status 3 when a variant costs more top-1 points than this
+    fail_on_mismatch: bool = False  # exit status 3 when the ONNX file disagrees with the native run
 
     @property
     def is_file(self) -> bool:
@@ -204,6 +214,7 @@ class OnnxOptions(RunOptions):
             raise UserError("--no-localize and --localize-against exclude each other")
         if self.localize_against and not os.path.isfile(self.localize_against):
             raise UserError(f"--localize-against {self.localize_against}: no such ONNX file")
+        check_variant_options(self)
         if self.is_file:
             self._check_file_target()
 
@@ -280,6 +291,49 @@ class StudyOptions(Checked):
         if self.address is not None and self.executor != "ray":
             raise UserError(f"--address {shown(self.address)} names a Ray cluster: add --executor ray, or leave "
                             "--address out to run the cells here")
+
+
+def check_variant_options(options: OnnxOptions) -> list[VariantSpec]:
+    """The variants asked for, as specs, or one line for an option no run can take."""
+    if options.calibration_method not in CALIBRATION_METHODS:
+        raise UserError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, "
+                        f"got {options.calibration_method!r}")
+    if options.keep_float_auto < 0:
+        raise UserError(f"--keep-float-auto must be 0 or more, got {options.keep_float_auto}")
+    if options.max_top1_drop is not None and not options.max_top1_drop >= 0:
+        raise UserError(f"--max-top1-drop must be a number of points, 0 or more, got {options.max_top1_drop}")
+    if options.calibration_limit is not None and options.calibration_limit <= 0:
+        raise UserError(f"--calibration-limit must be positive, got {options.calibration_limit}")
+    if options.max_top1_drop is not None and not options.variants:
+        raise UserError("--max-top1-drop bounds what a variant costs: add --variant NAME")
+    specs = []
+    for name in options.variants:
+        if name.endswith(".onnx") or os.path.sep in name:
+            refuse_unless_regular(name, "--variant", "an ONNX file")
+            specs.append(VariantSpec(kind="file", path=os.path.abspath(name)))
+        elif name in MADE_KINDS:
+            quantised = name in QUANTISED
+            specs.append(VariantSpec(
+                kind=name, per_channel=options.per_channel if quantised else None,
+                calibration_method=options.calibration_method if name == "int8" else None,
+                keep_io_types=True if name == "fp16" else None,
+                keep_float=tuple(options.keep_float) if quantised else ()))
+        else:
+            raise UserError(f"--variant {name!r}: not a variant; give one of {', '.join(MADE_KINDS)} or a "
+                            "converted FILE.onnx")
+    if len({s.name for s in specs}) != len(specs):
+        raise UserError("--variant: the same variant is asked for twice")
+    quantised = any(s.kind in QUANTISED for s in specs)
+    if (options.keep_float or options.keep_float_auto) and not quantised:
+        raise UserError("--keep-float and --keep-float-auto apply to an int8 variant: add --variant int8")
+    if options.calibration and not any(s.calibrated for s in specs):
+        raise UserError("--calibration applies to --variant int8 (static quantisation): add it, or leave it out")
+    if any(s.calibrated for s in specs) and not options.calibration:
+        raise UserError("--variant int8 needs calibration images kept apart from the scored ones: give "
+                        "--calibration DIR (any layout --data takes)")
+    if options.calibration and not os.path.isdir(options.calibration):
+        raise UserError(f"--calibration {shown(options.calibration)}: no such folder")
+    return specs
 
 
 def refuse_unless_regular(path: str, option: str, what: str) -> None:

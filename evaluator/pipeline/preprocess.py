@@ -110,7 +110,7 @@ def describe_match(match: TensorMatch, reference: Reference, paths: list[str]) -
 
 def run_preprocess(model: str, images: list[str], out: str, preset: str | None, overrides, verify: bool) -> None:
     card = get_card(model)
-    spec = resolve_preprocess(preset, default=card.preprocess, overrides=parse_overrides(list(overrides)))
+    spec = resolve_preprocess(preset, default=card.reference_spec, overrides=parse_overrides(list(overrides)))
     dataset = records_from_paths(images)
     paths = [r.path for r in dataset.records]
     if verify:  # refused before anything is computed or written

@@ -40,4 +40,5 @@ def prepare(options: NativeOptions) -> Request:
 
 def resolved_spec(card: ModelCard, options: RunOptions) -> PreprocessSpec:
     """The preprocessing a run of ``card`` feeds: ``--preprocess`` (else the card's reference) with ``--set``."""
-    return resolve_preprocess(options.preprocess, default=card.preprocess, overrides=parse_overrides(options.overrides))
+    return resolve_preprocess(options.preprocess, default=card.reference_spec,
+                              overrides=parse_overrides(options.overrides))

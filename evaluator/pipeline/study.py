@@ -109,7 +109,7 @@ def plan_cells(cells: list[Cell], dataset: Dataset, options: StudyOptions, out_d
         payload = {
             "cell": cell.model_dump(mode="json"),
             "card": card.model_dump(mode="json"),
-            "preprocess": resolve_preprocess(None, default=card.preprocess).to_dict(),
+            "preprocess": resolve_preprocess(None, default=card.reference_spec).to_dict(),
             "manifest_sha256": manifest,
             "options": {"device": options.device, "provider": options.provider if cell.run == "onnx" else None,
                         "batch_size": options.batch_size, "seed": options.seed, "on_bad_image": options.on_bad_image},
@@ -143,7 +143,7 @@ def _cell_options(cell: Cell, card: ModelCard, options: StudyOptions, folder: Pa
                            against=str(needs.folder) if needs else None)
     diagnose = DiagnoseOptions(**common, model=cell.model, variants=",".join(cell.variants) or None,
                                precisions=",".join(cell.precisions) or None)
-    chosen_variants(card, resolve_preprocess(None, default=card.preprocess), diagnose)  # as the command chooses them
+    chosen_variants(card, resolve_preprocess(None, default=card.reference_spec), diagnose)  # as the command chooses them
     return diagnose
 
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xfverify.evaluator.process.names import TensorProof
 from xfverify.converter.exported import ExportResult, OnnxDescription
+from xfverify.converter.variant_spec import VariantFile, VariantSpec
 from xfverify.evaluator.process.blocks import PrecisionBlock, WeightsBlock
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.precision import Precision
@@ -24,6 +25,15 @@ class _Strict(BaseModel):
 
 
 ResultType = TypeVar("ResultType", bound=BaseModel)
+
+
+class VariantMade(_Strict):
+    """What a make_variant task returns: the cached file's record, its path, whether it came from the cache."""
+
+    framework: FrameworkInfo
+    variant: VariantFile
+    path: str
+    from_cache: bool
 
 
 class CapturedTensor(_Strict):
@@ -274,6 +284,18 @@ class DecodeJob(Job[DecodeDone]):
     chunks: list[DecodeChunk]
 
 
+class MakeVariantJob(Job[VariantMade]):
+    """Make (or find in the variant cache) a deployment variant of an ONNX file, in the ONNX Runtime worker, and
+    check that ONNX Runtime opens it on ``providers``."""
+
+    parent_path: str
+    spec: VariantSpec
+    cache_root: str
+    providers: list[str]
+    calibration_path: Optional[str] = Field(default=None, description="int8: a float32 .npy of calibration tensors")
+    calibration_sha256: Optional[str] = None
+
+
 class WindowDecodeJob(DecodeJob):
     """The decode pool's work for a spec whose crop window TensorFlow's ``decode_and_crop_jpeg`` decodes."""
 
@@ -295,5 +317,6 @@ TASKS: dict[type[BaseModel], Task] = {task.job: task for task in (
     Task("decode_nvjpeg", DecodeJob, DecodeDone),
     Task("intermediates", IntermediatesJob, IntermediatesResult),
     Task("decode_tensorflow_window", WindowDecodeJob, DecodeDone),
+    Task("make_variant", MakeVariantJob, VariantMade),
 )}
 TASKS_BY_NAME: dict[str, Task] = {task.name: task for task in TASKS.values()}

@@ -38,8 +38,10 @@ from xfverify.evaluator.process.tasks import (
     EvaluateJob,
     FrameworkInfo,
     IntermediatesJob,
+    MakeVariantJob,
     OnnxFileJob,
     RuntimeInfo,
+    VariantMade,
 )
 from xfverify.evaluator.system.devices import cpu_name, nvidia_gpus, ort_fed_on_device
 from xfverify.models.errors import UserError
@@ -435,8 +437,19 @@ def describe_onnx(request: OnnxFileJob, workdir: Path) -> OnnxDescription:
                                     "exporter_version": found.producer_version})
 
 
+def make_variant(request: MakeVariantJob, workdir: Path) -> VariantMade:
+    """A deployment variant of an ONNX file, made (or found in the variant cache) and opened on the job's providers."""
+    from xfverify.converter.variants import make_variant as make
+
+    calibration = Path(request.calibration_path) if request.calibration_path else None
+    made, path, from_cache = make(Path(request.parent_path), request.spec, Path(request.cache_root), request.providers,
+                                  calibration, request.calibration_sha256)
+    return VariantMade(framework=FrameworkInfo(name="onnxruntime", version=ort.__version__), variant=made,
+                       path=str(path), from_cache=from_cache)
+
+
 BACKEND = OnnxRuntimeBackend
 # it runs .onnx files, builds and exports nothing
 _CARD_TASKS = worker_tasks(BACKEND)
 TASKS = {"evaluate": _CARD_TASKS["evaluate"], "intermediates": _CARD_TASKS["intermediates"],
-         "describe_onnx": describe_onnx}
+         "describe_onnx": describe_onnx, "make_variant": make_variant}
