@@ -68,8 +68,8 @@ class PlannedCell:
     cell: Cell
     key: str
     folder: Path
-    options: NativeOptions | OnnxOptions | DiagnoseOptions  # its verb's, checked when planned
     needs: PlannedCell | None = None
+    options: NativeOptions | OnnxOptions | DiagnoseOptions | None = None  # its verb's, made and checked when planned
 
 
 def run_study(options: StudyOptions) -> Finished[StudyReport]:
@@ -124,7 +124,7 @@ def plan_cells(cells: list[Cell], dataset: Dataset, options: StudyOptions, out_d
             cell_options = _cell_options(cell, card, options, folder, needs)
         except UserError as exc:
             raise UserError(f"study cell {cell.name}: {exc}") from None
-        planned[cell] = PlannedCell(cell, key, folder, cell_options, needs)
+        planned[cell] = PlannedCell(cell, key, folder, needs, cell_options)
     return list(planned.values())
 
 
