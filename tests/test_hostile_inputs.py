@@ -223,8 +223,9 @@ def test_a_diagnose_that_fails_after_its_reference_leaves_the_earlier_diagnosis_
     for name in NATIVE_OUTPUTS:
         (out / "onnx" / name).write_text("earlier")
     report = run_diagnose(options).report
-    assert sorted(p.name for p in out.iterdir()) == ["reference", "report.html", "report.json", "report.md"]
-    assert sorted(p.name for p in (out / "reference").iterdir()) == sorted(NATIVE_OUTPUTS)
+    assert sorted(p.name for p in out.iterdir()) == [".xfverify-outputs.json", "reference", "report.html",
+                                                     "report.json", "report.md"]
+    assert sorted(p.name for p in (out / "reference").iterdir()) == sorted([*NATIVE_OUTPUTS, ".xfverify-outputs.json"])
     assert load_native(out / "reference").report.tensors_sha256 == report.reference.tensors_sha256
 
 

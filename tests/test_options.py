@@ -70,7 +70,7 @@ def test_a_bad_value_is_the_same_line_from_the_command_line_and_the_api(verb, ar
     ({"limit": "5"}, "--limit '5': input should be a valid integer"),
     ({"limit": True}, "--limit True: input should be a valid integer"),
     ({"random_weights": "yes"}, "--random-weights 'yes': input should be a valid boolean"),
-    ({"overrides": "crop_pct=0.9"}, "--set 'crop_pct=0.9': input should be a valid tuple"),
+    ({"overrides": 0.9}, "--set 0.9: input should be a valid tuple"),
     ({"dvice": "cpu"}, "unknown option 'dvice'; the options are: batch_size, cache_dir, cuda_graphs, data,"),
 ])
 def test_a_wrong_type_or_name_through_the_api_is_one_line(options, line):
@@ -87,6 +87,7 @@ def test_the_api_takes_paths_and_lists_as_the_command_line_takes_text(tmp_path):
                                  overrides=["crop_pct=0.9"], spec_files=[tmp_path / "a.json"])
     assert (options.data, options.variants, options.precisions) == (str(tmp_path), "squash,resize-pil", "bf16")
     assert options.overrides == ("crop_pct=0.9",) and options.spec_files == (str(tmp_path / "a.json"),)
+    assert DiagnoseOptions.of(overrides="crop_pct=0.9").overrides == ("crop_pct=0.9",)  # one value alone
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
     assert OnnxOptions.of(target=model, preprocess="lite-tf-224", against=tmp_path).target == str(model)

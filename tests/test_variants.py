@@ -81,7 +81,12 @@ def test_each_variant_is_made_run_on_the_plain_runs_tensors_and_scored_beside_it
 
 
 def test_a_made_variant_comes_from_the_cache_and_another_option_makes_another_entry(made):
-    again = run_onnx(made["options"]).report.variants.results
+    import xfverify
+
+    asked = made["options"]
+    again = xfverify.onnx(asked.target, preprocess=PRESET, provider="cpu", workers=1, out=asked.out,
+                          cache_dir=asked.cache_dir, variants=["fp16", "int8", "opt-basic"],
+                          calibration=asked.calibration).variants.results
     assert all(r.from_cache for r in again)
     assert [r.sha256 for r in again] == [r.sha256 for r in made["run"].report.variants.results]
     tools = ToolVersions(onnx="1", onnxruntime="1")
@@ -165,3 +170,21 @@ def test_bad_input_is_one_line_naming_the_opset_or_the_node_and_nothing_is_cache
     variants = tmp_path / "cache" / "onnx-variants"
     assert not variants.exists() or not list(variants.iterdir())
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_the_gate_fails_on_a_mismatch_only_when_asked_and_bounds_each_variants_drop():
+    from types import SimpleNamespace
+
+    from xfverify.evaluator.pipeline.variants import gate
+
+    def report(flips: int, within: float, deltas: list[float]):
+        results = [SimpleNamespace(name=f"v{i}", vs_plain=SimpleNamespace(delta=d)) for i, d in enumerate(deltas)]
+        return SimpleNamespace(agreement=SimpleNamespace(n_flips=flips, within_tolerance=within),
+                               variants=SimpleNamespace(results=results))
+
+    assert gate(OnnxOptions(), report(3, 0.5, [])) is None  # default unchanged: nothing gates
+    assert gate(OnnxOptions(fail_on_mismatch=True), report(0, 1.0, [])).failures == []
+    failed = gate(OnnxOptions(fail_on_mismatch=True), report(0, 0.999, [])).failures
+    assert len(failed) == 1 and "99.900 % of elements within tolerance" in failed[0]
+    bounded = gate(OnnxOptions(variants=("int8",), max_top1_drop=0.5), report(0, 1.0, [0.4, 0.6, 0.5])).failures
+    assert bounded == ["variant v1 costs 0.60 points of top-1 against the plain file, over --max-top1-drop 0.5"]

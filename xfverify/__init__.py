@@ -27,8 +27,8 @@ def native(model: str | None = None, **options):
 
 def onnx(target=None, **options):
     """A model's ONNX export (or a user's ``.onnx`` file, a ``str`` or a ``Path``) under ONNX Runtime on the native
-    run's tensors, as ``xfverify onnx`` does (``against=`` a native run's folder, ``provider=``, ``atol=``, ...); the
-    ``OnnxReport``."""
+    run's tensors, as ``xfverify onnx`` does (``against=`` a native run's folder, ``provider=``, ``atol=``,
+    ``variants=["fp16", "int8"]``, ``calibration=``, ...); the ``OnnxReport``."""
     from xfverify.evaluator.pipeline.onnx import run_onnx
     from xfverify.evaluator.pipeline.options import DEFAULT_MODEL, OnnxOptions
 

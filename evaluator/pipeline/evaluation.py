@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import subprocess
 import threading
 import time
@@ -183,7 +184,9 @@ def worker_beside_build(build: Callable[[], Built], cancel: threading.Event, tim
         if "error" in state:  # the build failed before the worker started
             process.kill()
 
-    builder = threading.Thread(target=guarded_build, name="xfverify-cache-build", daemon=True)
+    # in this caller's context: a decode worker it starts is forked from its warm workers, if it has any
+    builder = threading.Thread(target=contextvars.copy_context().run, args=(guarded_build,),
+                               name="xfverify-cache-build", daemon=True)
     builder.start()
     try:
         result = work(on_start)

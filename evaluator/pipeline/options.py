@@ -13,7 +13,7 @@ import math
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Optional, get_args
+from typing import Annotated, Any, ClassVar, Literal, Optional, get_args
 
 from pydantic import BeforeValidator, TypeAdapter, ValidationError
 
@@ -47,7 +47,10 @@ def _names(value: Any) -> Any:
 
 
 def _repeated(value: Any) -> Any:
-    """A repeatable option's values given as a list are taken as the tuple the command line makes."""
+    """A repeatable option's values given as a list are taken as the tuple the command line makes; one value alone
+    (a name, a path) as a tuple of one."""
+    if isinstance(value, str | os.PathLike):
+        return (_path_text(value),)
     return tuple(_path_text(v) for v in value) if isinstance(value, list | tuple) else value
 
 
@@ -59,9 +62,9 @@ Repeated = Annotated[tuple[str, ...], BeforeValidator(_repeated)]
 FLAGS = {"model": "MODEL", "target": "MODEL|FILE.onnx", "study": "STUDY", "overrides": "--set", "spec_files": "--spec"}
 
 
-def flag(name: str) -> str:
-    """How the command line spells the option ``name``."""
-    return FLAGS.get(name, "--" + name.replace("_", "-"))
+def flag(name: str, options: type | None = None) -> str:
+    """How the command line spells the option ``name`` (of ``options``' command, where it spells it its own way)."""
+    return {**FLAGS, **getattr(options, "FLAGS", {})}.get(name, "--" + name.replace("_", "-"))
 
 
 class Checked:
@@ -83,7 +86,7 @@ class Checked:
             try:
                 object.__setattr__(self, name, adapter.validate_python(value, strict=True))
             except ValidationError as exc:
-                raise UserError(_one_line(name, value, exc)) from None
+                raise UserError(_one_line(flag(name, type(self)), value, exc)) from None
         self.check()
 
     def check(self) -> None:
@@ -96,12 +99,12 @@ def _adapters(cls: type) -> dict[str, TypeAdapter]:
     return {f.name: TypeAdapter(hints[f.name]) for f in dataclasses.fields(cls) if f.init and f.name in hints}
 
 
-def _one_line(name: str, value: Any, exc: ValidationError) -> str:
+def _one_line(option: str, value: Any, exc: ValidationError) -> str:
     error = exc.errors()[0]
     if error["type"] == "literal_error":
         choices = ", ".join(map(str, error["ctx"]["expected"].replace("'", "").replace(" or ", ", ").split(", ")))
-        return f"{flag(name)} {shown(str(value))!r}: not one of {choices}"
-    return f"{flag(name)} {shown(repr(value))[:80]}: {error['msg'][0].lower()}{error['msg'][1:]}"
+        return f"{option} {shown(str(value))!r}: not one of {choices}"
+    return f"{option} {shown(repr(value))[:80]}: {error['msg'][0].lower()}{error['msg'][1:]}"
 
 
 @dataclass
@@ -164,6 +167,8 @@ class NativeOptions(RunOptions):
 @dataclass
 class OnnxOptions(RunOptions):
     """Everything ``xfverify onnx`` can be asked; ``device`` is the native run's."""
+
+    FLAGS: ClassVar[dict[str, str]] = {"variants": "--variant"}
 
     target: PathText = DEFAULT_MODEL  # a model id, or a user's .onnx file
     provider: Provider = "auto"

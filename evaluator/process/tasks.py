@@ -271,10 +271,12 @@ class IntermediatesJob(Job[IntermediatesResult]):
 
 
 class ReferenceJob(Job[ReferenceResult]):
-    """Run a preset's reference pipeline (:mod:`xfverify.evaluator.references`) on some image files."""
+    """Run a reference pipeline (:mod:`xfverify.evaluator.references`) on some image files: a preset's, or (with
+    ``catalogue``, a catalogue id ``source/name``) the source's own evaluation transform for that entry."""
 
-    preset: str
+    preset: str = ""
     paths: list[str]
+    catalogue: str = ""
 
 
 class DecodeJob(Job[DecodeDone]):

@@ -3,6 +3,7 @@ TensorFlow's crop-window decode (``decode_and_crop_jpeg`` in a tensorflow worker
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable
@@ -37,7 +38,8 @@ class WorkerDecodePool:
         return future
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name=f"xfverify-decode-{self.spec.decode_worker}", daemon=True)
+        self.thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,),  # the caller's warm
+                                       name=f"xfverify-decode-{self.spec.decode_worker}", daemon=True)  # workers too
         self.thread.start()
 
     def _decoded(self, index: int, bad: list, caveats: list) -> None:

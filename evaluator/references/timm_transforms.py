@@ -1,4 +1,4 @@
-"""timm's evaluation transforms for the EfficientNet-Lite ports (torch worker).
+"""timm's evaluation transforms for the EfficientNet-Lite ports and every catalogue tag (torch worker).
 
 ``timm.data.resolve_data_config`` on the model's pretrained config, then ``create_transform``.
 """
@@ -9,8 +9,18 @@ import numpy as np
 import timm
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
+from timm.models import get_pretrained_cfg
 
 LAYOUT = "NCHW"
+
+
+def load(path: str) -> Image.Image:
+    with Image.open(path) as image:  # timm's ImageDataset: PIL, converted to RGB
+        return image.convert("RGB")
+
+
+def _transformed(transform, paths: list[str]) -> np.ndarray:
+    return np.stack([transform(load(path)).numpy() for path in paths])
 
 
 def _timm_eval(model_name: str, **overrides):
@@ -18,14 +28,25 @@ def _timm_eval(model_name: str, **overrides):
         model = timm.create_model(model_name, pretrained=False)
         config = resolve_data_config({}, model=model)
         config.update(overrides)
-        transform = create_transform(**config, is_training=False)
-        tensors = []
-        for path in paths:
-            with Image.open(path) as image:  # timm's ImageDataset: PIL, converted to RGB
-                tensors.append(transform(image.convert("RGB")).numpy())
-        return np.stack(tensors)
+        return _transformed(create_transform(**config, is_training=False), paths)
 
     return run
+
+
+def catalogue_transform(name: str):
+    """``architecture:tag`` (a catalogue entry): the tag's pretrained_cfg as timm registers it (no weights, no
+    network built), resolved by ``resolve_data_config`` and made a transform by ``create_transform``, on a loaded
+    image."""
+    architecture, tag = name.split(":")
+    config = resolve_data_config({}, pretrained_cfg=get_pretrained_cfg(f"{architecture}.{tag}").to_dict())
+    transform = create_transform(**config, is_training=False)
+    return lambda image: transform(image).numpy()
+
+
+def catalogue_pipeline(name: str):
+    """The entry's transform on image files, each read as timm's ImageDataset reads it."""
+    transform = catalogue_transform(name)
+    return lambda paths: np.stack([transform(load(path)) for path in paths])
 
 
 PIPELINES = {

@@ -115,17 +115,17 @@ class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter, Capt
         np.random.seed(seed)
 
     def random_network(self, card: ModelCard, device: Device):
-        net = import_gluoncv().model_zoo.get_model(card.weights.name, pretrained=False)
+        net = import_gluoncv().model_zoo.get_model(card.network_name, pretrained=False)
         net.initialize(mx.init.Xavier(magnitude=2.0), ctx=device.handle)
         return net
 
     def network_from_file(self, card: ModelCard, path: str, device: Device):
-        net = import_gluoncv().model_zoo.get_model(card.weights.name, pretrained=False)
+        net = import_gluoncv().model_zoo.get_model(card.network_name, pretrained=False)
         try:
             net.load_parameters(path, ctx=device.handle)
         except (AssertionError, mx.base.MXNetError, ValueError) as exc:
             raise UserError(
-                f"--weights {path}: cannot be loaded into {card.weights.name} ({exception_text(exc)})"
+                f"--weights {path}: cannot be loaded into {card.network_name} ({exception_text(exc)})"
             ) from None
         return net
 
@@ -134,10 +134,10 @@ class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter, Capt
         expected = _weights_path(card)
         if expected.exists():
             block = checked_weights(card, expected)  # a damaged or foreign file is named, not loaded
-            return zoo.get_model(card.weights.name, pretrained=True, ctx=device.handle), block
+            return zoo.get_model(card.network_name, pretrained=True, ctx=device.handle), block
         try:  # the file fetched before the network is built: offline, that fails at once
             zoo.model_store.get_model_file(card.weights.name, root=str(expected.parent))
-            net = zoo.get_model(card.weights.name, pretrained=True, ctx=device.handle)
+            net = zoo.get_model(card.network_name, pretrained=True, ctx=device.handle)
         except Exception as exc:  # download failures surface as several exception types
             raise missing_weights_error(card, expected, exc) from None
         return net, checked_weights(card, expected)
