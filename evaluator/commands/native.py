@@ -46,4 +46,4 @@ def native_command(model, **kwargs) -> None:
     output.print_notes(run.report.notes)
     if run.report.dataset.n_images <= 20:
         output.print_predictions(run.predictions)
-    console.info(f"report: {run.out_dir}/report.json, report.md, logits.npy, predictions.csv")
+    console.info(f"report: {run.out_dir}/report.json, report.md, report.html, logits.npy, predictions.csv")

@@ -63,7 +63,7 @@ def onnx_command(target, **kwargs) -> None:
     output.print_table(title, summary_rows(run.report))
     output.print_notes(run.report.notes)
     extra = ", localize.html" if isinstance(run.report, OnnxReport) and run.report.localization else ""
-    console.info(f"report: {run.out_dir}/report.json, report.md, logits.npy, predictions.csv{extra}")
+    console.info(f"report: {run.out_dir}/report.json, report.md, report.html, logits.npy, predictions.csv{extra}")
     gate = run.report.gate if isinstance(run.report, OnnxReport) else None
     if gate and gate.failures:
         for failure in gate.failures[1:]:

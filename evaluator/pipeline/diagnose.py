@@ -40,6 +40,7 @@ from xfverify.evaluator.pipeline.native_run import (
     DIAGNOSE_REFERENCE_FOLDER,
     NATIVE_OUTPUTS,
     NativeOnDisk,
+    cached_pictures,
     save_native_run,
 )
 from xfverify.evaluator.pipeline.onnx_pass import onnx_pass
@@ -385,14 +386,5 @@ def _cost(runs: list[VariantRun], model_loads: int, timeline: dict[str, float]) 
 
 def _flip_images(runs: list[VariantRun], report: DiagnoseReport, dataset: Dataset) -> dict[int, np.ndarray]:
     """The reference's uint8 images of the flipped images of significant variants (thumbnails for the page)."""
-    wanted = sorted({i for row in report.variants if row.significant for i in [f.index for f in row.flips[:12]]})
-    cached = runs[0].run.cached
-    images = {}
-    for start, batch in cached.batches(64):
-        for offset in range(len(batch)):
-            if start + offset in wanted:
-                image = np.asarray(batch[offset])  # float32 where the cache keeps TensorFlow's resized floats
-                if image.dtype != np.uint8:
-                    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-                images[start + offset] = image
-    return images
+    wanted = {i for row in report.variants if row.significant for i in [f.index for f in row.flips[:12]]}
+    return cached_pictures(runs[0].run.cached, wanted)

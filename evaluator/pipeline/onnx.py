@@ -21,6 +21,7 @@ from xfverify.evaluator.pipeline.native_run import (
     NATIVE_OUTPUTS,
     ONNX_NATIVE_FOLDER,
     NativeOnDisk,
+    cached_pictures,
     check_against,
     check_scores,
     save_native_run,
@@ -37,6 +38,8 @@ from xfverify.evaluator.pipeline.outdir import (
 from xfverify.evaluator.pipeline.variants import Plain, check_variant_options, gate, run_variants
 from xfverify.evaluator.reports.run import NativeReference, NativeReport, OnnxReport
 from xfverify.evaluator.reports.localize import PAGE, localization_page
+from xfverify.evaluator.reports.run_page import MAX_FLIPS_SHOWN
+from xfverify.evaluator.reports.run_page import PAGE as RUN_PAGE
 from xfverify.evaluator.system import console
 from xfverify.evaluator.system.files import atomic_write_text
 from xfverify.models.cards import get_card
@@ -111,7 +114,9 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
         page = (PAGE,)
     report, rows = save_native_run(out_dir, workdir, report, dataset, run,
                                    also=(*page, *((ONNX_NATIVE_FOLDER,) if new_native else ())),
-                                   stale=() if page else (PAGE,))  # an earlier run's page: not this report's
+                                   stale=() if page else (PAGE,),  # an earlier run's page: not this report's
+                                   pictures=_flip_pictures(run, dataset, agreement),
+                                   native_page=_native_page(native, new_native))
     if localize_failed is not None and (options.localize or options.localize_against):
         raise UserError(f"{localize_failed} (the ONNX run's report, without localization, is in {out_dir})")
     return Finished(report, out_dir, rows)
@@ -183,6 +188,23 @@ def _localization(options: OnnxOptions, spec: PreprocessSpec, dataset: Dataset, 
         notes.append(f"the outputs disagree: the {localization.cost.n_images} worst-agreeing image(s) were "
                      "run node by node (localization; --localize asks for it on any run, --no-localize never)")
     return localization, None
+
+
+def _native_page(native: NativeOnDisk | None, new_native: bool) -> Path | None:
+    """Where the compared native run's page is (its report.md when it was written before runs had pages)."""
+    if native is None:
+        return None
+    page = native.folder / RUN_PAGE
+    return page if new_native or page.is_file() else native.folder / "report.md"
+
+
+def _flip_pictures(run, dataset, agreement) -> dict[str, np.ndarray]:
+    """The fed crops of the images whose top-1 flipped (those report.html shows), by image id."""
+    if agreement is None or not agreement.flips:
+        return {}
+    shown_ids = {flip.image_id for flip in agreement.flips[:MAX_FLIPS_SHOWN]}
+    index = {i: record.image_id for i, record in enumerate(dataset.records) if record.image_id in shown_ids}
+    return {index[i]: picture for i, picture in cached_pictures(run.cached, set(index)).items()}
 
 
 def name_of(options: OnnxOptions) -> str:

@@ -16,6 +16,7 @@ from typing import Callable, Generic, Iterator, TypeVar
 from pydantic import BaseModel
 
 from xfverify.evaluator.reports.run import Prediction
+from xfverify.evaluator.process.launcher import scratch_in
 from xfverify.evaluator.system import console
 from xfverify.evaluator.system.files import (
     atomic_write_text,
@@ -66,7 +67,8 @@ def in_owned_folder(out_dir: Path, work: Callable[[Path], Result]) -> Result:
         with owned_folder(out_dir, "--out"):
             workdir = _fresh_work_folder(out_dir)
             try:
-                return work(workdir)
+                with scratch_in(workdir):
+                    return work(workdir)
             finally:
                 if workdir.is_dir() and not workdir.is_symlink():
                     shutil.rmtree(workdir, ignore_errors=True)

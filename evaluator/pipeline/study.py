@@ -46,6 +46,7 @@ from xfverify.evaluator.reports.study import (
     OnnxCell,
     StudyDataset,
     StudyReport,
+    cell_pages,
     csv_text,
     html_page,
     markdown,
@@ -177,7 +178,7 @@ def _run_in(study: StudySpec, plan: list[PlannedCell], dataset: Dataset, options
         ran=len(todo), reused=len(done), wall_s=round(time.time() - started, 3), xfverify_version=__version__,
     )
     write_in(out_dir, {"study.json": report.model_dump_json(indent=1) + "\n", "study.md": markdown(report),
-                       "study.csv": csv_text(report), "study.html": html_page(report)})
+                       "study.csv": csv_text(report), "study.html": html_page(report, cell_pages(report, out_dir))})
     failed = [c for c in report.cells if c.status != "done"]
     if failed:
         raise UserError(f"{len(failed)} of {len(plan)} cells did not finish (the first: {failed[0].run} "
@@ -297,6 +298,7 @@ def onnx_cell(report: OnnxReport) -> OnnxCell:
         opset=report.onnx.opset, top1_agreement=agreement.top1_agreement if agreement else None,
         n_flips=agreement.n_flips if agreement else None, mcnemar_p=agreement.mcnemar_p if agreement else None,
         max_abs_diff_over_max_abs_logit=agreement.max_abs_diff_over_max_abs_logit if agreement else None,
+        within_tolerance=agreement.within_tolerance if agreement else None,
         providers=report.runtime.providers, images_per_s=report.timing.images_per_s,
         data_wait_s=report.timing.data_wait_s, onnx_over_native_time=report.onnx_over_native_time)
 

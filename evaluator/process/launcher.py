@@ -6,6 +6,8 @@ beside torch >= 2); the worker side is :mod:`xfverify.evaluator.process.worker`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
 import os
 import shutil
@@ -13,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, Iterator
 
 from xfverify.evaluator.process.events import RUN_PID_ENV, USER_ERROR_EXIT, Event, parsed_event
 from xfverify.evaluator.process.registry import BACKENDS
@@ -41,6 +43,21 @@ def _python_for(framework: str) -> str:
     return os.environ.get(f"XFVERIFY_PYTHON_{framework.upper()}", sys.executable)
 
 
+# The folder a run's workers without a folder of their own work in (its --out/.work, removed when the run ends and,
+# after a kill, by the next run there); None: the system's temporary folder.
+_scratch: contextvars.ContextVar[str | None] = contextvars.ContextVar("xfverify_scratch", default=None)
+
+
+@contextlib.contextmanager
+def scratch_in(folder: Path) -> Iterator[None]:
+    """Within this scope (and the threads it hands its context to), workers' own folders are made in ``folder``."""
+    token = _scratch.set(str(folder))
+    try:
+        yield
+    finally:
+        _scratch.reset(token)
+
+
 def run_worker(
     framework: str,
     job: Job[ResultType],
@@ -59,8 +76,8 @@ def run_worker(
         raise UserError(f"no back-end for framework {framework!r}")
     task = TASKS[type(job)]
     own_tmp = None
-    if workdir is None:
-        own_tmp = tempfile.TemporaryDirectory(prefix=f"xfverify-{framework}-")
+    if workdir is None:  # in the run's work folder where it has one: a killed run leaves nothing in the temp folder
+        own_tmp = tempfile.TemporaryDirectory(prefix=f"xfverify-{framework}-", dir=_scratch.get())
         workdir = own_tmp.name
     files = _TaskFiles(Path(workdir), task.name)
     try:
