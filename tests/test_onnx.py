@@ -639,7 +639,7 @@ def test_an_output_that_is_a_folder_is_refused_before_the_native_run_and_the_exp
 def test_a_damaged_native_run_in_out_native_is_run_again_not_refused(tmp_path, monkeypatch):
     """--out/native is xfverify's own folder: a damaged run there (a truncated report.json) was a refusal
     telling the user to 'give the --out folder of an xfverify native run'; it is now made again."""
-    from xfverify.evaluator.pipeline import onnx as onnx_cmd
+    from xfverify.evaluator.pipeline import native_pass
 
     folder = native_folder(tmp_path / "o" / "native")
     (folder / "report.json").write_bytes((folder / "report.json").read_bytes()[:200])
@@ -652,9 +652,9 @@ def test_a_damaged_native_run_in_out_native_is_run_again_not_refused(tmp_path, m
         ran.append(wanted.out)
         raise Ran
 
-    monkeypatch.setattr(onnx_cmd, "run_native", run_native)
+    monkeypatch.setattr(native_pass, "native_run", run_native)
     with pytest.raises(Ran):
-        onnx_cmd.native_run_for(OnnxOptions(limit=2), tmp_path / "o", tmp_path / "work")
+        native_pass.ensure_native_run(OnnxOptions(limit=2), tmp_path / "o", tmp_path / "work")
     assert ran == [str(tmp_path / "work" / "native")]  # made in the work folder, moved in when the ONNX run ends
 
 

@@ -38,15 +38,6 @@ DIAGNOSE_REFERENCE_FOLDER = "reference"  # where, inside a diagnose run's --out,
 
 
 
-@dataclass(frozen=True)
-class SavedRun:
-    """What a native or ONNX run saved: the report, the folder its files are in, and each image's predictions."""
-
-    report: NativeReport
-    out_dir: Path
-    predictions: list[Prediction]
-
-
 # Moved from the run's work folder into --out together once all are written, report.json last.
 NATIVE_OUTPUTS = ("logits.npy", "predictions.csv", "report.md", PAGE, "report.json")
 
