@@ -166,7 +166,15 @@ class KerasBackend(CardModelLoader, Backend, SwitchesPrecision, Exporter, Captur
         _, layers, submodel = self._captured
         outputs = submodel(tf.constant(image), training=False)
         for layer, output in zip(layers, outputs):
-            record(layer.name, np.asarray(output))
+            record(layer.name, np.asarray(output), op_type=_layer_type(layer),
+                   composite=isinstance(layer, keras.Model))
+
+
+def _layer_type(layer) -> str:
+    """A layer's class, an Activation layer's function with it (Activation(relu))."""
+    kind = type(layer).__name__
+    function = getattr(layer, "activation", None) if kind == "Activation" else None
+    return f"{kind}({getattr(function, '__name__', function)})" if function is not None else kind
 
 
 BACKEND = KerasBackend
