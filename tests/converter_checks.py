@@ -110,7 +110,7 @@ def tensorflow_checks(out: Path) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from xfverify.converter.keras_export import export_keras
+    from xfverify.converter.tensorflow_export import export_keras
 
     exports = []
     for activation in ("softmax", None):

@@ -684,7 +684,7 @@ def test_an_onnx_run_failing_after_its_native_run_keeps_it_only_where_no_report_
 
 
 def test_report_md_keeps_one_line_per_item_for_names_holding_newlines(tmp_path):
-    from xfverify.evaluator.reports.native import NativeReport, Prediction, write_markdown
+    from xfverify.evaluator.reports.run import NativeReport, Prediction, write_markdown
 
     from test_metrics_and_report import minimal_report
 

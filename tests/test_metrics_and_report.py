@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from xfverify.evaluator.analysis.metrics import compare_to_published, error_stats, real_error, top_k, wilson_interval
-from xfverify.evaluator.reports.native import NativeReport
+from xfverify.evaluator.reports.run import NativeReport
 from xfverify.models.imagenet import real_labels
 
 

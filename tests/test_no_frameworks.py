@@ -59,7 +59,7 @@ def test_importing_every_parent_module_loads_no_framework():
         parent_side = ["xfverify.models.cards", "xfverify.models.preprocess", "xfverify.models.imagenet",
                        "xfverify.evaluator.commands.cli", "xfverify.evaluator.pipeline.native", "xfverify.evaluator.cache.store",
                        "xfverify.evaluator.data.layouts", "xfverify.evaluator.data.imaging", "xfverify.evaluator.analysis.metrics",
-                       "xfverify.evaluator.reports.native", "xfverify.evaluator.process.worker", "xfverify.evaluator.process.launcher",
+                       "xfverify.evaluator.reports.run", "xfverify.evaluator.process.worker", "xfverify.evaluator.process.launcher",
                        "xfverify.evaluator.backends.runloop", "xfverify.evaluator.cache.shards", "xfverify.evaluator.system.locks",
                        "xfverify.evaluator.pipeline.preprocess", "xfverify.evaluator.process.registry",
                        "xfverify.evaluator.backends.feeding", "xfverify.evaluator.backends.weights",

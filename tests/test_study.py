@@ -298,7 +298,7 @@ def test_the_python_api_raises_the_commands_user_errors():
 @needs_torch
 def test_the_python_api_returns_the_typed_report_the_command_writes(tmp_path):
     import xfverify
-    from xfverify.evaluator.reports.native import NativeReport
+    from xfverify.evaluator.reports.run import NativeReport
 
     with xfverify.warm_workers() as servers:  # this test's own scope, inside the suite's
         report = xfverify.native(limit=2, out=str(tmp_path / "o"), device="cpu")

@@ -18,8 +18,8 @@ import torch
 from xfverify.evaluator.backends import runloop
 from xfverify.evaluator.cache.digests import ensure_digests, fed_checksums
 from xfverify.evaluator.backends.feeding import out_of_memory_is_a_user_error
-from xfverify.evaluator.backends.torch_backend import _is_out_of_memory
-from xfverify.evaluator.backends.torch_steps import CpuStep, CudaStep, FedChecksums, TorchSettings, device_normaliser
+from xfverify.evaluator.backends.torch.backend import _is_out_of_memory
+from xfverify.evaluator.backends.torch.steps import CpuStep, CudaStep, FedChecksums, TorchSettings, device_normaliser
 from xfverify.evaluator.data.normalise import normalise
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS

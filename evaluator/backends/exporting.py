@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from xfverify.converter.description import ExportResult
+from xfverify.converter.exported import ExportResult
 from xfverify.evaluator.backends.running import Device
 
 

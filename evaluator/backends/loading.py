@@ -14,7 +14,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from xfverify.converter.description import sha256_file
+from xfverify.models.hashing import sha256_file
 from xfverify.evaluator.backends.running import Device
 from xfverify.evaluator.backends.weights import calibration_batch
 from xfverify.evaluator.process.blocks import CheckedWeights, FileWeights, RandomWeights, WeightsBlock

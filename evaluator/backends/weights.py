@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 import numpy as np
 
-from xfverify.converter.description import sha256_file
+from xfverify.models.hashing import sha256_file
 from xfverify.evaluator.process.blocks import CheckedWeights
 from xfverify.models.cards import ModelCard
 from xfverify.models.errors import UserError

@@ -32,7 +32,7 @@ def native_command(model, **kwargs) -> None:
     """Evaluate MODEL in its own framework with its reference preprocessing (default: pypi/efficientnet_lite0 on the embedded sample)."""
     from xfverify.evaluator.pipeline.native import run_native
     from xfverify.evaluator.pipeline.options import DEFAULT_MODEL, NativeOptions
-    from xfverify.evaluator.reports.native import summary_rows
+    from xfverify.evaluator.reports.run import summary_rows
     from xfverify.evaluator.system import console
 
     kwargs["overrides"] = tuple(kwargs["overrides"])

@@ -39,7 +39,7 @@ def onnx_command(target, **kwargs) -> None:
     of a native run, and compare: errors, time, top-1 agreement and output differences."""
     from xfverify.evaluator.pipeline.onnx import run_onnx
     from xfverify.evaluator.pipeline.options import DEFAULT_MODEL, OnnxOptions
-    from xfverify.evaluator.reports.native import OnnxReport, summary_rows
+    from xfverify.evaluator.reports.run import OnnxReport, summary_rows
     from xfverify.evaluator.system import console
 
     kwargs["overrides"] = tuple(kwargs["overrides"])

@@ -25,7 +25,7 @@ def print_notes(notes: list[str]) -> None:
 
 
 def print_predictions(rows) -> None:
-    """The per-image predictions of a small run (:class:`xfverify.evaluator.reports.native.Prediction`) as a table."""
+    """The per-image predictions of a small run (:class:`xfverify.evaluator.reports.run.Prediction`) as a table."""
     from xfverify.models.imagenet import class_name
 
     table = Table(title="predictions", title_justify="left")

@@ -166,7 +166,7 @@ _DECODERS = {"pil": decode_pil_noting, "opencv": _opencv_noting, "tensorflow": d
 def decode_noting(path: str | os.PathLike, decoder: str) -> tuple[Image.Image | np.ndarray, str | None]:
     """The decoded picture (a PIL image or a uint8 RGB HWC array) and the decode's caveat for the report (or None)."""
     if decoder == "nvjpeg":
-        raise ValueError("the nvjpeg decoder runs on the GPU, in a torch worker (evaluator/backends/nvjpeg.py)")
+        raise ValueError("the nvjpeg decoder runs on the GPU, in a torch worker (evaluator/backends/torch/nvjpeg.py)")
     if decoder not in _DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}")
     return _DECODERS[decoder](path)

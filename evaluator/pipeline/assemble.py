@@ -15,7 +15,7 @@ from xfverify.evaluator.analysis.metrics import (
     real_error,
     wilson_interval,
 )
-from xfverify.evaluator.reports.native import (
+from xfverify.evaluator.reports.run import (
     CacheInfo,
     DatasetInfo,
     NativeReport,

@@ -21,9 +21,9 @@ from xfverify.evaluator.data.layouts import Dataset
 from xfverify.evaluator.pipeline.options import RunOptions
 from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
-from xfverify.evaluator.process.nvjpeg_pool import WorkerDecodePool
+from xfverify.evaluator.process.worker_decode_pool import WorkerDecodePool
 from xfverify.evaluator.process.tasks import DataPart, EvaluateJob, WorkerResult
-from xfverify.evaluator.reports.native import TimingInfo
+from xfverify.evaluator.reports.run import TimingInfo
 from xfverify.evaluator.system import console
 from xfverify.evaluator.system.files import atomic_write_text, writable_folder
 from xfverify.models.preprocess import PreprocessSpec

@@ -21,7 +21,7 @@ from xfverify.evaluator.pipeline.outdir import (
 )
 from xfverify.evaluator.pipeline.request import prepare
 from xfverify.evaluator.process.tasks import EvaluateJob
-from xfverify.evaluator.reports.native import NativeReport, Prediction
+from xfverify.evaluator.reports.run import NativeReport, Prediction
 from xfverify.evaluator.system import console
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from xfverify.converter.description import sha256_file
+from xfverify.models.hashing import sha256_file
 
 from xfverify.evaluator.analysis.metrics import error_stats, predicted_top_k
 from xfverify.evaluator.data.layouts import Dataset
 from xfverify.evaluator.pipeline.evaluation import CachedRun
 from xfverify.evaluator.pipeline.outdir import move_in
-from xfverify.evaluator.reports.native import (
+from xfverify.evaluator.reports.run import (
     NativeReport,
     Prediction,
     predictions,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xfverify.converter.description import OnnxDescription
+from xfverify.converter.exported import OnnxDescription
 from xfverify.evaluator.analysis.agreement import compare_outputs
 from xfverify.evaluator.data.layouts import SAMPLE_DIR, load_dataset
 from xfverify.evaluator.pipeline.assemble import assemble_report
@@ -53,7 +53,7 @@ from xfverify.evaluator.process.tasks import (
     ExportOutcome,
     OnnxFileJob,
 )
-from xfverify.evaluator.reports.native import (
+from xfverify.evaluator.reports.run import (
     NativeReference,
     NativeReport,
     OnnxInfo,

@@ -29,7 +29,7 @@ from xfverify.evaluator.pipeline.onnx import export_ahead, run_onnx
 from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions, check_run_options
 from xfverify.evaluator.pipeline.outdir import in_owned_folder, refuse_a_commands_run
 from xfverify.evaluator.reports.diagnose import DiagnoseReport
-from xfverify.evaluator.reports.native import NativeReport, OnnxReport
+from xfverify.evaluator.reports.run import NativeReport, OnnxReport
 from xfverify.evaluator.reports.study import (
     STUDY_OUTPUTS,
     Cause,

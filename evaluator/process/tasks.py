@@ -10,7 +10,7 @@ from typing import Any, Literal, NamedTuple, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from xfverify.converter.description import ExportResult, OnnxDescription
+from xfverify.converter.exported import ExportResult, OnnxDescription
 from xfverify.evaluator.process.blocks import PrecisionBlock, WeightsBlock
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.precision import Precision

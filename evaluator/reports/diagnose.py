@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from xfverify.evaluator.analysis.metrics import NO_CLASS
 from xfverify.evaluator.process.blocks import DiagnoseWeightsBlock, PrecisionBlock
 from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo
-from xfverify.evaluator.reports.native import DatasetInfo, PublishedInfo
+from xfverify.evaluator.reports.run import DatasetInfo, PublishedInfo
 from xfverify.evaluator.reports.page import STYLE, svg
 from xfverify.models.imagenet import class_name
 from xfverify.models.user_input import shown

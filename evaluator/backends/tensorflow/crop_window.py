@@ -5,7 +5,7 @@ TensorFlow's EfficientNet evaluation decodes only its centred window: libjpeg-tu
 columns as an image's edges, so the window's last column (and its first, when it starts on an iMCU
 boundary) differs from the same pixels of the whole decoded image. The decode pool cannot import
 TensorFlow, so the parent hands this worker the chunks it would have given its pool
-(:class:`xfverify.evaluator.process.nvjpeg_pool.WorkerDecodePool`): per file, the window xfverify
+(:class:`xfverify.evaluator.process.worker_decode_pool.WorkerDecodePool`): per file, the window xfverify
 computes, decoded by TensorFlow, resized by xfverify's numpy TensorFlow resize as the pool would, written
 into the shard's rows, each chunk reported as an event. Files that are not RGB-decodable JPEGs (PNG,
 CMYK) go through the pool's own decode (:func:`xfverify.evaluator.data.imaging.load_geometry_noting`).

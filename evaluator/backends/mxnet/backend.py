@@ -13,7 +13,7 @@ if not hasattr(np, "bool"):  # MXNet 1.9.1 still uses the alias numpy 1.24 remov
 
 import mxnet as mx  # noqa: E402
 
-from xfverify.converter.description import ExportResult  # noqa: E402
+from xfverify.converter.exported import ExportResult  # noqa: E402
 from xfverify.evaluator.backends.contract import Backend, worker_tasks  # noqa: E402
 from xfverify.evaluator.backends.exporting import Exporter, ExporterIdentity  # noqa: E402
 from xfverify.evaluator.backends.intermediates import CapturesIntermediates, Record  # noqa: E402

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from xfverify.converter.description import OnnxDescription
+from xfverify.converter.exported import OnnxDescription
 from xfverify.evaluator.analysis.agreement import OnnxAgreement
 from xfverify.evaluator.analysis.localize import Localization
 from xfverify.evaluator.analysis.metrics import NO_CLASS, PublishedGap, RealError

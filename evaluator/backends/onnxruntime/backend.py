@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from xfverify.converter.description import OnnxDescription, sha256_file
+from xfverify.converter.exported import OnnxDescription
+from xfverify.models.hashing import sha256_file
 from xfverify.evaluator.backends.contract import Backend, worker_tasks
 from xfverify.evaluator.backends.intermediates import CapturesIntermediates, Record
 from xfverify.evaluator.backends.loading import Loaded

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
-from xfverify.converter.description import ExportResult  # noqa: E402
+from xfverify.converter.exported import ExportResult  # noqa: E402
 from xfverify.evaluator.backends.contract import Backend, worker_tasks  # noqa: E402
 from xfverify.evaluator.backends.exporting import Exporter, ExporterIdentity  # noqa: E402
 from xfverify.evaluator.backends.intermediates import CapturesIntermediates, Record  # noqa: E402
@@ -19,7 +19,7 @@ from xfverify.evaluator.backends.machine import gpu_left_unused_note  # noqa: E4
 from xfverify.evaluator.backends.running import Device, SwitchesPrecision  # noqa: E402
 from xfverify.evaluator.backends.steps import HostStep  # noqa: E402
 # decode_and_crop_jpeg of crop windows: a task of this worker
-from xfverify.evaluator.backends.tf_window import decode_tensorflow_window  # noqa: E402,F401
+from xfverify.evaluator.backends.tensorflow.crop_window import decode_tensorflow_window  # noqa: E402,F401
 from xfverify.evaluator.backends.weights import (  # noqa: E402
     checked_weights,
     exception_text,
@@ -148,12 +148,12 @@ class KerasBackend(CardModelLoader, Backend, SwitchesPrecision, Exporter, Captur
         return isinstance(exc, tf.errors.ResourceExhaustedError)
 
     def exporter(self, opset: int | None) -> ExporterIdentity:
-        from xfverify.converter import keras_export
+        from xfverify.converter import tensorflow_export
 
-        return ExporterIdentity(*keras_export.exporter_identity(), opset or keras_export.DEFAULT_OPSET)
+        return ExporterIdentity(*tensorflow_export.exporter_identity(), opset or tensorflow_export.DEFAULT_OPSET)
 
     def export_onnx(self, model, path: Path, opset: int, hw: tuple[int, int], device: Device) -> ExportResult:
-        from xfverify.converter.keras_export import export_keras
+        from xfverify.converter.tensorflow_export import export_keras
 
         return export_keras(model, path, opset)  # the graph ends as the model does: softmax for applications
 

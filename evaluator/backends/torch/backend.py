@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xfverify.converter.description import ExportResult
+from xfverify.converter.exported import ExportResult
 from xfverify.evaluator.backends.contract import Backend, worker_tasks
 from xfverify.evaluator.backends.exporting import Exporter, ExporterIdentity
 from xfverify.evaluator.backends.intermediates import INPUT_SUFFIX, CapturesIntermediates, Record
 from xfverify.evaluator.backends.loading import CardModelLoader, ScalesRandomOutputs
 from xfverify.evaluator.backends.machine import gpu_left_unused_note
-from xfverify.evaluator.backends.nvjpeg import decode_nvjpeg  # noqa: F401  (a task of the torch worker)
+from xfverify.evaluator.backends.torch.nvjpeg import decode_nvjpeg  # noqa: F401  (a task of the torch worker)
 from xfverify.evaluator.backends.running import Device, SwitchesPrecision
-from xfverify.evaluator.backends.torch_steps import CpuStep, CudaStep, TorchSettings
+from xfverify.evaluator.backends.torch.steps import CpuStep, CudaStep, TorchSettings
 from xfverify.evaluator.backends.weights import checked_weights, exception_text, missing_weights_error
 from xfverify.evaluator.process.blocks import CheckedWeights, TorchPrecision
 from xfverify.evaluator.process.events import emit

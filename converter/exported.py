@@ -1,9 +1,8 @@
-"""What xfverify records about an ONNX file and an export, as typed data (no onnx import: the parent reads it)."""
+"""What an export made: the ONNX file's description and the export's result, as typed data (no onnx import: the
+parent reads it)."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -11,12 +10,6 @@ from pydantic import BaseModel, ConfigDict
 
 Layout = Literal["NCHW", "NHWC"]
 OutputKind = Literal["logits", "softmax"]
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 of a file (hex)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class Frozen(BaseModel):

@@ -16,8 +16,8 @@ from xfverify.models.preprocess import PreprocessSpec
 
 class WorkerDecodePool:
     """The decode pool's interface (submit, shutdown) for a decoder that runs in a framework's worker
-    (``spec.decode_worker``): one worker takes every decode chunk (evaluator/backends/nvjpeg.py, tf_window.py) and
-    reports each as it is done; the chunk's digests, and any other task, go to the CPU pool as usual."""
+    (``spec.decode_worker``): one worker takes every decode chunk (evaluator/backends/torch/nvjpeg.py,
+    tensorflow/crop_window.py) and reports each as it is done; the chunk's digests, and any other task, go to the CPU pool as usual."""
 
     def __init__(self, spec: PreprocessSpec, cpu_pool: ProcessPoolExecutor, normalisation_keys: list[str]):
         self.spec, self.cpu_pool, self.keys = spec, cpu_pool, normalisation_keys

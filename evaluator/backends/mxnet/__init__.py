@@ -1,0 +1,1 @@
+"""The mxnet worker's code: imported only in its worker process."""

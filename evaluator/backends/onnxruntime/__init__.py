@@ -1,0 +1,1 @@
+"""The onnxruntime worker's code: imported only in its worker process."""

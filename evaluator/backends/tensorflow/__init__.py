@@ -1,0 +1,1 @@
+"""The tensorflow worker's code: imported only in its worker process."""

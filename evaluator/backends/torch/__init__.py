@@ -1,0 +1,1 @@
+"""The torch worker's code: imported only in its worker process."""
