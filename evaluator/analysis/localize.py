@@ -15,8 +15,12 @@ computes (a node left out); where that pairing is not confident, the verdict say
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
 import re
 from bisect import bisect_left
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence
 
@@ -36,6 +40,7 @@ SCAN_LIMIT = 64  # reference tensors looked through for a node's counterpart
 SHOWN_NAME = 120  # characters of a name shown in a verdict, report.md and localize.html
 CURVE_POINTS = 2000  # rows of the curve a report keeps (evenly thinned beyond, the culprit's neighbours kept)
 LISTED = 8  # nodes or layers a verdict lists
+HELD_BYTES = 256 * 2**20  # of tensors kept read while comparing
 
 MatchedBy = Literal["name", "value", "graph"]
 
@@ -306,8 +311,26 @@ def can_compute(operator: str, layer: str) -> Optional[bool]:
 # --- comparing tensors ---------------------------------------------------------------------------------------
 
 
-def _load(tensor: CapturedTensor) -> np.ndarray:
-    return np.load(tensor.file, mmap_mode="r")
+class Arrays:
+    """Reads the tensors' files, keeping the smaller ones read (the least recently used dropped past ``limit``
+    bytes): a graph of many small tensors is read file by file once, a large network's are read again rather than
+    held together."""
+
+    def __init__(self, limit: int = HELD_BYTES):
+        self.limit, self.held, self.bytes = limit, OrderedDict(), 0
+
+    def __call__(self, tensor: CapturedTensor) -> np.ndarray:
+        if tensor.file in self.held:
+            self.held.move_to_end(tensor.file)
+            return self.held[tensor.file]
+        if os.path.getsize(tensor.file) > self.limit // 8:
+            return np.load(tensor.file, mmap_mode="r")
+        array = np.load(tensor.file)
+        self.held[tensor.file] = array
+        self.bytes += array.nbytes
+        while self.bytes > self.limit:
+            self.bytes -= self.held.popitem(last=False)[1].nbytes
+        return array
 
 
 def _compare(reference: np.ndarray, candidate: np.ndarray, transpose: Optional[tuple[int, ...]], atol_fraction: float,
@@ -326,8 +349,8 @@ def _compare(reference: np.ndarray, candidate: np.ndarray, transpose: Optional[t
     return max_abs, scaled, float(within.mean()) if within.size else 1.0
 
 
-def _difference(pair: Pair, atol_fraction: float, rtol: float) -> tuple[float, float, float]:
-    return _compare(_load(pair.reference), _load(pair.onnx), pair.transpose, atol_fraction, rtol)
+def _difference(pair: Pair, atol_fraction: float, rtol: float, load: Arrays) -> tuple[float, float, float]:
+    return _compare(load(pair.reference), load(pair.onnx), pair.transpose, atol_fraction, rtol)
 
 
 @dataclass(frozen=True)
@@ -356,48 +379,6 @@ def _shape_keys(reference: CapturedTensor) -> dict[tuple[int, ...], Optional[tup
     return keys
 
 
-def match_by_values(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedTensor], atol_fraction: float,
-                    rtol: float, skip: frozenset[str] = frozenset()) -> dict[str, list[Pair]]:
-    """Each graph tensor (but those in ``skip``) against the reference tensors of fitting shape whose largest
-    |value| and mean could be within tolerance of its (the VALUE_CANDIDATES nearest in scale): every one it equals
-    within tolerance (a module and the container ending in it hold the same values). Integer, constant and
-    non-finite tensors equal nothing. Each file is read once, and a graph tensor's candidates found by bisection."""
-    tolerance = atol_fraction + rtol
-    buckets: dict[tuple[int, ...], list[tuple[float, float, CapturedTensor, Optional[tuple[int, ...]]]]] = {}
-    for ref in reference:
-        spread = _spread(_load(ref))
-        if spread is None:
-            continue
-        for key, transpose in _shape_keys(ref).items():
-            buckets.setdefault(key, []).append((spread.scale, spread.mean, ref, transpose))
-    scales = {}
-    for key, bucket in buckets.items():
-        bucket.sort(key=lambda entry: entry[0])
-        scales[key] = [entry[0] for entry in bucket]
-    found: dict[str, list[Pair]] = {}
-    for tensor in onnx:
-        key = tuple(_squeezed(tensor.shape))
-        if tensor.name in skip or key not in buckets:
-            continue
-        array = _load(tensor)
-        spread = _spread(array)
-        if spread is None:
-            continue
-        bucket, position = buckets[key], bisect_left(scales[key], spread.scale)
-        nearby = sorted(bucket[max(0, position - VALUE_CANDIDATES): position + VALUE_CANDIDATES],
-                        key=lambda entry: abs(entry[0] - spread.scale))[:VALUE_CANDIDATES]
-        for scale, mean, ref, transpose in nearby:
-            bound = tolerance * max(scale, spread.scale) * (1 + 1e-9)
-            if abs(scale - spread.scale) > bound or abs(mean - spread.mean) > bound:
-                continue
-            if _compare(_load(ref), array, transpose, atol_fraction, rtol)[2] == 1.0:
-                found.setdefault(tensor.name, []).append(Pair(tensor, ref, transpose, "value"))
-    return found
-
-
-# --- the alignment ------------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Compared:
     """A pair and its difference."""
@@ -412,6 +393,67 @@ class Compared:
         return self.within < 1.0
 
 
+def match_by_values(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedTensor], atol_fraction: float,
+                    rtol: float, skip: frozenset[str] = frozenset(), load: Optional[Arrays] = None
+                    ) -> dict[str, list[Compared]]:
+    """Each graph tensor (but those in ``skip``) against the reference tensors of fitting shape whose largest
+    |value| and mean could be within tolerance of its (the VALUE_CANDIDATES nearest in scale): every one it equals
+    within tolerance (a module and the container ending in it hold the same values). Integer, constant and
+    non-finite tensors equal nothing. Each file is read once, and a graph tensor's candidates found by bisection."""
+    tolerance, load = atol_fraction + rtol, load or Arrays()
+    buckets: dict[tuple[int, ...], list[tuple[float, float, CapturedTensor, Optional[tuple[int, ...]]]]] = {}
+    for ref in reference:
+        spread = _spread(load(ref))
+        if spread is None:
+            continue
+        for key, transpose in _shape_keys(ref).items():
+            buckets.setdefault(key, []).append((spread.scale, spread.mean, ref, transpose))
+    scales = {}
+    for key, bucket in buckets.items():
+        bucket.sort(key=lambda entry: entry[0])
+        scales[key] = [entry[0] for entry in bucket]
+    found: dict[str, list[Pair]] = {}
+    seen: dict[tuple, list[Compared]] = {}  # the same bytes: the same equals
+    for tensor in onnx:
+        key = tuple(_squeezed(tensor.shape))
+        if tensor.name in skip or key not in buckets:
+            continue
+        array = load(tensor)
+        spread = _spread(array)
+        if spread is None:
+            continue
+        identity = (key, array.dtype.str, hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=16).digest())
+        if identity not in seen:
+            seen[identity] = _equals(array, spread, buckets[key], scales[key], tolerance, atol_fraction, rtol,
+                                     load, tensor)
+        if seen[identity]:
+            found[tensor.name] = [dataclasses.replace(c, pair=dataclasses.replace(c.pair, onnx=tensor))
+                                  for c in seen[identity]]
+    return found
+
+
+def _equals(array: np.ndarray, spread: _Spread, bucket: list, scales: list[float], tolerance: float,
+            atol_fraction: float, rtol: float, load: Arrays, tensor: CapturedTensor) -> list[Compared]:
+    """The reference tensors of one shape bucket that ``array`` equals within tolerance (of those nearest in
+    scale whose largest |value| and mean allow it)."""
+    position = bisect_left(scales, spread.scale)
+    nearby = sorted(bucket[max(0, position - VALUE_CANDIDATES): position + VALUE_CANDIDATES],
+                    key=lambda entry: abs(entry[0] - spread.scale))[:VALUE_CANDIDATES]
+    equal = []
+    for scale, mean, ref, transpose in nearby:
+        bound = tolerance * max(scale, spread.scale) * (1 + 1e-9)
+        if abs(scale - spread.scale) > bound or abs(mean - spread.mean) > bound:
+            continue
+        result = Compared(Pair(tensor, ref, transpose, "value"), *_compare(load(ref), array, transpose, atol_fraction,
+                                                                           rtol))
+        if not result.divergent:
+            equal.append(result)
+    return equal
+
+
+# --- the alignment ------------------------------------------------------------------------------------------------
+
+
 @dataclass
 class Alignment:
     """The graph's tensors against the reference's: the pairs compared (by name, value or graph), which graph
@@ -421,12 +463,15 @@ class Alignment:
     onnx: list[CapturedTensor]
     reference: list[CapturedTensor]
     compared: dict[str, Compared]  # graph tensor -> its pair (by name or graph; else the first it equals)
-    equals: dict[str, list[Pair]]  # graph tensor -> every reference tensor it equals within tolerance
+    equals: dict[str, list[Compared]]  # graph tensor -> every reference tensor it equals within tolerance
     right: set[str]  # shown right: equal to a reference tensor, fed, computed into one that is, or an index tensor
     fed: set[str]  # the graph's inputs: the fed tensors, identical on both sides
-    anchor: dict[str, int]  # graph tensor -> the latest reference position it (or its inputs) stands for
+    anchor: dict[str, int]  # graph tensor -> the reference position it stands for (the first layer it equals; a
+    # layer that changes nothing, as a BatchNorm of random statistics, equals the one before it too), or its inputs
     wrong_outputs: list[str]  # the graph's last tensors (consumed by none) that are not right
     departed: set[str] = field(default_factory=set)  # not right, and computed into a wrong output
+    left_out: dict[str, list[CapturedTensor]] = field(default_factory=dict)  # paired by the graph: the layers
+    # its alignment left out just before it
 
     def position(self, reference_name: str) -> int:
         return self._positions[reference_name]
@@ -443,6 +488,7 @@ def align(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedTensor], *
     say little. Linear in the number of tensors (each file read a bounded number of times)."""
     onnx = sorted(onnx, key=lambda t: t.order)
     reference = sorted(reference, key=lambda t: t.order)
+    load = Arrays()
     produced = {t.name for t in onnx}
     fed = {name for t in onnx for name in t.inputs if name not in produced}
     named = match_by_names(onnx, reference, against)
@@ -452,38 +498,37 @@ def align(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedTensor], *
     if by == "names":
         positions = {t.name: i for i, t in enumerate(reference)}
         for pair in named:
-            compared[pair.onnx.name] = _with_fused(pair, reference, positions, atol_fraction, rtol)
+            compared[pair.onnx.name] = _with_fused(pair, reference, positions, atol_fraction, rtol, load)
     agreeing = frozenset(name for name, c in compared.items() if not c.divergent)
-    equals = match_by_values(onnx, reference, atol_fraction, rtol, skip=agreeing)
-    for name, pairs in equals.items():
-        if name not in compared:
-            compared[name] = Compared(pairs[0], *_difference(pairs[0], atol_fraction, rtol))
+    equals = match_by_values(onnx, reference, atol_fraction, rtol, skip=agreeing, load=load)
+    for name, found in equals.items():
+        compared.setdefault(name, found[0])
     alignment = Alignment(by, onnx, reference, compared, equals, set(), fed, {}, [])
-    _find_right(alignment, agreeing | frozenset(equals))
+    _find_right(alignment, agreeing | frozenset(equals), load)
     if by == "graph and values":
-        _pair_by_graph(alignment, atol_fraction, rtol)
+        _pair_by_graph(alignment, atol_fraction, rtol, load)
     return alignment
 
 
 def _with_fused(pair: Pair, reference: list[CapturedTensor], positions: dict[str, int], atol_fraction: float,
-                rtol: float) -> Compared:
+                rtol: float, load: Arrays) -> Compared:
     """A named pair compared; outside tolerance, the next few reference tensors are tried: a node the exporter fused
     (a Conv with the BatchNorm after it) computes a later layer's output."""
-    result = Compared(pair, *_difference(pair, atol_fraction, rtol))
+    result = Compared(pair, *_difference(pair, atol_fraction, rtol, load))
     if result.divergent:
         start = positions[pair.reference.name] + 1
         for later in reference[start: start + FUSED_LOOKAHEAD]:
             fit = _fit(pair.onnx, later)
             if fit is False:
                 continue
-            fused = Compared(Pair(pair.onnx, later, fit or None), *_difference(Pair(pair.onnx, later, fit or None),
-                                                                               atol_fraction, rtol))
+            candidate = Pair(pair.onnx, later, fit or None)
+            fused = Compared(candidate, *_difference(candidate, atol_fraction, rtol, load))
             if not fused.divergent:
                 return fused
     return result
 
 
-def _find_right(alignment: Alignment, equal: frozenset[str]) -> None:
+def _find_right(alignment: Alignment, equal: frozenset[str], load: Arrays) -> None:
     """Right: the fed tensors, those equal to a reference tensor, every tensor they were computed from, and an
     integer or constant tensor (a shape, an index) computed only from right ones; then each tensor's anchor, and
     the wrong outputs and the tensors that departed into them."""
@@ -497,14 +542,14 @@ def _find_right(alignment: Alignment, equal: frozenset[str]) -> None:
                 stack.append(name)
     for tensor in onnx:  # forward: index tensors computed from right ones
         if tensor.name not in right and all(name in right for name in tensor.inputs) and \
-                _spread(_load(tensor)) is None:
+                _spread(load(tensor)) is None:
             right.add(tensor.name)
     alignment.right = right
     for tensor in onnx:
-        stands = [p.reference.name for p in alignment.equals.get(tensor.name, [])]
+        stands = [c.pair.reference.name for c in alignment.equals.get(tensor.name, [])]
         if tensor.name in alignment.compared and not alignment.compared[tensor.name].divergent:
             stands.append(alignment.compared[tensor.name].pair.reference.name)
-        alignment.anchor[tensor.name] = (max(alignment.position(name) for name in stands) if stands
+        alignment.anchor[tensor.name] = (min(alignment.position(name) for name in stands) if stands
                                          else _anchor_of_inputs(alignment, tensor))
     consumed = {name for t in onnx for name in t.inputs}
     alignment.wrong_outputs = [t.name for t in onnx if t.name not in consumed and t.name not in right]
@@ -526,48 +571,92 @@ def _candidate(reference: CapturedTensor) -> bool:
     return not reference.name.endswith(INPUT_SUFFIX) and not reference.composite
 
 
-def _pair_by_graph(alignment: Alignment, atol_fraction: float, rtol: float) -> None:
-    """Each departed tensor, in topological order, paired with the first reference layer after the position its
-    inputs stand at that no graph tensor equals or has taken, whose kind its operator can compute and whose shape
-    fits; confident where at most FUSED_LOOKAHEAD such layers were passed over (none where a kind is unknown)."""
-    matched = {p.reference.name for pairs in alignment.equals.values() for p in pairs}
-    for tensor in alignment.onnx:
-        if tensor.name not in alignment.departed:
-            continue
-        found = _counterpart(alignment, tensor, matched)
-        if found is None:
-            continue
-        pair, _ = found
-        matched.add(pair.reference.name)
-        alignment.compared[tensor.name] = Compared(pair, *_difference(pair, atol_fraction, rtol))
+LAYOUT_OPERATORS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"})
+GRAPH_WINDOW = 64  # departed graph tensors aligned with the reference layers after them
+MATCH_REWARD = 0.01  # of each matched node: of two alignments of one cost, the one that matches more wins
+_MATCH, _SKIP_LAYER, _SKIP_NODE = 0, 1, 2  # the moves of the alignment, in the order ties prefer them
 
 
-def _counterpart(alignment: Alignment, tensor: CapturedTensor,
-                 taken: set[str]) -> Optional[tuple[Pair, list[CapturedTensor]]]:
-    """The pair :func:`_pair_by_graph` gives ``tensor``, and the layers it passed over."""
-    start = _anchor_of_inputs(alignment, tensor) + 1
-    passed: list[CapturedTensor] = []
-    for ref in alignment.reference[start: start + SCAN_LIMIT]:
-        if not _candidate(ref) or ref.name in taken:
-            continue
-        fit, computes = _fit(tensor, ref), can_compute(tensor.op_type, ref.op_type)
-        if fit is not False and computes is not False:
-            confident = len(passed) <= FUSED_LOOKAHEAD and (computes is True or not passed)
-            return Pair(tensor, ref, fit or None, "graph", confident), passed
-        passed.append(ref)
-    return None
+def _pair_by_graph(alignment: Alignment, atol_fraction: float, rtol: float, load: Arrays) -> None:
+    """The departed tensors (topological order) aligned with the reference layers after the position their inputs
+    stand at (those no graph tensor equals; not a module's recorded input, nor a container's output), as sequences:
+    a node matches a run of up to FUSED_LOOKAHEAD + 1 consecutive layers that its operator can all compute (a Conv
+    with its folded BatchNorm; compared with the run's last), the shape fitting; a layer left unmatched costs 1 (a
+    node left out; a Dropout nothing), a node left unmatched 1 (an inserted node; a layout or index node nothing), a
+    layer of unknown kind 1/2, a match gains MATCH_REWARD. Ties prefer a match, then a layer left out. A pair is confident where the layers'
+    kinds are known and at most FUSED_LOOKAHEAD layers were left out just before it."""
+    nodes = [t for t in alignment.onnx if t.name in alignment.departed][:GRAPH_WINDOW]
+    if not nodes:
+        return
+    feeding = {name for t in nodes for name in t.inputs}  # what the departed nodes were fed may equal their layers
+    equal = {c.pair.reference.name for name, found in alignment.equals.items() if name not in feeding for c in found}
+    start = min(_anchor_of_inputs(alignment, t) for t in nodes) + 1
+    layers = [r for r in alignment.reference[start: start + 4 * GRAPH_WINDOW]
+              if _candidate(r) and r.name not in equal][: 2 * GRAPH_WINDOW]
+    free = {t.name for t in nodes if t.op_type in LAYOUT_OPERATORS or _spread(load(t)) is None}
+    n, m = len(nodes), len(layers)
+    inf = (float("inf"), 0)
+    cost = [[inf] * (m + 1) for _ in range(n + 1)]
+    move: list[list[tuple[int, int]]] = [[(-1, 0)] * (m + 1) for _ in range(n + 1)]
+    cost[0][0] = (0.0, 0)
+    for i in range(n + 1):
+        for j in range(m + 1):
+            options = []
+            if i and j:
+                node = nodes[i - 1]
+                if _fit(node, layers[j - 1]) is not False:
+                    added = -MATCH_REWARD
+                    for k in range(1, min(j, FUSED_LOOKAHEAD + 1) + 1):
+                        computes = can_compute(node.op_type, layers[j - k].op_type)
+                        if computes is False:
+                            break
+                        added += 0.0 if computes else 0.5
+                        options.append(((cost[i - 1][j - k][0] + added, _MATCH), (_MATCH, k)))
+            if j:
+                skip = 0.0 if layer_kind(layers[j - 1].op_type) == "identity" else 1.0
+                options.append(((cost[i][j - 1][0] + skip, _SKIP_LAYER), (_SKIP_LAYER, 1)))
+            if i:
+                skip = 0.0 if nodes[i - 1].name in free else 1.0
+                options.append(((cost[i - 1][j][0] + skip, _SKIP_NODE), (_SKIP_NODE, 1)))
+            if options:
+                cost[i][j], move[i][j] = min(options)
+    j = min(range(m + 1), key=lambda column: cost[n][column])  # the reference may go on past the window: free
+    i, path = n, []
+    while i or j:
+        kind, k = move[i][j]
+        path.append((kind, i, j, k))
+        i, j = (i - 1, j - k) if kind == _MATCH else (i, j - 1) if kind == _SKIP_LAYER else (i - 1, j)
+    left_out: list[CapturedTensor] = []
+    for kind, i, j, k in reversed(path):
+        if kind == _SKIP_LAYER:
+            left_out.append(layers[j - 1])
+        elif kind == _MATCH:
+            node, run = nodes[i - 1], layers[j - k: j]
+            known = all(can_compute(node.op_type, layer.op_type) for layer in run)
+            pair = Pair(node, run[-1], _fit(node, run[-1]) or None, "graph",
+                        known and len(left_out) <= FUSED_LOOKAHEAD)
+            alignment.compared[node.name] = Compared(pair, *_difference(pair, atol_fraction, rtol, load))
+            alignment.left_out[node.name] = left_out
+            left_out = []
 
 
 def _missing(alignment: Alignment, tensor: CapturedTensor, counterpart: CapturedTensor) -> list[str]:
     """Reference layers between the position the tensor's inputs stand at and its counterpart that no graph tensor
-    equals (a module's container left out: its last child is named)."""
-    equal = {p.reference.name for pairs in alignment.equals.values() for p in pairs}
+    equals (a module's container left out: its last child is named); paired by the graph: those its alignment left
+    out just before it."""
+    if tensor.name in alignment.left_out:
+        return [_layer(ref) for ref in alignment.left_out[tensor.name]]
+    equal = {c.pair.reference.name for found in alignment.equals.values() for c in found}
     equal |= {c.pair.reference.name for c in alignment.compared.values() if not c.divergent}
     start, end = _anchor_of_inputs(alignment, tensor) + 1, alignment.position(counterpart.name)
     if end - start > SCAN_LIMIT:
         return []
     between = [ref for ref in alignment.reference[start:end] if _candidate(ref) and ref.name not in equal]
-    return [f"{shown_name(ref.name)} ({ref.op_type})" if ref.op_type else shown_name(ref.name) for ref in between]
+    return [_layer(ref) for ref in between]
+
+
+def _layer(reference: CapturedTensor) -> str:
+    return f"{shown_name(reference.name)} ({reference.op_type})" if reference.op_type else shown_name(reference.name)
 
 
 def worst_rows(reference: Optional[np.ndarray], candidate: np.ndarray, include: np.ndarray, count: int) -> list[int]:

@@ -46,6 +46,12 @@ class ScalesRandomOutputs(ABC):
     """Makes a random network's logits well-scaled (std ~1), so their ranks are not near-ties of huge values."""
 
     calibration_batch: ClassVar[int]  # images of the batch that measures the logits' spread
+    calibration_layout: ClassVar[str] = "NCHW"  # the layout the network takes
+    random_scheme: ClassVar[str] = ""  # in the export cache's key of random weights: changed when calibration does
+
+    def calibrate(self, model: Any, batch: np.ndarray, device: Device) -> None:
+        """Set a random network's normalisation statistics from a batch, where its framework's initialisers would
+        let the activations vanish or explode (before the logits are measured); by default nothing."""
 
     @abstractmethod
     def logits_std(self, model: Any, batch: np.ndarray, device: Device) -> float:
@@ -92,7 +98,9 @@ class CardModelLoader(ModelLoader):
 
 
 def scale_random_outputs(scaler: ScalesRandomOutputs, model: Any, seed: int, device: Device) -> None:
-    """Divide a random network's last layer by the spread of its logits on a fixed random batch."""
-    std = scaler.logits_std(model, calibration_batch(seed, scaler.calibration_batch, "NCHW"), device)
+    """Calibrate a random network on a fixed random batch, then divide its last layer by its logits' spread there."""
+    batch = calibration_batch(seed, scaler.calibration_batch, scaler.calibration_layout)
+    scaler.calibrate(model, batch, device)
+    std = scaler.logits_std(model, batch, device)
     if std > 0 and np.isfinite(std):
         scaler.scale_last_layer(model, std)

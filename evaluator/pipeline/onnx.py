@@ -7,13 +7,16 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 
 from xfverify.converter.exported import OnnxDescription
 from xfverify.evaluator.analysis.agreement import compare_outputs
+from xfverify.evaluator.analysis.localize import Localization
 from xfverify.evaluator.data.layouts import SAMPLE_DIR, load_dataset
 from xfverify.evaluator.pipeline.assemble import assemble_report
 from xfverify.evaluator.pipeline.evaluation import cache_root, evaluate_cached, spec_hw
@@ -279,9 +282,17 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
                 onnx_path=onnx_path, spec=spec, run=run, image_ids=[r.image_id for r in dataset.records],
                 native=native, reference_onnx=options.localize_against, workdir=workdir,
                 n_images=options.localize_images, atol=options.atol, rtol=options.rtol)
-        except UserError as exc:  # the ONNX run is finished: its report is written, then the error is said
+        except Exception as exc:  # the ONNX run is finished: its report is written with the reason, then it is said
             localize_failed = exc
-            notes.append(f"localizing the first divergent node failed: {exc}")
+            reason = str(exc) if isinstance(exc, UserError) else (
+                f"{type(exc).__name__} in xfverify: {' '.join(str(exc).split())[:300]} (a bug; its traceback is printed)")
+            if not isinstance(exc, UserError):
+                sys.stderr.write("".join(traceback.format_exception(exc)))
+            localization = Localization.could_not(
+                reason, against="onnx" if options.localize_against else "native", atol=options.atol,
+                rtol=options.rtol, reference=(os.path.abspath(options.localize_against) if options.localize_against
+                                              else f"the native run in {native.folder}" if native else "none"))
+            notes.append(f"localizing the first divergent node failed: {reason}")
         else:
             if not asked:
                 notes.append(f"the outputs disagree: the {localization.cost.n_images} worst-agreeing image(s) were "
@@ -307,7 +318,10 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
                                    also=(*page, *((ONNX_NATIVE_FOLDER,) if new_native else ())),
                                    stale=() if page else (PAGE,))  # an earlier run's page: not this report's
     if localize_failed is not None and asked:
-        raise UserError(f"{localize_failed} (the ONNX run's report, without localization, is in {out_dir})")
+        if not isinstance(localize_failed, UserError):
+            raise localize_failed
+        raise UserError(f"{localize_failed} (the ONNX run's report, with the reason localization failed, is in "
+                        f"{out_dir})")
     return SavedRun(report, out_dir, rows)
 
 
