@@ -116,8 +116,8 @@ def test_a_faithful_name_stripped_graph_of_equal_shapes_has_no_culprit(two_block
 
 def test_a_bug_in_a_name_stripped_graph_is_named_with_the_layers_after_its_inputs(two_blocks):
     folder, native, v = two_blocks
-    graph = _chain(folder, ["t0", "t1", "t2", "t3"], [v["bn1"], v["relu1"], 1.5 * v["bn2"], np.maximum(1.5 * v["bn2"], 0)],
-                   ["Conv", "Relu", "Conv", "Relu"])
+    graph = _chain(folder, ["t0", "t1", "t2", "t3"],
+                   [v["bn1"], v["relu1"], 1.5 * v["bn2"], np.maximum(1.5 * v["bn2"], 0)], ["Conv", "Relu", "Conv", "Relu"])
     found = _localized(graph, native)
     assert found.culprit.node == "t2" and found.culprit.reference == "bn2" and found.culprit.matched_by == "graph"
     assert found.culprit.unmatched_between == [] and found.culprit.missing == [], found.verdict
@@ -598,3 +598,18 @@ def test_a_fused_node_is_compared_with_the_layer_it_ends_in_and_torchscript_scop
     found = localize(graph, native, against="native", reference_name="test", image_ids=["a"], atol_fraction=1e-4,
                      rtol=1e-3)
     assert found.culprit is None and found.curve[0].reference == "bn"  # BatchNorm folded into the Conv
+
+
+def test_a_long_node_name_is_cut_where_shown_and_kept_whole_in_the_culprit(two_blocks):
+    from xfverify.evaluator.reports.localize import localization_page
+    from xfverify.evaluator.reports.run import localization_markdown
+
+    folder, native, v = two_blocks
+    long = "n" * 2_000_000 + "\x1b[2J"
+    graph = _chain(folder, ["t0", "t1", "t2"], [v["bn1"], v["relu1"], 1.5 * v["bn2"]], ["Conv", "Relu", "Conv"])
+    graph[2] = graph[2].model_copy(update={"node": long})
+    found = _localized(graph, native)
+    assert found.culprit.node == long and len(found.verdict) < 1000 and "\x1b" not in found.verdict
+    page, markdown = localization_page("m", found), "\n".join(localization_markdown(found))
+    assert len(page) < 200_000 and len(markdown) < 20_000 and "\x1b" not in page + markdown
+    assert "(2000004 characters)" in markdown

@@ -583,8 +583,8 @@ def _pair_by_graph(alignment: Alignment, atol_fraction: float, rtol: float, load
     a node matches a run of up to FUSED_LOOKAHEAD + 1 consecutive layers that its operator can all compute (a Conv
     with its folded BatchNorm; compared with the run's last), the shape fitting; a layer left unmatched costs 1 (a
     node left out; a Dropout nothing), a node left unmatched 1 (an inserted node; a layout or index node nothing), a
-    layer of unknown kind 1/2, a match gains MATCH_REWARD. Ties prefer a match, then a layer left out. A pair is confident where the layers'
-    kinds are known and at most FUSED_LOOKAHEAD layers were left out just before it."""
+    layer of unknown kind 1/2, a match gains MATCH_REWARD. Ties prefer a match, then a layer left out. A pair is
+    confident where the layers' kinds are known and at most FUSED_LOOKAHEAD layers were left out just before it."""
     nodes = [t for t in alignment.onnx if t.name in alignment.departed][:GRAPH_WINDOW]
     if not nodes:
         return

@@ -284,8 +284,9 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
                 n_images=options.localize_images, atol=options.atol, rtol=options.rtol)
         except Exception as exc:  # the ONNX run is finished: its report is written with the reason, then it is said
             localize_failed = exc
-            reason = str(exc) if isinstance(exc, UserError) else (
-                f"{type(exc).__name__} in xfverify: {' '.join(str(exc).split())[:300]} (a bug; its traceback is printed)")
+            reason = str(exc) if isinstance(exc, UserError) else (f"{type(exc).__name__} in xfverify: "
+                                                                  f"{' '.join(str(exc).split())[:300]} (a bug; its "
+                                                                  "traceback is printed)")
             if not isinstance(exc, UserError):
                 sys.stderr.write("".join(traceback.format_exception(exc)))
             localization = Localization.could_not(

@@ -332,8 +332,8 @@ def localization_markdown(localization: Localization) -> list[str]:
               f"**{localization.verdict}**"]
     culprit = localization.culprit
     if culprit:
-        lines += ["", f"- node `{shown_name(culprit.node)}` ({culprit.op_type}), output `{shown_name(culprit.tensor)}`, "
-                      f"matches `{shown_name(culprit.reference)}` (by {culprit.matched_by}): max |diff| "
+        lines += ["", f"- node `{shown_name(culprit.node)}` ({culprit.op_type}), output "
+                      f"`{shown_name(culprit.tensor)}`, matches `{shown_name(culprit.reference)}` (by {culprit.matched_by}): max |diff| "
                       f"{culprit.max_abs_diff:.3g}, scaled {culprit.scaled_diff:.3g}, "
                       f"{100 * culprit.within_tolerance:.2f} % of elements within tolerance",
                   f"- attributes: {shown(', '.join(f'{k}={v}' for k, v in culprit.attributes.items()) or 'none')}"]
