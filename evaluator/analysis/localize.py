@@ -170,14 +170,15 @@ def _squeezed(shape: Sequence[int]) -> list[int]:
     return [d for d in shape if d != 1]
 
 
-def _fit(onnx: CapturedTensor, reference: CapturedTensor) -> Optional[tuple[int, ...]] | bool:
-    """() when the shapes agree (or differ only by axes of 1: (C, 1, 1) against (C,)), NHWC_TO_NCHW when the
-    reference is the NHWC form of the graph's, False otherwise."""
+def _fit(onnx: CapturedTensor, reference: CapturedTensor, squeeze: bool = False) -> Optional[tuple[int, ...]] | bool:
+    """() when the shapes agree (or, with ``squeeze``, differ only by axes of 1: (C, 1, 1) against (C,)),
+    NHWC_TO_NCHW when the reference is the NHWC form of the graph's, False otherwise. Names pair strict shapes
+    (a name covers a layer's nodes, of which one has its shape); values and the graph also squeezed ones."""
     if onnx.shape == reference.shape:
         return ()
     if len(reference.shape) == 3 and [reference.shape[i] for i in NHWC_TO_NCHW] == onnx.shape:
         return NHWC_TO_NCHW
-    if _squeezed(onnx.shape) == _squeezed(reference.shape):
+    if squeeze and _squeezed(onnx.shape) == _squeezed(reference.shape):
         return ()
     return False
 
@@ -604,7 +605,7 @@ def _pair_by_graph(alignment: Alignment, atol_fraction: float, rtol: float, load
             options = []
             if i and j:
                 node = nodes[i - 1]
-                if _fit(node, layers[j - 1]) is not False:
+                if _fit(node, layers[j - 1], squeeze=True) is not False:
                     added = -MATCH_REWARD
                     for k in range(1, min(j, FUSED_LOOKAHEAD + 1) + 1):
                         computes = can_compute(node.op_type, layers[j - k].op_type)
@@ -633,7 +634,7 @@ def _pair_by_graph(alignment: Alignment, atol_fraction: float, rtol: float, load
         elif kind == _MATCH:
             node, run = nodes[i - 1], layers[j - k: j]
             known = all(can_compute(node.op_type, layer.op_type) for layer in run)
-            pair = Pair(node, run[-1], _fit(node, run[-1]) or None, "graph",
+            pair = Pair(node, run[-1], _fit(node, run[-1], squeeze=True) or None, "graph",
                         known and len(left_out) <= FUSED_LOOKAHEAD)
             alignment.compared[node.name] = Compared(pair, *_difference(pair, atol_fraction, rtol, load))
             alignment.left_out[node.name] = left_out
