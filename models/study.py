@@ -15,12 +15,14 @@ Expanding it gives the cells: one per (model, run), each checked against its car
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError
 
 from xfverify.models.cards import ModelCard, find_cards, get_card
 from xfverify.models.errors import UserError
@@ -36,11 +38,11 @@ class _Strict(BaseModel):
 class CellGroup(_Strict):
     """Models, and what to run for each of them."""
 
-    models: list[str] = Field(min_length=1)
+    models: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]] = Field(min_length=1)
     runs: list[Run] = Field(default=["native", "onnx", "diagnose"], min_length=1)
     variants: list[str] = Field(default_factory=list, description="diagnose's variants; empty: its whole selection")
     precisions: list[str] = Field(default_factory=list, description="diagnose's other precisions")
-    random_weights: bool = False
+    random_weights: StrictBool = False  # true or false: "yes" or 1 is a mistake, not a yes
 
 
 class StudySpec(_Strict):
@@ -60,7 +62,13 @@ class Cell(_Strict):
 
     @property
     def name(self) -> str:
-        return f"{self.run}-{self.model.replace('/', '_').replace(':', '_')}" + ("-random" if self.random_weights else "")
+        """Its folder's name, one per cell: diagnose cells of one model that differ in their variants or precisions
+        are told apart by a digest of them."""
+        name = f"{self.run}-{self.model.replace('/', '_').replace(':', '_')}" + ("-random" if self.random_weights else "")
+        if self.variants or self.precisions:
+            chosen = json.dumps([self.variants, self.precisions]).encode()
+            name += f"-{hashlib.sha256(chosen).hexdigest()[:8]}"
+        return name
 
 
 def builtin_studies() -> dict[str, Path]:

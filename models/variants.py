@@ -156,7 +156,7 @@ def _traps(ref: PreprocessSpec) -> list[Variant | None]:
 
 def card_variants(card: ModelCard, reference: PreprocessSpec | None = None) -> list[Variant]:
     """Every variant for a card, reference first, each name once."""
-    ref = reference or PRESETS[card.preprocess]
+    ref = reference or card.reference_spec
     found: list[Variant | None] = [Variant(name=REFERENCE, group="reference", why=f"the card's reference, {ref.name}")]
     found += [_preset_variant(ref, a.preset, "card alternative", a.reason) for a in card.alternatives]
     found += [_preset_variant(ref, p, "framework reference", PRESETS[p].source) for p in FRAMEWORK_PRESETS

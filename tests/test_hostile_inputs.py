@@ -223,8 +223,9 @@ def test_a_diagnose_that_fails_after_its_reference_leaves_the_earlier_diagnosis_
     for name in NATIVE_OUTPUTS:
         (out / "onnx" / name).write_text("earlier")
     report, _ = run_diagnose(options)
-    assert sorted(p.name for p in out.iterdir()) == ["reference", "report.html", "report.json", "report.md"]
-    assert sorted(p.name for p in (out / "reference").iterdir()) == sorted(NATIVE_OUTPUTS)
+    assert sorted(p.name for p in out.iterdir()) == [".xfverify-outputs.json", "reference", "report.html",
+                                                     "report.json", "report.md"]
+    assert sorted(p.name for p in (out / "reference").iterdir()) == sorted([*NATIVE_OUTPUTS, ".xfverify-outputs.json"])
     assert load_native(out / "reference").report.tensors_sha256 == report.reference.tensors_sha256
 
 
@@ -383,7 +384,7 @@ def test_spec_files_that_set_would_refuse_are_one_line(case, tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(text)
     card = get_card("pypi/efficientnet_lite0")
-    reference = resolve_preprocess(None, default=card.preprocess)
+    reference = resolve_preprocess(None, default=card.reference_spec)
     with pytest.raises(UserError) as caught:
         chosen_variants(card, reference, DiagnoseOptions(variants="squash", spec_files=(str(spec),)))
     message = str(caught.value)
@@ -397,7 +398,7 @@ def test_a_spec_file_that_is_not_utf8_a_fifo_or_missing_is_one_line(tmp_path):
     from xfverify.models.preprocess import resolve_preprocess
 
     card = get_card("pypi/efficientnet_lite0")
-    reference = resolve_preprocess(None, default=card.preprocess)
+    reference = resolve_preprocess(None, default=card.reference_spec)
     (tmp_path / "latin1.json").write_bytes(b'{"name": "caf\xe9"}')
     os.mkfifo(tmp_path / "fifo.json")
     for name, fragment in (("latin1.json", "not UTF-8 text (byte 13)"), ("fifo.json", "a FIFO (named pipe), not a "

@@ -20,7 +20,9 @@ LINT = "import sys; from importlinter.cli import lint_imports_command; sys.exit(
 FRAMEWORK_FREE = ["evaluator/cache/digests.py", "models/overrides.py", "evaluator/system/devices.py",
                   "evaluator/backends/feeding.py", "evaluator/backends/weights.py", "evaluator/backends/contract.py",
                   "evaluator/backends/steps.py", "evaluator/backends/loading.py", "evaluator/backends/running.py",
-                  "evaluator/backends/exporting.py", "evaluator/process/blocks.py"]
+                  "evaluator/backends/exporting.py", "evaluator/backends/runloop.py", "evaluator/backends/intermediates.py",
+                  "evaluator/backends/machine.py", "evaluator/process/blocks.py", "converter/onnx_file.py",
+                  "converter/cache.py", "converter/feed_graph.py", "converter/exported.py"]
 
 
 def _lint(package_root: Path, config: Path) -> subprocess.CompletedProcess:
@@ -47,6 +49,12 @@ def test_a_breach_of_each_contract_is_caught(tmp_path):
         evaluator / "backends" / "parent_side.py": "from xfverify.evaluator.pipeline import outdir\n",
         evaluator / "commands" / "native.py": "\nfrom xfverify.evaluator.commands import onnx  # noqa\n",
         evaluator / "pipeline" / "native.py": "\nfrom xfverify.evaluator.pipeline import diagnose  # noqa\n",
+        # indirect: each imports a worker-side module that imports its framework
+        evaluator / "reports" / "indirect_torch.py": "from xfverify.converter import torch_export  # noqa\n",
+        evaluator / "analysis" / "indirect_timm.py": "from xfverify.evaluator.references import timm_transforms\n",
+        evaluator / "system" / "indirect_onnx.py": "from xfverify.converter import onnx_file  # noqa\n",
+        evaluator / "data" / "direct_ray.py": "import ray  # noqa\n",
+        package / "models" / "direct_onnxscript.py": "import onnxscript  # noqa\n",
     }
     for module in FRAMEWORK_FREE:
         plants[package / module] = "\nimport torch  # noqa\n"
@@ -57,5 +65,7 @@ def test_a_breach_of_each_contract_is_caught(tmp_path):
     assert result.returncode != 0
     assert "0 kept" in result.stdout, result.stdout
     for planted in ("models.leak", "references.cheat", "cache.upward", "analysis.worker_side", "backends.parent_side",
-                    "commands.native", "pipeline.native", *(m[:-3].replace("/", ".") for m in FRAMEWORK_FREE)):
+                    "commands.native", "pipeline.native", "reports.indirect_torch", "analysis.indirect_timm",
+                    "system.indirect_onnx", "data.direct_ray", "models.direct_onnxscript",
+                    *(m[:-3].replace("/", ".") for m in FRAMEWORK_FREE)):
         assert planted in result.stdout, (planted, result.stdout)

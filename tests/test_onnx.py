@@ -507,7 +507,7 @@ def native_folder(folder: Path, n_images: int = 2, **fields) -> Path:
     folder.mkdir(parents=True)
     np.save(folder / "logits.npy", np.zeros((n_images, 1000), np.float32))
     logits_sha256 = hashlib.sha256((folder / "logits.npy").read_bytes()).hexdigest()
-    report.update(model=card.id, preprocess=resolve_preprocess(None, default=card.preprocess).to_dict(),
+    report.update(model=card.id, preprocess=resolve_preprocess(None, default=card.reference_spec).to_dict(),
                   logits_sha256=logits_sha256, **fields)
     (folder / "report.json").write_text(json.dumps(report))
     return folder
@@ -612,6 +612,7 @@ def test_against_a_native_run_of_another_model_or_preprocessing_is_refused_befor
     out = tmp_path / "o"
     out.mkdir()
     (out / "report.json").write_text("an earlier report")
+    (out / ".xfverify-outputs.json").write_text('{"files": ["report.json"]}')  # an earlier run's, so not refused
     with pytest.raises(UserError) as raised:
         run_onnx(OnnxOptions(against=str(folder), out=str(out), **options))
     for fragment in fragments:

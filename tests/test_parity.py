@@ -31,6 +31,8 @@ from helpers import (
 from xfverify.evaluator import references as references_package
 from xfverify.evaluator.data.imaging import resize
 from xfverify.evaluator.pipeline.preprocess import (
+    catalogue_reference,
+    catalogue_reference_tensors,
     compare_with_reference,
     describe_match,
     preprocess_files,
@@ -261,3 +263,41 @@ def test_tf2_resize_matches_tf_image_resize(tmp_path):
         float_diff = max(float_diff, float(np.abs(ours - their).max()))
     assert not differing, f"nearest differs from tf.image.resize: {differing[:5]}"
     assert float_diff <= 1e-3, float_diff
+
+
+# --- the zoos' catalogue: a few configurations per source against the source's own transform for that entry -------
+# bench/zoo_parity.py checks every distinct configuration on the 500 photos (bench/results/zoo_parity.json); these
+# are its sample: odd sizes and normalisations, both of timm's crop modes, on the sample, the oddities and 5 photos.
+
+CATALOGUE_SAMPLE = [
+    "torchvision/vgg16:IMAGENET1K_FEATURES",  # x / 255 normalised by 1/255 std: the unusual normalisation
+    "torchvision/inception_v3:IMAGENET1K_V1",  # 342 -> 299
+    "torchvision/regnet_y_16gf:IMAGENET1K_SWAG_E2E_V1",  # 384 x 384 bicubic, resize size = crop size
+    "timm/resnet50:a1_in1k",  # crop_pct 0.95, bicubic
+    "timm/coat_lite_medium_384:in1k",  # crop_mode squash
+    "timm/vit_base_patch16_224:augreg_in21k_ft_in1k",  # crop_pct 0.9, mean = std = 0.5
+]
+
+
+def test_every_catalogue_source_has_a_reference():
+    from xfverify.evaluator.references import CATALOGUE_REFERENCES
+    from xfverify.models.zoos import SOURCES
+
+    assert set(SOURCES) <= set(CATALOGUE_REFERENCES)
+
+
+@pytest.mark.parametrize("card_id", [pytest.param(c, marks=MARKS[catalogue_reference(c).framework])
+                                     for c in CATALOGUE_SAMPLE])
+def test_catalogue_configuration_matches_its_source(card_id, tmp_path):
+    from xfverify.models.cards import get_card
+
+    spec = get_card(card_id).reference_spec
+    if card_id.startswith("timm/coat_lite"):
+        assert spec.resize_mode == "squash"
+    paths = [str(SAMPLE_DIR / name) for name in PHOTOS] + [str(p) for p in odd_images(tmp_path).values()]
+    paths += real_photos(every=100)
+    theirs, _ = catalogue_reference_tensors(card_id, paths, spec.layout)
+    ours = preprocess_files(paths, spec)
+    assert ours.shape == theirs.shape
+    differing = [Path(p).name for p, a, b in zip(paths, ours, theirs) if not np.array_equal(a, b)]
+    assert not differing, f"{card_id} ({spec.name}) differs from its source on {differing}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers import SAMPLE_DIR, needs_tensorflow, run_cli
+from helpers import SAMPLE_DIR, needs_tensorflow, needs_torch, run_cli
 from xfverify.evaluator.pipeline.preprocess import preprocess_files
 from xfverify.models.preprocess import PRESETS
 
@@ -82,3 +82,17 @@ def test_a_folder_given_as_an_image_or_an_onnx_file_says_it_is_a_folder(tmp_path
     folder.mkdir()
     with pytest.raises(UserError, match="is a folder, not an ONNX file"):
         run_onnx(OnnxOptions(target=str(folder), preprocess="torchvision-256", out=str(tmp_path / "o")))
+
+
+@needs_torch
+def test_verify_checks_a_catalogue_card_against_its_source(tmp_path):
+    """A catalogue card's own spec (no preset of xfverify's) is compared with its source's transform for that entry:
+    timm's create_transform of the tag's pretrained_cfg; a --set override of it is refused, as for a preset."""
+    image = str(SAMPLE_DIR / "chelsea.png")
+    result = run_cli("preprocess", "timm/vit_base_patch16_224:augreg_in21k_ft_in1k", image, "--out",
+                     str(tmp_path / "x.npy"), "--verify")
+    assert result.returncode == 0, result.stderr
+    assert "timm" in result.stderr and "create_transform: bit-identical" in result.stderr
+    refused = run_cli("preprocess", "timm/vit_base_patch16_224:augreg_in21k_ft_in1k", image, "--out",
+                      str(tmp_path / "y.npy"), "--set", "crop_size=160", "--verify")
+    assert refused.returncode == 2 and "cannot check --set overrides" in refused.stderr

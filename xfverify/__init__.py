@@ -26,11 +26,17 @@ def native(model: str | None = None, **options):
 
 def onnx(target: str | None = None, **options):
     """A model's ONNX export (or a user's ``.onnx`` file) under ONNX Runtime on the native run's tensors, as
-    ``xfverify onnx`` does (``against=`` a native run's folder, ``provider=``, ``atol=``, ...); the ``OnnxReport``."""
+    ``xfverify onnx`` does (``against=`` a native run's folder, ``provider=``, ``atol=``, ``variants=["fp16", "int8"]``,
+    ``calibration=``, ...); the ``OnnxReport``."""
     from xfverify.evaluator.pipeline.onnx import run_onnx
     from xfverify.evaluator.pipeline.options import DEFAULT_MODEL, OnnxOptions
 
-    return run_onnx(OnnxOptions(target=target or DEFAULT_MODEL, **_as_options(options))).report
+    named = {}
+    for name in ("variants", "keep_float"):  # repeated options: a tuple of names (one name alone is one)
+        if name in options:
+            value = options.pop(name)
+            named[name] = (value,) if isinstance(value, str) else tuple(value)
+    return run_onnx(OnnxOptions(target=target or DEFAULT_MODEL, **_as_options(options), **named)).report
 
 
 def diagnose(model: str | None = None, **options):

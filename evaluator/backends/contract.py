@@ -165,13 +165,21 @@ def capture_intermediates(backend: Backend, job: IntermediatesJob) -> Intermedia
 
 def run_reference(job: ReferenceJob, workdir: Path) -> ReferenceResult:
     """A preset's reference pipeline (:mod:`xfverify.evaluator.references`) on the job's files, in its own layout."""
-    from xfverify.evaluator.references import REFERENCES
+    from xfverify.evaluator.references import CATALOGUE_REFERENCES, REFERENCES
 
-    reference = REFERENCES.get(job.preset)
-    if reference is None:
-        raise UserError(f"no reference pipeline is known for preset {job.preset!r}")
-    module = importlib.import_module(f"xfverify.evaluator.references.{reference.module}")
-    batch = module.PIPELINES[job.preset](job.paths)
+    if job.catalogue:
+        source, _, name = job.catalogue.partition("/")
+        reference = CATALOGUE_REFERENCES.get(source)
+        if reference is None:
+            raise UserError(f"no reference pipeline is known for the catalogue's source {source!r}")
+        module = importlib.import_module(f"xfverify.evaluator.references.{reference.module}")
+        batch = module.catalogue_pipeline(name)(job.paths)
+    else:
+        reference = REFERENCES.get(job.preset)
+        if reference is None:
+            raise UserError(f"no reference pipeline is known for preset {job.preset!r}")
+        module = importlib.import_module(f"xfverify.evaluator.references.{reference.module}")
+        batch = module.PIPELINES[job.preset](job.paths)
     out = workdir / "reference.npy"
     np.save(out, np.asarray(batch, dtype=np.float32))
     return ReferenceResult(path=str(out), layout=module.LAYOUT, framework=module.describe())

@@ -87,7 +87,7 @@ class CardModelLoader(ModelLoader):
         if job.random_weights:
             model = self.random_network(card, device)
             if isinstance(self, ScalesRandomOutputs):
-                scale_random_outputs(self, model, job.seed, device)
+                scale_random_outputs(self, model, job.seed, device, card)
             return Loaded(model, RandomWeights(seed=job.seed))
         if job.weights_file:
             if not os.path.isfile(job.weights_file):
@@ -97,9 +97,11 @@ class CardModelLoader(ModelLoader):
         return Loaded(*self.pretrained_network(card, device))
 
 
-def scale_random_outputs(scaler: ScalesRandomOutputs, model: Any, seed: int, device: Device) -> None:
-    """Calibrate a random network on a fixed random batch, then divide its last layer by its logits' spread there."""
-    batch = calibration_batch(seed, scaler.calibration_batch, scaler.calibration_layout)
+def scale_random_outputs(scaler: ScalesRandomOutputs, model: Any, seed: int, device: Device, card: ModelCard) -> None:
+    """Calibrate a random network on a fixed random batch of its own input size, then divide its last layer by its
+    logits' spread there."""
+    size = card.reference_spec.output_hw[0] if card.reference_spec.output_hw else 224  # the network's own input size
+    batch = calibration_batch(seed, scaler.calibration_batch, scaler.calibration_layout, size)
     scaler.calibrate(model, batch, device)
     std = scaler.logits_std(model, batch, device)
     if std > 0 and np.isfinite(std):

@@ -34,6 +34,15 @@ from xfverify.evaluator.commands.options import (
 @click.option("--localize/--no-localize", default=None, help="Run the worst-agreeing images node by node in ONNX Runtime and the native framework and name the first node that departs beyond the tolerance [default: when the outputs disagree].")
 @click.option("--localize-images", type=int, default=4, show_default=True, help="Images --localize runs node by node (the worst-agreeing ones).")
 @click.option("--localize-against", type=click.Path(dir_okay=False), help="Localize against this ONNX file (say, the plain export of an optimised or quantised FILE.onnx) instead of the native network.")
+@click.option("--variant", "variants", multiple=True, metavar="NAME|FILE.onnx", help="A deployment variant of the plain file, made, run on the same tensors and scored beside it (repeatable): fp16, int8 (static QDQ, calibrated), int8-dynamic, opt-basic, opt-extended, opt-all, or your converted FILE.onnx.")
+@click.option("--calibration", type=click.Path(file_okay=False), help="int8: calibration images (any layout --data takes), none of them among the scored ones.")
+@click.option("--calibration-limit", type=int, help="int8: calibrate on the first N calibration images by id.")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True, help="int8: ONNX Runtime's calibration method.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="int8: weight scales per output channel or per tensor.")
+@click.option("--keep-float", callback=lambda ctx, param, value: tuple(n for n in (value or "").split(",") if n), help="int8: NODE,... left in float (the plain file's node names, as the report's table gives them).")
+@click.option("--keep-float-auto", type=int, default=0, show_default=True, metavar="K", help="int8: also rescore it with its K costliest nodes (SQNR lost) kept in float.")
+@click.option("--max-top1-drop", type=float, metavar="POINTS", help="Exit with status 3 when a variant's top-1 error exceeds the plain file's by more than POINTS (report written first).")
+@click.option("--fail-on-mismatch", is_flag=True, help="Exit with status 3 when the ONNX file disagrees with the native run (a top-1 flip, or an element past tolerance).")
 def onnx_command(target, **kwargs) -> None:
     """Run MODEL's ONNX export (or a user's FILE.onnx, with --preprocess) under ONNX Runtime on exactly the tensors
     of a native run, and compare: errors, time, top-1 agreement and output differences."""
@@ -43,6 +52,7 @@ def onnx_command(target, **kwargs) -> None:
     from xfverify.evaluator.system import console
 
     kwargs["overrides"] = tuple(kwargs["overrides"])
+    kwargs["variants"] = tuple(kwargs["variants"])
     run = run_onnx(OnnxOptions(target=DEFAULT_MODEL if target is None else target, **kwargs))
     title = f"xfverify onnx: {run.report.model}"
     if run.report.random_weights:
@@ -51,3 +61,8 @@ def onnx_command(target, **kwargs) -> None:
     output.print_notes(run.report.notes)
     extra = ", localize.html" if isinstance(run.report, OnnxReport) and run.report.localization else ""
     console.info(f"report: {run.out_dir}/report.json, report.md, logits.npy, predictions.csv{extra}")
+    gate = run.report.gate if isinstance(run.report, OnnxReport) else None
+    if gate and gate.failures:
+        for failure in gate.failures[1:]:
+            console.info(f"gate failed: {failure}")
+        console.fail(f"gate failed: {gate.failures[0]}", code=3)

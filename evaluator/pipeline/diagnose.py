@@ -358,7 +358,7 @@ def _onnx_axis(card: ModelCard, options: DiagnoseOptions, staged: Path, out_dir:
     """ONNX Runtime on the reference's tensors through `xfverify onnx --against` the reference run, both staged
     (its report names the reference folder where it will be in --out)."""
     shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(OnnxOptions) if hasattr(options, f.name)
-              and f.name not in ("out", "preprocess", "overrides", "extra_notes", "target")}
+              and f.name not in ("out", "preprocess", "overrides", "extra_notes", "target", "variants")}
     run = run_onnx(OnnxOptions(**shared, target=card.id, against=str(staged / DIAGNOSE_REFERENCE_FOLDER),
                                out=str(staged / ONNX_FOLDER)),
                    against_moves_to=out_dir / DIAGNOSE_REFERENCE_FOLDER)

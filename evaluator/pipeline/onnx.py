@@ -47,6 +47,7 @@ from xfverify.evaluator.pipeline.outdir import (
     move_in,
 )
 from xfverify.evaluator.pipeline.request import prepare
+from xfverify.evaluator.pipeline.variants import Plain, check_variant_options, gate, run_variants
 from xfverify.evaluator.process.blocks import RandomWeights
 from xfverify.evaluator.process.events import Event
 from xfverify.evaluator.process.launcher import run_worker
@@ -135,7 +136,7 @@ def export_ahead(options: OnnxOptions) -> ExportOutcome:
     native run's preprocessing and weights as ``options`` give them), so the run finds it there. A study does this
     for its GPU cells in its CPU lane, beside the GPU's passes."""
     card = get_card(options.target)
-    spec = resolve_preprocess(options.preprocess, default=card.preprocess, overrides=parse_overrides(options.overrides))
+    spec = resolve_preprocess(options.preprocess, default=card.reference_spec, overrides=parse_overrides(options.overrides))
     console.info(f"exporting {card.id} to ONNX ahead of its run, in the {card.framework} worker")
     return run_worker(card.framework, _export_job(options, card.id, spec_hw(spec), options.random_weights, options.seed),
                       on_event=_status)
@@ -168,6 +169,7 @@ def run_onnx(options: OnnxOptions, against_moves_to: Path | None = None) -> Save
         raise UserError("--no-localize and --localize-against exclude each other")
     if options.localize_against and not os.path.isfile(options.localize_against):
         raise UserError(f"--localize-against {options.localize_against}: no such ONNX file")
+    check_variant_options(options)
     if options.is_file:
         if os.path.isdir(options.target):
             raise UserError(f"{options.target} is a folder, not an ONNX file: give the .onnx file in it")
@@ -300,6 +302,12 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
                              "run node by node (localization; --localize asks for it on any run, --no-localize "
                              "never)")
         timeline["localized"] = time.time()
+    variants = None
+    if options.variants:  # after the plain file's run and localization, scored beside it on its tensors
+        compared = native.report.output if native and card else "outputs"
+        variants = run_variants(options, check_variant_options(options),
+                                Plain(onnx_path, run, spec, dataset, hw, native, compared), workdir)
+        timeline["variants_scored"] = time.time()
     identity = None if card else {"model": options.target, "architecture": "unknown (a user's ONNX file)",
                                   "builder": "onnxruntime.InferenceSession", "output": onnx_info.output_kind}
     random_weights = bool(native and native.report.random_weights and card)
@@ -308,9 +316,11 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
         dataclasses.replace(options, random_weights=random_weights), notes,
         report_type=OnnxReport, identity=identity, runtime=run.result.runtime,
         onnx=onnx_info, native=_native_reference(native), agreement=agreement, localization=localization,
+        variants=variants,
         onnx_over_native_time=round(run.result.timing.compute_s / native.report.timing.compute_s, 3)
         if native and native.report.timing.compute_s else None,
     )
+    report = report.model_copy(update={"gate": gate(options, report)})
     page = ()
     if localization is not None:  # moved in with the report
         atomic_write_text(workdir / PAGE, localization_page(report.model, localization))

@@ -60,6 +60,15 @@ class OnnxOptions(RunOptions):
     localize: bool | None = None  # run the worst images node by node: always, never, or (None) when the outputs disagree
     localize_images: int = 4
     localize_against: str | None = None  # another ONNX file to localize against, instead of the native network
+    variants: tuple[str, ...] = ()  # deployment variants of the plain file (fp16, int8, ..., or a converted FILE.onnx)
+    calibration: str | None = None  # int8 static: the calibration images' folder, kept apart from --data
+    calibration_limit: int | None = None
+    calibration_method: str = "minmax"
+    per_channel: bool = True
+    keep_float: tuple[str, ...] = ()  # int8: nodes left out of quantisation
+    keep_float_auto: int = 0  # int8: also rescored with its k costliest nodes kept in float
+    max_top1_drop: float | None = None  # exit status 3 when a variant costs more top-1 points than this
+    fail_on_mismatch: bool = False  # exit status 3 when the ONNX file disagrees with the native run
 
     @property
     def is_file(self) -> bool:

@@ -13,7 +13,7 @@ from xfverify.evaluator.data.layouts import records_from_paths
 from xfverify.evaluator.data.normalise import normalise
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.tasks import DecodeChunk, ReferenceJob, WindowDecodeJob
-from xfverify.evaluator.references import REFERENCES, Reference
+from xfverify.evaluator.references import CATALOGUE_REFERENCES, REFERENCES, Reference
 from xfverify.evaluator.system import console
 from xfverify.evaluator.system.files import writable_folder
 from xfverify.models.cards import get_card
@@ -62,11 +62,28 @@ def reference_tensors(preset: str, paths: list[str]) -> tuple[np.ndarray, str]:
     reference = REFERENCES.get(preset)
     if reference is None:
         raise UserError(f"no framework reference pipeline is known for preset {preset!r}")
+    return _run_reference(reference, ReferenceJob(preset=preset, paths=paths), PRESETS[preset].layout)
+
+
+def catalogue_reference(card_id: str) -> Reference | None:
+    """The reference of a catalogue card's source (its own evaluation transform), if xfverify has one."""
+    return CATALOGUE_REFERENCES.get(card_id.partition("/")[0])
+
+
+def catalogue_reference_tensors(card_id: str, paths: list[str], layout: str) -> tuple[np.ndarray, str]:
+    """A catalogue entry's source's own evaluation transform on ``paths`` (torchvision's ``weights.transforms()``,
+    timm's ``create_transform`` of the tag's pretrained_cfg, ...), computed in its framework's worker, in ``layout``."""
+    reference = catalogue_reference(card_id)
+    if reference is None:
+        raise UserError(f"no framework reference pipeline is known for the source of {card_id!r}")
+    return _run_reference(reference, ReferenceJob(catalogue=card_id, paths=paths), layout)
+
+
+def _run_reference(reference: Reference, job: ReferenceJob, layout: str) -> tuple[np.ndarray, str]:
     with tempfile.TemporaryDirectory(prefix=f"xfverify-{reference.framework}-") as workdir:
-        job = ReferenceJob(preset=preset, paths=paths)
         result = run_worker(reference.framework, job, workdir=workdir)
         batch = np.load(result.path)
-    if result.layout != PRESETS[preset].layout:
+    if result.layout != layout:
         batch = np.ascontiguousarray(batch.transpose((0, 3, 1, 2) if result.layout == "NHWC" else (0, 2, 3, 1)))
     return batch, result.framework
 
@@ -110,13 +127,17 @@ def describe_match(match: TensorMatch, reference: Reference, paths: list[str]) -
 
 def run_preprocess(model: str, images: list[str], out: str, preset: str | None, overrides, verify: bool) -> None:
     card = get_card(model)
-    spec = resolve_preprocess(preset, default=card.preprocess, overrides=parse_overrides(list(overrides)))
+    spec = resolve_preprocess(preset, default=card.reference_spec, overrides=parse_overrides(list(overrides)))
     dataset = records_from_paths(images)
     paths = [r.path for r in dataset.records]
+    # a catalogue card's own spec is checked against its source's own transform for that entry
+    by_source = spec.name not in PRESETS and card.spec is not None and spec == card.spec
     if verify:  # refused before anything is computed or written
-        if spec.name not in PRESETS:
-            raise UserError("--verify compares a named preset with its framework's own code; it cannot check --set "
-                            "overrides")
+        if by_source and catalogue_reference(card.id) is None:
+            raise UserError(f"--verify: no framework reference pipeline is known for {card.id}'s source")
+        if spec.name not in PRESETS and not by_source:
+            raise UserError("--verify compares a named preset or a catalogue card's own preprocessing with its "
+                            "source's own code; it cannot check --set overrides")
         _check_readable_by_reference(spec.name, paths)
     tensors = preprocess_files(paths, spec)
     out_path = Path(out)
@@ -130,8 +151,12 @@ def run_preprocess(model: str, images: list[str], out: str, preset: str | None, 
     console.info(f"wrote {out_path}: float32 {spec.layout} {tuple(tensors.shape)} ({spec.name}, {spec.channel_order})")
     if not verify:
         return
-    theirs, where = reference_tensors(spec.name, paths)
+    if by_source:
+        theirs, where = catalogue_reference_tensors(card.id, paths, spec.layout)
+        reference = catalogue_reference(card.id)
+    else:
+        theirs, where = reference_tensors(spec.name, paths)
+        reference = REFERENCES[spec.name]
     if theirs.shape != tensors.shape:
         raise UserError(f"{where} produced {theirs.shape}, xfverify {tensors.shape}: layouts differ")
-    reference = REFERENCES[spec.name]
     console.info(f"against {where}: " + describe_match(compare_with_reference(tensors, theirs, reference), reference, paths))

@@ -23,7 +23,7 @@ def prepare(options: NativeOptions) -> tuple[ModelCard, PreprocessSpec, Dataset]
     if options.cuda_graphs and not BACKENDS[card.framework].cuda_graphs:
         graphed = ", ".join(name for name, backend in BACKENDS.items() if backend.cuda_graphs)
         raise UserError(f"--cuda-graphs applies to {graphed} models; {card.id} runs in {card.framework}")
-    spec = resolve_preprocess(options.preprocess, default=card.preprocess, overrides=parse_overrides(options.overrides))
+    spec = resolve_preprocess(options.preprocess, default=card.reference_spec, overrides=parse_overrides(options.overrides))
     if spec.layout != card.input_layout:
         raise UserError(
             f"preprocessing {spec.name} produces {spec.layout} tensors but {card.id} takes {card.input_layout}: "

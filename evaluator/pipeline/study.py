@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -25,9 +27,10 @@ from xfverify.version import __version__
 from xfverify.evaluator.data.layouts import SAMPLE_DIR, Dataset, load_dataset
 from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, run_diagnose
 from xfverify.evaluator.pipeline.native import run_native
+from xfverify.evaluator.pipeline.native_run import DIAGNOSE_REFERENCE_FOLDER, check_scores, load_native
 from xfverify.evaluator.pipeline.onnx import export_ahead, run_onnx
 from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions, check_run_options
-from xfverify.evaluator.pipeline.outdir import in_owned_folder, refuse_a_commands_run
+from xfverify.evaluator.pipeline.outdir import in_owned_folder, refuse_another_study, write_in
 from xfverify.evaluator.reports.diagnose import DiagnoseReport
 from xfverify.evaluator.reports.run import NativeReport, OnnxReport
 from xfverify.evaluator.reports.study import (
@@ -45,12 +48,12 @@ from xfverify.evaluator.reports.study import (
     markdown,
 )
 from xfverify.evaluator.system import console
-from xfverify.evaluator.system.files import atomic_write_text
+from xfverify.evaluator.system.files import atomic_write_text, owned_subfolder
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import resolve_preprocess
 from xfverify.models.study import Cell, StudySpec, cells_of, load_study
-from xfverify.models.user_input import cached_bytes
+from xfverify.models.user_input import cached_bytes, open_regular, shown
 
 EXECUTORS = ("local", "ray")
 CELL_FILE = "cell.json"
@@ -134,7 +137,7 @@ def plan_cells(cells: list[Cell], dataset: Dataset, options: StudyOptions, out_d
         payload = {
             "cell": cell.model_dump(mode="json"),
             "card": card.model_dump(mode="json"),
-            "preprocess": resolve_preprocess(None, default=card.preprocess).to_dict(),
+            "preprocess": resolve_preprocess(None, default=card.reference_spec).to_dict(),
             "manifest_sha256": manifest,
             "options": {"device": options.device, "provider": options.provider if cell.run == "onnx" else None,
                         "batch_size": options.batch_size, "seed": options.seed, "on_bad_image": options.on_bad_image},
@@ -150,9 +153,15 @@ def plan_cells(cells: list[Cell], dataset: Dataset, options: StudyOptions, out_d
 
 def _run_in(study: StudySpec, plan: list[PlannedCell], dataset: Dataset, options: StudyOptions, out_dir: Path,
             execute: Callable, started: float) -> StudyReport:
-    refuse_a_commands_run(out_dir)
-    (out_dir / "cells").mkdir(exist_ok=True)
-    done = {planned.key: result for planned in plan if (result := finished_cell(planned)) is not None}
+    refuse_another_study(out_dir, study.name, STUDY_OUTPUTS)
+    for planned in plan:  # every folder a cell writes in is a real folder under --out, never a link's target
+        owned_subfolder(out_dir, planned.folder.relative_to(out_dir))
+        recorded = planned.folder / CELL_FILE
+        if os.path.lexists(recorded) and not stat.S_ISREG(os.lstat(recorded).st_mode):
+            raise UserError(f"--out {shown(out_dir)}: {shown(recorded.relative_to(out_dir))} there is not a regular "
+                            "file (a link, a folder or a device) and the study records its cell there; move it away "
+                            "or choose another --out")
+    done = {planned.key: result for planned in plan if (result := finished_cell(planned, dataset)) is not None}
     todo = [planned for planned in plan if planned.key not in done]
     console.info(f"study {study.name}: {len(plan)} cells on {len(dataset)} images from {dataset.root}; "
                  f"{len(done)} already done, {len(todo)} to run ({options.executor})")
@@ -167,10 +176,8 @@ def _run_in(study: StudySpec, plan: list[PlannedCell], dataset: Dataset, options
         rows=model_rows([results[planned.key] for planned in plan]),
         ran=len(todo), reused=len(done), wall_s=round(time.time() - started, 3), xfverify_version=__version__,
     )
-    atomic_write_text(out_dir / "study.json", report.model_dump_json(indent=1) + "\n")
-    atomic_write_text(out_dir / "study.md", markdown(report))
-    atomic_write_text(out_dir / "study.csv", csv_text(report))
-    atomic_write_text(out_dir / "study.html", html_page(report))
+    write_in(out_dir, {"study.json": report.model_dump_json(indent=1) + "\n", "study.md": markdown(report),
+                       "study.csv": csv_text(report), "study.html": html_page(report)})
     failed = [c for c in report.cells if c.status != "done"]
     if failed:
         raise UserError(f"{len(failed)} of {len(plan)} cells did not finish (the first: {failed[0].run} "
@@ -180,8 +187,9 @@ def _run_in(study: StudySpec, plan: list[PlannedCell], dataset: Dataset, options
     return report
 
 
-def finished_cell(planned: PlannedCell) -> CellResult | None:
-    """The cell's recorded result when it finished with this very key (anything else: it runs again)."""
+def finished_cell(planned: PlannedCell, dataset: Dataset) -> CellResult | None:
+    """The cell's recorded result when it finished with this very key, its numbers read again from its report and
+    its files checked against the digests the report records (anything else: it runs again)."""
     path = planned.folder / CELL_FILE
     if path.is_symlink():
         return None
@@ -197,7 +205,35 @@ def finished_cell(planned: PlannedCell) -> CellResult | None:
     report = cached_bytes(planned.folder / "report.json")
     if report is None or result.report_sha256 != hashlib.sha256(report).hexdigest():
         return None  # the numbers recorded are no longer those of the report beside them (replaced, edited, gone)
-    return result
+    try:
+        outcome = _outcome_on_disk(planned, report, dataset)
+    except (UserError, ValueError, OSError):
+        return None  # a damaged or edited file in the cell's folder: it runs again
+    return result.model_copy(update=outcome)
+
+
+def _outcome_on_disk(planned: PlannedCell, report: bytes, dataset: Dataset) -> dict:
+    """The cell's numbers computed from the report in its folder (never from cell.json, which anyone may edit), its
+    outputs checked against the digests that report records, a native run's scores against its logits."""
+    folder = planned.folder
+    if planned.cell.run == "native":
+        native = load_native(folder, "--out")
+        check_scores(native, dataset)
+        return {"native": native_cell(native.report)}
+    if planned.cell.run == "onnx":
+        onnx = OnnxReport.model_validate_json(report)
+        for name, recorded in (("logits.npy", onnx.logits_sha256), ("predictions.csv", onnx.predictions_sha256)):
+            if recorded is None or _file_sha256(folder / name) != recorded:
+                raise UserError(f"{folder / name} is not the file its report.json was written with")
+        return {"onnx": onnx_cell(onnx)}
+    diagnosis = DiagnoseReport.model_validate_json(report)
+    load_native(folder / DIAGNOSE_REFERENCE_FOLDER, "--out")
+    return {"diagnose": diagnose_cell(diagnosis)}
+
+
+def _file_sha256(path: Path) -> str:
+    with open_regular(path, "--out") as handle:  # a FIFO or a device there: one line, never waited on
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def run_cell(planned: PlannedCell, results: dict[str, CellResult], options: StudyOptions) -> CellResult:

@@ -11,6 +11,7 @@ from typing import Any, Literal, NamedTuple, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from xfverify.converter.exported import ExportResult, OnnxDescription
+from xfverify.converter.variant_spec import VariantFile, VariantSpec
 from xfverify.evaluator.process.blocks import PrecisionBlock, WeightsBlock
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.precision import Precision
@@ -115,6 +116,27 @@ class IntermediatesJob(_Strict):
         return get_card(self.model) if self.model else None
 
 
+class MakeVariantJob(_Strict):
+    """Make (or find in the variant cache) a deployment variant of an ONNX file, in the ONNX Runtime worker, and
+    check that ONNX Runtime opens it on ``providers``."""
+
+    parent_path: str
+    spec: VariantSpec
+    cache_root: str
+    providers: list[str]
+    calibration_path: Optional[str] = Field(default=None, description="int8: a float32 .npy of calibration tensors")
+    calibration_sha256: Optional[str] = None
+
+
+class VariantMade(_Strict):
+    """What a make_variant task returns: the cached file's record, its path, whether it came from the cache."""
+
+    framework: FrameworkInfo
+    variant: VariantFile
+    path: str
+    from_cache: bool
+
+
 class CapturedTensor(_Strict):
     """One intermediate tensor, written for every image of an :class:`IntermediatesJob` (``file``: (n, *shape)).
 
@@ -146,10 +168,12 @@ class DataPart(_Strict):
 
 
 class ReferenceJob(_Strict):
-    """Run a preset's reference pipeline (:mod:`xfverify.evaluator.references`) on some image files."""
+    """Run a reference pipeline (:mod:`xfverify.evaluator.references`) on some image files: a preset's, or (with
+    ``catalogue``, a catalogue id ``source/name``) the source's own evaluation transform for that entry."""
 
-    preset: str
+    preset: str = ""
     paths: list[str]
+    catalogue: str = ""
 
 
 class ReferenceResult(_Strict):
@@ -290,4 +314,5 @@ TASKS: dict[type[BaseModel], Task] = {task.job: task for task in (
     Task("decode_nvjpeg", DecodeJob, DecodeDone),
     Task("intermediates", IntermediatesJob, IntermediatesResult),
     Task("decode_tensorflow_window", WindowDecodeJob, DecodeDone),
+    Task("make_variant", MakeVariantJob, VariantMade),
 )}

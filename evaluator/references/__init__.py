@@ -62,3 +62,10 @@ REFERENCES: dict[str, Reference] = {
     "lite-timm-260": Reference("torch", "timm_transforms"),
     "lite-imagenet-norm-224": Reference("torch", "timm_transforms"),
 }
+
+# The zoos' catalogue: per source, the module whose ``catalogue_pipeline(name)`` runs the source's own evaluation
+# transform for one catalogue entry (``name``: its id after ``source/``, e.g. ``resnet50:IMAGENET1K_V1``).
+CATALOGUE_REFERENCES: dict[str, Reference] = {
+    "torchvision": Reference("torch", "torchvision_weights"),
+    "timm": Reference("torch", "timm_transforms"),
+}

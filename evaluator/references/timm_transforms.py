@@ -1,4 +1,4 @@
-"""timm's evaluation transforms for the EfficientNet-Lite ports (torch worker).
+"""timm's evaluation transforms for the EfficientNet-Lite ports and every catalogue tag (torch worker).
 
 ``timm.data.resolve_data_config`` on the model's pretrained config, then ``create_transform``.
 """
@@ -9,8 +9,17 @@ import numpy as np
 import timm
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
+from timm.models import get_pretrained_cfg
 
 LAYOUT = "NCHW"
+
+
+def _transformed(transform, paths: list[str]) -> np.ndarray:
+    tensors = []
+    for path in paths:
+        with Image.open(path) as image:  # timm's ImageDataset: PIL, converted to RGB
+            tensors.append(transform(image.convert("RGB")).numpy())
+    return np.stack(tensors)
 
 
 def _timm_eval(model_name: str, **overrides):
@@ -18,12 +27,20 @@ def _timm_eval(model_name: str, **overrides):
         model = timm.create_model(model_name, pretrained=False)
         config = resolve_data_config({}, model=model)
         config.update(overrides)
-        transform = create_transform(**config, is_training=False)
-        tensors = []
-        for path in paths:
-            with Image.open(path) as image:  # timm's ImageDataset: PIL, converted to RGB
-                tensors.append(transform(image.convert("RGB")).numpy())
-        return np.stack(tensors)
+        return _transformed(create_transform(**config, is_training=False), paths)
+
+    return run
+
+
+def catalogue_pipeline(name: str):
+    """``architecture:tag`` (a catalogue entry): the tag's pretrained_cfg as timm registers it (no weights, no
+    network built), resolved by ``resolve_data_config`` and made a transform by ``create_transform``."""
+    architecture, tag = name.split(":")
+    pretrained_cfg = get_pretrained_cfg(f"{architecture}.{tag}").to_dict()
+
+    def run(paths: list[str]) -> np.ndarray:
+        config = resolve_data_config({}, pretrained_cfg=pretrained_cfg)
+        return _transformed(create_transform(**config, is_training=False), paths)
 
     return run
 

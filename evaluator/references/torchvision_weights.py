@@ -18,6 +18,12 @@ def _weights_transforms(weights):
     return run
 
 
+def catalogue_pipeline(name: str):
+    """``builder:WEIGHTS`` (a catalogue entry): that weights enum member's own ``transforms()``."""
+    builder, weights = name.split(":")
+    return _weights_transforms(models.get_model_weights(builder)[weights])
+
+
 PIPELINES = {
     "torchvision-256": _weights_transforms(models.ResNet50_Weights.IMAGENET1K_V1),
     "torchvision-232": _weights_transforms(models.ResNet50_Weights.IMAGENET1K_V2),

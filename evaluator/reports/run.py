@@ -16,6 +16,7 @@ from xfverify.evaluator.analysis.agreement import OnnxAgreement
 from xfverify.evaluator.analysis.localize import Localization, shown_name
 from xfverify.evaluator.analysis.metrics import NO_CLASS, PublishedGap, RealError
 from xfverify.evaluator.process.blocks import PrecisionBlock, WeightsBlock
+from xfverify.evaluator.reports.variants import Gate, VariantsBlock, variant_rows, variants_markdown
 from xfverify.evaluator.process.tasks import (
     DeviceInfo,
     FrameworkInfo,
@@ -158,6 +159,12 @@ class OnnxReport(NativeReport):
     localization: Optional[Localization] = Field(
         default=None, exclude_if=lambda value: value is None,
         description="where the graph first departs from its reference, node by node (absent when not run)")
+    variants: Optional[VariantsBlock] = Field(
+        default=None, exclude_if=lambda value: value is None,
+        description="deployment variants of the file, each scored beside it (absent when none was asked for)")
+    gate: Optional[Gate] = Field(
+        default=None, exclude_if=lambda value: value is None,
+        description="--max-top1-drop / --fail-on-mismatch: exit status 3 when it lists failures")
 
 
 @dataclass(frozen=True)
@@ -279,6 +286,10 @@ def onnx_rows(report: OnnxReport) -> list[tuple[str, str]]:
         ]
     if report.localization:
         rows.append(("localization", report.localization.verdict))
+    if report.variants:
+        rows += variant_rows(report.variants)
+    if report.gate:
+        rows.append(("gate", "; ".join(report.gate.failures) or "passed"))
     return rows
 
 
@@ -300,6 +311,8 @@ def write_markdown(path: Path, report: NativeReport, rows: list[Prediction]) -> 
                   for f in report.agreement.flips]
     if isinstance(report, OnnxReport) and report.localization:
         lines += ["", *localization_markdown(report.localization)]
+    if isinstance(report, OnnxReport) and report.variants:
+        lines += ["", *variants_markdown(report.variants)]
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {shown(n)}" for n in report.notes]
     if report.skipped_images:

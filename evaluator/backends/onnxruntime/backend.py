@@ -38,8 +38,10 @@ from xfverify.evaluator.process.tasks import (
     EvaluateJob,
     FrameworkInfo,
     IntermediatesJob,
+    MakeVariantJob,
     OnnxFileJob,
     RuntimeInfo,
+    VariantMade,
 )
 from xfverify.evaluator.system.devices import cpu_name, nvidia_gpus, ort_fed_on_device
 from xfverify.models.errors import UserError
@@ -442,6 +444,18 @@ def describe_onnx(job: dict[str, Any], workdir: Path) -> OnnxDescription:
     found = describe(Path(request.path), "", "", request.layout)
     return found.model_copy(update={"exporter": found.producer_name or "unknown",
                                     "exporter_version": found.producer_version})
+
+
+def make_variant(job: dict[str, Any], workdir: Path) -> VariantMade:
+    """A deployment variant of an ONNX file, made (or found in the variant cache) and opened on the job's providers."""
+    from xfverify.converter.variants import make_variant as make
+
+    request = MakeVariantJob.model_validate(job)
+    calibration = Path(request.calibration_path) if request.calibration_path else None
+    made, path, from_cache = make(Path(request.parent_path), request.spec, Path(request.cache_root), request.providers,
+                                  calibration, request.calibration_sha256)
+    return VariantMade(framework=FrameworkInfo(name="onnxruntime", version=ort.__version__), variant=made,
+                       path=str(path), from_cache=from_cache)
 
 
 BACKEND = OnnxRuntimeBackend

