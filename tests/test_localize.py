@@ -204,7 +204,8 @@ def faithful_run(tmp_path_factory, target: str) -> dict:
 def assert_no_divergent_node(run: dict) -> dict:
     found = run["report"]["localization"]
     assert found["culprit"] is None and found["verdict"].startswith("no divergent node")
-    assert found["matched_by"] == "names" and found["n_matched"] >= 0.9 * found["n_onnx_tensors"]
+    # (not every node has a layer: Keras's calibrated depthwise BatchNorms are exported as a Mul and an Add)
+    assert found["matched_by"] == "names" and found["n_matched"] >= 0.8 * found["n_onnx_tensors"]
     return found
 
 

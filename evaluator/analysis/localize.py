@@ -506,8 +506,7 @@ def align(onnx: Sequence[CapturedTensor], reference: Sequence[CapturedTensor], *
         compared.setdefault(name, found[0])
     alignment = Alignment(by, onnx, reference, compared, equals, set(), fed, {}, [])
     _find_right(alignment, agreeing | frozenset(equals), load)
-    if by == "graph and values":
-        _pair_by_graph(alignment, atol_fraction, rtol, load)
+    _pair_by_graph(alignment, atol_fraction, rtol, load)
     return alignment
 
 
@@ -580,7 +579,8 @@ _MATCH, _SKIP_LAYER, _SKIP_NODE = 0, 1, 2  # the moves of the alignment, in the 
 
 def _pair_by_graph(alignment: Alignment, atol_fraction: float, rtol: float, load: Arrays) -> None:
     """The departed tensors (topological order) aligned with the reference layers after the position their inputs
-    stand at (those no graph tensor equals; not a module's recorded input, nor a container's output), as sequences:
+    stand at (those no right graph tensor equals; not a module's recorded input, nor a container's output), as
+    sequences (a node its name pairs matches its layer only, and keeps that pair):
     a node matches a run of up to FUSED_LOOKAHEAD + 1 consecutive layers that its operator can all compute (a Conv
     with its folded BatchNorm; compared with the run's last), the shape fitting; a layer left unmatched costs 1 (a
     node left out; a Dropout nothing), a node left unmatched 1 (an inserted node; a layout or index node nothing), a
@@ -591,6 +591,9 @@ def _pair_by_graph(alignment: Alignment, atol_fraction: float, rtol: float, load
         return
     feeding = {name for t in nodes for name in t.inputs}  # what the departed nodes were fed may equal their layers
     equal = {c.pair.reference.name for name, found in alignment.equals.items() if name not in feeding for c in found}
+    equal |= {c.pair.reference.name for name, c in alignment.compared.items()
+              if not c.divergent and name not in feeding}
+    named = {name: c.pair.reference.name for name, c in alignment.compared.items() if c.pair.matched_by == "name"}
     start = min(_anchor_of_inputs(alignment, t) for t in nodes) + 1
     layers = [r for r in alignment.reference[start: start + 4 * GRAPH_WINDOW]
               if _candidate(r) and r.name not in equal][: 2 * GRAPH_WINDOW]
@@ -603,7 +606,10 @@ def _pair_by_graph(alignment: Alignment, atol_fraction: float, rtol: float, load
     for i in range(n + 1):
         for j in range(m + 1):
             options = []
-            if i and j:
+            if i and j and nodes[i - 1].name in named:  # a node its name pairs matches that layer only
+                if named[nodes[i - 1].name] == layers[j - 1].name:
+                    options.append(((cost[i - 1][j - 1][0] - 1.0, _MATCH), (_MATCH, 1)))
+            elif i and j:
                 node = nodes[i - 1]
                 if _fit(node, layers[j - 1], squeeze=True) is not False:
                     added = -MATCH_REWARD
@@ -633,10 +639,11 @@ def _pair_by_graph(alignment: Alignment, atol_fraction: float, rtol: float, load
             left_out.append(layers[j - 1])
         elif kind == _MATCH:
             node, run = nodes[i - 1], layers[j - k: j]
-            known = all(can_compute(node.op_type, layer.op_type) for layer in run)
-            pair = Pair(node, run[-1], _fit(node, run[-1], squeeze=True) or None, "graph",
-                        known and len(left_out) <= FUSED_LOOKAHEAD)
-            alignment.compared[node.name] = Compared(pair, *_difference(pair, atol_fraction, rtol, load))
+            if node.name not in named:
+                known = all(can_compute(node.op_type, layer.op_type) for layer in run)
+                pair = Pair(node, run[-1], _fit(node, run[-1], squeeze=True) or None, "graph",
+                            known and len(left_out) <= FUSED_LOOKAHEAD)
+                alignment.compared[node.name] = Compared(pair, *_difference(pair, atol_fraction, rtol, load))
             alignment.left_out[node.name] = left_out
             left_out = []
 
