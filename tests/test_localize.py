@@ -541,7 +541,7 @@ def test_a_failed_localization_keeps_the_finished_onnx_run_and_says_so(tmp_path)
 
 
 def nonzero_onnx_file(path: Path, layout: str = "NCHW") -> Path:
-    """users_onnx_file's channel means, plus a branch of data-dependent shape (NonZero of the positive pixels, its
+    """users_onnx_file's channel means (through an Identity), plus a branch of data-dependent shape (NonZero of the positive pixels, its
     count times 0 added to the logits); ``layout`` NHWC: the same for NHWC images."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -549,7 +549,8 @@ def nonzero_onnx_file(path: Path, layout: str = "NCHW") -> Path:
     shape = ["N", 3, 224, 224] if layout == "NCHW" else ["N", 224, 224, 3]
     axes = [2, 3] if layout == "NCHW" else [1, 2]
     nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], axes=axes, keepdims=0),
-             helper.make_node("Tile", ["mean", "repeats"], ["tiled"]),
+             helper.make_node("Identity", ["mean"], ["same"]),
+             helper.make_node("Tile", ["same", "repeats"], ["tiled"]),
              helper.make_node("Slice", ["tiled", "start", "stop", "axis"], ["means"]),
              helper.make_node("Greater", ["image", "zero"], ["positive"]),
              helper.make_node("NonZero", ["positive"], ["where"]),
@@ -575,7 +576,8 @@ def test_a_data_dependent_shape_is_left_out_and_another_input_layout_is_said_in_
                          out=str(tmp_path / "o"), localize_images=2)
     found = report["localization"]
     assert found["failed"] is None and found["verdict"].startswith("no divergent node"), found["verdict"]
-    assert found["n_onnx_tensors"] == 5  # NonZero's output and its cast, of another shape per image, left out
+    assert found["n_onnx_tensors"] == 6  # NonZero's output and its cast, of another shape per image, left out
+    assert any(row["op_type"] == "Identity" for row in found["curve"])  # its input's values, not marked
     nhwc = nonzero_onnx_file(tmp_path / "nhwc.onnx", "NHWC")
     with pytest.raises(UserError, match="nhwc.onnx takes input image of shape .*another layout"):
         onnx_report(target=str(path), preprocess="torchvision-256", localize_against=str(nhwc), data=data,

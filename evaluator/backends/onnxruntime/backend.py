@@ -181,20 +181,27 @@ class OnnxRuntimeBackend(Backend, CapturesIntermediates):
         return _marked_session(job.onnx_path, list(np.load(job.inputs_path, mmap_mode="r").shape[1:]))
 
     def capture(self, model: MarkedSession, image: np.ndarray, device: Device, record: Record) -> None:
-        outputs = model.session.run(model.names, {model.input: image})
-        for name, value in zip(model.names, outputs):
-            record(name, value, **model.details[name])
+        marked = [name for name in model.names if name not in model.aliases]
+        values = dict(zip(marked, model.session.run(marked, {model.input: image})))
+        values[model.input] = image
+        for name in model.names:
+            value = values.setdefault(name, values.get(model.aliases.get(name, ""), None))
+            if value is not None:
+                record(name, value, **model.details[name])
 
 
 @dataclass(frozen=True)
 class MarkedSession:
     """A session whose outputs are every node's outputs (``names``, in topological order), with what each
-    producer is (``details``: node, op type, attributes, data inputs, the scopes its exporter left on it)."""
+    producer is (``details``: node, op type, attributes, data inputs, the scopes its exporter left on it); an
+    Identity's output is its input (``aliases``), not marked: ONNX Runtime's session grows faster than linearly
+    with the outputs marked, and a graph of many Identity nodes would take minutes to open."""
 
     session: ort.InferenceSession
     input: str
     names: list[str]
     details: dict[str, dict[str, Any]]
+    aliases: dict[str, str]
 
 
 def _marked_session(path: str, fed: list[int]) -> MarkedSession:
@@ -216,16 +223,18 @@ def _marked_session(path: str, fed: list[int]) -> MarkedSession:
         raise UserError(f"{path} takes input {file_input.name} of shape {takes}, but this run feeds images of "
                         f"{fed} (another layout or size): compare with a file that takes the same input")
     produced = {o.name for o in graph.output}
-    names, details = [], {}
+    names, details, aliases = [], {}, {}
     for node in graph.node:
         if node.op_type == "Constant":
             continue
         described = node_details(node, constants)
+        if node.op_type == "Identity" and node.output[0] not in details:
+            aliases[node.output[0]] = node.input[0]
         for output in node.output:
             if output and output not in details:
                 names.append(output)
                 details[output] = described
-                if output not in produced:
+                if output not in produced and output not in aliases:
                     graph.output.append(onnx.ValueInfoProto(name=output))
     options = ort.SessionOptions()
     options.graph_optimization_level = OPTIMISATION
@@ -233,7 +242,7 @@ def _marked_session(path: str, fed: list[int]) -> MarkedSession:
                                      os.path.dirname(os.path.abspath(path)))
     ort.set_default_logger_severity(3)
     session = _session(model.SerializeToString(), options, Providers("cpu", [CPU], [CPU], False), path)
-    return MarkedSession(session, file_input.name, names, details)
+    return MarkedSession(session, file_input.name, names, details, aliases)
 
 
 def _cuda_loads(mode: str, providers: list[str]) -> bool:
