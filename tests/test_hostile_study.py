@@ -79,7 +79,7 @@ def test_out_on_a_pseudo_file_system_is_one_line(tmp_path):
 # --- 2: a user's own files in --out are never replaced ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["report.md", "predictions.csv", "logits.npy", "report.json"])
+@pytest.mark.parametrize("name", ["report.md", "report.html", "predictions.csv", "logits.npy", "report.json"])
 def test_a_users_file_where_a_run_writes_its_output_is_refused_before_any_work(tmp_path, name):
     import xfverify
 
@@ -133,7 +133,7 @@ def test_a_rerun_replaces_the_outputs_an_earlier_run_wrote(tmp_path):
     (out / "report.md").write_text("edited since")  # still the run's file: the ledger names it
     xfverify.native(**options)
     ledger = json.loads((out / ".xfverify-outputs.json").read_text())["files"]
-    assert ledger == sorted(["report.json", "report.md", "logits.npy", "predictions.csv"])
+    assert ledger == sorted(["report.json", "report.md", "report.html", "logits.npy", "predictions.csv"])
     assert (out / "report.md").read_text().startswith("# xfverify native")
 
 
@@ -208,3 +208,188 @@ def test_a_reused_cells_numbers_come_from_its_checked_report_and_damaged_logits_
     np.save(logits, values)  # damaged after the run: the cell is not done
     third = _study(tmp_path, out)
     assert (third.ran, third.reused) == (1, 0)
+
+
+# --- 3: the README's Python example saved as a script, without a main guard ------------------------------------------
+
+
+UNGUARDED_SCRIPT = """import xfverify
+
+report = xfverify.native("pypi/efficientnet_lite0", random_weights=True, limit=3, cache_dir={cache!r}, device="cpu")
+print("scored", report.n_scored)
+"""
+
+
+@needs_torch
+def test_a_script_without_a_main_guard_runs_once_on_a_cold_cache(tmp_path):
+    """Before: the decode pool's fork server children imported the script again and ran its call of xfverify there:
+    a deadlock with the default --out, a broken pool with one given."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "example.py"
+    script.write_text(UNGUARDED_SCRIPT.format(cache=str(tmp_path / "cold-cache")))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    try:
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env,
+                              timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the script did not finish: its decode processes ran it again")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("scored") == 1 and len(list((tmp_path / "xfverify-out").iterdir())) == 1
+
+
+# --- 4: warm workers are each caller's own ---------------------------------------------------------------------------
+
+
+class _Server:
+    def __init__(self, closed: list, name: str) -> None:
+        self.closed, self.name = closed, name
+
+    def close(self) -> None:
+        self.closed.append(self.name)
+
+
+def test_two_threads_warm_worker_scopes_neither_use_nor_close_each_others_servers():
+    """Before: one process-global scope: the thread whose scope ended first closed the other's servers (a running
+    cell killed) and left it with no scope."""
+    import threading
+
+    from xfverify.evaluator.process import warm
+
+    closed: list[str] = []
+    a_entered, a_left = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def first():
+        with warm.warm_workers() as scope:
+            scope._servers["torch"] = _Server(closed, "first's")
+            scope._framework_locks["torch"] = threading.Lock()
+            seen["first"] = warm.active()
+            a_entered.set()
+            b_entered.wait(10)
+        a_left.set()
+
+    b_entered = threading.Event()
+
+    def second():
+        a_entered.wait(10)
+        with warm.warm_workers() as scope:
+            scope._servers["torch"] = _Server(closed, "second's")
+            scope._framework_locks["torch"] = threading.Lock()
+            b_entered.set()
+            a_left.wait(10)
+            seen["second after first left"] = (warm.active() is scope, list(closed))
+        seen["second after its own"] = warm.active()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert seen["second after first left"] == (True, ["first's"])
+    assert closed == ["first's", "second's"] and seen["second after its own"] is None
+
+
+def test_a_studys_cpu_lane_runs_in_the_studys_warm_workers(tmp_path):
+    """The scope is each caller's (a context variable): the lane thread the study starts is handed the study's."""
+    from xfverify.evaluator.pipeline.study import PlannedCell, run_locally
+    from xfverify.evaluator.process import warm
+    from xfverify.models.study import Cell
+
+    plan = [PlannedCell(Cell(run="native", model=model), model, tmp_path / model)
+            for model in ("torchvision/resnet50:IMAGENET1K_V1", "gluoncv/resnet50_v1b")]
+    scopes = {}
+
+    def run(planned, results):
+        scopes[planned.key] = warm.active()
+        return "done"
+
+    run_locally(plan, run, {}, lambda planned, result: None, on_gpu=lambda planned: "torch" in planned.key)
+    assert len(scopes) == 2 and None not in scopes.values() and len(set(map(id, scopes.values()))) == 1
+
+
+# --- 15: a killed run leaves no folder in the temporary folder --------------------------------------------------------
+
+
+@needs_torch
+def test_a_run_killed_while_its_export_worker_runs_leaves_nothing_in_the_temporary_folder(tmp_path):
+    """Before: the export worker's folder was made in $TMPDIR, and a SIGKILL left it there for good."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**os.environ, "TMPDIR": str(temporary), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen([sys.executable, "-m", "xfverify", "onnx", "--random-weights", "--limit", "2",
+                                "--provider", "cpu", "--device", "cpu", "--out", str(tmp_path / "out"),
+                                "--cache-dir", str(tmp_path / "cache")], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not list(tmp_path.rglob("export.job.json")):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert list(tmp_path.rglob("export.job.json")), "the run ended before its export began"
+    assert [p.name for p in temporary.iterdir() if p.name.startswith("xfverify-")] == []
+
+
+# --- 10, 14: a Ray cluster that is not there, or not an address, is one line soon -------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_ray_address_is_one_line_within_a_bounded_time(tmp_path):
+    """Before: Ray retried the address for over five minutes, saying only its retries."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray not installed")
+    result = run_cli("study", "lite", "--executor", "ray", "--address", f"127.0.0.1:{_closed_port()}", "--out",
+                     str(tmp_path / "o"), isolated=True, timeout=90)
+    assert_user_error(result, "--address 127.0.0.1:", "no Ray cluster answers there")
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_address_that_drops_connections_is_refused_after_the_probe_time(monkeypatch):
+    import time
+
+    from xfverify.evaluator.pipeline import study_ray
+
+    def silent(address, timeout):
+        time.sleep(timeout)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(study_ray, "PROBE_S", 0.2)
+    monkeypatch.setattr(study_ray.socket, "create_connection", silent)
+    started = time.time()
+    _refused(lambda: study_ray.check_cluster("10.255.255.1:6379"), "timed out", "waited up to 0.2 s")
+    assert time.time() - started < 2
+
+
+@pytest.mark.parametrize("address, environment, named", [
+    ("not an address", {}, "--address not an address: not a Ray cluster's address"),
+    ("host:port", {}, "--address host:port: not a Ray cluster's address"),
+    ("ray://", {}, "--address ray://: not a Ray cluster's address"),
+    (None, {"RAY_ADDRESS": "garbage:xx"}, "RAY_ADDRESS garbage:xx: not a Ray cluster's address"),
+    (None, {"RAY_TMPDIR": "{file}/ray"}, "RAY_TMPDIR"),
+])
+def test_a_malformed_address_or_a_bad_ray_variable_is_one_line(tmp_path, monkeypatch, address, environment, named):
+    """Before: Ray's ValueError or NotADirectoryError, as a traceback."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray not installed")
+    (tmp_path / "file").write_text("")
+    args = ["study", "lite", "--executor", "ray", "--out", str(tmp_path / "o"), "--limit", "1"]
+    env = {name: value.format(file=tmp_path / "file") for name, value in environment.items()}
+    result = run_cli(*args, *(["--address", address] if address else []), env=env, isolated=True, timeout=120)
+    assert_user_error(result, named)
