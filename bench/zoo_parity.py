@@ -173,8 +173,9 @@ def main() -> None:
     })
     sources = payload.setdefault("sources", {})
     groups = {source: configurations(source) for source in args.sources.split(",")}
-    done = {(source, row["spec"]["name"]): row for source, part in sources.items()
-            for row in part.get("configurations", []) if row["images"] >= len(paths)}
+    previous = {(source, row["spec"]["name"]): row for source, part in sources.items()
+                for row in part.get("configurations", [])}  # kept until checked on more photos
+    done = {key: row for key, row in previous.items() if row["images"] >= len(paths)}
     batches = []
     for source, source_groups in groups.items():
         if source not in CATALOGUE_REFERENCES:
@@ -192,7 +193,8 @@ def main() -> None:
             print(f"{source} {spec.name}: {stat['images_equal']}/{stat['images']} equal, max |diff| "
                   f"{stat['max_abs_diff']:.3g} ({len(cards)} cards)", flush=True)
         for name, source_groups in groups.items():
-            rows = [done[name, g["spec"].name] for g in source_groups if (name, g["spec"].name) in done]
+            rows = [done.get((name, g["spec"].name)) or previous[name, g["spec"].name] for g in source_groups
+                    if (name, g["spec"].name) in done or (name, g["spec"].name) in previous]
             sources[name] = {
                 "distinct_configurations": len(source_groups), "checked": len(rows),
                 "passed": sum(r["verdict"] == "pass" for r in rows),
