@@ -155,6 +155,10 @@ def test_keep_float_names_must_be_the_graphs_and_calibration_must_be_kept_apart(
         run_onnx(options(tmp_path, made["plain"], variants=("int8",)))
     with pytest.raises(UserError, match=r"^--variant 'int4': not a variant"):
         run_onnx(options(tmp_path, made["plain"], variants=("int4",)))
+    with pytest.raises(UserError, match=r"^--variant .*missing\.onnx: no such file"):
+        run_onnx(options(tmp_path, made["plain"], variants=(str(tmp_path / "missing.onnx"),)))
+    with pytest.raises(UserError, match=r"^--max-top1-drop bounds what a variant costs: add --variant NAME"):
+        run_onnx(options(tmp_path, made["plain"], max_top1_drop=0.5))
 
 
 def test_bad_input_is_one_line_naming_the_opset_or_the_node_and_nothing_is_cached(tmp_path):
