@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = ROOT / "models" / "catalogue"
-SOURCES = ("torchvision", "timm")
+SOURCES = ("torchvision", "timm", "keras", "gluoncv")
 
 
 def dump(header: dict, models: list[dict]) -> str:
@@ -164,7 +164,198 @@ def emit_timm() -> str:
     return dump(header, models)
 
 
-EMITTERS = {"torchvision": emit_torchvision, "timm": emit_timm}
+# --- Keras applications ----------------------------------------------------------------------------
+
+
+def keras_preprocess_mode(preprocess_input) -> str:
+    """Which of imagenet_utils' modes a module's preprocess_input computes (``none``: it returns its input, the
+    model normalising inside its graph), found by running it and the candidates on the same probe."""
+    import numpy as np
+    from keras.src.applications import imagenet_utils
+
+    probe = np.random.default_rng(0).uniform(0, 255, (1, 4, 4, 3)).astype("float32")
+    got = np.asarray(preprocess_input(probe.copy()))
+    if np.array_equal(got, probe):
+        return "none"
+    for mode in ("caffe", "tf", "torch"):
+        if np.array_equal(got, np.asarray(imagenet_utils.preprocess_input(probe.copy(), mode=mode))):
+            return mode
+    raise RuntimeError(f"{preprocess_input.__module__}.preprocess_input is none of imagenet_utils' modes")
+
+
+def _keras_table() -> dict[str, dict[str, str]]:
+    """The rows of the Keras documentation's applications table (the committed index.md), by model name."""
+    text = (CATALOGUE / "sources" / "keras" / "index.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in text.splitlines():
+        found = re.match(r"\| \[(\w+)\]\([^)]*\) \| [^|]* \| ([\d.]+)% \| ([\d.]+)% \|", line)
+        if found:
+            rows[found.group(1)] = {"top1": found.group(2), "top5": found.group(3)}
+    return rows
+
+
+def emit_keras() -> str:
+    """Every model of keras.applications: its module's preprocess_input mode, the input size its builder asks
+    imagenet_utils.obtain_input_shape for, and the weights file, URL and hash it hands keras.utils.get_file (each
+    model is built once with weights="imagenet" and get_file stopped: nothing is downloaded)."""
+    import inspect
+    import os
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import keras.applications as applications
+    import tensorflow as tf
+    from keras.src.applications import imagenet_utils
+    from keras.src.utils import file_utils
+
+    class Stop(Exception):
+        pass
+
+    seen: dict = {}
+    obtain_input_shape = imagenet_utils.obtain_input_shape
+
+    def spy_input_shape(*args, **kwargs):
+        seen["default_size"] = kwargs.get("default_size", args[1] if len(args) > 1 else None)
+        return obtain_input_shape(*args, **kwargs)
+
+    def spy_get_file(fname=None, origin=None, file_hash=None, **kwargs):
+        seen["file"] = {"file": fname, "url": origin, "hash": file_hash or ""}
+        raise Stop
+
+    imagenet_utils.obtain_input_shape = spy_input_shape
+    file_utils.get_file = spy_get_file
+    source = json.loads((CATALOGUE / "sources" / "keras" / "SOURCE.json").read_text(encoding="utf-8"))
+    table = _keras_table()
+    models = []
+    for name in sorted(n for n in dir(applications) if n[:1].isupper()):
+        builder = getattr(applications, name)
+        module = inspect.getmodule(builder)
+        seen.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                builder(weights="imagenet")
+            except Stop:
+                pass
+        size = seen.get("default_size")
+        if size is None:  # MobileNetV3 takes any size; it says which size its weights are for
+            said = [re.search(r"Weights for input shape \((\d+), (\d+)\)", str(w.message)) for w in caught]
+            size = next(int(m.group(1)) for m in said if m)
+        public = module.__name__.replace("keras.src.applications.", "keras.applications.")
+        models.append({
+            "builder": name,
+            "weights": "imagenet",
+            "default": True,
+            "module": public,
+            "preprocess_mode": keras_preprocess_mode(module.preprocess_input),
+            "input_size": size,
+            **seen["file"],
+            "published": table.get(name, {}),
+        })
+        keras.backend.clear_session()
+    header = {
+        "source": "keras",
+        "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
+        "citation": f"keras {keras.__version__} keras.applications: each builder's module preprocess_input, the "
+                    "default_size it gives obtain_input_shape, the file, URL and hash it gives get_file; numbers "
+                    f"from the Keras documentation's table, {source['repository']}@{source['commit'][:7]} "
+                    f"{source['files']['index.md']['path']}",
+        "table": {"repository": source["repository"], "commit": source["commit"],
+                  "path": source["files"]["index.md"]["path"]},
+    }
+    return dump(header, models)
+
+
+# --- GluonCV -------------------------------------------------------------------------------------
+
+
+def gluoncv_row_name(model: str) -> str:
+    """A model-zoo table's display name as a model_zoo name: references, tags and spaces dropped, lower case
+    ('ResNet18_v1 [1]_' -> 'resnet18_v1', ':tag:`InceptionV3` [8]_' -> 'inceptionv3')."""
+    name = re.sub(r"\[\d+\]_", "", model)
+    name = re.sub(r":tag:`([^`]*)`", r"\1", name)
+    return name.replace(" ", "").lower()
+
+
+def emit_gluoncv() -> str:
+    """Every row of GluonCV's ImageNet classification tables (committed byte for byte), matched by its hashtag to
+    the file GluonCV's model_store names (sha1), with the input size GluonCV's evaluation uses for it; a row no
+    installed file matches is listed with why, never guessed."""
+    import csv
+
+    import numpy
+
+    if not hasattr(numpy, "bool"):  # MXNet 1.9 reads numpy.bool, removed in numpy 1.24 (as the mxnet worker does)
+        numpy.bool = bool
+    import scipy.stats  # noqa: F401  (imported while torch is visible: it looks torch up)
+
+    sys.modules["torch"] = None  # GluonCV refuses to import beside torch >= 2; it tolerates torch missing
+    try:
+        import gluoncv
+        import mxnet
+        from gluoncv.model_zoo import model_store
+    finally:
+        del sys.modules["torch"]
+
+    zoo_names = set(gluoncv.model_zoo.get_model_list())
+    folder = CATALOGUE / "sources" / "gluoncv"
+    source = json.loads((folder / "SOURCE.json").read_text(encoding="utf-8"))
+    sizes = source["eval"]["sizes"]
+    models, unmatched = [], []
+    for table in sorted(source["files"]):
+        with open(folder / table, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                wanted = gluoncv_row_name(row["Model"])
+                hashtag = row["Hashtag"].strip()
+                found = sorted(n for n, sha1 in model_store._model_sha1.items() if sha1.startswith(hashtag))
+                known = wanted in model_store._model_sha1
+                name = wanted if wanted in found else (
+                    found[0] if len(found) == 1 and not known and not wanted.endswith("_int8") else None)
+                if name is None:
+                    why = ("a quantized model (int8)" if wanted.endswith("_int8") else
+                           f"the installed model_store's {wanted} is {model_store._model_sha1[wanted][:8]}, the "
+                           f"row's hashtag names {', '.join(found) or 'no installed file'}" if known else
+                           "no file of the installed model_store has this hashtag" if not found else
+                           f"the hashtag names several files: {', '.join(found)}")
+                    unmatched.append({"table": table, "model": row["Model"], "hashtag": hashtag, "why": why})
+                    continue
+                builder = wanted if wanted in zoo_names else name  # pruned nets: get_model's name, the store's file
+                if builder not in zoo_names:
+                    raise RuntimeError(f"{row['Model']}: gluoncv.model_zoo.get_model knows no {builder!r}")
+                models.append({
+                    "builder": builder,
+                    "weights": "imagenet",
+                    "default": True,
+                    "file": f"{name}-{hashtag}.params",
+                    "table": table,
+                    "row": row["Model"],
+                    "hashtag": hashtag,
+                    "top1": row["Top-1"].strip(),
+                    "top5": row["Top-5"].strip(),
+                    "sha1": model_store._model_sha1[name],
+                    "input_size": sizes.get(name, source["eval"]["input_size"]),
+                    "crop_ratio": source["eval"]["crop_ratio"],
+                })
+    names = [m["builder"] for m in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise RuntimeError(f"several rows name the same file: {duplicates}")
+    header = {
+        "source": "gluoncv",
+        "versions": {"gluoncv": gluoncv.__version__, "mxnet": mxnet.__version__},
+        "citation": f"gluoncv {gluoncv.__version__} model_store (each file's sha1); rows of "
+                    f"{source['repository']}@{source['commit'][:7]} docs/model_zoo/csv_tables/Classifications/*.csv; "
+                    f"input sizes from {source['eval']['path']} and {source['eval']['sizes_source']}",
+        "tables": {"repository": source["repository"], "commit": source["commit"],
+                   "folder": "docs/model_zoo/csv_tables/Classifications"},
+        "eval": source["eval"],
+        "rows_without_a_card": unmatched,
+    }
+    return dump(header, models)
+
+
+EMITTERS = {"torchvision": emit_torchvision, "timm": emit_timm, "keras": emit_keras, "gluoncv": emit_gluoncv}
 
 
 # --- driver --------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS, PreprocessSpec
 
 Framework = Literal["torch", "tensorflow", "mxnet"]
+# The sources of model ids (the part before the slash): the hand cards' and the catalogue's.
+CARD_SOURCES = tuple(dict.fromkeys(("torchvision", "timm", "keras", "gluoncv", "pypi", *zoos.SOURCES)))
 
 
 class _Strict(BaseModel):

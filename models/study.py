@@ -5,6 +5,7 @@ A study is a TOML file (``xfverify study FILE.toml``) or one shipped with xfveri
     name = "mine"
     [[cells]]
     models = ["torchvision/resnet50:IMAGENET1K_V1", "keras/ResNet*"]   # ids, or patterns as `xfverify models` takes
+    # or a whole zoo filtered: models = "timm:convnext_*" (source:pattern, as `xfverify models --source --filter`)
     runs = ["native", "onnx", "diagnose"]
     variants = ["squash", "resize-pil"]   # diagnose's variants; [] for its whole selection
     precisions = ["bf16"]                 # diagnose's runtime axis (torch and Keras)
@@ -15,14 +16,16 @@ Expanding it gives the cells: one per (model, run), each checked against its car
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError, field_validator
 
-from xfverify.models.cards import ModelCard, find_cards, get_card
+from xfverify.models.cards import CARD_SOURCES, ModelCard, find_cards, get_card
 from xfverify.models.errors import UserError
 from xfverify.models.user_input import read_text, shown
 
@@ -36,11 +39,16 @@ class _Strict(BaseModel):
 class CellGroup(_Strict):
     """Models, and what to run for each of them."""
 
-    models: list[str] = Field(min_length=1)
+    models: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]] = Field(min_length=1)
     runs: list[Run] = Field(default=["native", "onnx", "diagnose"], min_length=1)
     variants: list[str] = Field(default_factory=list, description="diagnose's variants; empty: its whole selection")
     precisions: list[str] = Field(default_factory=list, description="diagnose's other precisions")
-    random_weights: bool = False
+    random_weights: StrictBool = False  # true or false: "yes" or 1 is a mistake, not a yes
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
 
 class StudySpec(_Strict):
@@ -60,7 +68,13 @@ class Cell(_Strict):
 
     @property
     def name(self) -> str:
-        return f"{self.run}-{self.model.replace('/', '_').replace(':', '_')}" + ("-random" if self.random_weights else "")
+        """Its folder's name, one per cell: diagnose cells of one model that differ in their variants or precisions
+        are told apart by a digest of them."""
+        name = f"{self.run}-{self.model.replace('/', '_').replace(':', '_')}" + ("-random" if self.random_weights else "")
+        if self.variants or self.precisions:
+            chosen = json.dumps([self.variants, self.precisions]).encode()
+            name += f"-{hashlib.sha256(chosen).hexdigest()[:8]}"
+        return name
 
 
 def builtin_studies() -> dict[str, Path]:
@@ -113,9 +127,25 @@ def cells_of(study: StudySpec) -> list[Cell]:
     return cells
 
 
+def _source_filter(pattern: str) -> tuple[str, str] | None:
+    """``source:pattern`` (``timm:convnext_*``) as (source, pattern), or None for an id or a plain pattern."""
+    source, colon, rest = pattern.partition(":")
+    if colon and "/" not in source and source.lower() in {s.lower() for s in CARD_SOURCES}:
+        return source.lower(), rest or "*"
+    return None
+
+
 def _cards(patterns: list[str]) -> list[ModelCard]:
     cards: list[ModelCard] = []
     for pattern in patterns:
+        zoo = _source_filter(pattern)
+        if zoo:
+            found = find_cards(zoo[1], source=zoo[0])
+            if not found:
+                raise UserError(f"study models {pattern!r}: no {zoo[0]} model matches {zoo[1]!r}; "
+                                f"`xfverify models --source {zoo[0]} --filter '{zoo[1]}'` lists them")
+            cards += [card for card in found if card not in cards]
+            continue
         try:
             found = [get_card(pattern)]
         except UserError:

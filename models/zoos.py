@@ -10,6 +10,7 @@ card's fields (``CARD_MAPPINGS``). A configuration the spec cannot express raise
 from __future__ import annotations
 
 import json
+import math
 from decimal import Decimal
 from functools import lru_cache
 from importlib import resources
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 from xfverify.models.preprocess import NORMALISATIONS, PRESETS, PreprocessSpec, resize_for_crop_pct
 
-SOURCES = ("torchvision", "timm")
+SOURCES = ("torchvision", "timm", "keras", "gluoncv")
 
 
 @lru_cache(maxsize=None)
@@ -213,10 +214,123 @@ def timm_card(entry: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-SPEC_MAPPINGS: dict[str, Callable[..., PreprocessSpec]] = {"torchvision": torchvision_spec, "timm": timm_spec}
+# --- Keras applications ----------------------------------------------------------------------------
+
+KERAS_NORMALISATIONS = {"caffe": "keras-caffe", "tf": "keras-tf", "torch": "imagenet-mean-std"}
+KERAS_GEOMETRY_SOURCE = (
+    "Keras ships no evaluation geometry; the Keras maintainers' recipe for the published numbers "
+    "(github.com/keras-team/keras-applications issues #88 and #99): cv2 decode, shorter side 256 with cv2.INTER_CUBIC, "
+    "centre crop 224, carried to a model of another input size S as shorter side S * 256 // 224, crop S"
+)
+
+
+@lru_cache(maxsize=None)
+def _keras_spec(mode: str, size: int) -> PreprocessSpec:
+    if mode == "none":
+        norm: dict[str, Any] = dict(scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), channel_order="RGB")
+    else:
+        norm = NORMALISATIONS[KERAS_NORMALISATIONS[mode]]
+    what = ("its module's preprocess_input returns its input: the model normalises inside its graph, so it is fed "
+            "raw 0-255 pixels" if mode == "none" else f"imagenet_utils.preprocess_input(mode={mode!r})")
+    spec = PreprocessSpec(
+        name=f"keras-{mode}-{size}", decoder="opencv", order="resize_then_crop", resize_mode="shorter_side",
+        resize_size=size * 256 // 224, interpolation="bicubic", resize_library="opencv", antialias=False,
+        crop_size=size, crop_padding=0, crop_rounding="floor", layout="NHWC", **norm,
+        source=f"keras.applications: {what}; {KERAS_GEOMETRY_SOURCE}",
+    )
+    return _named(spec, ("keras-caffe", "keras-tf", "keras-torch"))
+
+
+def keras_spec(entry: dict[str, Any]) -> PreprocessSpec:
+    """A Keras application's input: the geometry of the maintainers' recipe at the model's input size, then its
+    module's preprocess_input mode (caffe: BGR minus the mean; tf: x / 127.5 - 1; torch: x / 255, ImageNet mean and
+    std; none: raw pixels, the model normalising inside its graph)."""
+    return _keras_spec(entry["preprocess_mode"], entry["input_size"])
+
+
+def keras_card(entry: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
+    """The card fields of a Keras applications entry; its number is the documentation table's row."""
+    spec = keras_spec(entry)
+    table = header["table"]
+    published = []
+    if entry["published"]:
+        published.append(dict(
+            top1_error=error_from_accuracy(float(entry["published"]["top1"])),
+            top5_error=error_from_accuracy(float(entry["published"]["top5"])),
+            source=f"{table['repository']}@{table['commit'][:7]} {table['path']}, the row of {entry['builder']}",
+            primary=True,
+        ))
+    notes = [f"preprocess_input from {entry['module']}"]
+    if entry["preprocess_mode"] == "none":
+        notes.append("the model normalises inside its graph: it takes raw 0-255 pixels")
+    if not entry["published"]:
+        notes.append(f"no published number: the Keras documentation's table ({table['repository']}@"
+                     f"{table['commit'][:7]}) has no row for {entry['builder']}")
+    algorithm = {32: "md5", 64: "sha256"}.get(len(entry["hash"]))
+    return dict(
+        id=entry_id("keras", entry), framework="tensorflow", architecture=entry["builder"],
+        builder=f"keras.applications.{entry['builder']}",
+        weights=dict(kind="keras", name="imagenet", file=entry["file"], url=entry["url"],
+                     checksum=f"{algorithm}:{entry['hash']}" if algorithm else ""),
+        preprocess=spec.name, spec=spec, input_layout="NHWC", output="softmax", published=tuple(published),
+        default=entry["default"], notes="; ".join(notes),
+    )
+
+
+# --- GluonCV -------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def _gluoncv_spec(size: int, crop_ratio: float) -> PreprocessSpec:
+    resize = int(math.ceil(size / crop_ratio))
+    spec = PreprocessSpec(
+        name=f"gluoncv-{resize}-{size}", decoder="opencv", order="resize_then_crop", resize_mode="shorter_side",
+        resize_size=resize, interpolation="bilinear", resize_library="opencv", antialias=False, crop_size=size,
+        crop_padding=0, crop_rounding="floor", **NORMALISATIONS["imagenet-mean-std"], layout="NCHW",
+        source=(f"GluonCV's evaluation, scripts/classification/imagenet/verify_pretrained.py: input size {size}, "
+                f"crop_ratio {crop_ratio}, gluon transforms Resize(ceil({size} / {crop_ratio}) = {resize}, "
+                f"keep_ratio=True, bilinear: OpenCV through mx.image), CenterCrop({size}), ToTensor, Normalize(ImageNet "
+                "mean/std); images read by mx.image.imread (OpenCV)"),
+    )
+    return _named(spec, ("gluoncv",))
+
+
+def gluoncv_spec(entry: dict[str, Any]) -> PreprocessSpec:
+    """GluonCV's evaluation of a model-zoo classifier: shorter side to ceil(size / crop_ratio) (OpenCV bilinear, as
+    transform_eval), centre crop of the input size, x / 255, ImageNet mean and std."""
+    return _gluoncv_spec(entry["input_size"], entry["crop_ratio"])
+
+
+def gluoncv_card(entry: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
+    """The card fields of a GluonCV table row matched to its weights file."""
+    spec = gluoncv_spec(entry)
+    tables = header["tables"]
+    store_name = entry["file"].rsplit("-", 1)[0]
+    size_note = (f"input size {entry['input_size']}: docs/model_zoo/classification_mxnet.rst names it"
+                 if entry["input_size"] != header["eval"]["input_size"] else
+                 f"input size {entry['input_size']}: verify_pretrained.py's default (the docs name another size for "
+                 f"{', '.join(header['eval']['sizes'])} only)")
+    return dict(
+        id=entry_id("gluoncv", entry), framework="mxnet", architecture=entry["builder"],
+        builder=f"gluoncv.model_zoo.get_model('{entry['builder']}')",
+        weights=dict(kind="gluoncv", name=store_name, file=entry["file"], checksum=f"sha1:{entry['sha1']}"),
+        preprocess=spec.name, spec=spec, input_layout="NCHW", output="logits",
+        published=(dict(
+            top1_error=error_from_accuracy(float(entry["top1"])), top5_error=error_from_accuracy(float(entry["top5"])),
+            source=(f"{tables['repository']}@{tables['commit'][:7]} {tables['folder']}/{entry['table']}, the row "
+                    f"'{entry['row'].strip()}' with Hashtag {entry['hashtag']}"),
+            primary=True),),
+        default=entry["default"], notes=size_note,
+    )
+
+
+SPEC_MAPPINGS: dict[str, Callable[..., PreprocessSpec]] = {"torchvision": torchvision_spec, "timm": timm_spec,
+                                                           "keras": keras_spec, "gluoncv": gluoncv_spec}
 CARD_MAPPINGS: dict[str, Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]] = {
     "torchvision": torchvision_card,
     "timm": timm_card,
+    "keras": keras_card,
+    "gluoncv": gluoncv_card,
 }
 
 

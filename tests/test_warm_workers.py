@@ -13,7 +13,6 @@ import pytest
 from helpers import needs_torch
 from xfverify.evaluator.pipeline.native import run_native
 from xfverify.evaluator.pipeline.options import NativeOptions
-from xfverify.evaluator.process import warm
 from xfverify.evaluator.process.warm import WarmWorkers, warm_workers
 
 pytestmark = needs_torch
@@ -24,9 +23,10 @@ def _logits(out, **kw) -> np.ndarray:
     return np.load(out / "logits.npy")
 
 
-def test_a_forked_worker_gives_a_started_workers_logits_bit_for_bit(tmp_path, monkeypatch):
-    monkeypatch.setattr(warm, "_active", None)  # no server: started as the CLI starts it
-    started = _logits(tmp_path / "started")
+def test_a_forked_worker_gives_a_started_workers_logits_bit_for_bit(tmp_path):
+    import contextvars
+
+    started = contextvars.Context().run(_logits, tmp_path / "started")  # no scope: started as the CLI starts it
     with warm_workers() as servers:
         forked = _logits(tmp_path / "forked")
         again = _logits(tmp_path / "again", seed=1)

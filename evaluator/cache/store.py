@@ -38,7 +38,6 @@ import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -53,6 +52,7 @@ from xfverify.evaluator.cache.digests import (
     write_digests,
 )
 from xfverify.evaluator.cache.decoding import decode_chunk, digest_chunk, init_decode_process
+from xfverify.evaluator.cache.starting import pool_context
 from xfverify.evaluator.system.files import allocated_npy, atomic_write_text, ensure_room
 from xfverify.evaluator.system.locks import ShardLock
 from xfverify.evaluator.cache.shards import checksum, iter_shard_batches
@@ -450,7 +450,7 @@ class TensorCache:
         futures: dict[Future, tuple[str, int, int]] = {}
         pool: Any = ProcessPoolExecutor(
             max_workers=min(stats.workers, sum(len(p.records) for p in decode) + sum(len(p.records) for p, _ in digest)),
-            mp_context=_pool_context(),
+            mp_context=pool_context(),
             initializer=init_decode_process,
             initargs=(self.spec.to_dict(), os.getpid(), [n.spec.to_dict() for n in normalisations]),
         )
@@ -560,11 +560,6 @@ def _issues(plans: Sequence[ShardPlan], sidecars: dict[str, dict], kind: str) ->
             record = plan.records[int(row)]
             issues.append(ImageIssue(plan.start + int(row), record.image_id, record.path, reason))
     return issues
-
-
-def _pool_context():
-    """fork when this process runs no other thread (cheapest start), else forkserver (fork is unsafe then)."""
-    return get_context("fork" if threading.active_count() == 1 else "forkserver")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -8,9 +8,7 @@ import click
 
 from xfverify.evaluator.commands.options import CONTEXT
 from xfverify.models.errors import UserError
-from xfverify.models.zoos import SOURCES as ZOO_SOURCES
-
-SOURCES = tuple(dict.fromkeys(("torchvision", "timm", "keras", "gluoncv", "pypi", *ZOO_SOURCES)))
+from xfverify.models.cards import CARD_SOURCES
 
 
 @click.command("models", context_settings=CONTEXT)
@@ -18,7 +16,7 @@ SOURCES = tuple(dict.fromkeys(("torchvision", "timm", "keras", "gluoncv", "pypi"
 @click.option("--filter", "filter_pattern", metavar="PATTERN",
               help="Only ids (or architectures) matching this shell-style pattern, e.g. 'convnext*' (a bare word "
                    "matches inside).")
-@click.option("--source", type=click.Choice(SOURCES, case_sensitive=False),
+@click.option("--source", type=click.Choice(CARD_SOURCES, case_sensitive=False),
               help="Only this source's models.")
 @click.option("--json", "as_json", is_flag=True, help="Print the cards as JSON.")
 def models_command(pattern: str | None, filter_pattern: str | None, source: str | None, as_json: bool) -> None:

@@ -6,10 +6,15 @@ GPU cells' ONNX exports are CPU tasks of their own, submitted first, so no GPU i
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import urllib.parse
+from pathlib import Path
 from typing import Any, Callable
 
+from xfverify.evaluator.system.files import writable_folder
 from xfverify.models.errors import UserError
+from xfverify.models.user_input import shown
 
 RETRIES = 3  # a task whose node dies is run again elsewhere, up to this many times (Ray's max_retries)
 CPUS_PER_CPU_CELL = 2  # decoding and the model pass share them
@@ -25,6 +30,7 @@ def ray_executor(address: str | None, on_gpu: Callable[[Any], bool],
         import ray
     except ImportError:
         raise UserError("--executor ray needs Ray: pip install 'xfverify[ray]' (or use --executor local)") from None
+    check_cluster(address)
 
     def execute(todo: list, run: Callable, done: dict, record: Callable) -> dict:
         started_here = not ray.is_initialized()
@@ -41,6 +47,35 @@ def ray_executor(address: str | None, on_gpu: Callable[[Any], bool],
                 ray.shutdown()
 
     return execute
+
+
+PROBE_S = 10  # how long a cluster's address is given to answer before the study is refused
+
+
+def check_cluster(address: str | None) -> None:
+    """Before any cell: the cluster to join (``--address``, else ``RAY_ADDRESS``) is ``auto``, ``local`` or a
+    HOST:PORT that accepts a connection within PROBE_S; a local instance's RAY_TMPDIR is a folder that can be made.
+    Anything else is one line (Ray itself retries an unreachable address for minutes)."""
+    named, value = ("--address", address) if address else ("RAY_ADDRESS", os.environ.get("RAY_ADDRESS"))
+    if not value or value in ("auto", "local"):
+        if os.environ.get("RAY_TMPDIR") and value != "auto":
+            writable_folder(Path(os.environ["RAY_TMPDIR"]), "RAY_TMPDIR")
+        return
+    try:
+        parts = urllib.parse.urlsplit("//" + value.removeprefix("ray://"))
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or port is None or parts.path or parts.query or parts.fragment:
+        raise UserError(f"{named} {shown(value)}: not a Ray cluster's address; give auto or HOST:PORT (e.g. "
+                        "10.0.0.5:6379), or leave it out for a local Ray instance")
+    try:
+        socket.create_connection((host, port), timeout=PROBE_S).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise UserError(f"{named} {shown(value)}: no Ray cluster answers there ({reason}; waited up to {PROBE_S} s): "
+                        "check the host and port, start one with `ray start --head`, or leave it out for a local "
+                        "Ray instance") from None
 
 
 def _gather(ray, todo: list, run: Callable, done: dict, record: Callable, on_gpu: Callable[[Any], bool],

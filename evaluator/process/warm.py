@@ -13,7 +13,7 @@ workers are started as usual.
 from __future__ import annotations
 
 import contextlib
-import json
+import contextvars
 import os
 import signal
 import socket
@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from xfverify.evaluator.process.registry import BACKENDS
+from xfverify.evaluator.process.wire import SERVER_MESSAGE, Exited, ForkRequest, Started
 
 # Read by xfverify or the frameworks when a task runs, not when a framework is imported: they may differ per job.
 RUN_TIME_VARIABLES = ("COLUMNS", "HOME", "NO_PROXY", "no_proxy", "PYTEST_CURRENT_TEST", "XDG_CACHE_HOME")
@@ -113,21 +114,21 @@ class WarmServer:
                         worker._set_exit(-signal.SIGKILL)
                     self._answered.notify_all()
                     return
-                answer = json.loads(message)
-                if "started" in answer:
-                    self._started.append(answer["started"])
+                answer = SERVER_MESSAGE.validate_json(message)
+                if isinstance(answer, Started):
+                    self._started.append(answer.pid)
                     self._answered.notify_all()
-                elif "exited" in answer:
-                    worker = self._workers.pop(answer["exited"], None)
+                elif isinstance(answer, Exited):
+                    worker = self._workers.pop(answer.pid, None)
                     if worker is None:  # it ended before its starter took it: handed over there
-                        self._early_exits[answer["exited"]] = answer["code"]
+                        self._early_exits[answer.pid] = answer.code
                     else:
-                        worker._set_exit(answer["code"])
+                        worker._set_exit(answer.code)
 
     def start(self, job_path: str, env: dict[str, str], stderr: IO) -> WarmProcess | None:
         """Fork a worker on ``job_path``; None if this server can no longer serve."""
         read_end, write_end = os.pipe()
-        request = json.dumps({"job": job_path, "env": env, "cwd": os.getcwd()}).encode()
+        request = ForkRequest(job=job_path, env=env, cwd=os.getcwd()).model_dump_json().encode()
         try:
             # one request at a time (the server answers in order): waiting releases _lock, not _requesting
             with self._requesting, self._lock:
@@ -165,6 +166,7 @@ class WarmWorkers:
         self._servers: dict[str, WarmServer] = {}
         self._lock = threading.Lock()
         self._framework_locks: dict[str, threading.Lock] = {}
+        self._closed = False
 
     def start(self, framework: str, job_path: str, env: dict[str, str], stderr: IO) -> WarmProcess | None:
         """A worker forked from the framework's server, or None where one cannot be (the caller starts it)."""
@@ -172,8 +174,12 @@ class WarmWorkers:
                 or not hasattr(os, "pidfd_open"):
             return None
         with self._lock:
+            if self._closed:  # its scope has ended: the caller starts its worker as usual
+                return None
             own_lock = self._framework_locks.setdefault(framework, threading.Lock())
         with own_lock:  # a framework's server starting (seconds) does not hold up another framework's jobs
+            if self._closed:
+                return None
             server = self._servers.get(framework)
             if server is not None and server.environment != _import_time_environment(env):
                 server.close()
@@ -185,18 +191,21 @@ class WarmWorkers:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for framework, server in list(self._servers.items()):
                 with self._framework_locks[framework]:
                     server.close()
             self._servers.clear()
 
 
-_active: WarmWorkers | None = None
+# Each caller's own scope: a thread (or task) sees the scope it entered, or the one its starter handed on with
+# ``contextvars.copy_context``; two scopes at once (two threads, two studies) never use or close each other's servers.
+_active: contextvars.ContextVar[WarmWorkers | None] = contextvars.ContextVar("xfverify_warm_workers", default=None)
 
 
 def active() -> WarmWorkers | None:
     """The warm workers of the current scope, if any."""
-    return _active
+    return _active.get()
 
 
 # Checked to fork cleanly after their import (bit-identical logits, the suite). MXNet's engine starts worker
@@ -207,10 +216,10 @@ FORKABLE = ("torch", "tensorflow")
 @contextlib.contextmanager
 def warm_workers(frameworks: tuple[str, ...] = FORKABLE) -> Iterator[WarmWorkers]:
     """Within this scope, workers of these frameworks are forked from a warm server instead of started."""
-    global _active
-    outer, _active = _active, WarmWorkers(frameworks)
+    scope = WarmWorkers(frameworks)
+    token = _active.set(scope)
     try:
-        yield _active
+        yield scope
     finally:
-        _active.close()
-        _active = outer
+        scope.close()
+        _active.reset(token)

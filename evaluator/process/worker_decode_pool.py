@@ -3,12 +3,13 @@ TensorFlow's crop-window decode (``decode_and_crop_jpeg`` in a tensorflow worker
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable
 
 from xfverify.evaluator.cache.decoding import decode_chunk, digest_chunk
-from xfverify.evaluator.process.events import Event
+from xfverify.evaluator.process.events import EventSink
 from xfverify.evaluator.process.tasks import DecodeChunk, DecodeJob, WindowDecodeJob
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
@@ -37,7 +38,8 @@ class WorkerDecodePool:
         return future
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name=f"xfverify-decode-{self.spec.decode_worker}", daemon=True)
+        self.thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,),  # the caller's warm
+                                       name=f"xfverify-decode-{self.spec.decode_worker}", daemon=True)  # workers too
         self.thread.start()
 
     def _decoded(self, index: int, bad: list, caveats: list) -> None:
@@ -57,9 +59,8 @@ class WorkerDecodePool:
     def _run(self) -> None:
         from xfverify.evaluator.process.launcher import run_worker
 
-        def on_event(event: Event) -> None:
-            if event.event == "decoded":
-                self._decoded(event.index, event.bad, event.caveats)
+        on_event = EventSink(decoded=lambda event: self._decoded(event.index, event.bad, event.caveats),
+                             status=lambda event: None)
 
         def on_start(process) -> None:
             self.process = process

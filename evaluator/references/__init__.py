@@ -64,8 +64,12 @@ REFERENCES: dict[str, Reference] = {
 }
 
 # The zoos' catalogue: per source, the module whose ``catalogue_pipeline(name)`` runs the source's own evaluation
-# transform for one catalogue entry (``name``: its id after ``source/``, e.g. ``resnet50:IMAGENET1K_V1``).
+# transform for one catalogue entry on image files (``name``: its id after ``source/``, e.g.
+# ``resnet50:IMAGENET1K_V1``), made of ``load(path)`` (the source's loader) and ``catalogue_transform(name)`` (the
+# transform on a loaded image, a float32 array), so a bench can read each photo once for every configuration.
 CATALOGUE_REFERENCES: dict[str, Reference] = {
     "torchvision": Reference("torch", "torchvision_weights"),
     "timm": Reference("torch", "timm_transforms"),
+    "keras": Reference("tensorflow", "keras_applications"),
+    "gluoncv": Reference("mxnet", "gluoncv_transforms"),
 }

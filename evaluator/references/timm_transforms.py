@@ -14,12 +14,13 @@ from timm.models import get_pretrained_cfg
 LAYOUT = "NCHW"
 
 
+def load(path: str) -> Image.Image:
+    with Image.open(path) as image:  # timm's ImageDataset: PIL, converted to RGB
+        return image.convert("RGB")
+
+
 def _transformed(transform, paths: list[str]) -> np.ndarray:
-    tensors = []
-    for path in paths:
-        with Image.open(path) as image:  # timm's ImageDataset: PIL, converted to RGB
-            tensors.append(transform(image.convert("RGB")).numpy())
-    return np.stack(tensors)
+    return np.stack([transform(load(path)).numpy() for path in paths])
 
 
 def _timm_eval(model_name: str, **overrides):
@@ -32,17 +33,20 @@ def _timm_eval(model_name: str, **overrides):
     return run
 
 
-def catalogue_pipeline(name: str):
+def catalogue_transform(name: str):
     """``architecture:tag`` (a catalogue entry): the tag's pretrained_cfg as timm registers it (no weights, no
-    network built), resolved by ``resolve_data_config`` and made a transform by ``create_transform``."""
+    network built), resolved by ``resolve_data_config`` and made a transform by ``create_transform``, on a loaded
+    image."""
     architecture, tag = name.split(":")
-    pretrained_cfg = get_pretrained_cfg(f"{architecture}.{tag}").to_dict()
+    config = resolve_data_config({}, pretrained_cfg=get_pretrained_cfg(f"{architecture}.{tag}").to_dict())
+    transform = create_transform(**config, is_training=False)
+    return lambda image: transform(image).numpy()
 
-    def run(paths: list[str]) -> np.ndarray:
-        config = resolve_data_config({}, pretrained_cfg=pretrained_cfg)
-        return _transformed(create_transform(**config, is_training=False), paths)
 
-    return run
+def catalogue_pipeline(name: str):
+    """The entry's transform on image files, each read as timm's ImageDataset reads it."""
+    transform = catalogue_transform(name)
+    return lambda paths: np.stack([transform(load(path)) for path in paths])
 
 
 PIPELINES = {

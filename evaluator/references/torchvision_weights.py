@@ -18,10 +18,20 @@ def _weights_transforms(weights):
     return run
 
 
-def catalogue_pipeline(name: str):
-    """``builder:WEIGHTS`` (a catalogue entry): that weights enum member's own ``transforms()``."""
+load = default_loader  # the source's own loader: a PIL image converted to RGB
+
+
+def catalogue_transform(name: str):
+    """``builder:WEIGHTS`` (a catalogue entry): that weights enum member's own ``transforms()``, on a loaded image."""
     builder, weights = name.split(":")
-    return _weights_transforms(models.get_model_weights(builder)[weights])
+    transform = models.get_model_weights(builder)[weights].transforms()
+    return lambda image: transform(image).numpy()
+
+
+def catalogue_pipeline(name: str):
+    """The entry's transform on image files, each read by the source's loader."""
+    transform = catalogue_transform(name)
+    return lambda paths: np.stack([transform(load(path)) for path in paths])
 
 
 PIPELINES = {

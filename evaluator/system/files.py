@@ -8,6 +8,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +28,42 @@ def writable_folder(path: Path, what: str) -> Path:
         raise UserError(f"{what} {path}: cannot create this folder ({exc.strerror or exc}); choose another") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path}: this folder is not writable; choose another")
+    return path
+
+
+def refuse_a_broad_out(path: Path, what: str = "--out") -> None:
+    """An output folder is a folder of its own: the file system's root, the home folder and those above it are
+    refused (a run there would mix its files with everything the user keeps)."""
+    try:
+        resolved, home = path.expanduser().resolve(), Path.home().resolve()
+    except (OSError, RuntimeError):
+        return
+    if resolved == Path(resolved.anchor) or home.is_relative_to(resolved):
+        which = "the root folder" if resolved == Path(resolved.anchor) else "your home folder or one above it"
+        raise UserError(f"{what} {shown(path)}: that is {which}, not a folder for one run's outputs; give a folder "
+                        f"of its own (e.g. {what} xfverify-out/run)")
+
+
+def owned_subfolder(root: Path, relative: str | Path, what: str = "--out") -> Path:
+    """``root/relative``, each folder under ``root`` made or found as a real folder: a symbolic link, a file or a
+    device in the way is refused in one line (never followed), and so is a folder that cannot be made."""
+    path = root
+    for part in Path(relative).parts:
+        path = path / part
+        try:
+            os.mkdir(path)
+            continue
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise UserError(f"{what} {shown(root)}: cannot create {shown(path.relative_to(root))} there "
+                            f"({exc.strerror or exc}); choose another {what}") from None
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISDIR(mode):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
+            raise UserError(f"{what} {shown(root)}: {shown(path.relative_to(root))} there is {kind} and xfverify "
+                            f"writes a folder of its own there (links are never followed); move it away or choose "
+                            f"another {what}")
     return path
 
 

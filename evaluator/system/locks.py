@@ -23,7 +23,10 @@ def open_lock_file(path: Path, what: str) -> IO[str]:
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             raise refused from None
-        raise
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"{what}: cannot create its lock file {path} ({exc.strerror or exc}): xfverify keeps one in "
+                        f"the folder it writes; choose another {what}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise refused

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from xfverify.evaluator.backends.weights import (  # noqa: E402
     missing_weights_error,
 )
 from xfverify.evaluator.process.blocks import CheckedWeights, PlainPrecision  # noqa: E402
-from xfverify.evaluator.process.events import emit  # noqa: E402
+from xfverify.evaluator.process.events import Status, emit  # noqa: E402
 from xfverify.evaluator.process.tasks import EvaluateJob, FrameworkInfo  # noqa: E402
 from xfverify.evaluator.system.devices import cpu_name  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
@@ -81,7 +82,7 @@ def _context(device: str) -> tuple[mx.Context, list[str]]:
         fix = f"it needs a CUDA build (mxnet-cu101 where CUDA 10.1 is installed); {_NO_HOPPER}"
         return mx.cpu(), gpu_left_unused_note("MXNet", problem, fix)
     note = f"MXNet ran on the CPU: {problem}; {_NO_HOPPER}"
-    emit("status", message=note)
+    emit(Status(message=note))
     return mx.cpu(), [note]
 
 
@@ -115,17 +116,17 @@ class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter, Capt
         np.random.seed(seed)
 
     def random_network(self, card: ModelCard, device: Device):
-        net = import_gluoncv().model_zoo.get_model(card.weights.name, pretrained=False)
+        net = import_gluoncv().model_zoo.get_model(card.network_name, pretrained=False)
         net.initialize(mx.init.Xavier(magnitude=2.0), ctx=device.handle)
         return net
 
     def network_from_file(self, card: ModelCard, path: str, device: Device):
-        net = import_gluoncv().model_zoo.get_model(card.weights.name, pretrained=False)
+        net = import_gluoncv().model_zoo.get_model(card.network_name, pretrained=False)
         try:
             net.load_parameters(path, ctx=device.handle)
         except (AssertionError, mx.base.MXNetError, ValueError) as exc:
             raise UserError(
-                f"--weights {path}: cannot be loaded into {card.weights.name} ({exception_text(exc)})"
+                f"--weights {path}: cannot be loaded into {card.network_name} ({exception_text(exc)})"
             ) from None
         return net
 
@@ -134,10 +135,10 @@ class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter, Capt
         expected = _weights_path(card)
         if expected.exists():
             block = checked_weights(card, expected)  # a damaged or foreign file is named, not loaded
-            return zoo.get_model(card.weights.name, pretrained=True, ctx=device.handle), block
+            return zoo.get_model(card.network_name, pretrained=True, ctx=device.handle), block
         try:  # the file fetched before the network is built: offline, that fails at once
             zoo.model_store.get_model_file(card.weights.name, root=str(expected.parent))
-            net = zoo.get_model(card.weights.name, pretrained=True, ctx=device.handle)
+            net = zoo.get_model(card.network_name, pretrained=True, ctx=device.handle)
         except Exception as exc:  # download failures surface as several exception types
             raise missing_weights_error(card, expected, exc) from None
         return net, checked_weights(card, expected)
@@ -189,12 +190,14 @@ class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter, Capt
                      if name.endswith("_output") and name.removesuffix("_output") not in parameters]
             block = mx.gluon.SymbolBlock(mx.sym.Group([internals[name] for name in names]), data,
                                          params=model.collect_params())
-            self._captured = (model, names, block)
-        _, names, block = self._captured
+            operators = {node["name"]: node["op"] for node in json.loads(internals.tojson())["nodes"]}
+            self._captured = (model, names, block, operators)
+        _, names, block, operators = self._captured
         outputs = block(mx.nd.array(image, ctx=device.handle))
         for name, output in zip(names, outputs):
-            record(name.removesuffix("_output"), output.asnumpy())
+            symbol = name.removesuffix("_output")
+            record(symbol, output.asnumpy(), op_type=operators.get(symbol, ""))
 
 
 BACKEND = MxnetBackend
-evaluate, reference_preprocess, export, evaluate_many, intermediates = worker_tasks(BACKEND, before=import_gluoncv)
+TASKS = worker_tasks(BACKEND, before=import_gluoncv)

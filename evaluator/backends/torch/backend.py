@@ -13,15 +13,16 @@ import torch
 from xfverify.converter.exported import ExportResult
 from xfverify.evaluator.backends.contract import Backend, worker_tasks
 from xfverify.evaluator.backends.exporting import Exporter, ExporterIdentity
-from xfverify.evaluator.backends.intermediates import INPUT_SUFFIX, CapturesIntermediates, Record
+from xfverify.evaluator.backends.intermediates import CapturesIntermediates, Record
+from xfverify.evaluator.process.names import INPUT_SUFFIX
 from xfverify.evaluator.backends.loading import CardModelLoader, ScalesRandomOutputs
 from xfverify.evaluator.backends.machine import gpu_left_unused_note
-from xfverify.evaluator.backends.torch.nvjpeg import decode_nvjpeg  # noqa: F401  (a task of the torch worker)
+from xfverify.evaluator.backends.torch.nvjpeg import decode_nvjpeg
 from xfverify.evaluator.backends.running import Device, SwitchesPrecision
 from xfverify.evaluator.backends.torch.steps import CpuStep, CudaStep, TorchSettings
 from xfverify.evaluator.backends.weights import checked_weights, exception_text, missing_weights_error
 from xfverify.evaluator.process.blocks import CheckedWeights, TorchPrecision
-from xfverify.evaluator.process.events import emit
+from xfverify.evaluator.process.events import Status, emit
 from xfverify.evaluator.process.tasks import EvaluateJob, FrameworkInfo
 from xfverify.evaluator.system.devices import cpu_name
 from xfverify.models.cards import ModelCard
@@ -200,7 +201,7 @@ def resolve_device(requested: str) -> tuple[torch.device, list[str]]:
                else "check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES")
         return torch.device("cpu"), gpu_left_unused_note("torch", problem, fix)
     note = f"torch ran on the CPU: {problem}"
-    emit("status", message=note)
+    emit(Status(message=note))
     return torch.device("cpu"), [note]
 
 
@@ -320,20 +321,21 @@ class TorchBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecis
     def capture(self, model, image: np.ndarray, device: Device, record: Record) -> None:
         """A forward hook on every module (its path is the name torch's exporters keep on the nodes it became)
         records the module's output as it is computed, and a leaf module's input too."""
-        def recorder(name: str):
+        def recorder(name: str, module, composite: bool):
             def recorded(_module, inputs, output=None) -> None:
                 value = inputs[0] if output is None else output  # a pre-hook: the input before an in-place act
                 if isinstance(value, torch.Tensor):
-                    record(name, value.detach().cpu().numpy())
+                    record(name, value.detach().cpu().numpy(), op_type=type(module).__name__, composite=composite)
             return recorded
 
         handles = []
         for name, module in model.named_modules():
             if not name:
                 continue
-            if not any(True for _ in module.children()):  # a leaf's input: what a fused node computes, e.g. the
-                handles.append(module.register_forward_pre_hook(recorder(f"{name}{INPUT_SUFFIX}")))  # BN before act
-            handles.append(module.register_forward_hook(recorder(name)))
+            leaf = not any(True for _ in module.children())
+            if leaf:  # a leaf's input: what a fused node computes, e.g. the BN before an activation
+                handles.append(module.register_forward_pre_hook(recorder(f"{name}{INPUT_SUFFIX}", module, False)))
+            handles.append(module.register_forward_hook(recorder(name, module, not leaf)))
         try:
             with torch.no_grad():
                 model(torch.from_numpy(image).to(device.handle))
@@ -343,7 +345,7 @@ class TorchBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecis
 
 
 BACKEND = TorchBackend
-evaluate, reference_preprocess, export, evaluate_many, intermediates = worker_tasks(BACKEND)
+TASKS = worker_tasks(BACKEND, decode_nvjpeg=decode_nvjpeg)
 
 
 def _library_versions() -> dict[str, str]:
