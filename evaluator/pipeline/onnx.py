@@ -62,7 +62,7 @@ from xfverify.evaluator.reports.run import (
 )
 from xfverify.evaluator.reports.localize import PAGE, localization_page
 from xfverify.evaluator.system import console
-from xfverify.evaluator.system.files import atomic_write_text
+from xfverify.evaluator.system.files import atomic_write_text, owned_subfolder
 from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError
 from xfverify.models.overrides import parse_overrides
@@ -123,7 +123,8 @@ def _export(options: OnnxOptions, native: NativeOnDisk, hw: tuple[int, int]) -> 
 
 
 def _export_job(options: OnnxOptions, model: str, hw: tuple[int, int], random_weights: bool, seed: int) -> ExportJob:
-    return ExportJob(model=model, hw=hw, cache_root=str(cache_root(options) / "onnx"), opset=options.opset,
+    exports = owned_subfolder(cache_root(options), "onnx", "--cache-dir")  # a file or a link there: one line
+    return ExportJob(model=model, hw=hw, cache_root=str(exports), opset=options.opset,
                      weights_file=os.path.abspath(options.weights) if options.weights else None,
                      random_weights=random_weights, seed=seed)
 
