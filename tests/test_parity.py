@@ -276,6 +276,8 @@ CATALOGUE_SAMPLE = [
     "timm/resnet50:a1_in1k",  # crop_pct 0.95, bicubic
     "timm/coat_lite_medium_384:in1k",  # crop_mode squash
     "timm/vit_base_patch16_224:augreg_in21k_ft_in1k",  # crop_pct 0.9, mean = std = 0.5
+    "keras/EfficientNetB1:imagenet",  # 274 -> 240, raw pixels (the model normalises in its graph)
+    "gluoncv/inceptionv3:imagenet",  # ceil(299 / 0.875) = 342 -> 299
 ]
 
 
