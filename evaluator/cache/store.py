@@ -277,6 +277,7 @@ class TensorCache:
         when it feeds no device (a device-fed worker computes what it finds missing itself).
         """
         log = log or (lambda message: None)
+        self.directory.parent.mkdir(parents=True, exist_ok=True)  # the root, checked by its caller
         owned_subfolder(self.directory.parent, Path(self.directory.name) / "shards", "--cache-dir")
         spec_file = self.directory / "spec.json"
         if not spec_file.exists():
