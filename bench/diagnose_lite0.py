@@ -30,8 +30,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="xfverify-bench-") as work:
         started = time.perf_counter()
-        report, _ = run_diagnose(DiagnoseOptions(model="pypi/efficientnet_lite0", data=args.data, precisions="bf16",
-                                                 out=str(Path(work) / "out"), cache_dir=str(Path(work) / "cache")))
+        report = run_diagnose(DiagnoseOptions(model="pypi/efficientnet_lite0", data=args.data, precisions="bf16",
+                                              out=str(Path(work) / "out"), cache_dir=str(Path(work) / "cache"))).report
         wall = time.perf_counter() - started
     rows = [report.reference, *report.variants]
     payload = {

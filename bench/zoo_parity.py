@@ -36,13 +36,28 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from xfverify.evaluator.data.layouts import load_dataset  # noqa: E402
+from xfverify.evaluator.pipeline.preprocess import catalogue_reference_tensors, preprocess_files  # noqa: E402
 from xfverify.evaluator.references import CATALOGUE_REFERENCES  # noqa: E402
 from xfverify.models import zoos  # noqa: E402
 from xfverify.models.cards import get_card  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "imagenet-sample-500"
 # the source's own words for an entry's preprocessing, as the catalogue keeps them
-SOURCE_CONFIG = {"torchvision": "transforms", "timm": "data_config", "keras": "preprocessing", "gluoncv": "transform"}
+SOURCE_CONFIG = {"torchvision": "transforms", "timm": "data_config"}
+# run through the framework's worker, a job per chunk of photos: GluonCV imports only as MXNet's worker sets it up
+# (it refuses torch >= 2 beside it); Keras's reference offers catalogue_pipeline alone (it builds the network)
+WORKER_ONLY = {"gluoncv", "keras"}
+
+
+def source_config(source: str, entry: dict) -> object:
+    """An entry's preprocessing in the source's own words, as the catalogue keeps them."""
+    if source in SOURCE_CONFIG:
+        return entry[SOURCE_CONFIG[source]]
+    if source == "keras":
+        return {"module": entry["module"], "preprocess_mode": entry["preprocess_mode"], "input_size": entry["input_size"]}
+    if source == "gluoncv":
+        return {"input_size": entry["input_size"], "crop_ratio": entry["crop_ratio"]}
+    return None
 
 
 def configurations(source: str) -> list[dict]:
@@ -53,7 +68,7 @@ def configurations(source: str) -> list[dict]:
         key = json.dumps({k: v for k, v in spec.to_dict().items() if k != "source"}, sort_keys=True)
         group = groups.setdefault(key, {"spec": spec, "cards": [], "source_configs": []})
         group["cards"].append(card_id)
-        own = entry.get(SOURCE_CONFIG.get(source, ""))
+        own = source_config(source, entry)
         if own not in group["source_configs"]:
             group["source_configs"].append(own)
     return list(groups.values())
@@ -89,7 +104,33 @@ def drive(source: str, cards: list[str], paths: list[str]) -> list[dict]:
     return stats
 
 
+def through_worker(source: str, cards: list[str], paths: list[str], chunk: int = 50) -> list[dict]:
+    """Each card's source pipeline run by the framework's worker (``preprocess --verify``'s path), ``chunk`` photos
+    a job, against ``preprocess_files``."""
+    stats = []
+    for card in cards:
+        spec = get_card(card).reference_spec
+        stat = {"images": 0, "images_equal": 0, "max_abs_diff": 0.0, "differing": []}
+        for start in range(0, len(paths), chunk):
+            part = paths[start : start + chunk]
+            theirs, stat["reference"] = catalogue_reference_tensors(card, part, spec.layout)
+            ours = preprocess_files(part, spec)
+            for path, a, b in zip(part, ours, theirs):
+                stat["images"] += 1
+                if a.shape == b.shape and np.array_equal(a, b):
+                    stat["images_equal"] += 1
+                    continue
+                stat["max_abs_diff"] = max(stat["max_abs_diff"], float(np.abs(a - b).max()) if a.shape == b.shape
+                                           else float("inf"))
+                stat["differing"].append(Path(path).name)
+        stat["differing"] = stat["differing"][:10]
+        stats.append(stat)
+    return stats
+
+
 def run_driver(source: str, cards: list[str], paths: list[str], work: Path) -> list[dict]:
+    if source in WORKER_ONLY:
+        return through_worker(source, cards, paths)
     job = work / f"{source}-{abs(hash(tuple(cards)))}.json"
     job.write_text(json.dumps({"source": source, "cards": cards, "paths": paths}))
     one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}  # torch's normalise would spread over busy cores

@@ -36,7 +36,7 @@ def implemented(framework: str) -> dict[str, bool]:
         "cuda_graphs": any("cuda_graphs" in inspect.signature(step).parameters for step in device_fed),
         "switches_precision": issubclass(backend, SwitchesPrecision),
         "scales_random_outputs": issubclass(backend, ScalesRandomOutputs),
-        "exports_onnx": issubclass(backend, Exporter) and callable(getattr(module, "export", None)),
+        "exports_onnx": issubclass(backend, Exporter) and "export" in module.TASKS,
     }
     assert set(found) == {f.name for f in dataclasses.fields(BackendEntry)} - {"module"}, "a capability is unchecked"
     found["is_a_backend"] = issubclass(backend, Backend) and not inspect.isabstract(backend)

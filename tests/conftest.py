@@ -112,3 +112,12 @@ def generated_folder(tmp_path) -> Path:
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
     return root
 
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session's page tests (each test opens its page in the same tab)."""
+    from browser import Browser
+
+    with Browser() as session:
+        yield session

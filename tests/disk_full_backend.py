@@ -6,3 +6,6 @@ import os
 
 def evaluate(job, workdir):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(workdir / "logits.npy"))
+
+
+TASKS = {"evaluate": evaluate}

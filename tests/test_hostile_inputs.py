@@ -222,7 +222,7 @@ def test_a_diagnose_that_fails_after_its_reference_leaves_the_earlier_diagnosis_
     (out / "onnx").mkdir()  # an earlier diagnose --onnx's run: this run, without --onnx, removes it
     for name in NATIVE_OUTPUTS:
         (out / "onnx" / name).write_text("earlier")
-    report, _ = run_diagnose(options)
+    report = run_diagnose(options).report
     assert sorted(p.name for p in out.iterdir()) == [".xfverify-outputs.json", "reference", "report.html",
                                                      "report.json", "report.md"]
     assert sorted(p.name for p in (out / "reference").iterdir()) == sorted([*NATIVE_OUTPUTS, ".xfverify-outputs.json"])
@@ -518,7 +518,8 @@ def test_a_worker_meeting_a_full_disk_says_so_in_one_line(tmp_path):
 
     job = tmp_path / "evaluate.job.json"
     job.write_text(json.dumps({"framework": "test", "backend": "disk_full_backend", "task": "evaluate",
-                               "workdir": str(tmp_path), "job": {}}))
+                               "workdir": str(tmp_path), "job": {"model": None, "preprocess": {}, "device": "cpu",
+                                                                "precision": "fp32", "n_images": 0, "hw": [8, 8]}}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
                                                                      os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "xfverify.evaluator.process.worker", str(job)], env=env,

@@ -79,7 +79,7 @@ def test_out_on_a_pseudo_file_system_is_one_line(tmp_path):
 # --- 2: a user's own files in --out are never replaced ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["report.md", "predictions.csv", "logits.npy", "report.json"])
+@pytest.mark.parametrize("name", ["report.md", "report.html", "predictions.csv", "logits.npy", "report.json"])
 def test_a_users_file_where_a_run_writes_its_output_is_refused_before_any_work(tmp_path, name):
     import xfverify
 
@@ -133,7 +133,7 @@ def test_a_rerun_replaces_the_outputs_an_earlier_run_wrote(tmp_path):
     (out / "report.md").write_text("edited since")  # still the run's file: the ledger names it
     xfverify.native(**options)
     ledger = json.loads((out / ".xfverify-outputs.json").read_text())["files"]
-    assert ledger == sorted(["report.json", "report.md", "logits.npy", "predictions.csv"])
+    assert ledger == sorted(["report.json", "report.md", "report.html", "logits.npy", "predictions.csv"])
     assert (out / "report.md").read_text().startswith("# xfverify native")
 
 
@@ -460,7 +460,7 @@ def test_data_naming_the_home_folder_or_one_above_it_is_refused_before_listing(t
 
 def test_an_export_cache_onnx_that_is_a_file_is_one_line(tmp_path):
     """Before: the export worker's makedirs failed on it: a worker crash with its traceback."""
-    from xfverify.evaluator.pipeline.onnx import export_ahead
+    from xfverify.evaluator.pipeline.onnx_pass import export_ahead
     from xfverify.evaluator.pipeline.options import OnnxOptions
 
     cache = tmp_path / "cache"

@@ -49,6 +49,8 @@ def test_a_breach_of_each_contract_is_caught(tmp_path):
         evaluator / "backends" / "parent_side.py": "from xfverify.evaluator.pipeline import outdir\n",
         evaluator / "commands" / "native.py": "\nfrom xfverify.evaluator.commands import onnx  # noqa\n",
         evaluator / "pipeline" / "native.py": "\nfrom xfverify.evaluator.pipeline import diagnose  # noqa\n",
+        evaluator / "pipeline" / "onnx.py": "\nfrom xfverify.evaluator.pipeline.native import run_native  # noqa\n",
+        evaluator / "reports" / "starts_a_worker.py": "from xfverify.evaluator.process import launcher  # noqa\n",
         # indirect: each imports a worker-side module that imports its framework
         evaluator / "reports" / "indirect_torch.py": "from xfverify.converter import torch_export  # noqa\n",
         evaluator / "analysis" / "indirect_timm.py": "from xfverify.evaluator.references import timm_transforms\n",
@@ -65,7 +67,7 @@ def test_a_breach_of_each_contract_is_caught(tmp_path):
     assert result.returncode != 0
     assert "0 kept" in result.stdout, result.stdout
     for planted in ("models.leak", "references.cheat", "cache.upward", "analysis.worker_side", "backends.parent_side",
-                    "commands.native", "pipeline.native", "reports.indirect_torch", "analysis.indirect_timm",
+                    "commands.native", "pipeline.native", "pipeline.onnx", "reports.starts_a_worker", "reports.indirect_torch", "analysis.indirect_timm",
                     "system.indirect_onnx", "data.direct_ray", "models.direct_onnxscript",
                     *(m[:-3].replace("/", ".") for m in FRAMEWORK_FREE)):
         assert planted in result.stdout, (planted, result.stdout)

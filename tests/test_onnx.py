@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import needs_mxnet, needs_tensorflow, needs_torch, run_cli
+from helpers import needs_chromium, needs_mxnet, needs_tensorflow, needs_torch, run_cli
 from test_native import assert_user_error
 from xfverify.evaluator.analysis.agreement import compare_outputs
 from xfverify.evaluator.analysis.comparison import within_tolerance
@@ -96,6 +97,61 @@ def test_real_weights_agree_on_every_image(lite0):
     assert report["runtime"]["requested_providers"] == ["CPUExecutionProvider"]
     assert "top-1 agreement" in lite0["stdout"] and "ONNX / native time" in lite0["stdout"]
     assert "## Preprocessing" in (lite0["out"] / "report.md").read_text()
+
+
+def _links(browser) -> list[str]:
+    return browser.js("[...document.querySelectorAll('a[href]')].map(a => new URL(a.getAttribute('href'), "
+                      "document.baseURI).pathname)")
+
+
+@needs_torch
+@needs_chromium
+@pytest.mark.torch
+def test_the_onnx_and_native_pages_show_the_numbers_the_citation_and_the_time_and_link_each_other(lite0, browser):
+    out, report = lite0["out"], lite0["report"]
+    browser.open(out / "report.html")
+    assert browser.errors() == [] and browser.requests() == []
+    text = browser.js("document.body.innerText")
+    assert f"Published top-1 error {report['published']['top1_error']:.2f} %: {report['published']['source']}" in text
+    assert "top-1 agreement\t100.00 % (0 flips of 5" in text and "95% CI 0.00-" in text
+    assert "Images whose top-1 differs (native -> ONNX Runtime): 0 of 5" in text
+    assert browser.js("document.querySelectorAll('svg').length") == 2  # the errors, the timeline
+    legend = browser.js("[...document.querySelectorAll('svg text')].map(t => t.textContent).join('|')")
+    assert "framework imported" in legend and "framework worker" in legend
+    links = _links(browser)
+    assert all(Path(link).is_file() for link in links) and str(out / "native" / "report.html") in links
+    browser.open(out / "native" / "report.html")
+    assert browser.errors() == [] and browser.requests() == []
+    assert "xfverify native: pypi/efficientnet_lite0" in browser.js("document.title")
+    assert all(Path(link).is_file() for link in _links(browser))
+
+
+@needs_torch
+@needs_chromium
+@pytest.mark.torch
+def test_the_onnx_page_shows_each_flipped_image_with_both_answers_and_its_output_difference(lite0, tmp_path, browser):
+    from xfverify.evaluator.reports.run import OnnxReport
+    from xfverify.evaluator.reports.run_page import run_page
+
+    native = np.zeros((3, 1000), np.float32)
+    native[0, 1], native[1, 2], native[2, 3] = 4.0, 4.0, 4.0
+    onnx = native.copy()
+    onnx[0, 7], onnx[1, 2] = 5.0, np.nan
+    agreement = compare_outputs(native, onnx, ["a.jpg", "<b>.jpg", "c.jpg"], [(1,), (2,), (3,)], np.ones(3, bool),
+                                "logits")
+    assert [(f.image_id, f.max_abs_diff) for f in agreement.flips] == [("a.jpg", 5.0), ("<b>.jpg", None)]
+    report = OnnxReport.model_validate(lite0["report"]).model_copy(update={"agreement": agreement})
+    picture = np.full((40, 60, 3), 200, np.uint8)
+    page = tmp_path / "report.html"
+    page.write_text(run_page(report, tmp_path, {"a.jpg": picture}))
+    browser.open(page)
+    assert browser.errors() == [] and browser.requests() == []
+    captions = browser.js("[...document.querySelectorAll('figure.flip figcaption')].map(c => c.innerText)")
+    assert len(captions) == 2 and browser.js("document.querySelectorAll('figure.flip img').length") == 1
+    assert "native: goldfish ✓" in captions[0] and "ONNX: " in captions[0] and "✗" in captions[0]
+    assert "max |diff|: 5 (1.2 x)" in captions[0]
+    assert "<b>.jpg" in captions[1] and "none (NaN or +-inf output)" in captions[1] and "n/a (NaN" in captions[1]
+    assert browser.js("document.querySelector('figure.flip img').naturalWidth") == 60  # shown, not re-encoded away
 
 
 @needs_torch
@@ -408,6 +464,11 @@ def test_a_native_run_of_nan_is_not_reported_as_agreeing(tmp_path):
     assert report["agreement"]["n_non_finite"] == 2 and report["agreement"]["n_flips"] == 2
     assert any("2 of the 2 compared images have outputs holding NaN or +-inf" in note for note in report["notes"])
     assert "2 image(s) with NaN or +-inf outputs left out" in (tmp_path / "o" / "report.md").read_text()
+    page = (tmp_path / "o" / "report.html").read_text()  # each flipped image's crop, as both runtimes were fed it
+    assert page.count('<figure class="flip"><img src="data:image/png;base64,') == 2
+    assert page.count("native: none (NaN or +-inf output)") == 2 and page.count("max |diff|: n/a (NaN or +-inf)") == 2
+    links = re.findall(r'<a href="([^"]+)"', page)
+    assert "../native/report.html" in links and all((tmp_path / "o" / link).is_file() for link in links)
 
 
 @pytest.mark.parametrize("option", ["--atol", "--rtol"])
@@ -578,7 +639,7 @@ def test_an_output_that_is_a_folder_is_refused_before_the_native_run_and_the_exp
 def test_a_damaged_native_run_in_out_native_is_run_again_not_refused(tmp_path, monkeypatch):
     """--out/native is xfverify's own folder: a damaged run there (a truncated report.json) was a refusal
     telling the user to 'give the --out folder of an xfverify native run'; it is now made again."""
-    from xfverify.evaluator.pipeline import onnx as onnx_cmd
+    from xfverify.evaluator.pipeline import native_pass
 
     folder = native_folder(tmp_path / "o" / "native")
     (folder / "report.json").write_bytes((folder / "report.json").read_bytes()[:200])
@@ -591,9 +652,9 @@ def test_a_damaged_native_run_in_out_native_is_run_again_not_refused(tmp_path, m
         ran.append(wanted.out)
         raise Ran
 
-    monkeypatch.setattr(onnx_cmd, "run_native", run_native)
+    monkeypatch.setattr(native_pass, "native_run", run_native)
     with pytest.raises(Ran):
-        onnx_cmd.native_run_for(OnnxOptions(limit=2), tmp_path / "o", tmp_path / "work")
+        native_pass.ensure_native_run(OnnxOptions(limit=2), tmp_path / "o", tmp_path / "work")
     assert ran == [str(tmp_path / "work" / "native")]  # made in the work folder, moved in when the ONNX run ends
 
 

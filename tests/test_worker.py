@@ -20,8 +20,9 @@ def _ended(pid: int) -> bool:
 
 
 def test_a_worker_whose_parent_dies_ends_itself(tmp_path):
-    job = tmp_path / "wait_forever.job.json"
-    job.write_text(json.dumps({"framework": "test", "backend": "sleeping_backend", "task": "wait_forever", "workdir": str(tmp_path), "job": {}}))
+    job = tmp_path / "describe_onnx.job.json"
+    job.write_text(json.dumps({"framework": "test", "backend": "sleeping_backend", "task": "describe_onnx",
+                               "workdir": str(tmp_path), "job": {"path": "x.onnx", "layout": "NCHW"}}))
     pid_file = tmp_path / "worker.pid"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
     parent = subprocess.Popen(
@@ -44,8 +45,9 @@ def test_a_worker_whose_parent_dies_ends_itself(tmp_path):
 
 
 def test_a_worker_whose_run_died_before_it_started_ends_itself(tmp_path):
-    job = tmp_path / "wait_forever.job.json"
-    job.write_text(json.dumps({"framework": "test", "backend": "sleeping_backend", "task": "wait_forever", "workdir": str(tmp_path), "job": {}}))
+    job = tmp_path / "describe_onnx.job.json"
+    job.write_text(json.dumps({"framework": "test", "backend": "sleeping_backend", "task": "describe_onnx",
+                               "workdir": str(tmp_path), "job": {"path": "x.onnx", "layout": "NCHW"}}))
     gone = subprocess.Popen(["true"])
     gone.wait()  # a run that has ended: its worker is re-parented before it can look at its parent
     env = {**os.environ, "XFVERIFY_RUN_PID": str(gone.pid),
@@ -54,10 +56,13 @@ def test_a_worker_whose_run_died_before_it_started_ends_itself(tmp_path):
     assert done.returncode == 3  # ORPHANED_EXIT, not a wait for ever
 
 
+EVALUATE_JOB = {"model": None, "preprocess": {}, "device": "cpu", "precision": "fp32", "n_images": 0, "hw": [8, 8]}
+
+
 def _run_worker(tmp_path: Path, backend: str) -> subprocess.CompletedProcess:
     job = tmp_path / "evaluate.job.json"
     job.write_text(json.dumps({"framework": "test", "backend": backend, "task": "evaluate", "workdir": str(tmp_path),
-                               "job": {}}))
+                               "job": EVALUATE_JOB}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "xfverify.evaluator.process.worker", str(job)], env=env, capture_output=True,
                           text=True, timeout=120)

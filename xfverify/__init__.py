@@ -15,45 +15,42 @@ def native(model: str | None = None, **options):
     """Evaluate ``model`` in its own framework on its reference preprocessing, as ``xfverify native`` does.
 
     ``options`` are the command's options by their Python names (``data=``, ``limit=``, ``out=``, ``device=``,
-    ``batch_size=``, ``random_weights=``, ...). Returns the typed report (``NativeReport``); a user error raises
+    ``batch_size=``, ``random_weights=``, ...; paths may be ``Path``s, repeatable options lists). Returns the typed
+    report (``NativeReport``); a user error, a bad option value among them, raises
     ``xfverify.models.errors.UserError`` with the command's one-line message.
     """
     from xfverify.evaluator.pipeline.native import run_native
     from xfverify.evaluator.pipeline.options import DEFAULT_MODEL, NativeOptions
 
-    return run_native(NativeOptions(model=model or DEFAULT_MODEL, **_as_options(options))).report
+    return run_native(NativeOptions.of(model=DEFAULT_MODEL if model is None else model, **options)).report
 
 
-def onnx(target: str | None = None, **options):
-    """A model's ONNX export (or a user's ``.onnx`` file) under ONNX Runtime on the native run's tensors, as
-    ``xfverify onnx`` does (``against=`` a native run's folder, ``provider=``, ``atol=``, ``variants=["fp16", "int8"]``,
-    ``calibration=``, ...); the ``OnnxReport``."""
+def onnx(target=None, **options):
+    """A model's ONNX export (or a user's ``.onnx`` file, a ``str`` or a ``Path``) under ONNX Runtime on the native
+    run's tensors, as ``xfverify onnx`` does (``against=`` a native run's folder, ``provider=``, ``atol=``,
+    ``variants=["fp16", "int8"]``, ``calibration=``, ...); the ``OnnxReport``."""
     from xfverify.evaluator.pipeline.onnx import run_onnx
     from xfverify.evaluator.pipeline.options import DEFAULT_MODEL, OnnxOptions
 
-    named = {}
-    for name in ("variants", "keep_float"):  # repeated options: a tuple of names (one name alone is one)
-        if name in options:
-            value = options.pop(name)
-            named[name] = (value,) if isinstance(value, str) else tuple(value)
-    return run_onnx(OnnxOptions(target=target or DEFAULT_MODEL, **_as_options(options), **named)).report
+    return run_onnx(OnnxOptions.of(target=DEFAULT_MODEL if target is None else target, **options)).report
 
 
 def diagnose(model: str | None = None, **options):
     """``model`` under its reference preprocessing and named variants, as ``xfverify diagnose`` does
     (``variants=["squash", ...]``, ``precisions=["bf16"]``, ``onnx=True``, ...); the ``DiagnoseReport``."""
-    from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, run_diagnose
-    from xfverify.evaluator.pipeline.options import DEFAULT_MODEL
+    from xfverify.evaluator.pipeline.diagnose import run_diagnose
+    from xfverify.evaluator.pipeline.options import DEFAULT_MODEL, DiagnoseOptions
 
-    return run_diagnose(DiagnoseOptions(model=model or DEFAULT_MODEL, **_as_options(options)))[0]
+    return run_diagnose(DiagnoseOptions.of(model=DEFAULT_MODEL if model is None else model, **options)).report
 
 
-def study(study: str = "lite", **options):
+def study(study="lite", **options):
     """A whole comparison, as ``xfverify study`` does (a shipped study's name or a TOML file; ``data=``, ``out=``,
     ``executor="ray"``, ...); the ``StudyReport``. Finished cells in ``out`` are reused."""
-    from xfverify.evaluator.pipeline.study import StudyOptions, run_study
+    from xfverify.evaluator.pipeline.options import StudyOptions
+    from xfverify.evaluator.pipeline.study import run_study
 
-    return run_study(StudyOptions(study=study, **_as_options(options)))[0]
+    return run_study(StudyOptions.of(study=study, **options)).report
 
 
 def warm_workers():
@@ -63,15 +60,3 @@ def warm_workers():
     from xfverify.evaluator.process.warm import warm_workers as scope
 
     return scope()
-
-
-def _as_options(options: dict) -> dict:
-    """Lists where the command line takes comma-separated names or repeated options."""
-    converted = dict(options)
-    for name in ("variants", "precisions"):
-        if isinstance(converted.get(name), (list, tuple)):
-            converted[name] = ",".join(converted[name])
-    for name in ("overrides", "spec_files"):
-        if isinstance(converted.get(name), list):
-            converted[name] = tuple(converted[name])
-    return converted

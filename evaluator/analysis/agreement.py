@@ -29,6 +29,7 @@ class Top1Flip(BaseModel):
     native_top1: int
     onnx_top1: int
     right: Literal["native", "onnx", "neither", "unlabelled"]
+    max_abs_diff: Optional[float] = None  # this image's largest |native - ONNX| output; None: NaN or +-inf in either
 
 
 class OnnxAgreement(BaseModel):
@@ -72,8 +73,11 @@ def compare_outputs(native: np.ndarray, onnx: np.ndarray, image_ids: Sequence[st
         native_top1, onnx_top1 = int(native_top1s[row]), int(onnx_top1s[row])
         right = ("unlabelled" if not accepted else "native" if native_top1 in accepted
                  else "onnx" if onnx_top1 in accepted else "neither")
+        pair = native[row].astype(np.float64), onnx[row].astype(np.float64)
+        finite = bool(np.isfinite(pair[0]).all() and np.isfinite(pair[1]).all())
         flips.append(Top1Flip(image_id=image_ids[row], labels=list(accepted), native_top1=native_top1,
-                              onnx_top1=onnx_top1, right=right))
+                              onnx_top1=onnx_top1, right=right,
+                              max_abs_diff=float(np.abs(pair[0] - pair[1]).max()) if finite else None))
     n = len(rows)
     return OnnxAgreement(
         compared=compared,

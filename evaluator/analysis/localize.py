@@ -17,6 +17,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from xfverify.evaluator.process.names import INPUT_SUFFIX
 from xfverify.evaluator.analysis.comparison import output_difference, within_tolerance
 from xfverify.evaluator.process.tasks import CapturedTensor
 
@@ -178,7 +179,6 @@ def _calls_matched(members: list[CapturedTensor],
     return matched
 
 
-INPUT_SUFFIX = "<input>"  # a leaf module's recorded input (torch): what the node feeding it computes
 
 
 def _match_inputs(onnx: Sequence[CapturedTensor], pairs: dict[str, Pair],

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
+from pydantic import BaseModel
 
 from xfverify.evaluator.backends.exporting import Exporter
 from xfverify.evaluator.backends.feeding import choose_batch_size, run_fed
@@ -36,11 +37,13 @@ from xfverify.evaluator.process.tasks import (
     ExportOutcome,
     IntermediatesJob,
     IntermediatesResult,
+    Job,
     ReferenceJob,
     ReferenceResult,
     WorkerResult,
 )
-from xfverify.evaluator.process.events import emit, milestone, milestones
+from xfverify.evaluator.process.events import ModelLoaded, Status, VariantStarts, emit, milestone, milestones
+from xfverify.evaluator.process.names import LOGITS_FILE, variant_folder
 from xfverify.models.errors import UserError
 from xfverify.models.precision import Precision
 
@@ -63,8 +66,8 @@ def evaluate_many(backend: Backend, job: EvaluateManyJob, workdir: Path) -> Eval
     running, precision = model, first.precision
     results = []
     for index, part in enumerate(job.variants):
-        emit("variant", index=index, total=len(job.variants), name=part.name)
-        folder = workdir / f"variant-{index}"
+        emit(VariantStarts(index=index, total=len(job.variants), name=part.name))
+        folder = workdir / variant_folder(index)
         folder.mkdir(parents=True, exist_ok=True)
         variant_job = job.for_variant(index)
         if variant_job.precision != precision:
@@ -85,9 +88,10 @@ def _loaded(backend: Backend, job: EvaluateJob,
             raise UserError(f"--precisions {precision}: the {backend.name} back-end cannot change precision between "
                             "passes of one loaded model; precision variants work for torch and Keras models")
         backend.check_precision(precision, device)
-    emit("status", message=f"building {card.id if card else job.onnx_path} on {device.type}")
+    emit(Status(message=f"building {card.id if card else job.onnx_path} on {device.type}"))
     model, weights = backend.load(job, device)
     model = backend.place(model, device)
+    emit(ModelLoaded(model=card.id if card else job.onnx_path))
     milestone("model_ready")
     return model, weights, device
 
@@ -110,7 +114,7 @@ def _fed_pass(backend: Backend, model: Any, weights: WeightsBlock, device: Devic
         tensor_proof=loop.tensor_proof,
         batch_size=batch_size,
         batch_size_source=batch_size_source,
-        logits_path=str(workdir / "logits.npy"),
+        logits_path=str(workdir / LOGITS_FILE),
         n_images=loop.n_images,
         milestones=milestones(),
         notes=device.notes,
@@ -127,11 +131,11 @@ def export(backend: Backend, job: ExportJob) -> ExportOutcome:
         raise UserError(f"the {backend.name} back-end exports no ONNX")
     card = job.card()
     device = backend.resolve_device("cpu", "fp32")
-    emit("status", message=f"building {card.id} for export")
+    emit(Status(message=f"building {card.id} for export"))
     model, weights = backend.load(job, device)
     exporter, version, opset = backend.exporter(job.opset)
     weights_key = f"random-seed-{weights.seed}" if isinstance(weights, RandomWeights) else weights.sha256
-    emit("status", message=f"exporting {card.id} with {exporter} (opset {opset})")
+    emit(Status(message=f"exporting {card.id} with {exporter} (opset {opset})"))
     result, from_cache = cached_export(
         Path(job.cache_root), card.id, weights_key, exporter, version, opset,
         lambda path: backend.export_onnx(model, path, opset, tuple(job.hw), device),
@@ -148,7 +152,7 @@ def capture_intermediates(backend: Backend, job: IntermediatesJob) -> Intermedia
     device = backend.resolve_device("cpu", "fp32")
     weights = None
     if job.model:
-        emit("status", message=f"building {job.model} to capture its intermediate tensors")
+        emit(Status(message=f"building {job.model} to capture its intermediate tensors"))
         model, weights = backend.load(job, device)
         model = backend.place(model, device)
     else:
@@ -184,39 +188,28 @@ def run_reference(job: ReferenceJob, workdir: Path) -> ReferenceResult:
     return ReferenceResult(path=str(out), layout=module.LAYOUT, framework=module.describe())
 
 
-class WorkerTasks(NamedTuple):
-    evaluate: Callable[[dict[str, Any], Path], WorkerResult]
-    reference_preprocess: Callable[[dict[str, Any], Path], ReferenceResult]
-    export: Callable[[dict[str, Any], Path], ExportOutcome]
-    evaluate_many: Callable[[dict[str, Any], Path], EvaluateManyResult]
-    intermediates: Callable[[dict[str, Any], Path], IntermediatesResult]
+Handler = Callable[[Job, Path], BaseModel]  # a task's job (validated by the worker) and work folder -> its result
 
 
-def worker_tasks(backend: type[Backend], before: Callable[[], Any] = lambda: None) -> WorkerTasks:
-    """The tasks a back-end module offers its worker: ``evaluate``, ``reference_preprocess``, ``export``,
-    ``evaluate_many`` and ``intermediates``.
+def worker_tasks(backend: type[Backend], before: Callable[[], Any] = lambda: None,
+                 **others: Handler) -> dict[str, Handler]:
+    """The tasks a back-end module offers its worker, by their names in the task registry (process/tasks.py):
+    ``evaluate``, ``evaluate_many``, ``export``, ``reference_preprocess`` and ``intermediates`` of ``backend``,
+    and ``others`` (a worker's own tasks: a decoder, a file's description). ``before`` runs first in each of
+    ``backend``'s (GluonCV must be made importable before anything imports it)."""
 
-    ``before`` runs first in each (GluonCV must be made importable before anything imports it).
-    """
+    def prepared(run: Callable[[Any, Path], BaseModel]) -> Handler:
+        def handler(job: Job, workdir: Path) -> BaseModel:
+            before()
+            return run(job, workdir)
 
-    def evaluate_task(job: dict[str, Any], workdir: Path) -> WorkerResult:
-        before()
-        return evaluate(backend(), EvaluateJob.model_validate(job), workdir)
+        return handler
 
-    def reference_task(job: dict[str, Any], workdir: Path) -> ReferenceResult:
-        before()
-        return run_reference(ReferenceJob.model_validate(job), workdir)
-
-    def export_task(job: dict[str, Any], workdir: Path) -> ExportOutcome:
-        before()
-        return export(backend(), ExportJob.model_validate(job))
-
-    def evaluate_many_task(job: dict[str, Any], workdir: Path) -> EvaluateManyResult:
-        before()
-        return evaluate_many(backend(), EvaluateManyJob.model_validate(job), workdir)
-
-    def intermediates_task(job: dict[str, Any], workdir: Path) -> IntermediatesResult:
-        before()
-        return capture_intermediates(backend(), IntermediatesJob.model_validate(job))
-
-    return WorkerTasks(evaluate_task, reference_task, export_task, evaluate_many_task, intermediates_task)
+    handlers: dict[str, Handler] = {
+        "evaluate": prepared(lambda job, workdir: evaluate(backend(), job, workdir)),
+        "evaluate_many": prepared(lambda job, workdir: evaluate_many(backend(), job, workdir)),
+        "export": prepared(lambda job, workdir: export(backend(), job)),
+        "reference_preprocess": prepared(lambda job, workdir: run_reference(job, workdir)),
+        "intermediates": prepared(lambda job, workdir: capture_intermediates(backend(), job)),
+    }
+    return {**handlers, **others}

@@ -11,10 +11,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from xfverify.evaluator.process.names import LOGITS_FILE
 from xfverify.evaluator.backends import runloop
 from xfverify.evaluator.backends.steps import DeviceFedStep, Step
 from xfverify.evaluator.process.tasks import DataPart, EvaluateJob, LoopTiming
-from xfverify.evaluator.process.events import emit, milestone
+from xfverify.evaluator.process.events import Progress, emit, milestone
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 
@@ -42,7 +43,7 @@ def progress_emitter(min_interval_s: float = 0.25) -> Callable[[int, int], None]
         now = time.monotonic()
         if done == total or now - last[0] >= min_interval_s:
             last[0] = now
-            emit("progress", done=done, total=total)
+            emit(Progress(done=done, total=total))
 
     return report
 
@@ -105,7 +106,7 @@ def run_fed(job: EvaluateJob, spec: PreprocessSpec, step: Step, workdir: Path, d
         milestone("warmed_up")
         job = receive_data(job)
         result = runloop.run_loop(
-            job.shard_paths, n, spec, batch, step, workdir / "logits.npy", wait_for_shards=job.wait_for_shards,
+            job.shard_paths, n, spec, batch, step, workdir / LOGITS_FILE, wait_for_shards=job.wait_for_shards,
             progress=progress_emitter(), device_name=device_name, digests_stored=job.digests_stored,
             model_name=job.onnx_path or job.model or "the model",
         )

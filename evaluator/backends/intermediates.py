@@ -19,7 +19,6 @@ from xfverify.evaluator.backends.running import Device
 from xfverify.evaluator.process.tasks import CapturedTensor, IntermediatesJob
 from xfverify.models.errors import UserError
 
-INPUT_SUFFIX = "<input>"  # a recorded module input's name: the module's, suffixed
 Record = Callable[..., None]  # record(name, array, **CapturedTensor fields other than name, file, shape, order)
 
 

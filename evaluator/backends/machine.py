@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xfverify.evaluator.process.events import emit
+from xfverify.evaluator.process.events import Status, emit
 from xfverify.evaluator.system.devices import nvidia_gpus
 
 
@@ -14,5 +14,5 @@ def gpu_left_unused_note(framework: str, why: str, fix: str, gpus: list[str] | N
         return []
     more = f" and {len(gpus) - 1} more" if len(gpus) > 1 else ""
     note = f"{framework} ran on the CPU although this machine has an {gpus[0]}{more}: {why}; {fix}"
-    emit("status", message=note)
+    emit(Status(message=note))
     return [note]

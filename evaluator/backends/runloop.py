@@ -34,6 +34,7 @@ from xfverify.evaluator.system.files import allocated_npy
 from xfverify.evaluator.data.normalise import image_digests, normalisation_lut, normalise
 from xfverify.evaluator.cache.shards import iter_shard_batches
 from xfverify.evaluator.process.events import milestone
+from xfverify.evaluator.process.names import DEVICE_CHECKSUMS, HASHED_ON_HOST
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 
@@ -129,7 +130,7 @@ class _Prefetcher:
         return item
 
 
-TENSOR_PROOF = {"host": "hashed on host", "device": "device checksums against digests stored at cache build"}
+TENSOR_PROOF = {"host": HASHED_ON_HOST, "device": DEVICE_CHECKSUMS}
 
 
 def run_loop(

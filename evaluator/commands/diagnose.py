@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from xfverify.evaluator.commands import output
-from xfverify.evaluator.commands.options import CONTEXT, MODEL_RUN_OPTIONS, SUBSET_OPTIONS, model_id, option_group
-from xfverify.models.precision import PRECISIONS
+from xfverify.evaluator.commands.options import CONTEXT, MODEL_RUN_OPTIONS, SUBSET_OPTIONS, choice, model_id, option_group
+from xfverify.evaluator.pipeline.options import DEVICES, PRECISIONS
 
 
 @click.command("diagnose", context_settings=CONTEXT)
@@ -19,20 +19,21 @@ from xfverify.models.precision import PRECISIONS
 @click.option("--onnx", is_flag=True, help="Also run the model's ONNX export under ONNX Runtime on the reference's tensors (the runtime axis).")
 @click.option("--precisions", metavar="PRECISION,...", help="Also run the model at these precisions on the reference's tensors, in the same worker (the runtime axis): bf16 and fp16 (torch autocast, a Keras mixed-precision policy), tf32 on CUDA GPUs; --precision sets the reference's.")
 @option_group(*SUBSET_OPTIONS)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="The reference's precision; fp32 keeps TF32 off.")
+@click.option("--device", default="auto", **choice(DEVICES))
+@click.option("--precision", default="fp32", **choice(PRECISIONS), help="The reference's precision; fp32 keeps TF32 off.")
 @option_group(*MODEL_RUN_OPTIONS)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
 def diagnose_command(model, **kwargs) -> None:
     """Evaluate MODEL under its reference preprocessing and under named variants on the same images; report each
     variant's paired difference (flips, McNemar p, 95% interval) and the decomposition of the gap to the published
     error (report.json, report.md, report.html)."""
-    from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, run_diagnose
-    from xfverify.evaluator.pipeline.options import DEFAULT_MODEL
+    from xfverify.evaluator.pipeline.diagnose import run_diagnose
+    from xfverify.evaluator.pipeline.options import DEFAULT_MODEL, DiagnoseOptions
     from xfverify.evaluator.system import console
 
     kwargs["spec_files"] = tuple(kwargs["spec_files"])
-    report, out_dir = run_diagnose(DiagnoseOptions(model=DEFAULT_MODEL if model is None else model, **kwargs))
+    finished = run_diagnose(DiagnoseOptions(model=DEFAULT_MODEL if model is None else model, **kwargs))
+    report, out_dir = finished.report, finished.out_dir
     rows = [(row.name, f"{row.top1_error:.1f} %, {row.delta:+.1f} (95 % CI {row.delta_ci95[0]:+.1f} to "
              f"{row.delta_ci95[1]:+.1f}); {row.right_to_wrong} right->wrong / {row.wrong_to_right} wrong->right; "
              f"McNemar p = {row.mcnemar_p:.2g}" + ("" if row.significant else "; within the noise"))

@@ -7,13 +7,14 @@ import click
 from xfverify.evaluator.commands import output
 from xfverify.evaluator.commands.options import (
     CONTEXT,
+    choice,
     MODEL_RUN_OPTIONS,
     SUBSET_OPTIONS,
     model_id,
     option_group,
     preprocess_options,
 )
-from xfverify.models.precision import PRECISIONS
+from xfverify.evaluator.pipeline.options import DEVICES, PRECISIONS
 
 
 @click.command("native", context_settings=CONTEXT)
@@ -23,8 +24,8 @@ from xfverify.models.precision import PRECISIONS
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: ./xfverify-out/native-<model>-<time>).")
 @preprocess_options
 @option_group(*SUBSET_OPTIONS)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="fp32 keeps TF32 off: results as published, not as fast as possible.")
+@click.option("--device", default="auto", **choice(DEVICES))
+@click.option("--precision", default="fp32", **choice(PRECISIONS), help="fp32 keeps TF32 off: results as published, not as fast as possible.")
 @option_group(*MODEL_RUN_OPTIONS)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
 @click.option("--cuda-graphs", is_flag=True, help="torch on a GPU: capture the forward pass of full batches in a CUDA graph and replay it (same kernels, checked bit-identical to eager; removes Python launch overhead at small batches).")
@@ -45,4 +46,4 @@ def native_command(model, **kwargs) -> None:
     output.print_notes(run.report.notes)
     if run.report.dataset.n_images <= 20:
         output.print_predictions(run.predictions)
-    console.info(f"report: {run.out_dir}/report.json, report.md, logits.npy, predictions.csv")
+    console.info(f"report: {run.out_dir}/report.json, report.md, report.html, logits.npy, predictions.csv")

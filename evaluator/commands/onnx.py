@@ -8,12 +8,15 @@ from xfverify.evaluator.analysis.agreement import ATOL_FRACTION, RTOL
 from xfverify.evaluator.commands import output
 from xfverify.evaluator.commands.options import (
     CONTEXT,
+    choice,
     MODEL_RUN_OPTIONS,
     SUBSET_OPTIONS,
     model_id,
     option_group,
     preprocess_options,
 )
+from xfverify.converter.variant_spec import CALIBRATION_METHODS
+from xfverify.evaluator.pipeline.options import DEVICES, PROVIDERS
 
 
 @click.command("onnx", context_settings=CONTEXT)
@@ -23,8 +26,8 @@ from xfverify.evaluator.commands.options import (
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: ./xfverify-out/onnx-<model>-<time>); the native run goes into its native/ unless --against names one.")
 @preprocess_options
 @click.option("--against", type=click.Path(file_okay=False), help="Compare with the native run in this folder (the --out of `xfverify native`).")
-@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True, help="ONNX Runtime's execution provider; cuda never falls back to the CPU.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where the native run computes, when one is run.")
+@click.option("--provider", default="auto", **choice(PROVIDERS), help="ONNX Runtime's execution provider; cuda never falls back to the CPU.")
+@click.option("--device", default="auto", **choice(DEVICES), help="Where the native run computes, when one is run.")
 @click.option("--opset", type=int, help="ONNX opset of the export (default: the exporter's: torch 18, tf2onnx 17, MXNet 13).")
 @option_group(*SUBSET_OPTIONS)
 @option_group(*MODEL_RUN_OPTIONS)
@@ -37,7 +40,7 @@ from xfverify.evaluator.commands.options import (
 @click.option("--variant", "variants", multiple=True, metavar="NAME|FILE.onnx", help="A deployment variant of the plain file, made, run on the same tensors and scored beside it (repeatable): fp16, int8 (static QDQ, calibrated), int8-dynamic, opt-basic, opt-extended, opt-all, or your converted FILE.onnx.")
 @click.option("--calibration", type=click.Path(file_okay=False), help="int8: calibration images (any layout --data takes), none of them among the scored ones.")
 @click.option("--calibration-limit", type=int, help="int8: calibrate on the first N calibration images by id.")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True, help="int8: ONNX Runtime's calibration method.")
+@click.option("--calibration-method", default="minmax", **choice(CALIBRATION_METHODS), help="int8: ONNX Runtime's calibration method.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="int8: weight scales per output channel or per tensor.")
 @click.option("--keep-float", callback=lambda ctx, param, value: tuple(n for n in (value or "").split(",") if n), help="int8: NODE,... left in float (the plain file's node names, as the report's table gives them).")
 @click.option("--keep-float-auto", type=int, default=0, show_default=True, metavar="K", help="int8: also rescore it with its K costliest nodes (SQNR lost) kept in float.")
@@ -60,7 +63,7 @@ def onnx_command(target, **kwargs) -> None:
     output.print_table(title, summary_rows(run.report))
     output.print_notes(run.report.notes)
     extra = ", localize.html" if isinstance(run.report, OnnxReport) and run.report.localization else ""
-    console.info(f"report: {run.out_dir}/report.json, report.md, logits.npy, predictions.csv{extra}")
+    console.info(f"report: {run.out_dir}/report.json, report.md, report.html, logits.npy, predictions.csv{extra}")
     gate = run.report.gate if isinstance(run.report, OnnxReport) else None
     if gate and gate.failures:
         for failure in gate.failures[1:]:

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import click
 
+from xfverify.evaluator.pipeline.options import ON_BAD_IMAGE
 from xfverify.models.errors import UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def choice(values: tuple[str, ...]) -> dict:
+    """A choice shown in --help; the value is checked with the options (pipeline/options.py), so a wrong one gets the
+    same line from the command line, the Python API and a study."""
+    return {"metavar": "[" + "|".join(values) + "]", "show_default": True}
 
 
 def preprocess_options(func):
@@ -35,7 +42,7 @@ MODEL_RUN_OPTIONS = (
                  help="A local weights file (torch: a state_dict, loaded with weights_only=True)."),
     click.option("--random-weights", is_flag=True, help="A seeded, well-scaled random model (smoke tests, speed runs)."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seeds random weights (0 to 2**32-1)."),
-    click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+    click.option("--on-bad-image", default="error", **choice(ON_BAD_IMAGE),
                  help="skip: leave undecodable files out and list them in the report."),
 )
 

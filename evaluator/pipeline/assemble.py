@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,20 +16,32 @@ from xfverify.evaluator.analysis.metrics import (
     real_error,
     wilson_interval,
 )
+from xfverify.evaluator.analysis.agreement import OnnxAgreement
+from xfverify.evaluator.analysis.localize import Localization
+from xfverify.evaluator.data.layouts import Dataset
+from xfverify.evaluator.pipeline.evaluation import CachedRun
+from xfverify.evaluator.process.tasks import RuntimeInfo
 from xfverify.evaluator.reports.run import (
     CacheInfo,
     DatasetInfo,
+    NativeReference,
     NativeReport,
+    OnnxInfo,
+    OnnxReport,
     PublishedInfo,
     SkippedImage,
 )
+from xfverify.evaluator.reports.variants import VariantsBlock
 from xfverify.models.cards import ModelCard, PublishedNumber
+from xfverify.models.preprocess import PreprocessSpec
 
 
-def assemble_report(card, spec, dataset, cached, build, result, timing, topk, options, run_notes=(),
-                    report_type: type[NativeReport] = NativeReport, **extra) -> NativeReport:
-    """The report (its schema is checked as it is built); ``card`` is None for a user's ONNX file, ``extra`` holds
-    the fields ``report_type`` adds."""
+def assemble_report(card: ModelCard | None, spec: PreprocessSpec, dataset: Dataset, run: CachedRun,
+                    random_weights: bool, run_notes: Sequence[str] = (),
+                    identity: dict[str, str] | None = None) -> NativeReport:
+    """A run's report (its schema is checked as it is built); ``card`` is None for a user's ONNX file, whose
+    ``identity`` (model, architecture, builder, output) is given instead."""
+    cached, build, result, timing, topk = run.cached, run.build, run.result, run.timing, run.topk
     skipped = {bad.index for bad in cached.bad}
     include = np.ones(len(dataset), dtype=bool)
     include[sorted(skipped)] = False
@@ -39,23 +52,23 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
     primary = card.primary_published if card else None
     published = _published(primary) if primary else None
     others = [_published(p) for p in (card.published if card else []) if p is not primary]
-    notes = list(dataset.notes) + list(result.notes) + list(options.extra_notes) + list(run_notes)
+    notes = list(dataset.notes) + list(result.notes) + list(run_notes)
     notes += _caveat_notes(cached.caveats)
     notes += non_finite_notes(topk, dataset, skipped)
     if not dataset.n_labelled:
         notes.append("no image has a label, so nothing was scored: these are predictions only "
                      "(labels come from an ImageNet layout or a labels.csv)")
-    if options.random_weights:
+    if random_weights:
         notes.insert(0, "RANDOM WEIGHTS: a seeded random model; the error rates say nothing about the pretrained model")
     if card and card.notes:
         notes.append(card.notes)
     if stats.n and stats.n < 1000:
         notes.append(f"only {stats.n} labelled images scored: the 95% interval is wide")
-    identity = extra.pop("identity", None) or _identity(card)
+    identity = identity or _identity(card)
     delta = compare_to_published(stats.top1_error, top1_ci, primary.top1_error if primary else None) if top1_ci else None
-    return report_type(
+    return NativeReport(
         **identity,
-        random_weights=options.random_weights,
+        random_weights=random_weights,
         framework=result.framework,
         device=result.device,
         precision=result.precision,
@@ -92,8 +105,17 @@ def assemble_report(card, spec, dataset, cached, build, result, timing, topk, op
         notes=notes,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         xfverify_version=__version__,
-        **extra,
     )
+
+
+def onnx_report(base: NativeReport, runtime: RuntimeInfo, onnx: OnnxInfo, native: NativeReference | None,
+                agreement: OnnxAgreement | None, localization: Localization | None,
+                onnx_over_native_time: float | None, variants: VariantsBlock | None = None) -> OnnxReport:
+    """An ONNX Runtime run's report: its run's report, with the runtime, the file, the native run it is compared
+    with, the agreement, the localization and the deployment variants."""
+    fields = {name: value for name, value in base if name != "kind"}
+    return OnnxReport(**fields, runtime=runtime, onnx=onnx, native=native, agreement=agreement,
+                      localization=localization, variants=variants, onnx_over_native_time=onnx_over_native_time)
 
 
 def non_finite_notes(topk: np.ndarray, dataset, skipped: set[int], whose: str = "",

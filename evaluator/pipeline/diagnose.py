@@ -39,11 +39,14 @@ from xfverify.evaluator.pipeline.evaluation import (
 from xfverify.evaluator.pipeline.native_run import (
     DIAGNOSE_REFERENCE_FOLDER,
     NATIVE_OUTPUTS,
+    NativeOnDisk,
+    cached_pictures,
     save_native_run,
 )
-from xfverify.evaluator.pipeline.onnx import run_onnx
-from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions
+from xfverify.evaluator.pipeline.onnx_pass import onnx_pass
+from xfverify.evaluator.pipeline.options import DiagnoseOptions
 from xfverify.evaluator.pipeline.outdir import (
+    Finished,
     default_out_dir,
     earlier_outputs_note,
     in_owned_folder,
@@ -51,8 +54,9 @@ from xfverify.evaluator.pipeline.outdir import (
 )
 from xfverify.evaluator.pipeline.request import prepare
 from xfverify.evaluator.process.blocks import PrecisionBlock
-from xfverify.evaluator.process.events import Event
+from xfverify.evaluator.process.events import EventSink, VariantStarts
 from xfverify.evaluator.process.launcher import run_worker
+from xfverify.evaluator.process.names import LOGITS_FILE, variant_folder
 from xfverify.evaluator.process.registry import BACKENDS
 from xfverify.evaluator.process.tasks import EvaluateJob, EvaluateManyJob, VariantPart
 from xfverify.evaluator.reports.diagnose import (
@@ -83,16 +87,6 @@ from xfverify.models.variants import (
 
 
 SPEC_LIMIT = 2**20  # a --spec file's bytes: a few variants are a few hundred
-
-
-@dataclass
-class DiagnoseOptions(NativeOptions):
-    """Everything ``xfverify diagnose`` can be asked: a native run's options, the variants, the runtime axis."""
-
-    variants: str | None = None
-    spec_files: tuple[str, ...] = ()
-    onnx: bool = False
-    precisions: str | None = None
 
 
 @dataclass
@@ -160,7 +154,7 @@ def _gpu_decoding_possible() -> bool:
     return bool(nvidia_gpus()) or nvjpeg_on_cpu()
 
 
-def run_diagnose(options: DiagnoseOptions) -> tuple[DiagnoseReport, Path]:
+def run_diagnose(options: DiagnoseOptions) -> Finished[DiagnoseReport]:
     """Evaluate the model under every chosen variant; write report.json, report.md and report.html into --out."""
     timeline = {"started": time.time()}
     card, reference, dataset = prepare(options)
@@ -171,10 +165,10 @@ def run_diagnose(options: DiagnoseOptions) -> tuple[DiagnoseReport, Path]:
     out_dir = Path(options.out) if options.out else default_out_dir(card.id, "diagnose")
     report = in_owned_folder(out_dir, lambda workdir: _run_in(out_dir, workdir, card, reference, variants, dataset,
                                                               options, timeline))
-    return report, out_dir
+    return Finished(report, out_dir)
 
 
-ONNX_FOLDER = "onnx"  # where, inside a diagnose run's --out, the ONNX Runtime row's run goes (--onnx)
+ONNX_FOLDER = "onnx"  # the ONNX Runtime row's work folder (--onnx); earlier versions left its run in --out there
 
 
 def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timeline) -> DiagnoseReport:
@@ -182,16 +176,19 @@ def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timel
     the report) and moved into --out as one step: a failed run leaves the earlier diagnosis whole."""
     earlier_outputs_note(out_dir, OUTPUTS, "diagnose", {DIAGNOSE_REFERENCE_FOLDER: NATIVE_OUTPUTS,
                                                         ONNX_FOLDER: NATIVE_OUTPUTS})
-    runs = evaluate_variants(card, reference, variants, dataset, options, workdir, timeline)
+    runs, model_loads = evaluate_variants(card, reference, variants, dataset, options, workdir, timeline)
     staged = workdir / "outputs"
     ref_folder = staged / DIAGNOSE_REFERENCE_FOLDER
     ref_folder.mkdir(parents=True)
     ref_run = runs[0].run
-    native_report = assemble_report(card, reference, dataset, ref_run.cached, ref_run.build, ref_run.result,
-                                    ref_run.timing, ref_run.topk, options)
-    save_native_run(ref_folder, workdir / "variant-0", native_report, dataset, ref_run)  # a native run's folder
-    onnx_pass = _onnx_axis(card, options, staged, out_dir) if options.onnx else None
-    rows = _rows(runs, dataset, onnx_pass, np.load(ref_folder / "logits.npy"))
+    native_report = assemble_report(card, reference, dataset, ref_run, options.random_weights, options.extra_notes)
+    native_report, _ = save_native_run(ref_folder, workdir / variant_folder(0), native_report, dataset, ref_run)
+    reference_logits = np.load(ref_folder / LOGITS_FILE)
+    onnx_pass = None
+    if options.onnx:
+        native = NativeOnDisk(native_report, out_dir / DIAGNOSE_REFERENCE_FOLDER, reference_logits)
+        onnx_pass = _onnx_axis(card, options, reference, dataset, native, workdir / ONNX_FOLDER)
+    rows = _rows(runs, dataset, onnx_pass, reference_logits)
     notes = list(native_report.notes)  # the reference's, its non-finite outputs among them; then the others'
     for run in runs[1:]:
         notes += non_finite_notes(run.run.topk, dataset, run.run.skipped, f"variant {run.variant.name}: ", listed=False)
@@ -206,18 +203,19 @@ def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timel
         dataset=native_report.dataset, n_scored=rows[0].n_scored, published=native_report.published,
         reference=rows[0], variants=rows[1:],
         decomposition=decomposition(published.top1_error if published else None, rows[0], rows[1:]),
-        cost=_cost(runs, timeline), notes=notes, xfverify_version=__version__,
+        cost=_cost(runs, model_loads, timeline), notes=notes, xfverify_version=__version__,
     )
     write_diagnose_outputs(staged, report, _flip_images(runs, report, dataset))
-    made = (DIAGNOSE_REFERENCE_FOLDER, *((ONNX_FOLDER,) if onnx_pass else ()), *OUTPUTS)
-    move_in(out_dir, staged, made, stale=() if onnx_pass else (ONNX_FOLDER,))
+    # an onnx/ folder an earlier version's --onnx wrote here describes no part of this report
+    move_in(out_dir, staged, (DIAGNOSE_REFERENCE_FOLDER, *OUTPUTS), stale=(ONNX_FOLDER,))
     return report
 
 
 def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list[Variant], dataset: Dataset,
-                      options: DiagnoseOptions, workdir: Path, timeline: dict[str, float]) -> list[VariantRun]:
+                      options: DiagnoseOptions, workdir: Path, timeline: dict[str, float]) -> tuple[list[VariantRun], int]:
     """One worker loads the model once and runs every variant in turn; the caches of the distinct geometries
-    are surveyed and built in a thread meanwhile, in the order the worker needs them."""
+    are surveyed and built in a thread meanwhile, in the order the worker needs them. The runs, and how many
+    networks the worker loaded (its events say)."""
     root = cache_root(options)
     specs = [v.resolve(reference) for v in variants]
     order = _run_order(variants, specs)  # the reference first; variants sharing its shards next; precisions last
@@ -263,24 +261,23 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
             timeline["decode_done"] = time.time()
             return built
 
-        def on_event(event: Event) -> None:
-            if event.event == "progress":
-                infer_progress(current["variant"] * total + event.done, total * len(variants))
-            elif event.event == "variant":
-                current["variant"] = event.index
-                console.info(f"variant {event.index + 1} of {event.total}: {event.name}")
-            elif event.event == "status":
-                console.info(event.message)
+        def variant_starts(event: VariantStarts) -> None:
+            current["variant"] = event.index
+            console.info(f"variant {event.index + 1} of {event.total}: {event.name}")
+
+        sink = EventSink(progress=lambda event: infer_progress(current["variant"] * total + event.done,
+                                                                total * len(variants)),
+                         variant=variant_starts)
 
         built, result = worker_beside_build(
             build, cancel, timeline,
             lambda on_start: run_worker(card.framework, job, workdir=workdir,
-                                        on_event=on_event, on_start=on_start))
+                                        on_event=sink, on_start=on_start))
     runs = []
     for variant, spec, worker_result in zip(variants, specs, result.results):
         cached, stats = built[spec.geometry_key()]
         runs.append(VariantRun(variant, spec, finished_run(cached, stats, worker_result, timeline)))
-    return runs
+    return runs, sink.models_loaded
 
 
 def _run_order(variants: list[Variant], specs: list[PreprocessSpec]) -> list[int]:
@@ -354,20 +351,20 @@ class _AgainstReference:
         )
 
 
-def _onnx_axis(card: ModelCard, options: DiagnoseOptions, staged: Path, out_dir: Path) -> OutsidePass:
-    """ONNX Runtime on the reference's tensors through `xfverify onnx --against` the reference run, both staged
-    (its report names the reference folder where it will be in --out)."""
-    shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(OnnxOptions) if hasattr(options, f.name)
-              and f.name not in ("out", "preprocess", "overrides", "extra_notes", "target", "variants")}
-    run = run_onnx(OnnxOptions(**shared, target=card.id, against=str(staged / DIAGNOSE_REFERENCE_FOLDER),
-                               out=str(staged / ONNX_FOLDER)),
-                   against_moves_to=out_dir / DIAGNOSE_REFERENCE_FOLDER)
-    variant = Variant(name="onnx-runtime", group=RUNTIME, why=f"ONNX Runtime {run.report.runtime.version} on the "
-                      f"reference's tensors ({run.report.onnx.exporter})")
-    return OutsidePass(variant, np.load(run.out_dir / "logits.npy"), run.report.tensors_sha256, run.report.precision)
+def _onnx_axis(card: ModelCard, options: DiagnoseOptions, reference: PreprocessSpec, dataset: Dataset,
+               native: NativeOnDisk, workdir: Path) -> OutsidePass:
+    """ONNX Runtime on the reference's tensors: the ONNX pass ``xfverify onnx`` runs, with the reference run's
+    weights, refused unless it was fed the reference's very tensors."""
+    workdir.mkdir()
+    done = onnx_pass(card, options.onnx_options(), reference, dataset, native, workdir, {"started": time.time()},
+                     card.id)
+    result = done.run.result
+    variant = Variant(name="onnx-runtime", group=RUNTIME, why=f"ONNX Runtime {result.runtime.version} on the "
+                      f"reference's tensors ({done.info.exporter})")
+    return OutsidePass(variant, np.array(done.run.logits), result.tensors_sha256, result.precision)
 
 
-def _cost(runs: list[VariantRun], timeline: dict[str, float]) -> Cost:
+def _cost(runs: list[VariantRun], model_loads: int, timeline: dict[str, float]) -> Cost:
     """What the run cost: decoding (per geometry, reused or built) and each variant's model pass (precision
     variants are passes too, on the reference's shards)."""
     geometries: dict[str, GeometryCost] = {}
@@ -381,7 +378,7 @@ def _cost(runs: list[VariantRun], timeline: dict[str, float]) -> Cost:
         model_passes=len(runs), precision_passes=sum(r.variant.precision is not None for r in runs),
         compute_s=round(sum(r.run.result.timing.compute_s for r in runs), 3),
         worker_wall_s=round(timeline.get("worker_finished", timeline["started"]) - timeline["started"], 3),
-        model_loads=1,
+        model_loads=model_loads,
         passes=[PassCost(name=r.variant.name, warmup_s=round(r.run.result.timing.warmup_s, 3),
                          loop_wall_s=round(r.run.result.timing.wall_s, 3)) for r in runs],
     )
@@ -389,14 +386,5 @@ def _cost(runs: list[VariantRun], timeline: dict[str, float]) -> Cost:
 
 def _flip_images(runs: list[VariantRun], report: DiagnoseReport, dataset: Dataset) -> dict[int, np.ndarray]:
     """The reference's uint8 images of the flipped images of significant variants (thumbnails for the page)."""
-    wanted = sorted({i for row in report.variants if row.significant for i in [f.index for f in row.flips[:12]]})
-    cached = runs[0].run.cached
-    images = {}
-    for start, batch in cached.batches(64):
-        for offset in range(len(batch)):
-            if start + offset in wanted:
-                image = np.asarray(batch[offset])  # float32 where the cache keeps TensorFlow's resized floats
-                if image.dtype != np.uint8:
-                    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-                images[start + offset] = image
-    return images
+    wanted = {i for row in report.variants if row.significant for i in [f.index for f in row.flips[:12]]}
+    return cached_pictures(runs[0].run.cached, wanted)

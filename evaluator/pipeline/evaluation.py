@@ -20,7 +20,7 @@ from xfverify.evaluator.cache.store import (
 )
 from xfverify.evaluator.data.layouts import Dataset
 from xfverify.evaluator.pipeline.options import RunOptions
-from xfverify.evaluator.process.events import Event
+from xfverify.evaluator.process.events import EventSink
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.worker_decode_pool import WorkerDecodePool
 from xfverify.evaluator.process.tasks import DataPart, EvaluateJob, WorkerResult
@@ -156,12 +156,7 @@ def decode_and_infer(cache, dataset, framework, job, workdir, options, decode_pr
         timeline["decode_done"] = time.time()
         return built
 
-    def on_event(event: Event) -> None:
-        if event.event == "progress":
-            infer_progress(event.done, event.total)
-        elif event.event == "status":
-            console.info(event.message)
-
+    on_event = EventSink(progress=lambda event: infer_progress(event.done, event.total))
     (cached, stats), result = worker_beside_build(
         build, cancel, timeline,
         lambda on_start: run_worker(framework, job, workdir=workdir, on_event=on_event, on_start=on_start))

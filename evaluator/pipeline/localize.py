@@ -16,7 +16,7 @@ from xfverify.evaluator.data.normalise import normalise
 from xfverify.evaluator.pipeline.evaluation import CachedRun
 from xfverify.evaluator.pipeline.native_run import NativeOnDisk
 from xfverify.evaluator.process.blocks import FileWeights, RandomWeights
-from xfverify.evaluator.process.events import Event
+from xfverify.evaluator.process.events import EventSink
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.tasks import IntermediatesJob, IntermediatesResult
 from xfverify.evaluator.system import console
@@ -40,11 +40,6 @@ def fed_tensors(run: CachedRun, spec: PreprocessSpec, rows: list[int]) -> np.nda
     return np.stack([found[row] for row in rows])
 
 
-def _status(event: Event) -> None:
-    if event.event == "status":
-        console.info(event.message)
-
-
 def localize_run(*, onnx_path: str, spec: PreprocessSpec, run: CachedRun, image_ids: list[str],
                  native: NativeOnDisk | None, reference_onnx: str | None, workdir: Path, n_images: int,
                  atol: float, rtol: float) -> Localization:
@@ -66,12 +61,12 @@ def localize_run(*, onnx_path: str, spec: PreprocessSpec, run: CachedRun, image_
     console.info(f"localizing: every intermediate tensor of {len(rows)} image(s), in ONNX Runtime and the reference")
     started = time.perf_counter()
     graph: IntermediatesResult = run_worker("onnxruntime", IntermediatesJob(
-        onnx_path=onnx_path, inputs_path=str(inputs), out_dir=str(folder / "onnx")), workdir=folder, on_event=_status)
+        onnx_path=onnx_path, inputs_path=str(inputs), out_dir=str(folder / "onnx")), workdir=folder, on_event=EventSink())
     onnx_s = time.perf_counter() - started
     if reference_onnx is not None:
         reference: IntermediatesResult = run_worker("onnxruntime", IntermediatesJob(
             onnx_path=os.path.abspath(reference_onnx), inputs_path=str(inputs), out_dir=str(folder / "reference")),
-            workdir=folder / "reference-worker", on_event=_status)
+            workdir=folder / "reference-worker", on_event=EventSink())
         reference_name = f"{os.path.abspath(reference_onnx)} under ONNX Runtime {reference.framework.version}"
     else:
         reference = _native_intermediates(native, inputs, folder)
@@ -99,7 +94,7 @@ def _native_intermediates(native: NativeOnDisk, inputs: Path, folder: Path) -> I
                            random_weights=isinstance(weights, RandomWeights),
                            seed=weights.seed if isinstance(weights, RandomWeights) else 0,
                            weights_file=weights.source if isinstance(weights, FileWeights) else None)
-    result: IntermediatesResult = run_worker(card.framework, job, workdir=folder / "native-worker", on_event=_status)
+    result: IntermediatesResult = run_worker(card.framework, job, workdir=folder / "native-worker", on_event=EventSink())
     if result.weights is None or result.weights.sha256 != weights.sha256:
         found = result.weights.sha256[:16] if result.weights else "none"
         raise UserError(f"--localize: the network rebuilt for its intermediates has weights {found}, not the native "

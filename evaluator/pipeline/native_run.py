@@ -1,4 +1,4 @@
-"""A native run's folder: what it holds (report.json, report.md, logits.npy, predictions.csv), saved together
+"""A native run's folder: what it holds (report.json, report.md, report.html, logits.npy, predictions.csv), saved together
 and loaded back checked, for the runs that compare with it."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from xfverify.evaluator.reports.run import (
     write_predictions,
     write_report,
 )
+from xfverify.evaluator.reports.run_page import PAGE, run_page
 from xfverify.models.errors import UserError
 from xfverify.models.imagenet import NUM_CLASSES
 from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
@@ -37,26 +38,19 @@ DIAGNOSE_REFERENCE_FOLDER = "reference"  # where, inside a diagnose run's --out,
 
 
 
-@dataclass(frozen=True)
-class SavedRun:
-    """What a native or ONNX run saved: the report, the folder its files are in, and each image's predictions."""
-
-    report: NativeReport
-    out_dir: Path
-    predictions: list[Prediction]
-
-
 # Moved from the run's work folder into --out together once all are written, report.json last.
-NATIVE_OUTPUTS = ("logits.npy", "predictions.csv", "report.md", "report.json")
+NATIVE_OUTPUTS = ("logits.npy", "predictions.csv", "report.md", PAGE, "report.json")
 
 
 def save_native_run(out_dir: Path, workdir: Path, report: NativeReport, dataset: Dataset, run: CachedRun,
-                    also: tuple[str, ...] = (), stale: tuple[str, ...] = ()) -> tuple[NativeReport, list[Prediction]]:
+                    also: tuple[str, ...] = (), stale: tuple[str, ...] = (),
+                    pictures: dict[str, np.ndarray] | None = None,
+                    native_page: Path | None = None) -> tuple[NativeReport, list[Prediction]]:
     """Refuse a run that scored nothing; write predictions.csv, then report.json (recording both files' sha256, so
-    a run that compares with this one reads exactly these) and report.md beside the logits in the work folder, then
-    move all four into ``out_dir`` together (with ``also``: further outputs staged in ``workdir``; ``stale``: this
-    command's outputs an earlier run wrote that this one does not, removed). The report as written, and each
-    image's predictions."""
+    a run that compares with this one reads exactly these), report.md and report.html (``pictures``: the images it
+    shows, by id; ``native_page``: the compared native run's page it links to) beside the logits in the work folder, then move all five into ``out_dir`` together (with
+    ``also``: further outputs staged in ``workdir``; ``stale``: this command's outputs an earlier run wrote that
+    this one does not, removed). The report as written, and each image's predictions."""
     skipped = run.skipped
     if skipped and report.n_scored == 0 and (len(skipped) == len(dataset) or dataset.n_labelled):
         first = run.cached.bad[0]
@@ -71,8 +65,28 @@ def save_native_run(out_dir: Path, workdir: Path, report: NativeReport, dataset:
                                        "predictions_sha256": sha256_file(workdir / "predictions.csv")})
     write_report(workdir, report)
     write_markdown(workdir / "report.md", report, rows)
+    (workdir / PAGE).write_text(run_page(report, out_dir, pictures, native_page))
     move_in(out_dir, workdir, (*also, *NATIVE_OUTPUTS), stale)
     return report, rows
+
+
+def cached_pictures(cached, indices: set[int]) -> dict[int, np.ndarray]:
+    """The cached uint8 crops of the images at ``indices`` (manifest order), for a page's thumbnails (TensorFlow's
+    resized floats rounded); the cache is read only as far as the last of them."""
+    pictures: dict[int, np.ndarray] = {}
+    if not indices:
+        return pictures
+    last = max(indices)
+    for start, batch in cached.batches(64):
+        for offset in range(len(batch)):
+            if start + offset in indices:
+                image = np.asarray(batch[offset])
+                if image.dtype != np.uint8:
+                    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+                pictures[start + offset] = image
+        if start + len(batch) > last:
+            break
+    return pictures
 
 
 @dataclass

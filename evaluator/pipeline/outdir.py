@@ -9,9 +9,13 @@ import os
 import re
 import shutil
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
+from pydantic import BaseModel
+
+from xfverify.evaluator.reports.run import Prediction
 from xfverify.evaluator.process.launcher import scratch_in
 from xfverify.evaluator.system import console
 from xfverify.evaluator.system.files import (
@@ -24,6 +28,19 @@ from xfverify.evaluator.system.files import (
 )
 from xfverify.models.errors import UserError
 from xfverify.models.user_input import cached_json, read_regular, shown
+
+
+ReportType = TypeVar("ReportType", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Finished(Generic[ReportType]):
+    """What every verb returns: its typed report, the folder its outputs are in, and (native and ONNX runs) each
+    image's predictions."""
+
+    report: ReportType
+    out_dir: Path
+    predictions: list[Prediction] = field(default_factory=list)
 
 
 def default_out_dir(model_id: str, verb: str = "native") -> Path:

@@ -12,6 +12,7 @@ cells' ONNX exports beside the GPU's passes), or as Ray tasks (``--executor ray`
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import hashlib
 import json
@@ -26,12 +27,13 @@ from typing import Callable
 
 from xfverify.version import __version__
 from xfverify.evaluator.data.layouts import SAMPLE_DIR, Dataset, load_dataset
-from xfverify.evaluator.pipeline.diagnose import DiagnoseOptions, run_diagnose
+from xfverify.evaluator.pipeline.diagnose import chosen_variants, run_diagnose
 from xfverify.evaluator.pipeline.native import run_native
 from xfverify.evaluator.pipeline.native_run import DIAGNOSE_REFERENCE_FOLDER, check_scores, load_native
-from xfverify.evaluator.pipeline.onnx import export_ahead, run_onnx
-from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions, check_run_options
-from xfverify.evaluator.pipeline.outdir import in_owned_folder, refuse_another_study, write_in
+from xfverify.evaluator.pipeline.onnx import run_onnx
+from xfverify.evaluator.pipeline.onnx_pass import export_ahead
+from xfverify.evaluator.pipeline.options import DiagnoseOptions, NativeOptions, OnnxOptions, StudyOptions
+from xfverify.evaluator.pipeline.outdir import Finished, in_owned_folder, refuse_another_study, write_in
 from xfverify.evaluator.reports.diagnose import DiagnoseReport
 from xfverify.evaluator.reports.run import NativeReport, OnnxReport
 from xfverify.evaluator.reports.study import (
@@ -44,6 +46,7 @@ from xfverify.evaluator.reports.study import (
     OnnxCell,
     StudyDataset,
     StudyReport,
+    cell_pages,
     csv_text,
     html_page,
     markdown,
@@ -56,34 +59,11 @@ from xfverify.models.preprocess import resolve_preprocess
 from xfverify.models.study import Cell, StudySpec, cells_of, load_study
 from xfverify.models.user_input import cached_bytes, open_regular, shown
 
-EXECUTORS = ("local", "ray")
 CELL_FILE = "cell.json"
 # Distributions whose versions can change a cell's numbers (those installed go into every cell's key).
 KEYED_DISTRIBUTIONS = ("numpy", "pillow", "opencv-python-headless", "opencv-python", "torch", "torchvision", "timm",
                        "onnxscript", "tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "mxnet", "mxnet-cu101",
                        "gluoncv", "onnx", "onnxruntime", "onnxruntime-gpu")
-
-
-@dataclass
-class StudyOptions:
-    """Everything ``xfverify study`` can be asked (the CLI and the Python API fill it)."""
-
-    study: str = "lite"
-    data: str | None = None
-    devkit: str | None = None
-    limit: int | None = None
-    per_class: int | None = None
-    out: str | None = None
-    device: str = "auto"
-    provider: str = "auto"
-    batch_size: int | None = None
-    workers: int | None = None
-    cache_dir: str | None = None
-    seed: int = 0
-    on_bad_image: str = "error"
-    random_weights: bool = False  # every cell with a seeded random model
-    executor: str = "local"
-    address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,16 +74,12 @@ class PlannedCell:
     key: str
     folder: Path
     needs: PlannedCell | None = None
+    options: NativeOptions | OnnxOptions | DiagnoseOptions | None = None  # its verb's, made and checked when planned
 
 
-def run_study(options: StudyOptions) -> tuple[StudyReport, Path]:
+def run_study(options: StudyOptions) -> Finished[StudyReport]:
     """Run every cell of the study not already done in --out; write study.json, .md, .csv and .html there."""
     started = time.time()
-    if options.executor not in EXECUTORS:
-        raise UserError(f"--executor must be one of {', '.join(EXECUTORS)}, got {options.executor!r}")
-    # the options every cell shares, refused once here rather than by each cell in turn
-    check_run_options(NativeOptions(seed=options.seed, batch_size=options.batch_size, workers=options.workers,
-                                    on_bad_image=options.on_bad_image))
     if options.executor == "local" and "cuda" in (options.device, options.provider):
         from xfverify.evaluator.system.devices import may_have_a_gpu
 
@@ -122,7 +98,7 @@ def run_study(options: StudyOptions) -> tuple[StudyReport, Path]:
     execute = _executor(options)
     report = in_owned_folder(out_dir, lambda workdir: _run_in(study, plan, dataset, options, out_dir, execute,
                                                               started))
-    return report, out_dir
+    return Finished(report, out_dir)
 
 
 def plan_cells(cells: list[Cell], dataset: Dataset, options: StudyOptions, out_dir: Path) -> list[PlannedCell]:
@@ -148,8 +124,32 @@ def plan_cells(cells: list[Cell], dataset: Dataset, options: StudyOptions, out_d
             "needs": needs.key if needs else None,
         }
         key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-        planned[cell] = PlannedCell(cell, key, out_dir / "cells" / cell.name, needs)
+        folder = out_dir / "cells" / cell.name
+        try:
+            cell_options = _cell_options(cell, card, options, folder, needs)
+        except UserError as exc:
+            raise UserError(f"study cell {cell.name}: {exc}") from None
+        planned[cell] = PlannedCell(cell, key, folder, needs, cell_options)
     return list(planned.values())
+
+
+def _cell_options(cell: Cell, card: ModelCard, options: StudyOptions, folder: Path,
+                  needs: PlannedCell | None) -> NativeOptions | OnnxOptions | DiagnoseOptions:
+    """The options of the cell's command, checked as the command checks them; a diagnose cell's variants and
+    precisions are checked against its card too, before any cell runs."""
+    common = dict(data=options.data, devkit=options.devkit, limit=options.limit, per_class=options.per_class,
+                  batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir,
+                  random_weights=cell.random_weights, seed=options.seed, on_bad_image=options.on_bad_image,
+                  device=options.device, out=str(folder))
+    if cell.run == "native":
+        return NativeOptions(**common, model=cell.model)
+    if cell.run == "onnx":
+        return OnnxOptions(**common, target=cell.model, provider=options.provider,
+                           against=str(needs.folder) if needs else None)
+    diagnose = DiagnoseOptions(**common, model=cell.model, variants=",".join(cell.variants) or None,
+                               precisions=",".join(cell.precisions) or None)
+    chosen_variants(card, resolve_preprocess(None, default=card.reference_spec), diagnose)  # as the command chooses them
+    return diagnose
 
 
 def _run_in(study: StudySpec, plan: list[PlannedCell], dataset: Dataset, options: StudyOptions, out_dir: Path,
@@ -166,7 +166,7 @@ def _run_in(study: StudySpec, plan: list[PlannedCell], dataset: Dataset, options
     todo = [planned for planned in plan if planned.key not in done]
     console.info(f"study {study.name}: {len(plan)} cells on {len(dataset)} images from {dataset.root}; "
                  f"{len(done)} already done, {len(todo)} to run ({options.executor})")
-    ran = execute(todo, functools.partial(run_cell, options=options), done, record_cell)
+    ran = execute(todo, run_cell, done, record_cell)
     results = {**done, **ran}
     report = StudyReport(
         name=study.name, about=study.about,
@@ -178,7 +178,7 @@ def _run_in(study: StudySpec, plan: list[PlannedCell], dataset: Dataset, options
         ran=len(todo), reused=len(done), wall_s=round(time.time() - started, 3), xfverify_version=__version__,
     )
     write_in(out_dir, {"study.json": report.model_dump_json(indent=1) + "\n", "study.md": markdown(report),
-                       "study.csv": csv_text(report), "study.html": html_page(report)})
+                       "study.csv": csv_text(report), "study.html": html_page(report, cell_pages(report, out_dir))})
     failed = [c for c in report.cells if c.status != "done"]
     if failed:
         raise UserError(f"{len(failed)} of {len(plan)} cells did not finish (the first: {failed[0].run} "
@@ -237,11 +237,9 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def run_cell(planned: PlannedCell, results: dict[str, CellResult], options: StudyOptions) -> CellResult:
+def run_cell(planned: PlannedCell, results: dict[str, CellResult]) -> CellResult:
     """Run one cell through its command's pipeline function; a user error fails the cell, not the study."""
     cell, started = planned.cell, time.time()
-    folder = str(planned.folder)
-    base = _common_options(cell, options)
     outcome: dict = {}
     try:
         if planned.needs is not None:
@@ -249,18 +247,13 @@ def run_cell(planned: PlannedCell, results: dict[str, CellResult], options: Stud
             if needed is None or needed.status != "done":
                 return _result(planned, started, "skipped", error="its native cell did not finish")
         console.info(f"cell {cell.run} {cell.model} -> {planned.folder}")
-        if cell.run == "native":
-            run = run_native(NativeOptions(**base, model=cell.model, device=options.device, out=folder))
-            outcome["native"] = native_cell(run.report)
-        elif cell.run == "onnx":
-            run = run_onnx(OnnxOptions(**base, target=cell.model, device=options.device, provider=options.provider,
-                                       against=str(planned.needs.folder), out=folder))
-            outcome["onnx"] = onnx_cell(run.report)
+        options = dataclasses.replace(planned.options, extra_notes=[])  # a cell's notes are its own run's
+        if isinstance(options, DiagnoseOptions):
+            outcome["diagnose"] = diagnose_cell(run_diagnose(options).report)
+        elif isinstance(options, OnnxOptions):
+            outcome["onnx"] = onnx_cell(run_onnx(options).report)
         else:
-            report, _ = run_diagnose(DiagnoseOptions(
-                **base, model=cell.model, device=options.device, out=folder,
-                variants=",".join(cell.variants) or None, precisions=",".join(cell.precisions) or None))
-            outcome["diagnose"] = diagnose_cell(report)
+            outcome["native"] = native_cell(run_native(options).report)
     except UserError as exc:
         console.info(f"cell {cell.run} {cell.model} failed: {exc}")
         return _result(planned, started, "failed", error=str(exc))
@@ -268,18 +261,11 @@ def run_cell(planned: PlannedCell, results: dict[str, CellResult], options: Stud
     return _result(planned, started, "done", report_sha256=report_sha256, **outcome)
 
 
-def _common_options(cell: Cell, options: StudyOptions) -> dict:
-    return dict(data=options.data, devkit=options.devkit, limit=options.limit, per_class=options.per_class,
-                batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir,
-                random_weights=cell.random_weights, seed=options.seed, on_bad_image=options.on_bad_image)
-
-
-def export_cell_ahead(planned: PlannedCell, options: StudyOptions) -> None:
+def export_cell_ahead(planned: PlannedCell) -> None:
     """An ONNX cell's export made early, into the export cache its cell reads; a user error is left for the cell
     to meet and report."""
     try:
-        export_ahead(OnnxOptions(**_common_options(planned.cell, options), target=planned.cell.model,
-                                 device=options.device, provider=options.provider))
+        export_ahead(planned.options)
     except Exception as exc:  # only a head start: the cell exports itself and reports what goes wrong, bugs too
         first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         console.info(f"exporting {planned.cell.model} ahead of its cell failed ({first_line}); its cell will export")
@@ -312,6 +298,7 @@ def onnx_cell(report: OnnxReport) -> OnnxCell:
         opset=report.onnx.opset, top1_agreement=agreement.top1_agreement if agreement else None,
         n_flips=agreement.n_flips if agreement else None, mcnemar_p=agreement.mcnemar_p if agreement else None,
         max_abs_diff_over_max_abs_logit=agreement.max_abs_diff_over_max_abs_logit if agreement else None,
+        within_tolerance=agreement.within_tolerance if agreement else None,
         providers=report.runtime.providers, images_per_s=report.timing.images_per_s,
         data_wait_s=report.timing.data_wait_s, onnx_over_native_time=report.onnx_over_native_time)
 
@@ -361,7 +348,7 @@ def _executor(options: StudyOptions) -> Callable:
     def on_gpu(planned: PlannedCell) -> bool:
         return computes_on_gpu(planned.cell, options.device, options.provider)
 
-    ahead = functools.partial(export_cell_ahead, options=options)
+    ahead = export_cell_ahead
 
     if options.executor == "ray":
         from xfverify.evaluator.pipeline.study_ray import ray_executor

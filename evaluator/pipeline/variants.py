@@ -7,7 +7,6 @@ precision breaks, node by node; int8 with its costliest nodes kept in float, res
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from xfverify.converter.variant_spec import CALIBRATION_METHODS, MADE_KINDS, QUANTISED, VariantSpec
+from xfverify.converter.variant_spec import QUANTISED, VariantSpec
 from xfverify.evaluator.analysis.agreement import compare_outputs
 from xfverify.evaluator.analysis.comparison import compare_runs
 from xfverify.evaluator.analysis.localize import worst_rows
@@ -26,8 +25,8 @@ from xfverify.evaluator.data.normalise import normalise
 from xfverify.evaluator.pipeline.evaluation import CachedRun, cache_root, evaluate_cached
 from xfverify.evaluator.pipeline.localize import fed_tensors
 from xfverify.evaluator.pipeline.native_run import NativeOnDisk
-from xfverify.evaluator.pipeline.options import OnnxOptions, refuse_unless_regular
-from xfverify.evaluator.process.events import Event
+from xfverify.evaluator.pipeline.options import OnnxOptions, check_variant_options  # noqa: F401 (onnx.py reads it here)
+from xfverify.evaluator.process.events import EventSink
 from xfverify.evaluator.process.launcher import run_worker
 from xfverify.evaluator.process.tasks import EvaluateJob, IntermediatesJob, IntermediatesResult, MakeVariantJob, VariantMade
 from xfverify.evaluator.reports.run import OnnxReport
@@ -40,49 +39,6 @@ from xfverify.models.user_input import shown
 
 FOLDER = "variants"  # under the run's work folder (removed with it)
 GATE_EXIT = 3  # the exit status of a run whose --max-top1-drop or --fail-on-mismatch failed
-
-
-def check_variant_options(options: OnnxOptions) -> list[VariantSpec]:
-    """The variants asked for, as specs, or one line for an option no run can take."""
-    if options.calibration_method not in CALIBRATION_METHODS:
-        raise UserError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, "
-                        f"got {options.calibration_method!r}")
-    if options.keep_float_auto < 0:
-        raise UserError(f"--keep-float-auto must be 0 or more, got {options.keep_float_auto}")
-    if options.max_top1_drop is not None and not options.max_top1_drop >= 0:
-        raise UserError(f"--max-top1-drop must be a number of points, 0 or more, got {options.max_top1_drop}")
-    if options.calibration_limit is not None and options.calibration_limit <= 0:
-        raise UserError(f"--calibration-limit must be positive, got {options.calibration_limit}")
-    if options.max_top1_drop is not None and not options.variants:
-        raise UserError("--max-top1-drop bounds what a variant costs: add --variant NAME")
-    specs = []
-    for name in options.variants:
-        if name.endswith(".onnx") or os.path.sep in name:
-            refuse_unless_regular(name, "--variant", "an ONNX file")
-            specs.append(VariantSpec(kind="file", path=os.path.abspath(name)))
-        elif name in MADE_KINDS:
-            quantised = name in QUANTISED
-            specs.append(VariantSpec(
-                kind=name, per_channel=options.per_channel if quantised else None,
-                calibration_method=options.calibration_method if name == "int8" else None,
-                keep_io_types=True if name == "fp16" else None,
-                keep_float=tuple(options.keep_float) if quantised else ()))
-        else:
-            raise UserError(f"--variant {name!r}: not a variant; give one of {', '.join(MADE_KINDS)} or a "
-                            "converted FILE.onnx")
-    if len({s.name for s in specs}) != len(specs):
-        raise UserError("--variant: the same variant is asked for twice")
-    quantised = any(s.kind in QUANTISED for s in specs)
-    if (options.keep_float or options.keep_float_auto) and not quantised:
-        raise UserError("--keep-float and --keep-float-auto apply to an int8 variant: add --variant int8")
-    if options.calibration and not any(s.calibrated for s in specs):
-        raise UserError("--calibration applies to --variant int8 (static quantisation): add it, or leave it out")
-    if any(s.calibrated for s in specs) and not options.calibration:
-        raise UserError("--variant int8 needs calibration images kept apart from the scored ones: give "
-                        "--calibration DIR (any layout --data takes)")
-    if options.calibration and not os.path.isdir(options.calibration):
-        raise UserError(f"--calibration {shown(options.calibration)}: no such folder")
-    return specs
 
 
 @dataclass
@@ -102,11 +58,6 @@ class Plain:
         include = np.ones(len(self.dataset), dtype=bool)
         include[sorted(self.run.skipped)] = False
         return include
-
-
-def _status(event: Event) -> None:
-    if event.event == "status":
-        console.info(event.message)
 
 
 def run_variants(options: OnnxOptions, specs: list[VariantSpec], plain: Plain, workdir: Path) -> VariantsBlock:
@@ -194,12 +145,13 @@ def _scored(options: OnnxOptions, spec: VariantSpec, plain: Plain, folder: Path,
         console.info(f"variant {spec.name}: the user's file against its plain parent")
     else:
         console.info(f"variant {spec.name}: making it from the plain file in the ONNX Runtime worker")
-        job = MakeVariantJob(parent_path=plain.path, spec=spec, cache_root=str(owned_subfolder(cache_root(options), "onnx-variants", "--cache-dir")),
+        variants_cache = owned_subfolder(cache_root(options), "onnx-variants", "--cache-dir")
+        job = MakeVariantJob(parent_path=plain.path, spec=spec, cache_root=str(variants_cache),
                              providers=providers,
                              calibration_path=str(calibration[0]) if calibration and spec.calibrated else None,
                              calibration_sha256=calibration[1].tensors_sha256 if calibration and spec.calibrated
                              else None)
-        outcome: VariantMade = run_worker("onnxruntime", job, workdir=folder, on_event=_status)
+        outcome: VariantMade = run_worker("onnxruntime", job, workdir=folder, on_event=EventSink())
         made, path, from_cache = outcome.variant, outcome.path, outcome.from_cache
     job = EvaluateJob(model=None, onnx_path=path, preprocess=plain.spec.to_dict(), device=options.provider,
                       precision="fp32", batch_size=options.batch_size, n_images=len(plain.dataset), hw=plain.hw,
@@ -249,7 +201,7 @@ def _nodes(options: OnnxOptions, plain: Plain, path: str, logits: np.ndarray, fo
     captured: list[IntermediatesResult] = [
         run_worker("onnxruntime", IntermediatesJob(onnx_path=onnx_path, inputs_path=str(inputs),
                                                    out_dir=str(folder / side)),
-                   workdir=folder / f"{side}-worker", on_event=_status)
+                   workdir=folder / f"{side}-worker", on_event=EventSink())
         for side, onnx_path in (("variant", path), ("plain", plain.path))]
     ids = [plain.dataset.records[row].image_id for row in rows]
     return compare_nodes(captured[0].tensors, captured[1].tensors, image_ids=ids, atol_fraction=options.atol,

@@ -4,9 +4,11 @@ when each phase ended, the exit code of a user error, and the run a worker must 
 from __future__ import annotations
 
 import time
-from typing import Literal, Optional
+from dataclasses import dataclass, field
+from typing import Annotated, Callable, Literal, Union
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
 
 EVENT_PREFIX = "@xfverify "
 USER_ERROR_EXIT = 2  # a user-caused failure: error.json holds its one line
@@ -26,30 +28,95 @@ def milestones() -> dict[str, float]:
     return dict(_MILESTONES)
 
 
-class Event(BaseModel):
-    """One line a worker sends while it runs: ``progress`` (done of total images), ``status`` (a message for the
-    user), ``variant`` (pass ``index`` of ``total``, named ``name``, begins) or ``decoded`` (decode chunk ``index``
-    is in its shard; its bad rows and caveats as (row, reason) pairs)."""
-
+class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    event: Literal["progress", "status", "variant", "decoded"]
-    done: Optional[int] = None
-    total: Optional[int] = None
-    message: Optional[str] = None
-    index: Optional[int] = None
-    name: Optional[str] = None
-    bad: Optional[list[tuple[int, str]]] = None
-    caveats: Optional[list[tuple[int, str]]] = None
+
+class Progress(_Event):
+    """``done`` of ``total`` images have gone through the model."""
+
+    event: Literal["progress"] = "progress"
+    done: int
+    total: int
 
 
-def emit(event: str, **fields) -> None:
-    """Worker side: send an event to the parent (checked against :class:`Event` first)."""
-    print(EVENT_PREFIX + Event(event=event, **fields).model_dump_json(exclude_none=True), flush=True)
+class Status(_Event):
+    """A message for the user."""
+
+    event: Literal["status"] = "status"
+    message: str
+
+
+class VariantStarts(_Event):
+    """Pass ``index`` of ``total`` (diagnose's variant ``name``) begins."""
+
+    event: Literal["variant"] = "variant"
+    index: int
+    total: int
+    name: str
+
+
+class ModelLoaded(_Event):
+    """The worker has built a network and placed it on its device."""
+
+    event: Literal["model_loaded"] = "model_loaded"
+    model: str
+
+
+class Decoded(_Event):
+    """Decode chunk ``index`` is in its shard; its bad rows and caveats as (row, reason) pairs."""
+
+    event: Literal["decoded"] = "decoded"
+    index: int
+    bad: list[tuple[int, str]]
+    caveats: list[tuple[int, str]]
+
+
+Event = Annotated[Union[Progress, Status, VariantStarts, ModelLoaded, Decoded], Field(discriminator="event")]
+_EVENT: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def emit(event: Event) -> None:
+    """Worker side: send an event to the parent."""
+    print(EVENT_PREFIX + event.model_dump_json(), flush=True)
 
 
 def parsed_event(line: str) -> Event | None:
     """Parent side: the event a line of the worker's stdout carries (None for any other output)."""
     if not line.startswith(EVENT_PREFIX):
         return None
-    return Event.model_validate_json(line[len(EVENT_PREFIX):])
+    return _EVENT.validate_json(line[len(EVENT_PREFIX):])
+
+
+@dataclass
+class EventSink:
+    """Where a worker's events go, one handler per kind: status lines to the console unless told otherwise, the
+    others nowhere unless given; it counts the networks the worker loaded."""
+
+    progress: Callable[[Progress], None] | None = None
+    variant: Callable[[VariantStarts], None] | None = None
+    decoded: Callable[[Decoded], None] | None = None
+    status: Callable[[Status], None] = field(default=lambda event: _to_console(event))
+    models_loaded: int = 0
+
+    def __call__(self, event: Event) -> None:
+        match event:
+            case Progress():
+                if self.progress:
+                    self.progress(event)
+            case Status():
+                self.status(event)
+            case VariantStarts():
+                if self.variant:
+                    self.variant(event)
+            case ModelLoaded():
+                self.models_loaded += 1
+            case Decoded():
+                if self.decoded:
+                    self.decoded(event)
+
+
+def _to_console(event: Status) -> None:
+    from xfverify.evaluator.system import console  # the parent's; a worker never handles events
+
+    console.info(event.message)

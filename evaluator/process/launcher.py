@@ -9,20 +9,18 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
-
-from pydantic import BaseModel
+from typing import IO, Callable, Iterator
 
 from xfverify.evaluator.process.events import RUN_PID_ENV, USER_ERROR_EXIT, Event, parsed_event
 from xfverify.evaluator.process.registry import BACKENDS
-from xfverify.evaluator.process.tasks import TASKS
+from xfverify.evaluator.process.tasks import TASKS, Job, ResultType, Task
+from xfverify.evaluator.process.wire import JobFile, UserErrorFile
 from xfverify.evaluator.process import warm
 from xfverify.evaluator.system.files import disk_full_error
 from xfverify.models.errors import UserError
@@ -45,8 +43,6 @@ def _python_for(framework: str) -> str:
     return os.environ.get(f"XFVERIFY_PYTHON_{framework.upper()}", sys.executable)
 
 
-Result = TypeVar("Result", bound=BaseModel)
-
 # The folder a run's workers without a folder of their own work in (its --out/.work, removed when the run ends and,
 # after a kill, by the next run there); None: the system's temporary folder.
 _scratch: contextvars.ContextVar[str | None] = contextvars.ContextVar("xfverify_scratch", default=None)
@@ -64,12 +60,12 @@ def scratch_in(folder: Path) -> Iterator[None]:
 
 def run_worker(
     framework: str,
-    job: BaseModel,
+    job: Job[ResultType],
     *,
     workdir: str | os.PathLike | None = None,
     on_event: Callable[[Event], None] | None = None,
     on_start: Callable[[subprocess.Popen], None] | None = None,
-) -> BaseModel:
+) -> ResultType:
     """Run the task that takes ``job`` (:data:`~xfverify.evaluator.process.tasks.TASKS`) in a fresh process of
     ``framework``'s back-end; return its typed result.
 
@@ -78,75 +74,96 @@ def run_worker(
     """
     if framework not in BACKENDS:
         raise UserError(f"no back-end for framework {framework!r}")
-    task_type = TASKS[type(job)]
-    task = task_type.name
+    task = TASKS[type(job)]
     own_tmp = None
     if workdir is None:  # in the run's work folder where it has one: a killed run leaves nothing in the temp folder
         own_tmp = tempfile.TemporaryDirectory(prefix=f"xfverify-{framework}-", dir=_scratch.get())
         workdir = own_tmp.name
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    job_path = workdir / f"{task}.job.json"
-    result_path = workdir / f"{task}.result.json"
-    error_path = workdir / f"{task}.error.json"
-    for stale in (result_path, error_path):
-        stale.unlink(missing_ok=True)
-    job_path.write_text(
-        json.dumps({"framework": framework, "backend": BACKENDS[framework].module, "task": task, "workdir": str(workdir),
-                    "job": job.model_dump(mode="json")}, indent=1)
-    )
+    files = _TaskFiles(Path(workdir), task.name)
+    try:
+        files.write_job(framework, job)
+        with open(files.stderr, "w") as stderr_file:
+            process = _start(framework, files.job, stderr_file)
+            if on_start:
+                on_start(process)
+            code = _follow(process, on_event)
+        return _outcome(framework, task, files, code)
+    finally:
+        if own_tmp is not None:
+            own_tmp.cleanup()
+
+
+class _TaskFiles:
+    """A task's files in its work folder: the job, and what the worker leaves (result, user error, stderr)."""
+
+    def __init__(self, workdir: Path, task: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir, self.task = workdir, task
+        self.job = workdir / f"{task}.job.json"
+        self.result = workdir / f"{task}.result.json"
+        self.error = workdir / f"{task}.error.json"
+        self.stderr = workdir / f"{task}.stderr.txt"
+
+    def write_job(self, framework: str, job: Job) -> None:
+        for stale in (self.result, self.error):
+            stale.unlink(missing_ok=True)
+        self.job.write_text(JobFile(framework=framework, backend=BACKENDS[framework].module, task=self.task,
+                                    workdir=str(self.workdir), job=job.model_dump(mode="json")).model_dump_json(indent=1))
+
+
+def _worker_environment() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name, value in ALLOCATOR_ENVIRONMENT.items():
         env.setdefault(name, value)
     env[RUN_PID_ENV] = str(os.getpid())  # the worker watches this process, even if it dies before the worker starts
+    return env
+
+
+def _start(framework: str, job_path: Path, stderr_file: IO) -> subprocess.Popen | warm.WarmProcess:
+    """The worker on ``job_path``: forked by a warm server when one serves ``framework``, else started."""
+    env = _worker_environment()
+    servers = warm.active()
+    process = servers.start(framework, str(job_path), env, stderr_file) if servers else None
+    if process is not None:
+        return process
     command = [_python_for(framework), "-m", "xfverify.evaluator.process.worker", str(job_path)]
-    stderr_path = workdir / f"{task}.stderr.txt"
     try:
-        with open(stderr_path, "w") as stderr_file:
-            servers = warm.active()
-            process = servers.start(framework, str(job_path), env, stderr_file) if servers else None
-            if process is None:
-                try:
-                    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr_file, text=True,
-                                               env=env)
-                except OSError as exc:
-                    raise UserError(
-                        f"cannot start the {framework} worker with {command[0]} ({exc.strerror or exc}): "
-                        f"check XFVERIFY_PYTHON_{framework.upper()}"
-                    ) from None
-            if on_start:
-                on_start(process)
-            try:
-                for line in process.stdout:
-                    event = parsed_event(line)
-                    if event is not None and on_event:
-                        on_event(event)
-            except BaseException:
-                process.kill()
-                process.wait()
-                raise
-            code = process.wait()
-        if code == 0 and result_path.exists():
-            return task_type.result.model_validate_json(result_path.read_text())
-        if code == USER_ERROR_EXIT and error_path.exists():
-            raise UserError(json.loads(error_path.read_text())["message"])
-        stderr_tail = stderr_path.read_text(errors="replace")[-6000:]
-        full = _disk_full_at(workdir)
-        if full is not None and (code == USER_ERROR_EXIT or not stderr_tail.strip() or "No space left" in stderr_tail):
-            raise full  # the worker could not even write why: its folder's disk is full
-        if "No module named 'xfverify'" in stderr_tail:
-            raise UserError(
-                f"{command[0]} cannot import xfverify: install it there (pip install 'xfverify[{framework}]') "
-                f"or unset XFVERIFY_PYTHON_{framework.upper()}"
-            )
-        raise WorkerCrashed(
-            f"the {framework} worker ({task}) exited with code {code}; its stderr ends:\n{stderr_tail}"
-        )
-    finally:
-        if own_tmp is not None:
-            own_tmp.cleanup()
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr_file, text=True, env=env)
+    except OSError as exc:
+        raise UserError(f"cannot start the {framework} worker with {command[0]} ({exc.strerror or exc}): "
+                        f"check XFVERIFY_PYTHON_{framework.upper()}") from None
+
+
+def _follow(process, on_event: Callable[[Event], None] | None) -> int:
+    """Hand each event the worker sends to ``on_event`` until it ends; its exit code (stopped on an exception)."""
+    try:
+        for line in process.stdout:
+            event = parsed_event(line)
+            if event is not None and on_event:
+                on_event(event)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process.wait()
+
+
+def _outcome(framework: str, task: Task, files: _TaskFiles, code: int):
+    """The task's typed result; or its user error's one line, a full disk, a missing xfverify, a crash."""
+    if code == 0 and files.result.exists():
+        return task.result.model_validate_json(files.result.read_text())
+    if code == USER_ERROR_EXIT and files.error.exists():
+        raise UserError(UserErrorFile.model_validate_json(files.error.read_text()).message)
+    stderr_tail = files.stderr.read_text(errors="replace")[-6000:]
+    full = _disk_full_at(files.workdir)
+    if full is not None and (code == USER_ERROR_EXIT or not stderr_tail.strip() or "No space left" in stderr_tail):
+        raise full  # the worker could not even write why: its folder's disk is full
+    if "No module named 'xfverify'" in stderr_tail:
+        raise UserError(f"{_python_for(framework)} cannot import xfverify: install it there "
+                        f"(pip install 'xfverify[{framework}]') or unset XFVERIFY_PYTHON_{framework.upper()}")
+    raise WorkerCrashed(f"the {framework} worker ({task.name}) exited with code {code}; its stderr ends:\n{stderr_tail}")
 
 
 FULL_BELOW = 1 << 20  # free bytes under which a worker that died without saying why is taken to have hit a full disk

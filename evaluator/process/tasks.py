@@ -6,10 +6,11 @@ and an unknown key on either side is an error, not a silently ignored option.
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple, Optional
+from typing import Any, Generic, Literal, NamedTuple, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from xfverify.evaluator.process.names import TensorProof
 from xfverify.converter.exported import ExportResult, OnnxDescription
 from xfverify.converter.variant_spec import VariantFile, VariantSpec
 from xfverify.evaluator.process.blocks import PrecisionBlock, WeightsBlock
@@ -17,115 +18,13 @@ from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.precision import Precision
 from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
 
-TensorProof = Literal["hashed on host", "device checksums against digests stored at cache build"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class EvaluateJob(_Strict):
-    """Run one model over the cached images and write its logits (``model`` is None for a user's ONNX file)."""
-
-    model: Optional[str]
-    preprocess: dict[str, Any]
-    device: Literal["auto", "cpu", "cuda"]
-    precision: Precision
-    batch_size: Optional[int] = Field(default=None, gt=0, description="None: the worker's default for its device")
-    n_images: int = Field(ge=0)
-    hw: tuple[int, int]
-    data_file: Optional[str] = Field(default=None, description="where the shard paths appear once surveyed")
-    shard_paths: Optional[list[str]] = None
-    wait_for_shards: bool = False
-    digests_stored: bool = True
-    weights_file: Optional[str] = None
-    random_weights: bool = False
-    cuda_graphs: bool = False
-    seed: int = 0
-    onnx_path: Optional[str] = Field(default=None, description="the ONNX Runtime back-end's network")
-
-    def card(self) -> ModelCard | None:
-        return get_card(self.model) if self.model else None
-
-    def spec(self) -> PreprocessSpec:
-        return spec_from_dict(self.preprocess)
-
-
-class VariantPart(_Strict):
-    """One pass of an :class:`EvaluateManyJob`: its spec, image size and data file, and the precision it runs at."""
-
-    name: str
-    preprocess: dict[str, Any]
-    hw: tuple[int, int]
-    data_file: str
-    precision: Optional[Precision] = Field(default=None, description="None: the base job's")
-
-
-class EvaluateManyJob(_Strict):
-    """Load ``base``'s model once and run it over several preprocessings' cached images (and precisions), in order."""
-
-    base: EvaluateJob
-    variants: list[VariantPart] = Field(min_length=1)
-
-    def for_variant(self, index: int) -> EvaluateJob:
-        part = self.variants[index]
-        return self.base.model_copy(update={"preprocess": part.preprocess, "hw": part.hw, "data_file": part.data_file,
-                                            "precision": part.precision or self.base.precision})
-
-    def precisions(self) -> list[str]:
-        """Every precision a pass runs at, the base's first."""
-        return list(dict.fromkeys([self.base.precision, *(p.precision for p in self.variants if p.precision)]))
-
-
-class ExportJob(_Strict):
-    """Build a card's model as ``evaluate`` does and export it to ONNX through the export cache."""
-
-    model: str
-    hw: tuple[int, int]
-    cache_root: str = Field(description="the export cache's folder")
-    opset: Optional[int] = Field(default=None, description="None: the exporter's default")
-    weights_file: Optional[str] = None
-    random_weights: bool = False
-    seed: int = 0
-
-    def card(self) -> ModelCard:
-        return get_card(self.model)
-
-
-class OnnxFileJob(_Strict):
-    """Check and describe a user's ONNX file (in the ONNX Runtime worker: the parent imports no onnx)."""
-
-    path: str
-    layout: Literal["NCHW", "NHWC"]
-
-
-class IntermediatesJob(_Strict):
-    """Run a network on a few fed tensors and write every intermediate tensor it computes, one .npy per tensor
-    (``model``: a card's network, built as ``evaluate`` builds it; else ``onnx_path`` under ONNX Runtime with every
-    node output marked as a graph output)."""
-
-    model: Optional[str] = None
-    onnx_path: Optional[str] = None
-    inputs_path: str = Field(description="a float32 .npy of the fed tensors, one row per image, in the spec's layout")
-    out_dir: str = Field(description="the folder the tensors are written into")
-    weights_file: Optional[str] = None
-    random_weights: bool = False
-    seed: int = 0
-
-    def card(self) -> ModelCard | None:
-        return get_card(self.model) if self.model else None
-
-
-class MakeVariantJob(_Strict):
-    """Make (or find in the variant cache) a deployment variant of an ONNX file, in the ONNX Runtime worker, and
-    check that ONNX Runtime opens it on ``providers``."""
-
-    parent_path: str
-    spec: VariantSpec
-    cache_root: str
-    providers: list[str]
-    calibration_path: Optional[str] = Field(default=None, description="int8: a float32 .npy of calibration tensors")
-    calibration_sha256: Optional[str] = None
+ResultType = TypeVar("ResultType", bound=BaseModel)
 
 
 class VariantMade(_Strict):
@@ -163,15 +62,6 @@ class DataPart(_Strict):
     wait_for_shards: bool = Field(description="shards, or their fed-tensor digests, are still being made")
     digests_stored: bool = Field(default=True, description="the parent stores the fed-tensor digests; else a "
                                  "device-fed worker computes those it lacks")
-
-
-class ReferenceJob(_Strict):
-    """Run a reference pipeline (:mod:`xfverify.evaluator.references`) on some image files: a preset's, or (with
-    ``catalogue``, a catalogue id ``source/name``) the source's own evaluation transform for that entry."""
-
-    preset: str = ""
-    paths: list[str]
-    catalogue: str = ""
 
 
 class ReferenceResult(_Strict):
@@ -269,6 +159,13 @@ class EvaluateManyResult(_Strict):
     results: list[WorkerResult]
 
 
+class DecodeDone(_Strict):
+    """What a worker's decode task returns (each chunk was reported by a ``decoded`` event as it finished)."""
+
+    chunks: int
+    device: str
+
+
 class DecodeChunk(_Strict):
     """Files to decode into rows ``row..`` of the shard being written at ``tmp_path``."""
 
@@ -277,22 +174,132 @@ class DecodeChunk(_Strict):
     paths: list[str]
 
 
-class DecodeJob(_Strict):
+class VariantPart(_Strict):
+    """One pass of an :class:`EvaluateManyJob`: its spec, image size and data file, and the precision it runs at."""
+
+    name: str
+    preprocess: dict[str, Any]
+    hw: tuple[int, int]
+    data_file: str
+    precision: Optional[Precision] = Field(default=None, description="None: the base job's")
+
+
+class Job(_Strict, Generic[ResultType]):
+    """A worker task's job; ``ResultType`` is the result its task returns (``run_worker(job)`` is typed by it)."""
+
+
+class EvaluateJob(Job[WorkerResult]):
+    """Run one model over the cached images and write its logits (``model`` is None for a user's ONNX file)."""
+
+    model: Optional[str]
+    preprocess: dict[str, Any]
+    device: Literal["auto", "cpu", "cuda"]
+    precision: Precision
+    batch_size: Optional[int] = Field(default=None, gt=0, description="None: the worker's default for its device")
+    n_images: int = Field(ge=0)
+    hw: tuple[int, int]
+    data_file: Optional[str] = Field(default=None, description="where the shard paths appear once surveyed")
+    shard_paths: Optional[list[str]] = None
+    wait_for_shards: bool = False
+    digests_stored: bool = True
+    weights_file: Optional[str] = None
+    random_weights: bool = False
+    cuda_graphs: bool = False
+    seed: int = 0
+    onnx_path: Optional[str] = Field(default=None, description="the ONNX Runtime back-end's network")
+
+    def card(self) -> ModelCard | None:
+        return get_card(self.model) if self.model else None
+
+    def spec(self) -> PreprocessSpec:
+        return spec_from_dict(self.preprocess)
+
+
+class EvaluateManyJob(Job[EvaluateManyResult]):
+    """Load ``base``'s model once and run it over several preprocessings' cached images (and precisions), in order."""
+
+    base: EvaluateJob
+    variants: list[VariantPart] = Field(min_length=1)
+
+    def for_variant(self, index: int) -> EvaluateJob:
+        part = self.variants[index]
+        return self.base.model_copy(update={"preprocess": part.preprocess, "hw": part.hw, "data_file": part.data_file,
+                                            "precision": part.precision or self.base.precision})
+
+    def precisions(self) -> list[str]:
+        """Every precision a pass runs at, the base's first."""
+        return list(dict.fromkeys([self.base.precision, *(p.precision for p in self.variants if p.precision)]))
+
+
+class ExportJob(Job[ExportOutcome]):
+    """Build a card's model as ``evaluate`` does and export it to ONNX through the export cache."""
+
+    model: str
+    hw: tuple[int, int]
+    cache_root: str = Field(description="the export cache's folder")
+    opset: Optional[int] = Field(default=None, description="None: the exporter's default")
+    weights_file: Optional[str] = None
+    random_weights: bool = False
+    seed: int = 0
+
+    def card(self) -> ModelCard:
+        return get_card(self.model)
+
+
+class OnnxFileJob(Job[OnnxDescription]):
+    """Check and describe a user's ONNX file (in the ONNX Runtime worker: the parent imports no onnx)."""
+
+    path: str
+    layout: Literal["NCHW", "NHWC"]
+
+
+class IntermediatesJob(Job[IntermediatesResult]):
+    """Run a network on a few fed tensors and write every intermediate tensor it computes, one .npy per tensor
+    (``model``: a card's network, built as ``evaluate`` builds it; else ``onnx_path`` under ONNX Runtime with every
+    node output marked as a graph output)."""
+
+    model: Optional[str] = None
+    onnx_path: Optional[str] = None
+    inputs_path: str = Field(description="a float32 .npy of the fed tensors, one row per image, in the spec's layout")
+    out_dir: str = Field(description="the folder the tensors are written into")
+    weights_file: Optional[str] = None
+    random_weights: bool = False
+    seed: int = 0
+
+    def card(self) -> ModelCard | None:
+        return get_card(self.model) if self.model else None
+
+
+class ReferenceJob(Job[ReferenceResult]):
+    """Run a reference pipeline (:mod:`xfverify.evaluator.references`) on some image files: a preset's, or (with
+    ``catalogue``, a catalogue id ``source/name``) the source's own evaluation transform for that entry."""
+
+    preset: str = ""
+    paths: list[str]
+    catalogue: str = ""
+
+
+class DecodeJob(Job[DecodeDone]):
     """The decode pool's work for a decoder that runs in a framework's worker (nvjpeg): a spec and its chunks."""
 
     spec: dict[str, Any]
     chunks: list[DecodeChunk]
 
 
+class MakeVariantJob(Job[VariantMade]):
+    """Make (or find in the variant cache) a deployment variant of an ONNX file, in the ONNX Runtime worker, and
+    check that ONNX Runtime opens it on ``providers``."""
+
+    parent_path: str
+    spec: VariantSpec
+    cache_root: str
+    providers: list[str]
+    calibration_path: Optional[str] = Field(default=None, description="int8: a float32 .npy of calibration tensors")
+    calibration_sha256: Optional[str] = None
+
+
 class WindowDecodeJob(DecodeJob):
     """The decode pool's work for a spec whose crop window TensorFlow's ``decode_and_crop_jpeg`` decodes."""
-
-
-class DecodeDone(_Strict):
-    """What a worker's decode task returns (each chunk was reported by a ``decoded`` event as it finished)."""
-
-    chunks: int
-    device: str
 
 
 class Task(NamedTuple):
@@ -314,3 +321,4 @@ TASKS: dict[type[BaseModel], Task] = {task.job: task for task in (
     Task("decode_tensorflow_window", WindowDecodeJob, DecodeDone),
     Task("make_variant", MakeVariantJob, VariantMade),
 )}
+TASKS_BY_NAME: dict[str, Task] = {task.name: task for task in TASKS.values()}

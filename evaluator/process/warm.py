@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import os
 import signal
 import socket
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from xfverify.evaluator.process.registry import BACKENDS
+from xfverify.evaluator.process.wire import SERVER_MESSAGE, Exited, ForkRequest, Started
 
 # Read by xfverify or the frameworks when a task runs, not when a framework is imported: they may differ per job.
 RUN_TIME_VARIABLES = ("COLUMNS", "HOME", "NO_PROXY", "no_proxy", "PYTEST_CURRENT_TEST", "XDG_CACHE_HOME")
@@ -114,21 +114,21 @@ class WarmServer:
                         worker._set_exit(-signal.SIGKILL)
                     self._answered.notify_all()
                     return
-                answer = json.loads(message)
-                if "started" in answer:
-                    self._started.append(answer["started"])
+                answer = SERVER_MESSAGE.validate_json(message)
+                if isinstance(answer, Started):
+                    self._started.append(answer.pid)
                     self._answered.notify_all()
-                elif "exited" in answer:
-                    worker = self._workers.pop(answer["exited"], None)
+                elif isinstance(answer, Exited):
+                    worker = self._workers.pop(answer.pid, None)
                     if worker is None:  # it ended before its starter took it: handed over there
-                        self._early_exits[answer["exited"]] = answer["code"]
+                        self._early_exits[answer.pid] = answer.code
                     else:
-                        worker._set_exit(answer["code"])
+                        worker._set_exit(answer.code)
 
     def start(self, job_path: str, env: dict[str, str], stderr: IO) -> WarmProcess | None:
         """Fork a worker on ``job_path``; None if this server can no longer serve."""
         read_end, write_end = os.pipe()
-        request = json.dumps({"job": job_path, "env": env, "cwd": os.getcwd()}).encode()
+        request = ForkRequest(job=job_path, env=env, cwd=os.getcwd()).model_dump_json().encode()
         try:
             # one request at a time (the server answers in order): waiting releases _lock, not _requesting
             with self._requesting, self._lock:

@@ -13,13 +13,14 @@ process per job the parent sends on the socket FD, which runs exactly as a start
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import traceback
 from pathlib import Path
 
 from xfverify.evaluator.process.events import RUN_PID_ENV, USER_ERROR_EXIT, milestone
+from xfverify.evaluator.process.tasks import TASKS_BY_NAME
+from xfverify.evaluator.process.wire import Exited, ForkRequest, JobFile, Ready, Started, UserErrorFile
 from xfverify.evaluator.system.files import disk_full_error, is_disk_full
 from xfverify.evaluator.system.orphans import exit_when_orphaned
 from xfverify.models.errors import UserError
@@ -33,46 +34,47 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this process
     exit_when_orphaned(int(os.environ.get(RUN_PID_ENV) or os.getppid()))
     argv = sys.argv[1:] if argv is None else argv
-    job_path = Path(argv[0])
-    spec = json.loads(job_path.read_text())
-    workdir = Path(spec["workdir"])
-    task = spec["task"]
+    envelope = JobFile.model_validate_json(Path(argv[0]).read_text())
+    workdir, task = Path(envelope.workdir), TASKS_BY_NAME[envelope.task]
     try:
         try:
-            backend = importlib.import_module(spec["backend"])
+            backend = importlib.import_module(envelope.backend)
         except ImportError as exc:
             if (exc.name or "").partition(".")[0] == "xfverify":  # xfverify's own module: a bug, not the environment
                 raise
             missing = exc.name or str(exc)
-            framework = spec["framework"]  # the package's extras are named after the frameworks
+            framework = envelope.framework  # the package's extras are named after the frameworks
             raise UserError(
                 f"the {framework} back-end cannot import {missing} in {sys.executable}: "
                 f"pip install 'xfverify[{framework}]' there"
             ) from None
         milestone("framework_imported")
-        result = getattr(backend, task)(spec["job"], workdir)
+        result = backend.TASKS[task.name](task.job.model_validate(envelope.job), workdir)
+        if not isinstance(result, task.result):
+            raise TypeError(f"task {task.name} of {envelope.backend} returned {type(result).__name__}, "
+                            f"not {task.result.__name__}")
     except UserError as exc:
-        return _user_error(workdir, task, exc)
+        return _user_error(workdir, task.name, exc)
     except OSError as exc:
         if not is_disk_full(exc):
             traceback.print_exc()
             sys.stderr.flush()
             return 1
-        return _user_error(workdir, task, disk_full_error(exc, workdir))
+        return _user_error(workdir, task.name, disk_full_error(exc, workdir))
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()
         return 1
     try:
-        (workdir / f"{task}.result.json").write_text(result.model_dump_json())  # a result type of process.tasks
+        (workdir / f"{task.name}.result.json").write_text(result.model_dump_json())
     except OSError as exc:
         if not is_disk_full(exc):
             raise
-        return _user_error(workdir, task, disk_full_error(exc, workdir))
+        return _user_error(workdir, task.name, disk_full_error(exc, workdir))
     return 0
 
 
-def _forked_worker(request: dict, fds: list[int]) -> None:
+def _forked_worker(request: ForkRequest, fds: list[int]) -> None:
     """In a process forked by :func:`serve`: become the worker the request describes, run it, never return."""
     code = 1
     try:
@@ -81,10 +83,10 @@ def _forked_worker(request: dict, fds: list[int]) -> None:
         os.dup2(stderr_fd, 2)
         os.close(stdout_fd)
         os.close(stderr_fd)
-        os.chdir(request["cwd"])
+        os.chdir(request.cwd)
         os.environ.clear()
-        os.environ.update(request["env"])
-        code = main([request["job"]])
+        os.environ.update(request.env)
+        code = main([request.job])
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -104,7 +106,7 @@ def serve(socket_fd: int, module: str) -> int:
         importlib.import_module(module)
     except BaseException:  # the parent falls back to starting workers itself, which says what is wrong
         return 1
-    channel.sendall(json.dumps({"ready": True}).encode())
+    channel.sendall(Ready().model_dump_json().encode())
     waiting = selectors.DefaultSelector()
     waiting.register(channel, selectors.EVENT_READ)
     while True:
@@ -120,23 +122,23 @@ def serve(socket_fd: int, module: str) -> int:
                             os.close(other.fileobj)  # the pidfds of the other workers
                     waiting.close()
                     channel.close()
-                    _forked_worker(json.loads(message), fds)
+                    _forked_worker(ForkRequest.model_validate_json(message), fds)
                 for fd in fds:
                     os.close(fd)
                 waiting.register(os.pidfd_open(pid), selectors.EVENT_READ, data=pid)
-                channel.sendall(json.dumps({"started": pid}).encode())
+                channel.sendall(Started(pid=pid).model_dump_json().encode())
             else:
                 waiting.unregister(key.fileobj)
                 os.close(key.fileobj)
                 _, status = os.waitpid(key.data, 0)
-                channel.sendall(json.dumps({"exited": key.data, "code": os.waitstatus_to_exitcode(status)}).encode())
+                channel.sendall(Exited(pid=key.data, code=os.waitstatus_to_exitcode(status)).model_dump_json().encode())
 
 
 def _user_error(workdir: Path, task: str, exc: UserError) -> int:
     """error.json for the parent and the user-error exit code; on a disk too full even for that file, the parent
     finds the disk full itself (launcher.py)."""
     try:
-        (workdir / f"{task}.error.json").write_text(json.dumps({"message": str(exc)}))
+        (workdir / f"{task}.error.json").write_text(UserErrorFile(message=str(exc)).model_dump_json())
     except OSError:
         pass
     return USER_ERROR_EXIT

@@ -9,7 +9,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable
 
 from xfverify.evaluator.cache.decoding import decode_chunk, digest_chunk
-from xfverify.evaluator.process.events import Event
+from xfverify.evaluator.process.events import EventSink
 from xfverify.evaluator.process.tasks import DecodeChunk, DecodeJob, WindowDecodeJob
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
@@ -59,9 +59,8 @@ class WorkerDecodePool:
     def _run(self) -> None:
         from xfverify.evaluator.process.launcher import run_worker
 
-        def on_event(event: Event) -> None:
-            if event.event == "decoded":
-                self._decoded(event.index, event.bad, event.caveats)
+        on_event = EventSink(decoded=lambda event: self._decoded(event.index, event.bad, event.caveats),
+                             status=lambda event: None)
 
         def on_start(process) -> None:
             self.process = process

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from xfverify.evaluator.analysis.metrics import NO_CLASS
 from xfverify.evaluator.process.blocks import DiagnoseWeightsBlock, PrecisionBlock
 from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo
+from xfverify.evaluator.reports.page import STYLE, svg, thumbnail
 from xfverify.evaluator.reports.run import DatasetInfo, PublishedInfo
-from xfverify.evaluator.reports.page import STYLE, svg
 from xfverify.models.imagenet import class_name
 from xfverify.models.user_input import shown, shown_lines
 from xfverify.models.variants import RUNTIME
@@ -312,16 +310,6 @@ def errors_svg(report: DiagnoseReport) -> str:
     return svg(figure)
 
 
-def _thumbnail(image: np.ndarray, side: int = 96) -> str:
-    from PIL import Image
-
-    picture = Image.fromarray(image)
-    picture.thumbnail((side, side))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def _predicted(index: int) -> str:
     """A top-1's class name; an output holding NaN or +-inf predicts none."""
     return "none (NaN or +-inf output)" if index == NO_CLASS else class_name(index)
@@ -336,7 +324,7 @@ def _flip_figures(row: VariantRow, images: dict[int, np.ndarray]) -> str:
         caption = (f"{html.escape(flip.image_id)}<br>label: {html.escape(class_name(flip.labels[0]))}<br>"
                    f"reference: {html.escape(_predicted(flip.reference_top1))} {'✓' if ref_ok else '✗'}<br>"
                    f"{html.escape(row.name)}: {html.escape(_predicted(flip.variant_top1))} {'✗' if ref_ok else '✓'}")
-        cells.append(f'<figure><img src="{_thumbnail(images[flip.index])}" alt="{html.escape(flip.image_id)}">'
+        cells.append(f'<figure><img src="{thumbnail(images[flip.index])}" alt="{html.escape(flip.image_id)}">'
                      f"<figcaption>{caption}</figcaption></figure>")
     return "".join(cells)
 

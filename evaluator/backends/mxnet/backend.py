@@ -26,7 +26,7 @@ from xfverify.evaluator.backends.weights import (  # noqa: E402
     missing_weights_error,
 )
 from xfverify.evaluator.process.blocks import CheckedWeights, PlainPrecision  # noqa: E402
-from xfverify.evaluator.process.events import emit  # noqa: E402
+from xfverify.evaluator.process.events import Status, emit  # noqa: E402
 from xfverify.evaluator.process.tasks import EvaluateJob, FrameworkInfo  # noqa: E402
 from xfverify.evaluator.system.devices import cpu_name  # noqa: E402
 from xfverify.models.cards import ModelCard  # noqa: E402
@@ -81,7 +81,7 @@ def _context(device: str) -> tuple[mx.Context, list[str]]:
         fix = f"it needs a CUDA build (mxnet-cu101 where CUDA 10.1 is installed); {_NO_HOPPER}"
         return mx.cpu(), gpu_left_unused_note("MXNet", problem, fix)
     note = f"MXNet ran on the CPU: {problem}; {_NO_HOPPER}"
-    emit("status", message=note)
+    emit(Status(message=note))
     return mx.cpu(), [note]
 
 
@@ -197,4 +197,4 @@ class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter, Capt
 
 
 BACKEND = MxnetBackend
-evaluate, reference_preprocess, export, evaluate_many, intermediates = worker_tasks(BACKEND, before=import_gluoncv)
+TASKS = worker_tasks(BACKEND, before=import_gluoncv)

@@ -427,22 +427,20 @@ def _cuda_did_not_load() -> str:
             "--provider cpu or auto")
 
 
-def describe_onnx(job: dict[str, Any], workdir: Path) -> OnnxDescription:
+def describe_onnx(request: OnnxFileJob, workdir: Path) -> OnnxDescription:
     """A user's ONNX file, checked (onnx's full checker, shape inference) and described for the report."""
     from xfverify.converter.onnx_file import check, describe
 
-    request = OnnxFileJob.model_validate(job)
     check(Path(request.path))
     found = describe(Path(request.path), "", "", request.layout)
     return found.model_copy(update={"exporter": found.producer_name or "unknown",
                                     "exporter_version": found.producer_version})
 
 
-def make_variant(job: dict[str, Any], workdir: Path) -> VariantMade:
+def make_variant(request: MakeVariantJob, workdir: Path) -> VariantMade:
     """A deployment variant of an ONNX file, made (or found in the variant cache) and opened on the job's providers."""
     from xfverify.converter.variants import make_variant as make
 
-    request = MakeVariantJob.model_validate(job)
     calibration = Path(request.calibration_path) if request.calibration_path else None
     made, path, from_cache = make(Path(request.parent_path), request.spec, Path(request.cache_root), request.providers,
                                   calibration, request.calibration_sha256)
@@ -452,4 +450,6 @@ def make_variant(job: dict[str, Any], workdir: Path) -> VariantMade:
 
 BACKEND = OnnxRuntimeBackend
 # it runs .onnx files, builds and exports nothing
-evaluate, intermediates = worker_tasks(BACKEND).evaluate, worker_tasks(BACKEND).intermediates
+_CARD_TASKS = worker_tasks(BACKEND)
+TASKS = {"evaluate": _CARD_TASKS["evaluate"], "intermediates": _CARD_TASKS["intermediates"],
+         "describe_onnx": describe_onnx, "make_variant": make_variant}

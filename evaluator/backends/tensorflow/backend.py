@@ -19,7 +19,7 @@ from xfverify.evaluator.backends.machine import gpu_left_unused_note  # noqa: E4
 from xfverify.evaluator.backends.running import Device, SwitchesPrecision  # noqa: E402
 from xfverify.evaluator.backends.steps import HostStep  # noqa: E402
 # decode_and_crop_jpeg of crop windows: a task of this worker
-from xfverify.evaluator.backends.tensorflow.crop_window import decode_tensorflow_window  # noqa: E402,F401
+from xfverify.evaluator.backends.tensorflow.crop_window import decode_tensorflow_window  # noqa: E402
 from xfverify.evaluator.backends.weights import (  # noqa: E402
     checked_weights,
     exception_text,
@@ -170,4 +170,4 @@ class KerasBackend(CardModelLoader, Backend, SwitchesPrecision, Exporter, Captur
 
 
 BACKEND = KerasBackend
-evaluate, reference_preprocess, export, evaluate_many, intermediates = worker_tasks(BACKEND)
+TASKS = worker_tasks(BACKEND, decode_tensorflow_window=decode_tensorflow_window)

@@ -14,7 +14,6 @@ CMYK) go through the pool's own decode (:func:`xfverify.evaluator.data.imaging.l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import simplejpeg
@@ -28,7 +27,7 @@ from xfverify.evaluator.data.imaging import (
     read_image_bytes,
     resize_window,
 )
-from xfverify.evaluator.process.events import emit
+from xfverify.evaluator.process.events import Decoded, emit
 from xfverify.evaluator.process.tasks import DecodeDone, WindowDecodeJob
 from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
 
@@ -55,9 +54,8 @@ def decode_window(path: str, spec: PreprocessSpec) -> tuple[np.ndarray, str | No
     return load_geometry_noting(path, spec)
 
 
-def decode_tensorflow_window(job: dict[str, Any], workdir: Path) -> DecodeDone:
+def decode_tensorflow_window(request: WindowDecodeJob, workdir: Path) -> DecodeDone:
     """Decode every chunk of the job into its shard's rows; one ``decoded`` event per chunk."""
-    request = WindowDecodeJob.model_validate(job)
     spec = spec_from_dict(request.spec)
     # Decoding is CPU work: a GPU TensorFlow initialised would take the memory the evaluating worker needs.
     tf.config.set_visible_devices([], "GPU")
@@ -78,7 +76,7 @@ def decode_tensorflow_window(job: dict[str, Any], workdir: Path) -> DecodeDone:
             target[row] = image
             if caveat:
                 caveats.append((row, caveat))
-        emit("decoded", index=index, bad=bad, caveats=caveats)
+        emit(Decoded(index=index, bad=bad, caveats=caveats))
     for target in shards.values():
         target.flush()
     return DecodeDone(chunks=len(request.chunks), device=f"tensorflow {tf.__version__} on the CPU")

@@ -13,15 +13,16 @@ import torch
 from xfverify.converter.exported import ExportResult
 from xfverify.evaluator.backends.contract import Backend, worker_tasks
 from xfverify.evaluator.backends.exporting import Exporter, ExporterIdentity
-from xfverify.evaluator.backends.intermediates import INPUT_SUFFIX, CapturesIntermediates, Record
+from xfverify.evaluator.backends.intermediates import CapturesIntermediates, Record
+from xfverify.evaluator.process.names import INPUT_SUFFIX
 from xfverify.evaluator.backends.loading import CardModelLoader, ScalesRandomOutputs
 from xfverify.evaluator.backends.machine import gpu_left_unused_note
-from xfverify.evaluator.backends.torch.nvjpeg import decode_nvjpeg  # noqa: F401  (a task of the torch worker)
+from xfverify.evaluator.backends.torch.nvjpeg import decode_nvjpeg
 from xfverify.evaluator.backends.running import Device, SwitchesPrecision
 from xfverify.evaluator.backends.torch.steps import CpuStep, CudaStep, TorchSettings
 from xfverify.evaluator.backends.weights import checked_weights, exception_text, missing_weights_error
 from xfverify.evaluator.process.blocks import CheckedWeights, TorchPrecision
-from xfverify.evaluator.process.events import emit
+from xfverify.evaluator.process.events import Status, emit
 from xfverify.evaluator.process.tasks import EvaluateJob, FrameworkInfo
 from xfverify.evaluator.system.devices import cpu_name
 from xfverify.models.cards import ModelCard
@@ -200,7 +201,7 @@ def resolve_device(requested: str) -> tuple[torch.device, list[str]]:
                else "check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES")
         return torch.device("cpu"), gpu_left_unused_note("torch", problem, fix)
     note = f"torch ran on the CPU: {problem}"
-    emit("status", message=note)
+    emit(Status(message=note))
     return torch.device("cpu"), [note]
 
 
@@ -343,7 +344,7 @@ class TorchBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecis
 
 
 BACKEND = TorchBackend
-evaluate, reference_preprocess, export, evaluate_many, intermediates = worker_tasks(BACKEND)
+TASKS = worker_tasks(BACKEND, decode_nvjpeg=decode_nvjpeg)
 
 
 def _library_versions() -> dict[str, str]:

@@ -27,7 +27,7 @@ from xfverify.evaluator.data.imaging import (
     read_image_bytes,
 )
 from xfverify.evaluator.process.tasks import DecodeDone, DecodeJob
-from xfverify.evaluator.process.events import emit
+from xfverify.evaluator.process.events import Decoded, emit
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import spec_from_dict
 
@@ -41,9 +41,8 @@ def decode_device() -> torch.device:
     return torch.device("cuda")
 
 
-def decode_nvjpeg(job: dict[str, Any], workdir: Path) -> DecodeDone:
+def decode_nvjpeg(request: DecodeJob, workdir: Path) -> DecodeDone:
     """Decode every chunk of the job into its shard's rows; one ``decoded`` event per chunk."""
-    request = DecodeJob.model_validate(job)
     spec = spec_from_dict(request.spec)
     device = decode_device()
     shards: dict[str, np.ndarray] = {}
@@ -59,7 +58,7 @@ def decode_nvjpeg(job: dict[str, Any], workdir: Path) -> DecodeDone:
             target[row] = apply_geometry(image, spec)
             if caveat:
                 caveats.append((row, caveat))
-        emit("decoded", index=index, bad=bad, caveats=caveats)
+        emit(Decoded(index=index, bad=bad, caveats=caveats))
     for target in shards.values():
         target.flush()
     return DecodeDone(chunks=len(request.chunks), device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
