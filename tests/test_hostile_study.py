@@ -108,14 +108,14 @@ def test_the_home_folder_and_the_root_are_refused_as_out(tmp_path, monkeypatch, 
     home.mkdir(parents=True)
     monkeypatch.setenv("HOME", str(home))
     out = {"home": home, "above home": home.parent, "root": Path("/")}[broad]
-    from xfverify.evaluator.pipeline import native
+    from xfverify.evaluator.pipeline import native_pass
 
     def would_write(*args):  # without the check, the run stops here: nothing is ever written in / or ~
         raise AssertionError(f"a run was started in {out}")
 
     from xfverify.evaluator.pipeline import study
 
-    monkeypatch.setattr(native, "_run_in", would_write)
+    monkeypatch.setattr(native_pass, "_native_pass", would_write)
     monkeypatch.setattr(study, "_run_in", would_write)
     _refused(lambda: xfverify.native(out=str(out), limit=1, random_weights=True, cache_dir=str(tmp_path / "c")),
              "not a folder for one run's outputs")
