@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -75,10 +76,12 @@ def timm_models() -> list[tuple[str, float]]:
 
 
 def keras_models() -> list[tuple[str, float]]:
-    if "keras" not in zoos.SOURCES:
-        return []
-    return [(card_id, float(entry.get("size_mb", entry.get("params_m", 0)) or 0))
-            for _, card_id, entry in zoos.entries("keras")]
+    """Every Keras application, sized by the Parameters column of the documentation's table (committed byte for
+    byte); a model with no row goes last."""
+    table = (ROOT / "models" / "catalogue" / "sources" / "keras" / "index.md").read_text()
+    params = {name: float(count) for name, count in re.findall(r"^\| \[(\w+)\]\([^)]*\) \| [^|]* \| [^|]* \| [^|]* \| "
+                                                                r"([\d.]+)M \|", table, flags=re.M)}
+    return [(card_id, params.get(entry["builder"], float("inf"))) for _, card_id, entry in zoos.entries("keras")]
 
 
 SELECTIONS = {"torchvision": torchvision_models, "keras": keras_models, "timm": timm_models}

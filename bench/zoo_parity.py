@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from xfverify.evaluator.data.layouts import load_dataset  # noqa: E402
 from xfverify.evaluator.pipeline.preprocess import catalogue_reference_tensors, preprocess_files  # noqa: E402
+from xfverify.evaluator.process.warm import warm_workers  # noqa: E402
 from xfverify.evaluator.references import CATALOGUE_REFERENCES  # noqa: E402
 from xfverify.models import zoos  # noqa: E402
 from xfverify.models.cards import get_card  # noqa: E402
@@ -199,7 +200,7 @@ def main() -> None:
             }
         out.write_text(json.dumps(payload, indent=1) + "\n")
 
-    with ThreadPoolExecutor(args.parallel) as pool:
+    with warm_workers(), ThreadPoolExecutor(args.parallel) as pool:  # worker-run sources: forked, imported once
         futures = [(source, batch, pool.submit(run_driver, source, [g["cards"][0] for g in batch], paths, work))
                    for source, batch in batches]
         for source, batch, future in futures:

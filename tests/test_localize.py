@@ -7,6 +7,7 @@ side is the framework's own network (torch hooks, a Keras sub-model, MXNet's get
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -59,16 +60,93 @@ def test_the_first_divergent_node_is_named_with_its_inputs_and_not_the_nodes_aft
     assert faithful.culprit is None and "no divergent node" in faithful.verdict
 
 
-def test_nhwc_layers_match_nchw_nodes_and_unnamed_graphs_match_by_order_and_shape(tmp_path):
+def test_nhwc_layers_match_nchw_nodes_and_unnamed_graphs_match_by_values_and_the_graph(tmp_path):
     rng = np.random.default_rng(1)
     nhwc = rng.normal(size=(1, 5, 6, 4))
-    native = [_tensor(tmp_path, "layer", 0, nhwc), _tensor(tmp_path, "dense", 1, rng.normal(size=(1, 10)))]
+    native = [_tensor(tmp_path, "layer", 0, nhwc, op_type="Conv2D"),
+              _tensor(tmp_path, "dense", 1, rng.normal(size=(1, 10)), op_type="Dense")]
     graph = [_tensor(tmp_path, "x1", 0, nhwc.transpose(0, 3, 1, 2).copy(), node="n1", op_type="Conv", inputs=["in"]),
-             _tensor(tmp_path, "x2", 1, np.zeros((1, 10)), node="n2", op_type="Gemm", inputs=["x1"])]
+             _tensor(tmp_path, "x2", 1, rng.normal(size=(1, 10)), node="n2", op_type="Gemm", inputs=["x1"])]
     found = localize(graph, native, against="native", reference_name="test", image_ids=["a"], atol_fraction=1e-4,
                      rtol=1e-3)
-    assert found.matched_by == "order and shape" and found.n_matched == 2
-    assert not found.curve[0].divergent and found.culprit.node == "n2"
+    assert found.matched_by == "graph and values" and found.n_matched == 2
+    assert [row.matched_by for row in found.curve] == ["value", "graph"]
+    assert not found.curve[0].divergent and found.culprit.node == "n2" and found.culprit.reference == "dense"
+
+
+def _chain(folder: Path, names: list[str], values: list[np.ndarray], op_types: list[str],
+           first_input: str = "image") -> list[CapturedTensor]:
+    """Graph tensors of a chain of nodes, each named after its output (as in a file whose names were stripped)."""
+    inputs = [first_input, *names[:-1]]
+    return [_tensor(folder, name, order, value, node=name, op_type=op, inputs=[source])
+            for order, (name, value, op, source) in enumerate(zip(names, values, op_types, inputs))]
+
+
+@pytest.fixture
+def two_blocks(tmp_path):
+    """A network of two conv -> bn -> relu blocks whose every tensor has the same shape (where pairing by order and
+    shape goes wrong), and its values."""
+    rng = np.random.default_rng(3)
+    conv1, bn1 = rng.normal(size=(2, 4, 3, 3)), rng.normal(size=(2, 4, 3, 3))
+    relu1 = np.maximum(bn1, 0)
+    conv2 = rng.normal(size=(2, 4, 3, 3))
+    bn2 = rng.normal(size=(2, 4, 3, 3))
+    relu2 = np.maximum(bn2, 0)
+    values = dict(conv1=conv1, bn1=bn1, relu1=relu1, conv2=conv2, bn2=bn2, relu2=relu2)
+    (tmp_path / "native").mkdir()
+    kinds = dict(conv1="Conv2d", bn1="BatchNorm2d", relu1="ReLU", conv2="Conv2d", bn2="BatchNorm2d", relu2="ReLU")
+    native = [_tensor(tmp_path / "native", name, order, value, op_type=kinds[name])
+              for order, (name, value) in enumerate(values.items())]
+    return tmp_path, native, values
+
+
+def _localized(graph, native):
+    return localize(graph, native, against="native", reference_name="test", image_ids=["a", "b"], atol_fraction=1e-4,
+                    rtol=1e-3)
+
+
+def test_a_faithful_name_stripped_graph_of_equal_shapes_has_no_culprit(two_blocks):
+    folder, native, v = two_blocks
+    graph = _chain(folder, ["t0", "t1", "t2", "t3"], [v["bn1"], v["relu1"], v["bn2"], v["relu2"]],
+                   ["Conv", "Relu", "Conv", "Relu"])  # each BatchNorm folded into its Conv
+    found = _localized(graph, native)
+    assert found.culprit is None and found.verdict.startswith("no divergent node"), found.verdict
+    assert [row.reference for row in found.curve] == ["bn1", "relu1", "bn2", "relu2"]
+
+
+def test_a_bug_in_a_name_stripped_graph_is_named_with_the_layers_after_its_inputs(two_blocks):
+    folder, native, v = two_blocks
+    graph = _chain(folder, ["t0", "t1", "t2", "t3"],
+                   [v["bn1"], v["relu1"], 1.5 * v["bn2"], np.maximum(1.5 * v["bn2"], 0)], ["Conv", "Relu", "Conv", "Relu"])
+    found = _localized(graph, native)
+    assert found.culprit.node == "t2" and found.culprit.reference == "bn2" and found.culprit.matched_by == "graph"
+    assert found.culprit.unmatched_between == [] and found.culprit.missing == [], found.verdict
+    assert found.verdict.startswith("first divergent node: t2 (Conv)")
+
+
+def test_an_inserted_node_is_said_before_the_culprit_and_a_removed_one_is_hinted(two_blocks):
+    folder, native, v = two_blocks
+    inserted = _chain(folder, ["t0", "t1", "m", "t2", "t3"],
+                      [v["bn1"], v["relu1"], 2 * v["relu1"], 3 * v["bn2"], np.maximum(3 * v["bn2"], 0)],
+                      ["Conv", "Relu", "Mul", "Conv", "Relu"])
+    found = _localized(inserted, native)
+    assert found.culprit.node == "t2" and found.culprit.unmatched_between == ["m (Mul)"]
+    assert "or one of the unmatched nodes before it: m (Mul)" in found.verdict
+    removed = _chain(folder, ["u0", "u2", "u3"], [v["bn1"], 3 * v["bn2"], np.maximum(3 * v["bn2"], 0)],
+                     ["Conv", "Conv", "Relu"])  # the first block's ReLU left out
+    found = _localized(removed, native)
+    assert found.culprit.node == "u2" and found.culprit.missing == ["relu1 (ReLU)"]
+    assert "relu1 (ReLU) between its inputs and it, which no node of the graph matches" in found.verdict
+
+
+def test_where_the_graph_pairs_no_node_confidently_the_departure_is_not_placed(two_blocks):
+    folder, native, v = two_blocks
+    graph = _chain(folder, ["t0", "t1", "t2"], [v["bn1"], v["relu1"], np.tanh(v["relu1"])],
+                   ["Conv", "Relu", "Erf"])  # an operator of no known kind, after which the graph ends
+    graph[-1] = _tensor(folder, "t2", 2, np.tanh(v["relu1"][:, :2]), node="t2", op_type="Erf", inputs=["t1"])
+    found = _localized(graph, native)
+    assert found.culprit is None and not found.placed and "cannot be placed" in found.verdict
+    assert found.suspects == ["t2 (Erf)"]
 
 
 def test_the_worst_images_are_the_flipped_then_the_farthest():
@@ -126,7 +204,8 @@ def faithful_run(tmp_path_factory, target: str) -> dict:
 def assert_no_divergent_node(run: dict) -> dict:
     found = run["report"]["localization"]
     assert found["culprit"] is None and found["verdict"].startswith("no divergent node")
-    assert found["matched_by"] == "names" and found["n_matched"] >= 0.9 * found["n_onnx_tensors"]
+    # (not every node has a layer: Keras's calibrated depthwise BatchNorms are exported as a Mul and an Add)
+    assert found["matched_by"] == "names" and found["n_matched"] >= 0.8 * found["n_onnx_tensors"]
     return found
 
 
@@ -143,6 +222,55 @@ def planted_report(run: dict, plant, tmp_path, **options) -> tuple[dict, str]:
 def assert_named(culprit: dict, node: str, op_type: str, verdict: str) -> None:
     assert culprit["node"] == node and culprit["op_type"] == op_type, verdict
     assert culprit["inputs"] and not any(i["divergent"] for i in culprit["inputs"])
+
+
+def strip_names(model) -> None:
+    """Every node's name, documentation and metadata removed and every tensor renamed ``t<k>``, as an optimiser or a
+    converter may leave a file: nothing in it says which layer a node was."""
+    graph, renamed = model.graph, {}
+
+    def new(name: str) -> str:
+        return renamed.setdefault(name, f"t{len(renamed)}") if name else name
+
+    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        value.name = new(value.name)
+    for node in graph.node:
+        node.name, node.doc_string = "", ""
+        del node.metadata_props[:]
+        inputs, outputs = [new(n) for n in node.input], [new(n) for n in node.output]
+        del node.input[:], node.output[:]
+        node.input.extend(inputs)
+        node.output.extend(outputs)
+
+
+def stripped_report(run: dict, plant, tmp_path) -> tuple[dict, str | None]:
+    """``run``'s export, ``plant`` applied (if any), its names stripped, localized as a user's file against
+    ``run``'s native run: the localization block and the planted node's name after stripping (its output's)."""
+    import onnx
+
+    model = onnx.load(str(run["export"]))
+    at = None
+    if plant is not None:
+        name = plant(model)
+        at = next(i for i, n in enumerate(model.graph.node) if (n.name or n.output[0]) == name)
+    strip_names(model)
+    path = tmp_path / "stripped.onnx"
+    onnx.save(model, str(path))
+    report = onnx_report(target=str(path), preprocess=run["report"]["preprocess"]["name"],
+                         against=str(run["root"] / "o" / "native"), out=str(tmp_path / "o"),
+                         cache_dir=str(run["root"] / "cache"), localize_images=2, localize=True)
+    return report["localization"], (model.graph.node[at].output[0] if at is not None else None)
+
+
+def assert_stripped(found: dict, planted: str | None) -> None:
+    """A faithful name-stripped export names no node; a planted bug is named exactly (its node has no name left:
+    its output's stands for it)."""
+    assert found["matched_by"] == "graph and values", found["verdict"]
+    if planted is None:
+        assert found["culprit"] is None and found["verdict"].startswith("no divergent node"), found["verdict"]
+    else:
+        assert found["culprit"] is not None and found["culprit"]["node"] == planted, found["verdict"]
+        assert not any(i["divergent"] for i in found["culprit"]["inputs"])
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +297,49 @@ def test_a_bug_planted_in_a_torch_export_is_named(plant, mobilenet_v2, tmp_path)
     culprit = found["culprit"]
     assert_named(culprit, node, "Conv", found["verdict"])
     assert len(culprit["context"]) == 5 and culprit["reference"].startswith("features.")
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.parametrize("plant", [None, scale_a_conv_weight], ids=["faithful", "planted"])
+def test_a_name_stripped_torch_export_is_aligned_by_its_graph(plant, mobilenet_v2, tmp_path):
+    assert_stripped(*stripped_report(mobilenet_v2, plant, tmp_path))
+
+
+def insert_a_mul_before_a_conv(model) -> str:
+    """A Mul by 1.5 put before a Conv (a node no layer matches); the Conv's name is returned."""
+    from onnx import helper, numpy_helper
+
+    node = [n for n in model.graph.node if n.op_type == "Conv"][10]
+    model.graph.initializer.append(numpy_helper.from_array(np.array(1.5, dtype=np.float32), "planted_scale"))
+    mul = helper.make_node("Mul", [node.input[0], "planted_scale"], ["planted_product"], name="planted_mul")
+    node.input[0] = "planted_product"
+    model.graph.node.insert(list(model.graph.node).index(node), mul)
+    return node.name
+
+
+def remove_a_clip(model) -> str:
+    """A ReLU6 (Clip) left out, its consumers fed its input; the first consumer's name is returned."""
+    clip = [n for n in model.graph.node if n.op_type == "Clip"][5]
+    consumers = [n for n in model.graph.node if clip.output[0] in n.input]
+    for node in consumers:
+        node.input[:] = [clip.input[0] if name == clip.output[0] else name for name in node.input]
+    model.graph.node.remove(clip)
+    return consumers[0].name
+
+
+@needs_torch
+@pytest.mark.torch
+def test_an_inserted_node_is_in_the_verdict_and_a_removed_one_is_hinted(mobilenet_v2, tmp_path):
+    (tmp_path / "mul").mkdir(), (tmp_path / "clip").mkdir()
+    report, node = planted_report(mobilenet_v2, insert_a_mul_before_a_conv, tmp_path / "mul")
+    found = report["localization"]
+    assert found["culprit"]["node"] == node and found["culprit"]["unmatched_between"] == ["planted_mul (Mul)"]
+    assert "or one of the unmatched nodes before it: planted_mul (Mul)" in found["verdict"]
+    report, node = planted_report(mobilenet_v2, remove_a_clip, tmp_path / "clip")
+    found = report["localization"]
+    assert found["culprit"]["node"] == node and any("(ReLU6)" in layer for layer in found["culprit"]["missing"])
+    assert "which no node of the graph matches: was a node left out?" in found["verdict"]
 
 
 @needs_torch
@@ -214,6 +385,22 @@ def test_a_faithful_keras_export_has_no_divergent_node(keras_mobilenet):
 
 @needs_tensorflow
 @pytest.mark.tensorflow
+def test_keras_random_weights_give_outputs_that_vary_across_images(keras_mobilenet):
+    """Keras's initialisers make a random MobileNet's softmax 1/1000 for every class on every image (a vacuous
+    comparison); calibrated, its outputs differ from image to image and class to class."""
+    softmax = np.load(keras_mobilenet["root"] / "o" / "native" / "logits.npy")
+    assert softmax.max() > 2e-3 and np.abs(softmax[0] - softmax[1]).max() > 1e-4
+
+
+@needs_tensorflow
+@pytest.mark.tensorflow
+@pytest.mark.parametrize("plant", [None, transpose_a_square_pointwise_weight], ids=["faithful", "planted"])
+def test_a_name_stripped_keras_export_is_aligned_by_its_graph(plant, keras_mobilenet, tmp_path):
+    assert_stripped(*stripped_report(keras_mobilenet, plant, tmp_path))
+
+
+@needs_tensorflow
+@pytest.mark.tensorflow
 @pytest.mark.parametrize("plant", [transpose_a_square_pointwise_weight, scale_a_conv_weight])
 def test_a_bug_planted_in_a_keras_export_is_named(plant, keras_mobilenet, tmp_path):
     report, node = planted_report(keras_mobilenet, plant, tmp_path, localize=True)
@@ -250,6 +437,13 @@ def test_a_faithful_mxnet_export_has_no_divergent_node(gluon_mobilenet):
 
 @needs_mxnet
 @pytest.mark.mxnet
+@pytest.mark.parametrize("plant", [None, swap_a_named_conv_padding], ids=["faithful", "planted"])
+def test_a_name_stripped_mxnet_export_is_aligned_by_its_graph(plant, gluon_mobilenet, tmp_path):
+    assert_stripped(*stripped_report(gluon_mobilenet, plant, tmp_path))
+
+
+@needs_mxnet
+@pytest.mark.mxnet
 @pytest.mark.parametrize("plant, op_type", [(change_a_batchnorm_epsilon, "BatchNormalization"),
                                             (swap_a_named_conv_padding, "Conv")])
 def test_a_bug_planted_in_an_mxnet_export_is_named(plant, op_type, gluon_mobilenet, tmp_path):
@@ -260,7 +454,7 @@ def test_a_bug_planted_in_an_mxnet_export_is_named(plant, op_type, gluon_mobilen
         assert float(culprit["attributes"]["epsilon"]) == pytest.approx(0.1)
 
 
-def test_the_writer_puts_each_images_row_in_its_tensors_file_and_numbers_a_second_call(tmp_path):
+def test_the_writer_puts_each_images_row_in_its_tensors_file_numbers_a_second_call_and_drops_a_ragged_one(tmp_path):
     from xfverify.evaluator.backends.intermediates import TensorWriter
 
     data = np.random.default_rng(0).normal(size=(3, 4, 5, 6)).astype(np.float32)
@@ -274,8 +468,8 @@ def test_the_writer_puts_each_images_row_in_its_tensors_file_and_numbers_a_secon
     assert [t.name for t in tensors] == ["conv", "conv#1", "shape"] and tensors[0].shape == [4, 5, 6]
     assert np.array_equal(np.load(tensors[0].file), data) and np.array_equal(np.load(tensors[1].file), 2 * data)
     assert writer.bytes_per_image == 2 * data[0].nbytes + 3 * 8
-    with pytest.raises(RuntimeError, match="another shape"):
-        writer.recorder(1)("conv", data[:1, :2])
+    writer.recorder(1)("conv", data[:1, :2])  # a data-dependent shape (NonZero's): left out, not an error
+    assert [t.name for t in writer.close()] == ["conv#1", "shape"] and not Path(tensors[0].file).exists()
 
 
 def change_the_maxpool_padding(model) -> str:
@@ -335,11 +529,61 @@ def test_a_failed_localization_keeps_the_finished_onnx_run_and_says_so(tmp_path)
     assert not (tmp_path / "refused").exists()  # refused before any work
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"\x08\x07\x12\x04test" + bytes(range(40)))
-    with pytest.raises(UserError, match="broken.onnx: not a readable ONNX model .* without localization, is in"):
+    with pytest.raises(UserError, match="broken.onnx: not a readable ONNX model .* with the reason localization "
+                                        "failed, is in"):
         onnx_report(target=str(path), preprocess="torchvision-256", localize_against=str(broken),
                     out=str(tmp_path / "o"), data=str(tmp_path / "images"))
-    report = (tmp_path / "o" / "report.json").read_text()
-    assert "localizing the first divergent node failed" in report and '"localization"' not in report
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert "localizing the first divergent node failed" in " ".join(report["notes"])
+    found = report["localization"]
+    assert found["verdict"].startswith("could not localize: ") and "broken.onnx" in found["failed"]
+    assert "could not localize" in (tmp_path / "o" / "report.md").read_text()
+
+
+def nonzero_onnx_file(path: Path, layout: str = "NCHW") -> Path:
+    """users_onnx_file's channel means (through an Identity), plus a branch of data-dependent shape (NonZero of the positive pixels, its
+    count times 0 added to the logits); ``layout`` NHWC: the same for NHWC images."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = ["N", 3, 224, 224] if layout == "NCHW" else ["N", 224, 224, 3]
+    axes = [2, 3] if layout == "NCHW" else [1, 2]
+    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], axes=axes, keepdims=0),
+             helper.make_node("Identity", ["mean"], ["same"]),
+             helper.make_node("Tile", ["same", "repeats"], ["tiled"]),
+             helper.make_node("Slice", ["tiled", "start", "stop", "axis"], ["means"]),
+             helper.make_node("Greater", ["image", "zero"], ["positive"]),
+             helper.make_node("NonZero", ["positive"], ["where"]),
+             helper.make_node("Cast", ["where"], ["where_f"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["where_f"], ["count"], keepdims=0),
+             helper.make_node("Mul", ["count", "zero"], ["nothing"]),
+             helper.make_node("Add", ["means", "nothing"], ["logits"])]
+    constants = [numpy_helper.from_array(np.asarray(v, dtype=np.int64), n)
+                 for n, v in (("repeats", [1, 334]), ("start", [0]), ("stop", [1000]), ("axis", [1]))]
+    constants.append(numpy_helper.from_array(np.float32(0.0), "zero"))
+    graph = helper.make_graph(nodes, "nonzero", [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])], constants)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), path)
+    return path
+
+
+def test_a_data_dependent_shape_is_left_out_and_another_input_layout_is_said_in_the_report(tmp_path):
+    from xfverify.models.errors import UserError
+
+    path = nonzero_onnx_file(tmp_path / "nonzero.onnx")
+    data = str(images(tmp_path / "images"))
+    report = onnx_report(target=str(path), preprocess="torchvision-256", localize_against=str(path), data=data,
+                         out=str(tmp_path / "o"), localize_images=2)
+    found = report["localization"]
+    assert found["failed"] is None and found["verdict"].startswith("no divergent node"), found["verdict"]
+    assert found["n_onnx_tensors"] == 6  # NonZero's output and its cast, of another shape per image, left out
+    assert any(row["op_type"] == "Identity" for row in found["curve"])  # its input's values, not marked
+    nhwc = nonzero_onnx_file(tmp_path / "nhwc.onnx", "NHWC")
+    with pytest.raises(UserError, match="nhwc.onnx takes input image of shape .*another layout"):
+        onnx_report(target=str(path), preprocess="torchvision-256", localize_against=str(nhwc), data=data,
+                    out=str(tmp_path / "p"), localize_images=2)
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert report["localization"]["failed"] and np.load(tmp_path / "p" / "logits.npy").shape == (2, 1000)
 
 
 def test_a_fused_node_is_compared_with_the_layer_it_ends_in_and_torchscript_scopes_are_module_paths(tmp_path):
@@ -357,3 +601,18 @@ def test_a_fused_node_is_compared_with_the_layer_it_ends_in_and_torchscript_scop
     found = localize(graph, native, against="native", reference_name="test", image_ids=["a"], atol_fraction=1e-4,
                      rtol=1e-3)
     assert found.culprit is None and found.curve[0].reference == "bn"  # BatchNorm folded into the Conv
+
+
+def test_a_long_node_name_is_cut_where_shown_and_kept_whole_in_the_culprit(two_blocks):
+    from xfverify.evaluator.reports.localize import localization_page
+    from xfverify.evaluator.reports.run import localization_markdown
+
+    folder, native, v = two_blocks
+    long = "n" * 2_000_000 + "\x1b[2J"
+    graph = _chain(folder, ["t0", "t1", "t2"], [v["bn1"], v["relu1"], 1.5 * v["bn2"]], ["Conv", "Relu", "Conv"])
+    graph[2] = graph[2].model_copy(update={"node": long})
+    found = _localized(graph, native)
+    assert found.culprit.node == long and len(found.verdict) < 1000 and "\x1b" not in found.verdict
+    page, markdown = localization_page("m", found), "\n".join(localization_markdown(found))
+    assert len(page) < 200_000 and len(markdown) < 20_000 and "\x1b" not in page + markdown
+    assert "(2000004 characters)" in markdown

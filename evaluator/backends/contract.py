@@ -134,7 +134,8 @@ def export(backend: Backend, job: ExportJob) -> ExportOutcome:
     emit(Status(message=f"building {card.id} for export"))
     model, weights = backend.load(job, device)
     exporter, version, opset = backend.exporter(job.opset)
-    weights_key = f"random-seed-{weights.seed}" if isinstance(weights, RandomWeights) else weights.sha256
+    weights_key = (f"random-seed-{weights.seed}{getattr(backend, 'random_scheme', '')}"
+                   if isinstance(weights, RandomWeights) else weights.sha256)
     emit(Status(message=f"exporting {card.id} with {exporter} (opset {opset})"))
     result, from_cache = cached_export(
         Path(job.cache_root), card.id, weights_key, exporter, version, opset,

@@ -46,6 +46,7 @@ class TensorWriter:
         self._layout: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {}  # data offset, row shape, dtype
         self.started = time.perf_counter()
         self.bytes_per_image = 0
+        self.ragged: set[str] = set()  # names whose shape or type changed from one image to another
 
     def recorder(self, image: int) -> Record:
         """The ``record`` callable for one image: a name recorded again in the same image is numbered (a torch
@@ -64,8 +65,9 @@ class TensorWriter:
                 self._create(key, row, details)
                 self.bytes_per_image += row.nbytes
             offset, shape, dtype = self._layout.get(key, (0, None, None))
-            if shape != row.shape or dtype != row.dtype:
-                raise RuntimeError(f"intermediate {key}: not recorded for the first image, or of another shape")
+            if shape != row.shape or dtype != row.dtype:  # a data-dependent shape (NonZero): not comparable
+                self.ragged.add(key)
+                return
             with open(self.tensors[key].file, "r+b") as handle:
                 handle.seek(offset + image * row.nbytes)
                 handle.write(row.data)
@@ -86,6 +88,10 @@ class TensorWriter:
         self.tensors[key] = CapturedTensor(name=key, file=str(path), shape=list(row.shape), order=index, **details)
 
     def close(self) -> list[CapturedTensor]:
+        """The tensors recorded in the same shape for every image (the others' files removed)."""
+        for key in self.ragged:
+            if key in self.tensors:
+                Path(self.tensors.pop(key).file).unlink(missing_ok=True)
         return list(self.tensors.values())
 
     @property

@@ -46,6 +46,12 @@ class ScalesRandomOutputs(ABC):
     """Makes a random network's logits well-scaled (std ~1), so their ranks are not near-ties of huge values."""
 
     calibration_batch: ClassVar[int]  # images of the batch that measures the logits' spread
+    calibration_layout: ClassVar[str] = "NCHW"  # the layout the network takes
+    random_scheme: ClassVar[str] = ""  # in the export cache's key of random weights: changed when calibration does
+
+    def calibrate(self, model: Any, batch: np.ndarray, device: Device) -> None:
+        """Set a random network's normalisation statistics from a batch, where its framework's initialisers would
+        let the activations vanish or explode (before the logits are measured); by default nothing."""
 
     @abstractmethod
     def logits_std(self, model: Any, batch: np.ndarray, device: Device) -> float:
@@ -92,8 +98,11 @@ class CardModelLoader(ModelLoader):
 
 
 def scale_random_outputs(scaler: ScalesRandomOutputs, model: Any, seed: int, device: Device, card: ModelCard) -> None:
-    """Divide a random network's last layer by the spread of its logits on a fixed random batch."""
+    """Calibrate a random network on a fixed random batch of its own input size, then divide its last layer by its
+    logits' spread there."""
     size = card.reference_spec.output_hw[0] if card.reference_spec.output_hw else 224  # the network's own input size
-    std = scaler.logits_std(model, calibration_batch(seed, scaler.calibration_batch, "NCHW", size), device)
+    batch = calibration_batch(seed, scaler.calibration_batch, scaler.calibration_layout, size)
+    scaler.calibrate(model, batch, device)
+    std = scaler.logits_std(model, batch, device)
     if std > 0 and np.isfinite(std):
         scaler.scale_last_layer(model, std)

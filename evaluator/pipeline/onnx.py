@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +120,10 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
                                    pictures=_flip_pictures(run, dataset, agreement),
                                    native_page=_native_page(native, new_native))
     if localize_failed is not None and (options.localize or options.localize_against):
-        raise UserError(f"{localize_failed} (the ONNX run's report, without localization, is in {out_dir})")
+        if not isinstance(localize_failed, UserError):
+            raise localize_failed
+        raise UserError(f"{localize_failed} (the ONNX run's report, with the reason localization failed, is in "
+                        f"{out_dir})")
     return Finished(report, out_dir, rows)
 
 
@@ -166,9 +171,10 @@ def _agreement(options: OnnxOptions, card, native: NativeOnDisk, run: CachedRun,
 
 def _localization(options: OnnxOptions, spec: PreprocessSpec, dataset: Dataset, native: NativeOnDisk | None,
                   onnx: OnnxPass, agreement: OnnxAgreement | None, workdir: Path,
-                  notes: list[str]) -> tuple[Localization | None, UserError | None]:
-    """The first divergent node, when asked for or when the outputs disagree; or why localizing failed (the ONNX
-    run is finished then: its report is written before the error is said)."""
+                  notes: list[str]) -> tuple[Localization | None, Exception | None]:
+    """The first divergent node, when asked for or when the outputs disagree; or, when localizing failed, the block
+    saying why and the error (the ONNX run is finished then: its report is written before the error is said; a bug's
+    traceback is printed at once)."""
     asked = bool(options.localize or options.localize_against)
     disagrees = (options.localize is None and agreement is not None
                  and (agreement.n_flips > 0 or agreement.within_tolerance < 1.0))
@@ -181,9 +187,17 @@ def _localization(options: OnnxOptions, spec: PreprocessSpec, dataset: Dataset, 
             onnx_path=onnx.onnx_path, spec=spec, run=onnx.run, image_ids=[r.image_id for r in dataset.records],
             native=native, reference_onnx=options.localize_against, workdir=workdir,
             n_images=options.localize_images, atol=options.atol, rtol=options.rtol)
-    except UserError as exc:
-        notes.append(f"localizing the first divergent node failed: {exc}")
-        return None, exc
+    except Exception as exc:  # a user's error or a bug: the ONNX run's results stand all the same
+        reason = str(exc) if isinstance(exc, UserError) else (f"{type(exc).__name__} in xfverify: "
+                                                              f"{' '.join(str(exc).split())[:300]} (a bug; its "
+                                                              "traceback is printed)")
+        if not isinstance(exc, UserError):
+            sys.stderr.write("".join(traceback.format_exception(exc)))
+        notes.append(f"localizing the first divergent node failed: {reason}")
+        return Localization.could_not(
+            reason, against="onnx" if options.localize_against else "native", atol=options.atol, rtol=options.rtol,
+            reference=(os.path.abspath(options.localize_against) if options.localize_against
+                       else f"the native run in {native.folder}" if native else "none")), exc
     if not asked:
         notes.append(f"the outputs disagree: the {localization.cost.n_images} worst-agreeing image(s) were "
                      "run node by node (localization; --localize asks for it on any run, --no-localize never)")

@@ -29,7 +29,7 @@ BACKENDS: dict[str, BackendEntry] = {
     "torch": BackendEntry("xfverify.evaluator.backends.torch.backend", feeds_on_gpu=True, cuda_graphs=True,
                           switches_precision=True, scales_random_outputs=True, exports_onnx=True),
     "tensorflow": BackendEntry("xfverify.evaluator.backends.tensorflow.backend", switches_precision=True,
-                               exports_onnx=True),
+                               scales_random_outputs=True, exports_onnx=True),
     "mxnet": BackendEntry("xfverify.evaluator.backends.mxnet.backend", scales_random_outputs=True, exports_onnx=True),
     # runs .onnx files: loads no card's network
     "onnxruntime": BackendEntry("xfverify.evaluator.backends.onnxruntime.backend", feeds_on_gpu=True,

@@ -40,9 +40,9 @@ class CapturedTensor(_Strict):
     """One intermediate tensor, written for every image of an :class:`IntermediatesJob` (``file``: (n, *shape)).
 
     For a network: ``name`` is its framework's name for the layer (torch's module path, the Keras layer's name,
-    the MXNet symbol's output). For an ONNX graph: ``name`` is the tensor's, ``node``/``op_type``/``attributes``
-    its producer's, ``inputs`` the producer's data inputs, and ``scopes`` the framework names the exporter left
-    on the node (innermost last)."""
+    the MXNet symbol's output), ``op_type`` its class or operator. For an ONNX graph: ``name`` is the tensor's,
+    ``node``/``op_type``/``attributes`` its producer's, ``inputs`` the producer's data inputs, and ``scopes`` the
+    framework names the exporter left on the node (innermost last)."""
 
     name: str
     file: str
@@ -53,6 +53,8 @@ class CapturedTensor(_Strict):
     attributes: dict[str, str] = {}
     inputs: list[str] = []
     scopes: list[str] = []
+    composite: bool = Field(default=False, description="a network's module that has children: its output is one "
+                            "of theirs")
 
 
 class DataPart(_Strict):

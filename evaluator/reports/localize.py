@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from xfverify.evaluator.analysis.localize import Localization
+from xfverify.evaluator.analysis.localize import Localization, shown_name
 from xfverify.evaluator.reports.page import STYLE, svg
 
 PAGE = "localize.html"
@@ -29,9 +29,10 @@ def curve_svg(localization: Localization) -> str:
     axes.axhline(localization.atol, color="#999999", linestyle="--", linewidth=1, label=f"atol {localization.atol:g}")
     culprit = localization.culprit
     if culprit:
-        point = next(n for n in localization.curve if n.tensor == culprit.tensor)
+        point = next(n for n in localization.curve if n.tensor == shown_name(culprit.tensor))
         axes.scatter([point.index], [max(point.scaled_diff or FLOOR, FLOOR)], s=120, facecolors="none",
-                     edgecolors="#cc3311", linewidths=2, zorder=4, label=f"first divergent: {culprit.node}")
+                     edgecolors="#cc3311", linewidths=2, zorder=4,
+                     label=f"first divergent: {shown_name(culprit.node, 60)}")
     axes.set_yscale("log")
     axes.set_xlabel("node (topological order)")
     axes.set_ylabel("max |diff| / max |reference|")
@@ -43,6 +44,10 @@ def curve_svg(localization: Localization) -> str:
 def localization_page(model: str, localization: Localization) -> str:
     """The page: the verdict, the curve, the culprit, its inputs and the next nodes."""
     escape = html.escape
+    if localization.failed:
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>xfverify localize: {escape(model)}</title>"
+                f"<style>{STYLE}</style></head><body><h1>Where the ONNX graph of {escape(model)} first departs</h1>"
+                f"<p><b>{escape(localization.verdict)}</b></p></body></html>")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>xfverify localize: {escape(model)}</title>"
              f"<style>{STYLE} tr.culprit{{background:#fdd;font-weight:bold}}</style></head><body>",
              f"<h1>Where the ONNX graph of {escape(model)} first departs</h1>",
@@ -53,16 +58,22 @@ def localization_page(model: str, localization: Localization) -> str:
     culprit = localization.culprit
     if culprit:
         attributes = ", ".join(f"{k}={v}" for k, v in culprit.attributes.items()) or "none"
-        parts.append(f"<h2>{escape(culprit.node)} ({escape(culprit.op_type)})</h2><p>output "
-                     f"{escape(culprit.tensor)}, matches {escape(culprit.reference)}; attributes: "
-                     f"{escape(attributes)}</p>")
+        parts.append(f"<h2>{escape(shown_name(culprit.node))} ({escape(culprit.op_type)})</h2><p>output "
+                     f"{escape(shown_name(culprit.tensor))}, matches {escape(shown_name(culprit.reference))} (by "
+                     f"{culprit.matched_by}); attributes: {escape(attributes)}</p>")
         if culprit.unmatched_between:
             parts.append(f"<p>Nodes between its matched inputs and it, with no reference tensor: "
                          f"{escape(', '.join(culprit.unmatched_between))}</p>")
+        if culprit.missing:
+            parts.append(f"<p>Reference layers between its inputs' and it that no node computes: "
+                         f"{escape(', '.join(culprit.missing))}</p>")
+    if localization.n_curve_left_out:
+        parts.append(f"<p>{localization.n_curve_left_out} of {localization.n_matched} matched tensors left out of "
+                     "the curve and the table, evenly.</p>")
     parts.append("<table><tr><th>#</th><th>node</th><th>op</th><th>reference</th><th>scaled diff</th>"
                  "<th>within tolerance</th></tr>")
     for node in localization.curve:
-        css = "culprit" if culprit and node.tensor == culprit.tensor else ""
+        css = "culprit" if culprit and node.tensor == shown_name(culprit.tensor) else ""
         scaled = "n/a" if node.scaled_diff is None else f"{node.scaled_diff:.3g}"
         share = "n/a" if node.within_tolerance is None else f"{100 * node.within_tolerance:.2f} %"
         parts.append(f'<tr class="{css}"><td>{node.index}</td><td>{escape(node.node)}</td>'

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xfverify.converter.exported import OnnxDescription
 from xfverify.evaluator.analysis.agreement import OnnxAgreement
-from xfverify.evaluator.analysis.localize import Localization
+from xfverify.evaluator.analysis.localize import Localization, shown_name
 from xfverify.evaluator.analysis.metrics import NO_CLASS, PublishedGap, RealError
 from xfverify.evaluator.process.blocks import PrecisionBlock, WeightsBlock
 from xfverify.evaluator.reports.variants import Gate, VariantsBlock, variant_rows, variants_markdown
@@ -24,7 +24,7 @@ from xfverify.evaluator.process.tasks import (
     RuntimeInfo,
 )
 from xfverify.models.imagenet import class_name
-from xfverify.models.user_input import shown
+from xfverify.models.user_input import shown, shown_lines
 
 REPORT_VERSION = 1
 
@@ -324,7 +324,7 @@ def write_markdown(path: Path, report: NativeReport, rows: list[Prediction]) -> 
     ]
     if preview:
         lines += ["", "## First predictions", ""] + preview
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(shown_lines("\n".join(lines)) + "\n")  # names from the data (ONNX nodes, images) cannot drive a terminal
 
 
 def _diff(value: Optional[float]) -> str:
@@ -332,24 +332,33 @@ def _diff(value: Optional[float]) -> str:
 
 
 def localization_markdown(localization: Localization) -> list[str]:
-    """report.md's section: the verdict, the culprit with its inputs and attributes, the next nodes, the curve."""
-    lines = ["## Localization: where the graph first departs", "",
-             f"Against {localization.reference}, on {len(localization.image_ids)} image(s) "
-             f"({', '.join(f'`{i}`' for i in localization.image_ids)}); tolerance atol {localization.atol:g} x each "
-             f"tensor's largest |reference value|, rtol {localization.rtol:g}; {localization.n_matched} of "
-             f"{localization.n_onnx_tensors} graph tensors matched by {localization.matched_by}.", "",
-             f"**{localization.verdict}**"]
+    """report.md's section: the verdict, the culprit with its inputs and attributes, the next nodes, the curve (names
+    cut to a readable length; the culprit's whole name is in report.json)."""
+    lines = ["## Localization: where the graph first departs", ""]
+    if localization.failed:
+        return lines + [f"**{shown(localization.verdict)}**", "",
+                        "The ONNX run's own results above stand; only the node-by-node comparison is missing."]
+    lines += [f"Against {shown(localization.reference)}, on {len(localization.image_ids)} image(s) "
+              f"({', '.join(f'`{shown(i)}`' for i in localization.image_ids)}); tolerance atol {localization.atol:g} "
+              f"x each tensor's largest |reference value|, rtol {localization.rtol:g}; {localization.n_matched} of "
+              f"{localization.n_onnx_tensors} graph tensors matched by {localization.matched_by}.", "",
+              f"**{localization.verdict}**"]
     culprit = localization.culprit
     if culprit:
-        lines += ["", f"- node `{culprit.node}` ({culprit.op_type}), output `{culprit.tensor}`, matches "
-                      f"`{culprit.reference}`: max |diff| {culprit.max_abs_diff:.3g}, scaled {culprit.scaled_diff:.3g}, "
+        lines += ["", f"- node `{shown_name(culprit.node)}` ({culprit.op_type}), output "
+                      f"`{shown_name(culprit.tensor)}`, matches `{shown_name(culprit.reference)}` (by {culprit.matched_by}): max |diff| "
+                      f"{culprit.max_abs_diff:.3g}, scaled {culprit.scaled_diff:.3g}, "
                       f"{100 * culprit.within_tolerance:.2f} % of elements within tolerance",
-                  f"- attributes: {', '.join(f'{k}={v}' for k, v in culprit.attributes.items()) or 'none'}"]
-        lines += [f"- input `{i.tensor}` ({i.reference or 'no reference'}): scaled difference {_diff(i.scaled_diff)}"
-                  + (" **already divergent**" if i.divergent else "") for i in culprit.inputs]
+                  f"- attributes: {shown(', '.join(f'{k}={v}' for k, v in culprit.attributes.items()) or 'none')}"]
+        lines += [f"- input `{i.tensor}` ({i.reference or 'no reference: it feeds tensors that agree'}): scaled "
+                  f"difference {_diff(i.scaled_diff)}" + (" **already divergent**" if i.divergent else "")
+                  for i in culprit.inputs]
         if culprit.unmatched_between:
             lines.append(f"- nodes between those inputs and it with no reference tensor: "
                          f"{', '.join(culprit.unmatched_between)}")
+        if culprit.missing:
+            lines.append(f"- reference layers between its inputs' and it that no node computes: "
+                         f"{', '.join(culprit.missing)}")
         lines += ["", "Next nodes:", ""]
         lines += [f"- `{n.node}` ({n.op_type})" + (f", matches `{n.reference}`: scaled difference {_diff(n.scaled_diff)}"
                                                    if n.reference else ", no reference tensor")
@@ -359,9 +368,12 @@ def localization_markdown(localization: Localization) -> list[str]:
         lines += ["", f"Cost: {cost.n_images} image(s), ONNX Runtime {cost.onnx_s:.2f} s, reference "
                       f"{cost.reference_s:.2f} s, comparison {cost.compare_s:.2f} s; "
                       f"{cost.bytes_per_image / 2**20:.1f} MiB of intermediates per image, written one tensor at a time"]
-    lines += ["", "Scaled difference along the graph (matched tensors, topological order):", "", "```"]
+    thinned = (f" ({localization.n_curve_left_out} of {localization.n_matched} left out, evenly)"
+               if localization.n_curve_left_out else "")
+    lines += ["", f"Scaled difference along the graph (matched tensors, topological order{thinned}; * a doubtful "
+                  "match):", "", "```"]
     lines += [f"{n.index:5d} {_diff(n.scaled_diff):>10} {'DIVERGENT ' if n.divergent else '          '}"
-              f"{n.op_type:<20} {n.reference}" for n in localization.curve]
+              f"{'*' if not n.confident else ' '} {n.op_type:<20} {n.reference}" for n in localization.curve]
     return lines + ["```"]
 
 

@@ -86,8 +86,7 @@ def errors_svg(report: NativeReport) -> str:
     if isinstance(report, OnnxReport) and report.native and report.native.top1_error is not None:
         rows.append(("top-1, native run", report.native.top1_error, None, "#2ca02c"))
     for i, published in enumerate([p for p in (report.published, *report.other_published) if p is not None]):
-        rows.append(("top-1, published" + (f" ({i + 1})" if report.other_published else ""), published.top1_error,
-                     None, "#d62728"))
+        rows.append((f"top-1, published [{i + 1}]", published.top1_error, None, "#d62728"))
     if report.top5_error is not None:
         rows.append(("top-5, this run", report.top5_error, report.top5_error_ci95, "#7f7f7f"))
     if report.published and report.published.top5_error is not None:
@@ -153,11 +152,10 @@ def run_page(report: NativeReport, out_dir: Path | None = None, pictures: Mappin
     escape = html.escape
     title = f"xfverify {report.kind}: {escape(report.model)}"
     rows = "".join(f"<tr><th>{escape(label)}</th><td>{escape(value)}</td></tr>" for label, value in summary_rows(report))
-    citation = ""
-    if report.published:
-        citation = f"<p class='cite'>Published top-1 error {report.published.top1_error:.2f} %: {escape(report.published.source)}</p>"
-    citation += "".join(f"<p class='cite'>Also published: {p.top1_error:.2f} %: {escape(p.source)}</p>"
-                        for p in report.other_published)
+    cited = [("Published top-1 error", p) for p in (report.published,) if p is not None]
+    cited += [("Also published", p) for p in report.other_published]
+    citation = "".join(f"<p class='cite'>[{i + 1}] {what} {p.top1_error:.2f} %: {escape(p.source)}</p>"
+                       for i, (what, p) in enumerate(cited))
     banner = ("<p class='warn'>RANDOM WEIGHTS: these numbers say nothing about the pretrained model.</p>"
               if report.random_weights else "")
     parts = [f"""<!DOCTYPE html>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -189,11 +190,13 @@ class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter, Capt
                      if name.endswith("_output") and name.removesuffix("_output") not in parameters]
             block = mx.gluon.SymbolBlock(mx.sym.Group([internals[name] for name in names]), data,
                                          params=model.collect_params())
-            self._captured = (model, names, block)
-        _, names, block = self._captured
+            operators = {node["name"]: node["op"] for node in json.loads(internals.tojson())["nodes"]}
+            self._captured = (model, names, block, operators)
+        _, names, block, operators = self._captured
         outputs = block(mx.nd.array(image, ctx=device.handle))
         for name, output in zip(names, outputs):
-            record(name.removesuffix("_output"), output.asnumpy())
+            symbol = name.removesuffix("_output")
+            record(symbol, output.asnumpy(), op_type=operators.get(symbol, ""))
 
 
 BACKEND = MxnetBackend

@@ -16,7 +16,7 @@ device it reports is the one the session runs on, and ``--provider cuda`` forbid
 from __future__ import annotations
 
 import dataclasses
-
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,54 +178,71 @@ class OnnxRuntimeBackend(Backend, CapturesIntermediates):
         ``--onnx-outputs mark all``), in a CPU session optimised as the evaluation's is."""
         if not job.onnx_path:
             raise UserError("capturing an ONNX file's intermediates: the job names no .onnx file")
-        return _marked_session(job.onnx_path)
+        return _marked_session(job.onnx_path, list(np.load(job.inputs_path, mmap_mode="r").shape[1:]))
 
     def capture(self, model: MarkedSession, image: np.ndarray, device: Device, record: Record) -> None:
-        outputs = model.session.run(model.names, {model.input: image})
-        for name, value in zip(model.names, outputs):
-            record(name, value, **model.details[name])
+        marked = [name for name in model.names if name not in model.aliases]
+        values = dict(zip(marked, model.session.run(marked, {model.input: image})))
+        values[model.input] = image
+        for name in model.names:
+            value = values.setdefault(name, values.get(model.aliases.get(name, ""), None))
+            if value is not None:
+                record(name, value, **model.details[name])
 
 
 @dataclass(frozen=True)
 class MarkedSession:
     """A session whose outputs are every node's outputs (``names``, in topological order), with what each
-    producer is (``details``: node, op type, attributes, data inputs, the scopes its exporter left on it)."""
+    producer is (``details``: node, op type, attributes, data inputs, the scopes its exporter left on it); an
+    Identity's output is its input (``aliases``), not marked: ONNX Runtime's session grows faster than linearly
+    with the outputs marked, and a graph of many Identity nodes would take minutes to open."""
 
     session: ort.InferenceSession
     input: str
     names: list[str]
     details: dict[str, dict[str, Any]]
+    aliases: dict[str, str]
 
 
-def _marked_session(path: str) -> MarkedSession:
+def _marked_session(path: str, fed: list[int]) -> MarkedSession:
+    """The file read without its external tensor data (ONNX Runtime reads that from the file's folder), so a model
+    over protobuf's 2 GB is never serialised whole; its input checked against one fed image (``fed``: its shape)."""
     import onnx
 
     from xfverify.converter.onnx_file import node_details
 
     try:
-        model = onnx.load(path)
-    except Exception as exc:  # protobuf's DecodeError, a missing .onnx.data file, ...
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError, ...
         raise UserError(f"{path}: not a readable ONNX model ({exception_text(exc)})") from None
     graph = model.graph
     constants = {init.name for init in graph.initializer}
     file_input = _one_input([i for i in graph.input if i.name not in constants], path)
+    takes = _shape(file_input)
+    if len(takes) != 1 + len(fed) or any(isinstance(d, int) and d > 0 and d != e for d, e in zip(takes, [1, *fed])):
+        raise UserError(f"{path} takes input {file_input.name} of shape {takes}, but this run feeds images of "
+                        f"{fed} (another layout or size): compare with a file that takes the same input")
     produced = {o.name for o in graph.output}
-    names, details = [], {}
+    names, details, aliases = [], {}, {}
     for node in graph.node:
         if node.op_type == "Constant":
             continue
         described = node_details(node, constants)
+        if node.op_type == "Identity" and node.output[0] not in details:
+            aliases[node.output[0]] = node.input[0]
         for output in node.output:
-            if output and output not in names:
+            if output and output not in details:
                 names.append(output)
                 details[output] = described
-                if output not in produced:
+                if output not in produced and output not in aliases:
                     graph.output.append(onnx.ValueInfoProto(name=output))
     options = ort.SessionOptions()
     options.graph_optimization_level = OPTIMISATION
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                     os.path.dirname(os.path.abspath(path)))
     ort.set_default_logger_severity(3)
     session = _session(model.SerializeToString(), options, Providers("cpu", [CPU], [CPU], False), path)
-    return MarkedSession(session, file_input.name, names, details)
+    return MarkedSession(session, file_input.name, names, details, aliases)
 
 
 def _cuda_loads(mode: str, providers: list[str]) -> bool:

@@ -14,7 +14,7 @@ from xfverify.converter.exported import ExportResult  # noqa: E402
 from xfverify.evaluator.backends.contract import Backend, worker_tasks  # noqa: E402
 from xfverify.evaluator.backends.exporting import Exporter, ExporterIdentity  # noqa: E402
 from xfverify.evaluator.backends.intermediates import CapturesIntermediates, Record  # noqa: E402
-from xfverify.evaluator.backends.loading import CardModelLoader  # noqa: E402
+from xfverify.evaluator.backends.loading import CardModelLoader, ScalesRandomOutputs  # noqa: E402
 from xfverify.evaluator.backends.machine import gpu_left_unused_note  # noqa: E402
 from xfverify.evaluator.backends.running import Device, SwitchesPrecision  # noqa: E402
 from xfverify.evaluator.backends.steps import HostStep  # noqa: E402
@@ -78,10 +78,16 @@ def _builder(card: ModelCard):
     return builder
 
 
-class KerasBackend(CardModelLoader, Backend, SwitchesPrecision, Exporter, CapturesIntermediates):
-    """Keras applications on TensorFlow; they end in softmax, so random outputs need no scaling."""
+class KerasBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecision, Exporter, CapturesIntermediates):
+    """Keras applications on TensorFlow. Random weights are calibrated: Keras's default initialisers shrink the
+    activations to nothing through depthwise layers (MobileNetV2's softmax is then 0.001 for every class) or blow
+    them up (ResNet50's saturates), so each BatchNormalization gets the statistics of its input on a random batch,
+    and the classifier's logits (before its softmax) are scaled to a spread of 1."""
 
     name = "tensorflow"
+    calibration_batch = 4
+    calibration_layout = "NHWC"
+    random_scheme = "-calibrated"
 
     def resolve_device(self, requested: str, precision: Precision) -> Device:
         device_type, device_name, notes = _configure(requested, precision)
@@ -110,6 +116,38 @@ class KerasBackend(CardModelLoader, Backend, SwitchesPrecision, Exporter, Captur
 
     def random_network(self, card: ModelCard, device: Device):
         return _builder(card)(weights=None)
+
+    def calibrate(self, model, batch: np.ndarray, device: Device) -> None:
+        """Each BatchNormalization's moving statistics set to its input's on the batch, all in one pass in training
+        mode (where each normalises by the batch's statistics): inference then computes what that pass did."""
+        norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        if not norms:
+            return
+        inputs = keras.Model(model.inputs, [layer.input for layer in norms])(tf.constant(batch), training=True)
+        for layer, value in zip(norms, inputs):
+            axes = [axis for axis in range(len(value.shape)) if axis != layer.axis % len(value.shape)]
+            mean, variance = tf.nn.moments(tf.cast(value, tf.float32), axes=axes)
+            layer.moving_mean.assign(tf.cast(mean, layer.moving_mean.dtype))
+            layer.moving_variance.assign(tf.cast(variance, layer.moving_variance.dtype))
+
+    def logits_std(self, model, batch: np.ndarray, device: Device) -> float:
+        """The spread of the classifier's logits: its last layer with a kernel (a Dense, or MobileNet's 1 x 1
+        Conv2D), before the softmax (a Dense's own activation left out)."""
+        layer = _classifier(model)
+        if layer is None:
+            return 0.0  # nothing to scale
+        if isinstance(layer, keras.layers.Dense) and getattr(layer.activation, "__name__", "") != "linear":
+            features = keras.Model(model.inputs, layer.input)(tf.constant(batch), training=False)
+            kernel, *bias = layer.get_weights()
+            logits = np.asarray(features, dtype=np.float64) @ kernel + (bias[0] if bias else 0.0)
+        else:
+            logits = np.asarray(keras.Model(model.inputs, layer.output)(tf.constant(batch), training=False))
+        return float(np.std(logits, ddof=1))
+
+    def scale_last_layer(self, model, std: float) -> None:
+        layer = _classifier(model)
+        if layer is not None:
+            layer.set_weights([weight / np.float32(std) for weight in layer.get_weights()])
 
     def network_from_file(self, card: ModelCard, path: str, device: Device):
         model = _builder(card)(weights=None)
@@ -166,7 +204,21 @@ class KerasBackend(CardModelLoader, Backend, SwitchesPrecision, Exporter, Captur
         _, layers, submodel = self._captured
         outputs = submodel(tf.constant(image), training=False)
         for layer, output in zip(layers, outputs):
-            record(layer.name, np.asarray(output))
+            record(layer.name, np.asarray(output), op_type=_layer_type(layer),
+                   composite=isinstance(layer, keras.Model))
+
+
+def _classifier(model):
+    """The network's last layer with a kernel (the classifier whose logits its softmax turns into the output)."""
+    return next((layer for layer in reversed(model.layers)
+                 if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))), None)
+
+
+def _layer_type(layer) -> str:
+    """A layer's class, an Activation layer's function with it (Activation(relu))."""
+    kind = type(layer).__name__
+    function = getattr(layer, "activation", None) if kind == "Activation" else None
+    return f"{kind}({getattr(function, '__name__', function)})" if function is not None else kind
 
 
 BACKEND = KerasBackend

@@ -321,20 +321,21 @@ class TorchBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecis
     def capture(self, model, image: np.ndarray, device: Device, record: Record) -> None:
         """A forward hook on every module (its path is the name torch's exporters keep on the nodes it became)
         records the module's output as it is computed, and a leaf module's input too."""
-        def recorder(name: str):
+        def recorder(name: str, module, composite: bool):
             def recorded(_module, inputs, output=None) -> None:
                 value = inputs[0] if output is None else output  # a pre-hook: the input before an in-place act
                 if isinstance(value, torch.Tensor):
-                    record(name, value.detach().cpu().numpy())
+                    record(name, value.detach().cpu().numpy(), op_type=type(module).__name__, composite=composite)
             return recorded
 
         handles = []
         for name, module in model.named_modules():
             if not name:
                 continue
-            if not any(True for _ in module.children()):  # a leaf's input: what a fused node computes, e.g. the
-                handles.append(module.register_forward_pre_hook(recorder(f"{name}{INPUT_SUFFIX}")))  # BN before act
-            handles.append(module.register_forward_hook(recorder(name)))
+            leaf = not any(True for _ in module.children())
+            if leaf:  # a leaf's input: what a fused node computes, e.g. the BN before an activation
+                handles.append(module.register_forward_pre_hook(recorder(f"{name}{INPUT_SUFFIX}", module, False)))
+            handles.append(module.register_forward_hook(recorder(name, module, not leaf)))
         try:
             with torch.no_grad():
                 model(torch.from_numpy(image).to(device.handle))
