@@ -122,3 +122,8 @@ def shown(text: object) -> str:
     return "".join(ch if ch.isprintable() or ch == " " else _ESCAPES.get(ch, f"\\x{ord(ch):02x}" if ord(ch) < 256
                                                                          else f"\\u{ord(ch):04x}") for ch in value)
 
+
+def shown_lines(text: str) -> str:
+    """``text`` with each of its lines ``shown``: line breaks kept, every other control character escaped (a report
+    or a table holding names from the user or the data: an ONNX node's, a study's about, a path)."""
+    return "\n".join(shown(line) for line in text.split("\n"))

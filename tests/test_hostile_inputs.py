@@ -664,14 +664,14 @@ def test_a_graph_asking_for_terabytes_is_not_told_to_lower_the_batch_size(tmp_pa
 @needs_torch
 def test_an_onnx_run_failing_after_its_native_run_keeps_it_only_where_no_report_describes_other_data(tmp_path,
                                                                                                      monkeypatch):
-    from xfverify.evaluator.pipeline import onnx as onnx_pipeline
+    from xfverify.evaluator.pipeline import onnx_pass
     from xfverify.evaluator.pipeline.onnx import run_onnx
     from xfverify.evaluator.pipeline.options import OnnxOptions
 
     def export_fails(*args, **kwargs):
         raise UserError("the export failed (simulated)")
 
-    monkeypatch.setattr(onnx_pipeline, "_export", export_fails)
+    monkeypatch.setattr(onnx_pass, "_export", export_fails)
     fresh = tmp_path / "fresh"
     options = dict(limit=3, random_weights=True, provider="cpu", cache_dir=str(tmp_path / "c"))
     with pytest.raises(UserError, match="simulated"):

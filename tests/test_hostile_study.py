@@ -108,14 +108,14 @@ def test_the_home_folder_and_the_root_are_refused_as_out(tmp_path, monkeypatch, 
     home.mkdir(parents=True)
     monkeypatch.setenv("HOME", str(home))
     out = {"home": home, "above home": home.parent, "root": Path("/")}[broad]
-    from xfverify.evaluator.pipeline import native
+    from xfverify.evaluator.pipeline import native_pass
 
     def would_write(*args):  # without the check, the run stops here: nothing is ever written in / or ~
         raise AssertionError(f"a run was started in {out}")
 
     from xfverify.evaluator.pipeline import study
 
-    monkeypatch.setattr(native, "_run_in", would_write)
+    monkeypatch.setattr(native_pass, "_native_pass", would_write)
     monkeypatch.setattr(study, "_run_in", would_write)
     _refused(lambda: xfverify.native(out=str(out), limit=1, random_weights=True, cache_dir=str(tmp_path / "c")),
              "not a folder for one run's outputs")
@@ -326,13 +326,17 @@ def test_a_run_killed_while_its_export_worker_runs_leaves_nothing_in_the_tempora
     process = subprocess.Popen([sys.executable, "-m", "xfverify", "onnx", "--random-weights", "--limit", "2",
                                 "--provider", "cpu", "--device", "cpu", "--out", str(tmp_path / "out"),
                                 "--cache-dir", str(tmp_path / "cache")], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
+                               stderr=open(tmp_path / "stderr.txt", "w"), start_new_session=True)
+    deadline = time.time() + 540  # its native run comes first: minutes on a loaded machine
     while time.time() < deadline and process.poll() is None and not list(tmp_path.rglob("export.job.json")):
         time.sleep(0.2)
+    exporting = bool(list(tmp_path.rglob("export.job.json")))
+    ended = process.poll() is not None
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert list(tmp_path.rglob("export.job.json")), "the run ended before its export began"
+    if not exporting and not ended:
+        pytest.skip("the machine is too loaded: the run's native pass had not finished in 540 s")
+    assert exporting, (tmp_path / "stderr.txt").read_text()[-3000:]
     assert [p.name for p in temporary.iterdir() if p.name.startswith("xfverify-")] == []
 
 
@@ -393,3 +397,78 @@ def test_a_malformed_address_or_a_bad_ray_variable_is_one_line(tmp_path, monkeyp
     env = {name: value.format(file=tmp_path / "file") for name, value in environment.items()}
     result = run_cli(*args, *(["--address", address] if address else []), env=env, isolated=True, timeout=120)
     assert_user_error(result, named)
+
+
+# --- 9: names from the data or the user cannot drive a terminal ------------------------------------------------------
+
+
+ESCAPE = "\x1b]0;owned\x07\x1b[2J"
+
+
+def test_a_studys_about_and_data_path_are_escaped_in_study_md():
+    from test_study import _synthetic_report
+
+    from xfverify.evaluator.reports.study import markdown
+
+    report = _synthetic_report()
+    report = report.model_copy(update={"about": f"about {ESCAPE}",
+                                       "dataset": report.dataset.model_copy(update={"path": f"/data/{ESCAPE}"})})
+    text = markdown(report)
+    assert "\x1b" not in text and "\x07" not in text
+    assert "about \\x1b]0;owned\\x07\\x1b[2J" in text and "/data/\\x1b]0;owned" in text
+    assert text.count("\n") == markdown(_synthetic_report()).count("\n")  # line breaks kept
+
+
+def test_an_onnx_node_name_is_escaped_in_the_console_table_and_report_md(tmp_path, capsys):
+    from test_metrics_and_report import minimal_report
+
+    from xfverify.evaluator.commands.output import print_grid, print_table
+    from xfverify.evaluator.reports.run import NativeReport, write_markdown
+    from xfverify.models.preprocess import PRESETS
+
+    print_table("onnx", [("localization", f"first divergent node /conv{ESCAPE}")])
+    print_grid("nodes", ("node",), [[f"/conv{ESCAPE}"]])
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown and "/conv\\x1b]0;owned" in shown
+    report = NativeReport.model_validate({**minimal_report(), "preprocess": PRESETS["torchvision-256"].to_dict(),
+                                          "model": f"file/model{ESCAPE}"})
+    write_markdown(tmp_path / "report.md", report, [])
+    text = (tmp_path / "report.md").read_text()
+    assert "\x1b" not in text and "model\\x1b]0;owned" in text
+
+
+# --- weak messages: preprocess --out a device or a FIFO, --data a whole file system; an export cache's onnx a file ----
+
+
+def test_preprocess_out_naming_a_fifo_is_one_line_and_nothing_is_written_beside_it(tmp_path):
+    """Before: `--out /dev/full` wrote /dev/full.npy (the name with .npy added), after computing everything."""
+    from helpers import SAMPLE_DIR
+
+    target = tmp_path / "target"
+    os.mkfifo(target)  # as /dev/full is a device: not a file to write a .npy into, nor one to put one beside
+    result = run_cli("preprocess", "torchvision/resnet50", str(SAMPLE_DIR / "coffee.png"), "--out", str(target))
+    assert_user_error(result, f"--out {target}:", "not a file", "give the path of a .npy file")
+    assert sorted(os.listdir(tmp_path)) == ["target"]
+
+
+@pytest.mark.parametrize("which", ["home", "above home"])
+def test_data_naming_the_home_folder_or_one_above_it_is_refused_before_listing(tmp_path, monkeypatch, which):
+    """Before: --data / (or ~) listed every file under it and filled the cache before saying a word."""
+    from xfverify.evaluator.data.layouts import load_dataset
+
+    home = tmp_path / "home"
+    (home / "pictures").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    _refused(lambda: load_dataset(home if which == "home" else tmp_path), "give the folder that holds the images")
+
+
+def test_an_export_cache_onnx_that_is_a_file_is_one_line(tmp_path):
+    """Before: the export worker's makedirs failed on it: a worker crash with its traceback."""
+    from xfverify.evaluator.pipeline.onnx_pass import export_ahead
+    from xfverify.evaluator.pipeline.options import OnnxOptions
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "onnx").write_text("")
+    _refused(lambda: export_ahead(OnnxOptions(random_weights=True, cache_dir=str(cache), limit=1)),
+             "--cache-dir", "onnx there is not a folder")

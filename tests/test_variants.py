@@ -155,6 +155,10 @@ def test_keep_float_names_must_be_the_graphs_and_calibration_must_be_kept_apart(
         run_onnx(options(tmp_path, made["plain"], variants=("int8",)))
     with pytest.raises(UserError, match=r"^--variant 'int4': not a variant"):
         run_onnx(options(tmp_path, made["plain"], variants=("int4",)))
+    with pytest.raises(UserError, match=r"^--variant .*missing\.onnx: no such file"):
+        run_onnx(options(tmp_path, made["plain"], variants=(str(tmp_path / "missing.onnx"),)))
+    with pytest.raises(UserError, match=r"^--max-top1-drop bounds what a variant costs: add --variant NAME"):
+        run_onnx(options(tmp_path, made["plain"], max_top1_drop=0.5))
 
 
 def test_bad_input_is_one_line_naming_the_opset_or_the_node_and_nothing_is_cached(tmp_path):
@@ -186,5 +190,5 @@ def test_the_gate_fails_on_a_mismatch_only_when_asked_and_bounds_each_variants_d
     assert gate(OnnxOptions(fail_on_mismatch=True), report(0, 1.0, [])).failures == []
     failed = gate(OnnxOptions(fail_on_mismatch=True), report(0, 0.999, [])).failures
     assert len(failed) == 1 and "99.900 % of elements within tolerance" in failed[0]
-    bounded = gate(OnnxOptions(variants=("int8",), max_top1_drop=0.5), report(0, 1.0, [0.4, 0.6, 0.5])).failures
+    bounded = gate(OnnxOptions(variants=("fp16",), max_top1_drop=0.5), report(0, 1.0, [0.4, 0.6, 0.5])).failures
     assert bounded == ["variant v1 costs 0.60 points of top-1 against the plain file, over --max-top1-drop 0.5"]

@@ -53,7 +53,7 @@ from xfverify.evaluator.cache.digests import (
 )
 from xfverify.evaluator.cache.decoding import decode_chunk, digest_chunk, init_decode_process
 from xfverify.evaluator.cache.starting import pool_context
-from xfverify.evaluator.system.files import allocated_npy, atomic_write_text, ensure_room
+from xfverify.evaluator.system.files import allocated_npy, atomic_write_text, ensure_room, owned_subfolder
 from xfverify.evaluator.system.locks import ShardLock
 from xfverify.evaluator.cache.shards import checksum, iter_shard_batches
 from xfverify.models.errors import UserError
@@ -277,7 +277,8 @@ class TensorCache:
         when it feeds no device (a device-fed worker computes what it finds missing itself).
         """
         log = log or (lambda message: None)
-        (self.directory / "shards").mkdir(parents=True, exist_ok=True)
+        self.directory.parent.mkdir(parents=True, exist_ok=True)  # the root, checked by its caller
+        owned_subfolder(self.directory.parent, Path(self.directory.name) / "shards", "--cache-dir")
         spec_file = self.directory / "spec.json"
         if not spec_file.exists():
             atomic_write_text(spec_file, json.dumps(self._ident, indent=2, sort_keys=True))

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 from rich.table import Table
 
 from xfverify.evaluator.system.console import console
+from xfverify.models.user_input import shown_lines
+
+
+def escape(text: str) -> str:
+    """``text`` as a table cell: neither rich's markup nor a control character in it (a terminal escape sequence in
+    an ONNX node's name, an image's file name) acts on the terminal."""
+    return escape_markup(shown_lines(str(text)))
 
 
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:

@@ -473,7 +473,12 @@ def load_dataset(path: str | os.PathLike, devkit: str | os.PathLike | None = Non
         raise UserError(f"--data {root}: no such file or folder")
     if not root.is_dir():
         raise UserError(f"--data {root}: expected a folder of images (an ImageNet layout or your own)")
-    root = _images_folder_of(root.resolve())
+    resolved = root.resolve()
+    if resolved == Path(resolved.anchor) or Path.home().resolve().is_relative_to(resolved):
+        which = "the root folder" if resolved == Path(resolved.anchor) else "your home folder or one above it"
+        raise UserError(f"--data {shown(root)}: that is {which}: every file under it would be listed and decoded; "
+                        "give the folder that holds the images")
+    root = _images_folder_of(resolved)
     kaggle_root = _kaggle_root_of(root)
     if kaggle_root is not None:
         dataset = _load_kaggle(kaggle_root)

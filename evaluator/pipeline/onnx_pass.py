@@ -21,6 +21,7 @@ from xfverify.evaluator.process.names import DATA_FILE
 from xfverify.evaluator.process.tasks import EvaluateJob, ExportJob, ExportOutcome, OnnxFileJob
 from xfverify.evaluator.reports.run import OnnxInfo
 from xfverify.evaluator.system import console
+from xfverify.evaluator.system.files import owned_subfolder
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
@@ -83,7 +84,8 @@ def _export(card: ModelCard, options: OnnxOptions, native: NativeOnDisk, hw: tup
 
 
 def _export_job(options: OnnxOptions, model: str, hw: tuple[int, int], random_weights: bool, seed: int) -> ExportJob:
-    return ExportJob(model=model, hw=hw, cache_root=str(cache_root(options) / "onnx"), opset=options.opset,
+    exports = owned_subfolder(cache_root(options), "onnx", "--cache-dir")  # a file or a link there: one line
+    return ExportJob(model=model, hw=hw, cache_root=str(exports), opset=options.opset,
                      weights_file=os.path.abspath(options.weights) if options.weights else None,
                      random_weights=random_weights, seed=seed)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError
 from xfverify.models.overrides import parse_overrides
 from xfverify.models.preprocess import PRESETS, PreprocessSpec, resolve_preprocess
+from xfverify.models.user_input import not_regular_kind, shown
 
 
 def preprocess_files(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
@@ -139,11 +141,8 @@ def run_preprocess(model: str, images: list[str], out: str, preset: str | None, 
             raise UserError("--verify compares a named preset or a catalogue card's own preprocessing with its "
                             "source's own code; it cannot check --set overrides")
         _check_readable_by_reference(spec.name, paths)
+    out_path = _npy_path(Path(out))  # before anything is computed
     tensors = preprocess_files(paths, spec)
-    out_path = Path(out)
-    if out_path.suffix != ".npy":  # np.save adds it
-        out_path = out_path.with_name(out_path.name + ".npy")
-    writable_folder(out_path.parent, "--out's folder")
     try:
         np.save(out_path, tensors)
     except OSError as exc:
@@ -160,3 +159,18 @@ def run_preprocess(model: str, images: list[str], out: str, preset: str | None, 
     if theirs.shape != tensors.shape:
         raise UserError(f"{where} produced {theirs.shape}, xfverify {tensors.shape}: layouts differ")
     console.info(f"against {where}: " + describe_match(compare_with_reference(tensors, theirs, reference), reference, paths))
+
+
+def _npy_path(out: Path) -> Path:
+    """The .npy file --out names (``.npy`` added when it lacks it, as ``np.save`` would); a device, a folder or a FIFO
+    named, or one at the path written, is one line: nothing is written beside it under another name."""
+    for path in dict.fromkeys((out, out if out.suffix == ".npy" else out.with_name(out.name + ".npy"))):
+        try:
+            kind = not_regular_kind(os.stat(path).st_mode)
+        except OSError:
+            continue
+        if kind is not None:
+            raise UserError(f"--out {shown(path)}: {kind}, not a file; give the path of a .npy file to write")
+    out_path = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
+    writable_folder(out_path.parent, "--out's folder")
+    return out_path

@@ -32,6 +32,7 @@ from xfverify.evaluator.process.tasks import EvaluateJob, IntermediatesJob, Inte
 from xfverify.evaluator.reports.run import OnnxReport
 from xfverify.evaluator.reports.variants import CalibrationInfo, Gate, Paired, VariantResult, VariantsBlock
 from xfverify.evaluator.system import console
+from xfverify.evaluator.system.files import owned_subfolder
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 from xfverify.models.user_input import shown
@@ -144,7 +145,8 @@ def _scored(options: OnnxOptions, spec: VariantSpec, plain: Plain, folder: Path,
         console.info(f"variant {spec.name}: the user's file against its plain parent")
     else:
         console.info(f"variant {spec.name}: making it from the plain file in the ONNX Runtime worker")
-        job = MakeVariantJob(parent_path=plain.path, spec=spec, cache_root=str(cache_root(options) / "onnx-variants"),
+        variants_cache = owned_subfolder(cache_root(options), "onnx-variants", "--cache-dir")
+        job = MakeVariantJob(parent_path=plain.path, spec=spec, cache_root=str(variants_cache),
                              providers=providers,
                              calibration_path=str(calibration[0]) if calibration and spec.calibrated else None,
                              calibration_sha256=calibration[1].tensors_sha256 if calibration and spec.calibrated

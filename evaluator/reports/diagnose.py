@@ -16,7 +16,7 @@ from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo
 from xfverify.evaluator.reports.page import STYLE, svg, thumbnail
 from xfverify.evaluator.reports.run import DatasetInfo, PublishedInfo
 from xfverify.models.imagenet import class_name
-from xfverify.models.user_input import shown
+from xfverify.models.user_input import shown, shown_lines
 from xfverify.models.variants import RUNTIME
 
 OUTPUTS = ("report.md", "report.html", "report.json")
@@ -204,7 +204,7 @@ def write_diagnose_outputs(folder: Path, report: DiagnoseReport, images: dict[in
     """report.json, report.md and report.html written into ``folder`` (the run's staging folder)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(report.model_dump_json(indent=1) + "\n")
-    (folder / "report.md").write_text(markdown(report))
+    (folder / "report.md").write_text(shown_lines(markdown(report)))
     (folder / "report.html").write_text(html_page(report, images))
 
 

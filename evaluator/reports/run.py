@@ -24,7 +24,7 @@ from xfverify.evaluator.process.tasks import (
     RuntimeInfo,
 )
 from xfverify.models.imagenet import class_name
-from xfverify.models.user_input import shown
+from xfverify.models.user_input import shown, shown_lines
 
 REPORT_VERSION = 1
 
@@ -324,7 +324,7 @@ def write_markdown(path: Path, report: NativeReport, rows: list[Prediction]) -> 
     ]
     if preview:
         lines += ["", "## First predictions", ""] + preview
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(shown_lines("\n".join(lines)) + "\n")  # names from the data (ONNX nodes, images) cannot drive a terminal
 
 
 def _diff(value: Optional[float]) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from xfverify.evaluator.reports.page import STYLE
+from xfverify.models.user_input import shown_lines
 
 STUDY_OUTPUTS = ("study.json", "study.md", "study.csv", "study.html")
 
@@ -181,7 +182,7 @@ def markdown(report: StudyReport) -> str:
         lines += ["## Cells that did not finish", "", *failed, ""]
     lines += ["Each cell's own report is in its folder (`cells/`); rerun the study to run only what is missing or "
               "changed.", ""]
-    return "\n".join(lines)
+    return shown_lines("\n".join(lines))  # the study's about, a path: no control character reaches a terminal
 
 
 def csv_text(report: StudyReport) -> str:
