@@ -403,7 +403,7 @@ def test_a_work_folder_that_is_a_link_a_file_or_not_xfverifys_is_refused_and_a_k
     (work / "logits.npy").write_text("half-written")
     result = run_cli(*run)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["logits.npy", "predictions.csv", "report.html", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".xfverify-outputs.json", "logits.npy", "predictions.csv", "report.html", "report.json", "report.md"]
 
 
 def test_numbers_and_names_a_worker_would_choke_on_are_refused_first(tmp_path):
@@ -460,7 +460,7 @@ def test_bombs_and_link_loops_are_bad_images_and_a_16_bit_png_gets_a_note(tmp_pa
     notes = " ".join(report["notes"])
     assert f"the first {data / 'depth.png'}: PIL mode I;16" in notes
     assert "nothing was scored: these are predictions only" in notes
-    assert sorted(p.name for p in (tmp_path / "r2").iterdir()) == ["logits.npy", "predictions.csv", "report.html", "report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "r2").iterdir()) == [".xfverify-outputs.json", "logits.npy", "predictions.csv", "report.html", "report.json", "report.md"]
 
 
 @needs_torch
@@ -481,13 +481,14 @@ def test_earlier_outputs_are_replaced_as_a_set_and_said(tmp_path):
     (out / "report.json").write_text("{}")
     (out / "report.json").chmod(0o444)
     (out / "predictions.csv").write_text("old")
+    (out / ".xfverify-outputs.json").write_text('{"files": ["report.json", "predictions.csv"]}')  # an earlier run's
     result = run_cli("native", "--random-weights", "--limit", "1", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert f"--out {out} holds an earlier report: this run replaces it" in " ".join(result.stderr.split())
     report = json.loads((out / "report.json").read_text())
     assert f"this report replaced an earlier one in {out}" in report["notes"]
     assert (out / "predictions.csv").read_text().startswith("image_id")
-    assert sorted(p.name for p in out.iterdir()) == ["logits.npy", "predictions.csv", "report.html", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".xfverify-outputs.json", "logits.npy", "predictions.csv", "report.html", "report.json", "report.md"]
     (out / "report.json").unlink()
     (out / "report.json").mkdir()  # cannot be replaced: refused before any work
     (out / "logits.npy").unlink()

@@ -523,7 +523,7 @@ def test_a_users_file_with_a_fixed_batch_of_1_runs_at_batch_size_1(tmp_path):
 def test_a_native_run_is_reused_only_for_the_same_weights(tmp_path):
     from types import SimpleNamespace
 
-    from xfverify.evaluator.pipeline.onnx import _matches
+    from xfverify.evaluator.pipeline.native_pass import _answers as _matches
     from xfverify.evaluator.pipeline.options import NativeOptions
     from xfverify.evaluator.pipeline.request import prepare
     from xfverify.evaluator.process.blocks import FileWeights, RandomWeights
