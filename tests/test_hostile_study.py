@@ -327,7 +327,7 @@ def test_a_run_killed_while_its_export_worker_runs_leaves_nothing_in_the_tempora
                                 "--provider", "cpu", "--device", "cpu", "--out", str(tmp_path / "out"),
                                 "--cache-dir", str(tmp_path / "cache")], env=env, stdout=subprocess.DEVNULL,
                                stderr=open(tmp_path / "stderr.txt", "w"), start_new_session=True)
-    deadline = time.time() + 540  # its native run comes first: minutes on a loaded machine
+    deadline = time.time() + 150  # its native run comes first (~10 s alone; under the suite's load it has stalled)
     while time.time() < deadline and process.poll() is None and not list(tmp_path.rglob("export.job.json")):
         time.sleep(0.2)
     exporting = bool(list(tmp_path.rglob("export.job.json")))
@@ -335,7 +335,7 @@ def test_a_run_killed_while_its_export_worker_runs_leaves_nothing_in_the_tempora
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     if not exporting and not ended:
-        pytest.skip("the machine is too loaded: the run's native pass had not finished in 540 s")
+        pytest.skip("the run's native pass had not finished in 150 s (seen under pytest-xdist only; see its stderr.txt)")
     assert exporting, (tmp_path / "stderr.txt").read_text()[-3000:]
     assert [p.name for p in temporary.iterdir() if p.name.startswith("xfverify-")] == []
 
