@@ -523,7 +523,7 @@ def test_a_users_file_with_a_fixed_batch_of_1_runs_at_batch_size_1(tmp_path):
 def test_a_native_run_is_reused_only_for_the_same_weights(tmp_path):
     from types import SimpleNamespace
 
-    from xfverify.evaluator.pipeline.native_pass import _answers as _matches
+    from xfverify.evaluator.pipeline.native_pass import _answers
     from xfverify.evaluator.pipeline.options import NativeOptions
     from xfverify.evaluator.pipeline.request import prepare
     from xfverify.evaluator.process.blocks import FileWeights, RandomWeights
@@ -538,13 +538,13 @@ def test_a_native_run_is_reused_only_for_the_same_weights(tmp_path):
                                dataset=SimpleNamespace(manifest_sha256=dataset.manifest_sha256()), weights=weights)
 
     pretrained, own_file = NativeOptions(limit=2), NativeOptions(limit=2, weights=str(weights_file))
-    assert _matches(native(card.weights_source), pretrained)
-    assert not _matches(native(str(weights_file)), pretrained)
-    assert _matches(native(str(weights_file)), own_file)
-    assert not _matches(native(card.weights_source), own_file)
-    assert _matches(native("random", True, 3), NativeOptions(limit=2, random_weights=True, seed=3))
-    assert not _matches(native("random", True, 3), NativeOptions(limit=2, random_weights=True, seed=4))
-    assert not _matches(native("random", True, 0), pretrained)
+    assert _answers(native(card.weights_source), pretrained)
+    assert not _answers(native(str(weights_file)), pretrained)
+    assert _answers(native(str(weights_file)), own_file)
+    assert not _answers(native(card.weights_source), own_file)
+    assert _answers(native("random", True, 3), NativeOptions(limit=2, random_weights=True, seed=3))
+    assert not _answers(native("random", True, 3), NativeOptions(limit=2, random_weights=True, seed=4))
+    assert not _answers(native("random", True, 0), pretrained)
 
 
 def test_a_users_file_needs_a_preset_and_against_needs_a_native_report(tmp_path):
