@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, get_args
 
 import numpy as np
+from pydantic import ConfigDict
 
 from xfverify.models.errors import UserError
 
@@ -151,6 +152,9 @@ class PreprocessSpec:
     layout: Layout
     dtype: DType = "float32"
     source: str = field(default="", compare=False)
+
+    # Read from a job or a report (pydantic holds the spec itself): an unknown key is refused, not dropped.
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     def __post_init__(self) -> None:
         problems = spec_problems(self)
@@ -602,15 +606,3 @@ def resolve_preprocess(
     described = ",".join(f"{k}={overrides[k]}" for k in sorted(overrides))
     return spec.replace(name=f"{spec.name}+{described}", **changes)
 
-
-def spec_from_dict(data: Mapping[str, Any]) -> PreprocessSpec:
-    """Rebuild a spec from ``to_dict()`` output (a report, a worker's job file)."""
-    known = {f.name for f in dataclasses.fields(PreprocessSpec)}
-    unknown = set(data) - known
-    if unknown:
-        raise UserError(f"unknown preprocessing fields: {', '.join(sorted(unknown))}")
-    values = dict(data)
-    for key in ("mean", "std"):
-        if key in values:
-            values[key] = tuple(values[key])
-    return PreprocessSpec(**values)

@@ -43,9 +43,9 @@ def test_precision_variants_are_runtime_rows_on_the_reference_spec_and_bad_names
 
 
 def test_an_evaluate_many_job_gives_each_pass_its_precision():
-    base = EvaluateJob(model="pypi/efficientnet_lite0", preprocess={}, device="cpu", precision="fp32", batch_size=4,
+    base = EvaluateJob(model="pypi/efficientnet_lite0", preprocess=PRESETS["lite-tf-224"], device="cpu", precision="fp32", batch_size=4,
                        n_images=5, hw=(224, 224))
-    parts = [VariantPart(name=n, preprocess={}, hw=(224, 224), data_file=f"{n}.json", precision=p)
+    parts = [VariantPart(name=n, preprocess=PRESETS["lite-tf-224"], hw=(224, 224), data_file=f"{n}.json", precision=p)
              for n, p in (("reference", None), ("precision-fp16", "fp16"), ("precision-bf16", "bf16"))]
     job = EvaluateManyJob(base=base, variants=parts)
     assert [job.for_variant(i).precision for i in range(3)] == ["fp32", "fp16", "bf16"]

@@ -20,6 +20,7 @@ from xfverify.evaluator.data.layouts import load_dataset
 from xfverify.evaluator.pipeline.native_run import NATIVE_OUTPUTS, check_scores, load_native
 from xfverify.evaluator.pipeline.options import NativeOptions
 from xfverify.models.errors import UserError
+from xfverify.models.preprocess import PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -518,7 +519,8 @@ def test_a_worker_meeting_a_full_disk_says_so_in_one_line(tmp_path):
 
     job = tmp_path / "evaluate.job.json"
     job.write_text(json.dumps({"framework": "test", "backend": "disk_full_backend", "task": "evaluate",
-                               "workdir": str(tmp_path), "job": {"model": None, "preprocess": {}, "device": "cpu",
+                               "workdir": str(tmp_path), "job": {"model": None, "device": "cpu",
+                                                                "preprocess": PRESETS["torchvision-256"].to_dict(),
                                                                 "precision": "fp32", "n_images": 0, "hw": [8, 8]}}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
                                                                      os.environ.get("PYTHONPATH")]))}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -9,6 +11,7 @@ from pydantic import ValidationError
 from xfverify.evaluator.analysis.metrics import compare_to_published, error_stats, real_error, top_k, wilson_interval
 from xfverify.evaluator.reports.run import NativeReport
 from xfverify.models.imagenet import real_labels
+from xfverify.models.preprocess import PRESETS
 
 
 def test_top_k_orders_best_first_and_breaks_ties_by_index():
@@ -52,7 +55,7 @@ def minimal_report() -> dict:
     return {
         "model": "m/x:y", "architecture": "X", "builder": "x()", "random_weights": True, "framework": {"name": "torch", "version": "2"},
         "device": {"type": "cpu", "name": "a CPU"}, "precision": {"requested": "fp32", "tf32": False, "autocast": None, "channels_last": False, "cudnn_benchmark": None, "cuda_graphs": "off"}, "weights": {"source": "random", "sha256": "random", "seed": 0},
-        "preprocess": {}, "dataset": {"path": "/d", "layout": "folder", "n_images": 1, "n_labelled": 0, "manifest_sha256": "0" * 64},
+        "preprocess": PRESETS["torchvision-256"].to_dict(), "dataset": {"path": "/d", "layout": "folder", "n_images": 1, "n_labelled": 0, "manifest_sha256": "0" * 64},
         "tensors_sha256": "a" * 64, "output": "logits", "top1_error": None, "top5_error": None, "top1_error_ci95": None,
         "top5_error_ci95": None, "n_scored": 0, "published": None, "other_published": [], "delta_vs_published": None,
         "real_labels": None, "timing": {"data_wait_s": 0, "compute_s": 0, "wall_s": 0, "images_per_s": None,
@@ -76,3 +79,21 @@ def test_report_schema_requires_every_field_and_refuses_unknown_ones():
     bad_hash = minimal_report() | {"tensors_sha256": "xyz"}
     with pytest.raises(ValidationError):
         NativeReport.model_validate(bad_hash)
+
+
+@pytest.mark.parametrize("preprocess", [{}, {"name": "torchvision-256"}])
+def test_a_report_or_job_without_a_whole_spec_is_refused(preprocess):
+    from xfverify.evaluator.process.tasks import EvaluateJob
+
+    with pytest.raises(ValidationError, match="preprocess"):
+        NativeReport.model_validate(minimal_report() | {"preprocess": preprocess})
+    with pytest.raises(ValidationError, match="preprocess"):
+        EvaluateJob.model_validate({"model": None, "preprocess": preprocess, "device": "cpu", "precision": "fp32",
+                                    "n_images": 0, "hw": [8, 8]})
+
+
+def test_a_report_holds_the_spec_itself_and_writes_it_as_before():
+    report = NativeReport.model_validate(minimal_report())
+    assert report.preprocess == PRESETS["torchvision-256"]
+    written = json.loads(report.model_dump_json(indent=2))["preprocess"]
+    assert list(written.items()) == list(PRESETS["torchvision-256"].to_dict().items())

@@ -534,7 +534,7 @@ def test_a_native_run_is_reused_only_for_the_same_weights(tmp_path):
 
     def native(source: str, random_weights: bool = False, seed: int = 0) -> SimpleNamespace:
         weights = RandomWeights(seed=seed) if random_weights else FileWeights(source=source, sha256="0" * 64)
-        return SimpleNamespace(model=card.id, preprocess=spec.to_dict(), random_weights=random_weights,
+        return SimpleNamespace(model=card.id, preprocess=spec, random_weights=random_weights,
                                dataset=SimpleNamespace(manifest_sha256=dataset.manifest_sha256()), weights=weights)
 
     pretrained, own_file = NativeOptions(limit=2), NativeOptions(limit=2, weights=str(weights_file))

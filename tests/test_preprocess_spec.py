@@ -10,7 +10,7 @@ from xfverify.evaluator.data.normalise import normalisation_lut, normalise
 from xfverify.models.overrides import parse_overrides
 from xfverify.models.cards import load_cards
 from xfverify.models.errors import UserError
-from xfverify.models.preprocess import PRESETS, PreprocessSpec, resolve_preprocess, spec_from_dict
+from xfverify.models.preprocess import PRESETS, PreprocessSpec, resolve_preprocess
 
 
 def test_every_field_is_explicit_and_specs_are_frozen():
@@ -21,9 +21,31 @@ def test_every_field_is_explicit_and_specs_are_frozen():
     assert {"decoder", "interpolation", "resize_library", "antialias", "mean", "std", "layout"} <= set(required)
 
 
-def test_round_trip_through_dict():
-    for spec in PRESETS.values():
-        assert spec_from_dict(spec.to_dict()) == spec
+def test_a_spec_in_a_job_or_report_is_written_as_its_dict_and_read_back_whole():
+    """Jobs and reports hold the frozen spec; their JSON is what the spec's dict was, key for key and byte for byte."""
+    from pydantic import TypeAdapter
+
+    from xfverify.models.cards import find_cards
+
+    typed, plain = TypeAdapter(PreprocessSpec), TypeAdapter(dict)
+    specs = {spec.to_dict()["source"] + spec.name: spec for spec in
+             [*PRESETS.values(), *(card.reference_spec for card in find_cards())]}
+    for spec in specs.values():
+        written = typed.dump_json(spec)
+        assert written == plain.dump_json(spec.to_dict()), spec.name
+        read = typed.validate_json(written)
+        assert isinstance(read, PreprocessSpec) and read.to_dict() == spec.to_dict()
+
+
+@pytest.mark.parametrize("damage", ["empty", "partial", "unknown field", "invalid"])
+def test_a_spec_that_is_not_whole_and_valid_is_refused_where_it_is_read(damage):
+    from pydantic import TypeAdapter, ValidationError
+
+    data = PRESETS["torchvision-256"].to_dict()
+    data = {"empty": {}, "partial": {k: v for k, v in data.items() if k != "layout"},
+            "unknown field": {**data, "gamma": 2.2}, "invalid": {**data, "crop_size": -1}}[damage]
+    with pytest.raises(UserError if damage == "invalid" else ValidationError):
+        TypeAdapter(PreprocessSpec).validate_python(data)
 
 
 @pytest.mark.parametrize(

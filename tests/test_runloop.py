@@ -159,7 +159,7 @@ def test_the_worker_takes_the_data_part_of_its_job_once_the_parent_writes_it(tmp
     from xfverify.evaluator.process.tasks import EvaluateJob
     from xfverify.models.preprocess import PRESETS
 
-    job = EvaluateJob(model="m", preprocess=PRESETS["torchvision-256"].to_dict(), device="cpu", precision="fp32",
+    job = EvaluateJob(model="m", preprocess=PRESETS["torchvision-256"], device="cpu", precision="fp32",
                       batch_size=2, n_images=3, hw=(224, 224), shard_paths=["given.npy"])
     assert receive_data(job) is job  # a job that came whole
     data_file = tmp_path / "data.json"

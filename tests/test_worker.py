@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from xfverify.models.preprocess import PRESETS
+
 
 def _ended(pid: int) -> bool:
     """Gone, or a zombie nobody has reaped yet (both mean the process ended)."""
@@ -56,7 +58,7 @@ def test_a_worker_whose_run_died_before_it_started_ends_itself(tmp_path):
     assert done.returncode == 3  # ORPHANED_EXIT, not a wait for ever
 
 
-EVALUATE_JOB = {"model": None, "preprocess": {}, "device": "cpu", "precision": "fp32", "n_images": 0, "hw": [8, 8]}
+EVALUATE_JOB = {"model": None, "preprocess": PRESETS["torchvision-256"].to_dict(), "device": "cpu", "precision": "fp32", "n_images": 0, "hw": [8, 8]}
 
 
 def _run_worker(tmp_path: Path, backend: str) -> subprocess.CompletedProcess:

@@ -99,7 +99,7 @@ def _loaded(backend: Backend, job: EvaluateJob,
 def _fed_pass(backend: Backend, model: Any, weights: WeightsBlock, device: Device, job: EvaluateJob,
               workdir: Path) -> WorkerResult:
     """One pass of a loaded network over the job's cached images, into ``workdir``/logits.npy."""
-    spec = job.spec()
+    spec = job.preprocess
     batch_size, batch_size_source = choose_batch_size(job.batch_size, device.type)
     job = job.model_copy(update={"batch_size": batch_size})
     step = backend.step(model, spec, device, job)

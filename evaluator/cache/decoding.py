@@ -15,19 +15,18 @@ _worker_normalisations: dict[str, FedNormalisation] = {}
 _worker_maps: dict[str, np.memmap] = {}
 
 
-def init_decode_process(spec_dict: dict, run_pid: int, normalisation_specs: Sequence[dict] = ()) -> None:
+def init_decode_process(spec: PreprocessSpec, run_pid: int, normalisation_specs: Sequence[PreprocessSpec] = ()) -> None:
     global _worker_spec
     import signal
 
     from xfverify.evaluator.system.orphans import exit_when_orphaned
-    from xfverify.models.preprocess import spec_from_dict
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
     exit_when_orphaned(run_pid)  # a killed run must not leave its decode pool (and the terminal) behind
 
-    _worker_spec = spec_from_dict(spec_dict)
-    for spec in map(spec_from_dict, normalisation_specs):
-        normalisation = FedNormalisation.of(spec)
+    _worker_spec = spec
+    for normalisation_spec in normalisation_specs:
+        normalisation = FedNormalisation.of(normalisation_spec)
         _worker_normalisations[normalisation.key] = normalisation
 
 

@@ -453,7 +453,7 @@ class TensorCache:
             max_workers=min(stats.workers, sum(len(p.records) for p in decode) + sum(len(p.records) for p, _ in digest)),
             mp_context=pool_context(),
             initializer=init_decode_process,
-            initargs=(self.spec.to_dict(), os.getpid(), [n.spec.to_dict() for n in normalisations]),
+            initargs=(self.spec, os.getpid(), [n.spec for n in normalisations]),
         )
         in_worker = self.spec.decode_worker is not None and bool(decode)
         if in_worker:

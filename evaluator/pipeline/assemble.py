@@ -73,7 +73,7 @@ def assemble_report(card: ModelCard | None, spec: PreprocessSpec, dataset: Datas
         device=result.device,
         precision=result.precision,
         weights=result.weights,
-        preprocess=spec.to_dict(),
+        preprocess=spec,
         dataset=DatasetInfo(path=dataset.root, layout=dataset.layout, n_images=len(dataset),
                             n_labelled=dataset.n_labelled, manifest_sha256=dataset.manifest_sha256()),
         tensors_sha256=result.tensors_sha256,

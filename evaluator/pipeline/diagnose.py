@@ -224,7 +224,7 @@ def evaluate_variants(card: ModelCard, reference: PreprocessSpec, variants: list
     for spec in specs:
         caches.setdefault(spec.geometry_key(), tensor_cache(root, spec))
     workdir.mkdir(parents=True, exist_ok=True)
-    parts = [VariantPart(name=v.name, preprocess=s.to_dict(), hw=spec_hw(s), data_file=str(workdir / f"data-{i}.json"),
+    parts = [VariantPart(name=v.name, preprocess=s, hw=spec_hw(s), data_file=str(workdir / f"data-{i}.json"),
                          precision=v.precision) for i, (v, s) in enumerate(zip(variants, specs))]
     for part in parts:
         Path(part.data_file).unlink(missing_ok=True)
@@ -307,7 +307,7 @@ def _rows(runs: list[VariantRun], dataset: Dataset, onnx_pass: OutsidePass | Non
     for run in runs:
         scored[sorted(run.run.skipped)] = False
     against = _AgainstReference(dataset, labels, scored, runs[0].run.topk, reference_logits)
-    rows = [against.row(run.variant, run.spec.to_dict(), run.spec.geometry_key(), run.run.topk,
+    rows = [against.row(run.variant, run.spec, run.spec.geometry_key(), run.run.topk,
                         run.run.result.tensors_sha256, run.run.result.precision,
                         run.run.logits if run.variant.precision else None) for run in runs]
     if onnx_pass is not None:
@@ -327,7 +327,7 @@ class _AgainstReference:
         self.reference_topk = reference_topk
         self.reference_logits = reference_logits
 
-    def row(self, variant: Variant, spec: dict[str, Any], geometry_key: str, topk: np.ndarray, tensors_sha256: str,
+    def row(self, variant: Variant, spec: PreprocessSpec, geometry_key: str, topk: np.ndarray, tensors_sha256: str,
             precision: PrecisionBlock, logits: np.ndarray | None = None) -> VariantRow:
         """``logits`` only for the rows fed the reference's own tensors (their outputs are compared too)."""
         stats = error_stats(topk, self.labels, self.scored)

@@ -49,7 +49,7 @@ def _native_pass(request: Request, options: NativeOptions, out_dir: Path, workdi
     console.info(f"{card.id}: {len(dataset)} images ({dataset.layout}) from {dataset.root}; preprocessing {spec.name}")
     job = EvaluateJob(
         model=card.id,
-        preprocess=spec.to_dict(),
+        preprocess=spec,
         device=options.device,
         precision=options.precision,
         batch_size=options.batch_size,
@@ -96,5 +96,5 @@ def _answers(native: NativeReport, wanted: NativeOptions) -> bool:
     else:
         weights_source = os.path.abspath(wanted.weights) if wanted.weights else card.weights_source
         same_weights = not native.random_weights and native.weights.source == weights_source
-    return (native.model == card.id and native.preprocess == spec.to_dict()
+    return (native.model == card.id and native.preprocess.to_dict() == spec.to_dict()
             and native.dataset.manifest_sha256 == dataset.manifest_sha256() and same_weights)

@@ -29,7 +29,7 @@ from xfverify.evaluator.reports.run import (
 from xfverify.evaluator.reports.run_page import PAGE, run_page
 from xfverify.models.errors import UserError
 from xfverify.models.imagenet import NUM_CLASSES
-from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
+from xfverify.models.preprocess import PreprocessSpec
 from xfverify.models.user_input import UnreadableFile, open_regular, read_regular, shown
 from xfverify.models.variants import changed_fields
 
@@ -139,7 +139,6 @@ def load_native(folder: Path, option: str = "--against") -> NativeOnDisk:
                                 f"give the native run it made ({folder / inner}), or {finished_run}")
     try:
         report = NativeReport.model_validate_json(data)
-        spec_from_dict(report.preprocess)
     except (ValidationError, UserError, TypeError, RecursionError):
         raise UnusableNativeRun(option, folder, "report.json is damaged or not an `xfverify native` report",
                                 f"{give} (or run it again there)") from None
@@ -222,7 +221,7 @@ def check_against(native: NativeOnDisk, card, spec: PreprocessSpec) -> None:
     if card is not None and native.report.model != card.id:
         raise UserError(f"--against {native.folder}: a native run of {native.report.model}, not of {card.id}: give "
                         f"a native run of {card.id}, or leave --against out")
-    theirs = spec_from_dict(native.report.preprocess)
+    theirs = native.report.preprocess
     differ = changed_fields(theirs, spec)
     if differ:
         raise UserError(f"--against {native.folder}: its native run was fed {theirs.name}, this run {spec.name} "

@@ -47,7 +47,7 @@ from xfverify.evaluator.system.files import atomic_write_text
 from xfverify.models.cards import get_card
 from xfverify.models.errors import UserError
 from xfverify.models.overrides import parse_overrides
-from xfverify.models.preprocess import PreprocessSpec, resolve_preprocess, spec_from_dict
+from xfverify.models.preprocess import PreprocessSpec, resolve_preprocess
 from xfverify.models.user_input import shown
 
 
@@ -130,7 +130,7 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
 def _request_against(options: OnnxOptions, card, native: NativeOnDisk | None) -> tuple[PreprocessSpec, Dataset]:
     """The preprocessing and images of the ONNX run: the native run's unless others are asked for, refused where
     they would not be the native run's."""
-    default = spec_from_dict(native.report.preprocess) if native else None
+    default = native.report.preprocess if native else None
     data, limit = options.data, options.limit
     if native and not data:  # the native run's images, unless others are asked for
         data, limit = native.report.dataset.path, limit or native.report.dataset.n_images

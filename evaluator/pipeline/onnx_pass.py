@@ -59,7 +59,7 @@ def onnx_pass(card: ModelCard | None, options: OnnxOptions, spec: PreprocessSpec
     timeline["onnx_ready"] = time.time()
     console.info(f"{name}: ONNX Runtime on {len(dataset)} images from {dataset.root}; preprocessing {spec.name}")
     job = EvaluateJob(
-        model=None, onnx_path=onnx_path, preprocess=spec.to_dict(), device=options.provider, precision="fp32",
+        model=None, onnx_path=onnx_path, preprocess=spec, device=options.provider, precision="fp32",
         batch_size=options.batch_size, n_images=len(dataset), hw=hw, data_file=str(workdir / DATA_FILE),
     )
     run = evaluate_cached("onnxruntime", job, spec, dataset, options, workdir, timeline)

@@ -51,7 +51,7 @@ def _windows_decoded_by_tensorflow(paths: list[str], spec: PreprocessSpec) -> np
                                            shape=(len(paths), *spec.output_hw, 3))
         del images  # the worker writes the rows
         bad: list[tuple[int, str]] = []
-        job = WindowDecodeJob(spec=spec.to_dict(), chunks=[DecodeChunk(tmp_path=str(rows), row=0, paths=paths)])
+        job = WindowDecodeJob(spec=spec, chunks=[DecodeChunk(tmp_path=str(rows), row=0, paths=paths)])
         run_worker("tensorflow", job, workdir=workdir, on_event=lambda event: bad.extend(event.bad or []))
         if bad:
             row, reason = bad[0]

@@ -107,7 +107,7 @@ def _calibration(options: OnnxOptions, plain: Plain, folder: Path) -> tuple[Path
     console.info(f"calibration: {len(images)} images from {images.root}, preprocessing {plain.spec.name}")
     sub = folder / "calibration"
     sub.mkdir(parents=True, exist_ok=True)
-    job = EvaluateJob(model=None, onnx_path=plain.path, preprocess=plain.spec.to_dict(), device="cpu",
+    job = EvaluateJob(model=None, onnx_path=plain.path, preprocess=plain.spec, device="cpu",
                       precision="fp32", batch_size=options.batch_size, n_images=len(images), hw=plain.hw,
                       data_file=str(sub / "data.json"))
     run = evaluate_cached("onnxruntime", job, plain.spec, images, options, sub, {"started": time.time()})
@@ -153,7 +153,7 @@ def _scored(options: OnnxOptions, spec: VariantSpec, plain: Plain, folder: Path,
                              else None)
         outcome: VariantMade = run_worker("onnxruntime", job, workdir=folder, on_event=EventSink())
         made, path, from_cache = outcome.variant, outcome.path, outcome.from_cache
-    job = EvaluateJob(model=None, onnx_path=path, preprocess=plain.spec.to_dict(), device=options.provider,
+    job = EvaluateJob(model=None, onnx_path=path, preprocess=plain.spec, device=options.provider,
                       precision="fp32", batch_size=options.batch_size, n_images=len(plain.dataset), hw=plain.hw,
                       data_file=str(folder / "data.json"))
     run = evaluate_cached("onnxruntime", job, plain.spec, plain.dataset, options, folder, {"started": time.time()})

@@ -16,7 +16,7 @@ from xfverify.converter.variant_spec import VariantFile, VariantSpec
 from xfverify.evaluator.process.blocks import PrecisionBlock, WeightsBlock
 from xfverify.models.cards import ModelCard, get_card
 from xfverify.models.precision import Precision
-from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
+from xfverify.models.preprocess import PreprocessSpec
 
 
 
@@ -180,7 +180,7 @@ class VariantPart(_Strict):
     """One pass of an :class:`EvaluateManyJob`: its spec, image size and data file, and the precision it runs at."""
 
     name: str
-    preprocess: dict[str, Any]
+    preprocess: PreprocessSpec
     hw: tuple[int, int]
     data_file: str
     precision: Optional[Precision] = Field(default=None, description="None: the base job's")
@@ -194,7 +194,7 @@ class EvaluateJob(Job[WorkerResult]):
     """Run one model over the cached images and write its logits (``model`` is None for a user's ONNX file)."""
 
     model: Optional[str]
-    preprocess: dict[str, Any]
+    preprocess: PreprocessSpec
     device: Literal["auto", "cpu", "cuda"]
     precision: Precision
     batch_size: Optional[int] = Field(default=None, gt=0, description="None: the worker's default for its device")
@@ -212,9 +212,6 @@ class EvaluateJob(Job[WorkerResult]):
 
     def card(self) -> ModelCard | None:
         return get_card(self.model) if self.model else None
-
-    def spec(self) -> PreprocessSpec:
-        return spec_from_dict(self.preprocess)
 
 
 class EvaluateManyJob(Job[EvaluateManyResult]):
@@ -284,7 +281,7 @@ class ReferenceJob(Job[ReferenceResult]):
 class DecodeJob(Job[DecodeDone]):
     """The decode pool's work for a decoder that runs in a framework's worker (nvjpeg): a spec and its chunks."""
 
-    spec: dict[str, Any]
+    spec: PreprocessSpec
     chunks: list[DecodeChunk]
 
 

@@ -67,7 +67,7 @@ class WorkerDecodePool:
 
         framework = self.spec.decode_worker
         try:
-            job = (WindowDecodeJob if framework == "tensorflow" else DecodeJob)(spec=self.spec.to_dict(),
+            job = (WindowDecodeJob if framework == "tensorflow" else DecodeJob)(spec=self.spec,
                                                                                  chunks=self.chunks)
             run_worker(framework, job, on_event=on_event, on_start=on_start)
             failure: BaseException = RuntimeError(f"the {framework} decode worker ended without decoding every chunk")

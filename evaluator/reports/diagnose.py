@@ -16,6 +16,7 @@ from xfverify.evaluator.process.tasks import DeviceInfo, FrameworkInfo
 from xfverify.evaluator.reports.page import STYLE, svg, thumbnail
 from xfverify.evaluator.reports.run import DatasetInfo, PublishedInfo
 from xfverify.models.imagenet import class_name
+from xfverify.models.preprocess import PreprocessSpec
 from xfverify.models.user_input import shown, shown_lines
 from xfverify.models.variants import RUNTIME
 
@@ -45,7 +46,7 @@ class VariantRow(_Strict):
     why: str
     base: Optional[str]
     overrides: dict[str, Any]
-    spec: dict[str, Any]
+    spec: PreprocessSpec
     geometry_key: str
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     precision: PrecisionBlock = Field(description="what the pass actually ran at: its back-end's precision block")

@@ -6,7 +6,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +24,7 @@ from xfverify.evaluator.process.tasks import (
     RuntimeInfo,
 )
 from xfverify.models.imagenet import class_name
+from xfverify.models.preprocess import PreprocessSpec
 from xfverify.models.user_input import shown, shown_lines
 
 REPORT_VERSION = 1
@@ -86,7 +87,7 @@ class NativeReport(BaseModel):
     device: DeviceInfo
     precision: PrecisionBlock
     weights: WeightsBlock
-    preprocess: dict[str, Any]
+    preprocess: PreprocessSpec
     dataset: DatasetInfo
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     # None in reports of earlier versions, which a run comparing with them refuses (nothing binds their files)
@@ -219,7 +220,7 @@ def summary_rows(report: NativeReport) -> list[tuple[str, str]]:
         ("model", report.model + ("  [RANDOM WEIGHTS]" if report.random_weights else "")),
         ("framework", f"{report.framework.name} {report.framework.version}"),
         ("device / precision", f"{report.device.name or report.device.type} / {report.precision.requested}"),
-        ("preprocess", report.preprocess["name"]),
+        ("preprocess", report.preprocess.name),
         ("images scored", f"{report.n_scored} of {report.dataset.n_images} ({report.dataset.layout})"),
         ("top-1 error %", f"{_fmt(report.top1_error)}" + (f"  (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")),
         ("top-5 error %", _fmt(report.top5_error)),
@@ -300,7 +301,7 @@ def write_markdown(path: Path, report: NativeReport, rows: list[Prediction]) -> 
         lines += ["> **RANDOM WEIGHTS: these numbers say nothing about the pretrained model.**", ""]
     lines += ["| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary_rows(report)]
-    lines += ["", "## Preprocessing (resolved)", "", "```json", json.dumps(report.preprocess, indent=2), "```"]
+    lines += ["", "## Preprocessing (resolved)", "", "```json", json.dumps(report.preprocess.to_dict(), indent=2), "```"]
     if report.timing.timeline_s:
         lines += ["", "## Where the time went", "", "Seconds since the run began when each phase ended "
                   "(decoding and the framework worker run side by side):", ""]

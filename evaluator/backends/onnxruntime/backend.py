@@ -122,13 +122,13 @@ class OnnxRuntimeBackend(Backend, CapturesIntermediates):
         if providers.mode == "cuda":
             options.add_session_config_entry(NO_FALLBACK, "1")
         file_input, source = None, path
-        if providers.device_fed and job.spec().keeps_float:
+        if providers.device_fed and job.preprocess.keeps_float:
             # The uint8 feed gathers from the table; float32 images are fed from the host, hashed there.
             providers = dataclasses.replace(providers, device_fed=False)
             device.notes.append("ONNX Runtime was fed float32 tensors from the host: the cache keeps TensorFlow's "
                                 "resized floats for this preprocessing, and the device feed takes uint8 images")
         if providers.device_fed:
-            file_input, source = _uint8_fed_model(path, job.spec(), tuple(job.hw))
+            file_input, source = _uint8_fed_model(path, job.preprocess, tuple(job.hw))
         session = _session(source, options, providers, path)
         ran = session.get_providers()
         if (ran[0] == CUDA) != (device.type == "cuda"):

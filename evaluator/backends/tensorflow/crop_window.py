@@ -29,7 +29,7 @@ from xfverify.evaluator.data.imaging import (
 )
 from xfverify.evaluator.process.events import Decoded, emit
 from xfverify.evaluator.process.tasks import DecodeDone, WindowDecodeJob
-from xfverify.models.preprocess import PreprocessSpec, spec_from_dict
+from xfverify.models.preprocess import PreprocessSpec
 
 _TF_DECODES = ("YCbCr", "Gray")  # JPEG colour spaces decoded as TensorFlow decodes them (CMYK goes through PIL)
 
@@ -56,7 +56,7 @@ def decode_window(path: str, spec: PreprocessSpec) -> tuple[np.ndarray, str | No
 
 def decode_tensorflow_window(request: WindowDecodeJob, workdir: Path) -> DecodeDone:
     """Decode every chunk of the job into its shard's rows; one ``decoded`` event per chunk."""
-    spec = spec_from_dict(request.spec)
+    spec = request.spec
     # Decoding is CPU work: a GPU TensorFlow initialised would take the memory the evaluating worker needs.
     tf.config.set_visible_devices([], "GPU")
     shards: dict[str, np.ndarray] = {}

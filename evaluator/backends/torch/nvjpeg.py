@@ -29,7 +29,6 @@ from xfverify.evaluator.data.imaging import (
 from xfverify.evaluator.process.tasks import DecodeDone, DecodeJob
 from xfverify.evaluator.process.events import Decoded, emit
 from xfverify.models.errors import UserError
-from xfverify.models.preprocess import spec_from_dict
 
 def decode_device() -> torch.device:
     """cuda (nvJPEG), or the CPU where ``XFVERIFY_NVJPEG_DEVICE=cpu`` asks for it; one line without a GPU."""
@@ -43,7 +42,7 @@ def decode_device() -> torch.device:
 
 def decode_nvjpeg(request: DecodeJob, workdir: Path) -> DecodeDone:
     """Decode every chunk of the job into its shard's rows; one ``decoded`` event per chunk."""
-    spec = spec_from_dict(request.spec)
+    spec = request.spec
     device = decode_device()
     shards: dict[str, np.ndarray] = {}
     for index, chunk in enumerate(request.chunks):
