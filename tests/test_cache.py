@@ -410,3 +410,31 @@ def test_a_digests_file_changed_by_one_digit_is_damaged_and_made_again(tmp_path,
     digest_file.write_text(json.dumps(damaged))
     assert _stored(cache, cached, SPEC) == [None]
     _assert_digests_made_again(cache, records, digest_file, payload)
+
+
+def test_sidecars_and_digests_are_written_as_before_and_a_cache_built_before_is_reused(tmp_path):
+    """The cache's files are typed (ShardSidecar, DigestsFile) with their bytes unchanged: the dicts the cache wrote
+    before, through json.dumps, rows of bad images as strings; such a cache is reused as it is."""
+    from xfverify.evaluator.cache.shards import checksum
+
+    root = make_images(tmp_path / "d", 6)
+    broken_images(root)
+    dataset = load_dataset(root)
+    cache = TensorCache(tmp_path / "cache", SPEC, shard_size=4)
+    cached, _ = cache.ensure(dataset.records, workers=1)
+    starts = range(0, len(dataset.records), 4)
+    for start, shard in zip(starts, map(Path, cached.shard_paths)):
+        records = dataset.records[start : start + 4]
+        old_sidecar = {"format": 2, "n": len(records), "image_ids": [r.image_id for r in records],
+                       "bad": {str(b.index - start): b.reason for b in cached.bad if start <= b.index < start + 4},
+                       "caveats": {}, "xxh3_128": checksum(np.load(shard))}
+        assert shard.with_suffix(".json").read_text() == json.dumps(old_sidecar)
+        (digests,) = shard.parent.glob(f"{shard.stem}.fed-*.digests")
+        payload = json.loads(digests.read_text())
+        assert list(payload) == ["format", "normalisation", "table_sha256", "channel_order", "layout",
+                                 "shard_xxh3_128", "n", "sha256", "checks", "records_sha256"]
+        assert digests.read_text() == json.dumps(payload)
+    assert sum(bool(json.loads(Path(s).with_suffix(".json").read_text())["bad"]) for s in cached.shard_paths) >= 1
+    again, stats = TensorCache(tmp_path / "cache", SPEC, shard_size=4).ensure(dataset.records, workers=1)
+    assert (stats.decoded, stats.digested, stats.reused_shards) == (0, 0, 3)
+    assert again.bad == cached.bad and np.array_equal(read_all(again), read_all(cached))

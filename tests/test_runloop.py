@@ -11,6 +11,7 @@ import pytest
 from xfverify.evaluator.backends import runloop
 from xfverify.evaluator.backends.steps import DeviceBatch, DeviceFedStep, HostBatch, HostFedStep, PendingBatch
 from xfverify.evaluator.cache.digests import ensure_digests, fed_checksums
+from xfverify.evaluator.cache.shards import ShardSidecar
 from xfverify.evaluator.data.normalise import normalise
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PRESETS
@@ -60,7 +61,7 @@ def _shards(tmp_path, sizes, hw=(224, 224)) -> list[str]:
     for i, n in enumerate(sizes):
         path = tmp_path / f"s{i}.npy"
         np.save(path, rng.integers(0, 256, (n, *hw, 3), dtype=np.uint8))
-        path.with_suffix(".json").write_text(json.dumps({"image_ids": [f"img{i}-{j}" for j in range(n)]}))
+        path.with_suffix(".json").write_text(ShardSidecar.of(np.load(path), [f"img{i}-{j}" for j in range(n)]).to_json())
         shards.append(str(path))
     return shards
 

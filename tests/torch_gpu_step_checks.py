@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from xfverify.evaluator.backends import runloop
 from xfverify.evaluator.cache.digests import ensure_digests, fed_checksums
+from xfverify.evaluator.cache.shards import ShardSidecar
 from xfverify.evaluator.backends.feeding import out_of_memory_is_a_user_error
 from xfverify.evaluator.backends.torch.backend import _is_out_of_memory
 from xfverify.evaluator.backends.torch.steps import CpuStep, CudaStep, FedChecksums, TorchSettings, device_normaliser
@@ -144,7 +145,7 @@ def write_shards(workdir: Path) -> list[str]:
     for i, n in enumerate((23, 18)):  # batches of 8 straddle the shard boundary; the last batch is partial
         path = workdir / f"shard{i}.npy"
         np.save(path, rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
-        path.with_suffix(".json").write_text(json.dumps({"image_ids": [f"s{i}-{j}" for j in range(n)]}))
+        path.with_suffix(".json").write_text(ShardSidecar.of(np.load(path), [f"s{i}-{j}" for j in range(n)]).to_json())
         paths.append(str(path))
     ensure_digests(paths, PRESETS["keras-caffe"])  # what the tensor cache stores beside its shards
     return paths
@@ -166,7 +167,7 @@ def float_images_are_fed_as_on_the_cpu(model, settings, workdir: Path) -> None:
     for i, n in enumerate((23, 18)):
         path = workdir / f"float{i}.npy"
         np.save(path, cached_images(rng, (n, 32, 32, 3), spec))
-        path.with_suffix(".json").write_text(json.dumps({"image_ids": [f"f{i}-{j}" for j in range(n)]}))
+        path.with_suffix(".json").write_text(ShardSidecar.of(np.load(path), [f"f{i}-{j}" for j in range(n)]).to_json())
         shards.append(str(path))
     ensure_digests(shards, spec)
     reference, reference_logits = run(CpuStep(model, settings), shards, workdir, "float-cpu", spec)

@@ -110,7 +110,7 @@ def run_fed(job: EvaluateJob, spec: PreprocessSpec, step: Step, workdir: Path, d
             progress=progress_emitter(), device_name=device_name, digests_stored=job.digests_stored,
             model_name=job.onnx_path or job.model or "the model",
         )
-    return result, LoopTiming(**result.timing(), warmup_s=round(warmup_s, 3))
+    return result, result.timing(warmup_s)
 
 
 def receive_data(job: EvaluateJob, poll_s: float = 0.005) -> EvaluateJob:

@@ -35,6 +35,7 @@ from xfverify.evaluator.data.normalise import image_digests, normalisation_lut, 
 from xfverify.evaluator.cache.shards import iter_shard_batches
 from xfverify.evaluator.process.events import milestone
 from xfverify.evaluator.process.names import DEVICE_CHECKSUMS, HASHED_ON_HOST
+from xfverify.evaluator.process.tasks import LoopTiming
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 
@@ -52,20 +53,21 @@ class LoopResult:
     tensor_proof: str
     steady_images_per_s: float | None = None
 
-    def timing(self) -> dict[str, Any]:
+    def timing(self, warmup_s: float) -> LoopTiming:
         """The report's ``timing`` block (the first batch, which pays for warm-up, is left out of mean/std)."""
         steady = self.batch_ms[1:] if len(self.batch_ms) > 2 else self.batch_ms
-        return {
-            "wall_s": round(self.wall_s, 4),
-            "data_wait_s": round(self.data_wait_s, 4),
-            "compute_s": round(self.compute_s, 4),
-            "images_per_s": round(self.n_images / self.wall_s, 2) if self.wall_s > 0 else None,
-            "steady_images_per_s": round(self.steady_images_per_s, 2) if self.steady_images_per_s else None,
-            "batch_ms_mean": round(statistics.fmean(steady), 3) if steady else None,
-            "batch_ms_std": round(statistics.pstdev(steady), 3) if len(steady) > 1 else 0.0,
-            "n_batches": len(self.batch_ms),
-            "first_batch_ms": round(self.batch_ms[0], 3) if self.batch_ms else None,
-        }
+        return LoopTiming(
+            wall_s=round(self.wall_s, 4),
+            data_wait_s=round(self.data_wait_s, 4),
+            compute_s=round(self.compute_s, 4),
+            images_per_s=round(self.n_images / self.wall_s, 2) if self.wall_s > 0 else None,
+            steady_images_per_s=round(self.steady_images_per_s, 2) if self.steady_images_per_s else None,
+            batch_ms_mean=round(statistics.fmean(steady), 3) if steady else None,
+            batch_ms_std=round(statistics.pstdev(steady), 3) if len(steady) > 1 else 0.0,
+            n_batches=len(self.batch_ms),
+            first_batch_ms=round(self.batch_ms[0], 3) if self.batch_ms else None,
+            warmup_s=round(warmup_s, 3),
+        )
 
 
 def _prepare(u8: np.ndarray, spec: PreprocessSpec, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
@@ -133,6 +135,84 @@ class _Prefetcher:
 TENSOR_PROOF = {"host": HASHED_ON_HOST, "device": DEVICE_CHECKSUMS}
 
 
+@dataclass
+class _InFlight:
+    """A batch handed to the step: its first index and size, what the step returned (a :class:`PendingBatch` when
+    fed on a device), when it returned (a synchronous step), and the stored records and ids it is checked against."""
+
+    first: int
+    count: int
+    handle: Any
+    returned_at: float | None = None
+    stored: tuple[np.ndarray, np.ndarray] | None = None
+
+
+class _Collector:
+    """Each batch's results as they come in: logits in manifest order, the digests of what was fed, the timings."""
+
+    def __init__(self, logits: np.ndarray, n_images: int, num_classes: int, device_name: str, model_name: str,
+                 progress: Callable[[int, int], None] | None):
+        self.logits, self.n_images, self.num_classes = logits, n_images, num_classes
+        self.device_name, self.model_name, self.progress = device_name, model_name, progress
+        self.digests: list[Sequence[bytes]] = []  # per batch, in order: what host feeding hashed, or the stored digests
+        self.batch_ms: list[float] = []
+        self.finished: list[tuple[float, int]] = []  # when each batch's results were in, and its size (steady rate)
+        self.done = 0
+
+    def collect(self, batch: _InFlight) -> None:
+        if isinstance(batch.handle, PendingBatch):  # device feeding: what was fed must be what the cache has digests of
+            out, ms, fed_checks = batch.handle.result()
+            records, image_ids = batch.stored
+            check_fed(fed_checks, records, image_ids, batch.first, self.device_name)
+            self.digests.append([bytes(digest) for digest in records["sha256"]])
+        else:
+            out, ms = batch.handle
+        count, classes = batch.count, self.num_classes
+        if np.shape(out) != (count, classes):
+            raise UserError(f"{self.model_name}: its output for a batch of {count} images has shape "
+                            f"{list(np.shape(out))}, not [{count}, {classes}]: xfverify scores one row of {classes} "
+                            "class scores per image; export the model with a batch dimension that follows its input's")
+        self.logits[batch.first : batch.first + count] = out
+        self.batch_ms.append(ms)
+        self.done += count
+        self.finished.append((batch.returned_at or time.perf_counter(), count))  # a synchronous step: when it returned
+        if len(self.finished) == 1:
+            milestone("first_batch_done")
+        if self.progress:
+            self.progress(self.done, self.n_images)
+
+    def tensors_sha256(self) -> str:
+        """The sha256 of every fed image's sha256, in manifest order."""
+        total = hashlib.sha256()
+        for batch in self.digests:
+            for digest in batch:
+                total.update(digest)
+        return total.hexdigest()
+
+    def steady_images_per_s(self) -> float | None:
+        """Images after the first batch (which pays for warm-up) over the time they took."""
+        if len(self.finished) < 3:
+            return None
+        return (self.done - self.finished[0][1]) / max(self.finished[-1][0] - self.finished[0][0], 1e-9)
+
+
+def _batches(shard_paths: Sequence[str], batch_size: int, spec: PreprocessSpec, step: Step, threads: int,
+             wait_for_shards: bool, digests_stored: bool) -> Iterator[tuple[int, Any, np.ndarray | None, Any]]:
+    """(first index, the batch for the step, the float32 tensors (host feeding), the fingerprint): for host feeding
+    the digests the loader hashed, for device feeding the stored records and ids, checked on collection."""
+    if isinstance(step, HostFedStep):
+        return prepared_batches(shard_paths, batch_size, spec, threads, wait_for_shards)
+    if isinstance(step, DeviceFedStep):
+        return (
+            (start, step.stage(u8), None, (records, ids))
+            for (start, u8), (_, records, ids) in zip(
+                iter_shard_batches(shard_paths, batch_size, wait=wait_for_shards),
+                stored_batches(shard_paths, batch_size, spec, wait=wait_for_shards, compute_missing=not digests_stored),
+            )
+        )
+    raise TypeError(f"a step is a HostFedStep or a DeviceFedStep, not a {type(step).__name__}")
+
+
 def run_loop(
     shard_paths: Sequence[str],
     n_images: int,
@@ -160,87 +240,41 @@ def run_loop(
     """
     threads = threads or max(1, min(8, (os.cpu_count() or 2) - 1))
     logits = allocated_npy(Path(logits_path), np.float32, (n_images, num_classes), "free space there, or choose another --out")
-    digests: list[Sequence[bytes]] = []  # per batch, in order: what host feeding hashed, or the stored digests
-    batch_ms: list[float] = []
-    data_wait = 0.0
-    done = 0
-    # per batch: first index, images, what the step returned, when (a synchronous step) and the stored digests
-    inflight: deque[tuple[int, int, Any, float | None, Any]] = deque()
-    finished: list[tuple[float, int]] = []  # when each batch's results were in, and its size (steady rate)
-
-    def collect(item: tuple[int, int, Any, float | None, Any]) -> None:
-        nonlocal done
-        first, count, handle, returned_at, stored = item
-        if isinstance(handle, PendingBatch):  # device feeding: what was fed must be what the cache stored digests of
-            out, ms, fed_checks = handle.result()
-            records, image_ids = stored
-            check_fed(fed_checks, records, image_ids, first, device_name)
-            digests.append([bytes(digest) for digest in records["sha256"]])
-        else:
-            out, ms = handle
-        if np.shape(out) != (count, num_classes):
-            raise UserError(f"{model_name}: its output for a batch of {count} images has shape {list(np.shape(out))}, "
-                            f"not [{count}, {num_classes}]: xfverify scores one row of {num_classes} class scores per "
-                            "image; export the model with a batch dimension that follows its input's")
-        logits[first : first + count] = out
-        batch_ms.append(ms)
-        done += count
-        finished.append((returned_at or time.perf_counter(), count))  # a synchronous step ended when it returned
-        if len(finished) == 1:
-            milestone("first_batch_done")
-        if progress:
-            progress(done, n_images)
-
-    if isinstance(step, HostFedStep):
-        source: Iterator = prepared_batches(shard_paths, batch_size, spec, threads, wait_for_shards)
-    elif isinstance(step, DeviceFedStep):
-        source = (
-            (start, step.stage(u8), None, (records, ids))
-            for (start, u8), (_, records, ids) in zip(
-                iter_shard_batches(shard_paths, batch_size, wait=wait_for_shards),
-                stored_batches(shard_paths, batch_size, spec, wait=wait_for_shards, compute_missing=not digests_stored),
-            )
-        )
-    else:
-        raise TypeError(f"a step is a HostFedStep or a DeviceFedStep, not a {type(step).__name__}")
+    results = _Collector(logits, n_images, num_classes, device_name, model_name, progress)
+    source = _batches(shard_paths, batch_size, spec, step, threads, wait_for_shards, digests_stored)
     if progress:
         progress(0, n_images)
+    data_wait = 0.0
+    inflight: deque[_InFlight] = deque()
     started = time.perf_counter()
     batches = _Prefetcher(source, depth=3 if isinstance(step, DeviceFedStep) else 2)
     while True:
         wait_start = time.perf_counter()
         try:
-            # host: the digests the loader hashed; device: the stored records and ids, checked on collection
             first, u8, tensors, fingerprint = next(batches)
         except StopIteration:
             break
         data_wait += time.perf_counter() - wait_start
-        if isinstance(step, DeviceFedStep):
-            inflight.append((first, len(u8), step.launch(u8), None, fingerprint))
+        if isinstance(step, DeviceFedStep):  # launched now, collected once the next one is launched
+            inflight.append(_InFlight(first, len(u8), step.launch(u8), stored=fingerprint))
         else:
-            digests.append(fingerprint)
-            inflight.append((first, len(u8), step.run(tensors), time.perf_counter(), None))
+            results.digests.append(fingerprint)
+            inflight.append(_InFlight(first, len(u8), step.run(tensors), returned_at=time.perf_counter()))
         if len(inflight) > 1:
-            collect(inflight.popleft())
+            results.collect(inflight.popleft())
     while inflight:
-        collect(inflight.popleft())
-    total = hashlib.sha256()
-    for batch in digests:
-        for digest in batch:
-            total.update(digest)
+        results.collect(inflight.popleft())
+    tensors_sha256 = results.tensors_sha256()
     wall = time.perf_counter() - started
     milestone("last_batch_done")
     logits.flush()
-    steady = None
-    if len(finished) >= 3:  # images after the first batch (which pays for warm-up) over the time they took
-        steady = (done - finished[0][1]) / max(finished[-1][0] - finished[0][0], 1e-9)
     return LoopResult(
-        steady_images_per_s=steady,
-        n_images=done,
+        steady_images_per_s=results.steady_images_per_s(),
+        n_images=results.done,
         wall_s=wall,
         data_wait_s=data_wait,
-        compute_s=sum(batch_ms) / 1000.0,
-        batch_ms=batch_ms,
-        tensors_sha256=total.hexdigest(),
+        compute_s=sum(results.batch_ms) / 1000.0,
+        batch_ms=results.batch_ms,
+        tensors_sha256=tensors_sha256,
         tensor_proof=TENSOR_PROOF[step.feed],
     )

@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
+
 from xfverify.evaluator.system.files import atomic_write_text
 from xfverify.evaluator.data.normalise import image_digests, normalisation_lut, normalise
-from xfverify.evaluator.cache.shards import checksum, consecutive_batches, sidecar_path, wait_for_file
+from xfverify.evaluator.cache.shards import checksum, consecutive_batches, read_sidecar, sidecar_path, wait_for_file
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 from xfverify.models.user_input import cached_json
@@ -100,37 +102,54 @@ def remove_digests(shard_path: str | Path) -> None:
         path.unlink(missing_ok=True)
 
 
+class DigestsFile(BaseModel):
+    """A ``.digests`` file: one shard's records under one normalisation, bound to the shard's data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: int
+    normalisation: str
+    table_sha256: str
+    channel_order: str
+    layout: str
+    shard_xxh3_128: str
+    n: int
+    sha256: list[str]
+    checks: list[list[int]]
+    records_sha256: str
+
+
 def write_digests(shard_path: str | Path, normalisation: FedNormalisation, records: np.ndarray, shard_xxh3: str) -> None:
     """Store a shard's records atomically, bound to the shard's checksum (digests of other data are never used)."""
     spec = normalisation.spec
-    payload = {
-        "format": FORMAT_VERSION,
-        "normalisation": normalisation.key,
-        "table_sha256": hashlib.sha256(normalisation.lut.tobytes()).hexdigest(),
-        "channel_order": spec.channel_order,
-        "layout": spec.layout,
-        "shard_xxh3_128": shard_xxh3,
-        "n": len(records),
-        "sha256": [bytes(r).hex() for r in records["sha256"]],
-        "checks": records["checks"].tolist(),
-        "records_sha256": hashlib.sha256(records.tobytes()).hexdigest(),
-    }
-    atomic_write_text(digests_path(shard_path, normalisation.key), json.dumps(payload))
+    payload = DigestsFile(
+        format=FORMAT_VERSION,
+        normalisation=normalisation.key,
+        table_sha256=hashlib.sha256(normalisation.lut.tobytes()).hexdigest(),
+        channel_order=spec.channel_order,
+        layout=spec.layout,
+        shard_xxh3_128=shard_xxh3,
+        n=len(records),
+        sha256=[bytes(r).hex() for r in records["sha256"]],
+        checks=records["checks"].tolist(),
+        records_sha256=hashlib.sha256(records.tobytes()).hexdigest(),
+    )
+    atomic_write_text(digests_path(shard_path, normalisation.key), json.dumps(payload.model_dump()))
 
 
 def read_digests(shard_path: str | Path, key: str, n: int, shard_xxh3: str | None) -> np.ndarray | None:
     """A shard's records under the normalisation ``key``, or None when missing, unreadable or not this shard's."""
     try:
-        payload = cached_json(digests_path(shard_path, key))
-        if (not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or payload.get("normalisation") != key or payload.get("n") != n
-                or (shard_xxh3 is not None and payload.get("shard_xxh3_128") != shard_xxh3)):
+        payload = DigestsFile.model_validate(cached_json(digests_path(shard_path, key)))
+        if (payload.format != FORMAT_VERSION or payload.normalisation != key or payload.n != n
+                or (shard_xxh3 is not None and payload.shard_xxh3_128 != shard_xxh3)):
             return None
         records = np.empty(n, dtype=RECORD)
-        records["sha256"] = np.frombuffer(bytes.fromhex("".join(payload["sha256"])), dtype=np.uint8).reshape(n, 32)
-        records["checks"] = np.asarray(payload["checks"], dtype=np.int64).reshape(n, 2)
-        if payload.get("records_sha256") != hashlib.sha256(records.tobytes()).hexdigest():
+        records["sha256"] = np.frombuffer(bytes.fromhex("".join(payload.sha256)), dtype=np.uint8).reshape(n, 32)
+        records["checks"] = np.asarray(payload.checks, dtype=np.int64).reshape(n, 2)
+        if payload.records_sha256 != hashlib.sha256(records.tobytes()).hexdigest():
             return None
-    except (OSError, ValueError, KeyError, TypeError, OverflowError):  # a damaged file: made again
+    except (OSError, ValueError, TypeError, OverflowError):  # a damaged file (ValidationError too): made again
         return None
     return records
 
@@ -143,17 +162,13 @@ def ensure_digests(shard_paths: Sequence[str], spec: PreprocessSpec) -> None:
     normalisation = FedNormalisation.of(spec)
     for path in shard_paths:
         data = np.load(path, mmap_mode="r")
-        xxh3 = _sidecar(path).get("xxh3_128")
+        sidecar = read_sidecar(path)
+        xxh3 = sidecar.xxh3_128 if sidecar else None
         if read_digests(path, normalisation.key, len(data), xxh3) is None:
             xxh3 = xxh3 or checksum(data)
             records = np.concatenate([fed_records(np.asarray(data[i : i + 64]), normalisation)
                                       for i in range(0, len(data), 64)]) if len(data) else np.empty(0, RECORD)
             write_digests(path, normalisation, records, xxh3)
-
-
-def _sidecar(shard_path: str | Path) -> dict:
-    payload = cached_json(sidecar_path(shard_path))
-    return payload if isinstance(payload, dict) else {}
 
 
 def stored_batches(
@@ -175,13 +190,13 @@ def stored_batches(
                 ensure_digests([path], spec)
             elif wait:
                 wait_for_file(digests_path(path, key))
-            sidecar = _sidecar(path)
+            sidecar = read_sidecar(path)
             n = len(np.load(path, mmap_mode="r"))
-            records = read_digests(path, key, n, sidecar.get("xxh3_128"))
+            records = read_digests(path, key, n, sidecar.xxh3_128 if sidecar else None)
             if records is None:
                 raise RuntimeError(f"{digests_path(path, key)}: missing, or not the digests of {path} (a bug of the "
                                    "cache: it stores them before a worker reads the shard)")
-            ids = sidecar.get("image_ids") or [None] * n
+            ids = (sidecar.image_ids if sidecar else None) or [None] * n
             yield records, np.array(ids, dtype=object)
 
     for start, (records, ids) in consecutive_batches(shards(), batch_size):

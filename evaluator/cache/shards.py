@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import xxhash
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from xfverify.models.user_input import cached_json
+
+FORMAT_VERSION = 2  # of the tensor cache (part of its folder's name) and its sidecars; 2: sidecars list decode caveats
 
 
 def checksum(array: np.ndarray) -> str:
@@ -28,6 +34,43 @@ def wait_for_file(path: Path, poll_s: float = 0.01) -> None:
 def sidecar_path(shard_path: str | Path) -> Path:
     """A shard's sidecar (written last, after the data is in place)."""
     return Path(shard_path).with_suffix(".json")
+
+
+class ShardSidecar(BaseModel):
+    """A shard's sidecar, ``<key>.json``: what the shard holds, written last (it publishes the shard)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: int
+    n: int
+    image_ids: list[str]
+    bad: dict[int, str] = Field(description="row -> why its image could not be decoded (the row is zeros)")
+    caveats: dict[int, str] = Field(description="row -> a note on its image's faithful decode")
+    xxh3_128: str = Field(description="of the shard's data (:func:`checksum`)")
+
+    @classmethod
+    def of(cls, data: np.ndarray, image_ids: Sequence[str], bad: dict[int, str] | None = None,
+           caveats: dict[int, str] | None = None) -> "ShardSidecar":
+        """The sidecar of a shard's data (its images, in order) with these ids."""
+        return cls(format=FORMAT_VERSION, n=len(data), image_ids=list(image_ids), bad=bad or {}, caveats=caveats or {},
+                   xxh3_128=checksum(data))
+
+    def to_json(self) -> str:
+        """The file's text (the keys in this order, rows as strings: as the cache has always written it)."""
+        return json.dumps(self.model_dump(mode="json"))
+
+    @classmethod
+    def parse(cls, payload: object) -> "ShardSidecar | None":
+        """A sidecar from its file's JSON, or None when that is not one."""
+        try:
+            return cls.model_validate(payload)
+        except ValidationError:
+            return None
+
+
+def read_sidecar(shard_path: str | Path) -> ShardSidecar | None:
+    """A shard's sidecar, or None when it is missing, not a regular file, or not a sidecar."""
+    return ShardSidecar.parse(cached_json(sidecar_path(shard_path)))
 
 
 def consecutive_batches(

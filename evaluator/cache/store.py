@@ -39,7 +39,7 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from xfverify.evaluator.data.layouts import ImageRecord
@@ -55,7 +55,7 @@ from xfverify.evaluator.cache.decoding import decode_chunk, digest_chunk, init_d
 from xfverify.evaluator.cache.starting import pool_context
 from xfverify.evaluator.system.files import allocated_npy, atomic_write_text, ensure_room, owned_subfolder
 from xfverify.evaluator.system.locks import ShardLock
-from xfverify.evaluator.cache.shards import checksum, iter_shard_batches
+from xfverify.evaluator.cache.shards import FORMAT_VERSION, ShardSidecar, checksum, iter_shard_batches
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 from xfverify.models.user_input import cached_json, is_regular
@@ -64,7 +64,6 @@ SHARD_SIZE = 512
 _NO_ROOM_FIX = ("free space there, or put the cache on a larger disk (--cache-dir or $XFVERIFY_CACHE); "
                 "finished shards are kept")
 CHUNK_SIZE = 16
-FORMAT_VERSION = 2  # 2: sidecars list decode caveats
 # A decode pool for a spec that decodes in a framework's worker (spec.decode_worker), made from the spec, the CPU
 # pool (for everything else) and the normalisation keys: submit(function, *args) -> Future, start(),
 # shutdown(wait, cancel_futures), as ProcessPoolExecutor's.
@@ -139,7 +138,7 @@ class CachePlan:
     plans: list[ShardPlan]
     normalisations: list[FedNormalisation] = field(default_factory=list)
     todo: list[ShardPlan] = field(default_factory=list)
-    sidecars: dict[str, dict] = field(default_factory=dict)
+    sidecars: dict[str, ShardSidecar] = field(default_factory=dict)
     stats: BuildStats = field(default_factory=BuildStats)
     undigested: dict[str, list[str]] = field(default_factory=dict)
 
@@ -147,6 +146,43 @@ class CachePlan:
     def pending(self) -> bool:
         """Whether a reader must wait: shards to build, or digests to compute."""
         return bool(self.todo or self.undigested)
+
+
+class _Chunk(NamedTuple):
+    """Rows ``row..row + count`` of the shard ``key``, submitted to the decode pool."""
+
+    key: str
+    row: int
+    count: int
+
+
+@dataclass
+class _ShardWork:
+    """A shard the pool works on: decoded into ``tmp`` with its digests, or (``tmp`` None) an intact shard given
+    the digests it lacks; filled in chunk by chunk."""
+
+    plan: ShardPlan
+    tmp: Path | None
+    records: dict[str, np.ndarray]  # normalisation key -> the fed tensors' records, one per image
+    chunks_left: int = 0
+    bad: dict[int, str] = field(default_factory=dict)  # row -> why it could not be decoded
+    caveats: dict[int, str] = field(default_factory=dict)  # row -> a note on its decode
+
+    def add(self, chunk: _Chunk, result: Any) -> None:
+        """A finished chunk: its records, and (decoded) its bad images and caveats."""
+        if self.tmp is None:
+            chunk_records = result
+        else:
+            bad, caveats, chunk_records = result
+            self.bad.update(bad)
+            self.caveats.update(caveats)
+        for key, records in chunk_records.items():
+            self.records[key][chunk.row : chunk.row + chunk.count] = records
+        self.chunks_left -= 1
+
+
+def _empty_records(plan: ShardPlan, keys: Iterable[str]) -> dict[str, np.ndarray]:
+    return {key: np.empty(len(plan.records), RECORD) for key in keys}
 
 
 @dataclass(frozen=True)
@@ -234,34 +270,34 @@ class TensorCache:
         return shards / f"{key}.npy", shards / f"{key}.json"
 
     # -- verification
-    def load_valid(self, plan: ShardPlan) -> tuple[dict | None, str]:
+    def load_valid(self, plan: ShardPlan) -> tuple[ShardSidecar | None, str]:
         """(sidecar, "") when the shard is complete and intact, else (None, why not)."""
         data_path, meta_path = self._paths(plan.key)
         if not meta_path.exists():
             return None, "missing"
-        meta = cached_json(meta_path)
-        if not isinstance(meta, dict) or not is_regular(data_path):  # a FIFO or a device there is never opened
+        payload = cached_json(meta_path)
+        if not isinstance(payload, dict) or not is_regular(data_path):  # a FIFO or a device there is never opened
             return None, "unreadable (not a regular file, or not JSON)"
         try:
             data = np.load(data_path, mmap_mode="r")
         except (OSError, ValueError) as exc:
             return None, f"unreadable ({exc})"
-        expected_ids = [r.image_id for r in plan.records]
-        if meta.get("format") != FORMAT_VERSION or meta.get("image_ids") != expected_ids:
+        meta = ShardSidecar.parse(payload)
+        if meta is None or meta.format != FORMAT_VERSION or meta.image_ids != [r.image_id for r in plan.records]:
             return None, "its sidecar does not match the images"
         if data.shape != (len(plan.records), *self.hw, 3) or data.dtype != self.dtype:
             return None, f"{data.dtype} {data.shape} instead of {self.dtype} {(len(plan.records), *self.hw, 3)}"
-        if checksum(data) != meta.get("xxh3_128"):
+        if checksum(data) != meta.xxh3_128:
             return None, "checksum mismatch"
         return meta, ""
 
-    def _undigested(self, plan: ShardPlan, meta: dict, normalisations: Sequence[FedNormalisation]) -> list[str]:
+    def _undigested(self, plan: ShardPlan, meta: ShardSidecar, normalisations: Sequence[FedNormalisation]) -> list[str]:
         """The keys of ``normalisations`` under which this intact shard has no valid digests (stale ones are removed,
         so a reader that waits for them reads only the ones computed for this shard)."""
         data_path, _ = self._paths(plan.key)
         missing = []
         for normalisation in normalisations:
-            if read_digests(data_path, normalisation.key, len(plan.records), meta["xxh3_128"]) is None:
+            if read_digests(data_path, normalisation.key, len(plan.records), meta.xxh3_128) is None:
                 digests_path(data_path, normalisation.key).unlink(missing_ok=True)
                 missing.append(normalisation.key)
         return missing
@@ -286,7 +322,7 @@ class TensorCache:
         unique = {n.key: n for n in map(FedNormalisation.of, [self.spec] if normalisations is None else normalisations)}
         survey = CachePlan(plans=self.plan(records), normalisations=list(unique.values()))
 
-        def verdict(plan: ShardPlan) -> tuple[dict | None, str, list[str]]:
+        def verdict(plan: ShardPlan) -> tuple[ShardSidecar | None, str, list[str]]:
             meta, why = self.load_valid(plan)
             return meta, why, self._undigested(plan, meta, survey.normalisations) if meta is not None else []
 
@@ -337,7 +373,8 @@ class TensorCache:
         if survey.pending:
             sidecars.update(self._build(survey, workers, stop_on_bad, progress, stats, cancel))
         stats.seconds = time.perf_counter() - started
-        bad, caveats = _issues(survey.plans, sidecars, "bad"), _issues(survey.plans, sidecars, "caveats")
+        bad = _issues(survey.plans, sidecars, lambda sidecar: sidecar.bad)
+        caveats = _issues(survey.plans, sidecars, lambda sidecar: sidecar.caveats)
         if stop_on_bad and bad:
             raise BadImageError(bad[0].path, bad[0].reason)
         shards = [(plan, self._paths(plan.key)[0]) for plan in survey.plans]
@@ -368,13 +405,13 @@ class TensorCache:
         progress: Callable[[int, int], None] | None,
         stats: BuildStats,
         cancel: threading.Event | None = None,
-    ) -> dict[str, dict]:
+    ) -> dict[str, ShardSidecar]:
         stats.workers = max(1, workers or os.cpu_count() or 1)
         work = survey.todo + [plan for plan in survey.plans if plan.key in survey.undigested]
         counter = _Progress(sum(len(plan.records) for plan in work), progress)
         counter.advance(0)
         to_decode = {plan.key for plan in survey.todo}
-        results: dict[str, dict] = {}
+        results: dict[str, ShardSidecar] = {}
 
         def left(plans: list[ShardPlan]) -> tuple[list[ShardPlan], list[tuple[ShardPlan, list[str]]]]:
             return self._still_to_do(plans, to_decode, survey.normalisations, results, stats, counter)
@@ -403,7 +440,7 @@ class TensorCache:
         plans: list[ShardPlan],
         to_decode: set[str],
         normalisations: Sequence[FedNormalisation],
-        results: dict[str, dict],
+        results: dict[str, ShardSidecar],
         stats: BuildStats,
         counter: "_Progress",
     ) -> tuple[list[ShardPlan], list[tuple[ShardPlan, list[str]]]]:
@@ -433,114 +470,117 @@ class TensorCache:
         stats: BuildStats,
         stop_on_bad: bool,
         counter: "_Progress",
-        results: dict[str, dict],
+        results: dict[str, ShardSidecar],
         cancel: threading.Event | None = None,
     ) -> None:
         """Decode ``decode`` (with their digests) and compute the digests ``digest`` lacks, in a pool of processes."""
-        from xfverify.evaluator.data.imaging import BadImageError
-
         if not decode and not digest:
             return
         if cancel is not None and cancel.is_set():  # e.g. the worker failed during the survey
             raise BuildCancelled("the cache build was cancelled; finished shards are kept")
-        image_bytes = self.hw[0] * self.hw[1] * 3 * self.dtype.itemsize
         if decode:
+            image_bytes = self.hw[0] * self.hw[1] * 3 * self.dtype.itemsize
             ensure_room(self.directory / "shards", sum(len(p.records) for p in decode) * image_bytes, _NO_ROOM_FIX)
         by_key = {normalisation.key: normalisation for normalisation in normalisations}
-        pending: dict[str, dict] = {}
-        futures: dict[Future, tuple[str, int, int]] = {}
-        pool: Any = ProcessPoolExecutor(
-            max_workers=min(stats.workers, sum(len(p.records) for p in decode) + sum(len(p.records) for p, _ in digest)),
-            mp_context=pool_context(),
-            initializer=init_decode_process,
-            initargs=(self.spec, os.getpid(), [n.spec for n in normalisations]),
-        )
-        in_worker = self.spec.decode_worker is not None and bool(decode)
-        if in_worker:
-            if self.decoder_pool is None:
-                raise RuntimeError(f"{self.spec.name} decodes in a {self.spec.decode_worker} worker: the cache needs "
-                                   "its decoder_pool")
-            pool = self.decoder_pool(self.spec, pool, list(by_key))
+        pool, in_worker = self._open_pool(decode, digest, by_key, stats)
+        pending: dict[str, _ShardWork] = {}
         try:
-            for plan in decode:
-                data_path, _ = self._paths(plan.key)
-                tmp = data_path.with_name(f"{plan.key}.npy.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-                allocated_npy(tmp, self.dtype, (len(plan.records), *self.hw, 3), _NO_ROOM_FIX)
-                pending[plan.key] = {"plan": plan, "tmp": tmp, "left": 0, "bad": {}, "caveats": {},
-                                     "records": {key: np.empty(len(plan.records), RECORD) for key in by_key}}
-                for row in range(0, len(plan.records), CHUNK_SIZE):
-                    paths = [r.path for r in plan.records[row : row + CHUNK_SIZE]]
-                    futures[pool.submit(decode_chunk, str(tmp), row, paths)] = (plan.key, row, len(paths))
-                    pending[plan.key]["left"] += 1
-            for plan, keys in digest:
-                data_path, _ = self._paths(plan.key)
-                pending[plan.key] = {"plan": plan, "tmp": None, "left": 0,
-                                     "records": {key: np.empty(len(plan.records), RECORD) for key in keys}}
-                for row in range(0, len(plan.records), CHUNK_SIZE):
-                    count = min(CHUNK_SIZE, len(plan.records) - row)
-                    futures[pool.submit(digest_chunk, str(data_path), row, count, keys)] = (plan.key, row, count)
-                    pending[plan.key]["left"] += 1
+            futures = self._submit(pool, decode, digest, by_key, pending)
             if in_worker:  # every chunk is submitted: the worker can take them all
                 pool.start()
             while futures:
                 finished, _ = wait(futures, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    key, row, count = futures.pop(future)
-                    shard = pending[key]
-                    if shard["tmp"] is None:
-                        chunk_records = future.result()
-                    else:
-                        bad, caveats, chunk_records = future.result()
-                        shard["bad"].update((str(r), reason) for r, reason in bad)
-                        shard["caveats"].update((str(r), caveat) for r, caveat in caveats)
-                    for normalisation_key, records in chunk_records.items():
-                        shard["records"][normalisation_key][row : row + count] = records
-                    shard["left"] -= 1
-                    counter.advance(count)
-                    if shard["left"]:
-                        continue
-                    del pending[key]
-                    plan = shard["plan"]
-                    if shard["tmp"] is None:
-                        data_path, _ = self._paths(key)
-                        for normalisation_key, records in shard["records"].items():
-                            write_digests(data_path, by_key[normalisation_key], records, results[key]["xxh3_128"])
-                        stats.digested += len(plan.records)
-                        continue
-                    results[key] = self._commit(plan, shard["tmp"], shard["bad"], shard["caveats"],
-                                                [(by_key[k], records) for k, records in shard["records"].items()])
-                    stats.built_shards += 1
-                    stats.decoded += len(plan.records)
-                    if stop_on_bad and shard["bad"]:
-                        first, reason = min(shard["bad"].items(), key=lambda kv: int(kv[0]))
-                        raise BadImageError(plan.records[int(first)].path, reason)
+                    chunk = futures.pop(future)
+                    shard = pending[chunk.key]
+                    shard.add(chunk, future.result())
+                    counter.advance(chunk.count)
+                    if not shard.chunks_left:
+                        del pending[chunk.key]
+                        self._finish(shard, by_key, results, stats, stop_on_bad)
                 if cancel is not None and cancel.is_set():
                     raise BuildCancelled("the cache build was cancelled; finished shards are kept")
         finally:
             # Finished shards are committed; unfinished ones are dropped (a rerun resumes).
             pool.shutdown(wait=True, cancel_futures=True)
             for shard in pending.values():
-                if shard["tmp"] is not None:
-                    shard["tmp"].unlink(missing_ok=True)
+                if shard.tmp is not None:
+                    shard.tmp.unlink(missing_ok=True)
 
-    def _commit(self, plan: ShardPlan, tmp: Path, bad: dict[str, str], caveats: dict[str, str],
-                digests: Sequence[tuple[FedNormalisation, np.ndarray]]) -> dict:
+    def _open_pool(self, decode: list[ShardPlan], digest: list[tuple[ShardPlan, list[str]]],
+                   by_key: dict[str, FedNormalisation], stats: BuildStats) -> tuple[Any, bool]:
+        """The pool of decode processes, or, when shards are to be decoded by a framework's worker
+        (``spec.decode_worker``), that worker's pool over it; and whether it is the worker's (started once every
+        chunk is submitted)."""
+        n_images = sum(len(p.records) for p in decode) + sum(len(p.records) for p, _ in digest)
+        pool = ProcessPoolExecutor(
+            max_workers=min(stats.workers, n_images),
+            mp_context=pool_context(),
+            initializer=init_decode_process,
+            initargs=(self.spec, os.getpid(), [n.spec for n in by_key.values()]),
+        )
+        if self.spec.decode_worker is None or not decode:
+            return pool, False
+        if self.decoder_pool is None:
+            raise RuntimeError(f"{self.spec.name} decodes in a {self.spec.decode_worker} worker: the cache needs "
+                               "its decoder_pool")
+        return self.decoder_pool(self.spec, pool, list(by_key)), True
+
+    def _submit(self, pool: Any, decode: list[ShardPlan], digest: list[tuple[ShardPlan, list[str]]],
+                by_key: dict[str, FedNormalisation], pending: dict[str, "_ShardWork"]) -> dict[Future, "_Chunk"]:
+        """Every chunk of the shards to decode (each into a temporary file of its own) and of those to digest; each
+        shard's work is entered in ``pending`` as it is submitted."""
+        futures: dict[Future, _Chunk] = {}
+        for plan in decode:
+            data_path, _ = self._paths(plan.key)
+            tmp = data_path.with_name(f"{plan.key}.npy.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            allocated_npy(tmp, self.dtype, (len(plan.records), *self.hw, 3), _NO_ROOM_FIX)
+            shard = pending[plan.key] = _ShardWork(plan, tmp, _empty_records(plan, by_key))
+            for row in range(0, len(plan.records), CHUNK_SIZE):
+                paths = [r.path for r in plan.records[row : row + CHUNK_SIZE]]
+                futures[pool.submit(decode_chunk, str(tmp), row, paths)] = _Chunk(plan.key, row, len(paths))
+                shard.chunks_left += 1
+        for plan, keys in digest:
+            data_path, _ = self._paths(plan.key)
+            shard = pending[plan.key] = _ShardWork(plan, None, _empty_records(plan, keys))
+            for row in range(0, len(plan.records), CHUNK_SIZE):
+                count = min(CHUNK_SIZE, len(plan.records) - row)
+                futures[pool.submit(digest_chunk, str(data_path), row, count, keys)] = _Chunk(plan.key, row, count)
+                shard.chunks_left += 1
+        return futures
+
+    def _finish(self, shard: "_ShardWork", by_key: dict[str, FedNormalisation], results: dict[str, ShardSidecar],
+                stats: BuildStats, stop_on_bad: bool) -> None:
+        """A shard whose chunks are all done: the digests it lacked stored, or the decoded shard committed (with
+        ``stop_on_bad``, then :class:`BadImageError` names its first bad image)."""
+        from xfverify.evaluator.data.imaging import BadImageError
+
+        plan = shard.plan
+        if shard.tmp is None:
+            data_path, _ = self._paths(plan.key)
+            for key, records in shard.records.items():
+                write_digests(data_path, by_key[key], records, results[plan.key].xxh3_128)
+            stats.digested += len(plan.records)
+            return
+        results[plan.key] = self._commit(plan, shard.tmp, shard.bad, shard.caveats,
+                                         [(by_key[key], records) for key, records in shard.records.items()])
+        stats.built_shards += 1
+        stats.decoded += len(plan.records)
+        if stop_on_bad and shard.bad:
+            first = min(shard.bad)
+            raise BadImageError(plan.records[first].path, shard.bad[first])
+
+    def _commit(self, plan: ShardPlan, tmp: Path, bad: dict[int, str], caveats: dict[int, str],
+                digests: Sequence[tuple[FedNormalisation, np.ndarray]]) -> ShardSidecar:
         """Install a decoded shard: its data, then its digests, then its sidecar (which publishes it)."""
         data = np.load(tmp, mmap_mode="r")
-        meta = {
-            "format": FORMAT_VERSION,
-            "n": len(plan.records),
-            "image_ids": [r.image_id for r in plan.records],
-            "bad": bad,
-            "caveats": caveats,
-            "xxh3_128": checksum(data),
-        }
+        meta = ShardSidecar.of(data, [r.image_id for r in plan.records], bad, caveats)
         del data
         data_path, meta_path = self._paths(plan.key)
         os.replace(tmp, data_path)
         for normalisation, records in digests:
-            write_digests(data_path, normalisation, records, meta["xxh3_128"])
-        atomic_write_text(meta_path, json.dumps(meta))
+            write_digests(data_path, normalisation, records, meta.xxh3_128)
+        atomic_write_text(meta_path, meta.to_json())
         return meta
 
     def _remove_stale_temporaries(self) -> None:
@@ -553,13 +593,14 @@ class TensorCache:
                 tmp.unlink(missing_ok=True)
 
 
-def _issues(plans: Sequence[ShardPlan], sidecars: dict[str, dict], kind: str) -> list[ImageIssue]:
-    """The ``kind`` ("bad" or "caveats") entries of the shards' sidecars, in manifest order."""
+def _issues(plans: Sequence[ShardPlan], sidecars: dict[str, ShardSidecar],
+            which: Callable[[ShardSidecar], dict[int, str]]) -> list[ImageIssue]:
+    """The entries ``which`` picks from the shards' sidecars (bad images, or caveats), in manifest order."""
     issues = []
     for plan in plans:
-        for row, reason in sorted(sidecars[plan.key][kind].items(), key=lambda kv: int(kv[0])):
-            record = plan.records[int(row)]
-            issues.append(ImageIssue(plan.start + int(row), record.image_id, record.path, reason))
+        for row, reason in sorted(which(sidecars[plan.key]).items()):
+            record = plan.records[row]
+            issues.append(ImageIssue(plan.start + row, record.image_id, record.path, reason))
     return issues
 
 
