@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,23 @@ from xfverify.models.cards import ModelCard, PublishedNumber
 from xfverify.models.preprocess import PreprocessSpec
 
 
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a report names the evaluated model by: its card's fields, or a user's ONNX file's."""
+
+    model: str
+    architecture: str
+    builder: str
+    output: str
+
+    @classmethod
+    def of(cls, card: ModelCard) -> "RunIdentity":
+        return cls(model=card.id, architecture=card.architecture, builder=card.builder, output=card.output)
+
+
 def assemble_report(card: ModelCard | None, spec: PreprocessSpec, dataset: Dataset, run: CachedRun,
                     random_weights: bool, run_notes: Sequence[str] = (),
-                    identity: dict[str, str] | None = None) -> NativeReport:
+                    identity: RunIdentity | None = None) -> NativeReport:
     """A run's report (its schema is checked as it is built); ``card`` is None for a user's ONNX file, whose
     ``identity`` (model, architecture, builder, output) is given instead."""
     cached, build, result, timing, topk = run.cached, run.build, run.result, run.timing, run.topk
@@ -64,10 +79,13 @@ def assemble_report(card: ModelCard | None, spec: PreprocessSpec, dataset: Datas
         notes.append(card.notes)
     if stats.n and stats.n < 1000:
         notes.append(f"only {stats.n} labelled images scored: the 95% interval is wide")
-    identity = identity or _identity(card)
+    identity = identity or RunIdentity.of(card)
     delta = compare_to_published(stats.top1_error, top1_ci, primary.top1_error if primary else None) if top1_ci else None
     return NativeReport(
-        **identity,
+        model=identity.model,
+        architecture=identity.architecture,
+        builder=identity.builder,
+        output=identity.output,
         random_weights=random_weights,
         framework=result.framework,
         device=result.device,
@@ -132,10 +150,6 @@ def non_finite_notes(topk: np.ndarray, dataset, skipped: set[int], whose: str = 
 
 def _published(published: PublishedNumber) -> PublishedInfo:
     return PublishedInfo(top1_error=published.top1_error, top5_error=published.top5_error, source=published.source)
-
-
-def _identity(card: ModelCard) -> dict[str, str]:
-    return {"model": card.id, "architecture": card.architecture, "builder": card.builder, "output": card.output}
 
 
 def _caveat_notes(caveats) -> list[str]:

@@ -15,7 +15,7 @@ import numpy as np
 from xfverify.evaluator.analysis.agreement import OnnxAgreement, compare_outputs
 from xfverify.evaluator.analysis.localize import Localization
 from xfverify.evaluator.data.layouts import SAMPLE_DIR, Dataset, load_dataset
-from xfverify.evaluator.pipeline.assemble import assemble_report, onnx_report
+from xfverify.evaluator.pipeline.assemble import RunIdentity, assemble_report, onnx_report
 from xfverify.evaluator.pipeline.evaluation import CachedRun, spec_hw
 from xfverify.evaluator.pipeline.localize import localize_run
 from xfverify.evaluator.pipeline.native_pass import ensure_native_run
@@ -99,8 +99,8 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
         variants = run_variants(options, check_variant_options(options),
                                 Plain(onnx.onnx_path, run, spec, dataset, spec_hw(spec), native, compared), workdir)
         timeline["variants_scored"] = time.time()
-    identity = None if card else {"model": options.target, "architecture": "unknown (a user's ONNX file)",
-                                  "builder": "onnxruntime.InferenceSession", "output": onnx.info.output_kind}
+    identity = None if card else RunIdentity(model=options.target, architecture="unknown (a user's ONNX file)",
+                                             builder="onnxruntime.InferenceSession", output=onnx.info.output_kind)
     random_weights = bool(native and native.report.random_weights and card)
     report = onnx_report(
         assemble_report(card, spec, dataset, run, random_weights, [*options.extra_notes, *notes], identity),
