@@ -192,3 +192,30 @@ def test_the_gate_fails_on_a_mismatch_only_when_asked_and_bounds_each_variants_d
     assert len(failed) == 1 and "99.900 % of elements within tolerance" in failed[0]
     bounded = gate(OnnxOptions(variants=("fp16",), max_top1_drop=0.5), report(0, 1.0, [0.4, 0.6, 0.5])).failures
     assert bounded == ["variant v1 costs 0.60 points of top-1 against the plain file, over --max-top1-drop 0.5"]
+
+
+def test_int8_named_with_its_method_calibrates_so_and_the_tool_is_fed_strides(tmp_path):
+    """``--variant int8-entropy`` (or -minmax, -percentile) carries its own calibration method beside plain ``int8``'s
+    --calibration-method; the calibration tensors reach the quantisation tool in strides that divide them."""
+    from xfverify.converter.variants import CALIBRATION_BATCH, CALIBRATION_STRIDE_BATCHES, _Reader, calibration_stride
+    from xfverify.evaluator.pipeline.options import check_variant_options
+
+    plain = small_classifier(tmp_path / "small.onnx")
+    calibration = calibration_folder(tmp_path / "calibration", n=1)
+    specs = check_variant_options(options(tmp_path, plain, variants=("int8-entropy", "int8", "int8-percentile"),
+                                          calibration=str(calibration), calibration_method="minmax"))
+    assert [(s.kind, s.calibration_method, s.name) for s in specs] == [
+        ("int8", "entropy", "int8-entropy"), ("int8", "minmax", "int8-minmax"), ("int8", "percentile", "int8-percentile")]
+    with pytest.raises(UserError, match=r"^--variant: the same variant is asked for twice"):
+        options(tmp_path, plain, variants=("int8-entropy", "int8"), calibration=str(calibration),
+                calibration_method="entropy")
+    assert [calibration_stride(n) for n in (1, 2, 6, 31, 32)] == [1, 2, 3, 1, 4] and CALIBRATION_STRIDE_BATCHES == 4
+    tensors = tmp_path / "tensors.npy"
+    np.save(tensors, np.arange(5 * CALIBRATION_BATCH * 2, dtype=np.float32).reshape(5 * CALIBRATION_BATCH, 2))
+    reader = _Reader(tensors, "image")
+    seen = []
+    for start in range(0, len(reader), 1):
+        reader.set_range(start_index=start, end_index=start + 1)
+        while (batch := reader.get_next()) is not None:
+            seen.append(batch["image"][:, 0])
+    assert len(reader) == 5 and np.array_equal(np.concatenate(seen), np.arange(0, 10 * CALIBRATION_BATCH, 2))

@@ -37,7 +37,7 @@ from xfverify.evaluator.pipeline.options import DEVICES, PROVIDERS
 @click.option("--localize/--no-localize", default=None, help="Run the worst-agreeing images node by node in ONNX Runtime and the native framework and name the first node that departs beyond the tolerance [default: when the outputs disagree].")
 @click.option("--localize-images", type=int, default=4, show_default=True, help="Images --localize runs node by node (the worst-agreeing ones).")
 @click.option("--localize-against", type=click.Path(dir_okay=False), help="Localize against this ONNX file (say, the plain export of an optimised or quantised FILE.onnx) instead of the native network.")
-@click.option("--variant", "variants", multiple=True, metavar="NAME|FILE.onnx", help="A deployment variant of the plain file, made, run on the same tensors and scored beside it (repeatable): fp16, int8 (static QDQ, calibrated), int8-dynamic, opt-basic, opt-extended, opt-all, or your converted FILE.onnx.")
+@click.option("--variant", "variants", multiple=True, metavar="NAME|FILE.onnx", help="A deployment variant of the plain file, made, run on the same tensors and scored beside it (repeatable): fp16, int8 (static QDQ, calibrated by --calibration-method), int8-minmax, int8-entropy, int8-percentile (each its own method), int8-dynamic, opt-basic, opt-extended, opt-all, or your converted FILE.onnx.")
 @click.option("--calibration", type=click.Path(file_okay=False), help="int8: calibration images (any layout --data takes), none of them among the scored ones.")
 @click.option("--calibration-limit", type=int, help="int8: calibrate on the first N calibration images by id.")
 @click.option("--calibration-method", default="minmax", **choice(CALIBRATION_METHODS), help="int8: ONNX Runtime's calibration method.")

@@ -17,7 +17,14 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, get_args
 
 from pydantic import BeforeValidator, TypeAdapter, ValidationError
 
-from xfverify.converter.variant_spec import CALIBRATION_METHODS, MADE_KINDS, QUANTISED, VariantSpec
+from xfverify.converter.variant_spec import (
+    CALIBRATED_NAMES,
+    CALIBRATION_METHODS,
+    MADE_KINDS,
+    QUANTISED,
+    VARIANT_NAMES,
+    VariantSpec,
+)
 from xfverify.evaluator.analysis.agreement import ATOL_FRACTION, RTOL
 from xfverify.models.errors import UserError
 from xfverify.models.precision import PRECISIONS, Precision
@@ -316,15 +323,16 @@ def check_variant_options(options: OnnxOptions) -> list[VariantSpec]:
         if name.endswith(".onnx") or os.path.sep in name:
             refuse_unless_regular(name, "--variant", "an ONNX file")
             specs.append(VariantSpec(kind="file", path=os.path.abspath(name)))
-        elif name in MADE_KINDS:
-            quantised = name in QUANTISED
+        elif name in MADE_KINDS or name in CALIBRATED_NAMES:
+            kind, _, method = name.partition("-") if name in CALIBRATED_NAMES else (name, "", "")
+            quantised = kind in QUANTISED
             specs.append(VariantSpec(
-                kind=name, per_channel=options.per_channel if quantised else None,
-                calibration_method=options.calibration_method if name == "int8" else None,
-                keep_io_types=True if name == "fp16" else None,
+                kind=kind, per_channel=options.per_channel if quantised else None,
+                calibration_method=(method or options.calibration_method) if kind == "int8" else None,
+                keep_io_types=True if kind == "fp16" else None,
                 keep_float=tuple(options.keep_float) if quantised else ()))
         else:
-            raise UserError(f"--variant {name!r}: not a variant; give one of {', '.join(MADE_KINDS)} or a "
+            raise UserError(f"--variant {name!r}: not a variant; give one of {', '.join(VARIANT_NAMES)} or a "
                             "converted FILE.onnx")
     if len({s.name for s in specs}) != len(specs):
         raise UserError("--variant: the same variant is asked for twice")
