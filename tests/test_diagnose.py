@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import SAMPLE_DIR, console_errors, imagenet_sample_500, needs_chromium, needs_torch, run_cli
+from helpers import SAMPLE_DIR, imagenet_sample_500, needs_chromium, needs_torch, run_cli
 from scipy.stats import binomtest, norm
 
 from xfverify.evaluator.analysis.metrics import (
@@ -181,16 +181,9 @@ def test_when_every_variant_is_significant_the_sentence_counts_no_quiet_ones():
     assert "nothing measurable" not in sentence and sentence.endswith("3 right->wrong / 1 wrong->right).")
 
 
-@needs_chromium
-def test_the_console_check_sees_an_error(tmp_path):
-    page = tmp_path / "bad.html"
-    page.write_text("<!DOCTYPE html><html><body><script>console.error('broken'); undefinedCall();</script></body></html>")
-    assert console_errors(page, tmp_path)
-
-
 @needs_torch
 @needs_chromium
-def test_diagnose_writes_a_checked_report_and_a_page_that_renders_without_console_errors(tmp_path):
+def test_diagnose_writes_a_checked_report_and_a_page_that_renders_without_console_errors(tmp_path, browser):
     mine = tmp_path / "mine.json"
     mine.write_text(json.dumps({"name": "mine-bicubic", "set": {"resize_library": "opencv", "interpolation": "bicubic"}}))
     out = tmp_path / "out"
@@ -208,9 +201,11 @@ def test_diagnose_writes_a_checked_report_and_a_page_that_renders_without_consol
     text = (out / "report.html").read_text()
     assert not re.findall(r"(?:src|href)\s*=\s*[\"']?(?:https?:|//)", text)  # nothing to fetch
     assert "<svg" in text and report.decomposition.sentence.split(";")[0][:40] in text
+    browser.open(out / "report.html")  # the suite's one browser (tests/browser.py), as every page test opens its page
+    assert browser.errors() == [] and browser.requests() == []
+    assert browser.js("document.querySelectorAll('svg').length") >= 1  # the waterfall drawn
     shot = tmp_path / "page.png"
-    assert console_errors(out / "report.html", tmp_path) == []
-    console_errors(out / "report.html", tmp_path, shot)
+    browser.screenshot(shot)
     assert shot.stat().st_size > 10000
 
 
