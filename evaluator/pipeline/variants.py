@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from xfverify.converter.variant_spec import QUANTISED, VariantSpec
+from xfverify.converter.variant_spec import QUANTISED, VariantFile, VariantSpec
 from xfverify.evaluator.analysis.agreement import compare_outputs
 from xfverify.evaluator.analysis.comparison import compare_runs
 from xfverify.evaluator.analysis.localize import worst_rows
@@ -135,8 +135,30 @@ def _calibration(options: OnnxOptions, plain: Plain, folder: Path) -> tuple[Path
     return path, info
 
 
-def _scored(options: OnnxOptions, spec: VariantSpec, plain: Plain, folder: Path,
-            calibration: Optional[tuple[Path, CalibrationInfo]], analyse: bool = True) -> VariantResult:
+@dataclass
+class VariantPass:
+    """A variant made (or the user's file) and run on the plain run's tensors."""
+
+    spec: VariantSpec
+    made: Optional[VariantFile]  # None: the user's own file
+    path: str
+    from_cache: bool
+    run: CachedRun
+
+
+def variant_passes(options: OnnxOptions, specs: list[VariantSpec], plain: Plain,
+                   workdir: Path) -> tuple[list[VariantPass], Optional[CalibrationInfo]]:
+    """Each variant made and run on the plain run's tensors, unscored (diagnose scores them as runtime rows), and
+    the calibration images int8 was calibrated on."""
+    folder = workdir / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    calibration = _calibration(options, plain, folder) if any(s.calibrated for s in specs) else None
+    return ([_pass(options, spec, plain, folder / str(index), calibration) for index, spec in enumerate(specs)],
+            calibration[1] if calibration else None)
+
+
+def _pass(options: OnnxOptions, spec: VariantSpec, plain: Plain, folder: Path,
+          calibration: Optional[tuple[Path, CalibrationInfo]]) -> VariantPass:
     folder.mkdir(parents=True, exist_ok=True)
     providers = list(plain.run.result.runtime.providers)
     made = None
@@ -159,6 +181,14 @@ def _scored(options: OnnxOptions, spec: VariantSpec, plain: Plain, folder: Path,
     run = evaluate_cached("onnxruntime", job, plain.spec, plain.dataset, options, folder, {"started": time.time()})
     if run.result.tensors_sha256 != plain.run.result.tensors_sha256:  # the same cache and images: a bug if not
         raise RuntimeError(f"variant {spec.name} was fed other tensors than the plain file")
+    return VariantPass(spec, made, str(path), from_cache, run)
+
+
+def _scored(options: OnnxOptions, spec: VariantSpec, plain: Plain, folder: Path,
+            calibration: Optional[tuple[Path, CalibrationInfo]], analyse: bool = True) -> VariantResult:
+    done = _pass(options, spec, plain, folder, calibration)
+    made, path, from_cache, run = done.made, done.path, done.from_cache, done.run
+    providers = list(plain.run.result.runtime.providers)
     records = plain.dataset.records
     ids, labels, include = [r.image_id for r in records], [r.labels for r in records], plain.include
     rows = np.flatnonzero(include)
