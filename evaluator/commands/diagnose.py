@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from xfverify.evaluator.commands import output
-from xfverify.evaluator.commands.options import CONTEXT, MODEL_RUN_OPTIONS, SUBSET_OPTIONS, choice, model_id, option_group
+from xfverify.evaluator.commands.options import (
+    CALIBRATION_SPLIT,
+    CONTEXT,
+    MODEL_RUN_OPTIONS,
+    SUBSET_OPTIONS,
+    choice,
+    model_id,
+    option_group,
+)
 from xfverify.evaluator.pipeline.options import DEVICES, PRECISIONS
 
 
@@ -21,7 +29,7 @@ from xfverify.evaluator.pipeline.options import DEVICES, PRECISIONS
 @click.option("--calibration", type=click.Path(file_okay=False), help="--onnx-variant int8: calibration images (any layout --data takes), none of them among the scored ones.")
 @click.option("--calibration-limit", type=int, help="--onnx-variant int8: calibrate on the first N calibration images by id.")
 @click.option("--precisions", metavar="PRECISION,...", help="Also run the model at these precisions on the reference's tensors, in the same worker (the runtime axis): bf16 and fp16 (torch autocast, a Keras mixed-precision policy), tf32 on CUDA GPUs; --precision sets the reference's.")
-@option_group(*SUBSET_OPTIONS)
+@option_group(*SUBSET_OPTIONS, CALIBRATION_SPLIT)
 @click.option("--device", default="auto", **choice(DEVICES))
 @click.option("--precision", default="fp32", **choice(PRECISIONS), help="The reference's precision; fp32 keeps TF32 off.")
 @option_group(*MODEL_RUN_OPTIONS)

@@ -52,7 +52,7 @@ from xfverify.evaluator.pipeline.outdir import (
     in_owned_folder,
     move_in,
 )
-from xfverify.evaluator.pipeline.request import prepare
+from xfverify.evaluator.pipeline.request import prepare, scored_and_held_out
 from xfverify.evaluator.pipeline.variants import Plain, variant_passes
 from xfverify.evaluator.process.blocks import PrecisionBlock
 from xfverify.evaluator.process.events import EventSink, VariantStarts
@@ -366,7 +366,8 @@ def _onnx_axis(card: ModelCard, options: DiagnoseOptions, reference: PreprocessS
     passes = [OutsidePass(variant, np.array(done.run.logits), result.tensors_sha256, result.precision)]
     if not options.onnx_variants:
         return passes
-    plain = Plain(done.onnx_path, done.run, reference, dataset, spec_hw(reference), native, native.report.output)
+    plain = Plain(done.onnx_path, done.run, reference, dataset, spec_hw(reference), native, native.report.output,
+                  scored_and_held_out(options)[1])
     made, calibration = variant_passes(onnx_options, check_variant_options(onnx_options), plain, workdir)
     for each in made:
         how = each.made.notes[0] if each.made and each.made.notes else f"the user's file {each.path}"

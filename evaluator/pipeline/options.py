@@ -133,9 +133,12 @@ class RunOptions(Checked):
     random_weights: bool = False
     seed: int = 0
     on_bad_image: OnBadImage = "error"
+    calibration_split: Optional[int] = None  # the first N images by data.layouts.SPLIT_RULE held out to calibrate int8
     extra_notes: list[str] = field(default_factory=list)
 
     def check(self) -> None:
+        if self.calibration_split is not None and self.calibration_split <= 0:
+            raise UserError(f"--calibration-split must be positive, got {self.calibration_split}")
         if self.random_weights and self.weights:
             raise UserError("--weights and --random-weights exclude each other")
         for name in ("batch_size", "workers"):
@@ -207,7 +210,7 @@ class OnnxOptions(RunOptions):
             data=self.data, devkit=self.devkit, out=out, preprocess=self.preprocess, overrides=self.overrides,
             limit=self.limit, per_class=self.per_class, device=self.device, batch_size=self.batch_size,
             workers=self.workers, cache_dir=self.cache_dir, weights=self.weights, random_weights=self.random_weights,
-            seed=self.seed, on_bad_image=self.on_bad_image, model=self.target)
+            seed=self.seed, on_bad_image=self.on_bad_image, calibration_split=self.calibration_split, model=self.target)
 
     def check(self) -> None:
         super().check()
@@ -271,11 +274,12 @@ class DiagnoseOptions(NativeOptions):
             data=self.data, devkit=self.devkit, limit=self.limit, per_class=self.per_class, device=self.device,
             batch_size=self.batch_size, workers=self.workers, cache_dir=self.cache_dir, weights=self.weights,
             random_weights=self.random_weights, seed=self.seed, on_bad_image=self.on_bad_image, target=self.model,
-            variants=self.onnx_variants, calibration=self.calibration, calibration_limit=self.calibration_limit)
+            variants=self.onnx_variants, calibration=self.calibration, calibration_limit=self.calibration_limit,
+            calibration_split=self.calibration_split)
 
     def check(self) -> None:
         super().check()
-        if self.onnx_variants or self.calibration or self.calibration_limit is not None:
+        if self.onnx_variants or self.calibration or self.calibration_limit is not None or self.calibration_split:
             self.onnx_options()  # the variants and their calibration, checked as onnx checks them
         if self.precisions is not None:
             unknown = [n.strip() for n in self.precisions.split(",") if n.strip() and n.strip() not in PRECISIONS]
@@ -355,11 +359,16 @@ def check_variant_options(options: OnnxOptions) -> list[VariantSpec]:
     quantised = any(s.kind in QUANTISED for s in specs)
     if (options.keep_float or options.keep_float_auto) and not quantised:
         raise UserError(f"--keep-float and --keep-float-auto apply to an int8 variant: add {asked} int8")
-    if options.calibration and not any(s.calibrated for s in specs):
-        raise UserError(f"--calibration applies to {asked} int8 (static quantisation): add it, or leave it out")
-    if any(s.calibrated for s in specs) and not options.calibration:
+    if options.calibration and options.calibration_split:
+        raise UserError("--calibration DIR and --calibration-split N exclude each other: calibrate on a folder of "
+                        "your own, or on N images held out of --data")
+    for given in ("calibration", "calibration_split"):
+        if getattr(options, given) and not any(s.calibrated for s in specs):
+            raise UserError(f"{flag(given)} applies to {asked} int8 (static quantisation): add it, or leave it out")
+    if any(s.calibrated for s in specs) and not (options.calibration or options.calibration_split):
         raise UserError(f"{asked} int8 needs calibration images kept apart from the scored ones: give "
-                        "--calibration DIR (any layout --data takes)")
+                        "--calibration DIR (any layout --data takes) or --calibration-split N (N images held out "
+                        "of --data)")
     if options.calibration and not os.path.isdir(options.calibration):
         raise UserError(f"--calibration {shown(options.calibration)}: no such folder")
     return specs
