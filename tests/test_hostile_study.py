@@ -323,19 +323,18 @@ def test_a_run_killed_while_its_export_worker_runs_leaves_nothing_in_the_tempora
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     env = {**os.environ, "TMPDIR": str(temporary), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    process = subprocess.Popen([sys.executable, "-m", "xfverify", "onnx", "--random-weights", "--limit", "2",
+    # A small torchvision network: its native pass needs no TensorFlow (the default card decodes in a TF worker).
+    process = subprocess.Popen([sys.executable, "-m", "xfverify", "onnx", "torchvision/squeezenet1_1:IMAGENET1K_V1",
+                                "--random-weights", "--limit", "2",
                                 "--provider", "cpu", "--device", "cpu", "--out", str(tmp_path / "out"),
                                 "--cache-dir", str(tmp_path / "cache")], env=env, stdout=subprocess.DEVNULL,
                                stderr=open(tmp_path / "stderr.txt", "w"), start_new_session=True)
-    deadline = time.time() + 150  # its native run comes first (~10 s alone; under the suite's load it has stalled)
+    deadline = time.time() + 300  # its native run comes first: seconds alone, minutes on a loaded machine
     while time.time() < deadline and process.poll() is None and not list(tmp_path.rglob("export.job.json")):
         time.sleep(0.2)
     exporting = bool(list(tmp_path.rglob("export.job.json")))
-    ended = process.poll() is not None
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    if not exporting and not ended:
-        pytest.skip("the run's native pass had not finished in 150 s (seen under pytest-xdist only; see its stderr.txt)")
     assert exporting, (tmp_path / "stderr.txt").read_text()[-3000:]
     assert [p.name for p in temporary.iterdir() if p.name.startswith("xfverify-")] == []
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import needs_torch, run_cli
+from helpers import needs_torch, run_cli, write_jpeg
 
 from xfverify.models.cards import model_ids
 from xfverify.models.errors import UserError
@@ -131,6 +131,60 @@ def test_a_study_killed_mid_way_resumes_equals_its_commands_and_a_rerun_runs_not
     assert (third["ran"], third["reused"]) == (1, 2) and third["rows"][0]["diagnose"]["n_variants"] == 2
     assert (out / "study.md").read_text().startswith("# xfverify study: mini")
     assert (out / "study.csv").read_text().splitlines()[0].startswith("architecture,model,framework")
+
+
+DEPLOY = """name = "deploy"
+[[cells]]
+models = ["torchvision/mobilenet_v3_small:IMAGENET1K_V1"]
+runs = ["onnx"]
+random_weights = true
+[cells.onnx]
+variants = ["fp16", "int8"]
+calibration = "calibration"
+calibration_method = "percentile"
+"""
+
+
+@needs_torch
+def test_an_onnx_cell_scores_its_deployment_variants_and_a_bad_one_is_refused_when_planned(tmp_path):
+    """A study's onnx cell names fp16 and int8 (calibrated on generated images beside the study file, by percentile):
+    each variant's error and agreement reach study.json, study.md and study.html's row; a variant no run can take is
+    the command's one line, prefixed with its cell, before any cell runs."""
+    study = tmp_path / "deploy.toml"
+    study.write_text(DEPLOY)
+    for i in range(3):
+        write_jpeg(tmp_path / "calibration" / f"calib_{i}.jpg", seed=700 + i, width=160, height=120)
+    out = tmp_path / "out"
+    args = ["study", str(study), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+            "--provider", "cpu", "--limit", "3"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DEPLOY.replace('"int8"]', '"int4"]'))
+    refused = run_cli("study", str(bad), *args[2:])
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "study cell onnx-torchvision_mobilenet_v3_small_IMAGENET1K_V1-random-" in refused.stderr
+    assert "--variant 'int4': not a variant" in refused.stderr and not out.exists()
+    uncalibrated = tmp_path / "uncalibrated.toml"
+    uncalibrated.write_text(DEPLOY.replace('calibration = "calibration"\n', ""))
+    refused = run_cli("study", str(uncalibrated), *args[2:])
+    assert refused.returncode == 2 and "--variant int8 needs calibration images" in refused.stderr
+
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "study.json").read_text())
+    [row] = report["rows"]
+    variants = row["onnx"]["variants"]
+    assert [v["name"] for v in variants] == ["fp16", "int8-percentile"]
+    [cell] = [c for c in report["cells"] if c["run"] == "onnx"]
+    onnx = json.loads((out / cell["folder"] / "report.json").read_text())
+    for summary, full in zip(variants, onnx["variants"]["results"]):
+        assert summary["top1_error"] == full["top1_error"] is not None
+        assert summary["top1_agreement_plain"] == full["agreement_plain"]["top1_agreement"] is not None
+        assert full["tensors_sha256"] == onnx["tensors_sha256"]
+    assert row["onnx"]["calibration"].startswith("3 images, manifest sha256 ")
+    shown = f"fp16 {variants[0]['top1_error']:.1f} ({variants[0]['top1_agreement_plain']:.1f})"
+    assert shown in (out / "study.md").read_text() and shown in (out / "study.html").read_text()
+    again = run_cli(*args)
+    assert again.returncode == 0 and json.loads((out / "study.json").read_text())["ran"] == 0
 
 
 def test_executor_ray_without_ray_is_one_line(tmp_path, monkeypatch):
