@@ -3,10 +3,11 @@ bit-identical, and every report.json equal once timings, paths, versions and dat
 
 The earlier tree is checked out with ``git worktree add`` (default: the tree before the run-core and typed-protocol
 work, ``b65b8dc^``) and each tree runs as ``python -m xfverify`` with its own root on PYTHONPATH, in the same
-environment, each with a fresh tensor cache; one more run reads the earlier tree's cache with this tree (a cache
-built before is reused as it is). Writes bench/results/behaviour_check.json and prints a table.
+environment, each with a fresh tensor cache. Writes bench/results/behaviour_check.json and prints a table. With
+--resume a run whose report.json is in the scratch folder is not run again (so both trees' runs can be made in
+separate invocations, --trees baseline and --trees current, at once).
 
-    nice -n 5 python bench/behaviour_check.py [--baseline COMMIT] [--scratch DIR] [--only NAME,...]
+    nice -n 5 python bench/behaviour_check.py [--baseline COMMIT] [--scratch DIR] [--only NAME,...] [--resume]
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ TIMING_KEY = re.compile(r"(_s|_ms|_per_s|_seconds)$")
 class Run:
     name: str
     args: tuple[str, ...]  # {out}, {cache} and {runs} (the tree's folder of runs) are filled in per tree
-    cache_of: str = ""  # "baseline": this tree reads the earlier tree's cache (run after it)
 
 
 RUNS = (
@@ -45,8 +45,6 @@ RUNS = (
                              "--cache-dir", "{cache}")),
     Run("onnx-lite0-500", ("onnx", LITE0, "--against", "{runs}/native-lite0-500", "--provider", "cpu",
                            "--out", "{out}", "--cache-dir", "{cache}")),
-    Run("native-lite0-500-earlier-cache", ("native", LITE0, "--data", PHOTOS, "--device", "cpu", "--out", "{out}",
-                                           "--cache-dir", "{cache}"), cache_of="baseline"),
     Run("native-tensorflow-random", ("native", "keras/MobileNetV2:imagenet", "--random-weights", "--device", "cpu",
                                      "--out", "{out}", "--cache-dir", "{cache}")),
     Run("native-mxnet-random", ("native", "gluoncv/mobilenet1.0:imagenet", "--random-weights", "--device", "cpu",
@@ -142,6 +140,8 @@ def main() -> None:
     parser.add_argument("--baseline-tree", type=Path, default=Path("/work/wt-baseline"))
     parser.add_argument("--scratch", type=Path, default=Path("/work/tmp-behaviour-check"))
     parser.add_argument("--only", default="", help="comma-separated run names")
+    parser.add_argument("--trees", default="baseline,current", help="which trees run (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="keep the scratch folder; finished runs are not rerun")
     parser.add_argument("--timeout", type=int, default=3600)
     parser.add_argument("--results", type=Path, default=HERE / "bench" / "results" / "behaviour_check.json")
     options = parser.parse_args()
@@ -159,15 +159,14 @@ def main() -> None:
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
                                 capture_output=True, text=True, check=True).stdout.strip())
     trees = {"baseline": options.baseline_tree.resolve(), "current": HERE}
-    shutil.rmtree(options.scratch, ignore_errors=True)
+    if not options.resume:
+        shutil.rmtree(options.scratch, ignore_errors=True)
     folders = {label: options.scratch / label for label in trees}
     for folder in folders.values():
-        (folder / "runs").mkdir(parents=True)
+        (folder / "runs").mkdir(parents=True, exist_ok=True)
     # the folders each tree's reports name, written alike in both
     paths = {label: {str(folders[label] / "cache"): "<cache>", str(folders[label] / "runs"): "<runs>",
                      str(trees[label]): "<tree>"} for label in trees}
-    for label in trees:  # the earlier cache, read by this tree, is named like its own
-        paths[label][str(folders["baseline"] / "cache")] = "<cache>"
     only = set(filter(None, options.only.split(",")))
     entries = []
     for run in RUNS:
@@ -176,16 +175,17 @@ def main() -> None:
         entry: dict[str, Any] = {"name": run.name, "command": "xfverify " + " ".join(run.args)}
         outs = {}
         for label, tree in trees.items():
-            cache = folders["baseline" if run.cache_of == "baseline" else label] / "cache"
             runs = folders[label] / "runs"
             outs[label] = runs / run.name
-            args = [a.format(out=outs[label], cache=cache, runs=runs) for a in run.args]
-            if run.cache_of == "baseline" and label == "baseline":
-                outs[label] = runs / "native-lite0-500"  # the earlier tree's own run is the reference
-                entry[label] = {"exit_code": 0, "last_line": "", "note": "its native-lite0-500 run (cold cache)"}
-                continue
-            print(f"{run.name}: {label} ...", flush=True)
-            entry[label] = run_one(tree, args, folders[label], options.timeout)
+            args = [a.format(out=outs[label], cache=folders[label] / "cache", runs=runs) for a in run.args]
+            if options.resume and (outs[label] / "report.json").exists():
+                entry[label] = {"exit_code": 0, "last_line": ""}
+            elif label in options.trees.split(","):
+                print(f"{run.name}: {label} ...", flush=True)
+                shutil.rmtree(outs[label], ignore_errors=True)  # an unfinished run's folder
+                entry[label] = run_one(tree, args, folders[label], options.timeout)
+            else:
+                entry[label] = {"exit_code": -1, "last_line": "not run (--trees)"}
         if all(entry[label]["exit_code"] == 0 for label in trees):
             entry.update(compare(outs, paths))
         else:
@@ -196,8 +196,7 @@ def main() -> None:
 
     result = {
         "about": "the same xfverify commands run with an earlier tree and with this one, each with a fresh tensor "
-                 "cache (native-lite0-500-earlier-cache: this tree on the earlier tree's cache, against the earlier "
-                 "tree's run); logits .npy compared with np.array_equal, report.json after setting aside "
+                 "cache; logits .npy compared with np.array_equal, report.json after setting aside "
                  f"{sorted(DROPPED_KEYS)} and keys ending in {TIMING_KEY.pattern}, with the trees', runs' and "
                  "caches' folders named alike; predictions.csv as text likewise",
         "baseline": commit,
