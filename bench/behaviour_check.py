@@ -41,10 +41,10 @@ class Run:
 
 
 RUNS = (
-    Run("native-lite0-500", ("native", LITE0, "--data", PHOTOS, "--device", "cpu", "--out", "{out}",
-                             "--cache-dir", "{cache}")),
-    Run("onnx-lite0-500", ("onnx", LITE0, "--against", "{runs}/native-lite0-500", "--provider", "cpu",
-                           "--out", "{out}", "--cache-dir", "{cache}")),
+    Run("native-lite0-photos", ("native", LITE0, "--data", PHOTOS, "--limit", "{limit}", "--device", "cpu",
+                                "--out", "{out}", "--cache-dir", "{cache}")),
+    Run("onnx-lite0-photos", ("onnx", LITE0, "--against", "{runs}/native-lite0-photos", "--provider", "cpu",
+                              "--out", "{out}", "--cache-dir", "{cache}")),
     Run("native-tensorflow-random", ("native", "keras/MobileNetV2:imagenet", "--random-weights", "--device", "cpu",
                                      "--out", "{out}", "--cache-dir", "{cache}")),
     Run("native-mxnet-random", ("native", "gluoncv/mobilenet1.0:imagenet", "--random-weights", "--device", "cpu",
@@ -123,6 +123,17 @@ def compare(runs: dict[str, Path], paths: dict[str, dict[str, str]]) -> dict[str
     return result
 
 
+def compare_caches(a: Path, b: Path) -> dict[str, Any]:
+    """The files two tensor caches hold (locks aside): which are byte-identical, which differ, which one lacks."""
+    files = {root: {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+             for root in (a, b)}
+    both = sorted(files[a] & files[b])
+    differ = [name for name in both if (a / name).read_bytes() != (b / name).read_bytes()]
+    return {"identical": len(both) - len(differ), "differ": differ, "only_in_baseline": sorted(files[a] - files[b]),
+            "only_in_current": sorted(files[b] - files[a]),
+            "shards": sum(name.endswith(".npy") for name in both)}
+
+
 def verdict(entry: dict[str, Any]) -> str:
     failed = [tree for tree in ("baseline", "current") if entry[tree]["exit_code"] != 0]
     if failed:
@@ -143,6 +154,9 @@ def main() -> None:
     parser.add_argument("--trees", default="baseline,current", help="which trees run (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="keep the scratch folder; finished runs are not rerun")
     parser.add_argument("--timeout", type=int, default=3600)
+    parser.add_argument("--limit", type=int, default=500, help="photos the Lite0 runs take (default: all %(default)s)")
+    parser.add_argument("--compare-caches", action="store_true",
+                        help="also compare the two trees' tensor caches file by file (shards, sidecars, digests)")
     parser.add_argument("--results", type=Path, default=HERE / "bench" / "results" / "behaviour_check.json")
     options = parser.parse_args()
 
@@ -177,7 +191,8 @@ def main() -> None:
         for label, tree in trees.items():
             runs = folders[label] / "runs"
             outs[label] = runs / run.name
-            args = [a.format(out=outs[label], cache=folders[label] / "cache", runs=runs) for a in run.args]
+            args = [a.format(out=outs[label], cache=folders[label] / "cache", runs=runs, limit=options.limit)
+                    for a in run.args]
             if options.resume and (outs[label] / "report.json").exists():
                 entry[label] = {"exit_code": 0, "last_line": ""}
             elif label in options.trees.split(","):
@@ -203,8 +218,11 @@ def main() -> None:
         "current": current + ("+uncommitted changes" if dirty else ""),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, --device cpu, ONNX Runtime's CPU provider",
+        "lite0_photos": f"the first {options.limit} of {PHOTOS} by image id",
         "runs": entries,
     }
+    if options.compare_caches:
+        result["caches"] = compare_caches(folders["baseline"] / "cache", folders["current"] / "cache")
     options.results.parent.mkdir(parents=True, exist_ok=True)
     options.results.write_text(json.dumps(result, indent=1) + "\n")
     print()
