@@ -16,8 +16,8 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTISED = ("int8", "int8-dynamic")
 CALIBRATED_NAMES = tuple(f"int8-{method}" for method in CALIBRATION_METHODS)  # int8 naming its calibration method
 VARIANT_NAMES = (*MADE_KINDS, *CALIBRATED_NAMES)  # what --variant takes, besides a FILE.onnx
-# How xfverify drives the tools, beyond the options: part of the cache key (calibration fed in strides of batches).
-RECIPE = "calibration-strides-1"
+# How xfverify drives the tools, beyond the options: part of the cache key.
+RECIPE = "calibration-strides-2"  # equal batches, strides of at most 32 images
 QDQ_MIN_OPSET = 13  # QuantizeLinear/DequantizeLinear with a per-axis scale (ONNX opset 13); ONNX Runtime asks for it
 
 
