@@ -45,6 +45,9 @@ def test_an_onnx_cell_brings_its_native_cell_and_patterns_find_cards(tmp_path):
     ('name = "s"\n[[cells]]\nmodel = ["keras/ResNet50"]\n', "cells.0.model"),
     ('name = "s"\n[[cells]\n', "not valid TOML"),
     ('name = "a b"\n[[cells]]\nmodels = ["keras/ResNet50"]\n', "name"),
+    ('name = "s"\n[[cells]]\nmodels = ["keras/ResNet50"]\nruns = ["native"]\n[cells.onnx]\nvariants = ["fp16"]\n',
+     r'cells.0: .*add "onnx" to runs'),
+    ('name = "s"\n[[cells]]\nmodels = ["keras/ResNet50"]\n[cells.onnx]\nvariant = ["fp16"]\n', "cells.0.onnx.variant"),
 ])
 def test_a_bad_study_file_is_one_line_naming_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"
