@@ -51,6 +51,19 @@ class VariantSpec(BaseModel):
     def calibrated(self) -> bool:
         return self.kind == "int8"
 
+    @property
+    def arithmetic(self) -> str:
+        """What the made file computes in, in a few words (ONNX Runtime itself runs it as asked, at fp32)."""
+        if self.kind == "fp16":
+            return "float16 file" + (", float32 inputs and outputs" if self.keep_io_types else "")
+        if self.kind == "int8":
+            return f"int8 QDQ file, {self.calibration_method} calibration"
+        if self.kind == "int8-dynamic":
+            return "int8 weights, activations quantised at run time"
+        if self.kind == "file":
+            return "the user's file, in its own types"
+        return "fp32 file, graph optimised offline"
+
 
 class ToolVersions(BaseModel):
     model_config = ConfigDict(extra="forbid")
