@@ -3,6 +3,11 @@ opt-all (and int8-dynamic for Lite0), each with its paired top-1 difference to t
 original's published int8 drop; the int8 file with its costliest nodes kept in float; and a planted quantisation fault.
 
     python bench/variants_lite.py --results bench/results/variants_lite
+    python bench/variants_lite.py --results bench/results/variants_lite --deploy   # Lite0: every variant, one run
+
+``--deploy`` scores Lite0's fp32 export and every variant (fp16, int8 static with MinMax, entropy and percentile
+calibration, int8-dynamic, opt-all) in one run per fold under the CPU provider, so each speed ratio is the variant's
+compute seconds over the plain file's in that same run.
 
 Calibration is kept apart from evaluation by two folds: the photographs, in file-name order, alternate between halves
 A and B; each half is scored by an int8 file calibrated on the other half (250 images), so every one of the 500 is
@@ -106,6 +111,63 @@ def run_model(model: str, fold_paths: dict[str, Path], scratch: Path, results: P
     return summarise(model, reports)
 
 
+DEPLOY_VARIANTS = ("fp16", "int8-minmax", "int8-entropy", "int8-percentile", "int8-dynamic", "opt-all")
+
+
+def machine() -> dict:
+    """What the speed ratios were measured on (a shared machine: the ratios are each run's own)."""
+    return {"cpus": os.cpu_count(), "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+            "niceness": os.nice(0)}
+
+
+def run_deploy(fold_paths: dict[str, Path], scratch: Path, results: Path, env: dict, folds: str,
+               limit: int | None) -> None:
+    """Lite0's export and every deployment variant in ONE run per fold (the int8 files calibrated on the other fold):
+    the speed ratios are each run's variant / plain compute seconds under the CPU provider. Each fold's report and
+    the machine's load around it go into ``results`` (the folds may run in separate processes at once)."""
+    for fold in folds.split(","):
+        other = "B" if fold == "A" else "A"
+        out = scratch / f"lite0-export-{fold}"
+        xfverify("onnx", "pypi/efficientnet_lite0", "--data", str(fold_paths["A"]), "--limit", "1", "--provider",
+                 "cpu", "--out", str(out), env=env)
+        made = json.loads((out / "report.json").read_text())
+        out = scratch / f"lite0-deploy-{fold}"
+        args = ["onnx", made["onnx"]["path"], "--preprocess", made["preprocess"]["name"], "--data",
+                str(fold_paths[fold]), "--calibration", str(fold_paths[other]), "--provider", "cpu", "--no-localize",
+                "--out", str(out)]
+        if limit:  # the first N of each fold scored, the first N of the other calibrating
+            args += ["--limit", str(limit), "--calibration-limit", str(limit)]
+        for variant in DEPLOY_VARIANTS:
+            args += ["--variant", variant]
+        print(f"lite0 deploy fold {fold}: xfverify {' '.join(args)}", flush=True)
+        before = machine()
+        xfverify(*args, env=env)
+        saved = results / f"lite0-deploy-{fold}"
+        saved.mkdir(parents=True, exist_ok=True)
+        for name in ("report.json", "report.md"):
+            (saved / name).write_text((out / name).read_text().replace(str(scratch), "$TMP"))
+        (saved / "machine.json").write_text(json.dumps({"before": before, "after": machine()}, indent=2) + "\n")
+
+
+def summarise_deploy(results: Path) -> dict:
+    """summary-lite0-deploy.json's content from both folds' saved reports."""
+    reports = {fold: json.loads((results / f"lite0-deploy-{fold}" / "report.json").read_text()) for fold in "AB"}
+    machines = {fold: json.loads((results / f"lite0-deploy-{fold}" / "machine.json").read_text()) for fold in "AB"}
+    found = summarise("lite0", reports)
+    found["speed"] = {
+        "provider": "CPUExecutionProvider",
+        "machine": "a 2-core machine shared with other work (tests and benchmarks of other sessions), the two "
+                   "folds' runs at the same time in two processes at nice 10: a ratio compares a variant with the "
+                   "plain file within one run, never across runs",
+        "load": machines,
+        "images": {fold: {"scored": r["n_scored"], "calibration": r["variants"]["calibration"]["n_images"]}
+                   for fold, r in reports.items()},
+        "plain_images_per_s": {fold: r["variants"]["plain_images_per_s"] for fold, r in reports.items()},
+        "images_per_s": {name: {fold: next(v for v in r["variants"]["results"] if v["name"] == name)["images_per_s"]
+                                for fold, r in reports.items()} for name in found["variants"]}}
+    return found
+
+
 def summarise(model: str, reports: dict[str, dict]) -> dict:
     names = [r["name"] for r in reports["A"]["variants"]["results"]]
     native = all(r["native"] for r in reports.values())
@@ -189,6 +251,8 @@ def combine(results: Path) -> dict:
                           for model in MODELS if (results / f"summary-{model}.json").is_file()}}
     if (results / "planted.json").is_file():
         summary["planted_fault"] = json.loads((results / "planted.json").read_text())
+    if (results / "summary-lite0-deploy.json").is_file():
+        summary["lite0_deploy"] = json.loads((results / "summary-lite0-deploy.json").read_text())
     (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -210,6 +274,23 @@ def readme_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def deploy_table(summary: dict) -> str:
+    """The README's table of Lite0's variants in one run per fold, from summary.json."""
+    found = summary["lite0_deploy"]
+    lines = ["| variant | top-1 error % | paired delta to fp32 (points, 95% CI) | McNemar p | agreement with fp32 % "
+             "(fold A, B) | time / fp32 (fold A, B) |", "|---|---|---|---|---|---|"]
+    plain = next(iter(found["variants"].values()))["vs_fp32_onnx"]["reference_top1_error"]
+    lines.append(f"| fp32 export | {plain:.2f} | | | | 1 |")
+    for name, entry in found["variants"].items():
+        delta = entry["vs_fp32_onnx"]
+        times = ", ".join(f"{t:.2f}x" if t is not None else "n/a" for t in entry["time_over_plain"].values())
+        agreement = ", ".join(f"{a:.1f}" for a in entry["agreement_with_plain"].values())
+        lines.append(f"| {name} | {delta['variant_top1_error']:.2f} | {delta['delta_points']:+.2f} "
+                     f"({delta['ci95'][0]:+.2f} to {delta['ci95'][1]:+.2f}) | {delta['mcnemar_p']:.3g} | {agreement} | "
+                     f"{times} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, required=True)
@@ -220,9 +301,29 @@ def main() -> None:
                                                                   "run (its paired difference is to the fp32 export)")
     parser.add_argument("--scratch", type=Path, help="a folder kept between calls (copies, caches) instead of a "
                                                      "temporary one")
+    parser.add_argument("--deploy", action="store_true", help="only Lite0's export with every deployment variant "
+                                                              f"({', '.join(DEPLOY_VARIANTS)}) in one run per fold")
+    parser.add_argument("--limit", type=int, help="--deploy: score the first N images of each fold, calibrated on "
+                                                   "the first N of the other (a busy machine's time)")
+    parser.add_argument("--folds", default="A,B", help="--deploy: the folds to run (A,B; a process each may run "
+                                                       "one); the summary is written once both are in --results")
     args = parser.parse_args()
     if args.table:
-        print(readme_table(combine(args.results)))
+        summary = combine(args.results)
+        print(readme_table(summary))
+        if "lite0_deploy" in summary:
+            print("\n" + deploy_table(summary))
+        return
+    if args.deploy:
+        args.results.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="xfverify-variants-lite-") as scratch_name:
+            scratch = args.scratch.resolve() if args.scratch else Path(scratch_name)
+            env = {**os.environ, "XFVERIFY_CACHE": str(scratch / "cache"), "COLUMNS": "160"}
+            run_deploy(folds(scratch, args.photos), scratch, args.results, env, args.folds, args.limit)
+        if all((args.results / f"lite0-deploy-{fold}" / "machine.json").is_file() for fold in "AB"):
+            found = summarise_deploy(args.results)
+            (args.results / "summary-lite0-deploy.json").write_text(json.dumps(found, indent=2) + "\n")
+            print(deploy_table(combine(args.results)))
         return
     args.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="xfverify-variants-lite-") as scratch_name:

@@ -10,6 +10,10 @@ A study is a TOML file (``xfverify study FILE.toml``) or one shipped with xfveri
     variants = ["squash", "resize-pil"]   # diagnose's variants; [] for its whole selection
     precisions = ["bf16"]                 # diagnose's runtime axis (torch and Keras)
     random_weights = false
+    [cells.onnx]                          # the onnx run's deployment variants, as `xfverify onnx --variant` takes them
+    variants = ["fp16", "int8"]
+    calibration = "calibration/"          # int8: a folder, relative to the study file
+    calibration_method = "entropy"        # and calibration_limit, per_channel, keep_float, keep_float_auto
 
 Expanding it gives the cells: one per (model, run), each checked against its card before anything runs.
 """
@@ -21,9 +25,20 @@ import json
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from xfverify.models.cards import CARD_SOURCES, ModelCard, find_cards, get_card
 from xfverify.models.errors import UserError
@@ -36,6 +51,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class OnnxRun(_Strict):
+    """What a cell's onnx run makes and scores beside the plain export: ``xfverify onnx``'s deployment-variant
+    options, by the names its Python API takes (checked as the command checks them when the study is planned)."""
+
+    variants: tuple[StrictStr, ...] = Field(default=(), description="--variant: fp16, int8, int8-entropy, ...")
+    calibration: Optional[StrictStr] = Field(default=None, description="int8: a folder of calibration images, "
+                                                                       "relative to the study file")
+    calibration_limit: Optional[StrictInt] = None
+    calibration_method: StrictStr = "minmax"
+    per_channel: StrictBool = True
+    keep_float: tuple[StrictStr, ...] = ()
+    keep_float_auto: StrictInt = 0
+
+
 class CellGroup(_Strict):
     """Models, and what to run for each of them."""
 
@@ -44,11 +73,18 @@ class CellGroup(_Strict):
     variants: list[str] = Field(default_factory=list, description="diagnose's variants; empty: its whole selection")
     precisions: list[str] = Field(default_factory=list, description="diagnose's other precisions")
     random_weights: StrictBool = False  # true or false: "yes" or 1 is a mistake, not a yes
+    onnx: Optional[OnnxRun] = Field(default=None, description="the onnx run's deployment variants and their options")
 
     @field_validator("models", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _onnx_options_need_an_onnx_run(self) -> "CellGroup":
+        if self.onnx is not None and "onnx" not in self.runs:
+            raise ValueError('[cells.onnx] holds the onnx run\'s options: add "onnx" to runs, or leave it out')
+        return self
 
 
 class StudySpec(_Strict):
@@ -65,15 +101,16 @@ class Cell(_Strict):
     variants: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ()
     random_weights: bool = False
+    onnx: Optional[OnnxRun] = None  # an onnx cell's deployment variants
 
     @property
     def name(self) -> str:
-        """Its folder's name, one per cell: diagnose cells of one model that differ in their variants or precisions
-        are told apart by a digest of them."""
+        """Its folder's name, one per cell: cells of one model that differ in their (diagnose's or deployment)
+        variants or precisions are told apart by a digest of them."""
         name = f"{self.run}-{self.model.replace('/', '_').replace(':', '_')}" + ("-random" if self.random_weights else "")
-        if self.variants or self.precisions:
-            chosen = json.dumps([self.variants, self.precisions]).encode()
-            name += f"-{hashlib.sha256(chosen).hexdigest()[:8]}"
+        if self.variants or self.precisions or self.onnx:
+            chosen = [self.variants, self.precisions, *([self.onnx.model_dump(mode="json")] if self.onnx else [])]
+            name += f"-{hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:8]}"
         return name
 
 
@@ -98,7 +135,7 @@ def load_study(name_or_file: str) -> StudySpec:
             raise UserError(f"{shown(path)}: no such study file")
     text = read_text(path, "study file", STUDY_LIMIT)  # a FIFO or a device: one line, never waited on
     try:
-        return StudySpec.model_validate(tomllib.loads(text))
+        return _paths_from(path.parent, StudySpec.model_validate(tomllib.loads(text)))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{shown(path)}: not valid TOML ({shown(exc)})") from None
     except RecursionError:
@@ -106,7 +143,15 @@ def load_study(name_or_file: str) -> StudySpec:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise UserError(f"{path}: {where}: {first['msg']}") from None
+        raise UserError(f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def _paths_from(folder: Path, study: StudySpec) -> StudySpec:
+    """The study with each cell's calibration folder taken relative to the study file's folder."""
+    groups = [group.model_copy(update={"onnx": group.onnx.model_copy(
+                  update={"calibration": str(folder / Path(group.onnx.calibration).expanduser())})})
+              if group.onnx and group.onnx.calibration else group for group in study.cells]
+    return study.model_copy(update={"cells": groups})
 
 
 def cells_of(study: StudySpec) -> list[Cell]:
@@ -121,7 +166,8 @@ def cells_of(study: StudySpec) -> list[Cell]:
                 diagnosing = run == "diagnose"
                 cell = Cell(run=run, model=card.id, random_weights=group.random_weights,
                             variants=tuple(group.variants) if diagnosing else (),
-                            precisions=tuple(group.precisions) if diagnosing else ())
+                            precisions=tuple(group.precisions) if diagnosing else (),
+                            onnx=group.onnx if run == "onnx" and group.onnx != OnnxRun() else None)
                 if cell not in cells:
                     cells.append(cell)
     return cells

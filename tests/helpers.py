@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import CHROMIUM
 from PIL import Image
 
 from xfverify.models.imagenet import class_table
@@ -173,20 +173,5 @@ def native_json(options) -> dict:
     return run_native(options).report.model_dump(mode="json")
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
                                     reason="no chromium (apt-get install chromium)")
-
-
-def console_errors(page: Path, tmp_path: Path, screenshot: Path | None = None) -> list[str]:
-    """Open a page in headless Chromium; the console messages it logged at error level (and JS exceptions)."""
-    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-            "--enable-logging=stderr", "--v=0", "--window-size=1200,2400"]
-    args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
-    done = subprocess.run([*args, page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return [line for line in done.stderr.splitlines() if "CONSOLE" in line and ("ERROR" in line or "Uncaught" in line
-                                                                                 or "Failed" in line)]
-
-

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import SAMPLE_DIR, console_errors, imagenet_sample_500, needs_chromium, needs_torch, run_cli
+from helpers import SAMPLE_DIR, imagenet_sample_500, needs_chromium, needs_torch, run_cli
 from scipy.stats import binomtest, norm
 
 from xfverify.evaluator.analysis.metrics import (
@@ -181,16 +181,9 @@ def test_when_every_variant_is_significant_the_sentence_counts_no_quiet_ones():
     assert "nothing measurable" not in sentence and sentence.endswith("3 right->wrong / 1 wrong->right).")
 
 
-@needs_chromium
-def test_the_console_check_sees_an_error(tmp_path):
-    page = tmp_path / "bad.html"
-    page.write_text("<!DOCTYPE html><html><body><script>console.error('broken'); undefinedCall();</script></body></html>")
-    assert console_errors(page, tmp_path)
-
-
 @needs_torch
 @needs_chromium
-def test_diagnose_writes_a_checked_report_and_a_page_that_renders_without_console_errors(tmp_path):
+def test_diagnose_writes_a_checked_report_and_a_page_that_renders_without_console_errors(tmp_path, browser):
     mine = tmp_path / "mine.json"
     mine.write_text(json.dumps({"name": "mine-bicubic", "set": {"resize_library": "opencv", "interpolation": "bicubic"}}))
     out = tmp_path / "out"
@@ -208,9 +201,11 @@ def test_diagnose_writes_a_checked_report_and_a_page_that_renders_without_consol
     text = (out / "report.html").read_text()
     assert not re.findall(r"(?:src|href)\s*=\s*[\"']?(?:https?:|//)", text)  # nothing to fetch
     assert "<svg" in text and report.decomposition.sentence.split(";")[0][:40] in text
+    browser.open(out / "report.html")  # the suite's one browser (tests/browser.py), as every page test opens its page
+    assert browser.errors() == [] and browser.requests() == []
+    assert browser.js("document.querySelectorAll('svg').length") >= 1  # the waterfall drawn
     shot = tmp_path / "page.png"
-    assert console_errors(out / "report.html", tmp_path) == []
-    console_errors(out / "report.html", tmp_path, shot)
+    browser.screenshot(shot)
     assert shot.stat().st_size > 10000
 
 
@@ -249,6 +244,47 @@ def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path, s
     # the row is the ONNX pass alone (the one `xfverify onnx` runs): no whole ONNX run is left in --out
     assert sorted(p.name for p in out.iterdir()) == [".xfverify-outputs.json", "reference", "report.html",
                                                      "report.json", "report.md"]
+
+
+@needs_torch
+def test_deployment_variants_of_the_export_are_runtime_rows_on_the_reference_tensors(tmp_path):
+    """--onnx-variant fp16 and int8 (calibrated on 2 images held out of --data, scored by no row): rows of the
+    runtime axis after ONNX Runtime's, fed the reference's tensors, their outputs compared with the reference's, said
+    apart from preprocessing in the decomposition; a bad name or an uncalibrated int8 is the onnx command's line,
+    naming --onnx-variant."""
+    from xfverify.evaluator.data.layouts import load_dataset
+
+    model = "torchvision/mobilenet_v3_small:IMAGENET1K_V1"
+    common = ["--random-weights", "--device", "cpu", "--limit", "5", "--variants", "norm-half-half",
+              "--cache-dir", str(tmp_path / "cache")]
+    for asked, message in ((["--onnx-variant", "int4"], "--onnx-variant 'int4': not a variant"),
+                           (["--onnx-variant", "int8"], "--onnx-variant int8 needs calibration images")):
+        refused = run_cli("diagnose", model, *common, *asked, "--out", str(tmp_path / "refused"))
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+        assert not (tmp_path / "refused").exists()
+    out = tmp_path / "out"
+    done = run_cli("diagnose", model, *common, "--onnx-variant", "fp16", "--onnx-variant", "int8",
+                   "--calibration-split", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = DiagnoseReport.model_validate_json((out / "report.json").read_text())
+    held, scored = load_dataset(SAMPLE_DIR).select(limit=5).calibration_split(2)
+    assert report.dataset.manifest_sha256 == scored.manifest_sha256() and report.dataset.n_images == 3
+    assert [v.name for v in report.variants] == ["norm-half-half", "onnx-runtime", "onnx-fp16", "onnx-int8-minmax"]
+    for row in report.variants[1:]:
+        assert row.group == "runtime" and row.tensors_sha256 == report.reference.tensors_sha256
+        assert row.spec == report.reference.spec and row.max_output_difference is not None
+    runtime, fp16, int8 = report.variants[1:]
+    assert runtime.max_output_difference < 1e-3  # the plain export: the variants' differences are their own
+    assert fp16.max_output_difference > 0 and int8.max_output_difference > 0 and "keep_io_types=True" in fp16.why
+    assert f"calibrated on 2 images of {held.root} (manifest sha256 {held.manifest_sha256()[:16]}" in int8.why
+    decomposition = report.decomposition
+    if not decomposition.ranked:  # 3 images: nothing measurable, and the runtime axis is said apart
+        assert "the runtime axis (onnx-runtime, onnx-fp16, onnx-int8-minmax) changes nothing" in decomposition.sentence
+    assert all(s.axis == "runtime" for s in decomposition.steps if s.name.startswith("onnx-"))
+    assert (fp16.ran_as, int8.ran_as, runtime.ran_as) == (
+        "float16 file, float32 inputs and outputs", "int8 QDQ file, minmax calibration", None)
+    assert "| onnx-int8-minmax | runtime | int8 QDQ file, minmax calibration; outputs within" in (
+        out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("make, fragment", [

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import needs_torch, run_cli
+from helpers import needs_torch, run_cli, write_jpeg
 
 from xfverify.models.cards import model_ids
 from xfverify.models.errors import UserError
@@ -45,6 +45,9 @@ def test_an_onnx_cell_brings_its_native_cell_and_patterns_find_cards(tmp_path):
     ('name = "s"\n[[cells]]\nmodel = ["keras/ResNet50"]\n', "cells.0.model"),
     ('name = "s"\n[[cells]\n', "not valid TOML"),
     ('name = "a b"\n[[cells]]\nmodels = ["keras/ResNet50"]\n', "name"),
+    ('name = "s"\n[[cells]]\nmodels = ["keras/ResNet50"]\nruns = ["native"]\n[cells.onnx]\nvariants = ["fp16"]\n',
+     r'cells.0: .*add "onnx" to runs'),
+    ('name = "s"\n[[cells]]\nmodels = ["keras/ResNet50"]\n[cells.onnx]\nvariant = ["fp16"]\n', "cells.0.onnx.variant"),
 ])
 def test_a_bad_study_file_is_one_line_naming_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"
@@ -65,7 +68,7 @@ def test_unknown_studies_and_executors_are_one_line(tmp_path):
 
 MINI = """name = "mini"
 [[cells]]
-models = ["torchvision/mobilenet_v3_large:IMAGENET1K_V1"]
+models = ["torchvision/mobilenet_v3_small:IMAGENET1K_V1"]
 runs = ["native", "onnx", "diagnose"]
 variants = ["squash"]
 random_weights = true
@@ -95,19 +98,19 @@ def test_a_study_killed_mid_way_resumes_equals_its_commands_and_a_rerun_runs_not
     report = json.loads((out / "study.json").read_text())
     assert (report["ran"], report["reused"]) == (2, 1)
     [row] = report["rows"]
-    native = json.loads((out / "cells" / "native-torchvision_mobilenet_v3_large_IMAGENET1K_V1-random" /
+    native = json.loads((out / "cells" / "native-torchvision_mobilenet_v3_small_IMAGENET1K_V1-random" /
                          "report.json").read_text())
     assert row["native"]["tensors_sha256"] == native["tensors_sha256"] == row["onnx"]["tensors_sha256"]
     assert row["onnx"]["top1_agreement"] == 100.0 and row["diagnose"]["n_variants"] == 1
 
     # the same run as its own command gives the same numbers
-    alone = run_cli("native", "torchvision/mobilenet_v3_large:IMAGENET1K_V1", "--random-weights", "--device", "cpu",
+    alone = run_cli("native", "torchvision/mobilenet_v3_small:IMAGENET1K_V1", "--random-weights", "--device", "cpu",
                     "--limit", "4", "--out", str(tmp_path / "alone"), "--cache-dir", str(cache))
     assert alone.returncode == 0, alone.stderr[-3000:]
     own = json.loads((tmp_path / "alone" / "report.json").read_text())
     assert (own["tensors_sha256"], own["top1_error"]) == (native["tensors_sha256"], native["top1_error"])
     assert (tmp_path / "alone" / "logits.npy").read_bytes() == (out / "cells" / (
-        "native-torchvision_mobilenet_v3_large_IMAGENET1K_V1-random") / "logits.npy").read_bytes()
+        "native-torchvision_mobilenet_v3_small_IMAGENET1K_V1-random") / "logits.npy").read_bytes()
 
     again = run_cli(*args)
     assert again.returncode == 0 and "building" not in again.stderr  # no model was built: no pass
@@ -116,7 +119,7 @@ def test_a_study_killed_mid_way_resumes_equals_its_commands_and_a_rerun_runs_not
     assert second["rows"] == report["rows"]
 
     # a cell whose report.json changed since (edited, replaced by another run) runs again: its numbers are not trusted
-    native_report = out / "cells" / "native-torchvision_mobilenet_v3_large_IMAGENET1K_V1-random" / "report.json"
+    native_report = out / "cells" / "native-torchvision_mobilenet_v3_small_IMAGENET1K_V1-random" / "report.json"
     native_report.write_text(native_report.read_text().replace('"top1_error": ', '"top1_error":  ', 1))
     rerun = run_cli(*args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -131,6 +134,60 @@ def test_a_study_killed_mid_way_resumes_equals_its_commands_and_a_rerun_runs_not
     assert (third["ran"], third["reused"]) == (1, 2) and third["rows"][0]["diagnose"]["n_variants"] == 2
     assert (out / "study.md").read_text().startswith("# xfverify study: mini")
     assert (out / "study.csv").read_text().splitlines()[0].startswith("architecture,model,framework")
+
+
+DEPLOY = """name = "deploy"
+[[cells]]
+models = ["torchvision/mobilenet_v3_small:IMAGENET1K_V1"]
+runs = ["onnx"]
+random_weights = true
+[cells.onnx]
+variants = ["fp16", "int8"]
+calibration = "calibration"
+calibration_method = "percentile"
+"""
+
+
+@needs_torch
+def test_an_onnx_cell_scores_its_deployment_variants_and_a_bad_one_is_refused_when_planned(tmp_path):
+    """A study's onnx cell names fp16 and int8 (calibrated on generated images beside the study file, by percentile):
+    each variant's error and agreement reach study.json, study.md and study.html's row; a variant no run can take is
+    the command's one line, prefixed with its cell, before any cell runs."""
+    study = tmp_path / "deploy.toml"
+    study.write_text(DEPLOY)
+    for i in range(3):
+        write_jpeg(tmp_path / "calibration" / f"calib_{i}.jpg", seed=700 + i, width=160, height=120)
+    out = tmp_path / "out"
+    args = ["study", str(study), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+            "--provider", "cpu", "--limit", "3"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DEPLOY.replace('"int8"]', '"int4"]'))
+    refused = run_cli("study", str(bad), *args[2:])
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "study cell onnx-torchvision_mobilenet_v3_small_IMAGENET1K_V1-random-" in refused.stderr
+    assert "--variant 'int4': not a variant" in refused.stderr and not out.exists()
+    uncalibrated = tmp_path / "uncalibrated.toml"
+    uncalibrated.write_text(DEPLOY.replace('calibration = "calibration"\n', ""))
+    refused = run_cli("study", str(uncalibrated), *args[2:])
+    assert refused.returncode == 2 and "--variant int8 needs calibration images" in refused.stderr
+
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "study.json").read_text())
+    [row] = report["rows"]
+    variants = row["onnx"]["variants"]
+    assert [v["name"] for v in variants] == ["fp16", "int8-percentile"]
+    [cell] = [c for c in report["cells"] if c["run"] == "onnx"]
+    onnx = json.loads((out / cell["folder"] / "report.json").read_text())
+    for summary, full in zip(variants, onnx["variants"]["results"]):
+        assert summary["top1_error"] == full["top1_error"] is not None
+        assert summary["top1_agreement_plain"] == full["agreement_plain"]["top1_agreement"] is not None
+        assert full["tensors_sha256"] == onnx["tensors_sha256"]
+    assert row["onnx"]["calibration"].startswith("3 images, manifest sha256 ")
+    shown = f"fp16 {variants[0]['top1_error']:.1f} ({variants[0]['top1_agreement_plain']:.1f})"
+    assert shown in (out / "study.md").read_text() and shown in (out / "study.html").read_text()
+    again = run_cli(*args)
+    assert again.returncode == 0 and json.loads((out / "study.json").read_text())["ran"] == 0
 
 
 def test_executor_ray_without_ray_is_one_line(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import click
 from xfverify.evaluator.analysis.agreement import ATOL_FRACTION, RTOL
 from xfverify.evaluator.commands import output
 from xfverify.evaluator.commands.options import (
+    CALIBRATION_SPLIT,
     CONTEXT,
     choice,
     MODEL_RUN_OPTIONS,
@@ -29,7 +30,7 @@ from xfverify.evaluator.pipeline.options import DEVICES, PROVIDERS
 @click.option("--provider", default="auto", **choice(PROVIDERS), help="ONNX Runtime's execution provider; cuda never falls back to the CPU.")
 @click.option("--device", default="auto", **choice(DEVICES), help="Where the native run computes, when one is run.")
 @click.option("--opset", type=int, help="ONNX opset of the export (default: the exporter's: torch 18, tf2onnx 17, MXNet 13).")
-@option_group(*SUBSET_OPTIONS)
+@option_group(*SUBSET_OPTIONS, CALIBRATION_SPLIT)
 @option_group(*MODEL_RUN_OPTIONS)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor and export cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
 @click.option("--atol", type=float, default=ATOL_FRACTION, show_default=True, help="Absolute tolerance, as a fraction of the largest |native output|.")
@@ -37,7 +38,7 @@ from xfverify.evaluator.pipeline.options import DEVICES, PROVIDERS
 @click.option("--localize/--no-localize", default=None, help="Run the worst-agreeing images node by node in ONNX Runtime and the native framework and name the first node that departs beyond the tolerance [default: when the outputs disagree].")
 @click.option("--localize-images", type=int, default=4, show_default=True, help="Images --localize runs node by node (the worst-agreeing ones).")
 @click.option("--localize-against", type=click.Path(dir_okay=False), help="Localize against this ONNX file (say, the plain export of an optimised or quantised FILE.onnx) instead of the native network.")
-@click.option("--variant", "variants", multiple=True, metavar="NAME|FILE.onnx", help="A deployment variant of the plain file, made, run on the same tensors and scored beside it (repeatable): fp16, int8 (static QDQ, calibrated), int8-dynamic, opt-basic, opt-extended, opt-all, or your converted FILE.onnx.")
+@click.option("--variant", "variants", multiple=True, metavar="NAME|FILE.onnx", help="A deployment variant of the plain file, made, run on the same tensors and scored beside it (repeatable): fp16, int8 (static QDQ, calibrated by --calibration-method), int8-minmax, int8-entropy, int8-percentile (each its own method), int8-dynamic, opt-basic, opt-extended, opt-all, or your converted FILE.onnx.")
 @click.option("--calibration", type=click.Path(file_okay=False), help="int8: calibration images (any layout --data takes), none of them among the scored ones.")
 @click.option("--calibration-limit", type=int, help="int8: calibrate on the first N calibration images by id.")
 @click.option("--calibration-method", default="minmax", **choice(CALIBRATION_METHODS), help="int8: ONNX Runtime's calibration method.")

@@ -46,6 +46,7 @@ from xfverify.evaluator.reports.study import (
     OnnxCell,
     StudyDataset,
     StudyReport,
+    VariantCell,
     cell_pages,
     csv_text,
     html_page,
@@ -110,7 +111,7 @@ def plan_cells(cells: list[Cell], dataset: Dataset, options: StudyOptions, out_d
         card = get_card(cell.model)
         needs = None
         if cell.run == "onnx":
-            needs = planned[cell.model_copy(update={"run": "native"})]
+            needs = planned[cell.model_copy(update={"run": "native", "onnx": None})]
         payload = {
             "cell": cell.model_dump(mode="json"),
             "card": card.model_dump(mode="json"),
@@ -123,12 +124,15 @@ def plan_cells(cells: list[Cell], dataset: Dataset, options: StudyOptions, out_d
             "xfverify": __version__,
             "needs": needs.key if needs else None,
         }
-        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         folder = out_dir / "cells" / cell.name
         try:
             cell_options = _cell_options(cell, card, options, folder, needs)
+            if isinstance(cell_options, OnnxOptions) and cell_options.calibration:  # the images, not only their path
+                payload["calibration_manifest_sha256"] = load_dataset(cell_options.calibration).select(
+                    limit=cell_options.calibration_limit).manifest_sha256()
         except UserError as exc:
             raise UserError(f"study cell {cell.name}: {exc}") from None
+        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         planned[cell] = PlannedCell(cell, key, folder, needs, cell_options)
     return list(planned.values())
 
@@ -144,8 +148,9 @@ def _cell_options(cell: Cell, card: ModelCard, options: StudyOptions, folder: Pa
     if cell.run == "native":
         return NativeOptions(**common, model=cell.model)
     if cell.run == "onnx":
+        deploy = cell.onnx.model_dump() if cell.onnx else {}
         return OnnxOptions(**common, target=cell.model, provider=options.provider,
-                           against=str(needs.folder) if needs else None)
+                           against=str(needs.folder) if needs else None, **deploy)
     diagnose = DiagnoseOptions(**common, model=cell.model, variants=",".join(cell.variants) or None,
                                precisions=",".join(cell.precisions) or None)
     chosen_variants(card, resolve_preprocess(None, default=card.reference_spec), diagnose)  # as the command chooses them
@@ -291,8 +296,22 @@ def native_cell(report: NativeReport) -> NativeCell:
                       data_wait_s=report.timing.data_wait_s, compute_s=report.timing.compute_s)
 
 
+def variant_cells(report: OnnxReport) -> list[VariantCell]:
+    """Each deployment variant's numbers, as the onnx report gives them."""
+    if report.variants is None:
+        return []
+    return [VariantCell(name=v.name, top1_error=v.top1_error, top1_error_ci95=v.top1_error_ci95,
+                        delta_vs_plain=v.vs_plain.delta, delta_ci95=v.vs_plain.ci95,
+                        top1_agreement_plain=v.agreement_plain.top1_agreement, n_flips_plain=v.agreement_plain.n_flips,
+                        within_tolerance_plain=v.agreement_plain.within_tolerance,
+                        delta_vs_native=v.vs_native.delta if v.vs_native else None,
+                        time_over_plain=v.time_over_plain, remedy_of=v.remedy_of)
+            for v in report.variants.results]
+
+
 def onnx_cell(report: OnnxReport) -> OnnxCell:
     agreement = report.agreement
+    calibration = report.variants.calibration if report.variants else None
     return OnnxCell(
         top1_error=report.top1_error, tensors_sha256=report.tensors_sha256, exporter=report.onnx.exporter,
         opset=report.onnx.opset, top1_agreement=agreement.top1_agreement if agreement else None,
@@ -300,7 +319,10 @@ def onnx_cell(report: OnnxReport) -> OnnxCell:
         max_abs_diff_over_max_abs_logit=agreement.max_abs_diff_over_max_abs_logit if agreement else None,
         within_tolerance=agreement.within_tolerance if agreement else None,
         providers=report.runtime.providers, images_per_s=report.timing.images_per_s,
-        data_wait_s=report.timing.data_wait_s, onnx_over_native_time=report.onnx_over_native_time)
+        data_wait_s=report.timing.data_wait_s, onnx_over_native_time=report.onnx_over_native_time,
+        variants=variant_cells(report),
+        calibration=f"{calibration.n_images} images, manifest sha256 {calibration.manifest_sha256}"
+        if calibration else None)
 
 
 def diagnose_cell(report: DiagnoseReport) -> DiagnoseCell:

@@ -38,6 +38,22 @@ class NativeCell(_Strict):
     compute_s: float
 
 
+class VariantCell(_Strict):
+    """A deployment variant of the cell's export (``xfverify onnx --variant``), scored on the same tensors."""
+
+    name: str
+    top1_error: Optional[float]
+    top1_error_ci95: Optional[tuple[float, float]]
+    delta_vs_plain: float = Field(description="top-1 error minus the plain export's, points")
+    delta_ci95: tuple[float, float] = Field(description="Newcombe's paired 95 % interval of delta_vs_plain")
+    top1_agreement_plain: Optional[float] = Field(description="percent of the images with the plain export's top-1")
+    n_flips_plain: Optional[int]
+    within_tolerance_plain: Optional[float]
+    delta_vs_native: Optional[float] = Field(description="top-1 error minus the native run's, points")
+    time_over_plain: Optional[float] = Field(description="compute seconds over the plain export's, same run")
+    remedy_of: Optional[str] = Field(default=None, description="the int8 variant it remedies (nodes kept in float)")
+
+
 class OnnxCell(_Strict):
     top1_error: Optional[float]
     tensors_sha256: str
@@ -53,6 +69,8 @@ class OnnxCell(_Strict):
     images_per_s: Optional[float]
     data_wait_s: float
     onnx_over_native_time: Optional[float]
+    variants: list[VariantCell] = Field(default=[], description="the deployment variants the cell asked for")
+    calibration: Optional[str] = Field(default=None, description="int8's calibration images: how many, manifest")
 
 
 class Cause(_Strict):
@@ -146,9 +164,17 @@ def _causes(cell: DiagnoseCell | None, limit: int = 2) -> str:
                      for c in cell.causes[:limit])
 
 
+def _variants(cell: OnnxCell | None) -> str:
+    """Each deployment variant: its top-1 error, its agreement with the plain export, in %."""
+    if cell is None or not cell.variants:
+        return ""
+    return "; ".join(f"{v.name} {_pct(v.top1_error)} ({'' if v.top1_agreement_plain is None else f'{v.top1_agreement_plain:.1f}'})"
+                     for v in cell.variants)
+
+
 COLUMNS = ("model", "framework", "published top-1 %", "native top-1 % (95 % CI)", "ONNX Runtime top-1 %",
            "top-1 agreement %", "flips", "McNemar p", "top causes (diagnose, points)", "native img/s",
-           "native data wait s", "ONNX img/s")
+           "native data wait s", "ONNX img/s", "deployment variants: top-1 % (agreement with the export %)")
 
 
 def row_cells(row: ModelRow) -> list[str]:
@@ -164,6 +190,7 @@ def row_cells(row: ModelRow) -> list[str]:
         "" if native is None else _rate(native.images_per_s),
         "" if native is None else f"{native.data_wait_s:.1f}",
         "" if onnx is None else _rate(onnx.images_per_s),
+        _variants(onnx),
     ]
 
 
@@ -220,6 +247,8 @@ PAGE_COLUMNS = (  # key in the page's rows, header, kind, digits, what it says
     ("cause", "top cause", "text", 0, "diagnose's largest measurable change, in points"),
     ("native_speed", "native img/s", "number", 0, "images/s of the native evaluation loop (data wait included)"),
     ("onnx_speed", "ONNX img/s", "number", 0, "images/s under ONNX Runtime"),
+    ("variants", "deployment variants", "text", 0,
+     "each deployment variant of the export: top-1 error % (agreement with the export's top-1 %)"),
 )
 
 
@@ -300,6 +329,11 @@ def page_rows(report: StudyReport, pages: dict[str, str]) -> list[dict[str, Any]
             "cause": cause, "cause_title": _causes(diagnose, limit=len(diagnose.causes)) if diagnose else None,
             "native_speed": native.images_per_s if native else None,
             "onnx_speed": onnx.images_per_s if onnx else None,
+            "variants": _variants(onnx) or None,
+            "variants_title": "; ".join(
+                f"{v.name}: top-1 error {_pct(v.top1_error)} %, {v.delta_vs_plain:+.2f} points vs the export "
+                f"({v.delta_ci95[0]:+.2f} to {v.delta_ci95[1]:+.2f}), agreement {v.top1_agreement_plain} %, "
+                f"time {v.time_over_plain}x" for v in onnx.variants) if onnx and onnx.variants else None,
             "marks": marks, "failed": row.failed, "pages": links.get(row.model, {}),
             "search": " ".join((row.model, row.architecture, row.framework)).lower(),
         })

@@ -42,7 +42,7 @@
       td.textContent = fixed(value, column.digits);
     } else {
       td.textContent = value === null ? "" : value;
-      if (column.key === "cause" && row.cause_title) td.title = row.cause_title;
+      if (row[column.key + "_title"]) td.title = row[column.key + "_title"];  // cause, variants: the whole text
     }
     return td;
   }
