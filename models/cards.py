@@ -41,6 +41,9 @@ class PublishedNumber(_Strict):
     top5_error: Optional[float] = Field(default=None, ge=0, le=100)
     source: str = Field(min_length=3)
     primary: bool = False
+    benchmark: Literal["imagenet", "real", "imagenetv2"] = Field(
+        default="imagenet", description="imagenet: the validation set's own labels; real: its ReaL labels; "
+                                        "imagenetv2: ImageNetV2 matched-frequency, another test set")
 
 
 class Weights(_Strict):
@@ -143,11 +146,16 @@ class ModelCard(_Strict):
 
     @property
     def primary_published(self) -> PublishedNumber | None:
-        """The number reports compare against: the one marked primary, else the first."""
-        for number in self.published:
+        """The number reports compare against: the one marked primary, else the first on ImageNet's own labels."""
+        imagenet = [number for number in self.published if number.benchmark == "imagenet"]
+        for number in imagenet:
             if number.primary:
                 return number
-        return self.published[0] if self.published else None
+        return imagenet[0] if imagenet else None
+
+    def published_on(self, benchmark: str) -> PublishedNumber | None:
+        """The published number on ``benchmark`` (ReaL labels: what a report's ReaL error is compared with)."""
+        return next((number for number in self.published if number.benchmark == benchmark), None)
 
 
 class _CardFile(_Strict):

@@ -188,6 +188,7 @@ def timm_card(entry: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
     for benchmark, row in entry["results"].items():
         published.append(dict(
             top1_error=float(row["top1_err"]), top5_error=float(row["top5_err"]), primary=benchmark == "imagenet",
+            benchmark=benchmark,
             source=(f"{where} {results['files'][benchmark]}, the row of {tag} ({TIMM_BENCHMARKS[benchmark]}; "
                     f"img_size {row['img_size']}, crop_pct {row['crop_pct']}, {row['interpolation']})"),
         ))

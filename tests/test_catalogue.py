@@ -191,7 +191,8 @@ def test_timm_numbers_equal_timms_results_files():
         for benchmark, number in numbers.items():
             row = rows[benchmark][tag]
             assert (number.top1_error, number.top5_error) == (float(row["top1_err"]), float(row["top5_err"])), card.id
-            assert number.primary == (benchmark == "imagenet")
+            assert number.primary == (benchmark == "imagenet") and number.benchmark == benchmark, card.id
+            assert card.published_on(benchmark) is number
         if "imagenet" in numbers:
             with_rows += 1
             row = rows["imagenet"][tag]
@@ -201,6 +202,28 @@ def test_timm_numbers_equal_timms_results_files():
         else:
             assert card.primary_published is None and "no published number" in card.notes, card.id
     assert with_rows == 1266
+
+
+def test_a_reports_real_error_is_compared_with_the_number_published_on_the_real_labels():
+    """A ReaL error beside timm's ReaL row (never beside the ImageNet number, which is on other labels)."""
+    import csv
+
+    from xfverify.evaluator.analysis.metrics import RealError
+    from xfverify.evaluator.pipeline.assemble import _with_published_real
+
+    card = get_card("timm/resnet50:a1_in1k")
+    real_rows = csv.DictReader(open(ROOT / "models/catalogue/sources/timm/results-imagenet-real.csv", newline=""))
+    published = float(next(r for r in real_rows if r["model"] == "resnet50.a1_in1k"
+                           and int(r["img_size"]) == card.reference_spec.crop_size)["top1_err"])
+    assert card.primary_published.benchmark == "imagenet" and card.primary_published.top1_error != published
+    measured = RealError(top1_error=published + 4.0, top1_error_ci95=[published + 1.0, published + 7.0], n_images=900,
+                         source="ReaL")
+    compared = _with_published_real(measured, card)
+    assert compared.published_top1_error == published and "results-imagenet-real.csv" in compared.published_source
+    assert compared.delta_vs_published.top1_error == 4.0 and compared.delta_vs_published.outside_ci95
+    inside = measured.model_copy(update={"top1_error_ci95": [published - 1.0, published + 7.0]})
+    assert not _with_published_real(inside, card).delta_vs_published.outside_ci95
+    assert _with_published_real(measured, get_card("torchvision/resnet50:IMAGENET1K_V2")).delta_vs_published is None
 
 
 @needs_torch

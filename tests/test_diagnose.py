@@ -246,6 +246,47 @@ def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path, s
                                                      "report.json", "report.md"]
 
 
+@needs_torch
+def test_deployment_variants_of_the_export_are_runtime_rows_on_the_reference_tensors(tmp_path):
+    """--onnx-variant fp16 and int8 (calibrated on 2 images held out of --data, scored by no row): rows of the
+    runtime axis after ONNX Runtime's, fed the reference's tensors, their outputs compared with the reference's, said
+    apart from preprocessing in the decomposition; a bad name or an uncalibrated int8 is the onnx command's line,
+    naming --onnx-variant."""
+    from xfverify.evaluator.data.layouts import load_dataset
+
+    model = "torchvision/mobilenet_v3_small:IMAGENET1K_V1"
+    common = ["--random-weights", "--device", "cpu", "--limit", "5", "--variants", "norm-half-half",
+              "--cache-dir", str(tmp_path / "cache")]
+    for asked, message in ((["--onnx-variant", "int4"], "--onnx-variant 'int4': not a variant"),
+                           (["--onnx-variant", "int8"], "--onnx-variant int8 needs calibration images")):
+        refused = run_cli("diagnose", model, *common, *asked, "--out", str(tmp_path / "refused"))
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+        assert not (tmp_path / "refused").exists()
+    out = tmp_path / "out"
+    done = run_cli("diagnose", model, *common, "--onnx-variant", "fp16", "--onnx-variant", "int8",
+                   "--calibration-split", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = DiagnoseReport.model_validate_json((out / "report.json").read_text())
+    held, scored = load_dataset(SAMPLE_DIR).select(limit=5).calibration_split(2)
+    assert report.dataset.manifest_sha256 == scored.manifest_sha256() and report.dataset.n_images == 3
+    assert [v.name for v in report.variants] == ["norm-half-half", "onnx-runtime", "onnx-fp16", "onnx-int8-minmax"]
+    for row in report.variants[1:]:
+        assert row.group == "runtime" and row.tensors_sha256 == report.reference.tensors_sha256
+        assert row.spec == report.reference.spec and row.max_output_difference is not None
+    runtime, fp16, int8 = report.variants[1:]
+    assert runtime.max_output_difference < 1e-3  # the plain export: the variants' differences are their own
+    assert fp16.max_output_difference > 0 and int8.max_output_difference > 0 and "keep_io_types=True" in fp16.why
+    assert f"calibrated on 2 images of {held.root} (manifest sha256 {held.manifest_sha256()[:16]}" in int8.why
+    decomposition = report.decomposition
+    if not decomposition.ranked:  # 3 images: nothing measurable, and the runtime axis is said apart
+        assert "the runtime axis (onnx-runtime, onnx-fp16, onnx-int8-minmax) changes nothing" in decomposition.sentence
+    assert all(s.axis == "runtime" for s in decomposition.steps if s.name.startswith("onnx-"))
+    assert (fp16.ran_as, int8.ran_as, runtime.ran_as) == (
+        "float16 file, float32 inputs and outputs", "int8 QDQ file, minmax calibration", None)
+    assert "| onnx-int8-minmax | runtime | int8 QDQ file, minmax calibration; outputs within" in (
+        out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("make, fragment", [
     (lambda out: (out / "report.html").mkdir(parents=True), "report.html there is a folder"),
     (lambda out: (out / "reference" / "logits.npy").mkdir(parents=True), "reference/logits.npy there is not a file xfverify writes"),

@@ -71,7 +71,7 @@ def test_a_bad_value_is_the_same_line_from_the_command_line_and_the_api(verb, ar
     ({"limit": True}, "--limit True: input should be a valid integer"),
     ({"random_weights": "yes"}, "--random-weights 'yes': input should be a valid boolean"),
     ({"overrides": 0.9}, "--set 0.9: input should be a valid tuple"),
-    ({"dvice": "cpu"}, "unknown option 'dvice'; the options are: batch_size, cache_dir, cuda_graphs, data,"),
+    ({"dvice": "cpu"}, "unknown option 'dvice'; the options are: batch_size, cache_dir, calibration_split, cuda_graphs,"),
 ])
 def test_a_wrong_type_or_name_through_the_api_is_one_line(options, line):
     assert api_line(xfverify.native, **options).startswith(line)
@@ -124,12 +124,12 @@ def test_the_options_one_verb_hands_another_carry_every_field_they_share(tmp_pat
     shared = {f.name for f in dataclasses.fields(RunOptions)} - {"extra_notes"}
     values = {"data": "d", "devkit": "k", "preprocess": "lite-tf-224", "overrides": ("crop_pct=0.9",), "limit": 3,
               "per_class": 1, "device": "cpu", "batch_size": 2, "workers": 1, "cache_dir": "c", "random_weights": True,
-              "seed": 7, "on_bad_image": "skip", "out": "o"}
+              "seed": 7, "on_bad_image": "skip", "out": "o", "calibration_split": 2}
     assert set(values) | {"weights"} == shared  # weights excludes random_weights; checked on its own below
-    native = OnnxOptions(**values, target="pypi/efficientnet_lite0").native_options(out="n")
+    native = OnnxOptions(**values, target="pypi/efficientnet_lite0", variants=("int8",)).native_options(out="n")
     assert {name: getattr(native, name) for name in values} == {**values, "out": "n"}
     assert native.model == "pypi/efficientnet_lite0" and native.precision == "fp32"
-    onnx = DiagnoseOptions(**values, model="pypi/efficientnet_lite0").onnx_options()
+    onnx = DiagnoseOptions(**values, model="pypi/efficientnet_lite0", onnx_variants=("int8",)).onnx_options()
     # the row runs on the reference's tensors: its preprocessing is the reference's, its outputs go nowhere
     carried = {name: getattr(onnx, name) for name in values if name not in ("preprocess", "overrides", "out")}
     assert carried == {k: v for k, v in values.items() if k not in ("preprocess", "overrides", "out")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from pydantic import BaseModel
@@ -87,6 +87,13 @@ def error_stats(topk: np.ndarray, labels: Sequence[tuple[int, ...]], include: np
     return ErrorStats(n=n, top1_errors=top1, top5_errors=top5)
 
 
+class PublishedGap(BaseModel):
+    """Measured minus published top-1 error, in points, and whether the published number is outside the 95 % CI."""
+
+    top1_error: float
+    outside_ci95: bool
+
+
 class RealError(BaseModel):
     """Top-1 error against the ImageNet ReaL labels."""
 
@@ -94,6 +101,9 @@ class RealError(BaseModel):
     top1_error_ci95: list[float]
     n_images: int
     source: str
+    published_top1_error: Optional[float] = None
+    published_source: Optional[str] = None
+    delta_vs_published: Optional[PublishedGap] = None
 
 
 def real_error(topk: np.ndarray, image_ids: Sequence[str], include: np.ndarray) -> RealError | None:
@@ -121,13 +131,6 @@ def real_error(topk: np.ndarray, image_ids: Sequence[str], include: np.ndarray) 
         n_images=n,
         source="ImageNet ReaL labels (Beyer et al. 2020, google-research/reassessed-imagenet)",
     )
-
-
-class PublishedGap(BaseModel):
-    """Measured minus published top-1 error, in points, and whether the published number is outside the 95 % CI."""
-
-    top1_error: float
-    outside_ci95: bool
 
 
 def compare_to_published(measured: float | None, ci: tuple[float, float], published: float | None,

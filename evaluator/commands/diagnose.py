@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from xfverify.evaluator.commands import output
-from xfverify.evaluator.commands.options import CONTEXT, MODEL_RUN_OPTIONS, SUBSET_OPTIONS, choice, model_id, option_group
+from xfverify.evaluator.commands.options import (
+    CALIBRATION_SPLIT,
+    CONTEXT,
+    MODEL_RUN_OPTIONS,
+    SUBSET_OPTIONS,
+    choice,
+    model_id,
+    option_group,
+)
 from xfverify.evaluator.pipeline.options import DEVICES, PRECISIONS
 
 
@@ -17,8 +25,11 @@ from xfverify.evaluator.pipeline.options import DEVICES, PRECISIONS
 @click.option("--variants", metavar="NAME,...", help="Only these variants (the reference always runs); a wrong name lists the model's.")
 @click.option("--spec", "spec_files", multiple=True, type=click.Path(), metavar="FILE.json", help='Add your own variant: {"name": ..., "preset": optional, "set": {field: value}} (or a list of them); repeatable.')
 @click.option("--onnx", is_flag=True, help="Also run the model's ONNX export under ONNX Runtime on the reference's tensors (the runtime axis).")
+@click.option("--onnx-variant", "onnx_variants", multiple=True, metavar="NAME|FILE.onnx", help="Also run this deployment variant of the export on the reference's tensors, on the runtime axis (repeatable; implies --onnx): the names `onnx --variant` takes (fp16, int8, int8-entropy, int8-dynamic, opt-all, ...).")
+@click.option("--calibration", type=click.Path(file_okay=False), help="--onnx-variant int8: calibration images (any layout --data takes), none of them among the scored ones.")
+@click.option("--calibration-limit", type=int, help="--onnx-variant int8: calibrate on the first N calibration images by id.")
 @click.option("--precisions", metavar="PRECISION,...", help="Also run the model at these precisions on the reference's tensors, in the same worker (the runtime axis): bf16 and fp16 (torch autocast, a Keras mixed-precision policy), tf32 on CUDA GPUs; --precision sets the reference's.")
-@option_group(*SUBSET_OPTIONS)
+@option_group(*SUBSET_OPTIONS, CALIBRATION_SPLIT)
 @click.option("--device", default="auto", **choice(DEVICES))
 @click.option("--precision", default="fp32", **choice(PRECISIONS), help="The reference's precision; fp32 keeps TF32 off.")
 @option_group(*MODEL_RUN_OPTIONS)
@@ -32,6 +43,7 @@ def diagnose_command(model, **kwargs) -> None:
     from xfverify.evaluator.system import console
 
     kwargs["spec_files"] = tuple(kwargs["spec_files"])
+    kwargs["onnx_variants"] = tuple(kwargs["onnx_variants"])
     finished = run_diagnose(DiagnoseOptions(model=DEFAULT_MODEL if model is None else model, **kwargs))
     report, out_dir = finished.report, finished.out_dir
     rows = [(row.name, f"{row.top1_error:.1f} %, {row.delta:+.1f} (95 % CI {row.delta_ci95[0]:+.1f} to "

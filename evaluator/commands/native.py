@@ -6,6 +6,7 @@ import click
 
 from xfverify.evaluator.commands import output
 from xfverify.evaluator.commands.options import (
+    CALIBRATION_SPLIT,
     CONTEXT,
     choice,
     MODEL_RUN_OPTIONS,
@@ -23,7 +24,7 @@ from xfverify.evaluator.pipeline.options import DEVICES, PRECISIONS
 @click.option("--devkit", type=click.Path(), help="Folder holding ILSVRC2012_validation_ground_truth.txt and meta.mat (default: looked for beside --data).")
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: ./xfverify-out/native-<model>-<time>).")
 @preprocess_options
-@option_group(*SUBSET_OPTIONS)
+@option_group(*SUBSET_OPTIONS, CALIBRATION_SPLIT)
 @click.option("--device", default="auto", **choice(DEVICES))
 @click.option("--precision", default="fp32", **choice(PRECISIONS), help="fp32 keeps TF32 off: results as published, not as fast as possible.")
 @option_group(*MODEL_RUN_OPTIONS)

@@ -7,6 +7,7 @@ import click
 from xfverify.evaluator.analysis.agreement import ATOL_FRACTION, RTOL
 from xfverify.evaluator.commands import output
 from xfverify.evaluator.commands.options import (
+    CALIBRATION_SPLIT,
     CONTEXT,
     choice,
     MODEL_RUN_OPTIONS,
@@ -29,7 +30,7 @@ from xfverify.evaluator.pipeline.options import DEVICES, PROVIDERS
 @click.option("--provider", default="auto", **choice(PROVIDERS), help="ONNX Runtime's execution provider; cuda never falls back to the CPU.")
 @click.option("--device", default="auto", **choice(DEVICES), help="Where the native run computes, when one is run.")
 @click.option("--opset", type=int, help="ONNX opset of the export (default: the exporter's: torch 18, tf2onnx 17, MXNet 13).")
-@option_group(*SUBSET_OPTIONS)
+@option_group(*SUBSET_OPTIONS, CALIBRATION_SPLIT)
 @option_group(*MODEL_RUN_OPTIONS)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tensor and export cache (default: $XFVERIFY_CACHE or ~/.cache/xfverify).")
 @click.option("--atol", type=float, default=ATOL_FRACTION, show_default=True, help="Absolute tolerance, as a fraction of the largest |native output|.")

@@ -34,6 +34,11 @@ SUBSET_OPTIONS = (
     click.option("--limit", type=int, help="Only the first N images by image id."),
     click.option("--per-class", type=int, help="A class-balanced subset: the first K images of each class."),
 )
+CALIBRATION_SPLIT = click.option(
+    "--calibration-split", type=int, metavar="N",
+    help="Hold N of these images out to calibrate int8 (the first image of every class by image id, then the second, "
+         "...): never scored; onnx --variant int8 and diagnose --onnx-variant int8 calibrate on them, a native run "
+         "scores the others as such a run does.")
 MODEL_RUN_OPTIONS = (
     click.option("--batch-size", type=int,
                  help="Images per batch (default: chosen where the model runs: 4 on a CPU, 32 on a GPU)."),

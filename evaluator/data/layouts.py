@@ -114,6 +114,34 @@ class Dataset:
         return replace(self, records=tuple(records), notes=tuple(notes))
 
 
+    def calibration_split(self, n: int) -> tuple["Dataset", "Dataset"]:
+        """The first ``n`` images by SPLIT_RULE (to calibrate on) and the others (to score), each in this order."""
+        if n <= 0:
+            raise UserError(f"--calibration-split must be positive, got {n}")
+        if n >= len(self.records):
+            raise UserError(f"--calibration-split {n}: the images asked for ({self.root}, after --limit and "
+                            f"--per-class) are {len(self.records)}, none would be left to score: give fewer")
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for index, record in enumerate(self.records):
+            groups.setdefault((not record.labelled, record.labels[0] if record.labelled else 0), []).append(index)
+        queues = [sorted(rows, key=lambda row: self.records[row].image_id) for _, rows in sorted(groups.items())]
+        taken: set[int] = set()
+        for depth in range(max(len(q) for q in queues)):
+            for queue in queues:
+                if depth < len(queue) and len(taken) < n:
+                    taken.add(queue[depth])
+        held = tuple(r for i, r in enumerate(self.records) if i in taken)
+        scored = tuple(r for i, r in enumerate(self.records) if i not in taken)
+        note = (f"{n} of the {len(self.records)} images held out to calibrate int8, never scored "
+                f"(--calibration-split: {SPLIT_RULE})")
+        return (replace(self, records=held, notes=(*self.notes, f"the {n} calibration images of --calibration-split")),
+                replace(self, records=scored, notes=(*self.notes, note)))
+
+
+SPLIT_RULE = ("a round robin over the classes in class-index order (unlabelled images last), each class's images "
+              "by image id: the first image of every class, then the second, and so on")
+
+
 # --- label parsing -----------------------------------------------------------------------
 
 

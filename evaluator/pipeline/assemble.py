@@ -11,6 +11,7 @@ import numpy as np
 from xfverify.version import __version__
 from xfverify.evaluator.analysis.metrics import (
     NO_CLASS,
+    RealError,
     compare_to_published,
     error_stats,
     real_error,
@@ -88,7 +89,7 @@ def assemble_report(card: ModelCard | None, spec: PreprocessSpec, dataset: Datas
         published=published,
         other_published=others,
         delta_vs_published=delta,
-        real_labels=real_error(topk, [r.image_id for r in dataset.records], include),
+        real_labels=_with_published_real(real_error(topk, [r.image_id for r in dataset.records], include), card),
         timing=timing,
         cache=CacheInfo(
             directory=str(Path(cached.shard_paths[0]).parent.parent) if cached.shard_paths else None,
@@ -130,8 +131,19 @@ def non_finite_notes(topk: np.ndarray, dataset, skipped: set[int], whose: str = 
              f"{dataset.records[rows[0]].path}: they have no predictions{where} and count as wrong")]
 
 
+def _with_published_real(real: RealError | None, card: ModelCard | None) -> RealError | None:
+    """The ReaL error beside the number published on the ReaL labels, where the card has one (timm publishes it)."""
+    number = card.published_on("real") if card else None
+    if real is None or number is None:
+        return real
+    return real.model_copy(update=dict(
+        published_top1_error=number.top1_error, published_source=number.source,
+        delta_vs_published=compare_to_published(real.top1_error, tuple(real.top1_error_ci95), number.top1_error)))
+
+
 def _published(published: PublishedNumber) -> PublishedInfo:
-    return PublishedInfo(top1_error=published.top1_error, top5_error=published.top5_error, source=published.source)
+    return PublishedInfo(top1_error=published.top1_error, top5_error=published.top5_error, source=published.source,
+                         benchmark=published.benchmark)
 
 
 def _identity(card: ModelCard) -> dict[str, str]:

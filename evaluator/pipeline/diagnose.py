@@ -44,7 +44,7 @@ from xfverify.evaluator.pipeline.native_run import (
     save_native_run,
 )
 from xfverify.evaluator.pipeline.onnx_pass import onnx_pass
-from xfverify.evaluator.pipeline.options import DiagnoseOptions
+from xfverify.evaluator.pipeline.options import DiagnoseOptions, check_variant_options
 from xfverify.evaluator.pipeline.outdir import (
     Finished,
     default_out_dir,
@@ -52,7 +52,8 @@ from xfverify.evaluator.pipeline.outdir import (
     in_owned_folder,
     move_in,
 )
-from xfverify.evaluator.pipeline.request import prepare
+from xfverify.evaluator.pipeline.request import prepare, scored_and_held_out
+from xfverify.evaluator.pipeline.variants import Plain, variant_passes
 from xfverify.evaluator.process.blocks import PrecisionBlock
 from xfverify.evaluator.process.events import EventSink, VariantStarts
 from xfverify.evaluator.process.launcher import run_worker
@@ -184,17 +185,17 @@ def _run_in(out_dir, workdir, card, reference, variants, dataset, options, timel
     native_report = assemble_report(card, reference, dataset, ref_run, options.random_weights, options.extra_notes)
     native_report, _ = save_native_run(ref_folder, workdir / variant_folder(0), native_report, dataset, ref_run)
     reference_logits = np.load(ref_folder / LOGITS_FILE)
-    onnx_pass = None
-    if options.onnx:
+    onnx_passes: list[OutsidePass] = []
+    if options.onnx or options.onnx_variants:
         native = NativeOnDisk(native_report, out_dir / DIAGNOSE_REFERENCE_FOLDER, reference_logits)
-        onnx_pass = _onnx_axis(card, options, reference, dataset, native, workdir / ONNX_FOLDER)
-    rows = _rows(runs, dataset, onnx_pass, reference_logits)
+        onnx_passes = _onnx_axis(card, options, reference, dataset, native, workdir / ONNX_FOLDER)
+    rows = _rows(runs, dataset, onnx_passes, reference_logits)
     notes = list(native_report.notes)  # the reference's, its non-finite outputs among them; then the others'
     for run in runs[1:]:
         notes += non_finite_notes(run.run.topk, dataset, run.run.skipped, f"variant {run.variant.name}: ", listed=False)
-    if onnx_pass is not None:
-        notes += non_finite_notes(predicted_top_k(onnx_pass.logits, sorted(ref_run.skipped)), dataset, ref_run.skipped,
-                                  f"{onnx_pass.variant.name}: ", listed=False)
+    for outside in onnx_passes:
+        notes += non_finite_notes(predicted_top_k(outside.logits, sorted(ref_run.skipped)), dataset, ref_run.skipped,
+                                  f"{outside.variant.name}: ", listed=False)
     published = card.primary_published
     result = ref_run.result
     report = DiagnoseReport(
@@ -296,9 +297,10 @@ class OutsidePass:
     logits: np.ndarray
     tensors_sha256: str
     precision: PrecisionBlock
+    ran_as: str | None = None  # a deployment variant: what its file computes in
 
 
-def _rows(runs: list[VariantRun], dataset: Dataset, onnx_pass: OutsidePass | None,
+def _rows(runs: list[VariantRun], dataset: Dataset, onnx_passes: list[OutsidePass],
           reference_logits: np.ndarray) -> list[VariantRow]:
     """Each run's errors and its paired difference to the reference, over the images every run scored; the
     runtime rows' outputs against the reference's too (they are fed the same tensors)."""
@@ -310,10 +312,11 @@ def _rows(runs: list[VariantRun], dataset: Dataset, onnx_pass: OutsidePass | Non
     rows = [against.row(run.variant, run.spec.to_dict(), run.spec.geometry_key(), run.run.topk,
                         run.run.result.tensors_sha256, run.run.result.precision,
                         run.run.logits if run.variant.precision else None) for run in runs]
-    if onnx_pass is not None:
-        topk = predicted_top_k(onnx_pass.logits, sorted(runs[0].run.skipped), 5)
-        rows.append(against.row(onnx_pass.variant, rows[0].spec, rows[0].geometry_key, topk, onnx_pass.tensors_sha256,
-                                onnx_pass.precision, onnx_pass.logits))
+    for outside in onnx_passes:
+        topk = predicted_top_k(outside.logits, sorted(runs[0].run.skipped), 5)
+        row = against.row(outside.variant, rows[0].spec, rows[0].geometry_key, topk, outside.tensors_sha256,
+                          outside.precision, outside.logits)
+        rows.append(row.model_copy(update={"ran_as": outside.ran_as}) if outside.ran_as else row)
     return rows
 
 
@@ -352,16 +355,33 @@ class _AgainstReference:
 
 
 def _onnx_axis(card: ModelCard, options: DiagnoseOptions, reference: PreprocessSpec, dataset: Dataset,
-               native: NativeOnDisk, workdir: Path) -> OutsidePass:
+               native: NativeOnDisk, workdir: Path) -> list[OutsidePass]:
     """ONNX Runtime on the reference's tensors: the ONNX pass ``xfverify onnx`` runs, with the reference run's
-    weights, refused unless it was fed the reference's very tensors."""
+    weights, refused unless it was fed the reference's very tensors; then each deployment variant of that export
+    (``--onnx-variant``), made and run as ``onnx --variant`` makes and runs it, on the same tensors."""
     workdir.mkdir()
-    done = onnx_pass(card, options.onnx_options(), reference, dataset, native, workdir, {"started": time.time()},
-                     card.id)
+    onnx_options = options.onnx_options()
+    done = onnx_pass(card, onnx_options, reference, dataset, native, workdir, {"started": time.time()}, card.id)
     result = done.run.result
     variant = Variant(name="onnx-runtime", group=RUNTIME, why=f"ONNX Runtime {result.runtime.version} on the "
                       f"reference's tensors ({done.info.exporter})")
-    return OutsidePass(variant, np.array(done.run.logits), result.tensors_sha256, result.precision)
+    passes = [OutsidePass(variant, np.array(done.run.logits), result.tensors_sha256, result.precision)]
+    if not options.onnx_variants:
+        return passes
+    plain = Plain(done.onnx_path, done.run, reference, dataset, spec_hw(reference), native, native.report.output,
+                  scored_and_held_out(options)[1])
+    made, calibration = variant_passes(onnx_options, check_variant_options(onnx_options), plain, workdir)
+    for each in made:
+        how = each.made.notes[0] if each.made and each.made.notes else f"the user's file {each.path}"
+        if each.spec.calibrated and calibration is not None:
+            how += (f"; calibrated on {calibration.n_images} images of {calibration.path} (manifest sha256 "
+                    f"{calibration.manifest_sha256[:16]}…)")
+        row = Variant(name=f"onnx-{each.spec.name}", group=RUNTIME,
+                      why=f"the export's deployment variant {each.spec.name} under ONNX Runtime on the reference's "
+                          f"tensors: {how}")
+        passes.append(OutsidePass(row, np.array(each.run.logits), each.run.result.tensors_sha256,
+                                  each.run.result.precision, ran_as=each.spec.arithmetic))
+    return passes
 
 
 def _cost(runs: list[VariantRun], model_loads: int, timeline: dict[str, float]) -> Cost:

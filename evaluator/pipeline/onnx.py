@@ -4,6 +4,7 @@ of a native run, compared with it: errors, time, and agreement image by image.""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -30,6 +31,7 @@ from xfverify.evaluator.pipeline.native_run import (
 )
 from xfverify.evaluator.pipeline.onnx_pass import OnnxPass, onnx_pass
 from xfverify.evaluator.pipeline.options import OnnxOptions
+from xfverify.evaluator.pipeline.request import scored_and_held_out
 from xfverify.evaluator.pipeline.outdir import (
     Finished,
     default_out_dir,
@@ -85,7 +87,7 @@ def _run_in(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[s
 def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict[str, float], card, notes: list[str],
               native: NativeOnDisk | None, new_native: bool) -> Finished:
     """The export (or the user's file) under ONNX Runtime on ``native``'s tensors, compared with it and saved."""
-    spec, dataset = _request_against(options, card, native)
+    spec, dataset, held_out = _request_against(options, card, native)
     timeline["dataset_listed"] = time.time()
     onnx = onnx_pass(card, options, spec, dataset, native, workdir, timeline, name_of(options))
     run = onnx.run
@@ -97,7 +99,8 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
     if options.variants:  # after the plain file's run and localization, scored beside it on its tensors
         compared = native.report.output if native and card else "outputs"
         variants = run_variants(options, check_variant_options(options),
-                                Plain(onnx.onnx_path, run, spec, dataset, spec_hw(spec), native, compared), workdir)
+                                Plain(onnx.onnx_path, run, spec, dataset, spec_hw(spec), native, compared, held_out),
+                                workdir)
         timeline["variants_scored"] = time.time()
     identity = None if card else {"model": options.target, "architecture": "unknown (a user's ONNX file)",
                                   "builder": "onnxruntime.InferenceSession", "output": onnx.info.output_kind}
@@ -127,23 +130,25 @@ def _compared(options: OnnxOptions, out_dir: Path, workdir: Path, timeline: dict
     return Finished(report, out_dir, rows)
 
 
-def _request_against(options: OnnxOptions, card, native: NativeOnDisk | None) -> tuple[PreprocessSpec, Dataset]:
-    """The preprocessing and images of the ONNX run: the native run's unless others are asked for, refused where
-    they would not be the native run's."""
+def _request_against(options: OnnxOptions, card,
+                     native: NativeOnDisk | None) -> tuple[PreprocessSpec, Dataset, Dataset | None]:
+    """The preprocessing and images of the ONNX run (and those --calibration-split holds out of them): the native
+    run's unless others are asked for, refused where they would not be the native run's."""
     default = spec_from_dict(native.report.preprocess) if native else None
     data, limit = options.data, options.limit
     if native and not data:  # the native run's images, unless others are asked for
-        data, limit = native.report.dataset.path, limit or native.report.dataset.n_images
+        data = native.report.dataset.path
+        limit = limit or native.report.dataset.n_images + (options.calibration_split or 0)
     spec = resolve_preprocess(options.preprocess or default, overrides=parse_overrides(options.overrides))
     if native:
         check_against(native, card, spec)
-    dataset = load_dataset(data or SAMPLE_DIR, devkit=options.devkit).select(limit=limit, per_class=options.per_class)
+    dataset, held_out = scored_and_held_out(dataclasses.replace(options, data=data or SAMPLE_DIR, limit=limit))
     if native and dataset.manifest_sha256() != native.report.dataset.manifest_sha256:
         raise UserError(f"the images differ from the native run's in {native.folder} (manifest sha256): "
                         "give the same --data, --limit and --per-class, or leave them out")
     if native:
         check_scores(native, dataset)
-    return spec, dataset
+    return spec, dataset, held_out
 
 
 def _scored(run: CachedRun, dataset: Dataset) -> np.ndarray:

@@ -133,9 +133,12 @@ class RunOptions(Checked):
     random_weights: bool = False
     seed: int = 0
     on_bad_image: OnBadImage = "error"
+    calibration_split: Optional[int] = None  # the first N images by data.layouts.SPLIT_RULE held out to calibrate int8
     extra_notes: list[str] = field(default_factory=list)
 
     def check(self) -> None:
+        if self.calibration_split is not None and self.calibration_split <= 0:
+            raise UserError(f"--calibration-split must be positive, got {self.calibration_split}")
         if self.random_weights and self.weights:
             raise UserError("--weights and --random-weights exclude each other")
         for name in ("batch_size", "workers"):
@@ -207,7 +210,7 @@ class OnnxOptions(RunOptions):
             data=self.data, devkit=self.devkit, out=out, preprocess=self.preprocess, overrides=self.overrides,
             limit=self.limit, per_class=self.per_class, device=self.device, batch_size=self.batch_size,
             workers=self.workers, cache_dir=self.cache_dir, weights=self.weights, random_weights=self.random_weights,
-            seed=self.seed, on_bad_image=self.on_bad_image, model=self.target)
+            seed=self.seed, on_bad_image=self.on_bad_image, calibration_split=self.calibration_split, model=self.target)
 
     def check(self) -> None:
         super().check()
@@ -254,26 +257,42 @@ class OnnxOptions(RunOptions):
 class DiagnoseOptions(NativeOptions):
     """Everything ``xfverify diagnose`` can be asked: a native run's options, the variants, the runtime axis."""
 
+    FLAGS: ClassVar[dict[str, str]] = {"onnx_variants": "--onnx-variant"}
+
     variants: Optional[Names] = None
     spec_files: Repeated = ()
     onnx: bool = False
     precisions: Optional[Names] = None
+    onnx_variants: Repeated = ()  # deployment variants of the export on the runtime axis (as onnx --variant)
+    calibration: Optional[PathText] = None  # their int8's calibration images
+    calibration_limit: Optional[int] = None
 
     def onnx_options(self) -> OnnxOptions:
-        """Diagnose's ONNX Runtime row (--onnx): the model's export with the reference's weights, on the reference's
-        tensors, under ONNX Runtime's default provider."""
-        return OnnxOptions(
+        """Diagnose's ONNX Runtime rows (--onnx, --onnx-variant): the model's export with the reference's weights,
+        and its deployment variants, on the reference's tensors, under ONNX Runtime's default provider."""
+        return DiagnoseOnnxOptions(
             data=self.data, devkit=self.devkit, limit=self.limit, per_class=self.per_class, device=self.device,
             batch_size=self.batch_size, workers=self.workers, cache_dir=self.cache_dir, weights=self.weights,
-            random_weights=self.random_weights, seed=self.seed, on_bad_image=self.on_bad_image, target=self.model)
+            random_weights=self.random_weights, seed=self.seed, on_bad_image=self.on_bad_image, target=self.model,
+            variants=self.onnx_variants, calibration=self.calibration, calibration_limit=self.calibration_limit,
+            calibration_split=self.calibration_split)
 
     def check(self) -> None:
         super().check()
+        if self.onnx_variants or self.calibration or self.calibration_limit is not None or self.calibration_split:
+            self.onnx_options()  # the variants and their calibration, checked as onnx checks them
         if self.precisions is not None:
             unknown = [n.strip() for n in self.precisions.split(",") if n.strip() and n.strip() not in PRECISIONS]
             if unknown:
                 raise UserError(f"--precisions: unknown precision {', '.join(unknown)}; choose from "
                                 f"{', '.join(PRECISIONS)}")
+
+
+@dataclass
+class DiagnoseOnnxOptions(OnnxOptions):
+    """Diagnose's ONNX Runtime rows: ``onnx``'s options, its variants asked for as ``--onnx-variant``."""
+
+    FLAGS: ClassVar[dict[str, str]] = {"variants": "--onnx-variant"}
 
 
 @dataclass
@@ -307,6 +326,7 @@ class StudyOptions(Checked):
 
 def check_variant_options(options: OnnxOptions) -> list[VariantSpec]:
     """The variants asked for, as specs, or one line for an option no run can take."""
+    asked = flag("variants", type(options))  # --variant, or diagnose's --onnx-variant
     if options.calibration_method not in CALIBRATION_METHODS:
         raise UserError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, "
                         f"got {options.calibration_method!r}")
@@ -317,11 +337,11 @@ def check_variant_options(options: OnnxOptions) -> list[VariantSpec]:
     if options.calibration_limit is not None and options.calibration_limit <= 0:
         raise UserError(f"--calibration-limit must be positive, got {options.calibration_limit}")
     if options.max_top1_drop is not None and not options.variants:
-        raise UserError("--max-top1-drop bounds what a variant costs: add --variant NAME")
+        raise UserError(f"--max-top1-drop bounds what a variant costs: add {asked} NAME")
     specs = []
     for name in options.variants:
         if name.endswith(".onnx") or os.path.sep in name:
-            refuse_unless_regular(name, "--variant", "an ONNX file")
+            refuse_unless_regular(name, asked, "an ONNX file")
             specs.append(VariantSpec(kind="file", path=os.path.abspath(name)))
         elif name in MADE_KINDS or name in CALIBRATED_NAMES:
             kind, _, method = name.partition("-") if name in CALIBRATED_NAMES else (name, "", "")
@@ -332,18 +352,23 @@ def check_variant_options(options: OnnxOptions) -> list[VariantSpec]:
                 keep_io_types=True if kind == "fp16" else None,
                 keep_float=tuple(options.keep_float) if quantised else ()))
         else:
-            raise UserError(f"--variant {name!r}: not a variant; give one of {', '.join(VARIANT_NAMES)} or a "
+            raise UserError(f"{asked} {name!r}: not a variant; give one of {', '.join(VARIANT_NAMES)} or a "
                             "converted FILE.onnx")
     if len({s.name for s in specs}) != len(specs):
-        raise UserError("--variant: the same variant is asked for twice")
+        raise UserError(f"{asked}: the same variant is asked for twice")
     quantised = any(s.kind in QUANTISED for s in specs)
     if (options.keep_float or options.keep_float_auto) and not quantised:
-        raise UserError("--keep-float and --keep-float-auto apply to an int8 variant: add --variant int8")
-    if options.calibration and not any(s.calibrated for s in specs):
-        raise UserError("--calibration applies to --variant int8 (static quantisation): add it, or leave it out")
-    if any(s.calibrated for s in specs) and not options.calibration:
-        raise UserError("--variant int8 needs calibration images kept apart from the scored ones: give "
-                        "--calibration DIR (any layout --data takes)")
+        raise UserError(f"--keep-float and --keep-float-auto apply to an int8 variant: add {asked} int8")
+    if options.calibration and options.calibration_split:
+        raise UserError("--calibration DIR and --calibration-split N exclude each other: calibrate on a folder of "
+                        "your own, or on N images held out of --data")
+    for given in ("calibration", "calibration_split"):
+        if getattr(options, given) and not any(s.calibrated for s in specs):
+            raise UserError(f"{flag(given)} applies to {asked} int8 (static quantisation): add it, or leave it out")
+    if any(s.calibrated for s in specs) and not (options.calibration or options.calibration_split):
+        raise UserError(f"{asked} int8 needs calibration images kept apart from the scored ones: give "
+                        "--calibration DIR (any layout --data takes) or --calibration-split N (N images held out "
+                        "of --data)")
     if options.calibration and not os.path.isdir(options.calibration):
         raise UserError(f"--calibration {shown(options.calibration)}: no such folder")
     return specs

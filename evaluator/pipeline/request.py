@@ -33,9 +33,18 @@ def prepare(options: NativeOptions) -> Request:
             f"preprocessing {spec.name} produces {spec.layout} tensors but {card.id} takes {card.input_layout}: "
             f"add --set layout={card.input_layout}"
         )
+    return Request(card, spec, scored_and_held_out(options)[0])
+
+
+def scored_and_held_out(options: RunOptions) -> tuple[Dataset, Dataset | None]:
+    """The images a run scores (``--data`` after ``--limit`` and ``--per-class``) and those ``--calibration-split``
+    holds out of them to calibrate int8 (None without it)."""
     dataset = load_dataset(options.data or SAMPLE_DIR, devkit=options.devkit)
     dataset = dataset.select(limit=options.limit, per_class=options.per_class)
-    return Request(card, spec, dataset)
+    if not options.calibration_split:
+        return dataset, None
+    held, scored = dataset.calibration_split(options.calibration_split)
+    return scored, held
 
 
 def resolved_spec(card: ModelCard, options: RunOptions) -> PreprocessSpec:

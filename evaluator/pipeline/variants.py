@@ -14,13 +14,13 @@ from typing import Optional
 
 import numpy as np
 
-from xfverify.converter.variant_spec import QUANTISED, VariantSpec
+from xfverify.converter.variant_spec import QUANTISED, VariantFile, VariantSpec
 from xfverify.evaluator.analysis.agreement import compare_outputs
 from xfverify.evaluator.analysis.comparison import compare_runs
 from xfverify.evaluator.analysis.localize import worst_rows
 from xfverify.evaluator.analysis.metrics import error_stats, predicted_top1, wilson_interval
 from xfverify.evaluator.analysis.variant_nodes import PrecisionBreaks, compare_nodes
-from xfverify.evaluator.data.layouts import Dataset, load_dataset
+from xfverify.evaluator.data.layouts import SPLIT_RULE, Dataset, load_dataset
 from xfverify.evaluator.data.normalise import normalise
 from xfverify.evaluator.pipeline.evaluation import CachedRun, cache_root, evaluate_cached
 from xfverify.evaluator.pipeline.localize import fed_tensors
@@ -52,6 +52,7 @@ class Plain:
     hw: tuple[int, int]
     native: Optional[NativeOnDisk]
     compared: str  # logits, or softmax
+    held_out: Optional[Dataset] = None  # the images --calibration-split holds out of --data to calibrate on
 
     @property
     def include(self) -> np.ndarray:
@@ -96,14 +97,21 @@ def _file_sha256s(dataset: Dataset) -> dict[str, str]:
 def _calibration(options: OnnxOptions, plain: Plain, folder: Path) -> tuple[Path, CalibrationInfo]:
     """The calibration images' tensors, from the run's preprocessing through the tensor cache (a plain-file pass over
     them builds it), in a float32 .npy; refused when any calibration image is among the scored ones."""
-    images = load_dataset(options.calibration).select(limit=options.calibration_limit)
+    if options.calibration_split:
+        if plain.held_out is None:  # the pipeline splits --data whenever the option is given
+            raise RuntimeError("--calibration-split given but no images were held out")
+        images = plain.held_out.select(limit=options.calibration_limit)
+        asked = f"--calibration-split {options.calibration_split}"
+    else:
+        images = load_dataset(options.calibration).select(limit=options.calibration_limit)
+        asked = f"--calibration {shown(options.calibration)}"
     if not len(images):
-        raise UserError(f"--calibration {shown(options.calibration)}: no images there")
+        raise UserError(f"{asked}: no images there")
     scored = _file_sha256s(plain.dataset)
     for digest, image_id in _file_sha256s(images).items():
         if digest in scored:
-            raise UserError(f"--calibration {shown(options.calibration)}: image {shown(image_id)} is also scored "
-                            f"(the same file as {shown(scored[digest])} of --data): calibrate on images kept apart")
+            raise UserError(f"{asked}: image {shown(image_id)} is also scored (the same file as "
+                            f"{shown(scored[digest])} of --data): calibrate on images kept apart")
     console.info(f"calibration: {len(images)} images from {images.root}, preprocessing {plain.spec.name}")
     sub = folder / "calibration"
     sub.mkdir(parents=True, exist_ok=True)
@@ -113,7 +121,7 @@ def _calibration(options: OnnxOptions, plain: Plain, folder: Path) -> tuple[Path
     run = evaluate_cached("onnxruntime", job, plain.spec, images, options, sub, {"started": time.time()})
     rows = [row for row in range(len(images)) if row not in run.skipped]
     if not rows:
-        raise UserError(f"--calibration {shown(options.calibration)}: none of its images could be read")
+        raise UserError(f"{asked}: none of its images could be read")
     path = sub / "tensors.npy"
     first = normalise(np.ascontiguousarray(next(iter(run.cached.batches(1)))[1]), plain.spec)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(rows), *first.shape[1:]))
@@ -127,16 +135,42 @@ def _calibration(options: OnnxOptions, plain: Plain, folder: Path) -> tuple[Path
                 digest.update(np.ascontiguousarray(tensor).tobytes())
     out.flush()
     del out
+    apart = (f"held out of --data, never scored (the {len(plain.dataset)} scored images are the others); "
+             if options.calibration_split else "")
     info = CalibrationInfo(path=str(Path(images.root).resolve()), layout=images.layout, n_images=len(rows),
                            manifest_sha256=images.manifest_sha256(), tensors_sha256=digest.hexdigest(),
                            preprocess=plain.spec.name,
-                           disjoint=f"no calibration file is byte-identical to any of the {len(plain.dataset)} "
+                           rule=f"--calibration-split {options.calibration_split}: {SPLIT_RULE}"
+                           if options.calibration_split else None,
+                           disjoint=f"{apart}no calibration file is byte-identical to any of the {len(plain.dataset)} "
                                     "scored images (sha256 of every file)")
     return path, info
 
 
-def _scored(options: OnnxOptions, spec: VariantSpec, plain: Plain, folder: Path,
-            calibration: Optional[tuple[Path, CalibrationInfo]], analyse: bool = True) -> VariantResult:
+@dataclass
+class VariantPass:
+    """A variant made (or the user's file) and run on the plain run's tensors."""
+
+    spec: VariantSpec
+    made: Optional[VariantFile]  # None: the user's own file
+    path: str
+    from_cache: bool
+    run: CachedRun
+
+
+def variant_passes(options: OnnxOptions, specs: list[VariantSpec], plain: Plain,
+                   workdir: Path) -> tuple[list[VariantPass], Optional[CalibrationInfo]]:
+    """Each variant made and run on the plain run's tensors, unscored (diagnose scores them as runtime rows), and
+    the calibration images int8 was calibrated on."""
+    folder = workdir / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    calibration = _calibration(options, plain, folder) if any(s.calibrated for s in specs) else None
+    return ([_pass(options, spec, plain, folder / str(index), calibration) for index, spec in enumerate(specs)],
+            calibration[1] if calibration else None)
+
+
+def _pass(options: OnnxOptions, spec: VariantSpec, plain: Plain, folder: Path,
+          calibration: Optional[tuple[Path, CalibrationInfo]]) -> VariantPass:
     folder.mkdir(parents=True, exist_ok=True)
     providers = list(plain.run.result.runtime.providers)
     made = None
@@ -159,6 +193,14 @@ def _scored(options: OnnxOptions, spec: VariantSpec, plain: Plain, folder: Path,
     run = evaluate_cached("onnxruntime", job, plain.spec, plain.dataset, options, folder, {"started": time.time()})
     if run.result.tensors_sha256 != plain.run.result.tensors_sha256:  # the same cache and images: a bug if not
         raise RuntimeError(f"variant {spec.name} was fed other tensors than the plain file")
+    return VariantPass(spec, made, str(path), from_cache, run)
+
+
+def _scored(options: OnnxOptions, spec: VariantSpec, plain: Plain, folder: Path,
+            calibration: Optional[tuple[Path, CalibrationInfo]], analyse: bool = True) -> VariantResult:
+    done = _pass(options, spec, plain, folder, calibration)
+    made, path, from_cache, run = done.made, done.path, done.from_cache, done.run
+    providers = list(plain.run.result.runtime.providers)
     records = plain.dataset.records
     ids, labels, include = [r.image_id for r in records], [r.labels for r in records], plain.include
     rows = np.flatnonzero(include)

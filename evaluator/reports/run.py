@@ -45,6 +45,7 @@ class PublishedInfo(_Open):
     top1_error: float
     top5_error: Optional[float]
     source: str
+    benchmark: str = "imagenet"  # the labels or test set it was measured on: imagenet, real, imagenetv2
 
 
 class TimingInfo(LoopTiming):
@@ -231,7 +232,13 @@ def summary_rows(report: NativeReport) -> list[tuple[str, str]]:
         verdict = "outside the 95% CI" if delta.outside_ci95 else "within the 95% CI"
         rows.append(("delta vs published", f"{delta.top1_error:+.2f} points, {verdict}"))
     if report.real_labels:
-        rows.append(("ReaL top-1 error %", _fmt(report.real_labels.top1_error)))
+        real = report.real_labels
+        rows.append(("ReaL top-1 error %", _fmt(real.top1_error) + (
+            f"  (95% CI {real.top1_error_ci95[0]:.2f}-{real.top1_error_ci95[1]:.2f}, {real.n_images} images)")))
+        if real.delta_vs_published:
+            verdict = "outside the 95% CI" if real.delta_vs_published.outside_ci95 else "within the 95% CI"
+            rows.append(("published ReaL top-1 %", f"{real.published_top1_error:.2f}  ({real.published_source})"))
+            rows.append(("delta vs published ReaL", f"{real.delta_vs_published.top1_error:+.2f} points, {verdict}"))
     rows += [
         ("throughput", f"{_fmt(timing.images_per_s, 1)} img/s; wall {timing.wall_s:.2f} s"),
         ("data wait / compute", f"{timing.data_wait_s:.2f} s / {timing.compute_s:.2f} s"),

@@ -28,6 +28,8 @@ COLOURS = ("#4477aa", "#66ccee", "#228833", "#ccbb44", "#ee6677", "#aa3377", "#b
            "#999933")
 
 
+BENCHMARK_LABELS = {"imagenet": "top-1", "real": "ReaL top-1", "imagenetv2": "ImageNetV2 top-1 (another test set)"}
+
 def _lanes(timeline: Mapping[str, float]) -> list[tuple[str, list[tuple[str, float]]]]:
     """The marks of each lane in time order (a lane with none is left out)."""
     placed = set(CACHE_PHASES) | set(WORKER_PHASES)
@@ -85,8 +87,12 @@ def errors_svg(report: NativeReport) -> str:
         rows.append(("top-1, this run", report.top1_error, report.top1_error_ci95, "#1f77b4"))
     if isinstance(report, OnnxReport) and report.native and report.native.top1_error is not None:
         rows.append(("top-1, native run", report.native.top1_error, None, "#2ca02c"))
+    if report.real_labels:
+        real = report.real_labels
+        rows.append(("ReaL top-1, this run", real.top1_error, real.top1_error_ci95, "#9467bd"))
     for i, published in enumerate([p for p in (report.published, *report.other_published) if p is not None]):
-        rows.append((f"top-1, published [{i + 1}]", published.top1_error, None, "#d62728"))
+        rows.append((f"{BENCHMARK_LABELS.get(published.benchmark, published.benchmark)}, published [{i + 1}]",
+                     published.top1_error, None, "#d62728"))
     if report.top5_error is not None:
         rows.append(("top-5, this run", report.top5_error, report.top5_error_ci95, "#7f7f7f"))
     if report.published and report.published.top5_error is not None:

@@ -48,6 +48,7 @@ class CalibrationInfo(_Block):
     manifest_sha256: str
     tensors_sha256: str = Field(description="of the calibration tensors, from the run's preprocessing and tensor cache")
     preprocess: str
+    rule: Optional[str] = Field(default=None, description="--calibration-split: which images of --data were held out")
     disjoint: str = Field(description="how it was checked that no calibration image is scored")
 
 
@@ -121,7 +122,7 @@ def variants_markdown(block: VariantsBlock) -> list[str]:
         c = block.calibration
         lines += [f"Calibration: {c.n_images} images from `{shown(c.path)}` ({c.layout}), manifest sha256 "
                   f"`{c.manifest_sha256[:16]}`, tensors sha256 `{c.tensors_sha256[:16]}`, preprocessing {c.preprocess}; "
-                  f"{c.disjoint}.", ""]
+                  f"{c.disjoint}." + (f" Chosen by {c.rule}." if c.rule else ""), ""]
     lines += ["| variant | top-1 error % | vs plain (points, 95% CI) | vs native | agreement with plain | "
               "time / plain |", "|---|---|---|---|---|---|"]
     for r in block.results:
