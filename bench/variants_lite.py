@@ -120,36 +120,48 @@ def machine() -> dict:
             "niceness": os.nice(0)}
 
 
-def run_deploy(fold_paths: dict[str, Path], scratch: Path, results: Path, env: dict) -> dict:
+def run_deploy(fold_paths: dict[str, Path], scratch: Path, results: Path, env: dict, folds: str,
+               limit: int | None) -> None:
     """Lite0's export and every deployment variant in ONE run per fold (the int8 files calibrated on the other fold):
-    the speed ratios are each run's variant / plain compute seconds under the CPU provider."""
-    out = scratch / "lite0-export"
-    xfverify("onnx", "pypi/efficientnet_lite0", "--data", str(fold_paths["A"]), "--limit", "1", "--provider", "cpu",
-             "--out", str(out), env=env)
-    made = json.loads((out / "report.json").read_text())
-    reports, machines = {}, {}
-    for fold, other in (("A", "B"), ("B", "A")):
+    the speed ratios are each run's variant / plain compute seconds under the CPU provider. Each fold's report and
+    the machine's load around it go into ``results`` (the folds may run in separate processes at once)."""
+    for fold in folds.split(","):
+        other = "B" if fold == "A" else "A"
+        out = scratch / f"lite0-export-{fold}"
+        xfverify("onnx", "pypi/efficientnet_lite0", "--data", str(fold_paths["A"]), "--limit", "1", "--provider",
+                 "cpu", "--out", str(out), env=env)
+        made = json.loads((out / "report.json").read_text())
         out = scratch / f"lite0-deploy-{fold}"
         args = ["onnx", made["onnx"]["path"], "--preprocess", made["preprocess"]["name"], "--data",
                 str(fold_paths[fold]), "--calibration", str(fold_paths[other]), "--provider", "cpu", "--no-localize",
                 "--out", str(out)]
+        if limit:  # the first N of each fold scored, the first N of the other calibrating
+            args += ["--limit", str(limit), "--calibration-limit", str(limit)]
         for variant in DEPLOY_VARIANTS:
             args += ["--variant", variant]
         print(f"lite0 deploy fold {fold}: xfverify {' '.join(args)}", flush=True)
         before = machine()
         xfverify(*args, env=env)
-        machines[fold] = {"before": before, "after": machine()}
         saved = results / f"lite0-deploy-{fold}"
         saved.mkdir(parents=True, exist_ok=True)
         for name in ("report.json", "report.md"):
             (saved / name).write_text((out / name).read_text().replace(str(scratch), "$TMP"))
-        reports[fold] = json.loads((out / "report.json").read_text())
+        (saved / "machine.json").write_text(json.dumps({"before": before, "after": machine()}, indent=2) + "\n")
+
+
+def summarise_deploy(results: Path) -> dict:
+    """summary-lite0-deploy.json's content from both folds' saved reports."""
+    reports = {fold: json.loads((results / f"lite0-deploy-{fold}" / "report.json").read_text()) for fold in "AB"}
+    machines = {fold: json.loads((results / f"lite0-deploy-{fold}" / "machine.json").read_text()) for fold in "AB"}
     found = summarise("lite0", reports)
     found["speed"] = {
         "provider": "CPUExecutionProvider",
-        "machine": "a 2-core machine shared with other work (tests and benchmarks of other sessions), this run at "
-                   "nice 10: a ratio compares a variant with the plain file within one run, never across runs",
+        "machine": "a 2-core machine shared with other work (tests and benchmarks of other sessions), the two "
+                   "folds' runs at the same time in two processes at nice 10: a ratio compares a variant with the "
+                   "plain file within one run, never across runs",
         "load": machines,
+        "images": {fold: {"scored": r["n_scored"], "calibration": r["variants"]["calibration"]["n_images"]}
+                   for fold, r in reports.items()},
         "plain_images_per_s": {fold: r["variants"]["plain_images_per_s"] for fold, r in reports.items()},
         "images_per_s": {name: {fold: next(v for v in r["variants"]["results"] if v["name"] == name)["images_per_s"]
                                 for fold, r in reports.items()} for name in found["variants"]}}
@@ -291,6 +303,10 @@ def main() -> None:
                                                      "temporary one")
     parser.add_argument("--deploy", action="store_true", help="only Lite0's export with every deployment variant "
                                                               f"({', '.join(DEPLOY_VARIANTS)}) in one run per fold")
+    parser.add_argument("--limit", type=int, help="--deploy: score the first N images of each fold, calibrated on "
+                                                   "the first N of the other (a busy machine's time)")
+    parser.add_argument("--folds", default="A,B", help="--deploy: the folds to run (A,B; a process each may run "
+                                                       "one); the summary is written once both are in --results")
     args = parser.parse_args()
     if args.table:
         summary = combine(args.results)
@@ -303,9 +319,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="xfverify-variants-lite-") as scratch_name:
             scratch = args.scratch.resolve() if args.scratch else Path(scratch_name)
             env = {**os.environ, "XFVERIFY_CACHE": str(scratch / "cache"), "COLUMNS": "160"}
-            found = run_deploy(folds(scratch, args.photos), scratch, args.results, env)
+            run_deploy(folds(scratch, args.photos), scratch, args.results, env, args.folds, args.limit)
+        if all((args.results / f"lite0-deploy-{fold}" / "machine.json").is_file() for fold in "AB"):
+            found = summarise_deploy(args.results)
             (args.results / "summary-lite0-deploy.json").write_text(json.dumps(found, indent=2) + "\n")
-        print(deploy_table(combine(args.results)))
+            print(deploy_table(combine(args.results)))
         return
     args.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="xfverify-variants-lite-") as scratch_name:

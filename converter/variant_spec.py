@@ -16,8 +16,8 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTISED = ("int8", "int8-dynamic")
 CALIBRATED_NAMES = tuple(f"int8-{method}" for method in CALIBRATION_METHODS)  # int8 naming its calibration method
 VARIANT_NAMES = (*MADE_KINDS, *CALIBRATED_NAMES)  # what --variant takes, besides a FILE.onnx
-# How xfverify drives the tools, beyond the options: part of the cache key (calibration fed in strides of batches).
-RECIPE = "calibration-strides-1"
+# How xfverify drives the tools, beyond the options: part of the cache key.
+RECIPE = "calibration-strides-2"  # equal batches, strides of at most 32 images
 QDQ_MIN_OPSET = 13  # QuantizeLinear/DequantizeLinear with a per-axis scale (ONNX opset 13); ONNX Runtime asks for it
 
 
@@ -50,6 +50,19 @@ class VariantSpec(BaseModel):
     @property
     def calibrated(self) -> bool:
         return self.kind == "int8"
+
+    @property
+    def arithmetic(self) -> str:
+        """What the made file computes in, in a few words (ONNX Runtime itself runs it as asked, at fp32)."""
+        if self.kind == "fp16":
+            return "float16 file" + (", float32 inputs and outputs" if self.keep_io_types else "")
+        if self.kind == "int8":
+            return f"int8 QDQ file, {self.calibration_method} calibration"
+        if self.kind == "int8-dynamic":
+            return "int8 weights, activations quantised at run time"
+        if self.kind == "file":
+            return "the user's file, in its own types"
+        return "fp32 file, graph optimised offline"
 
 
 class ToolVersions(BaseModel):

@@ -32,11 +32,11 @@ from xfverify.models.user_input import cached_bytes
 RECORD_FILE = "variant.json"
 OPTIMISATION_LEVELS = {"opt-basic": "ORT_ENABLE_BASIC", "opt-extended": "ORT_ENABLE_EXTENDED", "opt-all": "ORT_ENABLE_ALL"}
 INTEGER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear"}
-CALIBRATION_BATCH = 8
+CALIBRATION_BATCH = 8  # at most; the largest size up to it that divides the images (the histograms need equal batches)
 # Entropy and percentile calibration keep every calibrated tensor of the images they are given in memory (tens of MB
-# an image for EfficientNet-Lite0); the quantisation tool is fed them in strides of at most this many batches
+# an image for EfficientNet-Lite0); the quantisation tool is fed them in strides of at most this many images
 # (its CalibStridedMinMax), its histograms merged from stride to stride. MinMax keeps only each tensor's min and max.
-CALIBRATION_STRIDE_BATCHES = 4
+CALIBRATION_STRIDE_IMAGES = 32
 
 
 def tool_versions() -> ToolVersions:
@@ -155,16 +155,17 @@ class _Reader:
 
     def __init__(self, tensors: Path, input_name: str):
         self.tensors, self.input_name = np.load(tensors, mmap_mode="r"), input_name
+        self.batch = _largest_divisor(len(self.tensors), CALIBRATION_BATCH)
         self.start, self.end = 0, len(self)
 
     def __len__(self) -> int:
-        return -(-len(self.tensors) // CALIBRATION_BATCH)
+        return len(self.tensors) // self.batch
 
     def get_next(self) -> Optional[dict[str, np.ndarray]]:
         if self.start >= self.end:
             return None
-        first = self.start * CALIBRATION_BATCH
-        batch = np.ascontiguousarray(self.tensors[first : first + CALIBRATION_BATCH], dtype=np.float32)
+        first = self.start * self.batch
+        batch = np.ascontiguousarray(self.tensors[first : first + self.batch], dtype=np.float32)
         self.start += 1
         return {self.input_name: batch}
 
@@ -175,10 +176,14 @@ class _Reader:
         self.start, self.end = 0, len(self)
 
 
-def calibration_stride(n_batches: int) -> int:
-    """The largest stride of at most CALIBRATION_STRIDE_BATCHES batches that divides ``n_batches`` (the tool asks
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(k for k in range(1, min(at_most, n) + 1) if n % k == 0)
+
+
+def calibration_stride(reader: _Reader) -> int:
+    """The stride, in batches, of at most CALIBRATION_STRIDE_IMAGES images that divides the batches (the tool asks
     for one that does)."""
-    return max(k for k in range(1, min(CALIBRATION_STRIDE_BATCHES, n_batches) + 1) if n_batches % k == 0)
+    return _largest_divisor(len(reader), max(1, CALIBRATION_STRIDE_IMAGES // reader.batch))
 
 
 def _static(parent: Path, spec: VariantSpec, out: Path, calibration: Path, input_name: str) -> list[str]:
@@ -194,7 +199,7 @@ def _static(parent: Path, spec: VariantSpec, out: Path, calibration: Path, input
         quantize_static(str(parent), str(out), reader, quant_format=QuantFormat.QDQ,
                         per_channel=bool(spec.per_channel), activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(spec.keep_float),
-                        extra_options={"CalibStridedMinMax": calibration_stride(len(reader))})
+                        extra_options={"CalibStridedMinMax": calibration_stride(reader)})
     except UserError:
         raise
     except Exception as exc:  # the quantisation tool's refusal of this graph

@@ -37,6 +37,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from xfverify.models.cards import CARD_SOURCES, ModelCard, find_cards, get_card
@@ -78,6 +79,12 @@ class CellGroup(_Strict):
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _onnx_options_need_an_onnx_run(self) -> "CellGroup":
+        if self.onnx is not None and "onnx" not in self.runs:
+            raise ValueError('[cells.onnx] holds the onnx run\'s options: add "onnx" to runs, or leave it out')
+        return self
 
 
 class StudySpec(_Strict):
@@ -136,7 +143,7 @@ def load_study(name_or_file: str) -> StudySpec:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise UserError(f"{path}: {where}: {first['msg']}") from None
+        raise UserError(f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def _paths_from(folder: Path, study: StudySpec) -> StudySpec:

@@ -438,3 +438,56 @@ def test_sidecars_and_digests_are_written_as_before_and_a_cache_built_before_is_
     again, stats = TensorCache(tmp_path / "cache", SPEC, shard_size=4).ensure(dataset.records, workers=1)
     assert (stats.decoded, stats.digested, stats.reused_shards) == (0, 0, 3)
     assert again.bad == cached.bad and np.array_equal(read_all(again), read_all(cached))
+
+
+def test_a_chunk_whose_digests_cannot_be_started_fails_instead_of_waiting_forever():
+    """Before: a decode worker's chunk was marked reported before its digests were handed to the CPU pool, so a pool
+    that could not start (its fork server's socket path too long) left the build waiting forever on that chunk."""
+    from xfverify.evaluator.cache.decoding import decode_chunk
+    from xfverify.evaluator.process.worker_decode_pool import WorkerDecodePool
+
+    class PoolThatCannotStart:
+        def submit(self, *args):
+            raise OSError("AF_UNIX path too long")
+
+    pool = WorkerDecodePool(PRESETS["lite-tf-224"], PoolThatCannotStart(), ["key"])
+    future = pool.submit(decode_chunk, "/nowhere.npy.tmp", 0, ["a.jpg"])
+    pool._decoded(0, [], [])
+    assert future.done() and "AF_UNIX path too long" in str(future.exception(timeout=0))
+
+
+def test_a_cancelled_build_stops_even_when_no_chunk_ever_finishes(tmp_path):
+    """A decode worker that is gone leaves its chunks unfinished: the build still sees its cancel (the run's worker
+    failed) within a second, instead of waiting on them forever."""
+    import threading
+    from concurrent.futures import Future
+
+    from xfverify.evaluator.cache.store import BuildCancelled
+
+    class DecoderThatNeverAnswers:
+        def __init__(self, spec, cpu_pool, keys):
+            self.cpu_pool = cpu_pool
+
+        def submit(self, function, *args):
+            return Future()
+
+        def start(self):  # every chunk is submitted, none will finish: now the run's worker fails
+            cancel.set()
+
+        def shutdown(self, wait=True, cancel_futures=False):
+            self.cpu_pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    dataset = load_dataset(make_images(tmp_path / "d", 3))
+    cache = TensorCache(tmp_path / "cache", PRESETS["lite-tf-224"], shard_size=4, decoder_pool=DecoderThatNeverAnswers)
+    cancel, outcome = threading.Event(), {}
+
+    def build() -> None:
+        try:
+            cache.complete(cache.survey(dataset.records), workers=1, cancel=cancel)
+        except BuildCancelled as exc:
+            outcome["cancelled"] = exc
+
+    builder = threading.Thread(target=build, daemon=True)
+    builder.start()
+    builder.join(10)
+    assert not builder.is_alive() and "cancelled" in outcome

@@ -281,7 +281,10 @@ def test_deployment_variants_of_the_export_are_runtime_rows_on_the_reference_ten
     if not decomposition.ranked:  # 3 images: nothing measurable, and the runtime axis is said apart
         assert "the runtime axis (onnx-runtime, onnx-fp16, onnx-int8-minmax) changes nothing" in decomposition.sentence
     assert all(s.axis == "runtime" for s in decomposition.steps if s.name.startswith("onnx-"))
-    assert "onnx-int8-minmax" in (out / "report.md").read_text()
+    assert (fp16.ran_as, int8.ran_as, runtime.ran_as) == (
+        "float16 file, float32 inputs and outputs", "int8 QDQ file, minmax calibration", None)
+    assert "| onnx-int8-minmax | runtime | int8 QDQ file, minmax calibration; outputs within" in (
+        out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("make, fragment", [

@@ -220,6 +220,24 @@ print("scored", report.n_scored)
 """
 
 
+def test_decode_processes_start_under_a_temporary_folder_too_long_for_a_socket(tmp_path):
+    """Before: the fork server's socket went in TMPDIR, and a TMPDIR over ~70 characters stopped every decode
+    process from starting ("AF_UNIX path too long")."""
+    import subprocess
+    import sys
+
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    script = ("import os\nfrom concurrent.futures import ProcessPoolExecutor\n"
+              "from xfverify.evaluator.cache.starting import WITHOUT_MAIN\n"
+              "with ProcessPoolExecutor(1, mp_context=WITHOUT_MAIN) as pool:\n"
+              "    print(pool.submit(os.getpid).result() != os.getpid())\n")
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "TMPDIR": str(deep)},
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-2000:]
+    assert list(deep.iterdir()) == []
+
+
 @needs_torch
 def test_a_script_without_a_main_guard_runs_once_on_a_cold_cache(tmp_path):
     """Before: the decode pool's fork server children imported the script again and ran its call of xfverify there:

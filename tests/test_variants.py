@@ -197,7 +197,7 @@ def test_the_gate_fails_on_a_mismatch_only_when_asked_and_bounds_each_variants_d
 def test_int8_named_with_its_method_calibrates_so_and_the_tool_is_fed_strides(tmp_path):
     """``--variant int8-entropy`` (or -minmax, -percentile) carries its own calibration method beside plain ``int8``'s
     --calibration-method; the calibration tensors reach the quantisation tool in strides that divide them."""
-    from xfverify.converter.variants import CALIBRATION_BATCH, CALIBRATION_STRIDE_BATCHES, _Reader, calibration_stride
+    from xfverify.converter.variants import CALIBRATION_BATCH, CALIBRATION_STRIDE_IMAGES, _Reader, calibration_stride
     from xfverify.evaluator.pipeline.options import check_variant_options
 
     plain = small_classifier(tmp_path / "small.onnx")
@@ -209,16 +209,27 @@ def test_int8_named_with_its_method_calibrates_so_and_the_tool_is_fed_strides(tm
     with pytest.raises(UserError, match=r"^--variant: the same variant is asked for twice"):
         options(tmp_path, plain, variants=("int8-entropy", "int8"), calibration=str(calibration),
                 calibration_method="entropy")
-    assert [calibration_stride(n) for n in (1, 2, 6, 31, 32)] == [1, 2, 3, 1, 4] and CALIBRATION_STRIDE_BATCHES == 4
-    tensors = tmp_path / "tensors.npy"
-    np.save(tensors, np.arange(5 * CALIBRATION_BATCH * 2, dtype=np.float32).reshape(5 * CALIBRATION_BATCH, 2))
-    reader = _Reader(tensors, "image")
-    seen = []
-    for start in range(0, len(reader), 1):
-        reader.set_range(start_index=start, end_index=start + 1)
+    assert CALIBRATION_BATCH == 8 and CALIBRATION_STRIDE_IMAGES == 32
+
+    def reader_of(n: int) -> _Reader:
+        np.save(tmp_path / f"{n}.npy", np.arange(2 * n, dtype=np.float32).reshape(n, 2))
+        return _Reader(tmp_path / f"{n}.npy", "image")
+
+    # equal batches (the entropy and percentile histograms need them): 250 images in 50 of 5, strides of 25 images
+    shapes = {n: (reader_of(n).batch, len(reader_of(n)), calibration_stride(reader_of(n))) for n in (250, 40, 11, 3)}
+    assert shapes == {250: (5, 50, 5), 40: (8, 5, 1), 11: (1, 11, 11), 3: (3, 1, 1)}
+    reader, seen = reader_of(250), []
+    for start in range(0, len(reader), calibration_stride(reader)):
+        reader.set_range(start_index=start, end_index=start + calibration_stride(reader))
         while (batch := reader.get_next()) is not None:
+            assert batch["image"].shape == (5, 2)
             seen.append(batch["image"][:, 0])
-    assert len(reader) == 5 and np.array_equal(np.concatenate(seen), np.arange(0, 10 * CALIBRATION_BATCH, 2))
+    assert np.array_equal(np.concatenate(seen), np.arange(0, 500, 2))
+
+    ten = calibration_folder(tmp_path / "ten", n=10)  # batches of 8 and 2 broke the histograms' np.asarray
+    done = run_onnx(options(tmp_path, plain, variants=("int8-entropy", "int8-percentile"), calibration=str(ten)))
+    assert [(r.name, r.made.n_calibration) for r in done.report.variants.results] == [
+        ("int8-entropy", 10), ("int8-percentile", 10)]
 
 
 def test_calibration_split_holds_images_out_of_data_by_its_rule_and_never_scores_them(made, tmp_path):

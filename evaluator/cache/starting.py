@@ -12,12 +12,32 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import tempfile
 import threading
 from multiprocessing import context, forkserver, get_context, popen_forkserver, process, reduction, spawn, util
 
 _MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
+# The fork server listens on a socket in multiprocessing's temporary folder (pymp-XXXXXXXX/listener-XXXXXXXX, made
+# in TMPDIR); the path must fit in sun_path (108 bytes on Linux, 104 on macOS), counting its final NUL.
+_SOCKET_PATH_ROOM = 103 - len("/pymp-xxxxxxxx/listener-xxxxxxxx")
+_SHORT_FOLDERS = ("/tmp", "/var/tmp", "/usr/tmp")
 _server = forkserver.ForkServer()
 _server.set_forkserver_preload(["xfverify.evaluator.cache.decoding"])
+
+
+def _socket_folder_that_fits() -> None:
+    """Under a long TMPDIR (a deep home, a test's own folder) the fork server's socket path would not fit, and no
+    decode process could start ("AF_UNIX path too long"): its temporary folder is then made in the first standard
+    short one, cleaned up at exit as multiprocessing cleans up its own (what CPython 3.13 does itself)."""
+    config = process.current_process()._config
+    if config.get("tempdir") or len(tempfile.gettempdir()) <= _SOCKET_PATH_ROOM:
+        return
+    for folder in _SHORT_FOLDERS:
+        if os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            config["tempdir"] = tempfile.mkdtemp(prefix="pymp-", dir=folder)
+            util.Finalize(None, util._remove_temp_dir, args=(shutil.rmtree, config["tempdir"]), exitpriority=-100)
+            return
 
 
 class _PopenWithoutMain(popen_forkserver.Popen):
@@ -34,6 +54,7 @@ class _PopenWithoutMain(popen_forkserver.Popen):
             reduction.dump(process_obj, buf)
         finally:
             context.set_spawning_popen(None)
+        _socket_folder_that_fits()
         self.sentinel, w = _server.connect_to_new_process(self._fds)
         parent_w = os.dup(w)  # the child's sentinel of this process, as the standard Popen keeps it
         self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))

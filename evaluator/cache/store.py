@@ -64,6 +64,7 @@ SHARD_SIZE = 512
 _NO_ROOM_FIX = ("free space there, or put the cache on a larger disk (--cache-dir or $XFVERIFY_CACHE); "
                 "finished shards are kept")
 CHUNK_SIZE = 16
+CANCEL_POLL_S = 0.5
 # A decode pool for a spec that decodes in a framework's worker (spec.decode_worker), made from the spec, the CPU
 # pool (for everything else) and the normalisation keys: submit(function, *args) -> Future, start(),
 # shutdown(wait, cancel_futures), as ProcessPoolExecutor's.
@@ -488,8 +489,8 @@ class TensorCache:
             futures = self._submit(pool, decode, digest, by_key, pending)
             if in_worker:  # every chunk is submitted: the worker can take them all
                 pool.start()
-            while futures:
-                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+            while futures:  # a cancel is seen within a second even when no chunk finishes (a decode worker gone)
+                finished, _ = wait(futures, timeout=CANCEL_POLL_S, return_when=FIRST_COMPLETED)
                 for future in finished:
                     chunk = futures.pop(future)
                     shard = pending[chunk.key]

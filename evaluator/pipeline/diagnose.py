@@ -297,6 +297,7 @@ class OutsidePass:
     logits: np.ndarray
     tensors_sha256: str
     precision: PrecisionBlock
+    ran_as: str | None = None  # a deployment variant: what its file computes in
 
 
 def _rows(runs: list[VariantRun], dataset: Dataset, onnx_passes: list[OutsidePass],
@@ -313,8 +314,9 @@ def _rows(runs: list[VariantRun], dataset: Dataset, onnx_passes: list[OutsidePas
                         run.run.logits if run.variant.precision else None) for run in runs]
     for outside in onnx_passes:
         topk = predicted_top_k(outside.logits, sorted(runs[0].run.skipped), 5)
-        rows.append(against.row(outside.variant, rows[0].spec, rows[0].geometry_key, topk, outside.tensors_sha256,
-                                outside.precision, outside.logits))
+        row = against.row(outside.variant, rows[0].spec, rows[0].geometry_key, topk, outside.tensors_sha256,
+                          outside.precision, outside.logits)
+        rows.append(row.model_copy(update={"ran_as": outside.ran_as}) if outside.ran_as else row)
     return rows
 
 
@@ -378,7 +380,7 @@ def _onnx_axis(card: ModelCard, options: DiagnoseOptions, reference: PreprocessS
                       why=f"the export's deployment variant {each.spec.name} under ONNX Runtime on the reference's "
                           f"tensors: {how}")
         passes.append(OutsidePass(row, np.array(each.run.logits), each.run.result.tensors_sha256,
-                                  each.run.result.precision))
+                                  each.run.result.precision, ran_as=each.spec.arithmetic))
     return passes
 
 

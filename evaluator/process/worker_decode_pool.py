@@ -46,7 +46,11 @@ class WorkerDecodePool:
         """A chunk is in its shard: its digests are computed from the rows the worker wrote, then it is done."""
         self.reported.add(index)
         chunk, future = self.chunks[index], self.futures[index]
-        digests = self.cpu_pool.submit(digest_chunk, chunk.tmp_path, chunk.row, len(chunk.paths), self.keys)
+        try:
+            digests = self.cpu_pool.submit(digest_chunk, chunk.tmp_path, chunk.row, len(chunk.paths), self.keys)
+        except BaseException as exc:  # the CPU pool cannot start: the chunk fails with why, never waits forever
+            future.set_exception(exc)
+            return
 
         def finish(done: Future) -> None:
             if done.exception() is not None:

@@ -50,6 +50,8 @@ class VariantRow(_Strict):
     geometry_key: str
     tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     precision: PrecisionBlock = Field(description="what the pass actually ran at: its back-end's precision block")
+    ran_as: Optional[str] = Field(default=None, description="a deployment variant's row: what its file computes in "
+                                                            "(the block above is ONNX Runtime's, which ran it as asked)")
     max_output_difference: Optional[float] = Field(
         description="runtime rows: the largest |output - the reference's| over the scored images, as a fraction of "
                     "the reference's largest |output| (the same tensors were fed); None for preprocessing variants")
@@ -220,7 +222,8 @@ def ran_at(precision: PrecisionBlock) -> str:
 
 def _ran_cell(row: VariantRow) -> str:
     difference = row.max_output_difference
-    return ran_at(row.precision) + ("" if difference is None else f"; outputs within {100 * difference:.2g} %")
+    return (row.ran_as or ran_at(row.precision)) + ("" if difference is None else
+                                                     f"; outputs within {100 * difference:.2g} %")
 
 
 def _paired_cells(row: VariantRow, report: DiagnoseReport) -> tuple[str, str, str, str]:
