@@ -68,7 +68,7 @@ def test_unknown_studies_and_executors_are_one_line(tmp_path):
 
 MINI = """name = "mini"
 [[cells]]
-models = ["torchvision/mobilenet_v3_large:IMAGENET1K_V1"]
+models = ["torchvision/mobilenet_v3_small:IMAGENET1K_V1"]
 runs = ["native", "onnx", "diagnose"]
 variants = ["squash"]
 random_weights = true
@@ -98,19 +98,19 @@ def test_a_study_killed_mid_way_resumes_equals_its_commands_and_a_rerun_runs_not
     report = json.loads((out / "study.json").read_text())
     assert (report["ran"], report["reused"]) == (2, 1)
     [row] = report["rows"]
-    native = json.loads((out / "cells" / "native-torchvision_mobilenet_v3_large_IMAGENET1K_V1-random" /
+    native = json.loads((out / "cells" / "native-torchvision_mobilenet_v3_small_IMAGENET1K_V1-random" /
                          "report.json").read_text())
     assert row["native"]["tensors_sha256"] == native["tensors_sha256"] == row["onnx"]["tensors_sha256"]
     assert row["onnx"]["top1_agreement"] == 100.0 and row["diagnose"]["n_variants"] == 1
 
     # the same run as its own command gives the same numbers
-    alone = run_cli("native", "torchvision/mobilenet_v3_large:IMAGENET1K_V1", "--random-weights", "--device", "cpu",
+    alone = run_cli("native", "torchvision/mobilenet_v3_small:IMAGENET1K_V1", "--random-weights", "--device", "cpu",
                     "--limit", "4", "--out", str(tmp_path / "alone"), "--cache-dir", str(cache))
     assert alone.returncode == 0, alone.stderr[-3000:]
     own = json.loads((tmp_path / "alone" / "report.json").read_text())
     assert (own["tensors_sha256"], own["top1_error"]) == (native["tensors_sha256"], native["top1_error"])
     assert (tmp_path / "alone" / "logits.npy").read_bytes() == (out / "cells" / (
-        "native-torchvision_mobilenet_v3_large_IMAGENET1K_V1-random") / "logits.npy").read_bytes()
+        "native-torchvision_mobilenet_v3_small_IMAGENET1K_V1-random") / "logits.npy").read_bytes()
 
     again = run_cli(*args)
     assert again.returncode == 0 and "building" not in again.stderr  # no model was built: no pass
@@ -119,7 +119,7 @@ def test_a_study_killed_mid_way_resumes_equals_its_commands_and_a_rerun_runs_not
     assert second["rows"] == report["rows"]
 
     # a cell whose report.json changed since (edited, replaced by another run) runs again: its numbers are not trusted
-    native_report = out / "cells" / "native-torchvision_mobilenet_v3_large_IMAGENET1K_V1-random" / "report.json"
+    native_report = out / "cells" / "native-torchvision_mobilenet_v3_small_IMAGENET1K_V1-random" / "report.json"
     native_report.write_text(native_report.read_text().replace('"top1_error": ', '"top1_error":  ', 1))
     rerun = run_cli(*args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
