@@ -175,6 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default="b65b8dc^", help="the earlier commit (default: %(default)s)")
     parser.add_argument("--baseline-tree", type=Path, default=Path("/work/wt-baseline"))
+    parser.add_argument("--current-tree", type=Path, default=HERE, help="the tree compared (default: this one)")
     parser.add_argument("--scratch", type=Path, default=Path("/work/tmp-behaviour-check"))
     parser.add_argument("--only", default="", help="comma-separated run names")
     parser.add_argument("--trees", default="baseline,current", help="which trees run (default: %(default)s)")
@@ -194,11 +195,12 @@ def main() -> None:
                            check=True).stdout.strip()
     if found != commit:
         sys.exit(f"{options.baseline_tree} holds {found}, not {commit}: remove it or name another --baseline-tree")
-    current = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
+    here = options.current_tree.resolve()
+    current = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                              check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                 capture_output=True, text=True, check=True).stdout.strip())
-    trees = {"baseline": options.baseline_tree.resolve(), "current": HERE}
+    trees = {"baseline": options.baseline_tree.resolve(), "current": here}
     if not options.resume:
         shutil.rmtree(options.scratch, ignore_errors=True)
     folders = {label: options.scratch / label for label in trees}
