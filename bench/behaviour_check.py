@@ -141,7 +141,8 @@ def compare(runs: dict[str, Path], paths: dict[str, dict[str, str]]) -> dict[str
 
 
 def compare_caches(a: Path, b: Path) -> dict[str, Any]:
-    """The files two tensor caches hold (locks aside): which are byte-identical, which differ, which one lacks."""
+    """The files two tensor caches hold (locks aside): which are byte-identical, which differ, which one lacks (a
+    shard's key hashes its images' paths: the embedded sample lies in each tree, so its shards have other keys)."""
     files = {root: {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
              for root in (a, b)}
     both = sorted(files[a] & files[b])
@@ -182,6 +183,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep the scratch folder; finished runs are not rerun")
     parser.add_argument("--timeout", type=int, default=3600)
     parser.add_argument("--limit", type=int, default=500, help="photos the Lite0 runs take (default: all %(default)s)")
+    parser.add_argument("--note", default="", help="a remark kept in the results (how the run was made)")
     parser.add_argument("--compare-caches", action="store_true",
                         help="also compare the two trees' tensor caches file by file (shards, sidecars, digests)")
     parser.add_argument("--results", type=Path, default=HERE / "bench" / "results" / "behaviour_check.json")
@@ -247,6 +249,7 @@ def main() -> None:
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, --device cpu, ONNX Runtime's CPU provider",
         "lite0_photos": f"the first {options.limit} of {PHOTOS} by image id",
+        "note": options.note,
         "runs": entries,
     }
     if options.compare_caches:
