@@ -44,6 +44,9 @@ EXPLAINED = (
      "68364cb (localize): Keras random weights are calibrated (scaled to well-sized outputs), so a random Keras "
      "network's outputs differ, and so does its export (another file, its sha256, the agreement's scale); the fed "
      "tensors (tensors_sha256) are the same"),
+    (r"^diagnose-[^:]*:onnx/(logits\.npy|predictions\.csv|report\.json|report\.md)$",
+     "5592522 (run core): diagnose --onnx's runtime row is the one ONNX pass, no longer a whole onnx run left in "
+     "--out/onnx; the row's numbers in diagnose's report.json are compared and unchanged"),
     (r"report\.json\.(logits_sha256|predictions_sha256): ", "follows from the logits"),
 )
 
