@@ -47,6 +47,8 @@ EXPLAINED = (
     (r"^diagnose-[^:]*:onnx/(logits\.npy|predictions\.csv|report\.json|report\.md)$",
      "5592522 (run core): diagnose --onnx's runtime row is the one ONNX pass, no longer a whole onnx run left in "
      "--out/onnx; the row's numbers in diagnose's report.json are compared and unchanged"),
+    (r"report\.json\.(reference|variants\[\d+\])\.ran_as: only in one",
+     "7f1b137 (deployment variants): a diagnose row says what its file computes in (a new key)"),
     (r"report\.json\.(logits_sha256|predictions_sha256): ", "follows from the logits"),
 )
 
