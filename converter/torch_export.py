@@ -65,7 +65,9 @@ def export_torch(model: torch.nn.Module, path: Path, opset: int = DEFAULT_OPSET,
                                   input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                   dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}})
     except Exception as exc:  # torch's exporters raise many types; each names its step and operator
-        raise UserError(f"{name} could not export {type(model).__name__} to opset {opset}: {_failure(exc)}") from None
+        other = ("; --opset 17 exports with torch's TorchScript exporter instead" if exporter == "dynamo" else "")
+        raise UserError(f"{name} could not export {type(model).__name__} to opset {opset}: {_failure(exc)}"
+                        f"{other}") from None
     return finish(path, exporter=name, exporter_version=version, opset=opset, layout="NCHW", output_kind="logits",
                   started=started)
 

@@ -96,6 +96,7 @@ def test_a_failed_torch_export_names_the_step_and_operator(torch_found):
     unsupported = torch_found["errors"]["unsupported operator"]
     assert "\n" not in unsupported
     assert "translating the captured graph to ONNX" in unsupported and "aten.linalg_eig" in unsupported
+    assert unsupported.endswith("--opset 17 exports with torch's TorchScript exporter instead")
     assert "opset 18 or later, not 17" in torch_found["errors"]["dynamo below its opset"]
 
 
