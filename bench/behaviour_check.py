@@ -41,7 +41,8 @@ EXPLAINED = (
     (r"[:/]\.xfverify-outputs\.json$", "6ddf450: the outputs ledger every run now writes"),
     (r"[:/]report\.html$", "158ad2e: native and onnx runs now write report.html"),
     (r"^(native|onnx)-tensorflow-random:(.*logits\.npy$|.*report\.json\.(onnx|weights|agreement|native)\.)",
-     "68364cb (localize): Keras random weights are calibrated (scaled to well-sized outputs), so a random Keras "
+     "68364cb (localize), then the photo-like calibration batch: Keras random weights are calibrated (scaled to "
+     "well-sized outputs on photo-like pixels), so a random Keras "
      "network's outputs differ, and so does its export (another file, its sha256, the agreement's scale); the fed "
      "tensors (tensors_sha256) are the same"),
     (r"^diagnose-[^:]*:onnx/(logits\.npy|predictions\.csv|report\.json|report\.md)$",

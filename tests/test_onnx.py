@@ -702,3 +702,29 @@ def test_agreement_counts_flips_and_which_run_was_right():
 
 
 # (the real weights' ONNX agreement on the 500 photographs: tests/test_real_photos.py, on its reference runs)
+
+
+def test_agreeing_with_native_outputs_that_never_change_is_said_to_prove_little():
+    from types import SimpleNamespace
+
+    from xfverify.evaluator.pipeline.onnx import _agreement
+    from xfverify.evaluator.pipeline.options import OnnxOptions
+
+    constant = np.tile(np.linspace(-1, 1, 10, dtype=np.float32), (3, 1))  # a zero head plus a bias: every image alike
+    varying = constant + np.float32(1e-3) * np.arange(3, dtype=np.float32)[:, None]
+    records = [SimpleNamespace(image_id=name, labels=(1,)) for name in "abc"]
+
+    class Dataset(list):
+        @property
+        def records(self):
+            return self
+    for native, varies in ((constant, False), (varying, True), (np.zeros_like(constant), False)):
+        notes: list[str] = []
+        agreement = _agreement(OnnxOptions(), object(), SimpleNamespace(report=SimpleNamespace(output="logits"),
+                                                                         outputs=native),
+                               SimpleNamespace(logits=native.copy(), skipped=set()), Dataset(records),
+                               notes)
+        assert agreement.native_varies is varies and agreement.top1_agreement == 100.0
+        assert any("the same for every one of the 3 compared images" in note for note in notes) is not varies
+    one = compare_outputs(constant[:1], constant[:1], ["a"], [(1,)], np.ones(1, dtype=bool), "logits")
+    assert one.native_varies is None  # one image: nothing to vary between

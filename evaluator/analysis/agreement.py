@@ -53,6 +53,20 @@ class OnnxAgreement(BaseModel):
     native_only_right: int
     onnx_only_right: int
     mcnemar_p: float
+    # whether the native outputs change from image to image: a constant (a zero-initialised head, collapsed
+    # activations) is matched by almost any graph, so agreeing with it proves little; None for one image
+    native_varies: Optional[bool] = None
+
+
+def outputs_vary(outputs: np.ndarray) -> Optional[bool]:
+    """Whether some output element differs between images by more than 1e-6 of the largest |output| (finite rows
+    only); None with fewer than two such rows."""
+    finite = outputs[np.isfinite(outputs).reshape(len(outputs), -1).all(axis=1)].astype(np.float64)
+    if len(finite) < 2:
+        return None
+    scale = float(np.abs(finite).max())
+    spread = float((finite.max(axis=0) - finite.min(axis=0)).max())
+    return scale > 0 and spread > 1e-6 * scale
 
 
 def compare_outputs(native: np.ndarray, onnx: np.ndarray, image_ids: Sequence[str],
@@ -96,4 +110,5 @@ def compare_outputs(native: np.ndarray, onnx: np.ndarray, image_ids: Sequence[st
         native_only_right=runs.paired.right_to_wrong,  # the candidate (ONNX) wrong where the native run was right
         onnx_only_right=runs.paired.wrong_to_right,
         mcnemar_p=runs.paired.p_value,
+        native_varies=outputs_vary(a),
     )

@@ -47,7 +47,8 @@ class ScalesRandomOutputs(ABC):
 
     calibration_batch: ClassVar[int]  # images of the batch that measures the logits' spread
     calibration_layout: ClassVar[str] = "NCHW"  # the layout the network takes
-    random_scheme: ClassVar[str] = ""  # in the export cache's key of random weights: changed when calibration does
+    random_scheme: str = ""  # in the export cache's key of random weights: changed when calibration does (per network)
+    calibrates_on_photo_like_pixels: ClassVar[bool] = False  # calibration_batch with the card's spec
 
     def calibrate(self, model: Any, batch: np.ndarray, device: Device) -> None:
         """Set a random network's normalisation statistics from a batch, where its framework's initialisers would
@@ -101,7 +102,8 @@ def scale_random_outputs(scaler: ScalesRandomOutputs, model: Any, seed: int, dev
     """Calibrate a random network on a fixed random batch of its own input size, then divide its last layer by its
     logits' spread there."""
     size = card.reference_spec.output_hw[0] if card.reference_spec.output_hw else 224  # the network's own input size
-    batch = calibration_batch(seed, scaler.calibration_batch, scaler.calibration_layout, size)
+    spec = card.reference_spec if scaler.calibrates_on_photo_like_pixels else None
+    batch = calibration_batch(seed, scaler.calibration_batch, scaler.calibration_layout, size, spec)
     scaler.calibrate(model, batch, device)
     std = scaler.logits_std(model, batch, device)
     if std > 0 and np.isfinite(std):

@@ -11,6 +11,7 @@ import numpy as np
 from xfverify.models.hashing import sha256_file
 from xfverify.evaluator.process.blocks import CheckedWeights
 from xfverify.models.cards import ModelCard
+from xfverify.models.preprocess import PreprocessSpec
 from xfverify.models.errors import UserError
 
 _TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -73,8 +74,32 @@ def checked_weights(card: ModelCard, path: str | os.PathLike) -> CheckedWeights:
     return block.model_copy(update={"checksum": card.weights.checksum})
 
 
-def calibration_batch(seed: int, n: int, layout: str, size: int = 224) -> np.ndarray:
-    """A fixed, normalised-looking random batch (float32) for scaling random models."""
+# Pixel statistics of ImageNet photographs (torchvision's mean and std averaged over the channels), on 0-255.
+PHOTO_PIXEL_MEAN = 0.449 * 255
+PHOTO_PIXEL_STD = 0.226 * 255
+# Photo-like noise: blocks of 4 x 4 and 16 x 16 cells across the image, and per-pixel grain, with these weights.
+PHOTO_NOISE_SCALES = ((4, 1.0), (16, 0.5), (None, 0.25))
+
+
+def calibration_batch(seed: int, n: int, layout: str, size: int = 224,
+                      spec: PreprocessSpec | None = None) -> np.ndarray:
+    """A fixed random batch (float32) for scaling random models: normalised-looking (standard normal), or with
+    ``spec`` photo-like pixels (coarse blocks and fine grain with ImageNet's pixel mean and spread, on 0-255) put
+    through the spec's scale, mean and std, so that a network taking raw or caffe-style pixels is calibrated on
+    values of its input's size and shape: on standard-normal grain, a random Keras EfficientNet's or ResNet50's
+    logits on photographs are hundreds of times their calibrated spread and the same class for every image."""
     rng = np.random.default_rng(seed)
     shape = (n, 3, size, size) if layout == "NCHW" else (n, size, size, 3)
-    return rng.standard_normal(shape, dtype=np.float32)
+    if spec is None:
+        return rng.standard_normal(shape, dtype=np.float32)
+    noise = np.zeros((n, size, size, 3), dtype=np.float32)
+    for cells, weight in PHOTO_NOISE_SCALES:
+        cells = cells or size
+        coarse = rng.standard_normal((n, cells, cells, 3), dtype=np.float32)
+        repeat = -(-size // cells)
+        noise += np.float32(weight) * np.repeat(np.repeat(coarse, repeat, axis=1), repeat, axis=2)[:, :size, :size]
+    noise /= np.float32(np.sqrt(sum(weight**2 for _, weight in PHOTO_NOISE_SCALES)))
+    pixels = np.clip(PHOTO_PIXEL_MEAN + PHOTO_PIXEL_STD * noise, 0, 255)
+    tensor = (pixels / np.float32(spec.scale) - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(
+        spec.std, dtype=np.float32)
+    return np.ascontiguousarray(tensor.transpose(0, 3, 1, 2) if layout == "NCHW" else tensor, dtype=np.float32)

@@ -168,6 +168,11 @@ def _agreement(options: OnnxOptions, card, native: NativeOnDisk, run: CachedRun,
         notes.append(f"{agreement.n_non_finite} of the {agreement.n_compared} compared images have outputs "
                      "holding NaN or +-inf in the native run, ONNX Runtime's or both: they have no top-1 there "
                      "(a flip unless neither has one) and are left out of max |diff|")
+    if agreement.native_varies is False:
+        notes.append(f"the native outputs are the same for every one of the {agreement.n_compared} compared images "
+                     "(the largest difference between images is within 1e-6 of the largest output): agreeing "
+                     "with a constant proves little of the export; random weights do this when a network "
+                     "zero-initialises its head or its activations collapse")
     if compared == "softmax":
         notes.append("the model ends in softmax and so does its export: the agreement compares probabilities "
                      "with probabilities")

@@ -290,7 +290,9 @@ def onnx_rows(report: OnnxReport) -> list[tuple[str, str]]:
              + (f"; {agreement.n_non_finite} image(s) with NaN or +-inf outputs left out" if agreement.n_non_finite
                 else "")),
             ("within tolerance", f"{100 * agreement.within_tolerance:.3f} % of elements "
-                                 f"(atol {agreement.atol:.3g}, rtol {agreement.rtol:g})"),
+                                 f"(atol {agreement.atol:.3g}, rtol {agreement.rtol:g})"
+                                 + ("; the native outputs are the same for every image" if
+                                    agreement.native_varies is False else "")),
         ]
     if report.localization:
         rows.append(("localization", report.localization.verdict))

@@ -81,13 +81,14 @@ def _builder(card: ModelCard):
 class KerasBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecision, Exporter, CapturesIntermediates):
     """Keras applications on TensorFlow. Random weights are calibrated: Keras's default initialisers shrink the
     activations to nothing through depthwise layers (MobileNetV2's softmax is then 0.001 for every class) or blow
-    them up (ResNet50's saturates), so each BatchNormalization gets the statistics of its input on a random batch,
-    and the classifier's logits (before its softmax) are scaled to a spread of 1."""
+    them up (ResNet50's saturates), so each BatchNormalization gets the statistics of its input on a random batch
+    of photo-like pixels put through the model's own preprocessing, and the classifier's logits (before its softmax) are scaled to a spread of 1."""
 
     name = "tensorflow"
     calibration_batch = 4
     calibration_layout = "NHWC"
-    random_scheme = "-calibrated"
+    calibrates_on_photo_like_pixels = True  # preprocess_input modes range from raw 0-255 pixels to normalised ones
+    random_scheme = "-calibrated-photo-like"
 
     def resolve_device(self, requested: str, precision: Precision) -> Device:
         device_type, device_name, notes = _configure(requested, precision)

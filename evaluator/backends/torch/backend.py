@@ -256,6 +256,19 @@ class TorchBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecis
         model, block = pretrained(card)
         return model.eval(), block
 
+    def calibrate(self, model, batch: np.ndarray, device: Device) -> None:
+        """A head the network zero-initialises (torchvision's ViT; timm's Hiera, ResMLP, Sequencer) gives every image
+        the same zero logits, which any export matches: it gets seeded normal weights (std 0.02, timm's
+        trunc_normal_), and the export cache's key says so."""
+        linear = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+        if not linear or linear[-1].weight.any():
+            return
+        with torch.no_grad():
+            if model(torch.from_numpy(batch)).any():
+                return  # the outputs do not come from that layer alone
+            torch.nn.init.trunc_normal_(linear[-1].weight, std=0.02)
+        self.random_scheme = "-head-initialised"
+
     def logits_std(self, model, batch: np.ndarray, device: Device) -> float:
         with torch.no_grad():
             return float(model(torch.from_numpy(batch)).std())  # torch's std: the unbiased estimate
