@@ -109,6 +109,33 @@ def test_torch_random_weights_report(tmp_path, generated_folder):
     assert "Where the time went" in (out / "report.md").read_text()
 
 
+ZERO_HEAD = """
+import sys, numpy as np, torch
+from xfverify.evaluator.backends.torch.backend import TorchBackend
+from xfverify.evaluator.backends.weights import calibration_batch
+backend = TorchBackend()
+backend.seed(0)
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                            torch.nn.Linear(8, 10)).eval()
+torch.nn.init.zeros_(model[-1].weight); torch.nn.init.zeros_(model[-1].bias)  # as torchvision's ViT does
+backend.calibrate(model, calibration_batch(0, 4, "NCHW", 16), None)
+with torch.no_grad():
+    out = model(torch.from_numpy(calibration_batch(1, 3, "NCHW", 16))).numpy()
+print(backend.random_scheme, float(np.ptp(out, axis=0).max()))
+"""
+
+
+@needs_torch
+def test_a_zero_initialised_head_gets_random_weights_so_outputs_differ_between_images():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", ZERO_HEAD], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    scheme, spread = done.stdout.split()
+    assert scheme == "-head-initialised" and float(spread) > 1e-3
+
+
 @needs_tensorflow
 def test_keras_random_weights_report(tmp_path, generated_folder):
     report = native_json(
@@ -529,3 +556,18 @@ def test_framework_error_text_fits_one_line():
     torch = "Weights only load failed. You have \x1b[1mtwo options\x1b[0m. \n\t(1) " + "Long advice. " * 30
     text = exception_text(RuntimeError(torch))
     assert text == "Weights only load failed. You have two options. (1) Long advice." + " Long advice." * 10
+
+
+def test_keras_random_weights_are_calibrated_on_photo_like_pixels_of_the_models_own_input():
+    from xfverify.evaluator.backends.weights import calibration_batch
+    from xfverify.models.cards import get_card
+
+    raw = calibration_batch(0, 2, "NHWC", 64, get_card("keras/EfficientNetB0").reference_spec)  # takes 0-255 pixels
+    assert raw.dtype == np.float32 and raw.shape == (2, 64, 64, 3)
+    assert raw.min() >= 0 and raw.max() <= 255 and 80 < raw.mean() < 150
+    rows = raw[..., 0].reshape(-1, 64)
+    assert np.corrcoef(rows[:, :-1].ravel(), rows[:, 1:].ravel())[0, 1] > 0.5  # neighbours alike, as in photos
+    caffe = calibration_batch(0, 2, "NHWC", 64, get_card("keras/ResNet50").reference_spec)  # BGR means subtracted
+    assert abs(caffe.mean()) < 30 and caffe.std() > 20
+    assert np.array_equal(calibration_batch(0, 2, "NCHW", 8),  # without a spec: the standard-normal batch as before
+                          np.random.default_rng(0).standard_normal((2, 3, 8, 8), dtype=np.float32))
