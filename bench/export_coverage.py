@@ -8,13 +8,16 @@ Each chunk of models is one ``xfverify study`` (runs native + onnx, ``--random-w
 in ``--work``; a model's row is written to ``--out`` (JSON, and a Markdown table beside it) as soon as its chunk
 ends, done or failed, and a rerun skips models that already have a row. A failed cell is a row with the command's
 own message (the exporter's, for an export that fails). Models run smallest first (torchvision's ``num_params``,
-timm's ``param_count`` from its results file, Keras's weights file size where known).
+timm's ``param_count`` from its results file, Keras's weights file size where known). ``--remake-rows`` makes every
+row again from the studies in ``--work``; with ``--torchscript-retry`` each model the dynamo exporter could not
+export is exported again by torch's TorchScript exporter (``--opset 17``, as the failure's message advises).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import json
 import platform
 import re
@@ -28,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from xfverify.evaluator.analysis.agreement import outputs_vary  # noqa: E402
 from xfverify.evaluator.pipeline.study import StudyOptions, run_study  # noqa: E402
 from xfverify.models import zoos  # noqa: E402
 from xfverify.models.errors import UserError  # noqa: E402
@@ -121,13 +125,17 @@ def _row(model: str, cells: dict, out_dir: Path) -> dict:
     """A model's row from its study cells: the export's exporter, opset and check, the ONNX run's agreement."""
     native, onnx = cells.get("native"), cells.get("onnx")
     row = {"model": model, "exporter": None, "opset": None, "status": "fail", "message": None,
-           "top1_agreement": None, "within_tolerance": None, "max_scaled_diff": None, "same_tensors": None}
+           "top1_agreement": None, "within_tolerance": None, "max_scaled_diff": None, "same_tensors": None,
+           "native_varies": None}
     if native is None or native["status"] != "done":
         row["message"] = "native run: " + (native or {}).get("error", "not run")
         return row
     if onnx is None or onnx["status"] != "done":
         row["message"] = (onnx or {}).get("error") or "onnx run not finished"
+        row["native_folder"] = str(out_dir / native["folder"])
         return row
+    row["native_folder"] = str(out_dir / native["folder"])
+    row["native_varies"] = outputs_vary(np.load(out_dir / native["folder"] / "logits.npy"))
     report = json.loads((out_dir / onnx["folder"] / "report.json").read_text())
     agreement = report.get("agreement") or {}
     row.update(exporter=onnx["onnx"]["exporter"], opset=onnx["onnx"]["opset"],
@@ -143,7 +151,9 @@ def _row(model: str, cells: dict, out_dir: Path) -> dict:
                           + _why_outside(report, out_dir / native["folder"]))
     else:
         row["status"] = "pass"
-        row["message"] = "exported, checked, every output element within tolerance"
+        row["message"] = "exported, checked, every output element within tolerance" + (
+            "; but the native outputs are the same for every image, so agreeing with them proves little"
+            if row["native_varies"] is False else "")
     return row
 
 
@@ -166,13 +176,49 @@ def run_chunk(models: list[str], work: Path) -> list[dict]:
     return [_row(model, cells.get(model, {}), out) for model in models]
 
 
+DYNAMO = "torch.onnx.export (dynamo=True)"
+TORCHSCRIPT_OPSET = 17  # below the dynamo exporter's 18, xfverify exports with torch's TorchScript exporter
+
+
+def with_torchscript_retry(row: dict, work: Path) -> dict:
+    """A model the dynamo exporter could not export, exported again by the TorchScript exporter (``--opset 17``,
+    as the failure's own message advises) against the same native run; its outcome kept beside the failure."""
+    if (row["status"] == "pass" or "native_folder" not in row
+            or not (row["message"] or "").startswith(f"{DYNAMO} could not export")):
+        return row
+    from xfverify import onnx as run_onnx
+
+    out = work / "torchscript" / row["model"].replace("/", "_").replace(":", "_")
+    try:
+        report = run_onnx(row["model"], against=str(row["native_folder"]), opset=TORCHSCRIPT_OPSET,
+                          random_weights=True, device="cpu", provider="cpu", out=str(out),
+                          cache_dir=str(work / "cache"))
+    except UserError as exc:
+        retry = {"status": "fail", "message": str(exc)}
+    else:
+        agreement = report.agreement
+        within = agreement.within_tolerance if agreement else None
+        retry = {"status": "pass" if within == 1.0 else "fail", "exporter": report.onnx.exporter,
+                 "opset": report.onnx.opset, "top1_agreement": agreement.top1_agreement if agreement else None,
+                 "within_tolerance": within,
+                 "max_scaled_diff": agreement.max_abs_diff_over_max_abs_logit if agreement else None}
+    return {**row, "torchscript_retry": retry}
+
+
 def markdown(payload: dict) -> str:
     lines = [f"# Export coverage ({payload['covered']} of {payload['selected']} models)", "", payload["what"], "",
              "| model | exporter | opset | result | top-1 agreement % | max scaled diff | message |",
              "|---|---|---|---|---|---|---|"]
     for row in payload["rows"]:
         diff = "" if row["max_scaled_diff"] is None else f"{row['max_scaled_diff']:.3g}"
-        message = (row["message"] or "").replace("|", "\\|").replace("\n", " ")
+        message = (row["message"] or "")
+        retry = row.get("torchscript_retry")
+        if retry:
+            message += (f" — TorchScript exporter, opset {TORCHSCRIPT_OPSET}: {retry['status']}"
+                        + (f", top-1 agreement {retry['top1_agreement']} %, max scaled diff "
+                           f"{retry['max_scaled_diff']:.3g}" if retry.get("max_scaled_diff") is not None else
+                           f" ({retry.get('message', '')})"))
+        message = message.replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {row['model']} | {row['exporter'] or ''} | {row['opset'] or ''} | {row['status']} | "
                      f"{'' if row['top1_agreement'] is None else row['top1_agreement']} | {diff} | {message} |")
     return "\n".join(lines) + "\n"
@@ -187,6 +233,10 @@ def main() -> None:
     parser.add_argument("--max-models", type=int, default=None, help="stop after this many new rows")
     parser.add_argument("--remake-rows", action="store_true",
                         help="make every row again from the studies in --work (no model is run)")
+    parser.add_argument("--rerun", default="",
+                        help="comma-separated patterns (keras/*, torchvision/vit_*): their rows are dropped and run again")
+    parser.add_argument("--torchscript-retry", action="store_true",
+                        help="export again with the TorchScript exporter each model the dynamo exporter failed")
     args = parser.parse_args()
     out = Path(args.out)
     selected = sorted((size, model) for source in args.sources.split(",") for model, size in SELECTIONS[source]())
@@ -195,27 +245,43 @@ def main() -> None:
     if args.remake_rows:
         chosen = {model for _, model in selected}
         rows = {model: row for model, row in rows_from_work(Path(args.work)).items() if model in chosen}
+    if args.rerun:
+        patterns = args.rerun.split(",")
+        rows = {model: row for model, row in rows.items()
+                if not any(fnmatch.fnmatchcase(model, pattern) for pattern in patterns)}
     todo = [model for _, model in selected if model not in rows][: args.max_models]
-    for start in range(0, max(len(todo), 1 if args.remake_rows else 0), args.chunk):
-        for row in run_chunk(todo[start : start + args.chunk], Path(args.work)) if todo else []:
-            rows[row["model"]] = row
-        order = {model: i for i, (_, model) in enumerate(selected)}
-        ordered = sorted(rows.values(), key=lambda r: order.get(r["model"], len(order)))
-        payload = {
-            "what": ("random weights (seed 0), the embedded sample's images, CPU; `xfverify study` runs native + "
-                     "onnx per model: the export by xfverify's exporter (checked by onnx's checker and strict shape "
-                     "inference), ONNX Runtime fed the native run's tensors; pass = every output element within "
-                     "onnx's default atol 1e-4 x max |native output| or rtol 1e-3"),
-            "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
-            "selected": len(selected),
-            "covered": len(ordered),
-            "passed": sum(r["status"] == "pass" for r in ordered),
-            "rows": ordered,
-        }
-        out.write_text(json.dumps(payload, indent=1) + "\n")
-        out.with_suffix(".md").write_text(markdown(payload))
-        print(f"{len(ordered)} of {len(selected)} rows", flush=True)
+    retry = (lambda row: with_torchscript_retry(row, Path(args.work))) if args.torchscript_retry else (lambda row: row)
+    rows = {model: row if "torchscript_retry" in row else retry(row) for model, row in rows.items()}
+    write(out, selected, rows)
+    for start in range(0, len(todo), args.chunk):
+        for row in run_chunk(todo[start : start + args.chunk], Path(args.work)):
+            rows[row["model"]] = retry(row)
+        write(out, selected, rows)
 
+
+def write(out: Path, selected: list[tuple[float, str]], rows: dict[str, dict]) -> None:
+    order = {model: i for i, (_, model) in enumerate(selected)}
+    ordered = sorted(rows.values(), key=lambda r: order.get(r["model"], len(order)))
+    payload = {
+        "what": ("random weights (seed 0), the embedded sample's images, CPU; `xfverify study` runs native + "
+                 "onnx per model: the export by xfverify's exporter (checked by onnx's checker and strict shape "
+                 "inference), ONNX Runtime fed the native run's tensors; pass = every output element within "
+                 "onnx's default atol 1e-4 x max |native output| or rtol 1e-3; a model the dynamo exporter "
+                 f"could not export is exported again with --opset {TORCHSCRIPT_OPSET} (torch's TorchScript "
+                 "exporter) against the same native run: torchscript_retry"),
+        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+        "selected": len(selected),
+        "covered": len(ordered),
+        "passed": sum(r["status"] == "pass" for r in ordered),
+        "passed_on_outputs_that_vary": sum(r["status"] == "pass" and r.get("native_varies") is True
+                                           for r in ordered),
+        "passed_with_torchscript_retry": sum((r.get("torchscript_retry") or {}).get("status") == "pass"
+                                             for r in ordered),
+        "rows": [{key: value for key, value in row.items() if key != "native_folder"} for row in ordered],
+    }
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(payload))
+    print(f"{len(ordered)} of {len(selected)} rows", flush=True)
 
 if __name__ == "__main__":
     main()
