@@ -50,6 +50,14 @@ EXPLAINED = (
      "--out/onnx; the row's numbers in diagnose's report.json are compared and unchanged"),
     (r"report\.json\.(reference|variants\[\d+\])\.ran_as: only in one",
      "7f1b137 (deployment variants): a diagnose row says what its file computes in (a new key)"),
+    (r"report\.json\.agreement\.native_varies: only in one",
+     "8d38f36 (random weights that say something): an ONNX run says whether the native outputs vary (a new key)"),
+    (r"^(native|onnx)-mxnet-random:(native/)?report\.json\.(cache\.directory|preprocess\.decoder): |"
+     r"^diagnose-[^:]*:report\.json\.variants\[\d+\]\.(geometry_key: \"ab26b25c0bcecc22\"|spec\.decoder: \"opencv\" "
+     r"!= \"mxnet\")",
+     "10490b0: GluonCV's images are decoded by MXNet's own decoder (the spec's decoder opencv -> mxnet, so its "
+     "geometry key and cache folder; the tensors differ only for JPEGs such as 4:4:0 ones, so tensors_sha256 on the "
+     "sample does not)"),
     (r"report\.json\.(logits_sha256|predictions_sha256): ", "follows from the logits"),
 )
 

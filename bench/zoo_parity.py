@@ -175,7 +175,9 @@ def main() -> None:
     groups = {source: configurations(source) for source in args.sources.split(",")}
     previous = {(source, row["spec"]["name"]): row for source, part in sources.items()
                 for row in part.get("configurations", [])}  # kept until checked on more photos
-    done = {key: row for key, row in previous.items() if row["images"] >= len(paths)}
+    current = {(source, g["spec"].name): g["spec"].to_dict() for source, part in groups.items() for g in part}
+    done = {key: row for key, row in previous.items()  # a spec changed since its row (a new decoder) is checked again
+            if row["images"] >= len(paths) and row["spec"] == current.get(key, row["spec"])}
     batches = []
     for source, source_groups in groups.items():
         if source not in CATALOGUE_REFERENCES:

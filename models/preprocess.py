@@ -26,7 +26,7 @@ from pydantic import ConfigDict
 
 from xfverify.models.errors import UserError
 
-Decoder = Literal["pil", "opencv", "tensorflow", "nvjpeg"]
+Decoder = Literal["pil", "opencv", "mxnet", "tensorflow", "nvjpeg"]
 Order = Literal["resize_then_crop", "crop_then_resize"]
 ResizeMode = Literal["shorter_side", "squash", "none"]
 Interpolation = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
@@ -80,7 +80,9 @@ class PreprocessSpec:
         name: preset name, or a description of how it was derived.
         decoder: how the file becomes RGB pixels (``pil``: ``Image.open().convert("RGB")``
             as torchvision and Keras load images; ``opencv``: ``cv2.imdecode`` + BGR->RGB as
-            OpenCV-based pipelines and MXNet do; ``tensorflow``: as ``tf.io.decode_jpeg``
+            OpenCV-based pipelines do; ``mxnet``: ``mx.image.imdecode``, MXNet's bundled OpenCV and
+            libjpeg, as GluonCV loads images (in an mxnet worker: it decodes some JPEGs, 4:4:0 chroma
+            subsampling among them, up to 2 levels apart from opencv-python's libjpeg-turbo); ``tensorflow``: as ``tf.io.decode_jpeg``
             with its defaults, libjpeg-turbo's fast integer DCT with fancy upsampling, which
             differs from PIL's accurate DCT by up to ~20 levels; files that are not JPEG go
             through PIL; with crop_then_resize only the crop window is decoded, by
@@ -186,10 +188,12 @@ class PreprocessSpec:
 
     @property
     def decode_worker(self) -> str | None:
-        """The framework whose worker decodes for this spec (nvjpeg: torch; a TensorFlow window: tensorflow), or
-        None where the CPU decode pool does."""
+        """The framework whose worker decodes for this spec (nvjpeg: torch; MXNet's decoder: mxnet; a TensorFlow
+        window: tensorflow), or None where the CPU decode pool does."""
         if self.decoder == "nvjpeg":
             return "torch"
+        if self.decoder == "mxnet":
+            return "mxnet"
         return "tensorflow" if self.decodes_window else None
 
     @property
@@ -375,7 +379,7 @@ def _gluoncv(name: str, resize: int = 256) -> PreprocessSpec:
         name,
         "gluoncv 0.10.5 gluoncv/data/transforms/presets/imagenet.py transform_eval: mx.image.imread, gluon "
         "transforms Resize(256, keep_ratio=True, interpolation=1 bilinear), CenterCrop(224), ToTensor, Normalize",
-        decoder="opencv",
+        decoder="mxnet",
         resize_mode="shorter_side",
         resize_size=resize,
         interpolation="bilinear",

@@ -14,6 +14,7 @@ A study is a TOML file (``xfverify study FILE.toml``) or one shipped with xfveri
     variants = ["fp16", "int8"]
     calibration = "calibration/"          # int8: a folder, relative to the study file
     calibration_method = "entropy"        # and calibration_limit, per_channel, keep_float, keep_float_auto
+    # opset = 17                          # the export's opset (torch: below 18, its TorchScript exporter)
 
 Expanding it gives the cells: one per (model, run), each checked against its card before anything runs.
 """
@@ -37,6 +38,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -63,6 +65,15 @@ class OnnxRun(_Strict):
     per_channel: StrictBool = True
     keep_float: tuple[StrictStr, ...] = ()
     keep_float_auto: StrictInt = 0
+    opset: Optional[StrictInt] = Field(default=None, description="--opset: below 18 torch exports with its "
+                                                                 "TorchScript exporter (what dynamo cannot export)")
+
+    @model_serializer(mode="wrap")
+    def _opset_only_when_given(self, handler):  # cells without it keep the keys and folders they had
+        dumped = handler(self)
+        if dumped.get("opset") is None:
+            dumped.pop("opset", None)
+        return dumped
 
 
 class CellGroup(_Strict):

@@ -285,7 +285,7 @@ def keras_card(entry: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
 def _gluoncv_spec(size: int, crop_ratio: float) -> PreprocessSpec:
     resize = int(math.ceil(size / crop_ratio))
     spec = PreprocessSpec(
-        name=f"gluoncv-{resize}-{size}", decoder="opencv", order="resize_then_crop", resize_mode="shorter_side",
+        name=f"gluoncv-{resize}-{size}", decoder="mxnet", order="resize_then_crop", resize_mode="shorter_side",
         resize_size=resize, interpolation="bilinear", resize_library="opencv", antialias=False, crop_size=size,
         crop_padding=0, crop_rounding="floor", **NORMALISATIONS["imagenet-mean-std"], layout="NCHW",
         source=(f"GluonCV's evaluation, scripts/classification/imagenet/verify_pretrained.py: input size {size}, "

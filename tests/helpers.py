@@ -11,6 +11,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from browser import CHROMIUM
@@ -80,7 +81,8 @@ def imagenet_val_files(n: int) -> list[tuple[str, int]]:
 
 
 def odd_images(folder: Path) -> dict[str, Path]:
-    """Real ImageNet oddities made from a real photo: CMYK JPEG, grayscale JPEG, PNG named .JPEG, EXIF-rotated."""
+    """Real ImageNet oddities made from a real photo: CMYK JPEG, grayscale JPEG, PNG named .JPEG, EXIF-rotated, a JPEG
+    with 4:4:0 chroma subsampling (one of the 500 photos in ../shared has it)."""
     folder.mkdir(parents=True, exist_ok=True)
     photo = Image.open(SAMPLE_DIR / "coffee.png").convert("RGB").resize((300, 200))
     made = {}
@@ -94,6 +96,9 @@ def odd_images(folder: Path) -> dict[str, Path]:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 CW on display
     photo.save(made["exif_rotated"], format="JPEG", quality=92, exif=exif.tobytes())
+    made["chroma_440"] = folder / "chroma_440.JPEG"  # luma sampled 1 x 2: libjpeg builds decode it differently
+    made["chroma_440"].write_bytes(cv2.imencode(".jpg", np.asarray(photo)[:, :, ::-1], [
+        cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_440])[1])
     return made
 
 

@@ -115,7 +115,7 @@ def test_a_16_bit_grayscale_png_decodes_as_torchvision_does_with_a_caveat(tmp_pa
     image, caveat = load_geometry_noting(path, PRESETS["torchvision-256"])
     assert (image == 255).all()  # PIL's convert("RGB"), torchvision's loader, clips: parity kept
     assert "I;16" in caveat and "nearly white" in caveat
-    assert load_geometry_noting(path, PRESETS["gluoncv"])[1] is None  # OpenCV scales 16 bits down: no caveat
+    assert load_geometry_noting(path, PRESETS["keras-caffe"])[1] is None  # OpenCV scales 16 bits down: no caveat
 
 
 @pytest.mark.parametrize("decoder", ["pil", "opencv", "tensorflow"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers import SAMPLE_DIR, needs_tensorflow, needs_torch, run_cli
+from helpers import SAMPLE_DIR, needs_mxnet, needs_tensorflow, needs_torch, odd_images, run_cli
 from xfverify.evaluator.pipeline.preprocess import preprocess_files
 from xfverify.models.preprocess import PRESETS
 
@@ -96,3 +96,25 @@ def test_verify_checks_a_catalogue_card_against_its_source(tmp_path):
     refused = run_cli("preprocess", "timm/vit_base_patch16_224:augreg_in21k_ft_in1k", image, "--out",
                       str(tmp_path / "y.npy"), "--set", "crop_size=160", "--verify")
     assert refused.returncode == 2 and "cannot check --set overrides" in refused.stderr
+
+
+@needs_mxnet
+def test_gluoncv_images_are_decoded_by_mxnets_own_decoder_and_a_bad_one_is_one_line(tmp_path):
+    """GluonCV loads images with mx.image.imread (MXNet's bundled libjpeg): a 4:4:0 JPEG, which opencv-python decodes
+    up to 2 levels apart, is fed bit-identical to GluonCV's transform; a file MXNet cannot decode is one line."""
+    from test_native import assert_user_error
+
+    odd = odd_images(tmp_path / "odd")["chroma_440"]
+    result = run_cli("preprocess", "gluoncv/resnet50_v1b:imagenet", str(odd), "--out", str(tmp_path / "x.npy"),
+                     "--verify")
+    assert result.returncode == 0, result.stderr
+    assert "transform_eval" in result.stderr and "bit-identical" in result.stderr
+    as_opencv = run_cli("preprocess", "gluoncv/resnet50_v1b:imagenet", str(odd), "--out", str(tmp_path / "y.npy"),
+                        "--set", "decoder=opencv")
+    assert as_opencv.returncode == 0, as_opencv.stderr
+    assert 0 < np.abs(np.load(tmp_path / "x.npy") - np.load(tmp_path / "y.npy")).max() < 0.1  # the decoders differ
+    text = tmp_path / "text.JPEG"
+    text.write_text("not an image\n")
+    bad = run_cli("preprocess", "gluoncv/resnet50_v1b:imagenet", str(text), "--out", str(tmp_path / "z.npy"))
+    assert_user_error(bad, "cannot decode image", "text.JPEG", "MXNet could not decode it", "Invalid image file")
+    assert not (tmp_path / "z.npy").exists()

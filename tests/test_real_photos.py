@@ -13,9 +13,11 @@ Why these bands (top-1 error, %):
   every image. Lite1 and Lite2 are the same network family through the same code at other sizes: their reference
   error is scored by their export under ONNX Runtime (a sixth of torch's CPU time; their native runs are in
   bench/results/imagenet_sample_500.json), which keeps the suite within its time.
-* Two independent sources must agree: timm's own pipeline for these weights lands within 2 points of the
-  TensorFlow original's (measured: 1.2, 0.0 and 1.0 points). Its tensors are scored by that same export under
-  ONNX Runtime.
+* Two independent sources must agree: timm's own pipeline for Lite0's weights lands within 2 points of the
+  TensorFlow original's (measured: 1.2 points; 0.0 and 1.0 for Lite1 and Lite2, bench/results/
+  imagenet_sample_500.json). Its tensors are scored by that same export under ONNX Runtime. Lite1's and Lite2's
+  presets, both sources', are compared bit for bit with their sources' code by tests/test_parity.py, so here they
+  are held to their band alone (each 500-photo pass costs the suite half a minute).
 """
 
 from __future__ import annotations
@@ -29,8 +31,7 @@ from xfverify.evaluator.pipeline.options import NativeOptions, OnnxOptions
 from xfverify.models.cards import get_card
 
 REFERENCE_ERROR = {"pypi/efficientnet_lite0": 10.8, "pypi/efficientnet_lite1": 11.2, "pypi/efficientnet_lite2": 8.6}
-TIMM_PRESET = {"pypi/efficientnet_lite0": "lite-timm-224", "pypi/efficientnet_lite1": "lite-timm-240",
-               "pypi/efficientnet_lite2": "lite-timm-260"}
+TIMM_PRESET = {"pypi/efficientnet_lite0": "lite-timm-224"}
 TRAP = {"pypi/efficientnet_lite0": "lite-imagenet-norm-224"}  # the Lite weights fed ImageNet mean/std
 BAND = 3.0
 SOURCES_AGREE = 2.0
@@ -65,10 +66,7 @@ def test_reference_error_is_in_its_band_onnx_runtime_agrees_on_every_image_and_t
 
 
 @pytest.mark.parametrize("model", ["pypi/efficientnet_lite1", "pypi/efficientnet_lite2"])
-def test_the_larger_lites_reference_error_is_in_its_band_through_their_export_and_timm_agrees(model, tmp_path,
-                                                                                               shared_cache):
+def test_the_larger_lites_reference_error_is_in_its_band_through_their_export(model, tmp_path, shared_cache):
     exported = export_ahead(OnnxOptions(target=model, provider="cpu")).export
     reference = _scored_by_the_export(str(exported.path), get_card(model).preprocess, tmp_path / "reference")
     assert abs(reference - REFERENCE_ERROR[model]) <= BAND, reference
-    timm = _scored_by_the_export(str(exported.path), TIMM_PRESET[model], tmp_path / "timm")
-    assert abs(timm - reference) <= SOURCES_AGREE, (reference, timm)

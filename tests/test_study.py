@@ -601,3 +601,32 @@ def test_on_a_ray_cluster_with_gpus_a_gpu_onnx_cells_export_is_a_cpu_task_that_c
     assert "GPU" not in json.loads((tmp_path / torch_export).read_text())
     assert ran[plan[1].key] == [torch_export]  # the torch ONNX cell ran after its export
     assert sorted(recorded) == sorted(planned.key for planned in plan)
+
+
+def test_a_cells_onnx_opset_keeps_other_cells_folders_and_is_refused_when_not_positive():
+    """``[cells.onnx] opset`` (torch: below 18, the TorchScript exporter, for what dynamo cannot export) is part of
+    its cell's options only when given: a cell without it keeps the folder name it always had."""
+    from xfverify.models.study import Cell, OnnxRun
+
+    plain = Cell(run="onnx", model="torchvision/mobilenet_v3_small:IMAGENET1K_V1", random_weights=True,
+                 onnx=OnnxRun(variants=("fp16",)))
+    assert plain.name == "onnx-torchvision_mobilenet_v3_small_IMAGENET1K_V1-random-7885a533"  # as before opset
+    assert "opset" not in plain.onnx.model_dump() and OnnxRun(opset=17).model_dump()["opset"] == 17
+    assert plain.model_copy(update={"onnx": OnnxRun(variants=("fp16",), opset=17)}).name != plain.name
+
+
+@needs_torch
+def test_an_onnx_cell_exports_at_its_opset_with_the_torchscript_exporter(tmp_path):
+    study = tmp_path / "s.toml"
+    study.write_text('name = "s"\n[[cells]]\nmodels = ["torchvision/mobilenet_v3_small:IMAGENET1K_V1"]\n'
+                     'runs = ["onnx"]\nrandom_weights = true\n[cells.onnx]\nopset = 17\n')
+    out = tmp_path / "out"
+    args = ["study", str(study), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+            "--provider", "cpu", "--limit", "2"]
+    (tmp_path / "zero.toml").write_text(study.read_text().replace("opset = 17", "opset = 0"))
+    refused = run_cli("study", str(tmp_path / "zero.toml"), *args[2:])
+    assert refused.returncode == 2 and "--opset must be positive" in refused.stderr and not out.exists()
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [row] = json.loads((out / "study.json").read_text())["rows"]
+    assert row["onnx"]["exporter"] == "torch.onnx.export (dynamo=False)" and row["onnx"]["opset"] == 17

@@ -85,6 +85,14 @@ def nvjpeg_identity() -> dict[str, str]:
     return {"torchvision": torchvision, "nvjpeg_device": decoder}
 
 
+def _mxnet_version() -> str:
+    """MXNet's version, whichever of its distributions (mxnet, mxnet-cu101, ...) is installed."""
+    from importlib import metadata
+
+    return next((found.version for found in metadata.distributions()
+                 if (found.metadata["Name"] or "").lower().startswith("mxnet")), "absent")
+
+
 def _installed_version(distribution: str) -> str:
     from importlib import metadata
 
@@ -233,13 +241,15 @@ class TensorCache:
             )
         self.spec = spec
         self.shard_size = shard_size
-        self.decoder_pool = decoder_pool  # for a spec that decodes in a framework's worker (nvjpeg, TF's window)
+        self.decoder_pool = decoder_pool  # for a spec that decodes in a framework's worker (nvjpeg, MXNet, TF's window)
         self.hw = spec.output_hw
         versions = library_versions()
         if spec.decoder == "nvjpeg":
             versions = {**versions, **nvjpeg_identity()}
         if spec.decodes_window:
             versions = {**versions, "tensorflow": _installed_version("tensorflow")}
+        if spec.decoder == "mxnet":
+            versions = {**versions, "mxnet": _mxnet_version()}
         ident = {"geometry": spec.geometry(), "libraries": versions, "format": FORMAT_VERSION}
         self.dtype = np.dtype(spec.cached_dtype)
         if spec.keeps_float:  # uint8 caches keep the keys they had

@@ -167,6 +167,8 @@ def decode_noting(path: str | os.PathLike, decoder: str) -> tuple[Image.Image | 
     """The decoded picture (a PIL image or a uint8 RGB HWC array) and the decode's caveat for the report (or None)."""
     if decoder == "nvjpeg":
         raise ValueError("the nvjpeg decoder runs on the GPU, in a torch worker (evaluator/backends/torch/nvjpeg.py)")
+    if decoder == "mxnet":
+        raise ValueError("the mxnet decoder runs in an mxnet worker (evaluator/backends/mxnet/decode.py)")
     if decoder not in _DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}")
     return _DECODERS[decoder](path)

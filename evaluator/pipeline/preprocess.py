@@ -13,7 +13,7 @@ from xfverify.evaluator.data.imaging import BadImageError, load_geometry
 from xfverify.evaluator.data.layouts import records_from_paths
 from xfverify.evaluator.data.normalise import normalise
 from xfverify.evaluator.process.launcher import run_worker
-from xfverify.evaluator.process.tasks import DecodeChunk, ReferenceJob, WindowDecodeJob
+from xfverify.evaluator.process.tasks import DECODE_JOBS, DecodeChunk, ReferenceJob
 from xfverify.evaluator.references import CATALOGUE_REFERENCES, REFERENCES, Reference
 from xfverify.evaluator.system import console
 from xfverify.evaluator.system.files import writable_folder
@@ -29,8 +29,8 @@ def preprocess_files(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
     if spec.decoder == "nvjpeg":
         raise UserError("xfverify preprocess decodes on the CPU; decoder nvjpeg decodes on a GPU inside a run "
                         "(native, onnx, diagnose): use --set decoder=pil to see the libjpeg-turbo decode")
-    if spec.decode_worker == "tensorflow":
-        images = list(_windows_decoded_by_tensorflow(paths, spec))
+    if spec.decode_worker in ("tensorflow", "mxnet"):
+        images = list(_decoded_in_worker(paths, spec))
     else:
         try:
             images = [load_geometry(path, spec) for path in paths]
@@ -42,17 +42,17 @@ def preprocess_files(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
     return normalise(np.stack(images), spec)
 
 
-def _windows_decoded_by_tensorflow(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
-    """The geometry of ``paths`` whose crop windows ``tf.image.decode_and_crop_jpeg`` decodes, in a tensorflow worker
-    (as the tensor cache has them decoded)."""
-    with tempfile.TemporaryDirectory(prefix="xfverify-window-") as workdir:
+def _decoded_in_worker(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
+    """The geometry of ``paths`` decoded in the spec's framework's worker (TensorFlow's crop windows, MXNet's own
+    decoder), as the tensor cache has them decoded."""
+    with tempfile.TemporaryDirectory(prefix="xfverify-decode-") as workdir:
         rows = Path(workdir) / "rows.npy"
         images = np.lib.format.open_memmap(rows, mode="w+", dtype=spec.cached_dtype,
                                            shape=(len(paths), *spec.output_hw, 3))
         del images  # the worker writes the rows
         bad: list[tuple[int, str]] = []
-        job = WindowDecodeJob(spec=spec, chunks=[DecodeChunk(tmp_path=str(rows), row=0, paths=paths)])
-        run_worker("tensorflow", job, workdir=workdir, on_event=lambda event: bad.extend(event.bad or []))
+        job = DECODE_JOBS[spec.decode_worker](spec=spec, chunks=[DecodeChunk(tmp_path=str(rows), row=0, paths=paths)])
+        run_worker(spec.decode_worker, job, workdir=workdir, on_event=lambda event: bad.extend(event.bad or []))
         if bad:
             row, reason = bad[0]
             raise UserError(f"cannot decode image {paths[row]}: {reason} (fix the file, or leave it out)")

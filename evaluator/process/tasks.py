@@ -301,6 +301,14 @@ class WindowDecodeJob(DecodeJob):
     """The decode pool's work for a spec whose crop window TensorFlow's ``decode_and_crop_jpeg`` decodes."""
 
 
+class MxnetDecodeJob(DecodeJob):
+    """The decode pool's work for a spec whose files MXNet's own decoder (``mx.image.imdecode``) decodes."""
+
+
+# The job a framework's worker takes the decode pool's chunks in, by spec.decode_worker.
+DECODE_JOBS: dict[str, type[DecodeJob]] = {"torch": DecodeJob, "tensorflow": WindowDecodeJob, "mxnet": MxnetDecodeJob}
+
+
 class Task(NamedTuple):
     """A worker task: the name the back-end module offers it under, its job type and its result type."""
 
@@ -318,6 +326,7 @@ TASKS: dict[type[BaseModel], Task] = {task.job: task for task in (
     Task("decode_nvjpeg", DecodeJob, DecodeDone),
     Task("intermediates", IntermediatesJob, IntermediatesResult),
     Task("decode_tensorflow_window", WindowDecodeJob, DecodeDone),
+    Task("decode_mxnet", MxnetDecodeJob, DecodeDone),
     Task("make_variant", MakeVariantJob, VariantMade),
 )}
 TASKS_BY_NAME: dict[str, Task] = {task.name: task for task in TASKS.values()}

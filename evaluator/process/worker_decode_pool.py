@@ -1,5 +1,6 @@
-"""The decode pool for decoders that run in a framework's worker: ``nvjpeg`` (a torch worker decodes on the GPU) and
-TensorFlow's crop-window decode (``decode_and_crop_jpeg`` in a tensorflow worker); the CPU pool does the rest."""
+"""The decode pool for decoders that run in a framework's worker: ``nvjpeg`` (a torch worker decodes on the GPU),
+MXNet's own decoder (``mx.image.imdecode`` in an mxnet worker) and TensorFlow's crop-window decode
+(``decode_and_crop_jpeg`` in a tensorflow worker); the CPU pool does the rest."""
 
 from __future__ import annotations
 
@@ -10,15 +11,22 @@ from typing import Any, Callable
 
 from xfverify.evaluator.cache.decoding import decode_chunk, digest_chunk
 from xfverify.evaluator.process.events import EventSink
-from xfverify.evaluator.process.tasks import DecodeChunk, DecodeJob, WindowDecodeJob
+from xfverify.evaluator.process.tasks import DECODE_JOBS, DecodeChunk
 from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
+
+
+WHY_THIS_WORKER = {
+    "tensorflow": "decodes each crop window with TensorFlow's decode_and_crop_jpeg, as the original does",
+    "mxnet": "decodes with MXNet's own decoder (mx.image.imdecode), as GluonCV does (--set decoder=opencv decodes "
+             "with opencv-python instead, up to 2 levels apart on some JPEGs)",
+}
 
 
 class WorkerDecodePool:
     """The decode pool's interface (submit, shutdown) for a decoder that runs in a framework's worker
     (``spec.decode_worker``): one worker takes every decode chunk (evaluator/backends/torch/nvjpeg.py,
-    tensorflow/crop_window.py) and reports each as it is done; the chunk's digests, and any other task, go to the CPU pool as usual."""
+    mxnet/decode.py, tensorflow/crop_window.py) and reports each as it is done; the chunk's digests, and any other task, go to the CPU pool as usual."""
 
     def __init__(self, spec: PreprocessSpec, cpu_pool: ProcessPoolExecutor, normalisation_keys: list[str]):
         self.spec, self.cpu_pool, self.keys = spec, cpu_pool, normalisation_keys
@@ -71,14 +79,12 @@ class WorkerDecodePool:
 
         framework = self.spec.decode_worker
         try:
-            job = (WindowDecodeJob if framework == "tensorflow" else DecodeJob)(spec=self.spec,
-                                                                                 chunks=self.chunks)
+            job = DECODE_JOBS[framework](spec=self.spec, chunks=self.chunks)
             run_worker(framework, job, on_event=on_event, on_start=on_start)
             failure: BaseException = RuntimeError(f"the {framework} decode worker ended without decoding every chunk")
-        except UserError as exc:  # no GPU for nvJPEG, no TensorFlow for the windows: every waiting chunk gets it
-            failure = exc if framework != "tensorflow" else UserError(
-                f"{self.spec.name} decodes each crop window with TensorFlow's decode_and_crop_jpeg, as the original "
-                f"does: {exc}")
+        except UserError as exc:  # no GPU for nvJPEG, no TensorFlow or MXNet: every waiting chunk gets it
+            failure = UserError(f"{self.spec.name} {WHY_THIS_WORKER[framework]}: {exc}") if framework in \
+                WHY_THIS_WORKER else exc
         except BaseException as exc:  # a crash: every waiting chunk gets it
             failure = exc
         for index, future in enumerate(self.futures):

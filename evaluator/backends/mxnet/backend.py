@@ -19,6 +19,7 @@ from xfverify.evaluator.backends.exporting import Exporter, ExporterIdentity  # 
 from xfverify.evaluator.backends.intermediates import CapturesIntermediates, Record  # noqa: E402
 from xfverify.evaluator.backends.loading import CardModelLoader, ScalesRandomOutputs  # noqa: E402
 from xfverify.evaluator.backends.machine import gpu_left_unused_note  # noqa: E402
+from xfverify.evaluator.backends.mxnet.decode import decode_mxnet  # noqa: E402
 from xfverify.evaluator.backends.running import Device  # noqa: E402
 from xfverify.evaluator.backends.steps import HostStep  # noqa: E402
 from xfverify.evaluator.backends.weights import (  # noqa: E402
@@ -200,4 +201,4 @@ class MxnetBackend(CardModelLoader, Backend, ScalesRandomOutputs, Exporter, Capt
 
 
 BACKEND = MxnetBackend
-TASKS = worker_tasks(BACKEND, before=import_gluoncv)
+TASKS = worker_tasks(BACKEND, before=import_gluoncv, decode_mxnet=decode_mxnet)

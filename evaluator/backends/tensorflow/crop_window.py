@@ -19,6 +19,7 @@ import numpy as np
 import simplejpeg
 import tensorflow as tf
 
+from xfverify.evaluator.backends.decoding import decode_chunks
 from xfverify.evaluator.data.imaging import (
     BadImageError,
     check_jpeg_bytes,
@@ -27,7 +28,6 @@ from xfverify.evaluator.data.imaging import (
     read_image_bytes,
     resize_window,
 )
-from xfverify.evaluator.process.events import Decoded, emit
 from xfverify.evaluator.process.tasks import DecodeDone, WindowDecodeJob
 from xfverify.models.preprocess import PreprocessSpec
 
@@ -56,27 +56,7 @@ def decode_window(path: str, spec: PreprocessSpec) -> tuple[np.ndarray, str | No
 
 def decode_tensorflow_window(request: WindowDecodeJob, workdir: Path) -> DecodeDone:
     """Decode every chunk of the job into its shard's rows; one ``decoded`` event per chunk."""
-    spec = request.spec
     # Decoding is CPU work: a GPU TensorFlow initialised would take the memory the evaluating worker needs.
     tf.config.set_visible_devices([], "GPU")
-    shards: dict[str, np.ndarray] = {}
-    for index, chunk in enumerate(request.chunks):
-        target = shards.setdefault(chunk.tmp_path, np.load(chunk.tmp_path, mmap_mode="r+"))
-        bad, caveats = [], []
-        for offset, path in enumerate(chunk.paths):
-            row = chunk.row + offset
-            try:
-                image, caveat = decode_window(path, spec)
-            except BadImageError as exc:
-                target[row] = 0
-                bad.append((row, exc.reason))
-                continue
-            if image.shape != target.shape[1:]:
-                raise RuntimeError(f"{path}: geometry produced {image.shape}, expected {target.shape[1:]}")
-            target[row] = image
-            if caveat:
-                caveats.append((row, caveat))
-        emit(Decoded(index=index, bad=bad, caveats=caveats))
-    for target in shards.values():
-        target.flush()
-    return DecodeDone(chunks=len(request.chunks), device=f"tensorflow {tf.__version__} on the CPU")
+    chunks = decode_chunks(request, decode_window)
+    return DecodeDone(chunks=chunks, device=f"tensorflow {tf.__version__} on the CPU")
