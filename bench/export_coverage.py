@@ -235,6 +235,7 @@ def main() -> None:
                         help="make every row again from the studies in --work (no model is run)")
     parser.add_argument("--rerun", default="",
                         help="comma-separated patterns (keras/*, torchvision/vit_*): their rows are dropped and run again")
+    parser.add_argument("--first", default="", help="comma-separated patterns: these models run before the others")
     parser.add_argument("--torchscript-retry", action="store_true",
                         help="export again with the TorchScript exporter each model the dynamo exporter failed")
     args = parser.parse_args()
@@ -249,7 +250,9 @@ def main() -> None:
         patterns = args.rerun.split(",")
         rows = {model: row for model, row in rows.items()
                 if not any(fnmatch.fnmatchcase(model, pattern) for pattern in patterns)}
-    todo = [model for _, model in selected if model not in rows][: args.max_models]
+    first = [pattern for pattern in args.first.split(",") if pattern]
+    todo = sorted((model for _, model in selected if model not in rows),
+                  key=lambda model: not any(fnmatch.fnmatchcase(model, pattern) for pattern in first))[: args.max_models]
     retry = (lambda row: with_torchscript_retry(row, Path(args.work))) if args.torchscript_retry else (lambda row: row)
     rows = {model: row if "torchscript_retry" in row else retry(row) for model, row in rows.items()}
     write(out, selected, rows)
