@@ -616,3 +616,27 @@ def test_a_long_node_name_is_cut_where_shown_and_kept_whole_in_the_culprit(two_b
     page, markdown = localization_page("m", found), "\n".join(localization_markdown(found))
     assert len(page) < 200_000 and len(markdown) < 20_000 and "\x1b" not in page + markdown
     assert "(2000004 characters)" in markdown
+
+
+def test_a_localization_that_fails_part_way_leaves_no_intermediates_behind(tmp_path, monkeypatch):
+    """Before: the intermediates of a large network stayed in the work folder after a failed localization (a full
+    disk), so the ONNX run's own report could not be written and the whole run failed."""
+    from types import SimpleNamespace
+
+    from xfverify.evaluator.pipeline import localize as pipeline_localize
+    from xfverify.evaluator.system.files import disk_full_error
+    from xfverify.models.errors import UserError
+
+    def fills_the_disk(framework, job, **_):
+        (Path(job.out_dir) / "node_0.npy").parent.mkdir(parents=True, exist_ok=True)
+        (Path(job.out_dir) / "node_0.npy").write_bytes(b"\0" * 1024)
+        raise disk_full_error(OSError(28, "No space left on device"), Path(job.out_dir))
+
+    monkeypatch.setattr(pipeline_localize, "run_worker", fills_the_disk)
+    monkeypatch.setattr(pipeline_localize, "fed_tensors", lambda run, spec, rows: np.zeros((len(rows), 3, 4, 4)))
+    run = SimpleNamespace(skipped=set(), logits=np.eye(3, dtype=np.float32))
+    with pytest.raises(UserError, match="no space left on the disk"):
+        pipeline_localize.localize_run(onnx_path="m.onnx", spec=None, run=run, image_ids=["a", "b", "c"],
+                                       native=None, reference_onnx=str(tmp_path / "ref.onnx"), workdir=tmp_path,
+                                       n_images=2, atol=1e-4, rtol=1e-3)
+    assert not (tmp_path / pipeline_localize.LOCALIZE_FOLDER).exists()

@@ -6,6 +6,7 @@ output), each tensor written to its own file under the run's work folder, and co
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from xfverify.models.errors import UserError
 from xfverify.models.preprocess import PreprocessSpec
 
 LOCALIZE_IMAGES = 4  # images run again node by node: the worst-agreeing ones
-LOCALIZE_FOLDER = "localize"  # under the run's work folder (removed with it)
+LOCALIZE_FOLDER = "localize"  # under the run's work folder, removed as soon as it is compared
 
 
 def fed_tensors(run: CachedRun, spec: PreprocessSpec, rows: list[int]) -> np.ndarray:
@@ -56,6 +57,16 @@ def localize_run(*, onnx_path: str, spec: PreprocessSpec, run: CachedRun, image_
         raise UserError("--localize: no image was scored, so none can be run node by node")
     folder = workdir / LOCALIZE_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _localized(onnx_path, spec, run, image_ids, native, reference_onnx, folder, rows, atol, rtol)
+    finally:  # gigabytes for a large network: gone at once, so that a failure (a full disk) does not fail the run
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _localized(onnx_path: str, spec: PreprocessSpec, run: CachedRun, image_ids: list[str],
+               native: NativeOnDisk | None, reference_onnx: str | None, folder: Path, rows: list[int],
+               atol: float, rtol: float) -> Localization:
+    """The intermediates of ``rows`` captured under ``folder`` in both workers, and compared."""
     inputs = folder / "inputs.npy"
     np.save(inputs, fed_tensors(run, spec, rows))
     console.info(f"localizing: every intermediate tensor of {len(rows)} image(s), in ONNX Runtime and the reference")

@@ -318,6 +318,7 @@ def onnx_cell(report: OnnxReport) -> OnnxCell:
         n_flips=agreement.n_flips if agreement else None, mcnemar_p=agreement.mcnemar_p if agreement else None,
         max_abs_diff_over_max_abs_logit=agreement.max_abs_diff_over_max_abs_logit if agreement else None,
         within_tolerance=agreement.within_tolerance if agreement else None,
+        native_varies=agreement.native_varies if agreement else None,
         providers=report.runtime.providers, images_per_s=report.timing.images_per_s,
         data_wait_s=report.timing.data_wait_s, onnx_over_native_time=report.onnx_over_native_time,
         variants=variant_cells(report),

@@ -65,6 +65,8 @@ class OnnxCell(_Strict):
     max_abs_diff_over_max_abs_logit: Optional[float]
     within_tolerance: Optional[float] = Field(default=None, description="share of output elements within tolerance "
                                               "(absent from cells recorded before it was)")
+    native_varies: Optional[bool] = Field(default=None, description="whether the native outputs differ between "
+                                          "images (false: agreeing with them proves little; absent before)")
     providers: list[str]
     images_per_s: Optional[float]
     data_wait_s: float
@@ -231,6 +233,8 @@ MARKS = {
     "onnx": {"symbol": "◆", "title": "ONNX Runtime disagrees with the native run: top-1 flips, or outputs outside "
                                     "tolerance"},
     "failed": {"symbol": "✗", "title": "a cell of this model failed or was skipped"},
+    "constant": {"symbol": "○", "title": "the native outputs are the same for every image (random weights that "
+                                        "collapse): the ONNX agreement proves little"},
 }
 PAGE_COLUMNS = (  # key in the page's rows, header, kind, digits, what it says
     ("marks", "", "text", 0, "marked rows: " + "; ".join(f"{m['symbol']} {m['title']}" for m in MARKS.values())),
@@ -311,6 +315,8 @@ def page_rows(report: StudyReport, pages: dict[str, str]) -> list[dict[str, Any]
             marks.append("onnx")
         if row.failed:
             marks.append("failed")
+        if onnx is not None and onnx.native_varies is False:
+            marks.append("constant")
         cause = None
         if diagnose is not None:
             cause = (f"{diagnose.causes[0].name} {diagnose.causes[0].delta:+.1f}" if diagnose.causes
