@@ -107,6 +107,14 @@ def _why_outside(report: dict, native_folder: Path) -> str:
     return "".join(f"; {part}" for part in parts)
 
 
+def _cells_by_model(out: Path) -> dict[str, dict[str, dict]]:
+    """A study's cells from its study.json, by model and run."""
+    cells: dict[str, dict[str, dict]] = {}
+    for cell in json.loads((out / "study.json").read_text())["cells"]:
+        cells.setdefault(cell["model"], {})[cell["run"]] = cell
+    return cells
+
+
 def rows_from_work(work: Path) -> dict[str, dict]:
     """Every model's row made again from the newest chunk study in ``work`` that ran it."""
     rows: dict[str, dict] = {}
@@ -114,10 +122,7 @@ def rows_from_work(work: Path) -> dict[str, dict]:
         out = study / "out"
         if not (out / "study.json").exists():
             continue
-        cells: dict[str, dict] = {}
-        for cell in json.loads((out / "study.json").read_text())["cells"]:
-            cells.setdefault(cell["model"], {})[cell["run"]] = cell
-        rows.update({model: _row(model, runs, out) for model, runs in cells.items()})
+        rows.update({model: _row(model, runs, out) for model, runs in _cells_by_model(out).items()})
     return rows
 
 
@@ -169,10 +174,7 @@ def run_chunk(models: list[str], work: Path) -> list[dict]:
                                cache_dir=str(work / "cache")))
     except UserError as exc:  # some cells failed: each one's row says why
         print(f"study: {exc}", file=sys.stderr)
-    report = json.loads((out / "study.json").read_text())
-    cells: dict[str, dict] = {}
-    for cell in report["cells"]:
-        cells.setdefault(cell["model"], {})[cell["run"]] = cell
+    cells = _cells_by_model(out)
     return [_row(model, cells.get(model, {}), out) for model in models]
 
 

@@ -29,7 +29,7 @@ def preprocess_files(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
     if spec.decoder == "nvjpeg":
         raise UserError("xfverify preprocess decodes on the CPU; decoder nvjpeg decodes on a GPU inside a run "
                         "(native, onnx, diagnose): use --set decoder=pil to see the libjpeg-turbo decode")
-    if spec.decode_worker in ("tensorflow", "mxnet"):
+    if spec.decode_worker is not None:  # TensorFlow's crop windows, MXNet's own decoder
         images = list(_decoded_in_worker(paths, spec))
     else:
         try:

@@ -83,8 +83,8 @@ class WorkerDecodePool:
             run_worker(framework, job, on_event=on_event, on_start=on_start)
             failure: BaseException = RuntimeError(f"the {framework} decode worker ended without decoding every chunk")
         except UserError as exc:  # no GPU for nvJPEG, no TensorFlow or MXNet: every waiting chunk gets it
-            failure = UserError(f"{self.spec.name} {WHY_THIS_WORKER[framework]}: {exc}") if framework in \
-                WHY_THIS_WORKER else exc
+            why = WHY_THIS_WORKER.get(framework)
+            failure = UserError(f"{self.spec.name} {why}: {exc}") if why else exc
         except BaseException as exc:  # a crash: every waiting chunk gets it
             failure = exc
         for index, future in enumerate(self.futures):

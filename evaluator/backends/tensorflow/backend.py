@@ -82,7 +82,8 @@ class KerasBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecis
     """Keras applications on TensorFlow. Random weights are calibrated: Keras's default initialisers shrink the
     activations to nothing through depthwise layers (MobileNetV2's softmax is then 0.001 for every class) or blow
     them up (ResNet50's saturates), so each BatchNormalization gets the statistics of its input on a random batch
-    of photo-like pixels put through the model's own preprocessing, and the classifier's logits (before its softmax) are scaled to a spread of 1."""
+    of photo-like pixels put through the model's own preprocessing, and the classifier's logits (before its
+    softmax) are scaled to a spread of 1."""
 
     name = "tensorflow"
     calibration_batch = 4
