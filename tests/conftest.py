@@ -81,6 +81,33 @@ def shared_cache_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def made_export(shared_cache_dir):
+    """``made_export(CACHE_DIR, MODEL)``: MODEL's random-weights export (the default exporter) put into the export
+    cache under CACHE_DIR as a copy of one made once for the whole run, for the tests whose subject is not the
+    export itself (an export by torch's dynamo exporter costs a CPU quarter-minute): their runs find it there, as a
+    second run finds the first's."""
+    import fcntl
+    import shutil
+
+    from xfverify.evaluator.pipeline.onnx_pass import export_ahead
+    from xfverify.evaluator.pipeline.options import OnnxOptions
+
+    store = shared_cache_dir.parent / "export-store"
+    store.mkdir(exist_ok=True)
+
+    def made(cache_dir: Path, model: str) -> Path:
+        with open(store / ".lock", "w") as lock:  # the test workers make each export once, one at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            entry = export_ahead(OnnxOptions(target=model, random_weights=True, provider="cpu",
+                                             cache_dir=str(store))).export.path.parent
+        copy = Path(cache_dir) / "onnx" / entry.name
+        shutil.copytree(entry, copy)
+        return copy
+
+    return made
+
+
 @pytest.fixture
 def shared_cache(shared_cache_dir, monkeypatch) -> Path:
     """This test's runs use the run's shared cache (see shared_cache_dir)."""

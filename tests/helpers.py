@@ -25,6 +25,12 @@ PHOTOS = ["grace_hopper.jpg", "coffee.png", "chelsea.png", "rocket.jpg", "camera
 IMAGENET_SAMPLE_500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample-500"
 
 
+def without_gpus() -> dict[str, str]:
+    """The environment that hides this machine's NVIDIA GPUs; none where it has none (a changed import-time variable
+    starts another warm server: seconds of CPU per test)."""
+    return {"CUDA_VISIBLE_DEVICES": ""} if Path("/dev/nvidiactl").exists() else {}
+
+
 def imagenet_sample_500() -> Path:
     """The folder of real labelled photographs; skips the test without it, except under CI, where that fails."""
     if not IMAGENET_SAMPLE_500.is_dir():

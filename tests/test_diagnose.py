@@ -247,7 +247,7 @@ def test_the_runtime_axis_runs_onnx_runtime_on_the_reference_tensors(tmp_path, s
 
 
 @needs_torch
-def test_deployment_variants_of_the_export_are_runtime_rows_on_the_reference_tensors(tmp_path):
+def test_deployment_variants_of_the_export_are_runtime_rows_on_the_reference_tensors(tmp_path, made_export):
     """--onnx-variant fp16 and int8 (calibrated on 2 images held out of --data, scored by no row): rows of the
     runtime axis after ONNX Runtime's, fed the reference's tensors, their outputs compared with the reference's, said
     apart from preprocessing in the decomposition; a bad name or an uncalibrated int8 is the onnx command's line,
@@ -257,6 +257,7 @@ def test_deployment_variants_of_the_export_are_runtime_rows_on_the_reference_ten
     model = "torchvision/mobilenet_v3_small:IMAGENET1K_V1"
     common = ["--random-weights", "--device", "cpu", "--limit", "5", "--variants", "norm-half-half",
               "--cache-dir", str(tmp_path / "cache")]
+    made_export(tmp_path / "cache", model)
     for asked, message in ((["--onnx-variant", "int4"], "--onnx-variant 'int4': not a variant"),
                            (["--onnx-variant", "int8"], "--onnx-variant int8 needs calibration images")):
         refused = run_cli("diagnose", model, *common, *asked, "--out", str(tmp_path / "refused"))

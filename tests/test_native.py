@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import SAMPLE_DIR, broken_images, native_json, needs_mxnet, needs_tensorflow, needs_torch, run_cli
+from helpers import SAMPLE_DIR, broken_images, native_json, needs_mxnet, needs_tensorflow, needs_torch, run_cli, without_gpus
 from xfverify.evaluator.data.layouts import load_dataset
 from xfverify.evaluator.pipeline.options import NativeOptions
 from xfverify.evaluator.pipeline.preprocess import reference_tensors
@@ -185,14 +185,14 @@ def assert_user_error(result, *fragments):
 @needs_torch
 def test_cuda_requested_without_gpu_fails_clearly(tmp_path):
     result = run_cli("native", "--device", "cuda", "--limit", "1", "--out", str(tmp_path / "r"),
-                     env={"CUDA_VISIBLE_DEVICES": ""})
+                     env=without_gpus())
     assert_user_error(result, "--device cuda", "no usable CUDA GPU")
 
 
 @needs_tensorflow
 def test_keras_cuda_requested_without_gpu_fails_clearly(tmp_path):
     result = run_cli("native", "keras/MobileNet", "--random-weights", "--device", "cuda", "--limit", "1",
-                     "--out", str(tmp_path / "r"), env={"CUDA_VISIBLE_DEVICES": ""})
+                     "--out", str(tmp_path / "r"), env=without_gpus())
     assert_user_error(result, "--device cuda", "TensorFlow", "sees no GPU")
 
 

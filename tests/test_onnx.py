@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import needs_chromium, needs_mxnet, needs_tensorflow, needs_torch, run_cli
+from helpers import needs_chromium, needs_mxnet, needs_tensorflow, needs_torch, run_cli, without_gpus
 from test_native import assert_user_error
 from xfverify.evaluator.analysis.agreement import compare_outputs
 from xfverify.evaluator.analysis.comparison import within_tolerance
@@ -59,7 +60,9 @@ EXPORTS = [
 
 @pytest.mark.parametrize("model, exporter, opset, output_kind", EXPORTS)
 def test_each_frameworks_export_runs_on_the_native_tensors(model, exporter, opset, output_kind, tmp_path,
-                                                            generated_folder):
+                                                            generated_folder, made_export):
+    if exporter.startswith("torch"):  # made once for the run by the same export job (the localize tests use it too)
+        made_export(Path(os.environ["XFVERIFY_CACHE"]), model)
     report = onnx_json(target=model, data=str(generated_folder), out=str(tmp_path / "o"), random_weights=True,
                        limit=3, batch_size=3)
     assert_same_tensors_and_close(report, tmp_path / "o")
@@ -257,7 +260,7 @@ def test_a_users_onnx_file_with_a_preset_and_against_a_native_run(lite0, tmp_pat
 def test_cuda_provider_without_a_gpu_is_one_line_not_a_cpu_run(lite0, tmp_path):
     path = Path(lite0["report"]["onnx"]["path"])
     done = run_cli("onnx", str(path), "--preprocess", "lite-tf-224", "--provider", "cuda", "--out",
-                   str(tmp_path / "o"), env={**lite0["env"], "CUDA_VISIBLE_DEVICES": ""})
+                   str(tmp_path / "o"), env={**lite0["env"], **without_gpus()})
     assert_user_error(done, "--provider cuda", "does not fall back to the CPU")
     assert not (tmp_path / "o").exists()
 

@@ -12,7 +12,8 @@ Why these bands (top-1 error, %):
 * Lite0 runs natively (torch) and its ONNX export, under ONNX Runtime on the native run's own tensors, agrees on
   every image. Lite1 and Lite2 are the same network family through the same code at other sizes: their reference
   error is scored by their export under ONNX Runtime (a sixth of torch's CPU time; their native runs are in
-  bench/results/imagenet_sample_500.json), which keeps the suite within its time.
+  bench/results/imagenet_sample_500.json), made by torch's TorchScript exporter (opset 17: seconds, where the
+  default dynamo exporter takes a CPU half-minute; Lite0's is the default's), which keeps the suite within its time.
 * Two independent sources must agree: timm's own pipeline for Lite0's weights lands within 2 points of the
   TensorFlow original's (measured: 1.2 points; 0.0 and 1.0 for Lite1 and Lite2, bench/results/
   imagenet_sample_500.json). Its tensors are scored by that same export under ONNX Runtime. Lite1's and Lite2's
@@ -67,6 +68,6 @@ def test_reference_error_is_in_its_band_onnx_runtime_agrees_on_every_image_and_t
 
 @pytest.mark.parametrize("model", ["pypi/efficientnet_lite1", "pypi/efficientnet_lite2"])
 def test_the_larger_lites_reference_error_is_in_its_band_through_their_export(model, tmp_path, shared_cache):
-    exported = export_ahead(OnnxOptions(target=model, provider="cpu")).export
+    exported = export_ahead(OnnxOptions(target=model, provider="cpu", opset=17)).export  # TorchScript: seconds
     reference = _scored_by_the_export(str(exported.path), get_card(model).preprocess, tmp_path / "reference")
     assert abs(reference - REFERENCE_ERROR[model]) <= BAND, reference

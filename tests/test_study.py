@@ -76,10 +76,11 @@ random_weights = true
 
 
 @needs_torch
-def test_a_study_killed_mid_way_resumes_equals_its_commands_and_a_rerun_runs_nothing(tmp_path):
+def test_a_study_killed_mid_way_resumes_equals_its_commands_and_a_rerun_runs_nothing(tmp_path, made_export):
     study = tmp_path / "mini.toml"
     study.write_text(MINI)
     cache, out = tmp_path / "cache", tmp_path / "out"
+    made_export(cache, "torchvision/mobilenet_v3_small:IMAGENET1K_V1")
     args = ["study", str(study), "--out", str(out), "--cache-dir", str(cache), "--device", "cpu", "--provider", "cpu",
             "--limit", "4"]
     # killed (SIGKILL: no clean-up) once the first cell is recorded
@@ -149,7 +150,7 @@ calibration_method = "percentile"
 
 
 @needs_torch
-def test_an_onnx_cell_scores_its_deployment_variants_and_a_bad_one_is_refused_when_planned(tmp_path):
+def test_an_onnx_cell_scores_its_deployment_variants_and_a_bad_one_is_refused_when_planned(tmp_path, made_export):
     """A study's onnx cell names fp16 and int8 (calibrated on generated images beside the study file, by percentile):
     each variant's error and agreement reach study.json, study.md and study.html's row; a variant no run can take is
     the command's one line, prefixed with its cell, before any cell runs."""
@@ -158,6 +159,7 @@ def test_an_onnx_cell_scores_its_deployment_variants_and_a_bad_one_is_refused_wh
     for i in range(3):
         write_jpeg(tmp_path / "calibration" / f"calib_{i}.jpg", seed=700 + i, width=160, height=120)
     out = tmp_path / "out"
+    made_export(tmp_path / "cache", "torchvision/mobilenet_v3_small:IMAGENET1K_V1")
     args = ["study", str(study), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
             "--provider", "cpu", "--limit", "3"]
     bad = tmp_path / "bad.toml"
@@ -524,7 +526,7 @@ def test_a_gpu_lanes_onnx_exports_are_made_first_in_the_cpu_lane_and_its_onnx_ce
 
 ONE_EXPORT = """name = "one"
 [[cells]]
-models = ["torchvision/mobilenet_v2:IMAGENET1K_V1"]
+models = ["torchvision/resnet18:IMAGENET1K_V1"]
 runs = ["native", "onnx"]
 random_weights = true
 """
@@ -554,7 +556,7 @@ def test_the_export_made_ahead_is_the_one_the_onnx_cell_finds_in_the_export_cach
     report = xfverify.study(str(tmp_path / "one.toml"), device="cpu", provider="cpu", limit=2, out=str(out),
                             cache_dir=str(tmp_path / "cache"))
     assert threads == ["xfverify-cpu-lane"]
-    onnx = json.loads((out / "cells" / "onnx-torchvision_mobilenet_v2_IMAGENET1K_V1-random" / "report.json").read_text())
+    onnx = json.loads((out / "cells" / "onnx-torchvision_resnet18_IMAGENET1K_V1-random" / "report.json").read_text())
     assert onnx["onnx"]["from_cache"] is True
     assert len(list((tmp_path / "cache" / "onnx").glob("*/model.onnx"))) == 1
     assert report.rows[0].onnx.top1_agreement == 100.0

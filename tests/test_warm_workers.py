@@ -35,6 +35,46 @@ def test_a_forked_worker_gives_a_started_workers_logits_bit_for_bit(tmp_path):
     assert not np.array_equal(forked, again)  # another seed, another network: the job's own options reached it
 
 
+def _conv_net(path):
+    """A small convolutional classifier with seeded weights (ONNX Runtime's convolution and GEMM kernels)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    weights = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+               for name, shape in (("w", (16, 3, 3, 3)), ("fc", (16, 1000)), ("bias", (1000,)))]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["conv"], strides=[4, 4]),
+             helper.make_node("Relu", ["conv"], ["relu"]),
+             helper.make_node("GlobalAveragePool", ["relu"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc", "bias"], ["logits"])]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                            ["N", 3, 224, 224])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), path)
+    return path
+
+
+def test_a_forked_onnx_runtime_worker_gives_a_started_workers_logits_bit_for_bit(tmp_path):
+    import contextvars
+
+    from xfverify.evaluator.pipeline.onnx import run_onnx
+    from xfverify.evaluator.pipeline.options import OnnxOptions
+
+    model = str(_conv_net(tmp_path / "conv.onnx"))
+
+    def logits(out):
+        run_onnx(OnnxOptions(target=model, preprocess="torchvision-256", provider="cpu", limit=3, out=str(out),
+                             cache_dir=str(tmp_path / "cache")))
+        return np.load(out / "logits.npy")
+
+    started = contextvars.Context().run(logits, tmp_path / "started")
+    with warm_workers(("onnxruntime",)) as servers:
+        forked = logits(tmp_path / "forked")
+        assert list(servers._servers) == ["onnxruntime"]
+    assert np.array_equal(started, forked) and np.ptp(started) > 0
+
+
 def test_a_forked_worker_can_be_killed_and_says_its_exit(tmp_path):
     servers = WarmWorkers(("torch",))
     try:

@@ -209,8 +209,8 @@ def active() -> WarmWorkers | None:
 
 
 # Checked to fork cleanly after their import (bit-identical logits, the suite). MXNet's engine starts worker
-# threads when imported, which a fork does not carry; ONNX Runtime's import is cheap.
-FORKABLE = ("torch", "tensorflow")
+# threads when imported, which a fork does not carry.
+FORKABLE = ("torch", "tensorflow", "onnxruntime")
 
 
 @contextlib.contextmanager
