@@ -78,7 +78,7 @@ def torch_checks(out: Path) -> dict:
     from xfverify.converter.torch_export import export_torch
 
     torch.manual_seed(SEED)
-    model = tvm.get_model("mobilenet_v2", weights=None).eval()
+    model = tvm.get_model("resnet18", weights=None).eval()
 
     def native(batch):
         with torch.no_grad():
@@ -96,8 +96,8 @@ def torch_checks(out: Path) -> dict:
     (out / "torchscript").mkdir()
     return {
         "exports": [
-            record("mobilenet_v2 dynamo", export_torch(model, out / "dynamo" / "m.onnx"), native),
-            record("mobilenet_v2 torchscript", export_torch(model, out / "torchscript" / "m.onnx", 17), native),
+            record("resnet18 dynamo", export_torch(model, out / "dynamo" / "m.onnx"), native),
+            record("resnet18 torchscript", export_torch(model, out / "torchscript" / "m.onnx", 17), native),
         ],
         "errors": {
             "unsupported operator": user_error(lambda: export_torch(Unexportable(), out / "bad.onnx", input_shape=(3, 8, 8))),

@@ -348,6 +348,27 @@ def test_framework_missing_in_the_worker_interpreter_is_a_user_error(tmp_path):
     assert_user_error(missing, "XFVERIFY_PYTHON_TORCH")
 
 
+def test_a_worker_killed_by_sigkill_is_one_line_that_names_the_out_of_memory_killer_only_on_its_evidence(
+        tmp_path, monkeypatch):
+    """Before: a traceback (WorkerCrashed, exit code -9), and a study stopped as if on a bug."""
+    import itertools
+    import sys
+
+    from xfverify.evaluator.process import launcher
+
+    wrapper = tmp_path / "python-killed"
+    wrapper.write_text(f"#!{sys.executable}\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    wrapper.chmod(0o755)
+    env = {"XFVERIFY_PYTHON_TORCH": str(wrapper)}
+    killed = run_cli("native", "--limit", "1", "--out", str(tmp_path / "r"), env=env)
+    assert_user_error(killed, "torch worker (evaluate) was killed by SIGKILL from outside xfverify",
+                      "out-of-memory count did not change")
+    counts = itertools.count(7)  # the kernel's count goes up while each worker runs
+    monkeypatch.setattr(launcher, "out_of_memory_kills", lambda: next(counts))
+    oom = run_cli("native", "--limit", "1", "--out", str(tmp_path / "o"), env=env)
+    assert_user_error(oom, "torch worker (evaluate) was ended by the kernel's out-of-memory killer", "free memory")
+
+
 @needs_torch
 def test_local_weights_file_is_loaded_and_fingerprinted(tmp_path, generated_folder):
     import subprocess

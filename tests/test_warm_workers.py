@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import needs_torch
+from helpers import needs_mxnet, needs_torch
 from xfverify.evaluator.pipeline.native import run_native
 from xfverify.evaluator.pipeline.options import NativeOptions
 from xfverify.evaluator.process.warm import WarmWorkers, warm_workers
@@ -33,6 +33,23 @@ def test_a_forked_worker_gives_a_started_workers_logits_bit_for_bit(tmp_path):
         assert list(servers._servers) == ["torch"]
     assert np.array_equal(started, forked)
     assert not np.array_equal(forked, again)  # another seed, another network: the job's own options reached it
+
+
+@needs_mxnet
+def test_a_forked_mxnet_worker_gives_a_started_workers_logits_bit_for_bit(tmp_path):
+    """GluonCV's preprocessing decodes in MXNet workers too: both the decode and the network's pass are forked."""
+    import contextvars
+
+    def logits(out):
+        run_native(NativeOptions(model="gluoncv/mobilenet1.0", random_weights=True, out=str(out), limit=3,
+                                 cache_dir=str(out.parent / f"cache-{out.name}")))
+        return np.load(out / "logits.npy")
+
+    started = contextvars.Context().run(logits, tmp_path / "started")
+    with warm_workers(("mxnet",)) as servers:
+        forked = logits(tmp_path / "forked")
+        assert list(servers._servers) == ["mxnet"]
+    assert np.array_equal(started, forked) and np.ptp(started) > 0
 
 
 def _conv_net(path):
@@ -102,7 +119,7 @@ def test_an_import_time_variable_changed_starts_a_new_server_and_a_run_time_one_
             process.wait(timeout=60)
             pids.append(servers._servers["torch"].process.pid)
         assert pids[0] == pids[1] != pids[2]
-        assert servers.start("mxnet", str(job), {}, None) is None  # not forkable: started as usual
+        assert servers.start("mxnet", str(job), {}, None) is None  # not in this scope: started as usual
     finally:
         servers.close()
 

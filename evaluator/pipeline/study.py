@@ -384,7 +384,7 @@ def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], Cell
                 record: Callable[[PlannedCell, CellResult], None],
                 on_gpu: Callable[[PlannedCell], bool] | None = None,
                 ahead: Callable[[PlannedCell], None] | None = None) -> dict[str, CellResult]:
-    """The cells in plan order on this machine, torch's and TensorFlow's workers forked from a warm server (the
+    """The cells in plan order on this machine, every back-end's workers forked from a warm server (the
     framework imported once, not per cell). With ``on_gpu`` (a machine with a GPU), the cells that compute on the
     CPU run in a second lane beside the GPU's, each lane in plan order, a cell waiting for the native cell it
     needs; ``ahead`` is then done first in the CPU lane for each ONNX cell of the GPU lane (its export, CPU work

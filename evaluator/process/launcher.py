@@ -11,6 +11,7 @@ import contextvars
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,11 +83,14 @@ def run_worker(
     files = _TaskFiles(Path(workdir), task.name)
     try:
         files.write_job(framework, job)
+        oom_kills = out_of_memory_kills()
         with open(files.stderr, "w") as stderr_file:
             process = _start(framework, files.job, stderr_file)
             if on_start:
                 on_start(process)
             code = _follow(process, on_event)
+        if code == -signal.SIGKILL:  # not a bug of ours: the kernel, or someone, ended it
+            raise UserError(_killed(framework, task.name, oom_kills))
         return _outcome(framework, task, files, code)
     finally:
         if own_tmp is not None:
@@ -148,6 +152,29 @@ def _follow(process, on_event: Callable[[Event], None] | None) -> int:
         process.wait()
         raise
     return process.wait()
+
+
+def out_of_memory_kills() -> int | None:
+    """How many processes the kernel's out-of-memory killer has ended since boot (Linux's /proc/vmstat), else None."""
+    try:
+        counters = Path("/proc/vmstat").read_text()
+    except OSError:
+        return None
+    for line in counters.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _killed(framework: str, task: str, oom_kills_before: int | None) -> str:
+    """The line for a worker ended by SIGKILL: the out-of-memory killer's doing only where its count went up."""
+    after = out_of_memory_kills()
+    if oom_kills_before is not None and after is not None and after > oom_kills_before:
+        return (f"the {framework} worker ({task}) was ended by the kernel's out-of-memory killer: it needed more "
+                f"memory than was free; free memory or run fewer jobs at once (a smaller --batch-size needs less)")
+    return (f"the {framework} worker ({task}) was killed by SIGKILL from outside xfverify (the kernel's "
+            f"out-of-memory count did not change); run it again")
 
 
 def _outcome(framework: str, task: Task, files: _TaskFiles, code: int):

@@ -208,9 +208,9 @@ def active() -> WarmWorkers | None:
     return _active.get()
 
 
-# Checked to fork cleanly after their import (bit-identical logits, the suite). MXNet's engine starts worker
-# threads when imported, which a fork does not carry.
-FORKABLE = ("torch", "tensorflow", "onnxruntime")
+# Checked to fork cleanly after their import (bit-identical logits, tests/test_warm_workers.py and the suite).
+# MXNet's engine threads are stopped before a fork and started again in the child by MXNet's own fork handlers.
+FORKABLE = ("torch", "tensorflow", "onnxruntime", "mxnet")
 
 
 @contextlib.contextmanager
