@@ -327,6 +327,28 @@ def test_a_studys_cpu_lane_runs_in_the_studys_warm_workers(tmp_path):
     assert len(scopes) == 2 and None not in scopes.values() and len(set(map(id, scopes.values()))) == 1
 
 
+def test_a_study_run_in_the_callers_warm_workers_uses_its_servers_and_leaves_them_to_it(tmp_path):
+    """Before: every study started servers of its own, importing each framework again, inside a caller's scope."""
+    import contextvars
+
+    from xfverify.evaluator.pipeline.study import PlannedCell, run_locally
+    from xfverify.evaluator.process import warm
+    from xfverify.models.study import Cell
+
+    plan = [PlannedCell(Cell(run="native", model="torchvision/resnet50:IMAGENET1K_V1"), "cell", tmp_path / "cell")]
+
+    def scope_of_its_cell() -> object:
+        seen = []
+        run_locally(plan, lambda planned, results: seen.append(warm.active()) or "done", {},
+                    lambda planned, result: None)
+        return seen[0]
+
+    with warm.warm_workers() as callers:
+        assert scope_of_its_cell() is callers and warm.active() is callers
+    own = contextvars.Context().run(scope_of_its_cell)  # no scope around it: the study's own, closed after
+    assert own is not None and own is not callers and own._closed
+
+
 # --- 15: a killed run leaves no folder in the temporary folder --------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ The package maps the repository's root folders into one namespace:
 (native -> ONNX) and ``xfverify.evaluator`` (data, cache, runners, reports, CLI).
 Importing it imports no ML framework. The Python API (each returns the typed report the command writes):
 ``xfverify.native(...)``, ``xfverify.onnx(...)``, ``xfverify.diagnose(...)``, ``xfverify.study(...)``; many
-calls in a row go faster inside ``with xfverify.warm_workers():`` (torch or TensorFlow imported once, not per call).
+calls in a row go faster inside ``with xfverify.warm_workers():`` (each framework imported once, not per call).
 """
 
 from xfverify.version import __version__
@@ -54,9 +54,9 @@ def study(study="lite", **options):
 
 
 def warm_workers():
-    """A scope (``with``) in which torch's and TensorFlow's workers are forked from a server that imported the
-    framework once: each call's worker is still a fresh process, seconds of start-up fewer (``xfverify study`` runs
-    its cells so)."""
+    """A scope (``with``) in which every back-end's workers are forked from a server that imported the framework
+    once: each call's worker is still a fresh process, seconds of start-up fewer (``xfverify study`` runs its cells
+    so, in the caller's scope when there is one)."""
     from xfverify.evaluator.process.warm import warm_workers as scope
 
     return scope()

@@ -385,12 +385,12 @@ def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], Cell
                 on_gpu: Callable[[PlannedCell], bool] | None = None,
                 ahead: Callable[[PlannedCell], None] | None = None) -> dict[str, CellResult]:
     """The cells in plan order on this machine, every back-end's workers forked from a warm server (the
-    framework imported once, not per cell). With ``on_gpu`` (a machine with a GPU), the cells that compute on the
+    framework imported once, not per cell; the caller's servers when it runs the study in a scope). With ``on_gpu`` (a machine with a GPU), the cells that compute on the
     CPU run in a second lane beside the GPU's, each lane in plan order, a cell waiting for the native cell it
     needs; ``ahead`` is then done first in the CPU lane for each ONNX cell of the GPU lane (its export, CPU work
     that would otherwise hold the GPU lane), and that cell waits for it. A failure in either lane stops both
     after their current cell."""
-    from xfverify.evaluator.process.warm import warm_workers
+    from xfverify.evaluator.process.warm import caller_or_own_warm_workers
 
     lanes = [[p for p in todo if on_gpu(p)], [p for p in todo if not on_gpu(p)]] if on_gpu else [todo]
     early = [p for p in lanes[0] if p.cell.run == "onnx"] if on_gpu and ahead else []
@@ -432,7 +432,7 @@ def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], Cell
                 changed.notify_all()
             raise
 
-    with warm_workers():
+    with caller_or_own_warm_workers():
         beside = []
         if len(lanes) == 2 and (lanes[1] or early):  # the lane runs in this scope's context: its warm workers
             beside = [threading.Thread(target=contextvars.copy_context().run, args=(_quietly(run_lane), lanes[1], early),

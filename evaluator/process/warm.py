@@ -214,6 +214,17 @@ FORKABLE = ("torch", "tensorflow", "onnxruntime", "mxnet")
 
 
 @contextlib.contextmanager
+def caller_or_own_warm_workers() -> Iterator[WarmWorkers]:
+    """The caller's warm workers when it is in a scope (its servers serve this work too), else a scope of its own."""
+    scope = active()
+    if scope is not None:
+        yield scope
+        return
+    with warm_workers() as own:
+        yield own
+
+
+@contextlib.contextmanager
 def warm_workers(frameworks: tuple[str, ...] = FORKABLE) -> Iterator[WarmWorkers]:
     """Within this scope, workers of these frameworks are forked from a warm server instead of started."""
     scope = WarmWorkers(frameworks)
