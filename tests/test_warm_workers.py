@@ -35,27 +35,21 @@ def test_a_forked_worker_gives_a_started_workers_logits_bit_for_bit(tmp_path):
     assert not np.array_equal(forked, again)  # another seed, another network: the job's own options reached it
 
 
-@needs_mxnet
-def test_a_forked_mxnet_worker_gives_a_started_workers_logits_bit_for_bit(tmp_path):
+def _gluoncv_logits(out):
     """GluonCV's preprocessing decodes in MXNet workers too: both the decode and the network's pass are forked."""
-    import contextvars
-
-    def logits(out):
-        run_native(NativeOptions(model="gluoncv/mobilenet1.0", random_weights=True, out=str(out), limit=3,
-                                 cache_dir=str(out.parent / f"cache-{out.name}")))
-        return np.load(out / "logits.npy")
-
-    started = contextvars.Context().run(logits, tmp_path / "started")
-    with warm_workers(("mxnet",)) as servers:
-        forked = logits(tmp_path / "forked")
-        assert list(servers._servers) == ["mxnet"]
-    assert np.array_equal(started, forked) and np.ptp(started) > 0
+    run_native(NativeOptions(model="gluoncv/mobilenet1.0", random_weights=True, out=str(out), limit=3,
+                             cache_dir=str(out.parent / f"cache-{out.name}")))
+    return np.load(out / "logits.npy")
 
 
-def _conv_net(path):
-    """A small convolutional classifier with seeded weights (ONNX Runtime's convolution and GEMM kernels)."""
+def _conv_net_logits(out):
+    """A small convolutional classifier with seeded weights (ONNX Runtime's convolution and GEMM kernels), run as a
+    user's file."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    from xfverify.evaluator.pipeline.onnx import run_onnx
+    from xfverify.evaluator.pipeline.options import OnnxOptions
 
     rng = np.random.default_rng(3)
     weights = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
@@ -68,27 +62,23 @@ def _conv_net(path):
     graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
                                                                             ["N", 3, 224, 224])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])], weights)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), path)
-    return path
+    model = out.parent / f"{out.name}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), model)
+    run_onnx(OnnxOptions(target=str(model), preprocess="torchvision-256", provider="cpu", limit=3, out=str(out),
+                         cache_dir=str(out.parent / f"cache-{out.name}")))
+    return np.load(out / "logits.npy")
 
 
-def test_a_forked_onnx_runtime_worker_gives_a_started_workers_logits_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("framework, logits", [pytest.param("mxnet", _gluoncv_logits, marks=needs_mxnet),
+                                               ("onnxruntime", _conv_net_logits)])
+def test_a_forked_worker_of_the_other_back_ends_gives_a_started_workers_logits_bit_for_bit(framework, logits,
+                                                                                           tmp_path):
     import contextvars
 
-    from xfverify.evaluator.pipeline.onnx import run_onnx
-    from xfverify.evaluator.pipeline.options import OnnxOptions
-
-    model = str(_conv_net(tmp_path / "conv.onnx"))
-
-    def logits(out):
-        run_onnx(OnnxOptions(target=model, preprocess="torchvision-256", provider="cpu", limit=3, out=str(out),
-                             cache_dir=str(tmp_path / "cache")))
-        return np.load(out / "logits.npy")
-
-    started = contextvars.Context().run(logits, tmp_path / "started")
-    with warm_workers(("onnxruntime",)) as servers:
+    started = contextvars.Context().run(logits, tmp_path / "started")  # no scope: started as the CLI starts it
+    with warm_workers((framework,)) as servers:
         forked = logits(tmp_path / "forked")
-        assert list(servers._servers) == ["onnxruntime"]
+        assert list(servers._servers) == [framework]
     assert np.array_equal(started, forked) and np.ptp(started) > 0
 
 
