@@ -57,6 +57,7 @@ def record(label: str, result, native_fn) -> dict:
         "result": json.loads(result.model_dump_json()),
         "initialisers_in_inputs": len({t.name for t in model.graph.initializer} & {v.name for v in model.graph.input}),
         "files_beside": sorted(p.name for p in result.path.parent.iterdir() if p.name.startswith(result.path.name)),
+        "op_types": sorted({node.op_type for node in model.graph.node}),
         "agreement": agreement(native_fn(batch), onnx_runtime(result.path, batch)),
     }
 
@@ -119,7 +120,16 @@ def tensorflow_checks(out: Path) -> dict:
         result = export_keras(model, out / f"mobilenet_{activation or 'logits'}.onnx")
         exports.append(record(f"MobileNet {activation or 'logits'}", result,
                               lambda batch, model=model: model(batch, training=False).numpy()))
-    return {"exports": exports, "errors": {}}
+    # ConvNeXt's block: a 7 x 7 convolution with one channel per group, then the exact GELU
+    keras.utils.set_random_seed(SEED)
+    image = keras.Input((224, 224, 3))
+    x = keras.layers.Conv2D(16, 4, strides=4)(image)
+    x = keras.layers.Conv2D(16, 7, padding="same", groups=16, name="grouped")(x)
+    x = keras.layers.Activation(lambda t: keras.activations.gelu(t, approximate=False))(x)
+    model = keras.Model(image, keras.layers.Dense(1000)(keras.layers.GlobalAveragePooling2D()(x)))
+    grouped = record("grouped convolution and exact GELU", export_keras(model, out / "grouped.onnx"),
+                     lambda batch: model(batch, training=False).numpy())
+    return {"exports": exports, "grouped": grouped, "errors": {}}
 
 
 def mxnet_checks(out: Path) -> dict:

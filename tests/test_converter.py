@@ -113,6 +113,17 @@ def test_keras_exports_agree_and_record_softmax_or_logits(keras_found):
     assert logits["result"]["output_kind"] == "logits"
 
 
+@needs_tensorflow
+@pytest.mark.tensorflow
+def test_a_keras_grouped_convolution_and_exact_gelu_export_as_a_depthwise_convolution_and_erf(keras_found):
+    """Before: tf2onnx left the XLA-compiled function Keras 3 runs a grouped convolution in as a
+    StatefulPartitionedCall, and had no Erfc (the exact GELU): every Keras ConvNeXt failed onnx's checker."""
+    export = keras_found["grouped"]
+    assert_agrees(export)
+    assert "Erf" in export["op_types"] and not {"StatefulPartitionedCall", "Erfc"} & set(export["op_types"])
+    assert export["result"]["notes"][0].startswith("1 grouped convolutions (one channel per group) exported as")
+
+
 @needs_mxnet
 @pytest.mark.mxnet
 def test_mxnet_export_says_opset_13_and_lists_no_parameters_as_inputs(mxnet_found):
