@@ -171,8 +171,9 @@ def _killed(framework: str, task: str, oom_kills_before: int | None) -> str:
     """The line for a worker ended by SIGKILL: the out-of-memory killer's doing only where its count went up."""
     after = out_of_memory_kills()
     if oom_kills_before is not None and after is not None and after > oom_kills_before:
+        smaller_batches = "" if task == "export" else " (a smaller --batch-size needs less)"
         return (f"the {framework} worker ({task}) was ended by the kernel's out-of-memory killer: it needed more "
-                f"memory than was free; free memory or run fewer jobs at once (a smaller --batch-size needs less)")
+                f"memory than was free; free memory or run fewer jobs at once{smaller_batches}")
     return (f"the {framework} worker ({task}) was killed by SIGKILL from outside xfverify (the kernel's "
             f"out-of-memory count did not change); run it again")
 
