@@ -267,6 +267,21 @@ def test_a_timm_card_runs_with_random_weights_and_names_missing_weights(tmp_path
     assert str(tmp_path / "hf" / "hub" / "models--timm--convnext_tiny.fb_in1k") in text
 
 
+@needs_torch
+def test_a_torchvision_cards_random_network_is_built_as_its_weights_build_it(tmp_path):
+    """Before: built with the builder's defaults, so a ViT of SWAG weights (384 x 384 input) refused its own
+    preprocessing's images with a traceback, and GoogLeNet lacked the input transform its weights run with."""
+    ran = run_cli("native", "torchvision/vit_b_16:IMAGENET1K_SWAG_E2E_V1", "--random-weights", "--limit", "1",
+                  "--device", "cpu", "--out", str(tmp_path / "r"))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["preprocess"]["crop_size"] == 384
+    script = ("import sys; from xfverify.models.cards import get_card;"
+              "from xfverify.evaluator.backends.torch.backend import _new_network;"
+              "print(_new_network(get_card('torchvision/googlenet')).transform_input)")
+    built = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert built.stdout.strip() == "True", built.stderr[-2000:]
+
+
 def test_a_study_names_a_zoo_and_a_filter(tmp_path):
     from xfverify.models.study import cells_of, load_study
 

@@ -87,7 +87,28 @@ def _new_network(card: ModelCard) -> torch.nn.Module:
                                  pretrained=False)
     import torchvision.models as tvm
 
-    return tvm.get_model(card.network_name, weights=None)
+    return tvm.get_model(card.network_name, weights=None, **_arguments_of_the_weights(card))
+
+
+INPUT_TRANSFORMED = ("googlenet", "inception_v3")  # their weights turn the input to the Inception normalisation in-graph
+
+
+def _arguments_of_the_weights(card: ModelCard) -> dict:
+    """The builder arguments torchvision 0.29 sets from a weights enum before it loads them, so that the random network
+    is the one the weights were trained as: ViT's image size (SWAG's 384 to 518), MaxViT's input size, and GoogLeNet's
+    and Inception v3's in-graph input transform and auxiliary heads (vision_transformer.py, maxvit.py, googlenet.py,
+    inception.py)."""
+    import torchvision.models as tvm
+
+    meta = tvm.get_model_weights(card.network_name)[card.weights.name].meta
+    arguments: dict = {"num_classes": len(meta["categories"])}
+    if card.network_name.startswith("vit_"):
+        arguments["image_size"] = meta["min_size"][0]
+    elif card.network_name == "maxvit_t":
+        arguments["input_size"] = meta["min_size"]
+    elif card.network_name in INPUT_TRANSFORMED:
+        arguments.update(transform_input=True, aux_logits=True)
+    return arguments
 
 
 def _pretrained_torchvision(card: ModelCard) -> tuple[torch.nn.Module, CheckedWeights]:
@@ -243,6 +264,8 @@ class TorchBackend(CardModelLoader, Backend, ScalesRandomOutputs, SwitchesPrecis
         torch.manual_seed(seed)
 
     def random_network(self, card: ModelCard, device: Device) -> torch.nn.Module:
+        # built without the transform before: another network, another export-cache key (their heads are not zero)
+        self.random_scheme = "-input-transformed" if card.network_name in INPUT_TRANSFORMED else ""
         return _new_network(card).eval()
 
     def network_from_file(self, card: ModelCard, path: str, device: Device) -> torch.nn.Module:
