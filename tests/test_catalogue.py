@@ -268,18 +268,17 @@ def test_a_timm_card_runs_with_random_weights_and_names_missing_weights(tmp_path
 
 
 @needs_torch
-def test_a_torchvision_cards_random_network_is_built_as_its_weights_build_it(tmp_path):
+def test_a_torchvision_cards_random_network_is_built_as_its_weights_build_it():
     """Before: built with the builder's defaults, so a ViT of SWAG weights (384 x 384 input) refused its own
     preprocessing's images with a traceback, and GoogLeNet lacked the input transform its weights run with."""
-    ran = run_cli("native", "torchvision/vit_b_16:IMAGENET1K_SWAG_E2E_V1", "--random-weights", "--limit", "1",
-                  "--device", "cpu", "--out", str(tmp_path / "r"))
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    assert json.loads((tmp_path / "r" / "report.json").read_text())["preprocess"]["crop_size"] == 384
-    script = ("import sys; from xfverify.models.cards import get_card;"
+    script = ("from xfverify.models.cards import get_card;"
               "from xfverify.evaluator.backends.torch.backend import _new_network;"
-              "print(_new_network(get_card('torchvision/googlenet')).transform_input)")
+              "vit = _new_network(get_card('torchvision/vit_b_16:IMAGENET1K_SWAG_E2E_V1'));"
+              "print(vit.image_size, get_card('torchvision/vit_b_16:IMAGENET1K_SWAG_E2E_V1').reference_spec.crop_size,"
+              " _new_network(get_card('torchvision/googlenet')).transform_input,"
+              " _new_network(get_card('torchvision/vit_b_16:IMAGENET1K_V1')).image_size)")
     built = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert built.stdout.strip() == "True", built.stderr[-2000:]
+    assert built.stdout.split() == ["384", "384", "True", "224"], built.stderr[-2000:]
 
 
 def test_a_study_names_a_zoo_and_a_filter(tmp_path):
