@@ -50,7 +50,7 @@ def _grouped_as_depthwise(model: keras.Model) -> tuple[keras.Model, tuple[str, .
     same kernel laid out (h, w, channels, 1). The model with those layers so replaced (the others shared), and a
     note; ``model`` itself when it has none."""
     grouped = {layer.name: layer for layer in model.layers if _one_channel_per_group(layer)}
-    if not grouped or not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+    if not grouped or not hasattr(model, "_nodes_by_depth"):  # a subclassed model cannot be cloned: left as it is
         return model, ()
 
     def clone(layer):

@@ -83,8 +83,8 @@ class PreprocessSpec:
             OpenCV-based pipelines do; ``mxnet``: ``mx.image.imdecode``, MXNet's bundled OpenCV and
             libjpeg, as GluonCV loads images (in an mxnet worker: it decodes some JPEGs, 4:4:0 chroma
             subsampling among them, up to 2 levels apart from opencv-python's libjpeg-turbo);
-            ``tensorflow``: as ``tf.io.decode_jpeg`` with its defaults, libjpeg-turbo's fast integer DCT with fancy upsampling, which
-            differs from PIL's accurate DCT by up to ~20 levels; files that are not JPEG go
+            ``tensorflow``: as ``tf.io.decode_jpeg`` with its defaults, libjpeg-turbo's fast integer DCT
+            with fancy upsampling, which differs from PIL's accurate DCT by up to ~20 levels; files that are not JPEG go
             through PIL; with crop_then_resize only the crop window is decoded, by
             ``tf.image.decode_and_crop_jpeg`` in a TensorFlow worker, as TensorFlow's
             EfficientNet does); ``nvjpeg``: ``torchvision.io.decode_jpeg(device="cuda")`` on an NVIDIA

@@ -385,11 +385,11 @@ def run_locally(todo: list[PlannedCell], run: Callable[[PlannedCell, dict], Cell
                 on_gpu: Callable[[PlannedCell], bool] | None = None,
                 ahead: Callable[[PlannedCell], None] | None = None) -> dict[str, CellResult]:
     """The cells in plan order on this machine, every back-end's workers forked from a warm server (the
-    framework imported once, not per cell; the caller's servers when it runs the study in a scope). With ``on_gpu`` (a machine with a GPU), the cells that compute on the
-    CPU run in a second lane beside the GPU's, each lane in plan order, a cell waiting for the native cell it
-    needs; ``ahead`` is then done first in the CPU lane for each ONNX cell of the GPU lane (its export, CPU work
-    that would otherwise hold the GPU lane), and that cell waits for it. A failure in either lane stops both
-    after their current cell."""
+    framework imported once, not per cell; the caller's servers when it runs the study in a scope). With
+    ``on_gpu`` (a machine with a GPU), the cells that compute on the CPU run in a second lane beside the GPU's,
+    each lane in plan order, a cell waiting for the native cell it needs; ``ahead`` is then done first in the CPU
+    lane for each ONNX cell of the GPU lane (its export, CPU work that would otherwise hold the GPU lane), and that
+    cell waits for it. A failure in either lane stops both after their current cell."""
     from xfverify.evaluator.process.warm import caller_or_own_warm_workers
 
     lanes = [[p for p in todo if on_gpu(p)], [p for p in todo if not on_gpu(p)]] if on_gpu else [todo]

@@ -90,7 +90,7 @@ def _new_network(card: ModelCard) -> torch.nn.Module:
     return tvm.get_model(card.network_name, weights=None, **_arguments_of_the_weights(card))
 
 
-INPUT_TRANSFORMED = ("googlenet", "inception_v3")  # their weights turn the input to the Inception normalisation in-graph
+INPUT_TRANSFORMED = ("googlenet", "inception_v3")  # their weights turn the input to Inception's normalisation in-graph
 
 
 def _arguments_of_the_weights(card: ModelCard) -> dict:
