@@ -124,6 +124,16 @@ def test_a_keras_grouped_convolution_and_exact_gelu_export_as_a_depthwise_convol
     assert export["result"]["notes"][0].startswith("1 grouped convolutions (one channel per group) exported as")
 
 
+@needs_tensorflow
+@pytest.mark.tensorflow
+def test_a_large_keras_model_collects_garbage_between_tf2onnx_optimizers_and_exports_the_same_graph(keras_found):
+    """Before: the graph copies tf2onnx drops before each optimizer waited for Python's collector, and Keras VGG16's
+    export was killed at 24 GiB (11 GiB with a collection per optimizer)."""
+    collected = keras_found["collected"]
+    assert collected["collections"] >= 12  # one per optimizer of tf2onnx 1.17, per pass over them
+    assert collected["same_graph"]
+
+
 @needs_mxnet
 @pytest.mark.mxnet
 def test_mxnet_export_says_opset_13_and_lists_no_parameters_as_inputs(mxnet_found):
