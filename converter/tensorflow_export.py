@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 import tf2onnx
+import tf2onnx.optimizer
 
 from xfverify.converter.onnx_file import ExportResult, OutputKind, finish, name_batch_axis, one_line, save
 from xfverify.models.errors import UserError
