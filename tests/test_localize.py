@@ -204,11 +204,23 @@ def faithful_run(tmp_path_factory, target: str, made_export=None) -> dict:
     return {"root": root, "report": report, "export": export}
 
 
+def float_tensors(export: Path) -> int:
+    """The graph's floating-point node outputs: the tensors a layer's output can be matched with."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(export))).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    return sum(types.get(name) in floats for node in graph.node for name in node.output)
+
+
 def assert_no_divergent_node(run: dict) -> dict:
     found = run["report"]["localization"]
     assert found["culprit"] is None and found["verdict"].startswith("no divergent node")
-    # (not every node has a layer: Keras's calibrated depthwise BatchNorms are exported as a Mul and an Add)
-    assert found["matched_by"] == "names" and found["n_matched"] >= 0.8 * found["n_onnx_tensors"]
+    # Not every node has a layer: Keras's calibrated depthwise BatchNorms are exported as a Mul and an Add; and
+    # integer tensors (a shape computed for a Reshape, which tf2onnx folds in some processes and not in others:
+    # its optimizers walk sets of nodes) have none.
+    assert found["matched_by"] == "names" and found["n_matched"] >= 0.8 * float_tensors(run["export"])
     return found
 
 
