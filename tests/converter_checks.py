@@ -146,7 +146,7 @@ def tensorflow_checks(out: Path) -> dict:
     model = keras.Model(image, keras.layers.Dense(1000)(keras.layers.GlobalAveragePooling2D()(x)))
     grouped = record("grouped convolution and exact GELU", export_keras(model, out / "grouped.onnx"),
                      lambda batch: model(batch, training=False).numpy())
-    # a model above the weight threshold: garbage collected before each of tf2onnx's optimizers
+    # the threshold at 0: this small model exported as a large one is, garbage collected before each optimizer
     collections = []
     with mock.patch.object(tensorflow_export, "COLLECT_ABOVE_BYTES", 0), \
             mock.patch.object(tensorflow_export.gc, "collect", side_effect=lambda: collections.append(1)):
